@@ -1,0 +1,173 @@
+"""The `tunesmith` command: one Typer app, each command a thin call into the library.
+
+Exit codes: 0 success, 2 bad input (config, data, model reference, arguments), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from tunesmith.errors import UserError
+
+app = typer.Typer(
+    name="tunesmith",
+    help="Fine-tune pre-trained language models on the machine you have.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _inference_dtype(precision: str):
+    import torch
+
+    from tunesmith.engine.precision import device, resolve_precision
+
+    return torch.bfloat16 if resolve_precision(precision, device()) == "bf16" else torch.float32
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="run config (YAML)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key: --set train.lr=1e-4 (repeatable)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run from its latest checkpoint"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+):
+    """Fine-tune a model as the config says; writes runs/<name>/."""
+    from tunesmith.config import load_config
+    from tunesmith.train import train as run_training
+
+    cfg = load_config(config, set_)
+    summary = run_training(cfg, resume=resume, console=err, quiet=quiet)
+    out.print(json.dumps(summary, indent=2))
+
+
+@app.command()
+def quickstart(
+    workdir: Path = typer.Option(Path("quickstart"), "--dir", help="where data, config and run go"),
+    model: str = typer.Option("smollm2-135m-instruct", help="model reference"),
+    max_steps: int = typer.Option(150, help="LoRA optimizer steps"),
+    test_limit: Optional[int] = typer.Option(None, help="score only the first N test examples"),
+):
+    """The main job on embedded defaults: data -> score base -> LoRA -> score tuned -> report."""
+    from tunesmith.quickstart import run_quickstart
+
+    run_quickstart(workdir, model=model, max_steps=max_steps, test_limit=test_limit, console=err, out=out)
+
+
+@app.command()
+def export(
+    run_or_model: str = typer.Argument(..., help="run directory or model reference"),
+    to: Path = typer.Option(..., "--to", help="target folder (must not exist or be empty)"),
+    merge: bool = typer.Option(False, "--merge", help="merge a LoRA adapter into the base weights"),
+):
+    """Write a run's adapter, or a merged / full model, in Hugging Face layout."""
+    from tunesmith.model.export import export as do_export
+
+    result = do_export(run_or_model, to, merge=merge)
+    out.print(json.dumps(result, indent=2))
+
+
+@app.command()
+def generate(
+    model: str = typer.Argument(..., help="run directory or model reference"),
+    prompt: str = typer.Option(..., "--prompt", help="user message"),
+    system: Optional[str] = typer.Option(None, help="system message"),
+    max_new_tokens: int = typer.Option(256, min=1),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy"),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0),
+    top_k: int = typer.Option(0, min=0),
+    seed: int = typer.Option(0),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
+):
+    """Answer one prompt with the model's chat template."""
+    import torch
+
+    from tunesmith.eval.generate import Sampling, generate_batch
+    from tunesmith.model.load import load_for_inference
+
+    _check_precision(precision)
+    torch.manual_seed(seed)
+    m, tok = load_for_inference(model, dtype=_inference_dtype(precision))
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    reply = generate_batch(m, tok, [messages], Sampling(max_new_tokens, temperature, top_p, top_k))[0]
+    out.print(reply, highlight=False, markup=False)
+
+
+@app.command()
+def chat(
+    model: str = typer.Argument(..., help="run directory or model reference"),
+    system: Optional[str] = typer.Option(None, help="system message"),
+    max_new_tokens: int = typer.Option(512, min=1),
+    temperature: float = typer.Option(0.7, min=0.0, help="0 = greedy"),
+    top_p: float = typer.Option(0.9, min=0.0, max=1.0),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
+):
+    """Talk to a model; replies stream token by token. /reset clears the history, /exit leaves."""
+    from tunesmith.chat import chat_loop
+    from tunesmith.eval.generate import Sampling
+    from tunesmith.model.load import load_for_inference
+
+    _check_precision(precision)
+    m, tok = load_for_inference(model, dtype=_inference_dtype(precision))
+    chat_loop(m, tok, Sampling(max_new_tokens, temperature, top_p), system=system, console=err)
+
+
+@app.command("eval")
+def evaluate(
+    model: str = typer.Argument(..., help="run directory or model reference"),
+    data: Path = typer.Option(..., "--data", help="test JSONL (messages or prompt/completion)"),
+    limit: Optional[int] = typer.Option(None, min=1),
+    max_new_tokens: int = typer.Option(64, min=1),
+    batch_size: int = typer.Option(16, min=1),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write scores here"),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
+):
+    """Exact match of the model's greedy replies on a test set."""
+    from tunesmith.data.records import load_examples
+    from tunesmith.eval.task import exact_match
+    from tunesmith.model.load import load_for_inference
+
+    _check_precision(precision)
+    load_examples(data)
+    m, tok = load_for_inference(model, dtype=_inference_dtype(precision))
+    preds = json_out.with_suffix(".predictions.jsonl") if json_out else None
+    scores = exact_match(m, tok, data, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size, predictions_path=preds)
+    if json_out:
+        json_out.write_text(json.dumps(scores, indent=2))
+    out.print(json.dumps(scores, indent=2))
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"--precision {precision!r}: use auto, fp32 or bf16")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line and exit code 2; the rest exit 1."""
+    try:
+        app(args=argv, prog_name="tunesmith", standalone_mode=True)
+    except SystemExit:
+        raise
+    except UserError as e:
+        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # a bug or an environment problem: say what, offer the traceback
+        if os.environ.get("TUNESMITH_DEBUG"):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        err.print(f"error: {type(e).__name__}: {first} (set TUNESMITH_DEBUG=1 for the traceback)",
+                  markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)

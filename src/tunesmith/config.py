@@ -1,0 +1,238 @@
+"""RunConfig: everything a run needs, from one YAML file plus `--set key=value` overrides.
+
+Every section forbids unknown keys, so a typo is an error that names the key, the file:line and
+what is allowed, instead of a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunesmith.errors import UserError, where
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AdapterConfig(Section):
+    type: Literal["none", "lora"] = "lora"
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: str | list[str] = "all-linear"
+
+
+class DataSource(Section):
+    path: str
+    weight: float = Field(1.0, gt=0)
+
+
+class DataConfig(Section):
+    train: list[DataSource]
+    val: str | None = None
+    val_fraction: float | None = Field(None, gt=0, lt=1)
+    max_length: int = Field(1024, ge=8)
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_path_is_a_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [{"path": v}]
+        if isinstance(v, list):
+            return [{"path": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _one_val_source(self) -> "DataConfig":
+        if self.val is not None and self.val_fraction is not None:
+            raise ValueError("give data.val or data.val_fraction, not both")
+        return self
+
+
+class TrainConfig(Section):
+    max_steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3.0e-4, gt=0)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup: float = Field(0.03, ge=0, description="fraction of steps if < 1, else a step count")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    log_every: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "TrainConfig":
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("give train.max_steps or train.epochs")
+        return self
+
+
+class EvalConfig(Section):
+    every: int | None = Field(None, ge=1, description="validation loss every N steps")
+    test: str | None = Field(None, description="test JSONL scored with exact match after training")
+    limit: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class OutputConfig(Section):
+    dir: str = "runs"
+    save_every: int | None = Field(None, ge=1)
+    keep: int = Field(2, ge=1)
+
+
+class RunConfig(Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: str = DEFAULT_MODEL
+    method: Literal["sft"] = "sft"
+    adapter: AdapterConfig = AdapterConfig()
+    data: DataConfig
+    train: TrainConfig
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) / self.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one `a.b.c=value` to a nested dict; the value is parsed as YAML (so 3, 1e-4, true, [1,2])."""
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment!r}: expected key=value, e.g. train.lr=1e-4")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise UserError(f"--set {assignment!r}: empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node: Any = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"--set {key}: '{part}' is not an index of a list of {len(node)}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: '{'.'.join(parts[:i])}' is not a section")
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+
+
+def _yaml_lines(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line, for error messages."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: Any, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = path + (k.value,)
+                lines[p] = k.start_mark.line + 1
+                walk(v, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[path + (i,)] = v.start_mark.line + 1
+                walk(v, path + (i,))
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The keys allowed in the section that `loc` (a pydantic error location) points into."""
+    model: Any = RunConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        candidates = [ann, *args]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            for c in args:
+                inner = next((a for a in getattr(c, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+                if inner is not None:
+                    nxt = inner
+                    break
+        if nxt is None:
+            return []
+        model = nxt
+    return list(model.model_fields)
+
+
+def _describe(err: dict, source: str, lines: dict[tuple, int]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    line = None
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            line = lines[loc[:n]]
+            break
+    prefix = where(source, line)
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(loc))
+        return f"{prefix}: unknown key '{key}' (allowed here: {allowed})"
+    if err["type"] == "missing":
+        return f"{prefix}: missing required key '{key}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    if "input" in err and not isinstance(err["input"], (dict, list)) and err["type"] != "value_error":
+        return f"{prefix}: {key}: {msg} (got {err['input']!r})"
+    return f"{prefix}: {key}: {msg}"
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a run config. Raises UserError with file:line on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{where(path, line)}: invalid YAML: {problem}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise UserError(f"{path}: the config must be a mapping of keys to values")
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    return validate_config(tree, str(path), _yaml_lines(text))
+
+
+def validate_config(tree: dict, source: str = "config", lines: dict[tuple, int] | None = None) -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        errs = e.errors()
+        first = _describe(errs[0], source, lines or {})
+        more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
+        raise UserError(first + more) from None

@@ -1,0 +1,1 @@
+"""Data: records from files, validated examples, token ids with loss masks, batches."""

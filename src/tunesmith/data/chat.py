@@ -1,0 +1,104 @@
+"""Render a conversation with the model's chat template into token ids and a loss mask.
+
+The mask covers every assistant turn's content *and* its end-of-turn token, so the model learns to
+stop; it excludes the template's scaffolding and everything the user or system wrote. The
+template decides where BOS goes, so no second BOS is ever added on top of it.
+
+Assistant spans are found by rendering the conversation prefix by prefix: the text an assistant
+turn adds is `render(messages[:i+1])` minus `render(messages[:i], add_generation_prompt=True)`.
+Tokens are mapped to those character spans through the fast tokenizer's offsets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunesmith.errors import UserError
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where no loss
+    truncated: bool = False
+
+
+def _render(tokenizer, messages, add_generation_prompt=False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendered text and the [start, end) character spans that carry loss."""
+    full = _render(tokenizer, messages)
+    eos = tokenizer.eos_token or ""
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        through = _render(tokenizer, messages[: i + 1])
+        if not (through.startswith(before) and full.startswith(through)):
+            raise UserError(
+                "the model's chat template does not render conversations incrementally; "
+                "cannot locate assistant turns for the loss mask"
+            )
+        start, end = len(before), len(through)
+        # Train through the end-of-turn token, not the template's whitespace after it.
+        stop = full.rfind(eos, start, end) if eos else -1
+        if stop >= 0:
+            end = stop + len(eos)
+        spans.append((start, end))
+    return full, spans
+
+
+def encode_chat(tokenizer, messages: list[dict], max_length: int) -> Encoded:
+    """Token ids and labels for one conversation; labels are IGNORE outside assistant spans."""
+    if tokenizer.chat_template:
+        text, spans = assistant_spans(tokenizer, messages)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        labels = [IGNORE] * len(ids)
+        for k, (a, b) in enumerate(offsets):
+            if b > a and any(s <= a and b <= e for s, e in spans):
+                labels[k] = ids[k]
+        # A template that closes the last assistant turn without EOS: append it, or the model
+        # never learns to stop.
+        eos = tokenizer.eos_token
+        last_has_eos = bool(eos) and text[spans[-1][0] : spans[-1][1]].endswith(eos)
+        if messages[-1]["role"] == "assistant" and not last_has_eos and tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+            labels.append(tokenizer.eos_token_id)
+    else:
+        ids, labels = _encode_plain(tokenizer, messages)
+    truncated = len(ids) > max_length
+    return Encoded(ids[:max_length], labels[:max_length], truncated)
+
+
+def _encode_plain(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """Models without a chat template: turns concatenated, assistant text + EOS trained."""
+    ids: list[int] = []
+    labels: list[int] = []
+    bos = tokenizer.bos_token_id
+    for i, m in enumerate(messages):
+        piece = tokenizer(m["content"] + ("\n" if m["role"] != "assistant" else ""), add_special_tokens=(i == 0))["input_ids"]
+        if i == 0 and bos is not None and len(piece) > 1 and piece[0] == bos and piece[1] == bos:
+            piece = piece[1:]
+        ids += piece
+        if m["role"] == "assistant":
+            piece_labels = list(piece) + [tokenizer.eos_token_id]
+            ids.append(tokenizer.eos_token_id)
+            labels += piece_labels
+        else:
+            labels += [IGNORE] * len(piece)
+    return ids, labels
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids that ask the model for the next assistant turn (for generation and evaluation)."""
+    if tokenizer.chat_template:
+        text = _render(tokenizer, messages, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = "".join(m["content"] + "\n" for m in messages)
+    return tokenizer(text)["input_ids"]

@@ -1,0 +1,1 @@
+"""How it is optimized: one training loop for every method."""

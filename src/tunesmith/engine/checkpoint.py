@@ -1,0 +1,112 @@
+"""Checkpoints that are never half-written, and that resume a run exactly.
+
+A checkpoint is `checkpoints/step-N/`: trainable weights, optimizer and RNG tensors as
+safetensors, everything else as JSON (no pickle, so loading one runs no code). It is written
+into a hidden temporary folder and renamed into place; a crash mid-write leaves only the
+temporary folder, which the next start removes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+PREFIX = "step-"
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors = {}
+    for idx, slots in sd["state"].items():
+        for key, value in slots.items():
+            tensors[f"state.{idx}.{key}"] = value.detach().contiguous() if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _fsync_tree(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"{PREFIX}{step}"
+    tmp = ckpt_root / f".tmp-{PREFIX}{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(trainable_state(model), tmp / "trainable.safetensors")
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"cuda.{i}"] = s
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    save_file(rng, tmp / "rng.safetensors")
+    py_rng = random.getstate()
+    meta = {
+        "state": state,
+        "optimizer": opt_meta,
+        "scheduler": scheduler.state_dict(),
+        "python_rng": [py_rng[0], list(py_rng[1]), py_rng[2]],
+    }
+    (tmp / "state.json").write_text(json.dumps(meta))
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for old in list_checkpoints(ckpt_root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first; stale temporary folders are removed."""
+    if not ckpt_root.is_dir():
+        return []
+    for tmp in ckpt_root.glob(f".tmp-{PREFIX}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    found = [p for p in ckpt_root.glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit() and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def load(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG state in place; return the loop state."""
+    weights = load_file(path / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise RuntimeError(f"{path}: checkpoint has weights this model lacks: {missing[:3]}")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    meta = json.loads((path / "state.json").read_text())
+    _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors"), meta["optimizer"])
+    scheduler.load_state_dict(meta["scheduler"])
+    rng = load_file(path / "rng.safetensors")
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]
+        if states:
+            torch.cuda.set_rng_state_all(states)
+    version, internal, gauss = meta["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    return meta["state"]

@@ -1,0 +1,76 @@
+"""What a run tells the person watching it: metrics.jsonl and a live progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class MetricsLog:
+    """Append-only `metrics.jsonl`, one JSON object per log step (always with `step` and `loss`)."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class TrainProgress:
+    """A rich progress bar (loss, lr, tokens/s, ETA) on a terminal; plain log lines elsewhere."""
+
+    def __init__(self, console: Console, total: int, start: int, quiet: bool = False):
+        self.console, self.quiet = console, quiet
+        self.live = console.is_terminal and not quiet
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not self.live,
+        )
+        self.task = self.progress.add_task("train", total=total, completed=start, info="")
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def update(self, step: int, record: dict | None = None) -> None:
+        if record is not None:
+            info = f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:.0f} tok/s"
+            if "val_loss" in record:
+                info += f"  val {record['val_loss']:.4f}"
+            self.progress.update(self.task, completed=step, info=info)
+            if not self.live and not self.quiet:
+                self.console.print(f"step {step}: {info}", highlight=False)
+        else:
+            self.progress.update(self.task, completed=step)
+
+
+def fmt(x: float) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"

@@ -1,0 +1,184 @@
+"""The training loop: one for every method, adapter and precision.
+
+`fit` owns the optimisation mechanics (accumulation, precision, clipping, schedule, validation,
+checkpoints, resume, logging); the method owns what a batch's loss is. The step reads top to
+bottom in `_train_step`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from tunesmith.config import RunConfig
+from tunesmith.engine import checkpoint
+from tunesmith.engine.logbook import MetricsLog, TrainProgress
+from tunesmith.engine.precision import autocast, device, resolve_precision
+from tunesmith.engine.sampler import EpochSampler
+from tunesmith.engine.schedule import build_optimizer
+
+
+@dataclass
+class TrainData:
+    """Encoded features of every training source, in source order, and validation features."""
+
+    features: list[dict]
+    source_sizes: list[int]
+    weights: list[float]
+    val: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class FitResult:
+    steps: int
+    loss: float
+    val_loss: float | None
+    tokens: int
+    seconds: float
+    precision: str
+
+
+def total_steps(cfg: RunConfig, sampler: EpochSampler) -> int:
+    if cfg.train.max_steps is not None:
+        return cfg.train.max_steps
+    return max(1, math.ceil(cfg.train.epochs * sampler.batches_per_epoch() / cfg.train.grad_accum))
+
+
+def _batch_stream(sampler: EpochSampler, epoch: int, index: int):
+    """Batches (as example indices) from a data position onwards, with the position after each."""
+    while True:
+        batches = sampler.batches(epoch)
+        for i in range(index, len(batches)):
+            nxt = (epoch, i + 1) if i + 1 < len(batches) else (epoch + 1, 0)
+            yield batches[i], nxt
+        epoch, index = epoch + 1, 0
+
+
+def _to(batch: dict, dev: torch.device) -> dict:
+    return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: int, precision: str, dev) -> dict:
+    """Mean loss per item (token for SFT) over `features`, without gradients."""
+    was_training = model.training
+    model.eval()
+    loss_sum, items, metric_sums = 0.0, 0, {}
+    with torch.no_grad():
+        for start in range(0, len(features), batch_size):
+            batch = _to(method.collate(features[start : start + batch_size], tokenizer), dev)
+            with autocast(precision, dev):
+                loss, metrics = method.loss(model, batch)
+            loss_sum += float(loss)
+            items += batch["n_items"]
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + v
+    model.train(was_training)
+    out = {"val_loss": loss_sum / max(1, items)}
+    out.update({f"val_{k}": v / max(1, items) for k, v in metric_sums.items()})
+    return out
+
+
+def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, *, resume: bool = False,
+        console: Console | None = None, quiet: bool = False) -> FitResult:
+    console = console or Console(stderr=True)
+    dev = device()
+    precision = resolve_precision(cfg.train.precision, dev)
+    model.to(dev)
+    model.train()
+    torch.manual_seed(cfg.train.seed)
+    lengths = [len(f["input_ids"]) for f in data.features]
+    sampler = EpochSampler(data.source_sizes, data.weights, lengths, cfg.train.batch_size, cfg.train.seed)
+    total = total_steps(cfg, sampler)
+    optimizer, scheduler = build_optimizer(model, cfg.train, total)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    ckpt_root = run_dir / "checkpoints"
+    state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": 0.0, "window": _empty_window()}
+    if resume:
+        found = checkpoint.list_checkpoints(ckpt_root)
+        if found:
+            state = checkpoint.load(found[-1], model, optimizer, scheduler)
+            console.print(f"resumed from {found[-1]} (step {state['step']})")
+    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=state["step"])
+    stream = _batch_stream(sampler, state["epoch"], state["batch"])
+    last_loss, val_loss = float("nan"), None
+    t_window = time.perf_counter()
+    t_start = time.perf_counter() - state["elapsed"]
+
+    with TrainProgress(console, total, state["step"], quiet=quiet) as progress:
+        while state["step"] < total:
+            micro = []
+            for _ in range(cfg.train.grad_accum):
+                indices, (state["epoch"], state["batch"]) = next(stream)
+                micro.append(method.collate([data.features[i] for i in indices], tokenizer))
+            loss_sum, metrics, grad_norm = _train_step(model, method, micro, params, optimizer, scheduler, cfg, precision, dev)
+            state["step"] += 1
+            step = state["step"]
+            w = state["window"]
+            w["loss"] += loss_sum
+            w["items"] += sum(b["n_items"] for b in micro)
+            w["tokens"] += sum(b["n_tokens"] for b in micro)
+            w["steps"] += 1
+            w["grad_norm"] += grad_norm
+            for k, v in metrics.items():
+                w["metrics"][k] = w["metrics"].get(k, 0.0) + v
+            state["tokens"] += sum(b["n_tokens"] for b in micro)
+
+            do_val = bool(data.val) and cfg.eval.every is not None and (step % cfg.eval.every == 0 or step == total)
+            if step % cfg.train.log_every == 0 or step in (1, total) or do_val:
+                now = time.perf_counter()
+                record = {
+                    "step": step,
+                    "epoch": round(state["epoch"] + state["batch"] / max(1, sampler.batches_per_epoch()), 4),
+                    "loss": w["loss"] / max(1, w["items"]),
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": w["grad_norm"] / w["steps"],
+                    "tokens_per_s": w["tokens"] / max(1e-9, now - t_window),
+                    "tokens": state["tokens"],
+                    "elapsed_s": round(now - t_start, 3),
+                }
+                record.update({k: v / max(1, w["items"]) for k, v in w["metrics"].items()})
+                if do_val:
+                    record.update(evaluate_loss(model, method, tokenizer, data.val, cfg.train.batch_size, precision, dev))
+                    val_loss = record["val_loss"]
+                last_loss = record["loss"]
+                log.write(record)
+                progress.update(step, record)
+                state["window"] = _empty_window()
+                t_window = time.perf_counter()
+            else:
+                progress.update(step)
+            if cfg.output.save_every and step % cfg.output.save_every == 0 and step < total:
+                state["elapsed"] = time.perf_counter() - t_start
+                checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, cfg.output.keep)
+    log.close()
+    return FitResult(state["step"], last_loss, val_loss, state["tokens"], time.perf_counter() - t_start, precision)
+
+
+def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConfig, precision: str, dev):
+    """One optimizer step over `grad_accum` micro-batches, normalised over all their items."""
+    n_items = max(1, sum(b["n_items"] for b in micro))
+    loss_total, metric_sums = 0.0, {}
+    for batch in micro:
+        batch = _to(batch, dev)
+        with autocast(precision, dev):
+            loss_sum, metrics = method.loss(model, batch)
+        (loss_sum / n_items).backward()
+        loss_total += float(loss_sum.detach())
+        for k, v in metrics.items():
+            metric_sums[k] = metric_sums.get(k, 0.0) + v
+    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_total, metric_sums, grad_norm
+
+
+def _empty_window() -> dict:
+    return {"loss": 0.0, "items": 0, "tokens": 0, "steps": 0, "grad_norm": 0.0, "metrics": {}}

@@ -1,0 +1,1 @@
+"""Evaluation: generation, task metrics, plots."""

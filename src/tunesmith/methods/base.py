@@ -1,0 +1,48 @@
+"""The one face every method shows the engine.
+
+The engine never asks which method it runs: it turns examples into features, features into
+batches, and a batch into a summed loss. Each batch says how many items its loss sums over
+(`batch["n_items"]`: loss tokens for SFT, pairs for preference losses), so the engine can
+normalise over a whole gradient-accumulation window before the backward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+
+class Method(Protocol):
+    name: str
+
+    def features(self, example: Any, tokenizer) -> dict | None:
+        """One example -> model-ready features, or None to drop it (e.g. nothing left to learn)."""
+
+    def collate(self, features: list[dict], tokenizer) -> dict:
+        """Features -> a padded batch of tensors, with `n_items` set."""
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """Summed loss over the batch's `n_items`, and metrics to log (sums, divided by the engine)."""
+
+
+def unwrap(model):
+    """The transformers model under a PEFT wrapper (adapter layers stay in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def token_logprob_inputs(model, batch: dict):
+    """Final hidden states at the positions that carry loss, and the tokens they predict.
+
+    Only those rows go through the output projection: on chat data most positions are prompt,
+    and the vocabulary projection is the largest matmul of a small model.
+    """
+    base = unwrap(model)
+    head = base.get_output_embeddings()
+    labels = batch["labels"]
+    targets_mask = labels[:, 1:] != -100
+    if head is None:  # models without a separable head: take the full logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return None, logits[:, :-1][targets_mask], labels[:, 1:][targets_mask]
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    return head, hidden[:, :-1][targets_mask], labels[:, 1:][targets_mask]

@@ -1,0 +1,1 @@
+"""Model references, loading, adapters and export."""

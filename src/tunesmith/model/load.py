@@ -1,0 +1,62 @@
+"""Load a resolved model reference into (model, tokenizer), ready to train or to generate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tunesmith.errors import UserError
+from tunesmith.model.resolve import Resolved, resolve
+
+
+def tokenizer_dir(resolved: Resolved) -> Path:
+    """A run's adapter folder carries the tokenizer it was trained with; otherwise the base's."""
+    if resolved.adapter is not None and (resolved.adapter / "tokenizer_config.json").is_file():
+        return resolved.adapter
+    return resolved.path
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise UserError(f"{path}: could not load tokenizer ({str(e).splitlines()[0][:200]})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(path: Path, dtype: torch.dtype = torch.float32):
+    """Full weights from an HF folder, quietly (no progress bars), in `dtype`."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as e:
+        raise UserError(f"{path}: could not load model ({str(e).splitlines()[0][:200]})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    return model
+
+
+def load_for_inference(reference: str | Resolved, dtype: torch.dtype = torch.float32, merge: bool = True):
+    """Model + tokenizer for generation. A LoRA run's adapter is merged for speed unless merge=False."""
+    resolved = reference if isinstance(reference, Resolved) else resolve(reference)
+    tokenizer = load_tokenizer(tokenizer_dir(resolved))
+    model = load_base(resolved.path, dtype)
+    if resolved.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, resolved.adapter)
+        if merge:
+            model = model.merge_and_unload()
+    model.eval()
+    return model, tokenizer

