@@ -1,0 +1,117 @@
+"""Fixtures: a tiny tokenizer and a tiny Llama (hidden 64, 2 layers) built here, no downloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def corpus() -> list[str]:
+    from tunesmith.tasks.dates import INSTRUCTION, SENTENCES, MONTHS, NAMES, CITIES, ITEMS, WEEKDAYS
+
+    words = SENTENCES + MONTHS + NAMES + CITIES + ITEMS + WEEKDAYS + [INSTRUCTION]
+    words += ["system", "user", "assistant", "You are a helpful assistant.", "Text:", "0123456789-,.;:#'"]
+    return words * 5
+
+
+def build_tokenizer(chat_template: str | None = CHATML, add_bos: bool = False):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus(), trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<|im_start|> $A", pair="<|im_start|> $A $B",
+                                                           special_tokens=[("<|im_start|>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """An HF folder with a randomly initialised 2-layer Llama and the tiny tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+                         initializer_range=0.1)  # large enough that frozen random weights can be adapted
+    model = LlamaForCausalLM(config)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def date_data(tmp_path_factory) -> dict[str, Path]:
+    from tunesmith.tasks.dates import write_splits
+
+    return write_splits(tmp_path_factory.mktemp("dates"), n_train=96, n_val=16, n_test=16, seed=7)
+
+
+def write_config(path: Path, model: Path | str, splits: dict[str, Path], out_dir: Path, **sections) -> Path:
+    """A run config for the tiny model; keyword sections update the defaults (train=..., adapter=...)."""
+    import yaml
+
+    cfg = {
+        "name": "tiny",
+        "model": str(model),
+        "method": "sft",
+        "adapter": {"type": "lora", "r": 8, "alpha": 16, "targets": "all-linear"},
+        "data": {"train": [{"path": str(splits["train"])}], "val": str(splits["val"]), "max_length": 256},
+        "train": {"max_steps": 20, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "log_every": 1, "warmup": 0},
+        "output": {"dir": str(out_dir)},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def cli_env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env["HF_HUB_OFFLINE"] = "1"
+    env.pop("TUNESMITH_DEBUG", None)
+    return env
+
+
+def cli(args: list[str], tmp_path: Path, **kwargs):
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True,
+                          env=cli_env(tmp_path), cwd=kwargs.pop("cwd", tmp_path), **kwargs)

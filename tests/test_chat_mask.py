@@ -1,0 +1,83 @@
+"""The loss mask: assistant content and its end-of-turn token are trained, nothing else; one BOS."""
+
+from conftest import build_tokenizer
+
+from tunesmith.data.chat import IGNORE, encode_chat, prompt_ids
+
+CONV = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "When was the contract signed?"},
+    {"role": "assistant", "content": "1999-03-03"},
+    {"role": "user", "content": "And the deadline?"},
+    {"role": "assistant", "content": "2001-12-24"},
+]
+
+
+def trained_text(tokenizer, enc) -> list[str]:
+    """Decoded runs of consecutive trained tokens."""
+    runs, cur = [], []
+    for tid, lab in zip(enc.input_ids, enc.labels):
+        if lab != IGNORE:
+            assert lab == tid
+            cur.append(tid)
+        elif cur:
+            runs.append(tokenizer.decode(cur))
+            cur = []
+    if cur:
+        runs.append(tokenizer.decode(cur))
+    return runs
+
+
+def test_every_assistant_turn_and_its_eos_are_trained_nothing_else(tokenizer):
+    enc = encode_chat(tokenizer, CONV, max_length=512)
+    assert trained_text(tokenizer, enc) == ["1999-03-03<|im_end|>", "2001-12-24<|im_end|>"]
+    eos = tokenizer.eos_token_id
+    eos_positions = [i for i, t in enumerate(enc.input_ids) if t == eos]
+    trained_eos = [i for i in eos_positions if enc.labels[i] == eos]
+    assert len(trained_eos) == 2 and len(eos_positions) == 5  # system/user turns' EOS are not trained
+    assert not enc.truncated
+
+
+def test_newline_after_end_of_turn_is_not_trained(tokenizer):
+    enc = encode_chat(tokenizer, CONV[:3], max_length=512)
+    last_trained = max(i for i, lab in enumerate(enc.labels) if lab != IGNORE)
+    assert enc.input_ids[last_trained] == tokenizer.eos_token_id
+    assert all(lab == IGNORE for lab in enc.labels[last_trained + 1:])
+
+
+def test_prompt_ids_match_the_prefix_of_the_training_sequence(tokenizer):
+    enc = encode_chat(tokenizer, CONV[:3], max_length=512)
+    prompt = prompt_ids(tokenizer, CONV[:2])
+    assert enc.input_ids[: len(prompt)] == prompt
+    assert enc.labels[len(prompt)] != IGNORE and all(lab == IGNORE for lab in enc.labels[: len(prompt)])
+
+
+def test_no_double_bos_when_tokenizer_adds_bos_and_template_has_it():
+    template = "{{ bos_token }}{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token }}{% endfor %}" \
+               "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    tok = build_tokenizer(chat_template=template, add_bos=True)
+    assert tok("hi")["input_ids"][0] == tok.bos_token_id  # this tokenizer would add a BOS by itself
+    enc = encode_chat(tok, CONV[1:3], max_length=512)
+    assert enc.input_ids[0] == tok.bos_token_id and enc.input_ids[1] != tok.bos_token_id
+    assert enc.input_ids.count(tok.bos_token_id) == 1
+    assert trained_text(tok, enc) == ["1999-03-03<|im_end|>"]
+
+
+def test_template_without_eos_gets_eos_appended_and_trained():
+    template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}" \
+               "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    tok = build_tokenizer(chat_template=template)
+    enc = encode_chat(tok, CONV[1:3], max_length=512)
+    assert enc.input_ids[-1] == tok.eos_token_id and enc.labels[-1] == tok.eos_token_id
+
+
+def test_plain_model_without_template_trains_completion_and_eos_with_one_bos():
+    tok = build_tokenizer(chat_template=None, add_bos=True)
+    enc = encode_chat(tok, CONV[1:3], max_length=512)
+    assert enc.input_ids.count(tok.bos_token_id) == 1
+    assert trained_text(tok, enc) == ["1999-03-03<|im_end|>"]
+
+
+def test_truncation_is_reported(tokenizer):
+    enc = encode_chat(tokenizer, CONV, max_length=20)
+    assert enc.truncated and len(enc.input_ids) == 20

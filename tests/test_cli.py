@@ -1,0 +1,102 @@
+"""Bad input: one line naming the cause, exit code 2, no traceback, no half-written run directory."""
+
+import json
+
+import pytest
+from conftest import cli, write_config
+
+
+def one_line_error(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def cfg(tmp_path, tiny_model_dir, date_data):
+    return write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", train={"max_steps": 2})
+
+
+def test_missing_config_file(tmp_path):
+    one_line_error(cli(["train", "nope.yaml"], tmp_path), "nope.yaml: config file not found")
+
+
+def test_unknown_config_key(tmp_path, cfg):
+    one_line_error(cli(["train", str(cfg), "--set", "train.epoch=2"], tmp_path), "unknown key 'train.epoch'", "epochs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_broken_data_line_names_file_and_line(tmp_path, cfg, date_data):
+    bad = tmp_path / "bad.jsonl"
+    lines = date_data["train"].read_text().splitlines()
+    lines[4] = lines[4][:-3]
+    bad.write_text("\n".join(lines) + "\n")
+    one_line_error(cli(["train", str(cfg), "--set", f"data.train={bad}"], tmp_path), f"{bad}:5: invalid JSON")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_data_file(tmp_path, cfg):
+    one_line_error(cli(["train", str(cfg), "--set", "data.val=absent.jsonl"], tmp_path), "absent.jsonl: data file not found")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_model_not_found_offline(tmp_path, cfg):
+    result = cli(["train", str(cfg), "--set", "model=some-org/some-model-not-cached"], tmp_path, timeout=120)
+    one_line_error(result, "some-org/some-model-not-cached", "not in the local Hugging Face cache")
+    assert not (tmp_path / "runs").exists()
+    one_line_error(cli(["generate", "./no/such/dir", "--prompt", "hi"], tmp_path), "model path not found")
+    one_line_error(cli(["generate", "missing.gguf", "--prompt", "hi"], tmp_path), "GGUF file not found")
+
+
+def test_hub_lookup_without_offline_flag_fails_fast(tmp_path, cfg, monkeypatch):
+    """With the network unreachable and no HF_HUB_OFFLINE, the error still comes, quickly."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import cli_env
+
+    env = cli_env(tmp_path)
+    env.pop("HF_HUB_OFFLINE")
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens on the discard port
+    t0 = time.time()
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "generate", "some-org/not-cached", "--prompt", "hi"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    one_line_error(result, "could not be downloaded")
+    assert time.time() - t0 < 100
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert cli(["train"], tmp_path).returncode == 2
+    assert cli(["no-such-command"], tmp_path).returncode == 2
+
+
+def test_generate_and_eval_on_a_run(tmp_path, cfg, date_data):
+    assert cli(["train", str(cfg), "--quiet"], tmp_path).returncode == 0
+    run = tmp_path / "runs" / "tiny"
+    gen = cli(["generate", str(run), "--prompt", "hello", "--max-new-tokens", "5", "--precision", "fp32"], tmp_path)
+    assert gen.returncode == 0, gen.stderr
+    sampled = cli(["generate", str(run), "--prompt", "hello", "--max-new-tokens", "5", "--temperature", "0.8", "--seed", "1"], tmp_path)
+    assert sampled.returncode == 0, sampled.stderr
+    out = tmp_path / "scores.json"
+    ev = cli(["eval", str(run), "--data", str(date_data["test"]), "--limit", "4", "--max-new-tokens", "4", "--json", str(out)], tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    scores = json.loads(out.read_text())
+    assert scores["n"] == 4 and 0.0 <= scores["exact_match"] <= 1.0
+    assert len(out.with_suffix(".predictions.jsonl").read_text().splitlines()) == 4
+
+
+def test_chat_streams_and_keeps_history(tmp_path, tiny_model_dir):
+    result = cli(["chat", str(tiny_model_dir), "--max-new-tokens", "4", "--temperature", "0"], tmp_path,
+                 input="hello\n/reset\nagain\n/exit\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("assistant> ") == 2
+    assert "history cleared" in result.stderr
+
+
+def test_module_entry_point(tmp_path):
+    result = cli(["--help"], tmp_path)
+    assert result.returncode == 0 and "quickstart" in result.stdout and "export" in result.stdout

@@ -1,0 +1,86 @@
+"""Exports load in plain transformers / PEFT and reproduce the run's greedy outputs."""
+
+import json
+
+import pytest
+import torch
+from conftest import cli, write_config
+
+from tunesmith.data.records import load_examples
+from tunesmith.eval.generate import Sampling, generate_all
+from tunesmith.eval.task import split_reference
+from tunesmith.model.load import load_for_inference
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir, date_data):
+    tmp = tmp_path_factory.mktemp("lora-run")
+    cfg = write_config(tmp / "c.yaml", tiny_model_dir, date_data, tmp / "runs",
+                       train={"max_steps": 40, "lr": 1e-2}, adapter={"type": "lora", "r": 8, "alpha": 16})
+    result = cli(["train", str(cfg), "--quiet"], tmp)
+    assert result.returncode == 0, result.stderr
+    return tmp / "runs" / "tiny"
+
+
+def greedy(model, tokenizer, data) -> list[str]:
+    prompts = [split_reference(e)[0] for e in load_examples(data)]
+    return generate_all(model, tokenizer, prompts, Sampling(max_new_tokens=12), batch_size=4)
+
+
+def greedy_ids(model, tokenizer, data):
+    """Logits of the first test prompt: a finer check than decoded text."""
+    from tunesmith.data.chat import prompt_ids
+
+    prompt = split_reference(load_examples(data)[0])[0]
+    ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0, -1]
+
+
+def test_merged_export_reproduces_the_run_in_plain_transformers(tmp_path, lora_run, date_data):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = cli(["export", str(lora_run), "--to", str(tmp_path / "merged"), "--merge"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["kind"] == "merged"
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    plain_tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    assert plain_tok.chat_template and not (tmp_path / "merged" / "adapter_config.json").exists()
+    run_model, run_tok = load_for_inference(str(lora_run), merge=False)  # the run's own PEFT model, unmerged
+    outputs = greedy(plain, plain_tok, date_data["test"])
+    assert outputs == greedy(run_model, run_tok, date_data["test"])
+    assert any(outputs)  # the tuned tiny model says something
+    torch.testing.assert_close(greedy_ids(plain, plain_tok, date_data["test"]), greedy_ids(run_model, run_tok, date_data["test"]),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_adapter_export_loads_in_plain_peft(tmp_path, lora_run, tiny_model_dir, date_data):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = cli(["export", str(lora_run), "--to", str(tmp_path / "adapter")], tmp_path)
+    assert result.returncode == 0, result.stderr
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "adapter")
+    run_model, run_tok = load_for_inference(str(lora_run), merge=False)
+    assert greedy(peft_model, tok, date_data["test"]) == greedy(run_model, run_tok, date_data["test"])
+
+
+def test_full_finetune_and_model_reference_export(tmp_path, tiny_model_dir, date_data):
+    from transformers import AutoModelForCausalLM
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", adapter={"type": "none"},
+                       train={"max_steps": 5})
+    assert cli(["train", str(cfg), "--quiet"], tmp_path).returncode == 0
+    run = tmp_path / "runs" / "tiny"
+    assert cli(["export", str(run), "--to", str(tmp_path / "full")], tmp_path).returncode == 0
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "full")
+    trained = AutoModelForCausalLM.from_pretrained(run / "final")
+    for (n, a), (_, b) in zip(exported.state_dict().items(), trained.state_dict().items()):
+        assert torch.equal(a, b), n
+    # a plain model reference exports as an HF folder too
+    assert cli(["export", str(tiny_model_dir), "--to", str(tmp_path / "copy")], tmp_path).returncode == 0
+    assert (tmp_path / "copy" / "model.safetensors").is_file()
+    refused = cli(["export", str(run), "--to", str(tmp_path / "full")], tmp_path)
+    assert refused.returncode == 2 and "not empty" in refused.stderr
