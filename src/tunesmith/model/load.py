@@ -58,5 +58,7 @@ def load_for_inference(reference: str | Resolved, dtype: torch.dtype = torch.flo
         model = PeftModel.from_pretrained(model, resolved.adapter)
         if merge:
             model = model.merge_and_unload()
-    model.eval()
+    from tunesmith.engine.precision import device
+
+    model.to(device()).eval()
     return model, tokenizer
