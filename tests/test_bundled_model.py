@@ -42,9 +42,9 @@ def test_quickstart_lora_beats_the_untuned_model_and_exports(tmp_path):
     from tunesmith.eval.task import split_reference
 
     prompts = [split_reference(e)[0] for e in load_examples(tmp_path / "qs" / "data" / "test.jsonl")[:12]]
-    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
-    plain_tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
     run_model, run_tok = load_for_inference(str(run), merge=False)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).to(run_model.device).eval()
+    plain_tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
     sampling = Sampling(max_new_tokens=12)
     assert generate_all(plain, plain_tok, prompts, sampling, 12) == generate_all(run_model, run_tok, prompts, sampling, 12)
 

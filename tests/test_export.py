@@ -32,7 +32,7 @@ def greedy_ids(model, tokenizer, data):
     from tunesmith.data.chat import prompt_ids
 
     prompt = split_reference(load_examples(data)[0])[0]
-    ids = torch.tensor([prompt_ids(tokenizer, prompt)])
+    ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=model.device)
     with torch.no_grad():
         return model(input_ids=ids).logits[0, -1]
 
@@ -43,10 +43,10 @@ def test_merged_export_reproduces_the_run_in_plain_transformers(tmp_path, lora_r
     result = cli(["export", str(lora_run), "--to", str(tmp_path / "merged"), "--merge"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["kind"] == "merged"
-    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    run_model, run_tok = load_for_inference(str(lora_run), merge=False)  # the run's own PEFT model, unmerged
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").to(run_model.device).eval()
     plain_tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
     assert plain_tok.chat_template and not (tmp_path / "merged" / "adapter_config.json").exists()
-    run_model, run_tok = load_for_inference(str(lora_run), merge=False)  # the run's own PEFT model, unmerged
     outputs = greedy(plain, plain_tok, date_data["test"])
     assert outputs == greedy(run_model, run_tok, date_data["test"])
     assert any(outputs)  # the tuned tiny model says something
@@ -60,10 +60,10 @@ def test_adapter_export_loads_in_plain_peft(tmp_path, lora_run, tiny_model_dir, 
 
     result = cli(["export", str(lora_run), "--to", str(tmp_path / "adapter")], tmp_path)
     assert result.returncode == 0, result.stderr
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    peft_model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
-    tok = AutoTokenizer.from_pretrained(tmp_path / "adapter")
     run_model, run_tok = load_for_inference(str(lora_run), merge=False)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "adapter").to(run_model.device).eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "adapter")
     assert greedy(peft_model, tok, date_data["test"]) == greedy(run_model, run_tok, date_data["test"])
 
 

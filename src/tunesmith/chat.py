@@ -34,7 +34,7 @@ def stream_reply(model, tokenizer, messages: list[dict], sampling: Sampling, wri
 
 def chat_loop(model, tokenizer, sampling: Sampling, system: str | None = None, console: Console | None = None,
               read=input) -> list[dict]:
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     base = [{"role": "system", "content": system}] if system else []
     history = list(base)
     console.print("[dim]chat: type a message; /reset clears the history, /exit or Ctrl-D leaves[/dim]")

@@ -23,8 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _inference_dtype(precision: str):
@@ -48,7 +48,7 @@ def train(
 
     cfg = load_config(config, set_)
     summary = run_training(cfg, resume=resume, console=err, quiet=quiet)
-    out.print(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
 
 
 @app.command()
@@ -74,7 +74,7 @@ def export(
     from tunesmith.model.export import export as do_export
 
     result = do_export(run_or_model, to, merge=merge)
-    out.print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
 
 
 @app.command()
@@ -100,7 +100,7 @@ def generate(
     m, tok = load_for_inference(model, dtype=_inference_dtype(precision))
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     reply = generate_batch(m, tok, [messages], Sampling(max_new_tokens, temperature, top_p, top_k))[0]
-    out.print(reply, highlight=False, markup=False)
+    print(reply)
 
 
 @app.command()
@@ -144,7 +144,7 @@ def evaluate(
     scores = exact_match(m, tok, data, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size, predictions_path=preds)
     if json_out:
         json_out.write_text(json.dumps(scores, indent=2))
-    out.print(json.dumps(scores, indent=2))
+    print(json.dumps(scores, indent=2))
 
 
 def _check_precision(precision: str) -> None:

@@ -52,7 +52,7 @@ def _free_name(runs: Path, base: str) -> str:
 
 def run_quickstart(workdir: Path, model: str = "smollm2-135m-instruct", max_steps: int = 150,
                    test_limit: int | None = None, console: Console | None = None, out: Console | None = None) -> dict:
-    console, out = console or Console(stderr=True), out or Console()
+    console, out = console or Console(stderr=True, soft_wrap=True), out or Console(soft_wrap=True)
     t0 = time.perf_counter()
     splits = write_splits(workdir / "data")
     name = _free_name(workdir / "runs", "dates-lora")

@@ -116,7 +116,7 @@ def save_final(model, tokenizer, run_dir: Path, base_path: Path) -> Path:
 
 
 def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = None, quiet: bool = False) -> dict:
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     _check_run_dir(cfg, resume)
     if cfg.eval.test:
         load_examples(cfg.eval.test)  # validate now, not after an hour of training

@@ -85,7 +85,7 @@ def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: in
 
 def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         console: Console | None = None, quiet: bool = False) -> FitResult:
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     dev = device()
     precision = resolve_precision(cfg.train.precision, dev)
     model.to(dev)
@@ -129,7 +129,7 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
                 w["metrics"][k] = w["metrics"].get(k, 0.0) + v
             state["tokens"] += sum(b["n_tokens"] for b in micro)
 
-            do_val = bool(data.val) and cfg.eval.every is not None and (step % cfg.eval.every == 0 or step == total)
+            do_val = bool(data.val) and (step == total or (cfg.eval.every is not None and step % cfg.eval.every == 0))
             if step % cfg.train.log_every == 0 or step in (1, total) or do_val:
                 now = time.perf_counter()
                 record = {

