@@ -100,3 +100,4 @@ def test_chat_streams_and_keeps_history(tmp_path, tiny_model_dir):
 def test_module_entry_point(tmp_path):
     result = cli(["--help"], tmp_path)
     assert result.returncode == 0 and "quickstart" in result.stdout and "export" in result.stdout
+

@@ -106,3 +106,27 @@ def test_bf16_precision_trains(tmp_path, tiny_model_dir, date_data):
     records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
     assert summary["precision"] == "bf16" and records[-1]["loss"] < records[0]["loss"]
     assert torch.isfinite(torch.tensor([r["loss"] for r in records])).all()
+
+
+def test_a_run_failing_before_its_first_step_leaves_nothing_behind(tmp_path, tiny_model_dir, date_data, monkeypatch):
+    from tunesmith.methods.sft import SFT
+
+    cfg_path = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", train={"max_steps": 6})
+    real_loss, calls = SFT.loss, {"n": 0}
+
+    def failing_loss(self, model, batch, fail_at):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise RuntimeError("out of memory")
+        return real_loss(self, model, batch)
+
+    monkeypatch.setattr(SFT, "loss", lambda self, m, b: failing_loss(self, m, b, fail_at=1))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(load_config(cfg_path), quiet=True)
+    assert not (tmp_path / "runs" / "tiny").exists()  # the corrected rerun is not blocked
+
+    calls["n"] = 0  # failing later: the logged steps are kept for inspection and --resume
+    monkeypatch.setattr(SFT, "loss", lambda self, m, b: failing_loss(self, m, b, fail_at=4))
+    with pytest.raises(RuntimeError):
+        train(load_config(cfg_path), quiet=True)
+    assert [r["step"] for r in read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")] == [1, 2, 3]

@@ -87,7 +87,7 @@ class EvalConfig(Section):
 
 class OutputConfig(Section):
     dir: str = "runs"
-    save_every: int | None = Field(None, ge=1)
+    save_every: int | None = Field(500, ge=1, description="checkpoint every N steps; null = never")
     keep: int = Field(2, ge=1)
 
 

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from tunesmith.config import RunConfig, validate_config
 from tunesmith.data.records import Example, load_examples
+from tunesmith.engine.checkpoint import list_checkpoints
 from tunesmith.engine.loop import FitResult, TrainData, fit
 from tunesmith.engine.logbook import read_metrics
 from tunesmith.errors import UserError
@@ -134,7 +135,14 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         f"[bold]{cfg.name}[/bold]: {cfg.method} on {cfg.model}, adapter {cfg.adapter.type}, "
         f"{trainable:,} of {total:,} parameters trained, {len(data.features)} train / {len(data.val)} val examples"
     )
-    result: FitResult = fit(model, tokenizer, method, data, cfg, run_dir, resume=resume, console=console, quiet=quiet)
+    try:
+        result: FitResult = fit(model, tokenizer, method, data, cfg, run_dir, resume=resume, console=console, quiet=quiet)
+    except BaseException:
+        # Failed before a single step was logged or saved: nothing worth keeping, and a leftover
+        # directory would only block the corrected rerun.
+        if not resume and not read_metrics(run_dir / "metrics.jsonl") and not list_checkpoints(run_dir / "checkpoints"):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     final = save_final(model, tokenizer, run_dir, resolved.path)
     records = read_metrics(run_dir / "metrics.jsonl")
     plot = loss_curve(records, run_dir / "plots" / "loss.png", title=f"{cfg.name}: {cfg.method}, {cfg.adapter.type}")
