@@ -101,3 +101,12 @@ def test_module_entry_point(tmp_path):
     result = cli(["--help"], tmp_path)
     assert result.returncode == 0 and "quickstart" in result.stdout and "export" in result.stdout
 
+
+
+def test_lora_over_a_lora_run_asks_for_a_merge_first(tmp_path, cfg):
+    assert cli(["train", str(cfg), "--quiet"], tmp_path).returncode == 0
+    run = tmp_path / "runs" / "tiny"
+    one_line_error(cli(["train", str(cfg), "--set", f"model={run}", "--set", "name=again"], tmp_path),
+                   "is a LoRA run; merge it first")
+    full = cli(["train", str(cfg), "--set", f"model={run}", "--set", "name=full-on-top", "--set", "adapter.type=none", "--quiet"], tmp_path)
+    assert full.returncode == 0, full.stderr

@@ -88,3 +88,8 @@ def test_apply_override_creates_sections():
     apply_override(tree, "eval.every=5")
     assert tree == {"eval": {"every": 5}}
     assert yaml.safe_dump(tree)
+
+
+def test_unknown_key_inside_a_list_of_sources(tmp_path):
+    with pytest.raises(UserError, match=r"run.yaml:5: unknown key 'data.train.0.wieght' \(allowed here: path, weight\)"):
+        load_config(cfg_file(tmp_path), ["data.train.0.wieght=2"])

@@ -113,7 +113,7 @@ def chat(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
 ):
     """Talk to a model; replies stream token by token. /reset clears the history, /exit leaves."""
-    from tunesmith.chat import chat_loop
+    from tunesmith.chat_session import chat_loop
     from tunesmith.eval.generate import Sampling
     from tunesmith.model.load import load_for_inference
 

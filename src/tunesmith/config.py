@@ -161,29 +161,26 @@ def _yaml_lines(text: str) -> dict[tuple, int]:
     return lines
 
 
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The config section class inside an annotation such as `AdapterConfig` or `list[DataSource]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _section_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _allowed_keys(loc: tuple) -> list[str]:
     """The keys allowed in the section that `loc` (a pydantic error location) points into."""
-    model: Any = RunConfig
+    model: type[BaseModel] | None = RunConfig
     for part in loc[:-1]:
         if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
-        if field is None:
-            return []
-        ann = field.annotation
-        args = getattr(ann, "__args__", ())
-        candidates = [ann, *args]
-        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if nxt is None:
-            for c in args:
-                inner = next((a for a in getattr(c, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-                if inner is not None:
-                    nxt = inner
-                    break
-        if nxt is None:
-            return []
-        model = nxt
-    return list(model.model_fields)
+            continue  # an index into a list of sections
+        field = model.model_fields.get(part) if model else None
+        model = _section_model(field.annotation) if field else None
+    return list(model.model_fields) if model else []
 
 
 def _describe(err: dict, source: str, lines: dict[tuple, int]) -> str:

@@ -122,6 +122,10 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     if cfg.eval.test:
         load_examples(cfg.eval.test)  # validate now, not after an hour of training
     resolved = resolve(cfg.model)
+    if resolved.adapter is not None and cfg.adapter.type != "none":
+        # a new adapter trained over a merged one would not load onto the base it names
+        raise UserError(f"model: {cfg.model} is a LoRA run; merge it first (tunesmith export {cfg.model} --to DIR --merge) "
+                        "and train on DIR")
     tokenizer = load_tokenizer(tokenizer_dir(resolved))
     method = build_method(cfg.method, cfg)
     data = load_data(cfg, method, tokenizer, console)

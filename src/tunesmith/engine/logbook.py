@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from rich.console import Console
@@ -71,6 +70,3 @@ class TrainProgress:
         else:
             self.progress.update(self.task, completed=step)
 
-
-def fmt(x: float) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"

@@ -119,30 +119,13 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
             loss_sum, metrics, grad_norm = _train_step(model, method, micro, params, optimizer, scheduler, cfg, precision, dev)
             state["step"] += 1
             step = state["step"]
-            w = state["window"]
-            w["loss"] += loss_sum
-            w["items"] += sum(b["n_items"] for b in micro)
-            w["tokens"] += sum(b["n_tokens"] for b in micro)
-            w["steps"] += 1
-            w["grad_norm"] += grad_norm
-            for k, v in metrics.items():
-                w["metrics"][k] = w["metrics"].get(k, 0.0) + v
             state["tokens"] += sum(b["n_tokens"] for b in micro)
+            _add_to_window(state["window"], loss_sum, metrics, grad_norm, micro)
 
             do_val = bool(data.val) and (step == total or (cfg.eval.every is not None and step % cfg.eval.every == 0))
             if step % cfg.train.log_every == 0 or step in (1, total) or do_val:
                 now = time.perf_counter()
-                record = {
-                    "step": step,
-                    "epoch": round(state["epoch"] + state["batch"] / max(1, sampler.batches_per_epoch()), 4),
-                    "loss": w["loss"] / max(1, w["items"]),
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": w["grad_norm"] / w["steps"],
-                    "tokens_per_s": w["tokens"] / max(1e-9, now - t_window),
-                    "tokens": state["tokens"],
-                    "elapsed_s": round(now - t_start, 3),
-                }
-                record.update({k: v / max(1, w["items"]) for k, v in w["metrics"].items()})
+                record = _window_record(state, sampler, scheduler, now - t_window, now - t_start)
                 if do_val:
                     record.update(evaluate_loss(model, method, tokenizer, data.val, cfg.train.batch_size, precision, dev))
                     val_loss = record["val_loss"]
@@ -181,4 +164,32 @@ def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConf
 
 
 def _empty_window() -> dict:
+    """Sums over the optimizer steps since the last log line (kept in checkpoints for exact resume)."""
     return {"loss": 0.0, "items": 0, "tokens": 0, "steps": 0, "grad_norm": 0.0, "metrics": {}}
+
+
+def _add_to_window(w: dict, loss_sum: float, metrics: dict, grad_norm: float, micro: list[dict]) -> None:
+    w["loss"] += loss_sum
+    w["items"] += sum(b["n_items"] for b in micro)
+    w["tokens"] += sum(b["n_tokens"] for b in micro)
+    w["steps"] += 1
+    w["grad_norm"] += grad_norm
+    for k, v in metrics.items():
+        w["metrics"][k] = w["metrics"].get(k, 0.0) + v
+
+
+def _window_record(state: dict, sampler: EpochSampler, scheduler, window_s: float, elapsed_s: float) -> dict:
+    """One metrics.jsonl line: means per item (token) over the window; tokens/s counts real tokens."""
+    w = state["window"]
+    record = {
+        "step": state["step"],
+        "epoch": round(state["epoch"] + state["batch"] / max(1, sampler.batches_per_epoch()), 4),
+        "loss": w["loss"] / max(1, w["items"]),
+        "lr": scheduler.get_last_lr()[0],
+        "grad_norm": w["grad_norm"] / w["steps"],
+        "tokens_per_s": w["tokens"] / max(1e-9, window_s),
+        "tokens": state["tokens"],
+        "elapsed_s": round(elapsed_s, 3),
+    }
+    record.update({k: v / max(1, w["items"]) for k, v in w["metrics"].items()})
+    return record

