@@ -54,3 +54,16 @@ def test_chat_on_the_bundled_model(tmp_path):
                  input="What is the capital of France?\n", timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
+
+
+def test_loss_mask_on_the_bundled_chatml_template():
+    from test_chat_mask import CONV, trained_text
+
+    from tunesmith.data.chat import encode_chat
+    from tunesmith.model.load import load_tokenizer
+
+    tok = load_tokenizer(resolve(BUNDLED_ALIAS).path)
+    enc = encode_chat(tok, CONV, max_length=512)
+    assert trained_text(tok, enc) == ["1999-03-03<|im_end|>", "2001-12-24<|im_end|>"]
+    assert enc.input_ids.count(tok.bos_token_id) == 5  # <|im_start|> opens each of the 5 turns, none doubled
+    assert enc.input_ids[0] == tok.bos_token_id and enc.input_ids[1] != tok.bos_token_id

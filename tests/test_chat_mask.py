@@ -81,3 +81,38 @@ def test_plain_model_without_template_trains_completion_and_eos_with_one_bos():
 def test_truncation_is_reported(tokenizer):
     enc = encode_chat(tokenizer, CONV, max_length=20)
     assert enc.truncated and len(enc.input_ids) == 20
+
+
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+def test_llama3_style_template_with_bos_in_the_template():
+    tok = build_tokenizer(chat_template=LLAMA3, add_bos=True)
+    tok.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    tok.eos_token = "<|eot_id|>"
+    enc = encode_chat(tok, CONV, max_length=512)
+    assert enc.input_ids.count(tok.bos_token_id) == 1 and enc.input_ids[0] == tok.bos_token_id
+    assert trained_text(tok, enc) == ["1999-03-03<|eot_id|>", "2001-12-24<|eot_id|>"]
+
+
+def test_default_system_prompt_injected_by_the_template_is_not_trained(tokenizer):
+    enc = encode_chat(tokenizer, CONV[1:3], max_length=512)  # no system turn: the template adds one
+    assert "You are a helpful assistant." in tokenizer.decode(enc.input_ids)
+    assert trained_text(tokenizer, enc) == ["1999-03-03<|im_end|>"]
+
+
+def test_train_on_last_and_all(tokenizer):
+    last = encode_chat(tokenizer, CONV, max_length=512, train_on="last")
+    assert trained_text(tokenizer, last) == ["2001-12-24<|im_end|>"]
+    every = encode_chat(tokenizer, CONV, max_length=512, train_on="all")
+    assert every.labels == every.input_ids
+
+
+def test_plain_text_trains_every_token_and_ends_with_eos(tokenizer):
+    from tunesmith.data.chat import encode_text
+
+    enc = encode_text(tokenizer, "The contract was signed in Lisbon.", max_length=512)
+    assert enc.labels == enc.input_ids and enc.input_ids[-1] == tokenizer.eos_token_id

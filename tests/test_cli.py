@@ -110,3 +110,27 @@ def test_lora_over_a_lora_run_asks_for_a_merge_first(tmp_path, cfg):
                    "is a LoRA run; merge it first")
     full = cli(["train", str(cfg), "--set", f"model={run}", "--set", "name=full-on-top", "--set", "adapter.type=none", "--quiet"], tmp_path)
     assert full.returncode == 0, full.stderr
+
+
+def test_every_malformed_case_is_one_line_per_problem_with_exit_2(tmp_path, cfg):
+    bad = tmp_path / "bad.jsonl"
+    good = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    bad.write_bytes(b"\n".join([
+        good.encode(),
+        b'{"messages": [',                                                                  # 2 broken JSON
+        b'{"prompt": "\xff", "completion": "x"}',                                           # 3 invalid UTF-8
+        b'{"question": "q"}',                                                               # 4 unknown layout
+        json.dumps({"messages": [{"role": "robot", "content": "x"}]}).encode(),             # 5 bad role
+        json.dumps({"messages": [{"role": "user", "content": ["x"]}]}).encode(),            # 6 non-string content
+        json.dumps({"messages": [{"role": "user", "content": "only a question"}]}).encode(),  # 7 no assistant turn
+    ]) + b"\n")
+    result = cli(["train", str(cfg), "--set", f"data.train={bad}"], tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(": ")[1] for line in lines] == [f"{bad}:{n}" for n in range(2, 8)]
+    for line, what in zip(lines, ["invalid JSON", "invalid UTF-8", "unknown layout", "role 'robot' not allowed",
+                                  "content must be a string", "no assistant turn"]):
+        assert line.startswith("error: ") and what in line
+    (tmp_path / "empty.jsonl").write_text("\n")
+    one_line_error(cli(["train", str(cfg), "--set", f"data.train={tmp_path / 'empty.jsonl'}"], tmp_path), "empty.jsonl: no records")
+    assert not (tmp_path / "runs").exists()

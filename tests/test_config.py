@@ -91,5 +91,5 @@ def test_apply_override_creates_sections():
 
 
 def test_unknown_key_inside_a_list_of_sources(tmp_path):
-    with pytest.raises(UserError, match=r"run.yaml:5: unknown key 'data.train.0.wieght' \(allowed here: path, weight\)"):
+    with pytest.raises(UserError, match=r"run.yaml:5: unknown key 'data.train.0.wieght' \(allowed here: path, weight, format, columns, key, split, train_on\)"):
         load_config(cfg_file(tmp_path), ["data.train.0.wieght=2"])

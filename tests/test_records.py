@@ -33,10 +33,16 @@ def test_bad_line_is_named_with_file_and_line(tmp_path, bad, message):
     assert str(e.value).startswith(f"{p}:3: ") and message in str(e.value)
 
 
-def test_several_problems_are_counted(tmp_path):
+def test_every_problem_is_listed_one_per_line_up_to_a_limit(tmp_path):
     p = write(tmp_path, ["{", json.dumps(GOOD), "{", "{"])
-    with pytest.raises(UserError, match=r"d.jsonl:1: invalid JSON.*and 2 more bad lines"):
+    with pytest.raises(UserError) as e:
         load_examples(p)
+    assert [line.split(": ")[0] for line in str(e.value).splitlines()] == [f"{p}:1", f"{p}:3", f"{p}:4"]
+    many = write(tmp_path, ["{"] * 25, name="many.jsonl")
+    with pytest.raises(UserError) as e:
+        load_examples(many)
+    lines = str(e.value).splitlines()
+    assert len(lines) == 21 and lines[19].startswith(f"{many}:20: ") and lines[20] == "... and 5 more problems"
 
 
 def test_missing_and_empty_files(tmp_path):

@@ -130,3 +130,24 @@ def test_a_run_failing_before_its_first_step_leaves_nothing_behind(tmp_path, tin
     with pytest.raises(RuntimeError):
         train(load_config(cfg_path), quiet=True)
     assert [r["step"] for r in read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_truncation_policy_truncate_or_drop(tmp_path, tiny_model_dir, date_data, tokenizer):
+    from tunesmith.data.records import load_examples
+    from tunesmith.methods.sft import SFT
+
+    lengths = sorted(len(SFT(load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "r")))
+                         .features(e, tokenizer)["input_ids"]) for e in load_examples(date_data["train"]))
+    cut = lengths[len(lengths) // 2]  # about half the examples are longer than this
+    longer = sum(n > cut for n in lengths)
+    assert 0 < longer < len(lengths)
+    counts = {}
+    for policy in ("truncate", "drop"):
+        cfg = load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "r",
+                                       data={"max_length": cut, "truncation": policy}))
+        method = SFT(cfg)
+        kept = [f for f in (method.features(e, tokenizer) for e in load_examples(date_data["train"])) if f is not None]
+        assert all(len(f["input_ids"]) <= cut for f in kept)
+        counts[policy] = (len(kept), method.truncated, method.dropped)
+    assert counts["drop"] == (len(lengths) - longer, 0, longer)
+    assert counts["truncate"][0] + counts["truncate"][2] == len(lengths) and counts["truncate"][1] >= 1

@@ -147,6 +147,39 @@ def evaluate(
     print(json.dumps(scores, indent=2))
 
 
+data_app = typer.Typer(help="Look at data before training on it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: str = typer.Argument(..., help="data file, saved dataset folder or hub dataset id"),
+    model: str = typer.Option("smollm2-135m-instruct", help="model whose tokenizer and chat template render the data"),
+    format: str = typer.Option("auto", help="auto | messages | sharegpt | alpaca | prompt_completion | preference | text"),
+    max_length: int = typer.Option(1024, min=8),
+    train_on: str = typer.Option("all_assistant", help="all_assistant | last | all"),
+    show: int = typer.Option(2, min=0, help="examples to render with the loss mask"),
+    png: Optional[Path] = typer.Option(None, help="write the length histogram here (PNG)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the statistics here"),
+):
+    """Layout, counts, token lengths, truncation and a masked preview; exit 2 if any record is bad."""
+    from tunesmith.data.inspect import inspect
+    from tunesmith.data.layouts import FORMATS
+    from tunesmith.model.load import load_tokenizer, tokenizer_dir
+    from tunesmith.model.resolve import resolve
+
+    if format not in FORMATS:
+        raise UserError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
+    if train_on not in ("all_assistant", "last", "all"):
+        raise UserError(f"--train-on {train_on!r}: use all_assistant, last or all")
+    tokenizer = load_tokenizer(tokenizer_dir(resolve(model)))
+    stats = inspect(path, tokenizer, out, fmt=format, max_length=max_length, train_on=train_on, show=show, png=png)
+    if json_out:
+        json_out.write_text(json.dumps(stats, indent=2))
+    if stats["problems"]:
+        raise typer.Exit(2)
+
+
 def _check_precision(precision: str) -> None:
     if precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"--precision {precision!r}: use auto, fp32 or bf16")
@@ -159,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except UserError as e:
-        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        for line in str(e).splitlines():  # one problem per line, each a complete message
+            err.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

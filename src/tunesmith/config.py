@@ -29,25 +29,51 @@ class AdapterConfig(Section):
     targets: str | list[str] = "all-linear"
 
 
+TrainOn = Literal["last", "all_assistant", "all"]
+
+
 class DataSource(Section):
-    path: str
+    path: str = Field(..., description="file (.jsonl .json .csv .parquet), saved dataset folder or hub dataset id")
     weight: float = Field(1.0, gt=0)
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "text"] = "auto"
+    columns: dict[str, str] | None = Field(None, description="layout key -> this source's column")
+    key: str | None = Field(None, description="JSON object files: the key holding the list of records")
+    split: str = "train"
+    train_on: TrainOn | None = Field(None, description="overrides data.train_on for this source")
+
+    def options(self) -> dict:
+        return {"fmt": self.format, "columns": self.columns, "key": self.key, "split": self.split}
+
+
+def _sources(v: Any) -> Any:
+    """A plain path stands for a source with default options."""
+    if isinstance(v, str):
+        return {"path": v}
+    if isinstance(v, list):
+        return [{"path": x} if isinstance(x, str) else x for x in v]
+    return v
 
 
 class DataConfig(Section):
     train: list[DataSource]
-    val: str | None = None
+    val: DataSource | None = None
     val_fraction: float | None = Field(None, gt=0, lt=1)
     max_length: int = Field(1024, ge=8)
+    packing: bool = Field(False, description="concatenate examples into rows of max_length (exact: no cross-attention)")
+    train_on: TrainOn = "all_assistant"
+    truncation: Literal["truncate", "drop"] = "truncate"
+    on_error: Literal["stop", "skip"] = "stop"
 
     @field_validator("train", mode="before")
     @classmethod
-    def _one_path_is_a_list(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [{"path": v}]
-        if isinstance(v, list):
-            return [{"path": x} if isinstance(x, str) else x for x in v]
-        return v
+    def _train_sources(cls, v: Any) -> Any:
+        v = _sources(v)
+        return [v] if isinstance(v, dict) else v
+
+    @field_validator("val", mode="before")
+    @classmethod
+    def _val_source(cls, v: Any) -> Any:
+        return _sources(v)
 
     @model_validator(mode="after")
     def _one_val_source(self) -> "DataConfig":

@@ -17,7 +17,8 @@ import yaml
 from rich.console import Console
 
 from tunesmith.config import RunConfig, validate_config
-from tunesmith.data.records import Example, load_examples
+from tunesmith.data.layouts import Example
+from tunesmith.data.records import load_examples, load_source
 from tunesmith.engine.checkpoint import list_checkpoints
 from tunesmith.engine.loop import FitResult, TrainData, fit
 from tunesmith.engine.logbook import read_metrics
@@ -68,29 +69,38 @@ def _diff_keys(a, b, prefix="") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+def _load(source, cfg: RunConfig, console: Console) -> list[Example]:
+    loaded = load_source(source.path, on_error=cfg.data.on_error, **source.options())
+    if loaded.problems:
+        console.print(f"[yellow]{source.path}: skipped {len(loaded.problems)} bad records (data.on_error: skip); "
+                      f"first: {loaded.problems[0]}[/yellow]")
+    for e in loaded.examples:
+        e.train_on = source.train_on
+    return loaded.examples
+
+
 def load_data(cfg: RunConfig, method, tokenizer, console: Console) -> TrainData:
     """Validate every source, split validation data, and encode it all with the method."""
-    sources = [load_examples(s.path) for s in cfg.data.train]
+    sources = [_load(s, cfg, console) for s in cfg.data.train]
     val_examples: list[Example] = []
     if cfg.data.val:
-        val_examples = load_examples(cfg.data.val)
+        val_examples = _load(cfg.data.val, cfg, console)
     elif cfg.data.val_fraction:
         split = [_split_val(src, cfg.data.val_fraction, cfg.train.seed) for src in sources]
         sources = [train for train, _ in split]
         val_examples = [e for _, val in split for e in val]
-    features, sizes, dropped = [], [], 0
+    features, sizes = [], []
     for src in sources:
-        encoded = [method.features(e, tokenizer) for e in src]
-        kept = [f for f in encoded if f is not None]
-        dropped += len(encoded) - len(kept)
+        kept = [f for f in (method.features(e, tokenizer) for e in src) if f is not None]
         features += kept
         sizes.append(len(kept))
     val = [f for f in (method.features(e, tokenizer) for e in val_examples) if f is not None]
     if not features:
-        raise UserError(f"{cfg.data.train[0].path}: no trainable examples after encoding (all truncated to data.max_length={cfg.data.max_length}?)")
-    truncated = getattr(method, "truncated", 0)
+        raise UserError(f"{cfg.data.train[0].path}: no trainable examples after encoding (all longer than data.max_length={cfg.data.max_length}?)")
+    truncated, dropped = getattr(method, "truncated", 0), getattr(method, "dropped", 0)
     if truncated or dropped:
-        console.print(f"[yellow]note: {truncated} examples truncated to data.max_length={cfg.data.max_length}; {dropped} dropped (no trained tokens left)[/yellow]")
+        console.print(f"[yellow]note: data.max_length={cfg.data.max_length}: {truncated} examples truncated, "
+                      f"{dropped} left out (data.truncation: {cfg.data.truncation})[/yellow]")
     return TrainData(features, sizes, [s.weight for s in cfg.data.train], val)
 
 

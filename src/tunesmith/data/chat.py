@@ -53,12 +53,20 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     return full, spans
 
 
-def encode_chat(tokenizer, messages: list[dict], max_length: int) -> Encoded:
-    """Token ids and labels for one conversation; labels are IGNORE outside assistant spans."""
+def encode_chat(tokenizer, messages: list[dict], max_length: int, train_on: str = "all_assistant") -> Encoded:
+    """Token ids and labels for one conversation.
+
+    train_on: `all_assistant` (every assistant turn), `last` (the last assistant turn only) or
+    `all` (every token, prompts and template included).
+    """
     if tokenizer.chat_template:
         text, spans = assistant_spans(tokenizer, messages)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        if train_on == "last":
+            spans = spans[-1:]
+        elif train_on == "all":
+            spans = [(0, len(text))]
         labels = [IGNORE] * len(ids)
         for k, (a, b) in enumerate(offsets):
             if b > a and any(s <= a and b <= e for s, e in spans):
@@ -71,13 +79,28 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int) -> Encoded:
             ids.append(tokenizer.eos_token_id)
             labels.append(tokenizer.eos_token_id)
     else:
-        ids, labels = _encode_plain(tokenizer, messages)
-    truncated = len(ids) > max_length
-    return Encoded(ids[:max_length], labels[:max_length], truncated)
+        ids, labels = _encode_plain(tokenizer, messages, train_on)
+    return _cut(ids, labels, max_length)
 
 
-def _encode_plain(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+def encode_text(tokenizer, text: str, max_length: int) -> Encoded:
+    """Plain text (continued pre-training): every token trained, the tokenizer's BOS, EOS appended."""
+    ids = tokenizer(text)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]
+    if tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    return _cut(ids, list(ids), max_length)
+
+
+def _cut(ids: list[int], labels: list[int], max_length: int) -> Encoded:
+    return Encoded(ids[:max_length], labels[:max_length], truncated=len(ids) > max_length)
+
+
+def _encode_plain(tokenizer, messages: list[dict], train_on: str) -> tuple[list[int], list[int]]:
     """Models without a chat template: turns concatenated, assistant text + EOS trained."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     ids: list[int] = []
     labels: list[int] = []
     bos = tokenizer.bos_token_id
@@ -87,11 +110,10 @@ def _encode_plain(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]
             piece = piece[1:]
         ids += piece
         if m["role"] == "assistant":
-            piece_labels = list(piece) + [tokenizer.eos_token_id]
+            piece = piece + [tokenizer.eos_token_id]
             ids.append(tokenizer.eos_token_id)
-            labels += piece_labels
-        else:
-            labels += [IGNORE] * len(piece)
+        trained = train_on == "all" or (m["role"] == "assistant" and (train_on == "all_assistant" or i == last))
+        labels += list(piece) if trained else [IGNORE] * len(piece)
     return ids, labels
 
 

@@ -16,6 +16,7 @@ import torch
 from rich.console import Console
 
 from tunesmith.config import RunConfig
+from tunesmith.data.packing import pack_features
 from tunesmith.engine import checkpoint
 from tunesmith.engine.logbook import MetricsLog, TrainProgress
 from tunesmith.engine.precision import autocast, device, resolve_precision
@@ -59,6 +60,13 @@ def _batch_stream(sampler: EpochSampler, epoch: int, index: int):
         epoch, index = epoch + 1, 0
 
 
+def _batch_features(batch: list, features: list[dict], pack_length: int | None) -> list[dict]:
+    """The features of a batch of example indices, or of a batch of packed rows."""
+    if pack_length is None:
+        return [features[i] for i in batch]
+    return [pack_features([features[i] for i in row]) for row in batch]
+
+
 def _to(batch: dict, dev: torch.device) -> dict:
     return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -92,7 +100,8 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
     model.train()
     torch.manual_seed(cfg.train.seed)
     lengths = [len(f["input_ids"]) for f in data.features]
-    sampler = EpochSampler(data.source_sizes, data.weights, lengths, cfg.train.batch_size, cfg.train.seed)
+    pack_length = cfg.data.max_length if cfg.data.packing else None
+    sampler = EpochSampler(data.source_sizes, data.weights, lengths, cfg.train.batch_size, cfg.train.seed, pack_length)
     total = total_steps(cfg, sampler)
     optimizer, scheduler = build_optimizer(model, cfg.train, total)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -114,8 +123,8 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
         while state["step"] < total:
             micro = []
             for _ in range(cfg.train.grad_accum):
-                indices, (state["epoch"], state["batch"]) = next(stream)
-                micro.append(method.collate([data.features[i] for i in indices], tokenizer))
+                batch, (state["epoch"], state["batch"]) = next(stream)
+                micro.append(method.collate(_batch_features(batch, data.features, pack_length), tokenizer))
             loss_sum, metrics, grad_norm = _train_step(model, method, micro, params, optimizer, scheduler, cfg, precision, dev)
             state["step"] += 1
             step = state["step"]

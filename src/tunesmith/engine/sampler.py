@@ -4,7 +4,7 @@ Weighted mixing rule: in every epoch a source of n examples with weight w contri
 floor(w) full passes plus a seeded random subset of round(frac(w) * n) examples (so w=2 means
 each example twice per epoch, w=0.5 a different half each epoch). Examples of similar length are
 batched together (sorted within windows of 64 batches, then batches shuffled): less padding,
-same data.
+same data. With packing, the epoch's examples are packed into rows first and the rows batched.
 """
 
 from __future__ import annotations
@@ -12,14 +12,20 @@ from __future__ import annotations
 import math
 import random
 
+from tunesmith.data.packing import pack_rows
+
 GROUP_BATCHES = 64
 
 
 class EpochSampler:
-    def __init__(self, source_sizes: list[int], weights: list[float], lengths: list[int], batch_size: int, seed: int):
+    """Batches of example indices; with `pack_length`, batches of rows, each row a list of indices."""
+
+    def __init__(self, source_sizes: list[int], weights: list[float], lengths: list[int], batch_size: int, seed: int,
+                 pack_length: int | None = None):
         self.sizes, self.weights, self.lengths = source_sizes, weights, lengths
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.seed, self.pack_length = batch_size, seed, pack_length
         self.offsets = [sum(source_sizes[:i]) for i in range(len(source_sizes))]
+        self._per_epoch: int | None = None
 
     def epoch_examples(self, epoch: int) -> list[int]:
         rng = random.Random(self.seed * 1_000_003 + epoch)
@@ -31,9 +37,13 @@ class EpochSampler:
         rng.shuffle(chosen)
         return chosen
 
-    def batches(self, epoch: int) -> list[list[int]]:
+    def batches(self, epoch: int) -> list[list]:
         rng = random.Random(self.seed * 1_000_003 + epoch + 7_919)
         order = self.epoch_examples(epoch)
+        if self.pack_length is not None:
+            rows = pack_rows(order, self.lengths, self.pack_length)
+            rng.shuffle(rows)
+            return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         window = self.batch_size * GROUP_BATCHES
         batches = []
         for start in range(0, len(order), window):
@@ -43,7 +53,7 @@ class EpochSampler:
         return batches
 
     def batches_per_epoch(self) -> int:
-        n = sum(math.floor(w) * s + round((w - math.floor(w)) * s) for s, w in zip(self.sizes, self.weights))
-        window = self.batch_size * GROUP_BATCHES
-        full, rest = divmod(n, window)
-        return full * GROUP_BATCHES + math.ceil(rest / self.batch_size)
+        """Counted on epoch 0 (with packing, later epochs may differ by a row or two)."""
+        if self._per_epoch is None:
+            self._per_epoch = len(self.batches(0))
+        return self._per_epoch

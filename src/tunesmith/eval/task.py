@@ -6,12 +6,16 @@ import json
 import time
 from pathlib import Path
 
-from tunesmith.data.records import Example, load_examples
+from tunesmith.data.layouts import Example
+from tunesmith.data.records import load_examples
+from tunesmith.errors import UserError
 from tunesmith.eval.generate import Sampling, generate_all
 
 
 def split_reference(example: Example) -> tuple[list[dict], str]:
     """The conversation up to the last assistant turn, and that turn as the reference answer."""
+    if example.messages is None:
+        raise UserError(f"{example.source}: plain text has no reference answer to score; use a chat or prompt/completion layout")
     last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
     return example.messages[:last], example.messages[last]["content"]
 

@@ -41,8 +41,11 @@ def token_logprob_inputs(model, batch: dict):
     head = base.get_output_embeddings()
     labels = batch["labels"]
     targets_mask = labels[:, 1:] != -100
+    # no KV cache in training; packed batches carry position_ids and no attention mask
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "position_ids": batch.get("position_ids"), "use_cache": False}
     if head is None:  # models without a separable head: take the full logits
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(**inputs).logits
         return None, logits[:, :-1][targets_mask], labels[:, 1:][targets_mask]
-    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = base.get_decoder()(**inputs).last_hidden_state
     return head, hidden[:, :-1][targets_mask], labels[:, 1:][targets_mask]

@@ -136,12 +136,22 @@ def hub_snapshot(repo_id: str) -> Path:
         ) from None
 
 
+def content_key(path: Path, sample: int = 1 << 20) -> str:
+    """A cache key from the file's size and its first and last MiB: the same file installed in
+    another place (another virtualenv, another clone) maps to the same cached conversion."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        h.update(f.read(sample))
+        f.seek(max(0, size - sample))
+        h.update(f.read(sample))
+    return h.hexdigest()[:12]
+
+
 def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     """Dequantize a GGUF file once into a cached HF folder (safetensors, tokenizer, chat template)."""
     gguf = gguf.resolve()
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
-    target = home() / "models" / f"{name or gguf.stem}-{key}"
+    target = home() / "models" / f"{name or gguf.stem}-{content_key(gguf)}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     from rich.console import Console

@@ -1,0 +1,162 @@
+"""Record layouts users bring, each turned into one validated Example.
+
+Detected from the record's keys, or named per source with `format:`:
+  messages           {"messages": [{"role", "content"}, ...]}            (OpenAI chat)
+  sharegpt           {"conversations": [{"from": human|gpt|system, "value"}, ...]}
+  alpaca             {"instruction", "input"?, "output"}
+  prompt_completion  {"prompt", "completion"}  (strings, or message lists)
+  preference         {"prompt", "chosen", "rejected"}  (strings, or message lists)
+  text               {"text"}  (plain text: every token is trained)
+`columns: {layout_key: column}` renames a source's columns into one of these layouts first.
+Every problem is a ValueError whose message says what is wrong; the caller adds the location.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "text")
+
+
+@dataclass
+class Example:
+    """One validated training example; `source` is its location (`file:line`) for messages.
+
+    Chat layouts fill `messages`; plain text fills `text`; preference pairs fill `messages`
+    (prompt + chosen) and `rejected` (prompt + rejected).
+    """
+
+    messages: list[dict] | None
+    source: str
+    text: str | None = None
+    rejected: list[dict] | None = None
+    layout: str = "messages"
+    train_on: str | None = None  # per-source override of data.train_on
+
+
+def detect(record: dict) -> str:
+    if "messages" in record:
+        return "messages"
+    if "conversations" in record:
+        return "sharegpt"
+    if "chosen" in record and "rejected" in record:
+        return "preference"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    if "prompt" in record or "completion" in record:
+        return "prompt_completion"
+    if "text" in record:
+        return "text"
+    keys = ", ".join(sorted(record)) or "none"
+    raise ValueError(
+        f"unknown layout (keys: {keys}); expected messages, conversations, prompt/completion, "
+        "instruction/output, prompt/chosen/rejected or text (or set format:/columns: on the source)"
+    )
+
+
+def check_messages(messages, field: str = "messages", need_assistant: bool = True) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"'{field}' must be a non-empty list of {{role, content}} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ValueError(f"{field}[{i}] is not an object")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise ValueError(f"{field}[{i}].role {role!r} not allowed (use one of: {', '.join(ROLES)})")
+        if not isinstance(content, str):
+            raise ValueError(f"{field}[{i}].content must be a string, got {type(content).__name__}")
+        if role == "system" and i != 0:
+            raise ValueError(f"{field}[{i}]: a system message may only come first")
+        out.append({"role": role, "content": content})
+    if need_assistant and not any(m["role"] == "assistant" for m in out):
+        raise ValueError("no assistant turn to learn from")
+    return out
+
+
+def _string(record: dict, key: str, allow_empty: bool = True) -> str:
+    value = record.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"'{key}' must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise ValueError(f"'{key}' is empty: nothing to learn from")
+    return value
+
+
+def _turns(value, field: str, role: str) -> list[dict]:
+    """A string as one turn of `role`, or a message list as it is."""
+    if isinstance(value, str):
+        if role == "assistant" and not value.strip():
+            raise ValueError(f"'{field}' is empty: nothing to learn from")
+        return [{"role": role, "content": value}]
+    return check_messages(value, field, need_assistant=False)
+
+
+def from_messages(record: dict) -> list[dict]:
+    return check_messages(record.get("messages"))
+
+
+def from_sharegpt(record: dict) -> list[dict]:
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise ValueError("'conversations' must be a non-empty list of {from, value} objects")
+    messages = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, dict):
+            raise ValueError(f"conversations[{i}] is not an object")
+        if t.get("from") not in SHAREGPT_ROLES:
+            raise ValueError(f"conversations[{i}].from {t.get('from')!r} not allowed (use human, gpt or system)")
+        messages.append({"role": SHAREGPT_ROLES[t["from"]], "content": t.get("value")})
+    return check_messages(messages, "conversations")
+
+
+def from_alpaca(record: dict) -> list[dict]:
+    instruction, output = _string(record, "instruction"), _string(record, "output", allow_empty=False)
+    extra = record.get("input") or ""
+    if not isinstance(extra, str):
+        raise ValueError(f"'input' must be a string, got {type(extra).__name__}")
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    if isinstance(record.get("system"), str) and record["system"].strip():
+        messages.insert(0, {"role": "system", "content": record["system"]})
+    return messages
+
+
+def from_prompt_completion(record: dict) -> list[dict]:
+    for key in ("prompt", "completion"):
+        if key not in record:
+            raise ValueError(f"missing '{key}'")
+    messages = _turns(record["prompt"], "prompt", "user") + _turns(record["completion"], "completion", "assistant")
+    return check_messages(messages, "prompt+completion")
+
+
+def from_preference(record: dict) -> tuple[list[dict], list[dict]]:
+    prompt = _turns(record.get("prompt", []), "prompt", "user") if record.get("prompt") not in (None, []) else []
+    chosen = _turns(record.get("chosen"), "chosen", "assistant")
+    rejected = _turns(record.get("rejected"), "rejected", "assistant")
+    return check_messages(prompt + chosen, "prompt+chosen"), check_messages(prompt + rejected, "prompt+rejected")
+
+
+def apply_columns(record: dict, columns: dict[str, str]) -> dict:
+    """Rename a source's columns into a layout's keys: columns = {layout_key: source_column}."""
+    missing = [col for col in columns.values() if col not in record]
+    if missing:
+        raise ValueError(f"column '{missing[0]}' (named in columns:) not in record (keys: {', '.join(sorted(record))})")
+    return {key: record[col] for key, col in columns.items()}
+
+
+def to_example(record: dict, location: str, fmt: str = "auto", columns: dict[str, str] | None = None) -> Example:
+    """One record in any supported layout -> a validated Example (ValueError says what is wrong)."""
+    if columns:
+        record = apply_columns(record, columns)
+    layout = detect(record) if fmt == "auto" else fmt
+    if layout == "text":
+        return Example(None, location, text=_string(record, "text", allow_empty=False), layout="text")
+    if layout == "preference":
+        chosen, rejected = from_preference(record)
+        return Example(chosen, location, rejected=rejected, layout="preference")
+    convert = {"messages": from_messages, "sharegpt": from_sharegpt, "alpaca": from_alpaca,
+               "prompt_completion": from_prompt_completion}[layout]
+    return Example(convert(record), location, layout=layout)
