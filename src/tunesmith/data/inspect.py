@@ -15,6 +15,7 @@ from rich.text import Text
 
 from tunesmith.data.chat import IGNORE, encode_chat, encode_text
 from tunesmith.data.records import load_source
+from tunesmith.eval.plots import length_histogram
 
 BUCKETS = 12
 
@@ -54,26 +55,6 @@ def histogram(lengths: list[int], console: Console, max_length: int) -> list[tup
     return buckets
 
 
-def length_plot(lengths: list[int], max_length: int, out: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
-    ax.hist(lengths, bins=40, color="#1f77b4")
-    ax.axvline(max_length, color="#d62728", linestyle="--", label=f"max_length {max_length}")
-    ax.set_xlabel("tokens per example")
-    ax.set_ylabel("examples")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
-
-
 def inspect(path: str, tokenizer, console: Console, *, fmt: str = "auto", columns=None, key=None, split="train",
             max_length: int = 1024, train_on: str = "all_assistant", show: int = 2, png: Path | None = None) -> dict:
     loaded = load_source(path, fmt=fmt, columns=columns, key=key, split=split, on_error="skip")
@@ -90,7 +71,7 @@ def inspect(path: str, tokenizer, console: Console, *, fmt: str = "auto", column
                   f"longer than max_length={max_length}: {over}")
     histogram(lengths, console, max_length)
     if png is not None:
-        length_plot(lengths, max_length, png, f"{Path(path).name}: tokens per example")
+        length_histogram(lengths, max_length, png, f"{Path(path).name}: tokens per example")
         console.print(f"histogram: {png}")
     for e, enc in list(zip(examples, encoded))[:show]:
         console.rule(f"{e.source} ({e.layout}; trained tokens in green)")

@@ -1,4 +1,4 @@
-"""Plots a person would rather look at than read: the loss curve of a run."""
+"""Plots a person would rather look at than read: a run's loss curve, a data set's lengths."""
 
 from __future__ import annotations
 
@@ -25,6 +25,21 @@ def loss_curve(records: list[dict], out: Path, title: str = "") -> Path:
     ax.set_ylabel("loss per trained token")
     ax.set_title(title or "loss")
     ax.grid(alpha=0.3)
+    return _save(fig, ax, out)
+
+
+def length_histogram(lengths: list[int], max_length: int, out: Path, title: str) -> Path:
+    """Tokens per example, with the cut-off a run would apply."""
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=110)
+    ax.hist(lengths, bins=40, color="#1f77b4")
+    ax.axvline(max_length, color="#d62728", linestyle="--", label=f"max_length {max_length}")
+    ax.set_xlabel("tokens per example")
+    ax.set_ylabel("examples")
+    ax.set_title(title)
+    return _save(fig, ax, out)
+
+
+def _save(fig, ax, out: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
