@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, get_args
 
 import typer
 from rich.console import Console
@@ -163,6 +163,7 @@ def data_inspect(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the statistics here"),
 ):
     """Layout, counts, token lengths, truncation and a masked preview; exit 2 if any record is bad."""
+    from tunesmith.config import TrainOn
     from tunesmith.data.inspect import inspect
     from tunesmith.data.layouts import FORMATS
     from tunesmith.model.load import load_tokenizer, tokenizer_dir
@@ -170,8 +171,8 @@ def data_inspect(
 
     if format not in FORMATS:
         raise UserError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
-    if train_on not in ("all_assistant", "last", "all"):
-        raise UserError(f"--train-on {train_on!r}: use all_assistant, last or all")
+    if train_on not in get_args(TrainOn):
+        raise UserError(f"--train-on {train_on!r}: use one of {', '.join(get_args(TrainOn))}")
     tokenizer = load_tokenizer(tokenizer_dir(resolve(model)))
     stats = inspect(path, tokenizer, out, fmt=format, max_length=max_length, train_on=train_on, show=show, png=png)
     if json_out:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunesmith.data.layouts import FORMATS
 from tunesmith.errors import UserError, where
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -35,7 +36,7 @@ TrainOn = Literal["last", "all_assistant", "all"]
 class DataSource(Section):
     path: str = Field(..., description="file (.jsonl .json .csv .parquet), saved dataset folder or hub dataset id")
     weight: float = Field(1.0, gt=0)
-    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "text"] = "auto"
+    format: Literal[FORMATS] = "auto"
     columns: dict[str, str] | None = Field(None, description="layout key -> this source's column")
     key: str | None = Field(None, description="JSON object files: the key holding the list of records")
     split: str = "train"

@@ -94,6 +94,14 @@ def encode_text(tokenizer, text: str, max_length: int) -> Encoded:
     return _cut(ids, list(ids), max_length)
 
 
+def encode_example(tokenizer, example, max_length: int, train_on: str) -> Encoded:
+    """Any Example: plain text trains every token; chat layouts (and a preference pair's chosen
+    side) train what `train_on` says, unless the example's source overrides it."""
+    if example.text is not None:
+        return encode_text(tokenizer, example.text, max_length)
+    return encode_chat(tokenizer, example.messages, max_length, example.train_on or train_on)
+
+
 def _cut(ids: list[int], labels: list[int], max_length: int) -> Encoded:
     return Encoded(ids[:max_length], labels[:max_length], truncated=len(ids) > max_length)
 

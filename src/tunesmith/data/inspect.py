@@ -13,17 +13,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from tunesmith.data.chat import IGNORE, encode_chat, encode_text
+from tunesmith.data.chat import IGNORE, encode_example
 from tunesmith.data.records import load_source
 from tunesmith.eval.plots import length_histogram
 
 BUCKETS = 12
-
-
-def encode(example, tokenizer, max_length: int, train_on: str):
-    if example.text is not None:
-        return encode_text(tokenizer, example.text, max_length)
-    return encode_chat(tokenizer, example.messages, max_length, train_on)
 
 
 def masked_preview(tokenizer, ids: list[int], labels: list[int]) -> Text:
@@ -60,7 +54,7 @@ def inspect(path: str, tokenizer, console: Console, *, fmt: str = "auto", column
     loaded = load_source(path, fmt=fmt, columns=columns, key=key, split=split, on_error="skip")
     examples = loaded.examples
     layouts = Counter(e.layout for e in examples)
-    encoded = [encode(e, tokenizer, 10**9, train_on) for e in examples]
+    encoded = [encode_example(tokenizer, e, 10**9, train_on) for e in examples]
     lengths = [len(enc.input_ids) for enc in encoded]
     trained = [sum(label != IGNORE for label in enc.labels) for enc in encoded]
     over = sum(n > max_length for n in lengths)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tunesmith.data.chat import IGNORE, encode_chat, encode_text
+from tunesmith.data.chat import IGNORE, encode_example
 from tunesmith.data.layouts import Example
 from tunesmith.methods.base import token_logprob_inputs
 
@@ -21,10 +21,7 @@ class SFT:
         self.dropped = 0  # examples left out: too long (truncation: drop) or nothing trained left
 
     def features(self, example: Example, tokenizer) -> dict | None:
-        if example.text is not None:
-            enc = encode_text(tokenizer, example.text, self.max_length)
-        else:  # chat layouts; a preference pair trains on its chosen side
-            enc = encode_chat(tokenizer, example.messages, self.max_length, example.train_on or self.train_on)
+        enc = encode_example(tokenizer, example, self.max_length, self.train_on)
         if enc.truncated and self.drop_long:
             self.dropped += 1
             return None
