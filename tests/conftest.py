@@ -110,8 +110,8 @@ def cli_env(tmp_path: Path) -> dict:
     return env
 
 
-def cli(args: list[str], tmp_path: Path, **kwargs):
+def cli(args: list[str], tmp_path: Path, env_extra: dict | None = None, **kwargs):
     import subprocess
 
     return subprocess.run([sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True,
-                          env=cli_env(tmp_path), cwd=kwargs.pop("cwd", tmp_path), **kwargs)
+                          env={**cli_env(tmp_path), **(env_extra or {})}, cwd=kwargs.pop("cwd", tmp_path), **kwargs)

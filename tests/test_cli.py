@@ -85,8 +85,21 @@ def test_generate_and_eval_on_a_run(tmp_path, cfg, date_data):
     ev = cli(["eval", str(run), "--data", str(date_data["test"]), "--limit", "4", "--max-new-tokens", "4", "--json", str(out)], tmp_path)
     assert ev.returncode == 0, ev.stderr
     scores = json.loads(out.read_text())
-    assert scores["n"] == 4 and 0.0 <= scores["exact_match"] <= 1.0
-    assert len(out.with_suffix(".predictions.jsonl").read_text().splitlines()) == 4
+    assert scores["n"] == 4 and 0.0 <= scores["scores"]["exact_match"]["mean"] <= 1.0
+    assert set(scores["scores"]) >= {"exact_match", "normalized_exact_match", "token_f1"}
+    assert scores["prompt_tokens"] > 0 and scores["latency_s"] > 0
+    assert len((tmp_path / "scores-shots-0.predictions.jsonl").read_text().splitlines()) == 4
+
+    # k-shot from the run's own training data, and a user metric given as module:function
+    (tmp_path / "mymetric.py").write_text("def has_dash(p, r):\n    return '-' in p\n")
+    ev = cli(["eval", str(run), "--data", str(date_data["test"]), "--limit", "3", "--max-new-tokens", "4", "--shots", "0,2",
+              "--metric", "mymetric:has_dash", "--json", str(out)], tmp_path, env_extra={"PYTHONPATH": str(tmp_path)})
+    assert ev.returncode == 0, ev.stderr
+    zero, two = json.loads(out.read_text())
+    assert (zero["shots"], two["shots"]) == (0, 2) and two["prompt_tokens"] > zero["prompt_tokens"]
+    assert "has_dash" in two["scores"]
+    bad = cli(["eval", str(run), "--data", str(date_data["test"]), "--shots", "2", "--shots-from", "nope.jsonl"], tmp_path)
+    assert bad.returncode == 2 and "nope.jsonl" in bad.stderr
 
 
 def test_chat_streams_and_keeps_history(tmp_path, tiny_model_dir):

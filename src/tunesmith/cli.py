@@ -55,10 +55,10 @@ def train(
 def quickstart(
     workdir: Path = typer.Option(Path("quickstart"), "--dir", help="where data, config and run go"),
     model: str = typer.Option("smollm2-135m-instruct", help="model reference"),
-    max_steps: int = typer.Option(150, help="LoRA optimizer steps"),
+    max_steps: int = typer.Option(100, help="LoRA optimizer steps per variant"),
     test_limit: Optional[int] = typer.Option(None, help="score only the first N test examples"),
 ):
-    """The main job on embedded defaults: data -> score base -> LoRA -> score tuned -> report."""
+    """The main job on embedded defaults: prompting baselines, LoRA with and without self-replay, forgetting, report."""
     from tunesmith.quickstart import run_quickstart
 
     run_quickstart(workdir, model=model, max_steps=max_steps, test_limit=test_limit, console=err, out=out)
@@ -125,26 +125,82 @@ def chat(
 @app.command("eval")
 def evaluate(
     model: str = typer.Argument(..., help="run directory or model reference"),
-    data: Path = typer.Option(..., "--data", help="test JSONL (messages or prompt/completion)"),
+    data: Path = typer.Option(..., "--data", help="test data (chat or prompt/completion)"),
+    shots: str = typer.Option("0", help="comma-separated in-context example counts, e.g. 0,3"),
+    shots_from: Optional[str] = typer.Option(None, help="where k-shot examples are drawn from (default: the run's training data)"),
+    system: Optional[str] = typer.Option(None, help="system prompt"),
+    metric: Optional[str] = typer.Option(None, help="extra metric as module:function(prediction, reference)"),
     limit: Optional[int] = typer.Option(None, min=1),
     max_new_tokens: int = typer.Option(64, min=1),
     batch_size: int = typer.Option(16, min=1),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write scores here"),
+    seed: int = typer.Option(0, help="seed for drawing the k-shot examples"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write scores here (predictions beside it)"),
     precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
 ):
-    """Exact match of the model's greedy replies on a test set."""
+    """Score greedy replies on a test set: exact match, normalised EM, token F1, JSON validity and
+    fields, your metric; zero- and k-shot; prompt tokens and latency per request."""
     from tunesmith.data.records import load_examples
-    from tunesmith.eval.task import exact_match
+    from tunesmith.eval.metrics import load_user_metric
+    from tunesmith.eval.task import draw_shots, evaluate_task
     from tunesmith.model.load import load_for_inference
 
     _check_precision(precision)
-    load_examples(data)
+    counts = _shot_counts(shots)
+    examples = load_examples(data)[:limit]
+    pool = _shot_pool(model, shots_from) if any(counts) else []
+    if metric:
+        load_user_metric(metric)
     m, tok = load_for_inference(model, dtype=_inference_dtype(precision))
-    preds = json_out.with_suffix(".predictions.jsonl") if json_out else None
-    scores = exact_match(m, tok, data, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size, predictions_path=preds)
+    results = []
+    for k in counts:
+        label = "zero-shot" if k == 0 else f"{k}-shot"
+        preds = json_out.with_name(f"{json_out.stem}-shots-{k}.predictions.jsonl") if json_out else None
+        results.append(evaluate_task(m, tok, examples, label=label, shots=draw_shots(pool, k, seed), system=system,
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size, metric=metric, predictions_path=preds))
+    value = results[0] if len(results) == 1 else results
     if json_out:
-        json_out.write_text(json.dumps(scores, indent=2))
-    print(json.dumps(scores, indent=2))
+        json_out.write_text(json.dumps(value, indent=2))
+    print(json.dumps(value, indent=2))
+
+
+def _shot_counts(text: str) -> list[int]:
+    try:
+        counts = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--shots {text!r}: expected comma-separated counts, e.g. 0,3") from None
+    if not counts or counts[0] < 0:
+        raise UserError(f"--shots {text!r}: counts must be 0 or more")
+    return counts
+
+
+def _shot_pool(model: str, shots_from: str | None):
+    """k-shot examples: --shots-from, or the training data named in a run directory's config."""
+    from tunesmith.config import load_config
+    from tunesmith.data.records import load_examples
+
+    if shots_from:
+        return load_examples(shots_from)
+    saved = Path(model) / "config.yaml"
+    if saved.is_file():
+        cfg = load_config(saved)
+        return [e for s in cfg.data.train for e in load_examples(s.path)]
+    raise UserError("--shots above 0 needs examples to draw from: give --shots-from TRAIN_DATA (or a run directory as the model)")
+
+
+@app.command()
+def compare(
+    config: Path = typer.Argument(..., help="run config with compare.variants"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key (repeatable)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+):
+    """Prompting baselines and every tuning variant in the config, scored and probed alike; one report."""
+    from tunesmith.compare import run_compare
+    from tunesmith.config import load_config
+
+    cfg = load_config(config, set_)
+    result = run_compare(cfg, source=str(config), console=err, quiet=quiet)
+    result.pop("summary")
+    print(json.dumps(result, indent=2))
 
 
 data_app = typer.Typer(help="Look at data before training on it.", no_args_is_help=True)

@@ -106,10 +106,47 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     every: int | None = Field(None, ge=1, description="validation loss every N steps")
-    test: str | None = Field(None, description="test JSONL scored with exact match after training")
+    test: str | None = Field(None, description="test data scored after training (chat or prompt/completion)")
     limit: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
+    shots: list[int] = Field(default_factory=list, description="prompting baselines of the base model: 0 = zero-shot, k = k-shot")
+    shot_seed: int = 0
+    system: str | None = Field(None, description="system prompt for the prompting baselines")
+    metric: str | None = Field(None, description="extra metric as module:function(prediction, reference)")
+    primary: str = Field("exact_match", description="the score the report compares and recommends on")
+    latency_samples: int = Field(8, ge=0, description="requests timed one at a time for latency")
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, v: list[int]) -> list[int]:
+        if any(k < 0 for k in v):
+            raise ValueError("shot counts must be 0 or more")
+        return sorted(set(v))
+
+
+class ForgettingConfig(Section):
+    """What general capability the run costs (probe) and what limits the loss (mitigations)."""
+
+    probe: bool = Field(False, description="general QA and drift, base vs tuned, after training")
+    text: str | None = Field(None, description="general text data for perplexity, base vs tuned")
+    text_limit: int = Field(200, ge=1)
+    replay: float = Field(0.0, ge=0, lt=1, description="share of training examples drawn from replay data")
+    replay_source: str = Field("self", description="'self' (the base model's own answers to general prompts) or a data path")
+    kl: float = Field(0.0, ge=0, description="weight of KL(base || tuned) on replay tokens")
+    l2sp: float = Field(0.0, ge=0, description="weight of the L2-SP pull towards the starting weights")
+    freeze_layers: int = Field(0, ge=0, description="freeze the lowest N decoder layers (and embeddings when fully fine-tuning)")
+
+    @model_validator(mode="after")
+    def _kl_needs_replay(self) -> "ForgettingConfig":
+        if self.kl > 0 and self.replay == 0:
+            raise ValueError("forgetting.kl anchors on replay data; set forgetting.replay above 0 too")
+        return self
+
+
+class CompareConfig(Section):
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                description="variant name -> overrides (dotted keys), for tunesmith compare")
 
 
 class OutputConfig(Section):
@@ -126,7 +163,9 @@ class RunConfig(Section):
     data: DataConfig
     train: TrainConfig
     eval: EvalConfig = EvalConfig()
+    forgetting: ForgettingConfig = ForgettingConfig()
     output: OutputConfig = OutputConfig()
+    compare: CompareConfig = CompareConfig()
 
     def run_dir(self) -> Path:
         return Path(self.output.dir) / self.name
@@ -140,26 +179,31 @@ def apply_override(tree: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise UserError(f"--set {assignment!r}: expected key=value, e.g. train.lr=1e-4")
     key, raw = assignment.split("=", 1)
-    parts = [p for p in key.strip().split(".")]
-    if not all(parts):
-        raise UserError(f"--set {assignment!r}: empty key part")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    set_key(tree, key.strip(), value, f"--set {key}")
+
+
+def set_key(tree: dict, key: str, value: Any, context: str) -> None:
+    """Set a dotted key (`train.lr`, `data.train.0.weight`) in a nested dict, creating sections."""
+    parts = key.split(".")
+    if not all(parts):
+        raise UserError(f"{context}: empty key part in {key!r}")
     node: Any = tree
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise UserError(f"--set {key}: '{part}' is not an index of a list of {len(node)}")
+                raise UserError(f"{context}: '{part}' is not an index of a list of {len(node)}")
             if last:
                 node[int(part)] = value
             else:
                 node = node[int(part)]
             continue
         if not isinstance(node, dict):
-            raise UserError(f"--set {key}: '{'.'.join(parts[:i])}' is not a section")
+            raise UserError(f"{context}: '{'.'.join(parts[:i])}' is not a section")
         if last:
             node[part] = value
         else:

@@ -1,4 +1,4 @@
-"""A training run from config to final model: setup -> fit -> save -> evaluate -> plot.
+"""A training run from config to final model: setup -> fit -> save -> evaluate -> report.
 
 Everything that can be wrong with the input (config, data, model reference, run directory) is
 checked before the run directory is created, so bad input never leaves a half-written run.
@@ -24,8 +24,14 @@ from tunesmith.engine.loop import FitResult, TrainData, fit
 from tunesmith.engine.logbook import read_metrics
 from tunesmith.errors import UserError
 from tunesmith.eval.plots import loss_curve
+from tunesmith.engine.precision import device, resolve_precision
+from tunesmith.eval.metrics import load_user_metric
+from tunesmith.evaluation import inference_ready, probe_forgetting, score_baselines, score_tuned
+from tunesmith.forgetting.reference import BaseReference
+from tunesmith.forgetting.replay import replay_examples, replay_weight
 from tunesmith.methods import build_method
-from tunesmith.model.adapters import apply_adapter, count_parameters
+from tunesmith.methods.reference import ReferenceModel
+from tunesmith.model.adapters import apply_adapter, count_parameters, freeze_lower_layers
 from tunesmith.model.load import load_base, load_tokenizer, tokenizer_dir
 from tunesmith.model.resolve import resolve
 
@@ -79,8 +85,8 @@ def _load(source, cfg: RunConfig, console: Console) -> list[Example]:
     return loaded.examples
 
 
-def load_data(cfg: RunConfig, method, tokenizer, console: Console) -> TrainData:
-    """Validate every source, split validation data, and encode it all with the method."""
+def train_sources(cfg: RunConfig, console: Console) -> tuple[list[list[Example]], list[Example]]:
+    """Every training source's examples, and the validation examples (a file, or split off)."""
     sources = [_load(s, cfg, console) for s in cfg.data.train]
     val_examples: list[Example] = []
     if cfg.data.val:
@@ -89,6 +95,13 @@ def load_data(cfg: RunConfig, method, tokenizer, console: Console) -> TrainData:
         split = [_split_val(src, cfg.data.val_fraction, cfg.train.seed) for src in sources]
         sources = [train for train, _ in split]
         val_examples = [e for _, val in split for e in val]
+    return sources, val_examples
+
+
+def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseReference | None = None,
+              sources: tuple | None = None) -> TrainData:
+    """Validate every source, split validation data, add replay data, and encode it all with the method."""
+    sources, val_examples = sources or train_sources(cfg, console)
     features, sizes = [], []
     for src in sources:
         kept = [f for f in (method.features(e, tokenizer) for e in src) if f is not None]
@@ -101,7 +114,19 @@ def load_data(cfg: RunConfig, method, tokenizer, console: Console) -> TrainData:
     if truncated or dropped:
         console.print(f"[yellow]note: data.max_length={cfg.data.max_length}: {truncated} examples truncated, "
                       f"{dropped} left out (data.truncation: {cfg.data.truncation})[/yellow]")
-    return TrainData(features, sizes, [s.weight for s in cfg.data.train], val)
+    weights = [s.weight for s in cfg.data.train]
+    if cfg.forgetting.replay:
+        replay = [f for f in (method.features(e, tokenizer) for e in replay_examples(cfg.forgetting.replay_source, base)) if f]
+        if not replay:
+            raise UserError(f"forgetting.replay_source {cfg.forgetting.replay_source}: no trainable replay examples")
+        for f in replay:
+            f["anchor"] = True  # what KL anchoring applies to
+        weights.append(replay_weight(cfg.forgetting.replay, sum(w * n for w, n in zip(weights, sizes)), len(replay)))
+        features += replay
+        sizes.append(len(replay))
+        console.print(f"replay: {len(replay)} examples from {cfg.forgetting.replay_source}, "
+                      f"{cfg.forgetting.replay:.0%} of each epoch (source weight {weights[-1]:.2f})")
+    return TrainData(features, sizes, weights, val)
 
 
 def build_model(cfg: RunConfig, resolved):
@@ -111,7 +136,27 @@ def build_model(cfg: RunConfig, resolved):
 
         model = PeftModel.from_pretrained(model, resolved.adapter).merge_and_unload()
     seed_everything(cfg.train.seed)
-    return apply_adapter(model, cfg.adapter)
+    model = apply_adapter(model, cfg.adapter)
+    freeze_lower_layers(model, cfg.forgetting.freeze_layers)
+    return model
+
+
+def inference_dtype(precision: str) -> torch.dtype:
+    return torch.bfloat16 if resolve_precision(precision, device()) == "bf16" else torch.float32
+
+
+def validate_inputs(cfg: RunConfig) -> None:
+    """Files named for after training are checked now, not after an hour of it."""
+    if cfg.eval.test:
+        load_examples(cfg.eval.test)
+    if cfg.eval.shots and not cfg.eval.test:
+        raise UserError("eval.shots: the prompting baselines are scored on eval.test; set it")
+    if cfg.forgetting.text:
+        load_examples(cfg.forgetting.text)
+    if cfg.forgetting.replay and cfg.forgetting.replay_source != "self":
+        load_examples(cfg.forgetting.replay_source)
+    if cfg.eval.metric:
+        load_user_metric(cfg.eval.metric)
 
 
 def save_final(model, tokenizer, run_dir: Path, base_path: Path) -> Path:
@@ -126,11 +171,13 @@ def save_final(model, tokenizer, run_dir: Path, base_path: Path) -> Path:
     return final
 
 
-def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = None, quiet: bool = False) -> dict:
+def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = None, quiet: bool = False,
+          base: BaseReference | None = None, report: bool = True) -> dict:
+    """Train, save, then measure (test score, prompting baselines, forgetting) and report.
+    `base` shares one base-model reference across the variants of a comparison."""
     console = console or Console(stderr=True, soft_wrap=True)
     _check_run_dir(cfg, resume)
-    if cfg.eval.test:
-        load_examples(cfg.eval.test)  # validate now, not after an hour of training
+    validate_inputs(cfg)
     resolved = resolve(cfg.model)
     if resolved.adapter is not None and cfg.adapter.type != "none":
         # a new adapter trained over a merged one would not load onto the base it names
@@ -138,8 +185,13 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
                         "and train on DIR")
     tokenizer = load_tokenizer(tokenizer_dir(resolved))
     method = build_method(cfg.method, cfg)
-    data = load_data(cfg, method, tokenizer, console)
+    base = base or BaseReference(resolved, inference_dtype(cfg.train.precision))
+    sources = train_sources(cfg, console)
+    data = load_data(cfg, method, tokenizer, console, base, sources)
+    base.release()  # self-replay may have loaded it; training needs the memory
     model = build_model(cfg, resolved)
+    if cfg.forgetting.kl:
+        method.reference = ReferenceModel(model)
     trainable, total = count_parameters(model)
 
     run_dir = cfg.run_dir()
@@ -170,19 +222,22 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         "train_seconds": round(result.seconds, 1),
         "precision": result.precision,
         "trainable_parameters": trainable,
+        "adapter": cfg.adapter.type,
+        "mitigation": cfg.forgetting.model_dump(include={"replay", "replay_source", "kl", "l2sp", "freeze_layers"}),
         "plot": str(plot),
     }
+    model = inference_ready(model, result.precision)
     if cfg.eval.test:
-        from tunesmith.eval.task import exact_match
-
-        if hasattr(model, "merge_and_unload"):  # saved already; merged weights generate faster
-            model = model.merge_and_unload()
-        if result.precision == "bf16":
-            model.to(torch.bfloat16)
-        model.eval()
-        scores = exact_match(model, tokenizer, cfg.eval.test, limit=cfg.eval.limit, max_new_tokens=cfg.eval.max_new_tokens,
-                             batch_size=cfg.eval.batch_size, predictions_path=run_dir / "eval" / "test_predictions.jsonl")
-        (run_dir / "eval" / "test.json").write_text(json.dumps(scores, indent=2))
-        summary["test"] = scores
+        console.print("scoring the tuned model on the test split ...")
+        summary["test"] = score_tuned(cfg, run_dir, model, tokenizer)
+    if cfg.forgetting.probe:
+        summary["forgetting"] = probe_forgetting(cfg, run_dir, model, tokenizer, base, console)
+    del model
+    if cfg.eval.shots:
+        summary["baselines"] = score_baselines(cfg, run_dir, base, [e for src in sources[0] for e in src], console)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if report:
+        from tunesmith.report.build import write_report
+
+        summary["report"] = str(write_report(run_dir, [(cfg.name, run_dir)], baselines_dir=run_dir, primary=cfg.eval.primary))
     return summary

@@ -37,11 +37,15 @@ def pack_rows(order: list[int], lengths: list[int], max_length: int) -> list[lis
 
 
 def pack_features(features: list[dict]) -> dict:
-    """One packed row from token-level features (`input_ids`, `labels`)."""
-    ids, labels, positions = [], [], []
+    """One packed row from token-level features (`input_ids`, `labels`, optional `anchor`)."""
+    ids, labels, positions, anchor = [], [], [], []
     for f in features:
         n = len(f["input_ids"])
         ids += f["input_ids"]
         labels += [IGNORE] + list(f["labels"][1:])
         positions += list(range(n))
-    return {"input_ids": ids, "labels": labels, "position_ids": positions}
+        anchor += [bool(f.get("anchor", False))] * n
+    row = {"input_ids": ids, "labels": labels, "position_ids": positions}
+    if any(anchor):  # replay examples keep their KL-anchoring mark token by token
+        row["anchor"] = anchor
+    return row

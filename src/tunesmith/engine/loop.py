@@ -18,6 +18,7 @@ from rich.console import Console
 from tunesmith.config import RunConfig
 from tunesmith.data.packing import pack_features
 from tunesmith.engine import checkpoint
+from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.logbook import MetricsLog, TrainProgress
 from tunesmith.engine.precision import autocast, device, resolve_precision
 from tunesmith.engine.sampler import EpochSampler
@@ -105,6 +106,7 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
     total = total_steps(cfg, sampler)
     optimizer, scheduler = build_optimizer(model, cfg.train, total)
     params = [p for p in model.parameters() if p.requires_grad]
+    anchor = WeightAnchor(params, cfg.forgetting.l2sp) if cfg.forgetting.l2sp else None  # before resume: theta_0
 
     ckpt_root = run_dir / "checkpoints"
     state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "elapsed": 0.0, "window": _empty_window()}
@@ -125,7 +127,7 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
             for _ in range(cfg.train.grad_accum):
                 batch, (state["epoch"], state["batch"]) = next(stream)
                 micro.append(method.collate(_batch_features(batch, data.features, pack_length), tokenizer))
-            loss_sum, metrics, grad_norm = _train_step(model, method, micro, params, optimizer, scheduler, cfg, precision, dev)
+            loss_sum, metrics, grad_norm = _train_step(model, method, micro, params, optimizer, scheduler, cfg, precision, dev, anchor)
             state["step"] += 1
             step = state["step"]
             state["tokens"] += sum(b["n_tokens"] for b in micro)
@@ -152,7 +154,7 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
     return FitResult(state["step"], last_loss, val_loss, state["tokens"], time.perf_counter() - t_start, precision)
 
 
-def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConfig, precision: str, dev):
+def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConfig, precision: str, dev, anchor=None):
     """One optimizer step over `grad_accum` micro-batches, normalised over all their items."""
     n_items = max(1, sum(b["n_items"] for b in micro))
     loss_total, metric_sums = 0.0, {}
@@ -164,6 +166,8 @@ def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConf
         loss_total += float(loss_sum.detach())
         for k, v in metrics.items():
             metric_sums[k] = metric_sums.get(k, 0.0) + v
+    if anchor is not None:  # L2-SP: per step, not per item, so it is added after normalisation
+        metric_sums["l2sp"] = anchor.apply() * n_items  # logged, like every metric, per item
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     optimizer.step()

@@ -1,4 +1,5 @@
-"""Plots a person would rather look at than read: a run's loss curve, a data set's lengths."""
+"""Plots a person would rather look at than read: loss curves, data lengths, and the report's
+comparisons (task scores, forgetting, the trade-off between them, cost per request)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,28 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+PROMPTING, TUNED = "#9e9e9e", "#1f77b4"
+
+
 def loss_curve(records: list[dict], out: Path, title: str = "") -> Path:
-    steps = [r["step"] for r in records if r.get("loss") is not None]
-    losses = [r["loss"] for r in records if r.get("loss") is not None]
-    val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    return loss_curves({"": records}, out, title)
+
+
+def loss_curves(runs: dict[str, list[dict]], out: Path, title: str = "") -> Path:
+    """Train (line) and validation (dots) loss of one or several runs on one set of axes."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot(steps, losses, label="train loss", color="#1f77b4")
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss", color="#d62728")
-    values = [v for v in losses + [v for _, v in val] if v > 0]
+    values = []
+    for i, (name, records) in enumerate(runs.items()):
+        color = COLORS[i % len(COLORS)]
+        train = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+        val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+        prefix = f"{name}: " if name else ""
+        if train:
+            ax.plot(*zip(*train), label=f"{prefix}train loss", color=color)
+        if val:
+            ax.plot(*zip(*val), "o--", label=f"{prefix}validation loss", color=color, alpha=0.8)
+        values += [v for _, v in train + val if v > 0]
     if values and max(values) / min(values) > 100:
         ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
@@ -39,10 +53,86 @@ def length_histogram(lengths: list[int], max_length: int, out: Path, title: str)
     return _save(fig, ax, out)
 
 
-def _save(fig, ax, out: Path) -> Path:
-    ax.legend()
+def _save(fig, ax, out: Path, legend: bool = True) -> Path:
+    if legend:
+        ax.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def _interval_bars(ax, labels, means, los, his, colors):
+    err = [[m - lo for m, lo in zip(means, los)], [hi - m for m, hi in zip(means, his)]]
+    bars = ax.bar(range(len(labels)), means, yerr=err, capsize=4, color=colors)
+    ax.set_xticks(range(len(labels)), labels, rotation=15, ha="right")
+    for b, m in zip(bars, means):
+        ax.annotate(f"{m:.1%}", (b.get_x() + b.get_width() / 2, m), ha="center", va="bottom", fontsize=8,
+                    xytext=(0, 2), textcoords="offset points")
+
+
+def task_scores(rows: list[dict], metric: str, out: Path) -> Path:
+    """Task score with 95% bootstrap intervals: prompting baselines (grey) and tuned variants."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    _interval_bars(ax, [r["label"] for r in rows], [r["score"] for r in rows], [r["lo"] for r in rows],
+                   [r["hi"] for r in rows], [PROMPTING if r["kind"] == "prompting" else TUNED for r in rows])
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel(f"{metric} on the test split")
+    ax.set_title("task score: prompting the base model vs fine-tuning (95% CI)")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, ax, out, legend=False)
+
+
+def forgetting(rows: list[dict], out: Path) -> Path:
+    """General QA accuracy and drift NLL, base vs each tuned variant, with intervals."""
+    fig, (qa, drift) = plt.subplots(1, 2, figsize=(9, 4), dpi=110)
+    labels = ["base"] + [r["variant"] for r in rows]
+    base = rows[0]
+    _interval_bars(qa, labels, [base["qa_base"]] + [r["qa_tuned"] for r in rows],
+                   [base["qa_base_lo"]] + [r["qa_tuned_lo"] for r in rows], [base["qa_base_hi"]] + [r["qa_tuned_hi"] for r in rows],
+                   [PROMPTING] + [COLORS[i % len(COLORS)] for i in range(len(rows))])
+    qa.set_ylim(0, 1.08)
+    qa.set_title("general QA accuracy (higher = kept)")
+    nll = [base["drift_base"]] + [r["drift_tuned"] for r in rows]
+    drift.bar(range(len(labels)), nll, color=[PROMPTING] + [COLORS[i % len(COLORS)] for i in range(len(rows))])
+    drift.set_xticks(range(len(labels)), labels, rotation=15, ha="right")
+    for i, v in enumerate(nll):
+        drift.annotate(f"{v:.2f}", (i, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    drift.set_title("drift: NLL of base's own replies (lower = closer)")
+    for ax in (qa, drift):
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("catastrophic forgetting: base vs tuned")
+    return _save(fig, qa, out, legend=False)
+
+
+def tradeoff(rows: list[dict], metric: str, out: Path) -> Path:
+    """Task score against general QA retained, one point per model: up and right is better."""
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
+    for i, r in enumerate(rows):
+        color = PROMPTING if r["kind"] == "prompting" else COLORS[i % len(COLORS)]
+        ax.scatter(r["retention"], r["score"], s=60, color=color, zorder=3)
+        ax.annotate(r["label"], (r["retention"], r["score"]), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    ax.set_xlabel("general QA retained (tuned / base accuracy)")
+    ax.set_ylabel(f"task {metric}")
+    ax.set_title("trade-off: task score vs general capability kept")
+    ax.grid(alpha=0.3)
+    return _save(fig, ax, out, legend=False)
+
+
+def cost_per_request(rows: list[dict], out: Path) -> Path:
+    """Prompt tokens and measured latency of one request, per way of getting the answer."""
+    fig, (tok, lat) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
+    labels = [r["label"] for r in rows]
+    colors = [PROMPTING if r["kind"] == "prompting" else TUNED for r in rows]
+    for ax, key, title, fmt in ((tok, "prompt_tokens", "prompt tokens per request", "{:.0f}"),
+                                (lat, "latency_ms", "latency per request (ms, batch 1)", "{:.0f}")):
+        values = [r[key] for r in rows]
+        ax.bar(range(len(labels)), values, color=colors)
+        ax.set_xticks(range(len(labels)), labels, rotation=15, ha="right")
+        for i, v in enumerate(values):
+            ax.annotate(fmt.format(v), (i, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("cost per request on this machine")
+    return _save(fig, tok, out, legend=False)

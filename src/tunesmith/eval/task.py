@@ -1,48 +1,108 @@
-"""Task evaluation: exact match of generated replies against reference answers."""
+"""Task evaluation: greedy replies to a test set, scored, with what each request costs.
+
+The same function scores a tuned model and the prompting baselines (zero-shot and k-shot
+in-context prompting of the base model), so the numbers are comparable: same examples, same
+decoding, same metrics, and for each the mean prompt tokens and the latency of one request.
+"""
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
+from tunesmith.data.chat import prompt_ids
 from tunesmith.data.layouts import Example
-from tunesmith.data.records import load_examples
 from tunesmith.errors import UserError
-from tunesmith.eval.generate import Sampling, generate_all
+from tunesmith.eval.bootstrap import bootstrap_ci
+from tunesmith.eval.generate import Sampling, generate_all, generate_batch
+from tunesmith.eval.metrics import apply_user_metric, load_user_metric, score
 
 
 def split_reference(example: Example) -> tuple[list[dict], str]:
     """The conversation up to the last assistant turn, and that turn as the reference answer."""
-    if example.messages is None:
-        raise UserError(f"{example.source}: plain text has no reference answer to score; use a chat or prompt/completion layout")
+    if example.messages is None or not any(m["role"] == "assistant" for m in example.messages):
+        raise UserError(f"{example.source}: no assistant reply to score against; use a chat or prompt/completion layout")
     last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
     return example.messages[:last], example.messages[last]["content"]
 
 
-def normalize(text: str) -> str:
-    return " ".join(text.strip().lower().split()).strip(" .")
+def draw_shots(pool: list[Example], k: int, seed: int = 0) -> list[Example]:
+    """k in-context examples drawn from the training split with a fixed seed (the same for every
+    test example, as a practitioner would write one few-shot prompt)."""
+    if k > len(pool):
+        raise UserError(f"eval.shots: {k} shots asked for, but the training data has {len(pool)} examples")
+    return random.Random(seed).sample(pool, k)
 
 
-def exact_match(model, tokenizer, test_path: str | Path, *, limit: int | None = None, max_new_tokens: int = 64,
-                batch_size: int = 16, predictions_path: Path | None = None, progress=None) -> dict:
-    """Greedy replies to every test example, scored by exact match (and whitespace/case-normalised)."""
-    examples = load_examples(test_path)[:limit]
-    prompts, refs = zip(*(split_reference(e) for e in examples))
+def build_prompt(messages: list[dict], shots: list[Example], system: str | None) -> list[dict]:
+    """[system] + each shot as a user/assistant exchange + the test conversation."""
+    out = [{"role": "system", "content": system}] if system else []
+    for shot in shots:
+        context, answer = split_reference(shot)
+        out += [m for m in context if m["role"] != "system"] + [{"role": "assistant", "content": answer}]
+    own = [m for m in messages if not (system and m["role"] == "system")]
+    if out and own and own[0]["role"] == "system":  # the test's own system prompt stays first
+        out, own = [own[0]] + out, own[1:]
+    return out + own
+
+
+def measure_latency(model, tokenizer, conversations: list[list[dict]], sampling: Sampling) -> float:
+    """Mean seconds for one request at a time (batch 1), after one warm-up request."""
+    if not conversations:
+        return 0.0
+    generate_batch(model, tokenizer, conversations[:1], sampling)
     t0 = time.perf_counter()
-    preds = generate_all(model, tokenizer, list(prompts), Sampling(max_new_tokens=max_new_tokens), batch_size, progress)
+    for conv in conversations:
+        generate_batch(model, tokenizer, [conv], sampling)
+    return (time.perf_counter() - t0) / len(conversations)
+
+
+def evaluate_task(model, tokenizer, examples: list[Example], *, label: str, shots: list[Example] = (),
+                  system: str | None = None, max_new_tokens: int = 64, batch_size: int = 16,
+                  metric: str | None = None, latency_samples: int = 8, predictions_path: Path | None = None,
+                  progress=None) -> dict:
+    """Score greedy replies on `examples`; returns per-metric means with bootstrap intervals."""
+    user_metric = load_user_metric(metric) if metric else None
+    prompts, refs = [], []
+    for e in examples:
+        context, ref = split_reference(e)
+        prompts.append(build_prompt(context, list(shots), system))
+        refs.append(ref)
+    sampling = Sampling(max_new_tokens=max_new_tokens)
+    prompt_tokens = [len(prompt_ids(tokenizer, p)) for p in prompts]
+    t0 = time.perf_counter()
+    preds = generate_all(model, tokenizer, prompts, sampling, batch_size, progress)
     seconds = time.perf_counter() - t0
-    exact = [p.strip() == r.strip() for p, r in zip(preds, refs)]
-    normalized = [normalize(p) == normalize(r) for p, r in zip(preds, refs)]
+    rows = []
+    for p, r in zip(preds, refs):
+        s = score(p, r)
+        if user_metric is not None:
+            s.update(apply_user_metric(*user_metric, p, r))
+        rows.append(s)
+    latency = measure_latency(model, tokenizer, prompts[:latency_samples], sampling)
     if predictions_path is not None:
         predictions_path.parent.mkdir(parents=True, exist_ok=True)
         with predictions_path.open("w", encoding="utf-8") as f:
-            for e, p, r, ok in zip(examples, preds, refs, exact):
-                f.write(json.dumps({"source": e.source, "prediction": p, "reference": r, "exact": ok}) + "\n")
-    n = len(examples)
+            for i, (e, p, r, s) in enumerate(zip(examples, preds, refs, rows)):
+                f.write(json.dumps({"index": i, "source": e.source, "prompt_tokens": prompt_tokens[i],
+                                    "prediction": p, "reference": r, **s}) + "\n")
+    names = sorted({k for s in rows for k in s}, key=lambda k: (k not in rows[0], k))
     return {
-        "n": n,
-        "exact_match": sum(exact) / n,
-        "normalized_exact_match": sum(normalized) / n,
+        "label": label,
+        "shots": len(shots),
+        "n": len(examples),
+        "scores": {k: bootstrap_ci([s[k] for s in rows if k in s]) for k in names},
+        "prompt_tokens": sum(prompt_tokens) / len(prompt_tokens),
+        "latency_s": latency,
+        "latency_requests": min(latency_samples, len(prompts)),
         "seconds": round(seconds, 2),
+        "predictions": predictions_path.name if predictions_path is not None else None,
     }
+
+
+def primary_score(result: dict, metric: str) -> float:
+    if metric not in result["scores"]:
+        raise UserError(f"eval.primary {metric!r}: not among the scores ({', '.join(result['scores'])})")
+    return result["scores"][metric]["mean"]

@@ -19,6 +19,8 @@ class SFT:
         self.drop_long = config.data.truncation == "drop"
         self.truncated = 0  # examples cut to max_length (truncation: truncate)
         self.dropped = 0  # examples left out: too long (truncation: drop) or nothing trained left
+        self.kl_weight = config.forgetting.kl
+        self.reference = None  # a ReferenceModel, set by the run when forgetting.kl > 0
 
     def features(self, example: Example, tokenizer) -> dict | None:
         enc = encode_example(tokenizer, example, self.max_length, self.train_on)
@@ -32,32 +34,56 @@ class SFT:
         return {"input_ids": enc.input_ids, "labels": enc.labels}
 
     def collate(self, features: list[dict], tokenizer) -> dict:
-        """Right-padded batch. Packed rows (with `position_ids`) get no attention mask: the model
-        derives the per-example causal mask from the restarting positions."""
-        width = max(len(f["input_ids"]) for f in features)
-        pad = tokenizer.pad_token_id
-        ids = torch.full((len(features), width), pad, dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        packed = "position_ids" in features[0]
-        positions = torch.zeros((len(features), width), dtype=torch.long)
-        for i, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[i, :n] = torch.tensor(f["input_ids"])
-            labels[i, :n] = torch.tensor(f["labels"])
-            mask[i, :n] = 1
-            if packed:  # padding is one more short sequence of its own
-                positions[i, :n] = torch.tensor(f["position_ids"])
-                positions[i, n:] = torch.arange(width - n)
-        batch = {"input_ids": ids, "attention_mask": None if packed else mask, "labels": labels,
-                 "n_items": int((labels[:, 1:] != IGNORE).sum()), "n_tokens": int(mask.sum())}
-        if packed:
-            batch["position_ids"] = positions
-        return batch
+        return collate_tokens(features, tokenizer.pad_token_id)
 
     def loss(self, model, batch: dict):
         head, rows, targets = token_logprob_inputs(model, batch)
         logits = (head(rows) if head is not None else rows).float()
         total = F.cross_entropy(logits, targets, reduction="sum")
-        correct = (logits.detach().argmax(-1) == targets).sum()
-        return total, {"token_accuracy": float(correct)}
+        metrics = {"token_accuracy": float((logits.detach().argmax(-1) == targets).sum())}
+        if self.reference is not None and "anchor" in batch:
+            kl = self._kl_to_reference(model, batch, logits)
+            total = total + self.kl_weight * kl
+            metrics["kl"] = float(kl.detach())
+        return total, metrics
+
+    def _kl_to_reference(self, model, batch: dict, logits: torch.Tensor) -> torch.Tensor:
+        """KL(reference || model) summed over the trained tokens of replay examples: the tuned
+        model must keep the base model's whole next-token distribution there, not just its argmax."""
+        at_loss = batch["labels"][:, 1:] != IGNORE
+        anchored = batch["anchor"][:, 1:][at_loss]
+        if not anchored.any():
+            return logits.new_zeros(())
+        ref = self.reference.logits(model, batch)[anchored]
+        ref_logp = F.log_softmax(ref, -1)
+        return F.kl_div(F.log_softmax(logits[anchored], -1), ref_logp, log_target=True, reduction="sum")
+
+
+def collate_tokens(features: list[dict], pad: int) -> dict:
+    """Right-padded batch of token features. Packed rows (with `position_ids`) get no attention
+    mask: the model derives the per-example causal mask from the restarting positions. Features
+    marked `anchor` (replay data) set `anchor` on their trained tokens, for KL anchoring."""
+    width = max(len(f["input_ids"]) for f in features)
+    ids = torch.full((len(features), width), pad, dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    anchor = torch.zeros((len(features), width), dtype=torch.bool)
+    packed = "position_ids" in features[0]
+    positions = torch.zeros((len(features), width), dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        ids[i, :n] = torch.tensor(f["input_ids"])
+        labels[i, :n] = torch.tensor(f["labels"])
+        mask[i, :n] = 1
+        if "anchor" in f:
+            anchor[i, :n] = torch.tensor(f["anchor"]) if isinstance(f["anchor"], list) else bool(f["anchor"])
+        if packed:  # padding is one more short sequence of its own
+            positions[i, :n] = torch.tensor(f["position_ids"])
+            positions[i, n:] = torch.arange(width - n)
+    batch = {"input_ids": ids, "attention_mask": None if packed else mask, "labels": labels,
+             "n_items": int((labels[:, 1:] != IGNORE).sum()), "n_tokens": int(mask.sum())}
+    if anchor.any():
+        batch["anchor"] = anchor
+    if packed:
+        batch["position_ids"] = positions
+    return batch

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from tunesmith.config import AdapterConfig
+from tunesmith.methods.base import unwrap
 
 # Target presets by role; names cover Llama/Mistral/Qwen/Gemma-style and GPT-2/NeoX-style blocks.
 TARGET_PRESETS = {
@@ -56,3 +59,26 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
+
+
+def freeze_lower_layers(model, n: int) -> int:
+    """Stop training the lowest `n` decoder layers (and the input embeddings, which sit below
+    them; with tied embeddings that freezes the output head too). Returns parameters frozen."""
+    if n <= 0:
+        return 0
+    layers = {int(m.group(1)) for name, _ in model.named_parameters() if (m := _LAYER_INDEX.search(name))}
+    if n > len(layers):
+        from tunesmith.errors import UserError
+
+        raise UserError(f"forgetting.freeze_layers: {n}, but the model has {len(layers)} decoder layers")
+    frozen = 0
+    embeddings = {id(p) for p in unwrap(model).get_input_embeddings().parameters()}
+    for name, p in model.named_parameters():
+        m = _LAYER_INDEX.search(name)
+        if p.requires_grad and ((m and int(m.group(1)) < n) or id(p) in embeddings):
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen

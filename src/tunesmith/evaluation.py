@@ -1,0 +1,83 @@
+"""After training: the tuned model's task score, the prompting baselines, the forgetting probe.
+
+Each writes JSON into the run directory (the report reads nothing else):
+  eval/test.json            tuned model on the test split (+ test_predictions.jsonl)
+  baselines/shots-K.json    base model prompted with K in-context examples (+ predictions)
+  forgetting/summary.json   base vs tuned with bootstrap intervals (+ base.json, tuned.json per item)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from tunesmith.config import RunConfig
+from tunesmith.data.layouts import Example
+from tunesmith.data.records import load_examples
+from tunesmith.eval.task import draw_shots, evaluate_task
+from tunesmith.forgetting import probe
+from tunesmith.forgetting.reference import BaseReference
+
+
+def write_json(path: Path, value) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2))
+    return path
+
+
+def inference_ready(model, precision: str):
+    """Merged adapter weights and the training precision: what generation will run on."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    return model.eval()
+
+
+def _task_kwargs(cfg: RunConfig) -> dict:
+    e = cfg.eval
+    return {"max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size, "metric": e.metric,
+            "latency_samples": e.latency_samples}
+
+
+def test_examples(cfg: RunConfig) -> list[Example]:
+    return load_examples(cfg.eval.test)[: cfg.eval.limit]
+
+
+def score_tuned(cfg: RunConfig, run_dir: Path, model, tokenizer, label: str = "tuned") -> dict:
+    result = evaluate_task(model, tokenizer, test_examples(cfg), label=label, **_task_kwargs(cfg),
+                           predictions_path=run_dir / "eval" / "test_predictions.jsonl")
+    write_json(run_dir / "eval" / "test.json", result)
+    return result
+
+
+def score_baselines(cfg: RunConfig, out_dir: Path, base: BaseReference, shot_pool: list[Example],
+                    console: Console) -> list[dict]:
+    """Zero-/k-shot prompting of the base model on the same test examples."""
+    results = []
+    model, tokenizer = base.get()
+    for k in cfg.eval.shots:
+        label = "zero-shot" if k == 0 else f"{k}-shot"
+        console.print(f"prompting baseline: {label} on the base model ...")
+        shots = draw_shots(shot_pool, k, cfg.eval.shot_seed)
+        result = evaluate_task(model, tokenizer, test_examples(cfg), label=label, shots=shots, system=cfg.eval.system,
+                               **_task_kwargs(cfg), predictions_path=out_dir / "baselines" / f"shots-{k}_predictions.jsonl")
+        result["shot_sources"] = [s.source for s in shots]
+        write_json(out_dir / "baselines" / f"shots-{k}.json", result)
+        results.append(result)
+    return results
+
+
+def probe_forgetting(cfg: RunConfig, run_dir: Path, model, tokenizer, base: BaseReference, console: Console) -> dict:
+    f = cfg.forgetting
+    console.print("forgetting probe: general QA and drift, base vs tuned ...")
+    base_items = probe.base_probe(base, text=f.text, text_limit=f.text_limit, batch_size=cfg.eval.batch_size)
+    tuned_items = probe.probe(model, tokenizer, base, text=f.text, text_limit=f.text_limit, batch_size=cfg.eval.batch_size)
+    write_json(run_dir / "forgetting" / "base.json", base_items)
+    write_json(run_dir / "forgetting" / "tuned.json", tuned_items)
+    summary = probe.summarize(base_items, tuned_items)
+    write_json(run_dir / "forgetting" / "summary.json", summary)
+    return summary

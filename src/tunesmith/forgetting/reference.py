@@ -1,0 +1,71 @@
+"""The untuned base model as a reference: loaded only when needed, its outputs cached on disk.
+
+Forgetting is measured against what the base model itself did (its answers to general questions,
+its own greedy replies to general prompts), and self-replay trains on those replies. They depend
+only on the base weights, the inference precision and the inputs, so they are computed once per
+machine and reused by every run and every variant of a comparison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from tunesmith.model.resolve import Resolved, content_key, home
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def model_key(resolved: Resolved) -> str:
+    """Identity of a model's weights (the files' content keys), not of where they live."""
+    h = hashlib.sha256()
+    for folder in [resolved.path] + ([resolved.adapter] if resolved.adapter else []):
+        for f in sorted(folder.iterdir()):
+            if f.suffix in WEIGHT_SUFFIXES:
+                h.update(f"{f.name}:{content_key(f)}".encode())
+    return h.hexdigest()[:16]
+
+
+def inputs_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class BaseReference:
+    """The base model for inference, with a disk cache of anything computed from it."""
+
+    def __init__(self, resolved: Resolved, dtype: torch.dtype):
+        self.resolved = resolved
+        self.dtype = dtype
+        self._loaded = None
+        self.key = f"{model_key(resolved)}-{str(dtype).removeprefix('torch.')}"
+
+    def get(self):
+        """(model, tokenizer), loaded on first use."""
+        if self._loaded is None:
+            from tunesmith.model.load import load_for_inference
+
+            self._loaded = load_for_inference(self.resolved, dtype=self.dtype)
+        return self._loaded
+
+    def release(self) -> None:
+        self._loaded = None
+
+    def cached(self, tag: str, inputs, compute):
+        """`compute(model, tokenizer)` once per (weights, precision, tag, inputs); JSON on disk after."""
+        path = home() / "reference" / f"{self.key}-{tag}-{inputs_key(tag, inputs)}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        value = compute(*self.get())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, path)
+        return value
+
+
+def cache_dir() -> Path:
+    return home() / "reference"

@@ -1,0 +1,104 @@
+"""The run report: report.json (every number, each with the file it came from), report.md,
+report.html and the plots, all built from the JSON files the run wrote and nothing else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunesmith.engine.logbook import read_metrics
+from tunesmith.eval import plots
+from tunesmith.report.recommend import recommend
+from tunesmith.report.render import render_html, render_markdown
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _score_row(result: dict, primary: str, kind: str, source: str, variant: str | None = None) -> dict:
+    s = result["scores"][primary]
+    row = {"label": result["label"], "kind": kind, "score": s["mean"], "lo": s["lo"], "hi": s["hi"], "n": result["n"],
+           "prompt_tokens": result["prompt_tokens"], "latency_ms": result["latency_s"] * 1000, "source": source}
+    if variant is not None:
+        row["variant"] = variant
+    return row
+
+
+def _forgetting_row(variant: str, label: str, f: dict, source: str) -> dict:
+    qa, drift = f["qa"], f["drift"]
+    row = {
+        "variant": variant, "label": label,
+        "qa_base": qa["base"]["mean"], "qa_base_lo": qa["base"]["lo"], "qa_base_hi": qa["base"]["hi"],
+        "qa_tuned": qa["tuned"]["mean"], "qa_tuned_lo": qa["tuned"]["lo"], "qa_tuned_hi": qa["tuned"]["hi"],
+        "qa_change": qa["change"]["mean"], "qa_change_lo": qa["change"]["lo"], "qa_change_hi": qa["change"]["hi"],
+        "qa_items": qa["base"]["n"], "retention": qa["retention"],
+        "drift_base": drift["base_nll"]["mean"], "drift_tuned": drift["tuned_nll"]["mean"],
+        "drift_increase": drift["increase"]["mean"], "drift_increase_lo": drift["increase"]["lo"],
+        "drift_increase_hi": drift["increase"]["hi"], "drift_prompts": drift["base_nll"]["n"], "source": source,
+    }
+    if "text" in f:
+        row.update(text_base_ppl=f["text"]["base_perplexity"], text_tuned_ppl=f["text"]["tuned_perplexity"])
+    return row
+
+
+def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | None, primary: str) -> dict:
+    """Everything the report shows, gathered from the runs' JSON files."""
+    task, forgetting, training = [], [], []
+    for path in sorted((baselines_dir / "baselines").glob("shots-*.json"), key=lambda p: int(p.stem.split("-")[1])) if baselines_dir else []:
+        task.append(_score_row(json.loads(path.read_text()), primary, "prompting", _rel(path, out_dir)))
+    for variant, run_dir in runs:
+        label = f"tuned: {variant}"
+        summary = _read(run_dir / "summary.json") or {}
+        training.append({"variant": variant, "source": _rel(run_dir / "summary.json", out_dir),
+                         **{k: summary.get(k) for k in ("steps", "train_seconds", "final_loss", "val_loss",
+                                                        "trainable_parameters", "tokens", "precision")},
+                         "mitigation": summary.get("mitigation", {})})
+        test = _read(run_dir / "eval" / "test.json")
+        if test is not None:
+            test["label"] = label
+            task.append(_score_row(test, primary, "tuned", _rel(run_dir / "eval" / "test.json", out_dir), variant))
+        f = _read(run_dir / "forgetting" / "summary.json")
+        if f is not None:
+            forgetting.append(_forgetting_row(variant, label, f, _rel(run_dir / "forgetting" / "summary.json", out_dir)))
+    retained = {r["variant"]: r["retention"] for r in forgetting if r["retention"] is not None}
+    tradeoff = [{**r, "retention": 1.0} for r in task if r["kind"] == "prompting"]
+    tradeoff += [{**r, "retention": retained[r["variant"]]} for r in task if r.get("variant") in retained]
+    return {"primary": primary, "task": task, "forgetting": forgetting, "training": training,
+            "tradeoff": tradeoff, "recommendation": recommend(task, forgetting)}
+
+
+def draw(report: dict, out_dir: Path, runs: list[tuple[str, Path]]) -> dict[str, str]:
+    """The report's plots (PNG), by section; a section without data gets no plot."""
+    made = {}
+    curves = {name if len(runs) > 1 else "": read_metrics(d / "metrics.jsonl") for name, d in runs}
+    if any(curves.values()):
+        made["loss"] = plots.loss_curves(curves, out_dir / "plots" / "report-loss.png", "training and validation loss")
+    if report["task"]:
+        made["task"] = plots.task_scores(report["task"], report["primary"], out_dir / "plots" / "report-task.png")
+        made["cost"] = plots.cost_per_request(report["task"], out_dir / "plots" / "report-cost.png")
+    if report["forgetting"]:
+        made["forgetting"] = plots.forgetting(report["forgetting"], out_dir / "plots" / "report-forgetting.png")
+    if len(report["forgetting"]) > 1 and any(r["kind"] == "tuned" for r in report["tradeoff"]):
+        made["tradeoff"] = plots.tradeoff(report["tradeoff"], report["primary"], out_dir / "plots" / "report-tradeoff.png")
+    return {k: _rel(v, out_dir) for k, v in made.items()}
+
+
+def write_report(out_dir: Path, runs: list[tuple[str, Path]], *, baselines_dir: Path | None, primary: str,
+                 title: str | None = None) -> Path:
+    """report.json, report.md and report.html in `out_dir`; returns the HTML path."""
+    report = collect(out_dir, runs, baselines_dir, primary)
+    report["title"] = title or f"tunesmith report: {out_dir.name}"
+    report["plots"] = draw(report, out_dir, runs)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    html = out_dir / "report.html"
+    html.write_text(render_html(report), encoding="utf-8")
+    return html

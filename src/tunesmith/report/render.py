@@ -1,0 +1,137 @@
+"""report.json -> report.md and report.html: the same sections, tables and plots in both."""
+
+from __future__ import annotations
+
+import html
+
+PLOT_TITLES = {"task": "Task score", "cost": "Cost per request", "forgetting": "Forgetting",
+               "tradeoff": "Trade-off", "loss": "Loss curves"}
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{x:.1%}"
+
+
+def _pts(x) -> str:
+    return f"{x * 100:+.1f}"
+
+
+def _num(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    return f"{x:,}" if isinstance(x, int) else f"{x:.{digits}f}"
+
+
+def _mitigation(m: dict) -> str:
+    parts = []
+    if m.get("replay"):
+        parts.append(f"replay {_pct(m['replay'])} ({m.get('replay_source', 'self')})")
+    if m.get("kl"):
+        parts.append(f"KL {m['kl']:g}")
+    if m.get("l2sp"):
+        parts.append(f"L2-SP {m['l2sp']:g}")
+    if m.get("freeze_layers"):
+        parts.append(f"lowest {m['freeze_layers']} layers frozen")
+    return ", ".join(parts) or "none"
+
+
+def sections(r: dict) -> list[tuple]:
+    """The report as blocks: ("h2", text) | ("p", text) | ("list", items) | ("table", head, rows) | ("img", path, alt)."""
+    out: list[tuple] = []
+    rec = r["recommendation"]
+    out += [("h2", "Recommendation"), ("p", rec["text"])]
+    if rec.get("details"):
+        out.append(("list", rec["details"]))
+    if r["task"]:
+        out += [("h2", "Task score: prompting the base model vs fine-tuning"),
+                ("table", ["model", r["primary"], "95% CI", "prompt tokens / request", "latency ms / request", "test examples", "source"],
+                 [[t["label"], _pct(t["score"]), f"{_pct(t['lo'])} – {_pct(t['hi'])}", f"{t['prompt_tokens']:.1f}",
+                   f"{t['latency_ms']:.1f}", str(t["n"]), t["source"]] for t in r["task"]])]
+        for key in ("task", "cost"):
+            if key in r["plots"]:
+                out.append(("img", r["plots"][key], PLOT_TITLES[key]))
+    if r["forgetting"]:
+        f0 = r["forgetting"][0]
+        out += [("h2", "Catastrophic forgetting: general capability, base vs tuned"),
+                ("p", f"General QA: {f0['qa_items']} everyday questions (each one answered correctly by the bundled base model), scored by whether the "
+                      f"accepted answer appears in the reply. Drift: mean per-token NLL of each model on the base model's own greedy "
+                      f"replies to {f0['drift_prompts']} general prompts (the base scores its own replies lowest). Intervals: paired "
+                      "bootstrap over items, 95%.")]
+        head = ["model", "QA base", "QA tuned", "change (points, 95% CI)", "retention", "drift NLL base", "drift NLL tuned",
+                "drift increase (95% CI)"]
+        with_text = all("text_base_ppl" in f for f in r["forgetting"])
+        if with_text:
+            head += ["text ppl base", "text ppl tuned"]
+        rows = []
+        for f in r["forgetting"]:
+            row = [f["label"], _pct(f["qa_base"]), _pct(f["qa_tuned"]),
+                   f"{_pts(f['qa_change'])} ({_pts(f['qa_change_lo'])} to {_pts(f['qa_change_hi'])})", _pct(f["retention"]),
+                   _num(f["drift_base"]), _num(f["drift_tuned"]),
+                   f"{f['drift_increase']:+.3f} ({f['drift_increase_lo']:+.3f} to {f['drift_increase_hi']:+.3f})"]
+            if with_text:
+                row += [_num(f["text_base_ppl"], 2), _num(f["text_tuned_ppl"], 2)]
+            rows.append(row + [f["source"]])
+        out.append(("table", head + ["source"], rows))
+        for key in ("forgetting", "tradeoff"):
+            if key in r["plots"]:
+                out.append(("img", r["plots"][key], PLOT_TITLES[key]))
+    if r["training"]:
+        out += [("h2", "Training"),
+                ("table", ["run", "steps", "train seconds", "final loss", "val loss", "trainable parameters", "mitigation", "source"],
+                 [[t["variant"], _num(t["steps"]), _num(t["train_seconds"], 1), _num(t["final_loss"]), _num(t["val_loss"]),
+                   _num(t["trainable_parameters"]), _mitigation(t["mitigation"]), t["source"]] for t in r["training"]])]
+        if "loss" in r["plots"]:
+            out.append(("img", r["plots"]["loss"], PLOT_TITLES["loss"]))
+    out.append(("p", "Every number above is read from the JSON file named in its row; report.json holds them all."))
+    return out
+
+
+def render_markdown(r: dict) -> str:
+    lines = [f"# {r['title']}", ""]
+    for block in sections(r):
+        kind = block[0]
+        if kind == "h2":
+            lines += [f"## {block[1]}", ""]
+        elif kind == "p":
+            lines += [block[1], ""]
+        elif kind == "list":
+            lines += [f"- {item}" for item in block[1]] + [""]
+        elif kind == "table":
+            head, rows = block[1], block[2]
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows] + [""]
+        elif kind == "img":
+            lines += [f"![{block[2]}]({block[1]})", ""]
+    return "\n".join(lines)
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}h2{border-bottom:1px solid #ddd;padding-bottom:4px}"""
+
+# Marks the page once every plot has loaded (or failed), so a headless browser can check it.
+_CHECK = """<script>window.addEventListener('load',function(){var i=document.images,ok=0;
+for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0)ok++;}
+document.body.setAttribute('data-plots-loaded',ok+'/'+i.length);});</script>"""
+
+
+def render_html(r: dict) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(r['title'])}</title><style>{_STYLE}</style></head>",
+             f"<body><h1>{e(r['title'])}</h1>"]
+    for block in sections(r):
+        kind = block[0]
+        if kind == "h2":
+            parts.append(f"<h2>{e(block[1])}</h2>")
+        elif kind == "p":
+            parts.append(f"<p>{e(block[1])}</p>")
+        elif kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in block[1]) + "</ul>")
+        elif kind == "table":
+            head = "".join(f"<th>{e(h)}</th>" for h in block[1])
+            rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block[2])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            parts.append(f"<figure><img src='{e(block[1])}' alt='{e(block[2])}'><figcaption>{e(block[2])}</figcaption></figure>")
+    parts.append(_CHECK + "</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,146 @@
+"""Forgetting probe pieces and the mitigations: replay mixing, KL anchoring, L2-SP, freezing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import cli, read_jsonl, write_config
+from tunesmith.engine.anchors import WeightAnchor
+from tunesmith.engine.sampler import EpochSampler
+from tunesmith.forgetting import probe
+from tunesmith.forgetting.replay import replay_weight, whole_sentences
+
+
+def test_bundled_probe_sets():
+    qa = probe.general_qa()
+    assert len(qa) >= 150
+    assert len({q["question"] for q in qa}) == len(qa)
+    assert all(q["answers"] and all(a.strip() for a in q["answers"]) for q in qa)
+    probe_prompts, replay_prompts = probe.general_prompts()
+    assert len(probe_prompts) >= 40 and len(replay_prompts) >= 80
+    assert not set(probe_prompts) & set(replay_prompts)  # replay never trains on what drift measures
+
+
+def test_replay_weight_makes_replay_the_asked_share_of_an_epoch():
+    n_task, n_replay = 120, 50
+    w = replay_weight(0.25, n_task, n_replay)
+    assert w == pytest.approx(0.25 / 0.75 * 120 / 50)  # 0.8
+    sampler = EpochSampler([n_task, n_replay], [1.0, w], [10] * (n_task + n_replay), 8, seed=0)
+    epoch = sampler.epoch_examples(0)
+    share = sum(i >= n_task for i in epoch) / len(epoch)
+    assert share == pytest.approx(0.25, abs=0.01)  # 40 of 160
+
+
+def test_whole_sentences_trims_a_cut_reply():
+    assert whole_sentences("The first sentence. Two and thr") == "The first sentence."
+    assert whole_sentences("Hi. A much longer second sentence that was cut") == "Hi. A much longer second sentence that was cut"
+    assert whole_sentences("Done.") == "Done."
+    assert whole_sentences("1. Sleep well\n2. Eat") == "1. Sleep well"
+    assert whole_sentences("short") == "short"  # nothing to cut back to: kept
+
+
+def test_sequence_nll_matches_cross_entropy_by_hand(tiny_model_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    feats = probe.reply_features(tokenizer, ["Text: Lyon"], ["Maria was born on May 1, 2001."])
+    (nll, count), = probe.sequence_nll(model, tokenizer, feats)
+    ids = torch.tensor([feats[0]["input_ids"]])
+    labels = torch.tensor(feats[0]["labels"])
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1]
+    keep = labels[1:] != -100
+    expected = F.cross_entropy(logits[keep], labels[1:][keep], reduction="sum")
+    assert count == int(keep.sum()) and nll == pytest.approx(float(expected), rel=1e-5)
+    assert feats[0]["input_ids"][max(i for i, x in enumerate(feats[0]["labels"]) if x != -100) + 1] == tokenizer.eos_token_id
+
+
+def test_weight_anchor_gradient_by_hand():
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    anchor = WeightAnchor([p], weight=0.5)
+    with torch.no_grad():
+        p += torch.tensor([2.0, -4.0])  # moved by (2, -4)
+    p.grad = torch.tensor([1.0, 1.0])
+    penalty = anchor.apply()
+    assert penalty == pytest.approx(0.5 / 2 * (4 + 16))
+    assert p.grad.tolist() == pytest.approx([1 + 0.5 * 2, 1 + 0.5 * -4])
+
+
+def _train(tmp_path, model_dir, data, name, **sections):
+    cfg = write_config(tmp_path / f"{name}.yaml", model_dir, data, tmp_path / "runs", name=name, **sections)
+    r = cli(["train", str(cfg), "--quiet"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    return tmp_path / "runs" / name
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "final" / "model.safetensors"))
+
+
+def test_l2sp_keeps_full_fine_tuning_closer_to_the_start(tmp_path, tiny_model_dir, date_data):
+    full = {"adapter": {"type": "none"}, "train": {"max_steps": 10, "batch_size": 8, "lr": 3e-3, "precision": "fp32",
+                                                 "log_every": 1, "warmup": 0}}
+    free = _weights(_train(tmp_path, tiny_model_dir, date_data, "free", **full))
+    anchored_dir = _train(tmp_path, tiny_model_dir, date_data, "anchored", forgetting={"l2sp": 50.0}, **full)
+    anchored = _weights(anchored_dir)
+    start = _weights_of(tiny_model_dir)
+    dist = {k: sum(float((w[n] - start[n]).pow(2).sum()) for n in start if n in w) for k, w in (("free", free), ("anchored", anchored))}
+    assert dist["anchored"] < 0.5 * dist["free"]
+    assert all(r["l2sp"] >= 0 for r in read_jsonl(anchored_dir / "metrics.jsonl"))
+
+
+def _weights_of(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_freeze_layers_leaves_the_lowest_layer_and_embeddings_untouched(tmp_path, tiny_model_dir, date_data):
+    run = _train(tmp_path, tiny_model_dir, date_data, "frozen", adapter={"type": "none"}, forgetting={"freeze_layers": 1},
+                 train={"max_steps": 4, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "log_every": 1, "warmup": 0})
+    after, start = _weights(run), _weights_of(tiny_model_dir)
+    for name, w in start.items():
+        moved = not torch.equal(after[name], w)
+        if ".layers.0." in name or "embed_tokens" in name:
+            assert not moved, name
+        elif ".layers.1." in name and name.endswith("proj.weight"):
+            assert moved, name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["mitigation"]["freeze_layers"] == 1
+
+
+def test_kl_anchor_is_zero_for_an_untouched_adapter_and_grows_with_training(tiny_model_dir, tokenizer, date_data):
+    from tunesmith.config import validate_config
+    from tunesmith.data.records import load_examples
+    from tunesmith.methods.reference import ReferenceModel
+    from tunesmith.methods.sft import SFT
+    from tunesmith.model.adapters import apply_adapter
+    from tunesmith.model.load import load_base
+
+    cfg = validate_config({"name": "k", "data": {"train": [str(date_data["train"])]}, "train": {"max_steps": 1},
+                           "forgetting": {"replay": 0.2, "kl": 1.0}})
+    model = apply_adapter(load_base(tiny_model_dir), cfg.adapter)
+    method = SFT(cfg)
+    method.reference = ReferenceModel(model)
+    feats = [method.features(e, tokenizer) for e in load_examples(date_data["train"])[:4]]
+    for f in feats:
+        f["anchor"] = True
+    batch = method.collate(feats, tokenizer)
+    _, metrics = method.loss(model, batch)
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero: identical to the base
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05)
+    loss, metrics = method.loss(model, batch)
+    assert metrics["kl"] > 1e-3
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
+    unanchored = method.collate([{k: v for k, v in f.items() if k != "anchor"} for f in feats], tokenizer)
+    assert "kl" not in method.loss(model, unanchored)[1]  # task data is never anchored
