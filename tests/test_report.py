@@ -32,7 +32,8 @@ def test_fine_tune_when_clearly_ahead_and_the_variant_that_keeps_most():
     rec = recommend(task, [_forget("lora", 0.80, 0.9), _forget("replay", 0.95, 0.2)])
     assert rec["choice"] == "fine-tune" and rec["best_prompting"] == "3-shot"
     assert rec["gap"] == 0.6
-    assert rec["recommended_variant"] == "replay"  # within 2 points of the best, keeps the most
+    assert rec["recommended_variant"] == "replay"  # within 5 points of the best, keeps the most
+    assert "QA 95.0% (base 100.0%), task 99.0% (1.0 points below tuned: lora)" in rec["details"][-1]
     assert "40 prompt tokens per request instead of 160" in rec["text"]
 
 
@@ -46,6 +47,20 @@ def test_a_far_better_but_forgetful_variant_is_still_recommended_over_a_weak_one
     task = [_task("tuned: lora", 0.95, 0.92, 0.98, variant="lora"), _task("tuned: frozen", 0.70, 0.65, 0.75, variant="frozen")]
     rec = recommend(task, [_forget("lora", 0.7, 1.0), _forget("frozen", 1.0, 0.0)])
     assert rec["recommended_variant"] == "lora"
+    assert rec["details"][-1].endswith("more than 5 points below the best task score: tuned: frozen.")
+
+
+def test_a_few_points_of_task_score_buy_back_general_capability():
+    task = [_task("tuned: lora", 1.0, 1.0, 1.0, variant="lora"), _task("tuned: replay", 0.96, 0.93, 0.99, variant="replay"),
+            _task("tuned: kl", 0.94, 0.91, 0.97, variant="kl")]
+    rec = recommend(task, [_forget("lora", 0.1, 0.4), _forget("replay", 0.8, -0.2), _forget("kl", 0.9, 0.0)])
+    assert rec["recommended_variant"] == "replay"  # 4 points cost is within tolerance; kl's 6 is not
+
+
+def test_a_single_variant_that_forgot_is_told_to_try_a_mitigation():
+    task = [_task("3-shot", 0.5, 0.45, 0.55), _task("tuned: lora", 1.0, 1.0, 1.0, variant="lora")]
+    rec = recommend(task, [_forget("lora", 0.2, 0.4)])
+    assert rec["recommended_variant"] == "lora" and "forgetting.replay" in rec["details"][-1]
 
 
 def _run(root: Path, name: str, em: list[int], qa: list[int], nll: list[float]) -> Path:

@@ -55,13 +55,14 @@ def train(
 def quickstart(
     workdir: Path = typer.Option(Path("quickstart"), "--dir", help="where data, config and run go"),
     model: str = typer.Option("smollm2-135m-instruct", help="model reference"),
-    max_steps: int = typer.Option(100, help="LoRA optimizer steps per variant"),
+    max_steps: Optional[int] = typer.Option(None, help="LoRA optimizer steps per variant  [default: 80]"),
     test_limit: Optional[int] = typer.Option(None, help="score only the first N test examples"),
 ):
     """The main job on embedded defaults: prompting baselines, LoRA with and without self-replay, forgetting, report."""
     from tunesmith.quickstart import run_quickstart
 
-    run_quickstart(workdir, model=model, max_steps=max_steps, test_limit=test_limit, console=err, out=out)
+    steps = {} if max_steps is None else {"max_steps": max_steps}
+    run_quickstart(workdir, model=model, test_limit=test_limit, console=err, out=out, **steps)
 
 
 @app.command()
