@@ -43,12 +43,12 @@ def _task_kwargs(cfg: RunConfig) -> dict:
             "latency_samples": e.latency_samples}
 
 
-def test_examples(cfg: RunConfig) -> list[Example]:
+def load_test_split(cfg: RunConfig) -> list[Example]:
     return load_examples(cfg.eval.test)[: cfg.eval.limit]
 
 
 def score_tuned(cfg: RunConfig, run_dir: Path, model, tokenizer, label: str = "tuned") -> dict:
-    result = evaluate_task(model, tokenizer, test_examples(cfg), label=label, **_task_kwargs(cfg),
+    result = evaluate_task(model, tokenizer, load_test_split(cfg), label=label, **_task_kwargs(cfg),
                            predictions_path=run_dir / "eval" / "test_predictions.jsonl")
     write_json(run_dir / "eval" / "test.json", result)
     return result
@@ -63,7 +63,7 @@ def score_baselines(cfg: RunConfig, out_dir: Path, base: BaseReference, shot_poo
         label = "zero-shot" if k == 0 else f"{k}-shot"
         console.print(f"prompting baseline: {label} on the base model ...")
         shots = draw_shots(shot_pool, k, cfg.eval.shot_seed)
-        result = evaluate_task(model, tokenizer, test_examples(cfg), label=label, shots=shots, system=cfg.eval.system,
+        result = evaluate_task(model, tokenizer, load_test_split(cfg), label=label, shots=shots, system=cfg.eval.system,
                                **_task_kwargs(cfg), predictions_path=out_dir / "baselines" / f"shots-{k}_predictions.jsonl")
         result["shot_sources"] = [s.source for s in shots]
         write_json(out_dir / "baselines" / f"shots-{k}.json", result)

@@ -34,6 +34,7 @@ from tunesmith.methods.reference import ReferenceModel
 from tunesmith.model.adapters import apply_adapter, count_parameters, freeze_lower_layers
 from tunesmith.model.load import load_base, load_tokenizer, tokenizer_dir
 from tunesmith.model.resolve import resolve
+from tunesmith.report.build import write_report
 
 
 def seed_everything(seed: int) -> None:
@@ -172,7 +173,7 @@ def save_final(model, tokenizer, run_dir: Path, base_path: Path) -> Path:
 
 
 def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = None, quiet: bool = False,
-          base: BaseReference | None = None, report: bool = True) -> dict:
+          base: BaseReference | None = None) -> dict:
     """Train, save, then measure (test score, prompting baselines, forgetting) and report.
     `base` shares one base-model reference across the variants of a comparison."""
     console = console or Console(stderr=True, soft_wrap=True)
@@ -236,8 +237,5 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     if cfg.eval.shots:
         summary["baselines"] = score_baselines(cfg, run_dir, base, [e for src in sources[0] for e in src], console)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if report:
-        from tunesmith.report.build import write_report
-
-        summary["report"] = str(write_report(run_dir, [(cfg.name, run_dir)], baselines_dir=run_dir, primary=cfg.eval.primary))
+    summary["report"] = str(write_report(run_dir, [(cfg.name, run_dir)], baselines_dir=run_dir, primary=cfg.eval.primary))
     return summary

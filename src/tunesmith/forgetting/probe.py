@@ -3,7 +3,7 @@
 1. General QA: short everyday questions (bundled, each one the bundled base model answers
    correctly), scored tolerantly (the accepted answer anywhere in the reply, as whole words).
 2. Drift: the tuned model's mean per-token NLL on the base model's own greedy replies to general
-   prompts. The base scores its own replies lowest; the rise is how far the tuned model moved.
+   prompts. A rise is how far the tuned model moved away from the base model's answers.
 3. Optionally, perplexity on a general text data set the user names.
 
 Base and tuned results are per item, so every difference gets a paired bootstrap interval.

@@ -55,8 +55,9 @@ def sections(r: dict) -> list[tuple]:
         out += [("h2", "Catastrophic forgetting: general capability, base vs tuned"),
                 ("p", f"General QA: {f0['qa_items']} everyday questions (each one answered correctly by the bundled base model), scored by whether the "
                       f"accepted answer appears in the reply. Drift: mean per-token NLL of each model on the base model's own greedy "
-                      f"replies to {f0['drift_prompts']} general prompts (the base scores its own replies lowest). Intervals: paired "
-                      "bootstrap over items, 95%.")]
+                      f"replies to {f0['drift_prompts']} general prompts: a rise means the tuned model moved away from how "
+                      "the base model answers; training on such answers, as self-replay does, can bring it below the base. "
+                      "Intervals: paired bootstrap over items, 95%.")]
         head = ["model", "QA base", "QA tuned", "change (points, 95% CI)", "retention", "drift NLL base", "drift NLL tuned",
                 "drift increase (95% CI)"]
         with_text = all("text_base_ppl" in f for f in r["forgetting"])
