@@ -18,7 +18,7 @@ def compared(tmp_path_factory, tiny_model_dir, date_data):
         tmp / "cmp.yaml", tiny_model_dir, date_data, tmp / "runs", name="cmp",
         train={"max_steps": 8, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "log_every": 2, "warmup": 0},
         eval={"test": str(date_data["test"]), "max_new_tokens": 8, "shots": [0, 2], "latency_samples": 2},
-        forgetting={"probe": True},
+        forgetting={"probe": True, "text": str(date_data["val"]), "text_limit": 12},
         compare={"variants": {"lora": {}, "lora-replay": {"forgetting.replay": 0.3, "forgetting.kl": 0.5}}},
     )
     result = cli(["compare", str(config), "--quiet"], tmp)
@@ -42,6 +42,10 @@ def test_compare_writes_every_part(compared):
     assert two["prompt_tokens"] > zero["prompt_tokens"] + 20
     assert all("train.jsonl:" in s for s in two["shot_sources"])
     assert report["recommendation"]["choice"] in ("prompting", "fine-tune")
+    # general-text perplexity, base vs tuned: the same documents, and tuning moved it
+    for row in report["forgetting"]:
+        assert row["text_documents"] == 12 and row["text_base_ppl"] > 1
+        assert row["text_tuned_ppl"] != row["text_base_ppl"]
 
 
 def test_replay_variant_trained_with_kl_on_replay_data(compared):

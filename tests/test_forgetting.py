@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -23,6 +24,35 @@ def test_bundled_probe_sets():
     probe_prompts, replay_prompts = probe.general_prompts()
     assert len(probe_prompts) >= 40 and len(replay_prompts) >= 80
     assert not set(probe_prompts) & set(replay_prompts)  # replay never trains on what drift measures
+
+
+def test_summary_by_hand():
+    base = {"qa": [{"correct": 1.0}, {"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}],
+            "drift": [{"nll": 0.5}, {"nll": 1.0}],
+            "text": [{"nll": 20.0, "tokens": 10}, {"nll": 30.0, "tokens": 30}]}
+    tuned = {"qa": [{"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}, {"correct": 0.0}],
+             "drift": [{"nll": 1.0}, {"nll": 2.0}],
+             "text": [{"nll": 30.0, "tokens": 10}, {"nll": 30.0, "tokens": 30}]}
+    s = probe.summarize(base, tuned)
+    assert s["qa"]["base"]["mean"] == 0.75 and s["qa"]["tuned"]["mean"] == 0.5
+    assert s["qa"]["change"]["mean"] == pytest.approx(-0.25)
+    assert s["qa"]["retention"] == pytest.approx(1 / 3)  # of the 3 the base answered, the tuned model keeps 1
+    assert s["drift"]["increase"]["mean"] == pytest.approx(0.75)  # (0.5 + 1.0) / 2
+    assert s["text"]["base_perplexity"] == pytest.approx(math.exp(50 / 40))  # token-weighted over documents
+    assert s["text"]["tuned_perplexity"] == pytest.approx(math.exp(60 / 40))
+    assert s["text"]["nll_increase"]["mean"] == pytest.approx(0.5)  # per-token NLL rises 1.0 on doc 1, 0 on doc 2
+
+
+def test_cached_base_results_follow_the_text_file_contents(tmp_path):
+    from tunesmith.forgetting.reference import data_version
+
+    text = tmp_path / "general.jsonl"
+    text.write_text('{"text": "one"}\n')
+    before = data_version(str(text))
+    assert data_version(str(text)) == before
+    text.write_text('{"text": "two"}\n')
+    assert data_version(str(text)) != before
+    assert data_version("org/some-dataset") == "org/some-dataset" and data_version(None) is None
 
 
 def test_replay_weight_makes_replay_the_asked_share_of_an_epoch():

@@ -23,7 +23,7 @@ from tunesmith.data.records import load_examples
 from tunesmith.eval.bootstrap import bootstrap_ci, paired_bootstrap_ci
 from tunesmith.eval.generate import Sampling, generate_all
 from tunesmith.eval.metrics import contains_answer
-from tunesmith.forgetting.reference import BaseReference
+from tunesmith.forgetting.reference import BaseReference, data_version
 from tunesmith.methods.sft import collate_tokens
 
 QA_MAX_NEW_TOKENS = 24  # the answer comes in the first sentence
@@ -114,7 +114,8 @@ def probe(model, tokenizer, base: BaseReference, *, text: str | None = None, tex
 def base_probe(base: BaseReference, *, text: str | None = None, text_limit: int = 200, batch_size: int = 16) -> dict:
     """The base model's own probe results, cached like its replies."""
     items = general_qa()
-    return base.cached("probe", [items, general_prompts()[0], text, text_limit, QA_MAX_NEW_TOKENS, REPLY_MAX_NEW_TOKENS],
+    return base.cached("probe", [items, general_prompts()[0], text, data_version(text), text_limit, QA_MAX_NEW_TOKENS,
+                                 REPLY_MAX_NEW_TOKENS],
                        lambda m, t: probe(m, t, base, text=text, text_limit=text_limit, batch_size=batch_size))
 
 
@@ -133,6 +134,10 @@ def summarize(base: dict, tuned: dict) -> dict:
         def ppl(rows):
             return math.exp(sum(r["nll"] for r in rows) / max(1, sum(r["tokens"] for r in rows)))
 
+        def per_token(rows):
+            return [r["nll"] / max(1, r["tokens"]) for r in rows]
+
         out["text"] = {"base_perplexity": ppl(base["text"]), "tuned_perplexity": ppl(tuned["text"]),
+                       "nll_increase": paired_bootstrap_ci(per_token(base["text"]), per_token(tuned["text"])),
                        "documents": len(base["text"])}
     return out

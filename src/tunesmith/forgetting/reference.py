@@ -56,7 +56,7 @@ class BaseReference:
 
     def cached(self, tag: str, inputs, compute):
         """`compute(model, tokenizer)` once per (weights, precision, tag, inputs); JSON on disk after."""
-        path = home() / "reference" / f"{self.key}-{tag}-{inputs_key(tag, inputs)}.json"
+        path = cache_dir() / f"{self.key}-{tag}-{inputs_key(tag, inputs)}.json"
         if path.is_file():
             return json.loads(path.read_text())
         value = compute(*self.get())
@@ -69,3 +69,16 @@ class BaseReference:
 
 def cache_dir() -> Path:
     return home() / "reference"
+
+
+def data_version(source: str | None) -> str | None:
+    """What a cached result over a user's data set depends on: its files' contents, not its name,
+    so an edited file is probed afresh. A hub id stands for itself."""
+    if source is None:
+        return None
+    path = Path(source)
+    if path.is_file():
+        return content_key(path)
+    if path.is_dir():
+        return ",".join(f"{f.relative_to(path)}:{content_key(f)}" for f in sorted(path.rglob("*")) if f.is_file())
+    return source

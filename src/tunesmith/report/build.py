@@ -45,7 +45,10 @@ def _forgetting_row(variant: str, label: str, f: dict, source: str) -> dict:
         "drift_increase_hi": drift["increase"]["hi"], "drift_prompts": drift["base_nll"]["n"], "source": source,
     }
     if "text" in f:
-        row.update(text_base_ppl=f["text"]["base_perplexity"], text_tuned_ppl=f["text"]["tuned_perplexity"])
+        t = f["text"]
+        row.update(text_base_ppl=t["base_perplexity"], text_tuned_ppl=t["tuned_perplexity"],
+                   text_nll_increase=t["nll_increase"]["mean"], text_nll_increase_lo=t["nll_increase"]["lo"],
+                   text_nll_increase_hi=t["nll_increase"]["hi"], text_documents=t["documents"])
     return row
 
 

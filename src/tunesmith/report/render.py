@@ -62,7 +62,7 @@ def sections(r: dict) -> list[tuple]:
                 "drift increase (95% CI)"]
         with_text = all("text_base_ppl" in f for f in r["forgetting"])
         if with_text:
-            head += ["text ppl base", "text ppl tuned"]
+            head += ["text ppl base", "text ppl tuned", "text NLL/token increase (95% CI)"]
         rows = []
         for f in r["forgetting"]:
             row = [f["label"], _pct(f["qa_base"]), _pct(f["qa_tuned"]),
@@ -70,7 +70,8 @@ def sections(r: dict) -> list[tuple]:
                    _num(f["drift_base"]), _num(f["drift_tuned"]),
                    f"{f['drift_increase']:+.3f} ({f['drift_increase_lo']:+.3f} to {f['drift_increase_hi']:+.3f})"]
             if with_text:
-                row += [_num(f["text_base_ppl"], 2), _num(f["text_tuned_ppl"], 2)]
+                row += [_num(f["text_base_ppl"], 2), _num(f["text_tuned_ppl"], 2),
+                        f"{f['text_nll_increase']:+.3f} ({f['text_nll_increase_lo']:+.3f} to {f['text_nll_increase_hi']:+.3f})"]
             rows.append(row + [f["source"]])
         out.append(("table", head + ["source"], rows))
         for key in ("forgetting", "tradeoff"):
