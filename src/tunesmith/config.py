@@ -22,12 +22,42 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+ADAPTER_TYPES = ("lora", "ia3", "prefix", "prompt", "none")
+LORA_TYPES = ("lora",)
+
+
+class FreezeConfig(Section):
+    """Partial full fine-tuning: everything else stays at its pre-trained value."""
+    top_layers: int | None = Field(None, ge=1, description="train only the top N decoder layers (and the final norm)")
+    modules: list[str] | None = Field(None, min_length=1, description="train only parameters whose name contains one of these")
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.top_layers is None) == (self.modules is None):
+            raise ValueError("set exactly one of top_layers, modules")
+        return self
+
+
 class AdapterConfig(Section):
-    type: Literal["none", "lora"] = "lora"
-    r: int = Field(16, ge=1)
-    alpha: float = Field(32.0, gt=0)
+    type: Literal[ADAPTER_TYPES] = Field("lora", description="lora | ia3 | prefix | prompt | none (full fine-tuning)")
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: float = Field(32.0, gt=0, description="LoRA scale numerator: alpha/r, or alpha/sqrt(r) with rslora")
     dropout: float = Field(0.0, ge=0, lt=1)
-    targets: str | list[str] = "all-linear"
+    targets: str | list[str] = Field("all-linear", description="all-linear | attention | mlp | module names (LoRA, IA3)")
+    rslora: bool = Field(False, description="rank-stabilised LoRA scaling alpha/sqrt(r)")
+    dora: bool = Field(False, description="weight-decomposed LoRA (magnitude and direction)")
+    lora_plus_ratio: float | None = Field(None, gt=0, description="LoRA+: learning rate of B = ratio x train.lr (paper: 16)")
+    virtual_tokens: int = Field(20, ge=1, description="prefix / prompt tuning: learned tokens")
+    freeze: FreezeConfig | None = Field(None, description="type none: train only part of the model")
+
+    @model_validator(mode="after")
+    def _options_fit_the_type(self):
+        lora_only = [k for k in ("rslora", "dora", "lora_plus_ratio") if getattr(self, k) and self.type not in LORA_TYPES]
+        if lora_only:
+            raise ValueError(f"{', '.join(lora_only)}: LoRA options; adapter.type is {self.type}")
+        if self.freeze is not None and self.type != "none":
+            raise ValueError(f"freeze: partial full fine-tuning needs adapter.type none, not {self.type}")
+        return self
 
 
 TrainOn = Literal["last", "all_assistant", "all"]
@@ -95,6 +125,7 @@ class TrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="adamw8bit: bitsandbytes 8-bit states where it runs")
     log_every: int = Field(10, ge=1)
 
     @model_validator(mode="after")
@@ -166,6 +197,13 @@ class RunConfig(Section):
     forgetting: ForgettingConfig = ForgettingConfig()
     output: OutputConfig = OutputConfig()
     compare: CompareConfig = CompareConfig()
+
+    @model_validator(mode="after")
+    def _adapter_fits_the_data(self):
+        if self.data.packing and self.adapter.type in ("prefix", "prompt"):
+            raise ValueError(f"data.packing: packed rows restart positions mid-row; {self.adapter.type} tuning "
+                             "prepends its virtual tokens once per row, so it cannot pack")
+        return self
 
     def run_dir(self) -> Path:
         return Path(self.output.dir) / self.name

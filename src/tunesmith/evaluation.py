@@ -20,6 +20,7 @@ from tunesmith.data.records import load_examples
 from tunesmith.eval.task import draw_shots, evaluate_task
 from tunesmith.forgetting import probe
 from tunesmith.forgetting.reference import BaseReference
+from tunesmith.model.adapters import can_merge
 
 
 def write_json(path: Path, value) -> Path:
@@ -29,8 +30,9 @@ def write_json(path: Path, value) -> Path:
 
 
 def inference_ready(model, precision: str):
-    """Merged adapter weights and the training precision: what generation will run on."""
-    if hasattr(model, "merge_and_unload"):
+    """Merged adapter weights (where the adapter merges) and the training precision: what
+    generation will run on."""
+    if can_merge(model):
         model = model.merge_and_unload()
     if precision == "bf16":
         model.to(torch.bfloat16)

@@ -31,7 +31,7 @@ from tunesmith.forgetting.reference import BaseReference
 from tunesmith.forgetting.replay import replay_examples, replay_weight
 from tunesmith.methods import build_method
 from tunesmith.methods.reference import ReferenceModel
-from tunesmith.model.adapters import apply_adapter, count_parameters, freeze_lower_layers
+from tunesmith.model.adapters import apply_adapter, can_merge, count_parameters, freeze_lower_layers
 from tunesmith.model.load import load_base, load_tokenizer, tokenizer_dir
 from tunesmith.model.resolve import resolve
 from tunesmith.report.build import write_report
@@ -132,10 +132,14 @@ def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseRef
 
 def build_model(cfg: RunConfig, resolved):
     model = load_base(resolved.path, torch.float32)
-    if resolved.adapter is not None:  # continue from a LoRA run: its adapter becomes part of the base
+    if resolved.adapter is not None:  # continue from an adapter run: its adapter becomes part of the base
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, resolved.adapter).merge_and_unload()
+        model = PeftModel.from_pretrained(model, resolved.adapter)
+        if not can_merge(model):
+            raise UserError(f"model: {resolved.adapter.parent}: a {model.active_peft_config.peft_type.value.lower()} "
+                            "adapter cannot fold into the base to train on; start from its base model")
+        model = model.merge_and_unload()
     seed_everything(cfg.train.seed)
     model = apply_adapter(model, cfg.adapter)
     freeze_lower_layers(model, cfg.forgetting.freeze_layers)

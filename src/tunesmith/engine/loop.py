@@ -104,7 +104,9 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
     pack_length = cfg.data.max_length if cfg.data.packing else None
     sampler = EpochSampler(data.source_sizes, data.weights, lengths, cfg.train.batch_size, cfg.train.seed, pack_length)
     total = total_steps(cfg, sampler)
-    optimizer, scheduler = build_optimizer(model, cfg.train, total)
+    optimizer, scheduler, note = build_optimizer(model, cfg.train, total, cfg.adapter.lora_plus_ratio)
+    if note:
+        console.print(f"[yellow]{note}[/yellow]")
     params = [p for p in model.parameters() if p.requires_grad]
     anchor = WeightAnchor(params, cfg.forgetting.l2sp) if cfg.forgetting.l2sp else None  # before resume: theta_0
 

@@ -31,6 +31,12 @@ def unwrap(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def is_prompt_learning(model) -> bool:
+    """Prefix and prompt tuning act through virtual tokens in the PEFT forward pass, not on weights."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(config is not None and config.is_prompt_learning)
+
+
 def token_logprob_inputs(model, batch: dict):
     """Final hidden states at the positions that carry loss, and the tokens they predict.
 
@@ -44,8 +50,9 @@ def token_logprob_inputs(model, batch: dict):
     # no KV cache in training; packed batches carry position_ids and no attention mask
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
               "position_ids": batch.get("position_ids"), "use_cache": False}
-    if head is None:  # models without a separable head: take the full logits
-        logits = model(**inputs).logits
+    if head is None or is_prompt_learning(model):
+        # no separable head, or virtual tokens that only the PEFT forward adds: full logits
+        logits = model(**inputs).logits[:, -labels.shape[1]:]  # prompt tuning's virtual positions come first
         return None, logits[:, :-1][targets_mask], labels[:, 1:][targets_mask]
     hidden = base.get_decoder()(**inputs).last_hidden_state
     return head, hidden[:, :-1][targets_mask], labels[:, 1:][targets_mask]

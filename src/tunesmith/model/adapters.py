@@ -1,17 +1,31 @@
-"""Put the configured adapter on a base model: none (full fine-tuning) or LoRA through PEFT."""
+"""Put the configured adapter on a base model, all through PEFT: LoRA (rsLoRA, DoRA), IA3,
+prefix and prompt tuning; or full fine-tuning, whole or partial (`adapter.freeze`)."""
 
 from __future__ import annotations
 
 import re
 
-from tunesmith.config import AdapterConfig
-from tunesmith.methods.base import unwrap
+import torch
+
+from tunesmith.config import AdapterConfig, FreezeConfig
+from tunesmith.errors import UserError
+from tunesmith.methods.base import is_prompt_learning, unwrap
+
+_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 
 # Target presets by role; names cover Llama/Mistral/Qwen/Gemma-style and GPT-2/NeoX-style blocks.
 TARGET_PRESETS = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj", "c_attn", "query_key_value", "dense"],
     "mlp": ["gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "dense_h_to_4h", "dense_4h_to_h"],
 }
+
+
+def linear_module_names(model) -> list[str]:
+    """Leaf names of the model's linear layers, the output head excepted (what `all-linear` means)."""
+    head = unwrap(model).get_output_embeddings()
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+             if m is not head and (isinstance(m, torch.nn.Linear))}
+    return sorted(names)
 
 
 def lora_targets(model, targets: str | list[str]):
@@ -24,34 +38,83 @@ def lora_targets(model, targets: str | list[str]):
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         found = [t for t in TARGET_PRESETS[targets] if t in present]
         if not found:
-            from tunesmith.errors import UserError
-
             raise UserError(f"adapter.targets: preset '{targets}' matches no module of this model; name modules explicitly")
         return found
     return [t.strip() for t in targets.split(",") if t.strip()]
 
 
+def peft_config(model, cfg: AdapterConfig):
+    """The PEFT config for an adapter type."""
+    import peft
+
+    if cfg.type == "lora":
+        return peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_rslora=cfg.rslora,
+                               use_dora=cfg.dora, target_modules=lora_targets(model, cfg.targets), task_type="CAUSAL_LM")
+    if cfg.type == "ia3":
+        targets = lora_targets(model, cfg.targets)
+        targets = linear_module_names(model) if targets == "all-linear" else targets
+        # IA3 scales a feed-forward layer's input and every other layer's output
+        feedforward = [t for t in targets if t in TARGET_PRESETS["mlp"]]
+        return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
+    if cfg.type == "prefix":
+        return peft.PrefixTuningConfig(num_virtual_tokens=cfg.virtual_tokens, task_type="CAUSAL_LM")
+    if cfg.type == "prompt":
+        # initialised from real token embeddings: random vectors far from the vocabulary train slowly
+        return peft.PromptTuningConfig(num_virtual_tokens=cfg.virtual_tokens, task_type="CAUSAL_LM",
+                                       prompt_tuning_init=peft.PromptTuningInit.SAMPLE_VOCAB)
+    raise ValueError(cfg.type)
+
+
 def apply_adapter(model, cfg: AdapterConfig):
-    """Return the model to train. Full fine-tuning trains every weight; LoRA freezes the base."""
+    """Return the model to train. Full fine-tuning trains every weight (or the `freeze` part);
+    every adapter type freezes the base and trains only its own parameters."""
     if cfg.type == "none":
         for p in model.parameters():
             p.requires_grad_(True)
+        if cfg.freeze is not None:
+            train_only(model, cfg.freeze)
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    lora = LoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=lora_targets(model, cfg.targets),
-        task_type="CAUSAL_LM",
-    )
     try:
-        return get_peft_model(model, lora)
+        return get_peft_model(model, peft_config(model, cfg))
     except ValueError as e:
-        from tunesmith.errors import UserError
+        raise UserError(f"adapter: {cfg.type}: {str(e).splitlines()[0][:200]}") from None
 
-        raise UserError(f"adapter.targets: {str(e).splitlines()[0][:200]}") from None
+
+def can_merge(model) -> bool:
+    """Adapters whose weights fold into the base (LoRA, DoRA, IA3); virtual tokens do not."""
+    return hasattr(model, "peft_config") and not is_prompt_learning(model)
+
+
+def decoder_layer_indices(model) -> set[int]:
+    return {int(m.group(1)) for name, _ in model.named_parameters() if (m := _LAYER_INDEX.search(name))}
+
+
+def train_only(model, freeze: FreezeConfig) -> int:
+    """Partial full fine-tuning: only the top N decoder layers and the final norm, or only the
+    parameters whose names contain one of `modules`. Returns the parameters left trainable."""
+    if freeze.top_layers is not None:
+        layers = decoder_layer_indices(model)
+        if freeze.top_layers > len(layers):
+            raise UserError(f"adapter.freeze.top_layers: {freeze.top_layers}, but the model has {len(layers)} decoder layers")
+        first = len(layers) - freeze.top_layers
+        final_norm = {id(p) for name, p in model.named_parameters() if re.search(r"(^|\.)(norm|ln_f|final_layernorm)\.", name)
+                      and not _LAYER_INDEX.search(name)}
+
+        def keep(name, p):
+            m = _LAYER_INDEX.search(name)
+            return (m is not None and int(m.group(1)) >= first) or id(p) in final_norm
+    else:
+        def keep(name, p):
+            return any(part in name for part in freeze.modules)
+    trained = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(keep(name, p))
+        trained += p.numel() if p.requires_grad else 0
+    if not trained:
+        raise UserError(f"adapter.freeze.modules: {freeze.modules} matches no parameter of this model")
+    return trained
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -61,18 +124,14 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
-
 
 def freeze_lower_layers(model, n: int) -> int:
     """Stop training the lowest `n` decoder layers (and the input embeddings, which sit below
     them; with tied embeddings that freezes the output head too). Returns parameters frozen."""
     if n <= 0:
         return 0
-    layers = {int(m.group(1)) for name, _ in model.named_parameters() if (m := _LAYER_INDEX.search(name))}
+    layers = decoder_layer_indices(model)
     if n > len(layers):
-        from tunesmith.errors import UserError
-
         raise UserError(f"forgetting.freeze_layers: {n}, but the model has {len(layers)} decoder layers")
     frozen = 0
     embeddings = {id(p) for p in unwrap(model).get_input_embeddings().parameters()}

@@ -1,7 +1,7 @@
 """Export a run or a model reference as folders the ecosystem loads.
 
-- a LoRA run, default: the PEFT adapter (+ tokenizer) that `peft.PeftModel.from_pretrained` loads;
-- a LoRA run with merge=True, a full fine-tune, or any model reference: a Hugging Face model
+- an adapter run (LoRA, IA3, prefix, prompt), default: the PEFT adapter (+ tokenizer) that `peft.PeftModel.from_pretrained` loads;
+- a LoRA or IA3 run with merge=True, a full fine-tune, or any model reference: a Hugging Face model
   folder (safetensors + tokenizer + chat template) for `AutoModelForCausalLM.from_pretrained`.
 The folder is written under a temporary name and renamed, so it is never half-written.
 """
@@ -38,6 +38,9 @@ def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = t
             kind = "adapter"
         else:
             model, tokenizer = load_for_inference(resolved, dtype=dtype, merge=True)
+            if hasattr(model, "peft_config"):
+                raise UserError(f"{reference}: a {model.active_peft_config.peft_type.value.lower()} adapter adds virtual "
+                                "tokens and cannot merge into the base; export it without --merge")
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             kind = "merged" if resolved.adapter is not None else "model"

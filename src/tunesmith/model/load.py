@@ -48,15 +48,18 @@ def load_base(path: Path, dtype: torch.dtype = torch.float32):
 
 
 def load_for_inference(reference: str | Resolved, dtype: torch.dtype = torch.float32, merge: bool = True):
-    """Model + tokenizer for generation. A LoRA run's adapter is merged for speed unless merge=False."""
+    """Model + tokenizer for generation. A run's adapter is merged for speed unless merge=False
+    or it cannot merge (prefix and prompt tuning keep their virtual tokens)."""
     resolved = reference if isinstance(reference, Resolved) else resolve(reference)
     tokenizer = load_tokenizer(tokenizer_dir(resolved))
     model = load_base(resolved.path, dtype)
     if resolved.adapter is not None:
         from peft import PeftModel
 
+        from tunesmith.model.adapters import can_merge
+
         model = PeftModel.from_pretrained(model, resolved.adapter)
-        if merge:
+        if merge and can_merge(model):
             model = model.merge_and_unload()
     from tunesmith.engine.precision import device
 

@@ -1,0 +1,116 @@
+"""Every adapter type trains through the one engine, evaluates, and exports what plain PEFT loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import read_jsonl, write_config
+
+from tunesmith.config import load_config
+from tunesmith.train import train
+
+# adapter, learning rate, the share of the first loss the validation loss must fall below in 30 steps
+# (a frozen random tiny model leaves 512 prompt-tuning parameters the least room to learn)
+ADAPTERS = {
+    "lora-rslora-dora-plus": ({"type": "lora", "r": 8, "alpha": 16, "rslora": True, "dora": True, "lora_plus_ratio": 4}, 1e-2, 0.8),
+    "ia3": ({"type": "ia3"}, 3e-2, 0.8),
+    "prefix": ({"type": "prefix", "virtual_tokens": 8}, 1e-1, 0.8),
+    "prompt": ({"type": "prompt", "virtual_tokens": 8}, 1e-1, 0.9),
+    "freeze-top": ({"type": "none", "freeze": {"top_layers": 1}}, 3e-3, 0.8),
+    "freeze-modules": ({"type": "none", "freeze": {"modules": ["mlp"]}}, 3e-3, 0.8),
+}
+
+
+@pytest.fixture(scope="module", params=list(ADAPTERS))
+def trained(request, tmp_path_factory, tiny_model_dir, date_data):
+    adapter, lr, _ = ADAPTERS[request.param]
+    tmp = tmp_path_factory.mktemp(request.param)
+    cfg_path = write_config(tmp / "c.yaml", tiny_model_dir, date_data, tmp / "runs", adapter=adapter,
+                            train={"max_steps": 30, "lr": lr}, eval={"every": 30, "test": str(date_data["test"]), "max_new_tokens": 8})
+    summary = train(load_config(cfg_path), quiet=True)
+    return request.param, tmp / "runs" / "tiny", summary
+
+
+def test_each_adapter_type_learns_the_task(trained):
+    name, run, summary = trained
+    records = read_jsonl(run / "metrics.jsonl")
+    first = records[0]["loss"]
+    assert records[-1]["val_loss"] < ADAPTERS[name][2] * first, (name, first, records[-1]["val_loss"])
+    assert json.loads((run / "eval" / "test.json").read_text())["n"] == 16
+    trainable = summary["trainable_parameters"]
+    assert 0 < trainable < 200_000  # never the whole tiny model (~200k parameters)
+
+
+def test_only_the_chosen_part_trains(trained, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    name, run, _ = trained
+    if not name.startswith("freeze"):
+        weights = load_file(run / "final" / "adapter_model.safetensors")
+        assert weights
+        return
+    before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(run / "final" / "model.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    if name == "freeze-top":
+        assert changed and all(".layers.1." in k or k == "model.norm.weight" for k in changed)
+        assert "model.embed_tokens.weight" not in changed
+    else:
+        assert changed and all(".mlp." in k for k in changed)
+
+
+def test_exported_adapter_reloads_in_plain_peft_with_identical_greedy_outputs(trained, tiny_model_dir, tmp_path, date_data):
+    name, run, _ = trained
+    if name.startswith("freeze"):
+        return  # full fine-tunes export a plain model folder: test_export.py
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.data.records import load_examples
+    from tunesmith.eval.generate import Sampling, generate_all
+    from tunesmith.eval.task import split_reference
+    from tunesmith.model.export import export
+    from tunesmith.model.load import load_for_inference
+
+    assert export(str(run), tmp_path / "adapter")["kind"] == "adapter"
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "adapter").eval()
+    ours, tok = load_for_inference(str(run), merge=False)
+    prompts = [split_reference(e)[0] for e in load_examples(date_data["test"])[:6]]
+    sampling = Sampling(max_new_tokens=8)
+    assert generate_all(plain, tok, prompts, sampling, 6) == generate_all(ours, tok, prompts, sampling, 6)
+
+
+def test_lora_plus_gives_b_matrices_the_higher_learning_rate(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.config import AdapterConfig, TrainConfig
+    from tunesmith.engine.schedule import param_groups
+    from tunesmith.model.adapters import apply_adapter
+
+    model = apply_adapter(AutoModelForCausalLM.from_pretrained(tiny_model_dir), AdapterConfig(r=4, lora_plus_ratio=16))
+    groups = param_groups(model, TrainConfig(max_steps=1, lr=1e-3), 16)
+    by_id = {id(p): g["lr"] for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert by_id[id(p)] == pytest.approx(1.6e-2 if "lora_B" in name else 1e-3), name
+
+
+def test_8bit_adamw_falls_back_with_a_note_where_bitsandbytes_cannot_run(monkeypatch):
+    import builtins
+
+    from tunesmith.config import TrainConfig
+    from tunesmith.engine.schedule import make_adamw
+
+    real_import = builtins.__import__
+
+    def no_bnb(name, *args, **kwargs):
+        if name == "bitsandbytes":
+            raise ImportError("No module named 'bitsandbytes'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bnb)
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer, note = make_adamw([{"params": [param]}], TrainConfig(max_steps=1, optimizer="adamw8bit"))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert "using torch AdamW" in note and "No module named 'bitsandbytes'" in note
