@@ -47,7 +47,7 @@ def test_wrong_type_names_key_and_value(tmp_path):
 
 
 def test_bad_choice_lists_what_is_allowed(tmp_path):
-    with pytest.raises(UserError, match=r"adapter.type: Input should be 'lora', 'ia3', 'prefix', 'prompt' or 'none'"):
+    with pytest.raises(UserError, match=r"adapter.type: Input should be 'lora', 'qlora', 'ia3', 'prefix', 'prompt' or 'none'"):
         load_config(cfg_file(tmp_path), ["adapter.type=prefix-magic"])
 
 

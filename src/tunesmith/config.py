@@ -22,8 +22,8 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-ADAPTER_TYPES = ("lora", "ia3", "prefix", "prompt", "none")
-LORA_TYPES = ("lora",)
+ADAPTER_TYPES = ("lora", "qlora", "ia3", "prefix", "prompt", "none")
+LORA_TYPES = ("lora", "qlora")
 
 
 class FreezeConfig(Section):
@@ -39,7 +39,7 @@ class FreezeConfig(Section):
 
 
 class AdapterConfig(Section):
-    type: Literal[ADAPTER_TYPES] = Field("lora", description="lora | ia3 | prefix | prompt | none (full fine-tuning)")
+    type: Literal[ADAPTER_TYPES] = Field("lora", description="lora | qlora (quantized base) | ia3 | prefix | prompt | none (full)")
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: float = Field(32.0, gt=0, description="LoRA scale numerator: alpha/r, or alpha/sqrt(r) with rslora")
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -47,6 +47,9 @@ class AdapterConfig(Section):
     rslora: bool = Field(False, description="rank-stabilised LoRA scaling alpha/sqrt(r)")
     dora: bool = Field(False, description="weight-decomposed LoRA (magnitude and direction)")
     lora_plus_ratio: float | None = Field(None, gt=0, description="LoRA+: learning rate of B = ratio x train.lr (paper: 16)")
+    bits: Literal[4, 8] = Field(4, description="qlora: base weights in 4-bit (NF4/FP4) or 8-bit, with bitsandbytes")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora 4-bit: the data type of the quantized weights")
+    double_quant: bool = Field(False, description="qlora 4-bit: quantize the quantization constants too")
     virtual_tokens: int = Field(20, ge=1, description="prefix / prompt tuning: learned tokens")
     freeze: FreezeConfig | None = Field(None, description="type none: train only part of the model")
 

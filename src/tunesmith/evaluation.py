@@ -21,6 +21,7 @@ from tunesmith.eval.task import draw_shots, evaluate_task
 from tunesmith.forgetting import probe
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.model.adapters import can_merge
+from tunesmith.model.quantize import is_quantized
 
 
 def write_json(path: Path, value) -> Path:
@@ -31,7 +32,9 @@ def write_json(path: Path, value) -> Path:
 
 def inference_ready(model, precision: str):
     """Merged adapter weights (where the adapter merges) and the training precision: what
-    generation will run on."""
+    generation will run on. A quantized base stays as trained: merging would requantize it."""
+    if is_quantized(model):
+        return model.eval()
     if can_merge(model):
         model = model.merge_and_unload()
     if precision == "bf16":

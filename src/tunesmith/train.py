@@ -130,8 +130,17 @@ def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseRef
     return TrainData(features, sizes, weights, val)
 
 
+def base_quantization(cfg: RunConfig) -> dict | None:
+    """QLoRA's quantization settings (compute in the run's precision); None for other types."""
+    if cfg.adapter.type != "qlora":
+        return None
+    from tunesmith.model.quantize import settings
+
+    return settings(cfg.adapter, inference_dtype(cfg.train.precision))
+
+
 def build_model(cfg: RunConfig, resolved):
-    model = load_base(resolved.path, torch.float32)
+    model = load_base(resolved.path, torch.float32, base_quantization(cfg))
     if resolved.adapter is not None:  # continue from an adapter run: its adapter becomes part of the base
         from peft import PeftModel
 
@@ -162,9 +171,13 @@ def validate_inputs(cfg: RunConfig) -> None:
         load_examples(cfg.forgetting.replay_source)
     if cfg.eval.metric:
         load_user_metric(cfg.eval.metric)
+    if cfg.adapter.type == "qlora":
+        from tunesmith.model.quantize import require_bitsandbytes
+
+        require_bitsandbytes()
 
 
-def save_final(model, tokenizer, run_dir: Path, base_path: Path) -> Path:
+def save_final(model, tokenizer, run_dir: Path, base_path: Path, quantization: dict | None = None) -> Path:
     final, tmp = run_dir / "final", run_dir / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
     if hasattr(model, "peft_config"):
@@ -172,6 +185,10 @@ def save_final(model, tokenizer, run_dir: Path, base_path: Path) -> Path:
             peft_cfg.base_model_name_or_path = str(base_path)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if quantization is not None:  # what the adapter was trained on top of
+        from tunesmith.model.quantize import write_settings
+
+        write_settings(tmp, quantization)
     os.rename(tmp, final)
     return final
 
@@ -214,7 +231,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         if not resume and not read_metrics(run_dir / "metrics.jsonl") and not list_checkpoints(run_dir / "checkpoints"):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    final = save_final(model, tokenizer, run_dir, resolved.path)
+    final = save_final(model, tokenizer, run_dir, resolved.path, base_quantization(cfg))
     records = read_metrics(run_dir / "metrics.jsonl")
     plot = loss_curve(records, run_dir / "plots" / "loss.png", title=f"{cfg.name}: {cfg.method}, {cfg.adapter.type}")
     summary = {

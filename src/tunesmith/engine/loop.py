@@ -23,6 +23,7 @@ from tunesmith.engine.logbook import MetricsLog, TrainProgress
 from tunesmith.engine.precision import autocast, device, resolve_precision
 from tunesmith.engine.sampler import EpochSampler
 from tunesmith.engine.schedule import build_optimizer
+from tunesmith.model.quantize import is_quantized
 
 
 @dataclass
@@ -97,7 +98,8 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
     console = console or Console(stderr=True, soft_wrap=True)
     dev = device()
     precision = resolve_precision(cfg.train.precision, dev)
-    model.to(dev)
+    if not is_quantized(model):  # a quantized base was loaded onto its device
+        model.to(dev)
     model.train()
     torch.manual_seed(cfg.train.seed)
     lengths = [len(f["input_ids"]) for f in data.features]

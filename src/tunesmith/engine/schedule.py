@@ -43,9 +43,9 @@ def make_adamw(groups: list[dict], cfg: TrainConfig):
     Returns the optimizer and a note when the 8-bit one had to fall back."""
     if cfg.optimizer == "adamw8bit":
         try:
-            import bitsandbytes as bnb
+            from tunesmith.model.quantize import import_bitsandbytes
 
-            return bnb.optim.AdamW8bit(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8), None
+            return import_bitsandbytes().optim.AdamW8bit(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8), None
         except Exception as e:  # not installed, or no kernels for this platform
             note = (f"train.optimizer adamw8bit: bitsandbytes 8-bit AdamW is not available here "
                     f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); using torch AdamW (32-bit states)")

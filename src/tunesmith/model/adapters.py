@@ -1,5 +1,6 @@
-"""Put the configured adapter on a base model, all through PEFT: LoRA (rsLoRA, DoRA), IA3,
-prefix and prompt tuning; or full fine-tuning, whole or partial (`adapter.freeze`)."""
+"""Put the configured adapter on a base model, all through PEFT: LoRA (rsLoRA, DoRA), QLoRA
+(LoRA over a bitsandbytes-quantized base), IA3, prefix and prompt tuning; or full fine-tuning,
+whole or partial (`adapter.freeze`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def linear_module_names(model) -> list[str]:
     """Leaf names of the model's linear layers, the output head excepted (what `all-linear` means)."""
     head = unwrap(model).get_output_embeddings()
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-             if m is not head and (isinstance(m, torch.nn.Linear))}
+             if m is not head and isinstance(m, torch.nn.Linear)}
     return sorted(names)
 
 
@@ -47,7 +48,7 @@ def peft_config(model, cfg: AdapterConfig):
     """The PEFT config for an adapter type."""
     import peft
 
-    if cfg.type == "lora":
+    if cfg.type in ("lora", "qlora"):
         return peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_rslora=cfg.rslora,
                                use_dora=cfg.dora, target_modules=lora_targets(model, cfg.targets), task_type="CAUSAL_LM")
     if cfg.type == "ia3":
@@ -76,6 +77,11 @@ def apply_adapter(model, cfg: AdapterConfig):
         return model
     from peft import get_peft_model
 
+    if cfg.type == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        # norms and other unquantized weights to fp32; gradient checkpointing stays the run's choice
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
         return get_peft_model(model, peft_config(model, cfg))
     except ValueError as e:

@@ -8,6 +8,7 @@ The folder is written under a temporary name and renamed, so it is never half-wr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from tunesmith.errors import UserError
 from tunesmith.model.load import load_for_inference, load_tokenizer, tokenizer_dir
+from tunesmith.model.quantize import SETTINGS_FILE, read_settings
 from tunesmith.model.resolve import resolve
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -29,11 +31,13 @@ def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = t
     to.parent.mkdir(parents=True, exist_ok=True)
     tmp = to.parent / f".tmp-{to.name}"
     shutil.rmtree(tmp, ignore_errors=True)
+    result_extra: dict = {}
     try:
         if resolved.adapter is not None and not merge:
             tmp.mkdir()
-            for name in ADAPTER_FILES:
-                shutil.copy2(resolved.adapter / name, tmp / name)
+            for name in ADAPTER_FILES + (SETTINGS_FILE,):
+                if (resolved.adapter / name).is_file():
+                    shutil.copy2(resolved.adapter / name, tmp / name)
             load_tokenizer(tokenizer_dir(resolved)).save_pretrained(tmp)
             kind = "adapter"
         else:
@@ -44,10 +48,39 @@ def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = t
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             kind = "merged" if resolved.adapter is not None else "model"
+            if resolved.adapter is not None and read_settings(resolved.adapter) is not None:
+                check = merge_check(model, *load_for_inference(resolved, merge=False))
+                (tmp / "merge_check.json").write_text(json.dumps(check, indent=2))
+                result_extra["merge_check"] = check
         if to.exists():
             to.rmdir()
         os.rename(tmp, to)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"to": str(to), "kind": kind, "base": str(resolved.path)}
+    return {"to": str(to), "kind": kind, "base": str(resolved.path), **result_extra}
+
+
+CHECK_PROMPTS = 8
+CHECK_TOKENS = 24
+
+
+def merge_check(merged, unmerged, tokenizer) -> dict:
+    """A QLoRA merge puts the adapter on the dequantized base: the same function up to the
+    4/8-bit matmul's rounding. Measured, not assumed: logits on general prompts and greedy replies."""
+    from tunesmith.data.chat import prompt_ids
+    from tunesmith.eval.generate import Sampling, generate_all
+    from tunesmith.forgetting.probe import general_prompts
+
+    conversations = [[{"role": "user", "content": p}] for p in general_prompts()[0][:CHECK_PROMPTS]]
+    diff = 0.0
+    with torch.no_grad():
+        for conv in conversations:
+            ids = torch.tensor([prompt_ids(tokenizer, conv)], device=next(unmerged.parameters()).device)
+            a, b = merged(input_ids=ids.to(next(merged.parameters()).device)).logits.float(), unmerged(input_ids=ids).logits.float()
+            diff = max(diff, float((a.cpu() - b.cpu()).abs().max()))
+    sampling = Sampling(max_new_tokens=CHECK_TOKENS)
+    same = sum(x == y for x, y in zip(generate_all(merged, tokenizer, conversations, sampling),
+                                      generate_all(unmerged, tokenizer, conversations, sampling)))
+    return {"prompts": len(conversations), "max_abs_logit_diff": diff, "greedy_identical": same,
+            "greedy_tokens": CHECK_TOKENS}

@@ -29,16 +29,25 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-def load_base(path: Path, dtype: torch.dtype = torch.float32):
-    """Full weights from an HF folder, quietly (no progress bars), in `dtype`."""
+def load_base(path: Path, dtype: torch.dtype = torch.float32, quantization: dict | None = None):
+    """Full weights from an HF folder, quietly (no progress bars), in `dtype`; or quantized with
+    bitsandbytes (`model/quantize.py` settings) onto this machine's device."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    extra = {}
+    if quantization is not None:
+        from tunesmith.engine.precision import device
+        from tunesmith.model.quantize import bnb_config
+
+        extra = {"quantization_config": bnb_config(quantization), "device_map": {"": str(device())}}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"{path}: could not load model ({str(e).splitlines()[0][:200]})") from None
     finally:
@@ -49,10 +58,21 @@ def load_base(path: Path, dtype: torch.dtype = torch.float32):
 
 def load_for_inference(reference: str | Resolved, dtype: torch.dtype = torch.float32, merge: bool = True):
     """Model + tokenizer for generation. A run's adapter is merged for speed unless merge=False
-    or it cannot merge (prefix and prompt tuning keep their virtual tokens)."""
+    or it cannot merge (prefix and prompt tuning keep their virtual tokens). A QLoRA adapter goes
+    onto its base quantized as in training, or, to merge, onto that base dequantized."""
     resolved = reference if isinstance(reference, Resolved) else resolve(reference)
     tokenizer = load_tokenizer(tokenizer_dir(resolved))
-    model = load_base(resolved.path, dtype)
+    quantization = None
+    if resolved.adapter is not None:
+        from tunesmith.model.quantize import read_settings
+
+        quantization = read_settings(resolved.adapter)
+    if quantization is not None:
+        model = load_base(resolved.path, torch.float32, quantization)
+        if merge:
+            model = model.dequantize().to(dtype)
+    else:
+        model = load_base(resolved.path, dtype)
     if resolved.adapter is not None:
         from peft import PeftModel
 
@@ -62,6 +82,8 @@ def load_for_inference(reference: str | Resolved, dtype: torch.dtype = torch.flo
         if merge and can_merge(model):
             model = model.merge_and_unload()
     from tunesmith.engine.precision import device
+    from tunesmith.model.quantize import is_quantized
 
-    model.to(device()).eval()
-    return model, tokenizer
+    if not is_quantized(model):
+        model.to(device())
+    return model.eval(), tokenizer
