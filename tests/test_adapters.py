@@ -154,3 +154,15 @@ def test_8bit_adamw_trains_where_bitsandbytes_runs(tmp_path, tiny_model_dir, dat
     train(load_config(cfg_path), quiet=True)
     records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
     assert records[-1]["val_loss"] < 0.8 * records[0]["loss"]
+
+
+@pytest.mark.parametrize("adapter", [{"type": "lora", "r": 8, "alpha": 16}, {"type": "none"}])
+def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_model_dir, date_data, adapter):
+    losses = {}
+    for gc in (False, True):
+        cfg_path = write_config(tmp_path / f"{gc}.yaml", tiny_model_dir, date_data, tmp_path / f"runs-{gc}", adapter=adapter,
+                                train={"max_steps": 4, "lr": 1e-2, "gradient_checkpointing": gc})
+        train(load_config(cfg_path), quiet=True)
+        losses[gc] = [r["loss"] for r in read_jsonl(tmp_path / f"runs-{gc}" / "tiny" / "metrics.jsonl")]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert losses[True][-1] < losses[True][0]

@@ -128,6 +128,7 @@ class TrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, ~30% slower")
     optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="adamw8bit: bitsandbytes 8-bit states where it runs")
     log_every: int = Field(10, ge=1)
 
@@ -203,6 +204,9 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _adapter_fits_the_data(self):
+        if self.train.gradient_checkpointing and self.adapter.type == "prefix":
+            raise ValueError("train.gradient_checkpointing: prefix tuning feeds its prefixes as a KV cache, which "
+                             "recomputed layers cannot take; turn one of them off")
         if self.data.packing and self.adapter.type in ("prefix", "prompt"):
             raise ValueError(f"data.packing: packed rows restart positions mid-row; {self.adapter.type} tuning "
                              "prepends its virtual tokens once per row, so it cannot pack")

@@ -150,6 +150,9 @@ def build_model(cfg: RunConfig, resolved):
                             "adapter cannot fold into the base to train on; start from its base model")
         model = model.merge_and_unload()
     seed_everything(cfg.train.seed)
+    if cfg.train.gradient_checkpointing:
+        # non-reentrant: gradients reach adapter weights even when the inputs need none
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_adapter(model, cfg.adapter)
     freeze_lower_layers(model, cfg.forgetting.freeze_layers)
     return model

@@ -24,11 +24,8 @@ def settings(adapter: AdapterConfig, compute_dtype: torch.dtype) -> dict:
 
 
 def import_bitsandbytes():
-    """bitsandbytes, without its notice that the optional faster CPU kernel (a hub download) is
-    missing: the built-in CPU kernels it falls back to are the ones we use and measure."""
-    import logging
-
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    """bitsandbytes (its CPU backend's notice about an optional hub kernel is quieted in
+    `tunesmith.model`, before PEFT imports it)."""
     import bitsandbytes
 
     return bitsandbytes
