@@ -66,7 +66,7 @@ def _own_unquantized_tensors(model) -> None:
 
     with torch.no_grad():
         for module in model.modules():
-            for name, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+            for _, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
                 if t is not None and t.dtype.is_floating_point and t.device.type == "cpu":
                     t.data = t.data.clone()
     gc.collect()
