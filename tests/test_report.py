@@ -111,3 +111,13 @@ def test_report_renders_in_headless_chromium_with_every_plot(tmp_path):
     assert shot.size[0] == 1200 and sum(1 for c in shot.histogram() if c) > 20  # a rendered page, not a blank one
     (tmp_path / "plots" / "report-tradeoff.png").unlink()  # a missing plot is caught
     assert check_report(tmp_path / "report.html", tmp_path / "shot2.png")["loaded"] == 4
+
+
+def test_a_primary_score_the_run_lacks_is_a_clear_error():
+    from tunesmith.errors import UserError
+    from tunesmith.eval.task import primary_interval
+
+    result = {"scores": {"exact_match": bootstrap_ci([1, 0]), "token_f1": bootstrap_ci([1, 0.5])}}
+    assert primary_interval(result, "token_f1")["mean"] == 0.75
+    with pytest.raises(UserError, match=r"eval.primary 'json_valid': not among the scores \(exact_match, token_f1\)"):
+        primary_interval(result, "json_valid")

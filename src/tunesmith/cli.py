@@ -142,7 +142,7 @@ def evaluate(
     fields, your metric; zero- and k-shot; prompt tokens and latency per request."""
     from tunesmith.data.records import load_examples
     from tunesmith.eval.metrics import load_user_metric
-    from tunesmith.eval.task import draw_shots, evaluate_task
+    from tunesmith.eval.task import draw_shots, evaluate_task, shot_label
     from tunesmith.model.load import load_for_inference
 
     _check_precision(precision)
@@ -154,7 +154,7 @@ def evaluate(
     m, tok = load_for_inference(model, dtype=_inference_dtype(precision))
     results = []
     for k in counts:
-        label = "zero-shot" if k == 0 else f"{k}-shot"
+        label = shot_label(k)
         preds = json_out.with_name(f"{json_out.stem}-shots-{k}.predictions.jsonl") if json_out else None
         results.append(evaluate_task(m, tok, examples, label=label, shots=draw_shots(pool, k, seed), system=system,
                                      max_new_tokens=max_new_tokens, batch_size=batch_size, metric=metric, predictions_path=preds))
@@ -178,13 +178,14 @@ def _shot_pool(model: str, shots_from: str | None):
     """k-shot examples: --shots-from, or the training data named in a run directory's config."""
     from tunesmith.config import load_config
     from tunesmith.data.records import load_examples
+    from tunesmith.train import train_sources
 
     if shots_from:
         return load_examples(shots_from)
     saved = Path(model) / "config.yaml"
-    if saved.is_file():
-        cfg = load_config(saved)
-        return [e for s in cfg.data.train for e in load_examples(s.path)]
+    if saved.is_file():  # the run's own training split, read as training read it (source options, val split)
+        sources, _ = train_sources(load_config(saved), err)
+        return [e for src in sources for e in src]
     raise UserError("--shots above 0 needs examples to draw from: give --shots-from TRAIN_DATA (or a run directory as the model)")
 
 

@@ -10,6 +10,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's first line, for a one-line message (its type when it has no text)."""
+    text = str(exc)
+    return text.splitlines()[0][:limit] if text.strip() else type(exc).__name__
+
+
 def where(path, line=None) -> str:
     """`path:line` or `path`, the prefix every located error message starts with."""
     return f"{path}:{line}" if line is not None else str(path)

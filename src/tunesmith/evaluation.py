@@ -17,7 +17,7 @@ from rich.console import Console
 from tunesmith.config import RunConfig
 from tunesmith.data.layouts import Example
 from tunesmith.data.records import load_examples
-from tunesmith.eval.task import draw_shots, evaluate_task
+from tunesmith.eval.task import draw_shots, evaluate_task, shot_label
 from tunesmith.forgetting import probe
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.model.adapters import can_merge
@@ -64,11 +64,12 @@ def score_baselines(cfg: RunConfig, out_dir: Path, base: BaseReference, shot_poo
     """Zero-/k-shot prompting of the base model on the same test examples."""
     results = []
     model, tokenizer = base.get()
+    examples = load_test_split(cfg)
     for k in cfg.eval.shots:
-        label = "zero-shot" if k == 0 else f"{k}-shot"
+        label = shot_label(k)
         console.print(f"prompting baseline: {label} on the base model ...")
         shots = draw_shots(shot_pool, k, cfg.eval.shot_seed)
-        result = evaluate_task(model, tokenizer, load_test_split(cfg), label=label, shots=shots, system=cfg.eval.system,
+        result = evaluate_task(model, tokenizer, examples, label=label, shots=shots, system=cfg.eval.system,
                                **_task_kwargs(cfg), predictions_path=out_dir / "baselines" / f"shots-{k}_predictions.jsonl")
         result["shot_sources"] = [s.source for s in shots]
         write_json(out_dir / "baselines" / f"shots-{k}.json", result)

@@ -7,6 +7,7 @@ import math
 import torch
 
 from tunesmith.config import TrainConfig
+from tunesmith.errors import first_line
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
@@ -41,16 +42,17 @@ def param_groups(model, cfg: TrainConfig, lora_plus_ratio: float | None = None) 
 def make_adamw(groups: list[dict], cfg: TrainConfig):
     """AdamW, or bitsandbytes' 8-bit AdamW (optimizer states in 8 bits) where it runs here.
     Returns the optimizer and a note when the 8-bit one had to fall back."""
+    adam = {"lr": cfg.lr, "betas": (0.9, 0.999), "eps": 1e-8}
+    note = None
     if cfg.optimizer == "adamw8bit":
         try:
             from tunesmith.model.quantize import import_bitsandbytes
 
-            return import_bitsandbytes().optim.AdamW8bit(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8), None
+            return import_bitsandbytes().optim.AdamW8bit(groups, **adam), None
         except Exception as e:  # not installed, or no kernels for this platform
             note = (f"train.optimizer adamw8bit: bitsandbytes 8-bit AdamW is not available here "
-                    f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); using torch AdamW (32-bit states)")
-            return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8), note
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8), None
+                    f"({first_line(e, 120)}); using torch AdamW (32-bit states)")
+    return torch.optim.AdamW(groups, **adam), note
 
 
 def build_optimizer(model, cfg: TrainConfig, total_steps: int, lora_plus_ratio: float | None = None):

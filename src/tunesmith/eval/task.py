@@ -28,6 +28,10 @@ def split_reference(example: Example) -> tuple[list[dict], str]:
     return example.messages[:last], example.messages[last]["content"]
 
 
+def shot_label(k: int) -> str:
+    return "zero-shot" if k == 0 else f"{k}-shot"
+
+
 def draw_shots(pool: list[Example], k: int, seed: int = 0) -> list[Example]:
     """k in-context examples drawn from the training split with a fixed seed (the same for every
     test example, as a practitioner would write one few-shot prompt)."""
@@ -102,7 +106,8 @@ def evaluate_task(model, tokenizer, examples: list[Example], *, label: str, shot
     }
 
 
-def primary_score(result: dict, metric: str) -> float:
+def primary_interval(result: dict, metric: str) -> dict:
+    """The score the report compares on (mean and 95% interval), or a clear error naming those there are."""
     if metric not in result["scores"]:
         raise UserError(f"eval.primary {metric!r}: not among the scores ({', '.join(result['scores'])})")
-    return result["scores"][metric]["mean"]
+    return result["scores"][metric]

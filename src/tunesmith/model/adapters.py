@@ -9,7 +9,7 @@ import re
 import torch
 
 from tunesmith.config import AdapterConfig, FreezeConfig
-from tunesmith.errors import UserError
+from tunesmith.errors import UserError, first_line
 from tunesmith.methods.base import is_prompt_learning, unwrap
 
 _LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
@@ -85,7 +85,7 @@ def apply_adapter(model, cfg: AdapterConfig):
     try:
         return get_peft_model(model, peft_config(model, cfg))
     except ValueError as e:
-        raise UserError(f"adapter: {cfg.type}: {str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"adapter: {cfg.type}: {first_line(e)}") from None
 
 
 def can_merge(model) -> bool:

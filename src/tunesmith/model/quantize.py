@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.config import AdapterConfig
-from tunesmith.errors import UserError
+from tunesmith.errors import UserError, first_line
 
 SETTINGS_FILE = "quantization.json"
 
@@ -36,7 +36,7 @@ def require_bitsandbytes() -> None:
         import_bitsandbytes()
     except Exception as e:
         raise UserError(f"adapter.type qlora: needs bitsandbytes 0.46 or newer (pip install bitsandbytes); "
-                        f"{str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
+                        f"{first_line(e, 160)}") from None
 
 
 def bnb_config(q: dict):

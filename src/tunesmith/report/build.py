@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tunesmith.engine.logbook import read_metrics
 from tunesmith.eval import plots
+from tunesmith.eval.task import primary_interval
 from tunesmith.report.recommend import recommend
 from tunesmith.report.render import render_html, render_markdown
 
@@ -24,7 +25,7 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _score_row(result: dict, primary: str, kind: str, source: str, variant: str | None = None) -> dict:
-    s = result["scores"][primary]
+    s = primary_interval(result, primary)
     row = {"label": result["label"], "kind": kind, "score": s["mean"], "lo": s["lo"], "hi": s["hi"], "n": result["n"],
            "prompt_tokens": result["prompt_tokens"], "latency_ms": result["latency_s"] * 1000, "source": source}
     if variant is not None:
