@@ -63,24 +63,27 @@ def _save(fig, ax, out: Path, legend: bool = True) -> Path:
     return out
 
 
-def _interval_bars(ax, labels, means, los, his, colors):
-    err = [[m - lo for m, lo in zip(means, los)], [hi - m for m, hi in zip(means, his)]]
-    bars = ax.bar(range(len(labels)), means, yerr=err, capsize=4, color=colors)
+def _bars(ax, labels, values, colors, fmt: str, los=None, his=None):
+    """Labelled bars, each with its value written on top; with los/his, 95% interval whiskers."""
+    err = None
+    if los is not None:
+        err = [[v - lo for v, lo in zip(values, los)], [hi - v for v, hi in zip(values, his)]]
+    ax.bar(range(len(labels)), values, yerr=err, capsize=4 if err else 0, color=colors)
     ax.set_xticks(range(len(labels)), labels, rotation=15, ha="right")
-    for b, m in zip(bars, means):
-        ax.annotate(f"{m:.1%}", (b.get_x() + b.get_width() / 2, m), ha="center", va="bottom", fontsize=8,
-                    xytext=(0, 2), textcoords="offset points")
+    for i, v in enumerate(values):
+        ax.annotate(fmt.format(v), (i, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    ax.grid(axis="y", alpha=0.3)
 
 
 def task_scores(rows: list[dict], metric: str, out: Path) -> Path:
     """Task score with 95% bootstrap intervals: prompting baselines (grey) and tuned variants."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    _interval_bars(ax, [r["label"] for r in rows], [r["score"] for r in rows], [r["lo"] for r in rows],
-                   [r["hi"] for r in rows], [PROMPTING if r["kind"] == "prompting" else TUNED for r in rows])
+    _bars(ax, [r["label"] for r in rows], [r["score"] for r in rows],
+          [PROMPTING if r["kind"] == "prompting" else TUNED for r in rows], "{:.1%}",
+          [r["lo"] for r in rows], [r["hi"] for r in rows])
     ax.set_ylim(0, 1.08)
     ax.set_ylabel(f"{metric} on the test split")
     ax.set_title("task score: prompting the base model vs fine-tuning (95% CI)")
-    ax.grid(axis="y", alpha=0.3)
     return _save(fig, ax, out, legend=False)
 
 
@@ -88,20 +91,14 @@ def forgetting(rows: list[dict], out: Path) -> Path:
     """General QA accuracy and drift NLL, base vs each tuned variant, with intervals."""
     fig, (qa, drift) = plt.subplots(1, 2, figsize=(9, 4), dpi=110)
     labels = ["base"] + [r["variant"] for r in rows]
+    colors = [PROMPTING] + [COLORS[i % len(COLORS)] for i in range(len(rows))]
     base = rows[0]
-    _interval_bars(qa, labels, [base["qa_base"]] + [r["qa_tuned"] for r in rows],
-                   [base["qa_base_lo"]] + [r["qa_tuned_lo"] for r in rows], [base["qa_base_hi"]] + [r["qa_tuned_hi"] for r in rows],
-                   [PROMPTING] + [COLORS[i % len(COLORS)] for i in range(len(rows))])
+    _bars(qa, labels, [base["qa_base"]] + [r["qa_tuned"] for r in rows], colors, "{:.1%}",
+          [base["qa_base_lo"]] + [r["qa_tuned_lo"] for r in rows], [base["qa_base_hi"]] + [r["qa_tuned_hi"] for r in rows])
     qa.set_ylim(0, 1.08)
     qa.set_title("general QA accuracy (higher = kept)")
-    nll = [base["drift_base"]] + [r["drift_tuned"] for r in rows]
-    drift.bar(range(len(labels)), nll, color=[PROMPTING] + [COLORS[i % len(COLORS)] for i in range(len(rows))])
-    drift.set_xticks(range(len(labels)), labels, rotation=15, ha="right")
-    for i, v in enumerate(nll):
-        drift.annotate(f"{v:.2f}", (i, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    _bars(drift, labels, [base["drift_base"]] + [r["drift_tuned"] for r in rows], colors, "{:.2f}")
     drift.set_title("drift: NLL of base's own replies (lower = closer)")
-    for ax in (qa, drift):
-        ax.grid(axis="y", alpha=0.3)
     fig.suptitle("catastrophic forgetting: base vs tuned")
     return _save(fig, qa, out, legend=False)
 
@@ -125,14 +122,9 @@ def cost_per_request(rows: list[dict], out: Path) -> Path:
     fig, (tok, lat) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
     labels = [r["label"] for r in rows]
     colors = [PROMPTING if r["kind"] == "prompting" else TUNED for r in rows]
-    for ax, key, title, fmt in ((tok, "prompt_tokens", "prompt tokens per request", "{:.0f}"),
-                                (lat, "latency_ms", "latency per request (ms, batch 1)", "{:.0f}")):
-        values = [r[key] for r in rows]
-        ax.bar(range(len(labels)), values, color=colors)
-        ax.set_xticks(range(len(labels)), labels, rotation=15, ha="right")
-        for i, v in enumerate(values):
-            ax.annotate(fmt.format(v), (i, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+    for ax, key, title in ((tok, "prompt_tokens", "prompt tokens per request"),
+                           (lat, "latency_ms", "latency per request (ms, batch 1)")):
+        _bars(ax, labels, [r[key] for r in rows], colors, "{:.0f}")
         ax.set_title(title)
-        ax.grid(axis="y", alpha=0.3)
     fig.suptitle("cost per request on this machine")
     return _save(fig, tok, out, legend=False)
