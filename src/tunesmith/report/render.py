@@ -35,6 +35,11 @@ def _mitigation(m: dict) -> str:
     return ", ".join(parts) or "none"
 
 
+def _plots(r: dict, *keys: str) -> list[tuple]:
+    """The image blocks of those plots the report has."""
+    return [("img", r["plots"][k], PLOT_TITLES[k]) for k in keys if k in r["plots"]]
+
+
 def sections(r: dict) -> list[tuple]:
     """The report as blocks: ("h2", text) | ("p", text) | ("list", items) | ("table", head, rows) | ("img", path, alt)."""
     out: list[tuple] = []
@@ -47,9 +52,7 @@ def sections(r: dict) -> list[tuple]:
                 ("table", ["model", r["primary"], "95% CI", "prompt tokens / request", "latency ms / request", "test examples", "source"],
                  [[t["label"], _pct(t["score"]), f"{_pct(t['lo'])} – {_pct(t['hi'])}", f"{t['prompt_tokens']:.1f}",
                    f"{t['latency_ms']:.1f}", str(t["n"]), t["source"]] for t in r["task"]])]
-        for key in ("task", "cost"):
-            if key in r["plots"]:
-                out.append(("img", r["plots"][key], PLOT_TITLES[key]))
+        out += _plots(r, "task", "cost")
     if r["forgetting"]:
         f0 = r["forgetting"][0]
         out += [("h2", "Catastrophic forgetting: general capability, base vs tuned"),
@@ -74,16 +77,13 @@ def sections(r: dict) -> list[tuple]:
                         f"{f['text_nll_increase']:+.3f} ({f['text_nll_increase_lo']:+.3f} to {f['text_nll_increase_hi']:+.3f})"]
             rows.append(row + [f["source"]])
         out.append(("table", head + ["source"], rows))
-        for key in ("forgetting", "tradeoff"):
-            if key in r["plots"]:
-                out.append(("img", r["plots"][key], PLOT_TITLES[key]))
+        out += _plots(r, "forgetting", "tradeoff")
     if r["training"]:
         out += [("h2", "Training"),
                 ("table", ["run", "steps", "train seconds", "final loss", "val loss", "trainable parameters", "mitigation", "source"],
                  [[t["variant"], _num(t["steps"]), _num(t["train_seconds"], 1), _num(t["final_loss"]), _num(t["val_loss"]),
                    _num(t["trainable_parameters"]), _mitigation(t["mitigation"]), t["source"]] for t in r["training"]])]
-        if "loss" in r["plots"]:
-            out.append(("img", r["plots"]["loss"], PLOT_TITLES["loss"]))
+        out += _plots(r, "loss")
     out.append(("p", "Every number above is read from the JSON file named in its row; report.json holds them all."))
     return out
 
