@@ -99,10 +99,11 @@ def train_sources(cfg: RunConfig, console: Console) -> tuple[list[list[Example]]
     return sources, val_examples
 
 
-def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseReference | None = None,
-              sources: tuple | None = None) -> TrainData:
-    """Validate every source, split validation data, add replay data, and encode it all with the method."""
-    sources, val_examples = sources or train_sources(cfg, console)
+def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseReference,
+              sources: tuple[list[list[Example]], list[Example]]) -> TrainData:
+    """Encode the training sources (from `train_sources`) and validation data with the method, and
+    add replay data (self-replay draws on `base`)."""
+    sources, val_examples = sources
     features, sizes = [], []
     for src in sources:
         kept = [f for f in (method.features(e, tokenizer) for e in src) if f is not None]
