@@ -90,7 +90,45 @@ def test_exported_adapter_reloads_in_plain_peft_with_identical_greedy_outputs(tr
     ours, tok = load_for_inference(str(run), merge=False)
     prompts = [split_reference(e)[0] for e in load_examples(date_data["test"])[:6]]
     sampling = Sampling(max_new_tokens=8)
-    assert generate_all(plain, tok, prompts, sampling, 6) == generate_all(ours, tok, prompts, sampling, 6)
+    replies = generate_all(ours, tok, prompts, sampling, 6)  # batched, left-padded, KV cache
+    if name in ("prefix", "prompt"):
+        # PEFT's own generate re-inserts virtual tokens at every step under transformers 5.x; the
+        # reference is greedy decoding by plain PEFT forward passes, as in training (no cache, no padding)
+        assert replies == [greedy_without_cache(plain, tok, p, 8) for p in prompts]
+    else:
+        assert replies == generate_all(plain, tok, prompts, sampling, 6)
+
+
+def greedy_without_cache(model, tokenizer, conversation: list[dict], max_new_tokens: int) -> str:
+    """Greedy decoding the slow, obvious way: one full forward pass per new token."""
+    from tunesmith.data.chat import prompt_ids
+
+    ids, new = prompt_ids(tokenizer, conversation), []
+    with torch.no_grad():
+        while len(new) < max_new_tokens and (not new or new[-1] != tokenizer.eos_token_id):
+            x = torch.tensor([ids + new])
+            new.append(int(model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, -1].argmax()))
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def test_prefix_tuning_starts_from_the_keys_and_values_of_real_text(tiny_model_dir):
+    """The prefix PEFT feeds each layer is the base model's own cache for the init text (its
+    effect on the first loss shows on a real model: test_adapters_bundled.py)."""
+    from tunesmith.config import AdapterConfig
+    from tunesmith.model.adapters import PREFIX_INIT_TEXT, apply_adapter
+    from tunesmith.model.load import load_base, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = apply_adapter(load_base(tiny_model_dir), AdapterConfig(type="prefix", virtual_tokens=8), tok)
+    ids = (tok(PREFIX_INIT_TEXT, add_special_tokens=False)["input_ids"] * 8)[:8]
+    with torch.no_grad():
+        out = model.get_base_model()(input_ids=torch.tensor([ids]), use_cache=True)
+        prefix = model.get_prompt(batch_size=1)
+    cache = out.cache if "cache" in out else out.past_key_values
+    assert len(prefix.layers) == len(cache.layers) == 2
+    for ours, real in zip(prefix.layers, cache.layers):
+        torch.testing.assert_close(ours.keys, real.keys)
+        torch.testing.assert_close(ours.values, real.values)
 
 
 def test_lora_plus_gives_b_matrices_the_higher_learning_rate(tiny_model_dir):

@@ -9,7 +9,7 @@ import torch
 from rich.console import Console
 
 from tunesmith.data.chat import prompt_ids
-from tunesmith.eval.generate import Sampling
+from tunesmith.eval.generate import Sampling, generate_ids
 
 
 def stream_reply(model, tokenizer, messages: list[dict], sampling: Sampling, write=sys.stdout.write, flush=sys.stdout.flush) -> str:
@@ -18,8 +18,8 @@ def stream_reply(model, tokenizer, messages: list[dict], sampling: Sampling, wri
 
     ids = torch.tensor([prompt_ids(tokenizer, messages)], device=next(model.parameters()).device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer, **sampling.kwargs(tokenizer))
-    worker = threading.Thread(target=lambda: model.generate(**kwargs), daemon=True)
+    kwargs = dict(streamer=streamer, **sampling.kwargs(tokenizer))
+    worker = threading.Thread(target=lambda: generate_ids(model, ids, torch.ones_like(ids), **kwargs), daemon=True)
     worker.start()
     pieces = []
     for piece in streamer:

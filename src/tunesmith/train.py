@@ -140,7 +140,7 @@ def base_quantization(cfg: RunConfig) -> dict | None:
     return settings(cfg.adapter, inference_dtype(cfg.train.precision))
 
 
-def build_model(cfg: RunConfig, resolved):
+def build_model(cfg: RunConfig, resolved, tokenizer=None):
     model = load_base(resolved.path, torch.float32, base_quantization(cfg))
     if resolved.adapter is not None:  # continue from an adapter run: its adapter becomes part of the base
         from peft import PeftModel
@@ -154,7 +154,7 @@ def build_model(cfg: RunConfig, resolved):
     if cfg.train.gradient_checkpointing:
         # non-reentrant: gradients reach adapter weights even when the inputs need none
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_adapter(model, cfg.adapter)
+    model = apply_adapter(model, cfg.adapter, tokenizer)
     freeze_lower_layers(model, cfg.forgetting.freeze_layers)
     return model
 
@@ -215,7 +215,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     sources = train_sources(cfg, console)
     data = load_data(cfg, method, tokenizer, console, base, sources)
     base.release()  # self-replay may have loaded it; training needs the memory
-    model = build_model(cfg, resolved)
+    model = build_model(cfg, resolved, tokenizer)
     if cfg.forgetting.kl:
         method.reference = ReferenceModel(model)
     trainable, total = count_parameters(model)

@@ -29,20 +29,49 @@ class Sampling:
         return out
 
 
-def generate_batch(model, tokenizer, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
-    """Assistant replies to each conversation; prompts are left-padded into one batch."""
-    prompts = [prompt_ids(tokenizer, c) for c in conversations]
+def generate_ids(model, ids: torch.Tensor, mask: torch.Tensor, **kwargs) -> torch.Tensor:
+    """`model.generate` on left-padded prompts; returns only the new tokens.
+
+    Prefix and prompt tuning are generated here rather than by PEFT's own `generate`: with the
+    installed transformers (5.x renamed the KV cache argument to `cache`), PEFT does not see the
+    cache after the first step and inserts its virtual tokens again at every step, so replies go
+    wrong from the second token (tests/test_adapters.py checks against uncached greedy decoding).
+    The virtual tokens go in once: prompt tuning as input embeddings before the prompt, prefix
+    tuning as a pre-filled KV cache, each with its own attention-mask columns, as in training.
+    """
+    from tunesmith.methods.base import is_prompt_learning
+
+    if not is_prompt_learning(model):
+        return model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1]:]
+    config = model.active_peft_config
+    base = model.get_base_model()
+    virtual = torch.ones((ids.shape[0], config.num_virtual_tokens), dtype=mask.dtype, device=mask.device)
+    mask = torch.cat([virtual, mask], dim=1)
+    if config.peft_type.value == "PREFIX_TUNING":
+        return base.generate(input_ids=ids, attention_mask=mask, cache=model.get_prompt(batch_size=ids.shape[0]),
+                             **kwargs)[:, ids.shape[1]:]
+    embeds = base.get_input_embeddings()(ids)
+    embeds = torch.cat([model.get_prompt(batch_size=ids.shape[0]).to(embeds.dtype), embeds], dim=1)
+    return base.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)  # embeddings in: new tokens out
+
+
+def left_padded(prompts: list[list[int]], pad: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
-    dev = next(model.parameters()).device
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.tensor(p)
         mask[i, width - len(p):] = 1
+    return ids.to(dev), mask.to(dev)
+
+
+def generate_batch(model, tokenizer, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
+    """Assistant replies to each conversation; prompts are left-padded into one batch."""
+    ids, mask = left_padded([prompt_ids(tokenizer, c) for c in conversations], tokenizer.pad_token_id,
+                            next(model.parameters()).device)
     with torch.no_grad():
-        out = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), **sampling.kwargs(tokenizer))
-    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        out = generate_ids(model, ids, mask, **sampling.kwargs(tokenizer))
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
 
 
 def generate_all(model, tokenizer, conversations: list[list[dict]], sampling: Sampling, batch_size: int = 16,

@@ -66,9 +66,10 @@ def peft_config(model, cfg: AdapterConfig):
     raise ValueError(cfg.type)
 
 
-def apply_adapter(model, cfg: AdapterConfig):
+def apply_adapter(model, cfg: AdapterConfig, tokenizer=None):
     """Return the model to train. Full fine-tuning trains every weight (or the `freeze` part);
-    every adapter type freezes the base and trains only its own parameters."""
+    every adapter type freezes the base and trains only its own parameters. With a tokenizer,
+    prefix tuning starts from real text's keys and values (`init_prefix_from_text`)."""
     if cfg.type == "none":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -83,9 +84,39 @@ def apply_adapter(model, cfg: AdapterConfig):
         # norms and other unquantized weights to fp32; gradient checkpointing stays the run's choice
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
-        return get_peft_model(model, peft_config(model, cfg))
+        peft_model = get_peft_model(model, peft_config(model, cfg))
     except ValueError as e:
         raise UserError(f"adapter: {cfg.type}: {first_line(e)}") from None
+    if cfg.type == "prefix" and tokenizer is not None:
+        init_prefix_from_text(peft_model, tokenizer)
+    return peft_model
+
+
+PREFIX_INIT_TEXT = "You are a helpful assistant. Answer the user's request accurately and concisely."
+
+
+def init_prefix_from_text(model, tokenizer, text: str = PREFIX_INIT_TEXT) -> None:
+    """Start prefix tuning from the keys and values the model itself computes for real text.
+
+    PEFT initialises the prefix with unit-normal vectors, far from any key or value the model
+    produces: before the first step they derail every layer (on the bundled model the first loss is
+    ~7x the base model's). Keys and values of a plain instruction sentence are a prefix the model
+    already knows how to read, so training starts from the base model's behaviour (as Li & Liang
+    found for initialising prefixes with real words' activations)."""
+    config = model.active_peft_config
+    n = config.num_virtual_tokens
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = (ids * (n // max(1, len(ids)) + 1))[:n]  # repeated or cut to the prefix length
+    base = model.get_base_model()
+    weight = model.prompt_encoder[model.active_adapter].embedding.weight
+    with torch.no_grad():
+        out = base(input_ids=torch.tensor([ids], device=weight.device), use_cache=True)
+        cache = out.cache if "cache" in out else out.past_key_values  # transformers 5.x renamed it
+        # PEFT's layout of one virtual token: [layer][key, value][kv head][head dim], flattened
+        kv = torch.stack([t for layer in cache.layers for t in (layer.keys[0], layer.values[0])])  # [2L, H, n, D]
+        if kv.shape[0] * kv.shape[1] * kv.shape[3] != weight.shape[1]:
+            return  # an architecture whose cache does not match PEFT's prefix layout: keep PEFT's init
+        weight.copy_(kv.permute(2, 0, 1, 3).reshape(n, -1).to(weight.dtype))
 
 
 def can_merge(model) -> bool:
