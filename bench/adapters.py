@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -37,7 +38,7 @@ PRECISION = "auto"
 LR = {"full": 5e-5, "ia3": 1e-2, "prefix": 1e-2, "prompt": 3e-2}
 
 
-def run_one(name: str, steps: int, workdir: Path) -> dict:
+def run_one(name: str, steps: int, workdir: Path, train_options: dict | None = None) -> dict:
     """Train one type in this process; its peak RSS is this process's."""
     from tunesmith.config import validate_config
     from tunesmith.tasks.dates import write_splits
@@ -49,7 +50,8 @@ def run_one(name: str, steps: int, workdir: Path) -> dict:
         "data": {"train": str(splits["train"]), "val": str(splits["val"]), "max_length": 256},
         "train": {"max_steps": steps, "batch_size": 8, "lr": LR.get(name, 1e-3), "warmup": 0, "seed": 0,
                   "precision": PRECISION, "log_every": steps,
-                  "gradient_checkpointing": name != "prefix"},  # prefix tuning cannot recompute (its KV prefix)
+                  "gradient_checkpointing": name != "prefix",  # prefix tuning cannot recompute (its KV prefix)
+                  **(train_options or {})},
         "eval": {"every": steps},
         "output": {"dir": str(workdir / "runs"), "save_every": None},
     }
@@ -61,8 +63,25 @@ def run_one(name: str, steps: int, workdir: Path) -> dict:
         "tokens_per_s": summary["tokens"] / summary["train_seconds"],
         "train_seconds": summary["train_seconds"], "process_seconds": round(time.perf_counter() - t0, 1),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "gradient_checkpointing": tree["train"]["gradient_checkpointing"], "final_loss": summary["final_loss"], "val_loss": summary["val_loss"], "precision": summary["precision"],
+        "gradient_checkpointing": tree["train"]["gradient_checkpointing"],
+        "return_memory": tree["train"].get("return_memory", True), "final_loss": summary["final_loss"], "val_loss": summary["val_loss"], "precision": summary["precision"],
     }
+
+
+def measure(name: str, steps: int, train_options: dict | None = None) -> dict:
+    """run_one in a fresh process, so that the peak RSS it reports is that run's alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(steps), "--workdir", tmp,
+                               "--train-options", json.dumps(train_options or {})], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{name}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed'}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{name} {train_options or ''}: {row['peak_rss_mib']:.0f} MiB, {row['tokens_per_s']:.0f} tok/s", file=sys.stderr)
+    return row
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
 
 
 def main() -> None:
@@ -72,21 +91,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results/adapters.json"))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--train-options", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, args.steps, args.workdir)))
+        print(json.dumps(run_one(args.one, args.steps, args.workdir, json.loads(args.train_options))))
         return
-    rows = []
-    for name in args.types.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            done = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--workdir", tmp],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                sys.exit(f"{name}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed'}")
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"{name}: {rows[-1]['peak_rss_mib']:.0f} MiB, {rows[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr)
-    result = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": __import__("os").cpu_count()},
-              "steps": args.steps, "batch_size": 8, "precision": PRECISION, "rows": rows}
+    rows = [measure(name, args.steps) for name in args.types.split(",")]
+    result = {"machine": machine(), "steps": args.steps, "batch_size": 8, "precision": PRECISION, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     lora = next((r for r in rows if r["type"] == "lora"), None)

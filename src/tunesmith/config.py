@@ -130,6 +130,8 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, ~30% slower")
     optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="adamw8bit: bitsandbytes 8-bit states where it runs")
+    return_memory: bool = Field(False, description="glibc: give freed tensors back to the OS at once: lower peak RSS on CPU "
+                                                   "(bench/memory.py), slower steps; for the rest of the process")
     log_every: int = Field(10, ge=1)
 
     @model_validator(mode="after")

@@ -24,6 +24,7 @@ from tunesmith.engine.loop import FitResult, TrainData, fit
 from tunesmith.engine.logbook import read_metrics
 from tunesmith.errors import UserError
 from tunesmith.eval.plots import loss_curve
+from tunesmith.engine.memory import return_freed_memory
 from tunesmith.engine.precision import device, resolve_precision
 from tunesmith.eval.metrics import load_user_metric
 from tunesmith.evaluation import inference_ready, probe_forgetting, score_baselines, score_tuned
@@ -153,7 +154,11 @@ def build_model(cfg: RunConfig, resolved, tokenizer=None):
     seed_everything(cfg.train.seed)
     if cfg.train.gradient_checkpointing:
         # non-reentrant: gradients reach adapter weights even when the inputs need none
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5.x; older: gradient_…
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_adapter(model, cfg.adapter, tokenizer)
     freeze_lower_layers(model, cfg.forgetting.freeze_layers)
     return model
@@ -204,6 +209,8 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     console = console or Console(stderr=True, soft_wrap=True)
     _check_run_dir(cfg, resume)
     validate_inputs(cfg)
+    if cfg.train.return_memory:
+        return_freed_memory()
     resolved = resolve(cfg.model)
     if resolved.adapter is not None and cfg.adapter.type != "none":
         # a new adapter trained over a merged one would not load onto the base it names

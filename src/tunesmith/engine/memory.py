@@ -1,0 +1,36 @@
+"""Give freed tensor memory back to the operating system during CPU training (glibc only).
+
+glibc serves large blocks with mmap and unmaps them when freed, but each time one is freed it
+raises that size threshold to the block's size (up to 32 MiB); from then on, tensors of that
+size come from the heap, where a freed block stays counted in the process's memory and the
+heap fragments as sequence lengths vary. A CPU run's RSS then creeps up step after step.
+Fixing the threshold keeps every tensor above it mmap'd and returned when freed, at the price of
+fresh (zeroed) pages for every large tensor: `bench/memory.py` measures what it saves and costs,
+which is why it is an option (`train.return_memory`) and not the default.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+THRESHOLD_BYTES = 1 << 20  # larger than any per-token vector, smaller than any activation or weight
+
+
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") else None
+    except OSError:  # musl and other C libraries without glibc's malloc tuning
+        return None
+
+
+def return_freed_memory() -> bool:
+    """Fix glibc's mmap threshold for the rest of this process. True where it took effect."""
+    libc = _glibc()
+    return bool(libc and libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES) == 1)
+
