@@ -81,7 +81,16 @@ def measure(name: str, steps: int, train_options: dict | None = None) -> dict:
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}
+    """What the numbers depend on: the CPU, and whether it has native bf16 (`precision: auto`)."""
+    import torch
+
+    from tunesmith.engine.precision import device, resolve_precision
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "auto_precision": resolve_precision("auto", device())}
 
 
 def main() -> None:
