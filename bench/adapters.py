@@ -5,9 +5,10 @@ precision and gradient checkpointing (so that weights, not activations, decide t
 prefix tuning cannot use it and runs without), each in a fresh process so that its peak RSS is its own (the whole process: loading,
 quantizing, training, saving). Run from the repository root:
 
-    .venv/bin/python bench/adapters.py [--steps 30] [--out bench/results/adapters.json]
+    .venv/bin/python bench/adapters.py [--steps 10] [--repeats 3] [--out FILE]
 
-writes the JSON and prints a Markdown table. Numbers are side by side from one run on one
+writes the JSON (by default bench/results/adapters-<cpu capability>-<precision>.json, e.g.
+adapters-avx512-bf16.json) and prints a Markdown table. Numbers are side by side from one run on one
 machine; compare them with each other, not with another machine's.
 """
 
@@ -68,15 +69,25 @@ def run_one(name: str, steps: int, workdir: Path, train_options: dict | None = N
     }
 
 
-def measure(name: str, steps: int, train_options: dict | None = None) -> dict:
+def measure_once(name: str, steps: int, train_options: dict | None = None) -> dict:
     """run_one in a fresh process, so that the peak RSS it reports is that run's alone."""
     with tempfile.TemporaryDirectory() as tmp:
         done = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(steps), "--workdir", tmp,
                                "--train-options", json.dumps(train_options or {})], capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"{name}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed'}")
-    row = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"{name} {train_options or ''}: {row['peak_rss_mib']:.0f} MiB, {row['tokens_per_s']:.0f} tok/s", file=sys.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(name: str, steps: int, train_options: dict | None = None, repeats: int = 1) -> dict:
+    """The median run of `repeats` fresh processes by peak RSS, with every run's peak and speed: a
+    CPU run's peak moves by up to ~15% between identical runs (where the C allocator's per-thread
+    heaps happen to fragment), so one run cannot tell a 10% difference."""
+    runs = sorted((measure_once(name, steps, train_options) for _ in range(repeats)), key=lambda r: r["peak_rss_mib"])
+    row = dict(runs[len(runs) // 2])
+    row["peak_rss_runs"] = [round(r["peak_rss_mib"]) for r in runs]
+    row["tokens_per_s_runs"] = [round(r["tokens_per_s"], 1) for r in runs]
+    print(f"{name} {train_options or ''}: {row['peak_rss_runs']} MiB, {row['tokens_per_s']:.0f} tok/s", file=sys.stderr)
     return row
 
 
@@ -93,11 +104,18 @@ def machine() -> dict:
             "auto_precision": resolve_precision("auto", device())}
 
 
+def machine_tag() -> str:
+    """e.g. avx512-bf16: what a result file's numbers depend on most (vector width, precision)."""
+    m = machine()
+    return f"{m['torch_cpu_capability'].lower()}-{m['auto_precision']}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--types", default=",".join(TYPES))
-    ap.add_argument("--out", type=Path, default=Path("bench/results/adapters.json"))
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per type; the median peak RSS is reported")
+    ap.add_argument("--out", type=Path, help="default: bench/results/adapters-<machine tag>.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--train-options", default="{}", help=argparse.SUPPRESS)
@@ -105,17 +123,20 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one, args.steps, args.workdir, json.loads(args.train_options))))
         return
-    rows = [measure(name, args.steps) for name in args.types.split(",")]
-    result = {"machine": machine(), "steps": args.steps, "batch_size": 8, "precision": PRECISION, "rows": rows}
+    rows = [measure(name, args.steps, repeats=args.repeats) for name in args.types.split(",")]
+    result = {"machine": machine(), "steps": args.steps, "batch_size": 8, "precision": PRECISION, "repeats": args.repeats,
+              "rows": rows}
+    args.out = args.out or Path(f"bench/results/adapters-{machine_tag()}.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     lora = next((r for r in rows if r["type"] == "lora"), None)
-    print("| type | trainable parameters | peak RSS (MiB) | vs LoRA | tokens/s | vs LoRA | val loss |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| type | trainable parameters | peak RSS (MiB, median of {args.repeats}) | runs | vs LoRA | tokens/s | vs LoRA | val loss |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         rss = f"{r['peak_rss_mib'] / lora['peak_rss_mib']:.2f}×" if lora else ""
         speed = f"{r['tokens_per_s'] / lora['tokens_per_s']:.2f}×" if lora else ""
-        print(f"| {r['type']} | {r['trainable_parameters']:,} | {r['peak_rss_mib']:.0f} | {rss} | {r['tokens_per_s']:.0f} | {speed} | {r['val_loss']:.3f} |")
+        runs = "–".join(str(x) for x in (r["peak_rss_runs"][0], r["peak_rss_runs"][-1]))
+        print(f"| {r['type']} | {r['trainable_parameters']:,} | {r['peak_rss_mib']:.0f} | {runs} | {rss} | {r['tokens_per_s']:.0f} | {speed} | {r['val_loss']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -131,6 +131,18 @@ def test_prefix_tuning_starts_from_the_keys_and_values_of_real_text(tiny_model_d
         torch.testing.assert_close(ours.values, real.values)
 
 
+def test_prompt_tuning_can_start_from_a_texts_embeddings(tiny_model_dir):
+    from tunesmith.config import AdapterConfig
+    from tunesmith.model.adapters import apply_adapter
+    from tunesmith.model.load import load_base, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = apply_adapter(load_base(tiny_model_dir), AdapterConfig(type="prompt", virtual_tokens=6, init_text="Reply with the date"), tok)
+    ids = (tok("Reply with the date", add_special_tokens=False)["input_ids"] * 6)[:6]
+    expected = model.get_base_model().get_input_embeddings().weight[ids]
+    torch.testing.assert_close(model.get_prompt(batch_size=1)[0], expected)
+
+
 def test_lora_plus_gives_b_matrices_the_higher_learning_rate(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 

@@ -26,13 +26,17 @@ def test_alias_converts_once_to_a_cached_hf_folder_that_answers():
 
 
 def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(tmp_path):
-    result = cli(["quickstart", "--dir", str(tmp_path / "qs"), "--max-steps", "40", "--test-limit", "40"], tmp_path, timeout=900)
+    # a quarter of the quickstart's steps, 24 test examples, a third of the probe: about 3 minutes on a
+    # 2-core CPU with native bf16 (fp32-only CPUs take several times longer, hence the generous limit)
+    result = cli(["quickstart", "--dir", str(tmp_path / "qs"), "--max-steps", "20", "--test-limit", "24",
+                  "--set", "forgetting.probe_limit=48"], tmp_path, timeout=2400)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "qs" / "runs" / "dates" / "quickstart.json").read_text())
     report = json.loads((tmp_path / "qs" / "runs" / "dates" / "report.json").read_text())
     task = {r["label"]: r["score"] for r in report["task"]}
-    assert task["zero-shot"] <= 0.1 and task["tuned: lora"] >= 0.8
-    assert task["tuned: lora"] > task["3-shot"]
+    # measured: zero-shot 0%, 3-shot 33%, LoRA 75%, LoRA + replay 79% after 20 steps
+    assert task["zero-shot"] <= 0.1 and task["tuned: lora"] >= 0.6
+    assert report["recommendation"]["choice"] == "fine-tune"  # tuned ahead of 3-shot, intervals apart
     forgot = {r["variant"]: r for r in report["forgetting"]}
     assert forgot["lora"]["qa_change_hi"] < 0  # measurable forgetting without mitigation
     assert forgot["lora-replay"]["qa_tuned"] > forgot["lora"]["qa_tuned"]  # less with self-replay

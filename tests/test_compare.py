@@ -18,7 +18,7 @@ def compared(tmp_path_factory, tiny_model_dir, date_data):
         tmp / "cmp.yaml", tiny_model_dir, date_data, tmp / "runs", name="cmp",
         train={"max_steps": 8, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "log_every": 2, "warmup": 0},
         eval={"test": str(date_data["test"]), "max_new_tokens": 8, "shots": [0, 2], "latency_samples": 2},
-        forgetting={"probe": True, "text": str(date_data["val"]), "text_limit": 12},
+        forgetting={"probe": True, "probe_limit": 30, "text": str(date_data["val"]), "text_limit": 12},
         compare={"variants": {"lora": {}, "lora-replay": {"forgetting.replay": 0.3, "forgetting.kl": 0.5}}},
     )
     result = cli(["compare", str(config), "--quiet"], tmp)
@@ -46,6 +46,15 @@ def test_compare_writes_every_part(compared):
     for row in report["forgetting"]:
         assert row["text_documents"] == 12 and row["text_base_ppl"] > 1
         assert row["text_tuned_ppl"] != row["text_base_ppl"]
+
+
+def test_probe_limit_takes_the_first_questions_and_a_third_as_many_drift_prompts(compared):
+    from tunesmith.forgetting import probe
+
+    for side in ("base", "tuned"):
+        items = json.loads((compared / "variants/lora/forgetting" / f"{side}.json").read_text())
+        assert [q["question"] for q in items["qa"]] == [q["question"] for q in probe.general_qa()[:30]]
+        assert [d["prompt"] for d in items["drift"]] == probe.general_prompts()[0][:10]
 
 
 def test_replay_variant_trained_with_kl_on_replay_data(compared):

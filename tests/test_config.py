@@ -98,6 +98,7 @@ def test_unknown_key_inside_a_list_of_sources(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     (["adapter.type=ia3", "adapter.dora=true"], r"adapter: dora: LoRA options; adapter.type is ia3"),
     (["adapter.freeze={top_layers: 2}"], r"freeze: partial full fine-tuning needs adapter.type none, not lora"),
+    (["adapter.init_text=Reply with the date"], r"adapter: init_text: prefix and prompt tuning option; adapter.type is lora"),
     (["adapter.type=none", "adapter.freeze={}"], r"adapter.freeze: set exactly one of top_layers, modules"),
     (["adapter.type=prompt", "data.packing=true"], r"data.packing: .*prompt tuning .* cannot pack"),
     (["adapter.type=prefix", "train.gradient_checkpointing=true"], r"train.gradient_checkpointing: prefix tuning"),

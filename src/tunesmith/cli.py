@@ -57,12 +57,13 @@ def quickstart(
     model: str = typer.Option("smollm2-135m-instruct", help="model reference"),
     max_steps: Optional[int] = typer.Option(None, help="LoRA optimizer steps per variant  [default: 80]"),
     test_limit: Optional[int] = typer.Option(None, help="score only the first N test examples"),
+    set_: list[str] = typer.Option([], "--set", help="override a key of the quickstart's config: --set forgetting.probe_limit=48"),
 ):
     """The main job on embedded defaults: prompting baselines, LoRA with and without self-replay, forgetting, report."""
     from tunesmith.quickstart import run_quickstart
 
     steps = {} if max_steps is None else {"max_steps": max_steps}
-    run_quickstart(workdir, model=model, test_limit=test_limit, console=err, out=out, **steps)
+    run_quickstart(workdir, model=model, test_limit=test_limit, console=err, out=out, overrides=set_, **steps)
 
 
 @app.command()

@@ -6,6 +6,7 @@ what is allowed, instead of a setting silently ignored.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from tunesmith.data.layouts import FORMATS
 from tunesmith.errors import UserError, where
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+METHODS = ("sft", "dpo", "reward", "grpo", "rloo")
 
 
 class Section(BaseModel):
@@ -51,6 +53,8 @@ class AdapterConfig(Section):
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora 4-bit: the data type of the quantized weights")
     double_quant: bool = Field(False, description="qlora 4-bit: quantize the quantization constants too")
     virtual_tokens: int = Field(20, ge=1, description="prefix / prompt tuning: learned tokens")
+    init_text: str | None = Field(None, min_length=1, description="prefix / prompt tuning: start the virtual tokens from "
+                                                                "this text, e.g. the task's instruction")
     freeze: FreezeConfig | None = Field(None, description="type none: train only part of the model")
 
     @model_validator(mode="after")
@@ -58,6 +62,8 @@ class AdapterConfig(Section):
         lora_only = [k for k in ("rslora", "dora", "lora_plus_ratio") if getattr(self, k) and self.type not in LORA_TYPES]
         if lora_only:
             raise ValueError(f"{', '.join(lora_only)}: LoRA options; adapter.type is {self.type}")
+        if self.init_text is not None and self.type not in ("prefix", "prompt"):
+            raise ValueError(f"init_text: prefix and prompt tuning option; adapter.type is {self.type}")
         if self.freeze is not None and self.type != "none":
             raise ValueError(f"freeze: partial full fine-tuning needs adapter.type none, not {self.type}")
         return self
@@ -146,7 +152,7 @@ class EvalConfig(Section):
     test: str | None = Field(None, description="test data scored after training (chat or prompt/completion)")
     limit: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1, description="prompts generated together (test, baselines, forgetting probe)")
     shots: list[int] = Field(default_factory=list, description="prompting baselines of the base model: 0 = zero-shot, k = k-shot")
     shot_seed: int = 0
     system: str | None = Field(None, description="system prompt for the prompting baselines")
@@ -166,6 +172,8 @@ class ForgettingConfig(Section):
     """What general capability the run costs (probe) and what limits the loss (mitigations)."""
 
     probe: bool = Field(False, description="general QA and drift, base vs tuned, after training")
+    probe_limit: int | None = Field(None, ge=3, description="probe with the first N of the 157 questions and a third "
+                                                            "as many of the 50 drift prompts: quicker, wider intervals")
     text: str | None = Field(None, description="general text data for perplexity, base vs tuned")
     text_limit: int = Field(200, ge=1)
     replay: float = Field(0.0, ge=0, lt=1, description="share of training examples drawn from replay data")
@@ -179,6 +187,57 @@ class ForgettingConfig(Section):
         if self.kl > 0 and self.replay == 0:
             raise ValueError("forgetting.kl anchors on replay data; set forgetting.replay above 0 too")
         return self
+
+
+class PreferenceConfig(Section):
+    """method dpo: which preference loss, and its strength."""
+
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo", "kto"] = Field(
+        "sigmoid", description="sigmoid (DPO) | ipo | hinge (SLiC) | simpo, orpo (no reference) | kto (unpaired)")
+    beta: float | None = Field(None, gt=0, description="default 0.1 (simpo 2.0); orpo: weight of the odds-ratio term")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid: assumed share of flipped labels")
+    simpo_gamma: float = Field(1.0, ge=0, description="simpo: target margin between chosen and rejected")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable responses")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of undesirable responses")
+
+
+class RewardSpec(Section):
+    """One reward of online RL: a function (built-in or module:function) or a reward model."""
+
+    function: str | None = Field(None, description="exact_match | regex | json_valid | length_penalty | module:function")
+    model: str | None = Field(None, description="a method: reward run or its export")
+    weight: float = 1.0
+    pattern: str | None = Field(None, description="regex: the pattern the whole reply must match")
+    target_length: int | None = Field(None, ge=1, description="length_penalty: characters allowed before the penalty")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.function is None) == (self.model is None):
+            raise ValueError("set exactly one of function, model")
+        if self.function == "regex":
+            if not self.pattern:
+                raise ValueError("function regex needs pattern")
+            try:
+                re.compile(self.pattern)
+            except re.error as e:
+                raise ValueError(f"pattern {self.pattern!r}: {e}") from None
+        if self.function == "length_penalty" and self.target_length is None:
+            raise ValueError("function length_penalty needs target_length")
+        return self
+
+
+class RLConfig(Section):
+    """method grpo / rloo: sample a group of replies per prompt, reward them, push the policy
+    towards the better ones (clipped ratio) while a KL term holds it near the reference."""
+
+    rewards: list[RewardSpec] = Field(default_factory=list, min_length=0)
+    group_size: int = Field(4, ge=2, description="replies sampled per prompt; advantages compare within the group")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    beta: float = Field(0.04, ge=0, description="KL penalty to the reference (the starting model); 0 = none")
+    clip: float = Field(0.2, gt=0, lt=1, description="policy ratio clipped to [1 - clip, 1 + clip]")
+    iterations: int = Field(1, ge=1, description="optimizer steps on each batch of sampled replies (μ)")
 
 
 class CompareConfig(Section):
@@ -195,12 +254,14 @@ class OutputConfig(Section):
 class RunConfig(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: str = DEFAULT_MODEL
-    method: Literal["sft"] = "sft"
+    method: Literal[METHODS] = Field("sft", description="sft | dpo | reward | grpo | rloo")
     adapter: AdapterConfig = AdapterConfig()
     data: DataConfig
     train: TrainConfig
     eval: EvalConfig = EvalConfig()
     forgetting: ForgettingConfig = ForgettingConfig()
+    preference: PreferenceConfig = PreferenceConfig()
+    rl: RLConfig = RLConfig()
     output: OutputConfig = OutputConfig()
     compare: CompareConfig = CompareConfig()
 
@@ -209,6 +270,20 @@ class RunConfig(Section):
         if self.train.gradient_checkpointing and self.adapter.type == "prefix":
             raise ValueError("train.gradient_checkpointing: prefix tuning feeds its prefixes as a KV cache, which "
                              "recomputed layers cannot take; turn one of them off")
+        if self.data.packing and self.method != "sft":
+            raise ValueError(f"data.packing: only sft packs examples into rows; method {self.method} compares whole responses")
+        if self.method == "reward":
+            if self.adapter.type in ("prefix", "prompt"):
+                raise ValueError(f"adapter.type {self.adapter.type}: a reward model reads its score off the last token; "
+                                 "virtual tokens do not reach it there (use lora, qlora, ia3 or none)")
+            generated = [k for k, on in (("eval.test", self.eval.test), ("eval.shots", self.eval.shots),
+                                         ("forgetting.probe", self.forgetting.probe),
+                                         ("forgetting.replay", self.forgetting.replay)) if on]
+            if generated:
+                raise ValueError(f"{generated[0]}: method reward trains a scorer, not a model that replies; "
+                                 "its measure is pairwise accuracy on data.val")
+        if self.method in ("grpo", "rloo") and not self.rl.rewards:
+            raise ValueError(f"rl.rewards: method {self.method} needs at least one reward (a function or a reward model)")
         if self.data.packing and self.adapter.type in ("prefix", "prompt"):
             raise ValueError(f"data.packing: packed rows restart positions mid-row; {self.adapter.type} tuning "
                              "prepends its virtual tokens once per row, so it cannot pack")

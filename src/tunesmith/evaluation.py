@@ -80,8 +80,9 @@ def score_baselines(cfg: RunConfig, out_dir: Path, base: BaseReference, shot_poo
 def probe_forgetting(cfg: RunConfig, run_dir: Path, model, tokenizer, base: BaseReference, console: Console) -> dict:
     f = cfg.forgetting
     console.print("forgetting probe: general QA and drift, base vs tuned ...")
-    base_items = probe.base_probe(base, text=f.text, text_limit=f.text_limit, batch_size=cfg.eval.batch_size)
-    tuned_items = probe.probe(model, tokenizer, base, text=f.text, text_limit=f.text_limit, batch_size=cfg.eval.batch_size)
+    sizes = {"text": f.text, "text_limit": f.text_limit, "batch_size": cfg.eval.batch_size, "limit": f.probe_limit}
+    base_items = probe.base_probe(base, **sizes)
+    tuned_items = probe.probe(model, tokenizer, base, **sizes)
     write_json(run_dir / "forgetting" / "base.json", base_items)
     write_json(run_dir / "forgetting" / "tuned.json", tuned_items)
     summary = probe.summarize(base_items, tuned_items)

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunesmith.compare import run_compare
-from tunesmith.config import validate_config
+from tunesmith.config import apply_override, validate_config
 from tunesmith.tasks.dates import write_splits
 
 MAX_NEW_TOKENS = 16  # an ISO date is 6 tokens; room to see what an untuned model rambles
@@ -53,13 +53,16 @@ def _free_name(runs: Path, base: str) -> str:
 
 
 def run_quickstart(workdir: Path, model: str = "smollm2-135m-instruct", max_steps: int = MAX_STEPS,
-                   test_limit: int | None = None, console: Console | None = None, out: Console | None = None) -> dict:
+                   test_limit: int | None = None, console: Console | None = None, out: Console | None = None,
+                   overrides: list[str] | None = None) -> dict:
     console, out = console or Console(stderr=True, soft_wrap=True), out or Console(soft_wrap=True)
     t0 = time.perf_counter()
-    splits = write_splits(workdir / "data")
     name = _free_name(workdir / "runs", "dates")
     tree = quickstart_config(workdir, name, model, max_steps, test_limit)
-    cfg = validate_config(tree, "quickstart")
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+    cfg = validate_config(tree, "quickstart")  # before anything is written
+    splits = write_splits(workdir / "data")
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(tree, sort_keys=False))
     console.print(f"[bold]quickstart[/bold]: task data in {splits['train'].parent}, config {config_path} "

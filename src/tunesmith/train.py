@@ -33,7 +33,7 @@ from tunesmith.forgetting.replay import replay_examples, replay_weight
 from tunesmith.methods import build_method
 from tunesmith.methods.reference import ReferenceModel
 from tunesmith.model.adapters import apply_adapter, can_merge, count_parameters, freeze_lower_layers
-from tunesmith.model.load import load_base, load_tokenizer, tokenizer_dir
+from tunesmith.model.load import is_reward_checkpoint, load_base, load_tokenizer, tokenizer_dir
 from tunesmith.model.resolve import resolve
 from tunesmith.report.build import write_report
 
@@ -82,6 +82,8 @@ def _load(source, cfg: RunConfig, console: Console) -> list[Example]:
     if loaded.problems:
         console.print(f"[yellow]{source.path}: skipped {len(loaded.problems)} bad records (data.on_error: skip); "
                       f"first: {loaded.problems[0]}[/yellow]")
+    if loaded.unpreferred:
+        console.print(f"{source.path}: {loaded.unpreferred} labelled pairs left out (judged tie or both bad)")
     for e in loaded.examples:
         e.train_on = source.train_on
     return loaded.examples
@@ -141,8 +143,15 @@ def base_quantization(cfg: RunConfig) -> dict | None:
     return settings(cfg.adapter, inference_dtype(cfg.train.precision))
 
 
-def build_model(cfg: RunConfig, resolved, tokenizer=None):
-    model = load_base(resolved.path, torch.float32, base_quantization(cfg))
+def build_model(cfg: RunConfig, resolved, tokenizer=None, head: str = "causal"):
+    """The model to train: the base (a language model, or with `head="score"` a scalar-head
+    reward model), a LoRA run's adapter folded in, then the configured adapter on top."""
+    model = load_base(resolved.path, torch.float32, base_quantization(cfg), head=head)
+    if head == "score":
+        if tokenizer is not None:
+            model.config.pad_token_id = tokenizer.pad_token_id  # saved with it: plain transformers can batch it
+        if not is_reward_checkpoint(resolved):  # a new head starts at zero: every score 0, first loss ln 2
+            torch.nn.init.zeros_(model.score.weight)
     if resolved.adapter is not None:  # continue from an adapter run: its adapter becomes part of the base
         from peft import PeftModel
 
@@ -159,7 +168,7 @@ def build_model(cfg: RunConfig, resolved, tokenizer=None):
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_adapter(model, cfg.adapter, tokenizer)
+    model = apply_adapter(model, cfg.adapter, tokenizer, task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM")
     freeze_lower_layers(model, cfg.forgetting.freeze_layers)
     return model
 
@@ -222,7 +231,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     sources = train_sources(cfg, console)
     data = load_data(cfg, method, tokenizer, console, base, sources)
     base.release()  # self-replay may have loaded it; training needs the memory
-    model = build_model(cfg, resolved, tokenizer)
+    model = build_model(cfg, resolved, tokenizer, head=getattr(method, "head", "causal"))
     if cfg.forgetting.kl:
         method.reference = ReferenceModel(model)
     trainable, total = count_parameters(model)
@@ -235,6 +244,8 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         f"{trainable:,} of {total:,} parameters trained, {len(data.features)} train / {len(data.val)} val examples"
     )
     try:
+        if hasattr(method, "prepare"):  # e.g. a preference method's reference model
+            method.prepare(model, tokenizer, data.features + data.val, run_dir, cfg, console)
         result: FitResult = fit(model, tokenizer, method, data, cfg, run_dir, resume=resume, console=console, quiet=quiet)
     except BaseException:
         # Failed before a single step was logged or saved: nothing worth keeping, and a leftover

@@ -60,13 +60,10 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int, train_on: str 
     `all` (every token, prompts and template included).
     """
     if tokenizer.chat_template:
-        text, spans = assistant_spans(tokenizer, messages)
+        text, turns = assistant_spans(tokenizer, messages)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        if train_on == "last":
-            spans = spans[-1:]
-        elif train_on == "all":
-            spans = [(0, len(text))]
+        spans = {"last": turns[-1:], "all": [(0, len(text))]}.get(train_on, turns)
         labels = [IGNORE] * len(ids)
         for k, (a, b) in enumerate(offsets):
             if b > a and any(s <= a and b <= e for s, e in spans):
@@ -74,7 +71,7 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int, train_on: str 
         # A template that closes the last assistant turn without EOS: append it, or the model
         # never learns to stop.
         eos = tokenizer.eos_token
-        last_has_eos = bool(eos) and text[spans[-1][0] : spans[-1][1]].endswith(eos)
+        last_has_eos = bool(eos) and bool(turns) and text[turns[-1][0] : turns[-1][1]].endswith(eos)
         if messages[-1]["role"] == "assistant" and not last_has_eos and tokenizer.eos_token_id is not None:
             ids.append(tokenizer.eos_token_id)
             labels.append(tokenizer.eos_token_id)

@@ -4,9 +4,15 @@ Detected from the record's keys, or named per source with `format:`:
   messages           {"messages": [{"role", "content"}, ...]}            (OpenAI chat)
   sharegpt           {"conversations": [{"from": human|gpt|system, "value"}, ...]}
   alpaca             {"instruction", "input"?, "output"}
-  prompt_completion  {"prompt", "completion"}  (strings, or message lists)
-  preference         {"prompt", "chosen", "rejected"}  (strings, or message lists)
+  prompt_completion  {"prompt", "completion", "label"?}  (strings, or message lists; a boolean
+                     label judges the completion: true desirable, false not, for KTO)
+  preference         {"prompt", "chosen", "rejected", "margin"?}  (strings, or message lists; a
+                     number margin says how much better chosen is, for reward models)
+  prompt             {"prompt", "reference"?}  (a prompt alone, for methods that generate their
+                     own responses: online RL, labelling; reference: what a reward may compare to)
   text               {"text"}  (plain text: every token is trained)
+Records written by `tunesmith label` that carry no preference (judgement tie or both_bad) are
+recognised and left out (`to_example` returns None), so a labelled file trains as it is.
 `columns: {layout_key: column}` renames a source's columns into one of these layouts first.
 Every problem is a ValueError whose message says what is wrong; the caller adds the location.
 """
@@ -17,7 +23,8 @@ from dataclasses import dataclass
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "text")
+FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "prompt", "text")
+NO_PREFERENCE = ("tie", "both_bad")  # label-page judgements that prefer neither response
 
 
 @dataclass
@@ -34,6 +41,9 @@ class Example:
     rejected: list[dict] | None = None
     layout: str = "messages"
     train_on: str | None = None  # per-source override of data.train_on
+    desirable: bool | None = None  # a judged single response (label: true/false), for KTO
+    margin: float | None = None  # preference pairs: how much better chosen is (reward models)
+    reference: str | None = None  # prompt layout: what a reward function may compare a response to
 
 
 def detect(record: dict) -> str:
@@ -45,6 +55,8 @@ def detect(record: dict) -> str:
         return "preference"
     if "instruction" in record and "output" in record:
         return "alpaca"
+    if "prompt" in record and not {"completion", "chosen", "rejected"} & set(record):
+        return "prompt"
     if "prompt" in record or "completion" in record:
         return "prompt_completion"
     if "text" in record:
@@ -139,6 +151,18 @@ def from_preference(record: dict) -> tuple[list[dict], list[dict]]:
     return check_messages(prompt + chosen, "prompt+chosen"), check_messages(prompt + rejected, "prompt+rejected")
 
 
+def from_prompt(record: dict) -> tuple[list[dict], str | None]:
+    if "prompt" not in record:
+        raise ValueError("missing 'prompt'")
+    reference = record.get("reference")
+    if reference is not None and not isinstance(reference, str):
+        raise ValueError(f"'reference' must be a string, got {type(reference).__name__}")
+    messages = check_messages(_turns(record["prompt"], "prompt", "user"), "prompt", need_assistant=False)
+    if messages[-1]["role"] == "assistant":
+        raise ValueError("'prompt' ends with an assistant turn: nothing left to respond to")
+    return messages, reference
+
+
 def apply_columns(record: dict, columns: dict[str, str]) -> dict:
     """Rename a source's columns into a layout's keys: columns = {layout_key: source_column}."""
     missing = [col for col in columns.values() if col not in record]
@@ -147,16 +171,28 @@ def apply_columns(record: dict, columns: dict[str, str]) -> dict:
     return {key: record[col] for key, col in columns.items()}
 
 
-def to_example(record: dict, location: str, fmt: str = "auto", columns: dict[str, str] | None = None) -> Example:
-    """One record in any supported layout -> a validated Example (ValueError says what is wrong)."""
+def to_example(record: dict, location: str, fmt: str = "auto", columns: dict[str, str] | None = None) -> Example | None:
+    """One record in any supported layout -> a validated Example (ValueError says what is wrong),
+    or None for a labelled record that prefers neither response."""
     if columns:
         record = apply_columns(record, columns)
     layout = detect(record) if fmt == "auto" else fmt
     if layout == "text":
         return Example(None, location, text=_string(record, "text", allow_empty=False), layout="text")
-    if layout == "preference":
+    if layout == "preference" or (fmt == "auto" and record.get("judgement") in NO_PREFERENCE):
+        if record.get("judgement") in NO_PREFERENCE:
+            return None  # judged, but neither response preferred
         chosen, rejected = from_preference(record)
-        return Example(chosen, location, rejected=rejected, layout="preference")
+        margin = record.get("margin")
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+            raise ValueError(f"'margin' must be a number, got {margin!r}")
+        return Example(chosen, location, rejected=rejected, layout="preference", margin=margin)
+    if layout == "prompt":
+        messages, reference = from_prompt(record)
+        return Example(messages, location, layout="prompt", reference=reference)
     convert = {"messages": from_messages, "sharegpt": from_sharegpt, "alpaca": from_alpaca,
                "prompt_completion": from_prompt_completion}[layout]
-    return Example(convert(record), location, layout=layout)
+    label = record.get("label")
+    if label is not None and not isinstance(label, bool):
+        raise ValueError(f"'label' must be true or false (is the response desirable?), got {label!r}")
+    return Example(convert(record), location, layout=layout, desirable=label)

@@ -19,23 +19,31 @@ MAX_LISTED = 20
 class Loaded:
     examples: list[Example]
     problems: list[str] = field(default_factory=list)  # what was skipped, with locations
+    unpreferred: int = 0  # labelled records that prefer neither response (judgement tie / both_bad)
 
 
 def load_source(path: str, *, fmt: str = "auto", columns: dict[str, str] | None = None, key: str | None = None,
                 split: str = "train", on_error: str = "stop") -> Loaded:
     problems: list[str] = []
     rows = read_rows(path, problems, key=key, split=split)
-    examples = []
+    examples, unpreferred = [], 0
     for row in rows:
         try:
-            examples.append(to_example(row.record, row.location, fmt, columns))
+            example = to_example(row.record, row.location, fmt, columns)
         except ValueError as e:
             problems.append(f"{row.location}: {e}")
+            continue
+        if example is None:
+            unpreferred += 1
+        else:
+            examples.append(example)
     if problems and on_error == "stop":
         raise_problems(problems)
     if not examples:
-        raise UserError(f"{path}: no valid records ({len(problems)} bad)" if problems else f"{path}: no records (empty file)")
-    return Loaded(examples, problems)
+        why = (f"{len(problems)} bad" if problems else "") + (f"{', ' if problems else ''}{unpreferred} judged tie or both bad"
+                                                          if unpreferred else "")
+        raise UserError(f"{path}: no valid records ({why})" if why else f"{path}: no records (empty file)")
+    return Loaded(examples, problems, unpreferred)
 
 
 def load_examples(path: str, **options) -> list[Example]:

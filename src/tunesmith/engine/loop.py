@@ -23,6 +23,7 @@ from tunesmith.engine.logbook import MetricsLog, TrainProgress
 from tunesmith.engine.precision import autocast, device, resolve_precision
 from tunesmith.engine.sampler import EpochSampler
 from tunesmith.engine.schedule import build_optimizer
+from tunesmith.methods.base import feature_length
 from tunesmith.model.quantize import is_quantized
 
 
@@ -70,7 +71,10 @@ def _batch_features(batch: list, features: list[dict], pack_length: int | None) 
 
 
 def _to(batch: dict, dev: torch.device) -> dict:
-    return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """The batch's tensors on `dev`, in place: what a method writes into its batch while computing
+    the loss (sampled replies, their token count) stays with the batch the loop holds."""
+    batch.update({k: v.to(dev) for k, v in batch.items() if torch.is_tensor(v)})
+    return batch
 
 
 def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: int, precision: str, dev) -> dict:
@@ -102,7 +106,7 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
         model.to(dev)
     model.train()
     torch.manual_seed(cfg.train.seed)
-    lengths = [len(f["input_ids"]) for f in data.features]
+    lengths = [feature_length(f) for f in data.features]
     pack_length = cfg.data.max_length if cfg.data.packing else None
     sampler = EpochSampler(data.source_sizes, data.weights, lengths, cfg.train.batch_size, cfg.train.seed, pack_length)
     total = total_steps(cfg, sampler)
@@ -125,12 +129,16 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
     t_window = time.perf_counter()
     t_start = time.perf_counter() - state["elapsed"]
 
+    # a method may take several optimizer steps on one batch (online RL reusing its sampled replies)
+    steps_per_batch, micro, reuses_left = getattr(method, "steps_per_batch", 1), [], 0
     with TrainProgress(console, total, state["step"], quiet=quiet) as progress:
         while state["step"] < total:
-            micro = []
-            for _ in range(cfg.train.grad_accum):
-                batch, (state["epoch"], state["batch"]) = next(stream)
-                micro.append(method.collate(_batch_features(batch, data.features, pack_length), tokenizer))
+            if reuses_left == 0:
+                micro, reuses_left = [], steps_per_batch
+                for _ in range(cfg.train.grad_accum):
+                    batch, (state["epoch"], state["batch"]) = next(stream)
+                    micro.append(method.collate(_batch_features(batch, data.features, pack_length), tokenizer))
+            reuses_left -= 1
             loss_sum, metrics, grad_norm = _train_step(model, method, micro, params, optimizer, scheduler, cfg, precision, dev, anchor)
             state["step"] += 1
             step = state["step"]

@@ -34,3 +34,11 @@ def return_freed_memory() -> bool:
     libc = _glibc()
     return bool(libc and libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES) == 1)
 
+
+
+def trim_heap() -> bool:
+    """Hand the heap's free blocks back to the OS now (glibc `malloc_trim`). Worth it after a burst
+    of large temporary allocations that will not recur, such as quantizing a model on load: on the
+    bundled model that leaves ~480 MiB of freed fp32 weights counted in the process otherwise."""
+    libc = _glibc()
+    return bool(libc and hasattr(libc, "malloc_trim") and libc.malloc_trim(0))

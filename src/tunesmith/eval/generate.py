@@ -9,6 +9,9 @@ import torch
 from tunesmith.data.chat import prompt_ids
 
 
+BATCH_SIZE = 32  # prompts per generate call: on a 2-core CPU 157 short replies take 78 s at 16, 58 s at 32, 53 s at 64
+
+
 @dataclass
 class Sampling:
     max_new_tokens: int = 128
@@ -74,7 +77,7 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], sampling: 
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
 
 
-def generate_all(model, tokenizer, conversations: list[list[dict]], sampling: Sampling, batch_size: int = 16,
+def generate_all(model, tokenizer, conversations: list[list[dict]], sampling: Sampling, batch_size: int = BATCH_SIZE,
                  on_batch=None) -> list[str]:
     """Replies for many conversations, batched by prompt length to keep padding small."""
     order = sorted(range(len(conversations)), key=lambda i: len(prompt_ids(tokenizer, conversations[i])))

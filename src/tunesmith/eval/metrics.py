@@ -102,19 +102,20 @@ def score(prediction: str, reference: str) -> dict[str, float]:
 UserMetric = Callable[[str, str], "float | dict[str, float]"]
 
 
-def load_user_metric(spec: str) -> tuple[str, UserMetric]:
-    """`package.module:function` -> (name, function). The function takes (prediction, reference)
-    and returns a float or a dict of named floats."""
+def load_user_metric(spec: str, key: str = "eval.metric") -> tuple[str, UserMetric]:
+    """`package.module:function` -> (name, function). A metric takes (prediction, reference) and
+    returns a float or a dict of named floats; `key` names the config key in errors (reward
+    functions load the same way)."""
     if spec.count(":") != 1:
-        raise UserError(f"eval.metric {spec!r}: expected module:function, e.g. mypkg.metrics:rouge_l")
+        raise UserError(f"{key} {spec!r}: expected module:function, e.g. mypkg.metrics:rouge_l")
     module_name, func_name = spec.split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise UserError(f"eval.metric {spec!r}: cannot import {module_name}: {e}") from None
+        raise UserError(f"{key} {spec!r}: cannot import {module_name}: {e}") from None
     func = getattr(module, func_name, None)
     if not callable(func):
-        raise UserError(f"eval.metric {spec!r}: {module_name} has no function {func_name}")
+        raise UserError(f"{key} {spec!r}: {module_name} has no function {func_name}")
     return func_name, func
 
 

@@ -16,7 +16,7 @@ from tunesmith.data.chat import prompt_ids
 from tunesmith.data.layouts import Example
 from tunesmith.errors import UserError
 from tunesmith.eval.bootstrap import bootstrap_ci
-from tunesmith.eval.generate import Sampling, generate_all, generate_batch
+from tunesmith.eval.generate import BATCH_SIZE, Sampling, generate_all, generate_batch
 from tunesmith.eval.metrics import apply_user_metric, load_user_metric, score
 
 
@@ -64,7 +64,7 @@ def measure_latency(model, tokenizer, conversations: list[list[dict]], sampling:
 
 
 def evaluate_task(model, tokenizer, examples: list[Example], *, label: str, shots: list[Example] = (),
-                  system: str | None = None, max_new_tokens: int = 64, batch_size: int = 16,
+                  system: str | None = None, max_new_tokens: int = 64, batch_size: int = BATCH_SIZE,
                   metric: str | None = None, latency_samples: int = 8, predictions_path: Path | None = None,
                   progress=None) -> dict:
     """Score greedy replies on `examples`; returns per-metric means with bootstrap intervals."""

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tunesmith.data.chat import IGNORE, encode_chat, encode_example
 from tunesmith.data.records import load_examples
 from tunesmith.eval.bootstrap import bootstrap_ci, paired_bootstrap_ci
-from tunesmith.eval.generate import Sampling, generate_all
+from tunesmith.eval.generate import BATCH_SIZE, Sampling, generate_all
 from tunesmith.eval.metrics import contains_answer
 from tunesmith.forgetting.reference import BaseReference, data_version
 from tunesmith.methods.sft import collate_tokens
@@ -47,13 +47,13 @@ def _user(prompt: str) -> list[dict]:
     return [{"role": "user", "content": prompt}]
 
 
-def base_replies(base: BaseReference, prompts: list[str], batch_size: int = 16) -> list[str]:
+def base_replies(base: BaseReference, prompts: list[str], batch_size: int = BATCH_SIZE) -> list[str]:
     """The base model's greedy replies to `prompts`, cached."""
     return base.cached("replies", [prompts, REPLY_MAX_NEW_TOKENS], lambda m, t: generate_all(
         m, t, [_user(p) for p in prompts], Sampling(max_new_tokens=REPLY_MAX_NEW_TOKENS), batch_size))
 
 
-def qa_answers(model, tokenizer, items: list[dict], batch_size: int = 16) -> list[str]:
+def qa_answers(model, tokenizer, items: list[dict], batch_size: int = BATCH_SIZE) -> list[str]:
     return generate_all(model, tokenizer, [_user(q["question"]) for q in items],
                         Sampling(max_new_tokens=QA_MAX_NEW_TOKENS), batch_size)
 
@@ -93,11 +93,19 @@ def text_features(tokenizer, path: str, limit: int) -> list[dict]:
     return [{"input_ids": f.input_ids, "labels": f.labels} for f in feats]
 
 
+def probe_sets(limit: int | None = None) -> tuple[list[dict], list[str]]:
+    """The general QA items and drift prompts a probe uses: all (157 and 50), or the first `limit`
+    questions and a third as many prompts, for a quicker, less precise probe."""
+    items, prompts = general_qa(), general_prompts()[0]
+    if limit is None:
+        return items, prompts
+    return items[:limit], prompts[: max(1, math.ceil(limit / 3))]
+
+
 def probe(model, tokenizer, base: BaseReference, *, text: str | None = None, text_limit: int = 200,
-          batch_size: int = 16) -> dict:
+          batch_size: int = BATCH_SIZE, limit: int | None = None) -> dict:
     """Per-item results of one model: QA correctness, drift NLL per prompt, text NLL per document."""
-    items = general_qa()
-    probe_prompts, _ = general_prompts()
+    items, probe_prompts = probe_sets(limit)
     replies = base_replies(base, probe_prompts, batch_size)
     answers = qa_answers(model, tokenizer, items, batch_size)
     drift = sequence_nll(model, tokenizer, reply_features(tokenizer, probe_prompts, replies))
@@ -111,12 +119,13 @@ def probe(model, tokenizer, base: BaseReference, *, text: str | None = None, tex
     return out
 
 
-def base_probe(base: BaseReference, *, text: str | None = None, text_limit: int = 200, batch_size: int = 16) -> dict:
+def base_probe(base: BaseReference, *, text: str | None = None, text_limit: int = 200, batch_size: int = BATCH_SIZE,
+               limit: int | None = None) -> dict:
     """The base model's own probe results, cached like its replies."""
-    items = general_qa()
-    return base.cached("probe", [items, general_prompts()[0], text, data_version(text), text_limit, QA_MAX_NEW_TOKENS,
+    items, prompts = probe_sets(limit)
+    return base.cached("probe", [items, prompts, text, data_version(text), text_limit, QA_MAX_NEW_TOKENS,
                                  REPLY_MAX_NEW_TOKENS],
-                       lambda m, t: probe(m, t, base, text=text, text_limit=text_limit, batch_size=batch_size))
+                       lambda m, t: probe(m, t, base, text=text, text_limit=text_limit, batch_size=batch_size, limit=limit))
 
 
 def summarize(base: dict, tuned: dict) -> dict:

@@ -26,6 +26,12 @@ class Method(Protocol):
         """Summed loss over the batch's `n_items`, and metrics to log (sums, divided by the engine)."""
 
 
+def feature_length(feature: dict) -> int:
+    """Tokens a feature puts through the model, for batching examples of similar length: its
+    `input_ids`, or the `length` a method with nested features (pairs, groups) records."""
+    return feature["length"] if "length" in feature else len(feature["input_ids"])
+
+
 def unwrap(model):
     """The transformers model under a PEFT wrapper (adapter layers stay in place)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -56,3 +62,25 @@ def token_logprob_inputs(model, batch: dict):
         return None, logits[:, :-1][targets_mask], labels[:, 1:][targets_mask]
     hidden = base.get_decoder()(**inputs).last_hidden_state
     return head, hidden[:, :-1][targets_mask], labels[:, 1:][targets_mask]
+
+
+def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of every labelled token (flat, in row-major order) and the row each token
+    belongs to. Logits exist only at labelled positions."""
+    head, rows, targets = token_logprob_inputs(model, batch)
+    logits = (head(rows) if head is not None else rows).float()
+    token_logps = torch.gather(logits.log_softmax(-1), 1, targets[:, None])[:, 0]
+    row_of_token = (batch["labels"][:, 1:] != -100).nonzero()[:, 0]
+    return token_logps, row_of_token
+
+
+def per_row_sum(values: torch.Tensor, row_of_token: torch.Tensor, n_rows: int) -> torch.Tensor:
+    return torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(0, row_of_token, values)
+
+
+def sequence_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probability of each row's labelled tokens, their count): what preference and
+    policy-gradient losses compare."""
+    token_logps, row_of_token = token_logprobs(model, batch)
+    mask = batch["labels"][:, 1:] != -100
+    return per_row_sum(token_logps, row_of_token, batch["labels"].shape[0]), mask.sum(1)

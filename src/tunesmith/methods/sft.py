@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from tunesmith.data.chat import IGNORE, encode_example
 from tunesmith.data.layouts import Example
+from tunesmith.errors import UserError
 from tunesmith.methods.base import token_logprob_inputs
 
 
@@ -23,6 +24,9 @@ class SFT:
         self.reference = None  # a ReferenceModel, set by the run when forgetting.kl > 0
 
     def features(self, example: Example, tokenizer) -> dict | None:
+        if example.layout == "prompt":
+            raise UserError(f"{example.source}: a prompt alone has no response to learn from; "
+                            "prompt-only data is for methods that generate their own (grpo, rloo)")
         enc = encode_example(tokenizer, example, self.max_length, self.train_on)
         if enc.truncated and self.drop_long:
             self.dropped += 1

@@ -44,19 +44,20 @@ def lora_targets(model, targets: str | list[str]):
     return [t.strip() for t in targets.split(",") if t.strip()]
 
 
-def peft_config(model, cfg: AdapterConfig):
-    """The PEFT config for an adapter type."""
+def peft_config(model, cfg: AdapterConfig, task_type: str = "CAUSAL_LM"):
+    """The PEFT config for an adapter type. `SEQ_CLS` (reward models) also trains and saves the
+    new score head in full (PEFT's modules_to_save)."""
     import peft
 
     if cfg.type in ("lora", "qlora"):
         return peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_rslora=cfg.rslora,
-                               use_dora=cfg.dora, target_modules=lora_targets(model, cfg.targets), task_type="CAUSAL_LM")
+                               use_dora=cfg.dora, target_modules=lora_targets(model, cfg.targets), task_type=task_type)
     if cfg.type == "ia3":
         targets = lora_targets(model, cfg.targets)
         targets = linear_module_names(model) if targets == "all-linear" else targets
         # IA3 scales a feed-forward layer's input and every other layer's output
         feedforward = [t for t in targets if t in TARGET_PRESETS["mlp"]]
-        return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type="CAUSAL_LM")
+        return peft.IA3Config(target_modules=targets, feedforward_modules=feedforward, task_type=task_type)
     if cfg.type == "prefix":
         return peft.PrefixTuningConfig(num_virtual_tokens=cfg.virtual_tokens, task_type="CAUSAL_LM")
     if cfg.type == "prompt":
@@ -66,7 +67,7 @@ def peft_config(model, cfg: AdapterConfig):
     raise ValueError(cfg.type)
 
 
-def apply_adapter(model, cfg: AdapterConfig, tokenizer=None):
+def apply_adapter(model, cfg: AdapterConfig, tokenizer=None, task_type: str = "CAUSAL_LM"):
     """Return the model to train. Full fine-tuning trains every weight (or the `freeze` part);
     every adapter type freezes the base and trains only its own parameters. With a tokenizer,
     prefix tuning starts from real text's keys and values (`init_prefix_from_text`)."""
@@ -84,15 +85,33 @@ def apply_adapter(model, cfg: AdapterConfig, tokenizer=None):
         # norms and other unquantized weights to fp32; gradient checkpointing stays the run's choice
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
-        peft_model = get_peft_model(model, peft_config(model, cfg))
+        peft_model = get_peft_model(model, peft_config(model, cfg, task_type))
     except ValueError as e:
         raise UserError(f"adapter: {cfg.type}: {first_line(e)}") from None
-    if cfg.type == "prefix" and tokenizer is not None:
-        init_prefix_from_text(peft_model, tokenizer)
+    if tokenizer is not None and cfg.type == "prefix":
+        init_prefix_from_text(peft_model, tokenizer, cfg.init_text or PREFIX_INIT_TEXT)
+    elif tokenizer is not None and cfg.type == "prompt" and cfg.init_text:
+        init_prompt_from_text(peft_model, tokenizer, cfg.init_text)
     return peft_model
 
 
 PREFIX_INIT_TEXT = "You are a helpful assistant. Answer the user's request accurately and concisely."
+
+
+def virtual_token_ids(tokenizer, text: str, n: int) -> list[int]:
+    """The text's tokens, repeated or cut to `n` virtual tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return (ids * (n // max(1, len(ids)) + 1))[:n]
+
+
+def init_prompt_from_text(model, tokenizer, text: str) -> None:
+    """Prompt tuning from a text's token embeddings (Lester et al. found real-token starts train
+    better than random ones; the default samples vocabulary tokens): the virtual tokens start as
+    that text would read to the model."""
+    ids = torch.tensor(virtual_token_ids(tokenizer, text, model.active_peft_config.num_virtual_tokens))
+    weight = model.prompt_encoder[model.active_adapter].embedding.weight
+    with torch.no_grad():
+        weight.copy_(model.get_base_model().get_input_embeddings()(ids.to(weight.device)).to(weight.dtype))
 
 
 def init_prefix_from_text(model, tokenizer, text: str = PREFIX_INIT_TEXT) -> None:
@@ -103,10 +122,8 @@ def init_prefix_from_text(model, tokenizer, text: str = PREFIX_INIT_TEXT) -> Non
     ~7x the base model's). Keys and values of a plain instruction sentence are a prefix the model
     already knows how to read, so training starts from the base model's behaviour (as Li & Liang
     found for initialising prefixes with real words' activations)."""
-    config = model.active_peft_config
-    n = config.num_virtual_tokens
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    ids = (ids * (n // max(1, len(ids)) + 1))[:n]  # repeated or cut to the prefix length
+    n = model.active_peft_config.num_virtual_tokens
+    ids = virtual_token_ids(tokenizer, text, n)
     base = model.get_base_model()
     weight = model.prompt_encoder[model.active_adapter].embedding.weight
     with torch.no_grad():

@@ -2,7 +2,8 @@
 
 - an adapter run (LoRA, IA3, prefix, prompt), default: the PEFT adapter (+ tokenizer) that `peft.PeftModel.from_pretrained` loads;
 - a LoRA or IA3 run with merge=True, a full fine-tune, or any model reference: a Hugging Face model
-  folder (safetensors + tokenizer + chat template) for `AutoModelForCausalLM.from_pretrained`.
+  folder (safetensors + tokenizer + chat template) for `AutoModelForCausalLM.from_pretrained`
+  (a reward model's: `AutoModelForSequenceClassification.from_pretrained`).
 The folder is written under a temporary name and renamed, so it is never half-written.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import UserError
-from tunesmith.model.load import load_for_inference, load_tokenizer, tokenizer_dir
+from tunesmith.model.load import is_reward_checkpoint, load_for_inference, load_reward_model, load_tokenizer, tokenizer_dir
 from tunesmith.model.quantize import SETTINGS_FILE, read_settings
 from tunesmith.model.resolve import resolve
 
@@ -41,7 +42,10 @@ def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = t
             load_tokenizer(tokenizer_dir(resolved)).save_pretrained(tmp)
             kind = "adapter"
         else:
-            model, tokenizer = load_for_inference(resolved, dtype=dtype, merge=True)
+            if is_reward_checkpoint(resolved):  # a scorer: AutoModelForSequenceClassification loads it
+                model, tokenizer = load_reward_model(resolved, dtype=dtype)
+            else:
+                model, tokenizer = load_for_inference(resolved, dtype=dtype, merge=True)
             if hasattr(model, "peft_config"):
                 raise UserError(f"{reference}: a {model.active_peft_config.peft_type.value.lower()} adapter adds virtual "
                                 "tokens and cannot merge into the base; export it without --merge")

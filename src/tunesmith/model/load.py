@@ -29,10 +29,15 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-def load_base(path: Path, dtype: torch.dtype = torch.float32, quantization: dict | None = None):
+HEADS = ("causal", "score")
+
+
+def load_base(path: Path, dtype: torch.dtype = torch.float32, quantization: dict | None = None, head: str = "causal"):
     """Full weights from an HF folder, quietly (no progress bars), in `dtype`; or quantized with
-    bitsandbytes (`model/quantize.py` settings) onto this machine's device."""
-    from transformers import AutoModelForCausalLM
+    bitsandbytes (`model/quantize.py` settings) onto this machine's device. `head`: `causal` (a
+    language model) or `score` (one scalar per sequence: a reward model; a language model's folder
+    gets a new, untrained head)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -45,7 +50,10 @@ def load_base(path: Path, dtype: torch.dtype = torch.float32, quantization: dict
 
         extra = {"quantization_config": bnb_config(quantization), "device_map": {"": str(device())}}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+        if head == "score":
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, num_labels=1, **extra)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
     except UserError:
         raise
     except Exception as e:
@@ -61,8 +69,11 @@ def load_base(path: Path, dtype: torch.dtype = torch.float32, quantization: dict
 def _own_unquantized_tensors(model) -> None:
     """Copy the weights that stayed unquantized (embeddings, norms) out of the memory-mapped
     checkpoint: while one of them points into it, the whole mapping stays alive, and every page
-    that quantizing read stays counted in the process's memory (~400 MiB on the bundled model)."""
+    that quantizing read stays counted in the process's memory (~400 MiB on the bundled model).
+    Then give the heap blocks that quantizing freed back to the OS (another ~480 MiB)."""
     import gc
+
+    from tunesmith.engine.memory import trim_heap
 
     with torch.no_grad():
         for module in model.modules():
@@ -70,6 +81,7 @@ def _own_unquantized_tensors(model) -> None:
                 if t is not None and t.dtype.is_floating_point and t.device.type == "cpu":
                     t.data = t.data.clone()
     gc.collect()
+    trim_heap()
 
 
 def load_for_inference(reference: str | Resolved, dtype: torch.dtype = torch.float32, merge: bool = True):
@@ -103,3 +115,41 @@ def load_for_inference(reference: str | Resolved, dtype: torch.dtype = torch.flo
     if not is_quantized(model):
         model.to(device())
     return model.eval(), tokenizer
+
+
+def is_reward_checkpoint(resolved: Resolved) -> bool:
+    """Whether the reference holds a trained scalar head: a reward run's adapter (its head saved
+    with it) or a folder saved as a sequence-classification model with one label."""
+    import json
+
+    if resolved.adapter is not None:
+        cfg = json.loads((resolved.adapter / "adapter_config.json").read_text())
+        return cfg.get("task_type") == "SEQ_CLS"
+    cfg = json.loads((resolved.path / "config.json").read_text())
+    return any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or []) and \
+        cfg.get("num_labels", len(cfg.get("id2label") or {0: 0})) == 1
+
+
+def load_reward_model(reference: str | Resolved, dtype: torch.dtype = torch.float32):
+    """A trained reward model (a `method: reward` run or its export) and its tokenizer, ready to
+    score. A plain language model is refused: its head would be untrained noise."""
+    resolved = reference if isinstance(reference, Resolved) else resolve(reference)
+    if not is_reward_checkpoint(resolved):
+        raise UserError(f"{resolved.reference or resolved.path}: not a reward model (no trained score head); "
+                        "train one with method: reward")
+    tokenizer = load_tokenizer(tokenizer_dir(resolved))
+    quantization = None
+    if resolved.adapter is not None:
+        from tunesmith.model.quantize import read_settings
+
+        quantization = read_settings(resolved.adapter)
+    model = load_base(resolved.path, torch.float32 if quantization else dtype, quantization, head="score")
+    if quantization is not None:  # trained over a quantized base: merge onto it dequantized
+        model = model.dequantize().to(dtype)
+    if resolved.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, resolved.adapter).merge_and_unload()
+    from tunesmith.engine.precision import device
+
+    return model.to(device()).eval(), tokenizer

@@ -96,3 +96,32 @@ def write_splits(out_dir: Path, n_train: int = 1200, n_val: int = 64, n_test: in
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         paths[name] = path
     return paths
+
+
+def wrong_answer(d: dt.date, rng: random.Random) -> str:
+    """A plausible wrong reply to the date task: prose instead of the format, day and month
+    swapped, or a date a little off."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        return f"The date is {surface(d, rng.randrange(8))}."
+    if kind == 1 and d.day <= 12 and d.day != d.month:
+        return dt.date(d.year, d.day, d.month).isoformat()
+    return (d + dt.timedelta(days=rng.choice([-10, -1, 1, 2, 30, 365]))).isoformat()
+
+
+def write_preference_splits(out_dir: Path, n_train: int = 600, n_val: int = 64, seed: int = 4321) -> dict[str, Path]:
+    """Preference pairs for the date task ({prompt, chosen, rejected}): the right ISO date over a
+    plausible wrong reply. A preference method must learn the format and the reading of the date."""
+    rng = random.Random(seed)
+    paths = write_splits(out_dir / "sft", n_train=n_train, n_val=n_val, n_test=0, seed=seed)
+    out = {}
+    for name in ("train", "val"):
+        rows = []
+        for line in paths[name].read_text(encoding="utf-8").splitlines():
+            user, answer = json.loads(line)["messages"]
+            rows.append({"prompt": user["content"], "chosen": answer["content"],
+                         "rejected": wrong_answer(dt.date.fromisoformat(answer["content"]), rng)})
+        path = out_dir / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        out[name] = path
+    return out

@@ -1,0 +1,213 @@
+"""Offline preference optimisation: DPO and its family on pairs, KTO on single judged responses.
+
+Features are the chosen and rejected conversations (loss on the last assistant turn, the
+response being judged). The reference model is the starting model: with an adapter, the same
+model with the adapter switched off (no second copy); for full fine-tuning, its log-probabilities
+are computed once before training (`prepare`) and kept with the features, cached in the run
+directory for a resumed run. KTO needs the reference on mismatched prompt/response pairs that
+only exist per batch, so a full fine-tune keeps a frozen copy for it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tunesmith.data.chat import IGNORE, encode_chat
+from tunesmith.data.layouts import Example
+from tunesmith.errors import UserError
+from tunesmith.methods.base import sequence_logprobs
+from tunesmith.methods.preference_losses import LENGTH_NORMALISED, REFERENCE_FREE, kto_loss, paired_loss
+from tunesmith.methods.reference import ReferenceModel
+from tunesmith.methods.sft import collate_tokens
+
+DEFAULT_BETA = {"simpo": 2.0}
+REFERENCE_CACHE = "reference_logps.json"
+
+
+class Preference:
+    name = "dpo"
+
+    def __init__(self, config):
+        p = config.preference
+        self.kind = p.loss
+        self.beta = p.beta if p.beta is not None else DEFAULT_BETA.get(p.loss, 0.1)
+        self.label_smoothing, self.gamma = p.label_smoothing, p.simpo_gamma
+        self.desirable_weight, self.undesirable_weight = p.desirable_weight, p.undesirable_weight
+        self.max_length = config.data.max_length
+        self.truncated = 0
+        self.dropped = 0
+        self.reference: ReferenceModel | None = None  # adapter switched off, or a frozen copy (KTO, full)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kind not in REFERENCE_FREE
+
+    # --- examples -> features -------------------------------------------------------------
+    def _response(self, tokenizer, messages: list[dict]) -> dict | None:
+        enc = encode_chat(tokenizer, messages, self.max_length, "last")
+        self.truncated += enc.truncated
+        if all(label == IGNORE for label in enc.labels[1:]):
+            self.dropped += 1
+            return None  # truncation cut the whole response
+        return {"input_ids": enc.input_ids, "labels": enc.labels}
+
+    def features(self, example: Example, tokenizer) -> dict | None:
+        if self.kind == "kto":
+            return self._kto_features(example, tokenizer)
+        if example.rejected is None:
+            raise UserError(f"{example.source}: preference loss '{self.kind}' needs pairs "
+                            "({prompt, chosen, rejected}); single judged responses train with preference.loss: kto")
+        chosen, rejected = self._response(tokenizer, example.messages), self._response(tokenizer, example.rejected)
+        if chosen is None or rejected is None:
+            return None
+        return {"chosen": chosen, "rejected": rejected,
+                "length": len(chosen["input_ids"]) + len(rejected["input_ids"])}
+
+    def _kto_features(self, example: Example, tokenizer) -> dict | None:
+        """A pair gives one desirable and one undesirable response; a judged response gives one."""
+        if example.rejected is not None:
+            judged = [(example.messages, True), (example.rejected, False)]
+        elif example.desirable is not None:
+            judged = [(example.messages, example.desirable)]
+        else:
+            raise UserError(f"{example.source}: preference.loss kto needs pairs or responses with a boolean 'label' "
+                            "(true: desirable)")
+        responses = []
+        for messages, desirable in judged:
+            r = self._response(tokenizer, messages)
+            if r is not None:
+                first = next(i for i, label in enumerate(r["labels"]) if label != IGNORE)
+                responses.append({"prompt": r["input_ids"][:first], "completion": r["input_ids"][first:],
+                                  "desirable": desirable})
+        if not responses:
+            return None
+        return {"responses": responses, "length": sum(len(r["prompt"]) + len(r["completion"]) for r in responses)}
+
+    # --- features -> batch ------------------------------------------------------------------
+    def collate(self, features: list[dict], tokenizer) -> dict:
+        if self.kind == "kto":
+            return self._kto_collate(features, tokenizer)
+        rows = [f["chosen"] for f in features] + [f["rejected"] for f in features]
+        batch = collate_tokens(rows, tokenizer.pad_token_id)
+        batch["n_items"] = len(features)  # pairs
+        if all("reference" in f for f in features):
+            batch["reference"] = torch.tensor([f["reference"][0] for f in features] + [f["reference"][1] for f in features])
+        return batch
+
+    def _kto_collate(self, features: list[dict], tokenizer) -> dict:
+        """Each response with its own prompt, then each prompt with the next response (mismatched
+        pairs, the reference point's KL estimate)."""
+        responses = [r for f in features for r in f["responses"]]
+        n = len(responses)
+        rows = []
+        for i in range(2 * n):
+            prompt = responses[i % n]["prompt"]
+            completion = responses[i % n if i < n else (i + 1) % n]["completion"]
+            ids = (prompt + completion)[: self.max_length]
+            rows.append({"input_ids": ids, "labels": ([IGNORE] * len(prompt) + completion)[: self.max_length]})
+        batch = collate_tokens(rows, tokenizer.pad_token_id)
+        batch["desirable"] = torch.tensor([r["desirable"] for r in responses])
+        batch["n_items"] = n
+        batch["n_tokens"] = int(batch["attention_mask"][:n].sum())
+        return batch
+
+    # --- batch -> loss ----------------------------------------------------------------------
+    def _reference_logps(self, model, batch: dict) -> torch.Tensor:
+        if "reference" in batch:
+            return batch["reference"].to(batch["input_ids"].device)
+        if self.reference is None:
+            raise RuntimeError("the run did not set up a reference model")
+        return self.reference.sequence_logprobs(model, batch)[0]
+
+    def loss(self, model, batch: dict):
+        if self.kind == "kto":
+            return self._kto_loss(model, batch)
+        logps, counts = sequence_logprobs(model, batch)
+        n = batch["n_items"]
+        ref = self._reference_logps(model, batch) if self.needs_reference else None
+        if self.kind in LENGTH_NORMALISED:
+            scale = counts.clamp(min=1).to(logps.dtype)
+            logps = logps / scale
+            ref = ref / scale if ref is not None else None
+        losses, chosen_rewards, rejected_rewards = paired_loss(
+            self.kind, logps[:n], logps[n:], None if ref is None else ref[:n], None if ref is None else ref[n:],
+            beta=self.beta, label_smoothing=self.label_smoothing, gamma=self.gamma)
+        if self.kind == "orpo":  # λ·odds-ratio term plus the chosen response's NLL per token
+            losses = -logps[:n] + self.beta * losses
+        margins = chosen_rewards - rejected_rewards
+        metrics = {"accuracy": float((margins > 0).sum()), "rewards_chosen": float(chosen_rewards.sum()),
+                   "rewards_rejected": float(rejected_rewards.sum()), "margin": float(margins.sum())}
+        return losses.sum(), metrics
+
+    def _kto_loss(self, model, batch: dict):
+        n = batch["n_items"]
+        matched = _rows(batch, slice(0, n))
+        mismatched = _rows(batch, slice(n, 2 * n))
+        logps, _ = sequence_logprobs(model, matched)
+        with torch.no_grad():
+            kl_logps, _ = sequence_logprobs(model, mismatched)
+            ref = self.reference.sequence_logprobs(model, matched)[0]
+            ref_kl = self.reference.sequence_logprobs(model, mismatched)[0]
+        desirable = batch["desirable"].to(logps.device)
+        kl = (kl_logps - ref_kl).mean()
+        losses, rewards = kto_loss(logps, ref, desirable, kl, beta=self.beta, desirable_weight=self.desirable_weight,
+                                   undesirable_weight=self.undesirable_weight)
+        # accuracy: a desirable response's reward above the reference point, an undesirable one's below
+        correct = torch.where(desirable, rewards > self.beta * kl.clamp(min=0), rewards < self.beta * kl.clamp(min=0))
+        # the engine divides metric sums by the batch's responses: means of each kind are scaled to suit
+        metrics = {"accuracy": float(correct.sum()), "kl": float(kl) * n,
+                   "rewards_desirable": float(rewards[desirable].mean()) * n if desirable.any() else 0.0,
+                   "rewards_undesirable": float(rewards[~desirable].mean()) * n if (~desirable).any() else 0.0}
+        return losses.sum(), metrics
+
+    # --- set-up the run does once -----------------------------------------------------------
+    def prepare(self, model, tokenizer, features: list[dict], run_dir: Path, cfg, console) -> None:
+        """The reference for `features` (training and validation): the adapter switched off; for a
+        full fine-tune, log-probs computed now (paired losses) or a frozen copy (KTO)."""
+        if not self.needs_reference:
+            return
+        uses_adapter = hasattr(model, "disable_adapter")
+        if uses_adapter or self.kind == "kto":
+            self.reference = ReferenceModel(model)
+            return
+        cached = run_dir / REFERENCE_CACHE
+        values = json.loads(cached.read_text()) if cached.is_file() else None
+        if values is None or len(values) != len(features):
+            console.print(f"reference log-probs: one pass over {len(features)} pairs (full fine-tuning keeps no second model)")
+            values = precompute(model, self, tokenizer, features, cfg.train.batch_size, cfg.train.precision)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(json.dumps(values))
+        for f, v in zip(features, values):
+            f["reference"] = v
+
+
+def _rows(batch: dict, rows: slice) -> dict:
+    return {k: (v[rows] if torch.is_tensor(v) and k in ("input_ids", "labels", "attention_mask", "position_ids") else v)
+            for k, v in batch.items()}
+
+
+def precompute(model, method: Preference, tokenizer, features: list[dict], batch_size: int, precision: str
+               ) -> list[list[float]]:
+    """[chosen, rejected] reference log-probs of every pair: the model as it is now, no gradients,
+    in the training precision (so that policy and reference agree exactly before the first step)."""
+    from tunesmith.engine.precision import autocast, device, resolve_precision
+
+    was_training = model.training
+    model.eval()
+    dev = device()
+    model.to(dev)  # where training will run (a quantized base is never fully fine-tuned)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(features), batch_size):
+            chunk = features[start : start + batch_size]
+            batch = method.collate([{k: v for k, v in f.items() if k != "reference"} for f in chunk], tokenizer)
+            batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with autocast(resolve_precision(precision, dev), dev):
+                logps, _ = sequence_logprobs(model, batch)
+            n = len(chunk)
+            out += [[float(c), float(r)] for c, r in zip(logps[:n], logps[n:])]
+    model.train(was_training)
+    return out

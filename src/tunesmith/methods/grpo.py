@@ -1,0 +1,154 @@
+"""Online RL from rewards: GRPO and RLOO, on the one engine.
+
+A batch is a set of prompts. The first time the engine asks for its loss, the policy samples
+`rl.group_size` replies per prompt (batched, KV cache), the rewards score them, and each reply's
+advantage says how much better it did than the others in its group:
+
+  grpo  (Shao et al., 2024)  A = (r − mean(group)) / (std(group) + ε); the KL to the reference
+        is a loss term, β·KL per token (the k3 estimator exp(q) − q − 1, q = ref − policy)
+  rloo  (Ahmadian et al., 2024)  A = r' − mean of the *other* replies' r', with the KL folded
+        into the reward: r' = r − β·Σ KL of the reply's tokens
+
+Both optimise the clipped surrogate per reply token, min(ρ·A, clip(ρ, 1 ± ε)·A), with
+ρ = π/π_old, averaged over the reply's tokens. With `rl.iterations` μ > 1 the engine steps μ
+times on the same sampled replies (`steps_per_batch`), so from the second step on ρ ≠ 1 and the
+clip bounds how far one batch moves the policy; with μ = 1 (the default) ρ = 1 at the gradient.
+The reference is the starting model: the adapter switched off, or a frozen copy (full tuning).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tunesmith.data.chat import IGNORE, prompt_ids
+from tunesmith.data.layouts import Example
+from tunesmith.eval.generate import Sampling, generate_ids, left_padded
+from tunesmith.eval.task import split_reference
+from tunesmith.methods.base import per_row_sum, token_logprobs
+from tunesmith.methods.reference import ReferenceModel
+from tunesmith.methods.sft import collate_tokens
+
+STD_EPS = 1e-4
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, kind: str) -> torch.Tensor:
+    """Advantages of rewards laid out group after group ([prompt 0's replies, prompt 1's, ...])."""
+    r = rewards.view(-1, group_size)
+    if kind == "grpo":
+        adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + STD_EPS)
+    else:  # rloo: leave-one-out baseline
+        adv = r - (r.sum(1, keepdim=True) - r) / (group_size - 1)
+    return adv.reshape(-1)
+
+
+def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, clip: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO objective (to maximise) and whether the clip bound it."""
+    ratio = torch.exp(logps - old_logps)
+    unclipped, clipped = ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages
+    return torch.minimum(unclipped, clipped), (clipped < unclipped)
+
+
+def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(π ‖ ref) from a sample of π: exp(q) − q − 1 ≥ 0, q = ref − π."""
+    q = ref_logps - logps
+    return torch.exp(q) - q - 1
+
+
+class GroupPolicyOptimisation:
+    def __init__(self, config):
+        rl = config.rl
+        self.name = config.method  # grpo | rloo
+        self.group_size, self.beta, self.clip = rl.group_size, rl.beta, rl.clip
+        self.steps_per_batch = rl.iterations
+        self.sampling = Sampling(max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, top_p=rl.top_p)
+        self.max_length = config.data.max_length
+        self.specs = rl.rewards
+        self.rewards = None  # set in prepare (reward models load once)
+        self.reference: ReferenceModel | None = None
+        self.truncated = 0
+        self.dropped = 0
+
+    # --- examples -> features -------------------------------------------------------------
+    def features(self, example: Example, tokenizer) -> dict | None:
+        if example.layout == "prompt":
+            messages, reference = example.messages, example.reference
+        else:
+            messages, reference = split_reference(example)
+        ids = prompt_ids(tokenizer, messages)
+        if len(ids) + self.sampling.max_new_tokens > self.max_length:
+            self.dropped += 1
+            return None  # no room left to reply within data.max_length
+        return {"prompt_ids": ids, "messages": messages, "reference": reference, "length": len(ids)}
+
+    def collate(self, features: list[dict], tokenizer) -> dict:
+        # replies are sampled when the loss is first asked for; `rollout` keeps them for reuse
+        return {"prompts": features, "n_items": len(features) * self.group_size, "n_tokens": 0,
+                "input_ids": torch.zeros(0, dtype=torch.long), "rollout": {}}
+
+    # --- set-up the run does once -----------------------------------------------------------
+    def prepare(self, model, tokenizer, features, run_dir, cfg, console) -> None:
+        from tunesmith.methods.rewards import Rewards
+        from tunesmith.train import inference_dtype
+
+        self.tokenizer = tokenizer
+        self.rewards = Rewards(self.specs, inference_dtype(cfg.train.precision))
+        if self.beta > 0:
+            self.reference = ReferenceModel(model)
+
+    # --- batch -> loss ----------------------------------------------------------------------
+    def _sample(self, model, prompts: list[dict]) -> dict:
+        """Replies of the current policy to every prompt, their rewards and advantages, and the
+        log-probs the loss compares against (π_old, reference), all without gradients."""
+        tok = self.tokenizer
+        dev = next(p for p in model.parameters()).device
+        repeated = [p for p in prompts for _ in range(self.group_size)]
+        ids, mask = left_padded([p["prompt_ids"] for p in repeated], tok.pad_token_id, dev)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            new = generate_ids(model, ids, mask, **self.sampling.kwargs(tok)).cpu()
+        model.train(was_training)
+        rows, texts = [], []
+        for p, out in zip(repeated, new.tolist()):
+            reply = out[: out.index(tok.eos_token_id) + 1] if tok.eos_token_id in out else out  # through its end
+            rows.append({"input_ids": p["prompt_ids"] + reply, "labels": [IGNORE] * len(p["prompt_ids"]) + reply})
+            texts.append(tok.decode(reply, skip_special_tokens=True).strip())
+        batch = collate_tokens(rows, tok.pad_token_id)
+        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+        rewards, parts = self.rewards([p["messages"] for p in repeated], texts, [p["reference"] for p in repeated])
+        with torch.no_grad():
+            old, row_of_token = token_logprobs(model, batch)
+            ref = self.reference.token_logprobs(model, batch) if self.reference is not None else None
+        n = len(rows)
+        lengths = torch.bincount(row_of_token, minlength=n).clamp(min=1)
+        shaped = rewards.to(dev)
+        if self.name == "rloo" and ref is not None:
+            shaped = shaped - self.beta * per_row_sum(k3_kl(old, ref), row_of_token, n)
+        advantages = group_advantages(shaped, self.group_size, self.name)
+        return {"batch": batch, "old": old, "ref": ref, "row_of_token": row_of_token, "lengths": lengths,
+                "rewards": rewards, "parts": parts, "advantages": advantages, "texts": texts}
+
+    def loss(self, model, batch: dict):
+        rollout = batch["rollout"]
+        if not rollout:
+            rollout.update(self._sample(model, batch["prompts"]))
+            batch["n_tokens"] = int(rollout["batch"]["attention_mask"].sum())
+        rows, row_of_token, n = rollout["batch"], rollout["row_of_token"], rollout["lengths"].shape[0]
+        logps, _ = token_logprobs(model, rows)
+        objective, clipped = clipped_surrogate(logps, rollout["old"], rollout["advantages"][row_of_token], self.clip)
+        per_token = -objective
+        kl = None
+        if rollout["ref"] is not None:
+            kl = k3_kl(logps, rollout["ref"])
+            if self.name == "grpo":
+                per_token = per_token + self.beta * kl
+        losses = per_row_sum(per_token, row_of_token, n) / rollout["lengths"]  # each reply's token mean
+        metrics = {"reward": float(rollout["rewards"].sum()),
+                   "reward_std": float(rollout["rewards"].view(-1, self.group_size).std(1).sum()) * self.group_size,
+                   "response_length": float(rollout["lengths"].sum()),
+                   "clip_fraction": float((per_row_sum(clipped.float(), row_of_token, n) / rollout["lengths"]).sum())}
+        metrics.update({f"reward_{k}": float(v.sum()) for k, v in rollout["parts"].items()} if len(rollout["parts"]) > 1 else {})
+        if kl is not None:
+            metrics["kl"] = float((per_row_sum(kl.detach(), row_of_token, n) / rollout["lengths"]).sum())
+        return losses.sum(), metrics

@@ -1,0 +1,140 @@
+"""Rewards for online RL: Python functions and reward models, weighted and summed.
+
+A reward function takes (prompt, completion, reference) and returns a number: `prompt` is the
+last user message, `completion` the sampled reply, `reference` the example's reference answer
+(a completion or last assistant turn in the data, or a prompt record's `reference`; None if the
+data has none). Built-ins:
+
+  exact_match     1 if the reply equals the reference (surrounding whitespace ignored), else 0
+  regex           1 if `pattern` matches the whole reply (Python `re.fullmatch`, whitespace
+                  stripped), else 0
+  json_valid      1 if the reply parses as JSON, else 0
+  length_penalty  −(characters beyond `target_length`) / `target_length`, 0 within it
+
+`module:function` names your own (imported from the working directory). A reward model is a
+`method: reward` run or its export, read at the conversation's last token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from tunesmith.errors import UserError
+from tunesmith.eval.metrics import load_user_metric
+
+RewardFn = Callable[[str, str, "str | None"], float]
+
+
+def exact_match(prompt: str, completion: str, reference: str | None) -> float:
+    if reference is None:
+        raise UserError("reward exact_match: the data has no reference answers (use prompt/completion records, "
+                        "or a 'reference' in prompt records)")
+    return float(completion.strip() == reference.strip())
+
+
+def json_valid(prompt: str, completion: str, reference: str | None) -> float:
+    try:
+        json.loads(completion)
+    except ValueError:
+        return 0.0
+    return 1.0
+
+
+def regex_reward(pattern: str) -> RewardFn:
+    compiled = re.compile(pattern)
+    return lambda prompt, completion, reference: float(compiled.fullmatch(completion.strip()) is not None)
+
+
+def length_penalty(target_length: int) -> RewardFn:
+    return lambda prompt, completion, reference: -max(0, len(completion) - target_length) / target_length
+
+
+BUILT_IN = ("exact_match", "regex", "json_valid", "length_penalty")
+
+
+def reward_function(spec) -> tuple[str, RewardFn]:
+    """(name for the metrics, function) of one `rl.rewards` entry with `function:` set."""
+    name = spec.function
+    if name == "exact_match":
+        return name, exact_match
+    if name == "json_valid":
+        return name, json_valid
+    if name == "regex":
+        return name, regex_reward(spec.pattern)
+    if name == "length_penalty":
+        return name, length_penalty(spec.target_length)
+    func_name, func = load_user_metric(name, key="rl.rewards.function")
+
+    def user(prompt: str, completion: str, reference: str | None) -> float:
+        value = func(prompt, completion, reference)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"rl.rewards.function {name}: returned {value!r}; a reward is a number")
+        return float(value)
+
+    return func_name, user
+
+
+class RewardModelScorer:
+    """A trained reward model (a `method: reward` run, or its export), loaded once, scoring
+    (prompt messages + reply) conversations in batches without gradients."""
+
+    def __init__(self, reference: str, dtype: torch.dtype = torch.float32, batch_size: int = 16):
+        from tunesmith.model.load import load_reward_model
+
+        self.model, self.tokenizer = load_reward_model(reference, dtype)
+        self.batch_size = batch_size
+        self.name = f"rm:{Path(reference).name}"
+
+    def __call__(self, conversations: list[list[dict]], max_length: int = 2048) -> list[float]:
+        from tunesmith.data.chat import encode_chat
+        from tunesmith.methods.reward import sequence_scores
+        from tunesmith.methods.sft import collate_tokens
+
+        dev = next(self.model.parameters()).device
+        scores: list[float] = []
+        for start in range(0, len(conversations), self.batch_size):
+            rows = []
+            for messages in conversations[start : start + self.batch_size]:
+                ids = encode_chat(self.tokenizer, messages, max_length, "all").input_ids
+                rows.append({"input_ids": ids, "labels": ids})
+            batch = collate_tokens(rows, self.tokenizer.pad_token_id)
+            with torch.no_grad():
+                out = sequence_scores(self.model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
+            scores += [float(s) for s in out]
+        return scores
+
+
+class Rewards:
+    """Every configured reward, weighted and summed; each also reported on its own."""
+
+    def __init__(self, specs, dtype: torch.dtype = torch.float32):
+        self.functions: list[tuple[str, float, RewardFn]] = []
+        self.models: list[tuple[str, float, RewardModelScorer]] = []
+        for spec in specs:
+            if spec.function is not None:
+                name, fn = reward_function(spec)
+                self.functions.append((name, spec.weight, fn))
+            else:
+                scorer = RewardModelScorer(spec.model, dtype)
+                self.models.append((scorer.name, spec.weight, scorer))
+
+    def __call__(self, prompts: list[list[dict]], completions: list[str], references: list[str | None]
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total reward per completion, each named reward per completion)."""
+        parts: dict[str, torch.Tensor] = {}
+        total = torch.zeros(len(completions))
+        for name, weight, fn in self.functions:
+            last_user = [next((m["content"] for m in reversed(p) if m["role"] == "user"), "") for p in prompts]
+            values = torch.tensor([fn(u, c, r) for u, c, r in zip(last_user, completions, references)], dtype=torch.float32)
+            parts[name] = values
+            total += weight * values
+        for name, weight, scorer in self.models:
+            values = torch.tensor(scorer([p + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completions)]))
+            parts[name] = values
+            total += weight * values
+        return total, parts

@@ -1,0 +1,138 @@
+"""Preference losses against hand-computed values, and DPO/KTO through the one engine on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import read_jsonl, write_config
+
+from tunesmith.config import load_config
+from tunesmith.methods.preference_losses import bradley_terry_loss, kto_loss, paired_loss
+from tunesmith.train import train
+
+
+def t(values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def sigma(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_dpo_sigmoid_matches_hand_computed_values():
+    losses, chosen, rejected = paired_loss("sigmoid", t([-0.5, -10, -1]), t([-0.1, -30, -21]),
+                                           t([-0.5, -10.1, -0.1]), t([-0.1, -20.1, -0.1]), beta=0.1)
+    assert losses.tolist() == pytest.approx([0.6931, 0.3133, 0.1269], abs=1e-4)
+    assert losses[0].item() == pytest.approx(math.log(2), abs=1e-12)  # policy = reference: ln 2
+    assert chosen.tolist() == pytest.approx([0.0, 0.01, -0.09])
+    assert rejected.tolist() == pytest.approx([0.0, -0.99, -2.09])
+
+
+def test_label_smoothing_ipo_and_hinge_match_hand_computed_values():
+    # h = (pi_c - ref_c) - (pi_r - ref_r) = 0, 10, 20 as above
+    args = (t([-0.5, -10, -1]), t([-0.1, -30, -21]), t([-0.5, -10.1, -0.1]), t([-0.1, -20.1, -0.1]))
+    smoothed, _, _ = paired_loss("sigmoid", *args, beta=0.1, label_smoothing=0.1)
+    expected = [-(0.9 * math.log(sigma(0.1 * h)) + 0.1 * math.log(sigma(-0.1 * h))) for h in (0, 10, 20)]
+    assert smoothed.tolist() == pytest.approx(expected, abs=1e-9)
+    assert paired_loss("ipo", *args, beta=0.1)[0].tolist() == pytest.approx([25.0, 25.0, 225.0])  # (h - 5)^2
+    assert paired_loss("hinge", *args, beta=0.1)[0].tolist() == pytest.approx([1.0, 0.0, 0.0])  # max(0, 1 - h/10)
+
+
+def test_reference_free_losses_match_hand_computed_values():
+    chosen, rejected = t([-0.5, -0.2]), t([-1.0, -1.2])  # mean log-prob per token
+    simpo, c_reward, _ = paired_loss("simpo", chosen, rejected, None, None, beta=2.0, gamma=1.0)
+    assert simpo.tolist() == pytest.approx([math.log(2), -math.log(sigma(1.0))], abs=1e-9)  # 2*0.5-1=0, 2*1-1=1
+    assert c_reward.tolist() == pytest.approx([-1.0, -0.4])
+
+    def log_odds(m):
+        return math.log(math.exp(m) / (1 - math.exp(m)))
+
+    orpo, _, _ = paired_loss("orpo", chosen, rejected, None, None, beta=0.1)
+    expected = [-math.log(sigma(log_odds(c) - log_odds(r))) for c, r in ((-0.5, -1.0), (-0.2, -1.2))]
+    assert orpo.tolist() == pytest.approx(expected, abs=1e-9)
+    assert expected[0] == pytest.approx(0.3203, abs=1e-4)
+    with pytest.raises(ValueError, match="needs reference"):
+        paired_loss("sigmoid", chosen, rejected, None, None, beta=0.1)
+
+
+def test_kto_matches_hand_computed_values():
+    policy, ref = t([2.5, -0.5, 2.0]), t([0.5, 0.5, 0.0])  # rewards r = 2.0, -1.0, 2.0
+    desirable = torch.tensor([True, False, True])
+    losses, rewards = kto_loss(policy, ref, desirable, t(0.5), beta=0.1)
+    assert losses.tolist() == pytest.approx([1 - sigma(0.15), 1 - sigma(0.15), 1 - sigma(0.15)], abs=1e-12)
+    assert rewards.tolist() == pytest.approx([0.2, -0.1, 0.2])
+    clamped, _ = kto_loss(policy, ref, desirable, t(-3.0), beta=0.1, undesirable_weight=2.0)  # z clamps at 0
+    assert clamped.tolist() == pytest.approx([1 - sigma(0.2), 2 * (1 - sigma(0.1)), 1 - sigma(0.2)], abs=1e-12)
+
+
+def test_bradley_terry_matches_hand_computed_values():
+    losses = bradley_terry_loss(t([1.0, 0.0, 3.0]), t([0.0, 0.0, 1.0]), t([0.0, 0.0, 1.0]))
+    assert losses.tolist() == pytest.approx([-math.log(sigma(1.0)), math.log(2), -math.log(sigma(1.0))], abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    from tunesmith.tasks.dates import write_preference_splits
+
+    return write_preference_splits(tmp_path_factory.mktemp("prefs"), n_train=64, n_val=16)
+
+
+@pytest.mark.parametrize("adapter", [{"type": "lora", "r": 8, "alpha": 16}, {"type": "none"}])
+def test_first_dpo_step_is_ln2_and_training_raises_preference_accuracy(tmp_path, tiny_model_dir, pairs, adapter):
+    """Policy = reference before the first update, so the first loss is ln 2 exactly: with an adapter
+    the reference is the adapter switched off, for full fine-tuning log-probs computed beforehand."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, pairs, tmp_path / "runs", method="dpo", adapter=adapter,
+                       train={"max_steps": 30, "lr": 1e-2 if adapter["type"] == "lora" else 1e-3},
+                       eval={"every": 30}, preference={"loss": "sigmoid", "beta": 0.1})
+    train(load_config(cfg), quiet=True)
+    records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
+    assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert records[0]["margin"] == pytest.approx(0.0, abs=1e-6)
+    assert records[-1]["loss"] < 0.5 and records[-1]["accuracy"] > 0.8, records[-1]
+    assert records[-1]["val_accuracy"] > 0.7, records[-1]  # held-out pairs
+    if adapter["type"] == "none":
+        assert (tmp_path / "runs" / "tiny" / "reference_logps.json").is_file()
+
+
+@pytest.mark.parametrize("loss", ["ipo", "hinge", "simpo", "orpo", "kto"])
+def test_every_preference_loss_trains(tmp_path, tiny_model_dir, pairs, loss):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, pairs, tmp_path / "runs", method="dpo",
+                       train={"max_steps": 20, "lr": 1e-2}, eval={"every": 20}, preference={"loss": loss})
+    train(load_config(cfg), quiet=True)
+    records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
+    if loss != "kto":  # KTO's reference point moves with the policy: see the next test
+        assert records[-1]["loss"] < records[0]["loss"], (loss, records[0]["loss"], records[-1]["loss"])
+    assert records[-1]["val_accuracy"] > 0.6, records[-1]
+
+
+def test_kto_reads_single_judged_responses(tmp_path, tiny_model_dir, pairs):
+    rows = []
+    for line in pairs["train"].read_text().splitlines():
+        r = json.loads(line)
+        rows += [{"prompt": r["prompt"], "completion": r["chosen"], "label": True},
+                 {"prompt": r["prompt"], "completion": r["rejected"], "label": False}]
+    path = tmp_path / "judged.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = {"train": path, "val": pairs["val"]}
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, data, tmp_path / "runs", method="dpo",
+                       train={"max_steps": 30, "lr": 3e-3}, eval={"every": 30}, preference={"loss": "kto"})
+    train(load_config(cfg), quiet=True)
+    records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
+    assert records[0]["loss"] == pytest.approx(0.5)  # r = 0 = z: 1 - sigmoid(0) for every response
+    # the reference point moves with the policy, so KTO's loss is no progress measure; rewards are
+    last = records[-5:]
+    assert sum(r["rewards_desirable"] - r["rewards_undesirable"] for r in last) > 0, last
+    assert records[-1]["val_accuracy"] > 0.6, records[-1]  # held-out pairs, each side judged alone
+
+
+def test_pairs_are_required_for_paired_losses(tmp_path, tiny_model_dir, date_data):
+    from conftest import cli
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", method="dpo")
+    result = cli(["train", str(cfg)], tmp_path)
+    assert result.returncode == 2
+    assert "train.jsonl:1: preference loss 'sigmoid' needs pairs" in result.stderr
+    assert not (tmp_path / "runs" / "tiny").exists()

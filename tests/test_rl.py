@@ -1,0 +1,110 @@
+"""Online RL (GRPO, RLOO): advantages, clipped surrogate, KL estimate and rewards against
+hand-computed values; training through the one engine on the tiny model raises the reward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import read_jsonl, write_config
+
+from tunesmith.config import load_config
+from tunesmith.methods.grpo import clipped_surrogate, group_advantages, k3_kl
+from tunesmith.train import train
+
+
+def digit_share(prompt: str, completion: str, reference: str | None) -> float:
+    """A reward the tiny random model can climb: the share of its reply's characters that are digits."""
+    return sum(c.isdigit() for c in completion) / max(1, len(completion))
+
+
+def test_group_advantages_match_hand_computed_values():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])  # two groups of 4
+    grpo = group_advantages(rewards, 4, "grpo")
+    std = math.sqrt(1 / 3)  # sample std of [1, 0, 0, 1]
+    expected = [0.5 / (std + 1e-4), -0.5 / (std + 1e-4)] * 2
+    assert grpo[:4].tolist() == pytest.approx([expected[0], expected[1], expected[1], expected[0]], rel=1e-6)
+    assert grpo[4:].tolist() == [0.0] * 4  # a group that agrees teaches nothing
+    rloo = group_advantages(rewards, 4, "rloo")
+    assert rloo[:4].tolist() == pytest.approx([1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3, 1 - 1 / 3])  # r_i - mean of the others
+    assert rloo[4:].tolist() == [0.0] * 4
+
+
+def test_clipped_surrogate_and_k3_kl_match_hand_computed_values():
+    old = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5]))
+    new = torch.log(torch.tensor([0.75, 0.75, 0.25, 0.25]))  # ratios 1.5, 1.5, 0.5, 0.5
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    objective, clipped = clipped_surrogate(new, old, adv, 0.2)
+    # min(ρA, clip(ρ)A): 1.2 (clipped), -1.5, 0.5, -0.8 (clipped)
+    assert objective.tolist() == pytest.approx([1.2, -1.5, 0.5, -0.8], rel=1e-6)
+    assert clipped.tolist() == [True, False, False, True]
+    kl = k3_kl(torch.log(torch.tensor([0.5, 0.2])), torch.log(torch.tensor([0.5, 0.4])))
+    assert kl.tolist() == pytest.approx([0.0, 2 - math.log(2) - 1], rel=1e-6)  # q = log 2: e^q - q - 1
+
+
+def test_built_in_rewards():
+    from tunesmith.config import RewardSpec
+    from tunesmith.methods.rewards import reward_function
+
+    def r(spec, completion, reference="2001-02-03"):
+        return reward_function(RewardSpec(**spec))[1]("prompt", completion, reference)
+
+    assert r({"function": "exact_match"}, " 2001-02-03 ") == 1.0 and r({"function": "exact_match"}, "2001-02-04") == 0.0
+    iso = {"function": "regex", "pattern": r"\d{4}-\d{2}-\d{2}"}
+    assert r(iso, "1999-12-31") == 1.0 and r(iso, "It is 1999-12-31") == 0.0  # the whole reply must match
+    assert r({"function": "json_valid"}, '{"a": 1}') == 1.0 and r({"function": "json_valid"}, "{a: 1}") == 0.0
+    short = {"function": "length_penalty", "target_length": 10}
+    assert r(short, "x" * 10) == 0.0 and r(short, "x" * 25) == pytest.approx(-1.5)
+    assert r({"function": "test_rl:digit_share"}, "a1b2") == 0.5  # module:function from the working directory
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"function": "regex"}, "function regex needs pattern"),
+    ({"function": "regex", "pattern": "("}, "pattern '\\(':"),
+    ({"function": "exact_match", "model": "x"}, "set exactly one of function, model"),
+])
+def test_reward_spec_errors(tmp_path, tiny_model_dir, date_data, spec, message):
+    from tunesmith.errors import UserError
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", method="grpo",
+                       rl={"rewards": [spec]})
+    with pytest.raises(UserError, match=message):
+        load_config(cfg)
+
+
+def test_grpo_needs_a_reward(tmp_path, tiny_model_dir, date_data):
+    from tunesmith.errors import UserError
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", method="grpo")
+    with pytest.raises(UserError, match="rl.rewards: method grpo needs at least one reward"):
+        load_config(cfg)
+
+
+def rl_run(tmp_path, model, data, method: str, **rl) -> list[dict]:
+    cfg = write_config(tmp_path / "c.yaml", model, data, tmp_path / "runs", method=method,
+                       train={"max_steps": 40, "lr": 2e-2, "batch_size": 4, "log_every": 10},
+                       eval={"every": 40},
+                       rl={"rewards": [{"function": "test_rl:digit_share", "weight": 10.0}], "group_size": 4,
+                           "max_new_tokens": 12, **rl})
+    train(load_config(cfg), quiet=True)
+    return read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_online_rl_raises_the_reward_on_the_tiny_model(tmp_path, tiny_model_dir, date_data, method):
+    records = rl_run(tmp_path, tiny_model_dir, date_data, method)
+    first, last = records[0], records[-1]
+    assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as the reference
+    # reward = 10 x digit share (RLOO's advantages keep the reward's scale: a share alone moves it slowly)
+    assert last["reward"] > first["reward"] + 2, (first, last)
+    assert last["val_reward"] > first["reward"] + 2, last  # held-out prompts, sampled the same way
+    assert last["kl"] > 0
+    assert all(r["clip_fraction"] == 0.0 for r in records)  # one step per sample: ratio 1 at the gradient
+    assert 1 <= last["response_length"] <= 12
+
+
+def test_reused_samples_engage_the_clip(tmp_path, tiny_model_dir, date_data):
+    records = rl_run(tmp_path, tiny_model_dir, date_data, "grpo", iterations=2)
+    assert max(r["clip_fraction"] for r in records) > 0  # the second step on a sample sees ratio != 1
+    assert records[-1]["reward"] > records[0]["reward"]
