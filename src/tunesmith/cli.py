@@ -124,6 +124,37 @@ def chat(
     chat_loop(m, tok, Sampling(max_new_tokens, temperature, top_p), system=system, console=err)
 
 
+@app.command()
+def label(
+    model: str = typer.Option(..., "--model", help="run directory or model reference that writes the replies"),
+    prompts: Path = typer.Option(..., "--prompts", help="prompts to judge (prompt records, or chat data: the part before its last reply)"),
+    out: Path = typer.Option(..., "--out", help="preference JSONL, appended to; a restart skips prompts judged there"),
+    port: int = typer.Option(8765, min=0, max=65535, help="port on 127.0.0.1 (0: any free port)"),
+    max_new_tokens: int = typer.Option(128, min=1),
+    temperature: float = typer.Option(0.8, min=0.0, help="sampling temperature of both replies"),
+    top_p: float = typer.Option(0.95, min=0.0, max=1.0),
+    seed: int = typer.Option(0),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
+):
+    """Collect human preferences on a local web page: two sampled replies per prompt, pick A, B, tie
+    or both bad, optionally write a better one. Served on loopback only."""
+    from tunesmith.label.app import serve
+    from tunesmith.label.session import LabelSession
+    from tunesmith.model.load import load_for_inference
+
+    _check_precision(precision)
+    m, tok = load_for_inference(model, dtype=_inference_dtype(precision))
+    session = LabelSession(m, tok, prompts, out, model, max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_p=top_p, seed=seed)
+    progress = session.progress()
+
+    def ready(url: str) -> None:
+        print(f"labelling page: {url}  ({progress['judged']} of {progress['total']} prompts judged; "
+              f"writing {out}; Ctrl-C stops)", flush=True)
+
+    serve(session, port, on_ready=ready)
+
+
 @app.command("eval")
 def evaluate(
     model: str = typer.Argument(..., help="run directory or model reference"),

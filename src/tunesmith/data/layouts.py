@@ -179,9 +179,9 @@ def to_example(record: dict, location: str, fmt: str = "auto", columns: dict[str
     layout = detect(record) if fmt == "auto" else fmt
     if layout == "text":
         return Example(None, location, text=_string(record, "text", allow_empty=False), layout="text")
-    if layout == "preference" or (fmt == "auto" and record.get("judgement") in NO_PREFERENCE):
-        if record.get("judgement") in NO_PREFERENCE:
-            return None  # judged, but neither response preferred
+    if record.get("judgement") in NO_PREFERENCE and "chosen" not in record:
+        return None  # judged on the label page, but neither reply preferred
+    if layout == "preference":
         chosen, rejected = from_preference(record)
         margin = record.get("margin")
         if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):

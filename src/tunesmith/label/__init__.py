@@ -1,0 +1,1 @@
+"""Collecting human preferences on a local web page (`tunesmith label`)."""
