@@ -136,3 +136,31 @@ def test_pairs_are_required_for_paired_losses(tmp_path, tiny_model_dir, date_dat
     assert result.returncode == 2
     assert "train.jsonl:1: preference loss 'sigmoid' needs pairs" in result.stderr
     assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_nll_weight_adds_the_chosen_replys_nll_per_token(tiny_model_dir, pairs):
+    """RPO: loss = DPO loss + w * (-log p(chosen) / tokens), pair by pair."""
+    from tunesmith.config import validate_config
+    from tunesmith.data.records import load_examples
+    from tunesmith.methods.base import sequence_logprobs
+    from tunesmith.methods.dpo import Preference
+    from tunesmith.methods.reference import ReferenceModel
+    from tunesmith.model.adapters import apply_adapter
+    from tunesmith.model.load import load_base, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    tree = {"name": "x", "method": "dpo", "data": {"train": "x"}, "train": {"max_steps": 1}}
+    cfg = validate_config(tree)
+    model = apply_adapter(load_base(tiny_model_dir), cfg.adapter)
+    plain, rpo = Preference(cfg), Preference(validate_config({**tree, "preference": {"nll_weight": 0.5}}))
+    features = [plain.features(e, tok) for e in load_examples(pairs["train"])[:4]]
+    batch = plain.collate(features, tok)
+    for m in (plain, rpo):
+        m.reference = ReferenceModel(model)
+    with torch.no_grad():
+        base_loss, _ = plain.loss(model, batch)
+        rpo_loss, _ = rpo.loss(model, batch)
+        sums, counts = sequence_logprobs(model, batch)
+    nll = (-sums[:4] / counts[:4]).sum()
+    assert float(base_loss) == pytest.approx(4 * math.log(2), abs=1e-5)  # policy = reference
+    assert float(rpo_loss) == pytest.approx(float(base_loss + 0.5 * nll), rel=1e-5)

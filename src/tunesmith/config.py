@@ -197,6 +197,8 @@ class PreferenceConfig(Section):
     beta: float | None = Field(None, gt=0, description="default 0.1 (simpo 2.0); orpo: weight of the odds-ratio term")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid: assumed share of flipped labels")
     simpo_gamma: float = Field(1.0, ge=0, description="simpo: target margin between chosen and rejected")
+    nll_weight: float = Field(0.0, ge=0, description="sigmoid, ipo, hinge, simpo: add this times the chosen reply's "
+                                                       "NLL per token (RPO), so that both replies' likelihood cannot fall together")
     desirable_weight: float = Field(1.0, gt=0, description="kto: weight of desirable responses")
     undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of undesirable responses")
 
@@ -282,6 +284,10 @@ class RunConfig(Section):
             if generated:
                 raise ValueError(f"{generated[0]}: method reward trains a scorer, not a model that replies; "
                                  "its measure is pairwise accuracy on data.val")
+        if self.preference.nll_weight and self.preference.loss in ("orpo", "kto"):
+            raise ValueError(f"preference.nll_weight: {self.preference.loss} " + (
+                "has its NLL term already (beta weighs the odds ratio)" if self.preference.loss == "orpo"
+                else "judges single replies; there is no chosen one to keep likely"))
         if self.method in ("grpo", "rloo") and not self.rl.rewards:
             raise ValueError(f"rl.rewards: method {self.method} needs at least one reward (a function or a reward model)")
         if self.data.packing and self.adapter.type in ("prefix", "prompt"):

@@ -33,7 +33,7 @@ from tunesmith.forgetting.replay import replay_examples, replay_weight
 from tunesmith.methods import build_method
 from tunesmith.methods.reference import ReferenceModel
 from tunesmith.model.adapters import apply_adapter, can_merge, count_parameters, freeze_lower_layers
-from tunesmith.model.load import is_reward_checkpoint, load_base, load_tokenizer, tokenizer_dir
+from tunesmith.model.load import is_reward_checkpoint, load_base, load_tokenizer, quiet_transformers, tokenizer_dir
 from tunesmith.model.resolve import resolve
 from tunesmith.report.build import write_report
 
@@ -201,7 +201,8 @@ def save_final(model, tokenizer, run_dir: Path, base_path: Path, quantization: d
     if hasattr(model, "peft_config"):
         for peft_cfg in model.peft_config.values():
             peft_cfg.base_model_name_or_path = str(base_path)
-    model.save_pretrained(tmp)
+    with quiet_transformers():
+        model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if quantization is not None:  # what the adapter was trained on top of
         from tunesmith.model.quantize import write_settings
@@ -265,6 +266,10 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         "tokens": result.tokens,
         "train_seconds": round(result.seconds, 1),
         "precision": result.precision,
+        "method": cfg.method,
+        # the last validation: loss, and what the method measures (preference accuracy, reward, ...)
+        "validation": next(({k.removeprefix("val_"): v for k, v in r.items() if k.startswith("val_")}
+                            for r in reversed(records) if "val_loss" in r), {}),
         "trainable_parameters": trainable,
         "adapter": cfg.adapter.type,
         "mitigation": cfg.forgetting.model_dump(include={"replay", "replay_source", "kl", "l2sp", "freeze_layers"}),

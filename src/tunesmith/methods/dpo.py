@@ -36,6 +36,7 @@ class Preference:
         self.beta = p.beta if p.beta is not None else DEFAULT_BETA.get(p.loss, 0.1)
         self.label_smoothing, self.gamma = p.label_smoothing, p.simpo_gamma
         self.desirable_weight, self.undesirable_weight = p.desirable_weight, p.undesirable_weight
+        self.nll_weight = p.nll_weight
         self.max_length = config.data.max_length
         self.truncated = 0
         self.dropped = 0
@@ -125,7 +126,8 @@ class Preference:
     def loss(self, model, batch: dict):
         if self.kind == "kto":
             return self._kto_loss(model, batch)
-        logps, counts = sequence_logprobs(model, batch)
+        sums, counts = sequence_logprobs(model, batch)
+        logps = sums
         n = batch["n_items"]
         ref = self._reference_logps(model, batch) if self.needs_reference else None
         if self.kind in LENGTH_NORMALISED:
@@ -135,8 +137,11 @@ class Preference:
         losses, chosen_rewards, rejected_rewards = paired_loss(
             self.kind, logps[:n], logps[n:], None if ref is None else ref[:n], None if ref is None else ref[n:],
             beta=self.beta, label_smoothing=self.label_smoothing, gamma=self.gamma)
+        chosen_nll = -sums[:n] / counts[:n].clamp(min=1)  # per token
         if self.kind == "orpo":  # λ·odds-ratio term plus the chosen response's NLL per token
-            losses = -logps[:n] + self.beta * losses
+            losses = chosen_nll + self.beta * losses
+        elif self.nll_weight:  # RPO: keep the chosen reply likely while pushing the rejected one down
+            losses = losses + self.nll_weight * chosen_nll
         margins = chosen_rewards - rejected_rewards
         metrics = {"accuracy": float((margins > 0).sum()), "rewards_chosen": float(chosen_rewards.sum()),
                    "rewards_rejected": float(rejected_rewards.sum()), "margin": float(margins.sum())}

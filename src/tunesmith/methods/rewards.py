@@ -88,7 +88,7 @@ class RewardModelScorer:
 
         self.model, self.tokenizer = load_reward_model(reference, dtype)
         self.batch_size = batch_size
-        self.name = f"rm:{Path(reference).name}"
+        self.name = f"rm_{Path(reference).name}"
 
     def __call__(self, conversations: list[list[dict]], max_length: int = 2048) -> list[float]:
         from tunesmith.data.chat import encode_chat

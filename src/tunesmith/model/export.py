@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import UserError
-from tunesmith.model.load import is_reward_checkpoint, load_for_inference, load_reward_model, load_tokenizer, tokenizer_dir
+from tunesmith.model.load import (is_reward_checkpoint, load_for_inference, load_reward_model, load_tokenizer,
+                                  quiet_transformers, tokenizer_dir)
 from tunesmith.model.quantize import SETTINGS_FILE, read_settings
 from tunesmith.model.resolve import resolve
 
@@ -49,7 +50,8 @@ def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = t
             if hasattr(model, "peft_config"):
                 raise UserError(f"{reference}: a {model.active_peft_config.peft_type.value.lower()} adapter adds virtual "
                                 "tokens and cannot merge into the base; export it without --merge")
-            model.save_pretrained(tmp)
+            with quiet_transformers():
+                model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             kind = "merged" if resolved.adapter is not None else "model"
             if resolved.adapter is not None and read_settings(resolved.adapter) is not None:

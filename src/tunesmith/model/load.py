@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,7 +30,19 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-HEADS = ("causal", "score")
+@contextmanager
+def quiet_transformers():
+    """No progress bars or info logging from transformers while loading or saving weights."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def load_base(path: Path, dtype: torch.dtype = torch.float32, quantization: dict | None = None, head: str = "causal"):
@@ -38,11 +51,7 @@ def load_base(path: Path, dtype: torch.dtype = torch.float32, quantization: dict
     language model) or `score` (one scalar per sequence: a reward model; a language model's folder
     gets a new, untrained head)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     extra = {}
     if quantization is not None:
         from tunesmith.engine.precision import device
@@ -50,17 +59,15 @@ def load_base(path: Path, dtype: torch.dtype = torch.float32, quantization: dict
 
         extra = {"quantization_config": bnb_config(quantization), "device_map": {"": str(device())}}
     try:
-        if head == "score":
-            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, num_labels=1, **extra)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+        with quiet_transformers():
+            if head == "score":
+                model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, num_labels=1, **extra)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
     except UserError:
         raise
     except Exception as e:
         raise UserError(f"{path}: could not load model ({str(e).splitlines()[0][:200]})") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     if quantization is not None:
         _own_unquantized_tensors(model)
     return model

@@ -63,7 +63,8 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
         summary = _read(run_dir / "summary.json") or {}
         training.append({"variant": variant, "source": _rel(run_dir / "summary.json", out_dir),
                          **{k: summary.get(k) for k in ("steps", "train_seconds", "final_loss", "val_loss",
-                                                        "trainable_parameters", "tokens", "precision")},
+                                                        "trainable_parameters", "tokens", "precision", "method")},
+                         "validation": {k: v for k, v in summary.get("validation", {}).items() if k != "loss"},
                          "mitigation": summary.get("mitigation", {})})
         test = _read(run_dir / "eval" / "test.json")
         if test is not None:

@@ -35,6 +35,11 @@ def _mitigation(m: dict) -> str:
     return ", ".join(parts) or "none"
 
 
+def _validation(v: dict) -> str:
+    """What the method measured on validation besides loss: preference accuracy, reward, ..."""
+    return ", ".join(f"{k.replace('_', ' ')} {_num(x)}" for k, x in v.items()) or "–"
+
+
 def _plots(r: dict, *keys: str) -> list[tuple]:
     """The image blocks of those plots the report has."""
     return [("img", r["plots"][k], PLOT_TITLES[k]) for k in keys if k in r["plots"]]
@@ -80,9 +85,11 @@ def sections(r: dict) -> list[tuple]:
         out += _plots(r, "forgetting", "tradeoff")
     if r["training"]:
         out += [("h2", "Training"),
-                ("table", ["run", "steps", "train seconds", "final loss", "val loss", "trainable parameters", "mitigation", "source"],
-                 [[t["variant"], _num(t["steps"]), _num(t["train_seconds"], 1), _num(t["final_loss"]), _num(t["val_loss"]),
-                   _num(t["trainable_parameters"]), _mitigation(t["mitigation"]), t["source"]] for t in r["training"]])]
+                ("table", ["run", "method", "steps", "train seconds", "final loss", "val loss", "validation", "trainable parameters",
+                           "mitigation", "source"],
+                 [[t["variant"], t.get("method") or "sft", _num(t["steps"]), _num(t["train_seconds"], 1), _num(t["final_loss"]),
+                   _num(t["val_loss"]), _validation(t.get("validation") or {}), _num(t["trainable_parameters"]),
+                   _mitigation(t["mitigation"]), t["source"]] for t in r["training"]])]
         out += _plots(r, "loss")
     out.append(("p", "Every number above is read from the JSON file named in its row; report.json holds them all."))
     return out
