@@ -108,3 +108,16 @@ def test_reused_samples_engage_the_clip(tmp_path, tiny_model_dir, date_data):
     records = rl_run(tmp_path, tiny_model_dir, date_data, "grpo", iterations=2)
     assert max(r["clip_fraction"] for r in records) > 0  # the second step on a sample sees ratio != 1
     assert records[-1]["reward"] > records[0]["reward"]
+
+
+def test_exact_match_needs_references_and_says_where_one_is_missing(tmp_path, tiny_model_dir, date_data):
+    from conftest import cli
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "When?", "reference": "2001-01-01"}\n{"prompt": "And now?"}\n')
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, {"train": prompts, "val": prompts}, tmp_path / "runs",
+                       method="grpo", rl={"rewards": [{"function": "exact_match"}]})
+    result = cli(["train", str(cfg)], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "prompts.jsonl:2: reward exact_match needs a reference answer" in result.stderr
+    assert not (tmp_path / "runs" / "tiny").exists()  # nothing half-written

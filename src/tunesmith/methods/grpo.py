@@ -23,6 +23,7 @@ import torch
 from tunesmith.data.chat import IGNORE, prompt_ids
 from tunesmith.data.layouts import Example
 from tunesmith.eval.generate import Sampling, generate_ids, left_padded
+from tunesmith.errors import UserError
 from tunesmith.eval.task import split_reference
 from tunesmith.methods.base import per_row_sum, token_logprobs
 from tunesmith.methods.reference import ReferenceModel
@@ -79,7 +80,8 @@ class GroupPolicyOptimisation:
         if len(ids) + self.sampling.max_new_tokens > self.max_length:
             self.dropped += 1
             return None  # no room left to reply within data.max_length
-        return {"prompt_ids": ids, "messages": messages, "reference": reference, "length": len(ids)}
+        return {"prompt_ids": ids, "messages": messages, "reference": reference, "length": len(ids),
+                "source": example.source}
 
     def collate(self, features: list[dict], tokenizer) -> dict:
         # replies are sampled when the loss is first asked for; `rollout` keeps them for reuse
@@ -92,6 +94,10 @@ class GroupPolicyOptimisation:
         from tunesmith.train import inference_dtype
 
         self.tokenizer = tokenizer
+        unreferenced = next((f["source"] for f in features if f["reference"] is None), None)
+        if unreferenced is not None and any(s.function == "exact_match" for s in self.specs):
+            raise UserError(f"{unreferenced}: reward exact_match needs a reference answer; this prompt has none "
+                            "(add 'reference' to prompt records, or use prompt/completion data)")
         self.rewards = Rewards(self.specs, inference_dtype(cfg.train.precision))
         if self.beta > 0:
             self.reference = ReferenceModel(model)
