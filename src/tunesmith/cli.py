@@ -155,6 +155,23 @@ def label(
     serve(session, port, on_ready=ready)
 
 
+student_app = typer.Typer(help="Smaller students of a model, for distillation.", no_args_is_help=True)
+app.add_typer(student_app, name="student")
+
+
+@student_app.command("create")
+def student_create(
+    teacher: str = typer.Argument(..., help="teacher: run directory or model reference (Llama-style decoder)"),
+    layers: int = typer.Option(..., "--layers", help="decoder layers the student keeps"),
+    out: Path = typer.Option(..., "--out", help="target folder (must not exist or be empty)"),
+    strategy: str = typer.Option("uniform", help="uniform | first | last: which of the teacher's layers"),
+):
+    """A student of the same architecture: a subset of the teacher's layers with their weights."""
+    from tunesmith.model.student import create_student
+
+    print(json.dumps(create_student(teacher, layers, out, strategy), indent=2))
+
+
 @app.command("eval")
 def evaluate(
     model: str = typer.Argument(..., help="run directory or model reference"),

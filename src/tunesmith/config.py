@@ -17,7 +17,7 @@ from tunesmith.data.layouts import FORMATS
 from tunesmith.errors import UserError, where
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-METHODS = ("sft", "dpo", "reward", "grpo", "rloo")
+METHODS = ("sft", "dpo", "reward", "grpo", "rloo", "distill")
 
 
 class Section(BaseModel):
@@ -242,6 +242,26 @@ class RLConfig(Section):
     iterations: int = Field(1, ge=1, description="optimizer steps on each batch of sampled replies (μ)")
 
 
+class DistillConfig(Section):
+    """method distill: the student (`model`) learns the teacher's next-token distribution."""
+
+    teacher: str | None = Field(None, description="model reference with the same tokenizer as the student")
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field("forward_kl", description="divergence to the teacher")
+    beta: float = Field(0.5, ge=0, le=1, description="jsd: weight of the teacher in the mixture (0 = forward, 1 = reverse KL)")
+    temperature: float = Field(1.0, gt=0, description="both distributions softened by T; the loss is scaled by T²")
+    kd_ratio: float = Field(1.0, ge=0, le=1, description="share of the distillation loss; the rest is cross-entropy on the data")
+    teacher_topk: int | None = Field(None, ge=1, description="precompute the teacher's top-k log-probs once, cached "
+                                                             "on disk (forward_kl), instead of running it every step")
+    chunk: int = Field(256, ge=1, description="positions whose logits are computed at once")
+
+    @model_validator(mode="after")
+    def _topk_is_forward(self):
+        if self.teacher_topk and self.loss != "forward_kl":
+            raise ValueError(f"teacher_topk: a top-k cache knows the teacher only on its top k; loss {self.loss} needs "
+                             "the whole distribution (use forward_kl, or drop teacher_topk)")
+        return self
+
+
 class CompareConfig(Section):
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                 description="variant name -> overrides (dotted keys), for tunesmith compare")
@@ -256,7 +276,7 @@ class OutputConfig(Section):
 class RunConfig(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: str = DEFAULT_MODEL
-    method: Literal[METHODS] = Field("sft", description="sft | dpo | reward | grpo | rloo")
+    method: Literal[METHODS] = Field("sft", description="sft | dpo | reward | grpo | rloo | distill")
     adapter: AdapterConfig = AdapterConfig()
     data: DataConfig
     train: TrainConfig
@@ -264,6 +284,7 @@ class RunConfig(Section):
     forgetting: ForgettingConfig = ForgettingConfig()
     preference: PreferenceConfig = PreferenceConfig()
     rl: RLConfig = RLConfig()
+    distill: DistillConfig = DistillConfig()
     output: OutputConfig = OutputConfig()
     compare: CompareConfig = CompareConfig()
 
@@ -288,6 +309,8 @@ class RunConfig(Section):
             raise ValueError(f"preference.nll_weight: {self.preference.loss} " + (
                 "has its NLL term already (beta weighs the odds ratio)" if self.preference.loss == "orpo"
                 else "judges single replies; there is no chosen one to keep likely"))
+        if self.method == "distill" and not self.distill.teacher:
+            raise ValueError("distill.teacher: method distill needs a teacher model")
         if self.method in ("grpo", "rloo") and not self.rl.rewards:
             raise ValueError(f"rl.rewards: method {self.method} needs at least one reward (a function or a reward model)")
         if self.data.packing and self.adapter.type in ("prefix", "prompt"):

@@ -9,6 +9,8 @@ the previous, unrelated example.
 
 from __future__ import annotations
 
+import torch
+
 from tunesmith.data.chat import IGNORE
 
 WINDOW = 1024  # examples considered together when filling rows
@@ -48,4 +50,7 @@ def pack_features(features: list[dict]) -> dict:
     row = {"input_ids": ids, "labels": labels, "position_ids": positions}
     if any(anchor):  # replay examples keep their KL-anchoring mark token by token
         row["anchor"] = anchor
+    for key, value in features[0].items():  # per-trained-position tensors (a teacher's top-k) follow in order
+        if torch.is_tensor(value):
+            row[key] = torch.cat([f[key] for f in features])
     return row

@@ -1,0 +1,194 @@
+"""Distillation: losses against hand-computed values; chunked computation equals the whole."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tunesmith.methods.distill_losses import chunked, divergence, topk_forward_kl
+
+TEACHER = [0.5, 0.3, 0.2]
+STUDENT = [0.2, 0.5, 0.3]
+
+
+def logits(probs):
+    return torch.tensor([probs]).log()
+
+
+def kl(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+
+def test_forward_and_reverse_kl_match_hand_computed_values():
+    fwd = divergence(logits(STUDENT), logits(TEACHER), "forward_kl")
+    rev = divergence(logits(STUDENT), logits(TEACHER), "reverse_kl")
+    # 0.5 ln(0.5/0.2) + 0.3 ln(0.3/0.5) + 0.2 ln(0.2/0.3); 0.2 ln(0.2/0.5) + 0.5 ln(0.5/0.3) + 0.3 ln(0.3/0.2)
+    assert fwd.item() == pytest.approx(0.223805, abs=1e-6)
+    assert rev.item() == pytest.approx(0.193794, abs=1e-6)
+    assert (fwd.item(), rev.item()) == pytest.approx((kl(TEACHER, STUDENT), kl(STUDENT, TEACHER)))
+
+
+@pytest.mark.parametrize("beta, expected", [(0.0, 0.223805), (0.5, 0.050875), (1.0, 0.193794)])
+def test_generalized_jsd_matches_hand_computed_values(beta, expected):
+    # beta 0.5: M = [0.35, 0.4, 0.25]; 0.5 KL(T||M) + 0.5 KL(S||M) = 0.5 (0.047404 + 0.054346)
+    got = divergence(logits(STUDENT), logits(TEACHER), "jsd", beta=beta)
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+    if 0 < beta < 1:
+        m = [beta * t + (1 - beta) * s for t, s in zip(TEACHER, STUDENT)]
+        assert got.item() == pytest.approx(beta * kl(TEACHER, m) + (1 - beta) * kl(STUDENT, m))
+
+
+def test_temperature_softens_both_sides_and_scales_by_t_squared():
+    teacher, student = torch.tensor([[2.0, 0.0, 0.0]]), torch.zeros(1, 3)
+    # T = 2: teacher softmax([1, 0, 0]) = [e, 1, 1] / (e + 2), student uniform; times T^2 = 4
+    p = [math.e / (math.e + 2), 1 / (math.e + 2), 1 / (math.e + 2)]
+    expected = 4 * kl(p, [1 / 3] * 3)
+    assert expected == pytest.approx(0.493138, abs=1e-6)
+    assert divergence(student, teacher, "forward_kl", temperature=2.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_topk_forward_kl_renormalises_the_teacher_over_its_k():
+    student = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    teacher_logps = torch.log(torch.tensor([[0.6, 0.2]]))  # top-2 of a teacher whose tail holds 0.2
+    indices = torch.tensor([[3, 0]])
+    s = torch.log_softmax(student, -1)[0]
+    t = [0.75, 0.25]  # 0.6 and 0.2 renormalised
+    expected = t[0] * (math.log(t[0]) - s[3].item()) + t[1] * (math.log(t[1]) - s[0].item())
+    assert topk_forward_kl(student, indices, teacher_logps).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_chunked_loss_and_gradient_equal_the_whole():
+    torch.manual_seed(0)
+    rows = torch.randn(10, 8, requires_grad=True)
+    head = torch.nn.Linear(8, 50)
+    teacher = torch.randn(10, 50)
+
+    def fn(r, t):
+        return divergence(head(r), t, "jsd", beta=0.3, temperature=1.5).sum()
+
+    whole = fn(rows, teacher)
+    (g_whole,) = torch.autograd.grad(whole, rows)
+    parts = chunked(fn, rows, teacher, chunk=3)
+    (g_parts,) = torch.autograd.grad(parts, rows)
+    torch.testing.assert_close(parts, whole)
+    torch.testing.assert_close(g_parts, g_whole)
+
+
+# --- students and distillation on tiny models ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory, tokenizer, date_data):
+    """A 4-layer tiny Llama, fully fine-tuned on the date data so it has something to teach."""
+    from conftest import write_config
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunesmith.config import load_config
+    from tunesmith.train import train
+
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=0.1)
+    tmp = tmp_path_factory.mktemp("teacher")
+    LlamaForCausalLM(config).save_pretrained(tmp / "base")
+    tokenizer.save_pretrained(tmp / "base")
+    cfg = write_config(tmp / "t.yaml", tmp / "base", date_data, tmp / "runs", name="teacher", adapter={"type": "none"},
+                       train={"max_steps": 60, "lr": 3e-3, "log_every": 20})
+    train(load_config(cfg), quiet=True)
+    return tmp / "runs" / "teacher"
+
+
+def test_student_keeps_the_chosen_layers_with_their_weights(tmp_path, tiny_teacher):
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.model.student import create_student, kept_layers
+
+    assert kept_layers(30, 10, "uniform") == [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]
+    assert kept_layers(4, 2, "first") == [0, 1] and kept_layers(4, 2, "last") == [2, 3]
+    info = create_student(str(tiny_teacher), 2, tmp_path / "student", "uniform")
+    assert info["layers"] == [0, 3] and info["teacher_layers"] == 4
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_teacher / "final").eval()
+    teacher.model.layers = torch.nn.ModuleList([teacher.model.layers[0], teacher.model.layers[3]])
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(student(input_ids=ids).logits, teacher(input_ids=ids, use_cache=False).logits)
+    # the KV cache works with the renumbered layers: cached greedy decoding equals uncached
+    with torch.no_grad():
+        cached = student.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+        uncached = ids
+        for _ in range(6):
+            nxt = student(input_ids=uncached, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            uncached = torch.cat([uncached, nxt], 1)
+    assert cached.tolist() == uncached.tolist()
+
+
+def test_student_create_errors(tmp_path, tiny_teacher):
+    from conftest import cli
+
+    result = cli(["student", "create", str(tiny_teacher), "--layers", "9", "--out", str(tmp_path / "s")], tmp_path)
+    assert result.returncode == 2 and "--layers 9: the teacher has 4 decoder layers" in result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def distill_run(tmp_path, student, teacher, data, name="kd", **distill):
+    from conftest import read_jsonl, write_config
+
+    from tunesmith.config import load_config
+    from tunesmith.train import train
+
+    cfg = write_config(tmp_path / f"{name}.yaml", student, data, tmp_path / "runs", name=name, method="distill",
+                       adapter={"type": "none"}, train={"max_steps": 30, "lr": 3e-3, "log_every": 5},
+                       eval={"every": 30}, distill={"teacher": str(teacher), **distill})
+    summary = train(load_config(cfg), quiet=True)
+    return read_jsonl(tmp_path / "runs" / name / "metrics.jsonl"), summary
+
+
+@pytest.mark.parametrize("loss", ["forward_kl", "reverse_kl", "jsd"])
+def test_distillation_moves_the_student_towards_the_teacher(tmp_path, tiny_teacher, date_data, loss):
+    from tunesmith.model.student import create_student
+
+    create_student(str(tiny_teacher), 2, tmp_path / "student")
+    records, _ = distill_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, loss=loss, temperature=2.0)
+    assert records[-1]["kd"] < 0.5 * records[0]["kd"], (records[0], records[-1])
+    assert records[-1]["val_kd"] < records[0]["kd"]
+
+
+def test_topk_cache_matches_the_live_teacher_and_is_reused(tmp_path, tiny_teacher, date_data, capsys):
+    from tunesmith.model.student import create_student
+
+    create_student(str(tiny_teacher), 2, tmp_path / "student")
+    live, _ = distill_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, name="live")
+    # k = the whole tiny vocabulary: the cache holds the teacher exactly, so losses agree
+    full, _ = distill_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, name="cached", teacher_topk=400)
+    assert full[0]["kd"] == pytest.approx(live[0]["kd"], rel=1e-4)
+    small, _ = distill_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, name="top8", teacher_topk=8)
+    assert small[-1]["kd"] < 0.5 * small[0]["kd"]
+    capsys.readouterr()
+    again, _ = distill_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, name="top8-again", teacher_topk=8)
+    assert "teacher top-8: one pass" not in capsys.readouterr().err  # read back from the cache
+    assert again[0]["kd"] == pytest.approx(small[0]["kd"], rel=1e-6)
+
+
+def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, tiny_model_dir, date_data):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from tunesmith.errors import UserError
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["other words entirely"] * 10, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    other = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>")
+    other.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(other), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "other")
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(UserError, match="its tokenizer differs from the student's"):
+        distill_run(tmp_path, tiny_model_dir, tmp_path / "other", date_data)
+    assert not (tmp_path / "runs" / "kd").exists()
