@@ -69,7 +69,7 @@ def test_an_output_file_of_something_else_is_refused(tmp_path, tiny_model_dir, p
     out = tmp_path / "other.jsonl"
     out.write_text('{"text": "not a preference"}\n')
     model, tok = load_for_inference(str(tiny_model_dir))
-    with pytest.raises(UserError, match="other.jsonl:1: not a preference record written by tunesmith label"):
+    with pytest.raises(UserError, match="other.jsonl:1: not a record written by tunesmith label"):
         LabelSession(model, tok, prompts_file, out, "tiny")
 
 

@@ -172,6 +172,39 @@ def student_create(
     print(json.dumps(create_student(teacher, layers, out, strategy), indent=2))
 
 
+distill_app = typer.Typer(help="Sequence-level distillation data: a teacher's replies to your prompts.", no_args_is_help=True)
+app.add_typer(distill_app, name="distill")
+
+
+@distill_app.command("generate")
+def distill_generate(
+    teacher: str = typer.Option(..., "--teacher", help="model reference, or an OpenAI-compatible base URL (http(s)://.../v1)"),
+    prompts: Path = typer.Option(..., "--prompts", help="prompts (prompt records, or chat data: the part before its last reply)"),
+    out: Path = typer.Option(..., "--out", help="JSONL of {prompt, completion}, appended to; a restart skips prompts answered there"),
+    teacher_model: Optional[str] = typer.Option(None, "--teacher-model", help="endpoint: the model name to ask for"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="endpoint: environment variable holding the API key"),
+    max_tokens: int = typer.Option(512, min=1, help="longest reply"),
+    rpm: Optional[float] = typer.Option(None, min=0.001, help="endpoint: at most this many requests a minute"),
+    retries: int = typer.Option(6, min=0, help="endpoint: retries of a failed request (exponential backoff)"),
+    limit: Optional[int] = typer.Option(None, min=1, help="only the first N prompts"),
+):
+    """A teacher answers prompts; the answers are SFT data for a student (then: tunesmith train)."""
+    from tunesmith.teacher_replies import EndpointTeacher, LocalTeacher, generate_replies
+
+    if teacher.startswith(("http://", "https://")):
+        source = EndpointTeacher(teacher, teacher_model or "", api_key_env, max_tokens=max_tokens, retries=retries, rpm=rpm)
+    else:
+        if teacher_model or api_key_env or rpm:
+            raise UserError("--teacher-model, --api-key-env and --rpm are for an endpoint (--teacher http(s)://...)")
+        source = LocalTeacher(teacher, max_tokens=max_tokens)
+    from rich.progress import Progress
+
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("teacher replies", total=None)
+        result = generate_replies(source, prompts, out, limit=limit, progress=lambda n: bar.advance(task, n))
+    print(json.dumps(result, indent=2))
+
+
 @app.command("eval")
 def evaluate(
     model: str = typer.Argument(..., help="run directory or model reference"),

@@ -17,54 +17,22 @@ Each record also has "responses" (both replies as sampled), "edited", "model" an
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from tunesmith.data.prompts import append_durably, prompt_field, prompt_key, prompt_of, prompts_in
 from tunesmith.data.records import load_examples
 from tunesmith.errors import UserError
 
 CHOICES = ("a", "b", "tie", "both_bad")
 
 
-def prompt_of(example) -> list[dict]:
-    """The conversation a reply is wanted for: a prompt record as it is, otherwise everything
-    before the last assistant turn."""
-    messages = example.messages
-    if messages is None:
-        raise UserError(f"{example.source}: plain text has no prompt to answer; use prompt or chat records")
-    if messages[-1]["role"] != "assistant":
-        return messages
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return messages[:last]
-
-
-def prompt_field(messages: list[dict]):
-    """A single user turn is written as a string, like the preference records users write."""
-    return messages[0]["content"] if len(messages) == 1 and messages[0]["role"] == "user" else messages
-
-
-def _key(prompt) -> str:
-    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
-
-
 def judged_prompts(path: Path) -> set[str]:
     """Keys of the prompts already judged in an output file (a resumed session skips them)."""
-    if not path.is_file():
-        return set()
-    done = set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            done.add(_key(json.loads(line)["prompt"]))
-        except (ValueError, KeyError, TypeError):
-            raise UserError(f"{path}:{n}: not a preference record written by tunesmith label; choose another --out") from None
-    return done
+    return prompts_in(path, "tunesmith label")
 
 
 @dataclass
@@ -93,7 +61,7 @@ class LabelSession:
         self.lock = threading.Lock()
 
     def progress(self) -> dict:
-        judged = sum(_key(prompt_field(p)) in self.done for p in self.prompts)
+        judged = sum(prompt_key(prompt_field(p)) in self.done for p in self.prompts)
         return {"judged": judged, "total": len(self.prompts)}
 
     def next_pair(self) -> Pair | None:
@@ -104,7 +72,7 @@ class LabelSession:
             if self.current is not None:
                 return self.current
             for i, prompt in enumerate(self.prompts):
-                if _key(prompt_field(prompt)) not in self.done:
+                if prompt_key(prompt_field(prompt)) not in self.done:
                     torch.manual_seed(self.seed + i)  # the same replies if the session restarts here
                     a, b = generate_batch(self.model, self.tokenizer, [prompt, prompt], self.sampling)
                     self.current = Pair(i, prompt, a, b)
@@ -125,7 +93,7 @@ class LabelSession:
                       "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             records = [{**r, **common} for r in records]
             append_durably(self.out, records)
-            self.done.add(_key(prompt_field(pair.prompt)))
+            self.done.add(prompt_key(prompt_field(pair.prompt)))
             self.current = None
             return records
 
@@ -141,15 +109,3 @@ def preference_records(pair: Pair, choice: str, edit: str | None) -> list[dict]:
     if edit is None:
         return [{"prompt": prompt, "judgement": choice}]
     return [{"prompt": prompt, "chosen": edit, "rejected": reply, "judgement": choice} for reply in (pair.a, pair.b)]
-
-
-def append_durably(path: Path, records: list[dict]) -> None:
-    """Whole lines in one write, on disk before returning."""
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
