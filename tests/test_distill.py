@@ -134,15 +134,16 @@ def test_student_create_errors(tmp_path, tiny_teacher):
     assert not (tmp_path / "s").exists()
 
 
-def distill_run(tmp_path, student, teacher, data, name="kd", **distill):
+def distill_run(tmp_path, student, teacher, data, name="kd", eval_test=False, **distill):
     from conftest import read_jsonl, write_config
 
     from tunesmith.config import load_config
     from tunesmith.train import train
 
+    evaluation = {"every": 30, **({"test": str(data["test"]), "max_new_tokens": 8, "latency_samples": 0} if eval_test else {})}
     cfg = write_config(tmp_path / f"{name}.yaml", student, data, tmp_path / "runs", name=name, method="distill",
                        adapter={"type": "none"}, train={"max_steps": 30, "lr": 3e-3, "log_every": 5},
-                       eval={"every": 30}, distill={"teacher": str(teacher), **distill})
+                       eval=evaluation, forgetting={"probe_limit": 6}, distill={"teacher": str(teacher), **distill})
     summary = train(load_config(cfg), quiet=True)
     return read_jsonl(tmp_path / "runs" / name / "metrics.jsonl"), summary
 
@@ -192,3 +193,24 @@ def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, tiny_model_dir, d
     with pytest.raises(UserError, match="its tokenizer differs from the student's"):
         distill_run(tmp_path, tiny_model_dir, tmp_path / "other", date_data)
     assert not (tmp_path / "runs" / "kd").exists()
+
+
+def test_distillation_run_reports_the_student_against_its_teacher(tmp_path, tiny_teacher, date_data):
+    import json
+
+    from tunesmith.model.student import create_student
+
+    create_student(str(tiny_teacher), 1, tmp_path / "student", "first")
+    _, summary = distill_run(tmp_path, tmp_path / "student", tiny_teacher, date_data,
+                             eval_test=True, kd_ratio=0.5)
+    run = tmp_path / "runs" / "kd"
+    result = json.loads((run / "eval" / "distill.json").read_text())
+    s, t = result["student"], result["teacher"]
+    assert s["parameters"] < t["parameters"] and result["ratios"]["parameters"] == pytest.approx(s["parameters"] / t["parameters"])
+    assert s["weights_mib"] == pytest.approx(s["parameters"] * 4 / 2**20)  # tied embeddings counted once
+    assert s["tokens_per_s"] > 0 and t["tokens_per_s"] > 0
+    assert set(s["task"]) >= {"exact_match", "token_f1"} and "mean" in s["general_qa"]
+    assert summary["distill"] == result["ratios"]
+    assert (run / "plots" / "distill.png").stat().st_size > 0
+    md = (run / "report.md").read_text()
+    assert "## Distilled student vs its teacher" in md and f"| parameters | {t['parameters']:,} | {s['parameters']:,} |" in md

@@ -88,3 +88,17 @@ def probe_forgetting(cfg: RunConfig, run_dir: Path, model, tokenizer, base: Base
     summary = probe.summarize(base_items, tuned_items)
     write_json(run_dir / "forgetting" / "summary.json", summary)
     return summary
+
+
+def compare_with_teacher(cfg: RunConfig, run_dir: Path, student, tokenizer) -> dict:
+    """A distillation run's student next to its teacher (eval/distill.json, plots/distill.png)."""
+    from tunesmith.eval import plots, student_vs_teacher
+
+    dtype = next(student.parameters()).dtype
+    test = load_test_split(cfg) if cfg.eval.test else []
+    kwargs = {k: v for k, v in _task_kwargs(cfg).items() if k != "latency_samples"}
+    result = student_vs_teacher.compare(student, tokenizer, cfg.distill.teacher, dtype, test, cfg.forgetting.probe_limit,
+                                        kwargs, cfg.eval.primary)
+    write_json(run_dir / "eval" / "distill.json", result)
+    plots.student_vs_teacher(result, run_dir / "plots" / "distill.png")
+    return result

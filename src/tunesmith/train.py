@@ -27,7 +27,7 @@ from tunesmith.eval.plots import loss_curve
 from tunesmith.engine.memory import return_freed_memory
 from tunesmith.engine.precision import device, resolve_precision
 from tunesmith.eval.metrics import load_user_metric
-from tunesmith.evaluation import inference_ready, probe_forgetting, score_baselines, score_tuned
+from tunesmith.evaluation import compare_with_teacher, inference_ready, probe_forgetting, score_baselines, score_tuned
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.forgetting.replay import replay_examples, replay_weight
 from tunesmith.methods import build_method
@@ -281,6 +281,9 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         summary["test"] = score_tuned(cfg, run_dir, model, tokenizer)
     if cfg.forgetting.probe:
         summary["forgetting"] = probe_forgetting(cfg, run_dir, model, tokenizer, base, console)
+    if cfg.method == "distill":
+        console.print("student vs teacher: size, speed, task score, general QA ...")
+        summary["distill"] = compare_with_teacher(cfg, run_dir, model, tokenizer)["ratios"]
     del model
     if cfg.eval.shots:
         summary["baselines"] = score_baselines(cfg, run_dir, base, [e for src in sources[0] for e in src], console)

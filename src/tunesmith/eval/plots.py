@@ -128,3 +128,18 @@ def cost_per_request(rows: list[dict], out: Path) -> Path:
         ax.set_title(title)
     fig.suptitle("cost per request on this machine")
     return _save(fig, tok, out, legend=False)
+
+
+def student_vs_teacher(result: dict, out: Path) -> Path:
+    """A distilled student as a share of its teacher, per measure (eval/student_vs_teacher.py)."""
+    names = {"parameters": "parameters", "weights": "weights on disk", "speed": "generation tokens/s",
+             "task": f"task ({result['primary']})", "general_qa": "general QA"}
+    keys = [k for k in names if result["ratios"].get(k) is not None]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    _bars(ax, [names[k] for k in keys], [result["ratios"][k] for k in keys],
+          [COLORS[0] if k in ("parameters", "weights", "speed") else COLORS[2] for k in keys], "{:.2f}×")
+    ax.axhline(1.0, color="#555", lw=1, ls="--")
+    ax.set_ylim(0, max([result["ratios"][k] for k in keys] + [1.0]) * 1.15)
+    ax.set_ylabel("student / teacher")
+    ax.set_title("distilled student vs its teacher (cost in blue, quality in green)")
+    return _save(fig, ax, out, legend=False)

@@ -55,7 +55,7 @@ def _forgetting_row(variant: str, label: str, f: dict, source: str) -> dict:
 
 def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | None, primary: str) -> dict:
     """Everything the report shows, gathered from the runs' JSON files."""
-    task, forgetting, training = [], [], []
+    task, forgetting, training, distill = [], [], [], []
     for path in sorted((baselines_dir / "baselines").glob("shots-*.json"), key=lambda p: int(p.stem.split("-")[1])) if baselines_dir else []:
         task.append(_score_row(json.loads(path.read_text()), primary, "prompting", _rel(path, out_dir)))
     for variant, run_dir in runs:
@@ -73,10 +73,13 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
         f = _read(run_dir / "forgetting" / "summary.json")
         if f is not None:
             forgetting.append(_forgetting_row(variant, label, f, _rel(run_dir / "forgetting" / "summary.json", out_dir)))
+        d = _read(run_dir / "eval" / "distill.json")
+        if d is not None:
+            distill.append({"variant": variant, **d, "source": _rel(run_dir / "eval" / "distill.json", out_dir)})
     retained = {r["variant"]: r["retention"] for r in forgetting if r["retention"] is not None}
     tradeoff = [{**r, "retention": 1.0} for r in task if r["kind"] == "prompting"]
     tradeoff += [{**r, "retention": retained[r["variant"]]} for r in task if r.get("variant") in retained]
-    return {"primary": primary, "task": task, "forgetting": forgetting, "training": training,
+    return {"primary": primary, "task": task, "forgetting": forgetting, "training": training, "distill": distill,
             "tradeoff": tradeoff, "recommendation": recommend(task, forgetting)}
 
 
@@ -91,6 +94,8 @@ def draw(report: dict, out_dir: Path, runs: list[tuple[str, Path]]) -> dict[str,
         made["cost"] = plots.cost_per_request(report["task"], out_dir / "plots" / "report-cost.png")
     if report["forgetting"]:
         made["forgetting"] = plots.forgetting(report["forgetting"], out_dir / "plots" / "report-forgetting.png")
+    if report["distill"]:
+        made["distill"] = plots.student_vs_teacher(report["distill"][0], out_dir / "plots" / "report-distill.png")
     if len(report["forgetting"]) > 1 and any(r["kind"] == "tuned" for r in report["tradeoff"]):
         made["tradeoff"] = plots.tradeoff(report["tradeoff"], report["primary"], out_dir / "plots" / "report-tradeoff.png")
     return {k: _rel(v, out_dir) for k, v in made.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 
 PLOT_TITLES = {"task": "Task score", "cost": "Cost per request", "forgetting": "Forgetting",
-               "tradeoff": "Trade-off", "loss": "Loss curves"}
+               "tradeoff": "Trade-off", "loss": "Loss curves", "distill": "Student vs teacher"}
 
 
 def _pct(x) -> str:
@@ -38,6 +38,10 @@ def _mitigation(m: dict) -> str:
 def _validation(v: dict) -> str:
     """What the method measured on validation besides loss: preference accuracy, reward, ..."""
     return ", ".join(f"{k.replace('_', ' ')} {_num(x)}" for k, x in v.items()) or "–"
+
+
+def _ratio(x) -> str:
+    return "–" if x is None else f"{x:.2f}×"
 
 
 def _plots(r: dict, *keys: str) -> list[tuple]:
@@ -83,6 +87,21 @@ def sections(r: dict) -> list[tuple]:
             rows.append(row + [f["source"]])
         out.append(("table", head + ["source"], rows))
         out += _plots(r, "forgetting", "tradeoff")
+    for d in r.get("distill", []):
+        t, st, ratio = d["teacher"], d["student"], d["ratios"]
+        rows = [["parameters", _num(t["parameters"]), _num(st["parameters"]), _ratio(ratio["parameters"])],
+                ["weights on disk (MiB, fp32)", _num(t["weights_mib"], 1), _num(st["weights_mib"], 1), _ratio(ratio["weights"])],
+                ["generation tokens/s (one request at a time)", _num(t["tokens_per_s"], 1), _num(st["tokens_per_s"], 1),
+                 _ratio(ratio["speed"])]]
+        if "task" in st:
+            p = d["primary"]
+            rows.append([f"task {p}", _pct(t["task"][p]["mean"]), _pct(st["task"][p]["mean"]), _ratio(ratio.get("task"))])
+        rows.append(["general QA", _pct(t["general_qa"]["mean"]), _pct(st["general_qa"]["mean"]), _ratio(ratio["general_qa"])])
+        out += [("h2", f"Distilled student vs its teacher ({d['variant']})"),
+                ("p", f"Teacher: {d['teacher_ref']}. Both measured on this machine the same way; speed over "
+                      f"{d['speed_prompts']} prompts of {d['speed_tokens']} new tokens each. Source: {d['source']}."),
+                ("table", ["measure", "teacher", "student", "student / teacher"], rows)]
+        out += _plots(r, "distill")
     if r["training"]:
         out += [("h2", "Training"),
                 ("table", ["run", "method", "steps", "train seconds", "final loss", "val loss", "validation", "trainable parameters",
