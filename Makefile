@@ -23,7 +23,7 @@ demo: install
 	$(VENV)/bin/tunesmith quickstart
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
