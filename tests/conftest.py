@@ -115,3 +115,13 @@ def cli(args: list[str], tmp_path: Path, env_extra: dict | None = None, **kwargs
 
     return subprocess.run([sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True,
                           env={**cli_env(tmp_path), **(env_extra or {})}, cwd=kwargs.pop("cwd", tmp_path), **kwargs)
+
+
+def cli_in_process(args: list[str]):
+    """The CLI in this process (no interpreter start-up and imports): for tests that call it many
+    times. Exit codes of user errors come from `main`, so error cases go through `cli`."""
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    return CliRunner().invoke(app, args, catch_exceptions=False)

@@ -254,6 +254,7 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         if not resume and not read_metrics(run_dir / "metrics.jsonl") and not list_checkpoints(run_dir / "checkpoints"):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    del method  # a teacher, reference or reward model it holds is not needed to evaluate
     final = save_final(model, tokenizer, run_dir, resolved.path, base_quantization(cfg))
     records = read_metrics(run_dir / "metrics.jsonl")
     plot = loss_curve(records, run_dir / "plots" / "loss.png", title=f"{cfg.name}: {cfg.method}, {cfg.adapter.type}")
