@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine, machine_tag
 
 TYPES = {
     "full": {"type": "none"},
@@ -89,25 +89,6 @@ def measure(name: str, steps: int, train_options: dict | None = None, repeats: i
     row["tokens_per_s_runs"] = [round(r["tokens_per_s"], 1) for r in runs]
     print(f"{name} {train_options or ''}: {row['peak_rss_runs']} MiB, {row['tokens_per_s']:.0f} tok/s", file=sys.stderr)
     return row
-
-
-def machine() -> dict:
-    """What the numbers depend on: the CPU, and whether it has native bf16 (`precision: auto`)."""
-    import torch
-
-    from tunesmith.engine.precision import device, resolve_precision
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(),
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "auto_precision": resolve_precision("auto", device())}
-
-
-def machine_tag() -> str:
-    """e.g. avx512-bf16: what a result file's numbers depend on most (vector width, precision)."""
-    m = machine()
-    return f"{m['torch_cpu_capability'].lower()}-{m['auto_precision']}"
 
 
 def main() -> None:

@@ -99,15 +99,6 @@ def test_weighted_sources_follow_the_epoch_rule():
     assert sum(len(b) for b in s.batches(0)) == 13 and s.batches_per_epoch() == len(s.batches(0))
 
 
-def test_bf16_precision_trains(tmp_path, tiny_model_dir, date_data):
-    cfg_path = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                            train={"max_steps": 10, "precision": "bf16", "lr": 1e-2})
-    summary = train(load_config(cfg_path), quiet=True)
-    records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
-    assert summary["precision"] == "bf16" and records[-1]["loss"] < records[0]["loss"]
-    assert torch.isfinite(torch.tensor([r["loss"] for r in records])).all()
-
-
 def test_a_run_failing_before_its_first_step_leaves_nothing_behind(tmp_path, tiny_model_dir, date_data, monkeypatch):
     from tunesmith.methods.sft import SFT
 

@@ -139,6 +139,8 @@ class TrainConfig(Section):
     return_memory: bool = Field(False, description="glibc: give freed tensors back to the OS at once: lower peak RSS on CPU "
                                                    "(bench/memory.py), slower steps; for the rest of the process")
     log_every: int = Field(10, ge=1)
+    profile_steps: int | None = Field(None, ge=1, description="profile N steps after 2 warm-up steps: "
+                                                               "where the time goes, in the run's profile.txt")
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainConfig":

@@ -20,10 +20,12 @@ from tunesmith.data.packing import pack_features
 from tunesmith.engine import checkpoint
 from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.logbook import MetricsLog, TrainProgress
-from tunesmith.engine.precision import autocast, device, resolve_precision
+from tunesmith.engine.profile import StepProfiler
+from tunesmith.engine.precision import autocast, device, hold_frozen_weights_in_bf16, resolve_precision
 from tunesmith.engine.sampler import EpochSampler
 from tunesmith.engine.schedule import build_optimizer
-from tunesmith.methods.base import feature_length
+from tunesmith.methods.base import feature_length, unwrap
+from tunesmith.model.segment_attention import restore_attention, use_segment_attention
 from tunesmith.model.quantize import is_quantized
 
 
@@ -99,11 +101,22 @@ def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: in
 
 def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         console: Console | None = None, quiet: bool = False) -> FitResult:
+    previous_attention = use_segment_attention(unwrap(model))  # training batches say where sequences are
+    try:
+        return _fit(model, tokenizer, method, data, cfg, run_dir, resume, console, quiet)
+    finally:
+        restore_attention(unwrap(model), previous_attention)
+
+
+def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, resume: bool,
+         console: Console | None, quiet: bool) -> FitResult:
     console = console or Console(stderr=True, soft_wrap=True)
     dev = device()
     precision = resolve_precision(cfg.train.precision, dev)
     if not is_quantized(model):  # a quantized base was loaded onto its device
         model.to(dev)
+        if precision == "bf16" and hasattr(model, "peft_config"):  # an adapter's frozen base
+            hold_frozen_weights_in_bf16(model)
     model.train()
     torch.manual_seed(cfg.train.seed)
     lengths = [feature_length(f) for f in data.features]
@@ -128,6 +141,7 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
     last_loss, val_loss = float("nan"), None
     t_window = time.perf_counter()
     t_start = time.perf_counter() - state["elapsed"]
+    profiler = StepProfiler(cfg.train.profile_steps, run_dir / "profile.txt", state["step"])
 
     # a method may take several optimizer steps on one batch (online RL reusing its sampled replies)
     steps_per_batch, micro, reuses_left = getattr(method, "steps_per_batch", 1), [], 0
@@ -139,9 +153,11 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
                     batch, (state["epoch"], state["batch"]) = next(stream)
                     micro.append(method.collate(_batch_features(batch, data.features, pack_length), tokenizer))
             reuses_left -= 1
+            profiler.before_step(state["step"] + 1)
             loss_sum, metrics, grad_norm = _train_step(model, method, micro, params, optimizer, scheduler, cfg, precision, dev, anchor)
             state["step"] += 1
             step = state["step"]
+            profiler.after_step(step, sum(b["n_tokens"] for b in micro))
             state["tokens"] += sum(b["n_tokens"] for b in micro)
             _add_to_window(state["window"], loss_sum, metrics, grad_norm, micro)
 
@@ -162,6 +178,7 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
             if cfg.output.save_every and step % cfg.output.save_every == 0 and step < total:
                 state["elapsed"] = time.perf_counter() - t_start
                 checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, cfg.output.keep)
+    profiler.finish()
     log.close()
     return FitResult(state["step"], last_loss, val_loss, state["tokens"], time.perf_counter() - t_start, precision)
 

@@ -30,3 +30,29 @@ def autocast(precision: str, dev: torch.device):
     if precision == "bf16":
         return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def hold_frozen_weights_in_bf16(model) -> int:
+    """Store the frozen weights of linear layers in bf16 for a bf16 run; returns how many.
+
+    Under autocast a fp32 weight is cast to bf16 on every forward call, and a frozen one (an
+    adapter's base) is not cached between calls: storing the cast once gives the same matmul
+    inputs bit for bit, saves the casts, and halves the base's memory. Embeddings and the output
+    head they may share stay fp32, so the residual stream keeps its fp32 precision; trainable
+    weights stay fp32 master copies; so do DoRA's bases, whose weight norm is computed from them.
+    PEFT layers stop copying their input to their fp32 weights' dtype: autocast casts it for the
+    matmul anyway (two copies of every adapter input saved per step).
+    """
+    skip = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
+            for p in m.parameters()}
+    skip |= {id(m.base_layer.weight) for m in model.modules() if any(getattr(m, "use_dora", {}).values())}
+    cast = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            w = module.weight
+            if not w.requires_grad and w.dtype == torch.float32 and id(w) not in skip:
+                w.data = w.data.to(torch.bfloat16)
+                cast += 1
+        if hasattr(module, "cast_input_dtype_enabled") and not any(getattr(module, "use_dora", {}).values()):
+            module.cast_input_dtype_enabled = False  # a PEFT layer: autocast casts for its matmuls, no fp32 copy first
+    return cast

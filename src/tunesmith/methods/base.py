@@ -12,6 +12,9 @@ from typing import Any, Protocol
 
 import torch
 
+from tunesmith.methods.head_logprobs import head_logprobs
+from tunesmith.model.segment_attention import uses_segments
+
 
 class Method(Protocol):
     name: str
@@ -60,6 +63,8 @@ def token_logprob_inputs(model, batch: dict):
         # no separable head, or virtual tokens that only the PEFT forward adds: full logits
         logits = model(**inputs).logits[:, -labels.shape[1]:]  # prompt tuning's virtual positions come first
         return None, logits[:, :-1][targets_mask], labels[:, 1:][targets_mask]
+    if batch.get("segments") is not None and uses_segments(base):
+        inputs["segments"] = batch["segments"]
     hidden = base.get_decoder()(**inputs).last_hidden_state
     return head, hidden[:, :-1][targets_mask], labels[:, 1:][targets_mask]
 
@@ -68,10 +73,19 @@ def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of every labelled token (flat, in row-major order) and the row each token
     belongs to. Logits exist only at labelled positions."""
     head, rows, targets = token_logprob_inputs(model, batch)
-    logits = (head(rows) if head is not None else rows).float()
-    token_logps = torch.gather(logits.log_softmax(-1), 1, targets[:, None])[:, 0]
+    token_logps = head_token_logprobs(head, rows, targets)[0]
     row_of_token = (batch["labels"][:, 1:] != -100).nonzero()[:, 0]
     return token_logps, row_of_token
+
+
+def head_token_logprobs(head, rows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probability of each target, whether it is the argmax) from `token_logprob_inputs`'
+    rows: through a bias-free head in chunks (`head_logprobs`), else from the logits given."""
+    if head is not None and getattr(head, "bias", None) is None and isinstance(head, torch.nn.Linear):
+        return head_logprobs(rows, head.weight, targets)
+    logits = (head(rows) if head is not None else rows).float()
+    logp = logits.log_softmax(-1)
+    return logp.gather(1, targets[:, None])[:, 0], logp.detach().argmax(-1) == targets
 
 
 def per_row_sum(values: torch.Tensor, row_of_token: torch.Tensor, n_rows: int) -> torch.Tensor:

@@ -190,8 +190,8 @@ class Preference:
 
 
 def _rows(batch: dict, rows: slice) -> dict:
-    return {k: (v[rows] if torch.is_tensor(v) and k in ("input_ids", "labels", "attention_mask", "position_ids") else v)
-            for k, v in batch.items()}
+    per_row = ("input_ids", "labels", "attention_mask", "position_ids", "segments")
+    return {k: (v[rows] if k in per_row and v is not None else v) for k, v in batch.items()}
 
 
 def precompute(model, method: Preference, tokenizer, features: list[dict], batch_size: int, precision: str

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from tunesmith.data.chat import IGNORE, encode_example
 from tunesmith.data.layouts import Example
 from tunesmith.errors import UserError
-from tunesmith.methods.base import token_logprob_inputs
+from tunesmith.methods.base import head_token_logprobs, token_logprob_inputs
+from tunesmith.model.segment_attention import row_segments
 
 
 class SFT:
@@ -42,9 +43,14 @@ class SFT:
 
     def loss(self, model, batch: dict):
         head, rows, targets = token_logprob_inputs(model, batch)
-        logits = (head(rows) if head is not None else rows).float()
-        total = F.cross_entropy(logits, targets, reduction="sum")
-        metrics = {"token_accuracy": float((logits.detach().argmax(-1) == targets).sum())}
+        if self.reference is not None and "anchor" in batch:  # KL anchoring needs whole distributions
+            logits = (head(rows) if head is not None else rows).float()
+            total = F.cross_entropy(logits, targets, reduction="sum")
+            correct = logits.detach().argmax(-1) == targets
+        else:
+            logp, correct = head_token_logprobs(head, rows, targets)
+            total = -logp.sum()
+        metrics = {"token_accuracy": float(correct.sum())}
         if self.reference is not None and "anchor" in batch:
             kl = self._kl_to_reference(model, batch, logits)
             total = total + self.kl_weight * kl
@@ -85,7 +91,8 @@ def collate_tokens(features: list[dict], pad: int) -> dict:
             positions[i, :n] = torch.tensor(f["position_ids"])
             positions[i, n:] = torch.arange(width - n)
     batch = {"input_ids": ids, "attention_mask": None if packed else mask, "labels": labels,
-             "n_items": int((labels[:, 1:] != IGNORE).sum()), "n_tokens": int(mask.sum())}
+             "n_items": int((labels[:, 1:] != IGNORE).sum()), "n_tokens": int(mask.sum()),
+             "segments": [row_segments(f) for f in features]}  # where each sequence is, for segment attention
     if anchor.any():
         batch["anchor"] = anchor
     if packed:

@@ -1,0 +1,96 @@
+"""Attention computed within each sequence of a training batch only.
+
+A packed row holds several examples; the block-diagonal causal mask that keeps them apart still
+makes SDPA compute every query against every key of the row (a 1,024-token row of five
+examples: five times the work), and a padded row computes its padding. Training batches say
+where their sequences are (`segments`: per row, the [start, end) of each example), and this
+attention function runs causal SDPA on each of those spans alone: the same result (tested
+against the masked model), with work proportional to the sum of squared example lengths.
+Calls without `segments` (generation, a KV cache, left-padded prompts) are plain SDPA.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+NAME = "tunesmith_segments"
+_registered = False
+
+
+def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                      segments=None, **kwargs):
+    """query [batch, heads, length, dim], key/value [batch, kv heads, length, dim] ->
+    ([batch, length, heads, dim], None), as transformers' attention functions return."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if segments is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    batch, heads, length, dim = query.shape
+    if len(segments) != batch:
+        raise ValueError(f"segment attention: {len(segments)} rows of segments for a batch of {batch}")
+    gqa = key.shape[1] != heads
+    rows = []
+    for b, spans in enumerate(segments):
+        parts, end = [], 0
+        for start, stop in spans:
+            parts.append(F.scaled_dot_product_attention(
+                query[b : b + 1, :, start:stop], key[b : b + 1, :, start:stop], value[b : b + 1, :, start:stop],
+                dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa))
+            end = stop
+        if end < length:  # padding: its outputs carry no loss
+            parts.append(query.new_zeros(1, heads, length - end, dim))
+        rows.append(torch.cat(parts, 2) if len(parts) > 1 else parts[0])
+    out = torch.cat(rows) if len(rows) > 1 else rows[0]
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(NAME, segment_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)  # calls without segments get SDPA's mask
+    _registered = True
+
+
+def use_segment_attention(model) -> str | None:
+    """Switch a transformers model (under any PEFT wrapper) to segment attention where it uses
+    SDPA; returns the implementation to restore, or None if left as it was."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        return None
+    register()
+    config._attn_implementation = NAME
+    for sub in model.modules():  # submodules holding their own reference to the config
+        sub_config = getattr(sub, "config", None)
+        if sub_config is not None and getattr(sub_config, "_attn_implementation", None) == "sdpa":
+            sub_config._attn_implementation = NAME
+    return "sdpa"
+
+
+def restore_attention(model, previous: str | None) -> None:
+    if previous is None:
+        return
+    for sub in [model, *model.modules()]:
+        sub_config = getattr(sub, "config", None)
+        if sub_config is not None and getattr(sub_config, "_attn_implementation", None) == NAME:
+            sub_config._attn_implementation = previous
+
+
+def uses_segments(model) -> bool:
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) == NAME
+
+
+def row_segments(feature: dict) -> list[tuple[int, int]]:
+    """[start, end) of each sequence in one unpadded row: packed rows restart `position_ids` at 0."""
+    n = len(feature["input_ids"])
+    positions = feature.get("position_ids")
+    if positions is None:
+        return [(0, n)]
+    starts = [i for i, p in enumerate(positions) if p == 0]
+    return list(zip(starts, starts[1:] + [n]))

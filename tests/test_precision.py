@@ -1,0 +1,64 @@
+"""bf16 is safe: a frozen base held in bf16 computes exactly what autocast would, and bf16 runs
+follow the fp32 loss curve within a stated tolerance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import read_jsonl, write_config
+
+from tunesmith.config import load_config
+from tunesmith.train import train
+
+# bf16 keeps 8 significant bits (~0.4% relative rounding per value). Over 20 steps of a tiny
+# model the per-step training loss of a bf16 run stays within this relative distance of the
+# same run in fp32 (measured: at most 0.16% for LoRA, 0.10% for full fine-tuning).
+BF16_LOSS_RTOL = 0.01
+
+
+def _lora_model(tiny_model_dir, dora=False):
+    from tunesmith.config import AdapterConfig
+    from tunesmith.model.adapters import apply_adapter
+    from tunesmith.model.load import load_base
+
+    torch.manual_seed(0)
+    model = apply_adapter(load_base(tiny_model_dir), AdapterConfig(type="lora", r=8, alpha=16, dora=dora), None)
+    for name, p in model.named_parameters():  # B starts at zero; make the adapter matter
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_frozen_base_held_in_bf16_gives_autocasts_logits_exactly(tiny_model_dir, tokenizer, dora):
+    from tunesmith.engine.precision import hold_frozen_weights_in_bf16
+
+    model = _lora_model(tiny_model_dir, dora)
+    ids = torch.tensor([tokenizer("<|im_start|>user\nWhen is Anna's meeting in Paris?<|im_end|>")["input_ids"]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+    cast = hold_frozen_weights_in_bf16(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        after = model(input_ids=ids).logits
+    assert cast == (0 if dora else 2 * 7)  # q k v o gate up down in each of 2 layers; DoRA keeps fp32
+    assert torch.equal(before, after)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "embed" in n or "norm" in n)
+    base = torch.float32 if dora else torch.bfloat16
+    assert all(d == base for n, d in dtypes.items() if n.endswith("base_layer.weight"))
+
+
+@pytest.mark.parametrize("adapter", [{"type": "lora", "r": 8, "alpha": 16}, {"type": "none"}])
+def test_bf16_loss_curve_follows_fp32(tmp_path, tiny_model_dir, date_data, adapter):
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        cfg_path = write_config(tmp_path / f"{precision}.yaml", tiny_model_dir, date_data, tmp_path / precision,
+                                adapter=adapter, train={"max_steps": 20, "precision": precision,
+                                                        "lr": 1e-2 if adapter["type"] == "lora" else 3e-3})
+        summary = train(load_config(cfg_path), quiet=True)
+        assert summary["precision"] == precision
+        curves[precision] = torch.tensor([r["loss"] for r in read_jsonl(tmp_path / precision / "tiny" / "metrics.jsonl")])
+    fp32, bf16 = curves["fp32"], curves["bf16"]
+    assert fp32[-1] < 0.6 * fp32[0]  # it learned: the comparison is over a real descent
+    assert torch.isfinite(bf16).all()
+    assert ((bf16 - fp32).abs() / fp32).max() < BF16_LOSS_RTOL, (fp32.tolist(), bf16.tolist())
