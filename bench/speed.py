@@ -33,17 +33,18 @@ BENCH = Path(__file__).resolve().parent
 TRL_PYTHON = BENCH / ".venv-trl" / "bin" / "python"
 COMMON = {"batch_size": 8, "max_length": 1024, "seed": 0}
 LR = {"lora": 2e-4, "full": 2e-5}
+PACKED = {"batch_size": 2}  # rows of up to 1024 tokens: about as many tokens per step as 8 examples
 
 # (name, tool, kind, adapter, tool-specific settings)
 RUNS = [
     ("trl-default", "trl", "sft", "lora", {"use_cpu": True}),
-    ("trl-fp32", "trl", "sft", "lora", {"use_cpu": True, "bf16": False}),
-    ("trl-packed", "trl", "sft", "lora", {"use_cpu": True, "packing": True, "gradient_checkpointing": False}),
-    ("trl-padding-free", "trl", "sft", "lora", {"use_cpu": True, "padding_free": True, "gradient_checkpointing": False}),
+    ("trl-packed", "trl", "sft", "lora", {"use_cpu": True, "packing": True, "gradient_checkpointing": False, **PACKED}),
+    ("trl-padding-free", "trl", "sft", "lora",  # TRL enforces no max_length without packing; no example is longer
+     {"use_cpu": True, "padding_free": True, "gradient_checkpointing": False, "max_length": None}),
     ("tunesmith", "tunesmith", "sft", "lora", {}),
-    ("tunesmith-packed", "tunesmith", "sft", "lora", {"packing": True}),
-    ("trl-full", "trl", "sft", "full", {"use_cpu": True, "padding_free": True, "gradient_checkpointing": False}),
-    ("tunesmith-full", "tunesmith", "sft", "full", {}),
+    ("tunesmith-packed", "tunesmith", "sft", "lora", {"packing": True, **PACKED}),
+    ("trl-full", "trl", "sft", "full", {"use_cpu": True, "packing": True, "gradient_checkpointing": False, **PACKED}),
+    ("tunesmith-full", "tunesmith", "sft", "full", {"packing": True, **PACKED}),
     ("trl-dpo", "trl", "dpo", "lora", {"use_cpu": True, "gradient_checkpointing": False}),
     ("tunesmith-dpo", "tunesmith", "dpo", "lora", {}),
 ]
@@ -71,17 +72,21 @@ def tunesmith_run(spec: dict) -> dict:
     summary = train(validate_config(tree, "bench"), quiet=True)
     records = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records]
+    profile = Path(summary["run_dir"]) / "profile.txt"
     return {"tool": "tunesmith", "tokens": summary["tokens"], "train_seconds": summary["train_seconds"],
             "steps": summary["steps"], "train_loss": sum(losses) / len(losses), "last_loss": losses[-1],
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "final": summary["final"]}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "final": summary["final"],
+            **({"profile": profile.read_text()} if profile.is_file() else {})}
 
 
 def run(name: str, tool: str, kind: str, adapter: str, options: dict, data: dict, model: str, workdir: Path) -> dict:
     """One run in a fresh process of its tool's environment, with its held-out loss."""
     from heldout import measure
 
-    spec = {"kind": kind, "adapter": adapter, "model": model, "lr": LR[adapter], "options": options,
-            "data": str(data["dpo" if kind == "dpo" else "sft"]), "out": str(workdir / name), **COMMON}
+    settings = {k: v for k, v in options.items() if k != "batch_size"}
+    spec = {**COMMON, "kind": kind, "adapter": adapter, "model": model, "lr": LR[adapter], "options": settings,
+            "data": str(data["dpo" if kind == "dpo" else "sft"]), "out": str(workdir / name),
+            "batch_size": options.get("batch_size", COMMON["batch_size"])}
     python = TRL_PYTHON if tool == "trl" else sys.executable
     args = [str(python), str(BENCH / "trl_run.py"), json.dumps(spec)] if tool == "trl" else \
         [str(python), __file__, "--one", json.dumps(spec)]
@@ -158,6 +163,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=96, help="training examples (one epoch); DPO pairs: a third of it")
     ap.add_argument("--only", help="comma-separated run names (default: all)")
+    ap.add_argument("--profile", type=int, default=0, help="profile this many steps of each tunesmith run (profile.txt)")
     ap.add_argument("--out", type=Path, help="default: bench/results/speed-<machine>.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -183,6 +189,8 @@ def main() -> None:
         data["dpo"] = dpo_pairs
         for name, tool, kind, adapter, options in RUNS:
             if chosen is None or name in chosen:
+                if tool == "tunesmith" and args.profile:
+                    options = {**options, "profile_steps": args.profile}
                 rows.append(run(name, tool, kind, adapter, options, data, model, Path(tmp) / "runs"))
     n_params = parameters(model)
     result = {"machine": machine(), "matmul_peak_gflops": peaks, "model": "SmolLM2-135M-Instruct", "parameters": n_params,

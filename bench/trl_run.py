@@ -31,7 +31,8 @@ def main(spec: dict) -> dict:
     common = dict(output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"], learning_rate=spec["lr"],
                   num_train_epochs=1, max_length=spec["max_length"], seed=spec["seed"], lr_scheduler_type="constant",
                   warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, save_strategy="no", report_to="none",
-                  logging_steps=1, disable_tqdm=True, dataloader_num_workers=0, **spec.get("options", {}))
+                  logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
+    common.update(spec.get("options", {}))
     if spec["kind"] == "sft":
         from trl import SFTConfig, SFTTrainer
 
