@@ -161,7 +161,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--examples", type=int, default=96, help="training examples (one epoch); DPO pairs: a third of it")
+    ap.add_argument("--examples", type=int, default=64, help="training examples (one epoch); DPO pairs: a third of it")
     ap.add_argument("--only", help="comma-separated run names (default: all)")
     ap.add_argument("--profile", type=int, default=0, help="profile this many steps of each tunesmith run (profile.txt)")
     ap.add_argument("--out", type=Path, help="default: bench/results/speed-<machine>.json")

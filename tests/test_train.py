@@ -142,3 +142,30 @@ def test_truncation_policy_truncate_or_drop(tmp_path, tiny_model_dir, date_data,
         counts[policy] = (len(kept), method.truncated, method.dropped)
     assert counts["drop"] == (len(lengths) - longer, 0, longer)
     assert counts["truncate"][0] + counts["truncate"][2] == len(lengths) and counts["truncate"][1] >= 1
+
+
+def test_batches_split_by_token_budget_keep_order_and_bound_size():
+    from tunesmith.engine.loop import split_by_tokens
+
+    lengths = [10, 30, 20, 50, 5, 5]
+    parts = split_by_tokens([0, 1, 2, 3, 4, 5], lengths, budget=60)
+    assert [i for p in parts for i in p] == [0, 1, 2, 3, 4, 5]
+    assert all(len(p) * max(lengths[i] for i in p) <= 60 for p in parts)
+    assert parts == [[0, 1], [2], [3], [4, 5]]
+    assert split_by_tokens([[0, 1], [2, 3]], lengths, budget=100) == [[[0, 1]], [[2, 3]]]  # packed rows: 40, 70
+    assert split_by_tokens([0, 1], lengths, budget=None) == [[0, 1]]
+
+
+def test_a_token_budget_splits_passes_without_changing_the_run(tmp_path, tiny_model_dir, date_data, monkeypatch):
+    from tunesmith.engine import loop
+
+    parts, split = [], loop.split_by_tokens
+    monkeypatch.setattr(loop, "split_by_tokens", lambda *a: parts.append(len(split(*a))) or split(*a))
+    curves = []
+    for budget in (0, 64):  # 0: no limit
+        cfg_path = write_config(tmp_path / f"{budget}.yaml", tiny_model_dir, date_data, tmp_path / str(budget),
+                                train={"max_steps": 4, "max_tokens_per_pass": budget})
+        train(load_config(cfg_path), quiet=True)
+        curves.append([r["loss"] for r in read_jsonl(tmp_path / str(budget) / "tiny" / "metrics.jsonl")])
+    assert parts[:4] == [1] * 4 and min(parts[4:]) > 1  # the second run made several passes per step
+    assert curves[0] == pytest.approx(curves[1], rel=1e-5)

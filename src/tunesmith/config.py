@@ -138,6 +138,9 @@ class TrainConfig(Section):
     optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="adamw8bit: bitsandbytes 8-bit states where it runs")
     return_memory: bool = Field(False, description="glibc: give freed tensors back to the OS at once: lower peak RSS on CPU "
                                                    "(bench/memory.py), slower steps; for the rest of the process")
+    max_tokens_per_pass: int | None = Field(None, ge=0, description="a forward pass takes at most this many tokens "
+                                            "(rows x longest): larger batches are split and accumulated, same gradient; "
+                                            "default 1024 on a CPU (bench/README.md), none on a GPU; 0 = no limit")
     log_every: int = Field(10, ge=1)
     profile_steps: int | None = Field(None, ge=1, description="profile N steps after 2 warm-up steps: "
                                                                "where the time goes, in the run's profile.txt")
