@@ -14,6 +14,8 @@ N the model's parameters, against the bf16 matmul peak measured here. One piece 
 (bench/heldout.py) measures every result's loss on held-out examples, so the final losses compare.
 
 Writes bench/results/speed-<machine>.json and speed-<machine>.png; prints a Markdown table.
+`--profile N` also profiles N steps of each tunesmith run (`train.profile_steps`; the profile is in
+the row's "profile"); profiled steps run slower, so those results go to speed-profile-<machine>.json.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def run(name: str, tool: str, kind: str, adapter: str, options: dict, data: dict
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
-        sys.exit(f"bench run {name}: {tail}")
+        print(f"bench run {name} failed: {tail}", file=sys.stderr)
+        return {"name": name, "tool": tool, "kind": kind, "adapter": adapter, "options": options, "error": tail}
     row = json.loads(done.stdout.strip().splitlines()[-1])
     row.update(name=name, kind=kind, adapter=adapter, options=options, process_seconds=round(time.perf_counter() - t0, 1),
                tokens_per_s=row["tokens"] / row["train_seconds"])
@@ -128,10 +131,10 @@ def summarise(rows: list[dict], n_params: int, peak_bf16: float) -> dict:
              "rss_ratio": best["peak_rss_mib"] / trl_best["peak_rss_mib"]}
         for r in ours + theirs:
             r["mfu"] = r["tokens_per_s"] * flop_per_token / (peak_bf16 * 1e9)
-        if kind == "sft":
-            trl_default = next((r for r in theirs if r["name"] in ("trl-default", "trl-full")), trl_best)
-            g["loss_ratio"] = best["heldout_loss"] / trl_default["heldout_loss"]
-            g["loss_vs"] = trl_default["name"]
+        if kind == "sft":  # held-out loss of runs with the same batches and steps: unpacked, packed
+            g["loss_ratios"] = {f"{ours_row['name']}/{theirs_row['name']}": ours_row["heldout_loss"] / theirs_row["heldout_loss"]
+                                for ours_row in ours for theirs_row in theirs
+                                if bool(ours_row["options"].get("packing")) == bool(theirs_row["options"].get("packing"))}
         packed = [r for r in ours if r["options"].get("packing")]
         if packed:
             g["mfu_packed"] = packed[0]["mfu"]
@@ -163,10 +166,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=64, help="training examples (one epoch); DPO pairs: a third of it")
     ap.add_argument("--only", help="comma-separated run names (default: all)")
-    ap.add_argument("--profile", type=int, default=0, help="profile this many steps of each tunesmith run (profile.txt)")
+    ap.add_argument("--profile", type=int, default=0, help="profile this many steps of each tunesmith run (profile.txt); "
+                    "profiling slows those steps, so results go to speed-profile-<machine>.json")
     ap.add_argument("--out", type=Path, help="default: bench/results/speed-<machine>.json")
+    ap.add_argument("--table", type=Path, help="print the table of an earlier results file and stop")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.table:
+        result = json.loads(args.table.read_text())
+        result["summary"] = summarise(result["rows"], result["parameters"], result["matmul_peak_gflops"]["bf16"])
+        print_table(result)
+        return
     if args.one:
         print(json.dumps(tunesmith_run(json.loads(args.one))))
         return
@@ -192,11 +202,13 @@ def main() -> None:
                 if tool == "tunesmith" and args.profile:
                     options = {**options, "profile_steps": args.profile}
                 rows.append(run(name, tool, kind, adapter, options, data, model, Path(tmp) / "runs"))
+    failed = [r for r in rows if "error" in r]
+    rows = [r for r in rows if "error" not in r]
     n_params = parameters(model)
     result = {"machine": machine(), "matmul_peak_gflops": peaks, "model": "SmolLM2-135M-Instruct", "parameters": n_params,
               "examples": args.examples, "hyperparameters": {**COMMON, "lr": LR, "epochs": 1, "schedule": "constant"},
-              "rows": rows, "summary": summarise(rows, n_params, peaks["bf16"])}
-    out = args.out or BENCH / "results" / f"speed-{machine_tag()}.json"
+              "rows": rows, "failed": failed, "summary": summarise(rows, n_params, peaks["bf16"])}
+    out = args.out or BENCH / "results" / f"speed{'-profile' if args.profile else ''}-{machine_tag()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     plot(rows, out.with_suffix(".png"))
@@ -213,8 +225,8 @@ def print_table(result: dict) -> None:
     for group, g in result["summary"].items():
         line = (f"{group}: {g['tunesmith']} vs {g['trl_fastest']}: {g['speed_ratio']:.2f}x tokens/s, "
                 f"{g['rss_ratio']:.2f}x peak RSS")
-        if "loss_ratio" in g:
-            line += f", held-out loss {g['loss_ratio']:.3f}x {g['loss_vs']}'s"
+        for pair, ratio in g.get("loss_ratios", {}).items():
+            line += f", held-out loss {pair} {ratio:.3f}x"
         if "mfu_packed" in g:
             line += f", packed MFU {g['mfu_packed']:.0%}"
         print(line)

@@ -46,7 +46,7 @@ def main(spec: dict) -> dict:
                              processing_class=tokenizer, peft_config=peft_config)
         ds = trainer.train_dataset
         tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in
-                     zip(ds["prompt_input_ids"], ds["chosen_input_ids"], ds["rejected_input_ids"]))
+                     zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
     setup_s = time.perf_counter() - t0
     metrics = trainer.train().metrics
     trainer.save_model(spec["out"] + "/final")
