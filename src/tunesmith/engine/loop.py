@@ -187,8 +187,9 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
             loss_sum, metrics, grad_norm = _train_step(model, method, micro, params, optimizer, scheduler, cfg, precision, dev, anchor)
             state["step"] += 1
             step = state["step"]
-            profiler.after_step(step, sum(b["n_tokens"] for b in micro))
-            state["tokens"] += sum(b["n_tokens"] for b in micro)
+            step_tokens = sum(b["n_tokens"] for b in micro)
+            profiler.after_step(step, step_tokens)
+            state["tokens"] += step_tokens
             _add_to_window(state["window"], loss_sum, metrics, grad_norm, micro)
 
             do_val = bool(data.val) and (step == total or (cfg.eval.every is not None and step % cfg.eval.every == 0))

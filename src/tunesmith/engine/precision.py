@@ -45,7 +45,8 @@ def hold_frozen_weights_in_bf16(model) -> int:
     """
     skip = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
             for p in m.parameters()}
-    skip |= {id(m.base_layer.weight) for m in model.modules() if any(getattr(m, "use_dora", {}).values())}
+    dora = [m for m in model.modules() if any(getattr(m, "use_dora", {}).values())]
+    skip |= {id(m.base_layer.weight) for m in dora}
     cast = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -53,6 +54,6 @@ def hold_frozen_weights_in_bf16(model) -> int:
             if not w.requires_grad and w.dtype == torch.float32 and id(w) not in skip:
                 w.data = w.data.to(torch.bfloat16)
                 cast += 1
-        if hasattr(module, "cast_input_dtype_enabled") and not any(getattr(module, "use_dora", {}).values()):
+        if hasattr(module, "cast_input_dtype_enabled") and module not in dora:
             module.cast_input_dtype_enabled = False  # a PEFT layer: autocast casts for its matmuls, no fp32 copy first
     return cast

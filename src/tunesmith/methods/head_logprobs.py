@@ -18,6 +18,13 @@ import torch
 CHUNK_ROWS = 128  # fp32 logits of 128 x 49,152 = 25 MB: small enough for glibc to reuse, not re-map
 
 
+def _onehot_minus_softmax(logits: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """d log p(target) / d logits for a chunk, computed in place of its fp32 logits."""
+    grad = logits.sub_(lse[:, None]).exp_().neg_()
+    grad[torch.arange(len(targets), device=targets.device), targets] += 1
+    return grad
+
+
 class _HeadLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, compute_dtype, chunk, track):
@@ -36,8 +43,7 @@ class _HeadLogprobs(torch.autograd.Function):
                 logp[s : s + chunk] = logits.gather(1, t[:, None])[:, 0] - lse
                 correct[s : s + chunk] = logits.argmax(-1) == t
                 if d_hidden is not None:  # (onehot - softmax) @ W, row by row
-                    probs = logits.sub_(lse[:, None]).exp_().neg_()
-                    probs[torch.arange(len(t), device=t.device), t] += 1
+                    probs = _onehot_minus_softmax(logits, lse, t)
                     d_hidden[s : s + chunk] = (probs.to(compute_dtype) @ w).to(hidden.dtype)
                 if lse_all is not None:
                     lse_all[s : s + chunk] = lse
@@ -64,8 +70,7 @@ class _HeadLogprobs(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         for s in range(0, hidden.shape[0], chunk):
             h, t = hidden[s : s + chunk].to(dtype), targets[s : s + chunk]
-            g = (h @ w.T).float().sub_(lse_all[s : s + chunk, None]).exp_().neg_()
-            g[torch.arange(len(t), device=t.device), t] += 1
+            g = _onehot_minus_softmax((h @ w.T).float(), lse_all[s : s + chunk], t)
             g = (g * grad_logp[s : s + chunk, None]).to(dtype)  # d loss / d logits of this chunk
             if grad_h is not None:
                 grad_h[s : s + chunk] = (g @ w).to(hidden.dtype)

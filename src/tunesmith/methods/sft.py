@@ -43,7 +43,8 @@ class SFT:
 
     def loss(self, model, batch: dict):
         head, rows, targets = token_logprob_inputs(model, batch)
-        if self.reference is not None and "anchor" in batch:  # KL anchoring needs whole distributions
+        anchored = self.reference is not None and "anchor" in batch
+        if anchored:  # KL anchoring needs whole distributions
             logits = (head(rows) if head is not None else rows).float()
             total = F.cross_entropy(logits, targets, reduction="sum")
             correct = logits.detach().argmax(-1) == targets
@@ -51,7 +52,7 @@ class SFT:
             logp, correct = head_token_logprobs(head, rows, targets)
             total = -logp.sum()
         metrics = {"token_accuracy": float(correct.sum())}
-        if self.reference is not None and "anchor" in batch:
+        if anchored:
             kl = self._kl_to_reference(model, batch, logits)
             total = total + self.kl_weight * kl
             metrics["kl"] = float(kl.detach())
