@@ -57,3 +57,26 @@ def test_generation_without_segments_is_plain_sdpa(tiny_model_dir):
     plain = model.generate(ids, **kwargs)
     use_segment_attention(model)
     assert torch.equal(model.generate(ids, **kwargs), plain)
+
+
+def test_under_bf16_autocast_spans_go_to_matmul_attention(tiny_model_dir, monkeypatch):
+    from tunesmith.model import matmul_attention
+
+    spans = []
+    kernel = matmul_attention.causal_attention
+    monkeypatch.setattr(matmul_attention, "causal_attention", lambda q, *a: spans.append((q.dtype, q.shape[1])) or kernel(q, *a))
+    feats = _features([7, 19, 12, 30, 5])
+    batch = collate_tokens([pack_features(feats[:3]), pack_features(feats[3:])], pad=0)
+    results = []
+    for segments in (False, True):
+        model = load_base(tiny_model_dir)
+        previous = use_segment_attention(unwrap(model)) if segments else None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logps, _ = token_logprobs(model, batch)
+        results.append(logps.detach().float())
+        restore_attention(model, previous)
+    n_layers = model.config.num_hidden_layers
+    assert spans == [(torch.bfloat16, n) for n in [7, 19, 12, 30, 5]] * n_layers
+    masked, per_span = results
+    assert (masked - per_span).abs().max() < 0.05  # both bf16: scores and outputs rounded to 8 bits
+    assert (masked - per_span).abs().mean() < 0.01

@@ -5,7 +5,8 @@ makes SDPA compute every query against every key of the row (a 1,024-token row o
 examples: five times the work), and a padded row computes its padding. Training batches say
 where their sequences are (`segments`: per row, the [start, end) of each example), and this
 attention function runs causal SDPA on each of those spans alone: the same result (tested
-against the masked model), with work proportional to the sum of squared example lengths.
+against the masked model), with work proportional to the sum of squared example lengths. In bf16 on a CPU each span goes to
+`matmul_attention` (2-3x faster there than SDPA's CPU kernel); elsewhere to SDPA.
 Calls without `segments` (generation, a KV cache, left-padded prompts) are plain SDPA.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from tunesmith.model import matmul_attention
 
 NAME = "tunesmith_segments"
 _registered = False
@@ -30,13 +33,20 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     if len(segments) != batch:
         raise ValueError(f"segment attention: {len(segments)} rows of segments for a batch of {batch}")
     gqa = key.shape[1] != heads
+    low = matmul_attention.low_precision(query)
+    scale = dim**-0.5 if scaling is None else scaling
     rows = []
     for b, spans in enumerate(segments):
         parts, end = [], 0
         for start, stop in spans:
-            parts.append(F.scaled_dot_product_attention(
-                query[b : b + 1, :, start:stop], key[b : b + 1, :, start:stop], value[b : b + 1, :, start:stop],
-                dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa))
+            if low is not None:
+                parts.append(matmul_attention.causal_attention(
+                    query[b, :, start:stop].to(low), key[b, :, start:stop].to(low), value[b, :, start:stop].to(low),
+                    scale, dropout)[None])
+            else:
+                parts.append(F.scaled_dot_product_attention(
+                    query[b : b + 1, :, start:stop], key[b : b + 1, :, start:stop], value[b : b + 1, :, start:stop],
+                    dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa))
             end = stop
         if end < length:  # padding: its outputs carry no loss
             parts.append(query.new_zeros(1, heads, length - end, dim))
