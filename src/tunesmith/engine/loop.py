@@ -25,6 +25,7 @@ from tunesmith.engine.precision import autocast, device, hold_frozen_weights_in_
 from tunesmith.engine.sampler import EpochSampler
 from tunesmith.engine.schedule import build_optimizer
 from tunesmith.methods.base import feature_length, unwrap
+from tunesmith.model.fused_lora import restore_lora, use_fused_lora
 from tunesmith.model.segment_attention import restore_attention, use_segment_attention
 from tunesmith.model.quantize import is_quantized
 
@@ -130,9 +131,11 @@ def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: in
 def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         console: Console | None = None, quiet: bool = False) -> FitResult:
     previous_attention = use_segment_attention(unwrap(model))  # training batches say where sequences are
+    fused = use_fused_lora(model)
     try:
         return _fit(model, tokenizer, method, data, cfg, run_dir, resume, console, quiet)
     finally:
+        restore_lora(fused)
         restore_attention(unwrap(model), previous_attention)
 
 

@@ -59,16 +59,18 @@ def _chunked(query, key, value, dropout):
     kv_heads = key.shape[0]
     group = heads // kv_heads
     bias = _bias(length, query.dtype)
-    outs = []
-    for start in range(0, length, CHUNK):
-        end = min(length, start + CHUNK)
-        rows = end - start
-        q = query[:, start:end].reshape(kv_heads, group * rows, dim)  # heads of a group stacked as rows
-        scores = torch.bmm(q, key[:, :end].transpose(1, 2)).view(kv_heads, group, rows, end)
+    outs, start = [], 0
+    for q in query.split(CHUNK, 1):  # split, not sliced: one concatenation of gradients, no zero-filled copies
+        rows = q.shape[1]
+        end = start + rows
+        keys, values = (key, value) if end == length else (key[:, :end], value[:, :end])
+        q = q.reshape(kv_heads, group * rows, dim)  # the heads of a group stacked as rows
+        scores = torch.bmm(q, keys.transpose(1, 2)).view(kv_heads, group, rows, end)
         scores = scores.add_(bias[start:end, :end])
         probs = torch.softmax(scores, -1)
         if dropout:
             probs = F.dropout(probs, dropout)
-        out = torch.bmm(probs.view(kv_heads, group * rows, end), value[:, :end])
+        out = torch.bmm(probs.view(kv_heads, group * rows, end), values)
         outs.append(out.view(heads, rows, dim))
+        start = end
     return outs[0] if len(outs) == 1 else torch.cat(outs, 1)

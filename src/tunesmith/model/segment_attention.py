@@ -33,26 +33,43 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     if len(segments) != batch:
         raise ValueError(f"segment attention: {len(segments)} rows of segments for a batch of {batch}")
     gqa = key.shape[1] != heads
-    low = matmul_attention.low_precision(query)
     scale = dim**-0.5 if scaling is None else scaling
+    low = matmul_attention.low_precision(query)
+    if low is not None:  # cast once here, not once per sequence
+        query, key, value = query.to(low), key.to(low), value.to(low)
+
+    def attend(q, k, v):  # one sequence: [heads, n, dim]
+        if low is not None:
+            return matmul_attention.causal_attention(q, k, v, scale, dropout)
+        return F.scaled_dot_product_attention(q[None], k[None], v[None], dropout_p=dropout, is_causal=True,
+                                              scale=scale, enable_gqa=gqa)[0]
+
     rows = []
-    for b, spans in enumerate(segments):
-        parts, end = [], 0
-        for start, stop in spans:
-            if low is not None:
-                parts.append(matmul_attention.causal_attention(
-                    query[b, :, start:stop].to(low), key[b, :, start:stop].to(low), value[b, :, start:stop].to(low),
-                    scale, dropout)[None])
-            else:
-                parts.append(F.scaled_dot_product_attention(
-                    query[b : b + 1, :, start:stop], key[b : b + 1, :, start:stop], value[b : b + 1, :, start:stop],
-                    dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa))
-            end = stop
-        if end < length:  # padding: its outputs carry no loss
-            parts.append(query.new_zeros(1, heads, length - end, dim))
-        rows.append(torch.cat(parts, 2) if len(parts) > 1 else parts[0])
-    out = torch.cat(rows) if len(rows) > 1 else rows[0]
+    # unbind and split rather than index: their backward passes put the pieces' gradients together
+    # in one concatenation, where indexing would fill a zero tensor the size of the batch per piece
+    for spans, q_row, k_row, v_row in zip(segments, query.unbind(0), key.unbind(0), value.unbind(0)):
+        pieces = _pieces(spans, length)
+        sizes = [n for n, _ in pieces]
+        parts = [attend(q, k, v) if is_sequence else q.new_zeros(heads, n, dim)  # padding: its outputs carry no loss
+                 for (n, is_sequence), q, k, v in zip(pieces, q_row.split(sizes, 1), k_row.split(sizes, 1), v_row.split(sizes, 1))]
+        rows.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
+    out = torch.stack(rows)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _pieces(spans, length: int) -> list[tuple[int, bool]]:
+    """A row cut into (size, is a sequence) pieces: the spans, and the gaps and padding between."""
+    pieces, cursor = [], 0
+    for start, stop in spans:
+        if not cursor <= start < stop <= length:
+            raise ValueError(f"segment attention: span [{start}, {stop}) out of order or outside a row of {length}")
+        if start > cursor:
+            pieces.append((start - cursor, False))
+        pieces.append((stop - start, True))
+        cursor = stop
+    if cursor < length:
+        pieces.append((length - cursor, False))
+    return pieces
 
 
 def register() -> None:
