@@ -65,8 +65,9 @@ def test_gradient_accumulation_matches_a_large_batch(tiny_model_dir, date_data, 
         opt = torch.optim.SGD(params, lr=1.0)  # plain SGD: the update is the gradient itself
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         micro = [method.collate(f, tokenizer) for f in split]
-        loss_sum, _, norm = _train_step(model, method, micro, params, opt, sched, cfg, "fp32", torch.device("cpu"))
-        results.append((loss_sum / sum(b["n_items"] for b in micro), norm, model.lm_head.weight.detach().clone()))
+        totals = _train_step(model, method, micro, params, opt, sched, cfg, "fp32", torch.device("cpu"))
+        assert totals["items"] == sum(b["n_items"] for b in micro)
+        results.append((totals["loss"] / totals["items"], totals["grad_norm"], model.lm_head.weight.detach().clone()))
     (loss_a, norm_a, w_a), (loss_b, norm_b, w_b) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-5) and norm_a == pytest.approx(norm_b, rel=1e-4)
     assert torch.allclose(w_a, w_b, atol=1e-6, rtol=1e-5)

@@ -41,14 +41,23 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="override a config key: --set train.lr=1e-4 (repeatable)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run from its latest checkpoint"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (starts them as "
+                              "torchrun does; on GPUs, one per GPU); many machines: run torchrun yourself"),
 ):
     """Fine-tune a model as the config says; writes runs/<name>/."""
     from tunesmith.config import load_config
     from tunesmith.train import train as run_training
 
-    cfg = load_config(config, set_)
+    cfg = load_config(config, set_)  # bad config: one error here, before any process starts
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from tunesmith.engine.distributed import launch_local
+
+        argv = ["train", str(config), *(f"--set={s}" for s in set_), *(["--resume"] if resume else []),
+                *(["--quiet"] if quiet else [])]
+        raise typer.Exit(launch_local(nproc, argv))
     summary = run_training(cfg, resume=resume, console=err, quiet=quiet)
-    print(json.dumps(summary, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun the other ranks have nothing to report
+        print(json.dumps(summary, indent=2))
 
 
 @app.command()
@@ -333,8 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except UserError as e:
+        rank = f"rank {os.environ['RANK']}: " if os.environ.get("RANK", "0") != "0" else ""  # under torchrun
         for line in str(e).splitlines():  # one problem per line, each a complete message
-            err.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+            err.print(f"error: {rank}{line}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

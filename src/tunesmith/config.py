@@ -141,6 +141,8 @@ class TrainConfig(Section):
     max_tokens_per_pass: int | None = Field(None, ge=0, description="a forward pass takes at most this many tokens "
                                             "(rows x longest): larger batches are split and accumulated, same gradient; "
                                             "default 1024 on a CPU (bench/README.md), none on a GPU; 0 = no limit")
+    distributed: Literal["ddp"] = Field("ddp", description="under torchrun (or --nproc): ddp replicates the model and "
+                                        "sums gradients")
     log_every: int = Field(10, ge=1)
     profile_steps: int | None = Field(None, ge=1, description="profile N steps after 2 warm-up steps: "
                                                                "where the time goes, in the run's profile.txt")

@@ -19,6 +19,7 @@ from rich.console import Console
 from tunesmith.config import RunConfig, validate_config
 from tunesmith.data.layouts import Example
 from tunesmith.data.records import load_examples, load_source
+from tunesmith.engine import distributed
 from tunesmith.engine.checkpoint import list_checkpoints
 from tunesmith.engine.loop import FitResult, TrainData, fit
 from tunesmith.engine.logbook import read_metrics
@@ -216,8 +217,12 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
           base: BaseReference | None = None) -> dict:
     """Train, save, then measure (test score, prompting baselines, forgetting) and report.
     `base` shares one base-model reference across the variants of a comparison."""
+    ranks = distributed.start()  # under torchrun: join the other processes
     console = console or Console(stderr=True, soft_wrap=True)
+    if not ranks.main:
+        console, quiet = Console(stderr=True, quiet=True), True  # rank 0 speaks and writes for the run
     _check_run_dir(cfg, resume)
+    distributed.barrier()  # every rank has checked the run directory before rank 0 creates it
     validate_inputs(cfg)
     if cfg.train.return_memory:
         return_freed_memory()
@@ -238,11 +243,13 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     trainable, total = count_parameters(model)
 
     run_dir = cfg.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if ranks.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml())
     console.print(
         f"[bold]{cfg.name}[/bold]: {cfg.method} on {cfg.model}, adapter {cfg.adapter.type}, "
         f"{trainable:,} of {total:,} parameters trained, {len(data.features)} train / {len(data.val)} val examples"
+        + (f", {ranks.world} processes ({cfg.train.distributed})" if ranks.parallel else "")
     )
     try:
         if hasattr(method, "prepare"):  # e.g. a preference method's reference model
@@ -251,10 +258,15 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     except BaseException:
         # Failed before a single step was logged or saved: nothing worth keeping, and a leftover
         # directory would only block the corrected rerun.
-        if not resume and not read_metrics(run_dir / "metrics.jsonl") and not list_checkpoints(run_dir / "checkpoints"):
+        if (ranks.main and not resume and not read_metrics(run_dir / "metrics.jsonl")
+                and not list_checkpoints(run_dir / "checkpoints")):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     del method  # a teacher, reference or reward model it holds is not needed to evaluate
+    if ranks.parallel:  # the trained model is the same on every rank: rank 0 saves, measures and reports
+        distributed.stop()
+        if not ranks.main:
+            return {"rank": ranks.rank, "steps": result.steps}
     final = save_final(model, tokenizer, run_dir, resolved.path, base_quantization(cfg))
     records = read_metrics(run_dir / "metrics.jsonl")
     plot = loss_curve(records, run_dir / "plots" / "loss.png", title=f"{cfg.name}: {cfg.method}, {cfg.adapter.type}")

@@ -12,19 +12,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class MetricsLog:
     """Append-only `metrics.jsonl`, one JSON object per log step (always with `step` and `loss`)."""
 
-    def __init__(self, path: Path, resume_step: int | None = None):
-        self.path = path
+    def __init__(self, path: Path | None, resume_step: int | None = None):
+        """`path` None: a log that writes nothing (ranks other than 0 of a distributed run)."""
+        self.path, self.file = path, None
+        if path is None:
+            return
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
         self.file = path.open("a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -17,7 +17,8 @@ from rich.console import Console
 
 from tunesmith.config import RunConfig
 from tunesmith.data.packing import pack_features
-from tunesmith.engine import checkpoint
+from tunesmith.engine import checkpoint, distributed
+from tunesmith.engine.distributed import Ranks, share, sum_gradients, sum_metrics, sum_scalars
 from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.logbook import MetricsLog, TrainProgress
 from tunesmith.engine.profile import StepProfiler
@@ -101,6 +102,19 @@ def split_by_tokens(batch: list, lengths: list[int], budget: int | None) -> list
     return parts + [current]
 
 
+def rank_passes(batch: list, lengths: list[int], budget: int | None, ranks: Ranks) -> list[tuple[list, bool]]:
+    """This rank's passes over its share of a global batch, as (part, ghost): as many as the rank
+    with the most, so that collectives line up; a ghost pass repeats a part with weight zero."""
+    def parts_of(rank: int) -> list:
+        mine = share(batch, Ranks(rank, ranks.world))
+        return split_by_tokens(mine, lengths, budget) if mine else []
+
+    parts = parts_of(ranks.rank)
+    most = max(len(parts_of(r)) for r in range(ranks.world)) if ranks.parallel else len(parts)
+    filler = parts[0] if parts else batch[:1]
+    return [(p, False) for p in parts] + [(filler, True)] * (most - len(parts))
+
+
 def _to(batch: dict, dev: torch.device) -> dict:
     """The batch's tensors on `dev`, in place: what a method writes into its batch while computing
     the loss (sampled replies, their token count) stays with the batch the loop holds."""
@@ -112,6 +126,8 @@ def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: in
     """Mean loss per item (token for SFT) over `features`, without gradients."""
     was_training = model.training
     model.eval()
+    ranks = distributed.current()
+    features = share(features, ranks)  # each rank its share; the sums are added over ranks
     loss_sum, items, metric_sums = 0.0, 0, {}
     with torch.no_grad():
         for start in range(0, len(features), batch_size):
@@ -123,6 +139,8 @@ def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: in
             for k, v in metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + v
     model.train(was_training)
+    loss_sum, items = sum_scalars([loss_sum, items], ranks)
+    metric_sums = sum_metrics(metric_sums, ranks)
     out = {"val_loss": loss_sum / max(1, items)}
     out.update({f"val_{k}": v / max(1, items) for k, v in metric_sums.items()})
     return out
@@ -159,6 +177,8 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
     if note:
         console.print(f"[yellow]{note}[/yellow]")
     params = [p for p in model.parameters() if p.requires_grad]
+    ranks = distributed.current()
+    quiet = quiet or not ranks.main
     anchor = WeightAnchor(params, cfg.forgetting.l2sp) if cfg.forgetting.l2sp else None  # before resume: theta_0
 
     ckpt_root = run_dir / "checkpoints"
@@ -168,12 +188,12 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
         if found:
             state = checkpoint.load(found[-1], model, optimizer, scheduler)
             console.print(f"resumed from {found[-1]} (step {state['step']})")
-    log = MetricsLog(run_dir / "metrics.jsonl", resume_step=state["step"])
+    log = MetricsLog(run_dir / "metrics.jsonl" if ranks.main else None, resume_step=state["step"])  # rank 0 writes
     stream = _batch_stream(sampler, state["epoch"], state["batch"])
     last_loss, val_loss = float("nan"), None
     t_window = time.perf_counter()
     t_start = time.perf_counter() - state["elapsed"]
-    profiler = StepProfiler(cfg.train.profile_steps, run_dir / "profile.txt", state["step"])
+    profiler = StepProfiler(cfg.train.profile_steps if ranks.main else None, run_dir / "profile.txt", state["step"])
 
     # a method may take several optimizer steps on one batch (online RL reusing its sampled replies)
     steps_per_batch, micro, reuses_left = getattr(method, "steps_per_batch", 1), [], 0
@@ -183,17 +203,17 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
                 micro, reuses_left = [], steps_per_batch
                 for _ in range(cfg.train.grad_accum):
                     batch, (state["epoch"], state["batch"]) = next(stream)
-                    for part in split_by_tokens(batch, lengths, budget):
-                        micro.append(method.collate(_batch_features(part, data.features, pack_length), tokenizer))
+                    for part, ghost in rank_passes(batch, lengths, budget, ranks):
+                        collated = method.collate(_batch_features(part, data.features, pack_length), tokenizer)
+                        micro.append({**collated, "ghost": True} if ghost else collated)
             reuses_left -= 1
             profiler.before_step(state["step"] + 1)
-            loss_sum, metrics, grad_norm = _train_step(model, method, micro, params, optimizer, scheduler, cfg, precision, dev, anchor)
+            totals = _train_step(model, method, micro, params, optimizer, scheduler, cfg, precision, dev, anchor, ranks)
             state["step"] += 1
             step = state["step"]
-            step_tokens = sum(b["n_tokens"] for b in micro)
-            profiler.after_step(step, step_tokens)
-            state["tokens"] += step_tokens
-            _add_to_window(state["window"], loss_sum, metrics, grad_norm, micro)
+            profiler.after_step(step, totals["tokens"])
+            state["tokens"] += totals["tokens"]
+            _add_to_window(state["window"], totals)
 
             do_val = bool(data.val) and (step == total or (cfg.eval.every is not None and step % cfg.eval.every == 0))
             if step % cfg.train.log_every == 0 or step in (1, total) or do_val:
@@ -209,7 +229,7 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
                 t_window = time.perf_counter()
             else:
                 progress.update(step)
-            if cfg.output.save_every and step % cfg.output.save_every == 0 and step < total:
+            if cfg.output.save_every and step % cfg.output.save_every == 0 and step < total and ranks.main:
                 state["elapsed"] = time.perf_counter() - t_start
                 checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, cfg.output.keep)
     profiler.finish()
@@ -217,26 +237,37 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
     return FitResult(state["step"], last_loss, val_loss, state["tokens"], time.perf_counter() - t_start, precision)
 
 
-def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConfig, precision: str, dev, anchor=None):
-    """One optimizer step over `grad_accum` micro-batches, normalised over all their items."""
-    n_items = max(1, sum(b["n_items"] for b in micro))
+def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConfig, precision: str, dev, anchor=None,
+                ranks: Ranks = Ranks()) -> dict:
+    """One optimizer step over this rank's passes of `grad_accum` global batches, normalised over
+    all their items on every rank; returns the step's totals over all ranks."""
+    counted = [b for b in micro if not b.get("ghost")]
+    items = sum_scalars([sum(b["n_items"] for b in counted)], ranks)[0]
+    n_items = max(1, items)
     loss_total, metric_sums = 0.0, {}
     for batch in micro:
         batch = _to(batch, dev)
         with autocast(precision, dev):
             loss_sum, metrics = method.loss(model, batch)
+        if batch.get("ghost"):  # passes line up across ranks; this one adds nothing
+            (loss_sum * 0).backward()
+            continue
         (loss_sum / n_items).backward()
         loss_total += float(loss_sum.detach())
         for k, v in metrics.items():
             metric_sums[k] = metric_sums.get(k, 0.0) + v
-    if anchor is not None:  # L2-SP: per step, not per item, so it is added after normalisation
+    sum_gradients(params, ranks)
+    loss_total, tokens = sum_scalars([loss_total, sum(b["n_tokens"] for b in counted)], ranks)
+    metric_sums = sum_metrics(metric_sums, ranks)
+    if anchor is not None:  # L2-SP: per step, not per item, so it is added after normalisation (and summation)
         metric_sums["l2sp"] = anchor.apply() * n_items  # logged, like every metric, per item
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_total, metric_sums, grad_norm
+    return {"loss": loss_total, "items": items, "tokens": int(tokens),
+            "metrics": metric_sums, "grad_norm": grad_norm}
 
 
 def _empty_window() -> dict:
@@ -244,13 +275,11 @@ def _empty_window() -> dict:
     return {"loss": 0.0, "items": 0, "tokens": 0, "steps": 0, "grad_norm": 0.0, "metrics": {}}
 
 
-def _add_to_window(w: dict, loss_sum: float, metrics: dict, grad_norm: float, micro: list[dict]) -> None:
-    w["loss"] += loss_sum
-    w["items"] += sum(b["n_items"] for b in micro)
-    w["tokens"] += sum(b["n_tokens"] for b in micro)
+def _add_to_window(w: dict, totals: dict) -> None:
+    for k in ("loss", "items", "tokens", "grad_norm"):
+        w[k] += totals[k]
     w["steps"] += 1
-    w["grad_norm"] += grad_norm
-    for k, v in metrics.items():
+    for k, v in totals["metrics"].items():
         w["metrics"][k] = w["metrics"].get(k, 0.0) + v
 
 

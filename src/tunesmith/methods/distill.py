@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import torch
 import torch.nn.functional as F
@@ -153,7 +154,7 @@ def attach_topk(method: Distillation, features: list[dict], tokenizer, cfg, cons
                 offsets.append(offsets[-1] + sum(1 for label in f["labels"][1:] if label != -100))
         ids, logps = torch.cat(parts_ids), torch.cat(parts_logps)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # the ranks of a distributed run may all write it
         save_file({"ids": ids, "logps": logps, "offsets": torch.tensor(offsets)}, str(tmp))
         tmp.replace(path)
     for f, a, b in zip(features, offsets[:-1], offsets[1:]):

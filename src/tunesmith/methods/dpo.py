@@ -17,6 +17,7 @@ import torch
 
 from tunesmith.data.chat import IGNORE, encode_chat
 from tunesmith.data.layouts import Example
+from tunesmith.engine.distributed import is_main
 from tunesmith.errors import UserError
 from tunesmith.methods.base import sequence_logprobs
 from tunesmith.methods.preference_losses import LENGTH_NORMALISED, REFERENCE_FREE, kto_loss, paired_loss
@@ -183,8 +184,9 @@ class Preference:
         if values is None or len(values) != len(features):
             console.print(f"reference log-probs: one pass over {len(features)} pairs (full fine-tuning keeps no second model)")
             values = precompute(model, self, tokenizer, features, cfg.train.batch_size, cfg.train.precision)
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            cached.write_text(json.dumps(values))
+            if is_main():  # every rank computes the same values; one writes them
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                cached.write_text(json.dumps(values))
         for f, v in zip(features, values):
             f["reference"] = v
 

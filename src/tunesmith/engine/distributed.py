@@ -1,0 +1,150 @@
+"""Data parallelism across processes started by torchrun: one run, the same result on any number.
+
+Every rank draws the same global batches (the sampler is seeded) and takes its share of each:
+examples (or packed rows) r, r + N, r + 2N, ... of the batch. The loss of every pass is divided
+by the item count of the whole global batch, and the ranks' gradients are summed before the
+optimizer step, so the step is the single-process step up to the order of float additions:
+`train.batch_size` and `train.grad_accum` mean the same with 1 process or 8, and a checkpoint
+(written by rank 0, the only rank that writes anything) resumes on any number of processes.
+
+Collectives must line up, so every rank runs the same number of passes per step: a rank whose
+share splits into fewer passes repeats its first with weight zero.
+
+`ddp` replicates the model and sums gradients with one all-reduce per bucket after the step's
+backward passes: DDP's algorithm, not its wrapper module, because methods run the model in
+parts its forward hook would not see (the decoder, then the output head in chunks; generation).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+BUCKET_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.world > 1
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def current() -> Ranks:
+    """This process's place: from the initialised process group, else one process alone."""
+    dist = _dist()
+    if dist.is_available() and dist.is_initialized():
+        return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Ranks()
+
+
+def start() -> Ranks:
+    """Join torchrun's process group when launched by it (WORLD_SIZE > 1): nccl on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dist = _dist()
+    if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return current()
+
+
+def stop() -> None:
+    dist = _dist()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main() -> bool:
+    return current().main
+
+
+def barrier() -> None:
+    if current().parallel:
+        _dist().barrier()
+
+
+def share(batch: list, ranks: Ranks) -> list:
+    """This rank's part of a global batch."""
+    return batch[ranks.rank :: ranks.world]
+
+
+def sum_scalars(values: list[float], ranks: Ranks) -> list[float]:
+    """Elementwise sums over ranks (fp64, so counts and loss sums stay exact enough to compare)."""
+    if not ranks.parallel:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    _dist().all_reduce(t)
+    return t.tolist()
+
+
+def sum_metrics(metrics: dict[str, float], ranks: Ranks) -> dict[str, float]:
+    """Per-rank metric sums added over ranks; a metric only some ranks report counts as 0 elsewhere."""
+    if not ranks.parallel:
+        return metrics
+    gathered: list = [None] * ranks.world
+    _dist().all_gather_object(gathered, sorted(metrics))
+    names = sorted({n for names in gathered for n in names})
+    return dict(zip(names, sum_scalars([float(metrics.get(n, 0.0)) for n in names], ranks)))
+
+
+def sum_gradients(params: list[torch.Tensor], ranks: Ranks) -> None:
+    """Every rank's gradients replaced by their sum over ranks, in buckets of flat tensors."""
+    if not ranks.parallel:
+        return
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    for p in params:  # a parameter no pass reached: zero here, so that every rank sends the same buckets
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    buckets, bucket, size = [], [], 0
+    for g in (p.grad for p in params):
+        nbytes = g.numel() * g.element_size()
+        if bucket and (size + nbytes > BUCKET_BYTES or g.dtype != bucket[0].dtype or g.device != bucket[0].device):
+            buckets.append(bucket)
+            bucket, size = [], 0
+        bucket.append(g)
+        size += nbytes
+    if bucket:
+        buckets.append(bucket)
+    for bucket in buckets:
+        flat = _flatten_dense_tensors(bucket)
+        _dist().all_reduce(flat)
+        for g, summed in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+            g.copy_(summed)
+
+
+def launch_local(nproc: int, argv: list[str]) -> int:
+    """Run `python -m tunesmith ARGV` in `nproc` processes on this machine, as
+    `torchrun --standalone --nproc-per-node NPROC` would; returns the exit code of the first
+    process that failed (2 for bad input, as a single process would), else 0."""
+    import sys
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "tunesmith", *argv)
+    except ChildFailedError as e:
+        first = min(e.failures)  # each process has said what went wrong on its stderr
+        return e.failures[first].exitcode or 1
+    return 0
