@@ -5,6 +5,7 @@ written by 2 processes resumes in 1; passes line up across ranks."""
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from conftest import cli, read_jsonl, write_config
@@ -53,30 +54,36 @@ def pairs(tmp_path_factory):
     return write_preference_splits(tmp_path_factory.mktemp("prefs"), n_train=32, n_val=8)
 
 
-METHODS = {  # method -> (data fixture, extra config sections); batch 6: 3 examples a rank
-    "sft": ("date_data", {}),
-    "sft-packed": ("date_data", {"data": {"packing": True, "max_length": 128}}),
-    "dpo": ("pairs", {"preference": {"loss": "sigmoid", "beta": 0.1}}),
-    "reward": ("pairs", {}),
-    "distill": ("date_data", {"distill": {"teacher": "TEACHER", "loss": "forward_kl"}}),
+CASES = {  # name -> (method, data fixture, distributed, extra config sections); batch 6: 3 examples a rank
+    "sft": ("sft", "date_data", "ddp", {}),
+    "sft-packed": ("sft", "date_data", "ddp", {"data": {"packing": True, "max_length": 128}}),
+    "dpo": ("dpo", "pairs", "ddp", {"preference": {"loss": "sigmoid", "beta": 0.1}}),
+    "reward": ("reward", "pairs", "ddp", {}),
+    "distill": ("distill", "date_data", "ddp", {"distill": {"teacher": "TEACHER", "loss": "forward_kl"}}),
+    "fsdp-lora": ("sft", "date_data", "fsdp", {}),
+    "fsdp-full": ("sft", "date_data", "fsdp", {"adapter": {"type": "none"}}),
+    "fsdp-dpo": ("dpo", "pairs", "fsdp", {"preference": {"loss": "sigmoid", "beta": 0.1}}),
 }
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(CASES))
 def test_two_processes_follow_the_single_process_loss(tmp_path, request, tiny_model_dir, name):
-    fixture, sections = METHODS[name]
+    from safetensors.torch import load_file
+
+    method, fixture, mode, sections = CASES[name]
     data = request.getfixturevalue(fixture)
     sections = yaml.safe_load(yaml.safe_dump(sections).replace("TEACHER", str(tiny_model_dir)))
-    method = name.split("-")[0]
     data_section = {"train": [{"path": str(data["train"])}], "val": str(data["val"]), "max_length": 256,
                     **sections.pop("data", {})}
     runs = {}
     for nproc in (1, 2):
         cfg = write_config(tmp_path / f"{nproc}.yaml", tiny_model_dir, data, tmp_path / "runs", name=f"p{nproc}",
                            method=method, data=data_section,
-                           train={"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 1},
+                           train={"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 1,
+                                  "distributed": mode},
                            eval={"every": 3}, **sections)
-        _run(tmp_path, cfg, nproc)
+        result = _run(tmp_path, cfg, nproc)
+        assert ("2 decoder layers sharded over 2 processes" in result.stderr) == (nproc == 2 and mode == "fsdp")
         runs[nproc] = tmp_path / "runs" / f"p{nproc}"
     one, two = _losses(runs[1]), _losses(runs[2])
     assert len(one) == 6
@@ -85,7 +92,13 @@ def test_two_processes_follow_the_single_process_loss(tmp_path, request, tiny_mo
     val_one = [r["val_loss"] for r in read_jsonl(runs[1] / "metrics.jsonl") if "val_loss" in r]
     val_two = [r["val_loss"] for r in read_jsonl(runs[2] / "metrics.jsonl") if "val_loss" in r]
     assert len(val_one) == 2 and all(abs(a - b) <= 1e-4 for a, b in zip(val_one, val_two))
-    assert (runs[2] / "final").is_dir() and (runs[2] / "summary.json").is_file()
+    # the saved model: the same weights (under FSDP gathered from the shards, then saved by rank 0)
+    weights = "model.safetensors" if sections.get("adapter", {}).get("type") == "none" else "adapter_model.safetensors"
+    saved = [load_file(runs[n] / "final" / weights) for n in (1, 2)]
+    assert saved[0].keys() == saved[1].keys()
+    for key, value in saved[0].items():
+        assert torch.allclose(value, saved[1][key], atol=1e-4), key
+    assert (runs[2] / "summary.json").is_file()
 
 
 def test_grpo_runs_on_two_processes(tmp_path, tiny_model_dir, date_data):
@@ -101,8 +114,10 @@ def test_grpo_runs_on_two_processes(tmp_path, tiny_model_dir, date_data):
     assert (tmp_path / "runs" / "tiny" / "final" / "adapter_model.safetensors").is_file()
 
 
-def test_a_checkpoint_from_two_processes_resumes_in_one(tmp_path, tiny_model_dir, date_data):
-    common = dict(train={"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 2})
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_a_checkpoint_from_two_processes_resumes_in_one(tmp_path, tiny_model_dir, date_data, mode):
+    common = dict(train={"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 2, "distributed": mode},
+                  adapter={"type": "none"})  # every weight trained: under FSDP every weight sharded
     whole = write_config(tmp_path / "whole.yaml", tiny_model_dir, date_data, tmp_path / "runs", name="whole", **common)
     _run(tmp_path, whole, 1)
     # two processes write checkpoints at steps 3 and 6; keep the run as it was at step 3, as if killed there
@@ -127,3 +142,19 @@ def test_bad_data_stops_every_process_with_the_input_error(tmp_path, tiny_model_
     assert result.returncode == 2, result.stderr[-2000:]
     assert "bad.jsonl:2" in result.stderr
     assert not (tmp_path / "runs" / "tiny").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"method": "grpo", "rl": {"rewards": [{"function": "exact_match"}]}}, "method grpo generates replies"),
+    ({"adapter": {"type": "qlora"}}, "a 4-bit base is not sharded"),
+    ({"adapter": {"type": "prompt"}}, "prompt tuning's virtual tokens"),
+    ({"forgetting": {"l2sp": 0.1}}, "forgetting.l2sp keeps a whole copy"),
+])
+def test_fsdp_refuses_what_it_cannot_shard(tmp_path, tiny_model_dir, date_data, override, message):
+    from tunesmith.config import load_config
+    from tunesmith.errors import UserError
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
+                       train={"max_steps": 2, "distributed": "fsdp"}, **override)
+    with pytest.raises(UserError, match=f"train.distributed fsdp: {message}.*; use ddp"):
+        load_config(cfg)

@@ -141,8 +141,9 @@ class TrainConfig(Section):
     max_tokens_per_pass: int | None = Field(None, ge=0, description="a forward pass takes at most this many tokens "
                                             "(rows x longest): larger batches are split and accumulated, same gradient; "
                                             "default 1024 on a CPU (bench/README.md), none on a GPU; 0 = no limit")
-    distributed: Literal["ddp"] = Field("ddp", description="under torchrun (or --nproc): ddp replicates the model and "
-                                        "sums gradients")
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun (or --nproc): ddp replicates the model "
+                                                "and sums gradients; fsdp shards weights, gradients and optimizer state "
+                                                "(FSDP2); one process: no effect")
     log_every: int = Field(10, ge=1)
     profile_steps: int | None = Field(None, ge=1, description="profile N steps after 2 warm-up steps: "
                                                                "where the time goes, in the run's profile.txt")
@@ -323,6 +324,16 @@ class RunConfig(Section):
         if self.data.packing and self.adapter.type in ("prefix", "prompt"):
             raise ValueError(f"data.packing: packed rows restart positions mid-row; {self.adapter.type} tuning "
                              "prepends its virtual tokens once per row, so it cannot pack")
+        if self.train.distributed == "fsdp":
+            unsharded = [why for on, why in (
+                (self.method in ("grpo", "rloo"), f"method {self.method} generates replies, a different number of "
+                                                  "forward passes on each rank, and sharded layers gather in every one"),
+                (self.adapter.type == "qlora", "a 4-bit base is not sharded by FSDP"),
+                (self.adapter.type in ("prefix", "prompt"), f"{self.adapter.type} tuning's virtual tokens live outside "
+                                                            "the decoder layers that are sharded"),
+                (bool(self.forgetting.l2sp), "forgetting.l2sp keeps a whole copy of the starting weights")) if on]
+            if unsharded:
+                raise ValueError(f"train.distributed fsdp: {unsharded[0]}; use ddp")
         return self
 
     def run_dir(self) -> Path:

@@ -237,7 +237,8 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     sources = train_sources(cfg, console)
     data = load_data(cfg, method, tokenizer, console, base, sources)
     base.release()  # self-replay may have loaded it; training needs the memory
-    model = build_model(cfg, resolved, tokenizer, head=getattr(method, "head", "causal"))
+    head = getattr(method, "head", "causal")
+    model = build_model(cfg, resolved, tokenizer, head=head)
     if cfg.forgetting.kl:
         method.reference = ReferenceModel(model)
     trainable, total = count_parameters(model)
@@ -264,9 +265,13 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
         raise
     del method  # a teacher, reference or reward model it holds is not needed to evaluate
     if ranks.parallel:  # the trained model is the same on every rank: rank 0 saves, measures and reports
+        state = distributed.gather_state(model) if cfg.train.distributed == "fsdp" else None
         distributed.stop()
         if not ranks.main:
             return {"rank": ranks.rank, "steps": result.steps}
+        if state is not None:  # the sharded model is done: the same weights in a plain one
+            model = build_model(cfg, resolved, tokenizer, head=head)
+            model.load_state_dict(state)
     final = save_final(model, tokenizer, run_dir, resolved.path, base_quantization(cfg))
     records = read_metrics(run_dir / "metrics.jsonl")
     plot = loss_curve(records, run_dir / "plots" / "loss.png", title=f"{cfg.name}: {cfg.method}, {cfg.adapter.type}")

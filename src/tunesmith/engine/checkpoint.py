@@ -1,7 +1,8 @@
 """Checkpoints that are never half-written, and that resume a run exactly.
 
 A checkpoint is `checkpoints/step-N/`: trainable weights, optimizer and RNG tensors as
-safetensors, everything else as JSON (no pickle, so loading one runs no code). It is written
+safetensors, everything else as JSON (no pickle, so loading one runs no code). Tensors are
+whole even when training shards them (FSDP), so a checkpoint loads on any number of processes. It is written
 into a hidden temporary folder and renamed into place; a crash mid-write leaves only the
 temporary folder, which the next start removes.
 """
@@ -17,11 +18,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tunesmith.engine.distributed import full, like
+
 PREFIX = "step-"
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """Trained weights, whole: a sharded (FSDP) weight is gathered, so every rank calls this."""
+    return {n: full(p.detach()).contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -29,15 +33,18 @@ def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     tensors = {}
     for idx, slots in sd["state"].items():
         for key, value in slots.items():
-            tensors[f"state.{idx}.{key}"] = value.detach().contiguous() if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"state.{idx}.{key}"] = full(value.detach()).contiguous() if torch.is_tensor(value) else torch.tensor(value)
     return tensors, {"param_groups": sd["param_groups"]}
 
 
 def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # the order state_dict numbers them
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         _, idx, key = name.split(".", 2)
-        state.setdefault(int(idx), {})[key] = value
+        param = params[int(idx)]
+        # moments have the parameter's shape and are laid out as it is (sharded under FSDP); step counts are scalars
+        state.setdefault(int(idx), {})[key] = like(value, param) if value.shape == param.shape else value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
@@ -47,14 +54,19 @@ def _fsync_tree(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int, write: bool = True) -> Path | None:
+    """Write checkpoint `step`; in a distributed run every rank calls this (sharded tensors are
+    gathered) and only the one with `write` writes."""
+    weights = trainable_state(model)
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    if not write:
+        return None
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"{PREFIX}{step}"
     tmp = ckpt_root / f".tmp-{PREFIX}{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    save_file(weights, tmp / "trainable.safetensors")
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -97,7 +109,7 @@ def load(path: Path, model, optimizer, scheduler) -> dict:
         raise RuntimeError(f"{path}: checkpoint has weights this model lacks: {missing[:3]}")
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value)
+            params[name].copy_(like(value, params[name]))  # this rank's shard of a sharded weight
     meta = json.loads((path / "state.json").read_text())
     _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors"), meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])

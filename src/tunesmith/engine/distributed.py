@@ -13,6 +13,11 @@ share splits into fewer passes repeats its first with weight zero.
 `ddp` replicates the model and sums gradients with one all-reduce per bucket after the step's
 backward passes: DDP's algorithm, not its wrapper module, because methods run the model in
 parts its forward hook would not see (the decoder, then the output head in chunks; generation).
+`fsdp` shards the decoder with FSDP2 (`fully_shard` on every layer, then on the decoder): each
+rank holds 1/N of those weights, their gradients and optimizer state, and gathers a layer's
+weights only while it runs. What lies outside the decoder (an untied output head, a reward
+model's score head) stays replicated and is summed like `ddp`. Checkpoints hold full tensors
+(gathered on every rank, written by rank 0), so they load on any number of processes.
 """
 
 from __future__ import annotations
@@ -148,3 +153,78 @@ def launch_local(nproc: int, argv: list[str]) -> int:
         first = min(e.failures)  # each process has said what went wrong on its stderr
         return e.failures[first].exitcode or 1
     return 0
+
+
+def is_sharded(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor gathered whole (every rank must call this together); others as they are."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A whole tensor laid out as `param` is: this rank's shard of it where `param` is sharded."""
+    if not is_sharded(param):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(param.device_mesh.device_type), param.device_mesh, param.placements)
+
+
+def shard_model(model, dev: torch.device, precision: str) -> int:
+    """FSDP2 over the ranks: every decoder layer, then the decoder (embeddings, final norm) as the
+    root that methods call. Gradients are summed, not averaged, as in `ddp`. Returns the number
+    of layers sharded."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from tunesmith.errors import UserError
+    from tunesmith.methods.base import unwrap
+
+    base = unwrap(model)
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise UserError(f"train.distributed fsdp: {type(base).__name__} has no decoder layers to shard; use ddp")
+    mesh = init_device_mesh(dev.type, (current().world,))
+    policy = MixedPrecisionPolicy()
+    if dev.type == "cuda" and precision == "bf16":  # gather and compute in bf16, reduce gradients in fp32
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    head, embeddings = base.get_output_embeddings(), base.get_input_embeddings()
+    tied = head is not None and head.weight is embeddings.weight
+    units = [*layers, decoder]
+    for unit in units:
+        fully_shard(unit, mesh=mesh, mp_policy=policy)
+    for unit in units:
+        unit.set_gradient_divide_factor(1.0)
+        unit.set_force_sum_reduction_for_comms(True)  # a plain sum: gloo has no pre-multiplied one
+    if tied:  # sharding replaced the embeddings' parameter; the head is outside the decoder: tie it again
+        head.weight = embeddings.weight
+    return len(layers)
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
+    """Clip to `max_norm` by the norm of all gradients together; returns that norm. Sharded
+    gradients' norm is reduced over the ranks (one collective); replicated ones are whole here."""
+    if not any(is_sharded(p) for p in params):
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grads = [p.grad for p in params if p.grad is not None]
+    sharded = [g for g in grads if is_sharded(g)]
+    plain = [g for g in grads if not is_sharded(g)]
+    squares = float(full(torch.nn.utils.get_total_norm(sharded))) ** 2 if sharded else 0.0
+    squares += float(torch.nn.utils.get_total_norm(plain)) ** 2 if plain else 0.0
+    norm = squares**0.5
+    coef = min(1.0, max_norm / (norm + 1e-6))  # as torch's clip_grad_norm_
+    if coef < 1.0:
+        for g in grads:
+            g.mul_(coef)
+    return norm
+
+
+def gather_state(model) -> dict[str, torch.Tensor]:
+    """The model's whole state dict on the CPU (every rank must call this together)."""
+    return {name: full(value).detach().cpu() for name, value in model.state_dict().items()}

@@ -18,7 +18,8 @@ from rich.console import Console
 from tunesmith.config import RunConfig
 from tunesmith.data.packing import pack_features
 from tunesmith.engine import checkpoint, distributed
-from tunesmith.engine.distributed import Ranks, share, sum_gradients, sum_metrics, sum_scalars
+from tunesmith.engine.distributed import (Ranks, clip_gradients, is_sharded, shard_model, share, sum_gradients, sum_metrics,
+                                          sum_scalars)
 from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.logbook import MetricsLog, TrainProgress
 from tunesmith.engine.profile import StepProfiler
@@ -127,13 +128,18 @@ def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: in
     was_training = model.training
     model.eval()
     ranks = distributed.current()
-    features = share(features, ranks)  # each rank its share; the sums are added over ranks
+    mine = share(features, ranks)  # each rank its share; the sums are added over ranks
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    most = math.ceil(len(share(features, Ranks(0, ranks.world))) / batch_size)  # rank 0's share is the largest
+    batches += [None] * (most - len(batches))  # as many forward passes on every rank (FSDP gathers in each)
     loss_sum, items, metric_sums = 0.0, 0, {}
     with torch.no_grad():
-        for start in range(0, len(features), batch_size):
-            batch = _to(method.collate(features[start : start + batch_size], tokenizer), dev)
+        for chunk in batches:
+            batch = _to(method.collate(chunk or features[:1], tokenizer), dev)
             with autocast(precision, dev):
                 loss, metrics = method.loss(model, batch)
+            if chunk is None:
+                continue
             loss_sum += float(loss)
             items += batch["n_items"]
             for k, v in metrics.items():
@@ -162,9 +168,14 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
     console = console or Console(stderr=True, soft_wrap=True)
     dev = device()
     precision = resolve_precision(cfg.train.precision, dev)
+    ranks = distributed.current()
+    quiet = quiet or not ranks.main
     if not is_quantized(model):  # a quantized base was loaded onto its device
         model.to(dev)
-        if precision == "bf16" and hasattr(model, "peft_config"):  # an adapter's frozen base
+        if ranks.parallel and cfg.train.distributed == "fsdp":
+            layers = shard_model(model, dev, precision)  # (one dtype per layer: no bf16 base next to fp32 adapters)
+            console.print(f"fsdp: {layers} decoder layers sharded over {ranks.world} processes")
+        elif precision == "bf16" and hasattr(model, "peft_config"):  # an adapter's frozen base
             hold_frozen_weights_in_bf16(model)
     model.train()
     torch.manual_seed(cfg.train.seed)
@@ -177,8 +188,6 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
     if note:
         console.print(f"[yellow]{note}[/yellow]")
     params = [p for p in model.parameters() if p.requires_grad]
-    ranks = distributed.current()
-    quiet = quiet or not ranks.main
     anchor = WeightAnchor(params, cfg.forgetting.l2sp) if cfg.forgetting.l2sp else None  # before resume: theta_0
 
     ckpt_root = run_dir / "checkpoints"
@@ -229,9 +238,9 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
                 t_window = time.perf_counter()
             else:
                 progress.update(step)
-            if cfg.output.save_every and step % cfg.output.save_every == 0 and step < total and ranks.main:
+            if cfg.output.save_every and step % cfg.output.save_every == 0 and step < total:
                 state["elapsed"] = time.perf_counter() - t_start
-                checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, cfg.output.keep)
+                checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, cfg.output.keep, write=ranks.main)
     profiler.finish()
     log.close()
     return FitResult(state["step"], last_loss, val_loss, state["tokens"], time.perf_counter() - t_start, precision)
@@ -256,13 +265,13 @@ def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConf
         loss_total += float(loss_sum.detach())
         for k, v in metrics.items():
             metric_sums[k] = metric_sums.get(k, 0.0) + v
-    sum_gradients(params, ranks)
+    sum_gradients([p for p in params if not is_sharded(p)], ranks)  # sharded ones: summed by FSDP
     loss_total, tokens = sum_scalars([loss_total, sum(b["n_tokens"] for b in counted)], ranks)
     metric_sums = sum_metrics(metric_sums, ranks)
     if anchor is not None:  # L2-SP: per step, not per item, so it is added after normalisation (and summation)
         metric_sums["l2sp"] = anchor.apply() * n_items  # logged, like every metric, per item
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grad_norm = clip_gradients(params, max_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
+from tunesmith.engine.distributed import is_sharded
 from tunesmith.methods.head_logprobs import head_logprobs
 from tunesmith.model.segment_attention import uses_segments
 
@@ -46,6 +47,26 @@ def is_prompt_learning(model) -> bool:
     return bool(config is not None and config.is_prompt_learning)
 
 
+class TiedHead(torch.nn.Module):
+    """An output head that multiplies by the input embeddings' matrix. Under FSDP the tied head's
+    own reference holds only this rank's shard of that matrix; the embeddings' reference is the
+    gathered matrix while the decoder (the root, which ran just before) keeps it gathered, up to
+    the end of the backward pass."""
+
+    bias = None
+
+    def __init__(self, embeddings: torch.nn.Module):
+        super().__init__()
+        self.embeddings = embeddings
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.embeddings.weight
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(rows, self.weight)
+
+
 def token_logprob_inputs(model, batch: dict):
     """Final hidden states at the positions that carry loss, and the tokens they predict.
 
@@ -54,6 +75,8 @@ def token_logprob_inputs(model, batch: dict):
     """
     base = unwrap(model)
     head = base.get_output_embeddings()
+    if head is not None and is_sharded(head.weight):  # FSDP, the head tied to the sharded embeddings
+        head = TiedHead(base.get_input_embeddings())
     labels = batch["labels"]
     targets_mask = labels[:, 1:] != -100
     # no KV cache in training; packed batches carry position_ids and no attention mask
@@ -81,7 +104,7 @@ def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def head_token_logprobs(head, rows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probability of each target, whether it is the argmax) from `token_logprob_inputs`'
     rows: through a bias-free head in chunks (`head_logprobs`), else from the logits given."""
-    if head is not None and getattr(head, "bias", None) is None and isinstance(head, torch.nn.Linear):
+    if head is not None and getattr(head, "bias", None) is None and isinstance(head, (torch.nn.Linear, TiedHead)):
         return head_logprobs(rows, head.weight, targets)
     logits = (head(rows) if head is not None else rows).float()
     logp = logits.log_softmax(-1)
