@@ -158,3 +158,30 @@ def test_fsdp_refuses_what_it_cannot_shard(tmp_path, tiny_model_dir, date_data, 
                        train={"max_steps": 2, "distributed": "fsdp"}, **override)
     with pytest.raises(UserError, match=f"train.distributed fsdp: {message}.*; use ddp"):
         load_config(cfg)
+
+
+def test_two_torchrun_agents_meet_at_a_rendezvous_as_two_nodes_would(tmp_path, tiny_model_dir, date_data):
+    """The multi-node command of the README, both "nodes" on this machine: two torchrun agents with
+    one process each, meeting at a c10d rendezvous; the run equals the single-process one."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    train = {"max_steps": 4, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 4}
+    one = write_config(tmp_path / "one.yaml", tiny_model_dir, date_data, tmp_path / "runs", name="one", train=train)
+    _run(tmp_path, one, 1)
+    nodes = write_config(tmp_path / "nodes.yaml", tiny_model_dir, date_data, tmp_path / "runs", name="nodes", train=train)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+               "-m", "tunesmith", "train", str(nodes), "--quiet"]
+    agents = [subprocess.Popen(command, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [agent.communicate(timeout=300) for agent in agents]
+    assert all(agent.returncode == 0 for agent in agents), [err[-2000:] for _, err in outputs]
+    assert sum(out.count('"run_dir"') for out, _ in outputs) == 1  # rank 0's summary, on one of the nodes
+    _same_trajectory(_losses(tmp_path / "runs" / "one"), _losses(tmp_path / "runs" / "nodes"))

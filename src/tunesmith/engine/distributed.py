@@ -22,6 +22,7 @@ model's score head) stays replicated and is summed like `ddp`. Checkpoints hold 
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -67,12 +68,17 @@ def start() -> Ranks:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # a process that leaves with an error must still take its group down while Python is alive
+        # (gloo's threads would otherwise abort the process at exit, hiding its exit code)
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return current()
 
 
 def stop() -> None:
+    """Leave the process group once every rank is done with it."""
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -145,6 +151,8 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    if not torch.cuda.is_available():  # CPU processes on one machine: a share of the cores each (torchrun sets 1)
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
     try:
