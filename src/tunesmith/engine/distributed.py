@@ -157,9 +157,10 @@ def launch_local(nproc: int, argv: list[str]) -> int:
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "tunesmith", *argv)
-    except ChildFailedError as e:
-        first = min(e.failures)  # each process has said what went wrong on its stderr
-        return e.failures[first].exitcode or 1
+    except ChildFailedError as e:  # each process has said what went wrong on its stderr
+        # the one that failed first exited with its own code; the launcher then stopped the others with a signal
+        codes = [f.exitcode for _, f in sorted(e.failures.items()) if f.exitcode and f.exitcode > 0]
+        return codes[0] if codes else 1
     return 0
 
 
