@@ -35,7 +35,6 @@ BUCKET_BYTES = 64 * 2**20
 class Ranks:
     rank: int = 0
     world: int = 1
-    local: int = 0
 
     @property
     def main(self) -> bool:
@@ -56,7 +55,7 @@ def current() -> Ranks:
     """This process's place: from the initialised process group, else one process alone."""
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
-        return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return Ranks(dist.get_rank(), dist.get_world_size())
     return Ranks()
 
 
@@ -116,11 +115,13 @@ def sum_metrics(metrics: dict[str, float], ranks: Ranks) -> dict[str, float]:
 
 
 def sum_gradients(params: list[torch.Tensor], ranks: Ranks) -> None:
-    """Every rank's gradients replaced by their sum over ranks, in buckets of flat tensors."""
+    """Every rank's gradients replaced by their sum over ranks, in buckets of flat tensors; sharded
+    parameters' gradients are left alone (FSDP has summed them)."""
     if not ranks.parallel:
         return
     from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+    params = [p for p in params if not is_sharded(p)]
     for p in params:  # a parameter no pass reached: zero here, so that every rank sends the same buckets
         if p.grad is None:
             p.grad = torch.zeros_like(p)

@@ -18,7 +18,7 @@ from rich.console import Console
 from tunesmith.config import RunConfig
 from tunesmith.data.packing import pack_features
 from tunesmith.engine import checkpoint, distributed
-from tunesmith.engine.distributed import (Ranks, clip_gradients, is_sharded, shard_model, share, sum_gradients, sum_metrics,
+from tunesmith.engine.distributed import (Ranks, clip_gradients, shard_model, share, sum_gradients, sum_metrics,
                                           sum_scalars)
 from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.logbook import MetricsLog, TrainProgress
@@ -106,12 +106,9 @@ def split_by_tokens(batch: list, lengths: list[int], budget: int | None) -> list
 def rank_passes(batch: list, lengths: list[int], budget: int | None, ranks: Ranks) -> list[tuple[list, bool]]:
     """This rank's passes over its share of a global batch, as (part, ghost): as many as the rank
     with the most, so that collectives line up; a ghost pass repeats a part with weight zero."""
-    def parts_of(rank: int) -> list:
-        mine = share(batch, Ranks(rank, ranks.world))
-        return split_by_tokens(mine, lengths, budget) if mine else []
-
-    parts = parts_of(ranks.rank)
-    most = max(len(parts_of(r)) for r in range(ranks.world)) if ranks.parallel else len(parts)
+    shares = [share(batch, Ranks(r, ranks.world)) for r in range(ranks.world)]
+    every = [split_by_tokens(mine, lengths, budget) if mine else [] for mine in shares]
+    parts, most = every[ranks.rank], max(len(p) for p in every)
     filler = parts[0] if parts else batch[:1]
     return [(p, False) for p in parts] + [(filler, True)] * (most - len(parts))
 
@@ -168,8 +165,7 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
     console = console or Console(stderr=True, soft_wrap=True)
     dev = device()
     precision = resolve_precision(cfg.train.precision, dev)
-    ranks = distributed.current()
-    quiet = quiet or not ranks.main
+    ranks = distributed.current()  # (train() quiets the console of ranks other than 0)
     if not is_quantized(model):  # a quantized base was loaded onto its device
         model.to(dev)
         if ranks.parallel and cfg.train.distributed == "fsdp":
@@ -265,7 +261,7 @@ def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConf
         loss_total += float(loss_sum.detach())
         for k, v in metrics.items():
             metric_sums[k] = metric_sums.get(k, 0.0) + v
-    sum_gradients([p for p in params if not is_sharded(p)], ranks)  # sharded ones: summed by FSDP
+    sum_gradients(params, ranks)
     loss_total, tokens = sum_scalars([loss_total, sum(b["n_tokens"] for b in counted)], ranks)
     metric_sums = sum_metrics(metric_sums, ranks)
     if anchor is not None:  # L2-SP: per step, not per item, so it is added after normalisation (and summation)
