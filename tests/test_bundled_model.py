@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli
+from test_export import load_gguf
 
 from tunesmith.model.load import load_for_inference
 from tunesmith.model.resolve import BUNDLED_ALIAS, resolve
@@ -56,7 +57,28 @@ def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(t
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).to(run_model.device).eval()
     plain_tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
     sampling = Sampling(max_new_tokens=12)
-    assert generate_all(plain, plain_tok, prompts, sampling, 12) == generate_all(run_model, run_tok, prompts, sampling, 12)
+    merged_replies = generate_all(plain, plain_tok, prompts, sampling, 12)
+    assert merged_replies == generate_all(run_model, run_tok, prompts, sampling, 12)
+
+    # the tuned run as one f16 GGUF file, read back by transformers' GGUF loader: the same replies
+    assert cli(["export", str(run), "--to", str(tmp_path / "gguf"), "--format", "gguf"], tmp_path).returncode == 0
+    gguf_model, gguf_tok = load_gguf(tmp_path / "gguf")
+    assert generate_all(gguf_model.to(run_model.device), gguf_tok, prompts, sampling, 12) == merged_replies
+
+
+def test_gguf_export_of_the_bundled_model_round_trips(tmp_path):
+    from tunesmith.eval.generate import Sampling, generate_all
+    from tunesmith.forgetting.probe import general_prompts
+    from tunesmith.model.export import export
+
+    export(BUNDLED_ALIAS, tmp_path / "f16", format="gguf", quant="f16")
+    source, source_tok = load_for_inference(BUNDLED_ALIAS)
+    back, back_tok = load_gguf(tmp_path / "f16")
+    conversations = [[{"role": "user", "content": p}] for p in general_prompts()[0][:8]]
+    assert back_tok.apply_chat_template(conversations[0], tokenize=False) == \
+        source_tok.apply_chat_template(conversations[0], tokenize=False)
+    sampling = Sampling(max_new_tokens=24)
+    assert generate_all(back, back_tok, conversations, sampling) == generate_all(source, source_tok, conversations, sampling)
 
 
 def test_chat_on_the_bundled_model(tmp_path):

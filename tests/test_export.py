@@ -84,3 +84,63 @@ def test_full_finetune_and_model_reference_export(tmp_path, tiny_model_dir, date
     assert (tmp_path / "copy" / "model.safetensors").is_file()
     refused = cli(["export", str(run), "--to", str(tmp_path / "full")], tmp_path)
     assert refused.returncode == 2 and "not empty" in refused.stderr
+
+
+def load_gguf(folder):
+    """A GGUF export as transformers' own GGUF loader reads it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    [file] = [p.name for p in folder.glob("*.gguf")]
+    return (AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(folder, gguf_file=file))
+
+
+def test_gguf_export_of_a_lora_run_round_trips_through_transformers(tmp_path, lora_run, date_data):
+    import gguf
+
+    from conftest import corpus
+    from tunesmith.model.export import export
+
+    merged, tok = load_for_inference(str(lora_run), merge=True)
+    f16 = export(str(lora_run), tmp_path / "f16", format="gguf", quant="f16")
+    assert f16["kind"] == "gguf" and f16["tensors"] == {"f32": 5, "f16": 15}  # norms f32; tied head left out
+    back, back_tok = load_gguf(tmp_path / "f16")
+    source = merged.state_dict()
+    for name, tensor in back.state_dict().items():  # q/k rows permuted for llama.cpp and back again
+        expected = source[name] if source[name].ndim == 1 else source[name].half().float()
+        assert torch.equal(tensor, expected), name
+    texts = corpus()[:60]
+    assert [back_tok(t)["input_ids"] for t in texts] == [tok(t)["input_ids"] for t in texts]
+    assert back_tok.chat_template == tok.chat_template and back_tok.eos_token_id == tok.eos_token_id
+    outputs = greedy(back, back_tok, date_data["test"])
+    assert outputs == greedy(merged, tok, date_data["test"]) and any(outputs)  # f16: identical replies
+
+    export(str(lora_run), tmp_path / "q8", format="gguf", quant="q8_0")
+    back, _ = load_gguf(tmp_path / "q8")
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    for name, tensor in back.state_dict().items():  # exactly gguf's Q8_0 blocks of the merged weights
+        w = source[name].numpy()
+        expected = w if w.ndim == 1 else gguf.quants.dequantize(gguf.quants.quantize(w, q8), q8).reshape(w.shape)
+        assert torch.equal(tensor, torch.from_numpy(expected)), name
+    [small], [big] = (tmp_path / "q8").glob("*.gguf"), (tmp_path / "f16").glob("*.gguf")
+    assert small.stat().st_size < big.stat().st_size
+
+
+def test_every_export_carries_a_model_card_from_the_run(tmp_path, lora_run):
+    from tunesmith.model.export import export
+
+    summary = json.loads((lora_run / "summary.json").read_text())
+    for kind, options in (("adapter", {}), ("merged", {"merge": True}), ("gguf", {"format": "gguf"})):
+        export(str(lora_run), tmp_path / kind, **options)
+        card = (tmp_path / kind / "README.md").read_text()
+        assert card.startswith("---\nbase_model:") and "| method | sft |" in card, kind
+        assert "lora (r=8, alpha=16" in card and "train: `" in card and "tokens" in card
+        assert f"validation loss {summary['val_loss']:.4f}" in card
+    assert "library_name: peft" in (tmp_path / "adapter" / "README.md").read_text()
+    assert "-f16.gguf" in (tmp_path / "gguf" / "README.md").read_text()
+
+
+def test_gguf_export_refuses_what_it_cannot_write(tmp_path, lora_run):
+    for args, message in ((["--format", "onnx"], "--format onnx"), (["--format", "gguf", "--quant", "q4_k"], "--quant q4_k")):
+        result = cli(["export", str(lora_run), "--to", str(tmp_path / "x"), *args], tmp_path)
+        assert result.returncode == 2 and message in result.stderr and not (tmp_path / "x").exists()

@@ -80,11 +80,13 @@ def export(
     run_or_model: str = typer.Argument(..., help="run directory or model reference"),
     to: Path = typer.Option(..., "--to", help="target folder (must not exist or be empty)"),
     merge: bool = typer.Option(False, "--merge", help="merge a LoRA adapter into the base weights"),
+    format: str = typer.Option("hf", "--format", help="hf (Hugging Face folder) | gguf (one file, adapter merged; Llama family)"),
+    quant: str = typer.Option("f16", "--quant", help="gguf weights: f16 | q8_0"),
 ):
-    """Write a run's adapter, or a merged / full model, in Hugging Face layout."""
+    """Write a run's adapter, or a merged / full model, in Hugging Face layout or as GGUF; with a model card."""
     from tunesmith.model.export import export as do_export
 
-    result = do_export(run_or_model, to, merge=merge)
+    result = do_export(run_or_model, to, merge=merge, format=format, quant=quant)
     print(json.dumps(result, indent=2))
 
 
@@ -162,6 +164,38 @@ def label(
               f"writing {out}; Ctrl-C stops)", flush=True)
 
     serve(session, port, on_ready=ready)
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument(..., help="run directory or model reference: the base (and its adapter, for an adapter run)"),
+    adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH: serve another adapter (run directory or adapter "
+                                      "folder) over the same base, selected by model=NAME (repeatable)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default: this machine only)"),
+    port: int = typer.Option(8000, min=0, max=65535, help="port (0: any free port)"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the key "
+                                              "clients must send as 'Authorization: Bearer KEY'"),
+    max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="the most tokens one reply may ask for"),
+    max_queue: int = typer.Option(32, "--max-queue", min=1, help="requests running or waiting; more get 429"),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
+):
+    """Serve the model and its adapters with the OpenAI API: /v1/models, /v1/chat/completions, /v1/completions."""
+    from tunesmith.serve import api_key_from, is_loopback, serve as run_server
+    from tunesmith.serve.app import build_app
+    from tunesmith.serve.models import load_served, parse_adapter_option
+
+    _check_precision(precision)
+    key = api_key_from(api_key_env)
+    named = [parse_adapter_option(a) for a in adapter]
+    served = load_served(model, named, dtype=_inference_dtype(precision))
+    if not is_loopback(host) and key is None:
+        err.print(f"[yellow]warning: listening on {host} without --api-key-env: anyone who can reach this port "
+                  "can use the model[/yellow]")
+
+    def ready(url: str) -> None:
+        print(f"serving {', '.join(served.ids)} at {url}  (Ctrl-C stops)", flush=True)
+
+    run_server(build_app(served, api_key=key, max_tokens=max_tokens, max_queue=max_queue), host, port, on_ready=ready)
 
 
 student_app = typer.Typer(help="Smaller students of a model, for distillation.", no_args_is_help=True)

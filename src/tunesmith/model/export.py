@@ -3,8 +3,10 @@
 - an adapter run (LoRA, IA3, prefix, prompt), default: the PEFT adapter (+ tokenizer) that `peft.PeftModel.from_pretrained` loads;
 - a LoRA or IA3 run with merge=True, a full fine-tune, or any model reference: a Hugging Face model
   folder (safetensors + tokenizer + chat template) for `AutoModelForCausalLM.from_pretrained`
-  (a reward model's: `AutoModelForSequenceClassification.from_pretrained`).
-The folder is written under a temporary name and renamed, so it is never half-written.
+  (a reward model's: `AutoModelForSequenceClassification.from_pretrained`);
+- format="gguf": the merged model as one GGUF file (f16 or q8_0) for llama.cpp-style runtimes.
+Every export carries a model card (README.md). The folder is written under a temporary name and
+renamed, so it is never half-written.
 """
 
 from __future__ import annotations
@@ -19,13 +21,24 @@ import torch
 from tunesmith.errors import UserError
 from tunesmith.model.load import (is_reward_checkpoint, load_for_inference, load_reward_model, load_tokenizer,
                                   quiet_transformers, tokenizer_dir)
+from tunesmith.model.model_card import model_card
 from tunesmith.model.quantize import SETTINGS_FILE, read_settings
 from tunesmith.model.resolve import resolve
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = torch.float32) -> dict:
+FORMATS = ("hf", "gguf")
+
+
+def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = torch.float32, format: str = "hf",
+           quant: str = "f16") -> dict:
+    from tunesmith.model.gguf_export import QUANTS
+
+    if format not in FORMATS:
+        raise UserError(f"--format {format}: choose one of {', '.join(FORMATS)}")
+    if quant not in QUANTS:
+        raise UserError(f"--quant {quant}: choose one of {', '.join(QUANTS)}")
     to = Path(to)
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise UserError(f"{to}: export target exists and is not empty")
@@ -35,7 +48,11 @@ def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = t
     shutil.rmtree(tmp, ignore_errors=True)
     result_extra: dict = {}
     try:
-        if resolved.adapter is not None and not merge:
+        if format == "gguf":
+            tmp.mkdir()
+            result_extra = export_gguf(resolved, tmp, quant)
+            kind = "gguf"
+        elif resolved.adapter is not None and not merge:
             tmp.mkdir()
             for name in ADAPTER_FILES + (SETTINGS_FILE,):
                 if (resolved.adapter / name).is_file():
@@ -58,13 +75,35 @@ def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = t
                 check = merge_check(model, *load_for_inference(resolved, merge=False))
                 (tmp / "merge_check.json").write_text(json.dumps(check, indent=2))
                 result_extra["merge_check"] = check
+        files = sorted(p.name for p in tmp.iterdir())
+        card_extra = {"GGUF": f"{quant}, {result_extra['bytes'] / 2**20:.1f} MiB"} if kind == "gguf" else None
+        (tmp / "README.md").write_text(model_card(resolved, kind, files, card_extra))
         if to.exists():
             to.rmdir()
         os.rename(tmp, to)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if kind == "gguf":
+        result_extra["file"] = str(to / result_extra["file"])
     return {"to": str(to), "kind": kind, "base": str(resolved.path), **result_extra}
+
+
+def export_gguf(resolved, folder: Path, quant: str) -> dict:
+    """The merged model as `<name>-<quant>.gguf` in `folder`."""
+    from tunesmith.model.gguf_export import write_gguf
+
+    if is_reward_checkpoint(resolved):
+        raise UserError(f"{resolved.reference}: a reward model has a score head, not a language-model head; "
+                        "GGUF export is for language models")
+    model, tokenizer = load_for_inference(resolved, dtype=torch.float32, merge=True)
+    if hasattr(model, "peft_config"):
+        raise UserError(f"{resolved.reference}: a {model.active_peft_config.peft_type.value.lower()} adapter adds "
+                        "virtual tokens, which GGUF cannot hold; export it in Hugging Face layout")
+    name = Path(resolved.reference).name if resolved.reference else resolved.path.name
+    path = folder / f"{name}-{quant}.gguf"
+    info = write_gguf(model.cpu(), tokenizer, path, quant=quant, name=name, source=resolved.path)
+    return {"file": str(path.name), **info}
 
 
 CHECK_PROMPTS = 8

@@ -148,11 +148,33 @@ def content_key(path: Path, sample: int = 1 << 20) -> str:
     return h.hexdigest()[:12]
 
 
+SOURCE_NOTE = "gguf_source.json"
+
+
+def write_source_note(gguf_path: Path, folder: Path) -> None:
+    """What the HF folder cannot hold but a GGUF export needs back: the llama.cpp name of the
+    tokenizer's splitting rule (`tokenizer.ggml.pre`)."""
+    import json
+
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(gguf_path).get_field("tokenizer.ggml.pre")
+        note = {"file": gguf_path.name, "tokenizer.ggml.pre": field.contents() if field is not None else None}
+        tmp = folder / f".{SOURCE_NOTE}.{os.getpid()}"
+        tmp.write_text(json.dumps(note, indent=2))
+        os.replace(tmp, folder / SOURCE_NOTE)
+    except (OSError, ValueError):  # a read-only cache: the export falls back to reading the tokenizer
+        pass
+
+
 def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     """Dequantize a GGUF file once into a cached HF folder (safetensors, tokenizer, chat template)."""
     gguf = gguf.resolve()
     target = home() / "models" / f"{name or gguf.stem}-{content_key(gguf)}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        if not (target / SOURCE_NOTE).is_file():  # converted by an earlier version
+            write_source_note(gguf, target)
         return target
     from rich.console import Console
 
@@ -185,6 +207,7 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
         hf_logging.disable_progress_bar()
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_source_note(gguf, tmp)
         hf_logging.enable_progress_bar()
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)

@@ -1,0 +1,234 @@
+"""The OpenAI-compatible HTTP API over `ServedModels`, for any OpenAI client unmodified.
+
+  GET  /v1/models, /v1/models/{id}   the base and each adapter by name
+  POST /v1/chat/completions          chat (the model's chat template), streamed as server-sent events or whole
+  POST /v1/completions               plain text continuation
+  GET  /health
+
+Bounded everywhere a request could make the server work without limit: body size, messages,
+choices, `max_tokens`, waiting requests (429 beyond the queue). Errors are OpenAI error bodies:
+400 bad input, 401 bad key, 404 unknown model, 413 body too large, 429 queue full. The `model`
+field is only ever looked up among the names served, never read as a path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+import weakref
+from typing import Iterator
+
+from tunesmith.serve.generation import Finished, Params, complete, stream_text
+from tunesmith.serve.models import ServedModels
+from tunesmith.serve.protocol import ChatRequest, CompletionRequest, error_body
+
+MAX_BODY_BYTES = 1 << 20
+log = logging.getLogger("tunesmith.serve")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.body = status, error_body(message, kind, param, code)
+
+
+class Queue:
+    """Requests admitted: running plus waiting their turn at the model."""
+
+    def __init__(self, limit: int):
+        self.limit, self.count, self.lock = limit, 0, threading.Lock()
+
+    def enter(self):
+        """Admit a request; returns its `leave`, which counts once however often it is called."""
+        with self.lock:
+            if self.count >= self.limit:
+                raise ApiError(429, f"server busy: {self.limit} requests already running or waiting; retry shortly",
+                               code="queue_full", kind="rate_limit_error")
+            self.count += 1
+        left = threading.Event()
+
+        def leave() -> None:
+            with self.lock:
+                if not left.is_set():
+                    left.set()
+                    self.count -= 1
+
+        return leave
+
+
+def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int = 1024, max_queue: int = 32,
+              max_body: int = MAX_BODY_BYTES):
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    from tunesmith.data.chat import prompt_ids
+
+    app = FastAPI(title="tunesmith serve", docs_url=None, redoc_url=None, openapi_url=None)
+    queue = app.state.queue = Queue(max_queue)
+    created = int(time.time())
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        return JSONResponse(e.body, status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        message = first.get("msg", "invalid request").removeprefix("Value error, ")
+        if first.get("type") == "extra_forbidden":
+            message = "not a parameter this server supports"
+        return JSONResponse(error_body(f"{where}: {message}" if where else message, param=where or None), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request, e: HTTPException):
+        return JSONResponse(error_body(str(e.detail)), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, e: Exception):
+        log.error("%s %s failed", request.method, request.url.path, exc_info=e)
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}", kind="server_error"), status_code=500)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):
+        if request.url.path.startswith("/v1/") and api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return JSONResponse(error_body("Incorrect API key provided.", code="invalid_api_key"), status_code=401)
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None or not length.isdigit():
+                return JSONResponse(error_body("a request body needs a Content-Length"), status_code=411)
+            if int(length) > max_body:
+                return JSONResponse(error_body(f"request body of {length} bytes is over this server's limit of "
+                                               f"{max_body}", code="request_too_large"), status_code=413)
+        return await call_next(request)
+
+    def card(model_id: str) -> dict:
+        parent = None if model_id == served.base_id else served.base_id
+        return {"id": model_id, "object": "model", "created": created, "owned_by": "tunesmith", "root": model_id,
+                "parent": parent}
+
+    def known(model_id: str) -> str:
+        if model_id not in served.ids:
+            raise ApiError(404, f"The model `{model_id}` does not exist; this server has: {', '.join(served.ids)}",
+                           param="model", code="model_not_found")
+        return model_id
+
+    def params(req, prompt_len: int) -> Params:
+        room = served.context_length - prompt_len
+        wanted = req.limit()
+        if wanted is not None and wanted > max_tokens:
+            raise ApiError(400, f"max_tokens {wanted} is over this server's limit of {max_tokens}", param="max_tokens")
+        limit = wanted if wanted is not None else min(max_tokens, room)
+        if limit > room:
+            raise ApiError(400, f"this model's context is {served.context_length} tokens; the prompt has {prompt_len} "
+                           f"and max_tokens asks for {limit} more", param="messages", code="context_length_exceeded")
+        return Params(limit, req.temperature, req.top_p, req.stop, req.seed)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "models": served.ids}
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [card(m) for m in served.ids]}
+
+    @app.get("/v1/models/{model_id:path}")
+    def model(model_id: str):
+        return card(known(model_id))
+
+    def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens}
+
+    def run(req, prompts: list[list[int]], object_name: str, piece, whole):
+        """Answer every prompt `n` times; `piece(text)` / `whole(text)` shape one choice's payload."""
+        model_id = known(req.model)
+        jobs = [(p, params(req, len(p))) for p in prompts]
+        leave = queue.enter()
+        reply_id = f"{'chatcmpl' if object_name.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        head = {"id": reply_id, "object": object_name, "created": int(time.time()), "model": model_id}
+        prompt_tokens = sum(len(p) for p in prompts)
+        if not req.stream:
+            try:
+                choices, completion_tokens = [], 0
+                for i, (prompt, p) in enumerate(jobs):
+                    for j in range(req.n):
+                        text, finished = complete(served, model_id, prompt, _choice(p, j))
+                        completion_tokens += finished.completion_tokens
+                        choices.append({"index": i * req.n + j, **whole(text), "finish_reason": finished.reason,
+                                        "logprobs": None})
+            finally:
+                leave()
+            return {**head, "object": object_name.removesuffix(".chunk"), "choices": choices,
+                    "usage": usage(prompt_tokens, completion_tokens)}
+
+        def events() -> Iterator[str]:
+            completion_tokens = 0
+            try:
+                for i, (prompt, p) in enumerate(jobs):
+                    for j in range(req.n):
+                        index = i * req.n + j
+                        if object_name.startswith("chat"):
+                            yield _sse({**head, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                                             "finish_reason": None, "logprobs": None}]})
+                        for item in stream_text(served, model_id, prompt, _choice(p, j)):
+                            if isinstance(item, Finished):
+                                completion_tokens += item.completion_tokens
+                                yield _sse({**head, "choices": [{"index": index, **piece(""), "finish_reason": item.reason,
+                                                                 "logprobs": None}]})
+                            elif item:
+                                yield _sse({**head, "choices": [{"index": index, **piece(item), "finish_reason": None,
+                                                                 "logprobs": None}]})
+                if req.stream_options is not None and req.stream_options.include_usage:
+                    yield _sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+                yield "data: [DONE]\n\n"
+            except Exception as e:  # the status line is sent already: the error goes in the stream
+                log.error("streaming reply failed", exc_info=e)
+                yield _sse(error_body(f"internal error: {type(e).__name__}", kind="server_error"))
+            finally:
+                leave()
+
+        stream = events()
+        weakref.finalize(stream, leave)  # a client gone before the first byte: the stream is dropped unstarted
+        return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/chat/completions")
+    def chat_completions(req: ChatRequest):
+        tokenizer = served.tokenizers[known(req.model)]
+        try:
+            prompt = prompt_ids(tokenizer, [m.as_chat() for m in req.messages])
+        except Exception as e:  # the chat template refused these messages (e.g. roles out of order)
+            raise ApiError(400, f"messages: the chat template refused them ({str(e).splitlines()[0][:200]})",
+                           param="messages") from None
+        return run(req, [prompt], "chat.completion.chunk" if req.stream else "chat.completion",
+                   lambda text: {"delta": {"content": text} if text else {}},
+                   lambda text: {"message": {"role": "assistant", "content": text}})
+
+    @app.post("/v1/completions")
+    def completions(req: CompletionRequest):
+        tokenizer = served.tokenizers[known(req.model)]
+        prompts = [tokenizer(p)["input_ids"] for p in req.prompts()]
+        if any(not p for p in prompts):
+            raise ApiError(400, "prompt: empty", param="prompt")
+        return run(req, prompts, "text_completion", lambda text: {"text": text}, lambda text: {"text": text})
+
+    return app
+
+
+def _choice(p: Params, j: int) -> Params:
+    """Choice j of a seeded request samples with seed + j: each choice reproducible on its own,
+    whatever other requests run between them."""
+    return p if j == 0 or p.seed is None else Params(p.max_tokens, p.temperature, p.top_p, p.stop, p.seed + j)
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"

@@ -1,0 +1,125 @@
+"""What a server holds: one copy of a base model and any number of adapters over it, each with a
+name the `model` field of a request selects. One lock: generation runs one request at a time
+(on a CPU, two at once would only share the same cores), so selecting an adapter never races."""
+
+from __future__ import annotations
+
+import re
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tunesmith.errors import UserError
+from tunesmith.model.load import load_base, load_tokenizer, tokenizer_dir
+from tunesmith.model.resolve import BUNDLED_ALIAS, Resolved, resolve
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+SERVABLE_ADAPTERS = ("LORA", "IA3")
+
+
+@dataclass
+class ServedModels:
+    model: torch.nn.Module  # the base, or a PeftModel holding every adapter
+    base_id: str
+    tokenizers: dict[str, object]  # model id -> its tokenizer (an adapter run keeps its own copy)
+    adapters: dict[str, Path] = field(default_factory=dict)  # model id -> adapter folder
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def ids(self) -> list[str]:
+        return [self.base_id, *self.adapters]
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    @contextmanager
+    def selected(self, model_id: str):
+        """The model answering as `model_id`; hold `lock` around this."""
+        if not self.adapters:
+            yield self.model
+        elif model_id == self.base_id:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            self.model.set_adapter(model_id)
+            yield self.model
+
+
+def display_id(reference: str) -> str:
+    """A short model id for a reference: the alias as given (also where an adapter names the
+    alias's cached conversion, `<alias>-<content key>`), a folder or run by its name."""
+    path = Path(reference.rstrip("/"))
+    if reference == BUNDLED_ALIAS or re.fullmatch(re.escape(BUNDLED_ALIAS) + r"-[0-9a-f]{12}", path.name):
+        return BUNDLED_ALIAS
+    return path.name or reference
+
+
+def parse_adapter_option(option: str) -> tuple[str, str]:
+    name, sep, path = option.partition("=")
+    if not sep or not name or not path:
+        raise UserError(f"--adapter {option}: expected NAME=PATH (a run directory or an adapter folder)")
+    if not MODEL_NAME.match(name):
+        raise UserError(f"--adapter {option}: the name may hold letters, digits and . _ : / - (up to 128)")
+    return name, path
+
+
+def _adapter_type(folder: Path) -> str:
+    import json
+
+    return str(json.loads((folder / "adapter_config.json").read_text()).get("peft_type", "")).upper()
+
+
+def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dtype = torch.float32) -> ServedModels:
+    """The base of `reference` once, with `reference`'s own adapter (if it is an adapter run) and
+    every NAME=PATH adapter loaded over it by name."""
+    main = resolve(reference)
+    named: list[tuple[str, Resolved]] = []
+    if main.adapter is not None:
+        import json
+
+        base_ref = json.loads((main.adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+        base_id = display_id(base_ref)
+        named.append((display_id(reference), main))
+    else:
+        base_id = display_id(reference)
+    for name, path in adapters:
+        resolved = resolve(path)
+        if resolved.adapter is None:
+            raise UserError(f"--adapter {name}={path}: not an adapter (a full model is served on its own: tunesmith serve {path})")
+        if resolved.path != main.path:
+            raise UserError(f"--adapter {name}={path}: trained on {resolved.path}, not on the served base {main.path}")
+        named.append((name, resolved))
+    seen = {base_id}
+    for name, resolved in named:
+        if name in seen:
+            raise UserError(f"model name '{name}' is used twice; give each adapter its own NAME")
+        seen.add(name)
+        kind = _adapter_type(resolved.adapter)
+        if kind not in SERVABLE_ADAPTERS:
+            raise UserError(f"{resolved.reference}: a {kind.lower()} adapter cannot share a base with others; "
+                            "serve LoRA or IA3 adapters (or export this one merged)")
+    kinds = {_adapter_type(r.adapter) for _, r in named}
+    if len(kinds) > 1:
+        raise UserError(f"adapters of one kind per server (got {', '.join(sorted(kinds))})")
+
+    model = load_base(main.path, dtype)
+    tokenizers = {base_id: load_tokenizer(main.path)}
+    folders: dict[str, Path] = {}
+    if named:
+        from peft import PeftModel
+
+        for i, (name, resolved) in enumerate(named):
+            if i == 0:
+                model = PeftModel.from_pretrained(model, resolved.adapter, adapter_name=name)
+            else:
+                model.load_adapter(resolved.adapter, adapter_name=name)
+            tokenizers[name] = load_tokenizer(tokenizer_dir(resolved))
+            folders[name] = resolved.adapter
+    from tunesmith.engine.precision import device
+
+    model.to(device()).eval()
+    return ServedModels(model=model, base_id=base_id, tokenizers=tokenizers, adapters=folders)

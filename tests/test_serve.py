@@ -1,0 +1,230 @@
+"""`tunesmith serve` against the official openai client, unmodified, over a live server: a tiny base
+with two LoRA adapters, each answer checked against the same model generating offline."""
+
+import json
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from conftest import cli, cli_env
+
+openai = pytest.importorskip("openai")
+
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_model_dir):
+    """Two LoRA adapters with different random weights (not zero: each changes the replies)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("adapters")
+    for name, seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                init_lora_weights=False))
+        model.save_pretrained(root / name)
+    return {"a": root / "a", "b": root / "b"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir, adapters):
+    tmp = tmp_path_factory.mktemp("serve")
+    args = [sys.executable, "-m", "tunesmith", "serve", str(tiny_model_dir), "--adapter", f"a={adapters['a']}",
+            "--adapter", f"b={adapters['b']}", "--port", "0", "--api-key-env", "TS_SERVE_KEY", "--precision", "fp32",
+            "--max-tokens", "64"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp,
+                            env={**cli_env(tmp), "TS_SERVE_KEY": KEY})
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        line = lines.get(timeout=120)
+    except queue.Empty:
+        proc.kill()
+        pytest.fail(f"server did not start: {proc.stderr.read()[-2000:]}")
+    url = line.split(" at ")[1].split()[0]
+    yield {"url": url, "base": tiny_model_dir.name, "proc": proc}
+    proc.terminate()
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # stops promptly (uvicorn re-raises the signal it caught)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server["url"], api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_model_dir, adapters):
+    """Each served name's model loaded on its own, the way `tunesmith generate` loads it."""
+    from tunesmith.model.load import load_for_inference
+
+    base = load_for_inference(str(tiny_model_dir))
+    return {tiny_model_dir.name: base, **{n: load_for_inference(str(p), merge=False) for n, p in adapters.items()}}
+
+
+CHAT = [{"role": "user", "content": "Text: Tom flew to Paris on 3 May 2021. Date:"}]
+
+
+def offline_reply(model_and_tok, messages=CHAT, max_new_tokens=12) -> str:
+    from tunesmith.eval.generate import Sampling, generate_batch
+
+    model, tok = model_and_tok
+    return generate_batch(model, tok, [messages], Sampling(max_new_tokens=max_new_tokens))[0]
+
+
+def test_models_lists_the_base_and_each_adapter_and_a_key_is_required(server, client):
+    assert [m.id for m in client.models.list()] == [server["base"], "a", "b"]
+    assert client.models.retrieve("a").owned_by == "tunesmith"
+    stranger = openai.OpenAI(base_url=server["url"], api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        stranger.models.list()
+    assert e.value.status_code == 401 and e.value.body["code"] == "invalid_api_key"
+
+
+def test_chat_answers_as_the_base_or_the_adapter_named(server, client, offline):
+    replies = {}
+    for name in (server["base"], "a", "b"):
+        r = client.chat.completions.create(model=name, messages=CHAT, temperature=0, max_tokens=12)
+        replies[name] = r.choices[0].message.content
+        assert r.model == name and r.choices[0].message.role == "assistant"
+        assert replies[name].strip() == offline_reply(offline[name])  # the same tokens as offline
+        assert r.usage.completion_tokens <= 12 and r.usage.prompt_tokens > 10
+    assert len(set(replies.values())) == 3  # each adapter really answers differently
+
+
+def test_streaming_sends_the_same_reply_in_pieces(client):
+    whole = client.chat.completions.create(model="a", messages=CHAT, temperature=0, max_tokens=40)
+    chunks = list(client.chat.completions.create(model="a", messages=CHAT, temperature=0, max_tokens=40, stream=True,
+                                                 stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 1 and "".join(pieces) == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert all(c.id == chunks[0].id for c in chunks)
+
+
+def test_seed_n_and_stop(client):
+    kwargs = dict(model="b", messages=CHAT, temperature=1.0, top_p=0.9, max_tokens=12, seed=3, n=2)
+    first, again = client.chat.completions.create(**kwargs), client.chat.completions.create(**kwargs)
+    texts = [c.message.content for c in first.choices]
+    assert [c.index for c in first.choices] == [0, 1] and texts == [c.message.content for c in again.choices]
+    greedy = client.chat.completions.create(model="b", messages=CHAT, temperature=0, max_tokens=24).choices[0].message.content
+    stop = greedy[len(greedy) // 2: len(greedy) // 2 + 3]
+    cut = client.chat.completions.create(model="b", messages=CHAT, temperature=0, max_tokens=24, stop=[stop]).choices[0]
+    assert cut.message.content == greedy[: greedy.index(stop)] and cut.finish_reason == "stop"
+    streamed = client.chat.completions.create(model="b", messages=CHAT, temperature=0, max_tokens=24, stop=stop, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == cut.message.content
+
+
+def test_completions_continue_plain_text(client, server, offline):
+    prompt = "Tom flew to Paris on"
+    r = client.completions.create(model="a", prompt=prompt, max_tokens=8, temperature=0)
+    model, tok = offline["a"]
+    ids = torch.tensor([tok(prompt)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    assert r.choices[0].text == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert r.object == "text_completion" and r.usage.prompt_tokens == ids.shape[1]
+
+
+def raw_post(url: str, body: bytes) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Authorization": f"Bearer {KEY}",
+                                                                              "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_bad_requests_get_openai_errors(server, client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="c", messages=CHAT)
+    assert e.value.body["code"] == "model_not_found" and "a, b" in e.value.body["message"]
+    for bad, param in ((dict(temperature=5), "temperature"), (dict(max_tokens=65), "max_tokens"),
+                       (dict(extra_body={"tools": []}), "tools"), (dict(n=9), "n")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="a", messages=CHAT, **bad)
+        assert e.value.status_code == 400 and e.value.body["param"] == param, bad
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="a", messages=[])
+    big = json.dumps({"model": "a", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}).encode()
+    status, body = raw_post(f"{server['url']}/chat/completions", big)
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+    status, body = raw_post(f"{server['url']}/chat/completions", b"{not json")
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+    assert client.models.list().data  # still serving
+
+
+def test_concurrent_requests_are_queued_and_each_gets_its_own_answer(client):
+    names = ["a", "b"] * 3
+    expected = [client.chat.completions.create(model=n, messages=CHAT, temperature=0, max_tokens=12).choices[0].message.content
+                for n in names]
+    results: dict[int, str] = {}
+
+    def ask(i: int, name: str) -> None:
+        results[i] = client.chat.completions.create(model=name, messages=CHAT, temperature=0, max_tokens=12).choices[0].message.content
+
+    threads = [threading.Thread(target=ask, args=(i, n)) for i, n in enumerate(names)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [results[i] for i in range(len(names))] == expected
+
+
+def test_a_full_queue_answers_429_and_then_serves_again(tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    from tunesmith.serve.app import build_app
+    from tunesmith.serve.models import load_served
+
+    served = load_served(str(tiny_model_dir), [])
+    http = TestClient(build_app(served, max_queue=2))
+    body = {"model": tiny_model_dir.name, "messages": CHAT, "max_tokens": 4, "temperature": 0}
+    statuses: list[int] = []
+    with served.lock:  # the model is busy: two requests wait their turn, a third is turned away
+        waiting = [threading.Thread(target=lambda: statuses.append(http.post("/v1/chat/completions", json=body).status_code))
+                   for _ in range(2)]
+        for t in waiting:
+            t.start()
+        deadline = time.time() + 30
+        while http.app.state.queue.count < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        refused = http.post("/v1/chat/completions", json=body)
+    for t in waiting:
+        t.join(timeout=60)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+    assert statuses == [200, 200] and http.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def test_serve_refuses_what_it_cannot_serve(tmp_path, tiny_model_dir, adapters):
+    from tunesmith.errors import UserError
+    from tunesmith.serve.models import load_served, parse_adapter_option
+
+    with pytest.raises(UserError, match="NAME=PATH"):
+        parse_adapter_option("just-a-path")
+    with pytest.raises(UserError, match="used twice"):
+        load_served(str(tiny_model_dir), [("a", str(adapters["a"])), ("a", str(adapters["b"]))])
+    with pytest.raises(UserError, match="not an adapter"):
+        load_served(str(tiny_model_dir), [("x", str(tiny_model_dir))])
+    cfg = json.loads((adapters["a"] / "adapter_config.json").read_text())
+    shutil.copytree(tiny_model_dir, tmp_path / "other-base")
+    shutil.copytree(adapters["a"], tmp_path / "other")
+    (tmp_path / "other" / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": str(tmp_path / "other-base")}))
+    with pytest.raises(UserError, match="not on the served base"):
+        load_served(str(tiny_model_dir), [("x", str(tmp_path / "other"))])
+    result = cli(["serve", str(tiny_model_dir), "--api-key-env", "TS_NOT_SET"], tmp_path)
+    assert result.returncode == 2 and "TS_NOT_SET" in result.stderr and len(result.stderr.strip().splitlines()) == 1
