@@ -81,6 +81,7 @@ def offline_reply(model_and_tok, messages=CHAT, max_new_tokens=12) -> str:
 
 
 def test_models_lists_the_base_and_each_adapter_and_a_key_is_required(server, client):
+    assert server["url"].startswith("http://127.0.0.1:")  # loopback unless --host says otherwise
     assert [m.id for m in client.models.list()] == [server["base"], "a", "b"]
     assert client.models.retrieve("a").owned_by == "tunesmith"
     stranger = openai.OpenAI(base_url=server["url"], api_key="wrong", max_retries=0)
@@ -149,10 +150,13 @@ def raw_post(url: str, body: bytes) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def test_bad_requests_get_openai_errors(server, client):
+def test_bad_requests_get_openai_errors(server, client, adapters):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="c", messages=CHAT)
     assert e.value.body["code"] == "model_not_found" and "a, b" in e.value.body["message"]
+    for path in (str(adapters["a"]), "/etc/passwd", "../a"):  # a name is looked up, never opened as a path
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model=path, messages=CHAT, max_tokens=2)
     for bad, param in ((dict(temperature=5), "temperature"), (dict(max_tokens=65), "max_tokens"),
                        (dict(extra_body={"tools": []}), "tools"), (dict(n=9), "n")):
         with pytest.raises(openai.BadRequestError) as e:

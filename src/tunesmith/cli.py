@@ -14,7 +14,7 @@ from typing import Optional, get_args
 import typer
 from rich.console import Console
 
-from tunesmith.errors import UserError
+from tunesmith.errors import RunFailed, Stopped, UserError
 
 app = typer.Typer(
     name="tunesmith",
@@ -375,10 +375,14 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="tunesmith", standalone_mode=True)
     except SystemExit:
         raise
-    except UserError as e:
+    except (UserError, RunFailed) as e:
         rank = f"rank {os.environ['RANK']}: " if os.environ.get("RANK", "0") != "0" else ""  # under torchrun
         for line in str(e).splitlines():  # one problem per line, each a complete message
             err.print(f"error: {rank}{line}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except Stopped as e:  # SIGTERM or Ctrl-C while training: checkpoint written, not a failure
+        if os.environ.get("RANK", "0") == "0":
+            err.print(f"stopped: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -145,6 +145,8 @@ class TrainConfig(Section):
                                                 "and sums gradients; fsdp shards weights, gradients and optimizer state "
                                                 "(FSDP2); one process: no effect")
     log_every: int = Field(10, ge=1)
+    max_skipped_steps: int = Field(5, ge=0, description="steps whose loss or gradients are not finite (NaN, inf) are "
+                                   "skipped, weights untouched; more than this many end the run, checkpoints kept")
     profile_steps: int | None = Field(None, ge=1, description="profile N steps after 2 warm-up steps: "
                                                                "where the time goes, in the run's profile.txt")
 
@@ -284,6 +286,8 @@ class OutputConfig(Section):
 class RunConfig(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: str = DEFAULT_MODEL
+    trust_remote_code: bool = Field(False, description="run Python code shipped in the model folder (custom "
+                                    "architectures); off unless set here, with a warning when on")
     method: Literal[METHODS] = Field("sft", description="sft | dpo | reward | grpo | rloo | distill")
     adapter: AdapterConfig = AdapterConfig()
     data: DataConfig
@@ -448,7 +452,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"{where(path, line)}: not UTF-8 text (byte {e.start})") from None
     try:
         tree = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -456,6 +465,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         line = mark.line + 1 if mark is not None else None
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{where(path, line)}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):

@@ -34,7 +34,7 @@ from tunesmith.forgetting.replay import replay_examples, replay_weight
 from tunesmith.methods import build_method
 from tunesmith.methods.reference import ReferenceModel
 from tunesmith.model.adapters import apply_adapter, can_merge, count_parameters, freeze_lower_layers
-from tunesmith.model.load import is_reward_checkpoint, load_base, load_tokenizer, quiet_transformers, tokenizer_dir
+from tunesmith.model.load import remote_code_trusted, is_reward_checkpoint, load_base, load_tokenizer, quiet_transformers, tokenizer_dir
 from tunesmith.model.resolve import resolve
 from tunesmith.report.build import write_report
 
@@ -52,12 +52,20 @@ def _split_val(examples: list[Example], fraction: float, seed: int) -> tuple[lis
     return [e for i, e in enumerate(examples) if i not in val_idx], [e for i, e in enumerate(examples) if i in val_idx]
 
 
-def _check_run_dir(cfg: RunConfig, resume: bool) -> None:
+def _never_started(run_dir: Path) -> bool:
+    """No run directory, or one a run killed before its config was written left behind."""
+    return not run_dir.exists() or all(p.name == ".config.yaml.tmp" for p in run_dir.iterdir())
+
+
+def _check_run_dir(cfg: RunConfig, resume: bool) -> bool:
+    """Whether the run continues from its run directory (else it starts from the beginning)."""
     run_dir = cfg.run_dir()
+    if _never_started(run_dir):
+        return False  # also under --resume: the same command restarts a preempted job, even one killed this early
     if resume:
         saved = run_dir / "config.yaml"
         if not saved.is_file():
-            raise UserError(f"{run_dir}: nothing to resume (no run directory with a config.yaml)")
+            raise UserError(f"{run_dir}: nothing to resume (no config.yaml in the run directory)")
         before = validate_config(yaml.safe_load(saved.read_text()), str(saved)).model_dump(mode="json")
         now = cfg.model_dump(mode="json")
         changed = sorted(_diff_keys(before, now))
@@ -65,8 +73,8 @@ def _check_run_dir(cfg: RunConfig, resume: bool) -> None:
             raise UserError(f"{saved}: --resume needs the same config; changed: {', '.join(changed)}")
         if (run_dir / "final").is_dir():
             raise UserError(f"{run_dir}: run already finished (final/ exists); nothing to resume")
-    elif run_dir.exists():
-        raise UserError(f"{run_dir}: run directory already exists; continue it with --resume or choose another name (--set name=...)")
+        return True
+    raise UserError(f"{run_dir}: run directory already exists; continue it with --resume or choose another name (--set name=...)")
 
 
 def _diff_keys(a, b, prefix="") -> list[str]:
@@ -217,11 +225,20 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
           base: BaseReference | None = None) -> dict:
     """Train, save, then measure (test score, prompting baselines, forgetting) and report.
     `base` shares one base-model reference across the variants of a comparison."""
+    if cfg.trust_remote_code:
+        (console or Console(stderr=True, soft_wrap=True)).print(
+            f"[yellow]warning: trust_remote_code is on: Python code in the folder of {cfg.model} will run on this "
+            "machine with your permissions[/yellow]")
+    with remote_code_trusted(cfg.trust_remote_code):
+        return _train(cfg, resume=resume, console=console, quiet=quiet, base=base)
+
+
+def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool, base: BaseReference | None) -> dict:
     ranks = distributed.start()  # under torchrun: join the other processes
     console = console or Console(stderr=True, soft_wrap=True)
     if not ranks.main:
         console, quiet = Console(stderr=True, quiet=True), True  # rank 0 speaks and writes for the run
-    _check_run_dir(cfg, resume)
+    resume = _check_run_dir(cfg, resume)
     distributed.barrier()  # every rank has checked the run directory before rank 0 creates it
     validate_inputs(cfg)
     if cfg.train.return_memory:
@@ -246,7 +263,9 @@ def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = Non
     run_dir = cfg.run_dir()
     if ranks.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+        tmp = run_dir / ".config.yaml.tmp"
+        tmp.write_text(cfg.to_yaml())
+        os.replace(tmp, run_dir / "config.yaml")  # never a half-written config for --resume to read
     console.print(
         f"[bold]{cfg.name}[/bold]: {cfg.method} on {cfg.model}, adapter {cfg.adapter.type}, "
         f"{trainable:,} of {total:,} parameters trained, {len(data.features)} train / {len(data.val)} val examples"

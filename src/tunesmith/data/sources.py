@@ -71,8 +71,14 @@ def _read_jsonl(p: Path, problems: list[str]) -> list[Row]:
             except json.JSONDecodeError as e:
                 problems.append(f"{where(p, n)}: invalid JSON: {e.msg} (column {e.colno})")
                 continue
+            except RecursionError:
+                problems.append(f"{where(p, n)}: JSON nested too deeply to be a record")
+                continue
             if not isinstance(obj, dict):
                 problems.append(f"{where(p, n)}: expected a JSON object, got {type(obj).__name__}")
+                continue
+            if (bad := _invalid_text(obj)) is not None:
+                problems.append(f"{where(p, n)}: {bad}")
                 continue
             rows.append(Row(obj, where(p, n)))
     return rows
@@ -94,6 +100,8 @@ def _read_json(p: Path, key: str | None) -> list[Row]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{where(p, e.lineno)}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise UserError(f"{p}: JSON nested too deeply to hold records") from None
     if isinstance(data, dict):
         if key is None:
             lists = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
@@ -112,8 +120,29 @@ def _read_json(p: Path, key: str | None) -> list[Row]:
     for i, obj in enumerate(data):
         if not isinstance(obj, dict):
             raise UserError(f"{prefix}[{i}]: expected a JSON object, got {type(obj).__name__}")
+        if (bad := _invalid_text(obj)) is not None:
+            raise UserError(f"{prefix}[{i}]: {bad}")
         rows.append(Row(obj, f"{prefix}[{i}]"))
     return rows
+
+
+def _invalid_text(record) -> str | None:
+    """JSON may spell text that is not Unicode (an unpaired surrogate such as \\ud800); no
+    tokenizer takes it, so it is a problem of the record, found here (walked without recursion)."""
+    pending = [record]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return f"text with an unpaired surrogate ({value[e.start]!a}) is not valid Unicode"
+    return None
 
 
 def _read_csv(p: Path, problems: list[str]) -> list[Row]:

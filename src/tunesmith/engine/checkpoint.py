@@ -16,9 +16,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tunesmith.engine.distributed import full, like
+from tunesmith.errors import RunFailed
 
 PREFIX = "step-"
 
@@ -54,25 +56,14 @@ def _fsync_tree(path: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int, write: bool = True) -> Path | None:
-    """Write checkpoint `step`; in a distributed run every rank calls this (sharded tensors are
-    gathered) and only the one with `write` writes."""
-    weights = trainable_state(model)
-    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
-    if not write:
-        return None
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"{PREFIX}{step}"
-    tmp = ckpt_root / f".tmp-{PREFIX}{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(weights, tmp / "trainable.safetensors")
+def _write(folder: Path, weights, opt_tensors, opt_meta, scheduler, state: dict) -> None:
+    save_file(weights, folder / "trainable.safetensors")
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"cuda.{i}"] = s
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    save_file(rng, tmp / "rng.safetensors")
+    save_file(opt_tensors, folder / "optimizer.safetensors")
+    save_file(rng, folder / "rng.safetensors")
     py_rng = random.getstate()
     meta = {
         "state": state,
@@ -80,11 +71,34 @@ def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, k
         "scheduler": scheduler.state_dict(),
         "python_rng": [py_rng[0], list(py_rng[1]), py_rng[2]],
     }
-    (tmp / "state.json").write_text(json.dumps(meta))
-    _fsync_tree(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    (folder / "state.json").write_text(json.dumps(meta))
+    _fsync_tree(folder)
+
+
+def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int, write: bool = True) -> Path | None:
+    """Write checkpoint `step`; in a distributed run every rank calls this (sharded tensors are
+    gathered) and only the one with `write` writes."""
+    weights = trainable_state(model)
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    if not write:
+        return None
+    final = ckpt_root / f"{PREFIX}{step}"
+    tmp = ckpt_root / f".tmp-{PREFIX}{step}"
+    try:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        _write(tmp, weights, opt_tensors, opt_meta, scheduler, state)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except (OSError, SafetensorError) as e:  # a full disk, a quota, a vanished mount: earlier checkpoints stand
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = list_checkpoints(ckpt_root)
+        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+        reason = getattr(e, "strerror", None) or str(e).rsplit(": ", 1)[-1]
+        raise RunFailed(f"{final}: checkpoint could not be written ({reason}); {kept}; "
+                        "make room and continue with --resume") from None
     for old in list_checkpoints(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from rich.console import Console
@@ -18,8 +19,10 @@ class MetricsLog:
         if path is None:
             return
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line in path.read_text().splitlines() if (r := _record(line)) and r["step"] <= resume_step]
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, path)  # a kill while rewriting leaves the old log, never half of one
         self.file = path.open("a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
@@ -32,10 +35,19 @@ class MetricsLog:
             self.file.close()
 
 
+def _record(line: str) -> dict | None:
+    """One log line; None for a blank line or the torn last line of a process killed mid-write."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
+
+
 def read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for line in path.read_text().splitlines() if (r := _record(line)) is not None]
 
 
 class TrainProgress:

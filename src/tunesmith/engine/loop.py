@@ -23,9 +23,11 @@ from tunesmith.engine.distributed import (Ranks, clip_gradients, shard_model, sh
 from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.logbook import MetricsLog, TrainProgress
 from tunesmith.engine.profile import StepProfiler
+from tunesmith.engine.stop import StopRequest
 from tunesmith.engine.precision import autocast, device, hold_frozen_weights_in_bf16, resolve_precision
 from tunesmith.engine.sampler import EpochSampler
 from tunesmith.engine.schedule import build_optimizer
+from tunesmith.errors import RunFailed, Stopped
 from tunesmith.methods.base import feature_length, unwrap
 from tunesmith.model.fused_lora import restore_lora, use_fused_lora
 from tunesmith.model.segment_attention import restore_attention, use_segment_attention
@@ -202,7 +204,7 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
 
     # a method may take several optimizer steps on one batch (online RL reusing its sampled replies)
     steps_per_batch, micro, reuses_left = getattr(method, "steps_per_batch", 1), [], 0
-    with TrainProgress(console, total, state["step"], quiet=quiet) as progress:
+    with StopRequest() as stop, TrainProgress(console, total, state["step"], quiet=quiet) as progress:
         while state["step"] < total:
             if reuses_left == 0:
                 micro, reuses_left = [], steps_per_batch
@@ -218,7 +220,10 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
             step = state["step"]
             profiler.after_step(step, totals["tokens"])
             state["tokens"] += totals["tokens"]
-            _add_to_window(state["window"], totals)
+            if totals["skipped"]:
+                _skip_step(state, cfg, ckpt_root, console)
+            else:
+                _add_to_window(state["window"], totals)
 
             do_val = bool(data.val) and (step == total or (cfg.eval.every is not None and step % cfg.eval.every == 0))
             if step % cfg.train.log_every == 0 or step in (1, total) or do_val:
@@ -234,9 +239,18 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
                 t_window = time.perf_counter()
             else:
                 progress.update(step)
+            saved = None
             if cfg.output.save_every and step % cfg.output.save_every == 0 and step < total:
                 state["elapsed"] = time.perf_counter() - t_start
-                checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, cfg.output.keep, write=ranks.main)
+                saved = checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, cfg.output.keep, write=ranks.main)
+            if _stop_agreed(stop, ranks):  # SIGTERM / Ctrl-C: end here, resumable
+                if saved is None:
+                    state["elapsed"] = time.perf_counter() - t_start
+                    saved = checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, cfg.output.keep,
+                                            write=ranks.main)
+                log.close()
+                raise Stopped(f"{stop.signal or 'a signal to another process'}: stopped after step {step} of {total}; "
+                              f"checkpoint {saved or ckpt_root}; continue with --resume")
     profiler.finish()
     log.close()
     return FitResult(state["step"], last_loss, val_loss, state["tokens"], time.perf_counter() - t_start, precision)
@@ -268,16 +282,40 @@ def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConf
         metric_sums["l2sp"] = anchor.apply() * n_items  # logged, like every metric, per item
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
     grad_norm = clip_gradients(params, max_norm)
-    optimizer.step()
-    scheduler.step()
+    skipped = not (math.isfinite(loss_total) and math.isfinite(grad_norm))  # the same on every rank: both are sums
+    if not skipped:  # a NaN or inf would poison every weight it touched: this step changes nothing
+        optimizer.step()
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return {"loss": loss_total, "items": items, "tokens": int(tokens),
-            "metrics": metric_sums, "grad_norm": grad_norm}
+            "metrics": metric_sums, "grad_norm": grad_norm, "skipped": skipped}
 
 
 def _empty_window() -> dict:
     """Sums over the optimizer steps since the last log line (kept in checkpoints for exact resume)."""
     return {"loss": 0.0, "items": 0, "tokens": 0, "steps": 0, "grad_norm": 0.0, "metrics": {}}
+
+
+def _skip_step(state: dict, cfg: RunConfig, ckpt_root: Path, console: Console) -> None:
+    """A step whose loss or gradients were not finite was not taken; too many end the run, with
+    the checkpoints written so far (all from finite steps) kept."""
+    state["skipped"] = state.get("skipped", 0) + 1
+    limit = cfg.train.max_skipped_steps
+    console.print(f"[yellow]step {state['step']}: loss or gradients not finite; step skipped "
+                  f"({state['skipped']} of at most {limit})[/yellow]")
+    if state["skipped"] > limit:
+        found = checkpoint.list_checkpoints(ckpt_root)
+        kept = f"last good checkpoint {found[-1]}" if found else "no checkpoint was written yet"
+        raise RunFailed(f"training diverged: {state['skipped']} steps with a loss or gradients that are not finite "
+                        f"(train.max_skipped_steps: {limit}); {kept}; lower train.lr, set train.max_grad_norm, "
+                        "or look for broken examples")
+
+
+def _stop_agreed(stop: StopRequest, ranks: Ranks) -> bool:
+    """Whether to stop now; under torchrun every rank stops at the same step if any was signalled."""
+    if not ranks.parallel:
+        return stop.requested
+    return sum_scalars([1.0 if stop.requested else 0.0], ranks)[0] > 0
 
 
 def _add_to_window(w: dict, totals: dict) -> None:
@@ -294,12 +332,14 @@ def _window_record(state: dict, sampler: EpochSampler, scheduler, window_s: floa
     record = {
         "step": state["step"],
         "epoch": round(state["epoch"] + state["batch"] / max(1, sampler.batches_per_epoch()), 4),
-        "loss": w["loss"] / max(1, w["items"]),
+        "loss": w["loss"] / w["items"] if w["items"] else float("nan"),  # nan: every step of the window skipped
         "lr": scheduler.get_last_lr()[0],
-        "grad_norm": w["grad_norm"] / w["steps"],
+        "grad_norm": w["grad_norm"] / w["steps"] if w["steps"] else float("nan"),
         "tokens_per_s": w["tokens"] / max(1e-9, window_s),
         "tokens": state["tokens"],
         "elapsed_s": round(elapsed_s, 3),
     }
     record.update({k: v / max(1, w["items"]) for k, v in w["metrics"].items()})
+    if state.get("skipped"):
+        record["skipped_steps"] = state["skipped"]
     return record

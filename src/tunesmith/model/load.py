@@ -18,11 +18,26 @@ def tokenizer_dir(resolved: Resolved) -> Path:
     return resolved.path
 
 
+_REMOTE_CODE = {"trusted": False}
+
+
+@contextmanager
+def remote_code_trusted(trusted: bool):
+    """While inside, loading runs a model folder's own Python code (`trust_remote_code`); only a
+    config that says `trust_remote_code: true` enters with True."""
+    previous = _REMOTE_CODE["trusted"]
+    _REMOTE_CODE["trusted"] = trusted
+    try:
+        yield
+    finally:
+        _REMOTE_CODE["trusted"] = previous
+
+
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=_REMOTE_CODE["trusted"])
     except Exception as e:
         raise UserError(f"{path}: could not load tokenizer ({str(e).splitlines()[0][:200]})") from None
     if tokenizer.pad_token_id is None:
@@ -58,6 +73,8 @@ def load_base(path: Path, dtype: torch.dtype = torch.float32, quantization: dict
         from tunesmith.model.quantize import bnb_config
 
         extra = {"quantization_config": bnb_config(quantization), "device_map": {"": str(device())}}
+    # safetensors only: a pickled checkpoint (.bin, .pt) runs code when loaded (`resolve` refuses those folders)
+    extra.update(use_safetensors=True, trust_remote_code=_REMOTE_CODE["trusted"])
     try:
         with quiet_transformers():
             if head == "score":

@@ -81,6 +81,7 @@ def resolve(reference: str) -> Resolved:
         if (path / "adapter_config.json").is_file():
             return resolve_adapter_dir(path)
         if (path / "config.json").is_file():
+            refuse_pickled_weights(path, "model.safetensors")
             return Resolved(path.resolve(), reference=reference)
         raise UserError(f"{path}: folder is neither a Hugging Face model (config.json), an adapter nor a tunesmith run")
     if path.exists():
@@ -100,9 +101,24 @@ def resolve_run(run: Path) -> Resolved:
     return Resolved(final.resolve(), reference=str(run))
 
 
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
+
+
+def refuse_pickled_weights(folder: Path, expected: str) -> None:
+    """Weights are read from safetensors only: unpickling a file (PyTorch's .bin/.pt) can run any
+    code its author put in it, and a model folder is often someone else's."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in PICKLED for p in folder.glob(pattern))
+    if pickled:
+        raise UserError(f"{folder}: weights only as pickle files ({', '.join(pickled[:3])}); tunesmith loads "
+                        f"{expected} only, since unpickling can run code: convert them where you trust the file")
+
+
 def resolve_adapter_dir(adapter: Path, reference: str | None = None) -> Resolved:
     import json
 
+    refuse_pickled_weights(adapter, "adapter_model.safetensors")
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     base_ref = cfg.get("base_model_name_or_path")
     if not base_ref:
