@@ -8,7 +8,7 @@ come as JSON lines on stdin, one result line per command on stdout:
 Kinds: "step" (SIGKILL once the n-th step's numbers are in), "save" (SIGKILL while the n-th
 checkpoint is written, `phase` saying where), "log" (SIGKILL half-way through writing the n-th
 metrics line), "sigterm" / "sigint" (the signal after the n-th step: the run should checkpoint and
-stop cleanly).
+stop cleanly), "report" (SIGKILL once training is over, while the run writes its report).
 """
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ def _arm(fault: dict) -> None:
             write(folder, weights, *args)
 
         checkpoint._write = write_then_die
+    elif kind == "report":  # training done and final/ saved; killed while measuring and reporting
+        import tunesmith.train
+
+        tunesmith.train.write_report = lambda *args, **kwargs: _kill()
     elif kind == "log":
         original_write = logbook.MetricsLog.write
 

@@ -14,7 +14,7 @@ import torch
 from conftest import cli_env, read_jsonl, write_config
 from safetensors.torch import load_file
 
-STEPS = 120
+STEPS = 90
 SAVE_EVERY = 3
 RUNNER = Path(__file__).with_name("fault_runner.py")
 
@@ -47,15 +47,16 @@ class Runner:
 
 
 def plan(seed: int = 11) -> list[dict]:
-    """20 faults at seeded random points; each lets the run advance at most 5 of its 120 steps."""
+    """20 faults at seeded random points: 19 while training (each lets the run advance at most 4
+    of its 90 steps), then one after training, while it evaluates and reports."""
     rng = random.Random(seed)
-    faults = [{"kind": "step", "at": rng.randint(1, 5)} for _ in range(9)]
+    faults = [{"kind": "step", "at": rng.randint(1, 4)} for _ in range(8)]
     faults += [{"kind": "save", "at": 1, "phase": phase}
                for phase in ("file0", "file1", "before_rename", "after_rename", "file0", "file1", "after_rename")]
-    faults += [{"kind": "log", "at": rng.randint(1, 5)} for _ in range(2)]
-    faults += [{"kind": "sigterm", "at": rng.randint(1, 5)}, {"kind": "sigint", "at": rng.randint(1, 5)}]
+    faults += [{"kind": "log", "at": rng.randint(1, 4)} for _ in range(2)]
+    faults += [{"kind": "sigterm", "at": rng.randint(1, 4)}, {"kind": "sigint", "at": rng.randint(1, 4)}]
     rng.shuffle(faults)
-    return faults
+    return faults + [{"kind": "report", "at": 1}]
 
 
 def complete_checkpoints(run: Path) -> list[int]:
@@ -75,7 +76,8 @@ def test_kill9_at_20_points_then_resume_equals_the_uninterrupted_run(tmp_path, t
     runner = Runner(tmp_path)
     try:
         run = tmp_path / "runs" / "killed"
-        for i, fault in enumerate(plan()):
+        *training, reporting = plan()
+        for i, fault in enumerate(training):
             status = runner.run(killed, resume=i > 0, fault=fault)
             expected = "exit 0" if fault["kind"] in ("sigterm", "sigint") else "killed 9"
             assert status == expected, (i, fault, status)
@@ -83,9 +85,11 @@ def test_kill9_at_20_points_then_resume_equals_the_uninterrupted_run(tmp_path, t
             assert not (run / "final").exists() and (run / "config.yaml").is_file()
             if fault["kind"] in ("sigterm", "sigint"):  # stopped cleanly: a checkpoint at the step it stopped after
                 assert steps and steps[-1] == read_jsonl_tolerant(run / "metrics.jsonl")[-1]["step"]
-        progress = max(complete_checkpoints(run), default=0)
-        assert 0 < progress < STEPS
-        assert runner.run(killed, resume=True) == "exit 0"
+        assert 0 < max(complete_checkpoints(run), default=0) < STEPS
+        assert runner.run(killed, resume=True, fault=reporting) == "killed 9"
+        assert (run / "final").is_dir() and not (run / "report.html").exists()
+        assert runner.run(killed, resume=True) == "exit 0"  # trains its last steps again, then reports
+        assert (run / "report.html").is_file()
         assert runner.run(whole, resume=False) == "exit 0"
     finally:
         runner.close()

@@ -71,8 +71,10 @@ def _check_run_dir(cfg: RunConfig, resume: bool) -> bool:
         changed = sorted(_diff_keys(before, now))
         if changed:
             raise UserError(f"{saved}: --resume needs the same config; changed: {', '.join(changed)}")
-        if (run_dir / "final").is_dir():
-            raise UserError(f"{run_dir}: run already finished (final/ exists); nothing to resume")
+        if (run_dir / "summary.json").is_file() and (run_dir / "report.html").is_file():
+            raise UserError(f"{run_dir}: run already finished (its report is written); nothing to resume")
+        # final/ but no report: stopped while evaluating; the steps after the last checkpoint are
+        # trained again (the same weights: resuming is exact), then the measurements and the report
         return True
     raise UserError(f"{run_dir}: run directory already exists; continue it with --resume or choose another name (--set name=...)")
 
@@ -217,6 +219,8 @@ def save_final(model, tokenizer, run_dir: Path, base_path: Path, quantization: d
         from tunesmith.model.quantize import write_settings
 
         write_settings(tmp, quantization)
+    if final.exists():  # resumed after its evaluation was interrupted: the same weights again
+        shutil.rmtree(final)
     os.rename(tmp, final)
     return final
 
