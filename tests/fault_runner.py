@@ -88,10 +88,27 @@ def _arm(fault: dict) -> None:
         raise ValueError(kind)
 
 
+def warm_imports() -> None:
+    """What a run imports lazily (seconds of it, mostly peft and transformers' model modules),
+    imported once here so that each forked run starts at once. Imports only: no computation."""
+    import peft  # noqa: F401
+    import transformers.models.llama.configuration_llama  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+
+    import tunesmith.engine.loop  # noqa: F401
+    import tunesmith.evaluation  # noqa: F401
+    import tunesmith.methods.sft  # noqa: F401
+    import tunesmith.model.adapters  # noqa: F401
+    import tunesmith.report.build  # noqa: F401
+
+
 def main() -> None:
     from tunesmith.config import load_config
     from tunesmith.errors import Stopped
     from tunesmith.train import train
+
+    warm_imports()
 
     for line in sys.stdin:
         command = json.loads(line)
