@@ -117,6 +117,41 @@ def cli(args: list[str], tmp_path: Path, env_extra: dict | None = None, **kwargs
                           env={**cli_env(tmp_path), **(env_extra or {})}, cwd=kwargs.pop("cwd", tmp_path), **kwargs)
 
 
+class CliResult:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def cli_here(args: list[str], tmp_path: Path, env_extra: dict | None = None, input: str | None = None,
+             **_ignored) -> CliResult:
+    """`cli` without a new interpreter (seconds of imports per call): `main` in this process, in
+    `tmp_path`, with the same environment, stdin and exit codes, output captured."""
+    import contextlib
+    import io
+
+    from tunesmith.cli import main
+
+    saved_env, saved_cwd, saved_stdin, saved_path = dict(os.environ), os.getcwd(), sys.stdin, list(sys.path)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    os.environ.clear()
+    os.environ.update({**cli_env(tmp_path), **(env_extra or {})})
+    sys.path[:0] = [p for p in (env_extra or {}).get("PYTHONPATH", "").split(os.pathsep) if p]  # as a new interpreter would
+    os.chdir(tmp_path)
+    sys.stdin = io.StringIO(input or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.stdin, sys.path[:] = saved_stdin, saved_path
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
 def cli_in_process(args: list[str]):
     """The CLI in this process (no interpreter start-up and imports): for tests that call it many
     times. Exit codes of user errors come from `main`, so error cases go through `cli`."""

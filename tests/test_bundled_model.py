@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli
+from conftest import cli_here
 from test_export import load_gguf
 
 from tunesmith.model.load import load_for_inference
@@ -29,7 +29,7 @@ def test_alias_converts_once_to_a_cached_hf_folder_that_answers():
 def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(tmp_path):
     # a quarter of the quickstart's steps, 24 test examples, a third of the probe: about 3 minutes on a
     # 2-core CPU with native bf16 (fp32-only CPUs take several times longer, hence the generous limit)
-    result = cli(["quickstart", "--dir", str(tmp_path / "qs"), "--max-steps", "20", "--test-limit", "24",
+    result = cli_here(["quickstart", "--dir", str(tmp_path / "qs"), "--max-steps", "20", "--test-limit", "24",
                   "--set", "forgetting.probe_limit=48"], tmp_path, timeout=2400)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "qs" / "runs" / "dates" / "quickstart.json").read_text())
@@ -45,7 +45,7 @@ def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(t
     run = Path(summary["variants"]["lora"])
 
     # the merged export reproduces the run's own (unmerged LoRA) greedy outputs in plain transformers
-    assert cli(["export", str(run), "--to", str(tmp_path / "merged"), "--merge"], tmp_path).returncode == 0
+    assert cli_here(["export", str(run), "--to", str(tmp_path / "merged"), "--merge"], tmp_path).returncode == 0
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunesmith.data.records import load_examples
@@ -61,7 +61,7 @@ def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(t
     assert merged_replies == generate_all(run_model, run_tok, prompts, sampling, 12)
 
     # the tuned run as one f16 GGUF file, read back by transformers' GGUF loader: the same replies
-    assert cli(["export", str(run), "--to", str(tmp_path / "gguf"), "--format", "gguf"], tmp_path).returncode == 0
+    assert cli_here(["export", str(run), "--to", str(tmp_path / "gguf"), "--format", "gguf"], tmp_path).returncode == 0
     gguf_model, gguf_tok = load_gguf(tmp_path / "gguf")
     assert generate_all(gguf_model.to(run_model.device), gguf_tok, prompts, sampling, 12) == merged_replies
 
@@ -82,7 +82,7 @@ def test_gguf_export_of_the_bundled_model_round_trips(tmp_path):
 
 
 def test_chat_on_the_bundled_model(tmp_path):
-    result = cli(["chat", BUNDLED_ALIAS, "--temperature", "0", "--max-new-tokens", "20"], tmp_path,
+    result = cli_here(["chat", BUNDLED_ALIAS, "--temperature", "0", "--max-new-tokens", "20"], tmp_path,
                  input="What is the capital of France?\n", timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout

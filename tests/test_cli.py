@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import cli, write_config
+from conftest import cli, cli_here, write_config
 
 
 def one_line_error(result, *needles):
@@ -21,11 +21,11 @@ def cfg(tmp_path, tiny_model_dir, date_data):
 
 
 def test_missing_config_file(tmp_path):
-    one_line_error(cli(["train", "nope.yaml"], tmp_path), "nope.yaml: config file not found")
+    one_line_error(cli_here(["train", "nope.yaml"], tmp_path), "nope.yaml: config file not found")
 
 
 def test_unknown_config_key(tmp_path, cfg):
-    one_line_error(cli(["train", str(cfg), "--set", "train.epoch=2"], tmp_path), "unknown key 'train.epoch'", "epochs")
+    one_line_error(cli_here(["train", str(cfg), "--set", "train.epoch=2"], tmp_path), "unknown key 'train.epoch'", "epochs")
     assert not (tmp_path / "runs").exists()
 
 
@@ -34,21 +34,21 @@ def test_broken_data_line_names_file_and_line(tmp_path, cfg, date_data):
     lines = date_data["train"].read_text().splitlines()
     lines[4] = lines[4][:-3]
     bad.write_text("\n".join(lines) + "\n")
-    one_line_error(cli(["train", str(cfg), "--set", f"data.train={bad}"], tmp_path), f"{bad}:5: invalid JSON")
+    one_line_error(cli_here(["train", str(cfg), "--set", f"data.train={bad}"], tmp_path), f"{bad}:5: invalid JSON")
     assert not (tmp_path / "runs").exists()
 
 
 def test_missing_data_file(tmp_path, cfg):
-    one_line_error(cli(["train", str(cfg), "--set", "data.val=absent.jsonl"], tmp_path), "absent.jsonl: data file not found")
+    one_line_error(cli_here(["train", str(cfg), "--set", "data.val=absent.jsonl"], tmp_path), "absent.jsonl: data file not found")
     assert not (tmp_path / "runs").exists()
 
 
 def test_model_not_found_offline(tmp_path, cfg):
-    result = cli(["train", str(cfg), "--set", "model=some-org/some-model-not-cached"], tmp_path, timeout=120)
+    result = cli_here(["train", str(cfg), "--set", "model=some-org/some-model-not-cached"], tmp_path, timeout=120)
     one_line_error(result, "some-org/some-model-not-cached", "not in the local Hugging Face cache")
     assert not (tmp_path / "runs").exists()
-    one_line_error(cli(["generate", "./no/such/dir", "--prompt", "hi"], tmp_path), "model path not found")
-    one_line_error(cli(["generate", "missing.gguf", "--prompt", "hi"], tmp_path), "GGUF file not found")
+    one_line_error(cli_here(["generate", "./no/such/dir", "--prompt", "hi"], tmp_path), "model path not found")
+    one_line_error(cli_here(["generate", "missing.gguf", "--prompt", "hi"], tmp_path), "GGUF file not found")
 
 
 def test_hub_lookup_without_offline_flag_fails_fast(tmp_path, cfg, monkeypatch):
@@ -70,19 +70,19 @@ def test_hub_lookup_without_offline_flag_fails_fast(tmp_path, cfg, monkeypatch):
 
 
 def test_usage_errors_exit_2(tmp_path):
-    assert cli(["train"], tmp_path).returncode == 2
-    assert cli(["no-such-command"], tmp_path).returncode == 2
+    assert cli_here(["train"], tmp_path).returncode == 2
+    assert cli_here(["no-such-command"], tmp_path).returncode == 2
 
 
 def test_generate_and_eval_on_a_run(tmp_path, cfg, date_data):
-    assert cli(["train", str(cfg), "--quiet"], tmp_path).returncode == 0
+    assert cli_here(["train", str(cfg), "--quiet"], tmp_path).returncode == 0
     run = tmp_path / "runs" / "tiny"
-    gen = cli(["generate", str(run), "--prompt", "hello", "--max-new-tokens", "5", "--precision", "fp32"], tmp_path)
+    gen = cli_here(["generate", str(run), "--prompt", "hello", "--max-new-tokens", "5", "--precision", "fp32"], tmp_path)
     assert gen.returncode == 0, gen.stderr
-    sampled = cli(["generate", str(run), "--prompt", "hello", "--max-new-tokens", "5", "--temperature", "0.8", "--seed", "1"], tmp_path)
+    sampled = cli_here(["generate", str(run), "--prompt", "hello", "--max-new-tokens", "5", "--temperature", "0.8", "--seed", "1"], tmp_path)
     assert sampled.returncode == 0, sampled.stderr
     out = tmp_path / "scores.json"
-    ev = cli(["eval", str(run), "--data", str(date_data["test"]), "--limit", "4", "--max-new-tokens", "4", "--json", str(out)], tmp_path)
+    ev = cli_here(["eval", str(run), "--data", str(date_data["test"]), "--limit", "4", "--max-new-tokens", "4", "--json", str(out)], tmp_path)
     assert ev.returncode == 0, ev.stderr
     scores = json.loads(out.read_text())
     assert scores["n"] == 4 and 0.0 <= scores["scores"]["exact_match"]["mean"] <= 1.0
@@ -92,18 +92,18 @@ def test_generate_and_eval_on_a_run(tmp_path, cfg, date_data):
 
     # k-shot from the run's own training data, and a user metric given as module:function
     (tmp_path / "mymetric.py").write_text("def has_dash(p, r):\n    return '-' in p\n")
-    ev = cli(["eval", str(run), "--data", str(date_data["test"]), "--limit", "3", "--max-new-tokens", "4", "--shots", "0,2",
+    ev = cli_here(["eval", str(run), "--data", str(date_data["test"]), "--limit", "3", "--max-new-tokens", "4", "--shots", "0,2",
               "--metric", "mymetric:has_dash", "--json", str(out)], tmp_path, env_extra={"PYTHONPATH": str(tmp_path)})
     assert ev.returncode == 0, ev.stderr
     zero, two = json.loads(out.read_text())
     assert (zero["shots"], two["shots"]) == (0, 2) and two["prompt_tokens"] > zero["prompt_tokens"]
     assert "has_dash" in two["scores"]
-    bad = cli(["eval", str(run), "--data", str(date_data["test"]), "--shots", "2", "--shots-from", "nope.jsonl"], tmp_path)
+    bad = cli_here(["eval", str(run), "--data", str(date_data["test"]), "--shots", "2", "--shots-from", "nope.jsonl"], tmp_path)
     assert bad.returncode == 2 and "nope.jsonl" in bad.stderr
 
 
 def test_chat_streams_and_keeps_history(tmp_path, tiny_model_dir):
-    result = cli(["chat", str(tiny_model_dir), "--max-new-tokens", "4", "--temperature", "0"], tmp_path,
+    result = cli_here(["chat", str(tiny_model_dir), "--max-new-tokens", "4", "--temperature", "0"], tmp_path,
                  input="hello\n/reset\nagain\n/exit\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("assistant> ") == 2
@@ -111,17 +111,17 @@ def test_chat_streams_and_keeps_history(tmp_path, tiny_model_dir):
 
 
 def test_module_entry_point(tmp_path):
-    result = cli(["--help"], tmp_path)
+    result = cli(["--help"], tmp_path)  # `python -m tunesmith` itself, in a new interpreter
     assert result.returncode == 0 and "quickstart" in result.stdout and "export" in result.stdout
 
 
 
 def test_lora_over_a_lora_run_asks_for_a_merge_first(tmp_path, cfg):
-    assert cli(["train", str(cfg), "--quiet"], tmp_path).returncode == 0
+    assert cli_here(["train", str(cfg), "--quiet"], tmp_path).returncode == 0
     run = tmp_path / "runs" / "tiny"
-    one_line_error(cli(["train", str(cfg), "--set", f"model={run}", "--set", "name=again"], tmp_path),
+    one_line_error(cli_here(["train", str(cfg), "--set", f"model={run}", "--set", "name=again"], tmp_path),
                    "is a LoRA run; merge it first")
-    full = cli(["train", str(cfg), "--set", f"model={run}", "--set", "name=full-on-top", "--set", "adapter.type=none", "--quiet"], tmp_path)
+    full = cli_here(["train", str(cfg), "--set", f"model={run}", "--set", "name=full-on-top", "--set", "adapter.type=none", "--quiet"], tmp_path)
     assert full.returncode == 0, full.stderr
 
 
@@ -137,7 +137,7 @@ def test_every_malformed_case_is_one_line_per_problem_with_exit_2(tmp_path, cfg)
         json.dumps({"messages": [{"role": "user", "content": ["x"]}]}).encode(),            # 6 non-string content
         json.dumps({"messages": [{"role": "user", "content": "only a question"}]}).encode(),  # 7 no assistant turn
     ]) + b"\n")
-    result = cli(["train", str(cfg), "--set", f"data.train={bad}"], tmp_path)
+    result = cli_here(["train", str(cfg), "--set", f"data.train={bad}"], tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert [line.split(": ")[1] for line in lines] == [f"{bad}:{n}" for n in range(2, 8)]
@@ -145,5 +145,5 @@ def test_every_malformed_case_is_one_line_per_problem_with_exit_2(tmp_path, cfg)
                                   "content must be a string", "no assistant turn"]):
         assert line.startswith("error: ") and what in line
     (tmp_path / "empty.jsonl").write_text("\n")
-    one_line_error(cli(["train", str(cfg), "--set", f"data.train={tmp_path / 'empty.jsonl'}"], tmp_path), "empty.jsonl: no records")
+    one_line_error(cli_here(["train", str(cfg), "--set", f"data.train={tmp_path / 'empty.jsonl'}"], tmp_path), "empty.jsonl: no records")
     assert not (tmp_path / "runs").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli, read_jsonl, write_config
+from conftest import cli_here, read_jsonl, write_config
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def compared(tmp_path_factory, tiny_model_dir, date_data):
         forgetting={"probe": True, "probe_limit": 30, "text": str(date_data["val"]), "text_limit": 12},
         compare={"variants": {"lora": {}, "lora-replay": {"forgetting.replay": 0.3, "forgetting.kl": 0.5}}},
     )
-    result = cli(["compare", str(config), "--quiet"], tmp)
+    result = cli_here(["compare", str(config), "--quiet"], tmp)
     assert result.returncode == 0, result.stderr
     return tmp / "runs" / "cmp"
 

@@ -127,9 +127,9 @@ def test_student_keeps_the_chosen_layers_with_their_weights(tmp_path, tiny_teach
 
 
 def test_student_create_errors(tmp_path, tiny_teacher):
-    from conftest import cli
+    from conftest import cli_here
 
-    result = cli(["student", "create", str(tiny_teacher), "--layers", "9", "--out", str(tmp_path / "s")], tmp_path)
+    result = cli_here(["student", "create", str(tiny_teacher), "--layers", "9", "--out", str(tmp_path / "s")], tmp_path)
     assert result.returncode == 2 and "--layers 9: the teacher has 4 decoder layers" in result.stderr
     assert not (tmp_path / "s").exists()
 

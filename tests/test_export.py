@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import cli, write_config
+from conftest import cli_here, write_config
 
 from tunesmith.data.records import load_examples
 from tunesmith.eval.generate import Sampling, generate_all
@@ -17,7 +17,7 @@ def lora_run(tmp_path_factory, tiny_model_dir, date_data):
     tmp = tmp_path_factory.mktemp("lora-run")
     cfg = write_config(tmp / "c.yaml", tiny_model_dir, date_data, tmp / "runs",
                        train={"max_steps": 40, "lr": 1e-2}, adapter={"type": "lora", "r": 8, "alpha": 16})
-    result = cli(["train", str(cfg), "--quiet"], tmp)
+    result = cli_here(["train", str(cfg), "--quiet"], tmp)
     assert result.returncode == 0, result.stderr
     return tmp / "runs" / "tiny"
 
@@ -40,7 +40,7 @@ def greedy_ids(model, tokenizer, data):
 def test_merged_export_reproduces_the_run_in_plain_transformers(tmp_path, lora_run, date_data):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    result = cli(["export", str(lora_run), "--to", str(tmp_path / "merged"), "--merge"], tmp_path)
+    result = cli_here(["export", str(lora_run), "--to", str(tmp_path / "merged"), "--merge"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["kind"] == "merged"
     run_model, run_tok = load_for_inference(str(lora_run), merge=False)  # the run's own PEFT model, unmerged
@@ -58,7 +58,7 @@ def test_adapter_export_loads_in_plain_peft(tmp_path, lora_run, tiny_model_dir, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    result = cli(["export", str(lora_run), "--to", str(tmp_path / "adapter")], tmp_path)
+    result = cli_here(["export", str(lora_run), "--to", str(tmp_path / "adapter")], tmp_path)
     assert result.returncode == 0, result.stderr
     run_model, run_tok = load_for_inference(str(lora_run), merge=False)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -72,17 +72,17 @@ def test_full_finetune_and_model_reference_export(tmp_path, tiny_model_dir, date
 
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", adapter={"type": "none"},
                        train={"max_steps": 5})
-    assert cli(["train", str(cfg), "--quiet"], tmp_path).returncode == 0
+    assert cli_here(["train", str(cfg), "--quiet"], tmp_path).returncode == 0
     run = tmp_path / "runs" / "tiny"
-    assert cli(["export", str(run), "--to", str(tmp_path / "full")], tmp_path).returncode == 0
+    assert cli_here(["export", str(run), "--to", str(tmp_path / "full")], tmp_path).returncode == 0
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "full")
     trained = AutoModelForCausalLM.from_pretrained(run / "final")
     for (n, a), (_, b) in zip(exported.state_dict().items(), trained.state_dict().items()):
         assert torch.equal(a, b), n
     # a plain model reference exports as an HF folder too
-    assert cli(["export", str(tiny_model_dir), "--to", str(tmp_path / "copy")], tmp_path).returncode == 0
+    assert cli_here(["export", str(tiny_model_dir), "--to", str(tmp_path / "copy")], tmp_path).returncode == 0
     assert (tmp_path / "copy" / "model.safetensors").is_file()
-    refused = cli(["export", str(run), "--to", str(tmp_path / "full")], tmp_path)
+    refused = cli_here(["export", str(run), "--to", str(tmp_path / "full")], tmp_path)
     assert refused.returncode == 2 and "not empty" in refused.stderr
 
 
@@ -142,5 +142,5 @@ def test_every_export_carries_a_model_card_from_the_run(tmp_path, lora_run):
 
 def test_gguf_export_refuses_what_it_cannot_write(tmp_path, lora_run):
     for args, message in ((["--format", "onnx"], "--format onnx"), (["--format", "gguf", "--quant", "q4_k"], "--quant q4_k")):
-        result = cli(["export", str(lora_run), "--to", str(tmp_path / "x"), *args], tmp_path)
+        result = cli_here(["export", str(lora_run), "--to", str(tmp_path / "x"), *args], tmp_path)
         assert result.returncode == 2 and message in result.stderr and not (tmp_path / "x").exists()

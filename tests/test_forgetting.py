@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import cli, read_jsonl, write_config
+from conftest import cli_here, read_jsonl, write_config
 from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.sampler import EpochSampler
 from tunesmith.forgetting import probe
@@ -102,7 +102,7 @@ def test_weight_anchor_gradient_by_hand():
 
 def _train(tmp_path, model_dir, data, name, **sections):
     cfg = write_config(tmp_path / f"{name}.yaml", model_dir, data, tmp_path / "runs", name=name, **sections)
-    r = cli(["train", str(cfg), "--quiet"], tmp_path)
+    r = cli_here(["train", str(cfg), "--quiet"], tmp_path)
     assert r.returncode == 0, r.stderr
     return tmp_path / "runs" / name
 

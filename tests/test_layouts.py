@@ -152,7 +152,7 @@ def test_hub_dataset_ids_are_read_from_the_cache_only(tmp_path):
 
 
 def test_inspect_works_on_every_layout_and_highlights_trained_tokens(tmp_path, tiny_model_dir, tokenizer):
-    from conftest import cli, cli_in_process
+    from conftest import cli_here, cli_in_process
 
     from tunesmith.data.inspect import masked_preview
     from tunesmith.data.chat import encode_chat
@@ -160,8 +160,8 @@ def test_inspect_works_on_every_layout_and_highlights_trained_tokens(tmp_path, t
     for i, (name, path) in enumerate(write_all_formats(tmp_path).items()):
         out = tmp_path / f"{name}.json"
         args = ["data", "inspect", path, "--model", str(tiny_model_dir), "--json", str(out), "--png", str(tmp_path / "h.png")]
-        if i == 0:  # the real command line once, the other layouts in this process
-            result = cli(args, tmp_path)
+        if i == 0:  # through `main` once (exit code, stdout), the other layouts through the Typer app
+            result = cli_here(args, tmp_path)
             assert result.returncode == 0, (name, result.stderr)
             stdout = result.stdout
         else:
@@ -178,11 +178,11 @@ def test_inspect_works_on_every_layout_and_highlights_trained_tokens(tmp_path, t
 
 
 def test_inspect_lists_every_problem_and_exits_2(tmp_path, tiny_model_dir):
-    from conftest import cli
+    from conftest import cli_here
 
     rows = layouts()["messages"][:3]
     path = tmp_path / "mixed.jsonl"
     path.write_text(json.dumps(rows[0]) + "\n{oops\n" + json.dumps({"question": 1}) + "\n")
-    result = cli(["data", "inspect", str(path), "--model", str(tiny_model_dir)], tmp_path)
+    result = cli_here(["data", "inspect", str(path), "--model", str(tiny_model_dir)], tmp_path)
     assert result.returncode == 2
     assert f"problem: {path}:2: invalid JSON" in result.stdout and f"problem: {path}:3: unknown layout" in result.stdout

@@ -129,10 +129,10 @@ def test_kto_reads_single_judged_responses(tmp_path, tiny_model_dir, pairs):
 
 
 def test_pairs_are_required_for_paired_losses(tmp_path, tiny_model_dir, date_data):
-    from conftest import cli
+    from conftest import cli_here
 
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", method="dpo")
-    result = cli(["train", str(cfg)], tmp_path)
+    result = cli_here(["train", str(cfg)], tmp_path)
     assert result.returncode == 2
     assert "train.jsonl:1: preference loss 'sigmoid' needs pairs" in result.stderr
     assert not (tmp_path / "runs" / "tiny").exists()

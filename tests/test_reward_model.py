@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import cli, read_jsonl, write_config
+from conftest import cli_here, read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.train import train
@@ -61,7 +61,7 @@ def test_merged_export_scores_the_same_in_plain_transformers(reward_run, pairs, 
     from tunesmith.methods.rewards import RewardModelScorer
 
     run, _ = reward_run
-    result = cli(["export", str(run), "--to", str(tmp_path / "rm"), "--merge"], tmp_path)
+    result = cli_here(["export", str(run), "--to", str(tmp_path / "rm"), "--merge"], tmp_path)
     assert result.returncode == 0, result.stderr
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
     tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
@@ -99,6 +99,6 @@ def test_reward_config_errors(tmp_path, tiny_model_dir, pairs, overrides, messag
 
 def test_pairs_are_required(tmp_path, tiny_model_dir, date_data):
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", method="reward")
-    result = cli(["train", str(cfg)], tmp_path)
+    result = cli_here(["train", str(cfg)], tmp_path)
     assert result.returncode == 2
     assert "train.jsonl:1: method reward trains on pairs" in result.stderr

@@ -111,13 +111,13 @@ def test_reused_samples_engage_the_clip(tmp_path, tiny_model_dir, date_data):
 
 
 def test_exact_match_needs_references_and_says_where_one_is_missing(tmp_path, tiny_model_dir, date_data):
-    from conftest import cli
+    from conftest import cli_here
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "When?", "reference": "2001-01-01"}\n{"prompt": "And now?"}\n')
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, {"train": prompts, "val": prompts}, tmp_path / "runs",
                        method="grpo", rl={"rewards": [{"function": "exact_match"}]})
-    result = cli(["train", str(cfg)], tmp_path)
+    result = cli_here(["train", str(cfg)], tmp_path)
     assert result.returncode == 2, result.stderr
     assert "prompts.jsonl:2: reward exact_match needs a reference answer" in result.stderr
     assert not (tmp_path / "runs" / "tiny").exists()  # nothing half-written

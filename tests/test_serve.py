@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import cli, cli_env
+from conftest import cli_here, cli_env
 
 openai = pytest.importorskip("openai")
 
@@ -230,5 +230,5 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path, tiny_model_dir, adapters):
     (tmp_path / "other" / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": str(tmp_path / "other-base")}))
     with pytest.raises(UserError, match="not on the served base"):
         load_served(str(tiny_model_dir), [("x", str(tmp_path / "other"))])
-    result = cli(["serve", str(tiny_model_dir), "--api-key-env", "TS_NOT_SET"], tmp_path)
+    result = cli_here(["serve", str(tiny_model_dir), "--api-key-env", "TS_NOT_SET"], tmp_path)
     assert result.returncode == 2 and "TS_NOT_SET" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -12,7 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import cli, cli_env, read_jsonl
+from conftest import cli_here, cli_env, read_jsonl
 
 PROMPTS = [f"Question {i}?" for i in range(8)]
 
@@ -98,17 +98,17 @@ def test_api_key_and_errors(tmp_path, server, prompts_file, monkeypatch):
     Teacher.key = "sekrit"
     args = ["distill", "generate", "--teacher", server, "--teacher-model", "m", "--prompts", str(prompts_file),
             "--out", str(tmp_path / "out.jsonl"), "--limit", "2"]
-    unset = cli(args + ["--api-key-env", "TEACHER_KEY"], tmp_path)
+    unset = cli_here(args + ["--api-key-env", "TEACHER_KEY"], tmp_path)
     assert unset.returncode == 2 and "--api-key-env TEACHER_KEY: that environment variable is not set" in unset.stderr
-    wrong = cli(args + ["--api-key-env", "TEACHER_KEY"], tmp_path, env_extra={"TEACHER_KEY": "nope"})
+    wrong = cli_here(args + ["--api-key-env", "TEACHER_KEY"], tmp_path, env_extra={"TEACHER_KEY": "nope"})
     assert wrong.returncode == 2 and "HTTP 401" in wrong.stderr
-    ok = cli(args + ["--api-key-env", "TEACHER_KEY"], tmp_path, env_extra={"TEACHER_KEY": "sekrit"})
+    ok = cli_here(args + ["--api-key-env", "TEACHER_KEY"], tmp_path, env_extra={"TEACHER_KEY": "sekrit"})
     assert ok.returncode == 0, ok.stderr
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 2
     Teacher.key = None
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "bad request"}\n')
-    refused = cli(["distill", "generate", "--teacher", server, "--teacher-model", "m", "--prompts", str(bad),
+    refused = cli_here(["distill", "generate", "--teacher", server, "--teacher-model", "m", "--prompts", str(bad),
                    "--out", str(tmp_path / "o2.jsonl")], tmp_path)
     assert refused.returncode == 2 and "HTTP 400" in refused.stderr  # not retried: the request itself is wrong
 
@@ -127,7 +127,7 @@ def test_killed_run_resumes_without_losing_or_repeating_answers(tmp_path, server
     before = read_jsonl(out)
     assert 3 <= len(before) < len(PROMPTS)
     Teacher.delay = 0.0
-    again = cli(["distill", "generate", "--teacher", server, "--teacher-model", "m", "--prompts", str(prompts_file),
+    again = cli_here(["distill", "generate", "--teacher", server, "--teacher-model", "m", "--prompts", str(prompts_file),
                  "--out", str(out)], tmp_path)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["already_answered"] == len(before)
@@ -142,7 +142,7 @@ def test_local_teacher_and_the_student_trains_on_its_replies(tmp_path, tiny_mode
     from tunesmith.config import load_config
     from tunesmith.train import train
 
-    result = cli(["distill", "generate", "--teacher", str(tiny_model_dir), "--prompts", str(prompts_file),
+    result = cli_here(["distill", "generate", "--teacher", str(tiny_model_dir), "--prompts", str(prompts_file),
                   "--out", str(tmp_path / "replies.jsonl"), "--max-tokens", "12"], tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)

@@ -34,7 +34,8 @@ from tunesmith.forgetting.replay import replay_examples, replay_weight
 from tunesmith.methods import build_method
 from tunesmith.methods.reference import ReferenceModel
 from tunesmith.model.adapters import apply_adapter, can_merge, count_parameters, freeze_lower_layers
-from tunesmith.model.load import remote_code_trusted, is_reward_checkpoint, load_base, load_tokenizer, quiet_transformers, tokenizer_dir
+from tunesmith.model.load import (is_reward_checkpoint, load_base, load_tokenizer, quiet_transformers,
+                                  remote_code_trusted, tokenizer_dir)
 from tunesmith.model.resolve import resolve
 from tunesmith.report.build import write_report
 

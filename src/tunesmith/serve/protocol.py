@@ -14,6 +14,13 @@ MAX_CHOICES = 8
 MAX_STOP = 4
 
 
+def _not_supported(value):
+    """A parameter clients may send switched off, refused when switched on."""
+    if value:
+        raise ValueError("not supported by this server")
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -67,12 +74,7 @@ class Sampling(Strict):
             raise ValueError("not supported by this server; leave it 0")
         return v
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v):
-        if v:
-            raise ValueError("not supported by this server")
-        return v
+    _no_logprobs = field_validator("logprobs")(classmethod(lambda cls, v: _not_supported(v)))
 
 
 class ChatRequest(Sampling):
@@ -101,12 +103,7 @@ class CompletionRequest(Sampling):
             raise ValueError(f"a list of 1 to {MAX_CHOICES} prompts")
         return v
 
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, v):
-        if v:
-            raise ValueError("not supported by this server")
-        return v
+    _no_echo = field_validator("echo")(classmethod(lambda cls, v: _not_supported(v)))
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
