@@ -40,9 +40,13 @@ def pre_tokenizer_name(tokenizer, source: Path | None) -> str:
         pre = json.loads((source / SOURCE_NOTE).read_text()).get("tokenizer.ggml.pre")
         if pre:
             return pre
-    spec = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
-    steps = tuple(p["type"] for p in spec.get("pretokenizers", [])) if spec.get("type") == "Sequence" else (spec.get("type"),)
-    return PRE_TOKENIZERS.get(steps, "default")
+    return PRE_TOKENIZERS.get(_pre_tokenizer_steps(json.loads(tokenizer.backend_tokenizer.to_str())), "default")
+
+
+def _pre_tokenizer_steps(spec: dict) -> tuple[str, ...]:
+    """The types of a tokenizer.json's pre-tokenizer pipeline, e.g. ("Digits", "ByteLevel")."""
+    pre = spec.get("pre_tokenizer") or {}
+    return tuple(p["type"] for p in pre.get("pretokenizers", [])) if pre.get("type") == "Sequence" else (pre.get("type"),)
 
 
 def vocabulary(tokenizer, n_vocab: int) -> tuple[list[str], list[int], list[str]]:
@@ -50,8 +54,7 @@ def vocabulary(tokenizer, n_vocab: int) -> tuple[list[str], list[int], list[str]
     the BPE merges."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec.get("model") or {}
-    if model.get("type") != "BPE" or not any(
-            step.get("type") == "ByteLevel" for step in [spec.get("pre_tokenizer") or {}] + (spec.get("pre_tokenizer") or {}).get("pretokenizers", [])):
+    if model.get("type") != "BPE" or "ByteLevel" not in _pre_tokenizer_steps(spec):
         raise UserError("GGUF export supports byte-level BPE tokenizers (GPT-2 style); this tokenizer is "
                         f"{model.get('type')} without a byte-level pre-tokenizer")
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
