@@ -92,12 +92,9 @@ def stream_text(served: ServedModels, model_id: str, prompt: list[int], params: 
             if isinstance(item, BaseException):
                 raise item
             ids.extend(item)
-            before = tokenizer.decode(ids[prefix:read], skip_special_tokens=True)
-            after = tokenizer.decode(ids[prefix:], skip_special_tokens=True)
-            if len(after) > len(before) and not after.endswith("\ufffd"):
-                text += after[len(before):]
-                prefix, read = read, len(ids)
-            cut = min((i for i in (text.find(s, max(0, sent - hold)) for s in params.stop) if i >= 0), default=-1)
+            new, prefix, read = _decoded(tokenizer, ids, prefix, read)
+            text += new
+            cut = _first_stop(text, params.stop, max(0, sent - hold))
             if cut >= 0:
                 if cut > sent:
                     yield text[sent:cut]
@@ -109,8 +106,8 @@ def stream_text(served: ServedModels, model_id: str, prompt: list[int], params: 
                 sent = len(text) - hold
         if reason is None:
             # the end: bytes still incomplete are decoded as they are (as an offline decode would)
-            text += tokenizer.decode(ids[prefix:], skip_special_tokens=True)[len(tokenizer.decode(ids[prefix:read], skip_special_tokens=True)):]
-            cut = min((i for i in (text.find(s, max(0, sent - hold)) for s in params.stop) if i >= 0), default=-1)
+            text += _decoded(tokenizer, ids, prefix, read, final=True)[0]
+            cut = _first_stop(text, params.stop, max(0, sent - hold))
             if cut >= 0:
                 text, reason = text[:cut], "stop"
             if len(text) > sent:
@@ -119,6 +116,22 @@ def stream_text(served: ServedModels, model_id: str, prompt: list[int], params: 
         yield Finished(reason, len(ids))
     finally:
         cancel.set()  # a client that leaves mid-reply frees the model at the next token
+
+
+def _decoded(tokenizer, ids: list[int], prefix: int, read: int, final: bool = False) -> tuple[str, int, int]:
+    """Text the ids after `read` add, decoded with the context from `prefix` (byte-level tokens
+    join into characters); none yet while its last character is incomplete, unless `final`.
+    Returns the new text and the offsets for the next call."""
+    before = tokenizer.decode(ids[prefix:read], skip_special_tokens=True)
+    after = tokenizer.decode(ids[prefix:], skip_special_tokens=True)
+    if final or (len(after) > len(before) and not after.endswith("\ufffd")):
+        return after[len(before):], read, len(ids)
+    return "", prefix, read
+
+
+def _first_stop(text: str, stops: list[str], start: int) -> int:
+    """Where the earliest stop sequence begins in `text` (searching from `start`), or -1."""
+    return min((i for i in (text.find(s, start) for s in stops) if i >= 0), default=-1)
 
 
 def complete(served: ServedModels, model_id: str, prompt: list[int], params: Params) -> tuple[str, Finished]:

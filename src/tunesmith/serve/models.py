@@ -93,7 +93,7 @@ def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dt
         if resolved.path != main.path:
             raise UserError(f"--adapter {name}={path}: trained on {resolved.path}, not on the served base {main.path}")
         named.append((name, resolved))
-    seen = {base_id}
+    seen, kinds = {base_id}, set()
     for name, resolved in named:
         if name in seen:
             raise UserError(f"model name '{name}' is used twice; give each adapter its own NAME")
@@ -102,7 +102,7 @@ def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dt
         if kind not in SERVABLE_ADAPTERS:
             raise UserError(f"{resolved.reference}: a {kind.lower()} adapter cannot share a base with others; "
                             "serve LoRA or IA3 adapters (or export this one merged)")
-    kinds = {_adapter_type(r.adapter) for _, r in named}
+        kinds.add(kind)
     if len(kinds) > 1:
         raise UserError(f"adapters of one kind per server (got {', '.join(sorted(kinds))})")
 
