@@ -16,6 +16,7 @@ import torch
 import yaml
 from rich.console import Console
 
+from tunesmith import atomic
 from tunesmith.config import RunConfig, validate_config
 from tunesmith.data.layouts import Example
 from tunesmith.data.records import load_examples, load_source
@@ -55,7 +56,7 @@ def _split_val(examples: list[Example], fraction: float, seed: int) -> tuple[lis
 
 def _never_started(run_dir: Path) -> bool:
     """No run directory, or one a run killed before its config was written left behind."""
-    return not run_dir.exists() or all(p.name == ".config.yaml.tmp" for p in run_dir.iterdir())
+    return not run_dir.exists() or all(atomic.is_temp_of(p, "config.yaml") for p in run_dir.iterdir())
 
 
 def _check_run_dir(cfg: RunConfig, resume: bool) -> bool:
@@ -268,9 +269,7 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
     run_dir = cfg.run_dir()
     if ranks.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / ".config.yaml.tmp"
-        tmp.write_text(cfg.to_yaml())
-        os.replace(tmp, run_dir / "config.yaml")  # never a half-written config for --resume to read
+        atomic.write_text(run_dir / "config.yaml", cfg.to_yaml())  # never half a config for --resume to read
     console.print(
         f"[bold]{cfg.name}[/bold]: {cfg.method} on {cfg.model}, adapter {cfg.adapter.type}, "
         f"{trainable:,} of {total:,} parameters trained, {len(data.features)} train / {len(data.val)} val examples"

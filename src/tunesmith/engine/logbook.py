@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tunesmith import atomic
 
 
 class MetricsLog:
@@ -20,9 +21,7 @@ class MetricsLog:
             return
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if (r := _record(line)) and r["step"] <= resume_step]
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, path)  # a kill while rewriting leaves the old log, never half of one
+            atomic.write_text(path, "".join(line + "\n" for line in kept))  # a kill leaves the old log, never half
         self.file = path.open("a", encoding="utf-8")
 
     def write(self, record: dict) -> None:

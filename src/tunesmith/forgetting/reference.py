@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
+from tunesmith import atomic
 from tunesmith.model.resolve import Resolved, content_key, home
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -61,9 +61,7 @@ class BaseReference:
             return json.loads(path.read_text())
         value = compute(*self.get())
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(value))
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps(value))
         return value
 
 

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith import atomic
 from tunesmith.errors import UserError
 
 BUNDLED_ALIAS = "smollm2-135m-instruct"
@@ -177,9 +178,7 @@ def write_source_note(gguf_path: Path, folder: Path) -> None:
     try:
         field = GGUFReader(gguf_path).get_field("tokenizer.ggml.pre")
         note = {"file": gguf_path.name, "tokenizer.ggml.pre": field.contents() if field is not None else None}
-        tmp = folder / f".{SOURCE_NOTE}.{os.getpid()}"
-        tmp.write_text(json.dumps(note, indent=2))
-        os.replace(tmp, folder / SOURCE_NOTE)
+        atomic.write_text(folder / SOURCE_NOTE, json.dumps(note, indent=2))
     except (OSError, ValueError):  # a read-only cache: the export falls back to reading the tokenizer
         pass
 

@@ -4,9 +4,9 @@ report.html and the plots, all built from the JSON files the run wrote and nothi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from tunesmith import atomic
 from tunesmith.engine.logbook import read_metrics
 from tunesmith.eval import plots
 from tunesmith.eval.task import primary_interval
@@ -110,7 +110,6 @@ def write_report(out_dir: Path, runs: list[tuple[str, Path]], *, baselines_dir: 
     report["plots"] = draw(report, out_dir, runs)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    html, tmp = out_dir / "report.html", out_dir / ".report.html.tmp"
-    tmp.write_text(render_html(report), encoding="utf-8")
-    os.replace(tmp, html)  # written last and whole: a run with its report.html is a finished run
+    html = out_dir / "report.html"
+    atomic.write_text(html, render_html(report))  # written last and whole: a run with its report.html is finished
     return html
