@@ -239,15 +239,11 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
                 t_window = time.perf_counter()
             else:
                 progress.update(step)
-            saved = None
-            if cfg.output.save_every and step % cfg.output.save_every == 0 and step < total:
+            stopping = _stop_agreed(stop, ranks)  # SIGTERM / Ctrl-C: checkpoint here and end, resumable
+            if stopping or (cfg.output.save_every and step % cfg.output.save_every == 0 and step < total):
                 state["elapsed"] = time.perf_counter() - t_start
                 saved = checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, cfg.output.keep, write=ranks.main)
-            if _stop_agreed(stop, ranks):  # SIGTERM / Ctrl-C: end here, resumable
-                if saved is None:
-                    state["elapsed"] = time.perf_counter() - t_start
-                    saved = checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, cfg.output.keep,
-                                            write=ranks.main)
+            if stopping:
                 log.close()
                 raise Stopped(f"{stop.signal or 'a signal to another process'}: stopped after step {step} of {total}; "
                               f"checkpoint {saved or ckpt_root}; continue with --resume")
