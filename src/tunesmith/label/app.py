@@ -7,16 +7,15 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from tunesmith.errors import UserError
 from tunesmith.label.session import LabelSession
+from tunesmith.serve import LOOPBACK
 
 PAGE = Path(__file__).with_name("page.html")
-LOOPBACK = "127.0.0.1"
 MAX_EDIT_CHARS = 20_000
 
 
@@ -54,27 +53,9 @@ def build_app(session: LabelSession):
     return app
 
 
-def loopback_socket(port: int) -> socket.socket:
-    """A listening socket on 127.0.0.1 (port 0: any free one). Never another interface: the page
-    shows model output and writes a file, for the person at this machine only."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((LOOPBACK, port))
-    except OSError as e:
-        sock.close()
-        raise UserError(f"--port {port}: cannot listen on {LOOPBACK} ({e.strerror})") from None
-    sock.listen(64)
-    return sock
-
-
 def serve(session: LabelSession, port: int, on_ready=None) -> None:
-    """Serve until interrupted; `on_ready(url)` once the socket listens."""
-    import uvicorn
+    """Serve until interrupted; `on_ready(url)` once the socket listens. On 127.0.0.1 only, never
+    another interface: the page shows model output and writes a file, for the person at this machine."""
+    from tunesmith.serve import serve as serve_app
 
-    sock = loopback_socket(port)
-    url = f"http://{LOOPBACK}:{sock.getsockname()[1]}/"
-    server = uvicorn.Server(uvicorn.Config(build_app(session), log_level="warning"))
-    if on_ready is not None:
-        on_ready(url)
-    server.run(sockets=[sock])
+    serve_app(build_app(session), LOOPBACK, port, on_ready=on_ready, path="/")
