@@ -14,6 +14,8 @@ import torch
 from conftest import cli_env, read_jsonl, write_config
 from safetensors.torch import load_file
 
+from tunesmith.engine.logbook import read_metrics  # what --resume reads: a torn last line dropped
+
 STEPS = 90
 SAVE_EVERY = 3
 RUNNER = Path(__file__).with_name("fault_runner.py")
@@ -84,7 +86,7 @@ def test_kill9_at_20_points_then_resume_equals_the_uninterrupted_run(tmp_path, t
             steps = complete_checkpoints(run)
             assert not (run / "final").exists() and (run / "config.yaml").is_file()
             if fault["kind"] in ("sigterm", "sigint"):  # stopped cleanly: a checkpoint at the step it stopped after
-                assert steps and steps[-1] == read_jsonl_tolerant(run / "metrics.jsonl")[-1]["step"]
+                assert steps and steps[-1] == read_metrics(run / "metrics.jsonl")[-1]["step"]
         assert 0 < max(complete_checkpoints(run), default=0) < STEPS
         assert runner.run(killed, resume=True, fault=reporting) == "killed 9"
         assert (run / "final").is_dir() and not (run / "report.html").exists()
@@ -102,12 +104,6 @@ def test_kill9_at_20_points_then_resume_equals_the_uninterrupted_run(tmp_path, t
     assert not list((run / "checkpoints").glob(".tmp-*"))  # leftovers of killed writes cleaned up
 
 
-def read_jsonl_tolerant(path: Path) -> list[dict]:
-    from tunesmith.engine.logbook import read_metrics
-
-    return read_metrics(path)
-
-
 def test_sigterm_writes_a_checkpoint_and_exits_0(tmp_path, tiny_model_dir, date_data):
     """The command a scheduler stops (resuming after SIGTERM is part of the 20-fault test)."""
     import os
@@ -120,7 +116,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_0(tmp_path, tiny_model_dir, date_
                             env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "runs" / "tiny" / "metrics.jsonl"
     deadline = time.time() + 120
-    while (not log.exists() or len(read_jsonl_tolerant(log)) < 3) and time.time() < deadline and proc.poll() is None:
+    while (not log.exists() or len(read_metrics(log)) < 3) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
@@ -157,7 +153,7 @@ def test_nan_steps_are_skipped_and_too_many_stop_the_run_keeping_its_checkpoints
     with pytest.raises(SystemExit) as done:
         main(["train", str(small_run(tmp_path, tiny_model_dir, date_data, "some")), "--quiet"])
     assert done.value.code == 0
-    records = read_jsonl_tolerant(tmp_path / "runs" / "some" / "metrics.jsonl")
+    records = read_metrics(tmp_path / "runs" / "some" / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 13)) and records[-1]["skipped_steps"] == 2
     assert [r["step"] for r in records if r["loss"] != r["loss"]] == [3, 5]  # those steps' own lines say nan
     weights = load_file(tmp_path / "runs" / "some" / "final" / "adapter_model.safetensors")
