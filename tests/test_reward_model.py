@@ -17,29 +17,50 @@ from tunesmith.train import train
 def pairs(tmp_path_factory):
     from tunesmith.tasks.dates import write_preference_splits
 
-    return write_preference_splits(tmp_path_factory.mktemp("rm-prefs"), n_train=96, n_val=32)
+    return write_preference_splits(tmp_path_factory.mktemp("rm-prefs"), n_train=192, n_val=128)
 
 
 @pytest.fixture(scope="module")
 def reward_run(tmp_path_factory, tiny_model_dir, pairs):
     tmp = tmp_path_factory.mktemp("rm")
+    # lr 1e-2: at 3e-2 the run was chaotic, its held-out accuracy moving by 0.2 with the seed or
+    # the CPU's kernels (AVX-512 vs AVX2); at 1e-2 and 3e-3 three seeds on both kernel sets agree
     cfg = write_config(tmp / "c.yaml", tiny_model_dir, pairs, tmp / "runs", method="reward",
-                       train={"max_steps": 40, "lr": 3e-2}, eval={"every": 20})
+                       train={"max_steps": 60, "lr": 1e-2}, eval={"every": 30})
     summary = train(load_config(cfg), quiet=True)
     return tmp / "runs" / "tiny", summary
 
 
-def test_reward_model_learns_to_rank_held_out_pairs(reward_run):
+def held_out_accuracy(run, pairs_file) -> dict[str, tuple[float, int]]:
+    """Pairwise accuracy of the trained scorer on held-out pairs, by kind of rejected reply."""
+    from tunesmith.methods.rewards import RewardModelScorer
+
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    chat = lambda r, reply: [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": reply}]
+    scorer = RewardModelScorer(str(run))
+    chosen, rejected = scorer([chat(r, r["chosen"]) for r in rows]), scorer([chat(r, r["rejected"]) for r in rows])
+    kinds: dict[str, list[bool]] = {}
+    for r, c, j in zip(rows, chosen, rejected):
+        kinds.setdefault("prose" if r["rejected"].startswith("The date is") else "wrong date", []).append(c > j)
+    return {k: (sum(v) / len(v), len(v)) for k, v in kinds.items()}
+
+
+def test_reward_model_learns_to_rank_held_out_pairs(reward_run, pairs):
     run, summary = reward_run
     records = read_jsonl(run / "metrics.jsonl")
     first = records[0]
     assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # a new head starts at zero: ln 2
-    vals = [r for r in records if "val_accuracy" in r]
-    # 32 held-out pairs, chance 0.5; a third of the rejected replies are prose (easy), the rest
-    # a wrong ISO date (the tiny random model must learn to read the sentence)
-    # (measured: accuracy 0.69, loss 0.42)
-    assert vals[-1]["val_accuracy"] >= 0.65, vals
-    assert vals[-1]["val_loss"] < 0.55, vals
+    # 128 held-out pairs; a third reject prose for the ISO date (learnable by the 2-layer random
+    # model), the rest a wrong ISO date (reading the date: beyond it in 60 steps, it stays at chance).
+    # Measured on 3 seeds, AVX-512 and AVX2 kernels alike: prose pairs 1.0 (53 of 53), wrong dates
+    # 0.45-0.56, validation loss 0.41 from ln 2 = 0.693.
+    accuracy = held_out_accuracy(run, pairs["val"])
+    prose, n_prose = accuracy["prose"]
+    assert n_prose >= 40, accuracy
+    # chance is 0.5: P(accuracy >= 0.9 on 40+ pairs by chance) < 1e-6
+    assert prose >= 0.9, accuracy
+    vals = [r for r in records if "val_loss" in r]
+    assert vals[-1]["val_loss"] < 0.55, vals  # a scorer ranking at chance stays near ln 2
     cfg = json.loads((run / "final" / "adapter_config.json").read_text())
     assert cfg["task_type"] == "SEQ_CLS" and "score" in cfg["modules_to_save"]
 

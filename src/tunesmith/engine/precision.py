@@ -12,9 +12,16 @@ def device() -> torch.device:
 
 
 def bf16_is_fast(dev: torch.device) -> bool:
-    """bf16 pays off on GPUs that support it and on CPUs with native bf16 instructions."""
+    """bf16 pays off on GPUs that support it and on CPUs with native bf16 instructions.
+
+    On a CPU, PyTorch's own kernel choice counts too: with ATen limited to AVX2 kernels
+    (`ATEN_CPU_CAPABILITY=avx2`, as on a CPU without AVX-512) bf16 is emulated and slow, so `auto`
+    runs fp32, exactly as it does on such a CPU.
+    """
     if dev.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    if not torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX")):
+        return False
     cpu = getattr(torch, "cpu", None)
     checks = [getattr(cpu, "_is_avx512_bf16_supported", None), getattr(cpu, "_is_amx_tile_supported", None)]
     return any(check() for check in checks if check is not None)
