@@ -50,9 +50,7 @@ def test_only_the_chosen_part_trains(trained, tiny_model_dir):
 
     name, run, _ = trained
     if not name.startswith("freeze"):
-        weights = load_file(run / "final" / "adapter_model.safetensors")
-        assert weights
-        return
+        pytest.skip("an adapter run saves the adapter alone; the base it leaves as it is (reloaded: next test)")
     before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(run / "final" / "model.safetensors")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     if name == "freeze-top":
@@ -65,7 +63,7 @@ def test_only_the_chosen_part_trains(trained, tiny_model_dir):
 def test_exported_adapter_reloads_in_plain_peft_with_identical_greedy_outputs(trained, tiny_model_dir, tmp_path, date_data):
     name, run, _ = trained
     if name.startswith("freeze"):
-        return  # full fine-tunes export a plain model folder: test_export.py
+        pytest.skip("a partial fine-tune exports a plain model folder, no adapter (test_export.py)")
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -181,7 +179,7 @@ def test_8bit_adamw_falls_back_with_a_note_where_bitsandbytes_cannot_run(monkeyp
 def test_qlora_merges_onto_the_dequantized_base_and_measures_the_difference(trained, tmp_path):
     name, run, _ = trained
     if not name.startswith("qlora"):
-        return
+        pytest.skip("only a QLoRA adapter merges onto a dequantized base")
     from tunesmith.model.export import export
 
     result = export(str(run), tmp_path / "merged", merge=True)

@@ -75,9 +75,24 @@ def test_bradley_terry_matches_hand_computed_values():
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
+    """64 training pairs of every kind; held out, the ~80 of 192 pairs whose rejected reply is prose.
+
+    The tiny random model learns to prefer the ISO date over prose in 20-30 steps; pairs whose
+    rejected reply is a wrong ISO date stay near chance (it cannot read dates yet), so on a mixed
+    set a working method scored 0.59-0.70 on 64 pairs, too close to chance (0.5) to tell."""
     from tunesmith.tasks.dates import write_preference_splits
 
-    return write_preference_splits(tmp_path_factory.mktemp("prefs"), n_train=64, n_val=16)
+    splits = write_preference_splits(tmp_path_factory.mktemp("prefs"), n_train=64, n_val=192)
+    prose = [line for line in splits["val"].read_text().splitlines() if '"rejected": "The date is' in line]
+    assert len(prose) >= 60, len(prose)
+    splits["val"] = splits["val"].with_name("val-prose.jsonl")
+    splits["val"].write_text("".join(line + "\n" for line in prose))
+    return splits
+
+
+# Held-out accuracy: chance is 0.5 (before training every implicit margin is 0, counted as wrong),
+# measured 1.0 for every loss on the ~80 prose pairs; P(>= 0.9 by chance on 60+ pairs) < 1e-9.
+HELD_OUT_ACCURACY = 0.9
 
 
 @pytest.mark.parametrize("adapter", [{"type": "lora", "r": 8, "alpha": 16}, {"type": "none"}])
@@ -92,7 +107,7 @@ def test_first_dpo_step_is_ln2_and_training_raises_preference_accuracy(tmp_path,
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert records[0]["margin"] == pytest.approx(0.0, abs=1e-6)
     assert records[-1]["loss"] < 0.5 and records[-1]["accuracy"] > 0.8, records[-1]
-    assert records[-1]["val_accuracy"] > 0.7, records[-1]  # held-out pairs
+    assert records[-1]["val_accuracy"] >= HELD_OUT_ACCURACY, records[-1]  # held-out pairs
     if adapter["type"] == "none":
         assert (tmp_path / "runs" / "tiny" / "reference_logps.json").is_file()
 
@@ -105,7 +120,7 @@ def test_every_preference_loss_trains(tmp_path, tiny_model_dir, pairs, loss):
     records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
     if loss != "kto":  # KTO's reference point moves with the policy: see the next test
         assert records[-1]["loss"] < records[0]["loss"], (loss, records[0]["loss"], records[-1]["loss"])
-    assert records[-1]["val_accuracy"] > 0.6, records[-1]
+    assert records[-1]["val_accuracy"] >= HELD_OUT_ACCURACY, records[-1]
 
 
 def test_kto_reads_single_judged_responses(tmp_path, tiny_model_dir, pairs):
@@ -125,7 +140,7 @@ def test_kto_reads_single_judged_responses(tmp_path, tiny_model_dir, pairs):
     # the reference point moves with the policy, so KTO's loss is no progress measure; rewards are
     last = records[-5:]
     assert sum(r["rewards_desirable"] - r["rewards_undesirable"] for r in last) > 0, last
-    assert records[-1]["val_accuracy"] > 0.6, records[-1]  # held-out pairs, each side judged alone
+    assert records[-1]["val_accuracy"] >= HELD_OUT_ACCURACY, records[-1]  # held-out pairs, each side judged alone
 
 
 def test_pairs_are_required_for_paired_losses(tmp_path, tiny_model_dir, date_data):

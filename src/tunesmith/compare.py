@@ -21,6 +21,7 @@ from tunesmith.errors import UserError
 from tunesmith.evaluation import score_baselines, write_json
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.model.resolve import resolve
+from tunesmith.phases import phase
 from tunesmith.report.build import write_report
 from tunesmith.train import validate_inputs, inference_dtype, train, train_sources
 
@@ -58,7 +59,8 @@ def run_compare(cfg: RunConfig, *, source: str = "config", console: Console | No
     variants = variant_configs(cfg, source)
     for v in variants.values():
         validate_inputs(v)
-    resolved = resolve(cfg.model)
+    with phase("model: find or convert", console):
+        resolved = resolve(cfg.model)
     base = BaseReference(resolved, inference_dtype(cfg.train.precision))
     out_dir.mkdir(parents=True)
     try:
@@ -75,8 +77,9 @@ def run_compare(cfg: RunConfig, *, source: str = "config", console: Console | No
         if not any((out_dir / "variants").glob("*/final")):
             shutil.rmtree(out_dir, ignore_errors=True)  # nothing finished: leave nothing behind
         raise
-    report = write_report(out_dir, runs, baselines_dir=out_dir, primary=cfg.eval.primary,
-                          title=f"tunesmith compare: {cfg.name}")
+    with phase("report", console):
+        report = write_report(out_dir, runs, baselines_dir=out_dir, primary=cfg.eval.primary,
+                              title=f"tunesmith compare: {cfg.name}")
     result = {"run_dir": str(out_dir), "report": str(report), "variants": {n: str(d) for n, d in runs}}
     write_json(out_dir / "compare.json", result)
     result["summary"] = json.loads((out_dir / "report.json").read_text())

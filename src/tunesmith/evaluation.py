@@ -22,6 +22,7 @@ from tunesmith.forgetting import probe
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.model.adapters import can_merge
 from tunesmith.model.quantize import is_quantized
+from tunesmith.phases import phase
 
 
 def write_json(path: Path, value) -> Path:
@@ -69,8 +70,9 @@ def score_baselines(cfg: RunConfig, out_dir: Path, base: BaseReference, shot_poo
         label = shot_label(k)
         console.print(f"prompting baseline: {label} on the base model ...")
         shots = draw_shots(shot_pool, k, cfg.eval.shot_seed)
-        result = evaluate_task(model, tokenizer, examples, label=label, shots=shots, system=cfg.eval.system,
-                               **_task_kwargs(cfg), predictions_path=out_dir / "baselines" / f"shots-{k}_predictions.jsonl")
+        with phase(f"prompting baseline: {label}", console):
+            result = evaluate_task(model, tokenizer, examples, label=label, shots=shots, system=cfg.eval.system,
+                                   **_task_kwargs(cfg), predictions_path=out_dir / "baselines" / f"shots-{k}_predictions.jsonl")
         result["shot_sources"] = [s.source for s in shots]
         write_json(out_dir / "baselines" / f"shots-{k}.json", result)
         results.append(result)
@@ -81,8 +83,10 @@ def probe_forgetting(cfg: RunConfig, run_dir: Path, model, tokenizer, base: Base
     f = cfg.forgetting
     console.print("forgetting probe: general QA and drift, base vs tuned ...")
     sizes = {"text": f.text, "text_limit": f.text_limit, "batch_size": cfg.eval.batch_size, "limit": f.probe_limit}
-    base_items = probe.base_probe(base, **sizes)
-    tuned_items = probe.probe(model, tokenizer, base, **sizes)
+    with phase("forgetting probe: base model (cached after the first run)", console):
+        base_items = probe.base_probe(base, **sizes)
+    with phase(f"forgetting probe: {cfg.name}", console):
+        tuned_items = probe.probe(model, tokenizer, base, **sizes)
     write_json(run_dir / "forgetting" / "base.json", base_items)
     write_json(run_dir / "forgetting" / "tuned.json", tuned_items)
     summary = probe.summarize(base_items, tuned_items)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunesmith.compare import run_compare
+from tunesmith import phases
 from tunesmith.config import apply_override, validate_config
 from tunesmith.tasks.dates import write_splits
 
@@ -67,12 +68,15 @@ def run_quickstart(workdir: Path, model: str = "smollm2-135m-instruct", max_step
     config_path.write_text(yaml.safe_dump(tree, sort_keys=False))
     console.print(f"[bold]quickstart[/bold]: task data in {splits['train'].parent}, config {config_path} "
                   f"(the same as: tunesmith compare {config_path})")
-    result = run_compare(cfg, source=str(config_path), console=console)
+    with phases.collect() as times:
+        result = run_compare(cfg, source=str(config_path), console=console)
     report = result.pop("summary")
     minutes = (time.perf_counter() - t0) / 60
-    result.update(task="dates: extract a date and write it as YYYY-MM-DD", model=model, total_minutes=round(minutes, 2))
+    result.update(task="dates: extract a date and write it as YYYY-MM-DD", model=model, total_minutes=round(minutes, 2),
+                  phases=times)
     (Path(result["run_dir"]) / "quickstart.json").write_text(json.dumps(result, indent=2))
     show(report, out)
+    show_phases(times, out)
     out.print(f"total {minutes:.1f} min")
     out.print(f"report  {result['report']}  (and report.md beside it; every number from the JSON files it names)")
     out.print(f"runs    {', '.join(result['variants'].values())}")
@@ -99,3 +103,13 @@ def show(report: dict, out: Console) -> None:
     out.print(report["recommendation"]["text"])
     for line in report["recommendation"].get("details", []):
         out.print(f"  {line}")
+
+
+def show_phases(times: list[dict], out: Console) -> None:
+    """Where the quickstart's time went, phase by phase."""
+    table = Table(title="time by phase")
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    for t in times:
+        table.add_row(t["phase"], f"{t['seconds']:.1f}")
+    out.print(table)

@@ -38,6 +38,7 @@ from tunesmith.model.adapters import apply_adapter, can_merge, count_parameters,
 from tunesmith.model.load import (is_reward_checkpoint, load_base, load_tokenizer, quiet_transformers,
                                   remote_code_trusted, tokenizer_dir)
 from tunesmith.model.resolve import resolve
+from tunesmith.phases import phase
 from tunesmith.report.build import write_report
 
 
@@ -257,8 +258,9 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
     tokenizer = load_tokenizer(tokenizer_dir(resolved))
     method = build_method(cfg.method, cfg)
     base = base or BaseReference(resolved, inference_dtype(cfg.train.precision))
-    sources = train_sources(cfg, console)
-    data = load_data(cfg, method, tokenizer, console, base, sources)
+    with phase(f"{cfg.name}: data", console):
+        sources = train_sources(cfg, console)
+        data = load_data(cfg, method, tokenizer, console, base, sources)
     base.release()  # self-replay may have loaded it; training needs the memory
     head = getattr(method, "head", "causal")
     model = build_model(cfg, resolved, tokenizer, head=head)
@@ -276,9 +278,10 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
         + (f", {ranks.world} processes ({cfg.train.distributed})" if ranks.parallel else "")
     )
     try:
-        if hasattr(method, "prepare"):  # e.g. a preference method's reference model
-            method.prepare(model, tokenizer, data.features + data.val, run_dir, cfg, console)
-        result: FitResult = fit(model, tokenizer, method, data, cfg, run_dir, resume=resume, console=console, quiet=quiet)
+        with phase(f"{cfg.name}: training", console):
+            if hasattr(method, "prepare"):  # e.g. a preference method's reference model
+                method.prepare(model, tokenizer, data.features + data.val, run_dir, cfg, console)
+            result: FitResult = fit(model, tokenizer, method, data, cfg, run_dir, resume=resume, console=console, quiet=quiet)
     except BaseException:
         # Failed before a single step was logged or saved: nothing worth keeping, and a leftover
         # directory would only block the corrected rerun.
@@ -319,7 +322,8 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
     model = inference_ready(model, result.precision)
     if cfg.eval.test:
         console.print("scoring the tuned model on the test split ...")
-        summary["test"] = score_tuned(cfg, run_dir, model, tokenizer)
+        with phase(f"{cfg.name}: test split", console):
+            summary["test"] = score_tuned(cfg, run_dir, model, tokenizer)
     if cfg.forgetting.probe:
         summary["forgetting"] = probe_forgetting(cfg, run_dir, model, tokenizer, base, console)
     if cfg.method == "distill":
