@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import cli, cli_here, write_config
+from conftest import cli, cli_here, read_jsonl, write_config
 
 
 def one_line_error(result, *needles):
@@ -85,10 +85,20 @@ def test_generate_and_eval_on_a_run(tmp_path, cfg, date_data):
     ev = cli_here(["eval", str(run), "--data", str(date_data["test"]), "--limit", "4", "--max-new-tokens", "4", "--json", str(out)], tmp_path)
     assert ev.returncode == 0, ev.stderr
     scores = json.loads(out.read_text())
-    assert scores["n"] == 4 and 0.0 <= scores["scores"]["exact_match"]["mean"] <= 1.0
-    assert set(scores["scores"]) >= {"exact_match", "normalized_exact_match", "token_f1"}
+    assert scores["n"] == 4 and set(scores["scores"]) >= {"exact_match", "normalized_exact_match", "token_f1"}
     assert scores["prompt_tokens"] > 0 and scores["latency_s"] > 0
-    assert len((tmp_path / "scores-shots-0.predictions.jsonl").read_text().splitlines()) == 4
+    predictions = read_jsonl(tmp_path / "scores-shots-0.predictions.jsonl")
+    assert len(predictions) == 4
+    # the same examples with the first two references replaced by the model's own greedy answers
+    # (and the other two still unanswered): exact match is 2 of 4, exactly
+    assert all(p["prediction"].strip() and p["prediction"].strip() != p["reference"] for p in predictions), predictions
+    rows = [json.loads(line) for line in date_data["test"].read_text().splitlines()[:4]]
+    for row, p in zip(rows[:2], predictions[:2]):
+        row["messages"][-1]["content"] = p["prediction"]
+    (tmp_path / "answered.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ev = cli_here(["eval", str(run), "--data", "answered.jsonl", "--max-new-tokens", "4", "--json", str(out)], tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(out.read_text())["scores"]["exact_match"]["mean"] == 0.5
 
     # k-shot from the run's own training data, and a user metric given as module:function
     (tmp_path / "mymetric.py").write_text("def has_dash(p, r):\n    return '-' in p\n")
@@ -108,6 +118,25 @@ def test_chat_streams_and_keeps_history(tmp_path, tiny_model_dir):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("assistant> ") == 2
     assert "history cleared" in result.stderr
+
+
+def test_chat_sends_the_whole_history_until_reset(tiny_model_dir, monkeypatch):
+    from tunesmith import chat_session
+    from tunesmith.eval.generate import Sampling
+    from tunesmith.model.load import load_for_inference
+
+    model, tokenizer = load_for_inference(str(tiny_model_dir))
+    prompts, real_prompt_ids = [], chat_session.prompt_ids
+    monkeypatch.setattr(chat_session, "prompt_ids", lambda tok, messages: (
+        prompts.append([(m["role"], m["content"]) for m in messages]) or real_prompt_ids(tok, messages)))
+    lines = iter(["hello", "again", "/reset", "third", "/exit"])
+    history = chat_session.chat_loop(model, tokenizer, Sampling(max_new_tokens=4), system="Be brief.",
+                                     read=lambda _: next(lines))
+    first, second, third = prompts
+    assert first == [("system", "Be brief."), ("user", "hello")]
+    assert second[:2] == first and second[2][0] == "assistant" and second[3:] == [("user", "again")]
+    assert third == [("system", "Be brief."), ("user", "third")]  # /reset kept the system prompt only
+    assert [(m["role"], m["content"]) for m in history[:2]] == third and history[2]["role"] == "assistant"
 
 
 def test_module_entry_point(tmp_path):
