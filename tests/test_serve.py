@@ -172,21 +172,29 @@ def test_bad_requests_get_openai_errors(server, client, adapters):
     assert client.models.list().data  # still serving
 
 
-def test_concurrent_requests_are_queued_and_each_gets_its_own_answer(client):
+def test_concurrent_requests_are_queued_and_each_gets_its_own_answer(server, client):
+    import urllib.request
+
     names = ["a", "b"] * 3
-    expected = [client.chat.completions.create(model=n, messages=CHAT, temperature=0, max_tokens=12).choices[0].message.content
+    expected = [client.chat.completions.create(model=n, messages=CHAT, temperature=0, max_tokens=48).choices[0].message.content
                 for n in names]
     results: dict[int, str] = {}
 
     def ask(i: int, name: str) -> None:
-        results[i] = client.chat.completions.create(model=name, messages=CHAT, temperature=0, max_tokens=12).choices[0].message.content
+        results[i] = client.chat.completions.create(model=name, messages=CHAT, temperature=0, max_tokens=48).choices[0].message.content
 
     threads = [threading.Thread(target=ask, args=(i, n)) for i, n in enumerate(names)]
     for t in threads:
         t.start()
+    in_flight = []  # what the server counts as running or waiting, seen while the six are out
+    health = server["url"].removesuffix("/v1") + "/health"
+    while any(t.is_alive() for t in threads):
+        with urllib.request.urlopen(health, timeout=10) as response:
+            in_flight.append(json.loads(response.read())["requests"])
     for t in threads:
         t.join(timeout=120)
     assert [results[i] for i in range(len(names))] == expected
+    assert max(in_flight) >= 2, in_flight  # they overlapped at the server: one answered while others waited
 
 
 def test_a_full_queue_answers_429_and_then_serves_again(tiny_model_dir):

@@ -135,7 +135,7 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "models": served.ids}
+        return {"status": "ok", "models": served.ids, "requests": queue.count}  # running + waiting
 
     @app.get("/v1/models")
     def models():
