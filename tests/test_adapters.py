@@ -204,13 +204,35 @@ def test_8bit_adamw_trains_where_bitsandbytes_runs(tmp_path, tiny_model_dir, dat
     assert records[-1]["val_loss"] < 0.8 * records[0]["loss"]
 
 
+def saved_for_backward(cfg, train_file) -> int:
+    """Bytes of activations one training forward pass keeps for the backward pass."""
+    from tunesmith.data.records import load_examples
+    from tunesmith.methods import build_method
+    from tunesmith.model.load import load_tokenizer, tokenizer_dir
+    from tunesmith.model.resolve import resolve
+    from tunesmith.train import build_model
+
+    resolved = resolve(cfg.model)
+    tokenizer = load_tokenizer(tokenizer_dir(resolved))
+    model, method = build_model(cfg, resolved, tokenizer).train(), build_method(cfg.method, cfg)
+    batch = method.collate([method.features(e, tokenizer) for e in load_examples(train_file)[:8]], tokenizer)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+        method.loss(model, batch)
+    return sum(saved)
+
+
 @pytest.mark.parametrize("adapter", [{"type": "lora", "r": 8, "alpha": 16}, {"type": "none"}])
 def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_model_dir, date_data, adapter):
-    losses = {}
+    losses, saved = {}, {}
     for gc in (False, True):
         cfg_path = write_config(tmp_path / f"{gc}.yaml", tiny_model_dir, date_data, tmp_path / f"runs-{gc}", adapter=adapter,
                                 train={"max_steps": 4, "lr": 1e-2, "gradient_checkpointing": gc})
         train(load_config(cfg_path), quiet=True)
         losses[gc] = [r["loss"] for r in read_jsonl(tmp_path / f"runs-{gc}" / "tiny" / "metrics.jsonl")]
+        saved[gc] = saved_for_backward(load_config(cfg_path), date_data["train"])
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
     assert losses[True][-1] < losses[True][0]
+    # each decoder layer keeps only its input; what runs inside it is recomputed in the backward pass
+    # (measured on 8 examples: 14.2 MB -> 1.1 MB with LoRA, 15.7 MB -> 1.5 MB fully fine-tuned)
+    assert saved[True] < 0.5 * saved[False], saved
