@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import time
-from pathlib import Path
 
-
-def machine() -> dict:
-    """The CPU, and whether it has native bf16 (which precision `auto` picks)."""
-    import torch
-
-    from tunesmith.engine.precision import device, resolve_precision
-
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "auto_precision": resolve_precision("auto", device())}
-
-
-def machine_tag() -> str:
-    """e.g. avx512-bf16: what a result file's numbers depend on most (vector width, precision)."""
-    m = machine()
-    return f"{m['torch_cpu_capability'].lower()}-{m['auto_precision']}"
+from tunesmith.provenance import machine, machine_tag, provenance  # noqa: F401  (the benchmarks' imports)
 
 
 def matmul_peak_gflops(dtype_name: str, size: int = 2048, seconds: float = 3.0) -> float:

@@ -18,6 +18,7 @@ from rich.table import Table
 from tunesmith.compare import run_compare
 from tunesmith import phases
 from tunesmith.config import apply_override, validate_config
+from tunesmith.provenance import provenance
 from tunesmith.tasks.dates import write_splits
 
 MAX_NEW_TOKENS = 16  # an ISO date is 6 tokens; room to see what an untuned model rambles
@@ -73,7 +74,8 @@ def run_quickstart(workdir: Path, model: str = "smollm2-135m-instruct", max_step
     report = result.pop("summary")
     minutes = (time.perf_counter() - t0) / 60
     result.update(task="dates: extract a date and write it as YYYY-MM-DD", model=model, total_minutes=round(minutes, 2),
-                  phases=times)
+                  phases=times, provenance=provenance(),
+                  tables={k: report[k] for k in ("task", "forgetting", "training", "recommendation")})
     (Path(result["run_dir"]) / "quickstart.json").write_text(json.dumps(result, indent=2))
     show(report, out)
     show_phases(times, out)

@@ -1,0 +1,71 @@
+"""What a measured number depends on: the machine, the code and the libraries it ran with.
+
+Written into every results file (the quickstart's, the benchmarks'), so that a figure in the
+README can be traced to the CPU kind, precision, commit and versions that produced it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")  # what decides kernels and `precision: auto`
+PACKAGES = ("tunesmith", "torch", "transformers", "peft", "trl")
+
+
+def machine() -> dict:
+    """The CPU, its relevant flags, and the precision `auto` picks on it."""
+    import torch
+
+    from tunesmith.engine.precision import device, resolve_precision
+
+    cpu, flags = platform.processor(), set()
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        lines = info.read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "auto_precision": resolve_precision("auto", device())}
+
+
+def machine_tag(m: dict | None = None) -> str:
+    """e.g. avx512-bf16: what a result file's numbers depend on most (vector width, precision)."""
+    m = m or machine()
+    return f"{m['torch_cpu_capability'].lower()}-{m['auto_precision']}"
+
+
+def versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def commit() -> str | None:
+    """The checkout's commit (with '+dirty' when files differ from it); None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def provenance() -> dict:
+    m = machine()
+    return {"machine": m, "machine_tag": machine_tag(m), "commit": commit(), "versions": versions(),
+            "date": time.strftime("%Y-%m-%d", time.gmtime())}

@@ -1,0 +1,174 @@
+"""README tables generated from committed results files, never typed.
+
+Every measured figure in README.md stands between a pair of markers
+
+    <!-- generated: NAME from RESULTS (make results-table) -->
+    ...
+    <!-- end: NAME -->
+
+and is rendered here from the JSON file(s) the marker names. Usage:
+
+    python tools/readme_tables.py record quickstart/runs/dates   # add a quickstart run to results/
+    python tools/readme_tables.py                                # rewrite README's generated blocks
+    python tools/readme_tables.py --check                        # exit 1 if README differs from them
+
+A results file records the commit, versions and machine each number came from
+(`tunesmith.provenance`); `record` refuses a run without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+RESULTS = ROOT / "results"
+BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) from (?P<source>\S+) \(make results-table\) -->\n)"
+                   r"(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
+MACHINES = {"avx512-bf16": "a 2-core CPU with AVX-512 and native bf16 (AMD Zen 4; bf16 autocast)",
+            "avx2-fp32": "a 2-core CPU with AVX2 only (AMD Zen 3; fp32)"}
+MACHINE_ORDER = list(MACHINES)
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f}%"
+
+
+def _pts(x: float) -> str:
+    return f"{x * 100:+.1f}".replace("-", "−")
+
+
+def _signed(x: float, digits: int = 3) -> str:
+    return f"{x:+.{digits}f}".replace("-", "−")
+
+
+# --- quickstart ------------------------------------------------------------------------------
+
+def quickstart_runs() -> dict[str, list[dict]]:
+    """Recorded quickstart runs by machine tag, in the order they were recorded."""
+    out: dict[str, list[dict]] = {}
+    for path in sorted(RESULTS.glob("quickstart-*.json")):
+        data = json.loads(path.read_text())
+        out[data["machine_tag"]] = data["runs"]
+    return dict(sorted(out.items(), key=lambda kv: MACHINE_ORDER.index(kv[0]) if kv[0] in MACHINE_ORDER else 99))
+
+
+def _variant_label(label: str) -> str:
+    return {"zero-shot": "base model, zero-shot", "3-shot": "base model, 3-shot", "tuned: lora": "LoRA",
+            "tuned: lora-replay": "LoRA + 25% self-replay"}.get(label, label)
+
+
+def render_quickstart() -> str:
+    machines = quickstart_runs()
+    tag, runs = next(iter(machines.items()))
+    run = runs[-1]
+    t = run["tables"]
+    train = {r["variant"]: r for r in t["training"]}
+    lora = train["lora"]
+    lines = [f"The latest run on {MACHINES.get(tag, tag)}, commit {run['provenance']['commit'][:10]} "
+             f"(SmolLM2-135M-Instruct, LoRA r=16 on all linear layers, {lora['trainable_parameters'] / 1e6:.1f}M "
+             f"trainable parameters, {lora['steps']} steps of batch 8, {lora['precision']}):", ""]
+    lines += [f"| test split ({t['task'][0]['n']} examples) | exact match (95% CI) | prompt tokens / request | latency / request |",
+              "|---|---|---|---|"]
+    best = max(r["score"] for r in t["task"])
+    for r in t["task"]:
+        score = _pct(r["score"])
+        score = f"**{score}**" if r["score"] == best else score
+        lines.append(f"| {_variant_label(r['label'])} | {score} ({r['lo'] * 100:.1f}–{r['hi'] * 100:.1f}) "
+                     f"| {r['prompt_tokens']:.0f} | {r['latency_ms']:.0f} ms |")
+    f0 = t["forgetting"][0]
+    lines += ["", f"| forgetting probe | general QA ({f0['qa_items']} questions) | change, points (95% CI) | drift: NLL on base replies |",
+              "|---|---|---|---|", f"| base model | {_pct(f0['qa_base'])} | | {f0['drift_base']:.3f} |"]
+    for r in t["forgetting"]:
+        lines.append(f"| {_variant_label(r['label'])} | {_pct(r['qa_tuned'])} | {_pts(r['qa_change'])} "
+                     f"({_pts(r['qa_change_lo'])} to {_pts(r['qa_change_hi'])}) "
+                     f"| {r['drift_tuned']:.3f} ({_signed(r['drift_increase'])}) |")
+    lines += ["", f"Recommendation (from the report): {t['recommendation']['text']}", ""]
+    lines += ["| machine | runs | `make demo` minutes | LoRA exact match | with replay | general QA kept with replay |",
+              "|---|---|---|---|---|---|"]
+    for tag, runs in machines.items():
+        minutes = [r["total_minutes"] for r in runs]
+        def scores(label: str) -> str:
+            values = sorted(_pct(next(x["score"] for x in r["tables"]["task"] if x["label"] == label)) for r in runs)
+            return values[0] if values[0] == values[-1] else f"{values[0]}–{values[-1]}"
+        kept = sorted(_pct(next(x["qa_tuned"] for x in r["tables"]["forgetting"] if x["variant"] == "lora-replay"))
+                      for r in runs)
+        lines.append(f"| {tag} | {len(runs)} | {min(minutes):.1f}–{max(minutes):.1f} | {scores('tuned: lora')} "
+                     f"| {scores('tuned: lora-replay')} | {kept[0] if kept[0] == kept[-1] else f'{kept[0]}–{kept[-1]}'} |")
+    for tag, runs in machines.items():
+        phases: dict[str, list[float]] = {}
+        for r in runs:
+            for p in r["phases"]:
+                phases.setdefault(p["phase"], []).append(p["seconds"])
+        lines += ["", f"Where the time goes on {tag} (median seconds per phase): " + "; ".join(
+            f"{name} {statistics.median(s):.0f}" for name, s in phases.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def record_quickstart(run_dir: Path) -> Path:
+    """Append a finished quickstart run (its quickstart.json) to results/quickstart-<machine>.json."""
+    source = run_dir / "quickstart.json"
+    if not source.is_file():
+        raise SystemExit(f"{source}: no quickstart.json (is {run_dir} a finished quickstart run?)")
+    run = json.loads(source.read_text())
+    for key in ("provenance", "tables", "phases", "total_minutes"):
+        if key not in run:
+            raise SystemExit(f"{source}: no '{key}' (written by an older tunesmith); run the quickstart again")
+    commit = run["provenance"]["commit"]
+    if not commit or commit.endswith("+dirty"):
+        raise SystemExit(f"{source}: commit {commit!r}: record runs of committed code only")
+    keep = {k: run[k] for k in ("provenance", "tables", "phases", "total_minutes", "model", "task")}
+    tag = run["provenance"]["machine_tag"]
+    path = RESULTS / f"quickstart-{tag}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"machine_tag": tag, "runs": []}
+    data["runs"].append(keep)
+    RESULTS.mkdir(exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+# --- the README ------------------------------------------------------------------------------
+
+RENDERERS = {"quickstart": render_quickstart}
+
+
+def regenerate(text: str) -> str:
+    def block(m: re.Match) -> str:
+        name = m["name"]
+        if name not in RENDERERS:
+            raise SystemExit(f"README.md: generated block {name!r} has no renderer in tools/readme_tables.py")
+        return m.group(1) + RENDERERS[name]() + m.group(5)
+    return BLOCK.sub(block, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("command", nargs="?", choices=["render", "record"], default="render")
+    ap.add_argument("run_dir", nargs="?", type=Path)
+    ap.add_argument("--check", action="store_true", help="exit 1 if README.md differs from what the results give")
+    args = ap.parse_args(argv)
+    if args.command == "record":
+        if args.run_dir is None:
+            ap.error("record needs the quickstart's run directory (e.g. quickstart/runs/dates)")
+        print(f"recorded in {record_quickstart(args.run_dir)}")
+        return 0
+    text = README.read_text()
+    new = regenerate(text)
+    if args.check:
+        if new != text:
+            changed = [m["name"] for m, n in zip(BLOCK.finditer(text), BLOCK.finditer(new)) if m.group(0) != n.group(0)]
+            print(f"README.md: generated blocks differ from the results files: {', '.join(changed)}; run make results-table",
+                  file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
