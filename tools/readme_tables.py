@@ -132,9 +132,37 @@ def record_quickstart(run_dir: Path) -> Path:
     return path
 
 
+# --- adapters (bench/adapters.py) ----------------------------------------------------------------
+
+def _adapter_label(row: dict) -> str:
+    a = row["adapter"]
+    label = {"full": "full fine-tuning", "lora": "LoRA r={r}", "dora": "DoRA r={r}", "qlora-nf4": "QLoRA 4-bit NF4",
+             "qlora-8bit": "QLoRA 8-bit", "ia3": "IA3", "prefix": "prefix ({virtual_tokens} tokens)",
+             "prompt": "prompt ({virtual_tokens} tokens)"}[row["type"]].format(**a)
+    if not row["gradient_checkpointing"]:
+        label = label[:-1] + ", no checkpointing)" if label.endswith(")") else label + " (no checkpointing)"
+    return label
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def render_adapters() -> str:
+    data = json.loads((ROOT / "bench" / "results" / "adapters-avx512-bf16.json").read_text())
+    rows = data["rows"]
+    lora = next(r for r in rows if r["type"] == "lora")
+    lines = ["| type | trainable parameters | peak RSS | vs LoRA | tokens/s | vs LoRA |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {_adapter_label(r)} | {_count(r['trainable_parameters'])} | {r['peak_rss_mib']:.0f} MiB "
+                     f"| {r['peak_rss_mib'] / lora['peak_rss_mib']:.2f}× | {r['tokens_per_s']:.0f} "
+                     f"| {r['tokens_per_s'] / lora['tokens_per_s']:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
 # --- the README ------------------------------------------------------------------------------
 
-RENDERERS = {"quickstart": render_quickstart}
+RENDERERS = {"quickstart": render_quickstart, "adapters": render_adapters}
 
 
 def regenerate(text: str) -> str:

@@ -64,7 +64,7 @@ def train(
 def quickstart(
     workdir: Path = typer.Option(Path("quickstart"), "--dir", help="where data, config and run go"),
     model: str = typer.Option("smollm2-135m-instruct", help="model reference"),
-    max_steps: Optional[int] = typer.Option(None, help="LoRA optimizer steps per variant  [default: 80]"),
+    max_steps: Optional[int] = typer.Option(None, help="LoRA optimizer steps per variant  [default: 40]"),
     test_limit: Optional[int] = typer.Option(None, help="score only the first N test examples"),
     set_: list[str] = typer.Option([], "--set", help="override a key of the quickstart's config: --set forgetting.probe_limit=48"),
 ):
