@@ -52,13 +52,14 @@ def versions() -> dict:
 
 
 def commit() -> str | None:
-    """The checkout's commit (with '+dirty' when files differ from it); None outside a git checkout."""
+    """The checkout's commit, with '+dirty' when the package's own files differ from it (what the
+    numbers depend on; an edited README does not count); None outside a git checkout."""
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here,
                                capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None
