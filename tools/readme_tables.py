@@ -30,9 +30,15 @@ README = ROOT / "README.md"
 RESULTS = ROOT / "results"
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) from (?P<source>\S+) \(make results-table\) -->\n)"
                    r"(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
-MACHINES = {"avx512-bf16": "a 2-core CPU with AVX-512 and native bf16 (AMD Zen 4; bf16 autocast)",
-            "avx2-fp32": "a 2-core CPU with AVX2 only (AMD Zen 3; fp32)"}
-MACHINE_ORDER = list(MACHINES)
+MACHINE_ORDER = ["avx512-bf16", "avx2-fp32"]
+
+
+def describe(machine: dict) -> str:
+    """The machine as its provenance says, including kernels limited below what the CPU has."""
+    limited = "avx512f" in machine["cpu_flags"] and not machine["torch_cpu_capability"].startswith("AVX512")
+    kernels = (f"{machine['torch_cpu_capability']} kernels only (limited by {', '.join(machine.get('kernel_limits', {})) or 'environment'}, "
+               "as on a CPU without AVX-512)" if limited else f"{machine['torch_cpu_capability']} kernels")
+    return f"{machine['cpu']}, {machine['cpus']} cores, flags {' '.join(machine['cpu_flags'])}, {kernels}"
 
 
 def _pct(x: float) -> str:
@@ -70,7 +76,7 @@ def render_quickstart() -> str:
     t = run["tables"]
     train = {r["variant"]: r for r in t["training"]}
     lora = train["lora"]
-    lines = [f"The latest run on {MACHINES.get(tag, tag)}, commit {run['provenance']['commit'][:10]} "
+    lines = [f"The latest run on {tag} ({describe(run['provenance']['machine'])}), commit {run['provenance']['commit'][:10]} "
              f"(SmolLM2-135M-Instruct, LoRA r=16 on all linear layers, {lora['trainable_parameters'] / 1e6:.1f}M "
              f"trainable parameters, {lora['steps']} steps of batch 8, {lora['precision']}):", ""]
     lines += [f"| test split ({t['task'][0]['n']} examples) | exact match (95% CI) | prompt tokens / request | latency / request |",
@@ -103,8 +109,11 @@ def render_quickstart() -> str:
     for tag, runs in machines.items():
         phases: dict[str, list[float]] = {}
         for r in runs:
-            for p in r["phases"]:
-                phases.setdefault(p["phase"], []).append(p["seconds"])
+            per_run: dict[str, float] = {}
+            for p in r["phases"]:  # a phase can recur in a run (a cached step, the second time)
+                per_run[p["phase"]] = per_run.get(p["phase"], 0.0) + p["seconds"]
+            for name, seconds in per_run.items():
+                phases.setdefault(name, []).append(seconds)
         lines += ["", f"Where the time goes on {tag} (median seconds per phase): " + "; ".join(
             f"{name} {statistics.median(s):.0f}" for name, s in phases.items()) + "."]
     return "\n".join(lines) + "\n"

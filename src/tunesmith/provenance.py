@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")  # what decides kernels and `precision: auto`
+KERNEL_LIMITS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")  # set by make test-avx2
 PACKAGES = ("tunesmith", "torch", "transformers", "peft", "trl")
 
 
@@ -32,6 +33,7 @@ def machine() -> dict:
     return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cpu_flags": [f for f in CPU_FLAGS if f in flags],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "kernel_limits": {k: os.environ[k] for k in KERNEL_LIMITS if k in os.environ},
             "auto_precision": resolve_precision("auto", device())}
 
 
