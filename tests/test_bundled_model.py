@@ -42,6 +42,11 @@ def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(t
     assert forgot["lora"]["qa_change_hi"] < 0  # measurable forgetting without mitigation
     assert forgot["lora-replay"]["qa_tuned"] > forgot["lora"]["qa_tuned"]  # less with self-replay
     assert summary["report"] in result.stdout and "exact_match" in result.stdout
+    # each phase's time printed and recorded, with what the numbers came from
+    phases = {p["phase"]: p["seconds"] for p in summary["phases"]}
+    assert {"prompting baseline: 3-shot", "lora: training", "lora-replay: training", "forgetting probe: lora"} <= set(phases)
+    assert "time by phase" in result.stdout and sum(phases.values()) <= summary["total_minutes"] * 60
+    assert summary["provenance"]["machine"]["auto_precision"] in ("bf16", "fp32") and summary["tables"]["task"]
     run = Path(summary["variants"]["lora"])
 
     # the merged export reproduces the run's own (unmerged LoRA) greedy outputs in plain transformers

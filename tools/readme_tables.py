@@ -104,7 +104,8 @@ def render_quickstart() -> str:
             return values[0] if values[0] == values[-1] else f"{values[0]}–{values[-1]}"
         kept = sorted(_pct(next(x["qa_tuned"] for x in r["tables"]["forgetting"] if x["variant"] == "lora-replay"))
                       for r in runs)
-        lines.append(f"| {tag} | {len(runs)} | {min(minutes):.1f}–{max(minutes):.1f} | {scores('tuned: lora')} "
+        span = f"{min(minutes):.1f}" if f"{min(minutes):.1f}" == f"{max(minutes):.1f}" else f"{min(minutes):.1f}–{max(minutes):.1f}"
+        lines.append(f"| {tag} | {len(runs)} | {span} | {scores('tuned: lora')} "
                      f"| {scores('tuned: lora-replay')} | {kept[0] if kept[0] == kept[-1] else f'{kept[0]}–{kept[-1]}'} |")
     for tag, runs in machines.items():
         phases: dict[str, list[float]] = {}
