@@ -15,7 +15,7 @@ import readme_tables  # noqa: E402
 def test_every_generated_table_equals_what_its_results_file_gives():
     text = readme_tables.README.read_text()
     names = [m["name"] for m in readme_tables.BLOCK.finditer(text)]
-    assert {"quickstart", "adapters"} <= set(names), names
+    assert {"quickstart", "adapters", "bench"} <= set(names), names
     for m in readme_tables.BLOCK.finditer(text):
         assert list(readme_tables.ROOT.glob(m["source"])), f"{m['name']}: no file {m['source']}"
     assert readme_tables.regenerate(text) == text, "README differs from its results files: run make results-table"

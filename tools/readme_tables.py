@@ -170,9 +170,46 @@ def render_adapters() -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- against TRL (bench/speed.py) -----------------------------------------------------------------
+
+def render_bench() -> str:
+    data = json.loads((ROOT / "bench" / "results" / "speed-avx512-bf16.json").read_text())
+    rows, summary = {r["name"]: r for r in data["rows"]}, data["summary"]
+    lora, full, dpo = summary["lora"], summary["full"], summary["dpo"]
+    fast, ours, default = rows[lora["trl_fastest"]], rows[lora["tunesmith"]], rows["tunesmith"]
+    trl_default = rows["trl-default"]
+    kind = lora["trl_fastest"].removeprefix("trl-").replace("-", " ")
+
+    def mfu(r: dict) -> str:
+        return f"{r['mfu'] * 100:.0f}%"
+
+    def pair(name: str) -> tuple[dict, dict]:
+        return rows[summary[name]["trl_fastest"]], rows[summary[name]["tunesmith"]]
+
+    lines = ["| | real tokens/s | peak RSS | held-out loss | MFU (vs measured bf16 peak) |", "|---|---|---|---|---|",
+             f"| LoRA: TRL fastest ({kind}) | {fast['tokens_per_s']:.0f} | {fast['peak_rss_mib']:.0f} MiB "
+             f"| {fast['heldout_loss']:.4f} | {mfu(fast)} |",
+             f"| LoRA: tunesmith {ours['name'].removeprefix('tunesmith-')} | **{ours['tokens_per_s']:.0f} ({lora['speed_ratio']:.2f}×)** "
+             f"| **{ours['peak_rss_mib']:.0f} MiB ({lora['rss_ratio']:.2f}×)** | {ours['heldout_loss']:.4f} "
+             f"({ours['heldout_loss'] / fast['heldout_loss']:.3f}×) | **{mfu(ours)}** |",
+             f"| LoRA: tunesmith defaults | {default['tokens_per_s']:.0f} ({default['tokens_per_s'] / fast['tokens_per_s']:.2f}×) "
+             f"| {default['peak_rss_mib']:.0f} MiB ({default['peak_rss_mib'] / fast['peak_rss_mib']:.2f}×) "
+             f"| {default['heldout_loss']:.4f} (TRL default: {trl_default['heldout_loss']:.4f}, "
+             f"{default['heldout_loss'] / trl_default['heldout_loss']:.3f}×) | {mfu(default)} |"]
+    trl, ts = pair("full")
+    lines.append(f"| full fine-tuning: TRL / tunesmith | {trl['tokens_per_s']:.0f} / **{ts['tokens_per_s']:.0f} "
+                 f"({full['speed_ratio']:.2f}×)** | {trl['peak_rss_mib']:.0f} / {ts['peak_rss_mib']:.0f} MiB "
+                 f"({full['rss_ratio']:.2f}×) | {trl['heldout_loss']:.4f} / {ts['heldout_loss']:.4f} | {mfu(trl)} / {mfu(ts)} |")
+    trl, ts = pair("dpo")
+    lines.append(f"| DPO with LoRA: TRL / tunesmith | {trl['tokens_per_s']:.0f} / **{ts['tokens_per_s']:.0f} "
+                 f"({dpo['speed_ratio']:.2f}×)** | {trl['peak_rss_mib']:.0f} / {ts['peak_rss_mib']:.0f} MiB "
+                 f"({dpo['rss_ratio']:.2f}×) | – | {mfu(trl)} / {mfu(ts)} |")
+    return "\n".join(lines) + "\n"
+
+
 # --- the README ------------------------------------------------------------------------------
 
-RENDERERS = {"quickstart": render_quickstart, "adapters": render_adapters}
+RENDERERS = {"quickstart": render_quickstart, "adapters": render_adapters, "bench": render_bench}
 
 
 def regenerate(text: str) -> str:
