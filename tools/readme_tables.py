@@ -41,8 +41,17 @@ def describe(machine: dict) -> str:
     return f"{machine['cpu']}, {machine['cpus']} cores, flags {' '.join(machine['cpu_flags'])}, {kernels}"
 
 
+_PCT = "{:.1%}"
+
+
 def _pct(x: float) -> str:
-    return f"{x * 100:.1f}%"
+    return _PCT.format(x)
+
+
+def _span(values: list[float], fmt: str) -> str:
+    """One value, or the range of several runs (one value where they round alike)."""
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}–{hi}"
 
 
 def _pts(x: float) -> str:
@@ -98,15 +107,13 @@ def render_quickstart() -> str:
     lines += ["| machine | runs | `make demo` minutes | LoRA exact match | with replay | general QA kept with replay |",
               "|---|---|---|---|---|---|"]
     for tag, runs in machines.items():
-        minutes = [r["total_minutes"] for r in runs]
-        def scores(label: str) -> str:
-            values = sorted(_pct(next(x["score"] for x in r["tables"]["task"] if x["label"] == label)) for r in runs)
-            return values[0] if values[0] == values[-1] else f"{values[0]}–{values[-1]}"
-        kept = sorted(_pct(next(x["qa_tuned"] for x in r["tables"]["forgetting"] if x["variant"] == "lora-replay"))
-                      for r in runs)
-        span = f"{min(minutes):.1f}" if f"{min(minutes):.1f}" == f"{max(minutes):.1f}" else f"{min(minutes):.1f}–{max(minutes):.1f}"
-        lines.append(f"| {tag} | {len(runs)} | {span} | {scores('tuned: lora')} "
-                     f"| {scores('tuned: lora-replay')} | {kept[0] if kept[0] == kept[-1] else f'{kept[0]}–{kept[-1]}'} |")
+        def score(r: dict, label: str) -> float:
+            return next(x["score"] for x in r["tables"]["task"] if x["label"] == label)
+
+        kept = [next(x["qa_tuned"] for x in r["tables"]["forgetting"] if x["variant"] == "lora-replay") for r in runs]
+        lines.append(f"| {tag} | {len(runs)} | {_span([r['total_minutes'] for r in runs], '{:.1f}')} "
+                     f"| {_span([score(r, 'tuned: lora') for r in runs], _PCT)} "
+                     f"| {_span([score(r, 'tuned: lora-replay') for r in runs], _PCT)} | {_span(kept, _PCT)} |")
     for tag, runs in machines.items():
         phases: dict[str, list[float]] = {}
         for r in runs:
