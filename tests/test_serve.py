@@ -175,13 +175,15 @@ def test_bad_requests_get_openai_errors(server, client, adapters):
 def test_concurrent_requests_are_queued_and_each_gets_its_own_answer(server, client):
     import urllib.request
 
+    def reply(name: str) -> str:
+        return client.chat.completions.create(model=name, messages=CHAT, temperature=0, max_tokens=48).choices[0].message.content
+
     names = ["a", "b"] * 3
-    expected = [client.chat.completions.create(model=n, messages=CHAT, temperature=0, max_tokens=48).choices[0].message.content
-                for n in names]
+    expected = [reply(n) for n in names]
     results: dict[int, str] = {}
 
     def ask(i: int, name: str) -> None:
-        results[i] = client.chat.completions.create(model=name, messages=CHAT, temperature=0, max_tokens=48).choices[0].message.content
+        results[i] = reply(name)
 
     threads = [threading.Thread(target=ask, args=(i, n)) for i, n in enumerate(names)]
     for t in threads:
