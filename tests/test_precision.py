@@ -62,3 +62,21 @@ def test_bf16_loss_curve_follows_fp32(tmp_path, tiny_model_dir, date_data, adapt
     assert fp32[-1] < 0.6 * fp32[0]  # it learned: the comparison is over a real descent
     assert torch.isfinite(bf16).all()
     assert ((bf16 - fp32).abs() / fp32).max() < BF16_LOSS_RTOL, (fp32.tolist(), bf16.tolist())
+
+
+def test_auto_precision_follows_the_kernels_pytorch_may_use():
+    """`make test-avx2` limits PyTorch to AVX2 kernels: `auto` must then be fp32, as on a CPU
+    without AVX-512, whatever this CPU has; and the provenance of results says so."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tunesmith.provenance import KERNEL_LIMITS
+
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_LIMITS}
+    code = ("import json; from tunesmith.provenance import machine, machine_tag; m = machine(); "
+            "print(json.dumps([m['auto_precision'], m['torch_cpu_capability'], m['kernel_limits'], machine_tag(m)]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**env, "ATEN_CPU_CAPABILITY": "avx2"}).stdout
+    assert json.loads(out) == ["fp32", "AVX2", {"ATEN_CPU_CAPABILITY": "avx2"}, "avx2-fp32"]
