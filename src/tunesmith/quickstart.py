@@ -86,7 +86,7 @@ def run_quickstart(workdir: Path, model: str = "smollm2-135m-instruct", max_step
     (Path(result["run_dir"]) / "quickstart.json").write_text(json.dumps(result, indent=2))
     show(report, out)
     show_phases(times, out)
-    out.print(f"total {minutes:.1f} min")
+    out.print(f"total {result['total_minutes']:.1f} min")  # as recorded, so README and terminal agree
     out.print(f"report  {result['report']}  (and report.md beside it; every number from the JSON files it names)")
     out.print(f"runs    {', '.join(result['variants'].values())}")
     return {**result, "report_data": report}
