@@ -80,10 +80,11 @@ def pairs(tmp_path_factory):
     The tiny random model learns to prefer the ISO date over prose in 20-30 steps; pairs whose
     rejected reply is a wrong ISO date stay near chance (it cannot read dates yet), so on a mixed
     set a working method scored 0.59-0.70 on 64 pairs, too close to chance (0.5) to tell."""
-    from tunesmith.tasks.dates import write_preference_splits
+    from tunesmith.tasks.dates import PROSE_ANSWER, write_preference_splits
 
     splits = write_preference_splits(tmp_path_factory.mktemp("prefs"), n_train=64, n_val=192)
-    prose = [line for line in splits["val"].read_text().splitlines() if '"rejected": "The date is' in line]
+    prose = [line for line in splits["val"].read_text().splitlines()
+             if json.loads(line)["rejected"].startswith(PROSE_ANSWER)]
     assert len(prose) >= 60, len(prose)
     splits["val"] = splits["val"].with_name("val-prose.jsonl")
     splits["val"].write_text("".join(line + "\n" for line in prose))

@@ -34,6 +34,7 @@ def reward_run(tmp_path_factory, tiny_model_dir, pairs):
 def held_out_accuracy(run, pairs_file) -> dict[str, tuple[float, int]]:
     """Pairwise accuracy of the trained scorer on held-out pairs, by kind of rejected reply."""
     from tunesmith.methods.rewards import RewardModelScorer
+    from tunesmith.tasks.dates import PROSE_ANSWER
 
     rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
     chat = lambda r, reply: [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": reply}]
@@ -41,7 +42,7 @@ def held_out_accuracy(run, pairs_file) -> dict[str, tuple[float, int]]:
     chosen, rejected = scorer([chat(r, r["chosen"]) for r in rows]), scorer([chat(r, r["rejected"]) for r in rows])
     kinds: dict[str, list[bool]] = {}
     for r, c, j in zip(rows, chosen, rejected):
-        kinds.setdefault("prose" if r["rejected"].startswith("The date is") else "wrong date", []).append(c > j)
+        kinds.setdefault("prose" if r["rejected"].startswith(PROSE_ANSWER) else "wrong date", []).append(c > j)
     return {k: (sum(v) / len(v), len(v)) for k, v in kinds.items()}
 
 

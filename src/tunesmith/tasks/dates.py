@@ -98,12 +98,15 @@ def write_splits(out_dir: Path, n_train: int = 1200, n_val: int = 64, n_test: in
     return paths
 
 
+PROSE_ANSWER = "The date is"  # how a wrong answer in prose starts: the format, not the date, is wrong
+
+
 def wrong_answer(d: dt.date, rng: random.Random) -> str:
     """A plausible wrong reply to the date task: prose instead of the format, day and month
     swapped, or a date a little off."""
     kind = rng.randrange(3)
     if kind == 0:
-        return f"The date is {surface(d, rng.randrange(8))}."
+        return f"{PROSE_ANSWER} {surface(d, rng.randrange(8))}."
     if kind == 1 and d.day <= 12 and d.day != d.month:
         return dt.date(d.year, d.day, d.month).isoformat()
     return (d + dt.timedelta(days=rng.choice([-10, -1, 1, 2, 30, 365]))).isoformat()
