@@ -118,7 +118,7 @@ def from_sharegpt(record: dict) -> list[dict]:
     for i, t in enumerate(turns):
         if not isinstance(t, dict):
             raise ValueError(f"conversations[{i}] is not an object")
-        if t.get("from") not in SHAREGPT_ROLES:
+        if not isinstance(t.get("from"), str) or t["from"] not in SHAREGPT_ROLES:  # a list is no key: a clear error, not a TypeError
             raise ValueError(f"conversations[{i}].from {t.get('from')!r} not allowed (use human, gpt or system)")
         messages.append({"role": SHAREGPT_ROLES[t["from"]], "content": t.get("value")})
     return check_messages(messages, "conversations")
