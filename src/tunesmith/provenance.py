@@ -53,22 +53,24 @@ def versions() -> dict:
     return out
 
 
-def commit() -> str | None:
-    """The checkout's commit, with '+dirty' when the package's own files differ from it (what the
-    numbers depend on; an edited README does not count); None outside a git checkout."""
+def commit(also: tuple[Path, ...] = ()) -> str | None:
+    """The checkout's commit, with '+dirty' when the package's own files (or the folders in `also`,
+    e.g. the benchmark's code) differ from it, as the numbers depend on them; an edited README
+    does not count. None outside a git checkout."""
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=here,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *map(str, also)],
+                               cwd=here,
                                capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def provenance() -> dict:
+def provenance(also: tuple[Path, ...] = ()) -> dict:
     m = machine()
-    return {"machine": m, "machine_tag": machine_tag(m), "commit": commit(), "versions": versions(),
+    return {"machine": m, "machine_tag": machine_tag(m), "commit": commit(also), "versions": versions(),
             "date": time.strftime("%Y-%m-%d", time.gmtime())}
