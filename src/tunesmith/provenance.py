@@ -24,13 +24,17 @@ def machine() -> dict:
 
     from tunesmith.engine.precision import device, resolve_precision
 
-    cpu, flags = platform.processor(), set()
+    cpu, flags, fields = platform.processor(), set(), {}
     info = Path("/proc/cpuinfo")
     if info.exists():
-        lines = info.read_text().splitlines()
-        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
-        flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
-    return {"platform": platform.platform(), "cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        for line in info.read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())  # the first processor's
+        cpu, flags = fields.get("model name", cpu), set(fields.get("flags", "").split())
+    # a model name such as "AMD EPYC" hides the generation; family and model do not (AMD: 25 Zen 3/4, 26 Zen 5)
+    generation = {k: int(fields[k]) for k in ("cpu family", "model") if fields.get(k, "").isdigit()}
+    return {"platform": platform.platform(), "cpu": cpu, "cpu_family": generation.get("cpu family"),
+            "cpu_model": generation.get("model"), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cpu_flags": [f for f in CPU_FLAGS if f in flags],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "kernel_limits": {k: os.environ[k] for k in KERNEL_LIMITS if k in os.environ},
