@@ -20,7 +20,8 @@ training on these examples needs (bench/flops.py) against the matmul peak, measu
 the precision the run computes in.
 
 Writes bench/results/speed-<machine>.json and .png (with the commit, versions and CPU);
-prints Markdown tables. `--table FILE` prints an earlier file's tables.
+prints Markdown tables. `--table FILE` prints an earlier file's tables. `--profile N` also
+profiles N steps of each tunesmith run (`train.profile_steps`), into speed-profile-<machine>.json.
 """
 
 from __future__ import annotations
@@ -109,20 +110,24 @@ def tunesmith_run(spec: dict) -> dict:
     losses = [r["loss"] for r in records]
     from importlib import metadata
 
+    profile = Path(summary["run_dir"]) / "profile.txt"
     row = {"tool": "tunesmith", "tokens": summary["tokens"], "train_seconds": summary["train_seconds"],
            "steps": summary["steps"], "train_loss": sum(losses) / len(losses), "last_loss": losses[-1],
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "final": summary["final"],
-           "versions": {p: metadata.version(p) for p in ("tunesmith", "transformers", "peft", "torch")}}
+           "versions": {p: metadata.version(p) for p in ("tunesmith", "transformers", "peft", "torch")},
+           **({"profile": profile.read_text()} if profile.is_file() else {})}
     if spec["kind"] == "grpo":
         row["rollout"] = rollout
     return row
 
 
-def run(name: str, seed: int, data: dict, model: str, workdir: Path) -> dict:
+def run(name: str, seed: int, data: dict, model: str, workdir: Path, profile: int = 0) -> dict:
     """One run in a fresh process of its tool's environment, with its held-out loss."""
     from heldout import measure
 
     tool, group, options = RUNS[name]
+    if profile and tool == "tunesmith":
+        options = {**options, "profile_steps": profile}
     kind, adapter = KIND[group]
     settings = {k: v for k, v in options.items() if k != "batch_size"}
     spec = {**COMMON, "kind": kind, "adapter": adapter, "model": model, "lr": LR[adapter], "options": settings,
@@ -261,6 +266,8 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=64, help="training examples (one epoch); DPO pairs: a third of it")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each configuration, seeds 0..N-1, interleaved")
     ap.add_argument("--only", help="comma-separated configuration names (default: all)")
+    ap.add_argument("--profile", type=int, default=0, help="profile this many steps of each tunesmith run (the row's "
+                    "'profile'); profiled steps run slower, so results go to speed-profile-<machine>.json")
     ap.add_argument("--out", type=Path, help="default: bench/results/speed-<machine>.json")
     ap.add_argument("--table", type=Path, help="print the tables of an earlier results file and stop")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -302,7 +309,7 @@ def main() -> None:
         flops = {"lora": epoch_flops(shape, lengths, full=False, lora_r=16), "full": epoch_flops(shape, lengths, full=True, lora_r=None)}
         for seed in range(args.repeats):
             for name in names:
-                rows.append(run(name, seed, data, model, Path(tmp) / "runs"))
+                rows.append(run(name, seed, data, model, Path(tmp) / "runs", args.profile))
     failed = [r for r in rows if "error" in r]
     result = {**where, "matmul_peak_gflops": peaks, "precision": precision, "model": "SmolLM2-135M-Instruct",
               "examples": args.examples, "repeats": args.repeats, "real_tokens": sum(n for n, _ in lengths),
@@ -311,7 +318,7 @@ def main() -> None:
               "trl_versions": next((r["versions"] for r in rows if r["tool"] == "trl" and "versions" in r), None),
               "rows": [r for r in rows if "error" not in r], "failed": failed}
     result.update(summarise(result))
-    out = args.out or BENCH / "results" / f"speed-{where['machine_tag']}.json"
+    out = args.out or BENCH / "results" / f"speed{'-profile' if args.profile else ''}-{where['machine_tag']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out.with_suffix(".png"))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import cli_here, read_jsonl, write_config
 from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.sampler import EpochSampler
-from tunesmith.forgetting import probe
+from tunesmith.forgetting import noise, probe
 from tunesmith.forgetting.replay import replay_weight, whole_sentences
 
 
@@ -26,6 +26,36 @@ def test_bundled_probe_sets():
     assert not set(probe_prompts) & set(replay_prompts)  # replay never trains on what drift measures
 
 
+def test_probe_keeps_one_in_five_items_the_base_model_gets_wrong_in_every_prefix():
+    qa = probe.general_qa()
+    wrong = [q["base"] == "wrong" for q in qa]
+    assert sum(wrong) == round(0.2 * len(qa))  # improvements can show, not only losses
+    for limit in (30, 60, 100):  # forgetting.probe_limit takes a prefix: it keeps the share
+        assert sum(wrong[:limit]) == limit // 5
+
+
+def test_noise_floor_counts_items_flipped_between_two_base_passes():
+    base = {"qa": [{"correct": 1.0}, {"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}], "drift": [{"nll": 0.5}, {"nll": 1.0}]}
+    again = {"qa": [{"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}, {"correct": 1.0}], "drift": [{"nll": 0.6}, {"nll": 0.9}]}
+    f = noise.floor(base, again, (32, 16))
+    assert f["qa_flipped"] == 2 and f["qa"] == 0.5  # flips count both ways; they cancel in the mean, not here
+    assert f["drift"] == pytest.approx(0.1)
+    assert noise.other_batch_size(32) == 16 and noise.other_batch_size(1) == 2
+
+
+@pytest.mark.parametrize("change, floor, expected", [
+    ({"mean": -0.10, "lo": -0.15, "hi": -0.05}, 0.02, "forgetting"),
+    ({"mean": -0.03, "lo": -0.05, "hi": -0.01}, 0.05, "no forgetting"),  # a significant drop, but within batching noise
+    ({"mean": -0.03, "lo": -0.08, "hi": 0.02}, 0.02, "inconclusive"),  # could be a drop beyond the floor
+    ({"mean": 0.0, "lo": -0.01, "hi": 0.01}, 0.02, "no forgetting"),
+    ({"mean": 0.0, "lo": -0.01, "hi": 0.01}, 0.0, "inconclusive"),  # no floor: a possible drop is not ruled out
+    ({"mean": 0.08, "lo": 0.04, "hi": 0.12}, 0.02, "gain"),
+    ({"mean": 0.08, "lo": 0.04, "hi": 0.12}, 0.10, "no forgetting"),  # a rise within the floor is not a gain
+])
+def test_verdict_needs_both_the_interval_and_the_floor(change, floor, expected):
+    assert noise.verdict(change, floor) == expected
+
+
 def test_summary_by_hand():
     base = {"qa": [{"correct": 1.0}, {"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}],
             "drift": [{"nll": 0.5}, {"nll": 1.0}],
@@ -37,7 +67,11 @@ def test_summary_by_hand():
     assert s["qa"]["base"]["mean"] == 0.75 and s["qa"]["tuned"]["mean"] == 0.5
     assert s["qa"]["change"]["mean"] == pytest.approx(-0.25)
     assert s["qa"]["retention"] == pytest.approx(1 / 3)  # of the 3 the base answered, the tuned model keeps 1
+    assert s["qa"]["gained"] == 1 and s["qa"]["lost"] == 2
     assert s["drift"]["increase"]["mean"] == pytest.approx(0.75)  # (0.5 + 1.0) / 2
+    assert "verdict" not in s["qa"]
+    floored = probe.summarize(base, tuned, noise.floor(base, base, (32, 16)))
+    assert floored["floor"]["qa"] == 0.0 and floored["qa"]["verdict"] == noise.verdict(s["qa"]["change"], 0.0)
     assert s["text"]["base_perplexity"] == pytest.approx(math.exp(50 / 40))  # token-weighted over documents
     assert s["text"]["tuned_perplexity"] == pytest.approx(math.exp(60 / 40))
     assert s["text"]["nll_increase"]["mean"] == pytest.approx(0.5)  # per-token NLL rises 1.0 on doc 1, 0 on doc 2

@@ -1,6 +1,6 @@
 """README tables generated from committed results files, never typed.
 
-Every measured figure in README.md stands between a pair of markers
+Every measured figure in README.md (and bench/README.md) stands between a pair of markers
 
     <!-- generated: NAME from RESULTS (make results-table) -->
     ...
@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+BENCH_README = ROOT / "bench" / "README.md"  # the benchmark's own tables, the same way
 RESULTS = ROOT / "results"
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) from (?P<source>\S+) \(make results-table\) -->\n)"
                    r"(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
@@ -38,7 +39,9 @@ def describe(machine: dict) -> str:
     limited = "avx512f" in machine["cpu_flags"] and not machine["torch_cpu_capability"].startswith("AVX512")
     kernels = (f"{machine['torch_cpu_capability']} kernels only (limited by {', '.join(machine.get('kernel_limits', {})) or 'environment'}, "
                "as on a CPU without AVX-512)" if limited else f"{machine['torch_cpu_capability']} kernels")
-    return f"{machine['cpu']}, {machine['cpus']} cores, flags {' '.join(machine['cpu_flags'])}, {kernels}"
+    cpu = machine["cpu"] + (f" (family {machine['cpu_family']} model {machine['cpu_model']})"
+                            if machine.get("cpu_family") is not None else "")
+    return f"{cpu}, {machine['cpus']} cores, flags {' '.join(machine['cpu_flags'])}, {kernels}"
 
 
 _PCT = "{:.1%}"
@@ -52,6 +55,11 @@ def _span(values: list[float], fmt: str) -> str:
     """One value, or the range of several runs (one value where they round alike)."""
     lo, hi = fmt.format(min(values)), fmt.format(max(values))
     return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _commit(commit: str) -> str:
+    """A commit as the README shows it: short, and marked when the code differed from it."""
+    return commit[:10] + ("+dirty" if commit.endswith("+dirty") else "")
 
 
 def _pts(x: float) -> str:
@@ -85,7 +93,7 @@ def render_quickstart() -> str:
     t = run["tables"]
     train = {r["variant"]: r for r in t["training"]}
     lora = train["lora"]
-    lines = [f"The latest run on {tag} ({describe(run['provenance']['machine'])}), commit {run['provenance']['commit'][:10]} "
+    lines = [f"The latest run on {tag} ({describe(run['provenance']['machine'])}), commit {_commit(run['provenance']['commit'])} "
              f"(SmolLM2-135M-Instruct, LoRA r=16 on all linear layers, {lora['trainable_parameters'] / 1e6:.1f}M "
              f"trainable parameters, {lora['steps']} steps of batch 8, {lora['precision']}):", ""]
     lines += [f"| test split ({t['task'][0]['n']} examples) | exact match (95% CI) | prompt tokens / request | latency / request |",
@@ -97,12 +105,16 @@ def render_quickstart() -> str:
         lines.append(f"| {_variant_label(r['label'])} | {score} ({r['lo'] * 100:.1f}–{r['hi'] * 100:.1f}) "
                      f"| {r['prompt_tokens']:.0f} | {r['latency_ms']:.0f} ms |")
     f0 = t["forgetting"][0]
-    lines += ["", f"| forgetting probe | general QA ({f0['qa_items']} questions) | change, points (95% CI) | drift: NLL on base replies |",
-              "|---|---|---|---|", f"| base model | {_pct(f0['qa_base'])} | | {f0['drift_base']:.3f} |"]
+    lines += ["", f"| forgetting probe | general QA ({f0['qa_items']} questions) | change, points (95% CI) | verdict "
+              "| drift: NLL on base replies |",
+              "|---|---|---|---|---|", f"| base model | {_pct(f0['qa_base'])} | | | {f0['drift_base']:.3f} |"]
     for r in t["forgetting"]:
         lines.append(f"| {_variant_label(r['label'])} | {_pct(r['qa_tuned'])} | {_pts(r['qa_change'])} "
-                     f"({_pts(r['qa_change_lo'])} to {_pts(r['qa_change_hi'])}) "
+                     f"({_pts(r['qa_change_lo'])} to {_pts(r['qa_change_hi'])}) | {r['verdict']} "
                      f"| {r['drift_tuned']:.3f} ({_signed(r['drift_increase'])}) |")
+    b1, b2 = f0["floor_batch_sizes"]
+    lines += ["", f"Noise floor (base vs base, batch {b1} vs {b2}): {f0['floor_qa_flipped']} of {f0['qa_items']} questions "
+              f"answered differently ({f0['floor_qa'] * 100:.1f} points); drift {f0['floor_drift']:.4f} nats/token."]
     lines += ["", f"Recommendation (from the report): {t['recommendation']['text']}", ""]
     lines += ["| machine | runs | `make demo` minutes | LoRA exact match | with replay | general QA kept with replay |",
               "|---|---|---|---|---|---|"]
@@ -180,43 +192,76 @@ def render_adapters() -> str:
 # --- against TRL (bench/speed.py) -----------------------------------------------------------------
 
 def render_bench() -> str:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import tables  # bench/tables.py: the same tables bench/speed.py prints
+
     data = json.loads((ROOT / "bench" / "results" / "speed-avx512-bf16.json").read_text())
-    rows, summary = {r["name"]: r for r in data["rows"]}, data["summary"]
-    lora, full, dpo = summary["lora"], summary["full"], summary["dpo"]
-    fast, ours, default = rows[lora["trl_fastest"]], rows[lora["tunesmith"]], rows["tunesmith"]
-    trl_default = rows["trl-default"]
-    kind = lora["trl_fastest"].removeprefix("trl-").replace("-", " ")
+    peak = data["matmul_peak_gflops"][data["precision"]]
+    head = (f"Measured on {describe(data['machine'])}, commit {_commit(data['commit'])}, tunesmith {data['versions']['tunesmith']}, "
+            f"TRL {data['trl_versions']['trl']}, transformers {data['trl_versions']['transformers']} (TRL's) / "
+            f"{data['versions']['transformers']}, PEFT {data['versions']['peft']}, torch {data['versions']['torch']}; "
+            f"{data['examples']} examples ({data['real_tokens']:,} real tokens), {data['repeats']} runs of each configuration "
+            f"(seeds 0–{data['repeats'] - 1}, interleaved); median (range). MFU against the {data['precision']} matmul "
+            f"peak measured in the same run, {peak:.0f} GFLOP/s.")
+    return "\n\n".join([head, tables.configs(data), tables.targets(data)]) + "\n"
 
-    def mfu(r: dict) -> str:
-        return f"{r['mfu'] * 100:.0f}%"
 
-    def pair(name: str) -> tuple[dict, dict]:
-        return rows[summary[name]["trl_fastest"]], rows[summary[name]["tunesmith"]]
+# --- examples (examples/*/run.sh write results/<example>-<machine>.json) ----------------------
 
-    lines = ["| | real tokens/s | peak RSS | held-out loss | MFU (vs measured bf16 peak) |", "|---|---|---|---|---|",
-             f"| LoRA: TRL fastest ({kind}) | {fast['tokens_per_s']:.0f} | {fast['peak_rss_mib']:.0f} MiB "
-             f"| {fast['heldout_loss']:.4f} | {mfu(fast)} |",
-             f"| LoRA: tunesmith {ours['name'].removeprefix('tunesmith-')} | **{ours['tokens_per_s']:.0f} ({lora['speed_ratio']:.2f}×)** "
-             f"| **{ours['peak_rss_mib']:.0f} MiB ({lora['rss_ratio']:.2f}×)** | {ours['heldout_loss']:.4f} "
-             f"({ours['heldout_loss'] / fast['heldout_loss']:.3f}×) | **{mfu(ours)}** |",
-             f"| LoRA: tunesmith defaults | {default['tokens_per_s']:.0f} ({default['tokens_per_s'] / fast['tokens_per_s']:.2f}×) "
-             f"| {default['peak_rss_mib']:.0f} MiB ({default['peak_rss_mib'] / fast['peak_rss_mib']:.2f}×) "
-             f"| {default['heldout_loss']:.4f} (TRL default: {trl_default['heldout_loss']:.4f}, "
-             f"{default['heldout_loss'] / trl_default['heldout_loss']:.3f}×) | {mfu(default)} |"]
-    trl, ts = pair("full")
-    lines.append(f"| full fine-tuning: TRL / tunesmith | {trl['tokens_per_s']:.0f} / **{ts['tokens_per_s']:.0f} "
-                 f"({full['speed_ratio']:.2f}×)** | {trl['peak_rss_mib']:.0f} / {ts['peak_rss_mib']:.0f} MiB "
-                 f"({full['rss_ratio']:.2f}×) | {trl['heldout_loss']:.4f} / {ts['heldout_loss']:.4f} | {mfu(trl)} / {mfu(ts)} |")
-    trl, ts = pair("dpo")
-    lines.append(f"| DPO with LoRA: TRL / tunesmith | {trl['tokens_per_s']:.0f} / **{ts['tokens_per_s']:.0f} "
-                 f"({dpo['speed_ratio']:.2f}×)** | {trl['peak_rss_mib']:.0f} / {ts['peak_rss_mib']:.0f} MiB "
-                 f"({dpo['rss_ratio']:.2f}×) | – | {mfu(trl)} / {mfu(ts)} |")
+def _example(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}-avx512-bf16.json").read_text())
+
+
+def _ci(s: dict) -> str:
+    return f"{_pct(s['mean'])} ({s['lo'] * 100:.1f}–{s['hi'] * 100:.1f})"
+
+
+def render_distill() -> str:
+    data = _example("distill")
+    t, where = data["table"], data["provenance"]
+    teacher, dist, sft = t["teacher"], t["distilled"], t["sft"]
+    gap = t["distilled_minus_sft"]
+    steps = t["steps"]
+    lines = [f"Measured on {describe(where['machine'])}, commit {_commit(where['commit'])}, "
+             f"{data['total_minutes']:.1f} minutes in all (teacher {steps['teacher']} LoRA steps, students "
+             f"{steps['student-distill']} full steps each):", "",
+             f"| {teacher['exact_match']['n']} test examples | parameters | exact match (95% CI) | generation tokens/s "
+             f"| general QA ({teacher['general_qa']['n']} questions) |", "|---|---|---|---|---|",
+             f"| teacher, task-tuned bundled model | {teacher['parameters'] / 1e6:.1f}M | {_ci(teacher['exact_match'])} "
+             f"| {teacher['tokens_per_s']:.1f} | {_pct(teacher['general_qa']['mean'])} |",
+             f"| student, distilled (forward KL, T = 1, 10% cross-entropy) | {dist['parameters'] / 1e6:.1f}M "
+             f"| **{_ci(dist['exact_match'])}** | {dist['tokens_per_s']:.1f} ({t['speed_ratio']:.2f}×) "
+             f"| {_pct(dist['general_qa']['mean'])} |",
+             f"| student, plain SFT | {sft['parameters'] / 1e6:.1f}M | {_ci(sft['exact_match'])} | | |", "",
+             f"Distilled minus SFT, paired over the same test examples: {_pts(gap['mean'])} points "
+             f"(95% CI {_pts(gap['lo'])} to {_pts(gap['hi'])})."]
+    return "\n".join(lines) + "\n"
+
+
+def render_rlhf() -> str:
+    data = _example("rlhf")
+    t, where = data["table"], data["provenance"]
+    labels = {"sft": "SFT, {steps} LoRA steps", "reward": "reward model, {steps} steps",
+              "grpo": "GRPO, {steps} steps, exact match + 0.5 × reward model", "dpo": "DPO + chosen NLL (RPO), {steps} steps"}
+    qa_items = next(r["general_qa"]["items"] for r in t.values() if "general_qa" in r)
+    lines = [f"Measured on {describe(where['machine'])}, commit {_commit(where['commit'])}, {data['total_minutes']:.1f} minutes "
+             f"in all:", "",
+             f"| stage | exact match (test, 95% CI) | preference accuracy (val) | mean reward (val) "
+             f"| general QA ({qa_items} questions): start → tuned, verdict |", "|---|---|---|---|---|"]
+    for name, row in t.items():
+        em = _ci(row["exact_match"]) if "exact_match" in row else ""
+        acc = _pct(row["preference_accuracy"]) if "preference_accuracy" in row else ""
+        reward = f"{row['mean_reward']:.3f}" if "mean_reward" in row else ""
+        g = row.get("general_qa")
+        qa = f"{_pct(g['base'])} → {_pct(g['tuned'])}, {g['verdict']}" if g else ""
+        lines.append(f"| {labels[name].format(steps=row['steps'])} | {em} | {acc} | {reward} | {qa} |")
     return "\n".join(lines) + "\n"
 
 
 # --- the README ------------------------------------------------------------------------------
 
-RENDERERS = {"quickstart": render_quickstart, "adapters": render_adapters, "bench": render_bench}
+RENDERERS = {"quickstart": render_quickstart, "adapters": render_adapters, "bench": render_bench,
+             "distill": render_distill, "rlhf": render_rlhf}
 
 
 def regenerate(text: str) -> str:
@@ -239,18 +284,18 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("record needs the quickstart's run directory (e.g. quickstart/runs/dates)")
         print(f"recorded in {record_quickstart(args.run_dir)}")
         return 0
-    text = README.read_text()
-    new = regenerate(text)
-    if args.check:
-        if new != text:
+    status = 0
+    for path in (README, BENCH_README):
+        text = path.read_text()
+        new = regenerate(text)
+        if not args.check:
+            path.write_text(new)
+        elif new != text:
             changed = [m["name"] for m, n in zip(BLOCK.finditer(text), BLOCK.finditer(new)) if m.group(0) != n.group(0)]
-            print(f"README.md: generated blocks differ from the results files: {', '.join(changed)}; run make results-table",
-                  file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(new)
-    return 0
-
+            print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: generated blocks differ from the "
+                  f"results files: {', '.join(changed)}; run make results-table", file=sys.stderr)
+            status = 1
+    return status
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -182,7 +182,7 @@ class ForgettingConfig(Section):
     """What general capability the run costs (probe) and what limits the loss (mitigations)."""
 
     probe: bool = Field(False, description="general QA and drift, base vs tuned, after training")
-    probe_limit: int | None = Field(None, ge=3, description="probe with the first N of the 157 questions and a third "
+    probe_limit: int | None = Field(None, ge=3, description="probe with the first N of the 239 questions and a third "
                                                             "as many of the 50 drift prompts: quicker, wider intervals")
     text: str | None = Field(None, description="general text data for perplexity, base vs tuned")
     text_limit: int = Field(200, ge=1)

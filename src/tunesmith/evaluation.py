@@ -85,11 +85,13 @@ def probe_forgetting(cfg: RunConfig, run_dir: Path, model, tokenizer, base: Base
     sizes = {"text": f.text, "text_limit": f.text_limit, "batch_size": cfg.eval.batch_size, "limit": f.probe_limit}
     with phase("forgetting probe: base model (cached after the first run)", console):
         base_items = probe.base_probe(base, **sizes)
+    with phase("forgetting probe: noise floor, base model at another batch size (cached)", console):
+        floor = probe.base_floor(base, base_items, **sizes)
     with phase(f"forgetting probe: {cfg.name}", console):
         tuned_items = probe.probe(model, tokenizer, base, **sizes)
     write_json(run_dir / "forgetting" / "base.json", base_items)
     write_json(run_dir / "forgetting" / "tuned.json", tuned_items)
-    summary = probe.summarize(base_items, tuned_items)
+    summary = probe.summarize(base_items, tuned_items, floor)
     write_json(run_dir / "forgetting" / "summary.json", summary)
     return summary
 

@@ -1,12 +1,16 @@
 """The forgetting probe: what general capability a tuned model kept, measured against its base.
 
-1. General QA: short everyday questions (bundled, each one the bundled base model answers
-   correctly), scored tolerantly (the accepted answer anywhere in the reply, as whole words).
+1. General QA: short everyday questions (bundled; four in five the bundled base model answers
+   right, one in five it answers wrong, so that gains show as well as losses: selected by
+   tools/general_qa/pick_items.py), scored tolerantly (the accepted answer anywhere in the reply, as
+   whole words).
 2. Drift: the tuned model's mean per-token NLL on the base model's own greedy replies to general
    prompts. A rise is how far the tuned model moved away from the base model's answers.
 3. Optionally, perplexity on a general text data set the user names.
 
-Base and tuned results are per item, so every difference gets a paired bootstrap interval.
+Base and tuned results are per item, so every difference gets a paired bootstrap interval, and
+the base model probed again at another batch size gives the noise floor that a change must
+exceed (`noise.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from tunesmith.data.records import load_examples
 from tunesmith.eval.bootstrap import bootstrap_ci, paired_bootstrap_ci
 from tunesmith.eval.generate import BATCH_SIZE, Sampling, generate_all
 from tunesmith.eval.metrics import contains_answer
+from tunesmith.forgetting import noise
 from tunesmith.forgetting.reference import BaseReference, data_version
 from tunesmith.methods.sft import collate_tokens
 
@@ -94,7 +99,7 @@ def text_features(tokenizer, path: str, limit: int) -> list[dict]:
 
 
 def probe_sets(limit: int | None = None) -> tuple[list[dict], list[str]]:
-    """The general QA items and drift prompts a probe uses: all (157 and 50), or the first `limit`
+    """The general QA items and drift prompts a probe uses: all (239 and 50), or the first `limit`
     questions and a third as many prompts, for a quicker, less precise probe."""
     items, prompts = general_qa(), general_prompts()[0]
     if limit is None:
@@ -128,17 +133,34 @@ def base_probe(base: BaseReference, *, text: str | None = None, text_limit: int 
                        lambda m, t: probe(m, t, base, text=text, text_limit=text_limit, batch_size=batch_size, limit=limit))
 
 
-def summarize(base: dict, tuned: dict) -> dict:
-    """Base vs tuned with bootstrap intervals. Retention: the share of the questions the base
-    model answered that the tuned model still answers (None if the base answered none)."""
+def base_floor(base: BaseReference, base_items: dict, *, batch_size: int = BATCH_SIZE, limit: int | None = None,
+               **_) -> dict:
+    """The probe's noise floor: the base model probed again at another batch size, against its
+    probe at the run's (`base_items`, `noise.floor`); cached like the base probe."""
+    other = noise.other_batch_size(batch_size)
+    items, prompts = probe_sets(limit)
+    again = base.cached("probe-again", [items, prompts, other, QA_MAX_NEW_TOKENS, REPLY_MAX_NEW_TOKENS],
+                        lambda m, t: probe(m, t, base, batch_size=other, limit=limit))
+    return noise.floor(base_items, again, (batch_size, other))
+
+
+def summarize(base: dict, tuned: dict, floor: dict | None = None) -> dict:
+    """Base vs tuned with bootstrap intervals, and with the noise floor the verdict on the QA
+    change. Retention: the share of the questions the base model answered that the tuned model
+    still answers (None if the base answered none)."""
     b_qa, t_qa = [x["correct"] for x in base["qa"]], [x["correct"] for x in tuned["qa"]]
     b_nll, t_nll = [x["nll"] for x in base["drift"]], [x["nll"] for x in tuned["drift"]]
     qa_base, qa_tuned = bootstrap_ci(b_qa), bootstrap_ci(t_qa)
+    change = paired_bootstrap_ci(b_qa, t_qa)
     out = {
-        "qa": {"base": qa_base, "tuned": qa_tuned, "change": paired_bootstrap_ci(b_qa, t_qa),
-               "retention": sum(b and t for b, t in zip(b_qa, t_qa)) / sum(b_qa) if sum(b_qa) else None},
+        "qa": {"base": qa_base, "tuned": qa_tuned, "change": change,
+               "retention": sum(b and t for b, t in zip(b_qa, t_qa)) / sum(b_qa) if sum(b_qa) else None,
+               "gained": sum(t and not b for b, t in zip(b_qa, t_qa)), "lost": sum(b and not t for b, t in zip(b_qa, t_qa))},
         "drift": {"base_nll": bootstrap_ci(b_nll), "tuned_nll": bootstrap_ci(t_nll), "increase": paired_bootstrap_ci(b_nll, t_nll)},
     }
+    if floor is not None:
+        out["floor"] = floor
+        out["qa"]["verdict"] = noise.verdict(change, floor["qa"])
     if "text" in base and "text" in tuned:
         def ppl(rows):
             return math.exp(sum(r["nll"] for r in rows) / max(1, sum(r["tokens"] for r in rows)))

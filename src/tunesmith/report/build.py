@@ -45,7 +45,11 @@ def _forgetting_row(variant: str, label: str, f: dict, source: str) -> dict:
         "drift_base": drift["base_nll"]["mean"], "drift_tuned": drift["tuned_nll"]["mean"],
         "drift_increase": drift["increase"]["mean"], "drift_increase_lo": drift["increase"]["lo"],
         "drift_increase_hi": drift["increase"]["hi"], "drift_prompts": drift["base_nll"]["n"], "source": source,
+        "qa_gained": qa.get("gained"), "qa_lost": qa.get("lost"),
     }
+    if "floor" in f:  # runs before the noise floor was measured have none
+        row.update(floor_qa=f["floor"]["qa"], floor_qa_flipped=f["floor"]["qa_flipped"], floor_drift=f["floor"]["drift"],
+                   floor_batch_sizes=f["floor"]["batch_sizes"], verdict=qa["verdict"])
     if "text" in f:
         t = f["text"]
         row.update(text_base_ppl=t["base_perplexity"], text_tuned_ppl=t["tuned_perplexity"],

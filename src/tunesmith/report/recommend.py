@@ -10,6 +10,8 @@ Rules, stated so a reader can check them:
 
 from __future__ import annotations
 
+from tunesmith.forgetting.noise import SENTENCES
+
 MARGIN = 0.02  # prompting is enough when the best tuned model is no further ahead than this
 TASK_TOLERANCE = 0.05  # task score a variant may give up against the best one to keep more general capability
 
@@ -50,9 +52,11 @@ def recommend(task: list[dict], forgetting: list[dict]) -> dict:
         for r in tuned:
             g = kept.get(r["variant"])
             if g is not None:
+                floor = f", noise floor ±{g['floor_qa'] * 100:.1f}: {g['verdict']}" if "floor_qa" in g else ""
                 lines.append(f"{r['label']}: general QA {_pct(g['qa_base'])} → {_pct(g['qa_tuned'])} "
                              f"(change {g['qa_change'] * 100:+.1f} points, 95% CI {g['qa_change_lo'] * 100:+.1f} to "
-                             f"{g['qa_change_hi'] * 100:+.1f}), drift {g['drift_increase']:+.3f} nats/token, task {_pct(r['score'])}.")
+                             f"{g['qa_change_hi'] * 100:+.1f}{floor}), drift {g['drift_increase']:+.3f} nats/token, "
+                             f"task {_pct(r['score'])}.")
         if out["choice"] == "fine-tune":
             lines.append(_variant_choice(tuned, kept, best, out))
     out["text"], out["details"] = lines[0], lines[1:]
@@ -66,10 +70,11 @@ def _variant_choice(tuned: list[dict], kept: dict, best: dict, out: dict) -> str
         [only] = probed
         out["recommended_variant"] = only["variant"]
         g = kept[only["variant"]]
-        if g["qa_change_hi"] < 0:
-            return (f"{only['label']} lost general capability (the whole 95% interval of the QA change is below zero); "
-                    f"compare it with a mitigation, e.g. forgetting.replay: 0.25 (self-replay), to see what it costs.")
-        return f"{only['label']}: no loss of general capability that the probe can distinguish from noise."
+        verdict = g.get("verdict") or ("forgetting" if g["qa_change_hi"] < 0 else "inconclusive")
+        text = f"{only['label']}: {SENTENCES[verdict]}"
+        if verdict == "forgetting":
+            text += "; compare it with a mitigation, e.g. forgetting.replay: 0.25 (self-replay), to see what it costs"
+        return text + "."
     near = [r for r in probed if r["score"] >= best["score"] - TASK_TOLERANCE] or [best]
     pick = max(near, key=lambda r: (kept.get(r["variant"], {}).get("qa_tuned", -1), r["score"]))
     out.update(recommended_variant=pick["variant"], task_tolerance=TASK_TOLERANCE)

@@ -65,20 +65,30 @@ def sections(r: dict) -> list[tuple]:
     if r["forgetting"]:
         f0 = r["forgetting"][0]
         out += [("h2", "Catastrophic forgetting: general capability, base vs tuned"),
-                ("p", f"General QA: {f0['qa_items']} everyday questions (each one answered correctly by the bundled base model), scored by whether the "
+                ("p", f"General QA: {f0['qa_items']} everyday questions (selected so that the bundled base model answers four in "
+                      "five right and one in five wrong, so gains show as well as losses), scored by whether the "
                       f"accepted answer appears in the reply. Drift: mean per-token NLL of each model on the base model's own greedy "
                       f"replies to {f0['drift_prompts']} general prompts: a rise means the tuned model moved away from how "
                       "the base model answers; training on such answers, as self-replay does, can bring it below the base. "
                       "Intervals: paired bootstrap over items, 95%.")]
-        head = ["model", "QA base", "QA tuned", "change (points, 95% CI)", "retention", "drift NLL base", "drift NLL tuned",
-                "drift increase (95% CI)"]
+        if "floor_qa" in f0:
+            b1, b2 = f0["floor_batch_sizes"]
+            out.append(("p", f"Noise floor: the base model probed twice, at batch size {b1} and {b2}, answers "
+                             f"{f0['floor_qa_flipped']} of {f0['qa_items']} questions differently ({_pts(f0['floor_qa'])} points) "
+                             f"and its drift NLL differs by {f0['floor_drift']:.4f} nats/token: batching alone moves the probe "
+                             "this much. A QA change is called forgetting (or a gain) only when it lies beyond both its 95% "
+                             "interval and this floor, and no forgetting only when the interval rules out a drop larger than "
+                             "the floor; otherwise the verdict is inconclusive."))
+        head = ["model", "QA base", "QA tuned", "change (points, 95% CI)", "verdict", "retention", "drift NLL base",
+                "drift NLL tuned", "drift increase (95% CI)"]
         with_text = all("text_base_ppl" in f for f in r["forgetting"])
         if with_text:
             head += ["text ppl base", "text ppl tuned", "text NLL/token increase (95% CI)"]
         rows = []
         for f in r["forgetting"]:
             row = [f["label"], _pct(f["qa_base"]), _pct(f["qa_tuned"]),
-                   f"{_pts(f['qa_change'])} ({_pts(f['qa_change_lo'])} to {_pts(f['qa_change_hi'])})", _pct(f["retention"]),
+                   f"{_pts(f['qa_change'])} ({_pts(f['qa_change_lo'])} to {_pts(f['qa_change_hi'])})", f.get("verdict", "–"),
+                   _pct(f["retention"]),
                    _num(f["drift_base"]), _num(f["drift_tuned"]),
                    f"{f['drift_increase']:+.3f} ({f['drift_increase_lo']:+.3f} to {f['drift_increase_hi']:+.3f})"]
             if with_text:
