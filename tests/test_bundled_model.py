@@ -40,6 +40,7 @@ def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(t
     assert report["recommendation"]["choice"] == "fine-tune"  # tuned ahead of 3-shot, intervals apart
     forgot = {r["variant"]: r for r in report["forgetting"]}
     assert forgot["lora"]["qa_change_hi"] < 0  # measurable forgetting without mitigation
+    assert forgot["lora"]["verdict"] == "forgetting" and 0 <= forgot["lora"]["floor_qa"] < 0.1  # beyond batching noise
     assert forgot["lora-replay"]["qa_tuned"] > forgot["lora"]["qa_tuned"]  # less with self-replay
     assert summary["report"] in result.stdout and "exact_match" in result.stdout
     # each phase's time printed and recorded, with what the numbers came from

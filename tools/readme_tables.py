@@ -222,6 +222,11 @@ def render_distill() -> str:
     teacher, dist, sft = t["teacher"], t["distilled"], t["sft"]
     gap = t["distilled_minus_sft"]
     steps = t["steps"]
+
+    def better(a: dict, b: dict) -> str:  # the better student in bold
+        text = _ci(a["exact_match"])
+        return f"**{text}**" if a["exact_match"]["mean"] > b["exact_match"]["mean"] else text
+
     lines = [f"Measured on {describe(where['machine'])}, commit {_commit(where['commit'])}, "
              f"{data['total_minutes']:.1f} minutes in all (teacher {steps['teacher']} LoRA steps, students "
              f"{steps['student-distill']} full steps each):", "",
@@ -230,9 +235,9 @@ def render_distill() -> str:
              f"| teacher, task-tuned bundled model | {teacher['parameters'] / 1e6:.1f}M | {_ci(teacher['exact_match'])} "
              f"| {teacher['tokens_per_s']:.1f} | {_pct(teacher['general_qa']['mean'])} |",
              f"| student, distilled (forward KL, T = 1, 10% cross-entropy) | {dist['parameters'] / 1e6:.1f}M "
-             f"| **{_ci(dist['exact_match'])}** | {dist['tokens_per_s']:.1f} ({t['speed_ratio']:.2f}×) "
+             f"| {better(dist, sft)} | {dist['tokens_per_s']:.1f} ({t['speed_ratio']:.2f}×) "
              f"| {_pct(dist['general_qa']['mean'])} |",
-             f"| student, plain SFT | {sft['parameters'] / 1e6:.1f}M | {_ci(sft['exact_match'])} | | |", "",
+             f"| student, plain SFT | {sft['parameters'] / 1e6:.1f}M | {better(sft, dist)} | | |", "",
              f"Distilled minus SFT, paired over the same test examples: {_pts(gap['mean'])} points "
              f"(95% CI {_pts(gap['lo'])} to {_pts(gap['hi'])})."]
     return "\n".join(lines) + "\n"
@@ -241,7 +246,7 @@ def render_distill() -> str:
 def render_rlhf() -> str:
     data = _example("rlhf")
     t, where = data["table"], data["provenance"]
-    labels = {"sft": "SFT, {steps} LoRA steps", "reward": "reward model, {steps} steps",
+    labels = {"sft": "SFT, {steps} LoRA steps", "reward": "reward model, {steps} steps",  # GRPO's reward: the weighted sum
               "grpo": "GRPO, {steps} steps, exact match + 0.5 × reward model", "dpo": "DPO + chosen NLL (RPO), {steps} steps"}
     qa_items = next(r["general_qa"]["items"] for r in t.values() if "general_qa" in r)
     lines = [f"Measured on {describe(where['machine'])}, commit {_commit(where['commit'])}, {data['total_minutes']:.1f} minutes "
