@@ -150,6 +150,27 @@ def raw_post(url: str, body: bytes) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+def announce_large_body(url: str, size: int) -> tuple[int, dict]:
+    """POST headers announcing `size` bytes and only the first 64 KiB of them, then read the answer.
+    The server refuses by Content-Length before reading the body and closes the connection; a
+    client still writing the whole body could meet that close as a broken pipe instead of the 413."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.putrequest("POST", parts.path)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Authorization", f"Bearer {KEY}")
+    conn.putheader("Content-Length", str(size))
+    conn.endheaders()
+    conn.send(b'{"model": "a", "messages": [{"role": "user", "content": "' + b"x" * (64 << 10))
+    response = conn.getresponse()
+    status, body = response.status, json.loads(response.read())
+    conn.close()
+    return status, body
+
+
 def test_bad_requests_get_openai_errors(server, client, adapters):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="c", messages=CHAT)
@@ -164,8 +185,7 @@ def test_bad_requests_get_openai_errors(server, client, adapters):
         assert e.value.status_code == 400 and e.value.body["param"] == param, bad
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="a", messages=[])
-    big = json.dumps({"model": "a", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}).encode()
-    status, body = raw_post(f"{server['url']}/chat/completions", big)
+    status, body = announce_large_body(f"{server['url']}/chat/completions", 2 << 20)
     assert status == 413 and body["error"]["code"] == "request_too_large"
     status, body = raw_post(f"{server['url']}/chat/completions", b"{not json")
     assert status == 400 and body["error"]["type"] == "invalid_request_error"
