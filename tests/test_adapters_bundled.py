@@ -35,10 +35,11 @@ def task(tmp_path_factory):
     its mean loss per trained token on training examples."""
     from tunesmith.data.records import load_examples
     from tunesmith.eval.task import evaluate_task
-    from tunesmith.methods.sft import SFT, collate_tokens
+    from tunesmith.data.collate import collate_tokens
+    from tunesmith.methods.sft import SFT
     from tunesmith.model.load import load_for_inference
     from tunesmith.tasks.dates import write_splits
-    from tunesmith.train import inference_dtype
+    from tunesmith.engine.precision import inference_dtype
 
     tmp = tmp_path_factory.mktemp("bundled-types")
     splits = write_splits(tmp / "data")

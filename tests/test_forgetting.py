@@ -191,7 +191,7 @@ def test_kl_anchor_is_zero_for_an_untouched_adapter_and_grows_with_training(tiny
                            "forgetting": {"replay": 0.2, "kl": 1.0}})
     model = apply_adapter(load_base(tiny_model_dir), cfg.adapter)
     method = SFT(cfg)
-    method.reference = ReferenceModel(model)
+    method.kl_anchor = ReferenceModel(model)
     feats = [method.features(e, tokenizer) for e in load_examples(date_data["train"])[:4]]
     for f in feats:
         f["anchor"] = True

@@ -10,7 +10,7 @@ import torch
 from conftest import read_jsonl, write_config
 
 from tunesmith.config import load_config
-from tunesmith.methods.grpo import clipped_surrogate, group_advantages, k3_kl
+from tunesmith.methods.group_policy_losses import clipped_surrogate, group_advantages, k3_kl
 from tunesmith.train import train
 
 

@@ -4,10 +4,11 @@ and leaves calls without segments (generation) to plain SDPA."""
 import pytest
 import torch
 
+from tunesmith.data.collate import collate_tokens
 from tunesmith.data.packing import pack_features
-from tunesmith.methods.base import token_logprobs, unwrap
-from tunesmith.methods.sft import collate_tokens
+from tunesmith.methods.base import token_logprobs
 from tunesmith.model.load import load_base
+from tunesmith.model.peft_wrapping import unwrap
 from tunesmith.model.segment_attention import NAME, restore_attention, use_segment_attention
 
 

@@ -27,14 +27,6 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-def _inference_dtype(precision: str):
-    import torch
-
-    from tunesmith.engine.precision import device, resolve_precision
-
-    return torch.bfloat16 if resolve_precision(precision, device()) == "bf16" else torch.float32
-
-
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="run config (YAML)"),
@@ -105,12 +97,13 @@ def generate(
     """Answer one prompt with the model's chat template."""
     import torch
 
+    from tunesmith.engine.precision import inference_dtype
     from tunesmith.eval.generate import Sampling, generate_batch
     from tunesmith.model.load import load_for_inference
 
     _check_precision(precision)
     torch.manual_seed(seed)
-    m, tok = load_for_inference(model, dtype=_inference_dtype(precision))
+    m, tok = load_for_inference(model, dtype=inference_dtype(precision))
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     reply = generate_batch(m, tok, [messages], Sampling(max_new_tokens, temperature, top_p, top_k))[0]
     print(reply)
@@ -127,11 +120,12 @@ def chat(
 ):
     """Talk to a model; replies stream token by token. /reset clears the history, /exit leaves."""
     from tunesmith.chat_session import chat_loop
+    from tunesmith.engine.precision import inference_dtype
     from tunesmith.eval.generate import Sampling
     from tunesmith.model.load import load_for_inference
 
     _check_precision(precision)
-    m, tok = load_for_inference(model, dtype=_inference_dtype(precision))
+    m, tok = load_for_inference(model, dtype=inference_dtype(precision))
     chat_loop(m, tok, Sampling(max_new_tokens, temperature, top_p), system=system, console=err)
 
 
@@ -149,12 +143,13 @@ def label(
 ):
     """Collect human preferences on a local web page: two sampled replies per prompt, pick A, B, tie
     or both bad, optionally write a better one. Served on loopback only."""
+    from tunesmith.engine.precision import inference_dtype
     from tunesmith.label.app import serve
     from tunesmith.label.session import LabelSession
     from tunesmith.model.load import load_for_inference
 
     _check_precision(precision)
-    m, tok = load_for_inference(model, dtype=_inference_dtype(precision))
+    m, tok = load_for_inference(model, dtype=inference_dtype(precision))
     session = LabelSession(m, tok, prompts, out, model, max_new_tokens=max_new_tokens, temperature=temperature,
                            top_p=top_p, seed=seed)
     progress = session.progress()
@@ -180,6 +175,7 @@ def serve(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
 ):
     """Serve the model and its adapters with the OpenAI API: /v1/models, /v1/chat/completions, /v1/completions."""
+    from tunesmith.engine.precision import inference_dtype
     from tunesmith.serve import api_key_from, is_loopback, serve as run_server
     from tunesmith.serve.app import build_app
     from tunesmith.serve.models import load_served, parse_adapter_option
@@ -187,7 +183,7 @@ def serve(
     _check_precision(precision)
     key = api_key_from(api_key_env)
     named = [parse_adapter_option(a) for a in adapter]
-    served = load_served(model, named, dtype=_inference_dtype(precision))
+    served = load_served(model, named, dtype=inference_dtype(precision))
     if not is_loopback(host) and key is None:
         err.print(f"[yellow]warning: listening on {host} without --api-key-env: anyone who can reach this port "
                   "can use the model[/yellow]")
@@ -266,6 +262,7 @@ def evaluate(
     """Score greedy replies on a test set: exact match, normalised EM, token F1, JSON validity and
     fields, your metric; zero- and k-shot; prompt tokens and latency per request."""
     from tunesmith.data.records import load_examples
+    from tunesmith.engine.precision import inference_dtype
     from tunesmith.eval.metrics import load_user_metric
     from tunesmith.eval.task import draw_shots, evaluate_task, shot_label
     from tunesmith.model.load import load_for_inference
@@ -276,7 +273,7 @@ def evaluate(
     pool = _shot_pool(model, shots_from) if any(counts) else []
     if metric:
         load_user_metric(metric)
-    m, tok = load_for_inference(model, dtype=_inference_dtype(precision))
+    m, tok = load_for_inference(model, dtype=inference_dtype(precision))
     results = []
     for k in counts:
         label = shot_label(k)

@@ -27,7 +27,7 @@ from tunesmith.engine.logbook import read_metrics
 from tunesmith.errors import UserError
 from tunesmith.eval.plots import loss_curve
 from tunesmith.engine.memory import return_freed_memory
-from tunesmith.engine.precision import device, resolve_precision
+from tunesmith.engine.precision import device, inference_dtype, resolve_precision
 from tunesmith.eval.metrics import load_user_metric
 from tunesmith.evaluation import compare_with_teacher, inference_ready, probe_forgetting, score_baselines, score_tuned
 from tunesmith.forgetting.reference import BaseReference
@@ -129,7 +129,7 @@ def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseRef
     val = [f for f in (method.features(e, tokenizer) for e in val_examples) if f is not None]
     if not features:
         raise UserError(f"{cfg.data.train[0].path}: no trainable examples after encoding (all longer than data.max_length={cfg.data.max_length}?)")
-    truncated, dropped = getattr(method, "truncated", 0), getattr(method, "dropped", 0)
+    truncated, dropped = method.truncated, method.dropped
     if truncated or dropped:
         console.print(f"[yellow]note: data.max_length={cfg.data.max_length}: {truncated} examples truncated, "
                       f"{dropped} left out (data.truncation: {cfg.data.truncation})[/yellow]")
@@ -185,10 +185,6 @@ def build_model(cfg: RunConfig, resolved, tokenizer=None, head: str = "causal"):
     model = apply_adapter(model, cfg.adapter, tokenizer, task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM")
     freeze_lower_layers(model, cfg.forgetting.freeze_layers)
     return model
-
-
-def inference_dtype(precision: str) -> torch.dtype:
-    return torch.bfloat16 if resolve_precision(precision, device()) == "bf16" else torch.float32
 
 
 def validate_inputs(cfg: RunConfig) -> None:
@@ -262,10 +258,10 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
         sources = train_sources(cfg, console)
         data = load_data(cfg, method, tokenizer, console, base, sources)
     base.release()  # self-replay may have loaded it; training needs the memory
-    head = getattr(method, "head", "causal")
+    head = method.head  # kept: the method is released before evaluation
     model = build_model(cfg, resolved, tokenizer, head=head)
     if cfg.forgetting.kl:
-        method.reference = ReferenceModel(model)
+        method.kl_anchor = ReferenceModel(model)
     trainable, total = count_parameters(model)
 
     run_dir = cfg.run_dir()
@@ -279,8 +275,7 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
     )
     try:
         with phase(f"{cfg.name}: training", console):
-            if hasattr(method, "prepare"):  # e.g. a preference method's reference model
-                method.prepare(model, tokenizer, data.features + data.val, run_dir, cfg, console)
+            method.prepare(model, tokenizer, data.features + data.val, run_dir, cfg, console)
             result: FitResult = fit(model, tokenizer, method, data, cfg, run_dir, resume=resume, console=console, quiet=quiet)
     except BaseException:
         # Failed before a single step was logged or saved: nothing worth keeping, and a leftover

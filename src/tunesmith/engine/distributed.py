@@ -193,7 +193,7 @@ def shard_model(model, dev: torch.device, precision: str) -> int:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     from tunesmith.errors import UserError
-    from tunesmith.methods.base import unwrap
+    from tunesmith.model.peft_wrapping import unwrap
 
     base = unwrap(model)
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None

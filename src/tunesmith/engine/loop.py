@@ -22,16 +22,17 @@ from tunesmith.engine.distributed import (Ranks, clip_gradients, shard_model, sh
                                           sum_scalars)
 from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.logbook import MetricsLog, TrainProgress
-from tunesmith.engine.profile import StepProfiler
-from tunesmith.engine.stop import StopRequest
 from tunesmith.engine.precision import autocast, device, hold_frozen_weights_in_bf16, resolve_precision
+from tunesmith.engine.profile import StepProfiler
 from tunesmith.engine.sampler import EpochSampler
 from tunesmith.engine.schedule import build_optimizer
+from tunesmith.engine.stop import StopRequest
 from tunesmith.errors import RunFailed, Stopped
-from tunesmith.methods.base import feature_length, unwrap
+from tunesmith.methods.base import feature_length
 from tunesmith.model.fused_lora import restore_lora, use_fused_lora
-from tunesmith.model.segment_attention import restore_attention, use_segment_attention
+from tunesmith.model.peft_wrapping import unwrap
 from tunesmith.model.quantize import is_quantized
+from tunesmith.model.segment_attention import restore_attention, use_segment_attention
 
 
 @dataclass
@@ -203,7 +204,7 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
     profiler = StepProfiler(cfg.train.profile_steps if ranks.main else None, run_dir / "profile.txt", state["step"])
 
     # a method may take several optimizer steps on one batch (online RL reusing its sampled replies)
-    steps_per_batch, micro, reuses_left = getattr(method, "steps_per_batch", 1), [], 0
+    steps_per_batch, micro, reuses_left = method.steps_per_batch, [], 0
     with StopRequest() as stop, TrainProgress(console, total, state["step"], quiet=quiet) as progress:
         while state["step"] < total:
             if reuses_left == 0:

@@ -33,6 +33,12 @@ def resolve_precision(name: str, dev: torch.device) -> str:
     return name
 
 
+def inference_dtype(precision: str) -> torch.dtype:
+    """The dtype a model is loaded in to generate or score: bf16 where `precision` resolves to it
+    on this machine's device, fp32 otherwise."""
+    return torch.bfloat16 if resolve_precision(precision, device()) == "bf16" else torch.float32
+
+
 def autocast(precision: str, dev: torch.device):
     if precision == "bf16":
         return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)

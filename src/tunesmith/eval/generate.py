@@ -42,7 +42,7 @@ def generate_ids(model, ids: torch.Tensor, mask: torch.Tensor, **kwargs) -> torc
     The virtual tokens go in once: prompt tuning as input embeddings before the prompt, prefix
     tuning as a pre-filled KV cache, each with its own attention-mask columns, as in training.
     """
-    from tunesmith.methods.base import is_prompt_learning
+    from tunesmith.model.peft_wrapping import is_prompt_learning
 
     if not is_prompt_learning(model):
         return model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1]:]

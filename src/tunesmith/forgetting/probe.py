@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.data.chat import IGNORE, encode_chat, encode_example
+from tunesmith.data.collate import collate_tokens
 from tunesmith.data.records import load_examples
 from tunesmith.eval.bootstrap import bootstrap_ci, paired_bootstrap_ci
 from tunesmith.eval.generate import BATCH_SIZE, Sampling, generate_all
 from tunesmith.eval.metrics import contains_answer
 from tunesmith.forgetting import noise
 from tunesmith.forgetting.reference import BaseReference, data_version
-from tunesmith.methods.sft import collate_tokens
 
 QA_MAX_NEW_TOKENS = 24  # the answer comes in the first sentence
 REPLY_MAX_NEW_TOKENS = 64

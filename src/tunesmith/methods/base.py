@@ -1,4 +1,4 @@
-"""The one face every method shows the engine.
+"""The one face every method shows the run and the engine: `Method`.
 
 The engine never asks which method it runs: it turns examples into features, features into
 batches, and a batch into a summed loss. Each batch says how many items its loss sums over
@@ -8,43 +8,58 @@ normalise over a whole gradient-accumulation window before the backward pass.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from tunesmith.engine.distributed import is_sharded
 from tunesmith.methods.head_logprobs import head_logprobs
+from tunesmith.model.peft_wrapping import is_prompt_learning, unwrap
 from tunesmith.model.segment_attention import uses_segments
 
 
-class Method(Protocol):
-    name: str
+class Method:
+    """What a training method is, hook by hook in the order a run calls them. A new method
+    subclasses this, sets `name`, implements `features`, `collate` and `loss`, overrides what
+    else it needs, and is registered in `methods/__init__.py`.
+
+    Attributes the run reads: `head` ("causal": a language model; "score": a scalar head, as a
+    reward model needs), `steps_per_batch` (optimizer steps on each batch: > 1 for PPO-style reuse
+    of sampled replies), and the counts `truncated` / `dropped` that `features` keeps of examples
+    cut to `data.max_length` or left out. `kl_anchor` is set by the run when `forgetting.kl` > 0:
+    the starting model, whose distributions on replay tokens a method may anchor to (SFT does).
+    """
+
+    name: str = ""
+    head: str = "causal"
+    steps_per_batch: int = 1
+
+    def __init__(self, config) -> None:
+        self.truncated = 0
+        self.dropped = 0
+        self.kl_anchor = None  # a ReferenceModel, set by the run when forgetting.kl > 0
 
     def features(self, example: Any, tokenizer) -> dict | None:
         """One example -> model-ready features, or None to drop it (e.g. nothing left to learn)."""
+        raise NotImplementedError
 
     def collate(self, features: list[dict], tokenizer) -> dict:
         """Features -> a padded batch of tensors, with `n_items` set."""
+        raise NotImplementedError
+
+    def prepare(self, model, tokenizer, features: list[dict], run_dir, cfg, console) -> None:
+        """Once, after the model is built and before the first step (a reference model, a teacher,
+        reward functions); `features` are the training and validation features."""
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """Summed loss over the batch's `n_items`, and metrics to log (sums, divided by the engine)."""
+        raise NotImplementedError
 
 
 def feature_length(feature: dict) -> int:
     """Tokens a feature puts through the model, for batching examples of similar length: its
     `input_ids`, or the `length` a method with nested features (pairs, groups) records."""
     return feature["length"] if "length" in feature else len(feature["input_ids"])
-
-
-def unwrap(model):
-    """The transformers model under a PEFT wrapper (adapter layers stay in place)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def is_prompt_learning(model) -> bool:
-    """Prefix and prompt tuning act through virtual tokens in the PEFT forward pass, not on weights."""
-    config = getattr(model, "active_peft_config", None)
-    return bool(config is not None and config.is_prompt_learning)
 
 
 class TiedHead(torch.nn.Module):

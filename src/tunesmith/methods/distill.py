@@ -42,7 +42,7 @@ class Distillation(SFT):
     # --- set-up the run does once -----------------------------------------------------------
     def prepare(self, model, tokenizer, features, run_dir, cfg, console) -> None:
         from tunesmith.model.load import load_for_inference
-        from tunesmith.train import inference_dtype
+        from tunesmith.engine.precision import inference_dtype
 
         teacher, teacher_tok = load_for_inference(self.teacher_ref, dtype=inference_dtype(cfg.train.precision))
         check_same_tokenizer(tokenizer, teacher_tok, self.teacher_ref)
@@ -127,7 +127,7 @@ def attach_topk(method: Distillation, features: list[dict], tokenizer, cfg, cons
     from safetensors.torch import load_file, save_file
 
     from tunesmith.engine.precision import autocast, device, resolve_precision
-    from tunesmith.methods.sft import collate_tokens
+    from tunesmith.data.collate import collate_tokens
 
     k = method.topk
     path = topk_cache_path(cfg, features, k)

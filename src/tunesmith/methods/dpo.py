@@ -16,22 +16,23 @@ from pathlib import Path
 import torch
 
 from tunesmith.data.chat import IGNORE, encode_chat
+from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
 from tunesmith.engine.distributed import is_main
 from tunesmith.errors import UserError
-from tunesmith.methods.base import sequence_logprobs
+from tunesmith.methods.base import Method, sequence_logprobs
 from tunesmith.methods.preference_losses import LENGTH_NORMALISED, REFERENCE_FREE, kto_loss, paired_loss
 from tunesmith.methods.reference import ReferenceModel
-from tunesmith.methods.sft import collate_tokens
 
 DEFAULT_BETA = {"simpo": 2.0}
 REFERENCE_CACHE = "reference_logps.json"
 
 
-class Preference:
+class Preference(Method):
     name = "dpo"
 
     def __init__(self, config):
+        super().__init__(config)
         p = config.preference
         self.kind = p.loss
         self.beta = p.beta if p.beta is not None else DEFAULT_BETA.get(p.loss, 0.1)
@@ -39,8 +40,6 @@ class Preference:
         self.desirable_weight, self.undesirable_weight = p.desirable_weight, p.undesirable_weight
         self.nll_weight = p.nll_weight
         self.max_length = config.data.max_length
-        self.truncated = 0
-        self.dropped = 0
         self.reference: ReferenceModel | None = None  # adapter switched off, or a frozen copy (KTO, full)
 
     @property

@@ -21,43 +21,18 @@ from __future__ import annotations
 import torch
 
 from tunesmith.data.chat import IGNORE, prompt_ids
+from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
-from tunesmith.eval.generate import Sampling, generate_ids, left_padded
 from tunesmith.errors import UserError
+from tunesmith.eval.generate import Sampling, generate_ids, left_padded
 from tunesmith.eval.task import split_reference
-from tunesmith.methods.base import per_row_sum, token_logprobs
+from tunesmith.methods.base import Method, per_row_sum, token_logprobs
+from tunesmith.methods.group_policy_losses import clipped_surrogate, group_advantages, k3_kl
 from tunesmith.methods.reference import ReferenceModel
-from tunesmith.methods.sft import collate_tokens
 
-STD_EPS = 1e-4
-
-
-def group_advantages(rewards: torch.Tensor, group_size: int, kind: str) -> torch.Tensor:
-    """Advantages of rewards laid out group after group ([prompt 0's replies, prompt 1's, ...])."""
-    r = rewards.view(-1, group_size)
-    if kind == "grpo":
-        adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + STD_EPS)
-    else:  # rloo: leave-one-out baseline
-        adv = r - (r.sum(1, keepdim=True) - r) / (group_size - 1)
-    return adv.reshape(-1)
-
-
-def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, clip: float
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token PPO objective (to maximise) and whether the clip bound it."""
-    ratio = torch.exp(logps - old_logps)
-    unclipped, clipped = ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages
-    return torch.minimum(unclipped, clipped), (clipped < unclipped)
-
-
-def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
-    """Per-token estimate of KL(π ‖ ref) from a sample of π: exp(q) − q − 1 ≥ 0, q = ref − π."""
-    q = ref_logps - logps
-    return torch.exp(q) - q - 1
-
-
-class GroupPolicyOptimisation:
+class GroupPolicyOptimisation(Method):
     def __init__(self, config):
+        super().__init__(config)
         rl = config.rl
         self.name = config.method  # grpo | rloo
         self.group_size, self.beta, self.clip = rl.group_size, rl.beta, rl.clip
@@ -67,8 +42,6 @@ class GroupPolicyOptimisation:
         self.specs = rl.rewards
         self.rewards = None  # set in prepare (reward models load once)
         self.reference: ReferenceModel | None = None
-        self.truncated = 0
-        self.dropped = 0
 
     # --- examples -> features -------------------------------------------------------------
     def features(self, example: Example, tokenizer) -> dict | None:
@@ -91,7 +64,7 @@ class GroupPolicyOptimisation:
     # --- set-up the run does once -----------------------------------------------------------
     def prepare(self, model, tokenizer, features, run_dir, cfg, console) -> None:
         from tunesmith.methods.rewards import Rewards
-        from tunesmith.train import inference_dtype
+        from tunesmith.engine.precision import inference_dtype
 
         self.tokenizer = tokenizer
         unreferenced = next((f["source"] for f in features if f["reference"] is None), None)

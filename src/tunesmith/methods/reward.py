@@ -12,21 +12,21 @@ from __future__ import annotations
 import torch
 
 from tunesmith.data.chat import encode_chat
+from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
 from tunesmith.errors import UserError
-from tunesmith.methods.base import unwrap
+from tunesmith.methods.base import Method
 from tunesmith.methods.preference_losses import bradley_terry_loss
-from tunesmith.methods.sft import collate_tokens
+from tunesmith.model.peft_wrapping import unwrap
 
 
-class RewardModelling:
+class RewardModelling(Method):
     name = "reward"
     head = "score"  # the run builds a scoring model, not a language model
 
     def __init__(self, config):
+        super().__init__(config)
         self.max_length = config.data.max_length
-        self.truncated = 0
-        self.dropped = 0
 
     def _conversation(self, tokenizer, messages: list[dict]) -> dict:
         enc = encode_chat(tokenizer, messages, self.max_length, "all")

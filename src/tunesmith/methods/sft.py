@@ -6,23 +6,21 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.data.chat import IGNORE, encode_example
+from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
 from tunesmith.errors import UserError
-from tunesmith.methods.base import head_token_logprobs, token_logprob_inputs
-from tunesmith.model.segment_attention import row_segments
+from tunesmith.methods.base import Method, head_token_logprobs, token_logprob_inputs
 
 
-class SFT:
+class SFT(Method):
     name = "sft"
 
     def __init__(self, config):
+        super().__init__(config)
         self.max_length = config.data.max_length
         self.train_on = config.data.train_on
         self.drop_long = config.data.truncation == "drop"
-        self.truncated = 0  # examples cut to max_length (truncation: truncate)
-        self.dropped = 0  # examples left out: too long (truncation: drop) or nothing trained left
         self.kl_weight = config.forgetting.kl
-        self.reference = None  # a ReferenceModel, set by the run when forgetting.kl > 0
 
     def features(self, example: Example, tokenizer) -> dict | None:
         if example.layout == "prompt":
@@ -43,7 +41,7 @@ class SFT:
 
     def loss(self, model, batch: dict):
         head, rows, targets = token_logprob_inputs(model, batch)
-        anchored = self.reference is not None and "anchor" in batch
+        anchored = self.kl_anchor is not None and "anchor" in batch
         if anchored:  # KL anchoring needs whole distributions
             logits = (head(rows) if head is not None else rows).float()
             total = F.cross_entropy(logits, targets, reduction="sum")
@@ -65,37 +63,6 @@ class SFT:
         anchored = batch["anchor"][:, 1:][at_loss]
         if not anchored.any():
             return logits.new_zeros(())
-        ref = self.reference.logits(model, batch)[anchored]
+        ref = self.kl_anchor.logits(model, batch)[anchored]
         ref_logp = F.log_softmax(ref, -1)
         return F.kl_div(F.log_softmax(logits[anchored], -1), ref_logp, log_target=True, reduction="sum")
-
-
-def collate_tokens(features: list[dict], pad: int) -> dict:
-    """Right-padded batch of token features. Packed rows (with `position_ids`) get no attention
-    mask: the model derives the per-example causal mask from the restarting positions. Features
-    marked `anchor` (replay data) set `anchor` on their trained tokens, for KL anchoring."""
-    width = max(len(f["input_ids"]) for f in features)
-    ids = torch.full((len(features), width), pad, dtype=torch.long)
-    labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(features), width), dtype=torch.long)
-    anchor = torch.zeros((len(features), width), dtype=torch.bool)
-    packed = "position_ids" in features[0]
-    positions = torch.zeros((len(features), width), dtype=torch.long)
-    for i, f in enumerate(features):
-        n = len(f["input_ids"])
-        ids[i, :n] = torch.tensor(f["input_ids"])
-        labels[i, :n] = torch.tensor(f["labels"])
-        mask[i, :n] = 1
-        if "anchor" in f:
-            anchor[i, :n] = torch.tensor(f["anchor"]) if isinstance(f["anchor"], list) else bool(f["anchor"])
-        if packed:  # padding is one more short sequence of its own
-            positions[i, :n] = torch.tensor(f["position_ids"])
-            positions[i, n:] = torch.arange(width - n)
-    batch = {"input_ids": ids, "attention_mask": None if packed else mask, "labels": labels,
-             "n_items": int((labels[:, 1:] != IGNORE).sum()), "n_tokens": int(mask.sum()),
-             "segments": [row_segments(f) for f in features]}  # where each sequence is, for segment attention
-    if anchor.any():
-        batch["anchor"] = anchor
-    if packed:
-        batch["position_ids"] = positions
-    return batch

@@ -10,7 +10,7 @@ import torch
 
 from tunesmith.config import AdapterConfig, FreezeConfig
 from tunesmith.errors import UserError, first_line
-from tunesmith.methods.base import is_prompt_learning, unwrap
+from tunesmith.model.peft_wrapping import is_prompt_learning, unwrap
 
 _LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 

@@ -51,7 +51,7 @@ def bnb_config(q: dict):
 
 
 def is_quantized(model) -> bool:
-    from tunesmith.methods.base import unwrap
+    from tunesmith.model.peft_wrapping import unwrap
 
     return bool(getattr(unwrap(model), "is_quantized", False))
 

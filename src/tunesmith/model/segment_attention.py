@@ -111,13 +111,3 @@ def restore_attention(model, previous: str | None) -> None:
 def uses_segments(model) -> bool:
     config = getattr(model, "config", None)
     return getattr(config, "_attn_implementation", None) == NAME
-
-
-def row_segments(feature: dict) -> list[tuple[int, int]]:
-    """[start, end) of each sequence in one unpadded row: packed rows restart `position_ids` at 0."""
-    n = len(feature["input_ids"])
-    positions = feature.get("position_ids")
-    if positions is None:
-        return [(0, n)]
-    starts = [i for i, p in enumerate(positions) if p == 0]
-    return list(zip(starts, starts[1:] + [n]))

@@ -38,7 +38,7 @@ def kept_layers(total: int, n: int, strategy: str) -> list[int]:
 
 def decoder(model):
     """The module holding the decoder layer list (`model.model` in Llama-style models)."""
-    from tunesmith.methods.base import unwrap
+    from tunesmith.model.peft_wrapping import unwrap
 
     base = unwrap(model)
     inner = getattr(base, base.base_model_prefix, None)

@@ -1,0 +1,49 @@
+"""Token features -> a padded batch of tensors: the batch every method that trains on token
+sequences builds, and the sequence boundaries segment attention needs."""
+
+from __future__ import annotations
+
+import torch
+
+from tunesmith.data.chat import IGNORE
+
+
+def row_segments(feature: dict) -> list[tuple[int, int]]:
+    """[start, end) of each sequence in one unpadded row: packed rows restart `position_ids` at 0."""
+    n = len(feature["input_ids"])
+    positions = feature.get("position_ids")
+    if positions is None:
+        return [(0, n)]
+    starts = [i for i, p in enumerate(positions) if p == 0]
+    return list(zip(starts, starts[1:] + [n]))
+
+
+def collate_tokens(features: list[dict], pad: int) -> dict:
+    """Right-padded batch of token features. Packed rows (with `position_ids`) get no attention
+    mask: the model derives the per-example causal mask from the restarting positions. Features
+    marked `anchor` (replay data) set `anchor` on their trained tokens, for KL anchoring."""
+    width = max(len(f["input_ids"]) for f in features)
+    ids = torch.full((len(features), width), pad, dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    anchor = torch.zeros((len(features), width), dtype=torch.bool)
+    packed = "position_ids" in features[0]
+    positions = torch.zeros((len(features), width), dtype=torch.long)
+    for i, f in enumerate(features):
+        n = len(f["input_ids"])
+        ids[i, :n] = torch.tensor(f["input_ids"])
+        labels[i, :n] = torch.tensor(f["labels"])
+        mask[i, :n] = 1
+        if "anchor" in f:
+            anchor[i, :n] = torch.tensor(f["anchor"]) if isinstance(f["anchor"], list) else bool(f["anchor"])
+        if packed:  # padding is one more short sequence of its own
+            positions[i, :n] = torch.tensor(f["position_ids"])
+            positions[i, n:] = torch.arange(width - n)
+    batch = {"input_ids": ids, "attention_mask": None if packed else mask, "labels": labels,
+             "n_items": int((labels[:, 1:] != IGNORE).sum()), "n_tokens": int(mask.sum()),
+             "segments": [row_segments(f) for f in features]}  # where each sequence is, for segment attention
+    if anchor.any():
+        batch["anchor"] = anchor
+    if packed:
+        batch["position_ids"] = positions
+    return batch
