@@ -25,8 +25,8 @@ MAX_NEW_TOKENS = 16  # an ISO date is 6 tokens; room to see what an untuned mode
 SHOTS = [0, 3]
 REPLAY = 0.25
 # Sized so that the whole quickstart, model conversion and the one-time base-model replies included,
-# stays well under 10 minutes on a 2-core CPU without native bf16: measured 7.8-8.0 minutes with
-# AVX2 kernels in fp32 (a training step costs 2.3x its bf16 cost there), 4.0-4.2 with bf16
+# stays well under 10 minutes on a 2-core CPU without native bf16: measured 7.9-8.0 minutes with
+# AVX2 kernels in fp32 (a training step costs 2.2x its bf16 cost there), 3.9-4.0 with bf16
 # (results/). 40 steps at lr 1.5e-3 scored 96.5% on 200 test examples where 80 at 1e-3 scored 99.5%
 # in twice the time; 100 test examples still separate tuning from 3-shot prompting by tens of
 # points (a 95% interval of about +-10 points at 50%).
