@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from tunesmith.eval.bootstrap import paired_bootstrap_ci
-from tunesmith.provenance import provenance
+from tunesmith.provenance import write_results
 
 RESULTS = Path(__file__).resolve().parent.parent.parent / "results"
 
@@ -58,11 +58,7 @@ def main() -> None:
           f"{table['distilled']['general_qa']['mean']:.1%} vs {table['teacher']['general_qa']['mean']:.1%}")
     print(f"report: {runs / 'student-distill' / 'report.html'}")
     if args.record:
-        where = provenance()
-        out = RESULTS / f"distill-{where['machine_tag']}.json"
-        out.write_text(json.dumps({"provenance": where, "total_minutes": args.seconds / 60 if args.seconds else None,
-                                   "table": table}, indent=1) + "\n")
-        print(f"recorded in {out}")
+        print(f"recorded in {write_results(RESULTS, 'distill', table, args.seconds)}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tunesmith.provenance import provenance
+from tunesmith.provenance import write_results
 
 RESULTS = Path(__file__).resolve().parent.parent.parent / "results"
 STAGES = ("sft", "reward", "grpo", "dpo")
@@ -57,11 +57,7 @@ def main() -> None:
         print(f"{name:8} {em:>20} {acc:>26} {reward:>18} {qa:>16}")
     print("General QA is measured against each run's starting model: the bundled model for sft, the SFT model after it.")
     if args.record:
-        where = provenance()
-        out = RESULTS / f"rlhf-{where['machine_tag']}.json"
-        out.write_text(json.dumps({"provenance": where, "total_minutes": args.seconds / 60 if args.seconds else None,
-                                   "table": table}, indent=1) + "\n")
-        print(f"recorded in {out}")
+        print(f"recorded in {write_results(RESULTS, 'rlhf', table, args.seconds)}")
 
 
 if __name__ == "__main__":

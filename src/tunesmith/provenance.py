@@ -6,6 +6,7 @@ README can be traced to the CPU kind, precision, commit and versions that produc
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -78,3 +79,15 @@ def provenance(also: tuple[Path, ...] = ()) -> dict:
     m = machine()
     return {"machine": m, "machine_tag": machine_tag(m), "commit": commit(also), "versions": versions(),
             "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+def write_results(directory: Path, name: str, table: dict, seconds: float | None = None) -> Path:
+    """An example's measured table as `directory/NAME-<machine tag>.json`, with its provenance and
+    wall-clock minutes, written whole or not at all; README's tables are rendered from these."""
+    from tunesmith import atomic
+
+    where = provenance()
+    out = directory / f"{name}-{where['machine_tag']}.json"
+    atomic.write_text(out, json.dumps({"provenance": where, "total_minutes": seconds / 60 if seconds else None,
+                                       "table": table}, indent=1) + "\n")
+    return out
