@@ -43,7 +43,7 @@ def run_one(name: str, steps: int, workdir: Path, train_options: dict | None = N
     """Train one type in this process; its peak RSS is this process's."""
     from tunesmith.config import validate_config
     from tunesmith.tasks.dates import write_splits
-    from tunesmith.train import train
+    from tunesmith.run import train
 
     splits = write_splits(workdir / "data")
     tree = {

@@ -1,4 +1,4 @@
-"""What `train.return_memory` (glibc's mmap threshold fixed, `engine/memory.py`) saves and costs.
+"""What `train.return_memory` (glibc's mmap threshold fixed, `runtime/memory.py`) saves and costs.
 
 The same runs as `bench/adapters.py` (bundled model, quickstart data, same steps), with the
 option on and off, each in a fresh process; on/off alternate so that a slow spell of a shared

@@ -70,7 +70,7 @@ TARGETS = {"lora": {"speed": 3.0, "rss": 0.6, "mfu_packed": 0.55}, "dpo": {"spee
 def tunesmith_run(spec: dict) -> dict:
     """One tunesmith run in this process (its peak RSS is this process's)."""
     from tunesmith.config import validate_config
-    from tunesmith.train import train
+    from tunesmith.run import train
 
     options = dict(spec["options"])
     packing = options.pop("packing", False)

@@ -69,9 +69,9 @@ def _arm(fault: dict) -> None:
 
         checkpoint._write = write_then_die
     elif kind == "report":  # training done and final/ saved; killed while measuring and reporting
-        import tunesmith.train
+        import tunesmith.run.job
 
-        tunesmith.train.write_report = lambda *args, **kwargs: _kill()
+        tunesmith.run.job.write_report = lambda *args, **kwargs: _kill()
     elif kind == "log":
         original_write = logbook.MetricsLog.write
 
@@ -97,7 +97,7 @@ def warm_imports() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
     import tunesmith.engine.loop  # noqa: F401
-    import tunesmith.evaluation  # noqa: F401
+    import tunesmith.run.evaluate  # noqa: F401
     import tunesmith.methods.sft  # noqa: F401
     import tunesmith.model.adapters  # noqa: F401
     import tunesmith.report.build  # noqa: F401
@@ -106,7 +106,7 @@ def warm_imports() -> None:
 def main() -> None:
     from tunesmith.config import load_config
     from tunesmith.errors import Stopped
-    from tunesmith.train import train
+    from tunesmith.run import train
 
     warm_imports()
 

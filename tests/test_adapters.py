@@ -9,7 +9,7 @@ import torch
 from conftest import read_jsonl, write_config
 
 from tunesmith.config import load_config
-from tunesmith.train import train
+from tunesmith.run import train
 
 # adapter, learning rate, the share of the first loss the validation loss must fall below in 30 steps
 # (a frozen random tiny model leaves 512 prompt-tuning parameters the least room to learn)
@@ -70,7 +70,7 @@ def test_exported_adapter_reloads_in_plain_peft_with_identical_greedy_outputs(tr
     from tunesmith.data.records import load_examples
     from tunesmith.eval.generate import Sampling, generate_all
     from tunesmith.eval.task import split_reference
-    from tunesmith.model.export import export
+    from tunesmith.export.exporter import export
     from tunesmith.model.load import load_for_inference
 
     assert export(str(run), tmp_path / "adapter")["kind"] == "adapter"
@@ -180,7 +180,7 @@ def test_qlora_merges_onto_the_dequantized_base_and_measures_the_difference(trai
     name, run, _ = trained
     if not name.startswith("qlora"):
         pytest.skip("only a QLoRA adapter merges onto a dequantized base")
-    from tunesmith.model.export import export
+    from tunesmith.export.exporter import export
 
     result = export(str(run), tmp_path / "merged", merge=True)
     check = json.loads((tmp_path / "merged" / "merge_check.json").read_text())
@@ -210,7 +210,7 @@ def saved_for_backward(cfg, train_file) -> int:
     from tunesmith.methods import build_method
     from tunesmith.model.load import load_tokenizer, tokenizer_dir
     from tunesmith.model.resolve import resolve
-    from tunesmith.train import build_model
+    from tunesmith.run import build_model
 
     resolved = resolve(cfg.model)
     tokenizer = load_tokenizer(tokenizer_dir(resolved))

@@ -39,7 +39,7 @@ def task(tmp_path_factory):
     from tunesmith.methods.sft import SFT
     from tunesmith.model.load import load_for_inference
     from tunesmith.tasks.dates import write_splits
-    from tunesmith.engine.precision import inference_dtype
+    from tunesmith.runtime.precision import inference_dtype
 
     tmp = tmp_path_factory.mktemp("bundled-types")
     splits = write_splits(tmp / "data")
@@ -66,7 +66,7 @@ def run_config(tmp, splits, name: str, adapter_lr) -> dict:
 
 @pytest.mark.parametrize("name", list(TYPES))
 def test_each_type_lifts_the_task_score_of_the_bundled_model(task, name):
-    from tunesmith.train import train
+    from tunesmith.run import train
 
     summary = train(validate_config(run_config(task["dir"], task["splits"], name, TYPES[name])), quiet=True)
     tuned = summary["test"]["scores"]["exact_match"]

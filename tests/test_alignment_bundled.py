@@ -8,7 +8,7 @@ from conftest import read_jsonl
 
 from tunesmith.config import validate_config
 from tunesmith.model.resolve import BUNDLED_ALIAS
-from tunesmith.train import train
+from tunesmith.run import train
 
 pytestmark = pytest.mark.slow
 

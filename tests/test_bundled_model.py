@@ -75,7 +75,7 @@ def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(t
 def test_gguf_export_of_the_bundled_model_round_trips(tmp_path):
     from tunesmith.eval.generate import Sampling, generate_all
     from tunesmith.forgetting.probe import general_prompts
-    from tunesmith.model.export import export
+    from tunesmith.export.exporter import export
 
     export(BUNDLED_ALIAS, tmp_path / "f16", format="gguf", quant="f16")
     source, source_tok = load_for_inference(BUNDLED_ALIAS)

@@ -85,7 +85,7 @@ def tiny_teacher(tmp_path_factory, tokenizer, date_data):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tunesmith.config import load_config
-    from tunesmith.train import train
+    from tunesmith.run import train
 
     torch.manual_seed(1)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
@@ -138,7 +138,7 @@ def distill_run(tmp_path, student, teacher, data, name="kd", eval_test=False, **
     from conftest import read_jsonl, write_config
 
     from tunesmith.config import load_config
-    from tunesmith.train import train
+    from tunesmith.run import train
 
     evaluation = {"every": 30, **({"test": str(data["test"]), "max_new_tokens": 8, "latency_samples": 0} if eval_test else {})}
     cfg = write_config(tmp_path / f"{name}.yaml", student, data, tmp_path / "runs", name=name, method="distill",

@@ -13,7 +13,7 @@ from conftest import cli, read_jsonl, write_config
 from tunesmith.config import load_config
 from tunesmith.engine.distributed import Ranks, share
 from tunesmith.engine.loop import rank_passes
-from tunesmith.train import train
+from tunesmith.run import train
 
 
 def test_every_rank_runs_as_many_passes_as_the_busiest():

@@ -99,7 +99,7 @@ def test_gguf_export_of_a_lora_run_round_trips_through_transformers(tmp_path, lo
     import gguf
 
     from conftest import corpus
-    from tunesmith.model.export import export
+    from tunesmith.export.exporter import export
 
     merged, tok = load_for_inference(str(lora_run), merge=True)
     f16 = export(str(lora_run), tmp_path / "f16", format="gguf", quant="f16")
@@ -127,7 +127,7 @@ def test_gguf_export_of_a_lora_run_round_trips_through_transformers(tmp_path, lo
 
 
 def test_every_export_carries_a_model_card_from_the_run(tmp_path, lora_run):
-    from tunesmith.model.export import export
+    from tunesmith.export.exporter import export
 
     summary = json.loads((lora_run / "summary.json").read_text())
     for kind, options in (("adapter", {}), ("merged", {"merge": True}), ("gguf", {"format": "gguf"})):

@@ -216,7 +216,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path,
 
 def test_the_same_config_and_seed_give_the_same_loss_curve(tmp_path, tiny_model_dir, date_data):
     from tunesmith.config import load_config
-    from tunesmith.train import train
+    from tunesmith.run import train
 
     curves = []
     for name, seed in (("one", 3), ("two", 3), ("other-seed", 4)):

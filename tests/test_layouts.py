@@ -9,7 +9,7 @@ from conftest import read_jsonl, write_config
 from tunesmith.config import load_config
 from tunesmith.data.records import load_examples
 from tunesmith.errors import UserError
-from tunesmith.train import train
+from tunesmith.run import train
 
 PAIRS = [("When was it signed?", "1999-03-03"), ("Due date of invoice 12?", "2001-12-24"),
          ("Convert: 5 May 1960", "1960-05-05"), ("Her last day?", "2030-01-31")] * 4
@@ -154,7 +154,7 @@ def test_hub_dataset_ids_are_read_from_the_cache_only(tmp_path):
 def test_inspect_works_on_every_layout_and_highlights_trained_tokens(tmp_path, tiny_model_dir, tokenizer):
     from conftest import cli_here, cli_in_process
 
-    from tunesmith.data.inspect import masked_preview
+    from tunesmith.report.data_inspection import masked_preview
     from tunesmith.data.chat import encode_chat
 
     for i, (name, path) in enumerate(write_all_formats(tmp_path).items()):

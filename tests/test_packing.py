@@ -9,7 +9,7 @@ from tunesmith.data.packing import pack_features, pack_rows
 from tunesmith.data.records import load_examples
 from tunesmith.methods.sft import SFT
 from tunesmith.model.load import load_base
-from tunesmith.train import train
+from tunesmith.run import train
 
 
 def sft_features(cfg_path, data_path, tokenizer, n):

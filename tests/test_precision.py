@@ -8,7 +8,7 @@ import torch
 from conftest import read_jsonl, write_config
 
 from tunesmith.config import load_config
-from tunesmith.train import train
+from tunesmith.run import train
 
 # bf16 keeps 8 significant bits (~0.4% relative rounding per value). Over 20 steps of a tiny
 # model the per-step training loss of a bf16 run stays within this relative distance of the
@@ -31,7 +31,7 @@ def _lora_model(tiny_model_dir, dora=False):
 
 @pytest.mark.parametrize("dora", [False, True])
 def test_frozen_base_held_in_bf16_gives_autocasts_logits_exactly(tiny_model_dir, tokenizer, dora):
-    from tunesmith.engine.precision import hold_frozen_weights_in_bf16
+    from tunesmith.runtime.precision import hold_frozen_weights_in_bf16
 
     model = _lora_model(tiny_model_dir, dora)
     ids = torch.tensor([tokenizer("<|im_start|>user\nWhen is Anna's meeting in Paris?<|im_end|>")["input_ids"]])

@@ -6,7 +6,7 @@ from conftest import write_config
 
 from tunesmith.config import load_config
 from tunesmith.engine.profile import group_of
-from tunesmith.train import train
+from tunesmith.run import train
 
 
 def test_profile_of_a_few_steps_adds_up_and_names_the_matmuls(tmp_path, tiny_model_dir, date_data):

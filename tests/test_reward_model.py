@@ -10,7 +10,7 @@ import torch
 from conftest import cli_here, read_jsonl, write_config
 
 from tunesmith.config import load_config
-from tunesmith.train import train
+from tunesmith.run import train
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def reward_run(tmp_path_factory, tiny_model_dir, pairs):
 
 def held_out_accuracy(run, pairs_file) -> dict[str, tuple[float, int]]:
     """Pairwise accuracy of the trained scorer on held-out pairs, by kind of rejected reply."""
-    from tunesmith.methods.rewards import RewardModelScorer
+    from tunesmith.methods.rl_rewards import RewardModelScorer
     from tunesmith.tasks.dates import PROSE_ANSWER
 
     rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
@@ -68,7 +68,7 @@ def test_reward_model_learns_to_rank_held_out_pairs(reward_run, pairs):
 
 def pair_batch(tokenizer, pairs_file, n=8):
     from tunesmith.data.records import load_examples
-    from tunesmith.methods.reward import RewardModelling
+    from tunesmith.methods.reward_model import RewardModelling
     from tunesmith.config import validate_config
 
     examples = load_examples(pairs_file)[:n]
@@ -79,8 +79,8 @@ def pair_batch(tokenizer, pairs_file, n=8):
 def test_merged_export_scores_the_same_in_plain_transformers(reward_run, pairs, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tunesmith.methods.reward import sequence_scores
-    from tunesmith.methods.rewards import RewardModelScorer
+    from tunesmith.methods.reward_model import sequence_scores
+    from tunesmith.methods.rl_rewards import RewardModelScorer
 
     run, _ = reward_run
     result = cli_here(["export", str(run), "--to", str(tmp_path / "rm"), "--merge"], tmp_path)
@@ -101,7 +101,7 @@ def test_merged_export_scores_the_same_in_plain_transformers(reward_run, pairs, 
 
 def test_a_language_model_is_not_taken_for_a_reward_model(tiny_model_dir):
     from tunesmith.errors import UserError
-    from tunesmith.methods.rewards import RewardModelScorer
+    from tunesmith.methods.rl_rewards import RewardModelScorer
 
     with pytest.raises(UserError, match="not a reward model"):
         RewardModelScorer(str(tiny_model_dir))

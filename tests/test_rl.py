@@ -11,7 +11,7 @@ from conftest import read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.methods.group_policy_losses import clipped_surrogate, group_advantages, k3_kl
-from tunesmith.train import train
+from tunesmith.run import train
 
 
 def digit_share(prompt: str, completion: str, reference: str | None) -> float:
@@ -45,7 +45,7 @@ def test_clipped_surrogate_and_k3_kl_match_hand_computed_values():
 
 def test_built_in_rewards():
     from tunesmith.config import RewardSpec
-    from tunesmith.methods.rewards import reward_function
+    from tunesmith.methods.rl_rewards import reward_function
 
     def r(spec, completion, reference="2001-02-03"):
         return reward_function(RewardSpec(**spec))[1]("prompt", completion, reference)

@@ -64,7 +64,7 @@ def test_a_checkpoint_holds_only_safetensors_and_json(tmp_path, tiny_model_dir, 
     from conftest import write_config
 
     from tunesmith.config import load_config
-    from tunesmith.train import train
+    from tunesmith.run import train
 
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
                        train={"max_steps": 2, "precision": "fp32"}, output={"dir": str(tmp_path / "runs"), "save_every": 1})

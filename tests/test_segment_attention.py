@@ -6,7 +6,7 @@ import torch
 
 from tunesmith.data.collate import collate_tokens
 from tunesmith.data.packing import pack_features
-from tunesmith.methods.base import token_logprobs
+from tunesmith.methods.logprobs import token_logprobs
 from tunesmith.model.load import load_base
 from tunesmith.model.peft_wrapping import unwrap
 from tunesmith.model.segment_attention import NAME, restore_attention, use_segment_attention

@@ -140,7 +140,7 @@ def test_local_teacher_and_the_student_trains_on_its_replies(tmp_path, tiny_mode
     from conftest import write_config
 
     from tunesmith.config import load_config
-    from tunesmith.train import train
+    from tunesmith.run import train
 
     result = cli_here(["distill", "generate", "--teacher", str(tiny_model_dir), "--prompts", str(prompts_file),
                   "--out", str(tmp_path / "replies.jsonl"), "--max-tokens", "12"], tmp_path)

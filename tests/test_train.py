@@ -8,7 +8,7 @@ from conftest import read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.engine.schedule import lr_factor
-from tunesmith.train import train
+from tunesmith.run import train
 
 
 @pytest.mark.parametrize("adapter", [{"type": "none"}, {"type": "lora", "r": 8, "alpha": 16}])

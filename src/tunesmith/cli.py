@@ -14,7 +14,12 @@ from typing import Optional, get_args
 import typer
 from rich.console import Console
 
+from tunesmith.config import METHODS, PRECISIONS, TrainOn
+from tunesmith.data.layouts import FORMATS
 from tunesmith.errors import RunFailed, Stopped, UserError
+from tunesmith.export import FORMATS as EXPORT_FORMATS
+from tunesmith.export import GGUF_QUANTS
+from tunesmith.model.student import STRATEGIES
 
 app = typer.Typer(
     name="tunesmith",
@@ -26,8 +31,12 @@ app = typer.Typer(
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+# Help texts list the values the code accepts, read from where they are defined.
+PRECISION_HELP = " | ".join(PRECISIONS)
+METHODS_HELP = "Methods (config key `method`):\n\n" + "\n\n".join(f"{name}: {m.summary}" for name, m in METHODS.items())
 
-@app.command()
+
+@app.command(epilog=METHODS_HELP)
 def train(
     config: Path = typer.Argument(..., help="run config (YAML)"),
     set_: list[str] = typer.Option([], "--set", help="override a config key: --set train.lr=1e-4 (repeatable)"),
@@ -38,7 +47,7 @@ def train(
 ):
     """Fine-tune a model as the config says; writes runs/<name>/."""
     from tunesmith.config import load_config
-    from tunesmith.train import train as run_training
+    from tunesmith.run import train as run_training
 
     cfg = load_config(config, set_)  # bad config: one error here, before any process starts
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -72,11 +81,11 @@ def export(
     run_or_model: str = typer.Argument(..., help="run directory or model reference"),
     to: Path = typer.Option(..., "--to", help="target folder (must not exist or be empty)"),
     merge: bool = typer.Option(False, "--merge", help="merge a LoRA adapter into the base weights"),
-    format: str = typer.Option("hf", "--format", help="hf (Hugging Face folder) | gguf (one file, adapter merged; Llama family)"),
-    quant: str = typer.Option("f16", "--quant", help="gguf weights: f16 | q8_0"),
+    format: str = typer.Option("hf", "--format", help=f"{' | '.join(EXPORT_FORMATS)}: a Hugging Face folder, or one file (adapter merged; Llama family)"),
+    quant: str = typer.Option("f16", "--quant", help=f"gguf weights: {' | '.join(GGUF_QUANTS)}"),
 ):
     """Write a run's adapter, or a merged / full model, in Hugging Face layout or as GGUF; with a model card."""
-    from tunesmith.model.export import export as do_export
+    from tunesmith.export.exporter import export as do_export
 
     result = do_export(run_or_model, to, merge=merge, format=format, quant=quant)
     print(json.dumps(result, indent=2))
@@ -92,12 +101,12 @@ def generate(
     top_p: float = typer.Option(1.0, min=0.0, max=1.0),
     top_k: int = typer.Option(0, min=0),
     seed: int = typer.Option(0),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
 ):
     """Answer one prompt with the model's chat template."""
     import torch
 
-    from tunesmith.engine.precision import inference_dtype
+    from tunesmith.runtime.precision import inference_dtype
     from tunesmith.eval.generate import Sampling, generate_batch
     from tunesmith.model.load import load_for_inference
 
@@ -116,11 +125,11 @@ def chat(
     max_new_tokens: int = typer.Option(512, min=1),
     temperature: float = typer.Option(0.7, min=0.0, help="0 = greedy"),
     top_p: float = typer.Option(0.9, min=0.0, max=1.0),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
 ):
     """Talk to a model; replies stream token by token. /reset clears the history, /exit leaves."""
     from tunesmith.chat_session import chat_loop
-    from tunesmith.engine.precision import inference_dtype
+    from tunesmith.runtime.precision import inference_dtype
     from tunesmith.eval.generate import Sampling
     from tunesmith.model.load import load_for_inference
 
@@ -139,11 +148,11 @@ def label(
     temperature: float = typer.Option(0.8, min=0.0, help="sampling temperature of both replies"),
     top_p: float = typer.Option(0.95, min=0.0, max=1.0),
     seed: int = typer.Option(0),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
 ):
     """Collect human preferences on a local web page: two sampled replies per prompt, pick A, B, tie
     or both bad, optionally write a better one. Served on loopback only."""
-    from tunesmith.engine.precision import inference_dtype
+    from tunesmith.runtime.precision import inference_dtype
     from tunesmith.label.app import serve
     from tunesmith.label.session import LabelSession
     from tunesmith.model.load import load_for_inference
@@ -172,10 +181,10 @@ def serve(
                                               "clients must send as 'Authorization: Bearer KEY'"),
     max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="the most tokens one reply may ask for"),
     max_queue: int = typer.Option(32, "--max-queue", min=1, help="requests running or waiting; more get 429"),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
 ):
     """Serve the model and its adapters with the OpenAI API: /v1/models, /v1/chat/completions, /v1/completions."""
-    from tunesmith.engine.precision import inference_dtype
+    from tunesmith.runtime.precision import inference_dtype
     from tunesmith.serve import api_key_from, is_loopback, serve as run_server
     from tunesmith.serve.app import build_app
     from tunesmith.serve.models import load_served, parse_adapter_option
@@ -203,7 +212,7 @@ def student_create(
     teacher: str = typer.Argument(..., help="teacher: run directory or model reference (Llama-style decoder)"),
     layers: int = typer.Option(..., "--layers", help="decoder layers the student keeps"),
     out: Path = typer.Option(..., "--out", help="target folder (must not exist or be empty)"),
-    strategy: str = typer.Option("uniform", help="uniform | first | last: which of the teacher's layers"),
+    strategy: str = typer.Option("uniform", help=f"{' | '.join(STRATEGIES)}: which of the teacher's layers"),
 ):
     """A student of the same architecture: a subset of the teacher's layers with their weights."""
     from tunesmith.model.student import create_student
@@ -257,12 +266,12 @@ def evaluate(
     batch_size: int = typer.Option(16, min=1),
     seed: int = typer.Option(0, help="seed for drawing the k-shot examples"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write scores here (predictions beside it)"),
-    precision: str = typer.Option("auto", help="auto | fp32 | bf16"),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
 ):
     """Score greedy replies on a test set: exact match, normalised EM, token F1, JSON validity and
     fields, your metric; zero- and k-shot; prompt tokens and latency per request."""
     from tunesmith.data.records import load_examples
-    from tunesmith.engine.precision import inference_dtype
+    from tunesmith.runtime.precision import inference_dtype
     from tunesmith.eval.metrics import load_user_metric
     from tunesmith.eval.task import draw_shots, evaluate_task, shot_label
     from tunesmith.model.load import load_for_inference
@@ -300,7 +309,7 @@ def _shot_pool(model: str, shots_from: str | None):
     """k-shot examples: --shots-from, or the training data named in a run directory's config."""
     from tunesmith.config import load_config
     from tunesmith.data.records import load_examples
-    from tunesmith.train import train_sources
+    from tunesmith.run import train_sources
 
     if shots_from:
         return load_examples(shots_from)
@@ -335,17 +344,15 @@ app.add_typer(data_app, name="data")
 def data_inspect(
     path: str = typer.Argument(..., help="data file, saved dataset folder or hub dataset id"),
     model: str = typer.Option("smollm2-135m-instruct", help="model whose tokenizer and chat template render the data"),
-    format: str = typer.Option("auto", help="auto | messages | sharegpt | alpaca | prompt_completion | preference | text"),
+    format: str = typer.Option("auto", help=" | ".join(FORMATS)),
     max_length: int = typer.Option(1024, min=8),
-    train_on: str = typer.Option("all_assistant", help="all_assistant | last | all"),
+    train_on: str = typer.Option("all_assistant", help=" | ".join(get_args(TrainOn))),
     show: int = typer.Option(2, min=0, help="examples to render with the loss mask"),
     png: Optional[Path] = typer.Option(None, help="write the length histogram here (PNG)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the statistics here"),
 ):
     """Layout, counts, token lengths, truncation and a masked preview; exit 2 if any record is bad."""
-    from tunesmith.config import TrainOn
-    from tunesmith.data.inspect import inspect
-    from tunesmith.data.layouts import FORMATS
+    from tunesmith.report.data_inspection import inspect
     from tunesmith.model.load import load_tokenizer, tokenizer_dir
     from tunesmith.model.resolve import resolve
 
@@ -362,8 +369,8 @@ def data_inspect(
 
 
 def _check_precision(precision: str) -> None:
-    if precision not in ("auto", "fp32", "bf16"):
-        raise UserError(f"--precision {precision!r}: use auto, fp32 or bf16")
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: use {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}")
 
 
 def main(argv: list[str] | None = None) -> None:

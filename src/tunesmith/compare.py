@@ -17,14 +17,14 @@ import shutil
 from rich.console import Console
 
 from tunesmith.config import RunConfig, set_key, validate_config
-from tunesmith.engine.precision import inference_dtype
+from tunesmith.runtime.precision import inference_dtype
 from tunesmith.errors import UserError
-from tunesmith.evaluation import score_baselines, write_json
+from tunesmith.run.evaluate import score_baselines, write_json
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.model.resolve import resolve
 from tunesmith.phases import phase
 from tunesmith.report.build import write_report
-from tunesmith.train import train, train_sources, validate_inputs
+from tunesmith.run import train, train_sources, validate_inputs
 
 
 def variant_configs(cfg: RunConfig, source: str = "config") -> dict[str, RunConfig]:

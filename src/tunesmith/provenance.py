@@ -23,7 +23,7 @@ def machine() -> dict:
     """The CPU, its relevant flags, and the precision `auto` picks on it."""
     import torch
 
-    from tunesmith.engine.precision import device, resolve_precision
+    from tunesmith.runtime.precision import device, resolve_precision
 
     cpu, flags, fields = platform.processor(), set(), {}
     info = Path("/proc/cpuinfo")

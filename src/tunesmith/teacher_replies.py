@@ -86,7 +86,7 @@ class LocalTeacher:
     def __init__(self, reference: str, max_tokens: int = 512, batch_size: int = 16):
         from tunesmith.eval.generate import Sampling
         from tunesmith.model.load import load_for_inference
-        from tunesmith.engine.precision import inference_dtype
+        from tunesmith.runtime.precision import inference_dtype
 
         self.model, self.tokenizer = load_for_inference(reference, dtype=inference_dtype("auto"))
         self.sampling = Sampling(max_new_tokens=max_tokens)

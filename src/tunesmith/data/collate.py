@@ -47,3 +47,9 @@ def collate_tokens(features: list[dict], pad: int) -> dict:
     if packed:
         batch["position_ids"] = positions
     return batch
+
+
+def feature_length(feature: dict) -> int:
+    """Tokens a feature puts through the model, for batching examples of similar length: its
+    `input_ids`, or the `length` a method with nested features (pairs, groups) records."""
+    return feature["length"] if "length" in feature else len(feature["input_ids"])

@@ -16,19 +16,19 @@ import torch
 from rich.console import Console
 
 from tunesmith.config import RunConfig
+from tunesmith.data.collate import feature_length
 from tunesmith.data.packing import pack_features
 from tunesmith.engine import checkpoint, distributed
 from tunesmith.engine.distributed import (Ranks, clip_gradients, shard_model, share, sum_gradients, sum_metrics,
                                           sum_scalars)
 from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.logbook import MetricsLog, TrainProgress
-from tunesmith.engine.precision import autocast, device, hold_frozen_weights_in_bf16, resolve_precision
+from tunesmith.runtime.precision import autocast, device, hold_frozen_weights_in_bf16, resolve_precision
 from tunesmith.engine.profile import StepProfiler
 from tunesmith.engine.sampler import EpochSampler
 from tunesmith.engine.schedule import build_optimizer
 from tunesmith.engine.stop import StopRequest
 from tunesmith.errors import RunFailed, Stopped
-from tunesmith.methods.base import feature_length
 from tunesmith.model.fused_lora import restore_lora, use_fused_lora
 from tunesmith.model.peft_wrapping import unwrap
 from tunesmith.model.quantize import is_quantized

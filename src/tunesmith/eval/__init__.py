@@ -1,1 +1,1 @@
-"""Evaluation: generation, task metrics, plots."""
+"""Scoring a model: generation, task metrics with bootstrap intervals; no training."""

@@ -15,19 +15,8 @@ from pathlib import Path
 import torch
 
 from tunesmith import atomic
-from tunesmith.model.resolve import Resolved, content_key, home
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-
-
-def model_key(resolved: Resolved) -> str:
-    """Identity of a model's weights (the files' content keys), not of where they live."""
-    h = hashlib.sha256()
-    for folder in [resolved.path] + ([resolved.adapter] if resolved.adapter else []):
-        for f in sorted(folder.iterdir()):
-            if f.suffix in WEIGHT_SUFFIXES:
-                h.update(f"{f.name}:{content_key(f)}".encode())
-    return h.hexdigest()[:16]
+from tunesmith.model.identity import cache_dir, model_key
+from tunesmith.model.resolve import Resolved, content_key
 
 
 def inputs_key(*parts) -> str:
@@ -63,10 +52,6 @@ class BaseReference:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_text(path, json.dumps(value))
         return value
-
-
-def cache_dir() -> Path:
-    return home() / "reference"
 
 
 def data_version(source: str | None) -> str | None:

@@ -1,15 +1,19 @@
-"""What is optimized. Each method is a small object with one face (see base.Method)."""
+"""What is optimized. Each method is a small object with one face (base.Method), registered by
+name in config/methods.py and built here."""
 
+from __future__ import annotations
+
+import importlib
+
+from tunesmith.config.methods import METHODS
 from tunesmith.methods.base import Method
-from tunesmith.methods.distill import Distillation
-from tunesmith.methods.dpo import Preference
-from tunesmith.methods.grpo import GroupPolicyOptimisation
-from tunesmith.methods.reward import RewardModelling
-from tunesmith.methods.sft import SFT
 
-METHODS: dict[str, type] = {"sft": SFT, "dpo": Preference, "reward": RewardModelling,
-                            "grpo": GroupPolicyOptimisation, "rloo": GroupPolicyOptimisation, "distill": Distillation}
+
+def method_class(name: str) -> type[Method]:
+    """The class registered for a method name (imported on first use)."""
+    module, _, cls = METHODS[name].implementation.partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def build_method(name: str, config) -> Method:
-    return METHODS[name](config)
+    return method_class(name)(config)

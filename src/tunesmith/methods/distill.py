@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.errors import UserError
-from tunesmith.methods.base import token_logprob_inputs
+from tunesmith.methods.logprobs import token_logprob_inputs
 from tunesmith.methods.distill_losses import chunked, divergence, topk_forward_kl
 from tunesmith.methods.sft import SFT
 
@@ -29,7 +29,8 @@ TOPK_KEYS = ("teacher_topk_ids", "teacher_topk_logps")
 
 
 class Distillation(SFT):
-    name = "distill"
+    """SFT whose loss is, in the share `distill.kd_ratio`, the divergence from a teacher's
+    next-token distributions (`distill.*`)."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -42,7 +43,7 @@ class Distillation(SFT):
     # --- set-up the run does once -----------------------------------------------------------
     def prepare(self, model, tokenizer, features, run_dir, cfg, console) -> None:
         from tunesmith.model.load import load_for_inference
-        from tunesmith.engine.precision import inference_dtype
+        from tunesmith.runtime.precision import inference_dtype
 
         teacher, teacher_tok = load_for_inference(self.teacher_ref, dtype=inference_dtype(cfg.train.precision))
         check_same_tokenizer(tokenizer, teacher_tok, self.teacher_ref)
@@ -112,7 +113,7 @@ def check_same_tokenizer(student_tok, teacher_tok, teacher_ref: str) -> None:
 
 
 def topk_cache_path(cfg, features: list[dict], k: int):
-    from tunesmith.forgetting.reference import cache_dir, model_key
+    from tunesmith.model.identity import cache_dir, model_key
     from tunesmith.model.resolve import resolve
 
     h = hashlib.sha256(json.dumps([model_key(resolve(cfg.distill.teacher)), cfg.train.precision, k]).encode())
@@ -126,7 +127,7 @@ def attach_topk(method: Distillation, features: list[dict], tokenizer, cfg, cons
     (batched, no gradients) or read back from the cache; stored with each feature."""
     from safetensors.torch import load_file, save_file
 
-    from tunesmith.engine.precision import autocast, device, resolve_precision
+    from tunesmith.runtime.precision import autocast, device, resolve_precision
     from tunesmith.data.collate import collate_tokens
 
     k = method.topk

@@ -26,7 +26,8 @@ from tunesmith.data.layouts import Example
 from tunesmith.errors import UserError
 from tunesmith.eval.generate import Sampling, generate_ids, left_padded
 from tunesmith.eval.task import split_reference
-from tunesmith.methods.base import Method, per_row_sum, token_logprobs
+from tunesmith.methods.base import Method
+from tunesmith.methods.logprobs import per_row_sum, token_logprobs
 from tunesmith.methods.group_policy_losses import clipped_surrogate, group_advantages, k3_kl
 from tunesmith.methods.reference import ReferenceModel
 
@@ -34,7 +35,6 @@ class GroupPolicyOptimisation(Method):
     def __init__(self, config):
         super().__init__(config)
         rl = config.rl
-        self.name = config.method  # grpo | rloo
         self.group_size, self.beta, self.clip = rl.group_size, rl.beta, rl.clip
         self.steps_per_batch = rl.iterations
         self.sampling = Sampling(max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, top_p=rl.top_p)
@@ -63,8 +63,8 @@ class GroupPolicyOptimisation(Method):
 
     # --- set-up the run does once -----------------------------------------------------------
     def prepare(self, model, tokenizer, features, run_dir, cfg, console) -> None:
-        from tunesmith.methods.rewards import Rewards
-        from tunesmith.engine.precision import inference_dtype
+        from tunesmith.methods.rl_rewards import Rewards
+        from tunesmith.runtime.precision import inference_dtype
 
         self.tokenizer = tokenizer
         unreferenced = next((f["source"] for f in features if f["reference"] is None), None)

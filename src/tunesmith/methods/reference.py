@@ -11,7 +11,7 @@ from contextlib import nullcontext
 
 import torch
 
-from tunesmith.methods.base import sequence_logprobs, token_logprob_inputs, token_logprobs
+from tunesmith.methods.logprobs import sequence_logprobs, token_logprob_inputs, token_logprobs
 
 
 class ReferenceModel:

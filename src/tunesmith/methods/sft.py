@@ -9,11 +9,13 @@ from tunesmith.data.chat import IGNORE, encode_example
 from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
 from tunesmith.errors import UserError
-from tunesmith.methods.base import Method, head_token_logprobs, token_logprob_inputs
+from tunesmith.methods.base import Method
+from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
 
 
 class SFT(Method):
-    name = "sft"
+    """Supervised fine-tuning: cross-entropy on the tokens `data.train_on` selects, plus KL to the
+    starting model on replay tokens when `forgetting.kl` > 0."""
 
     def __init__(self, config):
         super().__init__(config)

@@ -1,4 +1,4 @@
-"""Model references, loading, adapters and export."""
+"""Model references, loading, adapters and quantization."""
 
 import logging
 import warnings

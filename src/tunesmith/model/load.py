@@ -69,7 +69,7 @@ def load_base(path: Path, dtype: torch.dtype = torch.float32, quantization: dict
 
     extra = {}
     if quantization is not None:
-        from tunesmith.engine.precision import device
+        from tunesmith.runtime.precision import device
         from tunesmith.model.quantize import bnb_config
 
         extra = {"quantization_config": bnb_config(quantization), "device_map": {"": str(device())}}
@@ -97,7 +97,7 @@ def _own_unquantized_tensors(model) -> None:
     Then give the heap blocks that quantizing freed back to the OS (another ~480 MiB)."""
     import gc
 
-    from tunesmith.engine.memory import trim_heap
+    from tunesmith.runtime.memory import trim_heap
 
     with torch.no_grad():
         for module in model.modules():
@@ -133,7 +133,7 @@ def load_for_inference(reference: str | Resolved, dtype: torch.dtype = torch.flo
         model = PeftModel.from_pretrained(model, resolved.adapter)
         if merge and can_merge(model):
             model = model.merge_and_unload()
-    from tunesmith.engine.precision import device
+    from tunesmith.runtime.precision import device
     from tunesmith.model.quantize import is_quantized
 
     if not is_quantized(model):
@@ -174,6 +174,6 @@ def load_reward_model(reference: str | Resolved, dtype: torch.dtype = torch.floa
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, resolved.adapter).merge_and_unload()
-    from tunesmith.engine.precision import device
+    from tunesmith.runtime.precision import device
 
     return model.to(device()).eval(), tokenizer

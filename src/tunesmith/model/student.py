@@ -15,8 +15,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
 from tunesmith.errors import UserError
 
 STRATEGIES = ("uniform", "first", "last")
@@ -38,6 +36,8 @@ def kept_layers(total: int, n: int, strategy: str) -> list[int]:
 
 def decoder(model):
     """The module holding the decoder layer list (`model.model` in Llama-style models)."""
+    import torch
+
     from tunesmith.model.peft_wrapping import unwrap
 
     base = unwrap(model)
@@ -49,6 +49,8 @@ def decoder(model):
 
 def create_student(teacher: str, layers: int, out: Path, strategy: str = "uniform") -> dict:
     """Write the student to `out` (atomically); returns what was kept."""
+    import torch
+
     from tunesmith.model.load import load_for_inference, quiet_transformers
 
     out = Path(out)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tunesmith import atomic
 from tunesmith.engine.logbook import read_metrics
-from tunesmith.eval import plots
 from tunesmith.eval.task import primary_interval
+from tunesmith.report import plots
 from tunesmith.report.recommend import recommend
 from tunesmith.report.render import render_html, render_markdown
 

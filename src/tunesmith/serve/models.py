@@ -119,7 +119,7 @@ def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dt
                 model.load_adapter(resolved.adapter, adapter_name=name)
             tokenizers[name] = load_tokenizer(tokenizer_dir(resolved))
             folders[name] = resolved.adapter
-    from tunesmith.engine.precision import device
+    from tunesmith.runtime.precision import device
 
     model.to(device()).eval()
     return ServedModels(model=model, base_id=base_id, tokenizers=tokenizers, adapters=folders)

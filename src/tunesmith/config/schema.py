@@ -1,7 +1,7 @@
-"""RunConfig: everything a run needs, from one YAML file plus `--set key=value` overrides.
+"""RunConfig: everything a run needs, section by section, with what each key means and allows.
 
-Every section forbids unknown keys, so a typo is an error that names the key, the file:line and
-what is allowed, instead of a setting silently ignored.
+Every section forbids unknown keys, so a typo is an error that names the key and what is allowed
+(config/loading.py adds the file:line), instead of a setting silently ignored.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tunesmith.config.methods import METHODS
 from tunesmith.data.layouts import FORMATS
-from tunesmith.errors import UserError, where
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-METHODS = ("sft", "dpo", "reward", "grpo", "rloo", "distill")
+PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the device computes it natively, else fp32
 
 
 class Section(BaseModel):
@@ -133,7 +133,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal[PRECISIONS] = "auto"
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less memory, ~30% slower")
     optimizer: Literal["adamw", "adamw8bit"] = Field("adamw", description="adamw8bit: bitsandbytes 8-bit states where it runs")
     return_memory: bool = Field(False, description="glibc: give freed tensors back to the OS at once: lower peak RSS on CPU "
@@ -288,7 +288,7 @@ class RunConfig(Section):
     model: str = DEFAULT_MODEL
     trust_remote_code: bool = Field(False, description="run Python code shipped in the model folder (custom "
                                     "architectures); off unless set here, with a warning when on")
-    method: Literal[METHODS] = Field("sft", description="sft | dpo | reward | grpo | rloo | distill")
+    method: Literal[tuple(METHODS)] = Field("sft", description=" | ".join(METHODS))
     adapter: AdapterConfig = AdapterConfig()
     data: DataConfig
     train: TrainConfig
@@ -345,142 +345,3 @@ class RunConfig(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-
-def apply_override(tree: dict, assignment: str) -> None:
-    """Apply one `a.b.c=value` to a nested dict; the value is parsed as YAML (so 3, 1e-4, true, [1,2])."""
-    if "=" not in assignment:
-        raise UserError(f"--set {assignment!r}: expected key=value, e.g. train.lr=1e-4")
-    key, raw = assignment.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    set_key(tree, key.strip(), value, f"--set {key}")
-
-
-def set_key(tree: dict, key: str, value: Any, context: str) -> None:
-    """Set a dotted key (`train.lr`, `data.train.0.weight`) in a nested dict, creating sections."""
-    parts = key.split(".")
-    if not all(parts):
-        raise UserError(f"{context}: empty key part in {key!r}")
-    node: Any = tree
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise UserError(f"{context}: '{part}' is not an index of a list of {len(node)}")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-            continue
-        if not isinstance(node, dict):
-            raise UserError(f"{context}: '{'.'.join(parts[:i])}' is not a section")
-        if last:
-            node[part] = value
-        else:
-            node = node.setdefault(part, {})
-
-
-def _yaml_lines(text: str) -> dict[tuple, int]:
-    """Map each key path in a YAML document to its 1-based line, for error messages."""
-    lines: dict[tuple, int] = {}
-
-    def walk(node: Any, path: tuple) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                p = path + (k.value,)
-                lines[p] = k.start_mark.line + 1
-                walk(v, p)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                lines[path + (i,)] = v.start_mark.line + 1
-                walk(v, path + (i,))
-
-    try:
-        walk(yaml.compose(text), ())
-    except yaml.YAMLError:
-        pass
-    return lines
-
-
-def _section_model(annotation: Any) -> type[BaseModel] | None:
-    """The config section class inside an annotation such as `AdapterConfig` or `list[DataSource]`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _section_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    """The keys allowed in the section that `loc` (a pydantic error location) points into."""
-    model: type[BaseModel] | None = RunConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue  # an index into a list of sections
-        field = model.model_fields.get(part) if model else None
-        model = _section_model(field.annotation) if field else None
-    return list(model.model_fields) if model else []
-
-
-def _describe(err: dict, source: str, lines: dict[tuple, int]) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    key = ".".join(str(p) for p in loc) or "(top level)"
-    line = None
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in lines:
-            line = lines[loc[:n]]
-            break
-    prefix = where(source, line)
-    if err["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(loc))
-        return f"{prefix}: unknown key '{key}' (allowed here: {allowed})"
-    if err["type"] == "missing":
-        return f"{prefix}: missing required key '{key}'"
-    msg = err["msg"].removeprefix("Value error, ")
-    if "input" in err and not isinstance(err["input"], (dict, list)) and err["type"] != "value_error":
-        return f"{prefix}: {key}: {msg} (got {err['input']!r})"
-    return f"{prefix}: {key}: {msg}"
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a run config. Raises UserError with file:line on any problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{where(path, line)}: not UTF-8 text (byte {e.start})") from None
-    try:
-        tree = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{where(path, line)}: invalid YAML: {problem}") from None
-    except RecursionError:
-        raise UserError(f"{path}: invalid YAML: nested too deeply") from None
-    if tree is None:
-        tree = {}
-    if not isinstance(tree, dict):
-        raise UserError(f"{path}: the config must be a mapping of keys to values")
-    for assignment in overrides or []:
-        apply_override(tree, assignment)
-    return validate_config(tree, str(path), _yaml_lines(text))
-
-
-def validate_config(tree: dict, source: str = "config", lines: dict[tuple, int] | None = None) -> RunConfig:
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as e:
-        errs = e.errors()
-        first = _describe(errs[0], source, lines or {})
-        more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
-        raise UserError(first + more) from None

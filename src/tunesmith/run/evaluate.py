@@ -98,7 +98,8 @@ def probe_forgetting(cfg: RunConfig, run_dir: Path, model, tokenizer, base: Base
 
 def compare_with_teacher(cfg: RunConfig, run_dir: Path, student, tokenizer) -> dict:
     """A distillation run's student next to its teacher (eval/distill.json, plots/distill.png)."""
-    from tunesmith.eval import plots, student_vs_teacher
+    from tunesmith.report import plots
+    from tunesmith.run import student_vs_teacher
 
     dtype = next(student.parameters()).dtype
     test = load_test_split(cfg) if cfg.eval.test else []

@@ -1,7 +1,7 @@
 """What a distilled student costs and keeps, next to its teacher, measured on this machine:
 parameters, weights on disk, generation speed, task score, general QA.
 
-Written to `eval/distill.json` and drawn in `plots/distill.png` (`eval/plots.student_vs_teacher`);
+Written to `eval/distill.json` and drawn in `plots/distill.png` (`report/plots.student_vs_teacher`);
 the run's report shows both.
 """
 

@@ -19,26 +19,22 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import UserError
+from tunesmith.export import FORMATS, GGUF_QUANTS
 from tunesmith.model.load import (is_reward_checkpoint, load_for_inference, load_reward_model, load_tokenizer,
                                   quiet_transformers, tokenizer_dir)
-from tunesmith.model.model_card import model_card
+from tunesmith.export.model_card import model_card
 from tunesmith.model.quantize import SETTINGS_FILE, read_settings
 from tunesmith.model.resolve import resolve
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-FORMATS = ("hf", "gguf")
-
-
 def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = torch.float32, format: str = "hf",
            quant: str = "f16") -> dict:
-    from tunesmith.model.gguf_export import QUANTS
-
     if format not in FORMATS:
         raise UserError(f"--format {format}: choose one of {', '.join(FORMATS)}")
-    if quant not in QUANTS:
-        raise UserError(f"--quant {quant}: choose one of {', '.join(QUANTS)}")
+    if quant not in GGUF_QUANTS:
+        raise UserError(f"--quant {quant}: choose one of {', '.join(GGUF_QUANTS)}")
     to = Path(to)
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise UserError(f"{to}: export target exists and is not empty")
@@ -91,7 +87,7 @@ def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = t
 
 def export_gguf(resolved, folder: Path, quant: str) -> dict:
     """The merged model as `<name>-<quant>.gguf` in `folder`."""
-    from tunesmith.model.gguf_export import write_gguf
+    from tunesmith.export.gguf import write_gguf
 
     if is_reward_checkpoint(resolved):
         raise UserError(f"{resolved.reference}: a reward model has a score head, not a language-model head; "

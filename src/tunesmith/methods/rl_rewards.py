@@ -92,7 +92,7 @@ class RewardModelScorer:
 
     def __call__(self, conversations: list[list[dict]], max_length: int = 2048) -> list[float]:
         from tunesmith.data.chat import encode_chat
-        from tunesmith.methods.reward import sequence_scores
+        from tunesmith.methods.reward_model import sequence_scores
         from tunesmith.data.collate import collate_tokens
 
         dev = next(self.model.parameters()).device

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from tunesmith.data.chat import IGNORE, encode_example
 from tunesmith.data.records import load_source
-from tunesmith.eval.plots import length_histogram
+from tunesmith.report.plots import length_histogram
 
 BUCKETS = 12
 

@@ -20,7 +20,8 @@ from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
 from tunesmith.engine.distributed import is_main
 from tunesmith.errors import UserError
-from tunesmith.methods.base import Method, sequence_logprobs
+from tunesmith.methods.base import Method
+from tunesmith.methods.logprobs import sequence_logprobs
 from tunesmith.methods.preference_losses import LENGTH_NORMALISED, REFERENCE_FREE, kto_loss, paired_loss
 from tunesmith.methods.reference import ReferenceModel
 
@@ -28,8 +29,9 @@ DEFAULT_BETA = {"simpo": 2.0}
 REFERENCE_CACHE = "reference_logps.json"
 
 
-class Preference(Method):
-    name = "dpo"
+class PreferenceOptimisation(Method):
+    """The DPO family (`preference.loss`): a loss over chosen/rejected pairs, or over judged single
+    replies (KTO), measured against a frozen reference where the loss has one."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -195,11 +197,11 @@ def _rows(batch: dict, rows: slice) -> dict:
     return {k: (v[rows] if k in per_row and v is not None else v) for k, v in batch.items()}
 
 
-def precompute(model, method: Preference, tokenizer, features: list[dict], batch_size: int, precision: str
+def precompute(model, method: PreferenceOptimisation, tokenizer, features: list[dict], batch_size: int, precision: str
                ) -> list[list[float]]:
     """[chosen, rejected] reference log-probs of every pair: the model as it is now, no gradients,
     in the training precision (so that policy and reference agree exactly before the first step)."""
-    from tunesmith.engine.precision import autocast, device, resolve_precision
+    from tunesmith.runtime.precision import autocast, device, resolve_precision
 
     was_training = model.training
     model.eval()

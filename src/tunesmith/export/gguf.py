@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from tunesmith.errors import UserError
+from tunesmith.export import GGUF_QUANTS
 
-QUANTS = ("f16", "q8_0")
 LLAMA_FAMILY = ("llama",)
 # transformers' pre-tokenizer, as llama.cpp names the splitting rule it stands for
 PRE_TOKENIZERS = {("Digits", "ByteLevel"): "smollm", ("ByteLevel",): "gpt-2"}
@@ -86,8 +86,8 @@ def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "mo
     Hugging Face folder, for what the conversion from a GGUF file recorded."""
     import gguf
 
-    if quant not in QUANTS:
-        raise UserError(f"--quant {quant}: choose one of {', '.join(QUANTS)}")
+    if quant not in GGUF_QUANTS:
+        raise UserError(f"--quant {quant}: choose one of {', '.join(GGUF_QUANTS)}")
     config = model.config
     if config.model_type not in LLAMA_FAMILY:
         raise UserError(f"GGUF export supports Llama-family models; this one is '{config.model_type}'")

@@ -131,7 +131,7 @@ def cost_per_request(rows: list[dict], out: Path) -> Path:
 
 
 def student_vs_teacher(result: dict, out: Path) -> Path:
-    """A distilled student as a share of its teacher, per measure (eval/student_vs_teacher.py)."""
+    """A distilled student as a share of its teacher, per measure (run/student_vs_teacher.py)."""
     names = {"parameters": "parameters", "weights": "weights on disk", "speed": "generation tokens/s",
              "task": f"task ({result['primary']})", "general_qa": "general QA"}
     keys = [k for k in names if result["ratios"].get(k) is not None]

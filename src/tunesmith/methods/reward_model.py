@@ -4,7 +4,7 @@ The model is the base with a new linear head (`AutoModelForSequenceClassificatio
 read at the conversation's last real token. The loss is −log σ(s_chosen − s_rejected − m), with
 the pair's optional `margin` m from the data (how much better the chosen response was judged, as
 in Llama 2). Metrics: pairwise accuracy (the chosen response scored higher) and the mean margin.
-The exported model scores conversations for online RL (`methods/rollout_rewards.py`).
+The exported model scores conversations for online RL (`methods/rl_rewards.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from tunesmith.model.peft_wrapping import unwrap
 
 
 class RewardModelling(Method):
-    name = "reward"
     head = "score"  # the run builds a scoring model, not a language model
 
     def __init__(self, config):
