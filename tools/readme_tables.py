@@ -1,6 +1,7 @@
-"""README tables generated from committed results files, never typed.
+"""README and manual tables generated from committed results files, never typed.
 
-Every measured figure in README.md (and bench/README.md) stands between a pair of markers
+Every measured figure in README.md, the manual (docs/*.md) and bench/README.md stands between a
+pair of markers
 
     <!-- generated: NAME from RESULTS (make results-table) -->
     ...
@@ -9,8 +10,8 @@ Every measured figure in README.md (and bench/README.md) stands between a pair o
 and is rendered here from the JSON file(s) the marker names. Usage:
 
     python tools/readme_tables.py record quickstart/runs/dates   # add a quickstart run to results/
-    python tools/readme_tables.py                                # rewrite README's generated blocks
-    python tools/readme_tables.py --check                        # exit 1 if README differs from them
+    python tools/readme_tables.py                                # rewrite the generated blocks
+    python tools/readme_tables.py --check                        # exit 1 if a page differs from them
 
 A results file records the commit, versions and machine each number came from
 (`tunesmith.provenance`); `record` refuses a run without them.
@@ -28,6 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BENCH_README = ROOT / "bench" / "README.md"  # the benchmark's own tables, the same way
+DOCS = ROOT / "docs"
+
+
+def documents() -> list[Path]:
+    """Every page that may hold generated blocks."""
+    return [README, BENCH_README, *sorted(DOCS.glob("*.md"))]
+
 RESULTS = ROOT / "results"
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) from (?P<source>\S+) \(make results-table\) -->\n)"
                    r"(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
@@ -273,7 +281,7 @@ def regenerate(text: str) -> str:
     def block(m: re.Match) -> str:
         name = m["name"]
         if name not in RENDERERS:
-            raise SystemExit(f"README.md: generated block {name!r} has no renderer in tools/readme_tables.py")
+            raise SystemExit(f"generated block {name!r} has no renderer in tools/readme_tables.py")
         return m.group(1) + RENDERERS[name]() + m.group(5)
     return BLOCK.sub(block, text)
 
@@ -282,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("command", nargs="?", choices=["render", "record"], default="render")
     ap.add_argument("run_dir", nargs="?", type=Path)
-    ap.add_argument("--check", action="store_true", help="exit 1 if README.md differs from what the results give")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a page differs from what the results give")
     args = ap.parse_args(argv)
     if args.command == "record":
         if args.run_dir is None:
@@ -290,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recorded in {record_quickstart(args.run_dir)}")
         return 0
     status = 0
-    for path in (README, BENCH_README):
+    for path in documents():
         text = path.read_text()
         new = regenerate(text)
         if not args.check:
