@@ -3,7 +3,10 @@ over it (one atomic step on POSIX), so a process killed mid-write leaves the old
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -21,3 +24,21 @@ def write_text(path: Path, text: str) -> None:
     tmp = temp_name(path)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def folder(target: Path) -> Iterator[Path]:
+    """A folder written whole or not at all: the block fills the temporary folder this yields
+    (beside `target`, not yet created); when it ends without an error the folder replaces `target`
+    (absent or empty) by one rename, and on any error it is removed."""
+    tmp = target.parent / f".tmp-{target.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+        if target.exists():
+            target.rmdir()
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

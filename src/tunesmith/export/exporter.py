@@ -12,12 +12,12 @@ renamed, so it is never half-written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from tunesmith import atomic
 from tunesmith.errors import UserError
 from tunesmith.export import FORMATS, GGUF_QUANTS
 from tunesmith.model.load import (is_reward_checkpoint, load_for_inference, load_reward_model, load_tokenizer,
@@ -39,11 +39,8 @@ def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = t
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise UserError(f"{to}: export target exists and is not empty")
     resolved = resolve(reference)
-    to.parent.mkdir(parents=True, exist_ok=True)
-    tmp = to.parent / f".tmp-{to.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
     result_extra: dict = {}
-    try:
+    with atomic.folder(to) as tmp:
         if format == "gguf":
             tmp.mkdir()
             result_extra = export_gguf(resolved, tmp, quant)
@@ -74,12 +71,6 @@ def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = t
         files = sorted(p.name for p in tmp.iterdir())
         card_extra = {"GGUF": f"{quant}, {result_extra['bytes'] / 2**20:.1f} MiB"} if kind == "gguf" else None
         (tmp / "README.md").write_text(model_card(resolved, kind, files, card_extra))
-        if to.exists():
-            to.rmdir()
-        os.rename(tmp, to)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if kind == "gguf":
         result_extra["file"] = str(to / result_extra["file"])
     return {"to": str(to), "kind": kind, "base": str(resolved.path), **result_extra}

@@ -11,10 +11,9 @@ with plain `AutoModelForCausalLM`. Which layers stay:
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
+from tunesmith import atomic
 from tunesmith.errors import UserError
 
 STRATEGIES = ("uniform", "first", "last")
@@ -75,18 +74,8 @@ def create_student(teacher: str, layers: int, out: Path, strategy: str = "unifor
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = [config.layer_types[i] for i in keep]
     parameters = sum(p.numel() for p in model.parameters())
-    tmp = out.parent / f".tmp-{out.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with quiet_transformers():
-            model.save_pretrained(tmp)
+    with atomic.folder(out) as tmp, quiet_transformers():
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"out": str(out), "teacher": teacher, "teacher_layers": total, "layers": keep, "strategy": strategy,
             "parameters": parameters}

@@ -1,0 +1,29 @@
+"""The `tunesmith` Typer app and what its commands share: the consoles, help texts read from
+where the accepted values are defined, and argument checks."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from tunesmith.config import METHODS, PRECISIONS
+from tunesmith.errors import UserError
+
+app = typer.Typer(
+    name="tunesmith",
+    help="Fine-tune pre-trained language models on the machine you have.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+# Help texts list the values the code accepts, read from where they are defined.
+PRECISION_HELP = " | ".join(PRECISIONS)
+METHODS_HELP = "Methods (config key `method`):\n\n" + "\n\n".join(f"{name}: {m.summary}" for name, m in METHODS.items())
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: use {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}")

@@ -1,0 +1,140 @@
+"""Commands that use a model: export, generate, chat, label, serve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunesmith.cli.app import PRECISION_HELP, app, check_precision, err
+from tunesmith.export import FORMATS as EXPORT_FORMATS
+from tunesmith.export import GGUF_QUANTS
+
+
+@app.command()
+def export(
+    run_or_model: str = typer.Argument(..., help="run directory or model reference"),
+    to: Path = typer.Option(..., "--to", help="target folder (must not exist or be empty)"),
+    merge: bool = typer.Option(False, "--merge", help="merge a LoRA adapter into the base weights"),
+    format: str = typer.Option("hf", "--format", help=f"{' | '.join(EXPORT_FORMATS)}: a Hugging Face folder, or one file (adapter merged; Llama family)"),
+    quant: str = typer.Option("f16", "--quant", help=f"gguf weights: {' | '.join(GGUF_QUANTS)}"),
+):
+    """Write a run's adapter, or a merged / full model, in Hugging Face layout or as GGUF; with a model card."""
+    from tunesmith.export.exporter import export as do_export
+
+    result = do_export(run_or_model, to, merge=merge, format=format, quant=quant)
+    print(json.dumps(result, indent=2))
+
+
+@app.command()
+def generate(
+    model: str = typer.Argument(..., help="run directory or model reference"),
+    prompt: str = typer.Option(..., "--prompt", help="user message"),
+    system: Optional[str] = typer.Option(None, help="system message"),
+    max_new_tokens: int = typer.Option(256, min=1),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy"),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0),
+    top_k: int = typer.Option(0, min=0),
+    seed: int = typer.Option(0),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
+):
+    """Answer one prompt with the model's chat template."""
+    import torch
+
+    from tunesmith.runtime.precision import inference_dtype
+    from tunesmith.eval.generate import Sampling, generate_batch
+    from tunesmith.model.load import load_for_inference
+
+    check_precision(precision)
+    torch.manual_seed(seed)
+    m, tok = load_for_inference(model, dtype=inference_dtype(precision))
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    reply = generate_batch(m, tok, [messages], Sampling(max_new_tokens, temperature, top_p, top_k))[0]
+    print(reply)
+
+
+@app.command()
+def chat(
+    model: str = typer.Argument(..., help="run directory or model reference"),
+    system: Optional[str] = typer.Option(None, help="system message"),
+    max_new_tokens: int = typer.Option(512, min=1),
+    temperature: float = typer.Option(0.7, min=0.0, help="0 = greedy"),
+    top_p: float = typer.Option(0.9, min=0.0, max=1.0),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
+):
+    """Talk to a model; replies stream token by token. /reset clears the history, /exit leaves."""
+    from tunesmith.chat_session import chat_loop
+    from tunesmith.runtime.precision import inference_dtype
+    from tunesmith.eval.generate import Sampling
+    from tunesmith.model.load import load_for_inference
+
+    check_precision(precision)
+    m, tok = load_for_inference(model, dtype=inference_dtype(precision))
+    chat_loop(m, tok, Sampling(max_new_tokens, temperature, top_p), system=system, console=err)
+
+
+@app.command()
+def label(
+    model: str = typer.Option(..., "--model", help="run directory or model reference that writes the replies"),
+    prompts: Path = typer.Option(..., "--prompts", help="prompts to judge (prompt records, or chat data: the part before its last reply)"),
+    out: Path = typer.Option(..., "--out", help="preference JSONL, appended to; a restart skips prompts judged there"),
+    port: int = typer.Option(8765, min=0, max=65535, help="port on 127.0.0.1 (0: any free port)"),
+    max_new_tokens: int = typer.Option(128, min=1),
+    temperature: float = typer.Option(0.8, min=0.0, help="sampling temperature of both replies"),
+    top_p: float = typer.Option(0.95, min=0.0, max=1.0),
+    seed: int = typer.Option(0),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
+):
+    """Collect human preferences on a local web page: two sampled replies per prompt, pick A, B, tie
+    or both bad, optionally write a better one. Served on loopback only."""
+    from tunesmith.runtime.precision import inference_dtype
+    from tunesmith.label.app import serve
+    from tunesmith.label.session import LabelSession
+    from tunesmith.model.load import load_for_inference
+
+    check_precision(precision)
+    m, tok = load_for_inference(model, dtype=inference_dtype(precision))
+    session = LabelSession(m, tok, prompts, out, model, max_new_tokens=max_new_tokens, temperature=temperature,
+                           top_p=top_p, seed=seed)
+    progress = session.progress()
+
+    def ready(url: str) -> None:
+        print(f"labelling page: {url}  ({progress['judged']} of {progress['total']} prompts judged; "
+              f"writing {out}; Ctrl-C stops)", flush=True)
+
+    serve(session, port, on_ready=ready)
+
+
+@app.command()
+def serve(
+    model: str = typer.Argument(..., help="run directory or model reference: the base (and its adapter, for an adapter run)"),
+    adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH: serve another adapter (run directory or adapter "
+                                      "folder) over the same base, selected by model=NAME (repeatable)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (loopback by default: this machine only)"),
+    port: int = typer.Option(8000, min=0, max=65535, help="port (0: any free port)"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the key "
+                                              "clients must send as 'Authorization: Bearer KEY'"),
+    max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="the most tokens one reply may ask for"),
+    max_queue: int = typer.Option(32, "--max-queue", min=1, help="requests running or waiting; more get 429"),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
+):
+    """Serve the model and its adapters with the OpenAI API: /v1/models, /v1/chat/completions, /v1/completions."""
+    from tunesmith.runtime.precision import inference_dtype
+    from tunesmith.serve import api_key_from, is_loopback, serve as run_server
+    from tunesmith.serve.app import build_app
+    from tunesmith.serve.models import load_served, parse_adapter_option
+
+    check_precision(precision)
+    key = api_key_from(api_key_env)
+    named = [parse_adapter_option(a) for a in adapter]
+    served = load_served(model, named, dtype=inference_dtype(precision))
+    if not is_loopback(host) and key is None:
+        err.print(f"[yellow]warning: listening on {host} without --api-key-env: anyone who can reach this port "
+                  "can use the model[/yellow]")
+
+    def ready(url: str) -> None:
+        print(f"serving {', '.join(served.ids)} at {url}  (Ctrl-C stops)", flush=True)
+
+    run_server(build_app(served, api_key=key, max_tokens=max_tokens, max_queue=max_queue), host, port, on_ready=ready)

@@ -1,0 +1,136 @@
+"""Commands that train and measure: train, quickstart, compare, eval."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunesmith.cli.app import METHODS_HELP, PRECISION_HELP, app, check_precision, err, out
+from tunesmith.errors import UserError
+
+
+@app.command(epilog=METHODS_HELP)
+def train(
+    config: Path = typer.Argument(..., help="run config (YAML)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key: --set train.lr=1e-4 (repeatable)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run from its latest checkpoint"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (starts them as "
+                              "torchrun does; on GPUs, one per GPU); many machines: run torchrun yourself"),
+):
+    """Fine-tune a model as the config says; writes runs/<name>/."""
+    from tunesmith.config import load_config
+    from tunesmith.run import train as run_training
+
+    cfg = load_config(config, set_)  # bad config: one error here, before any process starts
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from tunesmith.engine.distributed import launch_local
+
+        argv = ["train", str(config), *(f"--set={s}" for s in set_), *(["--resume"] if resume else []),
+                *(["--quiet"] if quiet else [])]
+        raise typer.Exit(launch_local(nproc, argv))
+    summary = run_training(cfg, resume=resume, console=err, quiet=quiet)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun the other ranks have nothing to report
+        print(json.dumps(summary, indent=2))
+
+
+@app.command()
+def quickstart(
+    workdir: Path = typer.Option(Path("quickstart"), "--dir", help="where data, config and run go"),
+    model: str = typer.Option("smollm2-135m-instruct", help="model reference"),
+    max_steps: Optional[int] = typer.Option(None, help="LoRA optimizer steps per variant  [default: 40]"),
+    test_limit: Optional[int] = typer.Option(None, help="score only the first N test examples"),
+    set_: list[str] = typer.Option([], "--set", help="override a key of the quickstart's config: --set forgetting.probe_limit=48"),
+):
+    """The main job on embedded defaults: prompting baselines, LoRA with and without self-replay, forgetting, report."""
+    from tunesmith.quickstart import run_quickstart
+
+    steps = {} if max_steps is None else {"max_steps": max_steps}
+    run_quickstart(workdir, model=model, test_limit=test_limit, console=err, out=out, overrides=set_, **steps)
+
+
+@app.command()
+def compare(
+    config: Path = typer.Argument(..., help="run config with compare.variants"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key (repeatable)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+):
+    """Prompting baselines and every tuning variant in the config, scored and probed alike; one report."""
+    from tunesmith.compare import run_compare
+    from tunesmith.config import load_config
+
+    cfg = load_config(config, set_)
+    result = run_compare(cfg, source=str(config), console=err, quiet=quiet)
+    result.pop("summary")
+    print(json.dumps(result, indent=2))
+
+
+@app.command("eval")
+def evaluate(
+    model: str = typer.Argument(..., help="run directory or model reference"),
+    data: Path = typer.Option(..., "--data", help="test data (chat or prompt/completion)"),
+    shots: str = typer.Option("0", help="comma-separated in-context example counts, e.g. 0,3"),
+    shots_from: Optional[str] = typer.Option(None, help="where k-shot examples are drawn from (default: the run's training data)"),
+    system: Optional[str] = typer.Option(None, help="system prompt"),
+    metric: Optional[str] = typer.Option(None, help="extra metric as module:function(prediction, reference)"),
+    limit: Optional[int] = typer.Option(None, min=1),
+    max_new_tokens: int = typer.Option(64, min=1),
+    batch_size: int = typer.Option(16, min=1),
+    seed: int = typer.Option(0, help="seed for drawing the k-shot examples"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write scores here (predictions beside it)"),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
+):
+    """Score greedy replies on a test set: exact match, normalised EM, token F1, JSON validity and
+    fields, your metric; zero- and k-shot; prompt tokens and latency per request."""
+    from tunesmith.data.records import load_examples
+    from tunesmith.runtime.precision import inference_dtype
+    from tunesmith.eval.metrics import load_user_metric
+    from tunesmith.eval.task import draw_shots, evaluate_task, shot_label
+    from tunesmith.model.load import load_for_inference
+
+    check_precision(precision)
+    counts = _shot_counts(shots)
+    examples = load_examples(data)[:limit]
+    pool = _shot_pool(model, shots_from) if any(counts) else []
+    if metric:
+        load_user_metric(metric)
+    m, tok = load_for_inference(model, dtype=inference_dtype(precision))
+    results = []
+    for k in counts:
+        label = shot_label(k)
+        preds = json_out.with_name(f"{json_out.stem}-shots-{k}.predictions.jsonl") if json_out else None
+        results.append(evaluate_task(m, tok, examples, label=label, shots=draw_shots(pool, k, seed), system=system,
+                                     max_new_tokens=max_new_tokens, batch_size=batch_size, metric=metric, predictions_path=preds))
+    value = results[0] if len(results) == 1 else results
+    if json_out:
+        json_out.write_text(json.dumps(value, indent=2))
+    print(json.dumps(value, indent=2))
+
+
+def _shot_counts(text: str) -> list[int]:
+    try:
+        counts = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--shots {text!r}: expected comma-separated counts, e.g. 0,3") from None
+    if not counts or counts[0] < 0:
+        raise UserError(f"--shots {text!r}: counts must be 0 or more")
+    return counts
+
+
+def _shot_pool(model: str, shots_from: str | None):
+    """k-shot examples: --shots-from, or the training data named in a run directory's config."""
+    from tunesmith.config import load_config
+    from tunesmith.data.records import load_examples
+    from tunesmith.run import train_sources
+
+    if shots_from:
+        return load_examples(shots_from)
+    saved = Path(model) / "config.yaml"
+    if saved.is_file():  # the run's own training split, read as training read it (source options, val split)
+        sources, _ = train_sources(load_config(saved), err)
+        return [e for src in sources for e in src]
+    raise UserError("--shots above 0 needs examples to draw from: give --shots-from TRAIN_DATA (or a run directory as the model)")
