@@ -34,6 +34,19 @@ class TiedHead(torch.nn.Module):
         return torch.nn.functional.linear(rows, self.weight)
 
 
+class SoftcappedHead(torch.nn.Module):
+    """An output head whose logits are soft-capped, cap·tanh(logits / cap), as Gemma 2 (and a Gemma 3
+    config that sets `final_logit_softcapping`) computes them; not a plain linear map, so
+    log-probabilities come from its logits, not from the chunked linear-head kernel."""
+
+    def __init__(self, head: torch.nn.Module, cap: float):
+        super().__init__()
+        self.head, self.cap = head, cap
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.head(rows) / self.cap) * self.cap
+
+
 def token_logprob_inputs(model, batch: dict):
     """Final hidden states at the positions that carry loss, and the tokens they predict.
 
@@ -56,6 +69,9 @@ def token_logprob_inputs(model, batch: dict):
     if batch.get("segments") is not None and uses_segments(base):
         inputs["segments"] = batch["segments"]
     hidden = base.get_decoder()(**inputs).last_hidden_state
+    cap = getattr(base.config, "final_logit_softcapping", None)
+    if cap is not None:
+        head = SoftcappedHead(head, cap)
     return head, hidden[:, :-1][targets_mask], labels[:, 1:][targets_mask]
 
 

@@ -14,10 +14,11 @@ from tunesmith.model.peft_wrapping import is_prompt_learning, unwrap
 
 _LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 
-# Target presets by role; names cover Llama/Mistral/Qwen/Gemma-style and GPT-2/NeoX-style blocks.
+# Target presets by role; names cover Llama/Mistral/Qwen/Gemma-style, Phi-3's fused qkv_proj and
+# gate_up_proj, and GPT-2/NeoX-style blocks.
 TARGET_PRESETS = {
-    "attention": ["q_proj", "k_proj", "v_proj", "o_proj", "c_attn", "query_key_value", "dense"],
-    "mlp": ["gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "dense_h_to_4h", "dense_4h_to_h"],
+    "attention": ["q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "c_attn", "query_key_value", "dense"],
+    "mlp": ["gate_proj", "up_proj", "gate_up_proj", "down_proj", "c_fc", "c_proj", "dense_h_to_4h", "dense_4h_to_h"],
 }
 
 

@@ -8,6 +8,12 @@ attention function runs causal SDPA on each of those spans alone: the same resul
 against the masked model), with work proportional to the sum of squared example lengths. In bf16 on a CPU each span goes to
 `matmul_attention` (2-3x faster there than SDPA's CPU kernel); elsewhere to SDPA.
 Calls without `segments` (generation, a KV cache, left-padded prompts) are plain SDPA.
+
+What a family's attention adds is kept: a sliding window (Mistral, Qwen 2/3, Phi-3, Gemma 2/3:
+a query sees only the last `sliding_window` keys) and soft-capped scores (Gemma 2:
+cap·tanh(scores / cap)) go to `exact_attention`, the model's own eager computation on one span,
+with the window as a band in the causal mask; a span no longer than the window, without a cap,
+takes the fast path above, which is then the same computation.
 """
 
 from __future__ import annotations
@@ -27,7 +33,12 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     ([batch, length, heads, dim], None), as transformers' attention functions return."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
     if segments is None:
+        if softcap is not None:  # SDPA has no soft-cap; the mask (sliding windows included) is the model's
+            out = exact_attention(query, key, value, scaling or query.shape[-1] ** -0.5, attention_mask=attention_mask,
+                                  softcap=softcap, dropout=dropout if module.training else 0.0)
+            return out.transpose(1, 2).contiguous(), None
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     batch, heads, length, dim = query.shape
     if len(segments) != batch:
@@ -39,6 +50,8 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
         query, key, value = query.to(low), key.to(low), value.to(low)
 
     def attend(q, k, v):  # one sequence: [heads, n, dim]
+        if softcap is not None or (window is not None and q.shape[1] > window):
+            return exact_attention(q[None], k[None], v[None], scale, window=window, softcap=softcap, dropout=dropout)[0]
         if low is not None:
             return matmul_attention.causal_attention(q, k, v, scale, dropout)
         return F.scaled_dot_product_attention(q[None], k[None], v[None], dropout_p=dropout, is_causal=True,
@@ -55,6 +68,35 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
         rows.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
     out = torch.stack(rows)
     return out.transpose(1, 2).contiguous(), None
+
+
+def exact_attention(query, key, value, scaling: float, *, window: int | None = None, softcap: float | None = None,
+                    attention_mask=None, dropout: float = 0.0) -> torch.Tensor:
+    """Attention as transformers' eager implementations compute it (Gemma 2's, with soft-cap):
+    query [batch, heads, n, dim], key/value [batch, kv heads, n, dim] -> [batch, heads, n, dim].
+    Without `attention_mask`, causal (the queries being the last of the keys), within `window`
+    keys if given; with one (boolean: True attends, or additive), that mask alone."""
+    group = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is None:  # the last queries of the keys (a KV cache holds the earlier ones)
+        n, m = query.shape[2], key.shape[2]
+        rows = torch.arange(m - n, m, device=query.device)[:, None]
+        cols = torch.arange(m, device=query.device)[None, :]
+        allowed = cols <= rows
+        if window is not None:
+            allowed = allowed & (cols > rows - window)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    elif attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask[:, :, :, : key.shape[2]], float("-inf"))
+    else:
+        scores = scores + attention_mask[:, :, :, : key.shape[2]]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if dropout:
+        probs = F.dropout(probs, dropout)
+    return torch.matmul(probs, value)
 
 
 def _pieces(spans, length: int) -> list[tuple[int, bool]]:
@@ -84,19 +126,23 @@ def register() -> None:
     _registered = True
 
 
+SWAPPED = ("sdpa", "eager")  # eager: models transformers runs without SDPA (Gemma 2's soft-capped attention)
+
+
 def use_segment_attention(model) -> str | None:
     """Switch a transformers model (under any PEFT wrapper) to segment attention where it uses
-    SDPA; returns the implementation to restore, or None if left as it was."""
+    SDPA or eager attention; returns the implementation to restore, or None if left as it was."""
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+    previous = getattr(config, "_attn_implementation", None)
+    if config is None or previous not in SWAPPED:
         return None
     register()
     config._attn_implementation = NAME
     for sub in model.modules():  # submodules holding their own reference to the config
         sub_config = getattr(sub, "config", None)
-        if sub_config is not None and getattr(sub_config, "_attn_implementation", None) == "sdpa":
+        if sub_config is not None and getattr(sub_config, "_attn_implementation", None) == previous:
             sub_config._attn_implementation = NAME
-    return "sdpa"
+    return previous
 
 
 def restore_attention(model, previous: str | None) -> None:

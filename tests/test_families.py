@@ -1,0 +1,183 @@
+"""Every model family trains as the model itself computes: per-token log-probabilities and
+gradients of the training path (segment attention, the chunked output head) equal the family's
+own eager forward pass on each sequence alone, for padded and packed batches, with sequences
+longer than the sliding window. Tiny random models from each family's config (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunesmith.data.collate import collate_tokens
+from tunesmith.data.packing import pack_features
+from tunesmith.methods.logprobs import token_logprobs
+from tunesmith.model.segment_attention import restore_attention, use_segment_attention
+
+WINDOW = 6  # sliding window of the families that have one; the sequences below are longer
+LENGTHS = [13, 9, 17, 5]
+VOCAB = 96
+COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.4, pad_token_id=0,
+              bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+
+
+def family_config(family: str):
+    import transformers as tf
+
+    if family == "llama":
+        return tf.LlamaConfig(**COMMON, head_dim=8)
+    if family == "mistral":
+        return tf.MistralConfig(**COMMON, head_dim=8, sliding_window=WINDOW)
+    if family == "qwen2":
+        return tf.Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=0,
+                              layer_types=["sliding_attention", "full_attention"])
+    if family == "qwen3":
+        return tf.Qwen3Config(**COMMON, head_dim=8, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=0,
+                              layer_types=["sliding_attention", "full_attention"])
+    if family == "phi3":
+        return tf.Phi3Config(**{**COMMON, "pad_token_id": 0}, sliding_window=WINDOW)
+    if family == "gemma2":
+        return tf.Gemma2Config(**COMMON, head_dim=8, sliding_window=WINDOW, query_pre_attn_scalar=24,
+                               attn_logit_softcapping=1.0, final_logit_softcapping=2.0,
+                               layer_types=["sliding_attention", "full_attention"])
+    if family == "gemma3":
+        return tf.Gemma3TextConfig(**{**COMMON, "num_key_value_heads": 1}, head_dim=16, sliding_window=WINDOW,
+                                   query_pre_attn_scalar=24, layer_types=["sliding_attention", "full_attention"])
+    raise ValueError(family)
+
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
+
+
+def build(family: str, attention: str | None = None):
+    """The family's model with the attention transformers picks by default (as `load_base` loads
+    it: SDPA, or eager where the family has no SDPA path), or the one named."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    chosen = {} if attention is None else {"attn_implementation": attention}
+    return AutoModelForCausalLM.from_config(family_config(family), **chosen).float()
+
+
+def features(seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in LENGTHS:
+        ids = torch.randint(3, VOCAB, (n,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * 2 + ids[2:]})
+    return out
+
+
+def reference(family: str, feats: list[dict], autocast: bool = False):
+    """The family's own eager forward on each sequence alone: labelled tokens' log-probabilities
+    (in order) and the gradient of their sum."""
+    model = build(family, "eager")
+    logps = []
+    for f in feats:
+        ids = torch.tensor([f["input_ids"]])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(input_ids=ids).logits[0, :-1].float()
+        targets = torch.tensor(f["labels"][1:])
+        keep = targets != -100
+        logps.append(logits.log_softmax(-1)[keep].gather(1, targets[keep][:, None])[:, 0])
+    logps = torch.cat(logps)
+    logps.sum().backward()
+    return logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def training_path(family: str, feats: list[dict], packed: bool, autocast: bool = False):
+    model = build(family)
+    previous = use_segment_attention(model)
+    assert previous == ("eager" if family == "gemma2" else "sdpa")  # transformers has no SDPA Gemma 2
+    rows = [pack_features(feats[:2]), pack_features(feats[2:])] if packed else feats
+    batch = collate_tokens(rows, pad=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logps, _ = token_logprobs(model, batch)
+    logps.sum().backward()
+    restore_attention(model, previous)
+    return logps.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_path_equals_the_family_forward_in_fp32(family, packed):
+    feats = features()
+    ref_logps, ref_grads = reference(family, feats)
+    logps, grads = training_path(family, feats, packed)
+    assert logps.shape == ref_logps.shape
+    assert torch.allclose(logps, ref_logps, atol=1e-5), (logps - ref_logps).abs().max()
+    assert set(grads) == set(ref_grads)
+    # relative to each gradient's scale: sums over every token of the batch, in fp32
+    worst = max(((grads[n] - ref_grads[n]).abs().max().item() / max(1.0, ref_grads[n].abs().max().item()), n)
+                for n in grads)
+    assert worst[0] < 1e-5, worst
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_path_in_bf16_is_as_close_as_the_family_own_bf16(family):
+    feats = features(seed=1)
+    exact, _ = reference(family, feats)
+    own_bf16, _ = reference(family, feats, autocast=True)
+    ours_bf16, _ = training_path(family, feats, packed=True, autocast=True)
+    own_error = (own_bf16 - exact).abs().mean().item()
+    our_error = (ours_bf16 - exact).abs().mean().item()
+    assert our_error <= 1.5 * own_error + 1e-3, (our_error, own_error)
+
+
+EXPECTED_TARGETS = {
+    "attention": {"phi3": {"qkv_proj", "o_proj"}, "*": {"q_proj", "k_proj", "v_proj", "o_proj"}},
+    "mlp": {"phi3": {"gate_up_proj", "down_proj"}, "*": {"gate_proj", "up_proj", "down_proj"}},
+}
+
+
+@pytest.mark.parametrize("preset", ["attention", "mlp"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_target_presets_name_each_family_s_own_modules(family, preset):
+    from tunesmith.model.adapters import lora_targets
+
+    expected = EXPECTED_TARGETS[preset].get(family, EXPECTED_TARGETS[preset]["*"])
+    assert set(lora_targets(build(family, "eager"), preset)) == expected
+
+
+def lora_model(family: str, attention: str | None):
+    from tunesmith.config import AdapterConfig
+    from tunesmith.model.adapters import apply_adapter
+
+    model = apply_adapter(build(family, attention), AdapterConfig(type="lora", r=4, targets="all-linear"))
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # a trained adapter, not the zero update it starts as
+            torch.nn.init.normal_(p, std=0.2)
+    return model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_training_path_equals_peft_forward(family):
+    """Fused LoRA and segment attention against PEFT's own forward of the family, eager, per sequence."""
+    from tunesmith.model.fused_lora import restore_lora, use_fused_lora
+    from tunesmith.model.peft_wrapping import unwrap
+
+    feats = features(seed=2)
+    reference_model = lora_model(family, "eager")
+    ref = []
+    for f in feats:
+        logits = reference_model(input_ids=torch.tensor([f["input_ids"]])).logits[0, :-1].float()
+        targets = torch.tensor(f["labels"][1:])
+        keep = targets != -100
+        ref.append(logits.log_softmax(-1)[keep].gather(1, targets[keep][:, None])[:, 0])
+    ref = torch.cat(ref)
+    ref.sum().backward()
+    ref_grads = {n: p.grad for n, p in reference_model.named_parameters() if p.grad is not None}
+
+    model = lora_model(family, None)
+    previous, fused = use_segment_attention(unwrap(model)), use_fused_lora(model)
+    assert fused, "no LoRA layer took the fused path"
+    logps, _ = token_logprobs(model, collate_tokens([pack_features(feats[:2]), pack_features(feats[2:])], pad=0))
+    logps.sum().backward()
+    restore_lora(fused)
+    restore_attention(unwrap(model), previous)
+    assert torch.allclose(logps.detach(), ref.detach(), atol=1e-5), (logps - ref).abs().max()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(grads) == set(ref_grads) and all("lora_" in n for n in grads)
+    worst = max((grads[n] - ref_grads[n]).abs().max().item() / max(1.0, ref_grads[n].abs().max().item()) for n in grads)
+    assert worst < 1e-5, worst
