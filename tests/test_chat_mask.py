@@ -71,11 +71,27 @@ def test_template_without_eos_gets_eos_appended_and_trained():
     assert enc.input_ids[-1] == tok.eos_token_id and enc.labels[-1] == tok.eos_token_id
 
 
-def test_plain_model_without_template_trains_completion_and_eos_with_one_bos():
+def test_a_model_without_template_trains_on_the_default_one_with_one_bos():
     tok = build_tokenizer(chat_template=None, add_bos=True)
-    enc = encode_chat(tok, CONV[1:3], max_length=512)
+    enc = encode_chat(tok, CONV, max_length=512)
     assert enc.input_ids.count(tok.bos_token_id) == 1
-    assert trained_text(tok, enc) == ["1999-03-03<|im_end|>"]
+    assert trained_text(tok, enc) == ["1999-03-03<|im_end|>", "2001-12-24<|im_end|>"]
+    assert tok.decode(enc.input_ids).startswith("<|im_start|><|system|>\nBe brief.\n<|user|>\nWhen was")
+    asked = tok.decode(prompt_ids(tok, CONV[:2]))
+    assert asked.endswith("<|user|>\nWhen was the contract signed?\n<|assistant|>\n")
+
+
+def test_load_tokenizer_gives_a_base_model_the_default_template_and_saving_keeps_it(tmp_path):
+    from tunesmith.data.chat import DEFAULT_CHAT_TEMPLATE
+    from tunesmith.model.load import load_tokenizer
+
+    build_tokenizer(chat_template=None).save_pretrained(tmp_path / "base")
+    tok = load_tokenizer(tmp_path / "base")
+    assert tok.chat_template == DEFAULT_CHAT_TEMPLATE
+    tok.save_pretrained(tmp_path / "trained")  # what a run's final/ and an export hold
+    assert load_tokenizer(tmp_path / "trained").chat_template == DEFAULT_CHAT_TEMPLATE
+    build_tokenizer().save_pretrained(tmp_path / "chat")  # a model's own template is kept
+    assert load_tokenizer(tmp_path / "chat").chat_template != DEFAULT_CHAT_TEMPLATE
 
 
 def test_truncation_is_reported(tokenizer):

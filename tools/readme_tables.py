@@ -80,12 +80,16 @@ def _signed(x: float, digits: int = 3) -> str:
 
 # --- quickstart ------------------------------------------------------------------------------
 
-def quickstart_runs() -> dict[str, list[dict]]:
-    """Recorded quickstart runs by machine tag, in the order they were recorded."""
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def quickstart_runs(model: str = DEFAULT_MODEL) -> dict[str, list[dict]]:
+    """Recorded quickstart runs of one model by machine tag, in the order they were recorded."""
     out: dict[str, list[dict]] = {}
     for path in sorted(RESULTS.glob("quickstart-*.json")):
         data = json.loads(path.read_text())
-        out[data["machine_tag"]] = data["runs"]
+        if data.get("model", DEFAULT_MODEL) == model:
+            out[data["machine_tag"]] = data["runs"]
     return dict(sorted(out.items(), key=lambda kv: MACHINE_ORDER.index(kv[0]) if kv[0] in MACHINE_ORDER else 99))
 
 
@@ -147,6 +151,25 @@ def render_quickstart() -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_quickstart_gemma() -> str:
+    """The same quickstart on Gemma 3 270M (`--model gemma3-270m`), beside SmolLM2's."""
+    machines = quickstart_runs("gemma3-270m")
+    tag, runs = next(iter(machines.items()))
+    run = runs[-1]
+    t = run["tables"]
+    lines = [f"`tunesmith quickstart --model gemma3-270m` (Gemma 3 270M, a base model without a chat template: "
+             f"tunesmith's default template; latest run on {tag}, {describe(run['provenance']['machine'])}, "
+             f"commit {_commit(run['provenance']['commit'])}, {run['total_minutes']:.1f} minutes):", "",
+             f"| test split ({t['task'][0]['n']} examples) | exact match (95% CI) | general QA: base → tuned, verdict |",
+             "|---|---|---|"]
+    qa = {r["label"]: r for r in t["forgetting"]}
+    for r in t["task"]:
+        f = qa.get(r["label"])
+        kept = f"{_pct(f['qa_base'])} → {_pct(f['qa_tuned'])}, {f['verdict']}" if f else ""
+        lines.append(f"| {_variant_label(r['label'])} | {_pct(r['score'])} ({r['lo'] * 100:.1f}–{r['hi'] * 100:.1f}) | {kept} |")
+    return "\n".join(lines) + "\n"
+
+
 def record_quickstart(run_dir: Path) -> Path:
     """Append a finished quickstart run (its quickstart.json) to results/quickstart-<machine>.json."""
     source = run_dir / "quickstart.json"
@@ -160,9 +183,9 @@ def record_quickstart(run_dir: Path) -> Path:
     if not commit or commit.endswith("+dirty"):
         raise SystemExit(f"{source}: commit {commit!r}: record runs of committed code only")
     keep = {k: run[k] for k in ("provenance", "tables", "phases", "total_minutes", "model", "task")}
-    tag = run["provenance"]["machine_tag"]
-    path = RESULTS / f"quickstart-{tag}.json"
-    data = json.loads(path.read_text()) if path.is_file() else {"machine_tag": tag, "runs": []}
+    tag, model = run["provenance"]["machine_tag"], run["model"]
+    path = RESULTS / (f"quickstart-{tag}.json" if model == DEFAULT_MODEL else f"quickstart-{model}-{tag}.json")
+    data = json.loads(path.read_text()) if path.is_file() else {"machine_tag": tag, "model": model, "runs": []}
     data["runs"].append(keep)
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
@@ -273,8 +296,8 @@ def render_rlhf() -> str:
 
 # --- the README ------------------------------------------------------------------------------
 
-RENDERERS = {"quickstart": render_quickstart, "adapters": render_adapters, "bench": render_bench,
-             "distill": render_distill, "rlhf": render_rlhf}
+RENDERERS = {"quickstart": render_quickstart, "quickstart-gemma": render_quickstart_gemma, "adapters": render_adapters,
+             "bench": render_bench, "distill": render_distill, "rlhf": render_rlhf}
 
 
 def regenerate(text: str) -> str:

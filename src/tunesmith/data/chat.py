@@ -7,6 +7,11 @@ template decides where BOS goes, so no second BOS is ever added on top of it.
 Assistant spans are found by rendering the conversation prefix by prefix: the text an assistant
 turn adds is `render(messages[:i+1])` minus `render(messages[:i], add_generation_prompt=True)`.
 Tokens are mapped to those character spans through the fast tokenizer's offsets.
+
+A model without a chat template (a base model, such as Gemma 3 270M's GGUF) is given
+`DEFAULT_CHAT_TEMPLATE`: each turn as `<|role|>` on its own line, then the content, an
+assistant turn closed by the EOS token. `model.load.load_tokenizer` sets it, so a run's final
+model and every export carry the template training used, and serving and generation use it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,12 @@ from dataclasses import dataclass
 from tunesmith.errors import UserError
 
 IGNORE = -100
+DEFAULT_CHAT_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
 
 
 @dataclass
@@ -26,7 +37,8 @@ class Encoded:
 
 
 def _render(tokenizer, messages, add_generation_prompt=False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE)
 
 
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -59,24 +71,21 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int, train_on: str 
     train_on: `all_assistant` (every assistant turn), `last` (the last assistant turn only) or
     `all` (every token, prompts and template included).
     """
-    if tokenizer.chat_template:
-        text, turns = assistant_spans(tokenizer, messages)
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets = enc["input_ids"], enc["offset_mapping"]
-        spans = {"last": turns[-1:], "all": [(0, len(text))]}.get(train_on, turns)
-        labels = [IGNORE] * len(ids)
-        for k, (a, b) in enumerate(offsets):
-            if b > a and any(s <= a and b <= e for s, e in spans):
-                labels[k] = ids[k]
-        # A template that closes the last assistant turn without EOS: append it, or the model
-        # never learns to stop.
-        eos = tokenizer.eos_token
-        last_has_eos = bool(eos) and bool(turns) and text[turns[-1][0] : turns[-1][1]].endswith(eos)
-        if messages[-1]["role"] == "assistant" and not last_has_eos and tokenizer.eos_token_id is not None:
-            ids.append(tokenizer.eos_token_id)
-            labels.append(tokenizer.eos_token_id)
-    else:
-        ids, labels = _encode_plain(tokenizer, messages, train_on)
+    text, turns = assistant_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    spans = {"last": turns[-1:], "all": [(0, len(text))]}.get(train_on, turns)
+    labels = [IGNORE] * len(ids)
+    for k, (a, b) in enumerate(offsets):
+        if b > a and any(s <= a and b <= e for s, e in spans):
+            labels[k] = ids[k]
+    # A template that closes the last assistant turn without EOS: append it, or the model
+    # never learns to stop.
+    eos = tokenizer.eos_token
+    last_has_eos = bool(eos) and bool(turns) and text[turns[-1][0] : turns[-1][1]].endswith(eos)
+    if messages[-1]["role"] == "assistant" and not last_has_eos and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
     return _cut(ids, labels, max_length)
 
 
@@ -103,29 +112,7 @@ def _cut(ids: list[int], labels: list[int], max_length: int) -> Encoded:
     return Encoded(ids[:max_length], labels[:max_length], truncated=len(ids) > max_length)
 
 
-def _encode_plain(tokenizer, messages: list[dict], train_on: str) -> tuple[list[int], list[int]]:
-    """Models without a chat template: turns concatenated, assistant text + EOS trained."""
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    ids: list[int] = []
-    labels: list[int] = []
-    bos = tokenizer.bos_token_id
-    for i, m in enumerate(messages):
-        piece = tokenizer(m["content"] + ("\n" if m["role"] != "assistant" else ""), add_special_tokens=(i == 0))["input_ids"]
-        if i == 0 and bos is not None and len(piece) > 1 and piece[0] == bos and piece[1] == bos:
-            piece = piece[1:]
-        ids += piece
-        if m["role"] == "assistant":
-            piece = piece + [tokenizer.eos_token_id]
-            ids.append(tokenizer.eos_token_id)
-        trained = train_on == "all" or (m["role"] == "assistant" and (train_on == "all_assistant" or i == last))
-        labels += list(piece) if trained else [IGNORE] * len(piece)
-    return ids, labels
-
-
 def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids that ask the model for the next assistant turn (for generation and evaluation)."""
-    if tokenizer.chat_template:
-        text = _render(tokenizer, messages, add_generation_prompt=True)
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    text = "".join(m["content"] + "\n" for m in messages)
-    return tokenizer(text)["input_ids"]
+    text = _render(tokenizer, messages, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith.data.chat import DEFAULT_CHAT_TEMPLATE
 from tunesmith.errors import UserError
 from tunesmith.model.resolve import Resolved, resolve
 
@@ -42,6 +43,8 @@ def load_tokenizer(path: Path):
         raise UserError(f"{path}: could not load tokenizer ({str(e).splitlines()[0][:200]})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:  # a base model: the documented default, saved with every model trained or exported
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     return tokenizer
 
 

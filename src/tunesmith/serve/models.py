@@ -14,7 +14,8 @@ import torch
 
 from tunesmith.errors import UserError
 from tunesmith.model.load import load_base, load_tokenizer, tokenizer_dir
-from tunesmith.model.resolve import BUNDLED_ALIAS, Resolved, resolve
+from tunesmith.model.embedded import EMBEDDED
+from tunesmith.model.resolve import Resolved, resolve
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 SERVABLE_ADAPTERS = ("LORA", "IA3")
@@ -53,8 +54,9 @@ def display_id(reference: str) -> str:
     """A short model id for a reference: the alias as given (also where an adapter names the
     alias's cached conversion, `<alias>-<content key>`), a folder or run by its name."""
     path = Path(reference.rstrip("/"))
-    if reference == BUNDLED_ALIAS or re.fullmatch(re.escape(BUNDLED_ALIAS) + r"-[0-9a-f]{12}", path.name):
-        return BUNDLED_ALIAS
+    for alias in EMBEDDED:
+        if reference == alias or re.fullmatch(re.escape(alias) + r"-[0-9a-f]{12}", path.name):
+            return alias
     return path.name or reference
 
 
