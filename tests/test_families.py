@@ -5,6 +5,8 @@ longer than the sliding window. Tiny random models from each family's config (no
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -233,3 +235,28 @@ def test_a_reward_head_scores_every_family(family_dirs, family):
     model.config.pad_token_id = 0
     scores = model(input_ids=torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]]), attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])).logits
     assert scores.shape == (2, 1) and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_student_keeps_the_chosen_layers_and_their_kinds(family_dirs, family, tmp_path):
+    """`student create` on every family: the kept layers' weights, and per-layer attention kinds
+    (sliding or full) that still match them, in a model that loads and runs."""
+    from conftest import build_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.model.student import create_student
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(family_dirs[family], teacher)
+    build_tokenizer().save_pretrained(teacher)
+    result = create_student(str(teacher), 1, tmp_path / "student", strategy="last")
+    assert result["layers"] == [1]
+    original = AutoModelForCausalLM.from_pretrained(teacher)
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    assert student.config.num_hidden_layers == 1
+    kinds = getattr(original.config, "layer_types", None)
+    if kinds is not None:
+        assert student.config.layer_types == [kinds[1]]
+    kept = {n.replace("layers.0.", "layers.1.", 1): p for n, p in student.named_parameters()}
+    assert all(torch.equal(p, dict(original.named_parameters())[n]) for n, p in kept.items())
+    assert torch.isfinite(student(input_ids=torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])).logits).all()
