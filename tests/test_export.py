@@ -144,3 +144,41 @@ def test_gguf_export_refuses_what_it_cannot_write(tmp_path, lora_run):
     for args, message in ((["--format", "onnx"], "--format onnx"), (["--format", "gguf", "--quant", "q4_k"], "--quant q4_k")):
         result = cli_here(["export", str(lora_run), "--to", str(tmp_path / "x"), *args], tmp_path)
         assert result.returncode == 2 and message in result.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_gguf_export_of_qwen_families_round_trips_through_transformers(tmp_path, tokenizer, date_data, family):
+    """Qwen 2 (q/k/v biases) and Qwen 3 (q/k norms, its own head width): llama.cpp's architecture
+    and tensor names, rows unpermuted (NEOX rotary); read back, the same weights and replies."""
+    import transformers as tf
+
+    from tunesmith.export.exporter import export
+
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, initializer_range=0.2)
+    # Qwen 3's GGUF metadata has no head width, so readers take the config default (128)
+    config = tf.Qwen2Config(**common) if family == "qwen2" else tf.Qwen3Config(**common, head_dim=128)
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(config).float()
+    if family == "qwen2":
+        assert model.model.layers[0].self_attn.q_proj.bias is not None
+        torch.nn.init.normal_(model.model.layers[0].self_attn.q_proj.bias, std=0.5)  # biases that matter
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    result = export(str(tmp_path / "model"), tmp_path / "gguf", format="gguf", quant="f16")
+    assert result["kind"] == "gguf"
+    back, back_tok = load_gguf(tmp_path / "gguf")
+    assert back.config.model_type == family
+    source = model.state_dict()
+    for name, tensor in back.state_dict().items():
+        expected = source[name] if source[name].ndim == 1 else source[name].half().float()
+        assert torch.equal(tensor, expected), name
+    source_model, source_tok = load_for_inference(str(tmp_path / "model"))
+    with torch.no_grad():  # at the file's f16 weights: an untrained model's greedy replies turn on near-ties
+        for p in source_model.parameters():
+            if p.ndim > 1:
+                p.copy_(p.half().float())
+    # the next-token logits of a test prompt (rms_norm_eps is stored as float32: 1e-6 differs in the 8th digit)
+    assert torch.allclose(greedy_ids(back, back_tok, date_data["test"]),
+                          greedy_ids(source_model, source_tok, date_data["test"]), atol=1e-4)

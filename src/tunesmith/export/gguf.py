@@ -1,11 +1,12 @@
-"""A Llama-family model as one GGUF file (f16 or q8_0), for llama.cpp, Ollama, LM Studio and
-transformers' own GGUF loader.
+"""A Llama, Qwen 2 or Qwen 3 model as one GGUF file (f16 or q8_0), for llama.cpp, Ollama, LM
+Studio and transformers' own GGUF loader.
 
-Written with the `gguf` package the way llama.cpp's converter writes it: its tensor names
-(`gguf.get_tensor_name_map`), its row order for the query and key projections (rotary halves
-interleaved: llama.cpp permutes them, and every GGUF reader undoes it), norms kept in f32, the
-tied output head left out, and the tokenizer in the file (byte-level BPE vocabulary, merges,
-special tokens, chat template) so the file alone is a complete model.
+Written with the `gguf` package the way llama.cpp's converter writes it: its architecture and
+tensor names (`gguf.get_tensor_name_map`: Qwen's q/k/v biases and Qwen 3's q/k norms included),
+for Llama its row order for the query and key projections (rotary halves interleaved: llama.cpp
+permutes them, and every GGUF reader undoes it; Qwen rotates NEOX-style, unpermuted), norms kept
+in f32, the tied output head left out, and the tokenizer in the file (byte-level BPE vocabulary,
+merges, special tokens, chat template) so the file alone is a complete model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from tunesmith.errors import UserError
 from tunesmith.export import GGUF_QUANTS
 
-LLAMA_FAMILY = ("llama",)
+ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2", "qwen3": "QWEN3"}  # model_type -> gguf.MODEL_ARCH member
+ROTARY_PERMUTED = ("llama",)  # llama.cpp's converter permutes q/k rows for its llama architecture only
 # transformers' pre-tokenizer, as llama.cpp names the splitting rule it stands for
 PRE_TOKENIZERS = {("Digits", "ByteLevel"): "smollm", ("ByteLevel",): "gpt-2"}
 
@@ -82,23 +84,27 @@ def _rope_theta(config) -> float:
 
 
 def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "model", source: Path | None = None) -> dict:
-    """Write `model` (a plain LlamaForCausalLM, any adapter merged) to `path`; `source`: its
-    Hugging Face folder, for what the conversion from a GGUF file recorded."""
+    """Write `model` (a plain Llama, Qwen 2 or Qwen 3 causal LM, any adapter merged) to `path`;
+    `source`: its Hugging Face folder, for what the conversion from a GGUF file recorded."""
     import gguf
 
     if quant not in GGUF_QUANTS:
         raise UserError(f"--quant {quant}: choose one of {', '.join(GGUF_QUANTS)}")
     config = model.config
-    if config.model_type not in LLAMA_FAMILY:
-        raise UserError(f"GGUF export supports Llama-family models; this one is '{config.model_type}'")
+    kind = config.model_type
+    if kind not in ARCHITECTURES:
+        raise UserError(f"GGUF export writes {', '.join(ARCHITECTURES)} models; this one is '{kind}'")
+    if getattr(config, "use_sliding_window", False):
+        raise UserError(f"GGUF export: this {kind} model uses a sliding window, which the GGUF readers would drop")
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
-    if head_dim * n_head != config.hidden_size:
+    if kind == "llama" and head_dim * n_head != config.hidden_size:
         raise UserError("GGUF export: head_dim * heads must equal the hidden size for llama.cpp's Llama")
     n_vocab = model.get_input_embeddings().weight.shape[0]
     tokens, types, merges = vocabulary(tokenizer, n_vocab)
 
-    writer = gguf.GGUFWriter(path, "llama")
+    arch = getattr(gguf.MODEL_ARCH, ARCHITECTURES[kind])
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
     writer.add_type("model")
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
@@ -109,6 +115,8 @@ def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "mo
     writer.add_head_count_kv(n_kv)
     writer.add_rope_freq_base(_rope_theta(config))
     writer.add_rope_dimension_count(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     writer.add_vocab_size(n_vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
@@ -127,7 +135,7 @@ def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "mo
         writer.add_chat_template(tokenizer.chat_template)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     counts = Counter()
     for hf_name, tensor in model.state_dict().items():
@@ -139,9 +147,9 @@ def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "mo
         if target is None:
             raise UserError(f"GGUF export: no llama.cpp tensor name for '{hf_name}'")
         data = tensor.detach().to(torch.float32).cpu().numpy()
-        if hf_name.endswith("q_proj.weight"):
+        if kind in ROTARY_PERMUTED and hf_name.endswith("q_proj.weight"):
             data = permute_rotary_rows(data, n_head, n_head)
-        elif hf_name.endswith("k_proj.weight"):
+        elif kind in ROTARY_PERMUTED and hf_name.endswith("k_proj.weight"):
             data = permute_rotary_rows(data, n_head, n_kv)
         if data.ndim == 1:
             writer.add_tensor(target, np.ascontiguousarray(data))
