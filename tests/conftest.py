@@ -77,6 +77,26 @@ def date_data(tmp_path_factory) -> dict[str, Path]:
     return write_splits(tmp_path_factory.mktemp("dates"), n_train=96, n_val=16, n_test=16, seed=7)
 
 
+def tiny_qwen(family: str, tokenizer, folder: Path):
+    """A tiny random Qwen 2 (q_proj bias set, so biases matter) or Qwen 3 model with the tiny
+    tokenizer, saved in `folder`; returns the model. Qwen 3's GGUF metadata has no head width,
+    so readers take its config default, 128, which this model uses."""
+    import torch
+    import transformers as tf
+
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, initializer_range=0.2)
+    config = tf.Qwen2Config(**common) if family == "qwen2" else tf.Qwen3Config(**common, head_dim=128)
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(config).float()
+    if family == "qwen2":
+        torch.nn.init.normal_(model.model.layers[0].self_attn.q_proj.bias, std=0.5)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
 def write_config(path: Path, model: Path | str, splits: dict[str, Path], out_dir: Path, **sections) -> Path:
     """A run config for the tiny model; keyword sections update the defaults (train=..., adapter=...)."""
     import yaml

@@ -150,22 +150,13 @@ def test_gguf_export_refuses_what_it_cannot_write(tmp_path, lora_run):
 def test_gguf_export_of_qwen_families_round_trips_through_transformers(tmp_path, tokenizer, date_data, family):
     """Qwen 2 (q/k/v biases) and Qwen 3 (q/k norms, its own head width): llama.cpp's architecture
     and tensor names, rows unpermuted (NEOX rotary); read back, the same weights and replies."""
-    import transformers as tf
+    from conftest import tiny_qwen
 
     from tunesmith.export.exporter import export
 
-    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, initializer_range=0.2)
-    # Qwen 3's GGUF metadata has no head width, so readers take the config default (128)
-    config = tf.Qwen2Config(**common) if family == "qwen2" else tf.Qwen3Config(**common, head_dim=128)
-    torch.manual_seed(0)
-    model = tf.AutoModelForCausalLM.from_config(config).float()
+    model = tiny_qwen(family, tokenizer, tmp_path / "model")
     if family == "qwen2":
         assert model.model.layers[0].self_attn.q_proj.bias is not None
-        torch.nn.init.normal_(model.model.layers[0].self_attn.q_proj.bias, std=0.5)  # biases that matter
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
     result = export(str(tmp_path / "model"), tmp_path / "gguf", format="gguf", quant="f16")
     assert result["kind"] == "gguf"
     back, back_tok = load_gguf(tmp_path / "gguf")

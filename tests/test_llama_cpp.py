@@ -62,20 +62,11 @@ def test_the_bundled_model_s_gguf_answers_in_llama_cpp_as_in_transformers(llama_
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3"])
 def test_qwen_exports_give_transformers_logits_in_llama_cpp(llama_cpp_python, tmp_path, tokenizer, family):
-    import transformers as tf
+    from conftest import tiny_qwen
 
     from tunesmith.export.exporter import export
 
-    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, initializer_range=0.2)
-    config = tf.Qwen2Config(**common) if family == "qwen2" else tf.Qwen3Config(**common, head_dim=128)
-    torch.manual_seed(0)
-    model = tf.AutoModelForCausalLM.from_config(config).float()
-    if family == "qwen2":
-        torch.nn.init.normal_(model.model.layers[0].self_attn.q_proj.bias, std=0.5)
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    model = tiny_qwen(family, tokenizer, tmp_path / "model")
     export(str(tmp_path / "model"), tmp_path / "gguf", format="gguf", quant="f16")
     [gguf_file] = (tmp_path / "gguf").glob("*.gguf")
     ids = [5, 17, 42, 99, 7, 250, 31, 8]
