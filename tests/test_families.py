@@ -70,19 +70,23 @@ def features(seed: int = 0) -> list[dict]:
     return out
 
 
+def own_logprobs(model, feats: list[dict], autocast: bool = False) -> torch.Tensor:
+    """The model's own forward on each sequence alone: its labelled tokens' log-probabilities, in order."""
+    logps = []
+    for f in feats:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(input_ids=torch.tensor([f["input_ids"]])).logits[0, :-1].float()
+        targets = torch.tensor(f["labels"][1:])
+        keep = targets != -100
+        logps.append(logits.log_softmax(-1)[keep].gather(1, targets[keep][:, None])[:, 0])
+    return torch.cat(logps)
+
+
 def reference(family: str, feats: list[dict], autocast: bool = False):
     """The family's own eager forward on each sequence alone: labelled tokens' log-probabilities
     (in order) and the gradient of their sum."""
     model = build(family, "eager")
-    logps = []
-    for f in feats:
-        ids = torch.tensor([f["input_ids"]])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = model(input_ids=ids).logits[0, :-1].float()
-        targets = torch.tensor(f["labels"][1:])
-        keep = targets != -100
-        logps.append(logits.log_softmax(-1)[keep].gather(1, targets[keep][:, None])[:, 0])
-    logps = torch.cat(logps)
+    logps = own_logprobs(model, feats, autocast)
     logps.sum().backward()
     return logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -161,13 +165,7 @@ def test_lora_training_path_equals_peft_forward(family):
 
     feats = features(seed=2)
     reference_model = lora_model(family, "eager")
-    ref = []
-    for f in feats:
-        logits = reference_model(input_ids=torch.tensor([f["input_ids"]])).logits[0, :-1].float()
-        targets = torch.tensor(f["labels"][1:])
-        keep = targets != -100
-        ref.append(logits.log_softmax(-1)[keep].gather(1, targets[keep][:, None])[:, 0])
-    ref = torch.cat(ref)
+    ref = own_logprobs(reference_model, feats)
     ref.sum().backward()
     ref_grads = {n: p.grad for n, p in reference_model.named_parameters() if p.grad is not None}
 

@@ -8,6 +8,7 @@ Either is converted once to a cached Hugging Face folder by `resolve`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 from dataclasses import dataclass
@@ -33,19 +34,26 @@ class EmbeddedModel:
             if not path.is_file():
                 raise UserError(f"{path}: model file missing from package '{self.package}'")
             return path
-        package = importlib.import_module(self.package)
-        target = cache / package.MODEL_NAME
-        try:  # the package joins its chunks and checks the whole file's SHA-256
+        return _assembled(self, cache)
+
+
+@functools.lru_cache(maxsize=None)
+def _assembled(model: EmbeddedModel, cache: Path) -> Path:
+    """The assembled GGUF, checked once per process: the package hashes the whole file (250 MB)
+    on every call, and a run resolves its model several times."""
+    package = importlib.import_module(model.package)
+    target = cache / package.MODEL_NAME
+    try:  # the package joins its chunks and checks the whole file's SHA-256
+        return Path(package.assemble(target))
+    except FileNotFoundError as e:
+        raise UserError(f"model '{model.alias}': {e} ({model.install})") from None
+    except (ValueError, FileExistsError):  # a damaged or partly written file: assemble it again
+        target.unlink(missing_ok=True)
+        try:
             return Path(package.assemble(target))
-        except FileNotFoundError as e:
-            raise UserError(f"model '{self.alias}': {e} ({self.install})") from None
-        except (ValueError, FileExistsError):  # a damaged or partly written file: assemble it again
-            target.unlink(missing_ok=True)
-            try:
-                return Path(package.assemble(target))
-            except ValueError as e:
-                raise UserError(f"model '{self.alias}': the assembled GGUF fails its checksum ({e}); "
-                                f"reinstall: {self.install}") from None
+        except ValueError as e:
+            raise UserError(f"model '{model.alias}': the assembled GGUF fails its checksum ({e}); "
+                            f"reinstall: {model.install}") from None
 
 
 EMBEDDED = {m.alias: m for m in (
