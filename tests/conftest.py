@@ -77,21 +77,42 @@ def date_data(tmp_path_factory) -> dict[str, Path]:
     return write_splits(tmp_path_factory.mktemp("dates"), n_train=96, n_val=16, n_test=16, seed=7)
 
 
-def tiny_qwen(family: str, tokenizer, folder: Path):
-    """A tiny random Qwen 2 (q_proj bias set, so biases matter) or Qwen 3 model with the tiny
-    tokenizer, saved in `folder`; returns the model. Qwen 3's GGUF metadata has no head width,
-    so readers take its config default, 128, which this model uses."""
+GEMMA3_ALTERNATING = ("sliding_attention", "full_attention", "sliding_attention")
+
+
+def tiny_family(family: str, tokenizer, folder: Path, gemma3_layers: tuple[str, ...] = GEMMA3_ALTERNATING):
+    """A tiny random model of a GGUF-exportable family with the tiny tokenizer, saved in `folder`;
+    returns the model. Qwen 2 has its q_proj bias set (so biases matter); Qwen 3's GGUF metadata has
+    no head width, so readers take its config default, 128, which this model uses; Mistral has no
+    sliding window (llama.cpp's llama has none); Gemma 3 has window-4 layers and global ones, by
+    default alternating, not in llama.cpp's default pattern, so the file must say which is which; its
+    heads are 256 wide, as every Gemma 3's (GGUF readers derive the query scale from that width)."""
     import torch
     import transformers as tf
 
     common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, initializer_range=0.2)
-    config = tf.Qwen2Config(**common) if family == "qwen2" else tf.Qwen3Config(**common, head_dim=128)
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                  bos_token_id=tokenizer.bos_token_id, initializer_range=0.2)
+    if family == "qwen2":
+        config = tf.Qwen2Config(**common)
+    elif family == "qwen3":
+        config = tf.Qwen3Config(**common, head_dim=128)
+    elif family == "mistral":
+        config = tf.MistralConfig(**common, sliding_window=None)
+    elif family == "gemma3":
+        config = tf.Gemma3TextConfig(**{**common, "num_hidden_layers": len(gemma3_layers)}, head_dim=256,
+                                     query_pre_attn_scalar=256, sliding_window=4, layer_types=list(gemma3_layers))
+    else:
+        raise ValueError(family)
     torch.manual_seed(0)
     model = tf.AutoModelForCausalLM.from_config(config).float()
     if family == "qwen2":
         torch.nn.init.normal_(model.model.layers[0].self_attn.q_proj.bias, std=0.5)
+    if family == "gemma3":  # norms start at 0 (a scale of 1 + 0): random ones show whether the +1 is stored
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                torch.nn.init.normal_(p, std=0.3)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return model

@@ -146,30 +146,55 @@ def test_gguf_export_refuses_what_it_cannot_write(tmp_path, lora_run):
         assert result.returncode == 2 and message in result.stderr and not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
-def test_gguf_export_of_qwen_families_round_trips_through_transformers(tmp_path, tokenizer, date_data, family):
-    """Qwen 2 (q/k/v biases) and Qwen 3 (q/k norms, its own head width): llama.cpp's architecture
-    and tensor names, rows unpermuted (NEOX rotary); read back, the same weights and replies."""
-    from conftest import tiny_qwen
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral", "gemma3"])
+def test_gguf_export_of_each_family_round_trips_through_transformers(tmp_path, tokenizer, date_data, family):
+    """Qwen 2 (q/k/v biases), Qwen 3 (q/k norms, its own head width), Mistral (llama.cpp's llama,
+    rows permuted) and Gemma 3 (norms stored as 1 + weight, sliding window): llama.cpp's
+    architecture and tensor names; read back, the same weights and replies."""
+    from conftest import tiny_family
 
     from tunesmith.export.exporter import export
 
-    model = tiny_qwen(family, tokenizer, tmp_path / "model")
+    # transformers' GGUF reader takes Gemma 3's layer kinds from the default pattern (five windowed, one global)
+    model = tiny_family(family, tokenizer, tmp_path / "model", gemma3_layers=("sliding_attention",) * 5 + ("full_attention",))
     if family == "qwen2":
         assert model.model.layers[0].self_attn.q_proj.bias is not None
     result = export(str(tmp_path / "model"), tmp_path / "gguf", format="gguf", quant="f16")
     assert result["kind"] == "gguf"
     back, back_tok = load_gguf(tmp_path / "gguf")
-    assert back.config.model_type == family
+    assert back.config.model_type == {"mistral": "llama", "gemma3": "gemma3_text"}.get(family, family)  # as llama.cpp names them
     source = model.state_dict()
     for name, tensor in back.state_dict().items():
-        expected = source[name] if source[name].ndim == 1 else source[name].half().float()
-        assert torch.equal(tensor, expected), name
+        if source[name].ndim == 1:  # Gemma's norms are stored as 1 + w in f32 and read back as (1 + w) - 1
+            assert (tensor - source[name]).abs().max() <= (2.4e-7 if family == "gemma3" else 0), name  # an f32 ulp near 1
+        else:
+            assert torch.equal(tensor, source[name].half().float()), name
     source_model, source_tok = load_for_inference(str(tmp_path / "model"))
     with torch.no_grad():  # at the file's f16 weights: an untrained model's greedy replies turn on near-ties
         for p in source_model.parameters():
             if p.ndim > 1:
                 p.copy_(p.half().float())
+    if family == "gemma3":  # transformers reads every Gemma 3 file's tokenizer as SentencePiece; this one is byte-level
+        back_tok = source_tok
     # the next-token logits of a test prompt (rms_norm_eps is stored as float32: 1e-6 differs in the 8th digit)
     assert torch.allclose(greedy_ids(back, back_tok, date_data["test"]),
                           greedy_ids(source_model, source_tok, date_data["test"]), atol=1e-4)
+
+
+@pytest.mark.parametrize("family, change, message", [
+    ("mistral", {"sliding_window": 6}, "uses a sliding window"),
+    ("gemma3", {"query_pre_attn_scalar": 24}, "query_pre_attn_scalar 24"),
+    ("gemma3", {"attn_logit_softcapping": 50.0}, "no attention soft-cap"),
+])
+def test_gguf_export_refuses_what_llama_cpp_would_compute_differently(tmp_path, tokenizer, family, change, message):
+    from conftest import tiny_family
+
+    from tunesmith.errors import UserError
+    from tunesmith.export.gguf import write_gguf
+
+    model = tiny_family(family, tokenizer, tmp_path / "model")
+    for key, value in change.items():
+        setattr(model.config, key, value)
+    with pytest.raises(UserError, match=message):
+        write_gguf(model, tokenizer, tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()
