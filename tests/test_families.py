@@ -294,3 +294,19 @@ def test_distillation_from_every_family(family_dirs, family, tmp_path):
     assert float(loss) > 0.01 and logs["kd"] > 0.01
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_run_says_once_what_takes_the_exact_attention(family):
+    """One log line per run: soft-capped scores send every sequence to the exact eager attention,
+    a sliding window the sequences longer than it; the fast path otherwise."""
+    from tunesmith.model.segment_attention import exact_path_note
+
+    config = family_config(family)
+    long, short = exact_path_note(config, [WINDOW + 1, WINDOW, 3]), exact_path_note(config, [WINDOW, 3])
+    if family == "llama":
+        assert long is None and short is None
+    elif family == "gemma2":
+        assert "every sequence" in long and "every sequence" in short
+    else:
+        assert f"1 of 3 training sequences are longer than the {WINDOW}-token sliding window" in long and short is None

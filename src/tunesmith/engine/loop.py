@@ -32,7 +32,7 @@ from tunesmith.errors import RunFailed, Stopped
 from tunesmith.model.fused_lora import restore_lora, use_fused_lora
 from tunesmith.model.peft_wrapping import unwrap
 from tunesmith.model.quantize import is_quantized
-from tunesmith.model.segment_attention import restore_attention, use_segment_attention
+from tunesmith.model.segment_attention import exact_path_note, restore_attention, use_segment_attention, uses_segments
 
 
 @dataclass
@@ -179,6 +179,9 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
     model.train()
     torch.manual_seed(cfg.train.seed)
     lengths = [feature_length(f) for f in data.features]
+    exact_note = exact_path_note(unwrap(model).config, lengths) if uses_segments(unwrap(model)) else None
+    if exact_note:
+        console.print(exact_note)
     budget = pass_budget(cfg.train.max_tokens_per_pass, dev)
     pack_length = cfg.data.max_length if cfg.data.packing else None
     sampler = EpochSampler(data.source_sizes, data.weights, lengths, cfg.train.batch_size, cfg.train.seed, pack_length)

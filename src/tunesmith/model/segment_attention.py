@@ -155,6 +155,24 @@ def restore_attention(model, previous: str | None) -> None:
             sub_config._attn_implementation = previous
 
 
+def exact_path_note(config, lengths: list[int]) -> str | None:
+    """The run's one log line on what takes the exact (slower) attention for this family: every
+    sequence under soft-capped scores, else the sequences longer than a sliding window some layer
+    uses; None when every sequence takes the fast path."""
+    family = getattr(config, "model_type", "model")
+    if getattr(config, "attn_logit_softcapping", None):
+        return f"{family}: soft-capped attention scores: every sequence takes the exact eager attention (slower)"
+    window = getattr(config, "sliding_window", None)
+    kinds = getattr(config, "layer_types", None)
+    if window is None or (kinds is not None and "sliding_attention" not in kinds):
+        return None
+    longer = sum(n > window for n in lengths)
+    if not longer:
+        return None
+    return (f"{family}: {longer} of {len(lengths)} training sequences are longer than the {window}-token sliding "
+            "window; their windowed layers take the exact eager attention (slower)")
+
+
 def uses_segments(model) -> bool:
     config = getattr(model, "config", None)
     return getattr(config, "_attn_implementation", None) == NAME
