@@ -6,7 +6,10 @@ template decides where BOS goes, so no second BOS is ever added on top of it.
 
 Assistant spans are found by rendering the conversation prefix by prefix: the text an assistant
 turn adds is `render(messages[:i+1])` minus `render(messages[:i], add_generation_prompt=True)`.
-Tokens are mapped to those character spans through the fast tokenizer's offsets.
+Tokens are mapped to those character spans through the fast tokenizer's offsets. An assistant
+turn with `weight: 0` is shown, not trained. Tools and calls are rendered by `data/tool_format.py`
+(the template's own tool support, or the documented fallback): a call is assistant text, so it
+is trained with its end-of-turn token; the tool list (system turn) and tool replies are not.
 
 A model without a chat template (a base model, such as Gemma 3 270M's GGUF) is given
 `DEFAULT_CHAT_TEMPLATE`: each turn as `<|role|>` on its own line, then the content, an
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunesmith.data.tool_format import for_template, template_takes_tools
 from tunesmith.errors import UserError
 
 IGNORE = -100
@@ -36,21 +40,26 @@ class Encoded:
     truncated: bool = False
 
 
-def _render(tokenizer, messages, add_generation_prompt=False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE)
+def render(tokenizer, messages, add_generation_prompt=False, tools: list[dict] | None = None) -> str:
+    """The conversation as the model reads it (tools and calls included)."""
+    native = template_takes_tools(tokenizer)
+    turns, tools_arg = for_template(messages, tools, native)
+    extra = {"tools": tools_arg} if tools_arg else {}
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE, **extra)
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendered text and the [start, end) character spans that carry loss."""
-    full = _render(tokenizer, messages)
+def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendered text and the [start, end) character spans that carry loss (assistant
+    turns, but those of weight 0)."""
+    full = render(tokenizer, messages, tools=tools)
     eos = tokenizer.eos_token or ""
     spans = []
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or m.get("weight") == 0:
             continue
-        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        through = _render(tokenizer, messages[: i + 1])
+        before = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools) if i else ""
+        through = render(tokenizer, messages[: i + 1], tools=tools)
         if not (through.startswith(before) and full.startswith(through)):
             raise UserError(
                 "the model's chat template does not render conversations incrementally; "
@@ -65,13 +74,14 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     return full, spans
 
 
-def encode_chat(tokenizer, messages: list[dict], max_length: int, train_on: str = "all_assistant") -> Encoded:
+def encode_chat(tokenizer, messages: list[dict], max_length: int, train_on: str = "all_assistant",
+                tools: list[dict] | None = None) -> Encoded:
     """Token ids and labels for one conversation.
 
     train_on: `all_assistant` (every assistant turn), `last` (the last assistant turn only) or
     `all` (every token, prompts and template included).
     """
-    text, turns = assistant_spans(tokenizer, messages)
+    text, turns = assistant_spans(tokenizer, messages, tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     spans = {"last": turns[-1:], "all": [(0, len(text))]}.get(train_on, turns)
@@ -83,7 +93,8 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int, train_on: str 
     # never learns to stop.
     eos = tokenizer.eos_token
     last_has_eos = bool(eos) and bool(turns) and text[turns[-1][0] : turns[-1][1]].endswith(eos)
-    if messages[-1]["role"] == "assistant" and not last_has_eos and tokenizer.eos_token_id is not None:
+    last_trained = messages[-1]["role"] == "assistant" and messages[-1].get("weight") != 0
+    if last_trained and not last_has_eos and tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
         labels.append(tokenizer.eos_token_id)
     return _cut(ids, labels, max_length)
@@ -105,14 +116,14 @@ def encode_example(tokenizer, example, max_length: int, train_on: str) -> Encode
     side) train what `train_on` says, unless the example's source overrides it."""
     if example.text is not None:
         return encode_text(tokenizer, example.text, max_length)
-    return encode_chat(tokenizer, example.messages, max_length, example.train_on or train_on)
+    return encode_chat(tokenizer, example.messages, max_length, example.train_on or train_on, example.tools)
 
 
 def _cut(ids: list[int], labels: list[int], max_length: int) -> Encoded:
     return Encoded(ids[:max_length], labels[:max_length], truncated=len(ids) > max_length)
 
 
-def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+def prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
     """Token ids that ask the model for the next assistant turn (for generation and evaluation)."""
-    text = _render(tokenizer, messages, add_generation_prompt=True)
+    text = render(tokenizer, messages, add_generation_prompt=True, tools=tools)
     return tokenizer(text, add_special_tokens=False)["input_ids"]

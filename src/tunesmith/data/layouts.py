@@ -1,8 +1,10 @@
 """Record layouts users bring, each turned into one validated Example.
 
 Detected from the record's keys, or named per source with `format:`:
-  messages           {"messages": [{"role", "content"}, ...]}            (OpenAI chat)
-  sharegpt           {"conversations": [{"from": human|gpt|system, "value"}, ...]}
+  messages           {"messages": [{"role", "content"}, ...], "tools"?, "parallel_tool_calls"?}
+                     (OpenAI chat: assistant `tool_calls` and `weight`, `tool` replies; `data/tool_calls.py`)
+  sharegpt           {"conversations": [{"from": human|gpt|system|function_call|observation, "value"}, ...],
+                     "tools"?}  (function_call: a call as {"name", "arguments"}; observation: its result)
   alpaca             {"instruction", "input"?, "output"}
   prompt_completion  {"prompt", "completion", "label"?}  (strings, or message lists; a boolean
                      label judges the completion: true desirable, false not, for KTO)
@@ -19,10 +21,14 @@ Every problem is a ValueError whose message says what is wrong; the caller adds 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
-ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+from tunesmith.data.tool_calls import PendingCalls, check_tool_calls, check_tools, check_weight
+
+ROLES = ("system", "developer", "user", "assistant", "tool")  # developer: OpenAI's newer name for system
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+                  "function_call": "assistant", "observation": "tool"}
 FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "prompt", "text")
 NO_PREFERENCE = ("tie", "both_bad")  # label-page judgements that prefer neither response
 
@@ -44,6 +50,8 @@ class Example:
     desirable: bool | None = None  # a judged single response (label: true/false), for KTO
     margin: float | None = None  # preference pairs: how much better chosen is (reward models)
     reference: str | None = None  # prompt layout: what a reward function may compare a response to
+    tools: list[dict] | None = None  # functions the conversation may call (OpenAI `tools`)
+    parallel_tool_calls: bool = True
 
 
 def detect(record: dict) -> str:
@@ -68,24 +76,66 @@ def detect(record: dict) -> str:
     )
 
 
-def check_messages(messages, field: str = "messages", need_assistant: bool = True) -> list[dict]:
+def check_messages(messages, field: str = "messages", need_assistant: bool = True, tools: list[dict] | None = None) -> list[dict]:
+    """Validated turns as `{role, content}`, plus `tool_calls` and `weight` on assistant turns and
+    `tool_call_id` on tool turns where the record has them."""
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"'{field}' must be a non-empty list of {{role, content}} objects")
-    out = []
+    out, pending, counter = [], PendingCalls(), [0]
     for i, m in enumerate(messages):
+        where = f"{field}[{i}]"
         if not isinstance(m, dict):
-            raise ValueError(f"{field}[{i}] is not an object")
+            raise ValueError(f"{where} is not an object")
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
-            raise ValueError(f"{field}[{i}].role {role!r} not allowed (use one of: {', '.join(ROLES)})")
+            raise ValueError(f"{where}.role {role!r} not allowed (use one of: {', '.join(ROLES)})")
+        role = "system" if role == "developer" else role
+        calls = m.get("tool_calls") if role == "assistant" else None
+        if calls is not None and content is None:
+            content = ""
         if not isinstance(content, str):
-            raise ValueError(f"{field}[{i}].content must be a string, got {type(content).__name__}")
+            raise ValueError(f"{where}.content must be a string, got {type(content).__name__}")
         if role == "system" and i != 0:
-            raise ValueError(f"{field}[{i}]: a system message may only come first")
-        out.append({"role": role, "content": content})
+            raise ValueError(f"{where}: a system message may only come first")
+        turn = {"role": role, "content": content}
+        if calls is not None:
+            turn["tool_calls"] = check_tool_calls(calls, f"{where}.tool_calls", tools, counter)
+            pending.asked(turn["tool_calls"])
+        if role == "tool":
+            turn["tool_call_id"] = pending.answer(m, where)
+        weight = check_weight({**m, "role": role}, where)
+        if weight is not None:
+            turn["weight"] = weight
+        out.append(turn)
     if need_assistant and not any(m["role"] == "assistant" for m in out):
         raise ValueError("no assistant turn to learn from")
+    if need_assistant and all(m.get("weight") == 0 for m in out if m["role"] == "assistant"):
+        raise ValueError("every assistant turn has weight 0: nothing to learn from")
     return out
+
+
+def record_tools(record: dict) -> list[dict] | None:
+    """A record's `tools`: OpenAI's list, or the ShareGPT/Hermes habit of a JSON string of bare
+    function definitions ({name, description, parameters})."""
+    tools = record.get("tools")
+    if tools is None:
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"'tools' is a string but not JSON ({e.msg})") from None
+    if isinstance(tools, list):
+        tools = [{"type": "function", "function": t} if isinstance(t, dict) and "function" not in t and "name" in t else t
+                 for t in tools]
+    return check_tools(tools)
+
+
+def parallel_flag(record: dict) -> bool:
+    flag = record.get("parallel_tool_calls", True)
+    if not isinstance(flag, bool):
+        raise ValueError(f"'parallel_tool_calls' must be true or false, got {flag!r}")
+    return flag
 
 
 def _string(record: dict, key: str, allow_empty: bool = True) -> str:
@@ -106,11 +156,11 @@ def _turns(value, field: str, role: str) -> list[dict]:
     return check_messages(value, field, need_assistant=False)
 
 
-def from_messages(record: dict) -> list[dict]:
-    return check_messages(record.get("messages"))
+def from_messages(record: dict, tools: list[dict] | None = None) -> list[dict]:
+    return check_messages(record.get("messages"), tools=tools)
 
 
-def from_sharegpt(record: dict) -> list[dict]:
+def from_sharegpt(record: dict, tools: list[dict] | None = None) -> list[dict]:
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise ValueError("'conversations' must be a non-empty list of {from, value} objects")
@@ -119,9 +169,25 @@ def from_sharegpt(record: dict) -> list[dict]:
         if not isinstance(t, dict):
             raise ValueError(f"conversations[{i}] is not an object")
         if not isinstance(t.get("from"), str) or t["from"] not in SHAREGPT_ROLES:  # a list is no key: a clear error, not a TypeError
-            raise ValueError(f"conversations[{i}].from {t.get('from')!r} not allowed (use human, gpt or system)")
-        messages.append({"role": SHAREGPT_ROLES[t["from"]], "content": t.get("value")})
-    return check_messages(messages, "conversations")
+            raise ValueError(f"conversations[{i}].from {t.get('from')!r} not allowed "
+                             "(use human, gpt, system, function_call or observation)")
+        if t["from"] == "function_call":
+            messages.append({"role": "assistant", "content": "", "tool_calls": _sharegpt_calls(t.get("value"), i)})
+        else:
+            messages.append({"role": SHAREGPT_ROLES[t["from"]], "content": t.get("value")})
+    return check_messages(messages, "conversations", tools=tools)
+
+
+def _sharegpt_calls(value, i: int) -> list[dict]:
+    """A function_call turn's value: one call {"name", "arguments"} or a list of them, as JSON text."""
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as e:
+        raise ValueError(f"conversations[{i}].value of a function_call turn is not JSON ({e.msg})") from None
+    calls = parsed if isinstance(parsed, list) else [parsed]
+    if not all(isinstance(c, dict) for c in calls):
+        raise ValueError(f"conversations[{i}].value must be a call {{name, arguments}} or a list of them")
+    return [{"type": "function", "function": {"name": c.get("name"), "arguments": c.get("arguments", {})}} for c in calls]
 
 
 def from_alpaca(record: dict) -> list[dict]:
@@ -195,4 +261,9 @@ def to_example(record: dict, location: str, fmt: str = "auto", columns: dict[str
     label = record.get("label")
     if label is not None and not isinstance(label, bool):
         raise ValueError(f"'label' must be true or false (is the response desirable?), got {label!r}")
-    return Example(convert(record), location, layout=layout, desirable=label)
+    if layout in ("messages", "sharegpt"):
+        tools = record_tools(record)
+        messages = convert(record, tools)
+    else:
+        tools, messages = None, convert(record)
+    return Example(messages, location, layout=layout, desirable=label, tools=tools, parallel_tool_calls=parallel_flag(record))

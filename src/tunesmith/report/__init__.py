@@ -1,1 +1,1 @@
-"""Reports of runs and data: the HTML\/Markdown comparison, plots, recommendations, data inspection."""
+"""Reports of runs and data: the HTML/Markdown comparison, plots, recommendations, data inspection."""
