@@ -152,3 +152,70 @@ def test_bad_tool_records_name_file_and_line_and_skip_counts_them(tmp_path):
         load_source(str(path))
     loaded = load_source(str(path), on_error="skip")
     assert len(loaded.examples) == 2 and len(loaded.problems) == 1
+
+
+def block(name: str, **arguments) -> str:
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
+
+
+EXPECTED = {"role": "assistant", "content": "", "tool_calls": [call("1", "get_weather", city="Oslo", unit="C"),
+                                                                call("2", "get_time", zone="Asia/Tokyo")]}
+
+
+@pytest.mark.parametrize("reply, scores", [
+    # both calls right, in the other order, keys in another order
+    (block("get_time", zone="Asia/Tokyo") + "\n" + block("get_weather", unit="C", city="Oslo"),
+     {"tool_call_rate": 1, "tool_name_accuracy": 1, "tool_call_exact": 1, "tool_argument_accuracy": 1,
+      "tool_args_valid_json": 1, "tool_args_schema_valid": 1}),
+    # the weather call with a wrong unit, no time call: 1 of 3 arguments wrong, 1 missing
+    (block("get_weather", city="Oslo", unit="F"),
+     {"tool_call_rate": 1, "tool_name_accuracy": 0, "tool_call_exact": 0, "tool_argument_accuracy": 1 / 3,
+      "tool_args_valid_json": 1, "tool_args_schema_valid": 1}),
+    # a schema-invalid argument (unit not in its enum; zone missing)
+    (block("get_weather", city="Oslo", unit="K") + "\n" + block("get_time", tz="UTC"),
+     {"tool_call_rate": 1, "tool_name_accuracy": 1, "tool_call_exact": 0, "tool_argument_accuracy": 1 / 3,
+      "tool_args_valid_json": 1, "tool_args_schema_valid": 0}),
+    # one block broken: the reply is text, no calls; half its blocks hold JSON arguments
+    (block("get_weather", city="Oslo", unit="C") + "\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {zone}\n</tool_call>",
+     {"tool_call_rate": 0, "tool_name_accuracy": 0, "tool_call_exact": 0, "tool_argument_accuracy": 0,
+      "tool_args_valid_json": 0.5}),
+    ("It is sunny.", {"tool_call_rate": 0, "tool_name_accuracy": 0, "tool_call_exact": 0, "tool_argument_accuracy": 0}),
+])
+def test_tool_metrics_against_hand_computed_values(reply, scores):
+    from tunesmith.eval.tool_metrics import tool_scores
+
+    assert tool_scores(reply, EXPECTED, [WEATHER, TIME]) == pytest.approx(scores)
+
+
+def test_abstention_where_no_call_was_expected():
+    from tunesmith.eval.tool_metrics import tool_scores
+
+    answer = {"role": "assistant", "content": "Hello!"}
+    assert tool_scores("Hello!", answer, [WEATHER]) == {"tool_abstention": 1.0}
+    assert tool_scores(block("get_weather", city="Oslo"), answer, [WEATHER]) == {
+        "tool_abstention": 0.0, "tool_args_valid_json": 1.0, "tool_args_schema_valid": 1.0}
+
+
+def test_evaluation_prompts_with_the_tools_and_scores_the_calls(tiny_model_dir, tmp_path):
+    import torch
+
+    from tunesmith.eval.task import evaluate_task
+    from tunesmith.model.load import load_for_inference
+
+    model, tok = load_for_inference(str(tiny_model_dir), dtype=torch.float32)
+    record = {"tools": [WEATHER], "messages": [{"role": "user", "content": "Weather in Oslo?"},
+                                               {"role": "assistant", "content": None,
+                                                "tool_calls": [call("1", "get_weather", city="Oslo")]}]}
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], "tools": [WEATHER]}
+    examples = [to_example(record, "t:1"), to_example(chat, "t:2")]
+    result = evaluate_task(model, tok, examples, label="tiny", max_new_tokens=8, latency_samples=1,
+                           predictions_path=tmp_path / "p.jsonl")
+    for name in ("tool_call_rate", "tool_name_accuracy", "tool_call_exact", "tool_abstention"):
+        assert set(result["scores"][name]) >= {"mean", "lo", "hi", "n"}, name
+    assert result["scores"]["tool_call_rate"]["n"] == 1 and result["scores"]["tool_abstention"]["n"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert rows[0]["reference"] == calls_text(examples[0].messages[1]["tool_calls"])
+    from tunesmith.data.chat import prompt_ids
+
+    prompt = tok.decode(prompt_ids(tok, examples[0].messages[:1], examples[0].tools))
+    assert '"name": "get_weather"' in prompt  # the tools are in the prompt

@@ -68,9 +68,12 @@ def left_padded(prompts: list[list[int]], pad: int, dev) -> tuple[torch.Tensor, 
     return ids.to(dev), mask.to(dev)
 
 
-def generate_batch(model, tokenizer, conversations: list[list[dict]], sampling: Sampling) -> list[str]:
-    """Assistant replies to each conversation; prompts are left-padded into one batch."""
-    ids, mask = left_padded([prompt_ids(tokenizer, c) for c in conversations], tokenizer.pad_token_id,
+def generate_batch(model, tokenizer, conversations: list[list[dict]], sampling: Sampling,
+                   tools: list[list[dict] | None] | None = None) -> list[str]:
+    """Assistant replies to each conversation (with its tools, where given); prompts are
+    left-padded into one batch."""
+    tools = tools or [None] * len(conversations)
+    ids, mask = left_padded([prompt_ids(tokenizer, c, t) for c, t in zip(conversations, tools)], tokenizer.pad_token_id,
                             next(model.parameters()).device)
     with torch.no_grad():
         out = generate_ids(model, ids, mask, **sampling.kwargs(tokenizer))
@@ -78,13 +81,15 @@ def generate_batch(model, tokenizer, conversations: list[list[dict]], sampling: 
 
 
 def generate_all(model, tokenizer, conversations: list[list[dict]], sampling: Sampling, batch_size: int = BATCH_SIZE,
-                 on_batch=None) -> list[str]:
+                 on_batch=None, tools: list[list[dict] | None] | None = None) -> list[str]:
     """Replies for many conversations, batched by prompt length to keep padding small."""
-    order = sorted(range(len(conversations)), key=lambda i: len(prompt_ids(tokenizer, conversations[i])))
+    tools = tools or [None] * len(conversations)
+    order = sorted(range(len(conversations)), key=lambda i: len(prompt_ids(tokenizer, conversations[i], tools[i])))
     replies: list[str] = [""] * len(conversations)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        for i, text in zip(chunk, generate_batch(model, tokenizer, [conversations[i] for i in chunk], sampling)):
+        texts = generate_batch(model, tokenizer, [conversations[i] for i in chunk], sampling, [tools[i] for i in chunk])
+        for i, text in zip(chunk, texts):
             replies[i] = text
         if on_batch is not None:
             on_batch(len(chunk))

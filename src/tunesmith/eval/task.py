@@ -14,18 +14,33 @@ from pathlib import Path
 
 from tunesmith.data.chat import prompt_ids
 from tunesmith.data.layouts import Example
+from tunesmith.data.tool_format import calls_text
 from tunesmith.errors import UserError
 from tunesmith.eval.bootstrap import bootstrap_ci
 from tunesmith.eval.generate import BATCH_SIZE, Sampling, generate_all, generate_batch
 from tunesmith.eval.metrics import apply_user_metric, load_user_metric, score
+from tunesmith.eval.tool_metrics import tool_scores
+
+
+def reference_turn(example: Example) -> tuple[list[dict], dict]:
+    """The conversation up to the last assistant turn, and that turn (its calls included)."""
+    if example.messages is None or not any(m["role"] == "assistant" for m in example.messages):
+        raise UserError(f"{example.source}: no assistant reply to score against; use a chat or prompt/completion layout")
+    last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
+    return example.messages[:last], example.messages[last]
+
+
+def turn_text(turn: dict) -> str:
+    """An assistant turn as text: its content, then its calls as the fallback writes them."""
+    if not turn.get("tool_calls"):
+        return turn["content"]
+    return f"{turn['content']}\n{calls_text(turn['tool_calls'])}" if turn["content"] else calls_text(turn["tool_calls"])
 
 
 def split_reference(example: Example) -> tuple[list[dict], str]:
     """The conversation up to the last assistant turn, and that turn as the reference answer."""
-    if example.messages is None or not any(m["role"] == "assistant" for m in example.messages):
-        raise UserError(f"{example.source}: no assistant reply to score against; use a chat or prompt/completion layout")
-    last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
-    return example.messages[:last], example.messages[last]["content"]
+    context, turn = reference_turn(example)
+    return context, turn_text(turn)
 
 
 def shot_label(k: int) -> str:
@@ -44,22 +59,24 @@ def build_prompt(messages: list[dict], shots: list[Example], system: str | None)
     """[system] + each shot as a user/assistant exchange + the test conversation."""
     out = [{"role": "system", "content": system}] if system else []
     for shot in shots:
-        context, answer = split_reference(shot)
-        out += [m for m in context if m["role"] != "system"] + [{"role": "assistant", "content": answer}]
+        context, answer = reference_turn(shot)
+        out += [m for m in context if m["role"] != "system"] + [{k: v for k, v in answer.items() if k != "weight"}]
     own = [m for m in messages if not (system and m["role"] == "system")]
     if out and own and own[0]["role"] == "system":  # the test's own system prompt stays first
         out, own = [own[0]] + out, own[1:]
     return out + own
 
 
-def measure_latency(model, tokenizer, conversations: list[list[dict]], sampling: Sampling) -> float:
+def measure_latency(model, tokenizer, conversations: list[list[dict]], sampling: Sampling,
+                    tools: list[list[dict] | None] | None = None) -> float:
     """Mean seconds for one request at a time (batch 1), after one warm-up request."""
     if not conversations:
         return 0.0
-    generate_batch(model, tokenizer, conversations[:1], sampling)
+    tools = tools or [None] * len(conversations)
+    generate_batch(model, tokenizer, conversations[:1], sampling, tools[:1])
     t0 = time.perf_counter()
-    for conv in conversations:
-        generate_batch(model, tokenizer, [conv], sampling)
+    for conv, t in zip(conversations, tools):
+        generate_batch(model, tokenizer, [conv], sampling, [t])
     return (time.perf_counter() - t0) / len(conversations)
 
 
@@ -67,25 +84,30 @@ def evaluate_task(model, tokenizer, examples: list[Example], *, label: str, shot
                   system: str | None = None, max_new_tokens: int = 64, batch_size: int = BATCH_SIZE,
                   metric: str | None = None, latency_samples: int = 8, predictions_path: Path | None = None,
                   progress=None) -> dict:
-    """Score greedy replies on `examples`; returns per-metric means with bootstrap intervals."""
+    """Score greedy replies on `examples`; returns per-metric means with bootstrap intervals.
+    Examples with tools are prompted with them and also get the tool-call metrics."""
     user_metric = load_user_metric(metric) if metric else None
-    prompts, refs = [], []
+    prompts, turns, tools = [], [], []
     for e in examples:
-        context, ref = split_reference(e)
+        context, turn = reference_turn(e)
         prompts.append(build_prompt(context, list(shots), system))
-        refs.append(ref)
+        turns.append(turn)
+        tools.append(e.tools)
+    refs = [turn_text(t) for t in turns]
     sampling = Sampling(max_new_tokens=max_new_tokens)
-    prompt_tokens = [len(prompt_ids(tokenizer, p)) for p in prompts]
+    prompt_tokens = [len(prompt_ids(tokenizer, p, t)) for p, t in zip(prompts, tools)]
     t0 = time.perf_counter()
-    preds = generate_all(model, tokenizer, prompts, sampling, batch_size, progress)
+    preds = generate_all(model, tokenizer, prompts, sampling, batch_size, progress, tools=tools)
     seconds = time.perf_counter() - t0
     rows = []
-    for p, r in zip(preds, refs):
+    for p, r, turn, t in zip(preds, refs, turns, tools):
         s = score(p, r)
+        if t:
+            s.update(tool_scores(p, turn, t))
         if user_metric is not None:
             s.update(apply_user_metric(*user_metric, p, r))
         rows.append(s)
-    latency = measure_latency(model, tokenizer, prompts[:latency_samples], sampling)
+    latency = measure_latency(model, tokenizer, prompts[:latency_samples], sampling, tools[:latency_samples])
     if predictions_path is not None:
         predictions_path.parent.mkdir(parents=True, exist_ok=True)
         with predictions_path.open("w", encoding="utf-8") as f:
