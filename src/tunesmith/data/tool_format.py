@@ -104,6 +104,8 @@ def parse_reply(text: str, tool_names: set[str] | None = None) -> Reply:
             return Reply(text, problem=problem)
         calls.append(call)
     content = _BLOCK.sub("", text).strip()
+    if CALL_OPEN in content:
+        return Reply(text, problem="an unclosed <tool_call> block")
     return Reply(content, calls)
 
 
