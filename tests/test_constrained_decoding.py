@@ -51,7 +51,7 @@ def constrained_reply(model, tokenizer, tools, prompt: list[int], name=None, par
     m = matcher(tokenizer, call_grammar(tools, name, parallel), model.config.vocab_size)
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                             logits_processor=LogitsProcessorList([GrammarLogits([m])]),
+                             logits_processor=LogitsProcessorList([GrammarLogits([m], tokenizer.eos_token_id)]),
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
 
@@ -66,7 +66,7 @@ def test_constrained_replies_are_schema_valid_calls(tiny, schemas, data):
     name = data.draw(st.sampled_from([None] + [t["function"]["name"] for t in tools]))
     prompt = data.draw(st.lists(st.integers(5, len(tok) - 1), min_size=1, max_size=12))
     reply = parse_reply(constrained_reply(model, tok, tools, prompt, name), {t["function"]["name"] for t in tools})
-    assert reply.problem is None and len(reply.calls) == 1, reply
+    assert reply.problem is None and len(reply.calls) == 1 and reply.content == "", reply
     called = reply.calls[0]["function"]
     assert name is None or called["name"] == name
     schema = next(t["function"]["parameters"] for t in tools if t["function"]["name"] == called["name"])
@@ -87,4 +87,4 @@ def test_parallel_calls_end_in_complete_calls(tiny):
     tools = [{"type": "function", "function": {"name": "ping", "parameters": {
         "type": "object", "properties": {"host": {"enum": ["a", "b"]}}, "required": ["host"], "additionalProperties": False}}}]
     reply = parse_reply(constrained_reply(model, tok, tools, [5, 6, 7], parallel=True), {"ping"})
-    assert reply.problem is None and 1 <= len(reply.calls) <= 8
+    assert reply.problem is None and 1 <= len(reply.calls) <= 8 and reply.content == ""

@@ -37,10 +37,14 @@ def adapters(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir, adapters):
-    tmp = tmp_path_factory.mktemp("serve")
-    args = [sys.executable, "-m", "tunesmith", "serve", str(tiny_model_dir), "--adapter", f"a={adapters['a']}",
-            "--adapter", f"b={adapters['b']}", "--port", "0", "--api-key-env", "TS_SERVE_KEY", "--precision", "fp32",
-            "--max-tokens", "64"]
+    yield from running_server(tmp_path_factory.mktemp("serve"), tiny_model_dir, "--adapter", f"a={adapters['a']}",
+                              "--adapter", f"b={adapters['b']}", "--max-tokens", "64")
+
+
+def running_server(tmp, model_dir, *options):
+    """`tunesmith serve` on a free port with the test key; yields its URL and process, stops it after."""
+    args = [sys.executable, "-m", "tunesmith", "serve", str(model_dir), "--port", "0", "--api-key-env", "TS_SERVE_KEY",
+            "--precision", "fp32", *options]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp,
                             env={**cli_env(tmp), "TS_SERVE_KEY": KEY})
     lines: queue.Queue = queue.Queue()
@@ -51,7 +55,7 @@ def server(tmp_path_factory, tiny_model_dir, adapters):
         proc.kill()
         pytest.fail(f"server did not start: {proc.stderr.read()[-2000:]}")
     url = line.split(" at ")[1].split()[0]
-    yield {"url": url, "base": tiny_model_dir.name, "proc": proc}
+    yield {"url": url, "base": model_dir.name, "proc": proc}
     proc.terminate()
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # stops promptly (uvicorn re-raises the signal it caught)
 

@@ -72,11 +72,12 @@ def unpack_bitmask(bitmask: torch.Tensor, n_vocab: int) -> torch.Tensor:
 
 
 class GrammarLogits(LogitsProcessor):
-    """For `generate`: rows with a matcher may only take tokens their grammar allows; rows
-    without one (None) decode freely."""
+    """For `generate`: rows with a matcher may only take tokens their grammar allows, and only
+    `eos` once the grammar is complete (the matcher stops by itself when nothing may follow);
+    rows without one (None) decode freely."""
 
-    def __init__(self, matchers: list):
-        self.matchers = matchers
+    def __init__(self, matchers: list, eos: int):
+        self.matchers, self.eos = matchers, eos
         self.started = False
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -89,12 +90,20 @@ class GrammarLogits(LogitsProcessor):
         self.started = True
         n_vocab = scores.shape[-1]
         bitmask = llt.allocate_token_bitmask(len(self.matchers), n_vocab)
-        rows = []
+        rows, complete = [], []
         for row, m in enumerate(self.matchers):
-            if m is not None and not m.is_stopped():
+            if m is None:
+                continue
+            if m.is_stopped():
+                complete.append(row)
+            else:
                 llt.fill_next_token_bitmask(m, bitmask, row)
                 rows.append(row)
         if rows:
             allowed = unpack_bitmask(bitmask[rows], n_vocab).to(scores.device)
             scores[rows] = scores[rows].masked_fill(~allowed, float("-inf"))
+        if complete:
+            end = torch.full_like(scores[complete], float("-inf"))
+            end[:, self.eos] = 0.0
+            scores[complete] = end
         return scores

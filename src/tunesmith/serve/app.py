@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API over `ServedModels`, for any OpenAI client unmodified.
 
   GET  /v1/models, /v1/models/{id}   the base and each adapter by name
-  POST /v1/chat/completions          chat (the model's chat template), streamed as server-sent events or whole
+  POST /v1/chat/completions          chat (the model's chat template), streamed as server-sent events or whole;
+                                     `tools`, `tool_choice`, `parallel_tool_calls` (serve/tool_replies.py)
   POST /v1/completions               plain text continuation
   GET  /health
 
@@ -20,11 +21,13 @@ import threading
 import time
 import uuid
 import weakref
+from dataclasses import replace
 from typing import Iterator
 
 from tunesmith.serve.generation import Finished, Params, complete, stream_text
 from tunesmith.serve.models import ServedModels
 from tunesmith.serve.protocol import ChatRequest, CompletionRequest, error_body
+from tunesmith.serve.tool_replies import ToolReplies
 
 MAX_BODY_BYTES = 1 << 20
 log = logging.getLogger("tunesmith.serve")
@@ -69,6 +72,9 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
     from starlette.exceptions import HTTPException
 
     from tunesmith.data.chat import prompt_ids
+    from tunesmith.data.layouts import check_messages
+    from tunesmith.data.tool_calls import check_tools
+    from tunesmith.eval.constrained import call_grammar
 
     app = FastAPI(title="tunesmith serve", docs_url=None, redoc_url=None, openapi_url=None)
     queue = app.state.queue = Queue(max_queue)
@@ -149,10 +155,11 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
 
-    def run(req, prompts: list[list[int]], object_name: str, piece, whole):
-        """Answer every prompt `n` times; `piece(text)` / `whole(text)` shape one choice's payload."""
+    def run(req, prompts: list[list[int]], object_name: str, deltas, whole, call_grammar: str | None = None):
+        """Answer every prompt `n` times; `whole(text, reason)` shapes one choice's payload and
+        finish reason, `deltas(pieces)` its streamed chunks (see `plain_deltas`)."""
         model_id = known(req.model)
-        jobs = [(p, params(req, len(p))) for p in prompts]
+        jobs = [(p, replace(params(req, len(p)), call_grammar=call_grammar)) for p in prompts]
         leave = queue.enter()
         reply_id = f"{'chatcmpl' if object_name.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         head = {"id": reply_id, "object": object_name, "created": int(time.time()), "model": model_id}
@@ -164,8 +171,8 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
                     for j in range(req.n):
                         text, finished = complete(served, model_id, prompt, _choice(p, j))
                         completion_tokens += finished.completion_tokens
-                        choices.append({"index": i * req.n + j, **whole(text), "finish_reason": finished.reason,
-                                        "logprobs": None})
+                        payload, reason = whole(text, finished.reason)
+                        choices.append({"index": i * req.n + j, **payload, "finish_reason": reason, "logprobs": None})
             finally:
                 leave()
             return {**head, "object": object_name.removesuffix(".chunk"), "choices": choices,
@@ -180,14 +187,11 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
                         if object_name.startswith("chat"):
                             yield _sse({**head, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
                                                              "finish_reason": None, "logprobs": None}]})
-                        for item in stream_text(served, model_id, prompt, _choice(p, j)):
-                            if isinstance(item, Finished):
-                                completion_tokens += item.completion_tokens
-                                yield _sse({**head, "choices": [{"index": index, **piece(""), "finish_reason": item.reason,
-                                                                 "logprobs": None}]})
-                            elif item:
-                                yield _sse({**head, "choices": [{"index": index, **piece(item), "finish_reason": None,
-                                                                 "logprobs": None}]})
+                        for payload, reason, finished in deltas(stream_text(served, model_id, prompt, _choice(p, j))):
+                            if finished is not None:
+                                completion_tokens += finished.completion_tokens
+                            yield _sse({**head, "choices": [{"index": index, **payload, "finish_reason": reason,
+                                                             "logprobs": None}]})
                 if req.stream_options is not None and req.stream_options.include_usage:
                     yield _sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
                 yield "data: [DONE]\n\n"
@@ -204,14 +208,43 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
     @app.post("/v1/chat/completions")
     def chat_completions(req: ChatRequest):
         tokenizer = served.tokenizers[known(req.model)]
+        tools, messages = checked_chat(req)
+        replies = ToolReplies(tools, req.tool_choice, req.parallel_tool_calls)
         try:
-            prompt = prompt_ids(tokenizer, [m.as_chat() for m in req.messages])
+            prompt = prompt_ids(tokenizer, messages, tools)
         except Exception as e:  # the chat template refused these messages (e.g. roles out of order)
             raise ApiError(400, f"messages: the chat template refused them ({str(e).splitlines()[0][:200]})",
                            param="messages") from None
-        return run(req, [prompt], "chat.completion.chunk" if req.stream else "chat.completion",
-                   lambda text: {"delta": {"content": text} if text else {}},
-                   lambda text: {"message": {"role": "assistant", "content": text}})
+        forced = replies.forced()
+        grammar = call_grammar(tools, forced[1], forced[0]) if forced else None
+
+        def whole(text: str, reason: str):
+            message, reason = replies.message(text, reason)
+            return {"message": message}, reason
+
+        def deltas(pieces):
+            for delta, reason, finished in replies.deltas(pieces):
+                yield {"delta": delta}, reason, finished
+
+        return run(req, [prompt], "chat.completion.chunk" if req.stream else "chat.completion", deltas, whole, grammar)
+
+    def checked_chat(req: ChatRequest) -> tuple[list[dict] | None, list[dict]]:
+        """The request's tools and messages, checked as training data is (400 naming the parameter)."""
+        tools = req.tool_specs()
+        try:
+            tools = check_tools(tools) if tools else None
+        except ValueError as e:
+            raise ApiError(400, str(e), param="tools") from None
+        choice = req.tool_choice
+        if choice not in (None, "auto", "none") and not tools:
+            raise ApiError(400, "tool_choice asks for a call, but the request has no tools", param="tool_choice")
+        if choice is not None and not isinstance(choice, str) and choice.function.name not in {t["function"]["name"] for t in tools}:
+            raise ApiError(400, f"tool_choice names {choice.function.name!r}, which is not among the tools", param="tool_choice")
+        try:
+            messages = check_messages([m.as_chat() for m in req.messages], "messages", need_assistant=False, tools=tools)
+        except ValueError as e:
+            raise ApiError(400, str(e), param="messages") from None
+        return tools, messages
 
     @app.post("/v1/completions")
     def completions(req: CompletionRequest):
@@ -219,7 +252,7 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
         prompts = [tokenizer(p)["input_ids"] for p in req.prompts()]
         if any(not p for p in prompts):
             raise ApiError(400, "prompt: empty", param="prompt")
-        return run(req, prompts, "text_completion", lambda text: {"text": text}, lambda text: {"text": text})
+        return run(req, prompts, "text_completion", plain_deltas("text"), lambda text, reason: ({"text": text}, reason))
 
     return app
 
@@ -227,7 +260,18 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
 def _choice(p: Params, j: int) -> Params:
     """Choice j of a seeded request samples with seed + j: each choice reproducible on its own,
     whatever other requests run between them."""
-    return p if j == 0 or p.seed is None else Params(p.max_tokens, p.temperature, p.top_p, p.stop, p.seed + j)
+    return p if j == 0 or p.seed is None else replace(p, seed=p.seed + j)
+
+
+def plain_deltas(key: str):
+    """Streamed chunks of a reply that is text only: each piece as `{key: piece}`, then the end."""
+    def deltas(pieces):
+        for item in pieces:
+            if isinstance(item, Finished):
+                yield {key: ""}, item.reason, item
+            elif item:
+                yield {key: item}, None, None
+    return deltas
 
 
 def _sse(payload: dict) -> str:

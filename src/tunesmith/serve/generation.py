@@ -22,6 +22,7 @@ class Params:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    call_grammar: str | None = None  # decode under this tool-call grammar (`eval/constrained.py`)
 
 
 @dataclass
@@ -67,8 +68,16 @@ def _run(served: ServedModels, model_id: str, prompt: list[int], params: Params,
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
                 ids = torch.tensor([prompt], device=next(model.parameters()).device)
+                extra = {}
+                if params.call_grammar is not None:
+                    from transformers import LogitsProcessorList
+
+                    from tunesmith.eval.constrained import GrammarLogits, matcher
+
+                    extra["logits_processor"] = LogitsProcessorList(
+                        [GrammarLogits([matcher(tokenizer, params.call_grammar, model.config.vocab_size)], tokenizer.eos_token_id)])
                 generate_ids(model, ids, torch.ones_like(ids), streamer=handover,
-                             stopping_criteria=StoppingCriteriaList([handover]), **sampling.kwargs(tokenizer))
+                             stopping_criteria=StoppingCriteriaList([handover]), **sampling.kwargs(tokenizer), **extra)
     except BaseException as e:  # handed to the reader, which raises it in the request's thread
         handover.ids.put(e)
         handover.ids.put(None)

@@ -30,14 +30,54 @@ class TextPart(Strict):
     text: str
 
 
+class CalledFunction(Strict):
+    name: str = Field(max_length=64)
+    arguments: str = Field(max_length=1 << 16)
+
+
+class ToolCall(Strict):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class Message(Strict):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart]]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[TextPart], None] = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, max_length=MAX_CHOICES * 4)
+    tool_call_id: str | None = Field(None, max_length=256)
 
     def as_chat(self) -> dict:
-        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+        """As the data layer reads a turn (`data/layouts.check_messages` checks it further)."""
+        content = self.content if isinstance(self.content, str) or self.content is None else "".join(p.text for p in self.content)
+        turn = {"role": self.role, "content": content}
+        if self.tool_calls:
+            turn["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            turn["tool_call_id"] = self.tool_call_id
+        return turn
+
+
+class FunctionSpec(Strict):
+    name: str
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class Tool(Strict):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(Strict):
+    name: str
+
+
+class NamedTool(Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(Strict):
@@ -80,6 +120,12 @@ class Sampling(Strict):
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[Tool] | None = Field(None, min_length=1, max_length=128)
+    tool_choice: Union[Literal["auto", "none", "required"], NamedTool, None] = None
+    parallel_tool_calls: bool = True
+
+    def tool_specs(self) -> list[dict] | None:
+        return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
 
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
