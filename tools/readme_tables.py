@@ -167,6 +167,15 @@ def render_quickstart_gemma() -> str:
         f = qa.get(r["label"])
         kept = f"{_pct(f['qa_base'])} → {_pct(f['qa_tuned'])}, {f['verdict']}" if f else ""
         lines.append(f"| {_variant_label(r['label'])} | {_pct(r['score'])} ({r['lo'] * 100:.1f}–{r['hi'] * 100:.1f}) | {kept} |")
+    lines += ["", "| machine | runs | minutes | zero-shot | LoRA exact match | with replay |", "|---|---|---|---|---|---|"]
+    for tag, runs in machines.items():
+        def score(r: dict, label: str) -> float:
+            return next(x["score"] for x in r["tables"]["task"] if x["label"] == label)
+
+        lines.append(f"| {tag} | {len(runs)} | {_span([r['total_minutes'] for r in runs], '{:.1f}')} "
+                     f"| {_span([score(r, 'zero-shot') for r in runs], _PCT)} "
+                     f"| {_span([score(r, 'tuned: lora') for r in runs], _PCT)} "
+                     f"| {_span([score(r, 'tuned: lora-replay') for r in runs], _PCT)} |")
     return "\n".join(lines) + "\n"
 
 
