@@ -219,3 +219,17 @@ def test_evaluation_prompts_with_the_tools_and_scores_the_calls(tiny_model_dir, 
 
     prompt = tok.decode(prompt_ids(tok, examples[0].messages[:1], examples[0].tools))
     assert '"name": "get_weather"' in prompt  # the tools are in the prompt
+
+
+def test_generate_refuses_a_bad_tools_file_in_one_line(tmp_path, tiny_model_dir):
+    from conftest import cli_here
+
+    bad = tmp_path / "tools.json"
+    bad.write_text(json.dumps([{"type": "function", "function": {"name": "no spaces allowed"}}]))
+    result = cli_here(["generate", str(tiny_model_dir), "--prompt", "hi", "--tools", str(bad)], tmp_path)
+    assert result.returncode == 2 and f"{bad}: tools[0].function.name" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([WEATHER]))
+    result = cli_here(["generate", str(tiny_model_dir), "--prompt", "hi", "--tools", str(good), "--max-new-tokens", "4"], tmp_path)
+    assert result.returncode == 0, result.stderr

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from tunesmith.cli.app import PRECISION_HELP, app, check_precision, err
+from tunesmith.errors import UserError
 from tunesmith.export import FORMATS as EXPORT_FORMATS
 from tunesmith.export import GGUF_QUANTS
 
@@ -39,20 +40,37 @@ def generate(
     top_k: int = typer.Option(0, min=0),
     seed: int = typer.Option(0),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
+    tools: Optional[Path] = typer.Option(None, "--tools", help="a JSON file of OpenAI tools: rendered as in training; "
+                                                               "calls in the reply are printed as JSON"),
 ):
     """Answer one prompt with the model's chat template."""
     import torch
 
+    from tunesmith.data.tool_calls import check_tools
+    from tunesmith.data.tool_format import parse_reply
     from tunesmith.runtime.precision import inference_dtype
     from tunesmith.eval.generate import Sampling, generate_batch
     from tunesmith.model.load import load_for_inference
 
     check_precision(precision)
+    specs = None
+    if tools is not None:
+        try:
+            specs = check_tools(json.loads(tools.read_text()))
+        except (OSError, json.JSONDecodeError, ValueError) as e:
+            raise UserError(f"{tools}: {e}") from None
     torch.manual_seed(seed)
     m, tok = load_for_inference(model, dtype=inference_dtype(precision))
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    reply = generate_batch(m, tok, [messages], Sampling(max_new_tokens, temperature, top_p, top_k))[0]
-    print(reply)
+    reply = generate_batch(m, tok, [messages], Sampling(max_new_tokens, temperature, top_p, top_k), [specs])[0]
+    read = parse_reply(reply, {t["function"]["name"] for t in specs}) if specs else None
+    if read is not None and read.calls:
+        if read.content:
+            print(read.content)
+        for call in read.calls:
+            print(json.dumps({"name": call["function"]["name"], "arguments": json.loads(call["function"]["arguments"])}))
+    else:
+        print(reply)
 
 
 @app.command()
