@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tunesmith.data.chat import IGNORE, encode_chat
+from tunesmith.data.chat import encode_chat
 from tunesmith.data.layouts import to_example
 from tunesmith.data.tool_format import calls_text, parse_reply
 
@@ -41,17 +41,9 @@ RECORD = {
 
 
 def trained_text(tokenizer, example) -> list[str]:
-    enc = encode_chat(tokenizer, example.messages, 4096, tools=example.tools)
-    runs, current = [], []
-    for token, label in zip(enc.input_ids, enc.labels):
-        if label != IGNORE:
-            current.append(token)
-        elif current:
-            runs.append(tokenizer.decode(current))
-            current = []
-    if current:
-        runs.append(tokenizer.decode(current))
-    return runs
+    from test_chat_mask import trained_text as runs
+
+    return runs(tokenizer, encode_chat(tokenizer, example.messages, 4096, tools=example.tools))
 
 
 def test_the_loss_covers_the_calls_and_their_end_of_turn_only(tokenizer):

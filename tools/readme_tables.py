@@ -303,10 +303,35 @@ def render_rlhf() -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_tools() -> str:
+    data = _example("tools")
+    t, where = data["table"], data["provenance"]
+    labels = {"zero-shot": "base model, tools in the prompt, zero-shot", "3-shot": "base model, tools in the prompt, 3-shot",
+              "lora": f"LoRA, {t['steps']} steps"}
+    n = t["rows"]["lora"]["scores"]["tool_call_exact"]["n"]
+    lines = [f"Measured on {describe(where['machine'])}, commit {_commit(where['commit'])}, {data['total_minutes']:.1f} minutes "
+             f"in all ({t['rows']['lora']['n']} test requests, {n} of them expecting calls):", "",
+             "| model | calls exactly right (95% CI) | a call made | right functions | arguments valid for the schema "
+             "| arguments right | no call where none was asked |", "|---|---|---|---|---|---|---|"]
+    for key, row in t["rows"].items():
+        s = row["scores"]
+
+        def cell(name: str) -> str:
+            return _pct(s[name]["mean"]) if name in s else "–"
+
+        lines.append(f"| {labels[key]} | {_ci(s['tool_call_exact'])} | {cell('tool_call_rate')} | {cell('tool_name_accuracy')} "
+                     f"| {cell('tool_args_schema_valid')} | {cell('tool_argument_accuracy')} | {cell('tool_abstention')} |")
+    gap, q = t["lora_minus_zero_shot"], t["general_qa"]
+    lines += ["", f"LoRA minus zero-shot, paired over the same requests: {_pts(gap['mean'])} points "
+              f"(95% CI {_pts(gap['lo'])} to {_pts(gap['hi'])}). General QA ({q['qa_items']} questions): "
+              f"{_pct(q['qa_base'])} → {_pct(q['qa_tuned'])}, {q['verdict']}."]
+    return "\n".join(lines) + "\n"
+
+
 # --- the README ------------------------------------------------------------------------------
 
 RENDERERS = {"quickstart": render_quickstart, "quickstart-gemma": render_quickstart_gemma, "adapters": render_adapters,
-             "bench": render_bench, "distill": render_distill, "rlhf": render_rlhf}
+             "bench": render_bench, "distill": render_distill, "rlhf": render_rlhf, "tools": render_tools}
 
 
 def regenerate(text: str) -> str:
