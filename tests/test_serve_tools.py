@@ -122,3 +122,11 @@ def test_streamed_replies_match_whole_ones_however_the_text_arrives(cut):
     broken = "<tool_call>\n{\"name\": \"lookup\", \"arguments\": {\"city\"\n</tool_call>"
     assert streamed(broken, cut) == (broken, [], "stop")  # never a broken call
     assert streamed(calls_text([call]), cut, choice="none") == (calls_text([call]), [], "stop")
+
+
+def test_a_system_turn_later_in_the_conversation_is_served(client):
+    """OpenAI's API takes a system turn anywhere; training data keeps it first, a request need not."""
+    history = ASK + [{"role": "assistant", "content": "Which unit?"}, {"role": "system", "content": "Use Celsius."},
+                     {"role": "user", "content": "Celsius"}]
+    reply = client.chat.completions.create(model=MODEL, messages=history, max_tokens=2)
+    assert isinstance(reply.choices[0].message.content, str)

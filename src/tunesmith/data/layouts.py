@@ -76,9 +76,11 @@ def detect(record: dict) -> str:
     )
 
 
-def check_messages(messages, field: str = "messages", need_assistant: bool = True, tools: list[dict] | None = None) -> list[dict]:
+def check_messages(messages, field: str = "messages", need_assistant: bool = True, tools: list[dict] | None = None,
+                   system_first: bool = True) -> list[dict]:
     """Validated turns as `{role, content}`, plus `tool_calls` and `weight` on assistant turns and
-    `tool_call_id` on tool turns where the record has them."""
+    `tool_call_id` on tool turns where the record has them. `system_first`: training data keeps
+    a system turn first; a request to the server may place one anywhere, as OpenAI's API allows."""
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"'{field}' must be a non-empty list of {{role, content}} objects")
     out, pending, counter = [], PendingCalls(), [0]
@@ -95,7 +97,7 @@ def check_messages(messages, field: str = "messages", need_assistant: bool = Tru
             content = ""
         if not isinstance(content, str):
             raise ValueError(f"{where}.content must be a string, got {type(content).__name__}")
-        if role == "system" and i != 0:
+        if role == "system" and i != 0 and system_first:
             raise ValueError(f"{where}: a system message may only come first")
         turn = {"role": role, "content": content}
         if calls is not None:

@@ -241,7 +241,8 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
         if choice is not None and not isinstance(choice, str) and choice.function.name not in {t["function"]["name"] for t in tools}:
             raise ApiError(400, f"tool_choice names {choice.function.name!r}, which is not among the tools", param="tool_choice")
         try:
-            messages = check_messages([m.as_chat() for m in req.messages], "messages", need_assistant=False, tools=tools)
+            messages = check_messages([m.as_chat() for m in req.messages], "messages", need_assistant=False, tools=tools,
+                                      system_first=False)
         except ValueError as e:
             raise ApiError(400, str(e), param="messages") from None
         return tools, messages
