@@ -127,8 +127,8 @@ def test_chat_sends_the_whole_history_until_reset(tiny_model_dir, monkeypatch):
 
     model, tokenizer = load_for_inference(str(tiny_model_dir))
     prompts, real_prompt_ids = [], chat_session.prompt_ids
-    monkeypatch.setattr(chat_session, "prompt_ids", lambda tok, messages: (
-        prompts.append([(m["role"], m["content"]) for m in messages]) or real_prompt_ids(tok, messages)))
+    monkeypatch.setattr(chat_session, "prompt_ids", lambda tok, messages, tools=None: (
+        prompts.append([(m["role"], m["content"]) for m in messages]) or real_prompt_ids(tok, messages, tools)))
     lines = iter(["hello", "again", "/reset", "third", "/exit"])
     history = chat_session.chat_loop(model, tokenizer, Sampling(max_new_tokens=4), system="Be brief.",
                                      read=lambda _: next(lines))

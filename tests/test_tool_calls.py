@@ -225,3 +225,43 @@ def test_generate_refuses_a_bad_tools_file_in_one_line(tmp_path, tiny_model_dir)
     good.write_text(json.dumps([WEATHER]))
     result = cli_here(["generate", str(tiny_model_dir), "--prompt", "hi", "--tools", str(good), "--max-new-tokens", "4"], tmp_path)
     assert result.returncode == 0, result.stderr
+
+
+def test_chat_with_tools_asks_for_each_result_and_answers_with_it(tmp_path, tiny_model_dir):
+    """A tiny model taught one tool conversation (a call; after its result, an answer): `chat`
+    keeps its reply as the call, asks for the result as a tool turn, and answers with it."""
+    from conftest import write_config
+
+    from tunesmith.chat_session import chat_loop
+    from tunesmith.config import load_config
+    from tunesmith.eval.generate import Sampling
+    from tunesmith.model.load import load_for_inference
+    from tunesmith.run import train
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "x": {"enum": ["a", "b"]}}, "required": ["x"]}}}]
+    record = {"tools": tools, "messages": [
+        {"role": "user", "content": "go"}, {"role": "assistant", "content": None, "tool_calls": [call("c1", "f", x="b")]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"}, {"role": "assistant", "content": "It is 42."}]}
+    splits = {}
+    for split, copies in (("train", 16), ("val", 2)):
+        splits[split] = tmp_path / f"{split}.jsonl"
+        splits[split].write_text((json.dumps(record) + "\n") * copies)
+    cfg = write_config(tmp_path / "t.yaml", tiny_model_dir, splits, tmp_path / "runs", adapter={"type": "none"},
+                       data={"train": [{"path": str(splits["train"])}], "val": str(splits["val"]), "max_length": 512},
+                       train={"max_steps": 60, "batch_size": 4, "lr": 3e-3, "precision": "fp32", "log_every": 20, "warmup": 0})
+    train(load_config(cfg), quiet=True)
+    model, tok = load_for_inference(str(tmp_path / "runs" / "tiny"))
+    asked = []
+    lines = iter(["go", "42", "/exit"])
+
+    def read(prompt: str) -> str:
+        asked.append(prompt)
+        return next(lines)
+
+    history = chat_loop(model, tok, Sampling(max_new_tokens=80), read=read, tools=tools)
+    assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"]
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in history[1]["tool_calls"]] == [("f", {"x": "b"})]
+    assert asked[1] == 'result of f({"x": "b"})> ' and history[2] == {"role": "tool", "tool_call_id": history[1]["tool_calls"][0]["id"],
+                                                                       "content": "42"}
+    assert history[3]["content"] == "It is 42."

@@ -46,19 +46,13 @@ def generate(
     """Answer one prompt with the model's chat template."""
     import torch
 
-    from tunesmith.data.tool_calls import check_tools
     from tunesmith.data.tool_format import parse_reply
     from tunesmith.runtime.precision import inference_dtype
     from tunesmith.eval.generate import Sampling, generate_batch
     from tunesmith.model.load import load_for_inference
 
     check_precision(precision)
-    specs = None
-    if tools is not None:
-        try:
-            specs = check_tools(json.loads(tools.read_text()))
-        except (OSError, json.JSONDecodeError, ValueError) as e:
-            raise UserError(f"{tools}: {e}") from None
+    specs = read_tools(tools)
     torch.manual_seed(seed)
     m, tok = load_for_inference(model, dtype=inference_dtype(precision))
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -81,6 +75,8 @@ def chat(
     temperature: float = typer.Option(0.7, min=0.0, help="0 = greedy"),
     top_p: float = typer.Option(0.9, min=0.0, max=1.0),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
+    tools: Optional[Path] = typer.Option(None, "--tools", help="a JSON file of OpenAI tools: rendered as in training; "
+                                                               "you give each call's result"),
 ):
     """Talk to a model; replies stream token by token. /reset clears the history, /exit leaves."""
     from tunesmith.chat_session import chat_loop
@@ -89,8 +85,21 @@ def chat(
     from tunesmith.model.load import load_for_inference
 
     check_precision(precision)
+    specs = read_tools(tools)
     m, tok = load_for_inference(model, dtype=inference_dtype(precision))
-    chat_loop(m, tok, Sampling(max_new_tokens, temperature, top_p), system=system, console=err)
+    chat_loop(m, tok, Sampling(max_new_tokens, temperature, top_p), system=system, console=err, tools=specs)
+
+
+def read_tools(path: Path | None) -> list[dict] | None:
+    """A `--tools` file: OpenAI's tools as JSON, checked (one line naming the file otherwise)."""
+    from tunesmith.data.tool_calls import check_tools
+
+    if path is None:
+        return None
+    try:
+        return check_tools(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, ValueError) as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 @app.command()
