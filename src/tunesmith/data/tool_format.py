@@ -46,6 +46,13 @@ def calls_text(calls: list[dict]) -> str:
     return "\n".join(blocks)
 
 
+def turn_text(turn: dict) -> str:
+    """An assistant turn as the fallback writes it: its content, then its calls' blocks."""
+    if not turn.get("tool_calls"):
+        return turn["content"]
+    return f"{turn['content']}\n{calls_text(turn['tool_calls'])}" if turn["content"] else calls_text(turn["tool_calls"])
+
+
 def for_template(messages: list[dict], tools: list[dict] | None, native: bool) -> tuple[list[dict], list[dict] | None]:
     """Messages and `tools=` as the chat template gets them: OpenAI's fields for a template that
     takes tools, the fallback's plain turns otherwise. Fields only tunesmith reads (weight) go."""
@@ -59,12 +66,7 @@ def for_template(messages: list[dict], tools: list[dict] | None, native: bool) -
                                       for c in turn["tool_calls"]]
             out.append(turn)
         return out, tools
-    out = []
-    for m in messages:
-        content = m["content"]
-        if m.get("tool_calls"):
-            content = f"{content}\n{calls_text(m['tool_calls'])}" if content else calls_text(m["tool_calls"])
-        out.append({"role": m["role"], "content": content})
+    out = [{"role": m["role"], "content": turn_text(m)} for m in messages]
     if tools:
         listed = tool_list_text(tools)
         if out and out[0]["role"] == "system":

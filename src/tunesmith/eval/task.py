@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tunesmith.data.chat import prompt_ids
 from tunesmith.data.layouts import Example
-from tunesmith.data.tool_format import calls_text
+from tunesmith.data.tool_format import turn_text
 from tunesmith.errors import UserError
 from tunesmith.eval.bootstrap import bootstrap_ci
 from tunesmith.eval.generate import BATCH_SIZE, Sampling, generate_all, generate_batch
@@ -28,13 +28,6 @@ def reference_turn(example: Example) -> tuple[list[dict], dict]:
         raise UserError(f"{example.source}: no assistant reply to score against; use a chat or prompt/completion layout")
     last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
     return example.messages[:last], example.messages[last]
-
-
-def turn_text(turn: dict) -> str:
-    """An assistant turn as text: its content, then its calls as the fallback writes them."""
-    if not turn.get("tool_calls"):
-        return turn["content"]
-    return f"{turn['content']}\n{calls_text(turn['tool_calls'])}" if turn["content"] else calls_text(turn["tool_calls"])
 
 
 def split_reference(example: Example) -> tuple[list[dict], str]:

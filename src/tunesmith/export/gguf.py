@@ -51,12 +51,16 @@ def rope_thetas(config) -> dict[str, float]:
     return {"full_attention": _rope_theta(params, fallback)}
 
 
+def head_width(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def check_supported(config, arch: str) -> None:
     """Refuse, in one line, what llama.cpp would read as a different model."""
     kind = config.model_type
     if arch != "GEMMA3" and (getattr(config, "use_sliding_window", False) or (kind == "mistral" and config.sliding_window)):
         raise UserError(f"GGUF export: this {kind} model uses a sliding window, which llama.cpp's {arch.lower()} drops")
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    head_dim = head_width(config)
     if arch == "LLAMA" and head_dim * config.num_attention_heads != config.hidden_size:
         raise UserError("GGUF export: head_dim * heads must equal the hidden size for llama.cpp's Llama")
     if arch == "GEMMA3":
@@ -94,7 +98,7 @@ def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "mo
     arch_name = ARCHITECTURES[kind]
     check_supported(config, arch_name)
     n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    head_dim = head_width(config)
     n_vocab = model.get_input_embeddings().weight.shape[0]
     vocab = vocabulary(tokenizer, n_vocab)
     thetas = rope_thetas(config)
