@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 from tunesmith.errors import UserError
 
@@ -70,7 +71,30 @@ def test_a_checkpoint_holds_only_safetensors_and_json(tmp_path, tiny_model_dir, 
                        train={"max_steps": 2, "precision": "fp32"}, output={"dir": str(tmp_path / "runs"), "save_every": 1})
     train(load_config(cfg, []), quiet=True)
     files = {p.name for p in (tmp_path / "runs" / "tiny" / "checkpoints").rglob("*") if p.is_file()}
-    assert files == {"trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"}
+    assert files == {"trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json",
+                     "adapter_model.safetensors", "adapter_config.json"}  # the step's adapter, as PEFT saves one
+
+
+def test_an_adapter_checkpoint_loads_in_plain_peft_with_that_steps_weights(tmp_path, tiny_model_dir, date_data):
+    from conftest import write_config
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.config import load_config
+    from tunesmith.run import train
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
+                       train={"max_steps": 3, "precision": "fp32", "lr": 1e-2}, output={"dir": str(tmp_path / "runs"), "save_every": 1})
+    train(load_config(cfg, []), quiet=True)
+    ckpt = tmp_path / "runs" / "tiny" / "checkpoints" / "step-2"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), ckpt / "adapter")
+    loaded = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    saved = load_file(ckpt / "trainable.safetensors")
+    assert len(loaded) == len(saved) > 0
+    for name, value in saved.items():
+        assert torch.equal(loaded[name], value), name
+    assert any(float(v.abs().sum()) > 0 for n, v in saved.items() if "lora_B" in n)  # trained: not the initial zeros
 
 
 CUSTOM_CODE = '''

@@ -1,7 +1,8 @@
 """Checkpoints that are never half-written, and that resume a run exactly.
 
 A checkpoint is `checkpoints/step-N/`: trainable weights, optimizer and RNG tensors as
-safetensors, everything else as JSON (no pickle, so loading one runs no code). Tensors are
+safetensors, everything else as JSON (no pickle, so loading one runs no code); an adapter run's
+also holds `adapter/`, that step's adapter as PEFT saves one (served or loaded without resuming). Tensors are
 whole even when training shards them (FSDP), so a checkpoint loads on any number of processes. It is written
 into a hidden temporary folder and renamed into place; a crash mid-write leaves only the
 temporary folder, which the next start removes.
@@ -21,8 +22,10 @@ from safetensors.torch import load_file, save_file
 
 from tunesmith.engine.distributed import full, like
 from tunesmith.errors import RunFailed
+from tunesmith.model.adapters import save_adapter_folder
 
 PREFIX = "step-"
+ADAPTER = "adapter"  # in an adapter run's checkpoint: that step's adapter as PEFT saves one
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -51,13 +54,16 @@ def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], meta: dict) 
 
 
 def _fsync_tree(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in path.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
 
 
-def _write(folder: Path, weights, opt_tensors, opt_meta, scheduler, state: dict) -> None:
+def _write(folder: Path, weights, opt_tensors, opt_meta, scheduler, state: dict, model=None) -> None:
     save_file(weights, folder / "trainable.safetensors")
+    if model is not None:
+        save_adapter_folder(model, weights, folder / ADAPTER)  # the step's model, loadable (and servable) as it is
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -88,7 +94,7 @@ def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, k
         ckpt_root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _write(tmp, weights, opt_tensors, opt_meta, scheduler, state)
+        _write(tmp, weights, opt_tensors, opt_meta, scheduler, state, model)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)

@@ -196,3 +196,26 @@ def freeze_lower_layers(model, n: int) -> int:
             p.requires_grad_(False)
             frozen += p.numel()
     return frozen
+
+
+def save_adapter_folder(model, weights: dict[str, torch.Tensor], folder) -> bool:
+    """Write `weights` (the model's trainable tensors, whole) as the adapter folder PEFT loads
+    (`adapter_config.json` + `adapter_model.safetensors`): what makes a checkpoint servable as it is.
+    False, writing nothing, for a model without an adapter."""
+    import json
+    from pathlib import Path
+
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    if not hasattr(model, "peft_config"):
+        return False
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = getattr(model, "active_adapter", "default")
+    state = get_peft_model_state_dict(model, state_dict=weights, adapter_name=name)
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / "adapter_model.safetensors")
+    config = model.peft_config[name].to_dict()
+    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, default=str))
+    return True

@@ -22,7 +22,9 @@ import time
 import uuid
 import weakref
 from dataclasses import replace
-from typing import Iterator
+from typing import Callable, Iterator
+
+from fastapi import Request  # resolved by name in the handlers' annotations
 
 from tunesmith.serve.generation import Finished, Params, complete, stream_text
 from tunesmith.serve.models import ServedModels
@@ -64,9 +66,13 @@ class Queue:
         return leave
 
 
-def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int = 1024, max_queue: int = 32,
-              max_body: int = MAX_BODY_BYTES):
-    from fastapi import FastAPI, Request
+def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int = 1024, max_queue: int = 32,
+              max_body: int = MAX_BODY_BYTES, callers: Callable[[str], str | None] | None = None,
+              body_limits: dict[str, int] | None = None):
+    """The app over `catalog` (a ServedModels, or anything answering `visible_ids`, `holder` and
+    `parent` per caller). One `api_key` for every client, or `callers`: the caller (tenant) a bearer
+    token belongs to, None for an unknown token; `body_limits` raises `max_body` for path prefixes."""
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
@@ -104,31 +110,39 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
 
     @app.middleware("http")
     async def _guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/") and api_key is not None:
+        request.state.caller = None
+        if request.url.path.startswith("/v1/") and (api_key is not None or callers is not None):
             given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            if callers is not None:
+                request.state.caller = callers(given.removeprefix("Bearer ")) if given.startswith("Bearer ") else None
+                refused = request.state.caller is None
+            else:
+                refused = not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())
+            if refused:
                 return JSONResponse(error_body("Incorrect API key provided.", code="invalid_api_key"), status_code=401)
         if request.method == "POST":
             length = request.headers.get("content-length")
             if length is None or not length.isdigit():
                 return JSONResponse(error_body("a request body needs a Content-Length"), status_code=411)
-            if int(length) > max_body:
+            limit = next((n for prefix, n in (body_limits or {}).items() if request.url.path.startswith(prefix)), max_body)
+            if int(length) > limit:
                 return JSONResponse(error_body(f"request body of {length} bytes is over this server's limit of "
-                                               f"{max_body}", code="request_too_large"), status_code=413)
+                                               f"{limit}", code="request_too_large"), status_code=413)
         return await call_next(request)
 
     def card(model_id: str) -> dict:
-        parent = None if model_id == served.base_id else served.base_id
         return {"id": model_id, "object": "model", "created": created, "owned_by": "tunesmith", "root": model_id,
-                "parent": parent}
+                "parent": catalog.parent(model_id)}
 
-    def known(model_id: str) -> str:
-        if model_id not in served.ids:
-            raise ApiError(404, f"The model `{model_id}` does not exist; this server has: {', '.join(served.ids)}",
-                           param="model", code="model_not_found")
-        return model_id
+    def known(model_id: str, caller: str | None) -> ServedModels:
+        """The holder serving `model_id` to `caller` (404 when it is not there, or not theirs)."""
+        served = catalog.holder(model_id, caller)
+        if served is None:
+            raise ApiError(404, f"The model `{model_id}` does not exist; this server has: "
+                           f"{', '.join(catalog.visible_ids(caller))}", param="model", code="model_not_found")
+        return served
 
-    def params(req, prompt_len: int) -> Params:
+    def params(served: ServedModels, req, prompt_len: int) -> Params:
         room = served.context_length - prompt_len
         wanted = req.limit()
         if wanted is not None and wanted > max_tokens:
@@ -141,25 +155,27 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "models": served.ids, "requests": queue.count}  # running + waiting
+        return {"status": "ok", "models": catalog.visible_ids(None), "requests": queue.count}  # running + waiting
 
     @app.get("/v1/models")
-    def models():
-        return {"object": "list", "data": [card(m) for m in served.ids]}
+    def models(request: Request):
+        return {"object": "list", "data": [card(m) for m in catalog.visible_ids(request.state.caller)]}
 
     @app.get("/v1/models/{model_id:path}")
-    def model(model_id: str):
-        return card(known(model_id))
+    def model(model_id: str, request: Request):
+        known(model_id, request.state.caller)
+        return card(model_id)
 
     def usage(prompt_tokens: int, completion_tokens: int) -> dict:
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
 
-    def run(req, prompts: list[list[int]], object_name: str, deltas, whole, call_grammar: str | None = None):
+    def run(served: ServedModels, req, prompts: list[list[int]], object_name: str, deltas, whole,
+            call_grammar: str | None = None):
         """Answer every prompt `n` times; `whole(text, reason)` shapes one choice's payload and
         finish reason, `deltas(pieces)` its streamed chunks (see `plain_deltas`)."""
-        model_id = known(req.model)
-        jobs = [(p, replace(params(req, len(p)), call_grammar=call_grammar)) for p in prompts]
+        model_id = req.model
+        jobs = [(p, replace(params(served, req, len(p)), call_grammar=call_grammar)) for p in prompts]
         leave = queue.enter()
         reply_id = f"{'chatcmpl' if object_name.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         head = {"id": reply_id, "object": object_name, "created": int(time.time()), "model": model_id}
@@ -206,8 +222,9 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
         return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/v1/chat/completions")
-    def chat_completions(req: ChatRequest):
-        tokenizer = served.tokenizers[known(req.model)]
+    def chat_completions(req: ChatRequest, request: Request):
+        served = known(req.model, request.state.caller)
+        tokenizer = served.tokenizers[req.model]
         tools, messages = checked_chat(req)
         replies = ToolReplies(tools, req.tool_choice, req.parallel_tool_calls)
         try:
@@ -226,7 +243,7 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
             for delta, reason, finished in replies.deltas(pieces):
                 yield {"delta": delta}, reason, finished
 
-        return run(req, [prompt], "chat.completion.chunk" if req.stream else "chat.completion", deltas, whole, grammar)
+        return run(served, req, [prompt], "chat.completion.chunk" if req.stream else "chat.completion", deltas, whole, grammar)
 
     def checked_chat(req: ChatRequest) -> tuple[list[dict] | None, list[dict]]:
         """The request's tools and messages, checked as training data is (400 naming the parameter)."""
@@ -248,12 +265,13 @@ def build_app(served: ServedModels, api_key: str | None = None, max_tokens: int 
         return tools, messages
 
     @app.post("/v1/completions")
-    def completions(req: CompletionRequest):
-        tokenizer = served.tokenizers[known(req.model)]
+    def completions(req: CompletionRequest, request: Request):
+        served = known(req.model, request.state.caller)
+        tokenizer = served.tokenizers[req.model]
         prompts = [tokenizer(p)["input_ids"] for p in req.prompts()]
         if any(not p for p in prompts):
             raise ApiError(400, "prompt: empty", param="prompt")
-        return run(req, prompts, "text_completion", plain_deltas("text"), lambda text, reason: ({"text": text}, reason))
+        return run(served, req, prompts, "text_completion", plain_deltas("text"), lambda text, reason: ({"text": text}, reason))
 
     return app
 

@@ -37,6 +37,16 @@ class ServedModels:
     def context_length(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
+    # the catalog a server asks (serve/app.py): one holder answering for every caller
+    def visible_ids(self, caller: str | None) -> list[str]:
+        return self.ids
+
+    def holder(self, model_id: str, caller: str | None) -> "ServedModels | None":
+        return self if model_id in self.ids else None
+
+    def parent(self, model_id: str) -> str | None:
+        return None if model_id == self.base_id else self.base_id
+
     @contextmanager
     def selected(self, model_id: str):
         """The model answering as `model_id`; hold `lock` around this."""
@@ -46,8 +56,39 @@ class ServedModels:
             with self.model.disable_adapter():
                 yield self.model
         else:
-            self.model.set_adapter(model_id)
+            self.model.set_adapter(peft_name(model_id))
             yield self.model
+
+    def add_adapter(self, model_id: str, folder: Path, tokenizer) -> None:
+        """Load the adapter in `folder` over the base as `model_id`, while the server runs; hold `lock`."""
+        from peft import PeftModel
+
+        if self.adapters:
+            self.model.load_adapter(folder, adapter_name=peft_name(model_id))
+        else:
+            self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=peft_name(model_id))
+            self.model.eval()
+        self.model.to(next(self.model.parameters()).device)
+        self.adapters[model_id] = folder
+        self.tokenizers[model_id] = tokenizer
+
+    def remove_adapter(self, model_id: str) -> None:
+        """Drop the adapter served as `model_id`; hold `lock`."""
+        if model_id not in self.adapters:
+            return
+        del self.adapters[model_id]
+        self.tokenizers.pop(model_id, None)
+        if self.adapters:
+            self.model.delete_adapter(peft_name(model_id))
+        else:
+            self.model = self.model.unload()  # the last one: the plain base again
+
+
+def peft_name(model_id: str) -> str:
+    """The name PEFT keeps an adapter under: model ids may hold `.` and `:`, which a module name may not."""
+    import hashlib
+
+    return "adapter_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
 
 
 def display_id(reference: str) -> str:
@@ -116,9 +157,9 @@ def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dt
 
         for i, (name, resolved) in enumerate(named):
             if i == 0:
-                model = PeftModel.from_pretrained(model, resolved.adapter, adapter_name=name)
+                model = PeftModel.from_pretrained(model, resolved.adapter, adapter_name=peft_name(name))
             else:
-                model.load_adapter(resolved.adapter, adapter_name=name)
+                model.load_adapter(resolved.adapter, adapter_name=peft_name(name))
             tokenizers[name] = load_tokenizer(tokenizer_dir(resolved))
             folders[name] = resolved.adapter
     from tunesmith.runtime.precision import device
