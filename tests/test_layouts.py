@@ -99,11 +99,28 @@ def test_preference_keeps_both_sides(tmp_path):
     assert ex.messages[:-1] == ex.rejected[:-1]
 
 
+def test_openai_dpo_records_read_as_the_same_pairs(tmp_path):
+    """OpenAI's DPO file format gives the pairs the `preference` layout gives, tools kept."""
+    ours = load_examples(write_jsonl(tmp_path / "p.jsonl", layouts()["preference"]))
+    theirs = [{"input": {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]},
+               "preferred_output": [{"role": "assistant", "content": a}],
+               "non_preferred_output": [{"role": "assistant", "content": "no idea"}]} for q, a in PAIRS]
+    read = load_examples(write_jsonl(tmp_path / "o.jsonl", theirs))
+    assert [(e.messages, e.rejected, e.layout) for e in read] == [(e.messages, e.rejected, e.layout) for e in ours]
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    theirs[0]["input"]["tools"] = [tool]
+    assert load_examples(write_jsonl(tmp_path / "t.jsonl", theirs[:1]))[0].tools == [tool]
+
+
 @pytest.mark.parametrize("rows, message", [
     ([{"conversations": [{"from": "robot", "value": "x"}]}], "conversations[0].from 'robot' not allowed"),
     ([{"instruction": "i", "output": 5}], "'output' must be a string"),
     ([{"prompt": "p", "chosen": "a"}], "missing 'completion'"),
     ([{"text": ""}], "'text' is empty"),
+    ([{"input": {"messages": [{"role": "user", "content": "q"}]}, "preferred_output": [{"role": "assistant", "content": "a"}]}],
+     "missing 'non_preferred_output'"),
+    ([{"input": {"messages": [{"role": "user", "content": "q"}]}, "preferred_output": "a", "non_preferred_output": "b"}],
+     "'preferred_output' must be a list of assistant messages"),
 ])
 def test_layout_problems_are_located(tmp_path, rows, message):
     with pytest.raises(UserError) as e:

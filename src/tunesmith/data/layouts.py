@@ -10,6 +10,8 @@ Detected from the record's keys, or named per source with `format:`:
                      label judges the completion: true desirable, false not, for KTO)
   preference         {"prompt", "chosen", "rejected", "margin"?}  (strings, or message lists; a
                      number margin says how much better chosen is, for reward models)
+  openai_preference  {"input": {"messages", "tools"?, "parallel_tool_calls"?}, "preferred_output",
+                     "non_preferred_output"}  (OpenAI's DPO files: each output a list of assistant messages)
   prompt             {"prompt", "reference"?}  (a prompt alone, for methods that generate their
                      own responses: online RL, labelling; reference: what a reward may compare to)
   text               {"text"}  (plain text: every token is trained)
@@ -29,7 +31,8 @@ from tunesmith.data.tool_calls import PendingCalls, check_tool_calls, check_tool
 ROLES = ("system", "developer", "user", "assistant", "tool")  # developer: OpenAI's newer name for system
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
                   "function_call": "assistant", "observation": "tool"}
-FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "prompt", "text")
+FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "openai_preference", "prompt",
+           "text")
 NO_PREFERENCE = ("tie", "both_bad")  # label-page judgements that prefer neither response
 
 
@@ -55,6 +58,8 @@ class Example:
 
 
 def detect(record: dict) -> str:
+    if {"preferred_output", "non_preferred_output"} & set(record) or isinstance(record.get("input"), dict):
+        return "openai_preference"
     if "messages" in record:
         return "messages"
     if "conversations" in record:
@@ -219,6 +224,28 @@ def from_preference(record: dict) -> tuple[list[dict], list[dict]]:
     return check_messages(prompt + chosen, "prompt+chosen"), check_messages(prompt + rejected, "prompt+rejected")
 
 
+def from_openai_preference(record: dict) -> tuple[list[dict], list[dict], list[dict] | None, bool]:
+    """OpenAI's DPO record -> (prompt + preferred, prompt + non-preferred, tools, parallel_tool_calls)."""
+    for key in ("input", "preferred_output", "non_preferred_output"):
+        if key not in record:
+            raise ValueError(f"missing '{key}' (OpenAI's DPO records have input, preferred_output and non_preferred_output)")
+    given = record["input"]
+    if not isinstance(given, dict):
+        raise ValueError(f"'input' must be an object with 'messages', got {type(given).__name__}")
+    tools = record_tools(given)
+    prompt = check_messages(given.get("messages"), "input.messages", need_assistant=False, tools=tools)
+    if prompt[-1]["role"] == "assistant":
+        raise ValueError("'input.messages' ends with an assistant turn: nothing left to respond to")
+    sides = []
+    for key in ("preferred_output", "non_preferred_output"):
+        output = record[key]
+        if not isinstance(output, list) or not output or any(not isinstance(m, dict) or m.get("role") != "assistant"
+                                                             for m in output):
+            raise ValueError(f"'{key}' must be a list of assistant messages")
+        sides.append(check_messages(prompt + output, f"input.messages+{key}", tools=tools))
+    return sides[0], sides[1], tools, parallel_flag(given)
+
+
 def from_prompt(record: dict) -> tuple[list[dict], str | None]:
     if "prompt" not in record:
         raise ValueError("missing 'prompt'")
@@ -255,6 +282,9 @@ def to_example(record: dict, location: str, fmt: str = "auto", columns: dict[str
         if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
             raise ValueError(f"'margin' must be a number, got {margin!r}")
         return Example(chosen, location, rejected=rejected, layout="preference", margin=margin)
+    if layout == "openai_preference":
+        chosen, rejected, tools, parallel = from_openai_preference(record)
+        return Example(chosen, location, rejected=rejected, layout="preference", tools=tools, parallel_tool_calls=parallel)
     if layout == "prompt":
         messages, reference = from_prompt(record)
         return Example(messages, location, layout="prompt", reference=reference)

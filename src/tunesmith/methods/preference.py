@@ -49,8 +49,8 @@ class PreferenceOptimisation(Method):
         return self.kind not in REFERENCE_FREE
 
     # --- examples -> features -------------------------------------------------------------
-    def _response(self, tokenizer, messages: list[dict]) -> dict | None:
-        enc = encode_chat(tokenizer, messages, self.max_length, "last")
+    def _response(self, tokenizer, messages: list[dict], tools: list[dict] | None = None) -> dict | None:
+        enc = encode_chat(tokenizer, messages, self.max_length, "last", tools)
         self.truncated += enc.truncated
         if all(label == IGNORE for label in enc.labels[1:]):
             self.dropped += 1
@@ -63,7 +63,8 @@ class PreferenceOptimisation(Method):
         if example.rejected is None:
             raise UserError(f"{example.source}: preference loss '{self.kind}' needs pairs "
                             "({prompt, chosen, rejected}); single judged responses train with preference.loss: kto")
-        chosen, rejected = self._response(tokenizer, example.messages), self._response(tokenizer, example.rejected)
+        chosen = self._response(tokenizer, example.messages, example.tools)
+        rejected = self._response(tokenizer, example.rejected, example.tools)
         if chosen is None or rejected is None:
             return None
         return {"chosen": chosen, "rejected": rejected,
@@ -80,7 +81,7 @@ class PreferenceOptimisation(Method):
                             "(true: desirable)")
         responses = []
         for messages, desirable in judged:
-            r = self._response(tokenizer, messages)
+            r = self._response(tokenizer, messages, example.tools)
             if r is not None:
                 first = next(i for i, label in enumerate(r["labels"]) if label != IGNORE)
                 responses.append({"prompt": r["input_ids"][:first], "completion": r["input_ids"][first:],

@@ -1,0 +1,220 @@
+"""The service's state: one SQLite database (WAL) under --home, shared by the server's threads.
+
+Objects are kept as the JSON OpenAI's API returns (files, jobs, events, checkpoints, models), next
+to the columns the service looks them up by: the owner (tenant), status, order of creation. Every
+write is one transaction, so a server killed at any moment leaves each object as it was before or
+after the write, never between.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tenants (key_hash TEXT PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+    tenant TEXT NOT NULL, sha256 TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+    tenant TEXT NOT NULL, status TEXT NOT NULL, control TEXT, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+    job_id TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
+    job_id TEXT NOT NULL, step INTEGER NOT NULL, model TEXT UNIQUE NOT NULL, path TEXT NOT NULL, body TEXT NOT NULL,
+    UNIQUE (job_id, step));
+CREATE TABLE IF NOT EXISTS models (id TEXT PRIMARY KEY, tenant TEXT NOT NULL, base TEXT NOT NULL,
+    path TEXT NOT NULL, job_id TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
+"""
+
+ACTIVE = ("validating_files", "queued", "running")  # a job in one of these still has work to do
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def new_id(prefix: str) -> str:
+    """An OpenAI-style id: `file-`, `ftjob-`, `ftevent-`, `ftckpt-` and 24 random letters and digits."""
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(24))
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class Store:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.lock = threading.RLock()
+
+    def _write(self, sql: str, args=()) -> sqlite3.Cursor:
+        with self.lock:
+            return self.db.execute(sql, args)
+
+    def _rows(self, sql: str, args=()) -> list[tuple]:
+        with self.lock:
+            return self.db.execute(sql, args).fetchall()
+
+    # tenants: only the hashes of their keys are stored
+    def set_tenants(self, hashes: dict[str, str]) -> None:
+        with self.lock:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM tenants")
+            self.db.executemany("INSERT INTO tenants VALUES (?, ?)", list(hashes.items()))
+            self.db.execute("COMMIT")
+
+    def tenant_of(self, key_hash: str) -> str | None:
+        rows = self._rows("SELECT name FROM tenants WHERE key_hash = ?", (key_hash,))
+        return rows[0][0] if rows else None
+
+    # files
+    def add_file(self, tenant: str, sha256: str, body: dict) -> dict:
+        self._write("INSERT INTO files (id, tenant, sha256, body) VALUES (?, ?, ?, ?)",
+                    (body["id"], tenant, sha256, json.dumps(body)))
+        return body
+
+    def file(self, file_id: str, tenant: str | None) -> tuple[dict, str] | None:
+        """A file's object and content hash, if it is `tenant`'s (any tenant's for None)."""
+        rows = self._rows("SELECT body, sha256, tenant FROM files WHERE id = ?", (file_id,))
+        if not rows or (tenant is not None and rows[0][2] != tenant):
+            return None
+        return json.loads(rows[0][0]), rows[0][1]
+
+    def files(self, tenant: str, purpose: str | None = None) -> list[dict]:
+        found = [json.loads(b) for (b,) in self._rows("SELECT body FROM files WHERE tenant = ? ORDER BY seq DESC", (tenant,))]
+        return [f for f in found if purpose is None or f["purpose"] == purpose]
+
+    def delete_file(self, file_id: str) -> str | None:
+        """Forget a file; its content hash when no other file still holds the same content."""
+        with self.lock:
+            rows = self.db.execute("SELECT sha256 FROM files WHERE id = ?", (file_id,)).fetchall()
+            if not rows:
+                return None
+            self.db.execute("DELETE FROM files WHERE id = ?", (file_id,))
+            left = self.db.execute("SELECT COUNT(*) FROM files WHERE sha256 = ?", (rows[0][0],)).fetchone()[0]
+        return None if left else rows[0][0]
+
+    # jobs
+    def add_job(self, tenant: str, body: dict) -> dict:
+        self._write("INSERT INTO jobs (id, tenant, status, body) VALUES (?, ?, ?, ?)",
+                    (body["id"], tenant, body["status"], json.dumps(body)))
+        return body
+
+    def job(self, job_id: str, tenant: str | None = None) -> dict | None:
+        rows = self._rows("SELECT body, tenant FROM jobs WHERE id = ?", (job_id,))
+        if not rows or (tenant is not None and rows[0][1] != tenant):
+            return None
+        return json.loads(rows[0][0])
+
+    def job_owner(self, job_id: str) -> str | None:
+        rows = self._rows("SELECT tenant FROM jobs WHERE id = ?", (job_id,))
+        return rows[0][0] if rows else None
+
+    def jobs(self, tenant: str | None, status: tuple[str, ...] | None = None, oldest_first: bool = False) -> list[dict]:
+        sql, args = "SELECT body FROM jobs WHERE 1 = 1", []
+        if tenant is not None:
+            sql, args = sql + " AND tenant = ?", args + [tenant]
+        if status is not None:
+            sql += f" AND status IN ({', '.join('?' * len(status))})"
+            args += list(status)
+        sql += " ORDER BY seq" + ("" if oldest_first else " DESC")
+        return [json.loads(b) for (b,) in self._rows(sql, args)]
+
+    def update_job(self, job_id: str, **fields) -> dict:
+        """Set fields of a job's object (one transaction); returns the object as stored."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                body = json.loads(self.db.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
+                body.update(fields)
+                self.db.execute("UPDATE jobs SET body = ?, status = ? WHERE id = ?", (json.dumps(body), body["status"], job_id))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return body
+
+    def control(self, job_id: str) -> str | None:
+        """What was asked of a running job: 'cancel' or 'pause' (None: keep going)."""
+        rows = self._rows("SELECT control FROM jobs WHERE id = ?", (job_id,))
+        return rows[0][0] if rows else None
+
+    def set_control(self, job_id: str, request: str | None) -> None:
+        self._write("UPDATE jobs SET control = ? WHERE id = ?", (request, job_id))
+
+    # events
+    def add_event(self, job_id: str, message: str, level: str = "info", data: dict | None = None,
+                  kind: str = "message") -> dict:
+        body = {"object": "fine_tuning.job.event", "id": new_id("ftevent-"), "created_at": now(), "level": level,
+                "message": message, "data": data or {}, "type": kind}
+        self._write("INSERT INTO events (id, job_id, body) VALUES (?, ?, ?)", (body["id"], job_id, json.dumps(body)))
+        return body
+
+    def events(self, job_id: str, after: str | None = None, limit: int = 20) -> tuple[list[dict], bool]:
+        """Newest first, as OpenAI lists them; `after` an event id: the ones older than it."""
+        sql, args = "SELECT body FROM events WHERE job_id = ?", [job_id]
+        if after is not None:
+            sql += " AND seq < COALESCE((SELECT seq FROM events WHERE id = ?), -1)"
+            args.append(after)
+        rows = self._rows(sql + " ORDER BY seq DESC LIMIT ?", args + [limit + 1])
+        return [json.loads(b) for (b,) in rows[:limit]], len(rows) > limit
+
+    def events_since(self, job_id: str, seq: int) -> list[tuple[int, dict]]:
+        """Events after position `seq`, oldest first (what a live view has not seen yet)."""
+        rows = self._rows("SELECT seq, body FROM events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, seq))
+        return [(s, json.loads(b)) for s, b in rows]
+
+    # checkpoints
+    def add_checkpoint(self, job_id: str, step: int, model: str, path: str, metrics: dict) -> dict | None:
+        """Record the checkpoint of `step` once (None when it is recorded already)."""
+        body = {"object": "fine_tuning.job.checkpoint", "id": new_id("ftckpt-"), "created_at": now(),
+                "fine_tuned_model_checkpoint": model, "fine_tuning_job_id": job_id, "step_number": step,
+                "metrics": metrics}
+        with self.lock:
+            cur = self.db.execute("INSERT OR IGNORE INTO checkpoints (id, job_id, step, model, path, body) "
+                                  "VALUES (?, ?, ?, ?, ?, ?)", (body["id"], job_id, step, model, path, json.dumps(body)))
+        return body if cur.rowcount else None
+
+    def checkpoints(self, job_id: str) -> list[dict]:
+        return [json.loads(b) for (b,) in self._rows("SELECT body FROM checkpoints WHERE job_id = ? ORDER BY step DESC",
+                                                     (job_id,))]
+
+    def drop_checkpoint(self, job_id: str, step: int) -> None:
+        self._write("DELETE FROM checkpoints WHERE job_id = ? AND step = ?", (job_id, step))
+
+    # served fine-tuned models: a finished job's and its checkpoints'
+    def add_model(self, model_id: str, tenant: str, base: str, path: str, job_id: str) -> None:
+        self._write("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)", (model_id, tenant, base, path, job_id, now()))
+
+    def model(self, model_id: str) -> dict | None:
+        """A fine-tuned model: a job's final model, or one of its checkpoints."""
+        rows = self._rows("SELECT id, tenant, base, path, job_id, created_at FROM models WHERE id = ?", (model_id,))
+        if rows:
+            return dict(zip(("id", "tenant", "base", "path", "job_id", "created_at"), rows[0]))
+        rows = self._rows("SELECT c.model, j.tenant, j.body, c.path, c.job_id, c.body FROM checkpoints c "
+                          "JOIN jobs j ON j.id = c.job_id WHERE c.model = ?", (model_id,))
+        if not rows:
+            return None
+        name, tenant, job, path, job_id, ckpt = rows[0]
+        return {"id": name, "tenant": tenant, "base": json.loads(job)["model"], "path": path, "job_id": job_id,
+                "created_at": json.loads(ckpt)["created_at"]}
+
+    def models(self, tenant: str | None) -> list[dict]:
+        rows = self._rows("SELECT id FROM models" + (" WHERE tenant = ?" if tenant is not None else "") + " ORDER BY created_at",
+                          (tenant,) if tenant is not None else ())
+        ckpts = self._rows("SELECT c.model FROM checkpoints c JOIN jobs j ON j.id = c.job_id"
+                           + (" WHERE j.tenant = ?" if tenant is not None else "") + " ORDER BY c.seq",
+                           (tenant,) if tenant is not None else ())
+        return [self.model(m) for (m,) in rows + ckpts]
+
+    def delete_model(self, model_id: str) -> None:
+        self._write("DELETE FROM models WHERE id = ?", (model_id,))
+        self._write("DELETE FROM checkpoints WHERE model = ?", (model_id,))
