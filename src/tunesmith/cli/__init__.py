@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tunesmith.cli import training, models, preparation  # noqa: F401  (their commands join the app, in this order in --help)
+from tunesmith.cli import training, models, preparation, service  # noqa: F401  (their commands join the app, in this order in --help)
 from tunesmith.cli.app import app, err
 from tunesmith.errors import RunFailed, Stopped, UserError
 

@@ -114,7 +114,7 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
         if request.url.path.startswith("/v1/") and (api_key is not None or callers is not None):
             given = request.headers.get("authorization", "")
             if callers is not None:
-                request.state.caller = callers(given.removeprefix("Bearer ")) if given.startswith("Bearer ") else None
+                request.state.caller = callers(given.removeprefix("Bearer ") if given.startswith("Bearer ") else "")
                 refused = request.state.caller is None
             else:
                 refused = not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode())

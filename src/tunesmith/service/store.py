@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS tenants (key_hash TEXT PRIMARY KEY, name TEXT NOT NUL
 CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
     tenant TEXT NOT NULL, sha256 TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
-    tenant TEXT NOT NULL, status TEXT NOT NULL, control TEXT, body TEXT NOT NULL);
+    tenant TEXT NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL, request TEXT NOT NULL,
+    control TEXT, worker_pid INTEGER, examples INTEGER, final_step INTEGER);
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
     job_id TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
@@ -103,10 +104,39 @@ class Store:
         return None if left else rows[0][0]
 
     # jobs
-    def add_job(self, tenant: str, body: dict) -> dict:
-        self._write("INSERT INTO jobs (id, tenant, status, body) VALUES (?, ?, ?, ?)",
-                    (body["id"], tenant, body["status"], json.dumps(body)))
+    def add_job(self, tenant: str, body: dict, request: dict) -> dict:
+        """A new job: its API object and the request it came from (its hyperparameters as asked)."""
+        self._write("INSERT INTO jobs (id, tenant, status, body, request) VALUES (?, ?, ?, ?, ?)",
+                    (body["id"], tenant, body["status"], json.dumps(body), json.dumps(request)))
         return body
+
+    def _job_column(self, job_id: str, column: str):
+        rows = self._rows(f"SELECT {column} FROM jobs WHERE id = ?", (job_id,))
+        return rows[0][0] if rows else None
+
+    def _set_job_column(self, job_id: str, column: str, value) -> None:
+        self._write(f"UPDATE jobs SET {column} = ? WHERE id = ?", (value, job_id))
+
+    def request(self, job_id: str) -> dict:
+        return json.loads(self._job_column(job_id, "request"))
+
+    def worker_pid(self, job_id: str) -> int | None:
+        return self._job_column(job_id, "worker_pid")
+
+    def set_worker(self, job_id: str, pid: int | None) -> None:
+        self._set_job_column(job_id, "worker_pid", pid)
+
+    def example_count(self, job_id: str) -> int | None:
+        return self._job_column(job_id, "examples")
+
+    def set_example_count(self, job_id: str, n: int) -> None:
+        self._set_job_column(job_id, "examples", n)
+
+    def final_step(self, job_id: str) -> int | None:
+        return self._job_column(job_id, "final_step")
+
+    def set_final_step(self, job_id: str, step: int) -> None:
+        self._set_job_column(job_id, "final_step", step)
 
     def job(self, job_id: str, tenant: str | None = None) -> dict | None:
         rows = self._rows("SELECT body, tenant FROM jobs WHERE id = ?", (job_id,))
@@ -144,11 +174,10 @@ class Store:
 
     def control(self, job_id: str) -> str | None:
         """What was asked of a running job: 'cancel' or 'pause' (None: keep going)."""
-        rows = self._rows("SELECT control FROM jobs WHERE id = ?", (job_id,))
-        return rows[0][0] if rows else None
+        return self._job_column(job_id, "control")
 
     def set_control(self, job_id: str, request: str | None) -> None:
-        self._write("UPDATE jobs SET control = ? WHERE id = ?", (request, job_id))
+        self._set_job_column(job_id, "control", request)
 
     # events
     def add_event(self, job_id: str, message: str, level: str = "info", data: dict | None = None,
@@ -166,6 +195,12 @@ class Store:
             args.append(after)
         rows = self._rows(sql + " ORDER BY seq DESC LIMIT ?", args + [limit + 1])
         return [json.loads(b) for (b,) in rows[:limit]], len(rows) > limit
+
+    def last_metrics_step(self, job_id: str) -> int:
+        """The last step a metrics event was written for (0: none yet)."""
+        rows = self._rows("SELECT MAX(json_extract(body, '$.data.step')) FROM events WHERE job_id = ? "
+                          "AND json_extract(body, '$.type') = 'metrics'", (job_id,))
+        return int(rows[0][0] or 0)
 
     def events_since(self, job_id: str, seq: int) -> list[tuple[int, dict]]:
         """Events after position `seq`, oldest first (what a live view has not seen yet)."""

@@ -1,0 +1,50 @@
+"""`tunesmith service`: OpenAI's fine-tuning API (files, jobs, events, checkpoints) and the
+inference API over every fine-tune, on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunesmith.cli.app import PRECISION_HELP, app, check_precision, err
+from tunesmith.errors import UserError
+from tunesmith.model.embedded import DEFAULT_ALIAS
+
+
+@app.command()
+def service(
+    host: str = typer.Option("127.0.0.1", help="address to listen on; other than loopback only with --api-keys-file"),
+    port: int = typer.Option(8000, min=0, max=65535, help="port (0: any free port)"),
+    home: Path = typer.Option(Path("tunesmith-service"), "--home", help="where files, jobs, runs and the database live"),
+    model: list[str] = typer.Option([], "--model", help=f"a base model jobs may train (repeatable; default {DEFAULT_ALIAS})"),
+    workers: int = typer.Option(1, "--workers", min=1, help="jobs training at once (each its own process)"),
+    api_keys_file: Optional[Path] = typer.Option(None, "--api-keys-file", help="one key per line, optionally followed by "
+                                                 "a tenant name; each key sees only its own files, jobs and models"),
+    max_upload_mb: int = typer.Option(512, "--max-upload-mb", min=1, help="the largest file an upload may be"),
+    probe_limit: int = typer.Option(60, "--probe-limit", min=0, help="general-QA questions in each job's forgetting "
+                                    "probe (0: no probe)"),
+    max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="the most tokens one reply may ask for"),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
+):
+    """Serve OpenAI's fine-tuning API and chat with the results: point the openai client's base_url here."""
+    from tunesmith.serve import is_loopback, serve as run_server
+    from tunesmith.service import build_service
+
+    check_precision(precision)
+    if not is_loopback(host) and api_keys_file is None:
+        raise UserError(f"--host {host}: listening beyond this machine needs --api-keys-file (who may train and on what)")
+    svc = build_service(home, model or [DEFAULT_ALIAS], workers=workers, keys_file=api_keys_file,
+                        max_upload=max_upload_mb << 20, probe_limit=probe_limit, precision=precision,
+                        max_tokens=max_tokens)
+
+    def ready(url: str) -> None:
+        print(f"tunesmith service at {url} (dashboard: {url.removesuffix('/v1')}/)  home {home}  (Ctrl-C stops)", flush=True)
+
+    svc.scheduler.start()
+    try:
+        run_server(svc.app, host, port, on_ready=ready)
+    finally:
+        err.print("stopping: running jobs write a checkpoint and resume when the service starts again")
+        svc.scheduler.stop()

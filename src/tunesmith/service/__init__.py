@@ -1,0 +1,80 @@
+"""`tunesmith service`: OpenAI's fine-tuning API on your own machine, in one server.
+
+The inference server (serve/) plus files, fine-tuning jobs, their events and checkpoints, and the
+fine-tuned models served as soon as they exist. State lives under --home: `service.db` (SQLite,
+WAL), `files/` (uploads by content hash), `jobs/<id>/` (the job's copy of its data, its run
+config, the worker's log) and `runs/<id>/` (each job's tunesmith run directory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.errors import UserError
+from tunesmith.serve.models import display_id
+from tunesmith.service.catalog import ServiceCatalog
+from tunesmith.service.files import FileStore
+from tunesmith.service.scheduler import Scheduler
+from tunesmith.service.store import Store
+from tunesmith.service.tenants import LOCAL, key_hash, read_keys_file
+
+MAX_UPLOAD_BYTES = 512 << 20
+MULTIPART_SLACK = 1 << 16  # the form's own bytes around the file
+
+
+@dataclass
+class Service:
+    app: object
+    scheduler: Scheduler
+    store: Store
+    catalog: ServiceCatalog
+
+
+def bases_of(references: list[str]) -> dict[str, str]:
+    """Base id (what `model` names in requests) -> model reference."""
+    from tunesmith.model.resolve import resolve
+
+    out: dict[str, str] = {}
+    for reference in references:
+        resolved = resolve(reference)  # a bad reference: one error now, not at the first job
+        if resolved.adapter is not None:
+            raise UserError(f"--model {reference}: an adapter run; the service trains on base models (export it "
+                            "merged first: tunesmith export RUN --to DIR --merge)")
+        name = display_id(reference)
+        if name in out:
+            raise UserError(f"--model {reference}: a second base named {name}")
+        out[name] = reference
+    return out
+
+
+def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Path | None = None,
+                  max_upload: int = MAX_UPLOAD_BYTES, probe_limit: int = 0, precision: str = "auto",
+                  max_tokens: int = 1024, max_queue: int = 32) -> Service:
+    """The app and its scheduler (not started); `precision` for training and serving alike."""
+    from tunesmith.runtime.precision import inference_dtype
+    from tunesmith.serve.app import build_app
+    from tunesmith.service.api import add_routes
+
+    bases = bases_of(models)
+    home.mkdir(parents=True, exist_ok=True)
+    store = Store(home / "service.db")
+    if keys_file is not None:
+        store.set_tenants(read_keys_file(keys_file))
+
+        def callers(token: str) -> str | None:
+            return store.tenant_of(key_hash(token)) if token else None
+    else:
+        store.set_tenants({})
+
+        def callers(token: str) -> str | None:
+            return LOCAL
+
+    files = FileStore(home / "files", store, max_upload)
+    catalog = ServiceCatalog(store, bases, inference_dtype(precision))
+    scheduler = Scheduler(store, files, home, bases, workers=workers, probe_limit=probe_limit, precision=precision)
+    scheduler.on_removed = catalog.unload
+    app = build_app(catalog, max_tokens=max_tokens, max_queue=max_queue, callers=callers,
+                    body_limits={"/v1/files": max_upload + MULTIPART_SLACK})
+    add_routes(app, store, files, scheduler, catalog)
+    return Service(app, scheduler, store, catalog)

@@ -1,0 +1,209 @@
+"""OpenAI's Files and Fine-tuning API, added to the inference app (serve/app.py):
+
+  POST /v1/files  GET /v1/files  GET|DELETE /v1/files/{id}  GET /v1/files/{id}/content
+  POST /v1/fine_tuning/jobs  GET /v1/fine_tuning/jobs  GET /v1/fine_tuning/jobs/{id}
+  POST /v1/fine_tuning/jobs/{id}/cancel|pause|resume
+  GET  /v1/fine_tuning/jobs/{id}/events|checkpoints
+  DELETE /v1/models/{fine-tuned model}
+
+Objects, ids, statuses, list pages and error bodies are OpenAI's, so the official client parses
+them. Every object belongs to the tenant whose key created it; any other key gets 404 for it, as
+if it did not exist."""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import File, Form, Request, UploadFile  # resolved by name in the handlers' annotations
+
+from tunesmith.serve.app import ApiError
+from tunesmith.service.files import PURPOSES, FileStore, TooLarge
+from tunesmith.service.job_spec import JobRequest
+from tunesmith.service.scheduler import Scheduler
+from tunesmith.service.store import ACTIVE, FINISHED, Store, new_id, now
+
+MAX_PAGE = 100
+
+
+def page(items: list[dict], after: str | None, limit: int, cap: int = MAX_PAGE, key: str = "id") -> dict:
+    """OpenAI's cursor page: the items after the one whose id is `after`, `limit` of them."""
+    if after is not None:
+        ids = [i[key] for i in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    limit = max(1, min(limit, cap))
+    data = items[:limit]
+    return {"object": "list", "data": data, "has_more": len(items) > limit,
+            "first_id": data[0][key] if data else None, "last_id": data[-1][key] if data else None}
+
+
+def add_routes(app, store: Store, files: FileStore, scheduler: Scheduler, catalog) -> None:
+    from fastapi.responses import Response
+
+    def caller(request: Request) -> str:
+        return request.state.caller
+
+    def own_file(file_id: str, request: Request) -> tuple[dict, str]:
+        found = store.file(file_id, caller(request))
+        if found is None:
+            raise ApiError(404, f"No such File object: {file_id}", param="id", code="file_not_found")
+        return found
+
+    def own_job(job_id: str, request: Request) -> dict:
+        job = store.job(job_id, caller(request))
+        if job is None:
+            raise ApiError(404, f"Could not find fine-tuning job: {job_id}", param="fine_tuning_job_id",
+                           code="fine_tuning_job_not_found")
+        return job
+
+    # --- files -----------------------------------------------------------------------------------
+    @app.post("/v1/files")
+    def upload(request: Request, file: UploadFile = File(...), purpose: str = Form(...)):
+        if purpose not in PURPOSES:
+            raise ApiError(400, f"purpose {purpose!r}: this server takes files for {', '.join(PURPOSES)}", param="purpose")
+        name = (file.filename or "").rsplit("/", 1)[-1]
+        if not name.endswith(".jsonl"):
+            raise ApiError(400, f"Invalid file format for Fine-Tuning API: {name or 'the file'} must be .jsonl",
+                           param="file")
+        try:
+            return files.save(caller(request), name[:256], purpose, file.file)
+        except TooLarge as e:
+            raise ApiError(413, str(e), param="file", code="file_too_large") from None
+
+    @app.get("/v1/files")
+    def list_files(request: Request, purpose: str | None = None, after: str | None = None, limit: int = 10000):
+        return page(store.files(caller(request), purpose), after, limit, cap=10000)
+
+    @app.get("/v1/files/{file_id}")
+    def get_file(file_id: str, request: Request):
+        return own_file(file_id, request)[0]
+
+    @app.get("/v1/files/{file_id}/content")
+    def file_content(file_id: str, request: Request):
+        body, sha = own_file(file_id, request)
+        return Response(files.path(sha).read_bytes(), media_type="application/octet-stream")
+
+    @app.delete("/v1/files/{file_id}")
+    def delete_file(file_id: str, request: Request):
+        own_file(file_id, request)
+        files.delete(file_id)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    # --- jobs ------------------------------------------------------------------------------------
+    @app.post("/v1/fine_tuning/jobs")
+    def create_job(req: JobRequest, request: Request):
+        tenant = caller(request)
+        if req.model not in scheduler.bases:
+            raise ApiError(400, f"Model {req.model} is not available for fine-tuning on this server; it trains: "
+                           f"{', '.join(scheduler.bases)}", param="model", code="model_not_available")
+        kind = req.method_type()
+        if kind == "reinforcement":
+            raise ApiError(400, "method.type reinforcement is not supported by this server yet; use supervised or dpo",
+                           param="method.type")
+        if req.hyperparameters is not None and req.method is not None:
+            raise ApiError(400, "hyperparameters: give them in method.<type>.hyperparameters (not both places)",
+                           param="hyperparameters")
+        if kind != "dpo" and req.given().beta is not None:
+            raise ApiError(400, "beta is a dpo hyperparameter", param=f"method.{kind}.hyperparameters.beta")
+        for param in ("training_file", "validation_file"):
+            file_id = getattr(req, param)
+            if file_id is None:
+                continue
+            found = store.file(file_id, tenant)
+            if found is None:
+                raise ApiError(400, f"invalid {param}: {file_id} does not exist", param=param, code="file_not_found")
+            if found[0]["purpose"] != "fine-tune":
+                raise ApiError(400, f"invalid {param}: {file_id} has purpose {found[0]['purpose']}, not fine-tune",
+                               param=param)
+        given = req.given().model_dump(exclude_none=True)
+        hyper = {k: given.get(k, "auto") for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
+        method_hp = {**hyper, **({"beta": given.get("beta", "auto")} if kind == "dpo" else {})}
+        job = {
+            "object": "fine_tuning.job", "id": new_id("ftjob-"), "model": req.model, "created_at": now(),
+            "finished_at": None, "fine_tuned_model": None, "organization_id": f"org-{tenant}", "result_files": [],
+            "status": "validating_files", "validation_file": req.validation_file, "training_file": req.training_file,
+            "hyperparameters": hyper, "trained_tokens": None, "error": None, "user_provided_suffix": req.suffix,
+            "seed": req.seed if req.seed is not None else secrets.randbelow(2**31), "estimated_finish": None,
+            "integrations": [], "metadata": req.metadata, "method": {"type": kind, kind: {"hyperparameters": method_hp}},
+        }
+        store.add_job(tenant, job, req.model_dump(exclude_none=True))
+        store.add_event(job["id"], f"Validating training file: {req.training_file}"
+                        + (f" and validation file: {req.validation_file}" if req.validation_file else ""))
+        scheduler.poke()
+        return job
+
+    @app.get("/v1/fine_tuning/jobs")
+    def list_jobs(request: Request, after: str | None = None, limit: int = 20):
+        wanted = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
+                  if k.startswith("metadata[") and k.endswith("]")}
+        jobs = [j for j in store.jobs(caller(request))
+                if all((j.get("metadata") or {}).get(k) == v for k, v in wanted.items())]
+        found = page(jobs, after, limit)
+        return {"object": "list", "data": found["data"], "has_more": found["has_more"]}
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}")
+    def get_job(job_id: str, request: Request):
+        return own_job(job_id, request)
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
+    def cancel(job_id: str, request: Request):
+        job = own_job(job_id, request)
+        if job["status"] in FINISHED:
+            raise ApiError(400, f"Job {job_id} has already {job['status']}; there is nothing to cancel", param="fine_tuning_job_id")
+        if job["status"] == "running":
+            store.set_control(job_id, "cancel")  # the worker checkpoints and stops within a step
+            scheduler.poke()
+            return job
+        job = store.update_job(job_id, status="cancelled", finished_at=now(), estimated_finish=None)
+        store.add_event(job_id, "Job cancelled")
+        return job
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/pause")
+    def pause(job_id: str, request: Request):
+        job = own_job(job_id, request)
+        if job["status"] not in ACTIVE:
+            raise ApiError(400, f"Job {job_id} is {job['status']}; only a running or queued job can be paused",
+                           param="fine_tuning_job_id")
+        if job["status"] == "running":
+            store.set_control(job_id, "pause")
+            scheduler.poke()
+            return job
+        if job["status"] == "validating_files":
+            raise ApiError(400, f"Job {job_id} is still validating its files; pause it once it is queued",
+                           param="fine_tuning_job_id")
+        job = store.update_job(job_id, status="paused")
+        store.add_event(job_id, "Job paused before it started")
+        return job
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/resume")
+    def resume(job_id: str, request: Request):
+        job = own_job(job_id, request)
+        if job["status"] != "paused":
+            raise ApiError(400, f"Job {job_id} is {job['status']}; only a paused job can be resumed", param="fine_tuning_job_id")
+        job = store.update_job(job_id, status="queued")
+        store.add_event(job_id, "Job resumed; queued to continue from its last checkpoint")
+        scheduler.poke()
+        return job
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/events")
+    def events(job_id: str, request: Request, after: str | None = None, limit: int = 20):
+        own_job(job_id, request)
+        data, more = store.events(job_id, after, max(1, min(limit, MAX_PAGE)))
+        return {"object": "list", "data": data, "has_more": more}
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
+    def checkpoints(job_id: str, request: Request, after: str | None = None, limit: int = 10):
+        own_job(job_id, request)
+        return page(store.checkpoints(job_id), after, limit)
+
+    # --- fine-tuned models -----------------------------------------------------------------------
+    @app.delete("/v1/models/{model_id:path}")
+    def delete_model(model_id: str, request: Request):
+        found = store.model(model_id)
+        if found is None or found["tenant"] != caller(request):
+            if model_id in scheduler.bases:
+                raise ApiError(403, f"{model_id} is a base model of this server; only fine-tuned models can be deleted",
+                               param="model")
+            raise ApiError(404, f"The model `{model_id}` does not exist", param="model", code="model_not_found")
+        store.delete_model(model_id)
+        catalog.unload(model_id)
+        return {"id": model_id, "object": "model", "deleted": True}

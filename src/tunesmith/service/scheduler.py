@@ -1,0 +1,334 @@
+"""Jobs from `validating_files` to `succeeded`: checked, queued FIFO, each trained by a worker
+process that is a plain `tunesmith train CONFIG --resume`, watched, and turned into events,
+checkpoints and a served model.
+
+One thread does all of it, twice a second: check new jobs' files, follow each running worker
+(its metrics.jsonl becomes metrics events, its checkpoints the checkpoints the API lists, a
+cancel or pause becomes SIGTERM, on which tunesmith writes a checkpoint and exits), and start
+queued jobs while fewer than `workers` run. Workers get SIGTERM when the server dies (Linux:
+PR_SET_PDEATHSIG), so a server killed with -9 leaves each job checkpointed; on the next start the
+jobs that were running are queued first again and resume exactly from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tunesmith import atomic
+from tunesmith.engine.checkpoint import ADAPTER, list_checkpoints
+from tunesmith.engine.logbook import read_metrics
+from tunesmith.service.file_check import FileProblem, check_file
+from tunesmith.service.files import FileStore
+from tunesmith.service.job_spec import JobRequest, resolve, run_config
+from tunesmith.service.store import Store, now
+
+log = logging.getLogger("tunesmith.service")
+TICK_S = 0.5
+
+
+def ft_model_name(job: dict) -> str:
+    """`ft:BASE:SUFFIX:ID`, as OpenAI names a fine-tune (ID: the job id's last 8 characters)."""
+    return f"ft:{job['model']}:{job.get('user_provided_suffix') or ''}:{job['id'][-8:]}"
+
+
+def checkpoint_name(job: dict, step: int) -> str:
+    return f"{ft_model_name(job)}:ckpt-step-{step}"
+
+
+def metrics_of(record: dict) -> dict:
+    """A metrics.jsonl record in the names OpenAI's events and checkpoints use."""
+    names = {"loss": "train_loss", "token_accuracy": "train_mean_token_accuracy", "val_loss": "valid_loss",
+             "val_token_accuracy": "valid_mean_token_accuracy"}
+    out = {"step": record["step"]}
+    out.update({ours: record[theirs] for theirs, ours in names.items() if theirs in record})
+    if "val_loss" in record:
+        out["full_valid_loss"] = record["val_loss"]
+        if "val_token_accuracy" in record:
+            out["full_valid_mean_token_accuracy"] = record["val_token_accuracy"]
+    return out
+
+
+def _die_with_parent() -> None:
+    """In the worker before exec: SIGTERM when the server process goes, however it goes."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: a restarted server stops leftover workers by their pid instead
+    os.setpgrp()  # a Ctrl-C meant for the server reaches the worker only through the server
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen
+    signalled: bool = False
+    steps_seen: set = field(default_factory=set)
+
+
+class Scheduler:
+    def __init__(self, store: Store, files: FileStore, home: Path, bases: dict[str, str], workers: int = 1,
+                 probe_limit: int = 0, precision: str = "auto", python: str = sys.executable):
+        self.store, self.files, self.home, self.bases = store, files, home, bases
+        self.workers, self.probe_limit, self.precision, self.python = workers, probe_limit, precision, python
+        self.running: dict[str, Worker] = {}
+        self.wake, self.stopping = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="tunesmith-scheduler", daemon=True)
+        self.on_removed = lambda model_id: None  # the catalog unloads what is gone
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.home / "jobs" / job_id
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.home / "runs" / job_id
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._recover()
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop the scheduler; running workers get SIGTERM (checkpoint, exit) and resume next start."""
+        self.stopping.set()
+        self.wake.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
+        for job_id, worker in list(self.running.items()):
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        for worker in self.running.values():
+            try:
+                worker.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    def _recover(self) -> None:
+        """Jobs that were running when the server stopped: their worker is gone (or is stopped
+        now); queued again ahead of newer jobs (FIFO by creation), resuming from the checkpoint."""
+        for job in self.store.jobs(None, ("running",)):
+            pid = self.store.worker_pid(job["id"])
+            if pid:
+                _stop_leftover(pid, str(self.job_dir(job["id"]) / "config.yaml"))
+            self.store.update_job(job["id"], status="queued", estimated_finish=None)
+            self.store.add_event(job["id"], "The server restarted; the job resumes from its last checkpoint")
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.tick()
+            except Exception:  # one bad job must not stop the others
+                log.exception("scheduler tick failed")
+            self.wake.wait(TICK_S)
+            self.wake.clear()
+
+    def tick(self) -> None:
+        for job in self.store.jobs(None, ("validating_files",), oldest_first=True):
+            self._validate(job)
+        for job_id in list(self.running):
+            self._watch(job_id)
+        for job in self.store.jobs(None, ("queued",), oldest_first=True):
+            if len(self.running) >= self.workers or self.stopping.is_set():
+                break
+            self._launch(job)
+
+    # --- validating_files -> queued | failed -----------------------------------------------------
+    def _validate(self, job: dict) -> None:
+        kind = job["method"]["type"]
+        folder = self.job_dir(job["id"])
+        folder.mkdir(parents=True, exist_ok=True)
+        counts = {}
+        try:
+            for param in ("training_file", "validation_file"):
+                file_id = job.get(param)
+                if file_id is None:
+                    continue
+                found = self.store.file(file_id, None)
+                if found is None:
+                    raise FileProblem("invalid_" + param, f"{file_id}: the file was deleted before the job started", param)
+                body, sha = found
+                target = folder / ("train.jsonl" if param == "training_file" else "val.jsonl")
+                self.files.copy_to(sha, target)  # the job keeps its own copy: deleting the file later cannot break a resume
+                counts[param] = check_file(target, kind, f"{body['filename']} ({file_id})", param)
+        except FileProblem as e:
+            self._fail(job, e.code, e.message, e.param)
+            return
+        self.store.set_example_count(job["id"], counts["training_file"])
+        request = JobRequest.model_validate(self.store.request(job["id"]))
+        hp = resolve(kind, request.given(), counts["training_file"])
+        method = {**job["method"], kind: {"hyperparameters": hp}}
+        hyper = {k: v for k, v in hp.items() if k != "beta"}
+        tree = run_config({**job, "method": method}, self.bases[job["model"]], str(folder / "train.jsonl"),
+                          str(folder / "val.jsonl") if "validation_file" in counts else None, counts["training_file"],
+                          str(self.home / "runs"), self.probe_limit, self.precision)
+        atomic.write_text(folder / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
+        self.store.update_job(job["id"], status="queued", method=method, hyperparameters=hyper)
+        self.store.add_event(job["id"], f"Files validated ({counts['training_file']} training examples"
+                             + (f", {counts['validation_file']} validation" if "validation_file" in counts else "")
+                             + f"); hyperparameters: {json.dumps(hp)}; moving job to queued state")
+
+    def _fail(self, job: dict, code: str, message: str, param: str | None) -> None:
+        self.store.update_job(job["id"], status="failed", finished_at=now(), estimated_finish=None,
+                              error={"code": code, "message": message, "param": param})
+        self.store.add_event(job["id"], f"Job failed: {message}", level="error")
+
+    # --- queued -> running -----------------------------------------------------------------------
+    def _launch(self, job: dict) -> None:
+        folder = self.job_dir(job["id"])
+        out = (folder / "worker.log").open("ab")
+        process = subprocess.Popen(
+            [self.python, "-m", "tunesmith", "train", str(folder / "config.yaml"), "--resume", "--quiet"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=folder,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)
+        out.close()
+        self.running[job["id"]] = Worker(process)
+        self.store.set_worker(job["id"], process.pid)
+        resumed = bool(list_checkpoints(self.run_dir(job["id"]) / "checkpoints"))
+        self.store.update_job(job["id"], status="running")
+        self.store.add_event(job["id"], "Fine-tuning job resumed" if resumed else "Fine-tuning job started")
+
+    # --- running -> succeeded | failed | cancelled | paused ---------------------------------------
+    def _watch(self, job_id: str) -> None:
+        worker = self.running[job_id]
+        job = self.store.job(job_id)
+        self._new_metrics(job)
+        self._new_checkpoints(job)
+        request = self.store.control(job_id)
+        if request in ("cancel", "pause") and not worker.signalled and worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)  # the run checkpoints after this step and exits
+            worker.signalled = True
+        code = worker.process.poll()
+        if code is None:
+            return
+        del self.running[job_id]
+        self.store.set_worker(job_id, None)
+        self._new_metrics(job)
+        self._new_checkpoints(job)
+        run_dir = self.run_dir(job_id)
+        if request == "cancel":
+            self.store.update_job(job_id, status="cancelled", finished_at=now(), estimated_finish=None)
+            self.store.add_event(job_id, "Job cancelled; its checkpoints are kept")
+        elif (run_dir / "summary.json").is_file() and code == 0:
+            self._succeed(job, json.loads((run_dir / "summary.json").read_text()))
+        elif request == "pause":
+            self.store.update_job(job_id, status="paused", estimated_finish=None)
+            self.store.add_event(job_id, "Job paused after writing a checkpoint; resume continues from it")
+        elif code == 0:  # stopped from outside (the server going down): resumes on the next start
+            self.store.update_job(job_id, status="queued")
+        else:
+            self._fail(job, "training_failed", _last_error(self.job_dir(job_id) / "worker.log"), None)
+        self.store.set_control(job_id, None)
+
+    def _new_metrics(self, job: dict) -> None:
+        last = self.store.last_metrics_step(job["id"])
+        records = read_metrics(self.run_dir(job["id"]) / "metrics.jsonl")
+        total = self._total_steps(job)
+        for record in records:
+            if record["step"] <= last:
+                continue
+            data = {**metrics_of(record), "total_steps": total}
+            text = f"Step {record['step']}/{total}: training loss={record['loss']:.4f}"
+            if "val_loss" in record:
+                text += f", validation loss={record['val_loss']:.4f}"
+            self.store.add_event(job["id"], text, data=data, kind="metrics")
+        if records and total:
+            done = records[-1]["step"]
+            per_step = records[-1].get("elapsed_s", 0) / max(1, done)
+            self.store.update_job(job["id"], estimated_finish=now() + int(per_step * (total - done)) if done < total else None)
+
+    def _total_steps(self, job: dict) -> int | None:
+        hp = job["method"][job["method"]["type"]]["hyperparameters"]
+        count = self.store.example_count(job["id"])
+        if count is None:
+            return None
+        from tunesmith.service.job_spec import steps_per_epoch
+
+        return steps_per_epoch(count, hp["batch_size"]) * hp["n_epochs"]
+
+    def _new_checkpoints(self, job: dict) -> None:
+        records = {r["step"]: r for r in read_metrics(self.run_dir(job["id"]) / "metrics.jsonl")}
+        on_disk = {}
+        for folder in list_checkpoints(self.run_dir(job["id"]) / "checkpoints"):
+            if (folder / ADAPTER / "adapter_config.json").is_file():
+                on_disk[int(folder.name.split("-")[1])] = folder / ADAPTER
+        listed = {c["step_number"] for c in self.store.checkpoints(job["id"])}
+        final = self.store.final_step(job["id"])
+        for step in sorted(set(on_disk) - listed):
+            metrics = metrics_of(records.get(step, {"step": step}))
+            self.store.add_checkpoint(job["id"], step, checkpoint_name(job, step), str(on_disk[step]), metrics)
+        for step in listed - set(on_disk) - {final}:  # the run keeps its newest few; older ones are gone
+            self.store.drop_checkpoint(job["id"], step)
+            self.on_removed(checkpoint_name(job, step))
+
+    def _succeed(self, job: dict, summary: dict) -> None:
+        run_dir = self.run_dir(job["id"])
+        records = read_metrics(run_dir / "metrics.jsonl")
+        name = ft_model_name(job)
+        tenant = self.store.job_owner(job["id"])
+        final_step = summary["steps"]
+        self.store.add_checkpoint(job["id"], final_step, checkpoint_name(job, final_step), str(run_dir / "final"),
+                                  metrics_of(next((r for r in reversed(records) if r["step"] == final_step), {"step": final_step})))
+        self.store.set_final_step(job["id"], final_step)
+        results = self.files.save_bytes(tenant, "step_metrics.csv", "fine-tune-results", _metrics_csv(records))
+        self.store.add_model(name, tenant, job["model"], str(run_dir / "final"), job["id"])
+        self.store.update_job(job["id"], status="succeeded", finished_at=now(), estimated_finish=None, fine_tuned_model=name,
+                              trained_tokens=int(summary.get("tokens") or 0), result_files=[results["id"]])
+        self.store.add_event(job["id"], f"New fine-tuned model created: {name}")
+        self.store.add_event(job["id"], "The job has successfully completed")
+
+
+def _metrics_csv(records: list[dict]) -> bytes:
+    """The per-step results file OpenAI attaches to a job."""
+    columns = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for record in records:
+        writer.writerow(metrics_of(record))
+    return out.getvalue().encode()
+
+
+def _last_error(path: Path) -> str:
+    """What the worker said last: tunesmith's one-line `error: ...` when there is one."""
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "the training process failed without output"
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return errors[-1] if errors else (lines[-1] if lines else "the training process failed without output")
+
+
+def _stop_leftover(pid: int, config: str) -> None:
+    """A worker of the previous server still running (no PR_SET_PDEATHSIG): SIGTERM, wait for it.
+    Only a process whose command line names the job's config: a pid may have been reused since."""
+    import time
+
+    try:
+        if config not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            return
+    except OSError:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    for _ in range(600):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)

@@ -1,0 +1,236 @@
+"""`tunesmith service` driven by the official openai client, unmodified, as a team moving off
+OpenAI's fine-tuning would drive it: upload, create (supervised and DPO), follow events to
+`succeeded`, list checkpoints, chat with the fine-tune and with a checkpoint, cancel, pause and
+resume; and what it must refuse. A live server in its own process on a tiny model."""
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import cli_env
+
+openai = pytest.importorskip("openai")
+
+SMALL = {"n_epochs": 2, "batch_size": 16, "learning_rate_multiplier": 6.0}  # 12 steps on 96 examples
+
+
+def start_service(home, model_dir, *options):
+    """`tunesmith service` on a free port; returns (url, process)."""
+    args = [sys.executable, "-m", "tunesmith", "service", "--port", "0", "--home", str(home), "--model", str(model_dir),
+            "--precision", "fp32", "--probe-limit", "0", "--max-tokens", "64", *options]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=home.parent,
+                            env=cli_env(home.parent))
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        line = lines.get(timeout=120)
+    except queue.Empty:
+        proc.kill()
+        pytest.fail(f"service did not start: {proc.stderr.read()[-2000:]}")
+    return line.split(" at ")[1].split()[0], proc
+
+
+def stop_service(proc) -> None:
+    proc.terminate()
+    assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, tiny_model_dir):
+    home = tmp_path_factory.mktemp("svc") / "home"
+    url, proc = start_service(home, tiny_model_dir)
+    yield {"url": url, "proc": proc, "home": home, "base": tiny_model_dir.name}
+    stop_service(proc)
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    return openai.OpenAI(base_url=service["url"], api_key="unused", max_retries=0, timeout=60)
+
+
+def wait_for(client, job_id: str, statuses=("succeeded", "failed", "cancelled"), timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.5)
+    pytest.fail(f"{job_id} still {job.status} after {timeout} s")
+
+
+def upload(client, path, name=None):
+    with open(path, "rb") as f:
+        return client.files.create(file=(name or path.name, f), purpose="fine-tune")
+
+
+def test_supervised_job_end_to_end(client, service, date_data):
+    train, val = upload(client, date_data["train"]), upload(client, date_data["val"])
+    assert train.object == "file" and train.id.startswith("file-") and train.bytes == date_data["train"].stat().st_size
+    assert client.files.content(train.id).read() == date_data["train"].read_bytes()
+    job = client.fine_tuning.jobs.create(model=service["base"], training_file=train.id, validation_file=val.id,
+                                         suffix="dates", seed=3, metadata={"team": "a"},
+                                         method={"type": "supervised", "supervised": {"hyperparameters": SMALL}})
+    assert job.id.startswith("ftjob-") and job.status == "validating_files" and job.seed == 3
+    done = wait_for(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model == f"ft:{service['base']}:dates:{job.id[-8:]}"
+    assert done.trained_tokens > 0 and done.finished_at >= done.created_at
+    assert done.method.supervised.hyperparameters.n_epochs == 2
+
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    metrics = [e for e in events if e.type == "metrics"]
+    assert [e.data["step"] for e in reversed(metrics)] == list(range(1, 13))  # newest first, every step once
+    assert metrics[0].data["train_loss"] < metrics[-1].data["train_loss"]  # it learned
+    assert "valid_loss" in metrics[0].data and "train_mean_token_accuracy" in metrics[0].data
+    assert events[0].message == "The job has successfully completed"
+
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    assert [c.step_number for c in checkpoints] == [12, 6]  # each epoch's end, newest first
+    assert checkpoints[1].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-6"
+    assert checkpoints[0].metrics.train_loss is not None
+
+    results = client.files.content(done.result_files[0]).read().decode().splitlines()
+    assert results[0].startswith("step,train_loss") and len(results) == 13
+
+    ids = [m.id for m in client.models.list()]
+    assert {service["base"], done.fine_tuned_model, checkpoints[1].fine_tuned_model_checkpoint} <= set(ids)
+    ask = [{"role": "user", "content": "Text: Tom flew to Paris on 3 May 2021. Date:"}]
+    replies = {}
+    for name in (service["base"], done.fine_tuned_model, checkpoints[1].fine_tuned_model_checkpoint):
+        r = client.chat.completions.create(model=name, messages=ask, max_tokens=12, temperature=0)
+        replies[name] = r.choices[0].message.content
+    assert replies[done.fine_tuned_model] != replies[service["base"]]  # the adapter answers, hot-loaded
+
+    listed = client.fine_tuning.jobs.list(extra_query={"metadata[team]": "a"})
+    assert [j.id for j in listed.data] == [job.id]
+    assert client.fine_tuning.jobs.list(extra_query={"metadata[team]": "b"}).data == []
+    assert client.models.delete(done.fine_tuned_model).deleted
+    assert done.fine_tuned_model not in [m.id for m in client.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=done.fine_tuned_model, messages=ask, max_tokens=4)
+
+
+def test_dpo_job_trains_on_openai_dpo_records(client, service, tmp_path):
+    rows = [{"input": {"messages": [{"role": "user", "content": f"Say a number near {i}"}]},
+             "preferred_output": [{"role": "assistant", "content": f"{i}"}],
+             "non_preferred_output": [{"role": "assistant", "content": "no"}]} for i in range(24)]
+    path = tmp_path / "dpo.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    f = upload(client, path)
+    job = client.fine_tuning.jobs.create(model=service["base"], training_file=f.id, method={
+        "type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 8, "beta": 0.2}}})
+    done = wait_for(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert done.method.dpo.hyperparameters.beta == 0.2
+    assert done.method.dpo.hyperparameters.learning_rate_multiplier == 2.0  # "auto", resolved and reported
+    r = client.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "Say a number"}],
+                                       max_tokens=4)
+    assert r.choices[0].message.role == "assistant"
+
+
+def long_job(client, service, date_data, epochs=30):
+    f = upload(client, date_data["train"])
+    return client.fine_tuning.jobs.create(model=service["base"], training_file=f.id, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs, "batch_size": 8}}})
+
+
+def wait_for_step(client, job_id: str, step: int, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        metrics = [e for e in client.fine_tuning.jobs.list_events(job_id, limit=5) if e.type == "metrics"]
+        if metrics and metrics[0].data["step"] >= step:
+            return metrics[0].data["step"]
+        time.sleep(0.3)
+    pytest.fail(f"{job_id} never reached step {step}")
+
+
+def test_cancel_stops_a_running_job_within_seconds_keeping_its_checkpoint(client, service, date_data):
+    job = long_job(client, service, date_data)
+    wait_for_step(client, job.id, 3)
+    asked = time.time()
+    client.fine_tuning.jobs.cancel(job.id)
+    done = wait_for(client, job.id, timeout=60)
+    assert done.status == "cancelled" and time.time() - asked < 20
+    run = service["home"] / "runs" / job.id / "checkpoints"
+    assert any(run.glob("step-*/adapter/adapter_model.safetensors"))
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.cancel(job.id)
+
+
+def test_pause_then_resume_continues_from_the_checkpoint(client, service, date_data):
+    job = long_job(client, service, date_data, epochs=2)
+    step = wait_for_step(client, job.id, 2)
+    client.fine_tuning.jobs.pause(job.id)
+    paused = wait_for(client, job.id, statuses=("paused",), timeout=60)
+    assert paused.status == "paused"
+    stopped_at = max(e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics")
+    assert stopped_at >= step
+    client.fine_tuning.jobs.resume(job.id)
+    done = wait_for(client, job.id)
+    assert done.status == "succeeded", done.error
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
+    steps = [e.data["step"] for e in reversed(events) if e.type == "metrics"]
+    assert steps == list(range(1, 25))  # every step once: resumed where it stopped
+    assert any(e.message == "Fine-tuning job resumed" for e in events)
+
+
+def test_bad_requests_get_openai_errors_and_the_service_keeps_serving(client, service, date_data, tmp_path):
+    f = upload(client, date_data["train"])
+    cases = [
+        (dict(model="gpt-4o-mini", training_file=f.id), "model"),
+        (dict(model=service["base"], training_file="file-nope"), "training_file"),
+        (dict(model=service["base"], training_file=f.id, hyperparameters={"n_epochs": 0}), "hyperparameters.n_epochs"),
+        (dict(model=service["base"], training_file=f.id, method={"type": "supervised", "supervised": {
+            "hyperparameters": {"learning_rate_multiplier": -1.0}}}), "method.supervised.hyperparameters.learning_rate_multiplier"),
+    ]
+    for kwargs, param in cases:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.fine_tuning.jobs.create(**kwargs)
+        assert e.value.body["param"] == param, e.value.body
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve("ftjob-unknown")
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve("file-unknown")
+    txt = tmp_path / "notes.txt"
+    txt.write_text("hello")
+    with pytest.raises(openai.BadRequestError) as e:
+        upload(client, txt)
+    assert e.value.body["param"] == "file"
+    with pytest.raises(openai.BadRequestError) as e:
+        with open(date_data["train"], "rb") as fh:
+            client.files.create(file=("t.jsonl", fh), purpose="assistants")
+    assert e.value.body["param"] == "purpose"
+    assert client.files.retrieve(f.id).id == f.id  # still serving
+
+
+MALFORMED = {
+    "broken JSON": ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n' * 11
+                    + '{"messages": [\n', "line 12", "supervised"),
+    "tool message without a call": ('{"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "c1", '
+                                    '"content": "42"}, {"role": "assistant", "content": "yo"}]}\n', "line 1", "supervised"),
+    "weight not 0/1": ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", '
+                       '"weight": 2}]}\n', "line 1", "supervised"),
+    "DPO without non_preferred_output": ('{"input": {"messages": [{"role": "user", "content": "hi"}]}, '
+                                         '"preferred_output": [{"role": "assistant", "content": "yo"}]}\n', "line 1", "dpo"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_file_fails_the_job_naming_the_line(client, service, tmp_path, case):
+    text, where, kind = MALFORMED[case]
+    good = ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n' if kind == "supervised"
+            else '{"input": {"messages": [{"role": "user", "content": "hi"}]}, "preferred_output": [{"role": "assistant", '
+                 '"content": "yo"}], "non_preferred_output": [{"role": "assistant", "content": "no"}]}\n')
+    path = tmp_path / "bad.jsonl"
+    path.write_text(text + good * 12 if where == "line 1" else text)
+    f = upload(client, path)
+    job = client.fine_tuning.jobs.create(model=service["base"], training_file=f.id, method={"type": kind})
+    done = wait_for(client, job.id, timeout=60)
+    assert done.status == "failed" and done.error.param == "training_file"
+    assert f"bad.jsonl ({f.id}) {where}:" in done.error.message, done.error.message
+    assert not (service["home"] / "runs" / job.id).exists()  # nothing trained
