@@ -234,3 +234,75 @@ def test_a_malformed_file_fails_the_job_naming_the_line(client, service, tmp_pat
     assert done.status == "failed" and done.error.param == "training_file"
     assert f"bad.jsonl ({f.id}) {where}:" in done.error.message, done.error.message
     assert not (service["home"] / "runs" / job.id).exists()  # nothing trained
+
+
+def test_a_server_killed_mid_job_resumes_it_to_the_same_weights(tmp_path, tiny_model_dir, date_data):
+    """kill -9 the server while a job trains; the next start finishes the job, and its adapter
+    equals that of the same job run without interruption (CPU, fp32)."""
+    from safetensors.torch import load_file
+
+    home = tmp_path / "home"
+    hp = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 8}}}
+    url, proc = start_service(home, tiny_model_dir)
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+    f = upload(client, date_data["train"])
+    killed = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=5, method=hp)
+    wait_for_step(client, killed.id, 15)  # past the first epoch's checkpoint (step 12)
+    proc.kill()
+    proc.wait()
+    url, proc = start_service(home, tiny_model_dir)
+    try:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+        done = wait_for(client, killed.id)
+        assert done.status == "succeeded", done.error
+        events = [e.message for e in client.fine_tuning.jobs.list_events(killed.id, limit=100)]
+        assert "The server restarted; the job resumes from its last checkpoint" in events
+        whole = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=5, method=hp)
+        assert wait_for(client, whole.id).status == "succeeded"
+    finally:
+        stop_service(proc)
+    a = load_file(home / "runs" / killed.id / "final" / "adapter_model.safetensors")
+    b = load_file(home / "runs" / whole.id / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+KEYS = {"alice": "alice-key-0123456789", "bob": "bob-key-0123456789ab"}
+
+
+def test_two_keys_see_nothing_of_each_other(tmp_path, tiny_model_dir, date_data):
+    home = tmp_path / "home"
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# tenants\n" + "".join(f"{k} {name}\n" for name, k in KEYS.items()))
+    url, proc = start_service(home, tiny_model_dir, "--api-keys-file", str(keys))
+    try:
+        alice, bob = (openai.OpenAI(base_url=url, api_key=KEYS[n], max_retries=0, timeout=60) for n in ("alice", "bob"))
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong-key-0123456789", max_retries=0).files.list()
+        f = upload(alice, date_data["train"])
+        job = alice.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, method={
+            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 16}}})
+        done = wait_for(alice, job.id)
+        assert done.status == "succeeded", done.error
+        ckpt = list(alice.fine_tuning.jobs.checkpoints.list(job.id))[0].fine_tuned_model_checkpoint
+        ask = [{"role": "user", "content": "hi"}]
+        assert alice.chat.completions.create(model=done.fine_tuned_model, messages=ask, max_tokens=2).choices
+
+        assert bob.files.list().data == [] and bob.fine_tuning.jobs.list().data == []
+        assert {m.id for m in bob.models.list()} == {tiny_model_dir.name}
+        refused = [lambda: bob.files.retrieve(f.id), lambda: bob.files.content(f.id), lambda: bob.files.delete(f.id),
+                   lambda: bob.fine_tuning.jobs.retrieve(job.id), lambda: bob.fine_tuning.jobs.cancel(job.id),
+                   lambda: bob.fine_tuning.jobs.list_events(job.id), lambda: bob.fine_tuning.jobs.checkpoints.list(job.id),
+                   lambda: bob.models.delete(done.fine_tuned_model),
+                   lambda: bob.chat.completions.create(model=done.fine_tuned_model, messages=ask, max_tokens=2),
+                   lambda: bob.chat.completions.create(model=ckpt, messages=ask, max_tokens=2),
+                   lambda: bob.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id)]
+        for call in refused:
+            with pytest.raises((openai.NotFoundError, openai.BadRequestError)) as e:
+                call()
+            assert "alice" not in str(e.value.body)
+        assert alice.files.retrieve(f.id).id == f.id  # all still there for their owner
+        assert done.fine_tuned_model in {m.id for m in alice.models.list()}
+        stored = (home / "service.db").read_bytes()
+        assert all(k.encode() not in stored for k in KEYS.values())  # only hashes
+    finally:
+        stop_service(proc)
