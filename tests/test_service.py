@@ -306,3 +306,36 @@ def test_two_keys_see_nothing_of_each_other(tmp_path, tiny_model_dir, date_data)
         assert all(k.encode() not in stored for k in KEYS.values())  # only hashes
     finally:
         stop_service(proc)
+
+
+def test_dashboard_in_a_real_browser_follows_a_job_and_shows_its_report(client, service, date_data):
+    import shutil
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("needs Debian's chromium package (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    job = long_job(client, service, date_data, epochs=3)
+    page_url = service["url"].removesuffix("/v1") + "/"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(page_url)
+        page.click(f"tr.job[data-id='{job.id}']")
+        page.wait_for_function("Number(document.getElementById('curve').dataset.points) >= 3")
+        first = int(page.get_attribute("#curve", "data-points"))
+        page.wait_for_function(f"Number(document.getElementById('curve').dataset.points) > {first + 3}")  # growing, live
+        assert wait_for(client, job.id).status == "succeeded"
+        page.wait_for_function("document.getElementById('report').srcdoc.includes('<h2>')", timeout=30_000)
+        report = page.frame_locator("#report")
+        assert job.id in report.locator("body").inner_text()
+        assert report.locator("img").first.get_attribute("src").startswith("data:image/png;base64,")
+        page.wait_for_function("document.getElementById('checkpoints').rows.length >= 2")
+        assert int(page.get_attribute("#curve", "data-points")) == 36  # every step, once
+        assert "succeeded" in page.inner_text(f"tr.job[data-id='{job.id}']")
+
+        page.select_option("#chat-model", service["base"])
+        page.fill("#chat-input", "Text: Tom flew to Paris on 3 May 2021. Date:")
+        page.click("#chat-form button")
+        page.wait_for_selector("#chat-log .reply")
+        browser.close()

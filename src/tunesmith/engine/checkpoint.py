@@ -110,11 +110,12 @@ def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, k
     return final
 
 
-def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first; stale temporary folders are removed."""
+def list_checkpoints(ckpt_root: Path, clean: bool = True) -> list[Path]:
+    """Complete checkpoints, oldest first; with `clean`, stale temporary folders are removed (only
+    the run itself may clean: for anyone watching a live run, one is a checkpoint being written)."""
     if not ckpt_root.is_dir():
         return []
-    for tmp in ckpt_root.glob(f".tmp-{PREFIX}*"):
+    for tmp in ckpt_root.glob(f".tmp-{PREFIX}*") if clean else ():
         shutil.rmtree(tmp, ignore_errors=True)
     found = [p for p in ckpt_root.glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit() and (p / "state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))

@@ -55,6 +55,7 @@ def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Pa
     from tunesmith.runtime.precision import inference_dtype
     from tunesmith.serve.app import build_app
     from tunesmith.service.api import add_routes
+    from tunesmith.service.dashboard import add_dashboard
 
     bases = bases_of(models)
     home.mkdir(parents=True, exist_ok=True)
@@ -77,4 +78,5 @@ def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Pa
     app = build_app(catalog, max_tokens=max_tokens, max_queue=max_queue, callers=callers,
                     body_limits={"/v1/files": max_upload + MULTIPART_SLACK})
     add_routes(app, store, files, scheduler, catalog)
+    add_dashboard(app, store, home / "runs")
     return Service(app, scheduler, store, catalog)

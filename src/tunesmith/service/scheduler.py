@@ -197,7 +197,7 @@ class Scheduler:
         out.close()
         self.running[job["id"]] = Worker(process)
         self.store.set_worker(job["id"], process.pid)
-        resumed = bool(list_checkpoints(self.run_dir(job["id"]) / "checkpoints"))
+        resumed = bool(list_checkpoints(self.run_dir(job["id"]) / "checkpoints", clean=False))
         self.store.update_job(job["id"], status="running")
         self.store.add_event(job["id"], "Fine-tuning job resumed" if resumed else "Fine-tuning job started")
 
@@ -262,7 +262,7 @@ class Scheduler:
     def _new_checkpoints(self, job: dict) -> None:
         records = {r["step"]: r for r in read_metrics(self.run_dir(job["id"]) / "metrics.jsonl")}
         on_disk = {}
-        for folder in list_checkpoints(self.run_dir(job["id"]) / "checkpoints"):
+        for folder in list_checkpoints(self.run_dir(job["id"]) / "checkpoints", clean=False):  # the worker is writing
             if (folder / ADAPTER / "adapter_config.json").is_file():
                 on_disk[int(folder.name.split("-")[1])] = folder / ADAPTER
         listed = {c["step_number"] for c in self.store.checkpoints(job["id"])}

@@ -1,0 +1,76 @@
+"""The dashboard: one page (dashboard.html: no build step, nothing from a CDN) over the same API
+the client uses, plus what only a page needs:
+
+  GET /                                        the page
+  GET /v1/fine_tuning/jobs/{id}/stream         the job's events as server-sent events, from the first,
+                                               live until the job has finished
+  GET /v1/fine_tuning/jobs/{id}/report         the run's report, its plots inlined (one self-contained page)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from pathlib import Path
+
+from fastapi import Request
+
+from tunesmith.serve.app import ApiError
+from tunesmith.service.store import FINISHED, Store
+
+PAGE = Path(__file__).with_name("dashboard.html")
+POLL_S = 0.5
+PLOT = re.compile(r"""src='(plots/[A-Za-z0-9_.-]+\.png)'""")
+
+
+def inline_plots(html: str, run_dir: Path) -> str:
+    """The report's `plots/*.png` images as data URIs: the page is then whole on its own."""
+    def data_uri(match: re.Match) -> str:
+        path = run_dir / match.group(1)
+        if not path.is_file():
+            return match.group(0)
+        return f"src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'"
+    return PLOT.sub(data_uri, html)
+
+
+def add_dashboard(app, store: Store, runs: Path) -> None:
+    from fastapi.responses import HTMLResponse, StreamingResponse
+
+    def own_job(job_id: str, request: Request) -> dict:
+        job = store.job(job_id, request.state.caller)
+        if job is None:
+            raise ApiError(404, f"Could not find fine-tuning job: {job_id}", param="fine_tuning_job_id")
+        return job
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/stream")
+    def stream(job_id: str, request: Request):
+        own_job(job_id, request)
+
+        def events():
+            seen = 0
+            while True:
+                fresh = store.events_since(job_id, seen)
+                for seq, event in fresh:
+                    seen = seq
+                    yield f"data: {json.dumps(event)}\n\n"
+                job = store.job(job_id)
+                if job is None or (job["status"] in FINISHED and not fresh):
+                    return
+                yield ": waiting\n\n"  # a comment line: a client that left is noticed at the next write
+                time.sleep(POLL_S)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/report", response_class=HTMLResponse)
+    def report(job_id: str, request: Request):
+        own_job(job_id, request)
+        path = runs / job_id / "report.html"
+        if not path.is_file():
+            raise ApiError(404, f"{job_id} has no report yet: it is written when the job succeeds", param="fine_tuning_job_id")
+        return HTMLResponse(inline_plots(path.read_text(encoding="utf-8"), path.parent))
