@@ -307,24 +307,27 @@ def render_tools() -> str:
     data = _example("tools")
     t, where = data["table"], data["provenance"]
     labels = {"zero-shot": "base model, tools in the prompt, zero-shot", "3-shot": "base model, tools in the prompt, 3-shot",
-              "lora": f"LoRA, {t['steps']} steps"}
+              "lora": f"LoRA, {t['steps']} steps", "lora-replay": f"LoRA, {t['steps']} steps, {_pct(t.get('replay', 0))} replay"}
     n = t["rows"]["lora"]["scores"]["tool_call_exact"]["n"]
+    base_qa = next(iter(t["general_qa"].values()))
     lines = [f"Measured on {describe(where['machine'])}, commit {_commit(where['commit'])}, {data['total_minutes']:.1f} minutes "
-             f"in all ({t['rows']['lora']['n']} test requests, {n} of them expecting calls):", "",
+             f"in all ({t['rows']['lora']['n']} test requests, {n} of them expecting calls; general QA: "
+             f"{base_qa['qa_items']} questions):", "",
              "| model | calls exactly right (95% CI) | a call made | right functions | arguments valid for the schema "
-             "| arguments right | no call where none was asked |", "|---|---|---|---|---|---|---|"]
+             "| arguments right | no call where none was asked | general QA |", "|---|---|---|---|---|---|---|---|"]
     for key, row in t["rows"].items():
         s = row["scores"]
 
         def cell(name: str) -> str:
             return _pct(s[name]["mean"]) if name in s else "–"
 
+        q = t["general_qa"].get(key)
+        qa = f"{_pct(q['qa_tuned'])} ({_pts(q['qa_change'])} points, {q['verdict']})" if q else _pct(base_qa["qa_base"])
         lines.append(f"| {labels[key]} | {_ci(s['tool_call_exact'])} | {cell('tool_call_rate')} | {cell('tool_name_accuracy')} "
-                     f"| {cell('tool_args_schema_valid')} | {cell('tool_argument_accuracy')} | {cell('tool_abstention')} |")
-    gap, q = t["lora_minus_zero_shot"], t["general_qa"]
+                     f"| {cell('tool_args_schema_valid')} | {cell('tool_argument_accuracy')} | {cell('tool_abstention')} | {qa} |")
+    gap = t["lora_minus_zero_shot"]
     lines += ["", f"LoRA minus zero-shot, paired over the same requests: {_pts(gap['mean'])} points "
-              f"(95% CI {_pts(gap['lo'])} to {_pts(gap['hi'])}). General QA ({q['qa_items']} questions): "
-              f"{_pct(q['qa_base'])} → {_pct(q['qa_tuned'])}, {q['verdict']}."]
+              f"(95% CI {_pts(gap['lo'])} to {_pts(gap['hi'])})."]
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,7 @@
     python make_data.py OUT_DIR [--train 480 --val 40 --test 100 --seed 0]
 
 Three functions (get_weather, create_event, convert_currency). Requests name cities, dates in
-words ("on 3 May", "tomorrow"), times ("at 3 pm"), amounts and currencies; the reference turn calls
+words ("on 3 May", "tomorrow"), times ("at 9.30"), amounts and currencies; the reference turn calls
 the right function with normalised arguments (ISO dates, 24-hour times, currency codes), two calls
 when the request asks two things, and no call for small talk (answered in words). Every record is
 OpenAI's chat format with `tools`; splits share no request text but the five small-talk lines.
@@ -61,10 +61,10 @@ def day(rng: random.Random) -> tuple[str, str]:
 
 
 def clock(rng: random.Random) -> tuple[str, str]:
+    """A time as people write it on a 24-hour clock ("at 9:30", "at 09.30", "at 14:00") and as HH:MM."""
     hour, minute = rng.randrange(7, 21), rng.choice([0, 15, 30, 45])
-    h12, half = (hour - 1) % 12 + 1, "am" if hour < 12 else "pm"
-    words = f"{h12} {half}" if minute == 0 else f"{h12}:{minute:02d} {half}"
-    return rng.choice([f"at {words}", f"at {hour:02d}:{minute:02d}"]), f"{hour:02d}:{minute:02d}"
+    return rng.choice([f"at {hour}:{minute:02d}", f"at {hour:02d}.{minute:02d}", f"at {hour:02d}:{minute:02d}"]), \
+        f"{hour:02d}:{minute:02d}"
 
 
 def weather(rng: random.Random):
