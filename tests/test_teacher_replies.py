@@ -74,9 +74,10 @@ def prompts_file(tmp_path):
 
 
 def test_every_prompt_answered_through_retries(tmp_path, server, prompts_file):
-    from tunesmith.teacher_replies import EndpointTeacher, generate_replies
+    from tunesmith.eval.endpoint import ChatEndpoint
+    from tunesmith.teacher_replies import generate_replies
 
-    teacher = EndpointTeacher(server, "frontier-1", backoff=0.01)
+    teacher = ChatEndpoint(server, "frontier-1", backoff=0.01)
     result = generate_replies(teacher, prompts_file, tmp_path / "out.jsonl")
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert [r["prompt"] for r in rows] == PROMPTS
@@ -86,11 +87,12 @@ def test_every_prompt_answered_through_retries(tmp_path, server, prompts_file):
 
 
 def test_rate_limit_spaces_requests(tmp_path, server, prompts_file):
-    from tunesmith.teacher_replies import EndpointTeacher, generate_replies
+    from tunesmith.eval.endpoint import ChatEndpoint
+    from tunesmith.teacher_replies import generate_replies
 
     Teacher.seen = {p: 1 for p in PROMPTS}  # no failures: every request is one answer
     start = time.monotonic()
-    generate_replies(EndpointTeacher(server, "m", rpm=600), prompts_file, tmp_path / "out.jsonl", limit=4)
+    generate_replies(ChatEndpoint(server, "m", rpm=600), prompts_file, tmp_path / "out.jsonl", limit=4)
     assert time.monotonic() - start >= 3 * 0.1 * 0.9  # 600 a minute: 0.1 s apart
 
 

@@ -49,10 +49,12 @@ def distill_generate(
     limit: Optional[int] = typer.Option(None, min=1, help="only the first N prompts"),
 ):
     """A teacher answers prompts; the answers are SFT data for a student (then: tunesmith train)."""
-    from tunesmith.teacher_replies import EndpointTeacher, LocalTeacher, generate_replies
+    from tunesmith.eval.endpoint import ChatEndpoint
+    from tunesmith.teacher_replies import LocalTeacher, generate_replies
 
     if teacher.startswith(("http://", "https://")):
-        source = EndpointTeacher(teacher, teacher_model or "", api_key_env, max_tokens=max_tokens, retries=retries, rpm=rpm)
+        source = ChatEndpoint(teacher, teacher_model or "", api_key_env, max_tokens=max_tokens, retries=retries, rpm=rpm,
+                              options=("--teacher-model", "--api-key-env"))
     else:
         if teacher_model or api_key_env or rpm:
             raise UserError("--teacher-model, --api-key-env and --rpm are for an endpoint (--teacher http(s)://...)")

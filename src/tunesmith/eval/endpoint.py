@@ -1,0 +1,74 @@
+"""An OpenAI-compatible chat endpoint as a model: a frontier model, or another `tunesmith serve`.
+
+Used wherever an endpoint stands in for a local model: a teacher's replies (`distill generate`),
+a grader's judge (`score_model`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+from tunesmith.errors import UserError
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class ChatEndpoint:
+    """Chat completions from an OpenAI-compatible server: retried with exponential backoff on rate
+    limits, server errors and dropped connections (honouring Retry-After), paced to `rpm`."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, *, max_tokens: int = 512,
+                 temperature: float = 0.0, retries: int = 6, backoff: float = 1.0, rpm: float | None = None,
+                 timeout: float = 120.0, options: tuple[str, str] = ("model", "api_key_env")):
+        """`options`: what the caller calls the model and key settings, for the errors (CLI flags, config keys)."""
+        if not model:
+            raise UserError(f"{options[0]}: an endpoint ({base_url}) needs the name of the model to ask for")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model, self.max_tokens, self.temperature = model, max_tokens, temperature
+        self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        self.interval = 60.0 / rpm if rpm else 0.0
+        self.last_request = 0.0
+        self.key = None
+        if api_key_env:
+            self.key = os.environ.get(api_key_env)
+            if not self.key:
+                raise UserError(f"{options[1]} {api_key_env}: that environment variable is not set")
+        self.name = f"{model} at {base_url}"
+
+    def _post(self, body: dict) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return json.loads(response.read())
+
+    def answer(self, messages: list[dict], **overrides) -> str:
+        """The reply's text; `overrides` set other request fields (max_tokens, temperature, ...)."""
+        body = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
+                "temperature": self.temperature, **overrides}
+        for attempt in range(self.retries + 1):
+            wait = self.last_request + self.interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self.last_request = time.monotonic()
+            try:
+                reply = self._post(body)
+                return reply["choices"][0]["message"]["content"]
+            except urllib.error.HTTPError as e:
+                if e.code not in RETRY_STATUS or attempt == self.retries:
+                    detail = e.read().decode("utf-8", "replace")[:200]
+                    raise UserError(f"{self.url}: HTTP {e.code} {detail}") from None
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+                delay = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+                if attempt == self.retries:
+                    raise UserError(f"{self.url}: {getattr(e, 'reason', e)} (after {attempt + 1} attempts)") from None
+                delay = None
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise UserError(f"{self.url}: the reply is not an OpenAI chat completion") from None
+            time.sleep(delay if delay is not None else self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
