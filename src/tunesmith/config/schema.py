@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tunesmith.config.graders import AnyGrader
 from tunesmith.config.methods import METHODS
 from tunesmith.data.layouts import FORMATS
 
@@ -214,18 +215,20 @@ class PreferenceConfig(Section):
 
 
 class RewardSpec(Section):
-    """One reward of online RL: a function (built-in or module:function) or a reward model."""
+    """One reward of online RL: a function (built-in or module:function), a reward model, or an OpenAI grader."""
 
     function: str | None = Field(None, description="exact_match | regex | json_valid | length_penalty | module:function")
     model: str | None = Field(None, description="a method: reward run or its export")
+    grader: AnyGrader | None = Field(None, description="one of OpenAI's graders (string_check, text_similarity, python, "
+                                     "score_model, multi), as its API takes them")
     weight: float = 1.0
     pattern: str | None = Field(None, description="regex: the pattern the whole reply must match")
     target_length: int | None = Field(None, ge=1, description="length_penalty: characters allowed before the penalty")
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.function is None) == (self.model is None):
-            raise ValueError("set exactly one of function, model")
+        if sum(x is not None for x in (self.function, self.model, self.grader)) != 1:
+            raise ValueError("set exactly one of function, model, grader")
         if self.function == "regex":
             if not self.pattern:
                 raise ValueError("function regex needs pattern")

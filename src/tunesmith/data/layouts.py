@@ -14,6 +14,8 @@ Detected from the record's keys, or named per source with `format:`:
                      "non_preferred_output"}  (OpenAI's DPO files: each output a list of assistant messages)
   prompt             {"prompt", "reference"?}  (a prompt alone, for methods that generate their
                      own responses: online RL, labelling; reference: what a reward may compare to)
+  openai_reinforcement  {"messages" (ending with a user or developer turn), "tools"?, any other
+                     fields}  (OpenAI's reinforcement files: the other fields are the `item` graders read)
   text               {"text"}  (plain text: every token is trained)
 Records written by `tunesmith label` that carry no preference (judgement tie or both_bad) are
 recognised and left out (`to_example` returns None), so a labelled file trains as it is.
@@ -32,7 +34,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")  # developer: OpenA
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
                   "function_call": "assistant", "observation": "tool"}
 FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "openai_preference", "prompt",
-           "text")
+           "openai_reinforcement", "text")
 NO_PREFERENCE = ("tie", "both_bad")  # label-page judgements that prefer neither response
 
 
@@ -55,6 +57,7 @@ class Example:
     reference: str | None = None  # prompt layout: what a reward function may compare a response to
     tools: list[dict] | None = None  # functions the conversation may call (OpenAI `tools`)
     parallel_tool_calls: bool = True
+    item: dict | None = None  # the whole record, for graders that read its fields (`{{item.FIELD}}`)
 
 
 def detect(record: dict) -> str:
@@ -287,7 +290,16 @@ def to_example(record: dict, location: str, fmt: str = "auto", columns: dict[str
         return Example(chosen, location, rejected=rejected, layout="preference", tools=tools, parallel_tool_calls=parallel)
     if layout == "prompt":
         messages, reference = from_prompt(record)
-        return Example(messages, location, layout="prompt", reference=reference)
+        return Example(messages, location, layout="prompt", reference=reference, item=record)
+    if layout == "openai_reinforcement":
+        tools = record_tools(record)
+        messages = check_messages(record.get("messages"), need_assistant=False, tools=tools)
+        if messages[-1]["role"] not in ("user", "developer"):
+            raise ValueError(f"'messages' ends with a {messages[-1]['role']} turn; a reinforcement record ends with "
+                             "the user (or developer) turn the model answers")
+        reference = record.get("reference_answer", record.get("reference"))
+        return Example(messages, location, layout="prompt", reference=reference if isinstance(reference, str) else None,
+                       tools=tools, parallel_tool_calls=parallel_flag(record), item=record)
     convert = {"messages": from_messages, "sharegpt": from_sharegpt, "alpaca": from_alpaca,
                "prompt_completion": from_prompt_completion}[layout]
     label = record.get("label")

@@ -49,12 +49,12 @@ class GroupPolicyOptimisation(Method):
             messages, reference = example.messages, example.reference
         else:
             messages, reference = split_reference(example)
-        ids = prompt_ids(tokenizer, messages)
+        ids = prompt_ids(tokenizer, messages, example.tools)
         if len(ids) + self.sampling.max_new_tokens > self.max_length:
             self.dropped += 1
             return None  # no room left to reply within data.max_length
         return {"prompt_ids": ids, "messages": messages, "reference": reference, "length": len(ids),
-                "source": example.source}
+                "source": example.source, "item": example.item}
 
     def collate(self, features: list[dict], tokenizer) -> dict:
         # replies are sampled when the loss is first asked for; `rollout` keeps them for reuse
@@ -95,7 +95,8 @@ class GroupPolicyOptimisation(Method):
             texts.append(tok.decode(reply, skip_special_tokens=True).strip())
         batch = collate_tokens(rows, tok.pad_token_id)
         batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
-        rewards, parts = self.rewards([p["messages"] for p in repeated], texts, [p["reference"] for p in repeated])
+        rewards, parts = self.rewards([p["messages"] for p in repeated], texts, [p["reference"] for p in repeated],
+                                      [p.get("item") for p in repeated])
         with torch.no_grad():
             old, row_of_token = token_logprobs(model, batch)
             ref = self.reference.token_logprobs(model, batch) if self.reference is not None else None

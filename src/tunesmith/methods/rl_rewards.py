@@ -12,7 +12,8 @@ data has none). Built-ins:
   length_penalty  −(characters beyond `target_length`) / `target_length`, 0 within it
 
 `module:function` names your own (imported from the working directory). A reward model is a
-`method: reward` run or its export, read at the conversation's last token.
+`method: reward` run or its export, read at the conversation's last token. A grader is one of
+OpenAI's (methods/graders.py), reading the reply and the training record it answered.
 """
 
 from __future__ import annotations
@@ -115,17 +116,24 @@ class Rewards:
     def __init__(self, specs, dtype: torch.dtype = torch.float32):
         self.functions: list[tuple[str, float, RewardFn]] = []
         self.models: list[tuple[str, float, RewardModelScorer]] = []
+        self.graders: list[tuple[str, float, object]] = []
         for spec in specs:
             if spec.function is not None:
                 name, fn = reward_function(spec)
                 self.functions.append((name, spec.weight, fn))
+            elif spec.grader is not None:
+                from tunesmith.methods.graders import build_grader
+
+                grader = build_grader(spec.grader, dtype)
+                self.graders.append((f"grader_{grader.name}", spec.weight, grader))
             else:
                 scorer = RewardModelScorer(spec.model, dtype)
                 self.models.append((scorer.name, spec.weight, scorer))
 
-    def __call__(self, prompts: list[list[dict]], completions: list[str], references: list[str | None]
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(total reward per completion, each named reward per completion)."""
+    def __call__(self, prompts: list[list[dict]], completions: list[str], references: list[str | None],
+                 items: list[dict | None] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total reward per completion, each named reward per completion); `items`: the training
+        record each completion answered (what graders read)."""
         parts: dict[str, torch.Tensor] = {}
         total = torch.zeros(len(completions))
         for name, weight, fn in self.functions:
@@ -137,4 +145,17 @@ class Rewards:
             values = torch.tensor(scorer([p + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completions)]))
             parts[name] = values
             total += weight * values
+        if self.graders:
+            from tunesmith.methods.graders import sample_of
+
+            samples, records = [sample_of(c) for c in completions], [i or {} for i in (items or [None] * len(completions))]
+            for name, weight, grader in self.graders:
+                values = torch.tensor(grader(samples, records), dtype=torch.float32)
+                parts[name] = values
+                total += weight * values
         return total, parts
+
+    @property
+    def grader_errors(self) -> int:
+        """Replies a grader could not score (scored 0) so far."""
+        return sum(g.errors for _, _, g in self.graders)
