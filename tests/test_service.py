@@ -133,6 +133,42 @@ def test_dpo_job_trains_on_openai_dpo_records(client, service, tmp_path):
     assert r.choices[0].message.role == "assistant"
 
 
+def test_reinforcement_job_trains_with_an_openai_grader(client, service, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"Write the number {i} in digits."}], "reference_answer": str(i)}
+            for i in range(12)]
+    path = tmp_path / "rft.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    f = upload(client, path)
+    grader = {"type": "multi", "name": "digits", "calculate_output": "0.5 * exact + 0.5 * close", "graders": {
+        "exact": {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+                  "reference": "{{item.reference_answer}}", "operation": "eq"},
+        "close": {"type": "text_similarity", "name": "close", "input": "{{sample.output_text}}",
+                  "reference": "{{item.reference_answer}}", "evaluation_metric": "fuzzy_match"}}}
+    job = client.fine_tuning.jobs.create(model=service["base"], training_file=f.id, method={
+        "type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+    done = wait_for(client, job.id)
+    assert done.status == "succeeded", done.error
+    hp = done.method.reinforcement.hyperparameters
+    assert hp.compute_multiplier == 1.0 and hp.learning_rate_multiplier == 2.0  # "auto", resolved
+    metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    assert len(metrics) == 3 and all(0 <= m["train_reward_mean"] <= 1 for m in metrics)  # the grader scores 0 to 1
+    config = (service["home"] / "jobs" / job.id / "config.yaml").read_text()
+    assert "method: grpo" in config and "string_check" in config
+
+    rows[5].pop("reference_answer")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    g = upload(client, path, "rft-missing.jsonl")
+    job = client.fine_tuning.jobs.create(model=service["base"], training_file=g.id, method={
+        "type": "reinforcement", "reinforcement": {"grader": grader}})
+    done = wait_for(client, job.id, timeout=60)
+    assert done.status == "failed"
+    assert f"rft-missing.jsonl ({g.id}) line 6: the grader reads item.reference_answer" in done.error.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model=service["base"], training_file=f.id, method={
+            "type": "reinforcement", "reinforcement": {"grader": {**grader, "calculate_output": "os.system(1)"}}})
+    assert e.value.body["param"].startswith("method.reinforcement.grader")
+
+
 def long_job(client, service, date_data, epochs=30):
     f = upload(client, date_data["train"])
     return client.fine_tuning.jobs.create(model=service["base"], training_file=f.id, method={

@@ -96,9 +96,8 @@ def add_routes(app, store: Store, files: FileStore, scheduler: Scheduler, catalo
             raise ApiError(400, f"Model {req.model} is not available for fine-tuning on this server; it trains: "
                            f"{', '.join(scheduler.bases)}", param="model", code="model_not_available")
         kind = req.method_type()
-        if kind == "reinforcement":
-            raise ApiError(400, "method.type reinforcement is not supported by this server yet; use supervised or dpo",
-                           param="method.type")
+        if kind == "reinforcement" and (req.method.reinforcement is None):
+            raise ApiError(400, "method.reinforcement.grader: a reinforcement job needs a grader", param="method.reinforcement")
         if req.hyperparameters is not None and req.method is not None:
             raise ApiError(400, "hyperparameters: give them in method.<type>.hyperparameters (not both places)",
                            param="hyperparameters")
@@ -116,14 +115,18 @@ def add_routes(app, store: Store, files: FileStore, scheduler: Scheduler, catalo
                                param=param)
         given = req.given().model_dump(exclude_none=True)
         hyper = {k: given.get(k, "auto") for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
-        method_hp = {**hyper, **({"beta": given.get("beta", "auto")} if kind == "dpo" else {})}
+        extra = {"dpo": ("beta",), "reinforcement": ("compute_multiplier", "eval_interval", "eval_samples")}.get(kind, ())
+        method_hp = {**hyper, **{k: given.get(k, "auto") for k in extra}}
+        settings = {"hyperparameters": method_hp}
+        if kind == "reinforcement":
+            settings["grader"] = req.method.reinforcement.grader.model_dump(exclude_none=True)
         job = {
             "object": "fine_tuning.job", "id": new_id("ftjob-"), "model": req.model, "created_at": now(),
             "finished_at": None, "fine_tuned_model": None, "organization_id": f"org-{tenant}", "result_files": [],
             "status": "validating_files", "validation_file": req.validation_file, "training_file": req.training_file,
             "hyperparameters": hyper, "trained_tokens": None, "error": None, "user_provided_suffix": req.suffix,
             "seed": req.seed if req.seed is not None else secrets.randbelow(2**31), "estimated_finish": None,
-            "integrations": [], "metadata": req.metadata, "method": {"type": kind, kind: {"hyperparameters": method_hp}},
+            "integrations": [], "metadata": req.metadata, "method": {"type": kind, kind: settings},
         }
         store.add_job(tenant, job, req.model_dump(exclude_none=True))
         store.add_event(job["id"], f"Validating training file: {req.training_file}"

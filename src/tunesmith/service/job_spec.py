@@ -10,6 +10,11 @@ a careful user would choose them, and written back into the job:
   learning_rate_multiplier 2; the learning rate is the multiplier x 5e-4 for supervised LoRA
                            (x 5e-5 for DPO): 1e-3 and 1e-4, the rates tunesmith's own examples use
   beta                     0.1 (DPO)
+  compute_multiplier       1: GRPO samples 4 replies per prompt (times the multiplier)
+  eval_interval            one epoch's steps (reinforcement: the reward on the validation prompts)
+
+Reinforcement jobs are GRPO with the job's grader as the reward (methods/graders.py), each reply
+up to 128 tokens.
 
 Every job trains a LoRA (r 16, all linear layers) over the base, so the service serves any number
 of fine-tunes over one copy of each base. The run checkpoints at the end of every epoch (the
@@ -23,8 +28,12 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-METHOD_OF = {"supervised": "sft", "dpo": "dpo"}  # OpenAI's method type -> tunesmith's
-LR_UNIT = {"supervised": 5e-4, "dpo": 5e-5}
+from tunesmith.config.graders import AnyGrader
+
+METHOD_OF = {"supervised": "sft", "dpo": "dpo", "reinforcement": "grpo"}  # OpenAI's method type -> tunesmith's
+LR_UNIT = {"supervised": 5e-4, "dpo": 5e-5, "reinforcement": 1e-4}
+GROUP_SIZE = 4  # replies sampled per prompt in reinforcement, times compute_multiplier
+RL_MAX_NEW_TOKENS = 128
 AUTO_LR_MULTIPLIER = 2.0
 AUTO_BETA = 0.1
 MIN_EXAMPLES = 10  # OpenAI refuses smaller training files
@@ -77,11 +86,45 @@ class MethodSettings(Strict):
     hyperparameters: Hyperparameters = Hyperparameters()
 
 
+class ReinforcementHyperparameters(Hyperparameters):
+    compute_multiplier: Union[Auto, float, None] = None  # more replies sampled per prompt
+    eval_interval: Union[Auto, int, None] = None  # steps between validation rounds
+    eval_samples: Union[Auto, int, None] = None
+    reasoning_effort: Literal["default", "low", "medium", "high"] | None = None  # no reasoning models here: kept, unused
+
+    @field_validator("compute_multiplier")
+    @classmethod
+    def _compute(cls, v):
+        if isinstance(v, float) and not 0.5 <= v <= 4:
+            raise ValueError("must be between 0.5 and 4")
+        return v
+
+    @field_validator("eval_interval", "eval_samples")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+
+class ReinforcementSettings(Strict):
+    grader: AnyGrader
+    hyperparameters: ReinforcementHyperparameters = ReinforcementHyperparameters()
+    response_format: dict | None = None
+
+
 class Method(Strict):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: MethodSettings | None = None
     dpo: MethodSettings | None = None
-    reinforcement: dict | None = None
+    reinforcement: ReinforcementSettings | None = None
+
+    @field_validator("reinforcement")
+    @classmethod
+    def _format(cls, v):
+        if v is not None and v.response_format is not None:
+            raise ValueError("response_format (structured outputs) is not supported by this server")
+        return v
 
 
 class JobRequest(Strict):
@@ -116,7 +159,7 @@ class JobRequest(Strict):
         """The hyperparameters asked for, wherever the request put them."""
         kind = self.method_type()
         settings = getattr(self.method, kind, None) if self.method is not None else None
-        if settings is not None and kind != "reinforcement":
+        if settings is not None:
             return settings.hyperparameters
         return self.hyperparameters or Hyperparameters()
 
@@ -136,6 +179,12 @@ def resolve(kind: str, given: Hyperparameters, n_examples: int) -> dict:
            "learning_rate_multiplier": float(pick(given.learning_rate_multiplier, AUTO_LR_MULTIPLIER))}
     if kind == "dpo":
         out["beta"] = float(pick(given.beta, AUTO_BETA))
+    if kind == "reinforcement":
+        out["compute_multiplier"] = float(pick(getattr(given, "compute_multiplier", None), 1.0))
+        out["eval_interval"] = int(pick(getattr(given, "eval_interval", None), steps_per_epoch(n_examples, out["batch_size"])))
+        out["eval_samples"] = int(pick(getattr(given, "eval_samples", None), 1))
+        if getattr(given, "reasoning_effort", None) is not None:
+            out["reasoning_effort"] = given.reasoning_effort
     return out
 
 
@@ -149,7 +198,7 @@ def run_config(job: dict, base_reference: str, train_path: str, val_path: str | 
     kind = job["method"]["type"]
     hp = job["method"][kind]["hyperparameters"]
     per_epoch = steps_per_epoch(n_examples, hp["batch_size"])
-    data_format = "openai_preference" if kind == "dpo" else "messages"
+    data_format = {"dpo": "openai_preference", "reinforcement": "openai_reinforcement"}.get(kind, "messages")
     tree = {
         "name": job["id"],
         "model": base_reference,
@@ -166,4 +215,8 @@ def run_config(job: dict, base_reference: str, train_path: str, val_path: str | 
         tree["data"]["val"] = {"path": val_path, "format": data_format}
     if kind == "dpo":
         tree["preference"] = {"loss": "sigmoid", "beta": hp["beta"]}
+    if kind == "reinforcement":
+        tree["rl"] = {"rewards": [{"grader": job["method"]["reinforcement"]["grader"]}],
+                      "group_size": max(2, round(GROUP_SIZE * hp["compute_multiplier"])), "max_new_tokens": RL_MAX_NEW_TOKENS}
+        tree["eval"] = {"every": hp["eval_interval"]}
     return tree

@@ -50,7 +50,7 @@ def checkpoint_name(job: dict, step: int) -> str:
 def metrics_of(record: dict) -> dict:
     """A metrics.jsonl record in the names OpenAI's events and checkpoints use."""
     names = {"loss": "train_loss", "token_accuracy": "train_mean_token_accuracy", "val_loss": "valid_loss",
-             "val_token_accuracy": "valid_mean_token_accuracy"}
+             "val_token_accuracy": "valid_mean_token_accuracy", "reward": "train_reward_mean", "val_reward": "valid_reward_mean"}
     out = {"step": record["step"]}
     out.update({ours: record[theirs] for theirs, ours in names.items() if theirs in record})
     if "val_loss" in record:
@@ -163,15 +163,16 @@ class Scheduler:
                 body, sha = found
                 target = folder / ("train.jsonl" if param == "training_file" else "val.jsonl")
                 self.files.copy_to(sha, target)  # the job keeps its own copy: deleting the file later cannot break a resume
-                counts[param] = check_file(target, kind, f"{body['filename']} ({file_id})", param)
+                counts[param] = check_file(target, kind, f"{body['filename']} ({file_id})", param,
+                                           job["method"][kind].get("grader"))
         except FileProblem as e:
             self._fail(job, e.code, e.message, e.param)
             return
         self.store.set_example_count(job["id"], counts["training_file"])
         request = JobRequest.model_validate(self.store.request(job["id"]))
         hp = resolve(kind, request.given(), counts["training_file"])
-        method = {**job["method"], kind: {"hyperparameters": hp}}
-        hyper = {k: v for k, v in hp.items() if k != "beta"}
+        method = {**job["method"], kind: {**job["method"][kind], "hyperparameters": hp}}
+        hyper = {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
         tree = run_config({**job, "method": method}, self.bases[job["model"]], str(folder / "train.jsonl"),
                           str(folder / "val.jsonl") if "validation_file" in counts else None, counts["training_file"],
                           str(self.home / "runs"), self.probe_limit, self.precision)
