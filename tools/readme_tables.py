@@ -331,10 +331,30 @@ def render_tools() -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_openai_migration() -> str:
+    data = _example("openai-migration")
+    t, where = data["table"], data["provenance"]
+    hp = t["hyperparameters"]
+    labels = {"zero-shot": "base model, zero-shot", "3-shot": "base model, 3 examples in the prompt",
+              "fine-tuned": f"the fine-tune (`auto`: {hp['n_epochs']} epochs, batch {hp['batch_size']}, "
+                            f"learning rate × {hp['learning_rate_multiplier']:g}; {t['steps']} steps)"}
+    lines = [f"Measured on {describe(where['machine'])}, commit {_commit(where['commit'])}: the job took "
+             f"{t['job_minutes']:.1f} minutes ({t['train_examples']} training examples), the whole example "
+             f"{data['total_minutes']:.1f}; {t['test_examples']} test requests through the same API:", "",
+             "| model | exact match (95% CI) |", "|---|---|"]
+    lines += [f"| {labels[k]} | {_ci(s)} |" for k, s in t["rows"].items()]
+    gap = t["tuned_minus_3_shot"]
+    lines += ["", f"Fine-tune minus 3-shot prompting, paired over the same requests: {_pts(gap['mean'])} points "
+              f"(95% CI {_pts(gap['lo'])} to {_pts(gap['hi'])})."
+              + (f" General QA: {_pct(t['general_qa']['base'])} → {_pct(t['general_qa']['tuned'])}." if t.get("general_qa") else "")]
+    return "\n".join(lines) + "\n"
+
+
 # --- the README ------------------------------------------------------------------------------
 
 RENDERERS = {"quickstart": render_quickstart, "quickstart-gemma": render_quickstart_gemma, "adapters": render_adapters,
-             "bench": render_bench, "distill": render_distill, "rlhf": render_rlhf, "tools": render_tools}
+             "bench": render_bench, "distill": render_distill, "rlhf": render_rlhf, "tools": render_tools,
+             "openai-migration": render_openai_migration}
 
 
 def regenerate(text: str) -> str:
