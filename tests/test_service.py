@@ -20,8 +20,8 @@ SMALL = {"n_epochs": 2, "batch_size": 16, "learning_rate_multiplier": 6.0}  # 12
 
 
 def start_service(home, model_dir, *options):
-    """`tunesmith service` on a free port; returns (url, process)."""
-    args = [sys.executable, "-m", "tunesmith", "service", "--port", "0", "--home", str(home), "--model", str(model_dir),
+    """`tunesmith service` on a free port, --home given relative to its working directory; returns (url, process)."""
+    args = [sys.executable, "-m", "tunesmith", "service", "--port", "0", "--home", home.name, "--model", str(model_dir),
             "--precision", "fp32", "--probe-limit", "0", "--max-tokens", "64", *options]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=home.parent,
                             env=cli_env(home.parent))

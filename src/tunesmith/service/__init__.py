@@ -58,6 +58,7 @@ def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Pa
     from tunesmith.service.dashboard import add_dashboard
 
     bases = bases_of(models)
+    home = home.resolve()  # workers run in their job's folder: every path they are given is absolute
     home.mkdir(parents=True, exist_ok=True)
     store = Store(home / "service.db")
     if keys_file is not None:
