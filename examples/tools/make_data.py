@@ -102,7 +102,8 @@ def record(rng: random.Random, index: int) -> tuple[str, dict]:
         text, reply = rng.choice(SMALL_TALK)
         answer = {"role": "assistant", "content": reply}
     else:
-        text, calls = (weather if kind < 0.4 else event if kind < 0.62 else currency if kind < 0.85 else two)(rng)
+        # a third of the call requests ask two things: the second call is what a small model learns last
+        text, calls = (weather if kind < 0.36 else event if kind < 0.52 else currency if kind < 0.68 else two)(rng)
         answer = {"role": "assistant", "content": None, "tool_calls": [
             {"id": f"call_{index}_{i}", "type": "function", "function": {"name": n, "arguments": json.dumps(a)}}
             for i, (n, a) in enumerate(calls)]}
