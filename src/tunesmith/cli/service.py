@@ -25,6 +25,8 @@ def service(
     max_upload_mb: int = typer.Option(512, "--max-upload-mb", min=1, help="the largest file an upload may be"),
     probe_limit: int = typer.Option(60, "--probe-limit", min=0, help="general-QA questions in each job's forgetting "
                                     "probe (0: no probe)"),
+    replay: float = typer.Option(0.0, "--replay", min=0.0, max=0.9, help="share of every job's batches drawn from the "
+                                 "base model's own answers to general prompts (keeps general ability; 0: none)"),
     max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="the most tokens one reply may ask for"),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
 ):
@@ -37,7 +39,7 @@ def service(
         raise UserError(f"--host {host}: listening beyond this machine needs --api-keys-file (who may train and on what)")
     svc = build_service(home, model or [DEFAULT_ALIAS], workers=workers, keys_file=api_keys_file,
                         max_upload=max_upload_mb << 20, probe_limit=probe_limit, precision=precision,
-                        max_tokens=max_tokens)
+                        max_tokens=max_tokens, replay=replay)
 
     def ready(url: str) -> None:
         print(f"tunesmith service at {url} (dashboard: {url.removesuffix('/v1')}/)  home {home}  (Ctrl-C stops)", flush=True)

@@ -50,7 +50,7 @@ def bases_of(references: list[str]) -> dict[str, str]:
 
 def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Path | None = None,
                   max_upload: int = MAX_UPLOAD_BYTES, probe_limit: int = 0, precision: str = "auto",
-                  max_tokens: int = 1024, max_queue: int = 32) -> Service:
+                  max_tokens: int = 1024, max_queue: int = 32, replay: float = 0.0) -> Service:
     """The app and its scheduler (not started); `precision` for training and serving alike."""
     from tunesmith.runtime.precision import inference_dtype
     from tunesmith.serve.app import build_app
@@ -74,7 +74,8 @@ def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Pa
 
     files = FileStore(home / "files", store, max_upload)
     catalog = ServiceCatalog(store, bases, inference_dtype(precision))
-    scheduler = Scheduler(store, files, home, bases, workers=workers, probe_limit=probe_limit, precision=precision)
+    scheduler = Scheduler(store, files, home, bases, workers=workers, probe_limit=probe_limit, precision=precision,
+                          replay=replay)
     scheduler.on_removed = catalog.unload
     app = build_app(catalog, max_tokens=max_tokens, max_queue=max_queue, callers=callers,
                     body_limits={"/v1/files": max_upload + MULTIPART_SLACK})

@@ -18,7 +18,9 @@ up to 128 tokens.
 
 Every job trains a LoRA (r 16, all linear layers) over the base, so the service serves any number
 of fine-tunes over one copy of each base. The run checkpoints at the end of every epoch (the
-checkpoints the API lists) and measures forgetting after training.
+checkpoints the API lists) and measures forgetting after training; the service's `--replay`
+mixes that share of the base model's own answers to general prompts into every job's batches
+(the mitigation docs/evaluation.md measures).
 """
 
 from __future__ import annotations
@@ -193,7 +195,7 @@ def steps_per_epoch(n_examples: int, batch_size: int) -> int:
 
 
 def run_config(job: dict, base_reference: str, train_path: str, val_path: str | None, n_examples: int,
-               runs_dir: str, probe_limit: int, precision: str = "auto") -> dict:
+               runs_dir: str, probe_limit: int, precision: str = "auto", replay: float = 0.0) -> dict:
     """The tunesmith run (config tree) that trains `job`, its hyperparameters resolved."""
     kind = job["method"]["type"]
     hp = job["method"][kind]["hyperparameters"]
@@ -208,7 +210,8 @@ def run_config(job: dict, base_reference: str, train_path: str, val_path: str | 
         "train": {"epochs": hp["n_epochs"], "batch_size": hp["batch_size"], "lr": hp["learning_rate_multiplier"] * LR_UNIT[kind],
                   "schedule": "linear", "warmup": 0.05, "seed": job["seed"], "log_every": 1, "precision": precision},
         "eval": {"every": per_epoch},
-        "forgetting": {"probe": probe_limit > 0, "probe_limit": max(3, probe_limit) if probe_limit else None},
+        "forgetting": {"probe": probe_limit > 0, "probe_limit": max(3, probe_limit) if probe_limit else None,
+                       "replay": replay},
         "output": {"dir": runs_dir, "save_every": per_epoch, "keep": 3},
     }
     if val_path is not None:

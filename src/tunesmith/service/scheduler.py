@@ -80,9 +80,10 @@ class Worker:
 
 class Scheduler:
     def __init__(self, store: Store, files: FileStore, home: Path, bases: dict[str, str], workers: int = 1,
-                 probe_limit: int = 0, precision: str = "auto", python: str = sys.executable):
+                 probe_limit: int = 0, precision: str = "auto", replay: float = 0.0, python: str = sys.executable):
         self.store, self.files, self.home, self.bases = store, files, home, bases
         self.workers, self.probe_limit, self.precision, self.python = workers, probe_limit, precision, python
+        self.replay = replay
         self.running: dict[str, Worker] = {}
         self.wake, self.stopping = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._loop, name="tunesmith-scheduler", daemon=True)
@@ -175,7 +176,7 @@ class Scheduler:
         hyper = {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
         tree = run_config({**job, "method": method}, self.bases[job["model"]], str(folder / "train.jsonl"),
                           str(folder / "val.jsonl") if "validation_file" in counts else None, counts["training_file"],
-                          str(self.home / "runs"), self.probe_limit, self.precision)
+                          str(self.home / "runs"), self.probe_limit, self.precision, self.replay)
         atomic.write_text(folder / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
         self.store.update_job(job["id"], status="queued", method=method, hyperparameters=hyper)
         self.store.add_event(job["id"], f"Files validated ({counts['training_file']} training examples"

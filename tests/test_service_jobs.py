@@ -1,0 +1,49 @@
+"""A job's `auto` hyperparameters and the tunesmith run config it becomes (no server)."""
+
+import pytest
+
+from tunesmith.config import validate_config
+from tunesmith.service.job_spec import Hyperparameters, JobRequest, resolve, run_config
+
+
+@pytest.mark.parametrize("n, epochs, batch", [(10, 10, 1), (20, 5, 1), (34, 3, 1), (320, 3, 4), (600, 3, 8),
+                                              (20_000, 1, 8)])
+def test_auto_hyperparameters_follow_the_data_size(n, epochs, batch):
+    hp = resolve("supervised", Hyperparameters(), n)
+    assert (hp["n_epochs"], hp["batch_size"], hp["learning_rate_multiplier"]) == (epochs, batch, 2.0)
+    given = resolve("supervised", Hyperparameters(n_epochs=7, batch_size="auto", learning_rate_multiplier=0.5), n)
+    assert (given["n_epochs"], given["batch_size"], given["learning_rate_multiplier"]) == (7, batch, 0.5)
+
+
+def job(kind: str, **hyper) -> dict:
+    settings = {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 2.0, **hyper}}
+    if kind == "reinforcement":
+        settings["grader"] = {"type": "string_check", "name": "g", "input": "{{sample.output_text}}",
+                              "reference": "{{item.answer}}", "operation": "eq"}
+    return {"id": "ftjob-abc", "seed": 7, "method": {"type": kind, kind: settings}}
+
+
+@pytest.mark.parametrize("kind, method, lr", [("supervised", "sft", 1e-3), ("dpo", "dpo", 1e-4), ("reinforcement", "grpo", 2e-4)])
+def test_each_method_becomes_a_valid_run_config(kind, method, lr):
+    extra = {"beta": 0.2} if kind == "dpo" else {"compute_multiplier": 2.0, "eval_interval": 5} if kind == "reinforcement" else {}
+    tree = run_config(job(kind, **extra), "smollm2-135m-instruct", "/data/train.jsonl", "/data/val.jsonl", 40, "/runs", 60,
+                      replay=0.25)
+    cfg = validate_config(tree, "job")
+    assert (cfg.method, cfg.train.epochs, cfg.train.batch_size, cfg.train.seed) == (method, 2, 4, 7)
+    assert cfg.train.lr == pytest.approx(lr)
+    assert cfg.output.save_every == 10 and cfg.eval.every == (5 if kind == "reinforcement" else 10)  # each epoch's end
+    assert cfg.forgetting.replay == 0.25 and cfg.forgetting.probe_limit == 60
+    if kind == "dpo":
+        assert cfg.preference.beta == 0.2
+    if kind == "reinforcement":
+        assert cfg.rl.group_size == 8 and cfg.rl.rewards[0].grader.operation == "eq"
+
+
+def test_a_request_is_checked_as_openai_checks_it():
+    with pytest.raises(ValueError, match="integrations"):
+        JobRequest(model="m", training_file="f", integrations=[{"type": "wandb"}])
+    with pytest.raises(ValueError, match="at most 16 keys"):
+        JobRequest(model="m", training_file="f", metadata={str(i): "x" for i in range(17)})
+    with pytest.raises(ValueError, match="suffix"):
+        JobRequest(model="m", training_file="f", suffix="no spaces allowed")
+    assert JobRequest(model="m", training_file="f", method={"type": "dpo"}).given() == Hyperparameters()
