@@ -346,7 +346,8 @@ def render_openai_migration() -> str:
     gap = t["tuned_minus_3_shot"]
     lines += ["", f"Fine-tune minus 3-shot prompting, paired over the same requests: {_pts(gap['mean'])} points "
               f"(95% CI {_pts(gap['lo'])} to {_pts(gap['hi'])})."
-              + (f" General QA: {_pct(t['general_qa']['base'])} → {_pct(t['general_qa']['tuned'])}." if t.get("general_qa") else "")]
+              + (f" General QA ({t['general_qa'].get('questions', 'the job’s forgetting probe,')} questions): "
+                 f"{_pct(t['general_qa']['base'])} → {_pct(t['general_qa']['tuned'])}." if t.get("general_qa") else "")]
     return "\n".join(lines) + "\n"
 
 

@@ -81,8 +81,8 @@ def main() -> None:
     table = {"rows": rows, "tuned_minus_3_shot": paired_bootstrap_ci(per["3-shot"], per["fine-tuned"]),
              "job_minutes": round(minutes, 2), "train_examples": len(train), "test_examples": len(test),
              "hyperparameters": job.hyperparameters.model_dump(), "steps": summary["steps"],
-             "general_qa": {k: summary["forgetting"]["qa"][k]["mean"] for k in ("base", "tuned")}
-             if "forgetting" in summary else None}
+             "general_qa": {**{k: summary["forgetting"]["qa"][k]["mean"] for k in ("base", "tuned")},
+                            "questions": summary["forgetting"]["qa"]["tuned"]["n"]} if "forgetting" in summary else None}
     for label, s in rows.items():
         print(f"{label}: exact match {s['mean']:.1%} ({s['lo']:.1%}-{s['hi']:.1%})")
     print(f"job: {minutes:.1f} minutes, {summary['steps']} steps")
