@@ -151,6 +151,24 @@ def cli_env(tmp_path: Path) -> dict:
     return env
 
 
+def start_server(args: list[str], cwd: Path, env: dict, timeout: float = 120):
+    """`python -m tunesmith ARGS` as a server: (its first stdout line, which says where it
+    listens, and the process); fails the test with the server's stderr if no line comes."""
+    import queue
+    import subprocess
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=cwd, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        return lines.get(timeout=timeout), proc
+    except queue.Empty:
+        proc.kill()
+        pytest.fail(f"server did not start: {proc.stderr.read()[-2000:]}")
+
+
 def cli(args: list[str], tmp_path: Path, env_extra: dict | None = None, **kwargs):
     import subprocess
 

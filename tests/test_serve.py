@@ -2,17 +2,14 @@
 with two LoRA adapters, each answer checked against the same model generating offline."""
 
 import json
-import queue
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import torch
-from conftest import cli_here, cli_env
+from conftest import cli_env, cli_here, start_server
 
 openai = pytest.importorskip("openai")
 
@@ -43,17 +40,8 @@ def server(tmp_path_factory, tiny_model_dir, adapters):
 
 def running_server(tmp, model_dir, *options):
     """`tunesmith serve` on a free port with the test key; yields its URL and process, stops it after."""
-    args = [sys.executable, "-m", "tunesmith", "serve", str(model_dir), "--port", "0", "--api-key-env", "TS_SERVE_KEY",
-            "--precision", "fp32", *options]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp,
-                            env={**cli_env(tmp), "TS_SERVE_KEY": KEY})
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    try:
-        line = lines.get(timeout=120)
-    except queue.Empty:
-        proc.kill()
-        pytest.fail(f"server did not start: {proc.stderr.read()[-2000:]}")
+    line, proc = start_server(["serve", str(model_dir), "--port", "0", "--api-key-env", "TS_SERVE_KEY", "--precision",
+                               "fp32", *options], tmp, {**cli_env(tmp), "TS_SERVE_KEY": KEY})
     url = line.split(" at ")[1].split()[0]
     yield {"url": url, "base": model_dir.name, "proc": proc}
     proc.terminate()

@@ -4,15 +4,11 @@ OpenAI's fine-tuning would drive it: upload, create (supervised and DPO), follow
 resume; and what it must refuse. A live server in its own process on a tiny model."""
 
 import json
-import queue
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
-from conftest import cli_env
+from conftest import cli_env, start_server
 
 openai = pytest.importorskip("openai")
 
@@ -21,17 +17,8 @@ SMALL = {"n_epochs": 2, "batch_size": 16, "learning_rate_multiplier": 6.0}  # 12
 
 def start_service(home, model_dir, *options):
     """`tunesmith service` on a free port, --home given relative to its working directory; returns (url, process)."""
-    args = [sys.executable, "-m", "tunesmith", "service", "--port", "0", "--home", home.name, "--model", str(model_dir),
-            "--precision", "fp32", "--probe-limit", "0", "--max-tokens", "64", *options]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=home.parent,
-                            env=cli_env(home.parent))
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    try:
-        line = lines.get(timeout=120)
-    except queue.Empty:
-        proc.kill()
-        pytest.fail(f"service did not start: {proc.stderr.read()[-2000:]}")
+    line, proc = start_server(["service", "--port", "0", "--home", home.name, "--model", str(model_dir), "--precision",
+                               "fp32", "--probe-limit", "0", "--max-tokens", "64", *options], home.parent, cli_env(home.parent))
     return line.split(" at ")[1].split()[0], proc
 
 
