@@ -49,39 +49,25 @@ class Strict(BaseModel):
 Auto = Literal["auto"]
 
 
+def within(low: float, high: float, *, above: bool = False):
+    """A field validator: a number given (not "auto") lies in [low, high], or (low, high] with `above`."""
+    def check(cls, v):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not ((v > low if above else v >= low) and v <= high):
+            raise ValueError(f"must be {'above' if above else 'at least'} {low:g} and at most {high:g}")
+        return v
+    return classmethod(check)
+
+
 class Hyperparameters(Strict):
     n_epochs: Union[Auto, int, None] = None
     batch_size: Union[Auto, int, None] = None
     learning_rate_multiplier: Union[Auto, float, None] = None
     beta: Union[Auto, float, None] = None  # dpo only
 
-    @field_validator("n_epochs")
-    @classmethod
-    def _epochs(cls, v):
-        if isinstance(v, int) and not 1 <= v <= 50:
-            raise ValueError("must be between 1 and 50")
-        return v
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, v):
-        if isinstance(v, int) and not 1 <= v <= 256:
-            raise ValueError("must be between 1 and 256")
-        return v
-
-    @field_validator("learning_rate_multiplier")
-    @classmethod
-    def _lr(cls, v):
-        if isinstance(v, float) and not 0 < v <= 50:
-            raise ValueError("must be above 0 and at most 50")
-        return v
-
-    @field_validator("beta")
-    @classmethod
-    def _beta(cls, v):
-        if isinstance(v, float) and not 0 < v <= 2:
-            raise ValueError("must be above 0 and at most 2")
-        return v
+    _epochs = field_validator("n_epochs")(within(1, 50))
+    _batch = field_validator("batch_size")(within(1, 256))
+    _lr = field_validator("learning_rate_multiplier")(within(0, 50, above=True))
+    _beta = field_validator("beta")(within(0, 2, above=True))
 
 
 class MethodSettings(Strict):
@@ -94,19 +80,8 @@ class ReinforcementHyperparameters(Hyperparameters):
     eval_samples: Union[Auto, int, None] = None
     reasoning_effort: Literal["default", "low", "medium", "high"] | None = None  # no reasoning models here: kept, unused
 
-    @field_validator("compute_multiplier")
-    @classmethod
-    def _compute(cls, v):
-        if isinstance(v, float) and not 0.5 <= v <= 4:
-            raise ValueError("must be between 0.5 and 4")
-        return v
-
-    @field_validator("eval_interval", "eval_samples")
-    @classmethod
-    def _positive(cls, v):
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be at least 1")
-        return v
+    _compute = field_validator("compute_multiplier")(within(0.5, 4))
+    _positive = field_validator("eval_interval", "eval_samples")(within(1, 10**6))
 
 
 class ReinforcementSettings(Strict):
