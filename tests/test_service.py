@@ -362,3 +362,31 @@ def test_dashboard_in_a_real_browser_follows_a_job_and_shows_its_report(client, 
         page.click("#chat-form button")
         page.wait_for_selector("#chat-log .reply")
         browser.close()
+
+
+def test_an_oversized_or_malformed_upload_is_refused_leaving_nothing(tmp_path, tiny_model_dir):
+    import urllib.error
+    import urllib.request
+
+    home = tmp_path / "home"
+    url, proc = start_service(home, tiny_model_dir, "--max-upload-mb", "2")
+    try:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+        big = tmp_path / "big.jsonl"
+        line = '{"messages": [{"role": "user", "content": "' + "x" * 1000 + '"}]}\n'
+        big.write_text(line * 2200)  # 2.2 MB: over the 2 MB this server takes
+        with pytest.raises(openai.APIStatusError) as e:
+            upload(client, big)
+        assert e.value.status_code == 413 and e.value.body["code"] == "request_too_large"
+        request = urllib.request.Request(url + "/files", data=b"not a form", method="POST",
+                                         headers={"Content-Type": "multipart/form-data; boundary=x"})
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            urllib.request.urlopen(request, timeout=30)
+        assert bad.value.code == 400 and "error" in json.loads(bad.value.read())
+        assert client.files.list().data == []
+        assert [p.name for p in (home / "files").iterdir()] == []  # no blob, no temporary left
+        within = tmp_path / "within.jsonl"
+        within.write_text(line * 1500)  # 1.5 MB: over the inference API's 1 MiB body limit, within the upload limit
+        assert upload(client, within).bytes == within.stat().st_size  # and it keeps serving
+    finally:
+        stop_service(proc)
