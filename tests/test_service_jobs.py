@@ -47,3 +47,22 @@ def test_a_request_is_checked_as_openai_checks_it():
     with pytest.raises(ValueError, match="suffix"):
         JobRequest(model="m", training_file="f", suffix="no spaces allowed")
     assert JobRequest(model="m", training_file="f", method={"type": "dpo"}).given() == Hyperparameters()
+
+
+@pytest.mark.parametrize("args, keys, message", [
+    (["--host", "0.0.0.0"], None, "--host 0.0.0.0: listening beyond this machine needs --api-keys-file"),
+    ([], "short-key alice\n", "keys.txt:1: a key needs at least 16 characters"),
+    ([], "a-long-enough-key-1 alice\na-long-enough-key-1 bob\n", "keys.txt:2: this key is listed twice"),
+    ([], "# nobody\n", "no keys in it"),
+    (["--model", "no/such/model"], None, "no/such/model"),
+])
+def test_service_refuses_bad_settings_in_one_line(tmp_path, args, keys, message):
+    from conftest import cli_here
+
+    extra = []
+    if keys is not None:
+        (tmp_path / "keys.txt").write_text(keys)
+        extra = ["--api-keys-file", str(tmp_path / "keys.txt")]
+    result = cli_here(["service", "--home", str(tmp_path / "home"), *args, *extra], tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1
