@@ -186,7 +186,7 @@ def test_cancel_stops_a_running_job_within_seconds_keeping_its_checkpoint(client
 
 
 def test_pause_then_resume_continues_from_the_checkpoint(client, service, date_data):
-    job = long_job(client, service, date_data, epochs=2)
+    job = long_job(client, service, date_data, epochs=8)  # 96 steps: still training when the pause arrives
     step = wait_for_step(client, job.id, 2)
     client.fine_tuning.jobs.pause(job.id)
     paused = wait_for(client, job.id, statuses=("paused",), timeout=60)
@@ -198,7 +198,7 @@ def test_pause_then_resume_continues_from_the_checkpoint(client, service, date_d
     assert done.status == "succeeded", done.error
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=100))
     steps = [e.data["step"] for e in reversed(events) if e.type == "metrics"]
-    assert steps == list(range(1, 25))  # every step once: resumed where it stopped
+    assert steps == list(range(1, 97))  # every step once: resumed where it stopped
     assert any(e.message == "Fine-tuning job resumed" for e in events)
 
 
@@ -265,7 +265,7 @@ def test_a_server_killed_mid_job_resumes_it_to_the_same_weights(tmp_path, tiny_m
     from safetensors.torch import load_file
 
     home = tmp_path / "home"
-    hp = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 8}}}
+    hp = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 16, "batch_size": 8}}}  # 192 steps
     url, proc = start_service(home, tiny_model_dir)
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
     f = upload(client, date_data["train"])

@@ -66,3 +66,32 @@ def test_service_refuses_bad_settings_in_one_line(tmp_path, args, keys, message)
     result = cli_here(["service", "--home", str(tmp_path / "home"), *args, *extra], tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_a_job_that_finished_while_no_server_watched_is_succeeded_not_rerun(tmp_path):
+    """The server died after the worker wrote its summary and report: the next start records the
+    job as succeeded (a resume would refuse a finished run)."""
+    import json
+
+    from tunesmith.service.files import FileStore
+    from tunesmith.service.scheduler import Scheduler
+    from tunesmith.service.store import Store
+
+    store = Store(tmp_path / "service.db")
+    job = {"object": "fine_tuning.job", "id": "ftjob-x1234567", "model": "base", "status": "running", "seed": 1,
+           "user_provided_suffix": "s", "method": {"type": "supervised", "supervised": {"hyperparameters": {
+               "n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 2.0}}}}
+    store.add_job("local", job, {"model": "base", "training_file": "file-1"})
+    scheduler = Scheduler(store, FileStore(tmp_path / "files", store, 1 << 20), tmp_path, {"base": "base"})
+    run = scheduler.run_dir(job["id"])
+    (run / "final").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (1, 2)))
+    (run / "summary.json").write_text(json.dumps({"steps": 2, "tokens": 50}))
+    scheduler._recover()
+    assert store.job(job["id"])["status"] == "queued"  # no report yet: not finished, so it resumes
+    store.update_job(job["id"], status="running")
+    (run / "report.html").write_text("<html></html>")
+    scheduler._recover()
+    done = store.job(job["id"])
+    assert done["status"] == "succeeded" and done["fine_tuned_model"] == "ft:base:s:x1234567" and done["trained_tokens"] == 50
+    assert [c["step_number"] for c in store.checkpoints(job["id"])] == [2]

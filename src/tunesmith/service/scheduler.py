@@ -125,6 +125,12 @@ class Scheduler:
             pid = self.store.worker_pid(job["id"])
             if pid:
                 _stop_leftover(pid, str(self.job_dir(job["id"]) / "config.yaml"))
+            self.store.set_worker(job["id"], None)
+            if self._complete(job["id"]):  # it finished while no server watched
+                self._new_metrics(job)
+                self._new_checkpoints(job)
+                self._succeed(job, json.loads((self.run_dir(job["id"]) / "summary.json").read_text()))
+                continue
             self.store.update_job(job["id"], status="queued", estimated_finish=None)
             self.store.add_event(job["id"], "The server restarted; the job resumes from its last checkpoint")
 
@@ -221,11 +227,11 @@ class Scheduler:
         self._new_metrics(job)
         self._new_checkpoints(job)
         run_dir = self.run_dir(job_id)
-        if request == "cancel":
+        if self._complete(job_id):  # finished, even if a cancel, a pause or a signal came as it exited
+            self._succeed(job, json.loads((run_dir / "summary.json").read_text()))
+        elif request == "cancel":
             self.store.update_job(job_id, status="cancelled", finished_at=now(), estimated_finish=None)
             self.store.add_event(job_id, "Job cancelled; its checkpoints are kept")
-        elif (run_dir / "summary.json").is_file() and code == 0:
-            self._succeed(job, json.loads((run_dir / "summary.json").read_text()))
         elif request == "pause":
             self.store.update_job(job_id, status="paused", estimated_finish=None)
             self.store.add_event(job_id, "Job paused after writing a checkpoint; resume continues from it")
@@ -234,6 +240,11 @@ class Scheduler:
         else:
             self._fail(job, "training_failed", _last_error(self.job_dir(job_id) / "worker.log"), None)
         self.store.set_control(job_id, None)
+
+    def _complete(self, job_id: str) -> bool:
+        """The run wrote its summary and report: it is done (what tunesmith's own --resume checks)."""
+        run_dir = self.run_dir(job_id)
+        return (run_dir / "summary.json").is_file() and (run_dir / "report.html").is_file()
 
     def _new_metrics(self, job: dict) -> None:
         last = self.store.last_metrics_step(job["id"])
