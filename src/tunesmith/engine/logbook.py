@@ -14,9 +14,10 @@ from tunesmith import atomic
 class MetricsLog:
     """Append-only `metrics.jsonl`, one JSON object per log step (always with `step` and `loss`)."""
 
-    def __init__(self, path: Path | None, resume_step: int | None = None):
-        """`path` None: a log that writes nothing (ranks other than 0 of a distributed run)."""
-        self.path, self.file = path, None
+    def __init__(self, path: Path | None, resume_step: int | None = None, trackers=None):
+        """`path` None: a log that writes nothing (ranks other than 0 of a distributed run);
+        `trackers` (engine/trackers.py) get each record too."""
+        self.path, self.file, self.trackers = path, None, trackers
         if path is None:
             return
         if resume_step is not None and path.exists():
@@ -28,6 +29,8 @@ class MetricsLog:
         if self.file is not None:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+            if self.trackers is not None:
+                self.trackers.log(record)
 
     def close(self) -> None:
         if self.file is not None:

@@ -153,18 +153,19 @@ def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: in
 
 
 def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, *, resume: bool = False,
-        console: Console | None = None, quiet: bool = False) -> FitResult:
+        console: Console | None = None, quiet: bool = False, trackers=None) -> FitResult:
+    """Train `model` as `cfg` says; `trackers` (engine/trackers.py, rank 0's) get every logged record."""
     previous_attention = use_segment_attention(unwrap(model))  # training batches say where sequences are
     fused = use_fused_lora(model)
     try:
-        return _fit(model, tokenizer, method, data, cfg, run_dir, resume, console, quiet)
+        return _fit(model, tokenizer, method, data, cfg, run_dir, resume, console, quiet, trackers)
     finally:
         restore_lora(fused)
         restore_attention(unwrap(model), previous_attention)
 
 
 def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, resume: bool,
-         console: Console | None, quiet: bool) -> FitResult:
+         console: Console | None, quiet: bool, trackers=None) -> FitResult:
     console = console or Console(stderr=True, soft_wrap=True)
     dev = device()
     precision = resolve_precision(cfg.train.precision, dev)
@@ -199,7 +200,10 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
         if found:
             state = checkpoint.load(found[-1], model, optimizer, scheduler)
             console.print(f"resumed from {found[-1]} (step {state['step']})")
-    log = MetricsLog(run_dir / "metrics.jsonl" if ranks.main else None, resume_step=state["step"])  # rank 0 writes
+    if trackers is not None:
+        trackers.start(state["step"])
+    log = MetricsLog(run_dir / "metrics.jsonl" if ranks.main else None, resume_step=state["step"],  # rank 0 writes
+                     trackers=trackers)
     stream = _batch_stream(sampler, state["epoch"], state["batch"])
     last_loss, val_loss = float("nan"), None
     t_window = time.perf_counter()

@@ -17,6 +17,7 @@ from tunesmith.engine import distributed
 from tunesmith.engine.checkpoint import list_checkpoints
 from tunesmith.engine.loop import FitResult, fit
 from tunesmith.engine.logbook import read_metrics
+from tunesmith.engine.trackers import Trackers
 from tunesmith.errors import UserError
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.methods import build_method
@@ -87,7 +88,9 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
     try:
         with phase(f"{cfg.name}: training", console):
             method.prepare(model, tokenizer, data.features + data.val, run_dir, cfg, console)
-            result: FitResult = fit(model, tokenizer, method, data, cfg, run_dir, resume=resume, console=console, quiet=quiet)
+            trackers = Trackers(cfg.report_to, run_dir, cfg.to_yaml(), console) if cfg.report_to and ranks.main else None
+            result: FitResult = fit(model, tokenizer, method, data, cfg, run_dir, resume=resume, console=console, quiet=quiet,
+                                    trackers=trackers)
     except BaseException:
         # Failed before a single step was logged or saved: nothing worth keeping, and a leftover
         # directory would only block the corrected rerun.
@@ -139,5 +142,8 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
     if cfg.eval.shots:
         summary["baselines"] = score_baselines(cfg, run_dir, base, [e for src in sources[0] for e in src], console)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if trackers is not None:  # the scores, forgetting and validation at the end
+        trackers.finish({k: summary[k] for k in ("test", "forgetting", "validation", "baselines", "final_loss")
+                         if k in summary}, result.steps)
     summary["report"] = str(write_report(run_dir, [(cfg.name, run_dir)], baselines_dir=run_dir, primary=cfg.eval.primary))
     return summary
