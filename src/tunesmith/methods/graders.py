@@ -93,7 +93,7 @@ class PythonCodeGrader(Grader):
         self.name, self.errors = spec.name, 0
         self.function = PythonFunction(spec.source, spec.timeout_s, spec.memory_mb)
         try:
-            self.function._start()  # a grader that does not load stops the run now, not reply by reply
+            self.function.start()  # a grader that does not load stops the run now, not reply by reply
         except SandboxError as e:
             raise UserError(f"grader {spec.name}: {e}") from None
         self.failure = SandboxError

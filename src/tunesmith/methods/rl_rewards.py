@@ -154,8 +154,3 @@ class Rewards:
                 parts[name] = values
                 total += weight * values
         return total, parts
-
-    @property
-    def grader_errors(self) -> int:
-        """Replies a grader could not score (scored 0) so far."""
-        return sum(g.errors for _, _, g in self.graders)

@@ -67,7 +67,8 @@ class PythonFunction:
         self.process: subprocess.Popen | None = None
         self.workdir = tempfile.TemporaryDirectory(prefix="tunesmith-grader-")
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the child and load the source (called on first use, or early to fail fast)."""
         self.process = subprocess.Popen(
             [sys.executable, "-I", "-c", RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, cwd=self.workdir.name, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
@@ -91,7 +92,7 @@ class PythonFunction:
 
     def __call__(self, sample: dict, item: dict) -> float:
         if self.process is None:
-            self._start()
+            self.start()
         try:
             self.process.stdin.write(json.dumps([sample, item]) + "\n")
             self.process.stdin.flush()

@@ -36,6 +36,15 @@ def page(items: list[dict], after: str | None, limit: int, cap: int = MAX_PAGE, 
             "first_id": data[0][key] if data else None, "last_id": data[-1][key] if data else None}
 
 
+def job_of(store: Store, job_id: str, request: Request) -> dict:
+    """The job, if it is the caller's; a 404 as OpenAI gives for an id that does not exist otherwise."""
+    job = store.job(job_id, request.state.caller)
+    if job is None:
+        raise ApiError(404, f"Could not find fine-tuning job: {job_id}", param="fine_tuning_job_id",
+                       code="fine_tuning_job_not_found")
+    return job
+
+
 def add_routes(app, store: Store, files: FileStore, scheduler: Scheduler, catalog) -> None:
     from fastapi.responses import Response
 
@@ -49,11 +58,7 @@ def add_routes(app, store: Store, files: FileStore, scheduler: Scheduler, catalo
         return found
 
     def own_job(job_id: str, request: Request) -> dict:
-        job = store.job(job_id, caller(request))
-        if job is None:
-            raise ApiError(404, f"Could not find fine-tuning job: {job_id}", param="fine_tuning_job_id",
-                           code="fine_tuning_job_not_found")
-        return job
+        return job_of(store, job_id, request)
 
     # --- files -----------------------------------------------------------------------------------
     @app.post("/v1/files")

@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import Request
 
 from tunesmith.serve.app import ApiError
+from tunesmith.service.api import job_of
 from tunesmith.service.store import FINISHED, Store
 
 PAGE = Path(__file__).with_name("dashboard.html")
@@ -38,19 +39,13 @@ def inline_plots(html: str, run_dir: Path) -> str:
 def add_dashboard(app, store: Store, runs: Path) -> None:
     from fastapi.responses import HTMLResponse, StreamingResponse
 
-    def own_job(job_id: str, request: Request) -> dict:
-        job = store.job(job_id, request.state.caller)
-        if job is None:
-            raise ApiError(404, f"Could not find fine-tuning job: {job_id}", param="fine_tuning_job_id")
-        return job
-
     @app.get("/", response_class=HTMLResponse)
     def page():
         return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/stream")
     def stream(job_id: str, request: Request):
-        own_job(job_id, request)
+        job_of(store, job_id, request)
 
         def events():
             seen = 0
@@ -69,7 +64,7 @@ def add_dashboard(app, store: Store, runs: Path) -> None:
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/report", response_class=HTMLResponse)
     def report(job_id: str, request: Request):
-        own_job(job_id, request)
+        job_of(store, job_id, request)
         path = runs / job_id / "report.html"
         if not path.is_file():
             raise ApiError(404, f"{job_id} has no report yet: it is written when the job succeeds", param="fine_tuning_job_id")

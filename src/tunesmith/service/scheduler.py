@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -31,7 +31,7 @@ from tunesmith.engine.checkpoint import ADAPTER, list_checkpoints
 from tunesmith.engine.logbook import read_metrics
 from tunesmith.service.file_check import FileProblem, check_file
 from tunesmith.service.files import FileStore
-from tunesmith.service.job_spec import JobRequest, resolve, run_config
+from tunesmith.service.job_spec import JobRequest, resolve, run_config, steps_per_epoch
 from tunesmith.service.store import Store, now
 
 log = logging.getLogger("tunesmith.service")
@@ -75,7 +75,6 @@ def _die_with_parent() -> None:
 class Worker:
     process: subprocess.Popen
     signalled: bool = False
-    steps_seen: set = field(default_factory=set)
 
 
 class Scheduler:
@@ -106,7 +105,7 @@ class Scheduler:
         self.wake.set()
         if self.thread.is_alive():
             self.thread.join(timeout=30)
-        for job_id, worker in list(self.running.items()):
+        for worker in list(self.running.values()):
             if worker.process.poll() is None:
                 worker.process.send_signal(signal.SIGTERM)
         for worker in self.running.values():
@@ -127,9 +126,7 @@ class Scheduler:
                 _stop_leftover(pid, str(self.job_dir(job["id"]) / "config.yaml"))
             self.store.set_worker(job["id"], None)
             if self._complete(job["id"]):  # it finished while no server watched
-                self._new_metrics(job)
-                self._new_checkpoints(job)
-                self._succeed(job, json.loads((self.run_dir(job["id"]) / "summary.json").read_text()))
+                self._succeed(job, self._follow(job))
                 continue
             self.store.update_job(job["id"], status="queued", estimated_finish=None)
             self.store.add_event(job["id"], "The server restarted; the job resumes from its last checkpoint")
@@ -213,8 +210,7 @@ class Scheduler:
     def _watch(self, job_id: str) -> None:
         worker = self.running[job_id]
         job = self.store.job(job_id)
-        self._new_metrics(job)
-        self._new_checkpoints(job)
+        self._follow(job)
         request = self.store.control(job_id)
         if request in ("cancel", "pause") and not worker.signalled and worker.process.poll() is None:
             worker.process.send_signal(signal.SIGTERM)  # the run checkpoints after this step and exits
@@ -224,11 +220,9 @@ class Scheduler:
             return
         del self.running[job_id]
         self.store.set_worker(job_id, None)
-        self._new_metrics(job)
-        self._new_checkpoints(job)
-        run_dir = self.run_dir(job_id)
+        records = self._follow(job)  # what the worker wrote since the last look, before it exited
         if self._complete(job_id):  # finished, even if a cancel, a pause or a signal came as it exited
-            self._succeed(job, json.loads((run_dir / "summary.json").read_text()))
+            self._succeed(job, records)
         elif request == "cancel":
             self.store.update_job(job_id, status="cancelled", finished_at=now(), estimated_finish=None)
             self.store.add_event(job_id, "Job cancelled; its checkpoints are kept")
@@ -246,9 +240,16 @@ class Scheduler:
         run_dir = self.run_dir(job_id)
         return (run_dir / "summary.json").is_file() and (run_dir / "report.html").is_file()
 
-    def _new_metrics(self, job: dict) -> None:
-        last = self.store.last_metrics_step(job["id"])
+    def _follow(self, job: dict) -> list[dict]:
+        """Read the run's metrics.jsonl once; its new records become events, its new checkpoints
+        listed ones. Returns the records."""
         records = read_metrics(self.run_dir(job["id"]) / "metrics.jsonl")
+        self._new_metrics(job, records)
+        self._new_checkpoints(job, records)
+        return records
+
+    def _new_metrics(self, job: dict, records: list[dict]) -> None:
+        last = self.store.last_metrics_step(job["id"])
         total = self._total_steps(job)
         for record in records:
             if record["step"] <= last:
@@ -268,12 +269,10 @@ class Scheduler:
         count = self.store.example_count(job["id"])
         if count is None:
             return None
-        from tunesmith.service.job_spec import steps_per_epoch
-
         return steps_per_epoch(count, hp["batch_size"]) * hp["n_epochs"]
 
-    def _new_checkpoints(self, job: dict) -> None:
-        records = {r["step"]: r for r in read_metrics(self.run_dir(job["id"]) / "metrics.jsonl")}
+    def _new_checkpoints(self, job: dict, records: list[dict]) -> None:
+        by_step = {r["step"]: r for r in records}
         on_disk = {}
         for folder in list_checkpoints(self.run_dir(job["id"]) / "checkpoints", clean=False):  # the worker is writing
             if (folder / ADAPTER / "adapter_config.json").is_file():
@@ -281,15 +280,16 @@ class Scheduler:
         listed = {c["step_number"] for c in self.store.checkpoints(job["id"])}
         final = self.store.final_step(job["id"])
         for step in sorted(set(on_disk) - listed):
-            metrics = metrics_of(records.get(step, {"step": step}))
+            metrics = metrics_of(by_step.get(step, {"step": step}))
             self.store.add_checkpoint(job["id"], step, checkpoint_name(job, step), str(on_disk[step]), metrics)
         for step in listed - set(on_disk) - {final}:  # the run keeps its newest few; older ones are gone
             self.store.drop_checkpoint(job["id"], step)
             self.on_removed(checkpoint_name(job, step))
 
-    def _succeed(self, job: dict, summary: dict) -> None:
+    def _succeed(self, job: dict, records: list[dict]) -> None:
+        """The finished run (its `records` read from metrics.jsonl) becomes the job's model."""
         run_dir = self.run_dir(job["id"])
-        records = read_metrics(run_dir / "metrics.jsonl")
+        summary = json.loads((run_dir / "summary.json").read_text())
         name = ft_model_name(job)
         tenant = self.store.job_owner(job["id"])
         final_step = summary["steps"]
