@@ -338,7 +338,7 @@ def test_dashboard_in_a_real_browser_follows_a_job_and_shows_its_report(client, 
     if chromium is None:
         pytest.skip("needs Debian's chromium package (apt-get install chromium)")
     playwright = pytest.importorskip("playwright.sync_api")
-    job = long_job(client, service, date_data, epochs=3)
+    job = long_job(client, service, date_data, epochs=6)  # 72 steps: still running when the page first draws it
     page_url = service["url"].removesuffix("/v1") + "/"
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
@@ -354,7 +354,7 @@ def test_dashboard_in_a_real_browser_follows_a_job_and_shows_its_report(client, 
         assert job.id in report.locator("body").inner_text()
         assert report.locator("img").first.get_attribute("src").startswith("data:image/png;base64,")
         page.wait_for_function("document.getElementById('checkpoints').rows.length >= 2")
-        assert int(page.get_attribute("#curve", "data-points")) == 36  # every step, once
+        assert int(page.get_attribute("#curve", "data-points")) == 72  # every step, once
         assert "succeeded" in page.inner_text(f"tr.job[data-id='{job.id}']")
 
         page.select_option("#chat-model", service["base"])
