@@ -12,6 +12,15 @@ import typer
 from tunesmith.cli.app import METHODS_HELP, PRECISION_HELP, app, check_precision, err, out
 from tunesmith.errors import UserError
 
+REPORT_TO_HELP = "experiment trackers, comma-separated: tensorboard,mlflow,wandb,trackio (config key report_to)"
+
+
+def report_to_override(names: str | None) -> list[str]:
+    """--report-to a,b as the --set that the config check then validates like any other key."""
+    if names is None:
+        return []
+    return [f"report_to=[{','.join(n.strip() for n in names.split(',') if n.strip())}]"]
+
 
 @app.command(epilog=METHODS_HELP)
 def train(
@@ -21,11 +30,13 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine (starts them as "
                               "torchrun does; on GPUs, one per GPU); many machines: run torchrun yourself"),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help=REPORT_TO_HELP),
 ):
     """Fine-tune a model as the config says; writes runs/<name>/."""
     from tunesmith.config import load_config
     from tunesmith.run import train as run_training
 
+    set_ = [*set_, *report_to_override(report_to)]
     cfg = load_config(config, set_)  # bad config: one error here, before any process starts
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         from tunesmith.engine.distributed import launch_local
@@ -58,12 +69,13 @@ def compare(
     config: Path = typer.Argument(..., help="run config with compare.variants"),
     set_: list[str] = typer.Option([], "--set", help="override a config key (repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help=REPORT_TO_HELP),
 ):
     """Prompting baselines and every tuning variant in the config, scored and probed alike; one report."""
     from tunesmith.compare import run_compare
     from tunesmith.config import load_config
 
-    cfg = load_config(config, set_)
+    cfg = load_config(config, [*set_, *report_to_override(report_to)])
     result = run_compare(cfg, source=str(config), console=err, quiet=quiet)
     result.pop("summary")
     print(json.dumps(result, indent=2))

@@ -302,8 +302,9 @@ class RunConfig(Section):
     distill: DistillConfig = DistillConfig()
     output: OutputConfig = OutputConfig()
     compare: CompareConfig = CompareConfig()
-    report_to: list[Literal["tensorboard"]] = Field(default_factory=list, description="experiment trackers the run "
-                                                    "reports to: tensorboard (engine/trackers.py)")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
+        default_factory=list, description="experiment trackers the run reports to, any of tensorboard, mlflow, wandb, "
+                                          "trackio (engine/trackers/)")
 
     @model_validator(mode="after")
     def _adapter_fits_the_data(self):

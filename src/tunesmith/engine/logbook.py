@@ -16,7 +16,7 @@ class MetricsLog:
 
     def __init__(self, path: Path | None, resume_step: int | None = None, trackers=None):
         """`path` None: a log that writes nothing (ranks other than 0 of a distributed run);
-        `trackers` (engine/trackers.py) get each record too."""
+        `trackers` (engine/trackers/) get each record too."""
         self.path, self.file, self.trackers = path, None, trackers
         if path is None:
             return

@@ -154,7 +154,7 @@ def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: in
 
 def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, *, resume: bool = False,
         console: Console | None = None, quiet: bool = False, trackers=None) -> FitResult:
-    """Train `model` as `cfg` says; `trackers` (engine/trackers.py, rank 0's) get every logged record."""
+    """Train `model` as `cfg` says; `trackers` (engine/trackers/, rank 0's) get every logged record."""
     previous_attention = use_segment_attention(unwrap(model))  # training batches say where sequences are
     fused = use_fused_lora(model)
     try:

@@ -85,13 +85,16 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
         f"{trainable:,} of {total:,} parameters trained, {len(data.features)} train / {len(data.val)} val examples"
         + (f", {ranks.world} processes ({cfg.train.distributed})" if ranks.parallel else "")
     )
+    trackers = Trackers(cfg.report_to, run_dir, cfg.name, cfg.model_dump(mode="json"), cfg.to_yaml(),
+                        console) if cfg.report_to and ranks.main else None
     try:
         with phase(f"{cfg.name}: training", console):
             method.prepare(model, tokenizer, data.features + data.val, run_dir, cfg, console)
-            trackers = Trackers(cfg.report_to, run_dir, cfg.to_yaml(), console) if cfg.report_to and ranks.main else None
             result: FitResult = fit(model, tokenizer, method, data, cfg, run_dir, resume=resume, console=console, quiet=quiet,
                                     trackers=trackers)
     except BaseException:
+        if trackers is not None:
+            trackers.abort()
         # Failed before a single step was logged or saved: nothing worth keeping, and a leftover
         # directory would only block the corrected rerun.
         if (ranks.main and not resume and not read_metrics(run_dir / "metrics.jsonl")
@@ -142,8 +145,10 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
     if cfg.eval.shots:
         summary["baselines"] = score_baselines(cfg, run_dir, base, [e for src in sources[0] for e in src], console)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if trackers is not None:  # the scores, forgetting and validation at the end
-        trackers.finish({k: summary[k] for k in ("test", "forgetting", "validation", "baselines", "final_loss")
-                         if k in summary}, result.steps)
     summary["report"] = str(write_report(run_dir, [(cfg.name, run_dir)], baselines_dir=run_dir, primary=cfg.eval.primary))
+    if trackers is not None:  # the scores, forgetting and validation at the end; the run's files
+        trackers.finish({k: summary[k] for k in ("test", "forgetting", "validation", "baselines", "final_loss")
+                         if k in summary}, result.steps,
+                        [run_dir / n for n in ("config.yaml", "summary.json", "report.md", "report.html", "report.json")]
+                        + sorted((run_dir / "plots").glob("*.png")))
     return summary
