@@ -158,8 +158,21 @@ class TrainConfig(Section):
         return self
 
 
+class EarlyStopping(Section):
+    """Stop when the watched validation score has not improved for `patience` evaluations."""
+
+    metric: str = Field("val_loss", pattern=r"^val_[A-Za-z0-9_]+$", description="val_loss, or val_<score> of "
+                        "eval.generate_every (val_exact_match, val_token_f1, a tool-call metric, ...)")
+    patience: int = Field(3, ge=1, description="evaluations without improvement before the run stops")
+    min_delta: float = Field(0.0, ge=0, description="an improvement is larger than this")
+
+
 class EvalConfig(Section):
     every: int | None = Field(None, ge=1, description="validation loss every N steps")
+    generate_every: int | None = Field(None, ge=1, description="every N steps (and at the end) score a fixed sample "
+                                       "of the validation split by generation; logged as val_<metric>")
+    generate_limit: int = Field(32, ge=1, description="validation examples scored by generation: the first N")
+    early_stopping: EarlyStopping | None = None
     test: str | None = Field(None, description="test data scored after training (chat or prompt/completion)")
     limit: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(64, ge=1)
@@ -284,6 +297,9 @@ class OutputConfig(Section):
     dir: str = "runs"
     save_every: int | None = Field(500, ge=1, description="checkpoint every N steps; null = never")
     keep: int = Field(2, ge=1)
+    keep_best: str | None = Field(None, pattern=r"^val_[A-Za-z0-9_]+$", description="keep the weights of the best "
+                                  "validation score (val_loss or a val_<score> of eval.generate_every) and make them "
+                                  "the run's final model")
 
 
 class RunConfig(Section):
@@ -344,7 +360,22 @@ class RunConfig(Section):
                 (bool(self.forgetting.l2sp), "forgetting.l2sp keeps a whole copy of the starting weights")) if on]
             if unsharded:
                 raise ValueError(f"train.distributed fsdp: {unsharded[0]}; use ddp")
+        self._watched_scores_are_measured()
         return self
+
+    def _watched_scores_are_measured(self) -> None:
+        """Early stopping and keep_best watch a validation score: it must be one the run measures."""
+        watched = [(f"{where}", metric) for where, metric in (
+            ("eval.early_stopping.metric", self.eval.early_stopping.metric if self.eval.early_stopping else None),
+            ("output.keep_best", self.output.keep_best)) if metric]
+        for where, metric in watched:
+            if metric == "val_loss" and self.eval.every is None:
+                raise ValueError(f"{where} val_loss: validation loss is measured every eval.every steps; set eval.every")
+            if metric != "val_loss" and self.eval.generate_every is None:
+                raise ValueError(f"{where} {metric}: scores are measured by generation every eval.generate_every "
+                                 "steps; set eval.generate_every")
+        if self.method == "reward" and self.eval.generate_every:
+            raise ValueError("eval.generate_every: method reward trains a scorer, not a model that replies")
 
     def run_dir(self) -> Path:
         return Path(self.output.dir) / self.name

@@ -28,7 +28,8 @@ from tunesmith.engine.profile import StepProfiler
 from tunesmith.engine.sampler import EpochSampler
 from tunesmith.engine.schedule import build_optimizer
 from tunesmith.engine.stop import StopRequest
-from tunesmith.errors import RunFailed, Stopped
+from tunesmith.engine.watched_score import BestWeights, EarlyStop
+from tunesmith.errors import RunFailed, Stopped, UserError
 from tunesmith.model.fused_lora import restore_lora, use_fused_lora
 from tunesmith.model.peft_wrapping import unwrap
 from tunesmith.model.quantize import is_quantized
@@ -53,6 +54,8 @@ class FitResult:
     tokens: int
     seconds: float
     precision: str
+    stopped_early: dict | None = None  # {"step", "reason"} when eval.early_stopping ended the run
+    best: dict | None = None  # {"metric", "value", "step"} of the weights output.keep_best made final
 
 
 def total_steps(cfg: RunConfig, sampler: EpochSampler) -> int:
@@ -153,23 +156,25 @@ def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: in
 
 
 def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, *, resume: bool = False,
-        console: Console | None = None, quiet: bool = False, trackers=None) -> FitResult:
-    """Train `model` as `cfg` says; `trackers` (engine/trackers/, rank 0's) get every logged record."""
+        console: Console | None = None, quiet: bool = False, trackers=None, scorer=None) -> FitResult:
+    """Train `model` as `cfg` says; `trackers` (engine/trackers/, rank 0's) get every logged record;
+    `scorer(model) -> {"val_<metric>": value}` scores generated replies every eval.generate_every steps."""
     previous_attention = use_segment_attention(unwrap(model))  # training batches say where sequences are
     fused = use_fused_lora(model)
     try:
-        return _fit(model, tokenizer, method, data, cfg, run_dir, resume, console, quiet, trackers)
+        return _fit(model, tokenizer, method, data, cfg, run_dir, resume, console, quiet, trackers, scorer)
     finally:
         restore_lora(fused)
         restore_attention(unwrap(model), previous_attention)
 
 
 def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, resume: bool,
-         console: Console | None, quiet: bool, trackers=None) -> FitResult:
+         console: Console | None, quiet: bool, trackers=None, scorer=None) -> FitResult:
     console = console or Console(stderr=True, soft_wrap=True)
     dev = device()
     precision = resolve_precision(cfg.train.precision, dev)
     ranks = distributed.current()  # (train() quiets the console of ranks other than 0)
+    _check_watching(cfg, data, ranks, scorer)
     if not is_quantized(model):  # a quantized base was loaded onto its device
         model.to(dev)
         if ranks.parallel and cfg.train.distributed == "fsdp":
@@ -202,6 +207,12 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
             console.print(f"resumed from {found[-1]} (step {state['step']})")
     if trackers is not None:
         trackers.start(state["step"])
+    watch = cfg.eval.early_stopping
+    early = EarlyStop(watch.metric, watch.patience, watch.min_delta, state.get("early_stop")) if watch else None
+    if early is not None:
+        state["early_stop"] = early.state  # (the same dict: checkpoints carry the count)
+    best = BestWeights(run_dir, cfg.output.keep_best, resume, write=ranks.main) if cfg.output.keep_best else None
+    stopped_early = None
     log = MetricsLog(run_dir / "metrics.jsonl" if ranks.main else None, resume_step=state["step"],  # rank 0 writes
                      trackers=trackers)
     stream = _batch_stream(sampler, state["epoch"], state["batch"])
@@ -234,19 +245,31 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
                 _add_to_window(state["window"], totals)
 
             do_val = bool(data.val) and (step == total or (cfg.eval.every is not None and step % cfg.eval.every == 0))
-            if step % cfg.train.log_every == 0 or step in (1, total) or do_val:
+            do_gen = scorer is not None and (step == total or step % cfg.eval.generate_every == 0)
+            if step % cfg.train.log_every == 0 or step in (1, total) or do_val or do_gen:
                 now = time.perf_counter()
                 record = _window_record(state, sampler, scheduler, now - t_window, now - t_start)
                 if do_val:
                     record.update(evaluate_loss(model, method, tokenizer, data.val, cfg.train.batch_size, precision, dev))
                     val_loss = record["val_loss"]
+                if do_gen:
+                    record.update(_generated_scores(model, scorer, precision, dev))
                 last_loss = record["loss"]
                 log.write(record)
                 progress.update(step, record)
                 state["window"] = _empty_window()
                 t_window = time.perf_counter()
+                if best is not None and (do_val if best.metric == "val_loss" else do_gen):
+                    best.offer(step, record, model)
+                if early is not None and (do_val if early.metric == "val_loss" else do_gen) and step < total:
+                    reason = early.update(step, record)
+                    if reason:
+                        stopped_early = {"step": step, "reason": reason}
+                        console.print(f"early stopping at step {step} of {total}: {reason}")
             else:
                 progress.update(step)
+            if stopped_early:
+                break
             stopping = _stop_agreed(stop, ranks)  # SIGTERM / Ctrl-C: checkpoint here and end, resumable
             if stopping or (cfg.output.save_every and step % cfg.output.save_every == 0 and step < total):
                 state["elapsed"] = time.perf_counter() - t_start
@@ -257,7 +280,39 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
                               f"checkpoint {saved or ckpt_root}; continue with --resume")
     profiler.finish()
     log.close()
-    return FitResult(state["step"], last_loss, val_loss, state["tokens"], time.perf_counter() - t_start, precision)
+    seconds = time.perf_counter() - t_start
+    kept = best.restore(model) if best is not None else None
+    if kept:
+        console.print(f"keep_best: the final model is step {kept['step']}'s ({kept['metric']} {kept['value']:.4g})")
+    return FitResult(state["step"], last_loss, val_loss, state["tokens"], seconds, precision, stopped_early, kept)
+
+
+def _check_watching(cfg: RunConfig, data: TrainData, ranks: Ranks, scorer) -> None:
+    """Scores during training need validation data, and generation runs in one process."""
+    asked = [k for k, on in (("eval.generate_every", cfg.eval.generate_every), ("eval.early_stopping",
+             cfg.eval.early_stopping), ("output.keep_best", cfg.output.keep_best)) if on]
+    if asked and not data.val:
+        raise UserError(f"{asked[0]}: needs validation data; set data.val or data.val_fraction")
+    if cfg.eval.generate_every and ranks.parallel:
+        raise UserError("eval.generate_every: scoring generated replies during training runs in one process; "
+                        "train without torchrun, or watch val_loss")
+    if cfg.eval.generate_every and scorer is None:
+        raise RuntimeError("eval.generate_every is set but no scorer was given to fit()")
+
+
+def _generated_scores(model, scorer, precision: str, dev) -> dict:
+    """The scorer's val_<metric> means on the model as it is now; training resumes untouched (mode, RNG)."""
+    import random
+
+    python_rng = random.getstate()
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad(), \
+                autocast(precision, dev):
+            return scorer(unwrap(model))
+    finally:
+        model.train()
+        random.setstate(python_rng)
 
 
 def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConfig, precision: str, dev, anchor=None,

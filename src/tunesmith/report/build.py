@@ -70,7 +70,8 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
                          **{k: summary.get(k) for k in ("steps", "train_seconds", "final_loss", "val_loss",
                                                         "trainable_parameters", "tokens", "precision", "method")},
                          "validation": {k: v for k, v in summary.get("validation", {}).items() if k != "loss"},
-                         "mitigation": summary.get("mitigation", {})})
+                         "mitigation": summary.get("mitigation", {}),
+                         "stopped_early": summary.get("stopped_early"), "best": summary.get("best")})
         test = _read(run_dir / "eval" / "test.json")
         if test is not None:
             test["label"] = label

@@ -119,9 +119,24 @@ def sections(r: dict) -> list[tuple]:
                  [[t["variant"], t.get("method") or "sft", _num(t["steps"]), _num(t["train_seconds"], 1), _num(t["final_loss"]),
                    _num(t["val_loss"]), _validation(t.get("validation") or {}), _num(t["trainable_parameters"]),
                    _mitigation(t["mitigation"]), t["source"]] for t in r["training"]])]
+        notes = [_watched(t) for t in r["training"] if t.get("stopped_early") or t.get("best")]
+        if notes:
+            out.append(("list", notes))
         out += _plots(r, "loss")
     out.append(("p", "Every number above is read from the JSON file named in its row; report.json holds them all."))
     return out
+
+
+def _watched(t: dict) -> str:
+    """Why a run ended where it did and which weights are its final model."""
+    parts = []
+    if t.get("stopped_early"):
+        parts.append(f"stopped early at step {t['stopped_early']['step']}: {t['stopped_early']['reason']}")
+    if t.get("best"):
+        b = t["best"]
+        parts.append(f"the final model is step {b['step']}'s weights, the best {b['metric']} ({b['value']:.4g}) "
+                     "of the run's evaluations (output.keep_best)")
+    return f"{t['variant']}: " + "; ".join(parts)
 
 
 def render_markdown(r: dict) -> str:

@@ -60,6 +60,20 @@ def score_tuned(cfg: RunConfig, run_dir: Path, model, tokenizer, label: str = "t
     return result
 
 
+def validation_scorer(cfg: RunConfig, val_examples: list[Example], tokenizer):
+    """eval.generate_every's scorer for the training loop: the test metrics on the first
+    eval.generate_limit validation examples (the same ones each time), as val_<metric> means."""
+    if not cfg.eval.generate_every:
+        return None
+    sample = val_examples[: cfg.eval.generate_limit]
+
+    def score(model) -> dict[str, float]:
+        result = evaluate_task(model, tokenizer, sample, label="validation", **{**_task_kwargs(cfg), "latency_samples": 0})
+        return {f"val_{name}": s["mean"] for name, s in result["scores"].items()}
+
+    return score
+
+
 def score_baselines(cfg: RunConfig, out_dir: Path, base: BaseReference, shot_pool: list[Example],
                     console: Console) -> list[dict]:
     """Zero-/k-shot prompting of the base model on the same test examples."""

@@ -29,7 +29,8 @@ from tunesmith.phases import phase
 from tunesmith.report.build import write_report
 from tunesmith.report.plots import loss_curve
 from tunesmith.run.build import base_quantization, build_model
-from tunesmith.run.evaluate import compare_with_teacher, inference_ready, probe_forgetting, score_baselines, score_tuned
+from tunesmith.run.evaluate import (compare_with_teacher, inference_ready, probe_forgetting, score_baselines, score_tuned,
+                                    validation_scorer)
 from tunesmith.run.inputs import load_data, train_sources, validate_inputs
 from tunesmith.run.rundir import check_run_dir, save_final
 from tunesmith.runtime.memory import return_freed_memory
@@ -91,7 +92,7 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
         with phase(f"{cfg.name}: training", console):
             method.prepare(model, tokenizer, data.features + data.val, run_dir, cfg, console)
             result: FitResult = fit(model, tokenizer, method, data, cfg, run_dir, resume=resume, console=console, quiet=quiet,
-                                    trackers=trackers)
+                                    trackers=trackers, scorer=validation_scorer(cfg, sources[1], tokenizer))
     except BaseException:
         if trackers is not None:
             trackers.abort()
@@ -131,6 +132,10 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
         "mitigation": cfg.forgetting.model_dump(include={"replay", "replay_source", "kl", "l2sp", "freeze_layers"}),
         "plot": str(plot),
     }
+    if result.stopped_early:
+        summary["stopped_early"] = result.stopped_early
+    if result.best:
+        summary["best"] = result.best
     model = inference_ready(model, result.precision)
     if cfg.eval.test:
         console.print("scoring the tuned model on the test split ...")
