@@ -81,6 +81,24 @@ def compare(
     print(json.dumps(result, indent=2))
 
 
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="run config with a sweep: section (the search space)"),
+    trials: int = typer.Option(..., "--trials", min=1, help="trials to finish (pruned and failed ones count); "
+                               "run the same command again to resume a stopped or killed sweep"),
+    set_: list[str] = typer.Option([], "--set", help="override a config key (repeatable)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help=REPORT_TO_HELP),
+):
+    """Hyperparameter search with Optuna: each trial a run, pruned when it falls behind; report, best config."""
+    from tunesmith.config import load_config
+    from tunesmith.sweep import run_sweep
+
+    cfg = load_config(config, [*set_, *report_to_override(report_to)])
+    result = run_sweep(cfg, trials, source=str(config), console=err, quiet=quiet)
+    print(json.dumps({k: result[k] for k in ("name", "metric", "best", "importance", "report")}, indent=2))
+
+
 @app.command("eval")
 def evaluate(
     model: str = typer.Argument(..., help="run directory or model reference"),

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tunesmith.config.graders import AnyGrader
 from tunesmith.config.methods import METHODS
+from tunesmith.config.sweep import SweepConfig
 from tunesmith.data.layouts import FORMATS
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -318,6 +319,7 @@ class RunConfig(Section):
     distill: DistillConfig = DistillConfig()
     output: OutputConfig = OutputConfig()
     compare: CompareConfig = CompareConfig()
+    sweep: SweepConfig | None = Field(None, description="search space and options of tunesmith sweep (config/sweep.py)")
     report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
         default_factory=list, description="experiment trackers the run reports to, any of tensorboard, mlflow, wandb, "
                                           "trackio (engine/trackers/)")
@@ -367,9 +369,10 @@ class RunConfig(Section):
         """Early stopping and keep_best watch a validation score: it must be one the run measures."""
         watched = [(f"{where}", metric) for where, metric in (
             ("eval.early_stopping.metric", self.eval.early_stopping.metric if self.eval.early_stopping else None),
-            ("output.keep_best", self.output.keep_best)) if metric]
+            ("output.keep_best", self.output.keep_best), ("sweep.metric", self.sweep.metric if self.sweep else None))
+            if metric]
         for where, metric in watched:
-            if metric == "val_loss" and self.eval.every is None:
+            if metric == "val_loss" and self.eval.every is None and where != "sweep.metric":
                 raise ValueError(f"{where} val_loss: validation loss is measured every eval.every steps; set eval.every")
             if metric != "val_loss" and self.eval.generate_every is None:
                 raise ValueError(f"{where} {metric}: scores are measured by generation every eval.generate_every "

@@ -156,20 +156,21 @@ def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: in
 
 
 def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, *, resume: bool = False,
-        console: Console | None = None, quiet: bool = False, trackers=None, scorer=None) -> FitResult:
+        console: Console | None = None, quiet: bool = False, trackers=None, scorer=None, on_record=None) -> FitResult:
     """Train `model` as `cfg` says; `trackers` (engine/trackers/, rank 0's) get every logged record;
-    `scorer(model) -> {"val_<metric>": value}` scores generated replies every eval.generate_every steps."""
+    `scorer(model) -> {"val_<metric>": value}` scores generated replies every eval.generate_every steps;
+    `on_record(step, record)` sees each logged record and may raise to end the run there (a sweep's pruner)."""
     previous_attention = use_segment_attention(unwrap(model))  # training batches say where sequences are
     fused = use_fused_lora(model)
     try:
-        return _fit(model, tokenizer, method, data, cfg, run_dir, resume, console, quiet, trackers, scorer)
+        return _fit(model, tokenizer, method, data, cfg, run_dir, resume, console, quiet, trackers, scorer, on_record)
     finally:
         restore_lora(fused)
         restore_attention(unwrap(model), previous_attention)
 
 
 def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, resume: bool,
-         console: Console | None, quiet: bool, trackers=None, scorer=None) -> FitResult:
+         console: Console | None, quiet: bool, trackers=None, scorer=None, on_record=None) -> FitResult:
     console = console or Console(stderr=True, soft_wrap=True)
     dev = device()
     precision = resolve_precision(cfg.train.precision, dev)
@@ -256,6 +257,8 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
                     record.update(_generated_scores(model, scorer, precision, dev))
                 last_loss = record["loss"]
                 log.write(record)
+                if on_record is not None:
+                    on_record(step, record)
                 progress.update(step, record)
                 state["window"] = _empty_window()
                 t_window = time.perf_counter()

@@ -108,11 +108,14 @@ def draw(report: dict, out_dir: Path, runs: list[tuple[str, Path]]) -> dict[str,
 
 
 def write_report(out_dir: Path, runs: list[tuple[str, Path]], *, baselines_dir: Path | None, primary: str,
-                 title: str | None = None) -> Path:
-    """report.json, report.md and report.html in `out_dir`; returns the HTML path."""
+                 title: str | None = None, sweep: dict | None = None, extra_plots: dict[str, Path] | None = None) -> Path:
+    """report.json, report.md and report.html in `out_dir`; returns the HTML path. A sweep's
+    trials table (`sweep`, sweep.json's content) and its plots come first when given."""
     report = collect(out_dir, runs, baselines_dir, primary)
     report["title"] = title or f"tunesmith report: {out_dir.name}"
-    report["plots"] = draw(report, out_dir, runs)
+    if sweep is not None:
+        report["sweep"] = sweep
+    report["plots"] = draw(report, out_dir, runs) | {k: _rel(v, out_dir) for k, v in (extra_plots or {}).items()}
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     html = out_dir / "report.html"

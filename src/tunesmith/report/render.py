@@ -5,7 +5,8 @@ from __future__ import annotations
 import html
 
 PLOT_TITLES = {"task": "Task score", "cost": "Cost per request", "forgetting": "Forgetting",
-               "tradeoff": "Trade-off", "loss": "Loss curves", "distill": "Student vs teacher"}
+               "tradeoff": "Trade-off", "loss": "Loss curves", "distill": "Student vs teacher",
+               "importance": "Parameter importance"}
 
 
 def _pct(x) -> str:
@@ -51,7 +52,7 @@ def _plots(r: dict, *keys: str) -> list[tuple]:
 
 def sections(r: dict) -> list[tuple]:
     """The report as blocks: ("h2", text) | ("p", text) | ("list", items) | ("table", head, rows) | ("img", path, alt)."""
-    out: list[tuple] = []
+    out: list[tuple] = _sweep(r["sweep"]) + _plots(r, "importance") if r.get("sweep") else []
     rec = r["recommendation"]
     out += [("h2", "Recommendation"), ("p", rec["text"])]
     if rec.get("details"):
@@ -124,6 +125,32 @@ def sections(r: dict) -> list[tuple]:
             out.append(("list", notes))
         out += _plots(r, "loss")
     out.append(("p", "Every number above is read from the JSON file named in its row; report.json holds them all."))
+    return out
+
+
+def _value(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _sweep(s: dict) -> list[tuple]:
+    """A sweep's trials, best first among the finished, then the pruned and failed."""
+    names = list(s["space"])
+    order = {"complete": 0, "pruned": 1, "fail": 2}
+    best_first = -1 if s["direction"] == "maximize" else 1
+    rows = sorted(s["trials"], key=lambda t: (order.get(t["state"], 3), best_first * (t["value"] or 0), t["trial"]))
+    best = s.get("best")
+    text = (f"{len(s['trials'])} trials ({s['sampler']} sampler, {s['pruner']} pruner), each scored on {s['metric']} "
+            f"({'lower' if s['direction'] == 'minimize' else 'higher'} is better). ")
+    text += (f"Best: trial {best['trial']} ({s['metric']} {best['value']:.4g}); its config is {best['config'].rsplit('/', 1)[-1]} (tunesmith train it)."
+             if best else "No trial finished.")
+    out = [("h2", "Sweep"), ("p", text),
+           ("table", ["trial", "state", s["metric"], "steps", *names],
+            [[t["run"] or str(t["trial"]), t["state"], _value(t["value"]) if t["value"] is not None else "–",
+              _value(t["steps"]) if t["steps"] is not None else "–", *[_value(t["params"].get(n, "–")) for n in names]]
+             for t in rows])]
+    if s.get("importance"):
+        out.append(("p", "Parameter importance (Optuna, fANOVA over the finished trials): "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in s["importance"].items()) + "."))
     return out
 
 

@@ -38,18 +38,20 @@ from tunesmith.runtime.precision import inference_dtype
 
 
 def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = None, quiet: bool = False,
-          base: BaseReference | None = None) -> dict:
+          base: BaseReference | None = None, on_record=None) -> dict:
     """Train, save, then measure (test score, prompting baselines, forgetting) and report.
-    `base` shares one base-model reference across the variants of a comparison."""
+    `base` shares one base-model reference across the variants of a comparison; `on_record(step,
+    record)` sees each metrics record as it is logged (a sweep reports to its pruner there)."""
     if cfg.trust_remote_code:
         (console or Console(stderr=True, soft_wrap=True)).print(
             f"[yellow]warning: trust_remote_code is on: Python code in the folder of {cfg.model} will run on this "
             "machine with your permissions[/yellow]")
     with remote_code_trusted(cfg.trust_remote_code):
-        return _train(cfg, resume=resume, console=console, quiet=quiet, base=base)
+        return _train(cfg, resume=resume, console=console, quiet=quiet, base=base, on_record=on_record)
 
 
-def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool, base: BaseReference | None) -> dict:
+def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool, base: BaseReference | None,
+           on_record=None) -> dict:
     ranks = distributed.start()  # under torchrun: join the other processes
     console = console or Console(stderr=True, soft_wrap=True)
     if not ranks.main:
@@ -92,7 +94,8 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
         with phase(f"{cfg.name}: training", console):
             method.prepare(model, tokenizer, data.features + data.val, run_dir, cfg, console)
             result: FitResult = fit(model, tokenizer, method, data, cfg, run_dir, resume=resume, console=console, quiet=quiet,
-                                    trackers=trackers, scorer=validation_scorer(cfg, sources[1], tokenizer))
+                                    trackers=trackers, scorer=validation_scorer(cfg, sources[1], tokenizer),
+                                    on_record=on_record)
     except BaseException:
         if trackers is not None:
             trackers.abort()
