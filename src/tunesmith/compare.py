@@ -19,7 +19,7 @@ from rich.console import Console
 from tunesmith.config import RunConfig, set_key, validate_config
 from tunesmith.runtime.precision import inference_dtype
 from tunesmith.errors import UserError
-from tunesmith.run.evaluate import score_baselines, write_json
+from tunesmith.run.evaluate import score_baselines, score_endpoint_baselines, write_json
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.model.resolve import resolve
 from tunesmith.phases import phase
@@ -33,6 +33,7 @@ def variant_configs(cfg: RunConfig, source: str = "config") -> dict[str, RunConf
     base_tree = cfg.model_dump(mode="json")
     base_tree["compare"] = {"variants": {}}
     base_tree["eval"]["shots"] = []  # baselines run once, for all variants
+    base_tree["eval"]["baselines"] = []
     variants = cfg.compare.variants or {"tuned": {}}
     out = {}
     for name, overrides in variants.items():
@@ -65,10 +66,14 @@ def run_compare(cfg: RunConfig, *, source: str = "config", console: Console | No
     base = BaseReference(resolved, inference_dtype(cfg.train.precision))
     out_dir.mkdir(parents=True)
     try:
-        if cfg.eval.shots:
+        if cfg.eval.shots or cfg.eval.baselines:
             sources, _ = train_sources(cfg, console)
-            score_baselines(cfg, out_dir, base, [e for src in sources for e in src], console)
-            base.release()
+            pool = [e for src in sources for e in src]
+            if cfg.eval.shots:
+                score_baselines(cfg, out_dir, base, pool, console)
+                base.release()
+            if cfg.eval.baselines:
+                score_endpoint_baselines(cfg, out_dir, pool, console)
         runs = []
         for name, vcfg in variants.items():
             console.print(f"[bold]variant {name}[/bold]")

@@ -113,9 +113,16 @@ def evaluate(
     seed: int = typer.Option(0, help="seed for drawing the k-shot examples"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write scores here (predictions beside it)"),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
+    endpoint_model: Optional[str] = typer.Option(None, help="with an http(s):// URL as the model: the model to ask for"),
+    api_key_env: Optional[str] = typer.Option(None, help="endpoint: environment variable holding the API key"),
+    price_in: Optional[float] = typer.Option(None, min=0, help="endpoint: dollars per million prompt tokens"),
+    price_out: Optional[float] = typer.Option(None, min=0, help="endpoint: dollars per million completion tokens"),
+    rpm: Optional[float] = typer.Option(None, min=0.001, help="endpoint: at most this many requests per minute"),
 ):
     """Score greedy replies on a test set: exact match, normalised EM, token F1, JSON validity and
-    fields, your metric; zero- and k-shot; prompt tokens and latency per request."""
+    fields, your metric; zero- and k-shot; prompt tokens and latency per request. The model may be
+    an OpenAI-compatible endpoint (its base URL with --endpoint-model): replies cached on disk,
+    tokens, cost per 1,000 requests and latency from the server."""
     from tunesmith.data.records import load_examples
     from tunesmith.runtime.precision import inference_dtype
     from tunesmith.eval.metrics import load_user_metric
@@ -128,11 +135,28 @@ def evaluate(
     pool = _shot_pool(model, shots_from) if any(counts) else []
     if metric:
         load_user_metric(metric)
-    m, tok = load_for_inference(model, dtype=inference_dtype(precision))
+    endpoint = None
+    if model.startswith(("http://", "https://")):
+        from tunesmith.eval.endpoint import ChatEndpoint
+        from tunesmith.eval.endpoint_task import ReplyCache, evaluate_endpoint
+        from tunesmith.model.resolve import home
+
+        endpoint = ChatEndpoint(model, endpoint_model, api_key_env, max_tokens=max_new_tokens, rpm=rpm,
+                                options=("--endpoint-model", "--api-key-env"))
+        cache = ReplyCache(home() / "endpoint-replies.sqlite")
+    elif endpoint_model or api_key_env or price_in is not None or price_out is not None:
+        raise UserError("--endpoint-model, --api-key-env and the prices are for an endpoint: give its http(s):// URL as the model")
+    else:
+        m, tok = load_for_inference(model, dtype=inference_dtype(precision))
     results = []
     for k in counts:
         label = shot_label(k)
         preds = json_out.with_name(f"{json_out.stem}-shots-{k}.predictions.jsonl") if json_out else None
+        if endpoint is not None:
+            results.append(evaluate_endpoint(endpoint, examples, label=label, cache=cache, shots=draw_shots(pool, k, seed),
+                                             system=system, max_new_tokens=max_new_tokens, metric=metric,
+                                             price_in=price_in, price_out=price_out, predictions_path=preds))
+            continue
         results.append(evaluate_task(m, tok, examples, label=label, shots=draw_shots(pool, k, seed), system=system,
                                      max_new_tokens=max_new_tokens, batch_size=batch_size, metric=metric, predictions_path=preds))
     value = results[0] if len(results) == 1 else results

@@ -168,12 +168,36 @@ class EarlyStopping(Section):
     min_delta: float = Field(0.0, ge=0, description="an improvement is larger than this")
 
 
+class EndpointBaseline(Section):
+    """A model behind an OpenAI-compatible endpoint, prompted on the test split as a baseline."""
+
+    url: str = Field(..., pattern=r"^https?://", description="base URL of the API, e.g. https://api.openai.com/v1")
+    model: str = Field(..., min_length=1, description="the model name to ask for")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    price_per_1m_input: float | None = Field(None, ge=0, description="dollars per million prompt tokens")
+    price_per_1m_output: float | None = Field(None, ge=0, description="dollars per million completion tokens")
+    shots: list[int] | None = Field(None, description="in-context example counts; default: eval.shots, else [0]")
+    label: str | None = Field(None, description="how the report names it; default: the model name")
+    rpm: float | None = Field(None, gt=0, description="at most this many requests per minute")
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(k < 0 for k in v):
+            raise ValueError("shot counts must be 0 or more")
+        return sorted(set(v)) if v is not None else None
+
+
 class EvalConfig(Section):
     every: int | None = Field(None, ge=1, description="validation loss every N steps")
     generate_every: int | None = Field(None, ge=1, description="every N steps (and at the end) score a fixed sample "
                                        "of the validation split by generation; logged as val_<metric>")
     generate_limit: int = Field(32, ge=1, description="validation examples scored by generation: the first N")
     early_stopping: EarlyStopping | None = None
+    baselines: list[EndpointBaseline] = Field(default_factory=list, description="models behind OpenAI-compatible "
+                                              "endpoints scored on the test split like the prompting baselines")
+    machine_price_per_hour: float | None = Field(None, ge=0, description="what this machine costs per hour: prices "
+                                                 "the tuned model's requests next to an endpoint's")
     test: str | None = Field(None, description="test data scored after training (chat or prompt/completion)")
     limit: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(64, ge=1)

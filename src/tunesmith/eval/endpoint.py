@@ -1,7 +1,7 @@
 """An OpenAI-compatible chat endpoint as a model: a frontier model, or another `tunesmith serve`.
 
 Used wherever an endpoint stands in for a local model: a teacher's replies (`distill generate`),
-a grader's judge (`score_model`)."""
+a grader's judge (`score_model`), a baseline scored on the test split (`eval.baselines`)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,11 @@ class ChatEndpoint:
 
     def answer(self, messages: list[dict], **overrides) -> str:
         """The reply's text; `overrides` set other request fields (max_tokens, temperature, ...)."""
+        return self.complete(messages, **overrides)["message"].get("content") or ""
+
+    def complete(self, messages: list[dict], **overrides) -> dict:
+        """{"message": the assistant message (content, tool_calls), "usage": the server's token counts
+        ({} if it gives none), "seconds": the answered request's wall time (no pacing, no retries)}."""
         body = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
                 "temperature": self.temperature, **overrides}
         for attempt in range(self.retries + 1):
@@ -57,7 +62,11 @@ class ChatEndpoint:
             self.last_request = time.monotonic()
             try:
                 reply = self._post(body)
-                return reply["choices"][0]["message"]["content"]
+                message = reply["choices"][0]["message"]
+                if not isinstance(message, dict):
+                    raise TypeError
+                return {"message": message, "usage": reply.get("usage") or {},
+                        "seconds": time.monotonic() - self.last_request}
             except urllib.error.HTTPError as e:
                 if e.code not in RETRY_STATUS or attempt == self.retries:
                     detail = e.read().decode("utf-8", "replace")[:200]
@@ -65,7 +74,8 @@ class ChatEndpoint:
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 delay = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
             except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-                if attempt == self.retries:
+                refused = isinstance(getattr(e, "reason", e), ConnectionRefusedError)
+                if attempt == self.retries or (refused and attempt >= 1):  # nothing listens there: one retry only
                     raise UserError(f"{self.url}: {getattr(e, 'reason', e)} (after {attempt + 1} attempts)") from None
                 delay = None
             except (KeyError, IndexError, TypeError, ValueError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.data.chat import prompt_ids
@@ -73,49 +74,78 @@ def measure_latency(model, tokenizer, conversations: list[list[dict]], sampling:
     return (time.perf_counter() - t0) / len(conversations)
 
 
-def evaluate_task(model, tokenizer, examples: list[Example], *, label: str, shots: list[Example] = (),
-                  system: str | None = None, max_new_tokens: int = 64, batch_size: int = BATCH_SIZE,
-                  metric: str | None = None, latency_samples: int = 8, predictions_path: Path | None = None,
-                  progress=None) -> dict:
-    """Score greedy replies on `examples`; returns per-metric means with bootstrap intervals.
-    Examples with tools are prompted with them and also get the tool-call metrics."""
-    user_metric = load_user_metric(metric) if metric else None
+@dataclass
+class TaskPrompts:
+    """What every model is asked on a test split, and what its replies are scored against."""
+
+    examples: list[Example]
+    prompts: list[list[dict]]
+    turns: list[dict]
+    tools: list[list[dict] | None]
+
+    @property
+    def references(self) -> list[str]:
+        return [turn_text(t) for t in self.turns]
+
+
+def task_prompts(examples: list[Example], shots: list[Example] = (), system: str | None = None) -> TaskPrompts:
     prompts, turns, tools = [], [], []
     for e in examples:
         context, turn = reference_turn(e)
         prompts.append(build_prompt(context, list(shots), system))
         turns.append(turn)
         tools.append(e.tools)
-    refs = [turn_text(t) for t in turns]
-    sampling = Sampling(max_new_tokens=max_new_tokens)
-    prompt_tokens = [len(prompt_ids(tokenizer, p, t)) for p, t in zip(prompts, tools)]
-    t0 = time.perf_counter()
-    preds = generate_all(model, tokenizer, prompts, sampling, batch_size, progress, tools=tools)
-    seconds = time.perf_counter() - t0
+    return TaskPrompts(list(examples), prompts, turns, tools)
+
+
+def score_replies(task: TaskPrompts, replies: list[str], metric: str | None, predictions_path: Path | None,
+                  extra: list[dict] | None = None) -> dict[str, dict]:
+    """Every metric of every reply (tool-call metrics where the example has tools, the user's
+    metric), written per example to `predictions_path` (with `extra` fields per row); returns
+    per-metric means with bootstrap intervals."""
+    user_metric = load_user_metric(metric) if metric else None
     rows = []
-    for p, r, turn, t in zip(preds, refs, turns, tools):
+    for p, r, turn, t in zip(replies, task.references, task.turns, task.tools):
         s = score(p, r)
         if t:
             s.update(tool_scores(p, turn, t))
         if user_metric is not None:
             s.update(apply_user_metric(*user_metric, p, r))
         rows.append(s)
-    latency = measure_latency(model, tokenizer, prompts[:latency_samples], sampling, tools[:latency_samples])
     if predictions_path is not None:
         predictions_path.parent.mkdir(parents=True, exist_ok=True)
         with predictions_path.open("w", encoding="utf-8") as f:
-            for i, (e, p, r, s) in enumerate(zip(examples, preds, refs, rows)):
-                f.write(json.dumps({"index": i, "source": e.source, "prompt_tokens": prompt_tokens[i],
+            for i, (e, p, r, s) in enumerate(zip(task.examples, replies, task.references, rows)):
+                f.write(json.dumps({"index": i, "source": e.source, **(extra[i] if extra else {}),
                                     "prediction": p, "reference": r, **s}) + "\n")
     names = sorted({k for s in rows for k in s}, key=lambda k: (k not in rows[0], k))
+    return {k: bootstrap_ci([s[k] for s in rows if k in s]) for k in names}
+
+
+def evaluate_task(model, tokenizer, examples: list[Example], *, label: str, shots: list[Example] = (),
+                  system: str | None = None, max_new_tokens: int = 64, batch_size: int = BATCH_SIZE,
+                  metric: str | None = None, latency_samples: int = 8, predictions_path: Path | None = None,
+                  progress=None) -> dict:
+    """Score greedy replies on `examples`; returns per-metric means with bootstrap intervals.
+    Examples with tools are prompted with them and also get the tool-call metrics."""
+    if metric:
+        load_user_metric(metric)  # a broken metric fails before generation
+    task = task_prompts(examples, shots, system)
+    sampling = Sampling(max_new_tokens=max_new_tokens)
+    prompt_tokens = [len(prompt_ids(tokenizer, p, t)) for p, t in zip(task.prompts, task.tools)]
+    t0 = time.perf_counter()
+    preds = generate_all(model, tokenizer, task.prompts, sampling, batch_size, progress, tools=task.tools)
+    seconds = time.perf_counter() - t0
+    scores = score_replies(task, preds, metric, predictions_path, [{"prompt_tokens": n} for n in prompt_tokens])
+    latency = measure_latency(model, tokenizer, task.prompts[:latency_samples], sampling, task.tools[:latency_samples])
     return {
         "label": label,
         "shots": len(shots),
         "n": len(examples),
-        "scores": {k: bootstrap_ci([s[k] for s in rows if k in s]) for k in names},
+        "scores": scores,
         "prompt_tokens": sum(prompt_tokens) / len(prompt_tokens),
         "latency_s": latency,
-        "latency_requests": min(latency_samples, len(prompts)),
+        "latency_requests": min(latency_samples, len(task.prompts)),
         "seconds": round(seconds, 2),
         "predictions": predictions_path.name if predictions_path is not None else None,
     }

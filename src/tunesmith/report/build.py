@@ -8,9 +8,10 @@ from pathlib import Path
 
 from tunesmith import atomic
 from tunesmith.engine.logbook import read_metrics
+from tunesmith.eval.bootstrap import paired_bootstrap_ci
 from tunesmith.eval.task import primary_interval
 from tunesmith.report import plots
-from tunesmith.report.recommend import recommend
+from tunesmith.report.recommend import recommend, versus_endpoint
 from tunesmith.report.render import render_html, render_markdown
 
 
@@ -28,7 +29,8 @@ def _rel(path: Path, root: Path) -> str:
 def _score_row(result: dict, primary: str, kind: str, source: str, variant: str | None = None) -> dict:
     s = primary_interval(result, primary)
     row = {"label": result["label"], "kind": kind, "score": s["mean"], "lo": s["lo"], "hi": s["hi"], "n": result["n"],
-           "prompt_tokens": result["prompt_tokens"], "latency_ms": result["latency_s"] * 1000, "source": source}
+           "prompt_tokens": result["prompt_tokens"], "latency_ms": result["latency_s"] * 1000, "source": source,
+           "cost_per_1000": result.get("cost_per_1000")}
     if variant is not None:
         row["variant"] = variant
     return row
@@ -63,6 +65,13 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
     task, forgetting, training, distill = [], [], [], []
     for path in sorted((baselines_dir / "baselines").glob("shots-*.json"), key=lambda p: int(p.stem.split("-")[1])) if baselines_dir else []:
         task.append(_score_row(json.loads(path.read_text()), primary, "prompting", _rel(path, out_dir)))
+    predictions = {}  # a row's label -> its predictions file, for paired differences
+    for path in sorted((baselines_dir / "baselines").glob("endpoint-*.json")) if baselines_dir else []:
+        if path.name.endswith("_predictions.jsonl"):
+            continue
+        result = json.loads(path.read_text())
+        task.append(_score_row(result, primary, "endpoint", _rel(path, out_dir)))
+        predictions[result["label"]] = path.with_name(result["predictions"]) if result.get("predictions") else None
     for variant, run_dir in runs:
         label = f"tuned: {variant}"
         summary = _read(run_dir / "summary.json") or {}
@@ -76,6 +85,7 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
         if test is not None:
             test["label"] = label
             task.append(_score_row(test, primary, "tuned", _rel(run_dir / "eval" / "test.json", out_dir), variant))
+            predictions[label] = run_dir / "eval" / "test_predictions.jsonl"
         f = _read(run_dir / "forgetting" / "summary.json")
         if f is not None:
             forgetting.append(_forgetting_row(variant, label, f, _rel(run_dir / "forgetting" / "summary.json", out_dir)))
@@ -85,8 +95,34 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
     retained = {r["variant"]: r["retention"] for r in forgetting if r["retention"] is not None}
     tradeoff = [{**r, "retention": 1.0} for r in task if r["kind"] == "prompting"]
     tradeoff += [{**r, "retention": retained[r["variant"]]} for r in task if r.get("variant") in retained]
+    recommendation = recommend(task, forgetting)
+    frontier = _versus_endpoint(task, predictions, primary)
+    if frontier:
+        recommendation["endpoint"] = frontier
+        recommendation.setdefault("details", []).append(frontier["text"])
     return {"primary": primary, "task": task, "forgetting": forgetting, "training": training, "distill": distill,
-            "tradeoff": tradeoff, "recommendation": recommend(task, forgetting)}
+            "tradeoff": tradeoff, "recommendation": recommendation}
+
+
+def _per_example(path: Path | None, metric: str) -> list[tuple[str, float]] | None:
+    if path is None or not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(r["source"], float(r[metric])) for r in rows if metric in r]
+
+
+def _versus_endpoint(task: list[dict], predictions: dict, primary: str) -> dict | None:
+    """The best tuned model against the best-scoring endpoint baseline, paired over the test examples."""
+    tuned = [r for r in task if r["kind"] == "tuned"]
+    endpoints = [r for r in task if r["kind"] == "endpoint"]
+    if not tuned or not endpoints:
+        return None
+    best_t, best_e = max(tuned, key=lambda r: r["score"]), max(endpoints, key=lambda r: r["score"])
+    a, b = _per_example(predictions.get(best_e["label"]), primary), _per_example(predictions.get(best_t["label"]), primary)
+    if not a or not b or [s for s, _ in a] != [s for s, _ in b]:
+        return None  # not the same examples: no paired comparison
+    diff = paired_bootstrap_ci([v for _, v in a], [v for _, v in b])
+    return versus_endpoint(best_t, best_e, diff)
 
 
 def draw(report: dict, out_dir: Path, runs: list[tuple[str, Path]]) -> dict[str, str]:

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-PROMPTING, TUNED = "#9e9e9e", "#1f77b4"
+PROMPTING, TUNED, ENDPOINT = "#9e9e9e", "#1f77b4", "#ff7f0e"
+KIND_COLORS = {"prompting": PROMPTING, "tuned": TUNED, "endpoint": ENDPOINT}
 
 
 def loss_curve(records: list[dict], out: Path, title: str = "") -> Path:
@@ -76,10 +77,10 @@ def _bars(ax, labels, values, colors, fmt: str, los=None, his=None):
 
 
 def task_scores(rows: list[dict], metric: str, out: Path) -> Path:
-    """Task score with 95% bootstrap intervals: prompting baselines (grey) and tuned variants."""
+    """Task score with 95% bootstrap intervals: prompting baselines (grey), endpoints (orange), tuned variants."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     _bars(ax, [r["label"] for r in rows], [r["score"] for r in rows],
-          [PROMPTING if r["kind"] == "prompting" else TUNED for r in rows], "{:.1%}",
+          [KIND_COLORS[r["kind"]] for r in rows], "{:.1%}",
           [r["lo"] for r in rows], [r["hi"] for r in rows])
     ax.set_ylim(0, 1.08)
     ax.set_ylabel(f"{metric} on the test split")
@@ -121,10 +122,10 @@ def cost_per_request(rows: list[dict], out: Path) -> Path:
     """Prompt tokens and measured latency of one request, per way of getting the answer."""
     fig, (tok, lat) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
     labels = [r["label"] for r in rows]
-    colors = [PROMPTING if r["kind"] == "prompting" else TUNED for r in rows]
+    colors = [KIND_COLORS[r["kind"]] for r in rows]
     for ax, key, title in ((tok, "prompt_tokens", "prompt tokens per request"),
                            (lat, "latency_ms", "latency per request (ms, batch 1)")):
-        _bars(ax, labels, [r[key] for r in rows], colors, "{:.0f}")
+        _bars(ax, labels, [r[key] or 0 for r in rows], colors, "{:.0f}")
         ax.set_title(title)
     fig.suptitle("cost per request on this machine")
     return _save(fig, tok, out, legend=False)

@@ -6,6 +6,12 @@ Rules, stated so a reader can check them:
 - Otherwise fine-tune. Among tuned variants within `TASK_TOLERANCE` of the best task score,
   recommend the one that keeps the most general QA accuracy (ties: the higher task score): a few
   points of task score are worth paying for general capability the base model had, more are not.
+- Against a model behind an endpoint (a frontier model prompted, `eval.baselines`), on the
+  paired difference over the same test examples: the tuned model when its interval lies above
+  zero; the endpoint when the interval lies below -`MARGIN` (reliably better by more than that);
+  otherwise they are level, and the cheaper per 1,000 requests wins (the tuned model's cost is
+  this machine's time at `eval.machine_price_per_hour`; unpriced, a model you run yourself is
+  taken as cheaper than a priced endpoint), then the faster.
 """
 
 from __future__ import annotations
@@ -60,6 +66,46 @@ def recommend(task: list[dict], forgetting: list[dict]) -> dict:
         if out["choice"] == "fine-tune":
             lines.append(_variant_choice(tuned, kept, best, out))
     out["text"], out["details"] = lines[0], lines[1:]
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def versus_endpoint(tuned: dict, endpoint: dict, diff: dict) -> dict:
+    """The tuned model against an endpoint's best prompting, from the paired difference
+    `diff` (tuned - endpoint: mean, lo, hi) and both rows' cost per 1,000 requests and latency."""
+    cost_t, cost_e = tuned.get("cost_per_1000"), endpoint.get("cost_per_1000")
+    out = {"tuned": tuned["label"], "endpoint": endpoint["label"], "difference": diff,
+           "cost_ratio": _ratio(cost_e, cost_t), "latency_ratio": _ratio(endpoint["latency_ms"], tuned["latency_ms"])}
+    gap = (f"{diff['mean'] * 100:+.1f} points (95% CI {diff['lo'] * 100:+.1f} to {diff['hi'] * 100:+.1f}, paired over "
+           f"{diff['n']} test examples)")
+    cost_e_text = f"${cost_e:.2f}" if cost_e is not None else "unpriced"
+    cost_t_text = f"${cost_t:.2f}" if cost_t is not None else "this machine's time"
+    money = f"per 1,000 requests {cost_t_text} tuned vs {cost_e_text} for {endpoint['label']}"
+    if out["cost_ratio"] is not None:
+        money += f" ({out['cost_ratio']:.1f}× the tuned model's cost)"
+    speed = f"latency {tuned['latency_ms']:.0f} ms vs {endpoint['latency_ms']:.0f} ms per request"
+    if diff["lo"] > 0:
+        out["choice"] = "tuned"
+        verdict = f"The tuned model ({tuned['label']}) beats {endpoint['label']}: {gap}"
+    elif diff["hi"] < -MARGIN:
+        out["choice"] = "endpoint"
+        verdict = (f"{endpoint['label']} beats the tuned model ({tuned['label']}) by more than {MARGIN * 100:.0f} points: "
+                   f"{gap}; the tuned model is the choice only if the cost or latency below outweighs that")
+    else:
+        if cost_t is not None and cost_e is not None:
+            cheaper = "tuned" if cost_t <= cost_e else "endpoint"
+        elif cost_e is not None and cost_e > 0:
+            cheaper = "tuned"  # a model run here has no per-request price; the endpoint does
+        else:
+            cheaper = "tuned" if tuned["latency_ms"] <= endpoint["latency_ms"] else "endpoint"
+        out["choice"] = cheaper
+        pick = tuned["label"] if cheaper == "tuned" else endpoint["label"]
+        verdict = (f"The tuned model ({tuned['label']}) and {endpoint['label']} are level on the task: {gap}; "
+                   f"{pick} is the cheaper way to the same score")
+    out["text"] = f"{verdict}. Cost {money}; {speed}."
     return out
 
 

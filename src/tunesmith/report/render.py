@@ -58,10 +58,14 @@ def sections(r: dict) -> list[tuple]:
     if rec.get("details"):
         out.append(("list", rec["details"]))
     if r["task"]:
+        priced = any(t.get("cost_per_1000") is not None for t in r["task"])
         out += [("h2", "Task score: prompting the base model vs fine-tuning"),
-                ("table", ["model", r["primary"], "95% CI", "prompt tokens / request", "latency ms / request", "test examples", "source"],
-                 [[t["label"], _pct(t["score"]), f"{_pct(t['lo'])} – {_pct(t['hi'])}", f"{t['prompt_tokens']:.1f}",
-                   f"{t['latency_ms']:.1f}", str(t["n"]), t["source"]] for t in r["task"]])]
+                ("table", ["model", r["primary"], "95% CI", "prompt tokens / request", "latency ms / request",
+                           *(["$ / 1,000 requests"] if priced else []), "test examples", "source"],
+                 [[t["label"] + (" (endpoint)" if t["kind"] == "endpoint" else ""), _pct(t["score"]),
+                   f"{_pct(t['lo'])} – {_pct(t['hi'])}",
+                   "–" if t["prompt_tokens"] is None else f"{t['prompt_tokens']:.1f}", f"{t['latency_ms']:.1f}",
+                   *([_money(t.get("cost_per_1000"))] if priced else []), str(t["n"]), t["source"]] for t in r["task"]])]
         out += _plots(r, "task", "cost")
     if r["forgetting"]:
         f0 = r["forgetting"][0]
@@ -126,6 +130,10 @@ def sections(r: dict) -> list[tuple]:
         out += _plots(r, "loss")
     out.append(("p", "Every number above is read from the JSON file named in its row; report.json holds them all."))
     return out
+
+
+def _money(x) -> str:
+    return "–" if x is None else f"${x:.3f}" if x < 1 else f"${x:,.2f}"
 
 
 def _value(v) -> str:

@@ -3,12 +3,14 @@
 Each writes JSON into the run directory (the report reads nothing else):
   eval/test.json            tuned model on the test split (+ test_predictions.jsonl)
   baselines/shots-K.json    base model prompted with K in-context examples (+ predictions)
+  baselines/endpoint-NAME-shots-K.json   a model behind an endpoint, prompted the same way (+ predictions)
   forgetting/summary.json   base vs tuned with bootstrap intervals (+ base.json, tuned.json per item)
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -17,11 +19,14 @@ from rich.console import Console
 from tunesmith.config import RunConfig
 from tunesmith.data.layouts import Example
 from tunesmith.data.records import load_examples
+from tunesmith.eval.endpoint import ChatEndpoint
+from tunesmith.eval.endpoint_task import ReplyCache, evaluate_endpoint
 from tunesmith.eval.task import draw_shots, evaluate_task, shot_label
 from tunesmith.forgetting import probe
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.model.adapters import can_merge
 from tunesmith.model.quantize import is_quantized
+from tunesmith.model.resolve import home
 from tunesmith.phases import phase
 
 
@@ -53,9 +58,17 @@ def load_test_split(cfg: RunConfig) -> list[Example]:
     return load_examples(cfg.eval.test)[: cfg.eval.limit]
 
 
+def _priced(cfg: RunConfig, result: dict) -> dict:
+    """A local model's cost per 1,000 requests: its measured latency (one request at a time) on a
+    machine that costs eval.machine_price_per_hour."""
+    if cfg.eval.machine_price_per_hour is not None:
+        result["cost_per_1000"] = result["latency_s"] * 1000 / 3600 * cfg.eval.machine_price_per_hour
+    return result
+
+
 def score_tuned(cfg: RunConfig, run_dir: Path, model, tokenizer, label: str = "tuned") -> dict:
-    result = evaluate_task(model, tokenizer, load_test_split(cfg), label=label, **_task_kwargs(cfg),
-                           predictions_path=run_dir / "eval" / "test_predictions.jsonl")
+    result = _priced(cfg, evaluate_task(model, tokenizer, load_test_split(cfg), label=label, **_task_kwargs(cfg),
+                                        predictions_path=run_dir / "eval" / "test_predictions.jsonl"))
     write_json(run_dir / "eval" / "test.json", result)
     return result
 
@@ -88,8 +101,38 @@ def score_baselines(cfg: RunConfig, out_dir: Path, base: BaseReference, shot_poo
             result = evaluate_task(model, tokenizer, examples, label=label, shots=shots, system=cfg.eval.system,
                                    **_task_kwargs(cfg), predictions_path=out_dir / "baselines" / f"shots-{k}_predictions.jsonl")
         result["shot_sources"] = [s.source for s in shots]
-        write_json(out_dir / "baselines" / f"shots-{k}.json", result)
+        write_json(out_dir / "baselines" / f"shots-{k}.json", _priced(cfg, result))
         results.append(result)
+    return results
+
+
+def endpoint_slug(baseline) -> str:
+    """A file-name-safe name for an endpoint baseline."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", baseline.label or baseline.model).strip("-") or "endpoint"
+
+
+def score_endpoint_baselines(cfg: RunConfig, out_dir: Path, shot_pool: list[Example], console: Console) -> list[dict]:
+    """eval.baselines: each endpoint prompted zero-/k-shot on the test split (replies cached on disk)."""
+    results = []
+    examples = load_test_split(cfg)
+    cache = ReplyCache(home() / "endpoint-replies.sqlite")
+    for b in cfg.eval.baselines:
+        endpoint = ChatEndpoint(b.url, b.model, b.api_key_env, max_tokens=cfg.eval.max_new_tokens, rpm=b.rpm,
+                                options=("eval.baselines.model", "eval.baselines.api_key_env"))
+        name = b.label or b.model
+        for k in b.shots if b.shots is not None else (cfg.eval.shots or [0]):
+            label = f"{name}, {shot_label(k)}"
+            console.print(f"endpoint baseline: {label} ({b.url}) ...")
+            stem = f"endpoint-{endpoint_slug(b)}-shots-{k}"
+            with phase(f"endpoint baseline: {label}", console):
+                result = evaluate_endpoint(endpoint, examples, label=label, cache=cache,
+                                           shots=draw_shots(shot_pool, k, cfg.eval.shot_seed), system=cfg.eval.system,
+                                           max_new_tokens=cfg.eval.max_new_tokens, metric=cfg.eval.metric,
+                                           price_in=b.price_per_1m_input, price_out=b.price_per_1m_output,
+                                           predictions_path=out_dir / "baselines" / f"{stem}_predictions.jsonl")
+            console.print(f"  {result['requests_sent']} requests sent, {len(examples) - result['requests_sent']} from the cache")
+            write_json(out_dir / "baselines" / f"{stem}.json", result)
+            results.append(result)
     return results
 
 

@@ -88,6 +88,8 @@ def validate_inputs(cfg: RunConfig) -> None:
         load_examples(cfg.eval.test)
     if cfg.eval.shots and not cfg.eval.test:
         raise UserError("eval.shots: the prompting baselines are scored on eval.test; set it")
+    if cfg.eval.baselines and not cfg.eval.test:
+        raise UserError("eval.baselines: endpoint baselines are scored on eval.test; set it")
     if cfg.forgetting.text:
         load_examples(cfg.forgetting.text)
     if cfg.forgetting.replay and cfg.forgetting.replay_source != "self":

@@ -29,8 +29,8 @@ from tunesmith.phases import phase
 from tunesmith.report.build import write_report
 from tunesmith.report.plots import loss_curve
 from tunesmith.run.build import base_quantization, build_model
-from tunesmith.run.evaluate import (compare_with_teacher, inference_ready, probe_forgetting, score_baselines, score_tuned,
-                                    validation_scorer)
+from tunesmith.run.evaluate import (compare_with_teacher, inference_ready, probe_forgetting, score_baselines,
+                                    score_endpoint_baselines, score_tuned, validation_scorer)
 from tunesmith.run.inputs import load_data, train_sources, validate_inputs
 from tunesmith.run.rundir import check_run_dir, save_final
 from tunesmith.runtime.memory import return_freed_memory
@@ -152,6 +152,9 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
     del model
     if cfg.eval.shots:
         summary["baselines"] = score_baselines(cfg, run_dir, base, [e for src in sources[0] for e in src], console)
+    if cfg.eval.baselines:
+        summary["endpoint_baselines"] = score_endpoint_baselines(cfg, run_dir, [e for src in sources[0] for e in src],
+                                                                 console)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     summary["report"] = str(write_report(run_dir, [(cfg.name, run_dir)], baselines_dir=run_dir, primary=cfg.eval.primary))
     if trackers is not None:  # the scores, forgetting and validation at the end; the run's files
