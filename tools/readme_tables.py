@@ -353,9 +353,27 @@ def render_openai_migration() -> str:
 
 # --- the README ------------------------------------------------------------------------------
 
+# --- scores during training (bench/watched.py) ------------------------------------------------
+
+def render_watched() -> str:
+    lines = []
+    for tag in MACHINE_ORDER:
+        path = ROOT / "bench" / "results" / f"watched-{tag}.json"
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        m = d["median_train_seconds"]
+        lines.append(f"- {tag}: {d['steps']} LoRA steps of the quickstart on the bundled model, {m['without']:.1f} s without, "
+                     f"{m['with']:.1f} s with `generate_every: {d['every']}` on {d['limit']} examples "
+                     f"({d['evaluations']} evaluations): {d['overhead']:+.0%} training time, "
+                     f"{d['seconds_per_evaluation']:.1f} s per evaluation (medians of {d['repeats']} runs each, "
+                     f"interleaved; {describe(d['machine'])}, commit {_commit(d['provenance']['commit'])}).")
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS = {"quickstart": render_quickstart, "quickstart-gemma": render_quickstart_gemma, "adapters": render_adapters,
              "bench": render_bench, "distill": render_distill, "rlhf": render_rlhf, "tools": render_tools,
-             "openai-migration": render_openai_migration}
+             "openai-migration": render_openai_migration, "watched": render_watched}
 
 
 def regenerate(text: str) -> str:
