@@ -30,6 +30,21 @@ def export(
 
 
 @app.command()
+def merge(
+    sources: list[str] = typer.Argument(..., help="a run directory (with --alpha)"),
+    to: Path = typer.Option(..., "--to", help="target folder (must not exist or be empty)"),
+    alpha: Optional[float] = typer.Option(None, "--alpha", min=0.0, max=1.0,
+                                          help="θ₀ + α(θ − θ₀): the run moved α of the way from its base"),
+):
+    """Make a model from trained weights without training: a run interpolated towards its base."""
+    from tunesmith.export.weight_space import write_interpolated
+
+    if alpha is None or len(sources) != 1:
+        raise UserError("merge: give one run directory and --alpha A (θ₀ + α(θ − θ₀))")
+    print(json.dumps(write_interpolated(sources[0], alpha, to), indent=2))
+
+
+@app.command()
 def generate(
     model: str = typer.Argument(..., help="run directory or model reference"),
     prompt: str = typer.Option(..., "--prompt", help="user message"),

@@ -230,6 +230,15 @@ class ForgettingConfig(Section):
     kl: float = Field(0.0, ge=0, description="weight of KL(base || tuned) on replay tokens")
     l2sp: float = Field(0.0, ge=0, description="weight of the L2-SP pull towards the starting weights")
     freeze_layers: int = Field(0, ge=0, description="freeze the lowest N decoder layers (and embeddings when fully fine-tuning)")
+    interpolate: list[float] = Field(default_factory=list, description="after training, also score the models "
+                                     "θ₀ + α(θ − θ₀) between base and tuned at these α (task and forgetting probe)")
+
+    @field_validator("interpolate")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        if any(not 0 <= a <= 1 for a in v):
+            raise ValueError("interpolation weights α lie in [0, 1] (0 = the base model, 1 = the tuned one)")
+        return sorted(set(v))
 
     @model_validator(mode="after")
     def _kl_needs_replay(self) -> "ForgettingConfig":
@@ -386,6 +395,14 @@ class RunConfig(Section):
                 (bool(self.forgetting.l2sp), "forgetting.l2sp keeps a whole copy of the starting weights")) if on]
             if unsharded:
                 raise ValueError(f"train.distributed fsdp: {unsharded[0]}; use ddp")
+        if self.forgetting.interpolate:
+            missing = [k for k, on in (("eval.test", self.eval.test), ("forgetting.probe", self.forgetting.probe)) if not on]
+            if missing:
+                raise ValueError(f"forgetting.interpolate: each interpolated model is scored on the task and the "
+                                 f"forgetting probe; set {' and '.join(missing)}")
+            if self.adapter.type in ("prefix", "prompt") or self.method == "reward":
+                raise ValueError(f"forgetting.interpolate: {self.adapter.type if self.method != 'reward' else 'a reward model'}"
+                                 " has no base weights to interpolate towards")
         self._watched_scores_are_measured()
         return self
 

@@ -11,7 +11,7 @@ from tunesmith.engine.logbook import read_metrics
 from tunesmith.eval.bootstrap import paired_bootstrap_ci
 from tunesmith.eval.task import primary_interval
 from tunesmith.report import plots
-from tunesmith.report.recommend import recommend, versus_endpoint
+from tunesmith.report.recommend import interpolation_notes, recommend, versus_endpoint
 from tunesmith.report.render import render_html, render_markdown
 
 
@@ -89,6 +89,18 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
         f = _read(run_dir / "forgetting" / "summary.json")
         if f is not None:
             forgetting.append(_forgetting_row(variant, label, f, _rel(run_dir / "forgetting" / "summary.json", out_dir)))
+        for point in sorted(run_dir.glob("interpolate/alpha-*"), key=lambda d: float(d.name.split("-", 1)[1])):
+            alpha = float(point.name.split("-", 1)[1])
+            name, point_label = f"{variant}@{alpha:g}", f"{label} α={alpha:g}"
+            test, f = _read(point / "test.json"), _read(point / "forgetting" / "summary.json")
+            if test is None or f is None:
+                continue
+            test["label"] = point_label
+            row = _score_row(test, primary, "tuned", _rel(point / "test.json", out_dir), name)
+            row["interpolation"] = {"of": variant, "alpha": alpha, "run_dir": str(run_dir)}
+            task.append(row)
+            predictions[point_label] = point / "test_predictions.jsonl"
+            forgetting.append(_forgetting_row(name, point_label, f, _rel(point / "forgetting" / "summary.json", out_dir)))
         d = _read(run_dir / "eval" / "distill.json")
         if d is not None:
             distill.append({"variant": variant, **d, "source": _rel(run_dir / "eval" / "distill.json", out_dir)})
@@ -96,6 +108,8 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
     tradeoff = [{**r, "retention": 1.0} for r in task if r["kind"] == "prompting"]
     tradeoff += [{**r, "retention": retained[r["variant"]]} for r in task if r.get("variant") in retained]
     recommendation = recommend(task, forgetting)
+    for note in interpolation_notes(task, forgetting):
+        recommendation.setdefault("details", []).append(note)
     frontier = _versus_endpoint(task, predictions, primary)
     if frontier:
         recommendation["endpoint"] = frontier

@@ -104,6 +104,21 @@ def forgetting(rows: list[dict], out: Path) -> Path:
     return _save(fig, qa, out, legend=False)
 
 
+def _interpolation_lines(ax, rows: list[dict]) -> None:
+    """Each interpolated variant's frontier: from the base (zero-shot, α = 0) through its α points to itself (α = 1)."""
+    base = next((r for r in rows if r["kind"] == "prompting" and r["label"] == "zero-shot"), None)
+    for i, of in enumerate(sorted({r["interpolation"]["of"] for r in rows if "interpolation" in r})):
+        points = sorted((r for r in rows if r.get("interpolation", {}).get("of") == of),
+                        key=lambda r: r["interpolation"]["alpha"])
+        points += [r for r in rows if r.get("variant") == of and "interpolation" not in r]
+        if base is not None:
+            points.insert(0, base)
+        ax.plot([r["retention"] for r in points], [r["score"] for r in points], color=COLORS[i % len(COLORS)],
+                lw=1, ls="--", zorder=2, label=f"{of}: interpolation α = 0 → 1")
+    if any("interpolation" in r for r in rows):
+        ax.legend(fontsize=7, loc="lower left")
+
+
 def tradeoff(rows: list[dict], metric: str, out: Path) -> Path:
     """Task score against general QA retained, one point per model: up and right is better."""
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
@@ -111,6 +126,7 @@ def tradeoff(rows: list[dict], metric: str, out: Path) -> Path:
         color = PROMPTING if r["kind"] == "prompting" else COLORS[i % len(COLORS)]
         ax.scatter(r["retention"], r["score"], s=60, color=color, zorder=3)
         ax.annotate(r["label"], (r["retention"], r["score"]), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    _interpolation_lines(ax, rows)
     ax.set_xlabel("general QA retained (tuned / base accuracy)")
     ax.set_ylabel(f"task {metric}")
     ax.set_title("trade-off: task score vs general capability kept")

@@ -6,6 +6,7 @@ Rules, stated so a reader can check them:
 - Otherwise fine-tune. Among tuned variants within `TASK_TOLERANCE` of the best task score,
   recommend the one that keeps the most general QA accuracy (ties: the higher task score): a few
   points of task score are worth paying for general capability the base model had, more are not.
+  Interpolated models (forgetting.interpolate) are candidates like any variant.
 - Against a model behind an endpoint (a frontier model prompted, `eval.baselines`), on the
   paired difference over the same test examples: the tuned model when its interval lies above
   zero; the endpoint when the interval lies below -`MARGIN` (reliably better by more than that);
@@ -69,6 +70,32 @@ def recommend(task: list[dict], forgetting: list[dict]) -> dict:
     return out
 
 
+def interpolation_notes(task: list[dict], forgetting: list[dict]) -> list[str]:
+    """For each tuned variant with interpolated points: does one keep more general QA than the
+    variant itself at a task score within TASK_TOLERANCE of it? Said either way."""
+    kept = {r["variant"]: r for r in forgetting}
+    notes = []
+    for tuned in [r for r in task if r["kind"] == "tuned" and "interpolation" not in r and r.get("variant") in kept]:
+        points = [r for r in task if r.get("interpolation", {}).get("of") == tuned["variant"] and r["variant"] in kept]
+        if not points:
+            continue
+        own = kept[tuned["variant"]]["qa_tuned"]
+        better = [p for p in points if p["score"] >= tuned["score"] - TASK_TOLERANCE and kept[p["variant"]]["qa_tuned"] > own]
+        alphas = ", ".join(f"{p['interpolation']['alpha']:g}" for p in points)
+        if better:
+            pick = max(better, key=lambda p: (kept[p["variant"]]["qa_tuned"], p["score"]))
+            a = pick["interpolation"]["alpha"]
+            notes.append(f"Interpolation (α = {alphas}): α = {a:g} keeps general QA at {_pct(kept[pick['variant']]['qa_tuned'])} "
+                         f"against {_pct(own)} for {tuned['label']}, with task score {_pct(pick['score'])} against "
+                         f"{_pct(tuned['score'])} (within {TASK_TOLERANCE * 100:.0f} points); make it with "
+                         f"tunesmith merge RUN --alpha {a:g} --to DIR.")
+        else:
+            notes.append(f"Interpolation (α = {alphas}): no interpolated point of {tuned['label']} keeps more general QA "
+                         f"than it ({_pct(own)}) at a task score within {TASK_TOLERANCE * 100:.0f} points of its "
+                         f"{_pct(tuned['score'])}.")
+    return notes
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
@@ -124,12 +151,17 @@ def _variant_choice(tuned: list[dict], kept: dict, best: dict, out: dict) -> str
     near = [r for r in probed if r["score"] >= best["score"] - TASK_TOLERANCE] or [best]
     pick = max(near, key=lambda r: (kept.get(r["variant"], {}).get("qa_tuned", -1), r["score"]))
     out.update(recommended_variant=pick["variant"], task_tolerance=TASK_TOLERANCE)
+    if "interpolation" in pick:
+        out["recommended_interpolation"] = pick["interpolation"]
     g = kept.get(pick["variant"])
     cost = best["score"] - pick["score"]
     task_text = "the best" if cost <= 0 else f"{cost * 100:.1f} points below {best['label']}"
     text = (f"Recommended variant: {pick['label']}: of the variants within {TASK_TOLERANCE * 100:.0f} points of the best task "
             f"score it keeps the most general capability: QA {_pct(g['qa_tuned'] if g else None)} "
             f"(base {_pct(g['qa_base'] if g else None)}), task {_pct(pick['score'])} ({task_text}).")
+    if "interpolation" in pick:
+        text += (f" It is {pick['interpolation']['of']} moved α = {pick['interpolation']['alpha']:g} of the way from the "
+                 f"base: tunesmith merge {pick['interpolation']['run_dir']} --alpha {pick['interpolation']['alpha']:g} --to DIR.")
     left_out = [r["label"] for r in probed if r not in near]
     if left_out:
         text += f" Not considered, more than {TASK_TOLERANCE * 100:.0f} points below the best task score: {', '.join(left_out)}."

@@ -23,6 +23,7 @@ from tunesmith.eval.endpoint import ChatEndpoint
 from tunesmith.eval.endpoint_task import ReplyCache, evaluate_endpoint
 from tunesmith.eval.task import draw_shots, evaluate_task, shot_label
 from tunesmith.forgetting import probe
+from tunesmith.forgetting.interpolation import Interpolation
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.model.adapters import can_merge
 from tunesmith.model.quantize import is_quantized
@@ -133,6 +134,28 @@ def score_endpoint_baselines(cfg: RunConfig, out_dir: Path, shot_pool: list[Exam
             console.print(f"  {result['requests_sent']} requests sent, {len(examples) - result['requests_sent']} from the cache")
             write_json(out_dir / "baselines" / f"{stem}.json", result)
             results.append(result)
+    return results
+
+
+def score_interpolation(cfg: RunConfig, run_dir: Path, model, tokenizer, base: BaseReference, console: Console) -> list[dict]:
+    """forgetting.interpolate: each θ(α) between base and tuned scored on the task and probed, in
+    run_dir/interpolate/alpha-A/ (the tuned model is set back to θ afterwards)."""
+    merged = not any(".lora_B." in n for n, _ in model.named_parameters())
+    interpolation = Interpolation(model, base.get()[0] if merged else None)
+    results = []
+    try:
+        for alpha in cfg.forgetting.interpolate:
+            interpolation.set(alpha)
+            out = run_dir / "interpolate" / f"alpha-{alpha:g}"
+            console.print(f"interpolated model, α = {alpha:g}: task and forgetting probe ...")
+            with phase(f"{cfg.name}: interpolation α={alpha:g}", console):
+                test = _priced(cfg, evaluate_task(model, tokenizer, load_test_split(cfg), label=f"α={alpha:g}",
+                                                  **_task_kwargs(cfg), predictions_path=out / "test_predictions.jsonl"))
+                write_json(out / "test.json", test)
+                forgetting = probe_forgetting(cfg, out, model, tokenizer, base, console)
+            results.append({"alpha": alpha, "test": test["scores"], "forgetting_qa": forgetting["qa"]["tuned"]})
+    finally:
+        interpolation.restore()
     return results
 
 

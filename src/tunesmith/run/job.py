@@ -30,7 +30,7 @@ from tunesmith.report.build import write_report
 from tunesmith.report.plots import loss_curve
 from tunesmith.run.build import base_quantization, build_model
 from tunesmith.run.evaluate import (compare_with_teacher, inference_ready, probe_forgetting, score_baselines,
-                                    score_endpoint_baselines, score_tuned, validation_scorer)
+                                    score_endpoint_baselines, score_interpolation, score_tuned, validation_scorer)
 from tunesmith.run.inputs import load_data, train_sources, validate_inputs
 from tunesmith.run.rundir import check_run_dir, save_final
 from tunesmith.runtime.memory import return_freed_memory
@@ -146,6 +146,8 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
             summary["test"] = score_tuned(cfg, run_dir, model, tokenizer)
     if cfg.forgetting.probe:
         summary["forgetting"] = probe_forgetting(cfg, run_dir, model, tokenizer, base, console)
+    if cfg.forgetting.interpolate:
+        summary["interpolation"] = score_interpolation(cfg, run_dir, model, tokenizer, base, console)
     if cfg.method == "distill":
         console.print("student vs teacher: size, speed, task score, general QA ...")
         summary["distill"] = compare_with_teacher(cfg, run_dir, model, tokenizer)["ratios"]
