@@ -31,17 +31,32 @@ def export(
 
 @app.command()
 def merge(
-    sources: list[str] = typer.Argument(..., help="a run directory (with --alpha)"),
+    sources: list[str] = typer.Argument(..., help="one run directory (with --alpha), or two or more LoRA adapter runs "
+                                                  "on one base (with --method)"),
     to: Path = typer.Option(..., "--to", help="target folder (must not exist or be empty)"),
     alpha: Optional[float] = typer.Option(None, "--alpha", min=0.0, max=1.0,
                                           help="θ₀ + α(θ − θ₀): the run moved α of the way from its base"),
+    method: Optional[str] = typer.Option(None, "--method", help="linear | task_arithmetic | ties | dare_linear | dare_ties"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="comma-separated, one per adapter (default: 1 each)"),
+    density: Optional[float] = typer.Option(None, "--density", help="ties, dare_*: share of each update's entries kept"),
+    seed: int = typer.Option(0, help="dare_*: seed of the random drop"),
 ):
-    """Make a model from trained weights without training: a run interpolated towards its base."""
-    from tunesmith.export.weight_space import write_interpolated
+    """Make a model from trained weights without training: a run interpolated towards its base
+    (--alpha), or adapters merged into one (--method), a folder plain PEFT loads."""
+    from tunesmith.export.weight_space import merge_adapters, write_interpolated
 
-    if alpha is None or len(sources) != 1:
-        raise UserError("merge: give one run directory and --alpha A (θ₀ + α(θ − θ₀))")
-    print(json.dumps(write_interpolated(sources[0], alpha, to), indent=2))
+    if (alpha is None) == (method is None):
+        raise UserError("merge: give --alpha A with one run, or --method M with two or more adapter runs")
+    if alpha is not None:
+        if len(sources) != 1:
+            raise UserError("merge --alpha: give one run directory")
+        print(json.dumps(write_interpolated(sources[0], alpha, to), indent=2))
+        return
+    try:
+        parsed = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise UserError(f"--weights {weights!r}: expected comma-separated numbers, e.g. 1,0.5") from None
+    print(json.dumps(merge_adapters(sources, method, to, parsed, density, seed), indent=2))
 
 
 @app.command()

@@ -64,3 +64,80 @@ def write_interpolated(run: str, alpha: float, to: Path) -> dict:
                                                   {"interpolation": f"α = {alpha:g} of the way from the base model "
                                                                     "to the tuned one (θ₀ + α(θ − θ₀))"}))
     return {"to": str(to), "kind": kind_out, "alpha": alpha, "run": str(run_dir)}
+
+
+# PEFT's combination for each merge method (add_weighted_adapter). task_arithmetic is PEFT's "cat":
+# the adapters side by side, so the merged update is exactly Σ wᵢ·ΔWᵢ (rank Σ rᵢ); the others combine
+# the adapters' A and B matrices and need one rank.
+MERGE_METHODS = {"linear": "linear", "task_arithmetic": "cat", "ties": "ties", "dare_linear": "dare_linear",
+                 "dare_ties": "dare_ties"}
+NEEDS_DENSITY = ("ties", "dare_linear", "dare_ties")
+
+
+def merged_adapter_model(sources: list[str], method: str, weights: list[float] | None = None,
+                         density: float | None = None, seed: int = 0):
+    """The base with every source adapter loaded and their merge added and active as "merged";
+    returns (model, the first source's Resolved)."""
+    from peft import PeftModel
+
+    if method not in MERGE_METHODS:
+        raise UserError(f"--method {method}: choose one of {', '.join(MERGE_METHODS)}")
+    if len(sources) < 2:
+        raise UserError("merge: give two or more adapter runs to merge")
+    weights = list(weights) if weights else [1.0] * len(sources)
+    if len(weights) != len(sources):
+        raise UserError(f"--weights: {len(weights)} given for {len(sources)} adapters")
+    if method in NEEDS_DENSITY and not (density is not None and 0 < density <= 1):
+        raise UserError(f"--density: {method} keeps this share of each update's entries; give one in (0, 1]")
+    resolved = [resolve(s) for s in sources]
+    configs = []
+    for source, r in zip(sources, resolved):
+        if r.adapter is None:
+            raise UserError(f"{source}: not an adapter run (merge combines LoRA adapters on one base)")
+        config = json.loads((r.adapter / "adapter_config.json").read_text())
+        if config.get("peft_type") != "LORA" or config.get("use_dora"):
+            raise UserError(f"{source}: a {'DoRA' if config.get('use_dora') else config.get('peft_type')} adapter; "
+                            "merge combines LoRA adapters")
+        if (r.adapter / SETTINGS_FILE).is_file():
+            raise UserError(f"{source}: a QLoRA adapter (its base is quantized); merge LoRA adapters on an unquantized base")
+        configs.append(config)
+    bases = {str(r.path.resolve()) for r in resolved}
+    if len(bases) > 1:
+        raise UserError(f"merge: the adapters are on different base models ({', '.join(sorted(bases))})")
+    ranks = sorted({c["r"] for c in configs})
+    if MERGE_METHODS[method] != "cat" and len(ranks) > 1:
+        raise UserError(f"--method {method} combines the adapters' matrices and needs one rank (these have r = "
+                        f"{', '.join(map(str, ranks))}); use task_arithmetic")
+    model = PeftModel.from_pretrained(load_base(resolved[0].path, torch.float32), resolved[0].adapter, adapter_name="a0")
+    for i, r in enumerate(resolved[1:], start=1):
+        model.load_adapter(r.adapter, adapter_name=f"a{i}")
+    torch.manual_seed(seed)  # DARE drops entries at random
+    model.add_weighted_adapter([f"a{i}" for i in range(len(sources))], weights, "merged",
+                               combination_type=MERGE_METHODS[method], density=density)
+    model.set_adapter("merged")
+    return model.eval(), resolved[0]
+
+
+def merge_adapters(sources: list[str], method: str, to: Path, weights: list[float] | None = None,
+                   density: float | None = None, seed: int = 0) -> dict:
+    """Write the merge of LoRA adapters on one base as one PEFT adapter folder."""
+    to = _empty_target(to)
+    model, first = merged_adapter_model(sources, method, weights, density, seed)
+    with atomic.folder(to) as tmp:
+        tmp.mkdir()
+        with quiet_transformers():
+            model.save_pretrained(tmp / "saved", selected_adapters=["merged"])
+        saved = tmp / "saved" / "merged"  # PEFT writes an adapter other than "default" to a subfolder
+        for f in saved.iterdir():
+            f.rename(tmp / f.name)
+        shutil.rmtree(tmp / "saved")
+        config = json.loads((tmp / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = str(first.path)
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2))
+        load_tokenizer(tokenizer_dir(first)).save_pretrained(tmp)
+        files = sorted(p.name for p in tmp.iterdir())
+        detail = f"{method} of {', '.join(sources)} with weights {weights or [1.0] * len(sources)}" + (
+            f", density {density}" if density is not None else "")
+        (tmp / "README.md").write_text(model_card(first, "adapter", files, {"merge": detail}))
+    return {"to": str(to), "method": method, "sources": sources, "weights": weights or [1.0] * len(sources),
+            "density": density, "rank": config["r"]}
