@@ -99,6 +99,27 @@ def sweep(
     print(json.dumps({k: result[k] for k in ("name", "metric", "best", "importance", "report")}, indent=2))
 
 
+@app.command()
+def rebase(
+    old: str = typer.Argument(..., help="the old fine-tune: its run directory, or an OpenAI-compatible endpoint's URL"),
+    to_base: str = typer.Option(..., "--to-base", help="the new base model (any model reference)"),
+    extra_prompts: Optional[str] = typer.Option(None, "--extra-prompts", help="more prompts for the old model to answer"),
+    old_model: Optional[str] = typer.Option(None, "--old-model", help="endpoint: the fine-tune's model name"),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="endpoint: environment variable with the key"),
+    config: Optional[Path] = typer.Option(None, "--config", help="the run config the old model was trained with "
+                                          "(default: the run directory's own)"),
+    name: Optional[str] = typer.Option(None, "--name", help="the new run's name  [default: OLD-rebased]"),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="longest answer the old model gives"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
+):
+    """Move a fine-tune to a new base: the old model's answers train the new base; parity report."""
+    from tunesmith.rebase import run_rebase
+
+    result = run_rebase(old, to_base, extra_prompts=extra_prompts, old_model=old_model, api_key_env=api_key_env,
+                        config=config, name=name, max_tokens=max_tokens, console=err, quiet=quiet)
+    print(json.dumps({k: result[k] for k in ("run_dir", "replies", "parity")}, indent=2))
+
+
 @app.command("eval")
 def evaluate(
     model: str = typer.Argument(..., help="run directory or model reference"),
