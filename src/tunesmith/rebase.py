@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tunesmith.config import RunConfig, load_config, validate_config
+from tunesmith.config import RunConfig, apply_override, load_config, validate_config
 from tunesmith.data.records import load_examples
 from tunesmith.errors import UserError
 from tunesmith.eval.bootstrap import bootstrap_ci, paired_bootstrap_ci
@@ -49,18 +49,22 @@ def _old_model(old: str, old_model: str | None, api_key_env: str | None, config:
     return cfg, LocalTeacher(str(run_dir), max_tokens=max_tokens), str(run_dir)
 
 
-def rebased_config(cfg: RunConfig, new_base: str, name: str, replies: Path) -> RunConfig:
-    """The old run's config on the new base, trained on the old model's answers."""
+def rebased_config(cfg: RunConfig, new_base: str, name: str, replies: Path, overrides: list[str] = ()) -> RunConfig:
+    """The old run's config on the new base, trained on the old model's answers (`overrides`:
+    --set assignments for the new run, e.g. more steps for a larger base)."""
     tree = cfg.model_dump(mode="json")
     tree.update(model=new_base, name=name)
     tree["data"]["train"] = [{"path": str(replies)}]
     tree["compare"], tree["sweep"] = {"variants": {}}, None
+    for assignment in overrides:
+        apply_override(tree, assignment)
     return validate_config(tree, f"rebase onto {new_base}")
 
 
 def run_rebase(old: str, new_base: str, *, extra_prompts: str | None = None, old_model: str | None = None,
                api_key_env: str | None = None, config: Path | None = None, name: str | None = None,
-               max_tokens: int = 256, console: Console | None = None, quiet: bool = False) -> dict:
+               max_tokens: int = 256, overrides: list[str] = (), console: Console | None = None,
+               quiet: bool = False) -> dict:
     console = console or Console(stderr=True, soft_wrap=True)
     cfg, teacher, old_label = _old_model(old, old_model, api_key_env, config, max_tokens)
     name = name or f"{cfg.name}-rebased"
@@ -68,13 +72,14 @@ def run_rebase(old: str, new_base: str, *, extra_prompts: str | None = None, old
     new_dir, replies = out_root / name, out_root / f"{name}.replies" / "replies.jsonl"
     if new_dir.exists():
         raise UserError(f"{new_dir}: already exists; choose another --name")
+    rebased_config(cfg, new_base, name, replies, overrides)  # a bad --set fails before any answer is asked for
     sources = [s.path for s in cfg.data.train] + ([extra_prompts] if extra_prompts else [])
     for source in sources:  # a bad file fails before the old model answers anything
         load_examples(source)
     console.print(f"the old model ({old_label}) answers {len(sources)} prompt file(s) ...")
     counts = [generate_replies(teacher, source, replies) for source in sources]
     del teacher
-    new_cfg = rebased_config(cfg, new_base, name, replies)
+    new_cfg = rebased_config(cfg, new_base, name, replies, overrides)
     console.print(f"[bold]{name}[/bold]: {new_base} trained on {sum(c['answered'] + c['already_answered'] for c in counts)} "
                   "answers of the old model")
     summary = train(new_cfg, console=console, quiet=quiet)

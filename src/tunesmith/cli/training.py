@@ -110,13 +110,14 @@ def rebase(
                                           "(default: the run directory's own)"),
     name: Optional[str] = typer.Option(None, "--name", help="the new run's name  [default: OLD-rebased]"),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="longest answer the old model gives"),
+    set_: list[str] = typer.Option([], "--set", help="override a key of the new run's config: --set train.max_steps=80"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress output"),
 ):
     """Move a fine-tune to a new base: the old model's answers train the new base; parity report."""
     from tunesmith.rebase import run_rebase
 
     result = run_rebase(old, to_base, extra_prompts=extra_prompts, old_model=old_model, api_key_env=api_key_env,
-                        config=config, name=name, max_tokens=max_tokens, console=err, quiet=quiet)
+                        config=config, name=name, max_tokens=max_tokens, overrides=set_, console=err, quiet=quiet)
     print(json.dumps({k: result[k] for k in ("run_dir", "replies", "parity")}, indent=2))
 
 
