@@ -9,7 +9,7 @@ TS=${TUNESMITH:-../../.venv/bin/tunesmith}
 PY=${PYTHON:-../../.venv/bin/python}
 START=$(date +%s)
 rm -rf work
-"$PY" -c "from tunesmith.tasks.dates import write_splits; write_splits('work/data/dates', n_test=100)"
+"$PY" -c "from pathlib import Path; from tunesmith.tasks.dates import write_splits; write_splits(Path('work/data/dates'), n_test=100)"
 "$PY" ../tools/make_data.py work/data/tools
 "$TS" compare dates.yaml                                     # interpolation next to replay
 "$TS" train tools.yaml
