@@ -353,6 +353,60 @@ def render_openai_migration() -> str:
 
 # --- the README ------------------------------------------------------------------------------
 
+# --- forgetting in weight space (examples/weight_space) ---------------------------------------
+
+def _qa(q: dict | None) -> str:
+    return "–" if q is None else _ci(q)
+
+
+def render_weight_space() -> str:
+    data = _example("weight-space")
+    t, where = data["table"], data["provenance"]
+    inter, merges, rebase = t["interpolation"], t["merges"], t["rebase"]
+    base_qa = next(r["qa_base"] for r in inter["rows"] if r["qa_base"] is not None)
+    lines = [f"Measured on {describe(where['machine'])}, commit {_commit(where['commit'])}, {data['total_minutes']:.1f} "
+             "minutes for the whole example (`examples/weight_space/run.sh`). Task: the quickstart's dates, exact match on "
+             "100 test examples; general QA on 100 questions (95% CIs).", "",
+             "**Interpolation** (`forgetting.interpolate`: the LoRA moved α of the way from the base), next to replay:", "",
+             "| model | task exact match | general QA |", "|---|---|---|"]
+    for r in inter["rows"]:
+        qa = r["general_qa"] if r["kind"] == "tuned" else {"mean": base_qa, "lo": None, "hi": None}
+        qa_text = _pct(qa["mean"]) + " (the base model)" if r["kind"] != "tuned" else _qa(qa)
+        lines.append(f"| {r['label']} | {_ci(r['task'])} | {qa_text} |")
+    lines += [""] + [f"{n}" for n in inter["notes"]] + ["", f"Recommendation: {inter['recommendation']}", "",
+              "**Merging** the dates LoRA (40 steps) and the tool-calling LoRA (80 steps, `../tools`), weights 1 each "
+              "(`tunesmith merge ... --method M`, density 0.5 for TIES):", "",
+              "| model | dates: exact match | tool calls: exactly right | general QA |", "|---|---|---|---|"]
+    for label, r in merges.items():
+        lines.append(f"| {label} | {_ci(r['dates'])} | {_ci(r['tools'])} | {_ci(r['general_qa'])} |")
+    merged = {k: v for k, v in merges.items() if k.startswith("merged")}
+    best_tools = max(merged, key=lambda k: merged[k]["tools"]["mean"])
+    best_dates = max(merged, key=lambda k: merged[k]["dates"]["mean"])
+    both = [k for k, v in merged.items() if v["tools"]["mean"] >= merges["tools LoRA"]["tools"]["mean"] - 0.05
+            and v["dates"]["mean"] >= merges["dates LoRA"]["dates"]["mean"] - 0.05]
+    lead = (f"{', '.join(both)} keep{'s' if len(both) == 1 else ''} both skills within 5 points" if both
+            else "No merge keeps both skills within 5 points")
+    lines += ["", f"{lead}: the best on tool calls ({best_tools}) makes {_pct(merged[best_tools]['tools']['mean'])} "
+              f"of them against {_pct(merges['tools LoRA']['tools']['mean'])} for the tool adapter alone; the best on "
+              f"dates ({best_dates}) keeps {_pct(merged[best_dates]['dates']['mean'])} against "
+              f"{_pct(merges['dates LoRA']['dates']['mean'])}."]
+    p = rebase["parity"]
+    lines += ["", f"**Rebase** of the dates fine-tune onto {rebase['new_base']} (`tunesmith rebase`: the old model's "
+              f"answers to the 1,200 training prompts, {rebase['steps']} steps of LoRA on the new base):", "",
+              "| measure | old | new | new − old (paired 95% CI) |", "|---|---|---|---|"]
+    for key, title in (("task", "dates exact match"), ("general_qa", "general QA")):
+        if key in p:
+            d = p[key]["difference"]
+            lines.append(f"| {title} | {_pct(p[key]['old']['mean'])} | {_pct(p[key]['new']['mean'])} | "
+                         f"{_pts(d['mean'])} points ({_pts(d['lo'])} to {_pts(d['hi'])}) |")
+    lines += ["", f"Verdict: {p['verdict']}. The new model gives the old one's reply to {rebase['same_replies']} of "
+              f"{rebase['test_prompts']} test prompts, its mistakes included: it learned the old model. Before tuning, "
+              f"{rebase['new_base']} answers {_pct(rebase['new_base_qa']['mean'])} of the general questions (chosen for "
+              "the bundled model); trained only on date answers, the new model answers them with dates. Self-replay in "
+              "the new run (`--set forgetting.replay=0.25`) is the lever for that; not measured here."]
+    return "\n".join(lines) + "\n"
+
+
 # --- scores during training (bench/watched.py) ------------------------------------------------
 
 def render_watched() -> str:
@@ -373,7 +427,8 @@ def render_watched() -> str:
 
 RENDERERS = {"quickstart": render_quickstart, "quickstart-gemma": render_quickstart_gemma, "adapters": render_adapters,
              "bench": render_bench, "distill": render_distill, "rlhf": render_rlhf, "tools": render_tools,
-             "openai-migration": render_openai_migration, "watched": render_watched}
+             "openai-migration": render_openai_migration, "watched": render_watched,
+             "weight-space": render_weight_space}
 
 
 def regenerate(text: str) -> str:

@@ -44,8 +44,13 @@ def merges(work: Path) -> dict:
 def rebase(work: Path) -> dict:
     new = work / "runs" / "dates" / "variants" / "dates-on-gemma"
     parity, summary = read(new / "parity.json"), read(new / "summary.json")
+    old_preds = [json.loads(line)["prediction"] for line in
+                 (work / "runs" / "dates" / "variants" / "lora" / "eval" / "test_predictions.jsonl").read_text().splitlines()]
+    new_preds = [json.loads(line)["prediction"] for line in (new / "eval" / "test_predictions.jsonl").read_text().splitlines()]
     return {"old": "bundled SmolLM2-135M-Instruct + dates LoRA", "new_base": "gemma3-270m", "parity": parity,
-            "steps": summary["steps"], "train_seconds": summary["train_seconds"]}
+            "steps": summary["steps"], "train_seconds": summary["train_seconds"],
+            "same_replies": sum(a == b for a, b in zip(old_preds, new_preds)), "test_prompts": len(old_preds),
+            "new_base_qa": read(new / "forgetting" / "summary.json")["qa"]["base"]}
 
 
 def main() -> None:

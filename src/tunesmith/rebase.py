@@ -71,7 +71,9 @@ def run_rebase(old: str, new_base: str, *, extra_prompts: str | None = None, old
     out_root = Path(cfg.output.dir)
     new_dir, replies = out_root / name, out_root / f"{name}.replies" / "replies.jsonl"
     if new_dir.exists():
-        raise UserError(f"{new_dir}: already exists; choose another --name")
+        hint = ("" if (new_dir / "final").exists() else
+                f"; if an earlier rebase was interrupted in training, finish it with tunesmith train {new_dir / 'config.yaml'} --resume")
+        raise UserError(f"{new_dir}: already exists; choose another --name{hint}")
     rebased_config(cfg, new_base, name, replies, overrides)  # a bad --set fails before any answer is asked for
     sources = [s.path for s in cfg.data.train] + ([extra_prompts] if extra_prompts else [])
     for source in sources:  # a bad file fails before the old model answers anything

@@ -119,8 +119,10 @@ def _requeue_interrupted(study) -> None:
     same parameters and run directory, so the next one continues from its checkpoint."""
     from optuna.trial import TrialState
 
+    interrupted = set(study.user_attrs.get("interrupted", []))
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        interrupted.add(t.number)
+        study.set_user_attr("interrupted", sorted(interrupted))
         study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"run_name": t.user_attrs.get("run_name", f"trial-{t.number}")},
                             skip_if_exists=False)
@@ -129,9 +131,10 @@ def _requeue_interrupted(study) -> None:
 def _done(study) -> int:
     from optuna.trial import TrialState
 
+    interrupted = set(study.user_attrs.get("interrupted", []))
     return sum(1 for t in study.get_trials(deepcopy=False)
                if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and not t.user_attrs.get("interrupted")))
+               or (t.state == TrialState.FAIL and t.number not in interrupted))
 
 
 def run_sweep(cfg: RunConfig, trials: int, *, source: str = "config", console: Console | None = None,
@@ -193,9 +196,9 @@ def run_sweep(cfg: RunConfig, trials: int, *, source: str = "config", console: C
 def _finish(cfg: RunConfig, study, out_dir: Path) -> dict:
     from optuna.trial import TrialState
 
-    rows = []
+    rows, interrupted = [], set(study.user_attrs.get("interrupted", []))
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("interrupted"):
+        if t.number in interrupted:
             continue  # its run went on in the trial queued for it
         last = max(t.intermediate_values) if t.intermediate_values else None
         rows.append({"trial": t.number, "run": t.user_attrs.get("run_name"), "state": t.state.name.lower(),

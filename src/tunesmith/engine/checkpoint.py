@@ -121,16 +121,21 @@ def list_checkpoints(ckpt_root: Path, clean: bool = True) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
-def load(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG state in place; return the loop state."""
-    weights = load_file(path / "trainable.safetensors")
+def load_trainable(model, file: Path) -> None:
+    """Trained weights from a safetensors file into `model`, in place (each rank its shard)."""
+    weights = load_file(file)
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
-        raise RuntimeError(f"{path}: checkpoint has weights this model lacks: {missing[:3]}")
+        raise RuntimeError(f"{file}: weights this model lacks: {missing[:3]}")
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(like(value, params[name]))  # this rank's shard of a sharded weight
+
+
+def load(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG state in place; return the loop state."""
+    load_trainable(model, path / "trainable.safetensors")
     meta = json.loads((path / "state.json").read_text())
     _restore_optimizer(optimizer, load_file(path / "optimizer.safetensors"), meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])

@@ -14,10 +14,10 @@ import json
 import shutil
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tunesmith import atomic
-from tunesmith.engine.checkpoint import trainable_state
+from tunesmith.engine.checkpoint import load_trainable, trainable_state
 from tunesmith.errors import UserError
 
 
@@ -92,14 +92,5 @@ class BestWeights:
         """Load the best weights into `model` (in place); returns what they scored, at which step."""
         if self.info is None:
             return None
-        weights = load_file(str(self.folder / f"trainable-{self.info['step']}.safetensors"))
-        params = dict(model.named_parameters())
-        missing = [n for n in weights if n not in params]
-        if missing:
-            raise RuntimeError(f"{self.folder}: weights this model lacks: {missing[:3]}")
-        import torch
-
-        with torch.no_grad():
-            for name, value in weights.items():
-                params[name].copy_(value.to(params[name].device, params[name].dtype))
+        load_trainable(model, self.folder / f"trainable-{self.info['step']}.safetensors")
         return dict(self.info)
