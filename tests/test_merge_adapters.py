@@ -77,12 +77,18 @@ def test_task_arithmetic_adds_the_weighted_updates_exactly(tiny_model_dir, two_a
 
 
 def test_bad_merges_are_one_clear_error(tmp_path, two_adapters):
+    from tunesmith.errors import UserError
+    from tunesmith.export.weight_space import merge_adapters
+
     a, c = str(two_adapters["a"]), str(two_adapters["c"])
-    for args, says in (([a, c, "--method", "ties", "--density", "0.5"], "needs one rank"),
-                       ([a, c, "--method", "ties"], "--density"),
-                       ([a, c, "--method", "mean"], "--method mean"),
-                       ([a, c, "--method", "linear", "--weights", "1"], "1 given for 2"),
-                       ([a, "--method", "linear"], "two or more")):
-        done = cli(["merge", *args, "--to", str(tmp_path / "x")], tmp_path)
-        assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr[-1500:]
+    for sources, method, weights, density, says in (([a, c], "ties", None, 0.5, "needs one rank"),
+                                                     ([a, c], "ties", None, None, "--density"),
+                                                     ([a, c], "mean", None, None, "--method mean"),
+                                                     ([a, c], "linear", [1.0], None, "1 given for 2"),
+                                                     ([a], "linear", None, None, "two or more")):
+        with pytest.raises(UserError, match=says):
+            merge_adapters(sources, method, tmp_path / "x", weights, density)
         assert not (tmp_path / "x").exists()
+    done = cli(["merge", a, c, "--method", "ties", "--density", "0.5", "--to", str(tmp_path / "x")], tmp_path)
+    assert done.returncode == 2 and "needs one rank" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "x").exists()
