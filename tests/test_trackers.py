@@ -178,3 +178,25 @@ def test_report_to_names_are_checked(tmp_path, tiny_model_dir, date_data):
     done = cli(["train", str(cfg), "--report-to", "tensorboard,comet"], tmp_path)
     assert done.returncode != 0 and "report_to" in done.stderr and "comet" in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_resumed_run_logs_each_step_once_to_tensorboard(tmp_path, tiny_model_dir, date_data):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
+                                   train={"max_steps": 6, "precision": "fp32", "log_every": 1},
+                                   output={"save_every": 3, "keep": 1}, report_to=["tensorboard"]))
+
+    def interrupt(step, record):
+        if step == 5:
+            raise KeyboardInterrupt  # after step 5 was logged; the checkpoint is step 3's
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, quiet=True, on_record=interrupt)
+    train(cfg, resume=True, quiet=True)
+    run_dir = tmp_path / "runs" / "tiny"
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in read_jsonl(run_dir / "metrics.jsonl")]
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == logged  # steps 4 and 5 once, as re-run
