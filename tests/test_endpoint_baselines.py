@@ -135,3 +135,20 @@ def test_an_unreachable_endpoint_is_one_clear_error(tmp_path, date_data):
     done = cli(["eval", "http://127.0.0.1:9/v1", "--endpoint-model", "m", "--data", str(date_data["test"]),
                 "--limit", "1"], tmp_path, {"TUNESMITH_HOME": str(tmp_path / "home")})
     assert done.returncode != 0 and "127.0.0.1:9" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_documented_quickstart_command_sets_an_endpoint_baseline(tmp_path):
+    """docs/experiments.md's `tunesmith quickstart --set 'eval.baselines=[...]'`, as the quickstart reads it."""
+    import re
+    from pathlib import Path
+
+    from tunesmith.config import apply_override, validate_config
+    from tunesmith.quickstart import quickstart_config
+
+    doc = (Path(__file__).parent.parent / "docs" / "experiments.md").read_text()
+    [assignment] = re.findall(r"tunesmith quickstart --set '([^']+)'", doc)
+    tree = quickstart_config(tmp_path, "dates", "smollm2-135m-instruct", 40, None)
+    apply_override(tree, assignment)
+    [baseline] = validate_config(tree, "quickstart").eval.baselines
+    assert baseline.url == "https://api.openai.com/v1" and baseline.api_key_env == "OPENAI_API_KEY"
+    assert baseline.price_per_1m_input == 0.4 and baseline.price_per_1m_output == 1.6
