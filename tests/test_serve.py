@@ -254,3 +254,32 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path, tiny_model_dir, adapters):
         load_served(str(tiny_model_dir), [("x", str(tmp_path / "other"))])
     result = cli_here(["serve", str(tiny_model_dir), "--api-key-env", "TS_NOT_SET"], tmp_path)
     assert result.returncode == 2 and "TS_NOT_SET" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_racing_the_removal_of_its_model_gets_not_found(tiny_model_dir, adapters, stream):
+    from fastapi.testclient import TestClient
+
+    from tunesmith.serve.app import build_app
+    from tunesmith.serve.models import load_served
+
+    served = load_served(str(tiny_model_dir), [("a", str(adapters["a"])), ("b", str(adapters["b"]))])
+    http = TestClient(build_app(served), raise_server_exceptions=False)
+    body = {"model": "a", "messages": CHAT, "max_tokens": 4, "temperature": 0, "stream": stream}
+    answers = []
+    with served.lock:  # busy: the request for "a" is admitted and waits its turn ...
+        waiting = threading.Thread(target=lambda: answers.append(http.post("/v1/chat/completions", json=body)))
+        waiting.start()
+        deadline = time.time() + 30
+        while http.app.state.queue.count < 1 and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        served.remove_adapter("a")  # ... while "a" is deleted
+    waiting.join(timeout=60)
+    [answer] = answers
+    if stream:  # the status line went out before the removal: the error is the stream's event
+        assert answer.status_code == 200 and '"code": "model_not_found"' in answer.text.replace('":"', '": "')
+    else:
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
+    b = http.post("/v1/chat/completions", json={**body, "model": "b", "stream": False})
+    assert b.status_code == 200  # and the server goes on serving

@@ -27,12 +27,16 @@ from typing import Callable, Iterator
 from fastapi import Request  # resolved by name in the handlers' annotations
 
 from tunesmith.serve.generation import Finished, Params, complete, stream_text
-from tunesmith.serve.models import ServedModels
+from tunesmith.serve.models import ModelGone, ServedModels
 from tunesmith.serve.protocol import ChatRequest, CompletionRequest, error_body
 from tunesmith.serve.tool_replies import ToolReplies
 
 MAX_BODY_BYTES = 1 << 20
 log = logging.getLogger("tunesmith.serve")
+
+
+def gone_body(model_id: str) -> dict:
+    return error_body(f"The model `{model_id}` does not exist (it was removed)", param="model", code="model_not_found")
 
 
 class ApiError(Exception):
@@ -102,6 +106,10 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
     @app.exception_handler(HTTPException)
     async def _http(request, e: HTTPException):
         return JSONResponse(error_body(str(e.detail)), status_code=e.status_code)
+
+    @app.exception_handler(ModelGone)
+    async def _gone(request, e: ModelGone):  # removed while the request waited: as if it had never been there
+        return JSONResponse(gone_body(e.model_id), status_code=404)
 
     @app.exception_handler(Exception)
     async def _unexpected(request, e: Exception):
@@ -211,6 +219,8 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
                 if req.stream_options is not None and req.stream_options.include_usage:
                     yield _sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
                 yield "data: [DONE]\n\n"
+            except ModelGone as e:  # removed while the reply waited its turn
+                yield _sse(gone_body(e.model_id))
             except Exception as e:  # the status line is sent already: the error goes in the stream
                 log.error("streaming reply failed", exc_info=e)
                 yield _sse(error_body(f"internal error: {type(e).__name__}", kind="server_error"))
@@ -224,7 +234,7 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
     @app.post("/v1/chat/completions")
     def chat_completions(req: ChatRequest, request: Request):
         served = known(req.model, request.state.caller)
-        tokenizer = served.tokenizers[req.model]
+        tokenizer = served.tokenizer(req.model)
         tools, messages = checked_chat(req)
         replies = ToolReplies(tools, req.tool_choice, req.parallel_tool_calls)
         try:
@@ -267,7 +277,7 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
     @app.post("/v1/completions")
     def completions(req: CompletionRequest, request: Request):
         served = known(req.model, request.state.caller)
-        tokenizer = served.tokenizers[req.model]
+        tokenizer = served.tokenizer(req.model)
         prompts = [tokenizer(p)["input_ids"] for p in req.prompts()]
         if any(not p for p in prompts):
             raise ApiError(400, "prompt: empty", param="prompt")

@@ -62,7 +62,7 @@ def _run(served: ServedModels, model_id: str, prompt: list[int], params: Params,
             if handover.cancel.is_set():  # the client left while this waited its turn
                 handover.end()
                 return
-            tokenizer = served.tokenizers[model_id]
+            tokenizer = served.tokenizer(model_id)
             sampling = Sampling(params.max_tokens, params.temperature if params.top_p > 0 else 0.0, params.top_p)
             with served.selected(model_id) as model, torch.no_grad():
                 if params.seed is not None:
@@ -85,7 +85,7 @@ def _run(served: ServedModels, model_id: str, prompt: list[int], params: Params,
 
 def stream_text(served: ServedModels, model_id: str, prompt: list[int], params: Params) -> Iterator[str | Finished]:
     """Text pieces of one reply as they are made, then one `Finished`."""
-    tokenizer = served.tokenizers[model_id]
+    tokenizer = served.tokenizer(model_id)
     eos = tokenizer.eos_token_id
     cancel = threading.Event()
     handover = _Handover(cancel)

@@ -21,6 +21,14 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 SERVABLE_ADAPTERS = ("LORA", "IA3")
 
 
+class ModelGone(LookupError):
+    """The model a request named was removed while the request waited (a DELETE raced it): 404."""
+
+    def __init__(self, model_id: str):
+        super().__init__(model_id)
+        self.model_id = model_id
+
+
 @dataclass
 class ServedModels:
     model: torch.nn.Module  # the base, or a PeftModel holding every adapter
@@ -47,9 +55,18 @@ class ServedModels:
     def parent(self, model_id: str) -> str | None:
         return None if model_id == self.base_id else self.base_id
 
+    def tokenizer(self, model_id: str):
+        """The tokenizer of `model_id`, or ModelGone if it was removed meanwhile."""
+        try:
+            return self.tokenizers[model_id]
+        except KeyError:
+            raise ModelGone(model_id) from None
+
     @contextmanager
     def selected(self, model_id: str):
-        """The model answering as `model_id`; hold `lock` around this."""
+        """The model answering as `model_id`; hold `lock` around this (ModelGone if it was removed)."""
+        if model_id not in self.ids:
+            raise ModelGone(model_id)
         if not self.adapters:
             yield self.model
         elif model_id == self.base_id:
