@@ -81,3 +81,17 @@ def test_a_watched_score_the_run_does_not_measure_is_named(tmp_path, tiny_model_
     cfg = config(tmp_path, tiny_model_dir, date_data, eval={**WATCHED, "early_stopping": {"metric": "val_exact_macth"}})
     with pytest.raises(UserError, match=r"val_exact_macth: not among .*val_exact_match"):
         train(load_config(cfg), quiet=True)
+
+
+def test_scoring_during_training_leaves_the_trajectory_unchanged(tmp_path, tiny_model_dir, date_data):
+    losses = {}
+    for watched in (False, True):
+        cfg = write_config(tmp_path / f"c{watched}.yaml", tiny_model_dir, date_data, tmp_path / f"runs{watched}",
+                           train={"max_steps": 8, "lr": 1e-2, "log_every": 1, "precision": "fp32"},
+                           adapter={"type": "lora", "dropout": 0.1},  # dropout draws from the RNG every step
+                           eval=WATCHED if watched else {"every": 2})
+        train(load_config(cfg), quiet=True)
+        records = read_jsonl(tmp_path / f"runs{watched}" / "tiny" / "metrics.jsonl")
+        assert watched == any("val_token_f1" in r for r in records)
+        losses[watched] = [(r["step"], r["loss"], r.get("val_loss")) for r in records]
+    assert losses[True] == losses[False]
