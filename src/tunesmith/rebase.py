@@ -23,9 +23,9 @@ from tunesmith.errors import UserError
 from tunesmith.eval.bootstrap import bootstrap_ci, paired_bootstrap_ci
 from tunesmith.eval.endpoint import ChatEndpoint
 from tunesmith.eval.endpoint_task import ReplyCache, evaluate_endpoint
-from tunesmith.eval.task import evaluate_task
+from tunesmith.eval.task import evaluate_task, per_example_scores
 from tunesmith.model.load import load_for_inference
-from tunesmith.model.resolve import home, is_run_dir
+from tunesmith.model.resolve import is_run_dir
 from tunesmith.report.recommend import MARGIN
 from tunesmith.run import train
 from tunesmith.run.evaluate import load_test_split
@@ -89,11 +89,6 @@ def run_rebase(old: str, new_base: str, *, extra_prompts: str | None = None, old
     return {"run_dir": str(new_dir), "replies": str(replies), "summary": summary, "parity": parity}
 
 
-def _per_item(path: Path, metric: str) -> list[tuple[str, float]]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(r["source"], float(r[metric])) for r in rows if metric in r]
-
-
 def _old_test_predictions(cfg: RunConfig, old: str, new_dir: Path, old_model: str | None, api_key_env: str | None,
                           console: Console) -> Path:
     """The old model's replies to the test split, scored: from its run when it has them, else asked now."""
@@ -101,7 +96,7 @@ def _old_test_predictions(cfg: RunConfig, old: str, new_dir: Path, old_model: st
     if old.startswith(("http://", "https://")):
         endpoint = ChatEndpoint(old, old_model, api_key_env, max_tokens=cfg.eval.max_new_tokens,
                                 options=("--old-model", "--api-key-env"))
-        evaluate_endpoint(endpoint, load_test_split(cfg), label="old", cache=ReplyCache(home() / "endpoint-replies.sqlite"),
+        evaluate_endpoint(endpoint, load_test_split(cfg), label="old", cache=ReplyCache.shared(),
                           max_new_tokens=cfg.eval.max_new_tokens, metric=cfg.eval.metric, predictions_path=out)
         return out
     kept = Path(old) / "eval" / "test_predictions.jsonl"
@@ -127,8 +122,8 @@ def write_parity(cfg: RunConfig, old: str, old_label: str, new_dir: Path, old_mo
     parity: dict = {"old": old_label, "new": str(new_dir), "primary": cfg.eval.primary, "margin": MARGIN}
     if cfg.eval.test:
         old_preds = _old_test_predictions(cfg, old, new_dir, old_model, api_key_env, console)
-        parity["task"] = _compare(_per_item(old_preds, cfg.eval.primary),
-                                  _per_item(new_dir / "eval" / "test_predictions.jsonl", cfg.eval.primary))
+        parity["task"] = _compare(per_example_scores(old_preds, cfg.eval.primary),
+                                  per_example_scores(new_dir / "eval" / "test_predictions.jsonl", cfg.eval.primary))
     old_qa = Path(old) / "forgetting" / "tuned.json"
     new_qa = new_dir / "forgetting" / "tuned.json"
     if old_qa.is_file() and new_qa.is_file():

@@ -161,11 +161,9 @@ def evaluate(
     if model.startswith(("http://", "https://")):
         from tunesmith.eval.endpoint import ChatEndpoint
         from tunesmith.eval.endpoint_task import ReplyCache, evaluate_endpoint
-        from tunesmith.model.resolve import home
-
         endpoint = ChatEndpoint(model, endpoint_model, api_key_env, max_tokens=max_new_tokens, rpm=rpm,
                                 options=("--endpoint-model", "--api-key-env"))
-        cache = ReplyCache(home() / "endpoint-replies.sqlite")
+        cache = ReplyCache.shared()
     elif endpoint_model or api_key_env or price_in is not None or price_out is not None:
         raise UserError("--endpoint-model, --api-key-env and the prices are for an endpoint: give its http(s):// URL as the model")
     else:

@@ -25,6 +25,13 @@ from tunesmith.eval.task import score_replies, task_prompts
 class ReplyCache:
     """Endpoint replies by request, in one SQLite file (safe for several processes)."""
 
+    @classmethod
+    def shared(cls) -> "ReplyCache":
+        """The one cache every command uses: $TUNESMITH_HOME (or ~/.cache/tunesmith)/endpoint-replies.sqlite."""
+        from tunesmith.model.resolve import home
+
+        return cls(home() / "endpoint-replies.sqlite")
+
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, timeout=30)

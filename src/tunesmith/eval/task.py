@@ -122,6 +122,13 @@ def score_replies(task: TaskPrompts, replies: list[str], metric: str | None, pre
     return {k: bootstrap_ci([s[k] for s in rows if k in s]) for k in names}
 
 
+def per_example_scores(path: Path, metric: str) -> list[tuple[str, float]]:
+    """(source, value of `metric`) for each row of a predictions file score_replies wrote: what a
+    paired comparison of two models on the same examples reads."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [(r["source"], float(r[metric])) for r in rows if metric in r]
+
+
 def evaluate_task(model, tokenizer, examples: list[Example], *, label: str, shots: list[Example] = (),
                   system: str | None = None, max_new_tokens: int = 64, batch_size: int = BATCH_SIZE,
                   metric: str | None = None, latency_samples: int = 8, predictions_path: Path | None = None,

@@ -9,7 +9,7 @@ from pathlib import Path
 from tunesmith import atomic
 from tunesmith.engine.logbook import read_metrics
 from tunesmith.eval.bootstrap import paired_bootstrap_ci
-from tunesmith.eval.task import primary_interval
+from tunesmith.eval.task import per_example_scores, primary_interval
 from tunesmith.report import plots
 from tunesmith.report.recommend import interpolation_notes, recommend, versus_endpoint
 from tunesmith.report.render import render_html, render_markdown
@@ -119,10 +119,7 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
 
 
 def _per_example(path: Path | None, metric: str) -> list[tuple[str, float]] | None:
-    if path is None or not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(r["source"], float(r[metric])) for r in rows if metric in r]
+    return per_example_scores(path, metric) if path is not None and path.is_file() else None
 
 
 def _versus_endpoint(task: list[dict], predictions: dict, primary: str) -> dict | None:

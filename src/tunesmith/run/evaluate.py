@@ -27,7 +27,6 @@ from tunesmith.forgetting.interpolation import Interpolation
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.model.adapters import can_merge
 from tunesmith.model.quantize import is_quantized
-from tunesmith.model.resolve import home
 from tunesmith.phases import phase
 
 
@@ -116,7 +115,7 @@ def score_endpoint_baselines(cfg: RunConfig, out_dir: Path, shot_pool: list[Exam
     """eval.baselines: each endpoint prompted zero-/k-shot on the test split (replies cached on disk)."""
     results = []
     examples = load_test_split(cfg)
-    cache = ReplyCache(home() / "endpoint-replies.sqlite")
+    cache = ReplyCache.shared()
     for b in cfg.eval.baselines:
         endpoint = ChatEndpoint(b.url, b.model, b.api_key_env, max_tokens=cfg.eval.max_new_tokens, rpm=b.rpm,
                                 options=("eval.baselines.model", "eval.baselines.api_key_env"))
