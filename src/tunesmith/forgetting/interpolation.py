@@ -41,6 +41,11 @@ def scale_adapter_weights(weights: dict[str, torch.Tensor], alpha: float, kind: 
     return out
 
 
+def unmerged_lora(model) -> bool:
+    """Whether the model still holds LoRA B matrices (interpolated by scaling them, no base needed)."""
+    return any(_is_lora_b(n) for n, _ in model.named_parameters())
+
+
 class Interpolation:
     """Sets a tuned model in place to θ(α), one α after another, and back to θ at the end.
 

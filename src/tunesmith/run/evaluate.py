@@ -23,7 +23,7 @@ from tunesmith.eval.endpoint import ChatEndpoint
 from tunesmith.eval.endpoint_task import ReplyCache, evaluate_endpoint
 from tunesmith.eval.task import draw_shots, evaluate_task, shot_label
 from tunesmith.forgetting import probe
-from tunesmith.forgetting.interpolation import Interpolation
+from tunesmith.forgetting.interpolation import Interpolation, unmerged_lora
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.model.adapters import can_merge
 from tunesmith.model.quantize import is_quantized
@@ -139,8 +139,7 @@ def score_endpoint_baselines(cfg: RunConfig, out_dir: Path, shot_pool: list[Exam
 def score_interpolation(cfg: RunConfig, run_dir: Path, model, tokenizer, base: BaseReference, console: Console) -> list[dict]:
     """forgetting.interpolate: each θ(α) between base and tuned scored on the task and probed, in
     run_dir/interpolate/alpha-A/ (the tuned model is set back to θ afterwards)."""
-    merged = not any(".lora_B." in n for n, _ in model.named_parameters())
-    interpolation = Interpolation(model, base.get()[0] if merged else None)
+    interpolation = Interpolation(model, None if unmerged_lora(model) else base.get()[0])
     results = []
     try:
         for alpha in cfg.forgetting.interpolate:
