@@ -163,7 +163,7 @@ def test_every_malformed_case_is_one_line_per_problem_with_exit_2(tmp_path, cfg)
         b'{"prompt": "\xff", "completion": "x"}',                                           # 3 invalid UTF-8
         b'{"question": "q"}',                                                               # 4 unknown layout
         json.dumps({"messages": [{"role": "robot", "content": "x"}]}).encode(),             # 5 bad role
-        json.dumps({"messages": [{"role": "user", "content": ["x"]}]}).encode(),            # 6 non-string content
+        json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(),                # 6 non-string content
         json.dumps({"messages": [{"role": "user", "content": "only a question"}]}).encode(),  # 7 no assistant turn
     ]) + b"\n")
     result = cli_here(["train", str(cfg), "--set", f"data.train={bad}"], tmp_path)

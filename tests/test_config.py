@@ -91,7 +91,9 @@ def test_apply_override_creates_sections():
 
 
 def test_unknown_key_inside_a_list_of_sources(tmp_path):
-    with pytest.raises(UserError, match=r"run.yaml:5: unknown key 'data.train.0.wieght' \(allowed here: path, weight, format, columns, key, split, train_on\)"):
+    with pytest.raises(UserError, match=r"run.yaml:5: unknown key 'data.train.0.wieght' \(allowed here: path, weight, format, columns, key, split, train_on, dataset, type, "
+                                         r"field_messages, message_property_mappings, message_field_role, message_field_content, roles, "
+                                         r"roles_to_train\)"):
         load_config(cfg_file(tmp_path), ["data.train.0.wieght=2"])
 
 

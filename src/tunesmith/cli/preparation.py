@@ -73,11 +73,16 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("inspect")
 def data_inspect(
-    path: str = typer.Argument(..., help="data file, saved dataset folder or hub dataset id"),
+    path: Optional[str] = typer.Argument(None, help="data file, saved dataset folder, hub dataset id, or "
+                                                     "LLaMA-Factory's dataset_info.json (with --dataset)"),
     model: str = typer.Option("smollm2-135m-instruct", help="model whose tokenizer and chat template render the data"),
     format: str = typer.Option("auto", help=" | ".join(FORMATS)),
+    dataset: Optional[str] = typer.Option(None, help="LLaMA-Factory: the dataset of the dataset_info.json at PATH"),
+    config: Optional[Path] = typer.Option(None, help="inspect every training source of this run config, as the run "
+                                                    "reads it (its model, options, train_on)"),
     max_length: int = typer.Option(1024, min=8),
     train_on: str = typer.Option("all_assistant", help=" | ".join(get_args(TrainOn))),
+    train_on_reasoning: bool = typer.Option(True, help="whether reasoning tokens carry loss"),
     show: int = typer.Option(2, min=0, help="examples to render with the loss mask"),
     png: Optional[Path] = typer.Option(None, help="write the length histogram here (PNG)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the statistics here"),
@@ -91,9 +96,22 @@ def data_inspect(
         raise UserError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
     if train_on not in get_args(TrainOn):
         raise UserError(f"--train-on {train_on!r}: use one of {', '.join(get_args(TrainOn))}")
-    tokenizer = load_tokenizer(tokenizer_dir(resolve(model)))
-    stats = inspect(path, tokenizer, out, fmt=format, max_length=max_length, train_on=train_on, show=show, png=png)
+    if (path is None) == (config is None):
+        raise UserError("give a data PATH or --config RUN.yaml (one of them)")
+    if config is not None:
+        from tunesmith.config import load_config
+
+        cfg = load_config(config)
+        tokenizer = load_tokenizer(tokenizer_dir(resolve(cfg.model)))
+        runs = [(s.path, {**s.options(), "train_on": s.train_on or cfg.data.train_on,
+                          "train_reasoning": cfg.data.train_on_reasoning, "max_length": cfg.data.max_length})
+                for s in cfg.data.train]
+    else:
+        tokenizer = load_tokenizer(tokenizer_dir(resolve(model)))
+        runs = [(path, {"fmt": format, "dataset": dataset, "train_on": train_on, "train_reasoning": train_on_reasoning,
+                        "max_length": max_length})]
+    stats = [inspect(p, tokenizer, out, show=show, png=png, **options) for p, options in runs]
     if json_out:
-        json_out.write_text(json.dumps(stats, indent=2))
-    if stats["problems"]:
+        json_out.write_text(json.dumps(stats[0] if len(stats) == 1 else stats, indent=2))
+    if any(s["problems"] for s in stats):
         raise typer.Exit(2)

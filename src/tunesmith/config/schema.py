@@ -17,6 +17,7 @@ from tunesmith.config.graders import AnyGrader
 from tunesmith.config.methods import METHODS
 from tunesmith.config.sweep import SweepConfig
 from tunesmith.data.layouts import FORMATS
+from tunesmith.data.peer_layouts import check_roles_to_train
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the device computes it natively, else fp32
@@ -82,9 +83,39 @@ class DataSource(Section):
     key: str | None = Field(None, description="JSON object files: the key holding the list of records")
     split: str = "train"
     train_on: TrainOn | None = Field(None, description="overrides data.train_on for this source")
+    dataset: str | None = Field(None, description="LLaMA-Factory: the dataset of the dataset_info.json at path")
+    type: Literal["chat_template"] | None = Field(None, description="Axolotl's dataset type (chat messages)")
+    field_messages: str | None = Field(None, description="Axolotl chat_template: the field holding the messages "
+                                                         "(default messages)")
+    message_property_mappings: dict[str, str] | None = Field(None, description="Axolotl: {role: ..., content: ...} "
+                                                                               "property names of a message")
+    message_field_role: str | None = Field(None, description="Axolotl's older name for the role property")
+    message_field_content: str | None = Field(None, description="Axolotl's older name for the content property")
+    roles: dict[str, list[str]] | None = Field(None, description="Axolotl: role -> the source's names for it")
+    roles_to_train: list[str] | None = Field(None, description="Axolotl: roles whose turns carry loss (assistant)")
+
+    @model_validator(mode="after")
+    def _peer_options(self) -> "DataSource":
+        axolotl = {k for k in ("field_messages", "message_property_mappings", "message_field_role",
+                               "message_field_content", "roles", "roles_to_train") if getattr(self, k) is not None}
+        if axolotl and self.type is None:
+            raise ValueError(f"{', '.join(sorted(axolotl))}: Axolotl's chat options need type: chat_template")
+        if self.type is not None and self.dataset is not None:
+            raise ValueError("give dataset (LLaMA-Factory) or type (Axolotl), not both")
+        if self.roles_to_train is not None:
+            check_roles_to_train(self.roles_to_train, self.roles)
+        return self
+
+    def chat_template_options(self) -> dict | None:
+        if self.type is None:
+            return None
+        mappings = {"role": self.message_field_role or "role", "content": self.message_field_content or "content",
+                    **(self.message_property_mappings or {})}
+        return {"field_messages": self.field_messages or "messages", "mappings": mappings, "roles": self.roles}
 
     def options(self) -> dict:
-        return {"fmt": self.format, "columns": self.columns, "key": self.key, "split": self.split}
+        return {"fmt": self.format, "columns": self.columns, "key": self.key, "split": self.split,
+                "dataset": self.dataset, "chat_template": self.chat_template_options()}
 
 
 def _sources(v: Any) -> Any:
@@ -103,6 +134,8 @@ class DataConfig(Section):
     max_length: int = Field(1024, ge=8)
     packing: bool = Field(False, description="concatenate examples into rows of max_length (exact: no cross-attention)")
     train_on: TrainOn = "all_assistant"
+    train_on_reasoning: bool = Field(True, description="whether an assistant turn's reasoning (its <think> block or "
+                                                       "reasoning_content) carries loss; false: only the answer is trained")
     truncation: Literal["truncate", "drop"] = "truncate"
     on_error: Literal["stop", "skip"] = "stop"
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tunesmith.data.reasoning import reasoning_end, template_takes_reasoning, with_reasoning
 from tunesmith.data.tool_format import for_template, template_takes_tools
 from tunesmith.errors import UserError
 
@@ -38,23 +39,46 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]  # IGNORE where no loss
     truncated: bool = False
+    reasoning: list[bool] | None = None  # per token: part of an assistant turn's reasoning (None: none has any)
+
+
+def reasoning_turns(tokenizer, messages: list[dict]) -> list[dict]:
+    """Turns with reasoning as the template takes them: `reasoning_content` where it renders
+    that, else the default `<think>` block before the answer (`data/reasoning.py`)."""
+    if not any("reasoning" in m for m in messages):
+        return messages
+    native = template_takes_reasoning(tokenizer)
+    out = []
+    for m in messages:
+        if "reasoning" not in m:
+            out.append(m)
+            continue
+        turn = {k: v for k, v in m.items() if k != "reasoning"}
+        if native:
+            turn["reasoning_content"] = m["reasoning"]
+        else:
+            turn["content"] = with_reasoning(m["reasoning"], m["content"])
+        out.append(turn)
+    return out
 
 
 def render(tokenizer, messages, add_generation_prompt=False, tools: list[dict] | None = None) -> str:
-    """The conversation as the model reads it (tools and calls included)."""
+    """The conversation as the model reads it (tools, calls and reasoning included)."""
     native = template_takes_tools(tokenizer)
-    turns, tools_arg = for_template(messages, tools, native)
+    turns, tools_arg = for_template(reasoning_turns(tokenizer, messages), tools, native)
     extra = {"tools": tools_arg} if tools_arg else {}
     return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt,
                                          chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE, **extra)
 
 
-def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendered text and the [start, end) character spans that carry loss (assistant
-    turns, but those of weight 0)."""
+def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None
+                    ) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]]]:
+    """The full rendered text, the [start, end) character spans that carry loss (assistant
+    turns, but those of weight 0), and within them the spans of their reasoning (from the turn's
+    start through the closing tag and the whitespace before the answer)."""
     full = render(tokenizer, messages, tools=tools)
     eos = tokenizer.eos_token or ""
-    spans = []
+    spans, thinking = [], []
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or m.get("weight") == 0:
             continue
@@ -71,17 +95,24 @@ def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = 
         if stop >= 0:
             end = stop + len(eos)
         spans.append((start, end))
-    return full, spans
+        if "reasoning" in m and m["reasoning"]:
+            r_end = reasoning_end(full, m["reasoning"], start, end)
+            if r_end is None:
+                raise UserError(f"the model's chat template leaves out the reasoning of turn {i}; "
+                                "only the last assistant turn's reasoning is rendered by some templates")
+            thinking.append((start, r_end))
+    return full, spans, thinking
 
 
 def encode_chat(tokenizer, messages: list[dict], max_length: int, train_on: str = "all_assistant",
-                tools: list[dict] | None = None) -> Encoded:
+                tools: list[dict] | None = None, train_reasoning: bool = True) -> Encoded:
     """Token ids and labels for one conversation.
 
     train_on: `all_assistant` (every assistant turn), `last` (the last assistant turn only) or
-    `all` (every token, prompts and template included).
+    `all` (every token, prompts and template included). `train_reasoning: False` leaves an
+    assistant turn's reasoning (and its tags) out of the loss: only the answer is trained.
     """
-    text, turns = assistant_spans(tokenizer, messages, tools)
+    text, turns, thinking = assistant_spans(tokenizer, messages, tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     spans = {"last": turns[-1:], "all": [(0, len(text))]}.get(train_on, turns)
@@ -89,6 +120,11 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int, train_on: str 
     for k, (a, b) in enumerate(offsets):
         if b > a and any(s <= a and b <= e for s, e in spans):
             labels[k] = ids[k]
+    reasoning = None
+    if thinking:
+        reasoning = [b > a and any(s <= a < e for s, e in thinking) for a, b in offsets]
+        if not train_reasoning:
+            labels = [IGNORE if r else label for r, label in zip(reasoning, labels)]
     # A template that closes the last assistant turn without EOS: append it, or the model
     # never learns to stop.
     eos = tokenizer.eos_token
@@ -97,7 +133,9 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int, train_on: str 
     if last_trained and not last_has_eos and tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
         labels.append(tokenizer.eos_token_id)
-    return _cut(ids, labels, max_length)
+        if reasoning is not None:
+            reasoning.append(False)
+    return _cut(ids, labels, max_length, reasoning)
 
 
 def encode_text(tokenizer, text: str, max_length: int) -> Encoded:
@@ -111,16 +149,18 @@ def encode_text(tokenizer, text: str, max_length: int) -> Encoded:
     return _cut(ids, list(ids), max_length)
 
 
-def encode_example(tokenizer, example, max_length: int, train_on: str) -> Encoded:
+def encode_example(tokenizer, example, max_length: int, train_on: str, train_reasoning: bool = True) -> Encoded:
     """Any Example: plain text trains every token; chat layouts (and a preference pair's chosen
     side) train what `train_on` says, unless the example's source overrides it."""
     if example.text is not None:
         return encode_text(tokenizer, example.text, max_length)
-    return encode_chat(tokenizer, example.messages, max_length, example.train_on or train_on, example.tools)
+    return encode_chat(tokenizer, example.messages, max_length, example.train_on or train_on, example.tools,
+                       train_reasoning)
 
 
-def _cut(ids: list[int], labels: list[int], max_length: int) -> Encoded:
-    return Encoded(ids[:max_length], labels[:max_length], truncated=len(ids) > max_length)
+def _cut(ids: list[int], labels: list[int], max_length: int, reasoning: list[bool] | None = None) -> Encoded:
+    return Encoded(ids[:max_length], labels[:max_length], truncated=len(ids) > max_length,
+                   reasoning=reasoning[:max_length] if reasoning is not None else None)
 
 
 def prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:

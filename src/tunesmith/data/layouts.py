@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from tunesmith.data.reasoning import read_parts, turn_reasoning
 from tunesmith.data.tool_calls import PendingCalls, check_tool_calls, check_tools, check_weight
 
 ROLES = ("system", "developer", "user", "assistant", "tool")  # developer: OpenAI's newer name for system
@@ -58,17 +59,32 @@ class Example:
     tools: list[dict] | None = None  # functions the conversation may call (OpenAI `tools`)
     parallel_tool_calls: bool = True
     item: dict | None = None  # the whole record, for graders that read its fields (`{{item.FIELD}}`)
+    ignored: tuple[str, ...] = ()  # keys that would change the record's meaning, unread by its layout
+
+
+# Keys that change what a record teaches, and the layouts that read them; elsewhere they are
+# ignored, and the loader says so (a `label` on a file read as plain chat, a pair read as SFT).
+MEANINGFUL = ("label", "kto_tag", "chosen", "rejected", "weight", "loss_weight", "tools", "margin")
+READS = {"messages": {"label", "kto_tag", "tools"}, "sharegpt": {"label", "kto_tag", "tools"},
+         "alpaca": {"label", "kto_tag"}, "prompt_completion": {"label", "kto_tag"},
+         "preference": {"chosen", "rejected", "margin", "tools"}, "openai_preference": set(), "prompt": set(),
+         "openai_reinforcement": set(MEANINGFUL), "text": set()}
+
+
+def ignored_keys(record: dict, layout: str) -> tuple[str, ...]:
+    reads = READS[layout]
+    return tuple(k for k in MEANINGFUL if k in record and k not in reads)
 
 
 def detect(record: dict) -> str:
     if {"preferred_output", "non_preferred_output"} & set(record) or isinstance(record.get("input"), dict):
         return "openai_preference"
+    if "chosen" in record and "rejected" in record:
+        return "preference"  # a pair, after a `prompt`, `messages` or ShareGPT `conversations` history
     if "messages" in record:
         return "messages"
     if "conversations" in record:
         return "sharegpt"
-    if "chosen" in record and "rejected" in record:
-        return "preference"
     if "instruction" in record and "output" in record:
         return "alpaca"
     if "prompt" in record and not {"completion", "chosen", "rejected"} & set(record):
@@ -101,13 +117,25 @@ def check_messages(messages, field: str = "messages", need_assistant: bool = Tru
             raise ValueError(f"{where}.role {role!r} not allowed (use one of: {', '.join(ROLES)})")
         role = "system" if role == "developer" else role
         calls = m.get("tool_calls") if role == "assistant" else None
+        thought = None
+        if isinstance(content, list):
+            content, thought = read_parts(content, where)
         if calls is not None and content is None:
             content = ""
         if not isinstance(content, str):
-            raise ValueError(f"{where}.content must be a string, got {type(content).__name__}")
+            raise ValueError(f"{where}.content must be a string or a list of text parts, got {type(content).__name__}")
         if role == "system" and i != 0 and system_first:
             raise ValueError(f"{where}: a system message may only come first")
+        if role == "assistant" or "reasoning_content" in m or "reasoning" in m:
+            found, content = turn_reasoning(m, role, content, where)
+            if found is not None and thought is not None:
+                raise ValueError(f"{where}: reasoning given twice (a reasoning part and a reasoning field or <think> block)")
+            thought = found if found is not None else thought
+        elif thought is not None:
+            raise ValueError(f"{where}: only assistant turns carry reasoning")
         turn = {"role": role, "content": content}
+        if thought is not None:
+            turn["reasoning"] = thought
         if calls is not None:
             turn["tool_calls"] = check_tool_calls(calls, f"{where}.tool_calls", tools, counter)
             pending.asked(turn["tool_calls"])
@@ -136,6 +164,8 @@ def record_tools(record: dict) -> list[dict] | None:
         except json.JSONDecodeError as e:
             raise ValueError(f"'tools' is a string but not JSON ({e.msg})") from None
     if isinstance(tools, list):
+        if not tools:
+            return None  # `"tools": "[]"`: no functions in this conversation
         tools = [{"type": "function", "function": t} if isinstance(t, dict) and "function" not in t and "name" in t else t
                  for t in tools]
     return check_tools(tools)
@@ -171,32 +201,44 @@ def from_messages(record: dict, tools: list[dict] | None = None) -> list[dict]:
 
 
 def from_sharegpt(record: dict, tools: list[dict] | None = None) -> list[dict]:
-    turns = record.get("conversations")
+    return check_messages(sharegpt_turns(record.get("conversations"), "conversations"), "conversations", tools=tools)
+
+
+TURN_EXTRAS = ("weight", "loss_weight", "reasoning_content", "reasoning")  # per-turn keys kept from ShareGPT turns
+
+
+def sharegpt_turn(t, where: str) -> dict:
+    """One ShareGPT turn {from, value} as a message {role, content} (unchecked)."""
+    if not isinstance(t, dict):
+        raise ValueError(f"{where} is not an object")
+    if not isinstance(t.get("from"), str) or t["from"] not in SHAREGPT_ROLES:  # a list is no key: a clear error, not a TypeError
+        raise ValueError(f"{where}.from {t.get('from')!r} not allowed "
+                         "(use human, gpt, system, function_call or observation)")
+    if t["from"] == "function_call":
+        turn = {"role": "assistant", "content": "", "tool_calls": _sharegpt_calls(t.get("value"), where)}
+    else:
+        turn = {"role": SHAREGPT_ROLES[t["from"]], "content": t.get("value")}
+    for key in TURN_EXTRAS:
+        if key in t:
+            turn[key] = t[key]
+    return turn
+
+
+def sharegpt_turns(turns, field: str) -> list[dict]:
     if not isinstance(turns, list) or not turns:
-        raise ValueError("'conversations' must be a non-empty list of {from, value} objects")
-    messages = []
-    for i, t in enumerate(turns):
-        if not isinstance(t, dict):
-            raise ValueError(f"conversations[{i}] is not an object")
-        if not isinstance(t.get("from"), str) or t["from"] not in SHAREGPT_ROLES:  # a list is no key: a clear error, not a TypeError
-            raise ValueError(f"conversations[{i}].from {t.get('from')!r} not allowed "
-                             "(use human, gpt, system, function_call or observation)")
-        if t["from"] == "function_call":
-            messages.append({"role": "assistant", "content": "", "tool_calls": _sharegpt_calls(t.get("value"), i)})
-        else:
-            messages.append({"role": SHAREGPT_ROLES[t["from"]], "content": t.get("value")})
-    return check_messages(messages, "conversations", tools=tools)
+        raise ValueError(f"'{field}' must be a non-empty list of {{from, value}} objects")
+    return [sharegpt_turn(t, f"{field}[{i}]") for i, t in enumerate(turns)]
 
 
-def _sharegpt_calls(value, i: int) -> list[dict]:
+def _sharegpt_calls(value, where: str) -> list[dict]:
     """A function_call turn's value: one call {"name", "arguments"} or a list of them, as JSON text."""
     try:
         parsed = json.loads(value) if isinstance(value, str) else value
     except json.JSONDecodeError as e:
-        raise ValueError(f"conversations[{i}].value of a function_call turn is not JSON ({e.msg})") from None
+        raise ValueError(f"{where}.value of a function_call turn is not JSON ({e.msg})") from None
     calls = parsed if isinstance(parsed, list) else [parsed]
     if not all(isinstance(c, dict) for c in calls):
-        raise ValueError(f"conversations[{i}].value must be a call {{name, arguments}} or a list of them")
+        raise ValueError(f"{where}.value must be a call {{name, arguments}} or a list of them")
     return [{"type": "function", "function": {"name": c.get("name"), "arguments": c.get("arguments", {})}} for c in calls]
 
 
@@ -206,10 +248,21 @@ def from_alpaca(record: dict) -> list[dict]:
     if not isinstance(extra, str):
         raise ValueError(f"'input' must be a string, got {type(extra).__name__}")
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    messages = alpaca_history(record.get("history")) + [{"role": "user", "content": user},
+                                                        {"role": "assistant", "content": output}]
     if isinstance(record.get("system"), str) and record["system"].strip():
         messages.insert(0, {"role": "system", "content": record["system"]})
     return messages
+
+
+def alpaca_history(history) -> list[dict]:
+    """LLaMA-Factory's alpaca `history`: earlier [instruction, response] pairs, oldest first."""
+    if history in (None, ""):
+        return []
+    if not isinstance(history, list) or not all(isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h)
+                                                for h in history):
+        raise ValueError("'history' must be a list of [instruction, response] string pairs")
+    return [turn for q, a in history for turn in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
 
 
 def from_prompt_completion(record: dict) -> list[dict]:
@@ -220,11 +273,35 @@ def from_prompt_completion(record: dict) -> list[dict]:
     return check_messages(messages, "prompt+completion")
 
 
-def from_preference(record: dict) -> tuple[list[dict], list[dict]]:
-    prompt = _turns(record.get("prompt", []), "prompt", "user") if record.get("prompt") not in (None, []) else []
-    chosen = _turns(record.get("chosen"), "chosen", "assistant")
-    rejected = _turns(record.get("rejected"), "rejected", "assistant")
-    return check_messages(prompt + chosen, "prompt+chosen"), check_messages(prompt + rejected, "prompt+rejected")
+def from_preference(record: dict, tools: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
+    """A pair after its history: `prompt` (a string or messages), LLaMA-Factory's ShareGPT
+    `conversations`, or `messages`; each side a string, one message or a list of messages."""
+    if "conversations" in record:
+        history = sharegpt_turns(record["conversations"], "conversations")
+    elif "messages" in record:
+        history = record["messages"]
+        if not isinstance(history, list):
+            raise ValueError("'messages' must be a list of {role, content} objects")
+    elif record.get("prompt") not in (None, []):
+        history = _turns(record["prompt"], "prompt", "user")
+    else:
+        history = []
+    chosen, rejected = _side(record.get("chosen"), "chosen"), _side(record.get("rejected"), "rejected")
+    return (check_messages(history + chosen, "prompt+chosen", tools=tools),
+            check_messages(history + rejected, "prompt+rejected", tools=tools))
+
+
+def _side(value, field: str) -> list[dict]:
+    """One side of a pair as messages: a string is an assistant turn; a message or ShareGPT turn,
+    or a list of them, as given."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"'{field}' is empty: nothing to learn from")
+        return [{"role": "assistant", "content": value}]
+    turns = value if isinstance(value, list) else [value]
+    if not turns or not all(isinstance(t, dict) for t in turns):
+        raise ValueError(f"'{field}' must be a string, a message or a list of messages")
+    return [sharegpt_turn(t, f"{field}[{i}]") if "from" in t else t for i, t in enumerate(turns)]
 
 
 def from_openai_preference(record: dict) -> tuple[list[dict], list[dict], list[dict] | None, bool]:
@@ -275,16 +352,25 @@ def to_example(record: dict, location: str, fmt: str = "auto", columns: dict[str
     if columns:
         record = apply_columns(record, columns)
     layout = detect(record) if fmt == "auto" else fmt
+    example = _convert(record, location, layout)
+    if example is not None:
+        example.ignored = ignored_keys(record, layout)
+    return example
+
+
+def _convert(record: dict, location: str, layout: str) -> Example | None:
     if layout == "text":
         return Example(None, location, text=_string(record, "text", allow_empty=False), layout="text")
     if record.get("judgement") in NO_PREFERENCE and "chosen" not in record:
         return None  # judged on the label page, but neither reply preferred
     if layout == "preference":
-        chosen, rejected = from_preference(record)
+        tools = record_tools(record)
+        chosen, rejected = from_preference(record, tools)
         margin = record.get("margin")
         if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
             raise ValueError(f"'margin' must be a number, got {margin!r}")
-        return Example(chosen, location, rejected=rejected, layout="preference", margin=margin)
+        return Example(chosen, location, rejected=rejected, layout="preference", margin=margin, tools=tools,
+                       parallel_tool_calls=parallel_flag(record))
     if layout == "openai_preference":
         chosen, rejected, tools, parallel = from_openai_preference(record)
         return Example(chosen, location, rejected=rejected, layout="preference", tools=tools, parallel_tool_calls=parallel)
@@ -302,9 +388,10 @@ def to_example(record: dict, location: str, fmt: str = "auto", columns: dict[str
                        tools=tools, parallel_tool_calls=parallel_flag(record), item=record)
     convert = {"messages": from_messages, "sharegpt": from_sharegpt, "alpaca": from_alpaca,
                "prompt_completion": from_prompt_completion}[layout]
-    label = record.get("label")
+    label = record.get("label", record.get("kto_tag"))  # kto_tag: LLaMA-Factory's name for it
     if label is not None and not isinstance(label, bool):
-        raise ValueError(f"'label' must be true or false (is the response desirable?), got {label!r}")
+        key = "label" if "label" in record else "kto_tag"
+        raise ValueError(f"'{key}' must be true or false (is the response desirable?), got {label!r}")
     if layout in ("messages", "sharegpt"):
         tools = record_tools(record)
         messages = convert(record, tools)

@@ -92,13 +92,21 @@ def check_tool_calls(calls, field: str, tools: list[dict] | None, counter: list[
 
 
 def check_weight(message: dict, field: str) -> int | None:
-    weight = message.get("weight")
+    """OpenAI's `weight` (assistant turns only), or `loss_weight` as other tools write it on every
+    turn: 0 on a turn that is never trained says nothing and is accepted."""
+    key = "weight" if "weight" in message else "loss_weight"
+    weight = message.get(key)
     if weight is None:
         return None
     if message.get("role") != "assistant":
-        raise ValueError(f"{field}.weight: only assistant turns carry a weight")
+        if key == "weight":
+            raise ValueError(f"{field}.weight: only assistant turns carry a weight")
+        if weight == 0 and not isinstance(weight, bool):
+            return None
+        raise ValueError(f"{field}.loss_weight {weight!r}: only assistant turns are trained "
+                         "(data.train_on: all trains every token)")
     if isinstance(weight, bool) or weight not in (0, 1):
-        raise ValueError(f"{field}.weight must be 0 or 1, got {weight!r}")
+        raise ValueError(f"{field}.{key} must be 0 or 1, got {weight!r}")
     return int(weight)
 
 

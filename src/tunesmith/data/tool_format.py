@@ -55,7 +55,8 @@ def turn_text(turn: dict) -> str:
 
 def for_template(messages: list[dict], tools: list[dict] | None, native: bool) -> tuple[list[dict], list[dict] | None]:
     """Messages and `tools=` as the chat template gets them: OpenAI's fields for a template that
-    takes tools, the fallback's plain turns otherwise. Fields only tunesmith reads (weight) go."""
+    takes tools, the fallback's plain turns otherwise (a template's `reasoning_content` kept). Fields only
+    tunesmith reads (weight) go."""
     if native:
         out = []
         for m in messages:
@@ -66,7 +67,8 @@ def for_template(messages: list[dict], tools: list[dict] | None, native: bool) -
                                       for c in turn["tool_calls"]]
             out.append(turn)
         return out, tools
-    out = [{"role": m["role"], "content": turn_text(m)} for m in messages]
+    out = [{"role": m["role"], "content": turn_text(m)} if "reasoning_content" not in m else
+           {"role": m["role"], "content": turn_text(m), "reasoning_content": m["reasoning_content"]} for m in messages]
     if tools:
         listed = tool_list_text(tools)
         if out and out[0]["role"] == "system":

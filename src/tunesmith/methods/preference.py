@@ -42,6 +42,7 @@ class PreferenceOptimisation(Method):
         self.desirable_weight, self.undesirable_weight = p.desirable_weight, p.undesirable_weight
         self.nll_weight = p.nll_weight
         self.max_length = config.data.max_length
+        self.train_reasoning = config.data.train_on_reasoning
         self.reference: ReferenceModel | None = None  # adapter switched off, or a frozen copy (KTO, full)
 
     @property
@@ -50,7 +51,7 @@ class PreferenceOptimisation(Method):
 
     # --- examples -> features -------------------------------------------------------------
     def _response(self, tokenizer, messages: list[dict], tools: list[dict] | None = None) -> dict | None:
-        enc = encode_chat(tokenizer, messages, self.max_length, "last", tools)
+        enc = encode_chat(tokenizer, messages, self.max_length, "last", tools, self.train_reasoning)
         self.truncated += enc.truncated
         if all(label == IGNORE for label in enc.labels[1:]):
             self.dropped += 1

@@ -21,6 +21,7 @@ class SFT(Method):
         super().__init__(config)
         self.max_length = config.data.max_length
         self.train_on = config.data.train_on
+        self.train_reasoning = config.data.train_on_reasoning
         self.drop_long = config.data.truncation == "drop"
         self.kl_weight = config.forgetting.kl
 
@@ -28,7 +29,7 @@ class SFT(Method):
         if example.layout == "prompt":
             raise UserError(f"{example.source}: a prompt alone has no response to learn from; "
                             "prompt-only data is for methods that generate their own (grpo, rloo)")
-        enc = encode_example(tokenizer, example, self.max_length, self.train_on)
+        enc = encode_example(tokenizer, example, self.max_length, self.train_on, self.train_reasoning)
         if enc.truncated and self.drop_long:
             self.dropped += 1
             return None

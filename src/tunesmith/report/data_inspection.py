@@ -20,20 +20,25 @@ from tunesmith.report.plots import length_histogram
 BUCKETS = 12
 
 
-def masked_preview(tokenizer, ids: list[int], labels: list[int]) -> Text:
-    """The rendered example; trained tokens in bold green, the rest dim."""
+STYLES = {"answer": "bold green", "reasoning": "bold magenta", "shown": "dim", "shown reasoning": "dim magenta"}
+
+
+def masked_preview(tokenizer, ids: list[int], labels: list[int], reasoning: list[bool] | None = None) -> Text:
+    """The rendered example: trained answer tokens in bold green, trained reasoning in bold
+    magenta (dim magenta where `train_on_reasoning: false` leaves it untrained), the rest dim."""
     text = Text()
     run: list[int] = []
-    trained = None
-    for tid, label in zip(ids, labels):
-        now = label != IGNORE
-        if trained is not None and now != trained:
-            text.append(tokenizer.decode(run), style="bold green" if trained else "dim")
+    kind = None
+    for k, (tid, label) in enumerate(zip(ids, labels)):
+        thought = reasoning is not None and reasoning[k]
+        now = ("reasoning" if thought else "answer") if label != IGNORE else ("shown reasoning" if thought else "shown")
+        if kind is not None and now != kind:
+            text.append(tokenizer.decode(run), style=STYLES[kind])
             run = []
         run.append(tid)
-        trained = now
+        kind = now
     if run:
-        text.append(tokenizer.decode(run), style="bold green" if trained else "dim")
+        text.append(tokenizer.decode(run), style=STYLES[kind])
     return text
 
 
@@ -50,27 +55,43 @@ def histogram(lengths: list[int], console: Console, max_length: int) -> list[tup
 
 
 def inspect(path: str, tokenizer, console: Console, *, fmt: str = "auto", columns=None, key=None, split="train",
-            max_length: int = 1024, train_on: str = "all_assistant", show: int = 2, png: Path | None = None) -> dict:
-    loaded = load_source(path, fmt=fmt, columns=columns, key=key, split=split, on_error="skip")
+            dataset: str | None = None, chat_template: dict | None = None, max_length: int = 1024,
+            train_on: str = "all_assistant", train_reasoning: bool = True, show: int = 2, png: Path | None = None) -> dict:
+    loaded = load_source(path, fmt=fmt, columns=columns, key=key, split=split, on_error="skip", dataset=dataset,
+                         chat_template=chat_template)
     examples = loaded.examples
     layouts = Counter(e.layout for e in examples)
-    encoded = [encode_example(tokenizer, e, 10**9, train_on) for e in examples]
+    encoded = [encode_example(tokenizer, e, 10**9, train_on, train_reasoning) for e in examples]
     lengths = [len(enc.input_ids) for enc in encoded]
     trained = [sum(label != IGNORE for label in enc.labels) for enc in encoded]
+    thinking = sum(sum(enc.reasoning) for enc in encoded if enc.reasoning is not None)
+    with_reasoning = sum(enc.reasoning is not None for enc in encoded)
+    undesirable = sum(e.desirable is False for e in examples)
     over = sum(n > max_length for n in lengths)
-    console.print(f"[bold]{path}[/bold]: {len(examples)} valid records, {len(loaded.problems)} with problems; "
-                  f"layout: {', '.join(f'{k} ({v})' for k, v in layouts.items())}")
+    console.print(f"[bold]{path}[/bold]{f' (dataset {dataset})' if dataset else ''}: {len(examples)} valid records, "
+                  f"{len(loaded.problems)} with problems; layout: {', '.join(f'{k} ({v})' for k, v in layouts.items())}")
     console.print(f"tokens per example: min {min(lengths)}, mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}; "
                   f"trained tokens: {sum(trained)} of {sum(lengths)} ({sum(trained) / max(1, sum(lengths)):.0%}); "
                   f"longer than max_length={max_length}: {over}")
+    if with_reasoning:
+        console.print(f"reasoning: {with_reasoning} records, {thinking} tokens, "
+                      f"{'trained' if train_reasoning else 'shown, not trained (train_on_reasoning: false)'}")
+    if undesirable:
+        console.print(f"labels: {len(examples) - undesirable} desirable, {undesirable} undesirable (label: false): "
+                      "preference.loss kto learns from both; sft and distill train on the desirable ones only")
+    if (note := loaded.ignored_note(path)) is not None:
+        console.print(f"[yellow]warning: {note}[/yellow]", highlight=False)
     histogram(lengths, console, max_length)
     if png is not None:
         length_histogram(lengths, max_length, png, f"{Path(path).name}: tokens per example")
         console.print(f"histogram: {png}")
     for e, enc in list(zip(examples, encoded))[:show]:
-        console.rule(f"{e.source} ({e.layout}; trained tokens in green)")
-        console.print(masked_preview(tokenizer, enc.input_ids, enc.labels))
+        legend = "trained answer in green, trained reasoning in magenta" if enc.reasoning else "trained tokens in green"
+        console.rule(f"{e.source} ({e.layout}; {legend})")
+        console.print(masked_preview(tokenizer, enc.input_ids, enc.labels, enc.reasoning))
     for problem in loaded.problems:
         console.print(f"[red]problem:[/red] {problem}", highlight=False)
     return {"records": len(examples), "problems": loaded.problems, "layouts": dict(layouts), "over_max_length": over,
-            "min_tokens": min(lengths), "max_tokens": max(lengths), "trained_tokens": sum(trained)}
+            "min_tokens": min(lengths), "max_tokens": max(lengths), "trained_tokens": sum(trained),
+            "trained_per_record": trained, "reasoning_records": with_reasoning, "reasoning_tokens": thinking,
+            "undesirable": undesirable, "ignored": dict(loaded.ignored)}

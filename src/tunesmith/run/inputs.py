@@ -32,9 +32,30 @@ def _load(source, cfg: RunConfig, console: Console) -> list[Example]:
                       f"first: {loaded.problems[0]}[/yellow]")
     if loaded.unpreferred:
         console.print(f"{source.path}: {loaded.unpreferred} labelled pairs left out (judged tie or both bad)")
-    for e in loaded.examples:
+    if (note := loaded.ignored_note(source.path)) is not None:
+        console.print(f"[yellow]warning: {note}[/yellow]", highlight=False)
+    examples = desirable_only(loaded.examples, source.path, cfg.method, console)
+    for e in examples:
         e.train_on = source.train_on
-    return loaded.examples
+    return examples
+
+
+IMITATING = ("sft", "distill")  # methods that learn to write the responses they are given
+
+
+def desirable_only(examples: list[Example], path: str, method: str, console: Console) -> list[Example]:
+    """Responses labelled undesirable (`label: false`, for KTO) are never imitated: SFT and
+    distillation train on the desirable ones and say how many they left out."""
+    if method not in IMITATING or not any(e.desirable is False for e in examples):
+        return examples
+    kept = [e for e in examples if e.desirable is not False]
+    if not kept:
+        raise UserError(f"{path}: every record is labelled undesirable (label: false); method {method} would learn "
+                        "to write them. Train them with method: dpo, preference.loss: kto")
+    console.print(f"[yellow]{path}: {len(examples) - len(kept)} records labelled undesirable (label: false) left out: "
+                  f"method {method} trains on the {len(kept)} desirable ones only (preference.loss: kto learns from "
+                  "both)[/yellow]", highlight=False)
+    return kept
 
 
 def train_sources(cfg: RunConfig, console: Console) -> tuple[list[list[Example]], list[Example]]:
