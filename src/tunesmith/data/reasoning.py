@@ -81,11 +81,11 @@ def split_reply(text: str) -> tuple[str | None, str]:
     if stripped.startswith(THINK_OPEN):
         end = stripped.find(THINK_CLOSE)
         if end < 0:
-            return stripped[len(THINK_OPEN):].strip("\n"), ""
-        return stripped[len(THINK_OPEN):end].strip("\n"), stripped[end + len(THINK_CLOSE):].lstrip()
+            return stripped[len(THINK_OPEN):].strip("\n") or None, ""
+        return stripped[len(THINK_OPEN):end].strip("\n") or None, stripped[end + len(THINK_CLOSE):].lstrip()
     if THINK_CLOSE in text and THINK_OPEN not in text:
         before, _, after = text.partition(THINK_CLOSE)
-        return before.strip("\n"), after.lstrip()
+        return before.strip("\n") or None, after.lstrip()
     return None, text
 
 
@@ -129,3 +129,59 @@ def reasoning_end(text: str, reasoning: str, start: int, end: int) -> int | None
     stop = at + len(reasoning)
     close = CLOSE_AFTER.match(text, stop, end)
     return close.end() if close else stop
+
+
+class Thought(str):
+    """A piece of streamed reasoning (a str, told apart from answer text by its type)."""
+
+
+def split_stream(pieces):
+    """Streamed reply text -> the same text as `Thought` pieces while a leading `<think>` block
+    lasts, then plain answer pieces (leading whitespace dropped), as `split_reply` splits the
+    whole reply. Anything that is not a str (the end marker) passes through after what was held.
+    (A reply that only closes a block the prompt opened is told apart by `split_reply` alone.)"""
+    held, state, begun = "", "start", False  # state: start (deciding), thinking, answer, plain
+    for item in pieces:
+        if not isinstance(item, str):
+            if state == "thinking" and held.rstrip("\n"):
+                yield Thought(held.rstrip("\n"))
+            elif state in ("start", "plain", "answer") and held and (state != "answer" or held.strip()):
+                yield held if state != "answer" else held.lstrip()
+            held = ""
+            yield item
+            continue
+        held += item
+        if state == "start":
+            lead = held.lstrip()
+            if THINK_OPEN.startswith(lead) and len(lead) < len(THINK_OPEN):
+                continue  # could still open a block
+            if not lead.startswith(THINK_OPEN):
+                state = "plain"
+                yield held
+                held = ""
+                continue
+            state, held = "thinking", lead[len(THINK_OPEN):].lstrip("\n")
+        if state == "thinking":
+            if not begun:
+                held = held.lstrip("\n")
+            end = held.find(THINK_CLOSE)
+            if end >= 0:
+                if held[:end].rstrip("\n"):
+                    yield Thought(held[:end].rstrip("\n"))
+                state, held = "answer", held[end + len(THINK_CLOSE):]
+            else:
+                safe = len(held) - (len(THINK_CLOSE) - 1)  # the tag may be split across pieces
+                body = held[:safe].rstrip("\n") if safe > 0 else ""
+                if body:
+                    yield Thought(body)
+                    held, begun = held[len(body):], True
+                continue
+        if state == "answer":
+            held = held.lstrip()
+            if held:
+                state = "plain"
+                yield held
+                held = ""
+        elif state == "plain" and held:
+            yield held
+            held = ""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tunesmith.data.chat import prompt_ids
 from tunesmith.data.layouts import Example
+from tunesmith.data.reasoning import split_reply
 from tunesmith.data.tool_format import turn_text
 from tunesmith.errors import UserError
 from tunesmith.eval.bootstrap import bootstrap_ci
@@ -104,6 +105,7 @@ def score_replies(task: TaskPrompts, replies: list[str], metric: str | None, pre
     metric), written per example to `predictions_path` (with `extra` fields per row); returns
     per-metric means with bootstrap intervals."""
     user_metric = load_user_metric(metric) if metric else None
+    thoughts, replies = zip(*(split_reply(p) for p in replies)) if replies else ((), ())  # the answer is scored
     rows = []
     for p, r, turn, t in zip(replies, task.references, task.turns, task.tools):
         s = score(p, r)
@@ -116,8 +118,9 @@ def score_replies(task: TaskPrompts, replies: list[str], metric: str | None, pre
         predictions_path.parent.mkdir(parents=True, exist_ok=True)
         with predictions_path.open("w", encoding="utf-8") as f:
             for i, (e, p, r, s) in enumerate(zip(task.examples, replies, task.references, rows)):
+                thought = {"reasoning": thoughts[i]} if thoughts[i] is not None else {}
                 f.write(json.dumps({"index": i, "source": e.source, **(extra[i] if extra else {}),
-                                    "prediction": p, "reference": r, **s}) + "\n")
+                                    "prediction": p, **thought, "reference": r, **s}) + "\n")
     names = sorted({k for s in rows for k in s}, key=lambda k: (k not in rows[0], k))
     return {k: bootstrap_ci([s[k] for s in rows if k in s]) for k in names}
 

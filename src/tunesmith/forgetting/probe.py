@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from tunesmith.data.chat import IGNORE, encode_chat, encode_example
 from tunesmith.data.collate import collate_tokens
+from tunesmith.data.reasoning import answer_of
 from tunesmith.data.records import load_examples
 from tunesmith.eval.bootstrap import bootstrap_ci, paired_bootstrap_ci
 from tunesmith.eval.generate import BATCH_SIZE, Sampling, generate_all
@@ -115,7 +116,7 @@ def probe(model, tokenizer, base: BaseReference, *, text: str | None = None, tex
     answers = qa_answers(model, tokenizer, items, batch_size)
     drift = sequence_nll(model, tokenizer, reply_features(tokenizer, probe_prompts, replies))
     out = {
-        "qa": [{"question": q["question"], "answer": a, "correct": contains_answer(a, q["answers"])}
+        "qa": [{"question": q["question"], "answer": a, "correct": contains_answer(answer_of(a), q["answers"])}
                for q, a in zip(items, answers)],
         "drift": [{"prompt": p, "nll": s / max(1, c), "tokens": c} for p, (s, c) in zip(probe_prompts, drift)],
     }

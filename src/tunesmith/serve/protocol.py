@@ -47,6 +47,7 @@ class Message(Strict):
     name: str | None = None
     tool_calls: list[ToolCall] | None = Field(None, max_length=MAX_CHOICES * 4)
     tool_call_id: str | None = Field(None, max_length=256)
+    reasoning_content: str | None = None  # an earlier assistant turn's reasoning, as this server returned it
 
     def as_chat(self) -> dict:
         """As the data layer reads a turn (`data/layouts.check_messages` checks it further)."""
@@ -56,6 +57,8 @@ class Message(Strict):
             turn["tool_calls"] = [c.model_dump() for c in self.tool_calls]
         if self.tool_call_id is not None:
             turn["tool_call_id"] = self.tool_call_id
+        if self.reasoning_content:
+            turn["reasoning_content"] = self.reasoning_content
         return turn
 
 

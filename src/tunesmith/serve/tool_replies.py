@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Iterator
 
+from tunesmith.data.reasoning import Thought, split_reply, split_stream
 from tunesmith.data.tool_format import CALL_OPEN, parse_reply
 from tunesmith.serve.generation import Finished
 
@@ -41,17 +42,24 @@ class ToolReplies:
         return reply.content, [{"id": f"call_{uuid.uuid4().hex[:24]}", **c} for c in calls]
 
     def message(self, text: str, reason: str) -> tuple[dict, str]:
-        """The whole reply's `message` and finish reason."""
+        """The whole reply's `message` and finish reason; a leading `<think>` block goes to
+        `reasoning_content`, as OpenAI-compatible servers return reasoning."""
+        thought, text = split_reply(text)
+        extra = {"reasoning_content": thought} if thought is not None else {}
         if self.active:
             content, calls = self._calls(text)
             if calls:
-                return {"role": "assistant", "content": content or None, "tool_calls": calls}, "tool_calls"
-        return {"role": "assistant", "content": text}, reason
+                return {"role": "assistant", "content": content or None, **extra, "tool_calls": calls}, "tool_calls"
+        return {"role": "assistant", "content": text, **extra}, reason
 
     def deltas(self, pieces: Iterator[str | Finished]) -> Iterator[tuple[dict, str | None, Finished | None]]:
-        """(delta, finish reason, the Finished item at the end) for each streamed chunk."""
+        """(delta, finish reason, the Finished item at the end) for each streamed chunk; reasoning
+        as `reasoning_content` deltas while its block lasts."""
         text, sent, holding = "", 0, False
-        for item in pieces:
+        for item in split_stream(pieces):
+            if isinstance(item, Thought):
+                yield {"reasoning_content": str(item)}, None, None
+                continue
             if isinstance(item, Finished):
                 if holding:
                     content, calls = self._calls(text)
