@@ -345,3 +345,27 @@ def test_dpo_on_sharegpt_pairs_gets_the_pairs_of_the_preference_layout(tmp_path,
         else:
             assert value == batches[1][key], key
     assert batches[0]["n_items"] == len(QA)
+
+
+def test_data_inspect_reads_a_registry_entry_and_a_runs_sources(tmp_path, tiny_model_dir):
+    folder = registry(tmp_path)
+    out = tmp_path / "stats.json"
+    result = cli_here(["data", "inspect", str(folder / "dataset_info.json"), "--dataset", "dpo_en_demo", "--model",
+                       str(tiny_model_dir), "--json", str(out), "--show", "1"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(out.read_text())
+    assert stats["records"] == len(QA) and stats["layouts"] == {"preference": len(QA)}
+    rows = [{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in QA]
+    chats = write_jsonl(tmp_path / "chats.jsonl", rows)
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, {"train": "x", "val": "x"}, tmp_path / "runs", data={
+        "train": [{"path": chats, "type": "chat_template", "field_messages": "conversations",
+                   "message_property_mappings": {"role": "from", "content": "value"}},
+                  {"path": str(folder), "dataset": "kto_en_demo"}]})
+    result = cli_here(["data", "inspect", "--config", str(cfg), "--json", str(out), "--show", "0"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    first, second = json.loads(out.read_text())
+    assert (first["records"], first["layouts"]) == (len(QA), {"messages": len(QA)})
+    assert (second["records"], second["undesirable"]) == (len(QA), len(QA) // 2)
+    assert "2 desirable, 2 undesirable (label: false)" in result.stdout
+    both = cli_here(["data", "inspect", chats, "--config", str(cfg)], tmp_path)
+    assert both.returncode == 2 and "give a data PATH or --config RUN.yaml (one of them)" in both.stderr

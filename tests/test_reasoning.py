@@ -68,6 +68,8 @@ def test_a_template_that_renders_reasoning_content_gets_it(tokenizer):
 @pytest.mark.parametrize("record, message", [
     ({"messages": [{"role": "user", "content": Q, "reasoning_content": R}, {"role": "assistant", "content": A}]},
      "messages[0]: only assistant turns carry reasoning"),
+    ({"messages": [{"role": "user", "content": [{"type": "reasoning", "text": R}, {"type": "text", "text": Q}]},
+                   {"role": "assistant", "content": A}]}, "messages[0]: only assistant turns carry reasoning"),
     ({"messages": [{"role": "user", "content": Q},
                    {"role": "assistant", "content": f"<think>{R}</think>{A}", "reasoning_content": R}]},
      "messages[1]: reasoning given twice"),

@@ -425,7 +425,24 @@ def render_watched() -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {"quickstart": render_quickstart, "quickstart-gemma": render_quickstart_gemma, "adapters": render_adapters,
+# --- reading a plain messages file (bench/read_records.py) ---------------------------------------
+
+def render_read_records() -> str:
+    lines = []
+    for tag in MACHINE_ORDER:
+        path = ROOT / "bench" / "results" / f"read-records-{tag}.json"
+        if not path.exists():
+            continue
+        d = json.loads(path.read_text())
+        m = d["median_seconds"]
+        lines.append(f"- {tag}: {d['records']:,} records read and validated in {m['current']:.3f} s, "
+                     f"{m['baseline']:.3f} s with the reader of {d['baseline']}: {d['slowdown']:+.1%} (medians of "
+                     f"{d['repeats']} runs each, interleaved, each in a fresh interpreter; {describe(d['machine'])}, "
+                     f"commit {_commit(d['provenance']['commit'])}).")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"read-records": render_read_records, "quickstart": render_quickstart, "quickstart-gemma": render_quickstart_gemma, "adapters": render_adapters,
              "bench": render_bench, "distill": render_distill, "rlhf": render_rlhf, "tools": render_tools,
              "openai-migration": render_openai_migration, "watched": render_watched,
              "weight-space": render_weight_space}

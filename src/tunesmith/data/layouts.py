@@ -65,6 +65,7 @@ class Example:
 # Keys that change what a record teaches, and the layouts that read them; elsewhere they are
 # ignored, and the loader says so (a `label` on a file read as plain chat, a pair read as SFT).
 MEANINGFUL = ("label", "kto_tag", "chosen", "rejected", "weight", "loss_weight", "tools", "margin")
+MEANING_SET = frozenset(MEANINGFUL)
 READS = {"messages": {"label", "kto_tag", "tools"}, "sharegpt": {"label", "kto_tag", "tools"},
          "alpaca": {"label", "kto_tag"}, "prompt_completion": {"label", "kto_tag"},
          "preference": {"chosen", "rejected", "margin", "tools"}, "openai_preference": set(), "prompt": set(),
@@ -72,8 +73,10 @@ READS = {"messages": {"label", "kto_tag", "tools"}, "sharegpt": {"label", "kto_t
 
 
 def ignored_keys(record: dict, layout: str) -> tuple[str, ...]:
-    reads = READS[layout]
-    return tuple(k for k in MEANINGFUL if k in record and k not in reads)
+    present = record.keys() & MEANING_SET
+    if not present or present <= READS[layout]:
+        return ()
+    return tuple(k for k in MEANINGFUL if k in present and k not in READS[layout])
 
 
 def detect(record: dict) -> str:
@@ -126,12 +129,12 @@ def check_messages(messages, field: str = "messages", need_assistant: bool = Tru
             raise ValueError(f"{where}.content must be a string or a list of text parts, got {type(content).__name__}")
         if role == "system" and i != 0 and system_first:
             raise ValueError(f"{where}: a system message may only come first")
-        if role == "assistant" or "reasoning_content" in m or "reasoning" in m:
+        if ("<think>" in content and role == "assistant") or "reasoning_content" in m or "reasoning" in m:
             found, content = turn_reasoning(m, role, content, where)
             if found is not None and thought is not None:
                 raise ValueError(f"{where}: reasoning given twice (a reasoning part and a reasoning field or <think> block)")
             thought = found if found is not None else thought
-        elif thought is not None:
+        elif thought is not None and role != "assistant":
             raise ValueError(f"{where}: only assistant turns carry reasoning")
         turn = {"role": role, "content": content}
         if thought is not None:
@@ -141,9 +144,10 @@ def check_messages(messages, field: str = "messages", need_assistant: bool = Tru
             pending.asked(turn["tool_calls"])
         if role == "tool":
             turn["tool_call_id"] = pending.answer(m, where)
-        weight = check_weight({**m, "role": role}, where)
-        if weight is not None:
-            turn["weight"] = weight
+        if "weight" in m or "loss_weight" in m:
+            weight = check_weight({**m, "role": role}, where)
+            if weight is not None:
+                turn["weight"] = weight
         out.append(turn)
     if need_assistant and not any(m["role"] == "assistant" for m in out):
         raise ValueError("no assistant turn to learn from")
