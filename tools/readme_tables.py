@@ -409,13 +409,17 @@ def render_weight_space() -> str:
 
 # --- scores during training (bench/watched.py) ------------------------------------------------
 
+def bench_results(name: str):
+    """(machine tag, results) of bench/results/<name>-<tag>.json for each machine kind measured."""
+    for tag in MACHINE_ORDER:
+        path = ROOT / "bench" / "results" / f"{name}-{tag}.json"
+        if path.exists():
+            yield tag, json.loads(path.read_text())
+
+
 def render_watched() -> str:
     lines = []
-    for tag in MACHINE_ORDER:
-        path = ROOT / "bench" / "results" / f"watched-{tag}.json"
-        if not path.exists():
-            continue
-        d = json.loads(path.read_text())
+    for tag, d in bench_results("watched"):
         m = d["median_train_seconds"]
         lines.append(f"- {tag}: {d['steps']} LoRA steps of the quickstart on the bundled model, {m['without']:.1f} s without, "
                      f"{m['with']:.1f} s with `generate_every: {d['every']}` on {d['limit']} examples "
@@ -429,11 +433,7 @@ def render_watched() -> str:
 
 def render_read_records() -> str:
     lines = []
-    for tag in MACHINE_ORDER:
-        path = ROOT / "bench" / "results" / f"read-records-{tag}.json"
-        if not path.exists():
-            continue
-        d = json.loads(path.read_text())
+    for tag, d in bench_results("read-records"):
         m = d["median_seconds"]
         lines.append(f"- {tag}: {d['records']:,} records read and validated in {m['current']:.3f} s, "
                      f"{m['baseline']:.3f} s with the reader of {d['baseline']}: {d['slowdown']:+.1%} (medians of "
