@@ -10,6 +10,9 @@ Tokens are mapped to those character spans through the fast tokenizer's offsets.
 turn with `weight: 0` is shown, not trained. Tools and calls are rendered by `data/tool_format.py`
 (the template's own tool support, or the documented fallback): a call is assistant text, so it
 is trained with its end-of-turn token; the tool list (system turn) and tool replies are not.
+An assistant turn's reasoning goes to a template that renders `reasoning_content` as that, to any
+other as a `<think>` block before the answer (`data/reasoning.py`); it is trained with the answer
+unless `train_reasoning` is off, and `Encoded.reasoning` marks its tokens (for `data inspect`).
 
 A model without a chat template (a base model, such as Gemma 3 270M's GGUF) is given
 `DEFAULT_CHAT_TEMPLATE`: each turn as `<|role|>` on its own line, then the content, an

@@ -1,15 +1,20 @@
 """Record layouts users bring, each turned into one validated Example.
 
 Detected from the record's keys, or named per source with `format:`:
-  messages           {"messages": [{"role", "content"}, ...], "tools"?, "parallel_tool_calls"?}
-                     (OpenAI chat: assistant `tool_calls` and `weight`, `tool` replies; `data/tool_calls.py`)
+  messages           {"messages": [{"role", "content"}, ...], "tools"?, "parallel_tool_calls"?, "label"?}
+                     (OpenAI chat: assistant `tool_calls` and `weight`, `tool` replies; `data/tool_calls.py`;
+                     a boolean `label` judges the conversation, for KTO, as LLaMA-Factory writes it)
   sharegpt           {"conversations": [{"from": human|gpt|system|function_call|observation, "value"}, ...],
-                     "tools"?}  (function_call: a call as {"name", "arguments"}; observation: its result)
-  alpaca             {"instruction", "input"?, "output"}
+                     "tools"?, "kto_tag"?}  (function_call: a call as {"name", "arguments"}; observation:
+                     its result; `"tools": "[]"`: none)
+  alpaca             {"instruction", "input"?, "output", "system"?, "history"?}  (history: [[q, a], ...])
   prompt_completion  {"prompt", "completion", "label"?}  (strings, or message lists; a boolean
                      label judges the completion: true desirable, false not, for KTO)
   preference         {"prompt", "chosen", "rejected", "margin"?}  (strings, or message lists; a
-                     number margin says how much better chosen is, for reward models)
+                     number margin says how much better chosen is, for reward models); the history
+                     may instead be `messages` or ShareGPT `conversations`, each side one message
+                     or ShareGPT turn (LLaMA-Factory's dpo files), or the sides whole conversations
+                     (TRL's implicit prompt)
   openai_preference  {"input": {"messages", "tools"?, "parallel_tool_calls"?}, "preferred_output",
                      "non_preferred_output"}  (OpenAI's DPO files: each output a list of assistant messages)
   prompt             {"prompt", "reference"?}  (a prompt alone, for methods that generate their
@@ -17,9 +22,12 @@ Detected from the record's keys, or named per source with `format:`:
   openai_reinforcement  {"messages" (ending with a user or developer turn), "tools"?, any other
                      fields}  (OpenAI's reinforcement files: the other fields are the `item` graders read)
   text               {"text"}  (plain text: every token is trained)
-Records written by `tunesmith label` that carry no preference (judgement tie or both_bad) are
-recognised and left out (`to_example` returns None), so a labelled file trains as it is.
-`columns: {layout_key: column}` renames a source's columns into one of these layouts first.
+A message's content may be a list of parts, and an assistant turn may carry reasoning
+(`data/reasoning.py`); `loss_weight` 0/1 on any turn reads as `weight`. Keys that change what a
+record teaches but that its layout does not read are noted on the Example (`ignored`), for the
+loader to report. Records written by `tunesmith label` that carry no preference (judgement tie or
+both_bad) are recognised and left out (`to_example` returns None), so a labelled file trains as it
+is. `columns: {layout_key: column}` renames a source's columns into one of these layouts first.
 Every problem is a ValueError whose message says what is wrong; the caller adds the location.
 """
 
