@@ -331,6 +331,26 @@ def test_two_keys_see_nothing_of_each_other(tmp_path, tiny_model_dir, date_data)
         stop_service(proc)
 
 
+def test_with_replay_the_events_count_the_steps_the_run_takes(tmp_path, tiny_model_dir, date_data):
+    """--replay 0.25 adds a quarter of every epoch's batches; the events' total_steps is what the
+    run takes (its plan.json), not the job's examples over its batch size."""
+    url, proc = start_service(tmp_path / "home", tiny_model_dir, "--replay", "0.25")
+    try:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+        f = upload(client, date_data["train"])
+        job = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, method={
+            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 16}}})
+        done = wait_for(client, job.id)
+        assert done.status == "succeeded", done.error
+        metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+        steps = sorted(m["step"] for m in metrics)
+        assert steps == list(range(1, len(steps) + 1))
+        assert {m["total_steps"] for m in metrics} == {steps[-1]}
+        assert steps[-1] > 96 // 16  # more than the job's own batches: replay's share is counted
+    finally:
+        stop_service(proc)
+
+
 def test_dashboard_in_a_real_browser_follows_a_job_and_shows_its_report(client, service, date_data):
     import shutil
 

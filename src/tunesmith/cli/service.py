@@ -22,6 +22,8 @@ def service(
     workers: int = typer.Option(1, "--workers", min=1, help="jobs training at once (each its own process)"),
     api_keys_file: Optional[Path] = typer.Option(None, "--api-keys-file", help="one key per line, optionally followed by "
                                                  "a tenant name; each key sees only its own files, jobs and models"),
+    tenants: Optional[Path] = typer.Option(None, "--tenants", help="YAML: what each tenant may do beyond training "
+                                           "(code and endpoint graders, their key variables, limits); docs/service.md"),
     max_upload_mb: int = typer.Option(512, "--max-upload-mb", min=1, help="the largest file an upload may be"),
     probe_limit: int = typer.Option(60, "--probe-limit", min=0, help="general-QA questions in each job's forgetting "
                                     "probe (0: no probe)"),
@@ -39,7 +41,7 @@ def service(
         raise UserError(f"--host {host}: listening beyond this machine needs --api-keys-file (who may train and on what)")
     svc = build_service(home, model or [DEFAULT_ALIAS], workers=workers, keys_file=api_keys_file,
                         max_upload=max_upload_mb << 20, probe_limit=probe_limit, precision=precision,
-                        max_tokens=max_tokens, replay=replay)
+                        max_tokens=max_tokens, replay=replay, tenants_file=tenants)
 
     def ready(url: str) -> None:
         print(f"tunesmith service at {url} (dashboard: {url.removesuffix('/v1')}/)  home {home}  (Ctrl-C stops)", flush=True)

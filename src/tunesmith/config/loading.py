@@ -82,9 +82,9 @@ def _section_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
+def _allowed_keys(loc: tuple, root: type[BaseModel] = RunConfig) -> list[str]:
     """The keys allowed in the section that `loc` (a pydantic error location) points into."""
-    model: type[BaseModel] | None = RunConfig
+    model: type[BaseModel] | None = root
     for part in loc[:-1]:
         if isinstance(part, int):
             continue  # an index into a list of sections
@@ -93,7 +93,7 @@ def _allowed_keys(loc: tuple) -> list[str]:
     return list(model.model_fields) if model else []
 
 
-def _describe(err: dict, source: str, lines: dict[tuple, int]) -> str:
+def _describe(err: dict, source: str, lines: dict[tuple, int], root: type[BaseModel] = RunConfig) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     key = ".".join(str(p) for p in loc) or "(top level)"
     line = None
@@ -103,7 +103,7 @@ def _describe(err: dict, source: str, lines: dict[tuple, int]) -> str:
             break
     prefix = where(source, line)
     if err["type"] == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(loc))
+        allowed = ", ".join(_allowed_keys(loc, root))
         return f"{prefix}: unknown key '{key}' (allowed here: {allowed})"
     if err["type"] == "missing":
         return f"{prefix}: missing required key '{key}'"
@@ -113,11 +113,11 @@ def _describe(err: dict, source: str, lines: dict[tuple, int]) -> str:
     return f"{prefix}: {key}: {msg}"
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a run config. Raises UserError with file:line on any problem."""
+def read_yaml(path: str | Path, what: str = "config") -> tuple[dict, dict[tuple, int]]:
+    """A YAML mapping from a file and the line of each key (UserError with file:line otherwise)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: config file not found")
+        raise UserError(f"{path}: {what} file not found")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -136,17 +136,28 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
-        raise UserError(f"{path}: the config must be a mapping of keys to values")
+        raise UserError(f"{path}: the {what} must be a mapping of keys to values")
+    return tree, _yaml_lines(text)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a run config. Raises UserError with file:line on any problem."""
+    tree, lines = read_yaml(path)
     for assignment in overrides or []:
         apply_override(tree, assignment)
-    return validate_config(tree, str(path), _yaml_lines(text))
+    return validate_config(tree, str(path), lines)
 
 
 def validate_config(tree: dict, source: str = "config", lines: dict[tuple, int] | None = None) -> RunConfig:
+    return validate_as(RunConfig, tree, source, lines)
+
+
+def validate_as(model: type[BaseModel], tree: dict, source: str, lines: dict[tuple, int] | None = None):
+    """`tree` as `model`, or one UserError naming the first problem's key and file:line."""
     try:
-        return RunConfig.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as e:
         errs = e.errors()
-        first = _describe(errs[0], source, lines or {})
+        first = _describe(errs[0], source, lines or {}, model)
         more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
         raise UserError(first + more) from None

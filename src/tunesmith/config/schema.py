@@ -333,6 +333,10 @@ class RLConfig(Section):
     beta: float = Field(0.04, ge=0, description="KL penalty to the reference (the starting model); 0 = none")
     clip: float = Field(0.2, gt=0, lt=1, description="policy ratio clipped to [1 - clip, 1 + clip]")
     iterations: int = Field(1, ge=1, description="optimizer steps on each batch of sampled replies (μ)")
+    sandbox: Literal["auto", "bubblewrap", "process"] = Field(
+        "auto", description="where python graders' code runs: bubblewrap (no network, no files but its own /tmp, no "
+                            "processes), process (a plain child process: only for code you trust), auto (bubblewrap "
+                            "where installed)")
 
 
 class DistillConfig(Section):

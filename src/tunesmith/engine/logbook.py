@@ -1,4 +1,5 @@
-"""What a run tells the person watching it: metrics.jsonl and a live progress bar."""
+"""What a run tells the person watching it: metrics.jsonl, plan.json (the steps it will take) and a
+live progress bar."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tunesmith import atomic
+
+PLAN = "plan.json"  # {"total_steps", "batches_per_epoch"}: what a run will take, written before its first step
 
 
 class MetricsLog:

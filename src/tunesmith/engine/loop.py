@@ -7,6 +7,7 @@ bottom in `_train_step`.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from tunesmith import atomic
 from tunesmith.config import RunConfig
 from tunesmith.data.collate import feature_length
 from tunesmith.data.packing import pack_features
@@ -22,7 +24,7 @@ from tunesmith.engine import checkpoint, distributed
 from tunesmith.engine.distributed import (Ranks, clip_gradients, shard_model, share, sum_gradients, sum_metrics,
                                           sum_scalars)
 from tunesmith.engine.anchors import WeightAnchor
-from tunesmith.engine.logbook import MetricsLog, TrainProgress
+from tunesmith.engine.logbook import PLAN, MetricsLog, TrainProgress
 from tunesmith.runtime.precision import autocast, device, hold_frozen_weights_in_bf16, resolve_precision
 from tunesmith.engine.profile import StepProfiler
 from tunesmith.engine.sampler import EpochSampler
@@ -193,6 +195,8 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
     pack_length = cfg.data.max_length if cfg.data.packing else None
     sampler = EpochSampler(data.source_sizes, data.weights, lengths, cfg.train.batch_size, cfg.train.seed, pack_length)
     total = total_steps(cfg, sampler)
+    if ranks.main:  # what the run will take, for whoever watches it (the service's progress and ETA)
+        atomic.write_text(run_dir / PLAN, json.dumps({"total_steps": total, "batches_per_epoch": sampler.batches_per_epoch()}))
     optimizer, scheduler, note = build_optimizer(model, cfg.train, total, cfg.adapter.lora_plus_ratio)
     if note:
         console.print(f"[yellow]{note}[/yellow]")

@@ -3,13 +3,14 @@ record (`item`) each answered. The spec is checked in config/graders.py; here it
 
   string_check     1 or 0: input eq / ne / like (contains) / ilike (contains, any case) reference
   text_similarity  0 to 1 (eval/text_similarity.py)
-  python           grade(sample, item) in a separate process, time- and memory-limited (runtime/sandbox.py)
+  python           grade(sample, item) in a sandbox, time- and memory-limited (runtime/sandbox.py)
   score_model      a model (local, or an OpenAI-compatible endpoint) answers with a number, clamped
                    to `range`; a reply with no number scores the range's low end
   multi            calculate_output over the named graders' scores
 
 `sample` is {"output_text": the reply, "output_json": the reply parsed as JSON or None}. A reply a
-grader cannot score (its python raised, timed out) scores 0 and is counted in `errors`.
+grader cannot score (its python raised, timed out) scores 0 and is counted in `errors`; a python
+grader that scores no reply of a batch ends the run with its error.
 """
 
 from __future__ import annotations
@@ -87,25 +88,32 @@ class TextSimilarityGrader(Grader):
 
 
 class PythonCodeGrader(Grader):
-    def __init__(self, spec: PythonGrader):
+    """The grader's code in a sandbox (`runtime/sandbox.py`; `rl.sandbox` picks which). A reply it
+    cannot score scores 0 and is counted; a batch in which it scores no reply at all (its code
+    broken, or denied what it reached for: a file, the network, a fork) ends the run naming it."""
+
+    def __init__(self, spec: PythonGrader, isolation: str = "auto"):
         from tunesmith.runtime.sandbox import PythonFunction, SandboxError
 
         self.name, self.errors = spec.name, 0
-        self.function = PythonFunction(spec.source, spec.timeout_s, spec.memory_mb)
         try:
+            self.function = PythonFunction(spec.source, spec.timeout_s, spec.memory_mb, isolation)
             self.function.start()  # a grader that does not load stops the run now, not reply by reply
         except SandboxError as e:
             raise UserError(f"grader {spec.name}: {e}") from None
         self.failure = SandboxError
 
     def __call__(self, samples, items):
-        scores = []
+        scores, failed, last = [], 0, None
         for sample, item in zip(samples, items):
             try:
                 scores.append(self.function(sample, item))
-            except self.failure:
-                self.errors += 1
+            except self.failure as e:
+                failed, last = failed + 1, e
                 scores.append(0.0)
+        self.errors += failed
+        if scores and failed == len(scores):
+            raise UserError(f"grader {self.name}: failed on every one of the {failed} replies of a batch ({last})")
         return scores
 
 
@@ -154,9 +162,9 @@ class MultiGrader(Grader):
     FUNCTIONS = {"min": min, "max": max, "abs": abs, "sqrt": math.sqrt, "log": math.log, "exp": math.exp,
                  "floor": math.floor, "ceil": math.ceil}
 
-    def __init__(self, spec: Multi, dtype=None):
+    def __init__(self, spec: Multi, dtype=None, isolation: str = "auto"):
         self.name = spec.name
-        self.parts = {name: build_grader(g, dtype) for name, g in spec.graders.items()}
+        self.parts = {name: build_grader(g, dtype, isolation) for name, g in spec.graders.items()}
         self.formula = check_formula(spec.calculate_output, set(spec.graders))
 
     @property
@@ -194,8 +202,12 @@ class MultiGrader(Grader):
         return out
 
 
-def build_grader(spec, dtype=None) -> Grader:
-    kinds = {StringCheck: StringCheckGrader, TextSimilarity: TextSimilarityGrader, PythonGrader: PythonCodeGrader}
-    if isinstance(spec, (ScoreModel, Multi)):
-        return (ScoreModelGrader if isinstance(spec, ScoreModel) else MultiGrader)(spec, dtype)
-    return kinds[type(spec)](spec)
+def build_grader(spec, dtype=None, isolation: str = "auto") -> Grader:
+    """The grader a spec describes; `isolation`: where python graders' code runs (`rl.sandbox`)."""
+    if isinstance(spec, ScoreModel):
+        return ScoreModelGrader(spec, dtype)
+    if isinstance(spec, Multi):
+        return MultiGrader(spec, dtype, isolation)
+    if isinstance(spec, PythonGrader):
+        return PythonCodeGrader(spec, isolation)
+    return {StringCheck: StringCheckGrader, TextSimilarity: TextSimilarityGrader}[type(spec)](spec)

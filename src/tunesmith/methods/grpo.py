@@ -71,7 +71,7 @@ class GroupPolicyOptimisation(Method):
         if unreferenced is not None and any(s.function == "exact_match" for s in self.specs):
             raise UserError(f"{unreferenced}: reward exact_match needs a reference answer; this prompt has none "
                             "(add 'reference' to prompt records, or use prompt/completion data)")
-        self.rewards = Rewards(self.specs, inference_dtype(cfg.train.precision))
+        self.rewards = Rewards(self.specs, inference_dtype(cfg.train.precision), cfg.rl.sandbox)
         if self.beta > 0:
             self.reference = ReferenceModel(model)
 

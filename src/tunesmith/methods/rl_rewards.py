@@ -113,7 +113,7 @@ class RewardModelScorer:
 class Rewards:
     """Every configured reward, weighted and summed; each also reported on its own."""
 
-    def __init__(self, specs, dtype: torch.dtype = torch.float32):
+    def __init__(self, specs, dtype: torch.dtype = torch.float32, isolation: str = "auto"):
         self.functions: list[tuple[str, float, RewardFn]] = []
         self.models: list[tuple[str, float, RewardModelScorer]] = []
         self.graders: list[tuple[str, float, object]] = []
@@ -124,7 +124,7 @@ class Rewards:
             elif spec.grader is not None:
                 from tunesmith.methods.graders import build_grader
 
-                grader = build_grader(spec.grader, dtype)
+                grader = build_grader(spec.grader, dtype, isolation)
                 self.graders.append((f"grader_{grader.name}", spec.weight, grader))
             else:
                 scorer = RewardModelScorer(spec.model, dtype)

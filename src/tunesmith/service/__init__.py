@@ -17,6 +17,7 @@ from tunesmith.service.catalog import ServiceCatalog
 from tunesmith.service.files import FileStore
 from tunesmith.service.scheduler import Scheduler
 from tunesmith.service.store import Store
+from tunesmith.service.policy import LOCAL_POLICY, Policies, read_policies
 from tunesmith.service.tenants import LOCAL, key_hash, read_keys_file
 
 MAX_UPLOAD_BYTES = 512 << 20
@@ -50,8 +51,10 @@ def bases_of(references: list[str]) -> dict[str, str]:
 
 def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Path | None = None,
                   max_upload: int = MAX_UPLOAD_BYTES, probe_limit: int = 0, precision: str = "auto",
-                  max_tokens: int = 1024, max_queue: int = 32, replay: float = 0.0) -> Service:
-    """The app and its scheduler (not started); `precision` for training and serving alike."""
+                  max_tokens: int = 1024, max_queue: int = 32, replay: float = 0.0,
+                  tenants_file: Path | None = None) -> Service:
+    """The app and its scheduler (not started); `precision` for training and serving alike;
+    `tenants_file`: what each tenant may do (`service/policy.py`)."""
     from tunesmith.runtime.precision import inference_dtype
     from tunesmith.serve.app import build_app
     from tunesmith.service.api import add_routes
@@ -61,8 +64,14 @@ def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Pa
     home = home.resolve()  # workers run in their job's folder: every path they are given is absolute
     home.mkdir(parents=True, exist_ok=True)
     store = Store(home / "service.db")
+    hashes = read_keys_file(keys_file) if keys_file is not None else {}
+    names = set(hashes.values()) if keys_file is not None else {LOCAL}
+    if tenants_file is not None:
+        policies = read_policies(tenants_file, names)
+    else:
+        policies = Policies() if keys_file is not None else Policies(default=LOCAL_POLICY)
     if keys_file is not None:
-        store.set_tenants(read_keys_file(keys_file))
+        store.set_tenants(hashes)
 
         def callers(token: str) -> str | None:
             return store.tenant_of(key_hash(token)) if token else None
@@ -75,7 +84,7 @@ def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Pa
     files = FileStore(home / "files", store, max_upload)
     catalog = ServiceCatalog(store, bases, inference_dtype(precision))
     scheduler = Scheduler(store, files, home, bases, workers=workers, probe_limit=probe_limit, precision=precision,
-                          replay=replay)
+                          replay=replay, policy_of=policies.of)
     scheduler.on_removed = catalog.unload
     app = build_app(catalog, max_tokens=max_tokens, max_queue=max_queue, callers=callers,
                     body_limits={"/v1/files": max_upload + MULTIPART_SLACK})

@@ -17,8 +17,9 @@ import secrets
 from fastapi import File, Form, Request, UploadFile  # resolved by name in the handlers' annotations
 
 from tunesmith.serve.app import ApiError
-from tunesmith.service.files import PURPOSES, FileStore, TooLarge
+from tunesmith.service.files import PURPOSES, FileStore, OverQuota, TooLarge
 from tunesmith.service.job_spec import JobRequest
+from tunesmith.service.policy import grader_refusal
 from tunesmith.service.scheduler import Scheduler
 from tunesmith.service.store import ACTIVE, FINISHED, Store, new_id, now
 
@@ -69,8 +70,11 @@ def add_routes(app, store: Store, files: FileStore, scheduler: Scheduler, catalo
         if not name.endswith(".jsonl"):
             raise ApiError(400, f"Invalid file format for Fine-Tuning API: {name or 'the file'} must be .jsonl",
                            param="file")
+        quota = scheduler.policy_of(caller(request)).max_stored_mb
         try:
-            return files.save(caller(request), name[:256], purpose, file.file)
+            return files.save(caller(request), name[:256], purpose, file.file, quota << 20 if quota else None)
+        except OverQuota as e:
+            raise ApiError(413, str(e), param="file", code="storage_limit_exceeded") from None
         except TooLarge as e:
             raise ApiError(413, str(e), param="file", code="file_too_large") from None
 
@@ -103,6 +107,10 @@ def add_routes(app, store: Store, files: FileStore, scheduler: Scheduler, catalo
         kind = req.method_type()
         if kind == "reinforcement" and (req.method.reinforcement is None):
             raise ApiError(400, "method.reinforcement.grader: a reinforcement job needs a grader", param="method.reinforcement")
+        if kind == "reinforcement":
+            refusal = grader_refusal(req.method.reinforcement.grader, scheduler.policy_of(tenant), tenant, scheduler.bases)
+            if refusal is not None:
+                raise ApiError(400, refusal, param="method.reinforcement.grader")
         if req.hyperparameters is not None and req.method is not None:
             raise ApiError(400, "hyperparameters: give them in method.<type>.hyperparameters (not both places)",
                            param="hyperparameters")
@@ -155,42 +163,51 @@ def add_routes(app, store: Store, files: FileStore, scheduler: Scheduler, catalo
     @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
     def cancel(job_id: str, request: Request):
         job = own_job(job_id, request)
-        if job["status"] in FINISHED:
-            raise ApiError(400, f"Job {job_id} has already {job['status']}; there is nothing to cancel", param="fine_tuning_job_id")
-        if job["status"] == "running":
-            store.set_control(job_id, "cancel")  # the worker checkpoints and stops within a step
-            scheduler.poke()
-            return job
-        job = store.update_job(job_id, status="cancelled", finished_at=now(), estimated_finish=None)
-        store.add_event(job_id, "Job cancelled")
-        return job
+        for _ in range(3):  # the scheduler may move the job between a look and a write: each write is conditional
+            if job["status"] in FINISHED:
+                raise ApiError(400, f"Job {job_id} has already {job['status']}; there is nothing to cancel",
+                               param="fine_tuning_job_id")
+            moved = store.transition(job_id, ("validating_files", "queued", "paused"), status="cancelled",
+                                     finished_at=now(), estimated_finish=None)
+            if moved is not None:
+                store.add_event(job_id, "Job cancelled")
+                return moved
+            if store.request_control(job_id, "cancel"):  # running: the worker checkpoints and stops within a step
+                scheduler.poke()
+                return store.job(job_id)
+            job = own_job(job_id, request)
+        raise ApiError(409, f"Job {job_id} kept changing state; try again", param="fine_tuning_job_id")
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/pause")
     def pause(job_id: str, request: Request):
         job = own_job(job_id, request)
-        if job["status"] not in ACTIVE:
-            raise ApiError(400, f"Job {job_id} is {job['status']}; only a running or queued job can be paused",
-                           param="fine_tuning_job_id")
-        if job["status"] == "running":
-            store.set_control(job_id, "pause")
-            scheduler.poke()
-            return job
-        if job["status"] == "validating_files":
-            raise ApiError(400, f"Job {job_id} is still validating its files; pause it once it is queued",
-                           param="fine_tuning_job_id")
-        job = store.update_job(job_id, status="paused")
-        store.add_event(job_id, "Job paused before it started")
-        return job
+        for _ in range(3):
+            if job["status"] not in ACTIVE:
+                raise ApiError(400, f"Job {job_id} is {job['status']}; only a running or queued job can be paused",
+                               param="fine_tuning_job_id")
+            if job["status"] == "validating_files":
+                raise ApiError(400, f"Job {job_id} is still validating its files; pause it once it is queued",
+                               param="fine_tuning_job_id")
+            moved = store.transition(job_id, ("queued",), status="paused")
+            if moved is not None:
+                store.add_event(job_id, "Job paused before it started")
+                return moved
+            if store.request_control(job_id, "pause"):
+                scheduler.poke()
+                return store.job(job_id)
+            job = own_job(job_id, request)
+        raise ApiError(409, f"Job {job_id} kept changing state; try again", param="fine_tuning_job_id")
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/resume")
     def resume(job_id: str, request: Request):
         job = own_job(job_id, request)
-        if job["status"] != "paused":
+        moved = store.transition(job_id, ("paused",), status="queued")
+        if moved is None:
+            job = own_job(job_id, request)
             raise ApiError(400, f"Job {job_id} is {job['status']}; only a paused job can be resumed", param="fine_tuning_job_id")
-        job = store.update_job(job_id, status="queued")
         store.add_event(job_id, "Job resumed; queued to continue from its last checkpoint")
         scheduler.poke()
-        return job
+        return moved
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events")
     def events(job_id: str, request: Request, after: str | None = None, limit: int = 20):

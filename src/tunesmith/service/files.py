@@ -22,6 +22,10 @@ class TooLarge(Exception):
     pass
 
 
+class OverQuota(TooLarge):
+    """The upload would take the tenant past its `max_stored_mb`."""
+
+
 class FileStore:
     def __init__(self, root: Path, store: Store, max_bytes: int):
         self.root, self.store, self.max_bytes = root, store, max_bytes
@@ -32,16 +36,21 @@ class FileStore:
     def path(self, sha256: str) -> Path:
         return self.root / sha256
 
-    def save(self, tenant: str, filename: str, purpose: str, stream: BinaryIO) -> dict:
-        """Copy the upload to disk, hashing as it goes; TooLarge past `max_bytes` (nothing kept)."""
+    def save(self, tenant: str, filename: str, purpose: str, stream: BinaryIO, quota: int | None = None) -> dict:
+        """Copy the upload to disk, hashing as it goes; TooLarge past `max_bytes`, OverQuota past
+        the tenant's `quota` of stored bytes (nothing kept either way)."""
         tmp = self.root / f".upload-{os.getpid()}-{new_id('')}"
         digest, size = hashlib.sha256(), 0
+        room = None if quota is None else quota - self.store.stored_bytes(tenant)
         try:
             with tmp.open("wb") as out:
                 while chunk := stream.read(CHUNK):
                     size += len(chunk)
                     if size > self.max_bytes:
                         raise TooLarge(f"the file is over this server's limit of {self.max_bytes} bytes")
+                    if room is not None and size > room:
+                        raise OverQuota(f"the file would take tenant {tenant!r} past its {quota >> 20} MB of stored files "
+                                        f"({max(0, room)} bytes left); delete files first")
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()

@@ -169,8 +169,19 @@ def steps_per_epoch(n_examples: int, batch_size: int) -> int:
     return max(1, math.ceil(n_examples / batch_size))
 
 
+def grader_models(grader: dict, bases: dict[str, str]) -> dict:
+    """A grader spec whose local `score_model` graders name the server's base models (checked when
+    the job was created) by their references, as the worker loads them."""
+    if grader.get("type") == "multi":
+        return {**grader, "graders": {k: grader_models(g, bases) for k, g in grader["graders"].items()}}
+    if grader.get("type") == "score_model" and not grader.get("base_url") and grader.get("model") in bases:
+        return {**grader, "model": bases[grader["model"]]}
+    return grader
+
+
 def run_config(job: dict, base_reference: str, train_path: str, val_path: str | None, n_examples: int,
-               runs_dir: str, probe_limit: int, precision: str = "auto", replay: float = 0.0) -> dict:
+               runs_dir: str, probe_limit: int, precision: str = "auto", replay: float = 0.0,
+               bases: dict[str, str] | None = None) -> dict:
     """The tunesmith run (config tree) that trains `job`, its hyperparameters resolved."""
     kind = job["method"]["type"]
     hp = job["method"][kind]["hyperparameters"]
@@ -194,7 +205,8 @@ def run_config(job: dict, base_reference: str, train_path: str, val_path: str | 
     if kind == "dpo":
         tree["preference"] = {"loss": "sigmoid", "beta": hp["beta"]}
     if kind == "reinforcement":
-        tree["rl"] = {"rewards": [{"grader": job["method"]["reinforcement"]["grader"]}],
+        tree["rl"] = {"rewards": [{"grader": grader_models(job["method"]["reinforcement"]["grader"], bases or {})}],
+                      "sandbox": "bubblewrap",  # a tenant's code never runs outside the sandbox
                       "group_size": max(2, round(GROUP_SIZE * hp["compute_multiplier"])), "max_new_tokens": RL_MAX_NEW_TOKENS}
         tree["eval"] = {"every": hp["eval_interval"]}
     return tree

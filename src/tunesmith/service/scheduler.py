@@ -1,11 +1,11 @@
-"""Jobs from `validating_files` to `succeeded`: checked, queued FIFO, each trained by a worker
+"""Jobs from `validating_files` to `succeeded`: checked, queued, each trained by a worker
 process that is a plain `tunesmith train CONFIG --resume`, watched, and turned into events,
 checkpoints and a served model.
 
 One thread does all of it, twice a second: check new jobs' files, follow each running worker
 (its metrics.jsonl becomes metrics events, its checkpoints the checkpoints the API lists, a
 cancel or pause becomes SIGTERM, on which tunesmith writes a checkpoint and exits), and start
-queued jobs while fewer than `workers` run. Workers get SIGTERM when the server dies (Linux:
+queued jobs while fewer than `workers` run, taking turns between tenants (`fair_turns`). Workers get SIGTERM when the server dies (Linux:
 PR_SET_PDEATHSIG), so a server killed with -9 leaves each job checkpointed; on the next start the
 jobs that were running are queued first again and resume exactly from their last checkpoint.
 """
@@ -21,17 +21,21 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from tunesmith import atomic
+from tunesmith.config.graders import GraderSpec
 from tunesmith.engine.checkpoint import ADAPTER, list_checkpoints
-from tunesmith.engine.logbook import read_metrics
+from tunesmith.engine.logbook import PLAN, read_metrics
 from tunesmith.service.file_check import FileProblem, check_file
 from tunesmith.service.files import FileStore
 from tunesmith.service.job_spec import JobRequest, resolve, run_config, steps_per_epoch
+from tunesmith.service.policy import LOCAL_POLICY, TenantPolicy, grader_variables
 from tunesmith.service.store import Store, now
 
 log = logging.getLogger("tunesmith.service")
@@ -60,6 +64,22 @@ def metrics_of(record: dict) -> dict:
     return out
 
 
+# What a worker inherits of the server's environment: where things are, the locale, the kernel
+# and thread settings; never the server's secrets. Everything else a job needs is in its config.
+WORKER_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TUNESMITH_HOME", "HF_HOME",
+                    "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_CACHE", "XDG_CACHE_HOME", "VIRTUAL_ENV",
+                    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                    "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
+                    "CUDA_VISIBLE_DEVICES")
+
+
+def worker_env(server: dict[str, str] | os._Environ, granted: dict[str, str]) -> dict[str, str]:
+    """A worker's environment: the listed variables and `LC_*` from the server's, plus the ones
+    granted to this job (its graders' keys)."""
+    env = {k: v for k, v in server.items() if k in WORKER_VARIABLES or k.startswith("LC_")}
+    return {**env, **granted, "PYTHONUNBUFFERED": "1"}
+
+
 def _die_with_parent() -> None:
     """In the worker before exec: SIGTERM when the server process goes, however it goes."""
     try:
@@ -79,14 +99,27 @@ class Worker:
 
 class Scheduler:
     def __init__(self, store: Store, files: FileStore, home: Path, bases: dict[str, str], workers: int = 1,
-                 probe_limit: int = 0, precision: str = "auto", replay: float = 0.0, python: str = sys.executable):
+                 probe_limit: int = 0, precision: str = "auto", replay: float = 0.0, python: str = sys.executable,
+                 policy_of: Callable[[str], TenantPolicy] = lambda tenant: LOCAL_POLICY):
         self.store, self.files, self.home, self.bases = store, files, home, bases
+        self.policy_of = policy_of
+        self.turns: dict[str, int] = {}  # tenant -> when its last job started (fair_turns)
         self.workers, self.probe_limit, self.precision, self.python = workers, probe_limit, precision, python
         self.replay = replay
         self.running: dict[str, Worker] = {}
         self.wake, self.stopping = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._loop, name="tunesmith-scheduler", daemon=True)
         self.on_removed = lambda model_id: None  # the catalog unloads what is gone
+
+    def _variables(self, job: dict) -> dict[str, str]:
+        """The variables the job's graders name that its tenant may use (checked when it was
+        created; checked again here, as the operator may have changed the policy since)."""
+        settings = job["method"].get("reinforcement") or {}
+        if not settings.get("grader"):
+            return {}
+        policy = self.policy_of(self.store.job_owner(job["id"]))
+        names = grader_variables(GraderSpec(grader=settings["grader"]).grader)
+        return {n: os.environ[n] for n in sorted(names) if policy.may_read(n) and n in os.environ}
 
     def job_dir(self, job_id: str) -> Path:
         return self.home / "jobs" / job_id
@@ -119,7 +152,8 @@ class Scheduler:
 
     def _recover(self) -> None:
         """Jobs that were running when the server stopped: their worker is gone (or is stopped
-        now); queued again ahead of newer jobs (FIFO by creation), resuming from the checkpoint."""
+        now); queued again (a tenant's jobs start in the order they were created), resuming from
+        the checkpoint."""
         for job in self.store.jobs(None, ("running",)):
             pid = self.store.worker_pid(job["id"])
             if pid:
@@ -128,8 +162,8 @@ class Scheduler:
             if self._complete(job["id"]):  # it finished while no server watched
                 self._succeed(job, self._follow(job))
                 continue
-            self.store.update_job(job["id"], status="queued", estimated_finish=None)
-            self.store.add_event(job["id"], "The server restarted; the job resumes from its last checkpoint")
+            if self.store.transition(job["id"], ("running",), status="queued", estimated_finish=None) is not None:
+                self.store.add_event(job["id"], "The server restarted; the job resumes from its last checkpoint")
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
@@ -145,10 +179,15 @@ class Scheduler:
             self._validate(job)
         for job_id in list(self.running):
             self._watch(job_id)
-        for job in self.store.jobs(None, ("queued",), oldest_first=True):
-            if len(self.running) >= self.workers or self.stopping.is_set():
-                break
+        if self.stopping.is_set():
+            return
+        running = Counter(self.store.job_owner(job_id) for job_id in self.running)
+        free = self.workers - len(self.running)
+        for job in fair_turns(self.store.queue(), running, free, self._job_limit, self.turns):
             self._launch(job)
+
+    def _job_limit(self, tenant: str) -> int | None:
+        return self.policy_of(tenant).max_running_jobs
 
     # --- validating_files -> queued | failed -----------------------------------------------------
     def _validate(self, job: dict) -> None:
@@ -179,31 +218,36 @@ class Scheduler:
         hyper = {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
         tree = run_config({**job, "method": method}, self.bases[job["model"]], str(folder / "train.jsonl"),
                           str(folder / "val.jsonl") if "validation_file" in counts else None, counts["training_file"],
-                          str(self.home / "runs"), self.probe_limit, self.precision, self.replay)
+                          str(self.home / "runs"), self.probe_limit, self.precision, self.replay, self.bases)
         atomic.write_text(folder / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
-        self.store.update_job(job["id"], status="queued", method=method, hyperparameters=hyper)
+        if self.store.transition(job["id"], ("validating_files",), status="queued", method=method,
+                                 hyperparameters=hyper) is None:
+            return  # cancelled while its files were checked
         self.store.add_event(job["id"], f"Files validated ({counts['training_file']} training examples"
                              + (f", {counts['validation_file']} validation" if "validation_file" in counts else "")
                              + f"); hyperparameters: {json.dumps(hp)}; moving job to queued state")
 
     def _fail(self, job: dict, code: str, message: str, param: str | None) -> None:
-        self.store.update_job(job["id"], status="failed", finished_at=now(), estimated_finish=None,
-                              error={"code": code, "message": message, "param": param})
-        self.store.add_event(job["id"], f"Job failed: {message}", level="error")
+        if self.store.transition(job["id"], ("validating_files", "running"), status="failed", finished_at=now(),
+                                 estimated_finish=None, error={"code": code, "message": message, "param": param}):
+            self.store.add_event(job["id"], f"Job failed: {message}", level="error")
 
     # --- queued -> running -----------------------------------------------------------------------
     def _launch(self, job: dict) -> None:
+        """Claim the job (queued -> running, only if it is still queued: a cancel or pause that came
+        first wins), then start its worker. A cancel after the claim finds it running and stops it."""
+        if self.store.transition(job["id"], ("queued",), status="running") is None:
+            return
         folder = self.job_dir(job["id"])
         out = (folder / "worker.log").open("ab")
         process = subprocess.Popen(
             [self.python, "-m", "tunesmith", "train", str(folder / "config.yaml"), "--resume", "--quiet"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=folder,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent)
+            env=worker_env(os.environ, self._variables(job)), preexec_fn=_die_with_parent)
         out.close()
         self.running[job["id"]] = Worker(process)
         self.store.set_worker(job["id"], process.pid)
         resumed = bool(list_checkpoints(self.run_dir(job["id"]) / "checkpoints", clean=False))
-        self.store.update_job(job["id"], status="running")
         self.store.add_event(job["id"], "Fine-tuning job resumed" if resumed else "Fine-tuning job started")
 
     # --- running -> succeeded | failed | cancelled | paused ---------------------------------------
@@ -224,13 +268,13 @@ class Scheduler:
         if self._complete(job_id):  # finished, even if a cancel, a pause or a signal came as it exited
             self._succeed(job, records)
         elif request == "cancel":
-            self.store.update_job(job_id, status="cancelled", finished_at=now(), estimated_finish=None)
-            self.store.add_event(job_id, "Job cancelled; its checkpoints are kept")
+            if self.store.transition(job_id, ("running",), status="cancelled", finished_at=now(), estimated_finish=None):
+                self.store.add_event(job_id, "Job cancelled; its checkpoints are kept")
         elif request == "pause":
-            self.store.update_job(job_id, status="paused", estimated_finish=None)
-            self.store.add_event(job_id, "Job paused after writing a checkpoint; resume continues from it")
+            if self.store.transition(job_id, ("running",), status="paused", estimated_finish=None):
+                self.store.add_event(job_id, "Job paused after writing a checkpoint; resume continues from it")
         elif code == 0:  # stopped from outside (the server going down): resumes on the next start
-            self.store.update_job(job_id, status="queued")
+            self.store.transition(job_id, ("running",), status="queued")
         else:
             self._fail(job, "training_failed", _last_error(self.job_dir(job_id) / "worker.log"), None)
         self.store.set_control(job_id, None)
@@ -265,6 +309,12 @@ class Scheduler:
             self.store.update_job(job["id"], estimated_finish=now() + int(per_step * (total - done)) if done < total else None)
 
     def _total_steps(self, job: dict) -> int | None:
+        """The steps the run takes, as it published them (replay and every other setting counted),
+        or, before it has, the job's examples, batch size and epochs."""
+        try:
+            return int(json.loads((self.run_dir(job["id"]) / PLAN).read_text())["total_steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
         hp = job["method"][job["method"]["type"]]["hyperparameters"]
         count = self.store.example_count(job["id"])
         if count is None:
@@ -298,10 +348,35 @@ class Scheduler:
         self.store.set_final_step(job["id"], final_step)
         results = self.files.save_bytes(tenant, "step_metrics.csv", "fine-tune-results", _metrics_csv(records))
         self.store.add_model(name, tenant, job["model"], str(run_dir / "final"), job["id"])
-        self.store.update_job(job["id"], status="succeeded", finished_at=now(), estimated_finish=None, fine_tuned_model=name,
-                              trained_tokens=int(summary.get("tokens") or 0), result_files=[results["id"]])
+        self.store.transition(job["id"], ("running",), status="succeeded", finished_at=now(), estimated_finish=None,
+                              fine_tuned_model=name, trained_tokens=int(summary.get("tokens") or 0),
+                              result_files=[results["id"]])
         self.store.add_event(job["id"], f"New fine-tuned model created: {name}")
         self.store.add_event(job["id"], "The job has successfully completed")
+
+
+def fair_turns(queue: list[tuple[str, dict]], running: Counter, free: int, limit_of: Callable[[str], int | None],
+               turns: dict[str, int]) -> list[dict]:
+    """The queued jobs (`queue`: (tenant, job), oldest first) to start in `free` slots, round-robin:
+    each slot to the tenant with the fewest jobs running, then the one whose turn came longest ago
+    (`turns`: tenant -> when its last job started, updated here; never: first), then the one with
+    the oldest job; none past its `max_running_jobs`; each tenant's jobs in the order they came. So
+    one tenant's 50 queued jobs take turns with another's one instead of going ahead of it."""
+    waiting: dict[str, list[dict]] = {}
+    for tenant, job in queue:
+        waiting.setdefault(tenant, []).append(job)
+    order = {tenant: i for i, tenant in enumerate(waiting)}
+    running, picked = Counter(running), []
+    while free > 0:
+        ready = [t for t, jobs in waiting.items() if jobs and (limit_of(t) is None or running[t] < limit_of(t))]
+        if not ready:
+            break
+        tenant = min(ready, key=lambda t: (running[t], turns.get(t, -1), order[t]))
+        picked.append(waiting[tenant].pop(0))
+        running[tenant] += 1
+        turns[tenant] = max(turns.values(), default=-1) + 1
+        free -= 1
+    return picked
 
 
 def _metrics_csv(records: list[dict]) -> bytes:

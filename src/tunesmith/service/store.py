@@ -158,6 +158,16 @@ class Store:
         sql += " ORDER BY seq" + ("" if oldest_first else " DESC")
         return [json.loads(b) for (b,) in self._rows(sql, args)]
 
+    def queue(self) -> list[tuple[str, dict]]:
+        """The queued jobs, oldest first, each with its tenant."""
+        rows = self._rows("SELECT tenant, body FROM jobs WHERE status = 'queued' ORDER BY seq")
+        return [(tenant, json.loads(body)) for tenant, body in rows]
+
+    def stored_bytes(self, tenant: str) -> int:
+        """The bytes of the tenant's files (each file counted, as each is listed)."""
+        rows = self._rows("SELECT COALESCE(SUM(json_extract(body, '$.bytes')), 0) FROM files WHERE tenant = ?", (tenant,))
+        return int(rows[0][0])
+
     def update_job(self, job_id: str, **fields) -> dict:
         """Set fields of a job's object (one transaction); returns the object as stored."""
         with self.lock:
@@ -171,6 +181,31 @@ class Store:
                 self.db.execute("ROLLBACK")
                 raise
         return body
+
+    def transition(self, job_id: str, from_status: tuple[str, ...], **fields) -> dict | None:
+        """Set fields of a job (a new `status` among them) only if its status is one of
+        `from_status` when the transaction runs; the object as stored, or None when it was not:
+        the API and the scheduler each move a job only from the state they saw it in."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self.db.execute("SELECT body, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None or row[1] not in from_status:
+                    self.db.execute("ROLLBACK")
+                    return None
+                body = json.loads(row[0])
+                body.update(fields)
+                self.db.execute("UPDATE jobs SET body = ?, status = ? WHERE id = ?", (json.dumps(body), body["status"], job_id))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return body
+
+    def request_control(self, job_id: str, request: str) -> bool:
+        """Ask a running job to cancel or pause; False when the job is not running (any more)."""
+        cur = self._write("UPDATE jobs SET control = ? WHERE id = ? AND status = 'running'", (request, job_id))
+        return cur.rowcount == 1
 
     def control(self, job_id: str) -> str | None:
         """What was asked of a running job: 'cancel' or 'pause' (None: keep going)."""
