@@ -112,8 +112,9 @@ def test_hostile_python_graders_are_denied_and_fail_their_job(live):
                     "ConnectionRefusedError"),
             "write": (python_grader("write", "    open('/usr/local/escaped-grader.txt', 'w').write('x')"),
                       "Read-only file system"),
-            "fork": (python_grader("fork", "    while True:\n        os.fork()"), "Resource temporarily unavailable"),
         }
+        if os.geteuid() == 0:  # the sandbox's own user, and with it the process limit, needs a service run by root
+            jobs["fork"] = (python_grader("fork", "    while True:\n        os.fork()"), "Resource temporarily unavailable")
         started = {name: grader_job(alice, live, grader) for name, (grader, _) in jobs.items()}
         for name, job in started.items():
             done = wait_for(alice, job.id)

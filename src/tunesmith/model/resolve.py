@@ -123,7 +123,9 @@ def hub_snapshot(repo_id: str) -> Path:
         raise UserError(f"{repo_id}: hub models need huggingface_hub installed") from None
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
+        found = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
+        stay_offline()
+        return found
     except HFValidationError:
         raise UserError(f"{repo_id}: not a model alias, a local path, a .gguf file or a valid hub id") from None
     except Exception:
@@ -137,6 +139,16 @@ def hub_snapshot(repo_id: str) -> Path:
         raise UserError(
             f"{repo_id}: {NOT_LOCAL}, not in the local Hugging Face cache, and could not be downloaded ({reason[:160]})"
         ) from None
+
+
+def stay_offline() -> None:
+    """The model is in the local cache, so the run needs nothing from the hub: the libraries' own
+    calls (huggingface_hub's agent registry, transformers' kernel look-ups) are turned off too,
+    in this process and the ones it starts."""
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
 
 
 def content_key(path: Path, sample: int = 1 << 20) -> str:
