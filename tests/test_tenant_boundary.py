@@ -113,6 +113,11 @@ def test_hostile_python_graders_are_denied_and_fail_their_job(live):
             "write": (python_grader("write", "    open('/usr/local/escaped-grader.txt', 'w').write('x')"),
                       "Read-only file system"),
         }
+        # the sandbox is no blanket refusal: an honest grader in the same service trains; and its
+        # config must say bubblewrap before a fork bomb is let near this machine
+        honest = grader_job(alice, live, python_grader("honest", "    int(sample['output_text'] == item['reference_answer'])"))
+        assert wait_for(alice, honest.id).status == "succeeded"
+        assert "sandbox: bubblewrap" in (home / "jobs" / honest.id / "config.yaml").read_text()
         if os.geteuid() == 0:  # the sandbox's own user, and with it the process limit, needs a service run by root
             jobs["fork"] = (python_grader("fork", "    while True:\n        os.fork()"), "Resource temporarily unavailable")
         started = {name: grader_job(alice, live, grader) for name, (grader, _) in jobs.items()}
@@ -124,9 +129,6 @@ def test_hostile_python_graders_are_denied_and_fail_their_job(live):
             assert alice.models.list().data  # the service answers the next request
         assert listener.seen == []  # no connection reached this machine's loopback
         assert not os.path.exists("/usr/local/escaped-grader.txt")
-        # the sandbox is no blanket refusal: an honest grader in the same service trains
-        honest = grader_job(alice, live, python_grader("honest", "    int(sample['output_text'] == item['reference_answer'])"))
-        assert wait_for(alice, honest.id).status == "succeeded"
     finally:
         listener.close()
 
