@@ -170,27 +170,17 @@ class Store:
 
     def update_job(self, job_id: str, **fields) -> dict:
         """Set fields of a job's object (one transaction); returns the object as stored."""
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                body = json.loads(self.db.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()[0])
-                body.update(fields)
-                self.db.execute("UPDATE jobs SET body = ?, status = ? WHERE id = ?", (json.dumps(body), body["status"], job_id))
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-        return body
+        return self.transition(job_id, None, **fields)
 
-    def transition(self, job_id: str, from_status: tuple[str, ...], **fields) -> dict | None:
+    def transition(self, job_id: str, from_status: tuple[str, ...] | None, **fields) -> dict | None:
         """Set fields of a job (a new `status` among them) only if its status is one of
-        `from_status` when the transaction runs; the object as stored, or None when it was not:
-        the API and the scheduler each move a job only from the state they saw it in."""
+        `from_status` (None: any) when the transaction runs; the object as stored, or None when it
+        was not: the API and the scheduler each move a job only from the state they saw it in."""
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 row = self.db.execute("SELECT body, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                if row is None or row[1] not in from_status:
+                if row is None or (from_status is not None and row[1] not in from_status):
                     self.db.execute("ROLLBACK")
                     return None
                 body = json.loads(row[0])
