@@ -5,9 +5,11 @@ checkpoints and a served model.
 One thread does all of it, twice a second: check new jobs' files, follow each running worker
 (its metrics.jsonl becomes metrics events, its checkpoints the checkpoints the API lists, a
 cancel or pause becomes SIGTERM, on which tunesmith writes a checkpoint and exits), and start
-queued jobs while fewer than `workers` run, taking turns between tenants (`fair_turns`). Workers get SIGTERM when the server dies (Linux:
-PR_SET_PDEATHSIG), so a server killed with -9 leaves each job checkpointed; on the next start the
-jobs that were running are queued first again and resume exactly from their last checkpoint.
+queued jobs while fewer than `workers` run, tenants taking turns (`fair_turns`). Status changes are
+conditional (`Store.transition`): a job moves only from the state it was seen in. Workers get
+SIGTERM when the server dies (Linux: PR_SET_PDEATHSIG), so a server killed with -9 leaves each job
+checkpointed; on the next start the jobs that were running are queued again and resume exactly
+from their last checkpoint. Workers start with a minimal environment (`worker_env`).
 """
 
 from __future__ import annotations
