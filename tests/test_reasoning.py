@@ -177,7 +177,7 @@ def test_inspect_shows_the_reasoning_apart_from_the_answer(tmp_path, tokenizer, 
     assert stats["reasoning_records"] == 1 and stats["reasoning_tokens"] == sum(enc.reasoning)
     assert stats["trained_per_record"][0] == sum(label != IGNORE for label in enc.labels)
     shown = console.export_text()
-    assert "reasoning: 1 records" in shown and ("trained" if train_reasoning else "not trained (train_on_reasoning: false)") in shown
+    assert "reasoning: 1 record, " in shown and ("trained" if train_reasoning else "not trained (train_on_reasoning: false)") in shown
     text = masked_preview(tokenizer, enc.input_ids, enc.labels, enc.reasoning)
     by_style = {}
     for span in text.spans:

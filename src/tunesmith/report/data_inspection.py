@@ -74,7 +74,7 @@ def inspect(path: str, tokenizer, console: Console, *, fmt: str = "auto", column
                   f"trained tokens: {sum(trained)} of {sum(lengths)} ({sum(trained) / max(1, sum(lengths)):.0%}); "
                   f"longer than max_length={max_length}: {over}")
     if with_reasoning:
-        console.print(f"reasoning: {with_reasoning} records, {thinking} tokens, "
+        console.print(f"reasoning: {with_reasoning} record{'s' if with_reasoning != 1 else ''}, {thinking} tokens, "
                       f"{'trained' if train_reasoning else 'shown, not trained (train_on_reasoning: false)'}")
     if undesirable:
         console.print(f"labels: {len(examples) - undesirable} desirable, {undesirable} undesirable (label: false): "
