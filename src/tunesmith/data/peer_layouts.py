@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from tunesmith.data.layouts import alpaca_history
+from tunesmith.data.layouts import TURN_EXTRAS, alpaca_history
 from tunesmith.errors import UserError
 
 REGISTRY = "dataset_info.json"
@@ -111,9 +111,7 @@ def sharegpt_converter(columns: dict, tags: dict, ranking: bool) -> Convert:
             raise ValueError(f"{where}.{tag['role_tag']} {role!r} is none of this dataset's tags "
                              f"({', '.join(map(str, roles))})")
         out = {"from": roles[role], "value": t.get(tag["content_tag"])}
-        for key in ("loss_weight", "weight", "reasoning_content"):
-            if key in t:
-                out[key] = t[key]
+        out.update({key: t[key] for key in TURN_EXTRAS if key in t})
         return out
 
     def convert(record: dict) -> dict:
@@ -138,12 +136,18 @@ def sharegpt_converter(columns: dict, tags: dict, ranking: bool) -> Convert:
     return convert
 
 
+def role_table(roles: dict[str, list[str]] | None) -> dict[str, str]:
+    """Axolotl's `roles` (role -> the source's names for it) as source name -> role, each role
+    also standing for itself."""
+    roles = roles or AXOLOTL_ROLES
+    return {**{raw: std for std, raws in roles.items() for raw in raws}, **{std: std for std in roles}}
+
+
 def axolotl_converter(field_messages: str, mappings: dict[str, str], roles: dict[str, list[str]] | None) -> Convert:
     """Axolotl's `chat_template` dataset: messages under `field_messages`, each message's role and
     content under the property names `mappings` gives, source roles mapped by `roles`."""
     role_key, content_key = mappings.get("role", "role"), mappings.get("content", "content")
-    table = {raw: std for std, raws in (roles or AXOLOTL_ROLES).items() for raw in raws}
-    table.update({std: std for std in (roles or AXOLOTL_ROLES)})
+    table = role_table(roles)
     extra = {k: v for k, v in mappings.items() if k not in ("role", "content")}
 
     def convert(record: dict) -> dict:
@@ -173,7 +177,7 @@ def axolotl_converter(field_messages: str, mappings: dict[str, str], roles: dict
 def check_roles_to_train(roles_to_train: list[str], roles: dict[str, list[str]] | None) -> None:
     """tunesmith trains assistant turns: `roles_to_train` must name the assistant role (by its
     own name or a source name mapped to it) and nothing else."""
-    table = {raw: std for std, raws in (roles or AXOLOTL_ROLES).items() for raw in raws}
+    table = role_table(roles)
     mapped = {table.get(r, r) for r in roles_to_train}
     if mapped != {"assistant"}:
         others = ", ".join(sorted(mapped - {"assistant"})) or "none"
