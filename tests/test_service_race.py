@@ -36,9 +36,10 @@ def follow(svc, job_id, timeout=120):
     deadline = time.time() + timeout
     while job_id in svc.scheduler.running:
         assert time.time() < deadline, "the worker did not stop"
-        worker = svc.scheduler.running[job_id].process
+        process = svc.scheduler.executor.processes.get(svc.scheduler.running[job_id].handle)
         status = svc.store.job(job_id)["status"]
-        assert not (status in ("cancelled", "paused") and worker.poll() is None), f"{status} but its worker trains on"
+        alive = process is not None and process.poll() is None
+        assert not (status in ("cancelled", "paused") and alive), f"{status} but its worker trains on"
         svc.scheduler._watch(job_id)
         time.sleep(0.1)
 
@@ -49,7 +50,7 @@ def test_a_cancel_before_the_launch_claims_the_job_means_it_never_starts(service
     seen = svc.store.jobs(None, ("queued",), oldest_first=True)[0]  # the scheduler looked: queued
     assert http.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").json()["status"] == "cancelled"  # then the cancel came
     svc.scheduler._launch(seen)  # then the launch, from what it saw
-    assert job_id not in svc.scheduler.running and svc.store.worker_pid(job_id) is None
+    assert job_id not in svc.scheduler.running and svc.store.handle(job_id) is None
     assert svc.store.job(job_id)["status"] == "cancelled"
     assert not (svc.scheduler.run_dir(job_id) / "metrics.jsonl").exists()
 
@@ -78,7 +79,7 @@ def test_a_launch_between_the_apis_look_and_its_write_is_stopped_not_overwritten
     assert svc.store.control(job_id) == action
     follow(svc, job_id)
     assert svc.store.job(job_id)["status"] == {"cancel": "cancelled", "pause": "paused"}[action]
-    assert job_id not in svc.scheduler.running and svc.store.worker_pid(job_id) is None
+    assert job_id not in svc.scheduler.running and svc.store.handle(job_id) is None
 
 
 def test_a_cancel_during_validation_is_not_undone_by_the_validation(service, tmp_path, tiny_model_dir):

@@ -201,10 +201,10 @@ def worker_pid(home, job_id):
 
     db = sqlite3.connect(home / "service.db")
     try:
-        row = db.execute("SELECT worker_pid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = db.execute("SELECT handle FROM jobs WHERE id = ?", (job_id,)).fetchone()
     finally:
         db.close()
-    return row[0] if row else None
+    return int(row[0].split(":")[1]) if row and row[0] else None  # a local worker's handle: local:PID
 
 
 def test_the_local_tenant_may_use_any_grader_variable_without_a_policy_file(tmp_path, tiny_model_dir):

@@ -19,11 +19,13 @@ def service(
     port: int = typer.Option(8000, min=0, max=65535, help="port (0: any free port)"),
     home: Path = typer.Option(Path("tunesmith-service"), "--home", help="where files, jobs, runs and the database live"),
     model: list[str] = typer.Option([], "--model", help=f"a base model jobs may train (repeatable; default {DEFAULT_ALIAS})"),
-    workers: int = typer.Option(1, "--workers", min=1, help="jobs training at once (each its own process)"),
+    workers: int = typer.Option(1, "--workers", min=1, help="jobs training at once (each its own process; with --cluster: jobs the cluster holds at once)"),
     api_keys_file: Optional[Path] = typer.Option(None, "--api-keys-file", help="one key per line, optionally followed by "
                                                  "a tenant name; each key sees only its own files, jobs and models"),
     tenants: Optional[Path] = typer.Option(None, "--tenants", help="YAML: what each tenant may do beyond training "
                                            "(code and endpoint graders, their key variables, limits); docs/service.md"),
+    cluster: Optional[Path] = typer.Option(None, "--cluster", help="YAML: run jobs on a Slurm or Ray cluster that shares "
+                                           "--home (executor, placement per model and tenant); docs/service.md"),
     max_upload_mb: int = typer.Option(512, "--max-upload-mb", min=1, help="the largest file an upload may be"),
     probe_limit: int = typer.Option(60, "--probe-limit", min=0, help="general-QA questions in each job's forgetting "
                                     "probe (0: no probe)"),
@@ -41,7 +43,8 @@ def service(
         raise UserError(f"--host {host}: listening beyond this machine needs --api-keys-file (who may train and on what)")
     svc = build_service(home, model or [DEFAULT_ALIAS], workers=workers, keys_file=api_keys_file,
                         max_upload=max_upload_mb << 20, probe_limit=probe_limit, precision=precision,
-                        max_tokens=max_tokens, replay=replay, tenants_file=tenants)
+                        max_tokens=max_tokens, replay=replay, tenants_file=tenants,
+                        cluster_file=cluster)
 
     def ready(url: str) -> None:
         print(f"tunesmith service at {url} (dashboard: {url.removesuffix('/v1')}/)  home {home}  (Ctrl-C stops)", flush=True)
@@ -50,5 +53,7 @@ def service(
     try:
         run_server(svc.app, host, port, on_ready=ready)
     finally:
-        err.print("stopping: running jobs write a checkpoint and resume when the service starts again")
+        err.print("stopping: running jobs write a checkpoint and resume when the service starts again"
+                  if svc.scheduler.executor.name == "local" else
+                  f"stopping: jobs on the {svc.scheduler.executor.name} cluster go on; they are followed again at the next start")
         svc.scheduler.stop()

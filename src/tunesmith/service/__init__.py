@@ -3,7 +3,8 @@
 The inference server (serve/) plus files, fine-tuning jobs, their events and checkpoints, and the
 fine-tuned models served as soon as they exist. State lives under --home: `service.db` (SQLite,
 WAL), `files/` (uploads by content hash), `jobs/<id>/` (the job's copy of its data, its run
-config, the worker's log) and `runs/<id>/` (each job's tunesmith run directory).
+config, the worker's log) and `runs/<id>/` (each job's tunesmith run directory). Workers run on
+this machine, or as jobs of a Slurm or Ray cluster that shares --home (`--cluster`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 from tunesmith.errors import UserError
 from tunesmith.serve.models import display_id
 from tunesmith.service.catalog import ServiceCatalog
+from tunesmith.service.cluster import LOCAL as LOCAL_CLUSTER, read_cluster
+from tunesmith.service.executors import executor_for
 from tunesmith.service.files import FileStore
 from tunesmith.service.scheduler import Scheduler
 from tunesmith.service.store import Store
@@ -52,9 +55,10 @@ def bases_of(references: list[str]) -> dict[str, str]:
 def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Path | None = None,
                   max_upload: int = MAX_UPLOAD_BYTES, probe_limit: int = 0, precision: str = "auto",
                   max_tokens: int = 1024, max_queue: int = 32, replay: float = 0.0,
-                  tenants_file: Path | None = None) -> Service:
+                  tenants_file: Path | None = None, cluster_file: Path | None = None) -> Service:
     """The app and its scheduler (not started); `precision` for training and serving alike;
-    `tenants_file`: what each tenant may do (`service/policy.py`)."""
+    `tenants_file`: what each tenant may do (`service/policy.py`); `cluster_file`: where jobs run
+    (`service/cluster.py`; none: on this machine)."""
     from tunesmith.runtime.precision import inference_dtype
     from tunesmith.serve.app import build_app
     from tunesmith.service.api import add_routes
@@ -81,10 +85,11 @@ def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Pa
         def callers(token: str) -> str | None:
             return LOCAL
 
+    cluster = read_cluster(cluster_file, set(bases), names) if cluster_file is not None else LOCAL_CLUSTER
     files = FileStore(home / "files", store, max_upload)
     catalog = ServiceCatalog(store, bases, inference_dtype(precision))
     scheduler = Scheduler(store, files, home, bases, workers=workers, probe_limit=probe_limit, precision=precision,
-                          replay=replay, policy_of=policies.of)
+                          replay=replay, policy_of=policies.of, executor=executor_for(cluster))
     scheduler.on_removed = catalog.unload
     app = build_app(catalog, max_tokens=max_tokens, max_queue=max_queue, callers=callers,
                     body_limits={"/v1/files": max_upload + MULTIPART_SLACK})

@@ -1,15 +1,19 @@
-"""Jobs from `validating_files` to `succeeded`: checked, queued, each trained by a worker
-process that is a plain `tunesmith train CONFIG --resume`, watched, and turned into events,
-checkpoints and a served model.
+"""Jobs from `validating_files` to `succeeded`: checked, queued, each trained by a worker that is
+a plain `tunesmith train CONFIG --resume`, watched, and turned into events, checkpoints and a
+served model. Where a worker runs is its executor's business (executors/: this machine, Slurm,
+Ray); everything else happens here.
 
 One thread does all of it, twice a second: check new jobs' files, follow each running worker
 (its metrics.jsonl becomes metrics events, its checkpoints the checkpoints the API lists, a
-cancel or pause becomes SIGTERM, on which tunesmith writes a checkpoint and exits), and start
-queued jobs while fewer than `workers` run, tenants taking turns (`fair_turns`). Status changes are
-conditional (`Store.transition`): a job moves only from the state it was seen in. Workers get
-SIGTERM when the server dies (Linux: PR_SET_PDEATHSIG), so a server killed with -9 leaves each job
-checkpointed; on the next start the jobs that were running are queued again and resume exactly
-from their last checkpoint. Workers start with a minimal environment (`worker_env`).
+cancel or pause becomes the executor's stop: SIGTERM, on which tunesmith writes a checkpoint and
+exits), and start queued jobs while fewer than `workers` run, tenants taking turns
+(`fair_turns`). Status changes are conditional (`Store.transition`): a job moves only from the
+state it was seen in. A worker that ends before its run is complete without an error of its own
+(stopped on a signal after its checkpoint, lost with its node) is queued again and resumes
+exactly from its last checkpoint, up to MAX_RESTARTS times. After a restart of the service the
+jobs that were running are found again: a cluster's jobs are followed on (they may have finished
+meanwhile), local workers, which stop with the service, are queued again. Workers start with a
+minimal environment (`worker_env`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,6 @@ import io
 import json
 import logging
 import os
-import signal
-import subprocess
-import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from tunesmith import atomic
 from tunesmith.config.graders import GraderSpec
 from tunesmith.engine.checkpoint import ADAPTER, list_checkpoints
 from tunesmith.engine.logbook import PLAN, read_metrics
+from tunesmith.service.executors import LOG, Executor, Launch, State
+from tunesmith.service.executors.local import LocalExecutor
 from tunesmith.service.file_check import FileProblem, check_file
 from tunesmith.service.files import FileStore
 from tunesmith.service.job_spec import JobRequest, resolve, run_config, steps_per_epoch
@@ -42,6 +45,7 @@ from tunesmith.service.store import Store, now
 
 log = logging.getLogger("tunesmith.service")
 TICK_S = 0.5
+MAX_RESTARTS = 10  # times a job may stop before finishing (other than on request) and be run again
 
 
 def ft_model_name(job: dict) -> str:
@@ -82,31 +86,22 @@ def worker_env(server: dict[str, str] | os._Environ, granted: dict[str, str]) ->
     return {**env, **granted, "PYTHONUNBUFFERED": "1"}
 
 
-def _die_with_parent() -> None:
-    """In the worker before exec: SIGTERM when the server process goes, however it goes."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: a restarted server stops leftover workers by their pid instead
-    os.setpgrp()  # a Ctrl-C meant for the server reaches the worker only through the server
-
-
 @dataclass
 class Worker:
-    process: subprocess.Popen
+    handle: str
     signalled: bool = False
+    phase: str = "pending"
 
 
 class Scheduler:
     def __init__(self, store: Store, files: FileStore, home: Path, bases: dict[str, str], workers: int = 1,
-                 probe_limit: int = 0, precision: str = "auto", replay: float = 0.0, python: str = sys.executable,
+                 probe_limit: int = 0, precision: str = "auto", replay: float = 0.0, executor: Executor | None = None,
                  policy_of: Callable[[str], TenantPolicy] = lambda tenant: LOCAL_POLICY):
         self.store, self.files, self.home, self.bases = store, files, home, bases
         self.policy_of = policy_of
+        self.executor = executor or LocalExecutor()
         self.turns: dict[str, int] = {}  # tenant -> when its last job started (fair_turns)
-        self.workers, self.probe_limit, self.precision, self.python = workers, probe_limit, precision, python
+        self.workers, self.probe_limit, self.precision = workers, probe_limit, precision
         self.replay = replay
         self.running: dict[str, Worker] = {}
         self.wake, self.stopping = threading.Event(), threading.Event()
@@ -129,41 +124,43 @@ class Scheduler:
     def run_dir(self, job_id: str) -> Path:
         return self.home / "runs" / job_id
 
+    def launch_of(self, job: dict, env: dict[str, str] | None = None) -> Launch:
+        return Launch(job["id"], self.job_dir(job["id"]), self.run_dir(job["id"]), self.store.job_owner(job["id"]),
+                      job["model"], env or {})
+
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self._recover()
         self.thread.start()
 
     def stop(self) -> None:
-        """Stop the scheduler; running workers get SIGTERM (checkpoint, exit) and resume next start."""
+        """Stop the scheduler; local workers get SIGTERM (checkpoint, exit) and resume at the next
+        start, a cluster's jobs go on and are followed again then."""
         self.stopping.set()
         self.wake.set()
         if self.thread.is_alive():
             self.thread.join(timeout=30)
-        for worker in list(self.running.values()):
-            if worker.process.poll() is None:
-                worker.process.send_signal(signal.SIGTERM)
-        for worker in self.running.values():
-            try:
-                worker.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                worker.process.kill()
+        self.executor.release([worker.handle for worker in self.running.values()])
 
     def poke(self) -> None:
         self.wake.set()
 
     def _recover(self) -> None:
-        """Jobs that were running when the server stopped: their worker is gone (or is stopped
-        now); queued again (a tenant's jobs start in the order they were created), resuming from
-        the checkpoint."""
+        """Jobs that were running when the service stopped: a cluster's are followed on where they
+        are (finished, failed or still training); the rest are queued again (a tenant's jobs start
+        in the order they were created) and resume from their checkpoint."""
         for job in self.store.jobs(None, ("running",)):
-            pid = self.store.worker_pid(job["id"])
-            if pid:
-                _stop_leftover(pid, str(self.job_dir(job["id"]) / "config.yaml"))
-            self.store.set_worker(job["id"], None)
-            if self._complete(job["id"]):  # it finished while no server watched
+            handle = self.store.handle(job["id"])
+            if self._complete(job["id"]):  # it finished while no service watched
+                self.store.set_handle(job["id"], None)
                 self._succeed(job, self._follow(job))
                 continue
+            if handle and self.executor.adopt(handle, self.launch_of(job)):
+                self.running[job["id"]] = Worker(handle, signalled=self.store.control(job["id"]) is not None)
+                self.store.add_event(job["id"], f"The service restarted; following the job on the {self.executor.name} "
+                                     "cluster")
+                continue
+            self.store.set_handle(job["id"], None)
             if self.store.transition(job["id"], ("running",), status="queued", estimated_finish=None) is not None:
                 self.store.add_event(job["id"], "The server restarted; the job resumes from its last checkpoint")
 
@@ -240,33 +237,43 @@ class Scheduler:
         first wins), then start its worker. A cancel after the claim finds it running and stops it."""
         if self.store.transition(job["id"], ("queued",), status="running") is None:
             return
-        folder = self.job_dir(job["id"])
-        out = (folder / "worker.log").open("ab")
-        process = subprocess.Popen(
-            [self.python, "-m", "tunesmith", "train", str(folder / "config.yaml"), "--resume", "--quiet"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=folder,
-            env=worker_env(os.environ, self._variables(job)), preexec_fn=_die_with_parent)
-        out.close()
-        self.running[job["id"]] = Worker(process)
-        self.store.set_worker(job["id"], process.pid)
+        launch = self.launch_of(job, worker_env(os.environ, self._variables(job)))
+        try:
+            handle = self.executor.submit(launch)
+        except Exception as e:  # the cluster refused it (a partition that does not exist, an account, ...)
+            self._fail(job, "submission_failed", f"{self.executor.name}: {e}".strip(), None)
+            return
+        self.running[job["id"]] = Worker(handle)
+        self.store.set_handle(job["id"], handle)
         resumed = bool(list_checkpoints(self.run_dir(job["id"]) / "checkpoints", clean=False))
         self.store.add_event(job["id"], "Fine-tuning job resumed" if resumed else "Fine-tuning job started")
 
-    # --- running -> succeeded | failed | cancelled | paused ---------------------------------------
+    # --- running -> succeeded | failed | cancelled | paused | queued -------------------------------
     def _watch(self, job_id: str) -> None:
         worker = self.running[job_id]
         job = self.store.job(job_id)
         self._follow(job)
         request = self.store.control(job_id)
-        if request in ("cancel", "pause") and not worker.signalled and worker.process.poll() is None:
-            worker.process.send_signal(signal.SIGTERM)  # the run checkpoints after this step and exits
-            worker.signalled = True
-        code = worker.process.poll()
-        if code is None:
+        state = self.executor.state(worker.handle)
+        if state.phase == "unknown":  # the cluster cannot be asked now: ask again next tick
+            return
+        if state.phase != "ended":
+            if state.phase == "pending" and worker.phase == "running":
+                self.store.add_event(job_id, f"The cluster queued the job again ({state.reason}); it resumes from its "
+                                     "last checkpoint")
+            worker.phase = state.phase
+            if request in ("cancel", "pause") and not worker.signalled:
+                self.executor.stop(worker.handle)  # the run checkpoints after this step and exits
+                worker.signalled = True
             return
         del self.running[job_id]
-        self.store.set_worker(job_id, None)
-        records = self._follow(job)  # what the worker wrote since the last look, before it exited
+        self.store.set_handle(job_id, None)
+        records = self._follow(job)  # what the worker wrote since the last look, before it ended
+        self._ended(job, state, request, records)
+        self.store.set_control(job_id, None)
+
+    def _ended(self, job: dict, state: State, request: str | None, records: list[dict]) -> None:
+        job_id = job["id"]
         if self._complete(job_id):  # finished, even if a cancel, a pause or a signal came as it exited
             self._succeed(job, records)
         elif request == "cancel":
@@ -275,11 +282,17 @@ class Scheduler:
         elif request == "pause":
             if self.store.transition(job_id, ("running",), status="paused", estimated_finish=None):
                 self.store.add_event(job_id, "Job paused after writing a checkpoint; resume continues from it")
-        elif code == 0:  # stopped from outside (the server going down): resumes on the next start
-            self.store.transition(job_id, ("running",), status="queued")
+        elif state.stopped_cleanly or state.retry:  # stopped from outside, or lost with its node: run it again
+            said = state.reason or "stopped on a signal after its checkpoint"
+            if self.store.restarts(job_id) >= MAX_RESTARTS:
+                self._fail(job, "training_failed", f"stopped {MAX_RESTARTS + 1} times before finishing; last: {said}", None)
+            elif self.store.transition(job_id, ("running",), status="queued", estimated_finish=None):
+                self.store.count_restart(job_id)
+                self.store.add_event(job_id, f"The job stopped before finishing ({said}); it resumes from its last "
+                                     "checkpoint")
         else:
-            self._fail(job, "training_failed", _last_error(self.job_dir(job_id) / "worker.log"), None)
-        self.store.set_control(job_id, None)
+            said = _last_error(self.job_dir(job_id) / LOG)
+            self._fail(job, "training_failed", said or state.reason or "the training process failed without output", None)
 
     def _complete(self, job_id: str) -> bool:
         """The run wrote its summary and report: it is done (what tunesmith's own --resume checks)."""
@@ -392,33 +405,12 @@ def _metrics_csv(records: list[dict]) -> bytes:
     return out.getvalue().encode()
 
 
-def _last_error(path: Path) -> str:
+def _last_error(path: Path) -> str | None:
     """What the worker said last: tunesmith's one-line `error: ...` when there is one."""
     try:
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
-        return "the training process failed without output"
+        return (f"no {path.name} in {path.parent}: the worker never started there (on a cluster: is --home on a "
+                "filesystem every node sees at the same path?)")
     errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-    return errors[-1] if errors else (lines[-1] if lines else "the training process failed without output")
-
-
-def _stop_leftover(pid: int, config: str) -> None:
-    """A worker of the previous server still running (no PR_SET_PDEATHSIG): SIGTERM, wait for it.
-    Only a process whose command line names the job's config: a pid may have been reused since."""
-    import time
-
-    try:
-        if config not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-            return
-    except OSError:
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    for _ in range(600):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
+    return errors[-1] if errors else (lines[-1] if lines else None)

@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS files (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT
     tenant TEXT NOT NULL, sha256 TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
     tenant TEXT NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL, request TEXT NOT NULL,
-    control TEXT, worker_pid INTEGER, examples INTEGER, final_step INTEGER);
+    control TEXT, handle TEXT, restarts INTEGER, examples INTEGER, final_step INTEGER);
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
     job_id TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,
@@ -33,6 +33,7 @@ CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, seq);
 """
 
+ADDED_COLUMNS = (("handle", "TEXT"), ("restarts", "INTEGER"))
 ACTIVE = ("validating_files", "queued", "running")  # a job in one of these still has work to do
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -54,6 +55,10 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in ADDED_COLUMNS:  # a database of an earlier version gains what this one keeps
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         self.lock = threading.RLock()
 
     def _write(self, sql: str, args=()) -> sqlite3.Cursor:
@@ -120,11 +125,18 @@ class Store:
     def request(self, job_id: str) -> dict:
         return json.loads(self._job_column(job_id, "request"))
 
-    def worker_pid(self, job_id: str) -> int | None:
-        return self._job_column(job_id, "worker_pid")
+    def handle(self, job_id: str) -> str | None:
+        """The executor's name for the job's worker (None: none started or it ended)."""
+        return self._job_column(job_id, "handle")
 
-    def set_worker(self, job_id: str, pid: int | None) -> None:
-        self._set_job_column(job_id, "worker_pid", pid)
+    def set_handle(self, job_id: str, handle: str | None) -> None:
+        self._set_job_column(job_id, "handle", handle)
+
+    def restarts(self, job_id: str) -> int:
+        return self._job_column(job_id, "restarts") or 0
+
+    def count_restart(self, job_id: str) -> None:
+        self._write("UPDATE jobs SET restarts = COALESCE(restarts, 0) + 1 WHERE id = ?", (job_id,))
 
     def example_count(self, job_id: str) -> int | None:
         return self._job_column(job_id, "examples")
