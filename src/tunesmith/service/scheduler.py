@@ -177,7 +177,10 @@ class Scheduler:
         for job in self.store.jobs(None, ("validating_files",), oldest_first=True):
             self._validate(job)
         for job_id in list(self.running):
-            self._watch(job_id)
+            try:
+                self._watch(job_id)
+            except Exception:  # one job's trouble must not stop the others being followed
+                log.exception("following %s failed", job_id)
         if self.stopping.is_set():
             return
         running = Counter(self.store.job_owner(job_id) for job_id in self.running)

@@ -77,7 +77,7 @@ class RayExecutor(Executor):
             return State("ended", code=0 if code is None else code, reason=reason)
         if status == "STOPPED":
             return State("ended", code=code, reason=reason)
-        error = str(info.error_type.value) if info.error_type else ""
+        error = str(getattr(info.error_type, "value", info.error_type) or "")  # an enum or its string, by version
         lost = error in LOST or (code is not None and code < 0)  # killed with its node, or by a signal
         return State("ended", code=code, retry=lost, reason=reason)
 

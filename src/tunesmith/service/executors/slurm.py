@@ -15,6 +15,7 @@ so the service finds the final state of a job that ended while the service was d
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -92,6 +93,8 @@ class SlurmExecutor(Executor):
         script = launch.folder / SCRIPT
         atomic.write_text(script, batch_script(launch, place, self.python))
         env = {k: v for k, v in launch.env.items() if k not in NOT_SENT}
+        if "SLURM_CONF" in os.environ:  # a cluster whose configuration is not in the default place
+            env["SLURM_CONF"] = os.environ["SLURM_CONF"]  # (the script's own scontrol needs it too)
         # only these variables reach the job, with their values taken from sbatch's own environment (never written out)
         done = self._run(["sbatch", "--parsable", f"--export={','.join(sorted(env))}", str(script)], env=env)
         if done.returncode != 0:

@@ -1,0 +1,197 @@
+"""`tunesmith service --cluster` on real clusters started by the tests on this machine: a one-node
+Slurm cluster (slurmctld, slurmd, munge) and a one-node Ray cluster. Through the openai client:
+a job runs as the cluster's job and its model answers; a job the cluster stops mid-run (Slurm's
+`scontrol requeue`, `scancel --signal=TERM`; a Ray job's process killed) resumes and ends with
+the adapter of the same job run without interruption (CPU, fp32); a job that ends while the
+service is down is found finished when it starts again."""
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from clusters import ray_cluster, slurm_cluster
+from conftest import cli_env, start_server
+from test_service import stop_service, upload, wait_for, wait_for_step
+
+openai = pytest.importorskip("openai")
+
+HP = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 12, "batch_size": 8}}}  # 144 steps
+
+
+def start_cluster_service(home: Path, model_dir: Path, cluster_yaml: str, env_extra: dict):
+    home.mkdir(parents=True, exist_ok=True)
+    (home.parent / "cluster.yaml").write_text(cluster_yaml)
+    line, proc = start_server(["service", "--port", "0", "--home", home.name, "--model", str(model_dir), "--precision",
+                               "fp32", "--probe-limit", "0", "--max-tokens", "16", "--workers", "2", "--cluster",
+                               "cluster.yaml"], home.parent, {**cli_env(home.parent), **env_extra})
+    url = line.split(" at ")[1].split()[0]
+    return openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60), proc
+
+
+def adapter(home: Path, job_id: str) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(home / "runs" / job_id / "final" / "adapter_model.safetensors")
+
+
+def assert_same_adapter(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def resumed_at(home: Path, job_id: str) -> list[int]:
+    """The steps the job's worker resumed from, in order, as its log says ("resumed from ... (step N)")."""
+    return [int(m) for m in re.findall(r"^resumed from .* \(step (\d+)\)$", (home / "jobs" / job_id / "worker.log").read_text(),
+                                        re.MULTILINE)]
+
+
+def messages(client, job_id: str) -> list[str]:
+    return [e.message for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=200)))]
+
+
+def metric_steps(client, job_id: str) -> list[int]:
+    return [e.data["step"] for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=200))) if e.type == "metrics"]
+
+
+# --- Slurm ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    cluster = slurm_cluster(tmp_path_factory.mktemp("slurm"))
+    yield cluster
+    cluster.stop()
+
+
+def slurm_job_of(slurm, job_id: str) -> str:
+    """The Slurm job id of a service job (by the name the service gives it)."""
+    out = slurm.run("squeue", "--noheader", "--states", "all", "--name", f"tunesmith-{job_id}", "--format", "%i").stdout
+    ids = out.split()
+    assert len(ids) == 1, f"slurm jobs named tunesmith-{job_id}: {ids}"
+    return ids[0]
+
+
+def test_slurm_jobs_run_on_the_cluster_and_resume_exactly_after_requeue_and_sigterm(slurm, tmp_path, tiny_model_dir,
+                                                                                    date_data):
+    home = tmp_path / "home"
+    client, proc = start_cluster_service(home, tiny_model_dir, "executor: slurm\nslurm: {time: '00:30:00'}\n",
+                                         {"SLURM_CONF": str(slurm.conf)})
+    try:
+        f = upload(client, date_data["train"])
+        requeued = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=HP)
+        whole = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=HP)
+        wait_for_step(client, requeued.id, 8)
+        first = slurm_job_of(slurm, requeued.id)
+        assert "RUNNING" in slurm.run("scontrol", "show", "job", first).stdout
+        assert slurm.run("scontrol", "requeue", first).returncode == 0  # as an operator or a node failure would
+        done = wait_for(client, requeued.id, timeout=420)
+        assert done.status == "succeeded", done.error
+        assert wait_for(client, whole.id, timeout=300).status == "succeeded"
+        assert "Restarts=1" in slurm.run("scontrol", "show", "job", first).stdout  # one Slurm job, run twice
+        events = messages(client, requeued.id)
+        assert any(m.startswith("The cluster queued the job again") for m in events), events
+        assert len(resumed_at(home, requeued.id)) == 1 and resumed_at(home, requeued.id)[0] >= 8
+        assert_same_adapter(adapter(home, requeued.id), adapter(home, whole.id))
+
+        signalled = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=HP)
+        wait_for_step(client, signalled.id, 30)
+        job = slurm_job_of(slurm, signalled.id)
+        assert slurm.run("scancel", "--signal=TERM", job).returncode == 0  # the time limit's or a preemption's warning
+        done = wait_for(client, signalled.id, timeout=420)
+        assert done.status == "succeeded", done.error
+        assert "Restarts=1" in slurm.run("scontrol", "show", "job", job).stdout  # the script queued itself again
+        assert len(resumed_at(home, signalled.id)) == 1 and resumed_at(home, signalled.id)[0] >= 30
+        steps = metric_steps(client, signalled.id)
+        assert sorted(set(steps)) == list(range(1, 145))
+        assert_same_adapter(adapter(home, signalled.id), adapter(home, whole.id))
+
+        answer = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=8,
+                                                messages=[{"role": "user", "content": "Date: 3 March 2021"}])
+        assert answer.choices[0].message.content is not None
+    finally:
+        stop_service(proc)
+
+
+def test_slurm_jobs_go_on_while_the_service_is_down_and_are_found_again(slurm, tmp_path, tiny_model_dir, date_data):
+    """One job ends while the service is down, one is still training when it starts again: the
+    first is found finished, the second followed to its end, each one Slurm job (none submitted twice)."""
+    home = tmp_path / "home"
+    cluster = "executor: slurm\n"
+    client, proc = start_cluster_service(home, tiny_model_dir, cluster, {"SLURM_CONF": str(slurm.conf)})
+    f = upload(client, date_data["train"])
+    short = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=HP)
+    long = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method={
+        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 24, "batch_size": 8}}})
+    wait_for_step(client, short.id, 4)
+    wait_for_step(client, long.id, 4)
+    stop_service(proc)  # the service goes; its jobs train on in Slurm
+    short_job, long_job = slurm_job_of(slurm, short.id), slurm_job_of(slurm, long.id)
+    deadline = time.time() + 300
+    while slurm.job_state(short_job) != "COMPLETED":
+        assert time.time() < deadline, slurm.job_state(short_job)
+        time.sleep(1)
+    assert slurm.job_state(long_job) == "RUNNING"
+    client, proc = start_cluster_service(home, tiny_model_dir, cluster, {"SLURM_CONF": str(slurm.conf)})
+    try:
+        assert wait_for(client, short.id, timeout=60).status == "succeeded"
+        done = wait_for(client, long.id, timeout=420)
+        assert done.status == "succeeded", done.error
+        assert "The service restarted; following the job on the slurm cluster" in messages(client, long.id)
+        assert sorted(set(metric_steps(client, long.id))) == list(range(1, 289))
+        assert slurm_job_of(slurm, short.id) == short_job and slurm_job_of(slurm, long.id) == long_job
+        assert "Restarts=0" in slurm.run("scontrol", "show", "job", long_job).stdout
+    finally:
+        stop_service(proc)
+
+
+# --- Ray --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray():
+    cluster = ray_cluster()
+    yield cluster
+    cluster.stop()
+
+
+def training_pid(job_folder: Path) -> int | None:
+    """The pid of the process training a job (its command line names the job's config)."""
+    config = str(job_folder / "config.yaml")
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"tunesmith" in argv and config.encode() in argv and b"train" in argv:
+                return int(entry.name)
+    return None
+
+
+def test_ray_jobs_run_on_the_cluster_and_resume_exactly_when_killed(ray, tmp_path, tiny_model_dir, date_data):
+    from ray.job_submission import JobSubmissionClient
+
+    home = tmp_path / "home"
+    client, proc = start_cluster_service(home, tiny_model_dir, f"executor: ray\naddress: {ray.address}\n"
+                                         "ray: {num_cpus: 1}\n", {})
+    try:
+        f = upload(client, date_data["train"])
+        killed = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=HP)
+        whole = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=HP)
+        wait_for_step(client, killed.id, 15)  # past the first epoch's checkpoint (step 12)
+        pid = training_pid(home / "jobs" / killed.id)
+        assert pid is not None
+        ours = [j for j in JobSubmissionClient(ray.address).list_jobs() if (j.metadata or {}).get("tunesmith_job") == killed.id]
+        assert [j.status for j in ours] == ["RUNNING"]
+        import os
+
+        os.kill(pid, signal.SIGKILL)  # as if its node went away: no checkpoint of its own
+        done = wait_for(client, killed.id, timeout=420)
+        assert done.status == "succeeded", done.error
+        assert wait_for(client, whole.id, timeout=300).status == "succeeded"
+        events = messages(client, killed.id)
+        assert any(m.startswith("The job stopped before finishing (ray job") for m in events), events
+        resumed = resumed_at(home, killed.id)  # once, from the last epoch's checkpoint (every 12 steps) before the kill
+        assert len(resumed) == 1 and resumed[0] >= 12 and resumed[0] % 12 == 0, resumed
+        ours = [j for j in JobSubmissionClient(ray.address).list_jobs() if (j.metadata or {}).get("tunesmith_job") == killed.id]
+        assert sorted(str(j.status) for j in ours) == ["FAILED", "SUCCEEDED"]
+        assert_same_adapter(adapter(home, killed.id), adapter(home, whole.id))
+    finally:
+        stop_service(proc)
