@@ -195,3 +195,72 @@ def test_ray_jobs_run_on_the_cluster_and_resume_exactly_when_killed(ray, tmp_pat
         assert_same_adapter(adapter(home, killed.id), adapter(home, whole.id))
     finally:
         stop_service(proc)
+
+
+def test_a_slurm_job_of_two_tasks_trains_as_two_ranks_like_one_process(slurm, tmp_path, tiny_model_dir, date_data):
+    """tasks_per_node: 2 runs the job as two training processes (Slurm's ranks as torchrun's);
+    its adapter follows the one-process job's."""
+    import torch
+
+    home = tmp_path / "home"
+    env = {"SLURM_CONF": str(slurm.conf)}
+    hp = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 8}}}
+    client, proc = start_cluster_service(home, tiny_model_dir, "executor: slurm\nslurm: {tasks_per_node: 2}\n", env)
+    try:
+        f = upload(client, date_data["train"])
+        two = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=hp)
+        done = wait_for(client, two.id, timeout=300)
+        assert done.status == "succeeded", done.error
+        assert "NumTasks=2" in slurm.run("scontrol", "show", "job", slurm_job_of(slurm, two.id)).stdout
+        assert "2 processes (ddp)" in (home / "jobs" / two.id / "worker.log").read_text()  # one run of two ranks
+    finally:
+        stop_service(proc)
+    client, proc = start_cluster_service(home, tiny_model_dir, "executor: slurm\n", env)
+    try:
+        one = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=hp)
+        assert wait_for(client, one.id, timeout=300).status == "succeeded"
+    finally:
+        stop_service(proc)
+    a, b = adapter(home, two.id), adapter(home, one.id)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    assert any(not a[k].equal(torch.zeros_like(a[k])) for k in a)
+
+
+# --- the cluster file and the batch script (no cluster needed) ---------------------------------------
+def test_the_batch_script_places_each_job_by_model_and_tenant(tmp_path):
+    from tunesmith.service.cluster import read_cluster
+    from tunesmith.service.executors import Launch
+    from tunesmith.service.executors.slurm import batch_script
+
+    path = tmp_path / "cluster.yaml"
+    path.write_text("executor: slurm\npython: /shared/venv/bin/python\nslurm: {partition: gpu, gpus_per_node: 1, time: '08:00:00'}\n"
+                    "models:\n  small: {partition: cpu, gpus_per_node: 0}\ntenants:\n  research: {account: lab, nodes: 2, "
+                    "tasks_per_node: 4}\n")
+    cluster = read_cluster(path, {"small", "big"}, {"research", "ops"})
+    launch = Launch("ftjob-1", Path("/shared/home/jobs/ftjob-1"), Path("/shared/home/runs/ftjob-1"), "ops", "big")
+    script = batch_script(launch, cluster.placement("big", "ops"), cluster.python)
+    for option in ("--partition=gpu", "--gpus-per-node=1", "--time=08:00:00", "--requeue", "--signal=TERM@120",
+                   "--chdir=/shared/home/jobs/ftjob-1", "--output=/shared/home/jobs/ftjob-1/worker.log"):
+        assert f"#SBATCH {option}\n" in script
+    assert "srun --export=ALL /shared/venv/bin/python -m tunesmith train /shared/home/jobs/ftjob-1/config.yaml --resume" in script
+    small = batch_script(launch, cluster.placement("small", "research"), cluster.python)
+    assert "#SBATCH --partition=cpu\n" in small and "gpus-per-node" not in small and "#SBATCH --account=lab\n" in small
+    assert "#SBATCH --nodes=2\n" in small and "RANK=$SLURM_PROCID" in small and "MASTER_ADDR" in small
+
+
+@pytest.mark.parametrize("text, message", [
+    ("executor: slurm\nslurm: {partitoin: gpu}\n", "cluster.yaml:2: unknown key 'slurm.partitoin'"),
+    ("executor: ray\n", "executor ray needs address:"),
+    ("executor: slurm\nmodels:\n  nope: {partition: a}\n", "cluster.yaml:3: model 'nope' is not one of this service's"),
+    ("executor: slurm\ntenants:\n  ops: {gpus_per_node: -1}\n", "tenants.ops"),
+    ("executor: kubernetes\n", "cluster.yaml:1: executor"),
+])
+def test_a_bad_cluster_file_is_one_line_naming_the_place(tmp_path, text, message):
+    from tunesmith.errors import UserError
+    from tunesmith.service.cluster import read_cluster
+
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as e:
+        read_cluster(path, {"small"}, {"ops"})
+    assert message in str(e.value) and "\n" not in str(e.value)
