@@ -264,3 +264,14 @@ def test_a_bad_cluster_file_is_one_line_naming_the_place(tmp_path, text, message
     with pytest.raises(UserError) as e:
         read_cluster(path, {"small"}, {"ops"})
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_batch_script_docs_show_is_the_one_the_service_writes():
+    from tunesmith.service.cluster import SlurmPlacement
+    from tunesmith.service.executors import Launch
+    from tunesmith.service.executors.slurm import batch_script
+
+    launch = Launch("ftjob-abc123", Path("/shared/tunesmith/jobs/ftjob-abc123"), Path("/shared/tunesmith/runs/ftjob-abc123"),
+                    "research", "SmolLM2-135M-Instruct")
+    script = batch_script(launch, SlurmPlacement(partition="gpu", gpus_per_node=1, time="08:00:00"), "/shared/venv/bin/python")
+    assert f"```bash\n{script}```" in (Path(__file__).parents[1] / "docs" / "service.md").read_text()
