@@ -187,9 +187,9 @@ class Ray:
 
 def ray_cluster():
     """Start a one-node Ray cluster or skip (Ray is in the dev extra)."""
-    try:
-        import ray.job_submission  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
         pytest.skip("Ray is not installed (pip install 'tunesmith[ray]')")
     cluster = Ray()
     cluster.start()

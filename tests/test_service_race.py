@@ -140,3 +140,14 @@ def test_one_tenants_twenty_jobs_do_not_starve_anothers_one(tmp_path, tiny_model
         assert [svc.store.job(j)["status"] for j in jobs["alice"][1:]] == ["queued"] * 19
     finally:
         svc.scheduler.stop()
+
+
+def test_a_job_left_on_a_cluster_the_service_no_longer_uses_is_queued_again(service):
+    """Restarted without --cluster, the service cannot follow a job its Slurm executor started:
+    the job is queued again (to resume here) instead of the restart failing."""
+    svc, http, new_job = service
+    job_id = new_job()
+    svc.store.transition(job_id, ("queued",), status="running")
+    svc.store.set_handle(job_id, "slurm:123:/shared/jobs/x")
+    svc.scheduler._recover()
+    assert svc.store.job(job_id)["status"] == "queued" and svc.store.handle(job_id) is None

@@ -155,6 +155,10 @@ class Scheduler:
                 self.store.set_handle(job["id"], None)
                 self._succeed(job, self._follow(job))
                 continue
+            if handle and not handle.startswith(self.executor.name + ":"):  # the service now runs jobs elsewhere
+                log.warning("%s: its worker %s is not followed by the %s executor; queued again", job["id"], handle,
+                            self.executor.name)
+                handle = None
             if handle and self.executor.adopt(handle, self.launch_of(job)):
                 self.running[job["id"]] = Worker(handle, signalled=self.store.control(job["id"]) is not None)
                 self.store.add_event(job["id"], f"The service restarted; following the job on the {self.executor.name} "
