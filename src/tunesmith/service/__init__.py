@@ -16,7 +16,7 @@ from tunesmith.errors import UserError
 from tunesmith.serve.models import display_id
 from tunesmith.service.catalog import ServiceCatalog
 from tunesmith.service.cluster import LOCAL as LOCAL_CLUSTER, read_cluster
-from tunesmith.service.executors import executor_for
+from tunesmith.service.executors import Executor
 from tunesmith.service.files import FileStore
 from tunesmith.service.scheduler import Scheduler
 from tunesmith.service.store import Store
@@ -50,6 +50,21 @@ def bases_of(references: list[str]) -> dict[str, str]:
             raise UserError(f"--model {reference}: a second base named {name}")
         out[name] = reference
     return out
+
+
+def executor_for(cluster) -> Executor:
+    """The executor a `--cluster` file (service/cluster.py's ClusterConfig) names."""
+    if cluster.executor == "slurm":
+        from tunesmith.service.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor(cluster.python, cluster.placement)
+    if cluster.executor == "ray":
+        from tunesmith.service.executors.ray_cluster import RayExecutor
+
+        return RayExecutor(cluster.address, cluster.python, cluster.placement)
+    from tunesmith.service.executors.local import LocalExecutor
+
+    return LocalExecutor(cluster.python)
 
 
 def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Path | None = None,

@@ -84,17 +84,3 @@ def tunesmith_argv(python: str, config: Path) -> list[str]:
     """The one command every executor runs: the run resumes from its checkpoint if it has one."""
     return [python, "-m", "tunesmith", "train", str(config), "--resume", "--quiet"]
 
-
-def executor_for(cluster) -> Executor:
-    """The executor a `--cluster` file (service/cluster.py's ClusterConfig) names."""
-    if cluster.executor == "slurm":
-        from tunesmith.service.executors.slurm import SlurmExecutor
-
-        return SlurmExecutor(cluster.python, cluster.placement)
-    if cluster.executor == "ray":
-        from tunesmith.service.executors.ray_cluster import RayExecutor
-
-        return RayExecutor(cluster.address, cluster.python, cluster.placement)
-    from tunesmith.service.executors.local import LocalExecutor
-
-    return LocalExecutor(cluster.python)
