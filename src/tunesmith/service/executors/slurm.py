@@ -82,7 +82,6 @@ class SlurmExecutor(Executor):
 
     def __init__(self, python: str, placement, timeout_s: float = 30):
         self.python, self.placement, self.timeout_s = python, placement, timeout_s  # placement(model, tenant)
-        self.folders: dict[str, Path] = {}
 
     def _run(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_s, env=env)
@@ -100,7 +99,6 @@ class SlurmExecutor(Executor):
         if done.returncode != 0:
             raise RuntimeError(f"sbatch: {(done.stderr or done.stdout).strip() or f'exit code {done.returncode}'}")
         job = done.stdout.strip().split(";")[0]
-        self.folders[job] = launch.folder
         return f"slurm:{job}:{launch.folder}"
 
     @staticmethod
