@@ -1,7 +1,8 @@
-"""Real clusters on this machine for the executor tests: a one-node Slurm cluster (Debian's
-slurm-wlm: munged, slurmctld, slurmd) and a one-node Ray cluster (`ray start --head`). Each is
-installed where missing when the tests run as root (as `.ci/run` does for chromium), or the
-tests skip saying why."""
+"""Real clusters on this machine for the executor tests: a one-node Slurm cluster with accounting
+(Debian's slurm-wlm and slurmdbd: munged, a private MariaDB server, slurmdbd, slurmctld, slurmd;
+so `sacct` answers as on a production cluster) and a one-node Ray cluster (`ray start --head`).
+Each is installed where missing when the tests run as root (as `.ci/run` does for chromium), or
+the tests skip saying why."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-SLURM_PACKAGES = ("slurm-wlm", "munge")
+SLURM_PACKAGES = ("slurm-wlm", "munge", "slurmdbd", "mariadb-server")
+SLURM_COMMANDS = ("slurmctld", "slurmd", "slurmdbd", "munged", "mariadbd", "mariadb-install-db")
+DB_PASSWORD = "tunesmith-test"  # the private database's only user; reachable on loopback only
 
 
 def _apt_install(packages: tuple[str, ...]) -> str | None:
@@ -83,9 +86,12 @@ SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1
 ReturnToService=2
-MinJobAge=3600
+MinJobAge={min_job_age}
 KillWait=30
-AccountingStorageType=accounting_storage/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort={dbd_port}
+JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MpiDefault=none
 NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
@@ -93,11 +99,40 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """
 
 
-class Slurm:
-    """A running one-node cluster: `env` has SLURM_CONF for every Slurm command."""
+SLURMDBD_CONF = """AuthType=auth/munge
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort={dbd_port}
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={db_port}
+StorageUser=slurm
+StoragePass={password}
+StorageLoc=slurm_acct_db
+PidFile={root}/slurmdbd.pid
+LogFile={root}/slurmdbd.log
+"""
 
-    def __init__(self, root: Path):
-        self.root, self.host = root, socket.gethostname()
+
+def _wait(ready, what: str, log: Path, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} did not come up; see {log}")
+
+
+class Slurm:
+    """A running one-node cluster with accounting: `env` has SLURM_CONF for every Slurm command.
+
+    `min_job_age` is how long slurmctld remembers a finished job: past it only `sacct` knows how
+    the job ended (5 s here, so the tests read finished jobs from accounting, as a service does
+    that comes back after Slurm's default 300 s)."""
+
+    def __init__(self, root: Path, min_job_age: int = 5):
+        self.root, self.host, self.min_job_age = root, socket.gethostname(), min_job_age
         self.conf = root / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self.daemons: list[subprocess.Popen] = []
@@ -105,11 +140,42 @@ class Slurm:
     def run(self, *argv: str) -> subprocess.CompletedProcess:
         return subprocess.run(list(argv), capture_output=True, text=True, env=self.env, timeout=30)
 
+    def _start_database(self, port: int) -> None:
+        """A MariaDB server of the test's own (data under root/db, loopback port) for slurmdbd."""
+        data = self.root / "db"
+        done = subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
+                               "--skip-test-db"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"mariadb-install-db failed: {done.stderr.strip()[-500:]}")
+        init = self.root / "db-init.sql"
+        init.write_text(f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}';\n"
+                        "GRANT ALL ON *.* TO 'slurm'@'127.0.0.1';\n")
+        self.daemons.append(subprocess.Popen(
+            ["mariadbd", "--no-defaults", f"--datadir={data}", "--user=root", "--bind-address=127.0.0.1",
+             f"--port={port}", f"--socket={self.root}/db.sock", f"--pid-file={self.root}/db.pid",
+             f"--init-file={init}", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
+             f"--log-error={self.root}/db.log"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+        def answers() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+        _wait(answers, "mariadbd", self.root / "db.log")
+
     def start(self) -> None:
         for folder in ("state", "spool"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
+        db_port, dbd_port = _free_port(), _free_port()
         self.conf.write_text(SLURM_CONF.format(host=self.host, ctld_port=_free_port(), d_port=_free_port(),
-                                               root=self.root, cpus=os.cpu_count() or 1))
+                                               root=self.root, cpus=os.cpu_count() or 1, dbd_port=dbd_port,
+                                               min_job_age=self.min_job_age))
+        dbd_conf = self.root / "slurmdbd.conf"  # found beside slurm.conf; slurmdbd wants it private
+        dbd_conf.write_text(SLURMDBD_CONF.format(dbd_port=dbd_port, db_port=db_port, password=DB_PASSWORD,
+                                                 root=self.root))
+        dbd_conf.chmod(0o600)
+        self._start_database(db_port)
+        self.daemons.append(subprocess.Popen(["slurmdbd", "-D"], env=self.env, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL))
+        _wait(lambda: "slurmdbd version" in _read(self.root / "slurmdbd.log"), "slurmdbd", self.root / "slurmdbd.log")
         self.daemons.append(subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(self.conf)], env=self.env,
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.daemons.append(subprocess.Popen(["slurmd", "-D", "-f", str(self.conf), "-N", self.host], env=self.env,
@@ -122,8 +188,15 @@ class Slurm:
             time.sleep(0.5)
         raise RuntimeError(f"slurm did not come up (sinfo: {state!r}); see {self.root}/slurmctld.log")
 
+    def accounted(self, *argv: str) -> list[list[str]]:
+        """sacct's rows (fields split) for the given selection, every allocation and step since yesterday."""
+        out = self.run("sacct", "--noheader", "--parsable2", "--starttime", "now-1days", *argv).stdout
+        return [line.split("|") for line in out.splitlines() if line]
+
     def job_state(self, job: str) -> str:
-        return self.run("squeue", "--noheader", "--jobs", job, "--states", "all", "--format", "%T").stdout.strip()
+        """The job's state in Slurm's accounting (the record of its last run)."""
+        rows = self.accounted("--allocations", "--jobs", job, "--format", "State")
+        return rows[-1][0].split()[0] if rows else ""
 
     def stop(self) -> None:
         self.run("scancel", "--full", "--user", "root")
@@ -136,12 +209,16 @@ class Slurm:
                 daemon.kill()
 
 
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
 def slurm_cluster(root: Path):
     """Start a one-node Slurm cluster under `root` (installing Slurm where missing) or skip."""
-    if not shutil.which("slurmctld") or not shutil.which("munged"):
+    if not all(shutil.which(command) for command in SLURM_COMMANDS):
         why = _apt_install(SLURM_PACKAGES)
         if why:
-            pytest.skip(f"Slurm (Debian's slurm-wlm, munge) is not installed and cannot be: {why}")
+            pytest.skip(f"Slurm (Debian's {', '.join(SLURM_PACKAGES)}) is not installed and cannot be: {why}")
     if os.geteuid() != 0:
         pytest.skip("the test's Slurm cluster runs its daemons as root")
     why = _start_munge()

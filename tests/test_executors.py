@@ -63,11 +63,23 @@ def slurm(tmp_path_factory):
 
 
 def slurm_job_of(slurm, job_id: str) -> str:
-    """The Slurm job id of a service job (by the name the service gives it)."""
-    out = slurm.run("squeue", "--noheader", "--states", "all", "--name", f"tunesmith-{job_id}", "--format", "%i").stdout
-    ids = out.split()
+    """The Slurm job id of a service job, from Slurm's accounting (by the name the service gives it)."""
+    ids = {row[0] for row in slurm.accounted("--allocations", "--name", f"tunesmith-{job_id}", "--format", "JobID")}
     assert len(ids) == 1, f"slurm jobs named tunesmith-{job_id}: {ids}"
-    return ids[0]
+    return ids.pop()
+
+
+def runs_of(slurm, job: str) -> list[str]:
+    """The states of each run of a Slurm job in its accounting, in order (a requeued run: REQUEUED)."""
+    return [row[0].split()[0] for row in slurm.accounted("--allocations", "--duplicates", "--jobs", job, "--format", "State")]
+
+
+def forgotten(slurm, job: str, timeout: float = 150) -> None:
+    """Wait until the controller forgets a finished job (MinJobAge, then its purge pass): only accounting knows it."""
+    deadline = time.time() + timeout
+    while slurm.run("squeue", "--noheader", "--states", "all", "--jobs", job).returncode == 0:
+        assert time.time() < deadline, f"slurmctld still holds job {job}"
+        time.sleep(2)
 
 
 def test_slurm_jobs_run_on_the_cluster_and_resume_exactly_after_requeue_and_sigterm(slurm, tmp_path, tiny_model_dir,
@@ -86,7 +98,8 @@ def test_slurm_jobs_run_on_the_cluster_and_resume_exactly_after_requeue_and_sigt
         done = wait_for(client, requeued.id, timeout=420)
         assert done.status == "succeeded", done.error
         assert wait_for(client, whole.id, timeout=300).status == "succeeded"
-        assert "Restarts=1" in slurm.run("scontrol", "show", "job", first).stdout  # one Slurm job, run twice
+        assert runs_of(slurm, first) == ["REQUEUED", "COMPLETED"]  # one Slurm job, run twice, as sacct shows it
+        assert runs_of(slurm, slurm_job_of(slurm, whole.id)) == ["COMPLETED"]
         events = messages(client, requeued.id)
         assert any(m.startswith("The cluster queued the job again") for m in events), events
         assert len(resumed_at(home, requeued.id)) == 1 and resumed_at(home, requeued.id)[0] >= 8
@@ -98,7 +111,7 @@ def test_slurm_jobs_run_on_the_cluster_and_resume_exactly_after_requeue_and_sigt
         assert slurm.run("scancel", "--signal=TERM", job).returncode == 0  # the time limit's or a preemption's warning
         done = wait_for(client, signalled.id, timeout=420)
         assert done.status == "succeeded", done.error
-        assert "Restarts=1" in slurm.run("scontrol", "show", "job", job).stdout  # the script queued itself again
+        assert runs_of(slurm, job) == ["REQUEUED", "COMPLETED"]  # the script queued itself again
         assert len(resumed_at(home, signalled.id)) == 1 and resumed_at(home, signalled.id)[0] >= 30
         steps = metric_steps(client, signalled.id)
         assert sorted(set(steps)) == list(range(1, 145))
@@ -138,7 +151,31 @@ def test_slurm_jobs_go_on_while_the_service_is_down_and_are_found_again(slurm, t
         assert "The service restarted; following the job on the slurm cluster" in messages(client, long.id)
         assert sorted(set(metric_steps(client, long.id))) == list(range(1, 289))
         assert slurm_job_of(slurm, short.id) == short_job and slurm_job_of(slurm, long.id) == long_job
-        assert "Restarts=0" in slurm.run("scontrol", "show", "job", long_job).stdout
+        assert runs_of(slurm, long_job) == ["COMPLETED"]  # followed, never submitted or queued again
+    finally:
+        stop_service(proc)
+
+
+def test_a_job_slurm_cancelled_while_the_service_was_down_is_failed_from_slurms_accounting(slurm, tmp_path,
+                                                                                           tiny_model_dir, date_data):
+    """An operator's `scancel` while the service is down, found after the controller has forgotten
+    the job: only `sacct` can say it was cancelled (it left no exit file), so the job fails naming
+    that instead of being taken for a lost node and trained again."""
+    home = tmp_path / "home"
+    client, proc = start_cluster_service(home, tiny_model_dir, "executor: slurm\n", {"SLURM_CONF": str(slurm.conf)})
+    f = upload(client, date_data["train"])
+    job = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=HP)
+    wait_for_step(client, job.id, 4)
+    stop_service(proc)
+    slurm_job = slurm_job_of(slurm, job.id)
+    assert slurm.run("scancel", slurm_job).returncode == 0
+    forgotten(slurm, slurm_job)
+    assert runs_of(slurm, slurm_job) == ["CANCELLED"] and not list((home / "jobs" / job.id).glob("slurm-exit-*"))
+    client, proc = start_cluster_service(home, tiny_model_dir, "executor: slurm\n", {"SLURM_CONF": str(slurm.conf)})
+    try:
+        done = wait_for(client, job.id, timeout=120)
+        assert done.status == "failed" and "cancelled in Slurm (scancel)" in done.error.message, (done.status, done.error)
+        assert resumed_at(home, job.id) == [] and runs_of(slurm, slurm_job) == ["CANCELLED"]
     finally:
         stop_service(proc)
 
@@ -211,7 +248,8 @@ def test_a_slurm_job_of_two_tasks_trains_as_two_ranks_like_one_process(slurm, tm
         two = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=hp)
         done = wait_for(client, two.id, timeout=300)
         assert done.status == "succeeded", done.error
-        assert "NumTasks=2" in slurm.run("scontrol", "show", "job", slurm_job_of(slurm, two.id)).stdout
+        steps = slurm.accounted("--jobs", slurm_job_of(slurm, two.id), "--format", "JobID,NTasks")
+        assert [n for step, n in steps if step.endswith(".0")] == ["2"]  # srun's step: two tasks
         assert "2 processes (ddp)" in (home / "jobs" / two.id / "worker.log").read_text()  # one run of two ranks
     finally:
         stop_service(proc)

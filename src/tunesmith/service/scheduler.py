@@ -299,6 +299,8 @@ class Scheduler:
                                      "checkpoint")
         else:
             said = _last_error(self.job_dir(job_id) / LOG)
+            if state.code is None and state.reason:  # the cluster ended it (e.g. an operator's scancel), not the run
+                said = f"{state.reason}" + (f"; the worker's last line: {said}" if said else "")
             self._fail(job, "training_failed", said or state.reason or "the training process failed without output", None)
 
     def _complete(self, job_id: str) -> bool:

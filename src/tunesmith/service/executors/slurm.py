@@ -8,9 +8,10 @@ the job again), and `--resume` (each run of the script continues from the run's 
 checkpoint, exactly). A stop the service asks for is a file in the job's folder, `stop-requested`,
 and SIGTERM to the job's steps: the script sees the file and ends instead of requeueing.
 
-The state comes from `squeue` while Slurm holds the job, from `sacct` where accounting is on,
-and from the exit file the script writes last (`slurm-exit-JOBID`) once Slurm has forgotten it:
-so the service finds the final state of a job that ended while the service was down.
+The state comes from `squeue` while the controller holds the job, then from the exit file the
+script writes last (`slurm-exit-JOBID`) and Slurm's accounting (`sacct`: state and exit code,
+where slurmdbd runs), so the service finds how a job ended while the service was down, long
+after the controller forgot it (MinJobAge) — even where the script never wrote its file.
 """
 
 from __future__ import annotations
@@ -118,22 +119,37 @@ class SlurmExecutor(Executor):
                 return State("pending", reason=f"slurm job {job} {status} ({why})")
             if status in RUNNING:
                 return State("running", reason=f"slurm job {job} {status}")
-            return self._ended(job, folder, status)
+            return self._ended(job, folder, status, self._accounted(job))
         if listed.returncode != 0 and "Invalid job id" not in listed.stderr:
             return State("unknown", reason=f"squeue: {listed.stderr.strip()}")
-        return self._ended(job, folder, self._accounted(job))
+        accounted = self._accounted(job)  # slurmctld has forgotten the job (MinJobAge): its accounting knows
+        if accounted and (accounted[0] in PENDING or accounted[0] in RUNNING):
+            # the controller is done with it but its end has not reached slurmdbd yet: ask again
+            return State("unknown", reason=f"slurm job {job}: accounting still says {accounted[0]}")
+        return self._ended(job, folder, accounted[0] if accounted else None, accounted)
 
-    def _accounted(self, job: str) -> str | None:
-        """The job's final state in Slurm's accounting (None where accounting is off)."""
+    def _accounted(self, job: str) -> tuple[str, int | None] | None:
+        """The job's last state and exit code in Slurm's accounting (sacct; None where accounting
+        is off or does not know the job). A requeued job has a record per run: the last counts."""
         try:
-            done = self._run(["sacct", "--noheader", "--allocations", "--parsable2", "--jobs", job, "--format", "State"])
+            done = self._run(["sacct", "--noheader", "--allocations", "--parsable2", "--jobs", job,
+                              "--format", "State,ExitCode"])
         except (OSError, subprocess.TimeoutExpired):
             return None
-        return done.stdout.split()[0].strip() if done.returncode == 0 and done.stdout.strip() else None
+        rows = [line.split("|") for line in done.stdout.splitlines() if line.count("|") == 1]
+        if done.returncode != 0 or not rows:
+            return None
+        status, exit_code = rows[-1]
+        code, _, signal = exit_code.partition(":")  # "3:0": exit code 3; "0:15": killed by signal 15
+        try:
+            number = -int(signal) if int(signal) else int(code)
+        except ValueError:
+            number = None
+        return status.split()[0], number  # "CANCELLED by 0" -> CANCELLED
 
-    def _ended(self, job: str, folder: Path, status: str | None) -> State:
-        status = (status or "").split()[0] if status else None  # "CANCELLED by 0" -> CANCELLED
-        exit_file = folder / f"slurm-exit-{job}"
+    def _ended(self, job: str, folder: Path, status: str | None, accounted: tuple[str, int | None] | None) -> State:
+        status = status.split()[0] if status else None
+        exit_file = folder / f"slurm-exit-{job}"  # the script's own last word (all there is without accounting)
         if exit_file.is_file():
             try:
                 return State("ended", code=int(exit_file.read_text().strip()), reason=f"slurm job {job} {status or 'ended'}")
@@ -143,7 +159,13 @@ class SlurmExecutor(Executor):
             return State("ended", code=None, retry=True, reason=f"slurm job {job} {status}")
         if status is None:  # Slurm has forgotten it and its script never finished: lost with its node
             return State("ended", code=None, retry=True, reason=f"slurm job {job} is gone without an exit status")
-        return State("ended", code=None, reason=f"slurm job {job} {status}")
+        if status == "COMPLETED":  # the script exited 0
+            return State("ended", code=0, reason=f"slurm job {job} {status}")
+        if status == "FAILED" and accounted and accounted[0] == "FAILED":  # (not a record still catching up)
+            return State("ended", code=accounted[1], reason=f"slurm job {job} {status}")
+        if status == "CANCELLED":
+            return State("ended", code=None, reason=f"slurm job {job} was cancelled in Slurm (scancel), not by the service")
+        return State("ended", code=None, reason=f"slurm job {job} ended {status} in Slurm")
 
     def stop(self, handle: str) -> None:
         job, folder = self._parts(handle)
