@@ -2,6 +2,7 @@
 with two LoRA adapters, each answer checked against the same model generating offline."""
 
 import json
+import re
 import shutil
 import signal
 import threading
@@ -127,6 +128,117 @@ def test_completions_continue_plain_text(client, server, offline):
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     assert r.choices[0].text == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert r.object == "text_completion" and r.usage.prompt_tokens == ids.shape[1]
+
+
+def offline_logprobs(model_and_tok, ids: list[int]) -> torch.Tensor:
+    """log_softmax of the offline model's logits over `ids` (row i: the distribution after ids[:i+1])."""
+    model, _ = model_and_tok
+    with torch.no_grad():
+        return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+
+
+def test_chat_log_probabilities_are_the_model_own_whole_and_streamed(client, offline):
+    from tunesmith.data.chat import prompt_ids
+
+    r = client.chat.completions.create(model="a", messages=CHAT, temperature=0, max_tokens=10, logprobs=True,
+                                       top_logprobs=3)
+    content = r.choices[0].logprobs.content
+    model, tok = offline["a"]
+    prompt = prompt_ids(tok, CHAT)
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        reply = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, len(prompt):].tolist()
+    reply = [t for t in reply if t != tok.eos_token_id]
+    assert "".join(c.token for c in content) == tok.decode(reply, skip_special_tokens=True)
+    assert len(content) == len(reply)
+    expected = offline_logprobs(offline["a"], prompt + reply)
+    for i, c in enumerate(content):
+        row = expected[len(prompt) - 1 + i]
+        assert c.logprob == pytest.approx(float(row[reply[i]]), abs=1e-4)
+        assert c.logprob == pytest.approx(float(row.max()), abs=1e-4)  # greedy: the most likely token's
+        assert [t.token for t in c.top_logprobs] == [tok.decode([t]) for t in row.topk(3).indices.tolist()]
+        assert bytes(c.bytes) == c.token.encode()
+    chunks = list(client.chat.completions.create(model="a", messages=CHAT, temperature=0, max_tokens=10, logprobs=True,
+                                                 top_logprobs=3, stream=True))
+    streamed = [t for ch in chunks if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+    with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
+        client.chat.completions.create(model="a", messages=CHAT, max_tokens=4, top_logprobs=2)
+
+
+def test_completions_score_a_text_with_echo_and_logprobs(client, offline):
+    """A teacher's view of a text: max_tokens 0, echo and logprobs give each of its tokens'
+    log-probability under the model (the first has none), as the legacy completions API does."""
+    text = "Tom flew to Paris on 3 May"
+    r = client.completions.create(model="b", prompt=text, max_tokens=0, echo=True, logprobs=2)
+    lp = r.choices[0].logprobs
+    model, tok = offline["b"]
+    ids = tok(text)["input_ids"]
+    expected = offline_logprobs(offline["b"], ids)
+    assert r.choices[0].text == text and "".join(lp.tokens) == tok.decode(ids, skip_special_tokens=True)
+    assert lp.token_logprobs[0] is None
+    assert lp.token_logprobs[1:] == pytest.approx([float(expected[i - 1, ids[i]]) for i in range(1, len(ids))], abs=1e-4)
+    assert lp.top_logprobs[0] is None and lp.text_offset[0] == 0
+    for i, top in enumerate(lp.top_logprobs[1:], start=1):  # (keyed by text: two tokens may read the same)
+        assert 1 <= len(top) <= 2 and max(top.values()) == pytest.approx(float(expected[i - 1].max()), abs=1e-4)
+    more = client.completions.create(model="b", prompt=text, max_tokens=4, echo=True, logprobs=0, temperature=0)
+    assert more.choices[0].text.startswith(text) and len(more.choices[0].logprobs.tokens) == len(ids) + 4
+    assert more.choices[0].logprobs.text_offset[len(ids)] == len(text)
+    with pytest.raises(openai.BadRequestError, match="max_tokens 0 only scores a prompt"):
+        client.completions.create(model="b", prompt=text, max_tokens=0)
+
+
+def test_many_clients_at_once_each_get_the_reply_they_get_alone(server, client):
+    """Twelve requests in flight together (base and both adapters, max_tokens 6 to 40, half of
+    them streamed, one stream closed after its third piece): each reply is the one the same
+    request gets alone, and the closed one's row is retired (the engine ends idle)."""
+    import urllib.request
+
+    names = [server["base"], "a", "b"] * 4
+    limits = [6 + 3 * i for i in range(12)]
+
+    def ask(name: str, limit: int, stream: bool) -> str:
+        if not stream:
+            return client.chat.completions.create(model=name, messages=CHAT, temperature=0,
+                                                  max_tokens=limit).choices[0].message.content
+        return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model=name, messages=CHAT, temperature=0, max_tokens=limit, stream=True) if c.choices)
+
+    expected = [ask(n, k, False) for n, k in zip(names, limits)]
+    results: dict[int, str] = {}
+    closed: list[int] = []
+
+    def go(i: int) -> None:
+        if i == 11:  # a client that leaves mid-reply
+            with client.chat.completions.create(model=names[i], messages=CHAT, temperature=0, max_tokens=64,
+                                                stream=True) as chunks:
+                for n, _ in enumerate(chunks):
+                    if n == 3:
+                        break
+            closed.append(i)
+            return
+        results[i] = ask(names[i], limits[i], stream=i % 2 == 1)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [results[i] for i in range(11)] == expected[:11] and closed == [11]
+    metrics = server["url"].removesuffix("/v1") + "/metrics"
+    deadline = time.time() + 30
+    while True:
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            text = response.read().decode()
+        if 'tunesmith_active_rows{model="' in text and re.search(r"tunesmith_active_rows\{[^}]*\} 0\.0", text):
+            break
+        assert time.time() < deadline, text
+        time.sleep(0.2)
+    assert re.search(r"tunesmith_kv_cache_used_tokens\{[^}]*\} 0\.0", text)
+    peak = float(re.search(r"tunesmith_kv_cache_peak_tokens\{[^}]*\} ([0-9.]+)", text).group(1))
+    assert peak > 2 * 40  # several rows held cache at once
+    assert re.search(r'tunesmith_time_to_first_token_seconds_count\{model="[^"]+"\} ([0-9.]+)', text)
 
 
 def raw_post(url: str, body: bytes) -> tuple[int, dict]:

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from tunesmith.cli.app import PRECISION_HELP, app, check_precision, err
+from tunesmith.cli.app import (DEFAULT_MAX_QUEUE, DEFAULT_MAX_ROWS, KV_BUDGET_HELP, MAX_ROWS_HELP, PRECISION_HELP, app,
+                               check_precision, err)
 from tunesmith.errors import UserError
 from tunesmith.export import FORMATS as EXPORT_FORMATS
 from tunesmith.export import GGUF_QUANTS
@@ -174,7 +175,9 @@ def serve(
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="environment variable holding the key "
                                               "clients must send as 'Authorization: Bearer KEY'"),
     max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="the most tokens one reply may ask for"),
-    max_queue: int = typer.Option(32, "--max-queue", min=1, help="requests running or waiting; more get 429"),
+    max_queue: int = typer.Option(DEFAULT_MAX_QUEUE, "--max-queue", min=1, help="requests running or waiting; more get 429"),
+    kv_budget_mb: Optional[float] = typer.Option(None, "--kv-budget-mb", min=1, help=KV_BUDGET_HELP),
+    max_rows: int = typer.Option(DEFAULT_MAX_ROWS, "--max-rows", min=1, help=MAX_ROWS_HELP),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
 ):
     """Serve the model and its adapters with the OpenAI API: /v1/models, /v1/chat/completions, /v1/completions."""
@@ -186,7 +189,7 @@ def serve(
     check_precision(precision)
     key = api_key_from(api_key_env)
     named = [parse_adapter_option(a) for a in adapter]
-    served = load_served(model, named, dtype=inference_dtype(precision))
+    served = load_served(model, named, dtype=inference_dtype(precision), kv_budget_mb=kv_budget_mb, max_rows=max_rows)
     if not is_loopback(host) and key is None:
         err.print(f"[yellow]warning: listening on {host} without --api-key-env: anyone who can reach this port "
                   "can use the model[/yellow]")

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from tunesmith.cli.app import PRECISION_HELP, app, check_precision, err
+from tunesmith.cli.app import (DEFAULT_MAX_QUEUE, DEFAULT_MAX_ROWS, KV_BUDGET_HELP, MAX_ROWS_HELP, PRECISION_HELP, app,
+                               check_precision, err)
 from tunesmith.errors import UserError
 from tunesmith.model.embedded import DEFAULT_ALIAS
 
@@ -32,6 +33,10 @@ def service(
     replay: float = typer.Option(0.0, "--replay", min=0.0, max=0.9, help="share of every job's batches drawn from the "
                                  "base model's own answers to general prompts (keeps general ability; 0: none)"),
     max_tokens: int = typer.Option(1024, "--max-tokens", min=1, help="the most tokens one reply may ask for"),
+    max_queue: int = typer.Option(DEFAULT_MAX_QUEUE, "--max-queue", min=1, help="chat and completion requests running or "
+                                  "waiting; more get 429"),
+    kv_budget_mb: Optional[float] = typer.Option(None, "--kv-budget-mb", min=1, help=KV_BUDGET_HELP + " (per base model)"),
+    max_rows: int = typer.Option(DEFAULT_MAX_ROWS, "--max-rows", min=1, help=MAX_ROWS_HELP),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
 ):
     """Serve OpenAI's fine-tuning API and chat with the results: point the openai client's base_url here."""
@@ -43,8 +48,8 @@ def service(
         raise UserError(f"--host {host}: listening beyond this machine needs --api-keys-file (who may train and on what)")
     svc = build_service(home, model or [DEFAULT_ALIAS], workers=workers, keys_file=api_keys_file,
                         max_upload=max_upload_mb << 20, probe_limit=probe_limit, precision=precision,
-                        max_tokens=max_tokens, replay=replay, tenants_file=tenants,
-                        cluster_file=cluster)
+                        max_tokens=max_tokens, max_queue=max_queue, replay=replay, tenants_file=tenants,
+                        cluster_file=cluster, kv_budget_mb=kv_budget_mb, max_rows=max_rows)
 
     def ready(url: str) -> None:
         print(f"tunesmith service at {url} (dashboard: {url.removesuffix('/v1')}/)  home {home}  (Ctrl-C stops)", flush=True)

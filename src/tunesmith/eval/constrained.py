@@ -21,6 +21,7 @@ from transformers import LogitsProcessor
 
 from tunesmith.data.tool_format import CALL_CLOSE, CALL_OPEN
 from tunesmith.errors import UserError
+from tunesmith.generation.sampling import unpack_bitmask
 
 SEPARATORS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}  # json.dumps' defaults
 
@@ -63,12 +64,6 @@ def matcher(tokenizer, grammar: str, n_vocab: int):
     if m.is_error():
         raise UserError(f"tool call grammar: {m.get_error()}")
     return m
-
-
-def unpack_bitmask(bitmask: torch.Tensor, n_vocab: int) -> torch.Tensor:
-    """llguidance's int32 words (bit i of word w: token 32w + i allowed) -> a bool mask [rows, vocab]."""
-    bits = (bitmask.unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1
-    return bits.reshape(bitmask.shape[0], -1)[:, :n_vocab].bool()
 
 
 class GrammarLogits(LogitsProcessor):

@@ -5,6 +5,7 @@
                                      `tools`, `tool_choice`, `parallel_tool_calls` (serve/tool_replies.py)
   POST /v1/completions               plain text continuation
   GET  /health
+  GET  /metrics                      Prometheus text: queue, active rows, KV cache, tokens/s, time to first token
 
 Bounded everywhere a request could make the server work without limit: body size, messages,
 choices, `max_tokens`, waiting requests (429 beyond the queue). Errors are OpenAI error bodies:
@@ -21,12 +22,15 @@ import threading
 import time
 import uuid
 import weakref
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Callable, Iterator
 
 from fastapi import Request  # resolved by name in the handlers' annotations
 
-from tunesmith.serve.generation import Finished, Params, complete, stream_text
+from tunesmith.generation.engine import TooLarge
+from tunesmith.serve import logprobs as logprobs_shapes
+from tunesmith.serve.generation import Finished, Params, Reply
 from tunesmith.serve.models import ModelGone, ServedModels
 from tunesmith.serve.protocol import ChatRequest, CompletionRequest, error_body
 from tunesmith.serve.tool_replies import ToolReplies
@@ -70,10 +74,10 @@ class Queue:
         return leave
 
 
-def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int = 1024, max_queue: int = 32,
+def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int = 1024, max_queue: int = 128,
               max_body: int = MAX_BODY_BYTES, callers: Callable[[str], str | None] | None = None,
               body_limits: dict[str, int] | None = None):
-    """The app over `catalog` (a ServedModels, or anything answering `visible_ids`, `holder` and
+    """The app over `catalog` (a ServedModels, or anything answering `visible_ids`, `holder`, `engines` and
     `parent` per caller). One `api_key` for every client, or `callers`: the caller (tenant) a bearer
     token belongs to, None for an unknown token; `body_limits` raises `max_body` for path prefixes."""
     from fastapi import FastAPI
@@ -86,7 +90,16 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
     from tunesmith.data.tool_calls import check_tools
     from tunesmith.eval.constrained import call_grammar
 
-    app = FastAPI(title="tunesmith serve", docs_url=None, redoc_url=None, openapi_url=None)
+    @asynccontextmanager
+    async def lifespan(app):
+        import anyio.to_thread
+
+        # each request waits for its reply in a worker thread: as many threads as requests admitted
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens, max_queue + 16)
+        yield
+
+    app = FastAPI(title="tunesmith serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     queue = app.state.queue = Queue(max_queue)
     created = int(time.time())
 
@@ -159,11 +172,24 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
         if limit > room:
             raise ApiError(400, f"this model's context is {served.context_length} tokens; the prompt has {prompt_len} "
                            f"and max_tokens asks for {limit} more", param="messages", code="context_length_exceeded")
-        return Params(limit, req.temperature, req.top_p, req.stop, req.seed)
+        try:
+            logprobs = req.logprobs_wanted()
+        except ValueError as e:
+            raise ApiError(400, str(e), param="logprobs") from None
+        return Params(limit, req.temperature, req.top_p, req.stop, req.seed, logprobs=logprobs,
+                      echo=bool(getattr(req, "echo", False)))
 
     @app.get("/health")
     def health():
         return {"status": "ok", "models": catalog.visible_ids(None), "requests": queue.count}  # running + waiting
+
+    @app.get("/metrics")
+    def metrics():
+        from fastapi.responses import Response
+
+        from tunesmith.serve.metrics import render
+
+        return Response(render(catalog.engines), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
     def models(request: Request):
@@ -179,25 +205,53 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
                 "total_tokens": prompt_tokens + completion_tokens}
 
     def run(served: ServedModels, req, prompts: list[list[int]], object_name: str, deltas, whole,
-            call_grammar: str | None = None):
+            call_grammar: str | None = None, shape=None, echoed: list[str] | None = None):
         """Answer every prompt `n` times; `whole(text, reason)` shapes one choice's payload and
-        finish reason, `deltas(pieces)` its streamed chunks (see `plain_deltas`)."""
+        finish reason, `deltas(pieces)` its streamed chunks (see `plain_deltas`), `shape(entries,
+        offset)` its log-probabilities where asked; `echoed`: each prompt's text, put before its
+        replies. Every choice is submitted to the engine at once, so they decode together."""
         model_id = req.model
         jobs = [(p, replace(params(served, req, len(p)), call_grammar=call_grammar)) for p in prompts]
+        scored = jobs[0][1].logprobs is not None
+        tokenizer = served.tokenizer(model_id)
+
+        def logprobs_of(reply: Reply, entries, offset: int = 0, with_prompt: bool = False):
+            if not scored:
+                return None
+            if with_prompt:
+                entries = [*reply.prompt_entries(), *entries]
+            return shape(entries, tokenizer, offset)
         leave = queue.enter()
+        try:
+            replies = [Reply(served, model_id, prompt, _choice(p, j)) for prompt, p in jobs for j in range(req.n)]
+        except TooLarge as e:
+            leave()
+            raise ApiError(400, f"{e} (its KV cache budget); ask for fewer max_tokens or a shorter prompt",
+                           param="max_tokens", code="kv_budget_exceeded") from None
+        except BaseException:
+            leave()
+            raise
         reply_id = f"{'chatcmpl' if object_name.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         head = {"id": reply_id, "object": object_name, "created": int(time.time()), "model": model_id}
         prompt_tokens = sum(len(p) for p in prompts)
         if not req.stream:
             try:
                 choices, completion_tokens = [], 0
-                for i, (prompt, p) in enumerate(jobs):
-                    for j in range(req.n):
-                        text, finished = complete(served, model_id, prompt, _choice(p, j))
-                        completion_tokens += finished.completion_tokens
-                        payload, reason = whole(text, finished.reason)
-                        choices.append({"index": i * req.n + j, **payload, "finish_reason": reason, "logprobs": None})
+                for index, reply in enumerate(replies):
+                    text, finished = reply.whole()
+                    completion_tokens += finished.completion_tokens
+                    before = echoed[index // req.n] if echoed else ""
+                    payload, reason = whole(before + text, finished.reason)
+                    if echoed and scored:  # the prompt's entries, then the reply's after the echoed text
+                        lp = logprobs_of(reply, [], 0, with_prompt=True)
+                        tail = logprobs_of(reply, reply.entries, len(before))
+                        lp = {k: lp[k] + tail[k] for k in lp}
+                    else:
+                        lp = logprobs_of(reply, reply.entries)
+                    choices.append({"index": index, **payload, "finish_reason": reason, "logprobs": lp})
             finally:
+                for reply in replies:
+                    reply.stream.cancel()
                 leave()
             return {**head, "object": object_name.removesuffix(".chunk"), "choices": choices,
                     "usage": usage(prompt_tokens, completion_tokens)}
@@ -205,17 +259,20 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
         def events() -> Iterator[str]:
             completion_tokens = 0
             try:
-                for i, (prompt, p) in enumerate(jobs):
-                    for j in range(req.n):
-                        index = i * req.n + j
-                        if object_name.startswith("chat"):
-                            yield _sse({**head, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
-                                                             "finish_reason": None, "logprobs": None}]})
-                        for payload, reason, finished in deltas(stream_text(served, model_id, prompt, _choice(p, j))):
-                            if finished is not None:
-                                completion_tokens += finished.completion_tokens
-                            yield _sse({**head, "choices": [{"index": index, **payload, "finish_reason": reason,
-                                                             "logprobs": None}]})
+                for index, reply in enumerate(replies):
+                    before = echoed[index // req.n] if echoed else ""
+                    if object_name.startswith("chat"):
+                        yield _sse({**head, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                                         "finish_reason": None, "logprobs": None}]})
+                    elif echoed:
+                        yield _sse({**head, "choices": [{"index": index, "text": before, "finish_reason": None,
+                                                         "logprobs": logprobs_of(reply, [], 0, with_prompt=True)}]})
+                    for payload, reason, finished in deltas(iter(reply)):
+                        if finished is not None:
+                            completion_tokens += finished.completion_tokens
+                        yield _sse({**head, "choices": [{"index": index, **payload, "finish_reason": reason,
+                                                         "logprobs": logprobs_of(reply, reply.take_entries(),
+                                                                                 len(before))}]})
                 if req.stream_options is not None and req.stream_options.include_usage:
                     yield _sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
                 yield "data: [DONE]\n\n"
@@ -225,6 +282,8 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
                 log.error("streaming reply failed", exc_info=e)
                 yield _sse(error_body(f"internal error: {type(e).__name__}", kind="server_error"))
             finally:
+                for reply in replies:
+                    reply.stream.cancel()
                 leave()
 
         stream = events()
@@ -253,7 +312,8 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
             for delta, reason, finished in replies.deltas(pieces):
                 yield {"delta": delta}, reason, finished
 
-        return run(served, req, [prompt], "chat.completion.chunk" if req.stream else "chat.completion", deltas, whole, grammar)
+        return run(served, req, [prompt], "chat.completion.chunk" if req.stream else "chat.completion", deltas, whole, grammar,
+                   shape=lambda entries, tokenizer, offset: logprobs_shapes.chat(entries, tokenizer))
 
     def checked_chat(req: ChatRequest) -> tuple[list[dict] | None, list[dict]]:
         """The request's tools and messages, checked as training data is (400 naming the parameter)."""
@@ -281,7 +341,10 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
         prompts = [tokenizer(p)["input_ids"] for p in req.prompts()]
         if any(not p for p in prompts):
             raise ApiError(400, "prompt: empty", param="prompt")
-        return run(served, req, prompts, "text_completion", plain_deltas("text"), lambda text, reason: ({"text": text}, reason))
+        return run(served, req, prompts, "text_completion", plain_deltas("text"), lambda text, reason: ({"text": text}, reason),
+                   shape=lambda entries, tokenizer, offset: logprobs_shapes.completion(entries, tokenizer, req.logprobs or 0,
+                                                                                       offset),
+                   echoed=req.prompts() if req.echo else None)
 
     return app
 

@@ -1,17 +1,16 @@
-"""One reply as a stream of text pieces: `model.generate` runs in a worker thread under the
-server's lock and hands over token ids as it makes them; this side decodes them, cuts the text at
-a stop sequence, and tells the worker to stop early (a stop sequence, or a client gone)."""
+"""One reply as a stream of text pieces: the request is submitted to the server's generation
+engine at once (it decodes with every other request in flight), and this side decodes the token
+ids it hands over, cuts the text at a stop sequence, and cancels the row early (a stop sequence,
+or a client gone)."""
 
 from __future__ import annotations
 
-import queue
-import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import torch
-
-from tunesmith.eval.generate import Sampling
+from tunesmith.generation.engine import Done, Request
+from tunesmith.generation.sampling import RowGrammar, RowSettings
 from tunesmith.serve.models import ServedModels
 
 
@@ -23,6 +22,20 @@ class Params:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     call_grammar: str | None = None  # decode under this tool-call grammar (`eval/constrained.py`)
+    logprobs: int | None = None  # None: none; N: each token's log-probability and the N most likely there
+    echo: bool = False  # (completions) the prompt's tokens scored too; max_tokens may then be 0
+
+
+@dataclass
+class TokenEntry:
+    """One token of a reply with its log-probability: `text` is what it adds to the reply (a
+    character split over several tokens counts for the last of them), at `offset`."""
+
+    token: int
+    text: str
+    offset: int
+    logprob: float | None
+    top: list[tuple[int, float]] | None
 
 
 @dataclass
@@ -31,100 +44,109 @@ class Finished:
     completion_tokens: int
 
 
-class _Handover:
-    """A transformers streamer: generated ids go into a queue; `cancel` stops generation."""
+class Reply:
+    """One choice being generated: submitted when made; iterate for its text pieces, then one
+    `Finished`. Raises TooLarge at once when the KV budget cannot hold it."""
 
-    def __init__(self, cancel: threading.Event):
-        self.ids: queue.Queue = queue.Queue()
-        self.cancel = cancel
-        self.prompt_seen = False
+    def __init__(self, served: ServedModels, model_id: str, prompt: list[int], params: Params):
+        self.tokenizer = served.tokenizer(model_id)
+        self.params = params
+        grammar = None
+        if params.call_grammar is not None:
+            from tunesmith.eval.constrained import matcher
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate hands the prompt over first
-            self.prompt_seen = True
-            return
-        self.ids.put(value.view(-1).tolist())
+            vocab = served.model.config.vocab_size
+            grammar = RowGrammar(matcher(self.tokenizer, params.call_grammar, vocab), self.tokenizer.eos_token_id)
+        settings = RowSettings(params.temperature if params.top_p > 0 else 0.0, params.top_p, seed=params.seed,
+                               logprobs=params.logprobs)
+        self.prompt = prompt
+        self.entries: list[TokenEntry] = []  # with logprobs: the reply's tokens (not the stop token)
+        self._taken = 0
+        self.stream = served.engine.submit(Request(prompt, params.max_tokens, model_id, settings,
+                                                   frozenset({self.tokenizer.eos_token_id}), grammar,
+                                                   prompt_logprobs=params.echo and params.logprobs is not None))
+        weakref.finalize(self, self.stream.cancel)  # dropped unread (a client gone first): its row ends
 
-    def end(self) -> None:
-        self.ids.put(None)
+    def __iter__(self) -> Iterator[str | Finished]:
+        tokenizer, params = self.tokenizer, self.params
+        eos = tokenizer.eos_token_id
+        ids: list[int] = []
+        prefix, read = 0, 0  # incremental decoding offsets: text is added only once its bytes are whole
+        text, sent = "", 0
+        hold = max((len(s) for s in params.stop), default=1) - 1  # a stop sequence may be split across pieces
+        reason = None
+        try:
+            while not isinstance(item := self.stream.get(), Done):
+                for choice in item:
+                    ids.append(choice.token)
+                    new, prefix, read = _decoded(tokenizer, ids, prefix, read)
+                    if params.logprobs is not None and choice.token != eos:
+                        self.entries.append(TokenEntry(choice.token, new, len(text), choice.logprob, choice.top))
+                    text += new
+                cut = _first_stop(text, params.stop, max(0, sent - hold))
+                if cut >= 0:
+                    if cut > sent:
+                        yield text[sent:cut]
+                    reason, sent = "stop", len(text)
+                    self.entries = [e for e in self.entries if e.offset < cut]
+                    self.stream.cancel()
+                    break
+                if len(text) - hold > sent:
+                    yield text[sent:len(text) - hold]
+                    sent = len(text) - hold
+            if reason is None:
+                # the end: bytes still incomplete are decoded as they are (as an offline decode would)
+                rest = _decoded(tokenizer, ids, prefix, read, final=True)[0]
+                if rest and self.entries:
+                    self.entries[-1].text += rest
+                text += rest
+                cut = _first_stop(text, params.stop, max(0, sent - hold))
+                if cut >= 0:
+                    text, reason = text[:cut], "stop"
+                    self.entries = [e for e in self.entries if e.offset < cut]
+                if len(text) > sent:
+                    yield text[sent:]
+                at_limit = len(ids) >= params.max_tokens and (not ids or ids[-1] != eos)
+                reason = reason or ("length" if at_limit else "stop")
+            yield Finished(reason, len(ids))
+        finally:
+            self.stream.cancel()  # a client that leaves mid-reply frees its row at the next step
 
-    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:  # a StoppingCriteria
-        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+    def take_entries(self) -> list[TokenEntry]:
+        """The entries made since the last call (for a streamed chunk)."""
+        taken, self._taken = self._taken, len(self.entries)
+        return self.entries[taken:]
 
+    def prompt_entries(self) -> list[TokenEntry]:
+        """The prompt's tokens scored (echo with logprobs), offsets within the decoded prompt; waits
+        for the prompt's prefill."""
+        self.stream.prefilled.wait()
+        scored = self.stream.prompt_logprobs or [None] * len(self.prompt)
+        out, text = [], ""
+        prefix = read = 0
+        for i, token in enumerate(self.prompt):
+            last = i == len(self.prompt) - 1
+            new, prefix, read = _decoded(self.tokenizer, self.prompt[: i + 1], prefix, read, final=last)
+            choice = scored[i]
+            logprob, top = (choice.logprob, choice.top) if choice else (None, None)
+            out.append(TokenEntry(token, new, len(text), logprob, top))
+            text += new
+        return out
 
-def _run(served: ServedModels, model_id: str, prompt: list[int], params: Params, handover: _Handover) -> None:
-    from transformers import StoppingCriteriaList
-
-    from tunesmith.eval.generate import generate_ids
-
-    try:
-        with served.lock:
-            if handover.cancel.is_set():  # the client left while this waited its turn
-                handover.end()
-                return
-            tokenizer = served.tokenizer(model_id)
-            sampling = Sampling(params.max_tokens, params.temperature if params.top_p > 0 else 0.0, params.top_p)
-            with served.selected(model_id) as model, torch.no_grad():
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)
-                ids = torch.tensor([prompt], device=next(model.parameters()).device)
-                extra = {}
-                if params.call_grammar is not None:
-                    from transformers import LogitsProcessorList
-
-                    from tunesmith.eval.constrained import GrammarLogits, matcher
-
-                    extra["logits_processor"] = LogitsProcessorList(
-                        [GrammarLogits([matcher(tokenizer, params.call_grammar, model.config.vocab_size)], tokenizer.eos_token_id)])
-                generate_ids(model, ids, torch.ones_like(ids), streamer=handover,
-                             stopping_criteria=StoppingCriteriaList([handover]), **sampling.kwargs(tokenizer), **extra)
-    except BaseException as e:  # handed to the reader, which raises it in the request's thread
-        handover.ids.put(e)
-        handover.ids.put(None)
+    def whole(self) -> tuple[str, Finished]:
+        """The whole reply at once."""
+        pieces, finished = [], None
+        for item in self:
+            if isinstance(item, Finished):
+                finished = item
+            else:
+                pieces.append(item)
+        return "".join(pieces), finished
 
 
 def stream_text(served: ServedModels, model_id: str, prompt: list[int], params: Params) -> Iterator[str | Finished]:
     """Text pieces of one reply as they are made, then one `Finished`."""
-    tokenizer = served.tokenizer(model_id)
-    eos = tokenizer.eos_token_id
-    cancel = threading.Event()
-    handover = _Handover(cancel)
-    worker = threading.Thread(target=_run, args=(served, model_id, prompt, params, handover), daemon=True)
-    worker.start()
-    ids: list[int] = []
-    prefix, read = 0, 0  # incremental decoding offsets: text is added only once its bytes are whole
-    text, sent = "", 0
-    hold = max((len(s) for s in params.stop), default=1) - 1  # a stop sequence may be split across pieces
-    reason = None
-    try:
-        while (item := handover.ids.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            ids.extend(item)
-            new, prefix, read = _decoded(tokenizer, ids, prefix, read)
-            text += new
-            cut = _first_stop(text, params.stop, max(0, sent - hold))
-            if cut >= 0:
-                if cut > sent:
-                    yield text[sent:cut]
-                reason, sent = "stop", len(text)
-                cancel.set()
-                break
-            if len(text) - hold > sent:
-                yield text[sent:len(text) - hold]
-                sent = len(text) - hold
-        if reason is None:
-            # the end: bytes still incomplete are decoded as they are (as an offline decode would)
-            text += _decoded(tokenizer, ids, prefix, read, final=True)[0]
-            cut = _first_stop(text, params.stop, max(0, sent - hold))
-            if cut >= 0:
-                text, reason = text[:cut], "stop"
-            if len(text) > sent:
-                yield text[sent:]
-            reason = reason or ("length" if len(ids) >= params.max_tokens and ids[-1] != eos else "stop")
-        yield Finished(reason, len(ids))
-    finally:
-        cancel.set()  # a client that leaves mid-reply frees the model at the next token
+    return iter(Reply(served, model_id, prompt, params))
 
 
 def _decoded(tokenizer, ids: list[int], prefix: int, read: int, final: bool = False) -> tuple[str, int, int]:
@@ -145,10 +167,4 @@ def _first_stop(text: str, stops: list[str], start: int) -> int:
 
 def complete(served: ServedModels, model_id: str, prompt: list[int], params: Params) -> tuple[str, Finished]:
     """The whole reply at once."""
-    pieces, finished = [], None
-    for item in stream_text(served, model_id, prompt, params):
-        if isinstance(item, Finished):
-            finished = item
-        else:
-            pieces.append(item)
-    return "".join(pieces), finished
+    return Reply(served, model_id, prompt, params).whole()

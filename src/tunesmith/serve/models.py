@@ -1,12 +1,13 @@
 """What a server holds: one copy of a base model and any number of adapters over it, each with a
-name the `model` field of a request selects. One lock: generation runs one request at a time
-(on a CPU, two at once would only share the same cores), so selecting an adapter never races."""
+name the `model` field of a request selects, and the generation engine that answers for all of
+them: requests for the base and for any adapter decode together in one batch
+(`generation/engine.py`). The lock guards the model: the engine holds it for each step, and an
+adapter is added or removed between steps."""
 
 from __future__ import annotations
 
 import re
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,18 @@ class ModelGone(LookupError):
         self.model_id = model_id
 
 
+KV_SHARE_OF_FREE_MEMORY = 0.25  # the default KV budget: this share of the memory free at start
+
+
+def default_kv_budget(max_rows: int, context_length: int, token_bytes: int) -> int:
+    """Bytes for the KV cache when none is given: a quarter of the free memory, or what
+    `max_rows` full-context rows need if that is less."""
+    import psutil
+
+    free = psutil.virtual_memory().available * KV_SHARE_OF_FREE_MEMORY
+    return int(min(free, max_rows * context_length * token_bytes))
+
+
 @dataclass
 class ServedModels:
     model: torch.nn.Module  # the base, or a PeftModel holding every adapter
@@ -36,6 +49,39 @@ class ServedModels:
     tokenizers: dict[str, object]  # model id -> its tokenizer (an adapter run keeps its own copy)
     adapters: dict[str, Path] = field(default_factory=dict)  # model id -> adapter folder
     lock: threading.Lock = field(default_factory=threading.Lock)
+    kv_budget_mb: float | None = None  # None: default_kv_budget
+    max_rows: int = 32  # requests decoding together
+    _engine: object = None
+    _engine_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def engine(self):
+        """The generation engine for this base and its adapters (started on first use)."""
+        with self._engine_lock:
+            if self._engine is None:
+                from tunesmith.generation.engine import GenerationEngine
+                from tunesmith.generation.kv_arena import bytes_per_token
+
+                dtype = next(self.model.parameters()).dtype
+                if self.kv_budget_mb is not None:
+                    budget = int(self.kv_budget_mb * 2**20)
+                else:
+                    budget = default_kv_budget(self.max_rows, self.context_length, bytes_per_token(self.model.config, dtype))
+                self._engine = GenerationEngine(self, budget, max_rows=self.max_rows)
+                self._engine.start()
+            return self._engine
+
+    def engines(self) -> dict:
+        """The started generation engine, by base model id (for /metrics)."""
+        return {self.base_id: self._engine} if self._engine is not None else {}
+
+    def adapter_key(self, model_id: str | None) -> str | None:
+        """The PEFT adapter name `model_id` is served by (None: the base); ModelGone once removed."""
+        if model_id is None or model_id == self.base_id:
+            return None
+        if model_id not in self.adapters:
+            raise ModelGone(model_id)
+        return peft_name(model_id)
 
     @property
     def ids(self) -> list[str]:
@@ -61,20 +107,6 @@ class ServedModels:
             return self.tokenizers[model_id]
         except KeyError:
             raise ModelGone(model_id) from None
-
-    @contextmanager
-    def selected(self, model_id: str):
-        """The model answering as `model_id`; hold `lock` around this (ModelGone if it was removed)."""
-        if model_id not in self.ids:
-            raise ModelGone(model_id)
-        if not self.adapters:
-            yield self.model
-        elif model_id == self.base_id:
-            with self.model.disable_adapter():
-                yield self.model
-        else:
-            self.model.set_adapter(peft_name(model_id))
-            yield self.model
 
     def add_adapter(self, model_id: str, folder: Path, tokenizer) -> None:
         """Load the adapter in `folder` over the base as `model_id`, while the server runs; hold `lock`."""
@@ -133,9 +165,11 @@ def _adapter_type(folder: Path) -> str:
     return str(json.loads((folder / "adapter_config.json").read_text()).get("peft_type", "")).upper()
 
 
-def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dtype = torch.float32) -> ServedModels:
+def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dtype = torch.float32,
+                kv_budget_mb: float | None = None, max_rows: int = 32) -> ServedModels:
     """The base of `reference` once, with `reference`'s own adapter (if it is an adapter run) and
-    every NAME=PATH adapter loaded over it by name."""
+    every NAME=PATH adapter loaded over it by name; its engine keeps `kv_budget_mb` of KV cache
+    (None: a quarter of the free memory) for up to `max_rows` requests decoding together."""
     main = resolve(reference)
     named: list[tuple[str, Resolved]] = []
     if main.adapter is not None:
@@ -182,4 +216,5 @@ def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dt
     from tunesmith.runtime.precision import device
 
     model.to(device()).eval()
-    return ServedModels(model=model, base_id=base_id, tokenizers=tokenizers, adapters=folders)
+    return ServedModels(model=model, base_id=base_id, tokenizers=tokenizers, adapters=folders, kv_budget_mb=kv_budget_mb,
+                        max_rows=max_rows)

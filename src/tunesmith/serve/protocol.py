@@ -1,7 +1,7 @@
 """The OpenAI request bodies this server accepts, bounded, and its error bodies.
 
 Parameters it does not implement are refused by name (400), not silently ignored; the few that
-clients send with neutral values by default (penalties 0, logprobs false, user) are accepted."""
+clients send with neutral values by default (penalties 0, user) are accepted."""
 
 from __future__ import annotations
 
@@ -12,13 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 MAX_MESSAGES = 256
 MAX_CHOICES = 8
 MAX_STOP = 4
-
-
-def _not_supported(value):
-    """A parameter clients may send switched off, refused when switched on."""
-    if value:
-        raise ValueError("not supported by this server")
-    return value
+MAX_LOGPROBS = 20  # most likely tokens reported per place (OpenAI's chat limit)
 
 
 class Strict(BaseModel):
@@ -100,7 +94,6 @@ class Sampling(Strict):
     user: str | None = Field(None, max_length=256)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    logprobs: bool | None = None
 
     @field_validator("stop")
     @classmethod
@@ -117,7 +110,6 @@ class Sampling(Strict):
             raise ValueError("not supported by this server; leave it 0")
         return v
 
-    _no_logprobs = field_validator("logprobs")(classmethod(lambda cls, v: _not_supported(v)))
 
 
 class ChatRequest(Sampling):
@@ -126,6 +118,14 @@ class ChatRequest(Sampling):
     tools: list[Tool] | None = Field(None, min_length=1, max_length=128)
     tool_choice: Union[Literal["auto", "none", "required"], NamedTool, None] = None
     parallel_tool_calls: bool = True
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    def logprobs_wanted(self) -> int | None:
+        """None: no log-probabilities; N: each token's and the N most likely at each place."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def tool_specs(self) -> list[dict] | None:
         return [t.model_dump(exclude_none=True) for t in self.tools] if self.tools else None
@@ -136,8 +136,14 @@ class ChatRequest(Sampling):
 
 class CompletionRequest(Sampling):
     prompt: Union[str, list[str]]
-    max_tokens: int | None = Field(16, ge=1)  # the completions API's default
+    max_tokens: int | None = Field(16, ge=0)  # the completions API's default; 0: only score the prompt (echo)
     echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # the legacy API's: how many most likely per token
+
+    def logprobs_wanted(self) -> int | None:
+        if self.max_tokens == 0 and not (self.echo and self.logprobs is not None):
+            raise ValueError("max_tokens 0 only scores a prompt: it needs echo and logprobs")
+        return self.logprobs
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
@@ -152,7 +158,6 @@ class CompletionRequest(Sampling):
             raise ValueError(f"a list of 1 to {MAX_CHOICES} prompts")
         return v
 
-    _no_echo = field_validator("echo")(classmethod(lambda cls, v: _not_supported(v)))
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,

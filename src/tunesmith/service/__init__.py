@@ -69,8 +69,9 @@ def executor_for(cluster) -> Executor:
 
 def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Path | None = None,
                   max_upload: int = MAX_UPLOAD_BYTES, probe_limit: int = 0, precision: str = "auto",
-                  max_tokens: int = 1024, max_queue: int = 32, replay: float = 0.0,
-                  tenants_file: Path | None = None, cluster_file: Path | None = None) -> Service:
+                  max_tokens: int = 1024, max_queue: int = 128, replay: float = 0.0,
+                  tenants_file: Path | None = None, cluster_file: Path | None = None, kv_budget_mb: float | None = None,
+                  max_rows: int = 32) -> Service:
     """The app and its scheduler (not started); `precision` for training and serving alike;
     `tenants_file`: what each tenant may do (`service/policy.py`); `cluster_file`: where jobs run
     (`service/cluster.py`; none: on this machine)."""
@@ -102,7 +103,7 @@ def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Pa
 
     cluster = read_cluster(cluster_file, set(bases), names) if cluster_file is not None else LOCAL_CLUSTER
     files = FileStore(home / "files", store, max_upload)
-    catalog = ServiceCatalog(store, bases, inference_dtype(precision))
+    catalog = ServiceCatalog(store, bases, inference_dtype(precision), kv_budget_mb=kv_budget_mb, max_rows=max_rows)
     scheduler = Scheduler(store, files, home, bases, workers=workers, probe_limit=probe_limit, precision=precision,
                           replay=replay, policy_of=policies.of, executor=executor_for(cluster))
     scheduler.on_removed = catalog.unload

@@ -14,15 +14,18 @@ from tunesmith.service.store import Store
 
 
 class ServiceCatalog:
-    def __init__(self, store: Store, bases: dict[str, str], dtype: torch.dtype = torch.float32):
+    def __init__(self, store: Store, bases: dict[str, str], dtype: torch.dtype = torch.float32,
+                 kv_budget_mb: float | None = None, max_rows: int = 32):
         self.store, self.bases, self.dtype = store, bases, dtype  # base id -> model reference
+        self.kv_budget_mb, self.max_rows = kv_budget_mb, max_rows  # each base's generation engine
         self.holders: dict[str, ServedModels] = {}
         self.lock = threading.Lock()  # loading a base happens once
 
     def _base(self, base_id: str) -> ServedModels:
         with self.lock:
             if base_id not in self.holders:
-                self.holders[base_id] = load_served(self.bases[base_id], [], dtype=self.dtype)
+                self.holders[base_id] = load_served(self.bases[base_id], [], dtype=self.dtype, kv_budget_mb=self.kv_budget_mb,
+                                                    max_rows=self.max_rows)
                 self.holders[base_id].base_id = base_id
             return self.holders[base_id]
 
@@ -46,6 +49,12 @@ class ServiceCatalog:
             if model_id not in served.adapters:
                 served.add_adapter(model_id, Path(found["path"]), served.tokenizers[served.base_id])
         return served
+
+    def engines(self) -> dict:
+        """Each loaded base's started generation engine, by base model id (for /metrics)."""
+        with self.lock:
+            holders = list(self.holders.values())
+        return {k: v for served in holders for k, v in served.engines().items()}
 
     def unload(self, model_id: str) -> None:
         """Drop a fine-tune that was deleted (or whose checkpoint is gone) from its base's memory."""
