@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunesmith.data.tool_format import parse_reply
-from tunesmith.eval.constrained import GrammarLogits, call_grammar, matcher
+from tunesmith.eval.constrained import call_grammar, matcher
 
 MAX_NEW_TOKENS = 200
 
@@ -51,14 +51,15 @@ def tiny(tokenizer):
 
 
 def constrained_reply(model, tokenizer, tools, prompt: list[int], name=None, parallel=False) -> str:
-    from transformers import LogitsProcessorList
+    """The reply under the call grammar, decoded by the generation engine as the server decodes it."""
+    from tunesmith.generation.batch import generate_tokens
+    from tunesmith.generation.sampling import RowGrammar, RowSettings
 
-    m = matcher(tokenizer, call_grammar(tools, name, parallel), model.config.vocab_size)
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                             logits_processor=LogitsProcessorList([GrammarLogits([m], tokenizer.eos_token_id)]),
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
+    grammar = RowGrammar(matcher(tokenizer, call_grammar(tools, name, parallel), model.config.vocab_size),
+                         tokenizer.eos_token_id)
+    [out] = generate_tokens(model, [prompt], MAX_NEW_TOKENS, RowSettings(), frozenset({tokenizer.eos_token_id}),
+                            grammars=[grammar])
+    return tokenizer.decode(out, skip_special_tokens=True)
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -94,3 +95,28 @@ def test_parallel_calls_end_in_complete_calls(tiny):
         "type": "object", "properties": {"host": {"enum": ["a", "b"]}}, "required": ["host"], "additionalProperties": False}}}]
     reply = parse_reply(constrained_reply(model, tok, tools, [5, 6, 7], parallel=True), {"ping"})
     assert reply.problem is None and 1 <= len(reply.calls) <= 8 and reply.content == ""
+
+
+def test_constrained_and_free_rows_share_a_batch(tiny):
+    """Rows under a grammar and rows without one decode together: each constrained row is a
+    valid call, each free row the reply it gets alone."""
+    from tunesmith.generation.batch import generate_tokens
+    from tunesmith.generation.sampling import RowGrammar, RowSettings
+
+    model, tok = tiny
+    tools = [{"type": "function", "function": {"name": "ping", "parameters": {
+        "type": "object", "properties": {"host": {"enum": ["a", "b"]}}, "required": ["host"], "additionalProperties": False}}}]
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [5, 9, 14]]
+    grammars = [RowGrammar(matcher(tok, call_grammar(tools), model.config.vocab_size), tok.eos_token_id) if i % 2 else None
+                for i in range(len(prompts))]
+    eos = frozenset({tok.eos_token_id})
+    together = generate_tokens(model, prompts, MAX_NEW_TOKENS, RowSettings(), eos, grammars=grammars)
+    for prompt, grammar, out in zip(prompts, grammars, together):
+        if grammar is None:
+            with torch.no_grad():
+                alone = model.generate(torch.tensor([prompt]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, len(prompt):]
+            assert out == alone.tolist()
+        else:
+            reply = parse_reply(tok.decode(out, skip_special_tokens=True), {"ping"})
+            assert reply.problem is None and len(reply.calls) == 1, reply

@@ -235,3 +235,30 @@ def test_log_probabilities_per_row_are_the_model_own():
     scored = run_all(engine, [ask(asked[0], 0, model_id="a", prompt_logprobs=True)])[0]  # a prompt scored, nothing made
     assert list(scored) == [] and scored.done.reason == "length"
     assert [c.token for c in scored.prompt_logprobs[1:]] == asked[0][1:]
+
+
+class FailingGrammar:
+    """A row's token choice that fails on its third token (as a broken grammar would)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def mask(self, logits):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("grammar failed")
+        return logits
+
+    def consume(self, token):
+        pass
+
+
+def test_a_row_whose_token_choice_fails_ends_with_that_error_and_the_others_go_on():
+    model = build("llama").eval()
+    asked = prompts(3, seed=8)
+    engine = GenerationEngine(Source(model), 1 << 24)
+    streams = run_all(engine, [ask(asked[0], 10), ask(asked[1], 10, grammar=FailingGrammar()), ask(asked[2], 10)])
+    with pytest.raises(RuntimeError, match="grammar failed"):
+        list(streams[1])
+    assert tokens(streams[0]) == alone(model, asked[0], 10) and tokens(streams[2]) == alone(model, asked[2], 10)
+    assert engine.arena.used == 0

@@ -82,9 +82,10 @@ def test_grpo_needs_a_reward(tmp_path, tiny_model_dir, date_data):
 
 
 def rl_run(tmp_path, model, data, method: str, **rl) -> list[dict]:
+    # 60 steps: over seeds 0-4, each method's reward rose by 4.5 or more (at 40 steps, 2 of 10 runs rose by under 2)
     cfg = write_config(tmp_path / "c.yaml", model, data, tmp_path / "runs", method=method,
-                       train={"max_steps": 40, "lr": 2e-2, "batch_size": 4, "log_every": 10},
-                       eval={"every": 40},
+                       train={"max_steps": 60, "lr": 2e-2, "batch_size": 4, "log_every": 10},
+                       eval={"every": 60},
                        rl={"rewards": [{"function": "test_rl:digit_share", "weight": 10.0}], "group_size": 4,
                            "max_new_tokens": 12, **rl})
     train(load_config(cfg), quiet=True)

@@ -442,7 +442,38 @@ def render_read_records() -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {"read-records": render_read_records, "quickstart": render_quickstart, "quickstart-gemma": render_quickstart_gemma, "adapters": render_adapters,
+# --- serving many clients (bench/serve.py) --------------------------------------------------------
+
+def render_serve() -> str:
+    lines = []
+    for tag, d in bench_results("serve"):
+        m, st, goals = d["medians"], d["settings"], d["goals"]
+        lines.append(f"{tag}: {describe(d['machine'])}; commit {_commit(d['provenance']['commit'])}, {d['llama_cpp']}; "
+                     f"{st['reply_tokens']}-token greedy replies streamed, {st['per_client']} requests per client, medians "
+                     f"of {st['repeats']} interleaved runs.\n")
+        for case, title in (("one", "one model"), (
+                "mixed", f"requests spread over the base and {st['adapters']} LoRA adapters")):
+            lines.append(f"| {title}: clients | tunesmith req/s | tok/s | latency p50 / p95 s | first token p50 s "
+                         "| RSS MB | llama.cpp req/s | tok/s | latency p50 / p95 s | first token p50 s | RSS MB |")
+            lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for c in st["levels"]:
+                cells = []
+                for server in ("tunesmith", "llama.cpp"):
+                    r = m[server][case][str(c)]
+                    cells += [f"{r['requests_per_s']:.2f}", f"{r['tokens_per_s']:.0f}",
+                              f"{r['latency_p50']:.1f} / {r['latency_p95']:.1f}", f"{r['ttft_p50']:.2f}",
+                              f"{r['peak_rss_mb']:.0f}"]
+                lines.append(f"| {c} | " + " | ".join(cells) + " |")
+            lines.append("")
+        ratios = ", ".join(f"{c} clients {x:.2f}×" for c, x in goals["mixed_vs_llama_cpp"].items())
+        lines.append(f"At 8 clients tunesmith answers {goals['throughput_8_vs_1']:.1f}× the requests per second it "
+                     f"answers one at a time (goal ≥ 5×); its p95 latency at 8 clients is {goals['p95_8_vs_single']:.1f}× "
+                     f"a single request's (goal ≤ 2×); mixed adapters, tunesmith's tokens/s over llama.cpp's: {ratios} "
+                     "(goal ≥ 1×).\n")
+    return "\n".join(lines) if lines else "(not measured yet)\n"
+
+
+RENDERERS = {"serve": render_serve, "read-records": render_read_records, "quickstart": render_quickstart, "quickstart-gemma": render_quickstart_gemma, "adapters": render_adapters,
              "bench": render_bench, "distill": render_distill, "rlhf": render_rlhf, "tools": render_tools,
              "openai-migration": render_openai_migration, "watched": render_watched,
              "weight-space": render_weight_space}

@@ -6,8 +6,9 @@ separated by newlines where parallel calls are allowed, each holding
 `{"name": <one of the functions>, "arguments": <an object valid against its parameters>}`,
 written with json.dumps' separators. llguidance (the grammar engine llama.cpp, vLLM and SGLang
 use) compiles it, JSON schema included, and gives at each step the set of tokens that keep the
-reply inside the grammar; `GrammarLogits` masks every other token for the rows it constrains and
-leaves EOS as the only choice once the call is complete. A reply cut short by the token limit is
+reply inside the grammar; the generation engine masks every other token for the rows under a
+grammar (`generation/sampling.RowGrammar`) and leaves EOS as the only choice once the call is
+complete. A reply cut short by the token limit is
 an incomplete call (finish reason `length`).
 """
 
@@ -16,12 +17,9 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-import torch
-from transformers import LogitsProcessor
 
 from tunesmith.data.tool_format import CALL_CLOSE, CALL_OPEN
 from tunesmith.errors import UserError
-from tunesmith.generation.sampling import unpack_bitmask
 
 SEPARATORS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}  # json.dumps' defaults
 
@@ -64,41 +62,3 @@ def matcher(tokenizer, grammar: str, n_vocab: int):
     if m.is_error():
         raise UserError(f"tool call grammar: {m.get_error()}")
     return m
-
-
-class GrammarLogits(LogitsProcessor):
-    """For `generate`: rows with a matcher may only take tokens their grammar allows, and only
-    `eos` once the grammar is complete (the matcher stops by itself when nothing may follow);
-    rows without one (None) decode freely."""
-
-    def __init__(self, matchers: list, eos: int):
-        self.matchers, self.eos = matchers, eos
-        self.started = False
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        import llguidance.torch as llt
-
-        if self.started:
-            for row, m in enumerate(self.matchers):
-                if m is not None and not m.is_stopped():
-                    m.consume_token(int(input_ids[row, -1]))
-        self.started = True
-        n_vocab = scores.shape[-1]
-        bitmask = llt.allocate_token_bitmask(len(self.matchers), n_vocab)
-        rows, complete = [], []
-        for row, m in enumerate(self.matchers):
-            if m is None:
-                continue
-            if m.is_stopped():
-                complete.append(row)
-            else:
-                llt.fill_next_token_bitmask(m, bitmask, row)
-                rows.append(row)
-        if rows:
-            allowed = unpack_bitmask(bitmask[rows], n_vocab).to(scores.device)
-            scores[rows] = scores[rows].masked_fill(~allowed, float("-inf"))
-        if complete:
-            end = torch.full_like(scores[complete], float("-inf"))
-            end[:, self.eos] = 0.0
-            scores[complete] = end
-        return scores

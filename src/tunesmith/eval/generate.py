@@ -1,4 +1,6 @@
-"""Batched generation with the KV cache, for evaluation and the generate command."""
+"""Replies for evaluation, baselines, the forgetting probe, teachers and RL: the generation
+engine (`generation/batch.py`), or transformers' generate where the engine cannot model the
+adapter (prefix and prompt tuning)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from tunesmith.data.chat import prompt_ids
+from tunesmith.generation.sampling import RowSettings
 
 
-BATCH_SIZE = 32  # prompts per generate call: on a 2-core CPU 157 short replies take 78 s at 16, 58 s at 32, 53 s at 64
+BATCH_SIZE = 32  # replies decoding at once
 
 
 @dataclass
@@ -68,22 +71,52 @@ def left_padded(prompts: list[list[int]], pad: int, dev) -> tuple[torch.Tensor, 
     return ids.to(dev), mask.to(dev)
 
 
+def sample_tokens(model, tokenizer, prompts: list[list[int]], sampling: Sampling, rows: int = BATCH_SIZE,
+                  on_done=None) -> list[list[int]]:
+    """Each prompt's generated tokens (through EOS where it came): the generation engine, each
+    prompt a row of its own, or, for prefix and prompt tuning, transformers' generate on
+    left-padded batches of `rows`."""
+    from tunesmith.generation.batch import generate_tokens, supported
+
+    if supported(model):
+        settings = RowSettings(sampling.temperature, sampling.top_p, sampling.top_k)
+        return generate_tokens(model, prompts, sampling.max_new_tokens, settings, frozenset({tokenizer.eos_token_id}),
+                               rows=rows, on_done=on_done)
+    out = []
+    for start in range(0, len(prompts), rows):
+        chunk = prompts[start : start + rows]
+        ids, mask = left_padded(chunk, tokenizer.pad_token_id, next(model.parameters()).device)
+        with torch.no_grad():
+            new = generate_ids(model, ids, mask, **sampling.kwargs(tokenizer)).tolist()
+        for row in new:
+            end = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+            out.append(row[:end])
+            if on_done is not None:
+                on_done(len(out) - 1)
+    return out
+
+
 def generate_batch(model, tokenizer, conversations: list[list[dict]], sampling: Sampling,
                    tools: list[list[dict] | None] | None = None) -> list[str]:
-    """Assistant replies to each conversation (with its tools, where given); prompts are
-    left-padded into one batch."""
+    """Assistant replies to each conversation (with its tools, where given)."""
     tools = tools or [None] * len(conversations)
-    ids, mask = left_padded([prompt_ids(tokenizer, c, t) for c, t in zip(conversations, tools)], tokenizer.pad_token_id,
-                            next(model.parameters()).device)
-    with torch.no_grad():
-        out = generate_ids(model, ids, mask, **sampling.kwargs(tokenizer))
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]
+    prompts = [prompt_ids(tokenizer, c, t) for c, t in zip(conversations, tools)]
+    return [tokenizer.decode(row, skip_special_tokens=True).strip()
+            for row in sample_tokens(model, tokenizer, prompts, sampling, rows=max(1, len(prompts)))]
 
 
 def generate_all(model, tokenizer, conversations: list[list[dict]], sampling: Sampling, batch_size: int = BATCH_SIZE,
                  on_batch=None, tools: list[list[dict] | None] | None = None) -> list[str]:
-    """Replies for many conversations, batched by prompt length to keep padding small."""
+    """Replies for many conversations, `batch_size` decoding at once; `on_batch(n)` as n more
+    are done."""
+    from tunesmith.generation.batch import supported
+
     tools = tools or [None] * len(conversations)
+    if supported(model):
+        prompts = [prompt_ids(tokenizer, c, t) for c, t in zip(conversations, tools)]
+        done = (lambda i: on_batch(1)) if on_batch is not None else None
+        return [tokenizer.decode(row, skip_special_tokens=True).strip()
+                for row in sample_tokens(model, tokenizer, prompts, sampling, rows=batch_size, on_done=done)]
     order = sorted(range(len(conversations)), key=lambda i: len(prompt_ids(tokenizer, conversations[i], tools[i])))
     replies: list[str] = [""] * len(conversations)
     for start in range(0, len(order), batch_size):

@@ -20,6 +20,7 @@ import queue
 import threading
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -150,9 +151,11 @@ class Counters:
 
 class GenerationEngine:
     def __init__(self, source: ModelSource, kv_budget_bytes: int, max_rows: int = 32,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, per_row_adapters: bool = True):
+        """`per_row_adapters` False: the model generates as it is (its active adapter on every
+        row, whatever model id a request names), as evaluation and RL sampling want it."""
         model = source.model
-        self.source, self.max_rows = source, max_rows
+        self.source, self.max_rows, self.per_row_adapters = source, max_rows, per_row_adapters
         param = next(model.parameters())
         self.dtype = dtype or param.dtype
         self.token_bytes = bytes_per_token(model.config, self.dtype)
@@ -275,7 +278,8 @@ class GenerationEngine:
     def _forward(self, model, ids: list[list[int]], positions: list[list[int]], rows: list[_Row], keep: int):
         adapters = [row.adapter for row in rows]
         device = self.arena.device
-        with torch.no_grad(), rows_attention(model), row_adapters.per_row(model, adapters):
+        per_row = row_adapters.per_row(model, adapters) if self.per_row_adapters else nullcontext()
+        with torch.no_grad(), rows_attention(model), per_row:
             out = model(input_ids=torch.tensor(ids, device=device), position_ids=torch.tensor(positions, device=device),
                         use_cache=False, logits_to_keep=keep,
                         kv_rows=RowsPass(self.arena, [r.span for r in rows], [r.filled for r in rows], self.sdpa))
@@ -300,7 +304,7 @@ class GenerationEngine:
         if request.max_tokens == 0:  # the prompt scored, nothing generated
             self._retire(row, Done("length", 0))
             return
-        self._chose(row, row.sampler.choose(logits[0, -1]))
+        self._choose(row, logits[0, -1])
 
     def _decode(self, model, rows: list[_Row]) -> None:
         if not rows:
@@ -323,9 +327,15 @@ class GenerationEngine:
         self.counters.steps += 1
         for i, row in enumerate(ready):
             row.filled += 1
-            self._chose(row, row.sampler.choose(logits[i, -1]))
+            self._choose(row, logits[i, -1])
 
-    def _chose(self, row: _Row, choice: Choice) -> None:
+    def _choose(self, row: _Row, logits: torch.Tensor) -> None:
+        """The row's next token from its logits; a failure (a grammar's, say) ends this row only."""
+        try:
+            choice = row.sampler.choose(logits)
+        except Exception as e:
+            self._retire(row, e)
+            return
         stream, request = row.stream, row.stream.request
         row.generated += 1
         row.pending = choice.token

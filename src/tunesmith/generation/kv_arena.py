@@ -71,13 +71,13 @@ class KVArena:
 
     # --- the blocks -----------------------------------------------------------------------------
     def block(self, layer: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer `layer`'s key and value blocks, made on first use in the shape `like` [kv heads, n,
-        head dim] asks for."""
+        """Layer `layer`'s key and value blocks, made on first use in the shape and dtype `like`
+        [kv heads, n, head dim] has (under autocast keys come in the autocast dtype)."""
         keys = self.keys.get(layer)
         if keys is None:
             shape = (like.shape[0], self.tokens, like.shape[-1])
-            keys = self.keys[layer] = torch.empty(shape, dtype=self.dtype, device=self.device)
-            self.values[layer] = torch.empty(shape, dtype=self.dtype, device=self.device)
+            keys = self.keys[layer] = torch.empty(shape, dtype=like.dtype, device=self.device)
+            self.values[layer] = torch.empty(shape, dtype=like.dtype, device=self.device)
         elif keys.shape[0] != like.shape[0] or keys.shape[-1] != like.shape[-1]:
             raise ValueError(f"layer {layer}: keys of shape {tuple(like.shape)} for a block of {tuple(keys.shape)}")
         return keys, self.values[layer]

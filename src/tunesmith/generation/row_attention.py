@@ -92,9 +92,14 @@ def _configs(model) -> list:
 
 
 def attention_kind(model) -> str:
-    """The attention implementation the model runs with ('sdpa' or 'eager'); others cannot take
-    row attention."""
+    """How the model attends, for row attention: 'sdpa', or 'eager' (its own computation, kept
+    for soft-capped scores); a model switched to segment attention for training counts as SDPA
+    (that is what it runs without segments). Others cannot take row attention."""
+    from tunesmith.model.segment_attention import NAME as SEGMENTS
+
     kind = getattr(model.config, "_attn_implementation", None)
+    if kind == SEGMENTS:
+        return "sdpa"
     if kind not in SWAPPED:
         raise ValueError(f"the generation engine runs models with SDPA or eager attention, not {kind!r}")
     return kind
@@ -103,8 +108,10 @@ def attention_kind(model) -> str:
 @contextmanager
 def rows_attention(model):
     """The model attends row by row (`row_attention`) inside the block."""
+    from tunesmith.model.segment_attention import NAME as SEGMENTS
+
     register()
-    configs = [c for c in _configs(model) if c._attn_implementation in SWAPPED]
+    configs = [c for c in _configs(model) if c._attn_implementation in (*SWAPPED, SEGMENTS)]
     previous = [c._attn_implementation for c in configs]
     for c in configs:
         c._attn_implementation = NAME

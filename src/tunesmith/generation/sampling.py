@@ -3,14 +3,14 @@
 Greedy rows take the highest logit (the first, on a tie, as transformers' greedy search does).
 Sampled rows apply temperature, top-k and top-p as transformers' warpers do, in that order, and
 draw from the row's own generator: a seeded row draws the same tokens whatever else shares its
-batch. A row under a tool-call grammar may take only the tokens llguidance allows (and only EOS
+batch; an unseeded one's seed is drawn from torch's global generator when the row starts (so a
+training run that seeds torch samples the same replies again, and resumes exactly). A row under a tool-call grammar may take only the tokens llguidance allows (and only EOS
 once the call is complete). Log-probabilities are of the model's own distribution (the raw
 logits, before temperature, top-p or a grammar), as OpenAI's API and vLLM report them.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -59,8 +59,8 @@ class RowSampler:
     def __init__(self, settings: RowSettings, grammar: RowGrammar | None = None):
         self.settings, self.grammar = settings, grammar
         self.generator = None
-        if settings.temperature > 0:
-            seed = settings.seed if settings.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        if settings.temperature > 0:  # unseeded: a seed drawn from torch's generator (a seeded run repeats)
+            seed = settings.seed if settings.seed is not None else int(torch.randint(0, 2**62, (1,)))
             self.generator = torch.Generator().manual_seed(seed)
 
     def choose(self, logits: torch.Tensor) -> Choice:

@@ -24,7 +24,7 @@ from tunesmith.data.chat import IGNORE, prompt_ids
 from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
 from tunesmith.errors import UserError
-from tunesmith.eval.generate import Sampling, generate_ids, left_padded
+from tunesmith.eval.generate import Sampling, sample_tokens
 from tunesmith.eval.task import split_reference
 from tunesmith.methods.base import Method
 from tunesmith.methods.logprobs import per_row_sum, token_logprobs
@@ -82,15 +82,13 @@ class GroupPolicyOptimisation(Method):
         tok = self.tokenizer
         dev = next(p for p in model.parameters()).device
         repeated = [p for p in prompts for _ in range(self.group_size)]
-        ids, mask = left_padded([p["prompt_ids"] for p in repeated], tok.pad_token_id, dev)
         was_training = model.training
         model.eval()
-        with torch.no_grad():
-            new = generate_ids(model, ids, mask, **self.sampling.kwargs(tok)).cpu()
+        with torch.no_grad():  # every reply of the batch decoding together (the generation engine)
+            new = sample_tokens(model, tok, [p["prompt_ids"] for p in repeated], self.sampling, rows=len(repeated))
         model.train(was_training)
         rows, texts = [], []
-        for p, out in zip(repeated, new.tolist()):
-            reply = out[: out.index(tok.eos_token_id) + 1] if tok.eos_token_id in out else out  # through its end
+        for p, reply in zip(repeated, new):  # each reply through its end (EOS), when it came
             rows.append({"input_ids": p["prompt_ids"] + reply, "labels": [IGNORE] * len(p["prompt_ids"]) + reply})
             texts.append(tok.decode(reply, skip_special_tokens=True).strip())
         batch = collate_tokens(rows, tok.pad_token_id)

@@ -5,6 +5,7 @@ or a client gone)."""
 
 from __future__ import annotations
 
+import os
 import weakref
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -24,6 +25,7 @@ class Params:
     call_grammar: str | None = None  # decode under this tool-call grammar (`eval/constrained.py`)
     logprobs: int | None = None  # None: none; N: each token's log-probability and the N most likely there
     echo: bool = False  # (completions) the prompt's tokens scored too; max_tokens may then be 0
+    ignore_eos: bool = False  # go on past the end of turn to max_tokens
 
 
 @dataclass
@@ -57,13 +59,14 @@ class Reply:
 
             vocab = served.model.config.vocab_size
             grammar = RowGrammar(matcher(self.tokenizer, params.call_grammar, vocab), self.tokenizer.eos_token_id)
-        settings = RowSettings(params.temperature if params.top_p > 0 else 0.0, params.top_p, seed=params.seed,
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 2  # unseeded: fresh
+        settings = RowSettings(params.temperature if params.top_p > 0 else 0.0, params.top_p, seed=seed,
                                logprobs=params.logprobs)
         self.prompt = prompt
         self.entries: list[TokenEntry] = []  # with logprobs: the reply's tokens (not the stop token)
         self._taken = 0
-        self.stream = served.engine.submit(Request(prompt, params.max_tokens, model_id, settings,
-                                                   frozenset({self.tokenizer.eos_token_id}), grammar,
+        stop_ids = frozenset() if params.ignore_eos else frozenset({self.tokenizer.eos_token_id})
+        self.stream = served.engine.submit(Request(prompt, params.max_tokens, model_id, settings, stop_ids, grammar,
                                                    prompt_logprobs=params.echo and params.logprobs is not None))
         weakref.finalize(self, self.stream.cancel)  # dropped unread (a client gone first): its row ends
 

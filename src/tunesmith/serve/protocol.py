@@ -94,6 +94,7 @@ class Sampling(Strict):
     user: str | None = Field(None, max_length=256)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    ignore_eos: bool = False  # vLLM's and llama.cpp's extension: always max_tokens tokens (benchmarks)
 
     @field_validator("stop")
     @classmethod
@@ -163,3 +164,16 @@ class CompletionRequest(Sampling):
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class ApiError(Exception):
+    """A request refused with OpenAI's error body and an HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.body = status, error_body(message, kind, param, code)
+
+
+def gone_body(model_id: str) -> dict:
+    return error_body(f"The model `{model_id}` does not exist (it was removed)", param="model", code="model_not_found")

@@ -110,5 +110,5 @@ def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Pa
     app = build_app(catalog, max_tokens=max_tokens, max_queue=max_queue, callers=callers,
                     body_limits={"/v1/files": max_upload + MULTIPART_SLACK})
     add_routes(app, store, files, scheduler, catalog)
-    add_dashboard(app, store, home / "runs")
+    add_dashboard(app, home / "runs")
     return Service(app, scheduler, store, catalog)

@@ -15,11 +15,12 @@ import re
 import time
 from pathlib import Path
 
-from fastapi import Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, StreamingResponse
 
-from tunesmith.serve.app import ApiError
-from tunesmith.service.api import job_of
-from tunesmith.service.store import FINISHED, Store
+from tunesmith.serve.protocol import ApiError
+from tunesmith.service.api import ServiceParts, own_job, parts
+from tunesmith.service.store import FINISHED
 
 PAGE = Path(__file__).with_name("dashboard.html")
 POLL_S = 0.5
@@ -36,36 +37,43 @@ def inline_plots(html: str, run_dir: Path) -> str:
     return PLOT.sub(data_uri, html)
 
 
-def add_dashboard(app, store: Store, runs: Path) -> None:
-    from fastapi.responses import HTMLResponse, StreamingResponse
+router = APIRouter()
 
-    @app.get("/", response_class=HTMLResponse)
-    def page():
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
 
-    @app.get("/v1/fine_tuning/jobs/{job_id}/stream")
-    def stream(job_id: str, request: Request):
-        job_of(store, job_id, request)
+def add_dashboard(app, runs: Path) -> None:
+    """The page and its two routes, over the fine-tuning routes' parts (add_routes first)."""
+    app.state.runs = runs
+    app.include_router(router)
 
-        def events():
-            seen = 0
-            while True:
-                fresh = store.events_since(job_id, seen)
-                for seq, event in fresh:
-                    seen = seq
-                    yield f"data: {json.dumps(event)}\n\n"
-                job = store.job(job_id)
-                if job is None or (job["status"] in FINISHED and not fresh):
-                    return
-                yield ": waiting\n\n"  # a comment line: a client that left is noticed at the next write
-                time.sleep(POLL_S)
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+@router.get("/", response_class=HTMLResponse)
+def page():
+    return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
 
-    @app.get("/v1/fine_tuning/jobs/{job_id}/report", response_class=HTMLResponse)
-    def report(job_id: str, request: Request):
-        job_of(store, job_id, request)
-        path = runs / job_id / "report.html"
-        if not path.is_file():
-            raise ApiError(404, f"{job_id} has no report yet: it is written when the job succeeds", param="fine_tuning_job_id")
-        return HTMLResponse(inline_plots(path.read_text(encoding="utf-8"), path.parent))
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/stream")
+def stream(job_id: str, job: dict = Depends(own_job), svc: ServiceParts = Depends(parts)):
+    store = svc.store
+
+    def events():
+        seen = 0
+        while True:
+            fresh = store.events_since(job_id, seen)
+            for seq, event in fresh:
+                seen = seq
+                yield f"data: {json.dumps(event)}\n\n"
+            job = store.job(job_id)
+            if job is None or (job["status"] in FINISHED and not fresh):
+                return
+            yield ": waiting\n\n"  # a comment line: a client that left is noticed at the next write
+            time.sleep(POLL_S)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/report", response_class=HTMLResponse)
+def report(job_id: str, request: Request, job: dict = Depends(own_job)):
+    path = request.app.state.runs / job_id / "report.html"
+    if not path.is_file():
+        raise ApiError(404, f"{job_id} has no report yet: it is written when the job succeeds", param="fine_tuning_job_id")
+    return HTMLResponse(inline_plots(path.read_text(encoding="utf-8"), path.parent))
