@@ -13,7 +13,7 @@ soft-capped scores and sliding windows shorter than the row).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,12 +28,42 @@ _registered = False
 @dataclass
 class RowsPass:
     """What one forward pass writes and reads: per batch row, its slots and how many tokens of
-    them are filled before this pass; `sdpa` says whether the model attends with SDPA (else eager)."""
+    them are filled before this pass; `sdpa` says whether the model attends with SDPA (else eager).
+
+    A decode pass (one new token per row, several rows) attends for all rows at once: each row's
+    keys gathered from its slots into one padded batch (the gather index and the padding mask made
+    once per pass, the mask per sliding window once per window), one SDPA call per layer."""
 
     arena: KVArena
     spans: list[Span]
     filled: list[int]
     sdpa: bool = True
+    lengths: list[int] | None = None  # tokens each row adds in this pass, left-padded to the longest (None: all)
+    _index: tuple | None = field(default=None, repr=False)
+    _masks: dict = field(default_factory=dict, repr=False)
+
+    def gather(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the slot each row writes its new token to [rows], the slots each row reads, padded
+        [rows, longest], the row lengths [rows, 1]) for a decode pass."""
+        if self._index is None:
+            starts = torch.tensor([s.start for s in self.spans], device=device)
+            lengths = torch.tensor(self.filled, device=device) + 1
+            width = int(lengths.max())
+            offsets = torch.arange(width, device=device)
+            read = starts[:, None] + torch.minimum(offsets[None, :], lengths[:, None] - 1)  # padding reads a real slot
+            self._index = (starts + lengths - 1, read, lengths[:, None])
+        return self._index
+
+    def mask(self, window: int | None, device) -> torch.Tensor:
+        """Which gathered keys each row attends to [rows, 1, 1, longest]: its own, within `window`."""
+        if window not in self._masks:
+            _, read, lengths = self.gather(device)
+            offsets = torch.arange(read.shape[1], device=device)[None, :]
+            allowed = offsets < lengths
+            if window is not None:
+                allowed = allowed & (offsets >= lengths - window)
+            self._masks[window] = allowed[:, None, None, :]
+        return self._masks[window]
 
 
 def row_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, kv_rows=None,
@@ -47,22 +77,44 @@ def row_attention(module, query, key, value, attention_mask, dropout: float = 0.
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     keys, values = kv_rows.arena.block(module.layer_idx, key[0])
     n = key.shape[2]
+    if n == 1 and len(kv_rows.spans) > 1 and softcap is None and kv_rows.sdpa:
+        return _decode_together(query, key, value, keys, values, kv_rows, window, scale), None
     out = []
-    for b, (span, filled) in enumerate(zip(kv_rows.spans, kv_rows.filled)):
-        if filled + n > span.size:
-            raise RuntimeError(f"row {b}: {filled + n} tokens for {span.size} slots")
+    lengths = kv_rows.lengths or [n] * len(kv_rows.spans)
+    for b, (span, filled, width) in enumerate(zip(kv_rows.spans, kv_rows.filled, lengths)):
+        if filled + width > span.size:
+            raise RuntimeError(f"row {b}: {filled + width} tokens for {span.size} slots")
+        pad = n - width  # a row shorter than the pass is padded on the left
         at = span.start + filled
-        keys[:, at : at + n] = key[b]
-        values[:, at : at + n] = value[b]
-        k = keys[None, :, span.start : at + n]
-        v = values[None, :, span.start : at + n]
-        q = query[b : b + 1]
-        windowed = window is not None and filled + n > window
-        if softcap is not None or windowed or not kv_rows.sdpa or (filled and n > 1):
-            out.append(exact_attention(q, k, v, scale, window=window, softcap=softcap).transpose(1, 2))
+        keys[:, at : at + width] = key[b, :, pad:]
+        values[:, at : at + width] = value[b, :, pad:]
+        k = keys[None, :, span.start : at + width]
+        v = values[None, :, span.start : at + width]
+        q = query[b : b + 1, :, pad:]
+        windowed = window is not None and filled + width > window
+        if softcap is not None or windowed or not kv_rows.sdpa or (filled and width > 1):
+            part = exact_attention(q, k, v, scale, window=window, softcap=softcap).transpose(1, 2)
         else:  # as transformers runs SDPA for one unpadded sequence: causal over a whole prompt, none for one token
-            out.append(sdpa_attention_forward(module, q, k, v, None, dropout=0.0, scaling=scaling)[0])
+            part = sdpa_attention_forward(module, q, k, v, None, dropout=0.0, scaling=scaling)[0]
+        out.append(torch.cat([part.new_zeros(1, pad, *part.shape[2:]), part], 1) if pad else part)
     return torch.cat(out).contiguous(), None
+
+
+def _decode_together(query, key, value, keys, values, kv_rows: RowsPass, window: int | None, scale: float):
+    """One new token per row: written to each row's next slot, then every row's query over its
+    own keys in one masked SDPA call -> [rows, 1, heads, dim]."""
+    import torch.nn.functional as F
+
+    write, read, _ = kv_rows.gather(query.device)
+    keys[:, write] = key[:, :, 0].transpose(0, 1).to(keys.dtype)
+    values[:, write] = value[:, :, 0].transpose(0, 1).to(values.dtype)
+    rows, longest = read.shape
+    flat = read.reshape(-1)  # (index_select copies far faster than indexing with a 2-D index)
+    k = keys.index_select(1, flat).view(keys.shape[0], rows, longest, -1).transpose(0, 1)  # [rows, kv heads, longest, dim]
+    v = values.index_select(1, flat).view(values.shape[0], rows, longest, -1).transpose(0, 1)
+    out = F.scaled_dot_product_attention(query, k.to(query.dtype), v.to(query.dtype), attn_mask=kv_rows.mask(window, query.device),
+                                         scale=scale, enable_gqa=k.shape[1] != query.shape[1])
+    return out.transpose(1, 2).contiguous()
 
 
 def _no_mask(*args, **kwargs):

@@ -63,6 +63,12 @@ class RowSampler:
             seed = settings.seed if settings.seed is not None else int(torch.randint(0, 2**62, (1,)))
             self.generator = torch.Generator().manual_seed(seed)
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy, free and without log-probabilities: its token is the argmax alone (the engine
+        takes those of many rows in one call)."""
+        return self.settings.temperature <= 0 and self.grammar is None and self.settings.logprobs is None
+
     def choose(self, logits: torch.Tensor) -> Choice:
         """The next token from one row's logits [vocab]."""
         raw = logits
