@@ -117,7 +117,12 @@ class Server:
             if time.time() > deadline:
                 raise RuntimeError(f"{argv[0]} did not start")
             time.sleep(0.2)
-        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()  # drain its output
+        self.tail: list[str] = []  # its last lines of output (kept for a failure's message)
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.tail = (self.tail + [line.rstrip()])[-40:]
 
     def _health(self) -> bool:
         import urllib.request
@@ -174,9 +179,14 @@ def request_for(server: str, case: str, i: int) -> tuple[str, dict]:
 
 
 async def load(url: str, server: str, case: str, prompts: list, concurrency: int, per_client: int) -> list[dict]:
+    import httpx2  # the openai client's HTTP library
+    import openai
     from openai import AsyncOpenAI
 
-    client = AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=900)
+    # a new connection per request: no kept-alive connection that the server has meanwhile closed
+    # (llama-server closes idle ones after 5 s, as the client's pool may reuse them)
+    http = openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(max_keepalive_connections=0))
+    client = AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=900, http_client=http)
     results, counter = [], iter(range(concurrency * per_client))
 
     async def worker():
@@ -255,6 +265,9 @@ def main() -> None:
                             if server == "llama.cpp":
                                 measure(srv, server, case, prompts, min(c, 2), 1)  # warm-up
                             result = measure(srv, server, case, prompts, c, args.per_client)
+                        except Exception:
+                            print("\n".join(srv.tail), file=sys.stderr)  # what the server said last
+                            raise
                         finally:
                             if srv is not mine:
                                 srv.stop()

@@ -348,6 +348,29 @@ def test_a_full_queue_answers_429_and_then_serves_again(tiny_model_dir):
     assert statuses == [200, 200] and http.post("/v1/chat/completions", json=body).status_code == 200
 
 
+def test_a_request_larger_than_the_kv_budget_gets_400_and_others_are_served(tiny_model_dir):
+    """A budget of 80 tokens of KV cache (in MB, from the tiny model's bytes per token): a request
+    whose prompt plus max_tokens needs more is refused naming the budget; one that fits is answered."""
+    from fastapi.testclient import TestClient
+
+    from tunesmith.generation.kv_arena import bytes_per_token
+    from tunesmith.serve.app import build_app
+    from tunesmith.serve.models import load_served
+
+    probe = load_served(str(tiny_model_dir), [])
+    budget_mb = 80 * bytes_per_token(probe.model.config, torch.float32) / 2**20
+    served = load_served(str(tiny_model_dir), [], kv_budget_mb=budget_mb)
+    http = TestClient(build_app(served))
+    body = {"model": tiny_model_dir.name, "messages": CHAT, "temperature": 0}
+    refused = http.post("/v1/chat/completions", json={**body, "max_tokens": 79})
+    error = refused.json()["error"]
+    assert refused.status_code == 400 and error["code"] == "kv_budget_exceeded" and error["param"] == "max_tokens"
+    assert "budget holds 80" in error["message"]
+    answered = http.post("/v1/chat/completions", json={**body, "max_tokens": 4})
+    assert answered.status_code == 200 and answered.json()["usage"]["completion_tokens"] <= 4
+    assert http.app.state.queue.count == 0  # the refused request left the queue
+
+
 def test_serve_refuses_what_it_cannot_serve(tmp_path, tiny_model_dir, adapters):
     from tunesmith.errors import UserError
     from tunesmith.serve.models import load_served, parse_adapter_option

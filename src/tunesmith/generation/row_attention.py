@@ -134,12 +134,17 @@ def register() -> None:
 
 
 def _configs(model) -> list:
+    """Every config object the model's modules hold (found once per model: a forward pass asks)."""
+    cached = getattr(model, "_tunesmith_configs", None)
+    if cached is not None:
+        return cached
     seen, out = set(), []
     for sub in [model, *model.modules()]:
         config = getattr(sub, "config", None)
         if config is not None and id(config) not in seen and hasattr(config, "_attn_implementation"):
             seen.add(id(config))
             out.append(config)
+    model._tunesmith_configs = out
     return out
 
 
