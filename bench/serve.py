@@ -247,8 +247,11 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,8,16,32")
     parser.add_argument("--per-client", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "tunesmith-bench" / "serve")
+    parser.add_argument("--out", type=Path, help="results file (default: bench/results/serve-<machine>.json for a "
+                        "full run; a run without 1 and 8 clients or with fewer than 3 repeats writes under --work)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    full = {1, 8} <= set(levels) and args.repeats >= 3
     args.work.mkdir(parents=True, exist_ok=True)
     prep = prepare(args.work)
     prompts = prep["prompts"]
@@ -289,7 +292,7 @@ def main() -> None:
                                for c in medians["tunesmith"]["mixed"]},
         "p95_8_vs_single": ours_one["8"]["latency_p95"] / ours_one["1"]["latency_p50"] if "8" in ours_one else None,
     }
-    out = ROOT / "bench" / "results" / f"serve-{machine_tag()}.json"
+    out = args.out or (ROOT / "bench" / "results" if full else args.work) / f"serve-{machine_tag()}.json"
     out.write_text(json.dumps({"provenance": provenance(), "machine": machine(), "llama_cpp": llama_version(),
                                "settings": {"model": MODEL, "reply_tokens": REPLY_TOKENS, "levels": levels,
                                             "per_client": args.per_client, "repeats": args.repeats,
