@@ -201,6 +201,23 @@ def test_seeded_sampling_draws_the_same_tokens_alone_and_under_load():
     assert other != solo  # the seed is what makes them equal
 
 
+def test_rows_that_share_a_prompt_compute_it_once_and_each_draws_what_it_draws_alone():
+    """A group of samples of one prompt (as GRPO draws them): the prompt is computed once for the
+    group and copied into each row's cache; each row, with its own seed, gets the tokens it gets
+    alone, and the same prompt under another adapter is computed on its own."""
+    model = adapted("lora")
+    asked = prompts(2, seed=8)
+    group = [(asked[0], "a", seed) for seed in (1, 2, 3)] + [(asked[0], "b", 4), (asked[1], "a", 5), (asked[1], "a", 6)]
+    engine = GenerationEngine(Source(model), 1 << 24)
+    each = [tokens(run_all(engine, [ask(p, 12, model_id=m, settings=RowSettings(1.0, seed=s))])[0]) for p, m, s in group]
+    engine = GenerationEngine(Source(model), 1 << 24)
+    together = run_all(engine, [ask(p, 12, model_id=m, settings=RowSettings(1.0, seed=s)) for p, m, s in group])
+    assert [tokens(s) for s in together] == each
+    assert len({tuple(t) for t in each[:3]}) > 1  # the seeds differ: the copies are separate rows
+    assert engine.counters.prompt_tokens == sum(len(p) for p, _, _ in group)
+    assert engine.counters.prefill_tokens == len(asked[0]) * 2 + len(asked[1])  # (prompt 0 with a, with b; prompt 1)
+
+
 def test_log_probabilities_per_row_are_the_model_own():
     """Each chosen token's log-probability, the row's top ones and the prompt's, against one
     forward pass of the whole sequence (prompt + reply) through the same adapter."""

@@ -122,6 +122,7 @@ class Counters:
 
     requests: int = 0
     prompt_tokens: int = 0
+    prefill_tokens: int = 0  # prompt tokens computed (rows sharing a prompt compute it once)
     generated_tokens: int = 0
     steps: int = 0
     busy_s: float = 0.0
@@ -312,19 +313,33 @@ class GenerationEngine:
             self._prefill_batch(model, batch)
 
     def _prefill_batch(self, model, rows: list[_Row]) -> None:
-        prompts = [r.stream.request.prompt for r in rows]
+        scored = rows[0].stream.request.prompt_logprobs
+        # rows with the same prompt and adapter (a group of samples, as GRPO draws) share one
+        # computation of it: the first row's cache is copied to the others, its logits serve all
+        first: dict[tuple, int] = {}
+        computed, source = [], []
+        for row in rows:
+            key = (tuple(row.stream.request.prompt), row.adapter)
+            if scored or key not in first:
+                first[key] = len(computed)
+                computed.append(row)
+            source.append(first[key])
+        prompts = [r.stream.request.prompt for r in computed]
         width = max(len(p) for p in prompts)
         ids = [[0] * (width - len(p)) + p for p in prompts]
         positions = [[0] * (width - len(p)) + list(range(len(p))) for p in prompts]
-        scored = rows[0].stream.request.prompt_logprobs
         try:
-            logits = self._forward(model, ids, positions, rows, 0 if scored else 1,  # every position, or the last
-                                   lengths=[len(p) for p in prompts] if len(rows) > 1 else None)
+            logits = self._forward(model, ids, positions, computed, 0 if scored else 1,  # every position, or the last
+                                   lengths=[len(p) for p in prompts] if len(computed) > 1 else None)
         except Exception as e:
             for row in rows:
                 self._retire(row, e)
             return
-        for i, row in enumerate(rows):
+        for row, i in zip(rows, source):
+            if row is not computed[i]:  # before any row is retired (and its slots given back)
+                self.arena.copy(computed[i].span, row.span, len(row.stream.request.prompt))
+        self.counters.prefill_tokens += sum(len(p) for p in prompts)
+        for row, i in zip(rows, source):
             request = row.stream.request
             row.filled = len(request.prompt)
             self.counters.prompt_tokens += row.filled

@@ -81,3 +81,11 @@ class KVArena:
         elif keys.shape[0] != like.shape[0] or keys.shape[-1] != like.shape[-1]:
             raise ValueError(f"layer {layer}: keys of shape {tuple(like.shape)} for a block of {tuple(keys.shape)}")
         return keys, self.values[layer]
+
+    def copy(self, source: Span, target: Span, n: int) -> None:
+        """The first `n` cached tokens of `source` into `target` in every layer (a prompt computed
+        once for rows that share it)."""
+        for layer, keys in self.keys.items():
+            values = self.values[layer]
+            keys[:, target.start:target.start + n] = keys[:, source.start:source.start + n]
+            values[:, target.start:target.start + n] = values[:, source.start:source.start + n]
