@@ -477,7 +477,28 @@ def render_serve() -> str:
     return "\n".join(lines) if lines else "(not measured yet)\n"
 
 
-RENDERERS = {"serve": render_serve, "read-records": render_read_records, "quickstart": render_quickstart, "quickstart-gemma": render_quickstart_gemma, "adapters": render_adapters,
+# --- one Tinker API step against the engine's (bench/tinker_step.py) ----------------------------------
+
+def render_tinker_step() -> str:
+    lines = []
+    for tag, d in bench_results("tinker-step"):
+        st, m = d["settings"], d["medians"]
+        lines.append(f"{tag}: {describe(d['machine'])}; commit {_commit(d['provenance']['commit'])}, {st['client']}; "
+                     f"{st['model']}, LoRA rank {st['rank']}, a batch of {st['batch']} conversations ({st['tokens']} "
+                     f"tokens), medians of {st['repeats']} alternating steps.\n")
+        lines.append("| one step (forward_backward + optim_step) | seconds |")
+        lines.append("|---|---:|")
+        spread = {k: (min(r[k] for r in d["runs"]), max(r[k] for r in d["runs"])) for k in ("tinker_s", "engine_s")}
+        lines.append(f"| through the Tinker API (`tinker` client, HTTP, live service) | {m['tinker_s']:.3f} "
+                     f"({spread['tinker_s'][0]:.3f}–{spread['tinker_s'][1]:.3f}) |")
+        lines.append(f"| in the engine (the same calls in-process: `tunesmith train`'s step functions) | {m['engine_s']:.3f} "
+                     f"({spread['engine_s'][0]:.3f}–{spread['engine_s'][1]:.3f}) |")
+        lines.append(f"| the API's overhead (difference of the medians) | {m['overhead_s']:+.3f} ({m['ratio']:.2f}×) |")
+        lines.append("")
+    return "\n".join(lines) if lines else "(not measured yet)\n"
+
+
+RENDERERS = {"serve": render_serve, "tinker-step": render_tinker_step, "read-records": render_read_records, "quickstart": render_quickstart, "quickstart-gemma": render_quickstart_gemma, "adapters": render_adapters,
              "bench": render_bench, "distill": render_distill, "rlhf": render_rlhf, "tools": render_tools,
              "openai-migration": render_openai_migration, "watched": render_watched,
              "weight-space": render_weight_space}

@@ -81,6 +81,30 @@ def _write(folder: Path, weights, opt_tensors, opt_meta, scheduler, state: dict,
     _fsync_tree(folder)
 
 
+def write_folder(final: Path, weights, opt_tensors, opt_meta, scheduler, state: dict, model=None) -> None:
+    """Write a checkpoint to `final` whole or not at all: into a temporary sibling, renamed over
+    `final` once every file is on disk."""
+    tmp = final.parent / f".tmp-{final.name}"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write(tmp, weights, opt_tensors, opt_meta, scheduler, state, model)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_named(final: Path, model, optimizer, scheduler, state: dict) -> None:
+    """The model's trained weights, optimizer, schedule and RNG state, and its adapter folder, at
+    `final` (a client loop's named state; a run's checkpoints go through `save`)."""
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    write_folder(final, trainable_state(model), opt_tensors, opt_meta, scheduler, state, model)
+
+
 def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int, write: bool = True) -> Path | None:
     """Write checkpoint `step`; in a distributed run every rank calls this (sharded tensors are
     gathered) and only the one with `write` writes."""
@@ -89,17 +113,9 @@ def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, k
     if not write:
         return None
     final = ckpt_root / f"{PREFIX}{step}"
-    tmp = ckpt_root / f".tmp-{PREFIX}{step}"
     try:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        _write(tmp, weights, opt_tensors, opt_meta, scheduler, state, model)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        write_folder(final, weights, opt_tensors, opt_meta, scheduler, state, model)
     except (OSError, SafetensorError) as e:  # a full disk, a quota, a vanished mount: earlier checkpoints stand
-        shutil.rmtree(tmp, ignore_errors=True)
         previous = list_checkpoints(ckpt_root)
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
         reason = getattr(e, "strerror", None) or str(e).rsplit(": ", 1)[-1]

@@ -162,13 +162,23 @@ def fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path
     """Train `model` as `cfg` says; `trackers` (engine/trackers/, rank 0's) get every logged record;
     `scorer(model) -> {"val_<metric>": value}` scores generated replies every eval.generate_every steps;
     `on_record(step, record)` sees each logged record and may raise to end the run there (a sweep's pruner)."""
-    previous_attention = use_segment_attention(unwrap(model))  # training batches say where sequences are
-    fused = use_fused_lora(model)
+    kept = training_paths(model)
     try:
         return _fit(model, tokenizer, method, data, cfg, run_dir, resume, console, quiet, trackers, scorer, on_record)
     finally:
-        restore_lora(fused)
-        restore_attention(unwrap(model), previous_attention)
+        restore_paths(model, kept)
+
+
+def training_paths(model) -> tuple:
+    """The model's training forward: attention per sequence (training batches say where sequences
+    are) and LoRA's update fused into one matmul; returns what `restore_paths` puts back."""
+    return use_segment_attention(unwrap(model)), use_fused_lora(model)
+
+
+def restore_paths(model, kept: tuple) -> None:
+    attention, fused = kept
+    restore_lora(fused)
+    restore_attention(unwrap(model), attention)
 
 
 def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Path, resume: bool,
@@ -178,14 +188,13 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
     precision = resolve_precision(cfg.train.precision, dev)
     ranks = distributed.current()  # (train() quiets the console of ranks other than 0)
     _check_watching(cfg, data, ranks, scorer)
-    if not is_quantized(model):  # a quantized base was loaded onto its device
+    if ranks.parallel and cfg.train.distributed == "fsdp" and not is_quantized(model):
         model.to(dev)
-        if ranks.parallel and cfg.train.distributed == "fsdp":
-            layers = shard_model(model, dev, precision)  # (one dtype per layer: no bf16 base next to fp32 adapters)
-            console.print(f"fsdp: {layers} decoder layers sharded over {ranks.world} processes")
-        elif precision == "bf16" and hasattr(model, "peft_config"):  # an adapter's frozen base
-            hold_frozen_weights_in_bf16(model)
-    model.train()
+        layers = shard_model(model, dev, precision)  # (one dtype per layer: no bf16 base next to fp32 adapters)
+        console.print(f"fsdp: {layers} decoder layers sharded over {ranks.world} processes")
+        model.train()
+    else:
+        ready_to_train(model, precision, dev)
     torch.manual_seed(cfg.train.seed)
     lengths = [feature_length(f) for f in data.features]
     exact_note = exact_path_note(unwrap(model).config, lengths) if uses_segments(unwrap(model)) else None
@@ -322,6 +331,47 @@ def _generated_scores(model, scorer, precision: str, dev) -> dict:
         random.setstate(python_rng)
 
 
+def ready_to_train(model, precision: str, dev) -> None:
+    """On the device (a quantized base already is), an adapter's frozen base in bf16 when the run
+    computes in bf16, in training mode."""
+    if not is_quantized(model):
+        model.to(dev)
+        if precision == "bf16" and hasattr(model, "peft_config"):  # an adapter's frozen base
+            hold_frozen_weights_in_bf16(model)
+    model.train()
+
+
+def backward(model, method, batch: dict, precision: str, dev, scale: float) -> tuple[float, dict]:
+    """One pass: the method's summed loss on `batch`, its gradient divided by `scale` added to the
+    parameters' (accumulated until `update`); returns the loss and the method's metrics."""
+    batch = _to(batch, dev)
+    with autocast(precision, dev):
+        loss_sum, metrics = method.loss(model, batch)
+    if batch.get("ghost"):  # passes line up across ranks; this one adds nothing
+        (loss_sum * 0).backward()
+        return 0.0, {}
+    (loss_sum / scale).backward()
+    return float(loss_sum.detach()), metrics
+
+
+def forward_only(model, method, batch: dict, precision: str, dev) -> tuple[float, dict]:
+    """The method's summed loss on `batch` and its metrics, with no gradient."""
+    with torch.no_grad(), autocast(precision, dev):
+        loss_sum, metrics = method.loss(model, _to(batch, dev))
+    return float(loss_sum), metrics
+
+
+def update(params: list[torch.Tensor], optimizer, max_norm: float | None, loss_finite: bool = True) -> tuple[float, bool]:
+    """Clip the accumulated gradients to `max_norm` (None: no clip), step the optimizer unless the
+    loss or the gradients are not finite, and clear them; returns (gradient norm, skipped)."""
+    grad_norm = clip_gradients(params, max_norm if max_norm is not None else float("inf"))
+    skipped = not (loss_finite and math.isfinite(grad_norm))  # the same on every rank: both are sums
+    if not skipped:  # a NaN or inf would poison every weight it touched: this step changes nothing
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, skipped
+
+
 def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConfig, precision: str, dev, anchor=None,
                 ranks: Ranks = Ranks()) -> dict:
     """One optimizer step over this rank's passes of `grad_accum` global batches, normalised over
@@ -331,14 +381,8 @@ def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConf
     n_items = max(1, items)
     loss_total, metric_sums = 0.0, {}
     for batch in micro:
-        batch = _to(batch, dev)
-        with autocast(precision, dev):
-            loss_sum, metrics = method.loss(model, batch)
-        if batch.get("ghost"):  # passes line up across ranks; this one adds nothing
-            (loss_sum * 0).backward()
-            continue
-        (loss_sum / n_items).backward()
-        loss_total += float(loss_sum.detach())
+        loss, metrics = backward(model, method, batch, precision, dev, n_items)
+        loss_total += loss
         for k, v in metrics.items():
             metric_sums[k] = metric_sums.get(k, 0.0) + v
     sum_gradients(params, ranks)
@@ -346,13 +390,9 @@ def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConf
     metric_sums = sum_metrics(metric_sums, ranks)
     if anchor is not None:  # L2-SP: per step, not per item, so it is added after normalisation (and summation)
         metric_sums["l2sp"] = anchor.apply() * n_items  # logged, like every metric, per item
-    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm is not None else float("inf")
-    grad_norm = clip_gradients(params, max_norm)
-    skipped = not (math.isfinite(loss_total) and math.isfinite(grad_norm))  # the same on every rank: both are sums
-    if not skipped:  # a NaN or inf would poison every weight it touched: this step changes nothing
-        optimizer.step()
+    grad_norm, skipped = update(params, optimizer, cfg.train.max_grad_norm, math.isfinite(loss_total))
+    if not skipped:
         scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
     return {"loss": loss_total, "items": items, "tokens": int(tokens),
             "metrics": metric_sums, "grad_norm": grad_norm, "skipped": skipped}
 

@@ -79,6 +79,8 @@ def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Pa
     from tunesmith.serve.app import build_app
     from tunesmith.service.api import add_routes
     from tunesmith.service.dashboard import add_dashboard
+    from tunesmith.service.tinker.routes import add_tinker_routes
+    from tunesmith.service.tinker.server import TinkerServer
 
     bases = bases_of(models)
     home = home.resolve()  # workers run in their job's folder: every path they are given is absolute
@@ -108,7 +110,8 @@ def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Pa
                           replay=replay, policy_of=policies.of, executor=executor_for(cluster))
     scheduler.on_removed = catalog.unload
     app = build_app(catalog, max_tokens=max_tokens, max_queue=max_queue, callers=callers,
-                    body_limits={"/v1/files": max_upload + MULTIPART_SLACK})
+                    body_limits={"/v1/files": max_upload + MULTIPART_SLACK, "/api/v1/forward_backward": max_upload})
     add_routes(app, store, files, scheduler, catalog)
     add_dashboard(app, home / "runs")
+    add_tinker_routes(app, TinkerServer(home, bases, catalog, store, precision, max_tokens), callers)
     return Service(app, scheduler, store, catalog)
