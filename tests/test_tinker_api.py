@@ -263,6 +263,25 @@ def test_a_bad_request_fails_its_own_future_and_the_service_keeps_serving(tuned,
     assert len(out.loss_fn_outputs) == 2 and math.isfinite(out.metrics["loss:sum"])
 
 
+def test_a_finished_session_frees_its_models_and_their_saved_states_stay(live, batch):
+    import httpx
+
+    datums = batch["datums"][:2]
+    training = client(live).create_lora_training_client(base_model=live["base"], rank=RANK).result()
+    before = train_steps(training, datums, 1)
+    path = training.save_state("kept").result().path
+    session_id = training.model_id.split(":")[0]
+    other = httpx.post(f"{live['url']}/api/v1/sessions/{session_id}/finish", headers={"X-API-Key": KEY_B}, json={})
+    assert other.status_code == 404  # not its session
+    done = httpx.post(f"{live['url']}/api/v1/sessions/{session_id}/finish", headers={"X-API-Key": KEY_A}, json={})
+    assert done.status_code == 200
+    with pytest.raises(Exception, match="no longer in memory"):
+        training.forward_backward(datums, "cross_entropy").result()
+    again = client(live).create_training_client_from_state(path).result()
+    [loss] = train_steps(again, datums, 1)
+    assert loss < before[0]  # the saved state: one step further than where the session began
+
+
 def test_a_state_saved_before_the_service_is_killed_goes_on_exactly_after_a_restart(live, batch, tiny_model_dir):
     datums = batch["datums"]
     service = client(live)

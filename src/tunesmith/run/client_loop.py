@@ -10,9 +10,8 @@ parameters. States and sampler weights are written as the engine's checkpoints a
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +24,7 @@ from tunesmith.engine.loop import backward, forward_only, ready_to_train, traini
 from tunesmith.engine.schedule import param_groups
 from tunesmith.errors import UserError
 from tunesmith.methods.client_loss import ClientLoss, Datum
-from tunesmith.model.adapters import TARGET_PRESETS, count_parameters, save_adapter_folder
+from tunesmith.model.adapters import TARGET_PRESETS, save_adapter_folder
 from tunesmith.model.load import load_tokenizer, tokenizer_dir
 from tunesmith.model.peft_wrapping import unwrap
 from tunesmith.model.resolve import resolve
@@ -71,6 +70,8 @@ def lora_targets(model, spec: ModelSpec) -> list[str]:
 
 
 class ClientLoopModel:
+    """The model, its optimizer and the step count between a client's calls (one per Tinker model)."""
+
     def __init__(self, spec: ModelSpec):
         from tunesmith.model.load import load_base
 
@@ -94,10 +95,6 @@ class ClientLoopModel:
         self.vocab = unwrap(self.model).get_input_embeddings().weight.shape[0]
         self.steps = 0
         self.pending_finite = True  # every loss accumulated since the last step was finite
-
-    @property
-    def trainable(self) -> tuple[int, int]:
-        return count_parameters(self.model)
 
     def _batch(self, method: ClientLoss, data: list[Datum]) -> dict:
         if not data:
@@ -163,10 +160,3 @@ class ClientLoopModel:
             if not save_adapter_folder(self.model, checkpoint.trainable_state(self.model), tmp):
                 unwrap(self.model).save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
-
-    def describe(self) -> dict:
-        return asdict(self.spec)
-
-
-def write_spec(folder: Path, spec: ModelSpec, extra: dict) -> None:
-    atomic.write_text(folder / "model.json", json.dumps({**asdict(spec), **extra}))

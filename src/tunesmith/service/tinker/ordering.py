@@ -20,7 +20,7 @@ class OrderedWorker:
     def __init__(self, name: str, compute: threading.Lock):
         self.name, self.compute = name, compute
         self.next_seq = 1
-        self._heap: list[tuple[int, int, Callable[[], None]]] = []
+        self._heap: list[tuple[float, int, str, Callable[[], None]]] = []
         self._given: dict[int, str] = {}  # seq_id -> the request id it got
         self._cond = threading.Condition()
         self._closed = False
@@ -42,9 +42,9 @@ class OrderedWorker:
                 self._given[seq_id] = request_id
                 key = seq_id
             else:
-                key = max([self.next_seq - 1, *(k for k, _, _ in self._heap)]) + 0.5  # type: ignore[assignment]
+                key = max([self.next_seq - 1, *(k for k, _, _, _ in self._heap)]) + 0.5  # type: ignore[assignment]
             self._tie += 1
-            heapq.heappush(self._heap, (key, self._tie, job))
+            heapq.heappush(self._heap, (key, self._tie, request_id, job))
             self._cond.notify()
         return request_id
 
@@ -58,7 +58,7 @@ class OrderedWorker:
                     self._cond.wait()
                 if self._closed:
                     return
-                key, _, job = heapq.heappop(self._heap)
+                key, _, _, job = heapq.heappop(self._heap)
                 if key == self.next_seq:
                     self.next_seq += 1
                     for old in [k for k in self._given if k < self.next_seq - 64]:
@@ -66,7 +66,11 @@ class OrderedWorker:
             with self.compute:
                 job()
 
-    def close(self) -> None:
+    def close(self) -> list[str]:
+        """Stop after the call running now; returns the request ids of the calls that will not run."""
         with self._cond:
             self._closed = True
+            dropped = [request_id for _, _, request_id, _ in self._heap]
+            self._heap.clear()
             self._cond.notify()
+        return dropped

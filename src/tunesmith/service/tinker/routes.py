@@ -121,13 +121,13 @@ async def create_session(request: Request, srv: TinkerServer = Depends(tinker), 
 @router.post("/session_heartbeat")
 async def heartbeat(request: Request, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
     found = await body(request)
-    attempt(srv.own_session, found.get("session_id", ""), who)
+    attempt(srv.heartbeat, found.get("session_id", ""), who)
     return {"type": "session_heartbeat"}
 
 
 @router.post("/sessions/{session_id}/finish")
 def finish_session(session_id: str, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
-    attempt(srv.own_session, session_id, who)
+    attempt(srv.end_session, session_id, who)  # its models leave memory; saved states stay
     return Response(status_code=200)
 
 

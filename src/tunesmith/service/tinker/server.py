@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +29,11 @@ from tunesmith.service.tinker.sampling import SampleParams, sample
 log = logging.getLogger("tunesmith.service.tinker")
 
 
+SESSION_TIMEOUT_S = 600.0  # a session without a heartbeat for this long ends, and its models leave memory
+
+
 class Lost(UserError):
-    """A model that lived in a service process that has since stopped."""
+    """A model whose process state is gone: the service restarted, or its session ended."""
 
 
 class TinkerServer:
@@ -40,6 +44,7 @@ class TinkerServer:
         self.precision, self.max_tokens = precision, max_tokens
         self.futures = Futures()
         self.sessions: dict[str, str] = {}  # session id -> tenant
+        self.seen: dict[str, float] = {}  # session id -> its last heartbeat (monotonic)
         self.samplers: dict[str, dict] = {}  # sampling session id -> {tenant, base, model_id (None: the base), path}
         self.models: dict[str, ClientLoopModel | None] = {}  # model id -> the model (None while it is built)
         self.workers: dict[str, OrderedWorker] = {}
@@ -50,14 +55,41 @@ class TinkerServer:
     # --- sessions ---------------------------------------------------------------------------------
 
     def create_session(self, tenant: str) -> str:
+        self.end_idle_sessions()
         session_id = uuid.uuid4().hex[:16]
         with self.lock:
             self.sessions[session_id] = tenant
+            self.seen[session_id] = time.monotonic()
         return session_id
 
     def own_session(self, session_id: str, tenant: str) -> None:
         if self.sessions.get(session_id) != tenant:
-            raise LookupError(f"session {session_id}: no such session (sessions end when the service restarts)")
+            raise LookupError(f"session {session_id}: no such session (sessions end when the service restarts "
+                              f"or after {SESSION_TIMEOUT_S:.0f} s without a heartbeat)")
+
+    def heartbeat(self, session_id: str, tenant: str) -> None:
+        self.own_session(session_id, tenant)
+        self.seen[session_id] = time.monotonic()
+
+    def end_session(self, session_id: str, tenant: str) -> None:
+        """The session's training models leave memory (their saved states stay on disk)."""
+        self.own_session(session_id, tenant)
+        with self.lock:
+            del self.sessions[session_id]
+            self.seen.pop(session_id, None)
+            ended = [m for m in self.workers if m.startswith(f"{session_id}:")]
+            for model_id in ended:
+                for request_id in self.workers.pop(model_id).close():
+                    self.futures.finish(request_id, Outcome(error=f"session {session_id} ended before this call ran"))
+                self.models.pop(model_id, None)
+            for sampler_id in [k for k in self.samplers if k.startswith(f"{session_id}:")]:
+                del self.samplers[sampler_id]
+
+    def end_idle_sessions(self) -> None:
+        cutoff = time.monotonic() - SESSION_TIMEOUT_S
+        for session_id, last in list(self.seen.items()):
+            if last < cutoff and session_id in self.sessions:
+                self.end_session(session_id, self.sessions[session_id])
 
     # --- futures ----------------------------------------------------------------------------------
 
@@ -87,13 +119,13 @@ class TinkerServer:
     # --- training models --------------------------------------------------------------------------
 
     def _worker(self, model_id: str, tenant: str) -> OrderedWorker:
+        if self.runs.record(model_id, tenant) is None:
+            raise LookupError(f"model {model_id}: no such model")
         with self.lock:
             worker = self.workers.get(model_id)
-        if worker is None or self.runs.record(model_id, tenant) is None:
-            if self.runs.record(model_id, tenant) is not None:
-                raise Lost(f"model {model_id} was lost when the service restarted; load a saved state "
-                           "(create_training_client_from_state) to go on")
-            raise LookupError(f"model {model_id}: no such model")
+        if worker is None:
+            raise Lost(f"model {model_id} is no longer in memory (its session ended or the service restarted); "
+                       "load a saved state (create_training_client_from_state) to go on")
         return worker
 
     def _model(self, model_id: str) -> ClientLoopModel:
@@ -102,10 +134,14 @@ class TinkerServer:
             raise UserError(f"model {model_id} could not be created")
         return model
 
-    def _register(self, model_id: str, tenant: str, session_id: str, base: str, spec: ModelSpec) -> None:
-        self.own_session(session_id, tenant)
+    def _known(self, base: str | None) -> str:
         if base not in self.bases:
             raise UserError(f"base_model {base!r}: not a model this service holds ({', '.join(self.bases)})")
+        return base
+
+    def _register(self, model_id: str, tenant: str, session_id: str, base: str, spec: ModelSpec) -> None:
+        self.own_session(session_id, tenant)
+        self._known(base)
         with self.lock:
             if model_id in self.workers:
                 raise UserError(f"model {model_id} exists")
@@ -114,6 +150,7 @@ class TinkerServer:
             self.workers[model_id] = OrderedWorker(model_id, self.compute)
 
     def spec_of(self, base: str, lora: dict | None, seed: int | None = None) -> ModelSpec:
+        self._known(base)
         if lora is None:
             return ModelSpec(self.bases[base], rank=None, seed=seed or 0, precision=self.precision)
         rank = int(lora.get("rank", 0))
@@ -124,8 +161,6 @@ class TinkerServer:
                          seed=lora.get("seed") or seed or 0, precision=self.precision)
 
     def create_model(self, tenant: str, session_id: str, model_seq_id: int, base: str, lora: dict | None) -> tuple[str, str]:
-        if base not in self.bases:
-            raise UserError(f"base_model {base!r}: not a model this service holds ({', '.join(self.bases)})")
         model_id = f"{session_id}:train:{model_seq_id}"
         spec = self.spec_of(base, lora)
         self._register(model_id, tenant, session_id, base, spec)
@@ -249,8 +284,7 @@ class TinkerServer:
             else:
                 chat_id = self._chat_id(cp, base)
         else:
-            if base not in self.bases:
-                raise UserError(f"base_model {base!r}: not a model this service holds ({', '.join(self.bases)})")
+            self._known(base)
             chat_id = None
         sampler_id = f"{session_id or 'sampler'}:sample:{uuid.uuid4().hex[:8]}"
         with self.lock:
@@ -300,9 +334,7 @@ class TinkerServer:
             found = self.samplers[self._open_sampler(tenant, None, None, request["model_path"])]
             base, model_id, full = found["base"], found["model_id"], found["full"]
         else:
-            base, model_id = request.get("base_model"), None
-            if base not in self.bases:
-                raise UserError(f"base_model {base!r}: not a model this service holds ({', '.join(self.bases)})")
+            base, model_id = self._known(request.get("base_model")), None
         params = request["params"]
         prompt = request["prompt"]
 
