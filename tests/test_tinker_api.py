@@ -111,6 +111,28 @@ def test_a_policy_loss_moves_the_model_as_cross_entropy_weighted_by_its_own_toke
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)  # float32 rounding of the ratios
 
 
+def test_cross_entropy_over_k_candidates_per_position_sums_each_candidates_own_term(tiny_model_dir):
+    """Top-K distillation's form: targets (N, K) with weights (N, K) give Σ -w·log p(candidate), each
+    log p the one the (N,) form gives for that candidate alone."""
+    from tunesmith.methods.client_loss import Datum
+    from tunesmith.run.client_loop import ClientLoopModel, ModelSpec
+
+    model = ClientLoopModel(ModelSpec(str(tiny_model_dir), rank=4, precision="fp32"))
+    tokens = [5, 9, 12, 7, 3]
+    candidates = np.array([[9, 4, 30], [12, 2, 8], [7, 7, 1], [3, 50, 6], [2, 11, 19]], dtype=np.int64)
+    weights = np.array([[0.6, 0.3, 0.1], [1.0, 0.0, 0.0], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6], [0.9, 0.05, 0.05]],
+                       dtype=np.float32)
+    [both], metrics = model.forward_backward([Datum(tokens, {"target_tokens": candidates, "weights": weights})],
+                                             "cross_entropy", forward=True)
+    assert both.shape == (5, 3)
+    for k in range(3):
+        [alone], _ = model.forward_backward([Datum(tokens, {"target_tokens": candidates[:, k].copy(),
+                                                            "weights": np.ones(5, np.float32)})],
+                                            "cross_entropy", forward=True)
+        np.testing.assert_allclose(both[:, k], alone, rtol=1e-5)
+    assert metrics["loss:sum"] == pytest.approx(float(-(both * weights).sum()), rel=1e-5)
+
+
 # --- a live service ---------------------------------------------------------------------------------
 
 def start(home, model_dir):

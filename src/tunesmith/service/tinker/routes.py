@@ -153,34 +153,10 @@ async def get_info(request: Request, srv: TinkerServer = Depends(tinker), who: s
 async def forward_backward(request: Request, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
     if request.headers.get("content-encoding"):
         raise ApiRefusal(400, f"Content-Encoding {request.headers['content-encoding']}: send the body uncompressed")
-    if PROTO in request.headers.get("content-type", ""):
-        parsed = attempt(wire.parse_forward_backward, await request.body())
-    else:
-        parsed = attempt(_forward_backward_json, await body(request))
+    if PROTO not in request.headers.get("content-type", ""):
+        raise ApiRefusal(400, f"forward_backward: a protobuf body ({PROTO}) expected, as the tinker client sends it")
+    parsed = attempt(wire.parse_forward_backward, await request.body())
     return future(attempt(srv.forward_backward, who, parsed), parsed["model_id"])
-
-
-@router.post("/forward")
-async def forward(request: Request, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
-    parsed = attempt(_forward_backward_json, await body(request))
-    parsed["forward_only"] = True
-    return future(attempt(srv.forward_backward, who, parsed), parsed["model_id"])
-
-
-def _forward_backward_json(b: dict) -> dict:
-    fb = b.get("forward_backward_input") or b.get("forward_input") or {}
-    data = []
-    for datum in fb.get("data", []):
-        inputs = {}
-        for name, t in (datum.get("loss_fn_inputs") or {}).items():
-            import numpy as np
-
-            t = t if isinstance(t, dict) else {"data": t, "dtype": "int64" if name == "target_tokens" else "float32"}
-            array = np.asarray(t["data"], dtype=np.int64 if t.get("dtype") == "int64" else np.float32)
-            inputs[name] = array.reshape(t["shape"]) if t.get("shape") else array
-        data.append((prompt_tokens(datum.get("model_input")), inputs))
-    return {"model_id": b.get("model_id", ""), "seq_id": b.get("seq_id"), "loss_fn": fb.get("loss_fn", "cross_entropy"),
-            "config": fb.get("loss_fn_config") or {}, "forward_only": bool(b.get("forward_only")), "data": data}
 
 
 @router.post("/optim_step")
