@@ -189,8 +189,8 @@ async def load_weights(request: Request, srv: TinkerServer = Depends(tinker), wh
 @router.post("/save_weights_for_sampler")
 async def save_for_sampler(request: Request, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
     b = await body(request)
-    return future(attempt(srv.save_sampler, who, b.get("model_id", ""), b.get("seq_id"), b.get("path"),
-                          b.get("sampling_session_seq_id")), b.get("model_id"))
+    return future(attempt(srv.save_sampler, who, b.get("model_id", ""), b.get("seq_id"), b.get("path")),
+                  b.get("model_id"))
 
 
 @router.get("/training_runs")

@@ -242,8 +242,7 @@ class TinkerServer:
 
         return self._queue(tenant, model_id, None, build)
 
-    def save_sampler(self, tenant: str, model_id: str, seq_id: int | None, name: str | None,
-                     sampling_seq_id: int | None) -> str:
+    def save_sampler(self, tenant: str, model_id: str, seq_id: int | None, name: str | None) -> str:
         record = self.runs.record(model_id, tenant)
         session_for = record["session_id"] if record else None
 
@@ -270,22 +269,23 @@ class TinkerServer:
 
     # --- sampling ---------------------------------------------------------------------------------
 
+    def _resolve_sampler(self, tenant: str, base: str | None, model_path: str | None) -> tuple:
+        """(base, the ft: model id or None for the base, a full fine-tune's folder or None) a sampler reads."""
+        if not model_path:
+            return self._known(base), None, None
+        cp = self.runs.parse(model_path, tenant, "sampler_weights")
+        base = self.runs.record(cp.model_id, tenant)["base"]
+        if not cp.folder.is_dir():
+            raise LookupError(f"{model_path}: no such checkpoint")
+        if not _is_adapter(cp.folder):  # a full fine-tune: served on its own, by this API only
+            return base, None, cp.folder
+        chat_id = self._chat_id(cp, base)
+        if self.store.model(chat_id) is None:
+            self._publish(cp, base, tenant)
+        return base, chat_id, None
+
     def _open_sampler(self, tenant: str, session_id: str | None, base: str | None, model_path: str | None) -> str:
-        full = None
-        if model_path:
-            cp = self.runs.parse(model_path, tenant, "sampler_weights")
-            base = self.runs.record(cp.model_id, tenant)["base"]
-            if not cp.folder.is_dir():
-                raise LookupError(f"{model_path}: no such checkpoint")
-            if not _is_adapter(cp.folder):  # a full fine-tune: served on its own, by this API only
-                chat_id, full = None, cp.folder
-            elif self.store.model(self._chat_id(cp, base)) is None:
-                chat_id = self._publish(cp, base, tenant)
-            else:
-                chat_id = self._chat_id(cp, base)
-        else:
-            self._known(base)
-            chat_id = None
+        base, chat_id, full = self._resolve_sampler(tenant, base, model_path)
         sampler_id = f"{session_id or 'sampler'}:sample:{uuid.uuid4().hex[:8]}"
         with self.lock:
             self.samplers[sampler_id] = {"tenant": tenant, "base": base, "model_id": chat_id, "path": model_path,
@@ -326,15 +326,11 @@ class TinkerServer:
                 "model_path": found["path"]}
 
     def sample(self, tenant: str, request: dict) -> str:
-        full = None
         if request.get("sampling_session_id"):
             found = self.sampler(request["sampling_session_id"], tenant)
             base, model_id, full = found["base"], found["model_id"], found["full"]
-        elif request.get("model_path"):
-            found = self.samplers[self._open_sampler(tenant, None, None, request["model_path"])]
-            base, model_id, full = found["base"], found["model_id"], found["full"]
-        else:
-            base, model_id = self._known(request.get("base_model")), None
+        else:  # a sample without a session names its model itself (nothing is kept for it)
+            base, model_id, full = self._resolve_sampler(tenant, request.get("base_model"), request.get("model_path"))
         params = request["params"]
         prompt = request["prompt"]
 
