@@ -55,6 +55,8 @@ def test_a_request_is_checked_as_openai_checks_it():
     ([], "a-long-enough-key-1 alice\na-long-enough-key-1 bob\n", "keys.txt:2: this key is listed twice"),
     ([], "# nobody\n", "no keys in it"),
     (["--model", "no/such/model"], None, "no/such/model"),
+    (["--model", "no name=smollm2-135m-instruct"], None, "--model no name=smollm2-135m-instruct: expected REFERENCE or "
+                                                          "ID=REFERENCE"),
 ])
 def test_service_refuses_bad_settings_in_one_line(tmp_path, args, keys, message):
     from conftest import cli_here

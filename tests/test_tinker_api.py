@@ -23,6 +23,7 @@ tinker = pytest.importorskip("tinker", reason="the tinker client (pip install -e
 types = tinker.types
 
 KEY_A, KEY_B = "tml-tenant-a-0123456789", "tml-tenant-b-0123456789"
+BASE = "HuggingFaceTB/tiny-llama"  # the tiny model, served under a hub-style id
 STEPS, BATCH, LR, RANK = 20, 16, 2e-3, 8
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # LoRA on attention + MLP
 ADAM = {"learning_rate": LR, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "grad_clip_norm": 0.0}
@@ -111,6 +112,42 @@ def test_a_policy_loss_moves_the_model_as_cross_entropy_weighted_by_its_own_toke
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)  # float32 rounding of the ratios
 
 
+def test_a_request_larger_than_one_pass_gives_one_passs_losses_and_gradient(tiny_model_dir, monkeypatch):
+    """A forward_backward goes through in passes of bounded tokens (an RL batch of 64 sampled
+    replies would otherwise hold its whole batch's logits at once); split or not, the same
+    log-probabilities, loss and gradient."""
+    import tunesmith.run.client_loop as client_loop
+    from tunesmith.methods.client_loss import Datum
+
+    rng = np.random.default_rng(0)
+    data = []
+    for n in rng.integers(6, 30, size=12):
+        tokens = [int(t) for t in rng.integers(3, 200, size=n)]
+        data.append(Datum(tokens, {"target_tokens": np.array(tokens[1:] + [2], dtype=np.int64),
+                                   "logprobs": rng.normal(-3, 0.2, n).astype(np.float32),
+                                   "advantages": rng.normal(0, 1, n).astype(np.float32)}))
+    model = client_loop.ClientLoopModel(client_loop.ModelSpec(str(tiny_model_dir), rank=4, precision="fp32"))
+
+    def run(budget):
+        passes = []
+        real = client_loop.split_by_tokens
+        monkeypatch.setattr(client_loop, "pass_budget", lambda configured, dev: budget)
+        monkeypatch.setattr(client_loop, "split_by_tokens", lambda *a: passes.append(real(*a)) or passes[-1])
+        outputs, metrics = model.forward_backward(data, "importance_sampling")
+        grads = [p.grad.clone() for p in model.params]
+        for p in model.params:
+            p.grad = None
+        return outputs, metrics["loss:sum"], grads, len(passes[0])
+
+    one, split = run(None), run(64)
+    assert one[3] == 1 and split[3] >= 4  # 12 datums of 7-30 tokens, at most 64 padded tokens a pass
+    for a, b in zip(one[0], split[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert split[1] == pytest.approx(one[1], rel=1e-5)
+    for a, b in zip(one[2], split[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_cross_entropy_over_k_candidates_per_position_sums_each_candidates_own_term(tiny_model_dir):
     """Top-K distillation's form: targets (N, K) with weights (N, K) give Σ -w·log p(candidate), each
     log p the one the (N,) form gives for that candidate alone."""
@@ -140,7 +177,8 @@ def start(home, model_dir):
 
     keys = home.parent / "keys.txt"
     keys.write_text(f"{KEY_A} team-a\n{KEY_B} team-b\n")
-    url, proc = start_service(home, model_dir, "--api-keys-file", str(keys))
+    # served under a hub-style name (`--model ID=REFERENCE`), as clients that know models by those names ask
+    url, proc = start_service(home, f"{BASE}={model_dir}", "--api-keys-file", str(keys))
     return url.removesuffix("/v1"), proc
 
 
@@ -148,7 +186,7 @@ def start(home, model_dir):
 def live(tmp_path_factory, tiny_model_dir):
     home = tmp_path_factory.mktemp("tinker") / "home"
     url, proc = start(home, tiny_model_dir)
-    state = {"url": url, "proc": proc, "home": home, "base": tiny_model_dir.name}
+    state = {"url": url, "proc": proc, "home": home, "base": BASE}
     yield state
     state["proc"].terminate()
     state["proc"].wait(timeout=60)

@@ -19,7 +19,8 @@ def service(
     host: str = typer.Option("127.0.0.1", help="address to listen on; other than loopback only with --api-keys-file"),
     port: int = typer.Option(8000, min=0, max=65535, help="port (0: any free port)"),
     home: Path = typer.Option(Path("tunesmith-service"), "--home", help="where files, jobs, runs and the database live"),
-    model: list[str] = typer.Option([], "--model", help=f"a base model jobs may train (repeatable; default {DEFAULT_ALIAS})"),
+    model: list[str] = typer.Option([], "--model", help=f"a base model jobs may train, as REFERENCE or ID=REFERENCE "
+                                   f"(requests name it ID; repeatable; default {DEFAULT_ALIAS})"),
     workers: int = typer.Option(1, "--workers", min=1, help="jobs training at once (each its own process; with --cluster: jobs the cluster holds at once)"),
     api_keys_file: Optional[Path] = typer.Option(None, "--api-keys-file", help="one key per line, optionally followed by "
                                                  "a tenant name; each key sees only its own files, jobs and models"),

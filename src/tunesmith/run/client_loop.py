@@ -20,7 +20,8 @@ from tunesmith import atomic
 from tunesmith.config import RunConfig
 from tunesmith.engine import checkpoint
 from tunesmith.engine.distributed import clip_gradients
-from tunesmith.engine.loop import backward, forward_only, ready_to_train, training_paths, update
+from tunesmith.engine.loop import (backward, forward_only, pass_budget, ready_to_train, split_by_tokens,
+                                   training_paths, update)
 from tunesmith.engine.schedule import param_groups
 from tunesmith.errors import UserError
 from tunesmith.methods.client_loss import ClientLoss, Datum
@@ -96,7 +97,8 @@ class ClientLoopModel:
         self.steps = 0
         self.pending_finite = True  # every loss accumulated since the last step was finite
 
-    def _batch(self, method: ClientLoss, data: list[Datum]) -> dict:
+    def _features(self, method: ClientLoss, data: list[Datum]) -> list[dict]:
+        """Every datum checked and encoded before any pass runs: a bad one changes nothing."""
         if not data:
             raise UserError("forward_backward: no datums")
         for i, d in enumerate(data):
@@ -106,20 +108,28 @@ class ClientLoopModel:
                 top = max(top, int(targets.max()))
             if top >= self.vocab or min(d.tokens, default=0) < 0:
                 raise UserError(f"datum {i}: token ids must be in 0..{self.vocab - 1} (this model's vocabulary)")
-        return method.collate([method.features(d) for d in data], self.tokenizer)
+        return [method.features(d) for d in data]
 
     def forward_backward(self, data: list[Datum], loss_fn: str, config: dict | None = None,
                          forward: bool = False) -> tuple[list, dict]:
         """Each datum's target log-probabilities and {"loss:sum": the loss}; unless `forward`,
-        the gradient of that sum is added to the ones accumulated for the next `optim_step`."""
+        the gradient of that sum is added to the ones accumulated for the next `optim_step`.
+        The datums go through in passes of at most `tunesmith train`'s tokens per pass (the loss
+        is a sum, so the gradient is the same), which bounds memory for any request size."""
         method = ClientLoss(loss_fn, config)
-        batch = self._batch(method, data)
-        if forward:
-            loss, _ = forward_only(self.model, method, batch, self.precision, self.dev)
-        else:
-            loss, _ = backward(self.model, method, batch, self.precision, self.dev, 1.0)
-            self.pending_finite = self.pending_finite and math.isfinite(loss)
-        return method.outputs, {"loss:sum": loss}
+        features = self._features(method, data)
+        parts = split_by_tokens(list(range(len(data))), [len(d.tokens) + 1 for d in data], pass_budget(None, self.dev))
+        outputs, total = [], 0.0
+        for part in parts:
+            batch = method.collate([features[i] for i in part], self.tokenizer)
+            if forward:
+                loss, _ = forward_only(self.model, method, batch, self.precision, self.dev)
+            else:
+                loss, _ = backward(self.model, method, batch, self.precision, self.dev, 1.0)
+                self.pending_finite = self.pending_finite and math.isfinite(loss)
+            outputs += method.outputs
+            total += loss
+        return outputs, {"loss:sum": total}
 
     def optim_step(self, learning_rate: float, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-12,
                    weight_decay: float = 0.0, grad_clip_norm: float = 0.0) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import UserError
-from tunesmith.serve.models import display_id
+from tunesmith.serve.models import MODEL_NAME, display_id
 from tunesmith.service.catalog import ServiceCatalog
 from tunesmith.service.cluster import LOCAL as LOCAL_CLUSTER, read_cluster
 from tunesmith.service.executors import Executor
@@ -36,20 +36,32 @@ class Service:
 
 
 def bases_of(references: list[str]) -> dict[str, str]:
-    """Base id (what `model` names in requests) -> model reference."""
+    """Base id (what `model` names in requests) -> model reference. `ID=REFERENCE` serves a model
+    under a name of the caller's choosing (a client that knows models by their hub names)."""
     from tunesmith.model.resolve import resolve
 
     out: dict[str, str] = {}
-    for reference in references:
+    for option in references:
+        name, reference = served_name(option)
         resolved = resolve(reference)  # a bad reference: one error now, not at the first job
         if resolved.adapter is not None:
-            raise UserError(f"--model {reference}: an adapter run; the service trains on base models (export it "
+            raise UserError(f"--model {option}: an adapter run; the service trains on base models (export it "
                             "merged first: tunesmith export RUN --to DIR --merge)")
-        name = display_id(reference)
         if name in out:
-            raise UserError(f"--model {reference}: a second base named {name}")
+            raise UserError(f"--model {option}: a second base named {name}")
         out[name] = reference
     return out
+
+
+def served_name(option: str) -> tuple[str, str]:
+    """(the id requests name, the model reference) of one `--model` value: `REFERENCE` or `ID=REFERENCE`."""
+    name, sep, reference = option.partition("=")
+    if not sep or Path(option).exists():
+        return display_id(option), option
+    if not MODEL_NAME.match(name) or not reference:
+        raise UserError(f"--model {option}: expected REFERENCE or ID=REFERENCE (the id may hold letters, digits "
+                        "and . _ : / -, up to 128)")
+    return name, reference
 
 
 def executor_for(cluster) -> Executor:

@@ -4,10 +4,12 @@ client polls `retrieve_future` until the result is there ("try again" until then
 A result is JSON (a dict) or protobuf bytes with a JSON fallback; a failure is an error message
 and whether it was the caller's fault (`user`) or the server's. Results are kept until retrieved
 and for a while after (a client may poll twice), and belong to the tenant that made the call.
+A poll waits on the event loop (no thread held), so any number of clients can poll at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -31,7 +33,7 @@ class _Future:
     model_id: str | None
     outcome: Outcome | None = None
     finished_at: float | None = None
-    done: threading.Event = field(default_factory=threading.Event)
+    waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=list)
 
 
 class Futures:
@@ -53,16 +55,27 @@ class Futures:
             if item is None:
                 return
             item.outcome, item.finished_at = outcome, time.monotonic()
-        item.done.set()
+            waiters = list(item.waiters)
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
 
-    def get(self, request_id: str, tenant: str, wait_s: float = 0.0) -> tuple[bool, Outcome | None]:
-        """(known to this tenant, the outcome or None while it runs); waits up to `wait_s` for it."""
+    async def wait(self, request_id: str, tenant: str, wait_s: float) -> tuple[bool, Outcome | None]:
+        """(known to this tenant, the outcome or None while it runs), after up to `wait_s` for it."""
         with self._lock:
             item = self._items.get(request_id)
-        if item is None or item.tenant != tenant:
-            return False, None
-        if wait_s > 0:
-            item.done.wait(wait_s)
+            if item is None or item.tenant != tenant:
+                return False, None
+            if item.outcome is not None:
+                return True, item.outcome
+            waiter = (asyncio.get_running_loop(), asyncio.Event())
+            item.waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[1].wait(), wait_s)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                item.waiters.remove(waiter)
         return True, item.outcome
 
     def _drop_old(self) -> None:

@@ -20,7 +20,7 @@ from tunesmith.service.tinker import wire
 from tunesmith.service.tinker.server import Lost, TinkerServer, prompt_tokens, sample_params
 
 PROTO = "application/x-protobuf"
-LONG_POLL_S = 10.0  # retrieve_future waits this long for a result before "try again"
+LONG_POLL_S = 30.0  # retrieve_future waits this long for a result before "try again" (the client gives up at 45)
 
 router = APIRouter(prefix="/api/v1")
 
@@ -252,10 +252,8 @@ async def asample(request: Request, srv: TinkerServer = Depends(tinker), who: st
 
 @router.post("/retrieve_future")
 async def retrieve_future(request: Request, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
-    import anyio.to_thread
-
     request_id = (await body(request)).get("request_id", "")
-    known, outcome = await anyio.to_thread.run_sync(lambda: srv.futures.get(request_id, who, LONG_POLL_S))
+    known, outcome = await srv.futures.wait(request_id, who, LONG_POLL_S)
     if not known:
         raise ApiRefusal(404, f"request {request_id}: no such request")
     if outcome is None:
