@@ -351,6 +351,27 @@ def render_openai_migration() -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_tinker_cookbook() -> str:
+    data = _example("tinker-cookbook")
+    t, where = data["table"], data["provenance"]
+    sl, warm, rl = t["sl_loop"], t["warmup"], t["rl_loop"]
+    before, after = rl["reward_before"], rl["reward_after"]
+    lines = [f"Measured on {describe(where['machine'])}, commit {_commit(where['commit'])}; the whole example "
+             f"{data['total_minutes']:.1f} minutes:", "",
+             "| recipe (unmodified) | what it ran | before | after |", "|---|---|---:|---:|",
+             f"| `sl_loop` on `example_data/conversations.jsonl` | {sl['steps']} steps of {sl['sequences_per_step']} "
+             f"conversations, {sl['seconds_per_step']:.1f} s a step | mean NLL {sl['nll_base']:.3f} (base) | "
+             f"{sl['nll_tuned']:.3f} |",
+             f"| `rl_loop` on the date task (after {warm['steps']} `sl_loop` steps on dates in its answer format) | "
+             f"{rl['steps']} steps of {rl['config']['batch_size']} questions × {rl['config']['group_size']} samples, "
+             f"{rl['seconds_per_step']:.0f} s a step | reward {before['sampled']:.3f} sampled, {before['greedy']:.3f} greedy | "
+             f"{after['sampled']:.3f}, {after['greedy']:.3f} |", "",
+             f"Before/after through the same API: NLL of the {sl['conversations']} conversations' assistant tokens; "
+             f"the recipe's own reward on {rl['questions']} date questions it never trained on (sampled: temperature 1, "
+             f"8 per question). Reward per step while training: {', '.join(f'{r:.2f}' for r in rl['sampled_reward_per_step'])}."]
+    return "\n".join(lines) + "\n"
+
+
 # --- the README ------------------------------------------------------------------------------
 
 # --- forgetting in weight space (examples/weight_space) ---------------------------------------
@@ -501,6 +522,7 @@ def render_tinker_step() -> str:
 RENDERERS = {"serve": render_serve, "tinker-step": render_tinker_step, "read-records": render_read_records, "quickstart": render_quickstart, "quickstart-gemma": render_quickstart_gemma, "adapters": render_adapters,
              "bench": render_bench, "distill": render_distill, "rlhf": render_rlhf, "tools": render_tools,
              "openai-migration": render_openai_migration, "watched": render_watched,
+             "tinker-cookbook": render_tinker_cookbook,
              "weight-space": render_weight_space}
 
 
