@@ -214,3 +214,75 @@ def test_distillation_run_reports_the_student_against_its_teacher(tmp_path, tiny
     assert (run / "plots" / "distill.png").stat().st_size > 0
     md = (run / "report.md").read_text()
     assert "## Distilled student vs its teacher" in md and f"| parameters | {t['parameters']:,} | {s['parameters']:,} |" in md
+
+
+# --- on-policy distillation (distill.on_policy) ----------------------------------------------------
+
+def test_reverse_kl_gradient_matches_a_hand_computation_on_three_tokens():
+    """d KL(s ‖ t) / dz_j = s_j (log s_j − log t_j − KL(s ‖ t)), s = softmax(z): what an on-policy
+    step follows at each sampled position."""
+    z = torch.tensor([[0.3, -0.2, 1.1]], requires_grad=True)
+    divergence(z, logits(TEACHER), "reverse_kl").sum().backward()
+    e = [math.exp(v) for v in (0.3, -0.2, 1.1)]
+    s = [v / sum(e) for v in e]
+    rev = kl(s, TEACHER)
+    by_hand = [s_j * (math.log(s_j) - math.log(t_j) - rev) for s_j, t_j in zip(s, TEACHER)]
+    assert z.grad[0].tolist() == pytest.approx(by_hand, abs=1e-7)
+
+
+def on_policy_run(tmp_path, student, teacher, data, name, on_record=None, resume=False, lr=3e-3, **distill):
+    from conftest import read_jsonl, write_config
+
+    from tunesmith.config import load_config
+    from tunesmith.run import train
+
+    cfg = write_config(tmp_path / f"{name}.yaml", student, data, tmp_path / "runs", name=name, method="distill",
+                       adapter={"type": "none"}, train={"max_steps": 8, "batch_size": 4, "lr": lr, "log_every": 1},
+                       output={"save_every": 4, "keep": 1},
+                       distill={"teacher": str(teacher), "max_new_tokens": 6, **distill})
+    train(load_config(cfg), quiet=True, on_record=on_record, resume=resume)
+    return read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")
+
+
+def test_a_student_identical_to_its_teacher_has_zero_on_policy_loss_and_gradient(tmp_path, tiny_teacher, date_data):
+    # lr ~0 keeps the student the teacher (Adam would turn float noise in a zero gradient into full steps)
+    records = [r for r in on_policy_run(tmp_path, tiny_teacher, tiny_teacher, date_data, "same", loss="reverse_kl",
+                                        on_policy=1.0, lr=1e-12) if "kd" in r]
+    assert len(records) == 8 and all(r["on_policy"] == 1.0 for r in records)
+    assert max(abs(r["kd"]) for r in records) < 1e-6 and max(r["grad_norm"] for r in records) < 1e-5
+
+
+def test_on_policy_batches_move_the_student_and_lambda_zero_is_todays_distillation(tmp_path, tiny_teacher, date_data):
+    from tunesmith.model.student import create_student
+
+    create_student(str(tiny_teacher), 2, tmp_path / "student")
+    today = on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "today")
+    zero = on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "zero", on_policy=0.0)
+    assert [(r["step"], r["loss"]) for r in zero] == [(r["step"], r["loss"]) for r in today]
+    assert not any("on_policy" in r for r in zero)
+    half = [r for r in on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "half", on_policy=0.5)
+            if "kd" in r]
+    chosen = [r["on_policy"] for r in half if "on_policy" in r]
+    assert 0 < len(chosen) < len(half)  # some batches sampled by the student, some the data's
+    full = [r for r in on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "full", on_policy=1.0,
+                                     loss="reverse_kl") if "kd" in r]
+    assert full[-1]["kd"] < full[0]["kd"], [r["kd"] for r in full]
+
+
+def test_an_on_policy_run_resumed_mid_way_gives_the_uninterrupted_losses(tmp_path, tiny_teacher, date_data):
+    from tunesmith.model.student import create_student
+
+    create_student(str(tiny_teacher), 2, tmp_path / "student")
+    straight = on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "straight", on_policy=0.5)
+
+    def interrupt(step, record):
+        if step == 6:
+            raise KeyboardInterrupt  # after step 6 was logged; the checkpoint is step 4's
+
+    with pytest.raises(KeyboardInterrupt):
+        on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "resumed", on_record=interrupt,
+                      on_policy=0.5)
+    resumed = on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "resumed", resume=True,
+                            on_policy=0.5)
+    losses = [(r["step"], r["loss"], r.get("on_policy")) for r in straight if "kd" in r]
+    assert [(r["step"], pytest.approx(r["loss"], rel=1e-6), r.get("on_policy")) for r in resumed if "kd" in r] == losses

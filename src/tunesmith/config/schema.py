@@ -350,12 +350,19 @@ class DistillConfig(Section):
     teacher_topk: int | None = Field(None, ge=1, description="precompute the teacher's top-k log-probs once, cached "
                                                              "on disk (forward_kl), instead of running it every step")
     chunk: int = Field(256, ge=1, description="positions whose logits are computed at once")
+    on_policy: float = Field(0.0, ge=0, le=1, description="share of batches whose replies the student samples itself "
+                             "(GKD's λ; 1 = fully on-policy): the divergence on its own tokens instead of the data's")
+    max_new_tokens: int = Field(64, ge=1, description="on-policy: the longest reply the student samples")
+    sample_temperature: float = Field(1.0, ge=0, description="on-policy: the student's sampling temperature (0 = greedy)")
 
     @model_validator(mode="after")
     def _topk_is_forward(self):
         if self.teacher_topk and self.loss != "forward_kl":
             raise ValueError(f"teacher_topk: a top-k cache knows the teacher only on its top k; loss {self.loss} needs "
                              "the whole distribution (use forward_kl, or drop teacher_topk)")
+        if self.teacher_topk and self.on_policy > 0:
+            raise ValueError("teacher_topk: a cache covers the data's tokens only; on_policy batches are the student's "
+                             "own replies, which the teacher must score as they come (drop teacher_topk)")
         return self
 
 

@@ -9,6 +9,13 @@ The teacher is run without gradients on every batch, or, with `distill.teacher_t
 before training: its top-k log-probabilities at every trained position are cached on disk
 (keyed by teacher weights, data and k, so epochs, resumed runs and other runs on the same data
 reuse them) and the loss is forward KL against them.
+
+On-policy (`distill.on_policy` λ > 0, GKD's mixture; Agarwal et al., 2024): a share λ of batches,
+chosen by a hash of the batch and the seed (so a resumed run chooses the same), replaces the
+data's replies by the student's own, sampled from the batch's prompts on the generation engine;
+the teacher scores every sampled token in one forward pass and the loss is the divergence on
+those tokens alone (no cross-entropy: there is no data token). The batch keeps its weight in the
+step: its summed divergence is scaled to the number of trained tokens it was counted with.
 """
 
 from __future__ import annotations
@@ -16,11 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 
 import torch
 import torch.nn.functional as F
 
+from tunesmith.data.chat import IGNORE
+from tunesmith.data.collate import collate_tokens
 from tunesmith.errors import UserError
+from tunesmith.eval.generate import Sampling, sample_tokens
 from tunesmith.methods.logprobs import token_logprob_inputs
 from tunesmith.methods.distill_losses import chunked, divergence, topk_forward_kl
 from tunesmith.methods.sft import SFT
@@ -37,8 +48,11 @@ class Distillation(SFT):
         d = config.distill
         self.teacher_ref, self.kind, self.beta, self.temperature = d.teacher, d.loss, d.beta, d.temperature
         self.kd_ratio, self.topk, self.chunk = d.kd_ratio, d.teacher_topk, d.chunk
+        self.on_policy, self.seed = d.on_policy, config.train.seed
+        self.sampling = Sampling(max_new_tokens=d.max_new_tokens, temperature=d.sample_temperature)
         self.teacher = None  # loaded in prepare
         self.vocab = None  # logits compared over the shared tokenizer's ids
+        self.tokenizer = None
 
     # --- set-up the run does once -----------------------------------------------------------
     def prepare(self, model, tokenizer, features, run_dir, cfg, console) -> None:
@@ -48,7 +62,7 @@ class Distillation(SFT):
         teacher, teacher_tok = load_for_inference(self.teacher_ref, dtype=inference_dtype(cfg.train.precision))
         check_same_tokenizer(tokenizer, teacher_tok, self.teacher_ref)
         teacher.requires_grad_(False)
-        self.teacher, self.vocab = teacher, len(tokenizer)
+        self.teacher, self.vocab, self.tokenizer = teacher, len(tokenizer), tokenizer
         if self.topk:
             attach_topk(self, features, tokenizer, cfg, console)
             self.teacher = None  # the cache stands in for it: its memory goes back for training
@@ -59,10 +73,23 @@ class Distillation(SFT):
         if all(TOPK_KEYS[0] in f for f in features):
             for key in TOPK_KEYS:
                 batch[key] = torch.cat([f[key] for f in features])
+        if self.on_policy > 0 and self.chooses_on_policy(features):
+            batch["prompts"] = [prompt_of(f) for f in features]
+            batch["rollout"] = {}  # the student's replies, sampled when the loss is first asked for
         return batch
+
+    def chooses_on_policy(self, features: list[dict]) -> bool:
+        """Whether this batch is one of the λ share: a hash of its tokens and the seed, the same
+        however often (and after whatever resume) the batch comes."""
+        digest = hashlib.sha256(str(self.seed).encode())
+        for f in features:
+            digest.update(struct.pack(f"<{len(f['input_ids'])}q", *f["input_ids"]))
+        return int.from_bytes(digest.digest()[:8], "little") / 2**64 < self.on_policy
 
     # --- batch -> loss ----------------------------------------------------------------------
     def loss(self, model, batch: dict):
+        if "rollout" in batch and model.training:  # validation measures the data's replies, every batch
+            return self._on_policy_loss(model, batch)
         head, rows, targets = token_logprob_inputs(model, batch)
         project = head if head is not None else (lambda r: r)
         vocab = self.vocab
@@ -90,6 +117,41 @@ class Distillation(SFT):
                           for i in range(0, rows.shape[0], self.chunk))
         return total, {"kd": float(kd_sum.detach()), "ce": float(ce_sum.detach()), "token_accuracy": float(correct)}
 
+    def _sample(self, model, prompts: list[list[int]]) -> dict:
+        """The student's replies to the prompts (no gradient), as a batch whose trained tokens
+        are the replies."""
+        dev = next(p for p in model.parameters()).device
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            replies = sample_tokens(model, self.tokenizer, prompts, self.sampling, rows=len(prompts))
+        model.train(was_training)
+        rows = [{"input_ids": p + r, "labels": [IGNORE] * len(p) + r} for p, r in zip(prompts, replies)]
+        sampled = collate_tokens(rows, self.tokenizer.pad_token_id)
+        return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in sampled.items()}
+
+    def _on_policy_loss(self, model, batch: dict):
+        rollout = batch["rollout"]
+        if not rollout:
+            rollout["batch"] = self._sample(model, batch["prompts"])
+        sampled = rollout["batch"]
+        n_sampled = sampled["n_items"]
+        if n_sampled == 0:  # every reply empty (EOS at once): nothing to compare
+            return next(p for p in model.parameters() if p.requires_grad).sum() * 0.0, {"on_policy": float(batch["n_items"])}
+        head, rows, _ = token_logprob_inputs(model, sampled)
+        project = head if head is not None else (lambda r: r)
+        t_head, t_rows = self._teacher_rows(sampled)
+        vocab = self.vocab
+
+        def kd(r, tr):
+            return divergence(project(r)[:, :vocab], t_head(tr)[:, :vocab], self.kind, beta=self.beta,
+                              temperature=self.temperature).sum()
+
+        kd_sum = chunked(kd, rows, t_rows, chunk=self.chunk)
+        scale = batch["n_items"] / n_sampled  # the batch weighs in the step as the data tokens it stands for
+        # metrics are logged per item: "on_policy" reads as the share of the window's items from such batches
+        return kd_sum * scale, {"kd": float(kd_sum.detach()) * scale, "on_policy": float(batch["n_items"])}
+
     def _teacher_rows(self, batch: dict):
         """The teacher's final hidden states at the batch's trained positions, and its head."""
         if self.teacher is None:
@@ -100,6 +162,12 @@ class Distillation(SFT):
         with torch.no_grad():
             head, rows, _ = token_logprob_inputs(self.teacher, batch)
         return (head if head is not None else (lambda r: r)), rows
+
+
+def prompt_of(feature: dict) -> list[int]:
+    """The tokens before the example's first trained token: what the student replies to."""
+    first = next(i for i, label in enumerate(feature["labels"]) if label != IGNORE)
+    return list(feature["input_ids"][:first])
 
 
 def check_same_tokenizer(student_tok, teacher_tok, teacher_ref: str) -> None:
