@@ -64,7 +64,8 @@ def mean_reward(client, renderer, rows, temperature: float, n: int) -> float:
 
 
 def rewards(client, renderer, rows) -> dict:
-    return {"greedy": mean_reward(client, renderer, rows, 0.0, 1), "sampled": mean_reward(client, renderer, rows, 1.0, 8)}
+    return {"greedy": mean_reward(client, renderer, rows, 0.0, 1),
+            "sampled": mean_reward(client, renderer, rows, 1.0, 8)}
 
 
 def main() -> None:
@@ -74,14 +75,19 @@ def main() -> None:
     service = tinker.ServiceClient(base_url=base_url)
     conversations = [json.loads(line)["messages"] for line in
                      (work / "recipes" / "HuggingFaceH4" / "no_robots" / "train.jsonl").read_text().splitlines()]
-    rows = [json.loads(line) for line in (work / "recipes" / "openai" / "gsm8k" / "main" / "train.jsonl").read_text().splitlines()][-64:]
+    gsm8k = work / "recipes" / "openai" / "gsm8k" / "main" / "train.jsonl"
+    rows = [json.loads(line) for line in gsm8k.read_text().splitlines()][-64:]  # past every batch rl_loop trained on
+
+    def sampler(run: str):
+        return service.create_sampling_client(model_path=final_sampler(work / run))
+
     out = {
         "sl_loop": {"conversations": len(conversations),
                     "nll_base": mean_nll(service.create_sampling_client(base_model=MODEL), renderer, conversations),
-                    "nll_tuned": mean_nll(service.create_sampling_client(model_path=final_sampler(work / "sl")), renderer, conversations)},
+                    "nll_tuned": mean_nll(sampler("sl"), renderer, conversations)},
         "rl_loop": {"questions": len(rows),
-                    "reward_before": rewards(service.create_sampling_client(model_path=final_sampler(work / "sl-warmup")), renderer, rows),
-                    "reward_after": rewards(service.create_sampling_client(model_path=final_sampler(work / "rl")), renderer, rows)},
+                    "reward_before": rewards(sampler("sl-warmup"), renderer, rows),
+                    "reward_after": rewards(sampler("rl"), renderer, rows)},
     }
     (work / "evaluation.json").write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))

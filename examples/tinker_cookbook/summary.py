@@ -33,12 +33,15 @@ def main() -> None:
     sl, warmup, rl = (steps(args.work / name) for name in ("sl", "sl-warmup", "rl"))
     measured = json.loads((args.work / "evaluation.json").read_text())
     table = {
-        "sl_loop": {"config": settings(args.work / "sl"), "steps": len(sl), "sequences_per_step": sl[0]["num_sequences"],
+        "sl_loop": {"config": settings(args.work / "sl"), "steps": len(sl),
+                    "sequences_per_step": sl[0]["num_sequences"],
                     "train_nll_per_step": [round(s["train_mean_nll"], 4) for s in sl],
                     "seconds_per_step": round(sorted(s["time_total"] for s in sl)[len(sl) // 2], 2),
                     **{k: round(v, 4) if isinstance(v, float) else v for k, v in measured["sl_loop"].items()}},
-        "warmup": {"config": settings(args.work / "sl-warmup"), "steps": len(warmup), "train_nll_per_step": [round(s["train_mean_nll"], 4) for s in warmup]},
-        "rl_loop": {"config": settings(args.work / "rl"), "steps": len(rl), "trained_steps": sum("grad_norm:mean" in s for s in rl),
+        "warmup": {"config": settings(args.work / "sl-warmup"), "steps": len(warmup),
+                   "train_nll_per_step": [round(s["train_mean_nll"], 4) for s in warmup]},
+        "rl_loop": {"config": settings(args.work / "rl"), "steps": len(rl),
+                    "trained_steps": sum("grad_norm:mean" in s for s in rl),
                     "sampled_reward_per_step": [round(s["reward/total"], 3) for s in rl],
                     "seconds_per_step": round(sorted(s["time/total"] for s in rl)[len(rl) // 2], 1),
                     **measured["rl_loop"]},

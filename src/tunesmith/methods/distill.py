@@ -137,7 +137,8 @@ class Distillation(SFT):
         sampled = rollout["batch"]
         n_sampled = sampled["n_items"]
         if n_sampled == 0:  # every reply empty (EOS at once): nothing to compare
-            return next(p for p in model.parameters() if p.requires_grad).sum() * 0.0, {"on_policy": float(batch["n_items"])}
+            zero = next(p for p in model.parameters() if p.requires_grad).sum() * 0.0
+            return zero, {"on_policy": float(batch["n_items"])}
         head, rows, _ = token_logprob_inputs(model, sampled)
         project = head if head is not None else (lambda r: r)
         t_head, t_rows = self._teacher_rows(sampled)

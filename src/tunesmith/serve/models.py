@@ -166,8 +166,8 @@ def _adapter_type(folder: Path) -> str:
 
 
 def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dtype = torch.float32,
-                kv_budget_mb: float | None = None, max_rows: int = 32, name: str | None = None) -> ServedModels:
-    """The base of `reference` once (answering as `name`, default its display id), with
+                kv_budget_mb: float | None = None, max_rows: int = 32, served_as: str | None = None) -> ServedModels:
+    """The base of `reference` once (answering as `served_as`, default its display id), with
     `reference`'s own adapter (if it is an adapter run) and every NAME=PATH adapter loaded over it
     by name; its engine keeps `kv_budget_mb` of KV cache (None: a quarter of the free memory) for
     up to `max_rows` requests decoding together."""
@@ -177,10 +177,10 @@ def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dt
         import json
 
         base_ref = json.loads((main.adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-        base_id = name or display_id(base_ref)
+        base_id = served_as or display_id(base_ref)
         named.append((display_id(reference), main))
     else:
-        base_id = name or display_id(reference)
+        base_id = served_as or display_id(reference)
     for name, path in adapters:
         resolved = resolve(path)
         if resolved.adapter is None:

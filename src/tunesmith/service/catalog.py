@@ -25,7 +25,7 @@ class ServiceCatalog:
         with self.lock:
             if base_id not in self.holders:
                 self.holders[base_id] = load_served(self.bases[base_id], [], dtype=self.dtype, kv_budget_mb=self.kv_budget_mb,
-                                                    max_rows=self.max_rows, name=base_id)
+                                                    max_rows=self.max_rows, served_as=base_id)
             return self.holders[base_id]
 
     def visible_ids(self, caller: str | None) -> list[str]:
