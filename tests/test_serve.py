@@ -187,6 +187,13 @@ def test_completions_score_a_text_with_echo_and_logprobs(client, offline):
     assert more.choices[0].logprobs.text_offset[len(ids)] == len(text)
     with pytest.raises(openai.BadRequestError, match="max_tokens 0 only scores a prompt"):
         client.completions.create(model="b", prompt=text, max_tokens=0)
+    # the same tokens given as ids (how a teacher scores a student's own tokens): the same scores
+    by_ids = client.completions.create(model="b", prompt=ids, max_tokens=0, echo=True, logprobs=0)
+    assert by_ids.choices[0].logprobs.token_logprobs == pytest.approx(lp.token_logprobs, abs=1e-6)
+    two = client.completions.create(model="b", prompt=[ids, ids[:3]], max_tokens=0, echo=True, logprobs=0)
+    assert [len(c.logprobs.token_logprobs) for c in two.choices] == [len(ids), 3]
+    with pytest.raises(openai.BadRequestError, match="token ids must be in"):
+        client.completions.create(model="b", prompt=[1, 10**7], max_tokens=0, echo=True, logprobs=0)
 
 
 def test_many_clients_at_once_each_get_the_reply_they_get_alone(server, client):

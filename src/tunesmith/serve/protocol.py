@@ -136,7 +136,9 @@ class ChatRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
-    prompt: Union[str, list[str]]
+    # text, texts, or token ids (one prompt, or several), as OpenAI's API takes them: a teacher
+    # scoring a student's tokens needs those exact tokens, not a re-encoding of their text
+    prompt: Union[str, list[str], list[int], list[list[int]]]
     max_tokens: int | None = Field(16, ge=0)  # the completions API's default; 0: only score the prompt (echo)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # the legacy API's: how many most likely per token
@@ -146,8 +148,10 @@ class CompletionRequest(Sampling):
             raise ValueError("max_tokens 0 only scores a prompt: it needs echo and logprobs")
         return self.logprobs
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
 
     def limit(self) -> int | None:
         return self.max_tokens
@@ -155,6 +159,8 @@ class CompletionRequest(Sampling):
     @field_validator("prompt")
     @classmethod
     def _prompts(cls, v):
+        if isinstance(v, list) and v and isinstance(v[0], int):
+            return v  # one prompt's token ids
         if isinstance(v, list) and not 1 <= len(v) <= MAX_CHOICES:
             raise ValueError(f"a list of 1 to {MAX_CHOICES} prompts")
         return v

@@ -121,11 +121,15 @@ def checked_chat(req: ChatRequest) -> tuple[list[dict] | None, list[dict]]:
 def completions(req: CompletionRequest, s=Depends(serving), who: str | None = Depends(caller)):
     served = known(s, req.model, who)
     tokenizer = served.tokenizer(req.model)
-    prompts = [tokenizer(p)["input_ids"] for p in req.prompts()]
+    prompts = [list(p) if isinstance(p, list) else tokenizer(p)["input_ids"] for p in req.prompts()]
     if any(not p for p in prompts):
         raise ApiError(400, "prompt: empty", param="prompt")
+    vocab = served.model.config.vocab_size
+    if any(t < 0 or t >= vocab for p in prompts for t in p):
+        raise ApiError(400, f"prompt: token ids must be in 0..{vocab - 1}", param="prompt")
     return answer(s, served, req, prompts, "text_completion", plain_deltas("text"),
                   lambda text, reason: ({"text": text}, reason),
                   shape=lambda entries, tokenizer, offset: logprobs_shapes.completion(entries, tokenizer,
                                                                                       req.logprobs or 0, offset),
-                  echoed=req.prompts() if req.echo else None)
+                  echoed=[p if isinstance(p, str) else tokenizer.decode(p) for p in req.prompts()]
+                  if req.echo else None)
