@@ -79,11 +79,12 @@ def main() -> None:
     rows = [json.loads(line) for line in gsm8k.read_text().splitlines()][-64:]  # past every batch rl_loop trained on
 
     def sampler(run: str):
-        return service.create_sampling_client(model_path=final_sampler(work / run))
+        return service.create_sampling_client(model_path=final_sampler(work / run)).result()
 
+    base = service.create_sampling_client(base_model=MODEL).result()
     out = {
         "sl_loop": {"conversations": len(conversations),
-                    "nll_base": mean_nll(service.create_sampling_client(base_model=MODEL), renderer, conversations),
+                    "nll_base": mean_nll(base, renderer, conversations),
                     "nll_tuned": mean_nll(sampler("sl"), renderer, conversations)},
         "rl_loop": {"questions": len(rows),
                     "reward_before": rewards(sampler("sl-warmup"), renderer, rows),
