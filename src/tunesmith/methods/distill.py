@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.data.chat import IGNORE
-from tunesmith.data.collate import collate_tokens
 from tunesmith.errors import UserError
-from tunesmith.eval.generate import Sampling, sample_tokens
+from tunesmith.eval.generate import Sampling
 from tunesmith.methods.logprobs import token_logprob_inputs
 from tunesmith.methods.distill_losses import chunked, divergence, topk_forward_kl
+from tunesmith.methods.rollout import sample_replies
 from tunesmith.methods.sft import SFT
 
 TOPK_KEYS = ("teacher_topk_ids", "teacher_topk_logps")
@@ -103,13 +103,7 @@ class Distillation(SFT):
 
             kd_sum = chunked(kd, rows, batch[TOPK_KEYS[0]], batch[TOPK_KEYS[1]], chunk=self.chunk)
         else:
-            t_head, t_rows = self._teacher_rows(batch)
-
-            def kd(r, tr):
-                return divergence(project(r)[:, :vocab], t_head(tr)[:, :vocab], self.kind, beta=self.beta,
-                                  temperature=self.temperature).sum()
-
-            kd_sum = chunked(kd, rows, t_rows, chunk=self.chunk)
+            kd_sum = self._live_divergence(project, rows, batch)
         ce_sum = chunked(ce, rows, targets, chunk=self.chunk)
         total = self.kd_ratio * kd_sum + (1 - self.kd_ratio) * ce_sum
         with torch.no_grad():
@@ -117,41 +111,31 @@ class Distillation(SFT):
                           for i in range(0, rows.shape[0], self.chunk))
         return total, {"kd": float(kd_sum.detach()), "ce": float(ce_sum.detach()), "token_accuracy": float(correct)}
 
-    def _sample(self, model, prompts: list[list[int]]) -> dict:
-        """The student's replies to the prompts (no gradient), as a batch whose trained tokens
-        are the replies."""
-        dev = next(p for p in model.parameters()).device
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            replies = sample_tokens(model, self.tokenizer, prompts, self.sampling, rows=len(prompts))
-        model.train(was_training)
-        rows = [{"input_ids": p + r, "labels": [IGNORE] * len(p) + r} for p, r in zip(prompts, replies)]
-        sampled = collate_tokens(rows, self.tokenizer.pad_token_id)
-        return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in sampled.items()}
-
     def _on_policy_loss(self, model, batch: dict):
         rollout = batch["rollout"]
         if not rollout:
-            rollout["batch"] = self._sample(model, batch["prompts"])
+            rollout["batch"] = sample_replies(model, self.tokenizer, batch["prompts"], self.sampling)[0]
         sampled = rollout["batch"]
         n_sampled = sampled["n_items"]
         if n_sampled == 0:  # every reply empty (EOS at once): nothing to compare
             zero = next(p for p in model.parameters() if p.requires_grad).sum() * 0.0
             return zero, {"on_policy": float(batch["n_items"])}
         head, rows, _ = token_logprob_inputs(model, sampled)
-        project = head if head is not None else (lambda r: r)
-        t_head, t_rows = self._teacher_rows(sampled)
+        kd_sum = self._live_divergence(head if head is not None else (lambda r: r), rows, sampled)
+        scale = batch["n_items"] / n_sampled  # the batch weighs in the step as the data tokens it stands for
+        # metrics are logged per item: "on_policy" reads as the share of the window's items from such batches
+        return kd_sum * scale, {"kd": float(kd_sum.detach()) * scale, "on_policy": float(batch["n_items"])}
+
+    def _live_divergence(self, project, rows: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The summed divergence from the teacher, run now on `batch`, at the student's `rows`."""
+        t_head, t_rows = self._teacher_rows(batch)
         vocab = self.vocab
 
         def kd(r, tr):
             return divergence(project(r)[:, :vocab], t_head(tr)[:, :vocab], self.kind, beta=self.beta,
                               temperature=self.temperature).sum()
 
-        kd_sum = chunked(kd, rows, t_rows, chunk=self.chunk)
-        scale = batch["n_items"] / n_sampled  # the batch weighs in the step as the data tokens it stands for
-        # metrics are logged per item: "on_policy" reads as the share of the window's items from such batches
-        return kd_sum * scale, {"kd": float(kd_sum.detach()) * scale, "on_policy": float(batch["n_items"])}
+        return chunked(kd, rows, t_rows, chunk=self.chunk)
 
     def _teacher_rows(self, batch: dict):
         """The teacher's final hidden states at the batch's trained positions, and its head."""
@@ -196,8 +180,8 @@ def attach_topk(method: Distillation, features: list[dict], tokenizer, cfg, cons
     (batched, no gradients) or read back from the cache; stored with each feature."""
     from safetensors.torch import load_file, save_file
 
-    from tunesmith.runtime.precision import autocast, device, resolve_precision
     from tunesmith.data.collate import collate_tokens
+    from tunesmith.runtime.precision import autocast, device, resolve_precision
 
     k = method.topk
     path = topk_cache_path(cfg, features, k)

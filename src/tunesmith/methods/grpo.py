@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import torch
 
-from tunesmith.data.chat import IGNORE, prompt_ids
-from tunesmith.data.collate import collate_tokens
+from tunesmith.data.chat import prompt_ids
 from tunesmith.data.layouts import Example
 from tunesmith.errors import UserError
-from tunesmith.eval.generate import Sampling, sample_tokens
+from tunesmith.eval.generate import Sampling
 from tunesmith.eval.task import split_reference
 from tunesmith.methods.base import Method
 from tunesmith.methods.logprobs import per_row_sum, token_logprobs
 from tunesmith.methods.group_policy_losses import clipped_surrogate, group_advantages, k3_kl
 from tunesmith.methods.reference import ReferenceModel
+from tunesmith.methods.rollout import sample_replies
 
 class GroupPolicyOptimisation(Method):
     def __init__(self, config):
@@ -82,23 +82,15 @@ class GroupPolicyOptimisation(Method):
         tok = self.tokenizer
         dev = next(p for p in model.parameters()).device
         repeated = [p for p in prompts for _ in range(self.group_size)]
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():  # every reply of the batch decoding together (the generation engine)
-            new = sample_tokens(model, tok, [p["prompt_ids"] for p in repeated], self.sampling, rows=len(repeated))
-        model.train(was_training)
-        rows, texts = [], []
-        for p, reply in zip(repeated, new):  # each reply through its end (EOS), when it came
-            rows.append({"input_ids": p["prompt_ids"] + reply, "labels": [IGNORE] * len(p["prompt_ids"]) + reply})
-            texts.append(tok.decode(reply, skip_special_tokens=True).strip())
-        batch = collate_tokens(rows, tok.pad_token_id)
-        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+        # each reply through its end (EOS), when it came
+        batch, new = sample_replies(model, tok, [p["prompt_ids"] for p in repeated], self.sampling)
+        texts = [tok.decode(reply, skip_special_tokens=True).strip() for reply in new]
         rewards, parts = self.rewards([p["messages"] for p in repeated], texts, [p["reference"] for p in repeated],
                                       [p.get("item") for p in repeated])
         with torch.no_grad():
             old, row_of_token = token_logprobs(model, batch)
             ref = self.reference.token_logprobs(model, batch) if self.reference is not None else None
-        n = len(rows)
+        n = len(repeated)
         lengths = torch.bincount(row_of_token, minlength=n).clamp(min=1)
         shaped = rewards.to(dev)
         if self.name == "rloo" and ref is not None:
