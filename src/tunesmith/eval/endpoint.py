@@ -1,7 +1,8 @@
-"""An OpenAI-compatible chat endpoint as a model: a frontier model, or another `tunesmith serve`.
+"""An OpenAI-compatible endpoint as a model: a frontier model, or another `tunesmith serve`.
 
 Used wherever an endpoint stands in for a local model: a teacher's replies (`distill generate`),
-a grader's judge (`score_model`), a baseline scored on the test split (`eval.baselines`)."""
+a grader's judge (`score_model`), a baseline scored on the test split (`eval.baselines`), a
+teacher scoring a student's tokens (on-policy distillation)."""
 
 from __future__ import annotations
 
@@ -16,18 +17,18 @@ from tunesmith.errors import UserError
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
-class ChatEndpoint:
-    """Chat completions from an OpenAI-compatible server: retried with exponential backoff on rate
-    limits, server errors and dropped connections (honouring Retry-After), paced to `rpm`."""
+class Endpoint:
+    """Requests to an OpenAI-compatible server: retried with exponential backoff on rate limits,
+    server errors and dropped connections (honouring Retry-After), paced to `rpm`."""
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, *, max_tokens: int = 512,
-                 temperature: float = 0.0, retries: int = 6, backoff: float = 1.0, rpm: float | None = None,
-                 timeout: float = 120.0, options: tuple[str, str] = ("model", "api_key_env")):
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, *, retries: int = 6,
+                 backoff: float = 1.0, rpm: float | None = None, timeout: float = 120.0,
+                 options: tuple[str, str] = ("model", "api_key_env")):
         """`options`: what the caller calls the model and key settings, for the errors (CLI flags, config keys)."""
         if not model:
             raise UserError(f"{options[0]}: an endpoint ({base_url}) needs the name of the model to ask for")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.max_tokens, self.temperature = model, max_tokens, temperature
+        self.base_url = base_url.rstrip("/")
+        self.model = model
         self.retries, self.backoff, self.timeout = retries, backoff, timeout
         self.interval = 60.0 / rpm if rpm else 0.0
         self.last_request = 0.0
@@ -38,13 +39,50 @@ class ChatEndpoint:
                 raise UserError(f"{options[1]} {api_key_env}: that environment variable is not set")
         self.name = f"{model} at {base_url}"
 
-    def _post(self, body: dict) -> dict:
+    def _post(self, url: str, body: dict) -> dict:
         headers = {"Content-Type": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
+        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
             return json.loads(response.read())
+
+    def request(self, path: str, body: dict, parse, kind: str):
+        """`parse(reply)` of the answered POST to `path`, and the answered request's wall time (no
+        pacing, no retries); a reply `parse` cannot read is an error naming `kind`."""
+        url = self.base_url + path
+        for attempt in range(self.retries + 1):
+            wait = self.last_request + self.interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self.last_request = time.monotonic()
+            try:
+                return parse(self._post(url, body)), time.monotonic() - self.last_request
+            except urllib.error.HTTPError as e:
+                if e.code not in RETRY_STATUS or attempt == self.retries:
+                    detail = e.read().decode("utf-8", "replace")[:200]
+                    raise UserError(f"{url}: HTTP {e.code} {detail}") from None
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+                delay = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+                refused = isinstance(getattr(e, "reason", e), ConnectionRefusedError)
+                if attempt == self.retries or (refused and attempt >= 1):  # nothing listens there: one retry only
+                    raise UserError(f"{url}: {getattr(e, 'reason', e)} (after {attempt + 1} attempts)") from None
+                delay = None
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise UserError(f"{url}: the reply is not an OpenAI {kind}") from None
+            time.sleep(delay if delay is not None else self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+class ChatEndpoint(Endpoint):
+    """Chat completions: the endpoint as a model that answers conversations."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, *, max_tokens: int = 512,
+                 temperature: float = 0.0, **options):
+        super().__init__(base_url, model, api_key_env, **options)
+        self.url = self.base_url + "/chat/completions"
+        self.max_tokens, self.temperature = max_tokens, temperature
 
     def answer(self, messages: list[dict], **overrides) -> str:
         """The reply's text; `overrides` set other request fields (max_tokens, temperature, ...)."""
@@ -55,30 +93,36 @@ class ChatEndpoint:
         ({} if it gives none), "seconds": the answered request's wall time (no pacing, no retries)}."""
         body = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
                 "temperature": self.temperature, **overrides}
-        for attempt in range(self.retries + 1):
-            wait = self.last_request + self.interval - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            self.last_request = time.monotonic()
-            try:
-                reply = self._post(body)
-                message = reply["choices"][0]["message"]
-                if not isinstance(message, dict):
-                    raise TypeError
-                return {"message": message, "usage": reply.get("usage") or {},
-                        "seconds": time.monotonic() - self.last_request}
-            except urllib.error.HTTPError as e:
-                if e.code not in RETRY_STATUS or attempt == self.retries:
-                    detail = e.read().decode("utf-8", "replace")[:200]
-                    raise UserError(f"{self.url}: HTTP {e.code} {detail}") from None
-                retry_after = e.headers.get("Retry-After") if e.headers else None
-                delay = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-                refused = isinstance(getattr(e, "reason", e), ConnectionRefusedError)
-                if attempt == self.retries or (refused and attempt >= 1):  # nothing listens there: one retry only
-                    raise UserError(f"{self.url}: {getattr(e, 'reason', e)} (after {attempt + 1} attempts)") from None
-                delay = None
-            except (KeyError, IndexError, TypeError, ValueError):
-                raise UserError(f"{self.url}: the reply is not an OpenAI chat completion") from None
-            time.sleep(delay if delay is not None else self.backoff * 2**attempt)
-        raise AssertionError("unreachable")
+
+        def parse(reply: dict) -> dict:
+            message = reply["choices"][0]["message"]
+            if not isinstance(message, dict):
+                raise TypeError
+            return {"message": message, "usage": reply.get("usage") or {}}
+
+        answer, seconds = self.request("/chat/completions", body, parse, "chat completion")
+        return {**answer, "seconds": seconds}
+
+
+class ScoringEndpoint(Endpoint):
+    """Legacy completions as a scorer: the log-probability of every token of given token-id
+    sequences under the endpoint's model (`echo` + `logprobs`, `max_tokens` 0; what vLLM,
+    `tunesmith serve` and OpenAI's legacy API answer). Ids, not text: a re-encoded text can
+    tokenize differently from the tokens a student wrote."""
+
+    def score(self, sequences: list[list[int]]) -> tuple[list[list[float | None]], dict]:
+        """Each sequence's per-token log-probabilities (the first token's is None: nothing
+        precedes it), and the server's usage."""
+        body = {"model": self.model, "prompt": sequences, "max_tokens": 0, "echo": True, "logprobs": 0,
+                "temperature": 0.0}
+
+        def parse(reply: dict):
+            choices = sorted(reply["choices"], key=lambda c: c.get("index", 0))
+            scores = [list(c["logprobs"]["token_logprobs"]) for c in choices]
+            if len(scores) != len(sequences) or any(len(s) != len(q) for s, q in zip(scores, sequences)):
+                raise ValueError("one score per token of each sequence")
+            if any(not isinstance(v, (int, float)) for s in scores for v in s[1:]):
+                raise TypeError
+            return scores, reply.get("usage") or {}
+
+        return self.request("/completions", body, parse, "completion with echoed log-probabilities")[0]
