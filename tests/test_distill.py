@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -286,3 +287,163 @@ def test_an_on_policy_run_resumed_mid_way_gives_the_uninterrupted_losses(tmp_pat
                             on_policy=0.5)
     losses = [(r["step"], r["loss"], r.get("on_policy")) for r in straight if "kd" in r]
     assert [(r["step"], pytest.approx(r["loss"], rel=1e-6), r.get("on_policy")) for r in resumed if "kd" in r] == losses
+
+
+# --- a teacher behind an endpoint (tunesmith serve) ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def served_teacher(tmp_path_factory, tiny_teacher):
+    """`tunesmith serve` of the tiny teacher (fp32) on a free port: {url, model}."""
+    import signal
+
+    from conftest import cli_env, start_server
+
+    tmp = tmp_path_factory.mktemp("served-teacher")
+    line, proc = start_server(["serve", str(tiny_teacher), "--port", "0", "--precision", "fp32"], tmp, cli_env(tmp))
+    yield {"url": line.split(" at ")[1].split()[0], "model": tiny_teacher.name}  # served under its folder's name
+    proc.terminate()
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+
+
+def sampled_batch(student_dir, tokenizer, date_data, n=4, seed=0):
+    """A student's own replies to the first `n` training prompts, as on-policy distillation samples them."""
+    from tunesmith.data.chat import prompt_ids
+    from tunesmith.data.records import load_examples
+    from tunesmith.eval.generate import Sampling
+    from tunesmith.methods.rollout import sample_replies
+    from tunesmith.model.load import load_for_inference
+
+    student, tok = load_for_inference(str(student_dir), dtype=torch.float32)
+    prompts = [prompt_ids(tok, e.messages[:-1]) for e in load_examples(str(date_data["train"]))[:n]]
+    torch.manual_seed(seed)
+    return sample_replies(student, tok, prompts, Sampling(max_new_tokens=8, temperature=1.0))[0]
+
+
+def test_an_endpoint_teacher_scores_the_student_tokens_as_the_local_teacher_does(tmp_path, tiny_teacher, date_data,
+                                                                                  served_teacher, tokenizer):
+    from tunesmith.methods.distill_teachers import EndpointTeacher, LoadedTeacher
+    from tunesmith.model.load import load_for_inference
+    from tunesmith.model.student import create_student
+
+    create_student(str(tiny_teacher), 2, tmp_path / "student")
+    batch = sampled_batch(tmp_path / "student", tokenizer, date_data)
+    local = LoadedTeacher(load_for_inference(str(tiny_teacher), dtype=torch.float32)[0], "local").token_logprobs(batch)
+    remote = EndpointTeacher(served_teacher["url"], served_teacher["model"], None, tmp_path / "scores.jsonl")
+    scored = remote.token_logprobs(batch)
+    n_trained = int((batch["labels"][:, 1:] != -100).sum())
+    assert scored.shape == local.shape == (n_trained,) and n_trained > 8
+    assert (scored - local).abs().max() < 1e-4, (scored - local).abs().max()
+    # the answers are cached: the same tokens again cost no request, also after a restart
+    again = EndpointTeacher(served_teacher["url"], served_teacher["model"], None, tmp_path / "scores.jsonl")
+
+    def no_request(sequences):
+        raise AssertionError("asked the endpoint again")
+
+    again.endpoint.score = no_request
+    assert torch.equal(again.token_logprobs(batch), scored)
+
+
+def test_an_on_policy_run_with_an_endpoint_teacher_logs_its_scores_and_resumes_without_asking_twice(
+        tmp_path, tiny_teacher, date_data, served_teacher, tokenizer):
+    """Through a whole run: every logged token's teacher log-probability is the local teacher's
+    (1e-4), the loss per token is the sampled reverse KL, the student moves towards the teacher,
+    and a run killed and resumed gives the uninterrupted losses with each sequence scored once."""
+    from conftest import read_jsonl
+
+    from tunesmith.model.load import load_for_inference
+    from tunesmith.model.student import create_student
+
+    create_student(str(tiny_teacher), 2, tmp_path / "student")
+    remote = {"teacher_model": served_teacher["model"], "loss": "reverse_kl", "on_policy": 1.0,
+              "price_per_1k_tokens": 0.5}
+    url = served_teacher["url"]
+    straight = on_policy_run(tmp_path, tmp_path / "student", url, date_data, "straight", **remote)
+    run = tmp_path / "runs" / "straight"
+    samples = read_jsonl(run / "samples.jsonl")
+    assert [s["step"] for s in samples] == [step for step in range(1, 9) for _ in range(4)]  # 4 replies a step
+    teacher, _ = load_for_inference(str(tiny_teacher), dtype=torch.float32)
+    for s in samples[::5]:
+        ids = tokenizer(s["prompt"], add_special_tokens=False)["input_ids"] + s["ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(teacher(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        n = len(s["ids"])
+        local = [float(logp[len(ids) - n - 1 + i, t]) for i, t in enumerate(s["ids"])]
+        assert s["teacher_logprob"] == pytest.approx(local, abs=1e-4)
+        assert s["loss"] == pytest.approx([a - b for a, b in zip(s["student_logprob"], s["teacher_logprob"])], abs=2e-5)
+    kd = [r["kd"] for r in straight if "kd" in r]
+    assert kd[-1] < kd[0], kd
+    usage = json.loads((run / "summary.json").read_text())["distill"]
+    assert usage["sequences_scored"] == 32 and usage["cost"] == pytest.approx(usage["tokens_scored"] / 1000 * 0.5)
+
+    def interrupt(step, record):
+        if step == 6:
+            raise KeyboardInterrupt  # after step 6 was logged; the checkpoint is step 4's
+
+    with pytest.raises(KeyboardInterrupt):
+        on_policy_run(tmp_path, tmp_path / "student", url, date_data, "resumed", on_record=interrupt, **remote)
+    resumed = on_policy_run(tmp_path, tmp_path / "student", url, date_data, "resumed", resume=True, **remote)
+    expected = [(r["step"], r["loss"]) for r in straight]
+    assert [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in resumed] == expected
+    keys = [r["key"] for r in read_jsonl(tmp_path / "runs" / "resumed" / "teacher_scores.jsonl")]
+    assert len(keys) == len(set(keys)) == 32  # steps 5 and 6, sampled again, were answered from the cache
+    assert read_jsonl(tmp_path / "runs" / "resumed" / "samples.jsonl") == samples  # the log cut back, then the same
+
+
+# --- several teachers (distill.teachers) -------------------------------------------------------------
+
+def test_several_teachers_mix_by_weight_or_teach_their_own_data_source(tmp_path, tiny_teacher, date_data, tokenizer):
+    """Weights: the divergence is the weighted sum of each teacher's alone. Sources: each example's
+    divergence is its own source's teacher's, as if each teacher had distilled its rows alone."""
+    from tunesmith.config import validate_config
+    from tunesmith.data.records import load_examples
+    from tunesmith.errors import UserError
+    from tunesmith.methods.distill import Distillation
+    from tunesmith.model.load import load_for_inference
+    from tunesmith.model.student import create_student
+
+    create_student(str(tiny_teacher), 2, tmp_path / "other")  # a second teacher: another model, the same tokenizer
+    create_student(str(tiny_teacher), 1, tmp_path / "student")
+    lines = date_data["train"].read_text().splitlines()
+    (tmp_path / "a.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    (tmp_path / "b.jsonl").write_text("\n".join(lines[4:8]) + "\n")
+    a, b, other = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), str(tmp_path / "other")
+    student = load_for_inference(str(tmp_path / "student"), dtype=torch.float32)[0]
+
+    def method(**distill):
+        cfg = validate_config({"name": "m", "method": "distill", "adapter": {"type": "none"},
+                               "data": {"train": [a, b]}, "train": {"max_steps": 1, "precision": "fp32"},
+                               "distill": {"loss": "jsd", "kd_ratio": 1.0, **distill}})
+        m = Distillation(cfg)
+        m.prepare(student, tokenizer, [], tmp_path, cfg, None)
+        return m
+
+    def features(m, path, source):
+        out = [m.features(e, tokenizer) for e in load_examples(path)]
+        for f in out:
+            f["data_source"] = source
+        return out
+
+    def kd(m, feats):
+        return m.loss(student, m.collate(feats, tokenizer))[1]["kd"]
+
+    only_t, only_o = method(teacher=str(tiny_teacher)), method(teacher=other)
+    mixed = features(only_t, a, 0)[:2] + features(only_t, b, 1)[:2]
+    weighted = method(teachers=[{"teacher": str(tiny_teacher), "weight": 1.0}, {"teacher": other, "weight": 3.0}])
+    assert kd(weighted, mixed) == pytest.approx(0.25 * kd(only_t, mixed) + 0.75 * kd(only_o, mixed), rel=1e-5)
+    by_source = method(teachers=[{"teacher": str(tiny_teacher), "source": a}, {"teacher": other, "source": b}])
+    assert kd(by_source, mixed) == pytest.approx(kd(only_t, mixed[:2]) + kd(only_o, mixed[2:]), rel=1e-5)
+    assert kd(by_source, mixed) != pytest.approx(kd(only_t, mixed), rel=1e-3)  # the two teachers differ
+    # on-policy: the replies to the batch's prompts are taught by the same mixture
+    op_w, op_t, op_o = (method(on_policy=1.0, loss="reverse_kl", **t) for t in (
+        {"teachers": [{"teacher": str(tiny_teacher), "weight": 1.0}, {"teacher": other, "weight": 3.0}]},
+        {"teacher": str(tiny_teacher)}, {"teacher": other}))
+    student.train()
+    batches = [m.collate(mixed, tokenizer) for m in (op_w, op_t, op_o)]
+    batches[0]["samples"] = []
+    for other_batch in batches[1:]:
+        other_batch["rollout"] = batches[0]["rollout"]  # one set of sampled replies for all three
+    kd_w, kd_t, kd_o = (m.loss(student, bt)[1]["kd"] for m, bt in zip((op_w, op_t, op_o), batches))
+    assert kd_w == pytest.approx(0.25 * kd_t + 0.75 * kd_o, rel=1e-5) and kd_t != pytest.approx(kd_o, rel=1e-3)
+    assert len(batches[0]["samples"]) == 4
+    with pytest.raises(UserError, match="not one of data.train's paths"):
+        method(teachers=[{"teacher": other, "source": "elsewhere.jsonl"}])

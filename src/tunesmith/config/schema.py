@@ -250,6 +250,19 @@ class EvalConfig(Section):
         return sorted(set(v))
 
 
+class SelfDistillConfig(Section):
+    """forgetting.self_distill: the starting model teaches the tuned one on general prompts, on the
+    tuned model's own replies (on-policy reverse KL), next to the task's loss."""
+
+    weight: float = Field(1.0, gt=0, description="weight of the reverse KL (tuned ‖ starting model) on the sampled "
+                                                 "replies, per token of the task batch it rides with")
+    prompts: str = Field("self", description="'self' (the bundled general prompts self-replay uses) or a data path "
+                                             "whose examples' prompts are used")
+    per_batch: int = Field(2, ge=1, description="general prompts answered and scored with every batch")
+    max_new_tokens: int = Field(48, ge=1, description="the longest reply sampled")
+    temperature: float = Field(1.0, ge=0, description="sampling temperature of the replies (0 = greedy)")
+
+
 class ForgettingConfig(Section):
     """What general capability the run costs (probe) and what limits the loss (mitigations)."""
 
@@ -262,6 +275,8 @@ class ForgettingConfig(Section):
     replay_source: str = Field("self", description="'self' (the base model's own answers to general prompts) or a data path")
     kl: float = Field(0.0, ge=0, description="weight of KL(base || tuned) on replay tokens")
     l2sp: float = Field(0.0, ge=0, description="weight of the L2-SP pull towards the starting weights")
+    self_distill: SelfDistillConfig | None = Field(None, description="on-policy self-distillation from the starting "
+                                                   "model on general prompts (methods sft and distill)")
     freeze_layers: int = Field(0, ge=0, description="freeze the lowest N decoder layers (and embeddings when fully fine-tuning)")
     interpolate: list[float] = Field(default_factory=list, description="after training, also score the models "
                                      "θ₀ + α(θ − θ₀) between base and tuned at these α (task and forgetting probe)")
@@ -339,10 +354,26 @@ class RLConfig(Section):
                             "where installed)")
 
 
+class TeacherSpec(Section):
+    """One of several teachers (distill.teachers)."""
+
+    teacher: str = Field(..., description="model reference with the same tokenizer as the student")
+    weight: float = Field(1.0, gt=0, description="its share of the divergence, among the teachers of an example")
+    source: str | None = Field(None, description="a data.train path: this teacher teaches that source's examples "
+                                                 "(the teachers without a source teach the rest)")
+
+
 class DistillConfig(Section):
     """method distill: the student (`model`) learns the teacher's next-token distribution."""
 
-    teacher: str | None = Field(None, description="model reference with the same tokenizer as the student")
+    teacher: str | None = Field(None, description="model reference with the same tokenizer as the student, or an "
+                                "OpenAI-compatible endpoint (https://host/v1) serving such a model (on_policy only)")
+    teachers: list[TeacherSpec] = Field(default_factory=list, description="several loaded teachers instead of one: "
+                                        "a weight each, or one per data source")
+    teacher_model: str | None = Field(None, description="endpoint teacher: the model name to ask for")
+    api_key_env: str | None = Field(None, description="endpoint teacher: environment variable holding the API key")
+    price_per_1k_tokens: float | None = Field(None, ge=0, description="endpoint teacher: price of 1,000 scored tokens, "
+                                              "for the report's cost")
     loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field("forward_kl", description="divergence to the teacher")
     beta: float = Field(0.5, ge=0, le=1, description="jsd: weight of the teacher in the mixture (0 = forward, 1 = reverse KL)")
     temperature: float = Field(1.0, gt=0, description="both distributions softened by T; the loss is scaled by T²")
@@ -356,13 +387,32 @@ class DistillConfig(Section):
     sample_temperature: float = Field(1.0, ge=0, description="on-policy: the student's sampling temperature (0 = greedy)")
 
     @model_validator(mode="after")
-    def _topk_is_forward(self):
+    def _consistent(self):
         if self.teacher_topk and self.loss != "forward_kl":
             raise ValueError(f"teacher_topk: a top-k cache knows the teacher only on its top k; loss {self.loss} needs "
                              "the whole distribution (use forward_kl, or drop teacher_topk)")
         if self.teacher_topk and self.on_policy > 0:
             raise ValueError("teacher_topk: a cache covers the data's tokens only; on_policy batches are the student's "
                              "own replies, which the teacher must score as they come (drop teacher_topk)")
+        if self.teachers:
+            if self.teacher:
+                raise ValueError("distill: give teacher or teachers, not both")
+            if self.teacher_topk:
+                raise ValueError("teacher_topk: the top-k cache holds one teacher; drop it to use several teachers")
+            remote = next((t.teacher for t in self.teachers if t.teacher.startswith(("http://", "https://"))), None)
+            if remote:
+                raise ValueError(f"teachers: {remote}: several teachers are loaded models; an endpoint teaches alone "
+                                 "(distill.teacher)")
+        if self.teacher and self.teacher.startswith(("http://", "https://")):
+            if self.on_policy == 0:
+                raise ValueError(f"teacher {self.teacher}: an endpoint scores only the tokens it is shown, so it "
+                                 "teaches the student's own replies; set distill.on_policy above 0")
+            if self.loss != "reverse_kl":
+                raise ValueError(f"loss {self.loss}: an endpoint teacher gives the log-probabilities of the sampled "
+                                 "tokens only, which estimate reverse_kl (set loss: reverse_kl)")
+            if not self.teacher_model:
+                raise ValueError(f"teacher {self.teacher}: an endpoint needs distill.teacher_model, the model to "
+                                 "ask for")
         return self
 
 
@@ -422,10 +472,26 @@ class RunConfig(Section):
             raise ValueError(f"preference.nll_weight: {self.preference.loss} " + (
                 "has its NLL term already (beta weighs the odds ratio)" if self.preference.loss == "orpo"
                 else "judges single replies; there is no chosen one to keep likely"))
-        if self.method == "distill" and not self.distill.teacher:
+        if self.method == "distill" and not (self.distill.teacher or self.distill.teachers):
             raise ValueError("distill.teacher: method distill needs a teacher model")
+        sourced = [t.source for t in self.distill.teachers if t.source is not None]
+        unknown = next((src for src in sourced if src not in [s.path for s in self.data.train]), None)
+        if unknown:
+            raise ValueError(f"distill.teachers: source {unknown} is not one of data.train's paths")
+        if self.distill.on_policy > 0 and self.data.packing:
+            raise ValueError("distill.on_policy: the student replies to each example's prompt; packing puts several "
+                             "examples in one row (set data.packing: false)")
+        if sourced and self.data.packing:
+            raise ValueError("distill.teachers: a teacher per source needs each row to hold one example; packing "
+                             "mixes them (set data.packing: false)")
         if self.method in ("grpo", "rloo") and not self.rl.rewards:
             raise ValueError(f"rl.rewards: method {self.method} needs at least one reward (a function or a reward model)")
+        if self.forgetting.self_distill and self.method not in ("sft", "distill"):
+            raise ValueError(f"forgetting.self_distill: rides with the batches of methods sft and distill, not "
+                             f"{self.method}")
+        if self.forgetting.self_distill and self.train.distributed == "fsdp":
+            raise ValueError("forgetting.self_distill samples replies, a different number of forward passes on each "
+                             "rank; use ddp")
         if self.data.packing and self.adapter.type in ("prefix", "prompt"):
             raise ValueError(f"data.packing: packed rows restart positions mid-row; {self.adapter.type} tuning "
                              "prepends its virtual tokens once per row, so it cannot pack")

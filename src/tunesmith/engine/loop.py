@@ -229,6 +229,9 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
     stopped_early = None
     log = MetricsLog(run_dir / "metrics.jsonl" if ranks.main else None, resume_step=state["step"],  # rank 0 writes
                      trackers=trackers)
+    # what a sampling method drew and how it scored it, token by token, on logged steps (rank 0's own)
+    samples = MetricsLog(run_dir / "samples.jsonl" if ranks.main and method.logs_samples else None,
+                         resume_step=state["step"])
     stream = _batch_stream(sampler, state["epoch"], state["batch"])
     last_loss, val_loss = float("nan"), None
     t_window = time.perf_counter()
@@ -245,6 +248,8 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
                     batch, (state["epoch"], state["batch"]) = next(stream)
                     for part, ghost in rank_passes(batch, lengths, budget, ranks):
                         collated = method.collate(_batch_features(part, data.features, pack_length), tokenizer)
+                        if method.logs_samples:
+                            collated["samples"] = []  # filled by the method's loss (one list, shared by copies)
                         micro.append({**collated, "ghost": True} if ghost else collated)
             reuses_left -= 1
             profiler.before_step(state["step"] + 1)
@@ -270,6 +275,9 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
                     record.update(_generated_scores(model, scorer, precision, dev))
                 last_loss = record["loss"]
                 log.write(record)
+                for b in (b for b in micro if not b.get("ghost")):
+                    for row in b.get("samples", []):
+                        samples.write({"step": step, **row})
                 if on_record is not None:
                     on_record(step, record)
                 progress.update(step, record)
@@ -292,10 +300,12 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
                 saved = checkpoint.save(ckpt_root, step, model, optimizer, scheduler, state, cfg.output.keep, write=ranks.main)
             if stopping:
                 log.close()
+                samples.close()
                 raise Stopped(f"{stop.signal or 'a signal to another process'}: stopped after step {step} of {total}; "
                               f"checkpoint {saved or ckpt_root}; continue with --resume")
     profiler.finish()
     log.close()
+    samples.close()
     seconds = time.perf_counter() - t_start
     kept = best.restore(model) if best is not None else None
     if kept:

@@ -21,13 +21,17 @@ class Method:
 
     Attributes the run reads: `head` ("causal": a language model; "score": a scalar head, as a
     reward model needs), `steps_per_batch` (optimizer steps on each batch: > 1 for PPO-style reuse
-    of sampled replies), and the counts `truncated` / `dropped` that `features` keeps of examples
-    cut to `data.max_length` or left out. `kl_anchor` is set by the run when `forgetting.kl` > 0:
-    the starting model, whose distributions on replay tokens a method may anchor to (SFT does).
+    of sampled replies), `logs_samples` (the method's loss appends one JSON-ready record per
+    sampled sequence to `batch["samples"]`, which the engine writes with the step to the run's
+    `samples.jsonl` on logged steps, cut back to the checkpoint on resume), and the counts
+    `truncated` / `dropped` that `features` keeps of examples cut to `data.max_length` or left out.
+    `kl_anchor` is set by the run when `forgetting.kl` > 0: the starting model, whose distributions
+    on replay tokens a method may anchor to (SFT does).
     """
 
     head: str = "causal"
     steps_per_batch: int = 1
+    logs_samples: bool = False
 
     def __init__(self, config) -> None:
         self.name = config.method if config is not None else ""

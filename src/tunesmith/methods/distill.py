@@ -16,6 +16,16 @@ data's replies by the student's own, sampled from the batch's prompts on the gen
 the teacher scores every sampled token in one forward pass and the loss is the divergence on
 those tokens alone (no cross-entropy: there is no data token). The batch keeps its weight in the
 step: its summed divergence is scaled to the number of trained tokens it was counted with.
+
+A teacher behind an endpoint (`distill.teacher: https://…`, `methods/distill_teachers.py`) gives
+only the log-probability of each sampled token, so the loss there is the policy-gradient form of
+per-token reverse KL (Thinking Machines' on-policy distillation): each sampled token's advantage
+is log p_teacher − log p_student (detached), the loss −Σ advantage · log p_student, whose expected
+gradient is reverse KL's; its logged value is the sampled reverse KL Σ (log p_student − log
+p_teacher). The data's batches (λ < 1) then train by cross-entropy on the data.
+
+Every sampled sequence is logged on logged steps (`samples.jsonl`: prompt, reply tokens, the
+student's and teacher's log-probability and the loss of each token).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import hashlib
 import json
 import os
 import struct
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +42,15 @@ import torch.nn.functional as F
 from tunesmith.data.chat import IGNORE
 from tunesmith.errors import UserError
 from tunesmith.eval.generate import Sampling
-from tunesmith.methods.logprobs import token_logprob_inputs
 from tunesmith.methods.distill_losses import chunked, divergence, topk_forward_kl
-from tunesmith.methods.rollout import sample_replies
+from tunesmith.methods.distill_teachers import (
+    SCORES,
+    EndpointTeacher,
+    LoadedTeacher,
+    is_endpoint,
+)
+from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
+from tunesmith.methods.rollout import sample_records, sample_replies
 from tunesmith.methods.sft import SFT
 
 TOPK_KEYS = ("teacher_topk_ids", "teacher_topk_logps")
@@ -45,27 +62,42 @@ class Distillation(SFT):
 
     def __init__(self, config):
         super().__init__(config)
+        self.logs_samples = True  # (on-policy batches only: the data's have nothing sampled)
         d = config.distill
+        self.config = d
         self.teacher_ref, self.kind, self.beta, self.temperature = d.teacher, d.loss, d.beta, d.temperature
         self.kd_ratio, self.topk, self.chunk = d.kd_ratio, d.teacher_topk, d.chunk
         self.on_policy, self.seed = d.on_policy, config.train.seed
         self.sampling = Sampling(max_new_tokens=d.max_new_tokens, temperature=d.sample_temperature)
-        self.teacher = None  # loaded in prepare
+        sources = [src.path for src in config.data.train]
+        # (reference, weight, index of the data.train source it teaches or None): one, or several
+        self.specs = ([(t.teacher, t.weight, sources.index(t.source) if t.source is not None else None)
+                       for t in d.teachers] or [(d.teacher, 1.0, None)])
+        self.teachers: list = []  # loaded in prepare, one per spec
+        self.teacher = None  # the one teacher, when there is one
         self.vocab = None  # logits compared over the shared tokenizer's ids
-        self.tokenizer = None
 
     # --- set-up the run does once -----------------------------------------------------------
     def prepare(self, model, tokenizer, features, run_dir, cfg, console) -> None:
         from tunesmith.model.load import load_for_inference
         from tunesmith.runtime.precision import inference_dtype
 
-        teacher, teacher_tok = load_for_inference(self.teacher_ref, dtype=inference_dtype(cfg.train.precision))
-        check_same_tokenizer(tokenizer, teacher_tok, self.teacher_ref)
-        teacher.requires_grad_(False)
-        self.teacher, self.vocab, self.tokenizer = teacher, len(tokenizer), tokenizer
+        super().prepare(model, tokenizer, features, run_dir, cfg, console)
+        self.vocab = len(tokenizer)
+        if self.teacher_ref and is_endpoint(self.teacher_ref):
+            d = self.config
+            self.teacher = EndpointTeacher(self.teacher_ref, d.teacher_model, d.api_key_env, Path(run_dir) / SCORES)
+            self.teachers = [self.teacher]
+            return
+        for reference, _, _ in self.specs:
+            teacher, teacher_tok = load_for_inference(reference, dtype=inference_dtype(cfg.train.precision))
+            check_same_tokenizer(tokenizer, teacher_tok, reference)
+            teacher.requires_grad_(False)
+            self.teachers.append(LoadedTeacher(teacher, reference))
+        self.teacher = self.teachers[0] if len(self.teachers) == 1 else None
         if self.topk:
             attach_topk(self, features, tokenizer, cfg, console)
-            self.teacher = None  # the cache stands in for it: its memory goes back for training
+            self.teacher, self.teachers = None, []  # the cache stands in for it: its memory goes back for training
 
     # --- features -> batch ------------------------------------------------------------------
     def collate(self, features: list[dict], tokenizer) -> dict:
@@ -76,7 +108,19 @@ class Distillation(SFT):
         if self.on_policy > 0 and self.chooses_on_policy(features):
             batch["prompts"] = [prompt_of(f) for f in features]
             batch["rollout"] = {}  # the student's replies, sampled when the loss is first asked for
+        if len(self.specs) > 1:
+            batch["teacher_weights"] = torch.tensor([self.teacher_weights(f.get("data_source")) for f in features])
         return batch
+
+    def teacher_weights(self, source: int | None) -> list[float]:
+        """Each teacher's share of an example's divergence: the teachers named for its data source,
+        else those named for none, else all (validation and replay examples), by their weights."""
+        named = [w if s == source else 0.0 for _, w, s in self.specs]
+        if source is None or not any(named):
+            named = [w if s is None else 0.0 for _, w, s in self.specs]
+        if not any(named):
+            named = [w for _, w, _ in self.specs]
+        return [w / sum(named) for w in named]
 
     def chooses_on_policy(self, features: list[dict]) -> bool:
         """Whether this batch is one of the λ share: a hash of its tokens and the seed, the same
@@ -87,9 +131,11 @@ class Distillation(SFT):
         return int.from_bytes(digest.digest()[:8], "little") / 2**64 < self.on_policy
 
     # --- batch -> loss ----------------------------------------------------------------------
-    def loss(self, model, batch: dict):
+    def task_loss(self, model, batch: dict):
         if "rollout" in batch and model.training:  # validation measures the data's replies, every batch
             return self._on_policy_loss(model, batch)
+        if self.teachers and not self.teachers[0].whole_distribution:
+            return super().task_loss(model, batch)  # an endpoint knows no distributions: the data's tokens, by SFT
         head, rows, targets = token_logprob_inputs(model, batch)
         project = head if head is not None else (lambda r: r)
         vocab = self.vocab
@@ -120,33 +166,75 @@ class Distillation(SFT):
         if n_sampled == 0:  # every reply empty (EOS at once): nothing to compare
             zero = next(p for p in model.parameters() if p.requires_grad).sum() * 0.0
             return zero, {"on_policy": float(batch["n_items"])}
-        head, rows, _ = token_logprob_inputs(model, sampled)
-        kd_sum = self._live_divergence(head if head is not None else (lambda r: r), rows, sampled)
+        head, rows, targets = token_logprob_inputs(model, sampled)
+        project = head if head is not None else (lambda r: r)
+        if self.teachers[0].whole_distribution:
+            # the replies' rows are the batch's rows: the same teachers
+            outputs = self._teacher_outputs(sampled, batch.get("teacher_weights"))
+            kd_sum = sum(self._divergence_sum(project, rows, *out) for out in outputs)
+            with torch.no_grad():
+                student_logp = head_token_logprobs(head, rows, targets)[0].float()
+                teacher_logp, per_token = self._teacher_view(project, rows, targets, outputs)
+        else:  # only the sampled tokens' teacher log-probabilities: reverse KL's policy gradient
+            student_logp = head_token_logprobs(head, rows, targets)[0].float()
+            teacher_logp = self.teacher.token_logprobs(sampled)
+            per_token = student_logp.detach() - teacher_logp  # the sampled reverse KL, token by token
+            # value: Σ per-token KL; gradient: −Σ advantage ∇log p, advantage = −per_token
+            kd_sum = per_token.sum() + (per_token * (student_logp - student_logp.detach())).sum()
+            student_logp = student_logp.detach()
         scale = batch["n_items"] / n_sampled  # the batch weighs in the step as the data tokens it stands for
+        if "samples" in batch:
+            batch["samples"].extend(sample_records(self.tokenizer, sampled, student_logp, teacher_logp, per_token))
         # metrics are logged per item: "on_policy" reads as the share of the window's items from such batches
         return kd_sum * scale, {"kd": float(kd_sum.detach()) * scale, "on_policy": float(batch["n_items"])}
 
     def _live_divergence(self, project, rows: torch.Tensor, batch: dict) -> torch.Tensor:
-        """The summed divergence from the teacher, run now on `batch`, at the student's `rows`."""
-        t_head, t_rows = self._teacher_rows(batch)
+        """The summed divergence from the teacher(s), run now on `batch`, at the student's `rows`."""
+        outputs = self._teacher_outputs(batch, batch.get("teacher_weights"))
+        return sum(self._divergence_sum(project, rows, *out) for out in outputs)
+
+    def _teacher_outputs(self, batch: dict, weights: torch.Tensor | None) -> list[tuple]:
+        """(head, hidden rows at the trained positions, each position's weight or None) of every
+        teacher that teaches a token of the batch, `weights` [rows, teachers] saying whose each
+        row is; a teacher none of the rows has is not run."""
+        if weights is None:
+            return [(*self._teacher_rows(batch), None)]
+        row_of_token = (batch["labels"][:, 1:] != IGNORE).nonzero()[:, 0]
+        per_token = weights.to(row_of_token.device)[row_of_token]  # [trained tokens, teachers]
+        return [(*t.rows(batch), per_token[:, i]) for i, t in enumerate(self.teachers) if per_token[:, i].any()]
+
+    def _divergence_sum(self, project, rows: torch.Tensor, t_head, t_rows: torch.Tensor,
+                        weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ divergence(student ‖ teacher) over the rows, each position's weighted by `weights`."""
         vocab = self.vocab
 
-        def kd(r, tr):
-            return divergence(project(r)[:, :vocab], t_head(tr)[:, :vocab], self.kind, beta=self.beta,
-                              temperature=self.temperature).sum()
+        def kd(r, tr, *w):
+            d = divergence(project(r)[:, :vocab], t_head(tr)[:, :vocab], self.kind, beta=self.beta,
+                           temperature=self.temperature)
+            return (d * w[0]).sum() if w else d.sum()
 
-        return chunked(kd, rows, t_rows, chunk=self.chunk)
+        return chunked(kd, rows, t_rows, *([weights] if weights is not None else []), chunk=self.chunk)
+
+    def _teacher_view(self, project, rows, targets, outputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the teacher's log-probability of each target, the divergence at each position), for the
+        log; with several teachers, each position's weighted sums over its teachers."""
+        logp_sum, div_sum = 0.0, 0.0
+        for t_head, t_rows, weights in outputs:
+            logps, divs = [], []
+            for i in range(0, rows.shape[0], self.chunk):
+                s_logits = project(rows[i : i + self.chunk])[:, : self.vocab].float()
+                t_logits = t_head(t_rows[i : i + self.chunk])[:, : self.vocab].float()
+                logps.append(t_logits.log_softmax(-1).gather(1, targets[i : i + self.chunk, None])[:, 0])
+                divs.append(divergence(s_logits, t_logits, self.kind, beta=self.beta, temperature=self.temperature))
+            w = weights if weights is not None else 1.0
+            logp_sum, div_sum = logp_sum + torch.cat(logps) * w, div_sum + torch.cat(divs) * w
+        return logp_sum, div_sum
 
     def _teacher_rows(self, batch: dict):
         """The teacher's final hidden states at the batch's trained positions, and its head."""
         if self.teacher is None:
             raise RuntimeError("the run did not load the teacher (prepare)")
-        dev = batch["input_ids"].device
-        if next(self.teacher.parameters()).device != dev:
-            self.teacher.to(dev)
-        with torch.no_grad():
-            head, rows, _ = token_logprob_inputs(self.teacher, batch)
-        return (head if head is not None else (lambda r: r)), rows
+        return self.teacher.rows(batch)
 
 
 def prompt_of(feature: dict) -> list[int]:
@@ -190,8 +278,7 @@ def attach_topk(method: Distillation, features: list[dict], tokenizer, cfg, cons
         ids, logps, offsets = cached["ids"], cached["logps"], cached["offsets"].tolist()
     else:
         console.print(f"teacher top-{k}: one pass over {len(features)} examples (cached in {path.parent})")
-        dev = device()
-        method.teacher.to(dev)
+        dev = device()  # (the teacher moves there with the first batch)
         precision = resolve_precision(cfg.train.precision, dev)
         parts_ids, parts_logps, offsets = [], [], [0]
         for start in range(0, len(features), cfg.train.batch_size):

@@ -22,3 +22,31 @@ def sample_replies(model, tokenizer, prompts: list[list[int]], sampling: Samplin
     rows = [{"input_ids": p + r, "labels": [IGNORE] * len(p) + r} for p, r in zip(prompts, replies)]
     batch = collate_tokens(rows, tokenizer.pad_token_id)
     return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}, replies
+
+
+def trained_sequences(batch: dict) -> list[tuple[list[int], list[int]]]:
+    """Each row's tokens (padding dropped) and the positions within them that carry loss."""
+    out = []
+    for ids, labels, mask in zip(batch["input_ids"].tolist(), batch["labels"].tolist(),
+                                 batch["attention_mask"].tolist()):
+        kept = [i for i, m in enumerate(mask) if m]
+        tokens = [ids[i] for i in kept]
+        out.append((tokens, [j for j, i in enumerate(kept) if j > 0 and labels[i] != IGNORE]))
+    return out
+
+
+def sample_records(tokenizer, batch: dict, student_logp, teacher_logp, per_token) -> list[dict]:
+    """One record per sampled sequence: its prompt, its reply's tokens, and each token's student
+    and teacher log-probability and loss (rounded to 1e-5: a log, not a checkpoint)."""
+    out, at = [], 0
+    values = [t.tolist() for t in (student_logp, teacher_logp, per_token)]
+    for tokens, positions in trained_sequences(batch):
+        reply = [tokens[j] for j in positions]
+        n = len(reply)
+        student, teacher, loss = (v[at : at + n] for v in values)
+        at += n
+        out.append({"prompt": tokenizer.decode(tokens[: positions[0]] if positions else tokens),
+                    "reply": tokenizer.decode(reply), "tokens": [tokenizer.decode([t]) for t in reply], "ids": reply,
+                    "student_logprob": [round(x, 5) for x in student],
+                    "teacher_logprob": [round(x, 5) for x in teacher], "loss": [round(x, 5) for x in loss]})
+    return out

@@ -182,8 +182,9 @@ def compare_with_teacher(cfg: RunConfig, run_dir: Path, student, tokenizer) -> d
     dtype = next(student.parameters()).dtype
     test = load_test_split(cfg) if cfg.eval.test else []
     kwargs = {k: v for k, v in _task_kwargs(cfg).items() if k != "latency_samples"}
-    result = student_vs_teacher.compare(student, tokenizer, cfg.distill.teacher, dtype, test, cfg.forgetting.probe_limit,
-                                        kwargs, cfg.eval.primary)
+    teacher = cfg.distill.teacher or cfg.distill.teachers[0].teacher  # several: next to the first
+    result = student_vs_teacher.compare(student, tokenizer, teacher, dtype, test, cfg.forgetting.probe_limit, kwargs,
+                                        cfg.eval.primary)
     write_json(run_dir / "eval" / "distill.json", result)
     plots.student_vs_teacher(result, run_dir / "plots" / "distill.png")
     return result

@@ -77,8 +77,10 @@ def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseRef
     add replay data (self-replay draws on `base`)."""
     sources, val_examples = sources
     features, sizes = [], []
-    for src in sources:
+    for index, src in enumerate(sources):
         kept = [f for f in (method.features(e, tokenizer) for e in src) if f is not None]
+        for f in kept:
+            f["data_source"] = index  # which data.train entry (a teacher per source needs it)
         features += kept
         sizes.append(len(kept))
     val = [f for f in (method.features(e, tokenizer) for e in val_examples) if f is not None]

@@ -20,7 +20,9 @@ from tunesmith.engine.logbook import read_metrics
 from tunesmith.engine.trackers import Trackers
 from tunesmith.errors import UserError
 from tunesmith.forgetting.reference import BaseReference
+from tunesmith.forgetting.replay import general_prompt_ids
 from tunesmith.methods import build_method
+from tunesmith.methods.distill_teachers import endpoint_usage, is_endpoint
 from tunesmith.methods.reference import ReferenceModel
 from tunesmith.model.adapters import count_parameters
 from tunesmith.model.load import load_tokenizer, remote_code_trusted, tokenizer_dir
@@ -30,7 +32,8 @@ from tunesmith.report.build import write_report
 from tunesmith.report.plots import loss_curve
 from tunesmith.run.build import base_quantization, build_model
 from tunesmith.run.evaluate import (compare_with_teacher, inference_ready, probe_forgetting, score_baselines,
-                                    score_endpoint_baselines, score_interpolation, score_tuned, validation_scorer)
+                                    score_endpoint_baselines, score_interpolation, score_tuned, validation_scorer,
+                                    write_json)
 from tunesmith.run.inputs import load_data, train_sources, validate_inputs
 from tunesmith.run.rundir import check_run_dir, save_final
 from tunesmith.runtime.memory import return_freed_memory
@@ -75,8 +78,10 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
     base.release()  # self-replay may have loaded it; training needs the memory
     head = method.head  # kept: the method is released before evaluation
     model = build_model(cfg, resolved, tokenizer, head=head)
-    if cfg.forgetting.kl:
+    if cfg.forgetting.kl or cfg.forgetting.self_distill:
         method.kl_anchor = ReferenceModel(model)
+    if cfg.forgetting.self_distill:
+        method.self_distill.prompts = general_prompt_ids(cfg.forgetting.self_distill.prompts, tokenizer)
     trainable, total = count_parameters(model)
 
     run_dir = cfg.run_dir()
@@ -132,7 +137,8 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
                             for r in reversed(records) if "val_loss" in r), {}),
         "trainable_parameters": trainable,
         "adapter": cfg.adapter.type,
-        "mitigation": cfg.forgetting.model_dump(include={"replay", "replay_source", "kl", "l2sp", "freeze_layers"}),
+        "mitigation": cfg.forgetting.model_dump(include={"replay", "replay_source", "kl", "l2sp", "freeze_layers",
+                                                           "self_distill"}),
         "plot": str(plot),
     }
     if result.stopped_early:
@@ -148,7 +154,10 @@ def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool
         summary["forgetting"] = probe_forgetting(cfg, run_dir, model, tokenizer, base, console)
     if cfg.forgetting.interpolate:
         summary["interpolation"] = score_interpolation(cfg, run_dir, model, tokenizer, base, console)
-    if cfg.method == "distill":
+    if cfg.method == "distill" and cfg.distill.teacher and is_endpoint(cfg.distill.teacher):  # nothing here to measure
+        summary["distill"] = endpoint_usage(run_dir, cfg.distill)
+        write_json(run_dir / "eval" / "distill_teacher.json", summary["distill"])
+    elif cfg.method == "distill":
         console.print("student vs teacher: size, speed, task score, general QA ...")
         summary["distill"] = compare_with_teacher(cfg, run_dir, model, tokenizer)["ratios"]
     del model
