@@ -208,3 +208,70 @@ def test_kl_anchor_is_zero_for_an_untouched_adapter_and_grows_with_training(tiny
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
     unanchored = method.collate([{k: v for k, v in f.items() if k != "anchor"} for f in feats], tokenizer)
     assert "kl" not in method.loss(model, unanchored)[1]  # task data is never anchored
+
+
+def test_self_distillation_is_zero_for_an_untouched_adapter_and_pulls_a_moved_one_back(tiny_model_dir, tokenizer,
+                                                                                        date_data):
+    """forgetting.self_distill: the tuned model's own replies to general prompts, scored by the
+    starting model; the term is reverse KL(tuned ‖ start) on those tokens, by hand, and a step on
+    it brings the tuned model back towards the start on the same replies."""
+    from tunesmith.config import validate_config
+    from tunesmith.data.records import load_examples
+    from tunesmith.forgetting.replay import general_prompt_ids
+    from tunesmith.methods.reference import ReferenceModel
+    from tunesmith.methods.sft import SFT
+    from tunesmith.model.adapters import apply_adapter
+    from tunesmith.model.load import load_base
+
+    cfg = validate_config({"name": "s", "data": {"train": [str(date_data["train"])]}, "train": {"max_steps": 1},
+                           "forgetting": {"self_distill": {"weight": 2.0, "per_batch": 3, "max_new_tokens": 6}}})
+    torch.manual_seed(0)
+    model = apply_adapter(load_base(tiny_model_dir), cfg.adapter)
+    method = SFT(cfg)
+    method.kl_anchor = ReferenceModel(model)
+    method.self_distill.prompts = general_prompt_ids("self", tokenizer)
+    method.prepare(model, tokenizer, [], None, cfg, None)
+    feats = [method.features(e, tokenizer) for e in load_examples(date_data["train"])[:4]]
+    batch = method.collate(feats, tokenizer)
+    assert batch["general"]["prompts"] == method.collate(feats, tokenizer)["general"]["prompts"]  # chosen by the batch
+    assert len(batch["general"]["prompts"]) == 3
+    model.train()
+    _, metrics = method.loss(model, batch)
+    assert metrics["self_distill"] == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero: the start itself
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.05)
+    batch = method.collate(feats, tokenizer)
+    term, metrics = method.self_distill.loss(model, method.kl_anchor, tokenizer, batch)
+    sampled = batch["general"]["batch"]
+    at = sampled["labels"][:, 1:] != -100
+    with torch.no_grad():
+        tuned = torch.log_softmax(model(input_ids=sampled["input_ids"], attention_mask=sampled["attention_mask"])
+                                  .logits[:, :-1][at].float(), -1)
+        with model.disable_adapter():
+            start = torch.log_softmax(model(input_ids=sampled["input_ids"], attention_mask=sampled["attention_mask"])
+                                      .logits[:, :-1][at].float(), -1)
+    by_hand = float((tuned.exp() * (tuned - start)).sum()) * 2.0 * batch["n_items"] / int(at.sum())
+    assert by_hand > 1e-3 and float(term) == pytest.approx(by_hand, rel=1e-4)
+    term.backward()
+    grads = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.sqrt(sum((p.grad ** 2).sum() for p in grads))
+    with torch.no_grad():
+        for p in grads:
+            p.sub_(1e-3 * p.grad / norm)  # a small step down the gradient
+    again, _ = method.self_distill.loss(model, method.kl_anchor, tokenizer, batch)  # the same sampled replies
+    assert float(again) < float(term)
+
+
+def test_self_distillation_in_a_run_logs_its_replies_and_names_the_mitigation(tmp_path, tiny_model_dir, date_data):
+    run = _train(tmp_path, tiny_model_dir, date_data, "sd", forgetting={"self_distill": {"per_batch": 2,
+                                                                                        "max_new_tokens": 5}},
+                 train={"max_steps": 3, "batch_size": 4, "lr": 3e-3, "precision": "fp32", "log_every": 1, "warmup": 0})
+    samples = read_jsonl(run / "samples.jsonl")
+    assert [s["step"] for s in samples] == [1, 1, 2, 2, 3, 3] and all(s["kind"] == "self_distill" for s in samples)
+    assert all(len(s["loss"]) == len(s["ids"]) <= 5 for s in samples)
+    assert all("self_distill" in r for r in read_jsonl(run / "metrics.jsonl") if "grad_norm" in r)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["mitigation"]["self_distill"]["per_batch"] == 2
+    assert "self-distillation 1 (2 self prompts a batch)" in (run / "report.md").read_text()

@@ -41,3 +41,19 @@ def replay_weight(ratio: float, n_task: int, n_replay: int) -> float:
     """Source weight that makes replay `ratio` of the examples seen per epoch:
     w * n_replay / (n_task + w * n_replay) = ratio."""
     return ratio / (1 - ratio) * n_task / n_replay
+
+
+def general_prompt_ids(source: str, tokenizer) -> list[list[int]]:
+    """Token ids of the prompts `forgetting.self_distill` answers: the replay prompts of the bundled
+    set ('self'), or each example's prompt (everything before its last reply) in a data file."""
+    from tunesmith.data.chat import prompt_ids
+    from tunesmith.data.prompts import prompt_of
+    from tunesmith.errors import UserError
+
+    if source == "self":
+        conversations = [[{"role": "user", "content": p}] for p in general_prompts()[1]]
+    else:
+        conversations = [prompt_of(e) for e in load_examples(source)]
+    if not conversations:
+        raise UserError(f"forgetting.self_distill.prompts {source}: no prompts")
+    return [prompt_ids(tokenizer, c) for c in conversations]

@@ -11,11 +11,14 @@ from tunesmith.data.layouts import Example
 from tunesmith.errors import UserError
 from tunesmith.methods.base import Method
 from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
+from tunesmith.methods.self_distill import SelfDistillation
 
 
 class SFT(Method):
     """Supervised fine-tuning: cross-entropy on the tokens `data.train_on` selects, plus KL to the
-    starting model on replay tokens when `forgetting.kl` > 0."""
+    starting model on replay tokens when `forgetting.kl` > 0, plus on-policy self-distillation
+    from the starting model on general prompts with `forgetting.self_distill`
+    (`methods/self_distill.py`; the run sets its prompts and `kl_anchor`, the starting model)."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -24,6 +27,10 @@ class SFT(Method):
         self.train_reasoning = config.data.train_on_reasoning
         self.drop_long = config.data.truncation == "drop"
         self.kl_weight = config.forgetting.kl
+        sd = config.forgetting.self_distill
+        self.self_distill = SelfDistillation(sd, config.train.seed) if sd is not None else None
+        self.logs_samples = self.logs_samples or self.self_distill is not None
+        self.tokenizer = None  # set in prepare: replies are sampled in the loss
 
     def features(self, example: Example, tokenizer) -> dict | None:
         if example.layout == "prompt":
@@ -39,10 +46,25 @@ class SFT(Method):
             return None  # truncation removed every trained token
         return {"input_ids": enc.input_ids, "labels": enc.labels}
 
+    def prepare(self, model, tokenizer, features: list[dict], run_dir, cfg, console) -> None:
+        self.tokenizer = tokenizer
+
     def collate(self, features: list[dict], tokenizer) -> dict:
-        return collate_tokens(features, tokenizer.pad_token_id)
+        batch = collate_tokens(features, tokenizer.pad_token_id)
+        if self.self_distill is not None:
+            batch["general"] = {"prompts": self.self_distill.choose(features)}  # replies sampled in the loss
+        return batch
 
     def loss(self, model, batch: dict):
+        total, metrics = self.task_loss(model, batch)
+        if "general" in batch and model.training:  # validation measures the task alone
+            term, more = self.self_distill.loss(model, self.kl_anchor, self.tokenizer, batch)
+            total = total + term
+            metrics.update(more)
+        return total, metrics
+
+    def task_loss(self, model, batch: dict):
+        """The summed loss on the batch's own tokens, and its metrics."""
         head, rows, targets = token_logprob_inputs(model, batch)
         anchored = self.kl_anchor is not None and "anchor" in batch
         if anchored:  # KL anchoring needs whole distributions

@@ -31,6 +31,9 @@ def _mitigation(m: dict) -> str:
         parts.append(f"KL {m['kl']:g}")
     if m.get("l2sp"):
         parts.append(f"L2-SP {m['l2sp']:g}")
+    if m.get("self_distill"):
+        sd = m["self_distill"]
+        parts.append(f"self-distillation {sd['weight']:g} ({sd['per_batch']} {sd['prompts']} prompts a batch)")
     if m.get("freeze_layers"):
         parts.append(f"lowest {m['freeze_layers']} layers frozen")
     return ", ".join(parts) or "none"
