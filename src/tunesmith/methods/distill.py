@@ -26,6 +26,10 @@ p_teacher). The data's batches (λ < 1) then train by cross-entropy on the data.
 
 Every sampled sequence is logged on logged steps (`samples.jsonl`: prompt, reply tokens, the
 student's and teacher's log-probability and the loss of each token).
+
+Several loaded teachers (`distill.teachers`): each example's divergence is the weighted sum of
+its teachers' (those named for its data source, else those named for none, else all), the
+weights normalised per example; a teacher no example of a batch has is not run.
 """
 
 from __future__ import annotations
@@ -62,8 +66,8 @@ class Distillation(SFT):
 
     def __init__(self, config):
         super().__init__(config)
-        self.logs_samples = True  # (on-policy batches only: the data's have nothing sampled)
         d = config.distill
+        self.logs_samples = self.logs_samples or d.on_policy > 0  # the student's replies, token by token
         self.config = d
         self.teacher_ref, self.kind, self.beta, self.temperature = d.teacher, d.loss, d.beta, d.temperature
         self.kd_ratio, self.topk, self.chunk = d.kd_ratio, d.teacher_topk, d.chunk
@@ -184,7 +188,8 @@ class Distillation(SFT):
             student_logp = student_logp.detach()
         scale = batch["n_items"] / n_sampled  # the batch weighs in the step as the data tokens it stands for
         if "samples" in batch:
-            batch["samples"].extend(sample_records(self.tokenizer, sampled, student_logp, teacher_logp, per_token))
+            records = sample_records(self.tokenizer, sampled, student_logp, teacher_logp, per_token)
+            batch["samples"].extend({"kind": "on_policy", **r} for r in records)
         # metrics are logged per item: "on_policy" reads as the share of the window's items from such batches
         return kd_sum * scale, {"kd": float(kd_sum.detach()) * scale, "on_policy": float(batch["n_items"])}
 
