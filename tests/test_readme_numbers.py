@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import readme_tables  # noqa: E402
 
 
-PAGES = {readme_tables.README: {"quickstart", "quickstart-gemma"}, readme_tables.BENCH_README: {"bench"},
+PAGES = {readme_tables.README: {"quickstart", "quickstart-gemma", "distill"}, readme_tables.BENCH_README: {"bench"},
          readme_tables.DOCS / "adapters.md": {"adapters"}, readme_tables.DOCS / "benchmarks.md": {"bench"},
          readme_tables.DOCS / "distillation.md": {"distill"}, readme_tables.DOCS / "methods.md": {"rlhf"}}
 

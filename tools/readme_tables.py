@@ -259,27 +259,56 @@ def _ci(s: dict) -> str:
 def render_distill() -> str:
     data = _example("distill")
     t, where = data["table"], data["provenance"]
-    teacher, dist, sft = t["teacher"], t["distilled"], t["sft"]
-    gap = t["distilled_minus_sft"]
-    steps = t["steps"]
-
-    def better(a: dict, b: dict) -> str:  # the better student in bold
-        text = _ci(a["exact_match"])
-        return f"**{text}**" if a["exact_match"]["mean"] > b["exact_match"]["mean"] else text
-
+    teacher, students = t["teacher"], t["students"]
+    best = max(r["exact_match"]["mean"] for r in students.values())
+    steps = next(iter(students.values()))["steps"]
     lines = [f"Measured on {describe(where['machine'])}, commit {_commit(where['commit'])}, "
-             f"{data['total_minutes']:.1f} minutes in all (teacher {steps['teacher']} LoRA steps, students "
-             f"{steps['student-distill']} full steps each):", "",
-             f"| {teacher['exact_match']['n']} test examples | parameters | exact match (95% CI) | generation tokens/s "
-             f"| general QA ({teacher['general_qa']['n']} questions) |", "|---|---|---|---|---|",
-             f"| teacher, task-tuned bundled model | {teacher['parameters'] / 1e6:.1f}M | {_ci(teacher['exact_match'])} "
-             f"| {teacher['tokens_per_s']:.1f} | {_pct(teacher['general_qa']['mean'])} |",
-             f"| student, distilled (forward KL, T = 1, 10% cross-entropy) | {dist['parameters'] / 1e6:.1f}M "
-             f"| {better(dist, sft)} | {dist['tokens_per_s']:.1f} ({t['speed_ratio']:.2f}×) "
-             f"| {_pct(dist['general_qa']['mean'])} |",
-             f"| student, plain SFT | {sft['parameters'] / 1e6:.1f}M | {better(sft, dist)} | | |", "",
-             f"Distilled minus SFT, paired over the same test examples: {_pts(gap['mean'])} points "
-             f"(95% CI {_pts(gap['lo'])} to {_pts(gap['hi'])})."]
+             f"{data['total_minutes']:.1f} minutes in all (teacher {teacher['steps']} LoRA steps; every student "
+             f"{steps} full updates):", "",
+             f"| {teacher['exact_match']['n']} test examples | exact match (95% CI) | minus SFT, paired (95% CI) "
+             f"| general QA ({teacher['general_qa']['n']} questions) | training minutes |", "|---|---|---|---|---|",
+             f"| teacher, task-tuned bundled model ({teacher['parameters'] / 1e6:.1f}M) | {_ci(teacher['exact_match'])} "
+             f"| | {_pct(teacher['general_qa']['mean'])} | |"]
+    for r in students.values():
+        em = _ci(r["exact_match"])
+        em = f"**{em}**" if r["exact_match"]["mean"] == best else em
+        gap = r.get("minus_sft")
+        gap = f"{_pts(gap['mean'])} ({_pts(gap['lo'])} to {_pts(gap['hi'])})" if gap else ""
+        label = r["label"] + (f", after {r['warm_start']['steps']} SFT steps" if r.get("warm_start") else "")
+        lines.append(f"| student: {label} | {em} | {gap} | {_pct(r['general_qa']['mean'])} | {r['train_minutes']:.1f} |")
+    lines += ["", f"Every student has {t['student_parameters'] / 1e6:.1f}M parameters and generates "
+              f"{t['student_tokens_per_s']:.1f} tokens/s here, {t['speed_ratio']:.2f}× the teacher's "
+              f"{teacher['tokens_per_s']:.1f}."]
+    endpoint = next((r["endpoint"] for r in students.values() if "endpoint" in r), None)
+    if endpoint:
+        cost = f", ${endpoint['cost']:.4f} at ${endpoint['price_per_1k_tokens']:g} per 1,000" if "cost" in endpoint else ""
+        lines.append(f"The endpoint teacher scored {endpoint['sequences_scored']:,} sampled sequences, "
+                     f"{endpoint['tokens_scored']:,} tokens{cost}.")
+    logged = next((r for r in students.values() if "token_log" in r and "endpoint" not in r), None)
+    if logged:
+        log = logged["token_log"]
+        first, last = log[min(log, key=int)], log[max(log, key=int)]
+        by_position = last["loss_by_position"]
+        worst = sorted(sorted(range(len(by_position)), key=lambda i: -(by_position[i] or 0))[:2])
+        lines.append(f"Its per-token log (`samples.jsonl`): the divergence per sampled token falls from "
+                     f"{first['mean_loss']:.2f} (step {min(log, key=int)}) to {last['mean_loss']:.2f} (step "
+                     f"{max(log, key=int)}), and the share of sampled tokens the teacher gives under 10% from "
+                     f"{_pct(first['teacher_below_10pct'])} to {_pct(last['teacher_below_10pct'])}; what is left sits "
+                     f"at reply tokens {' and '.join(str(i + 1) for i in worst)} "
+                     f"({', '.join(f'{by_position[i]:.2f}' for i in worst)}).")
+    goals = t.get("goals", {})
+    if goals:
+        lines.append("Goals: " + "; ".join(f"on-policy {g['goal']}: {'met' if g['met'] else 'not met'}"
+                                         for g in goals.values()) + ".")
+    if t.get("forgetting"):
+        lines += ["", "Against forgetting, the quickstart's LoRA (the bundled model on the same task):", "",
+                  "| variant | task exact match (95% CI) | general QA: base → tuned, change (95% CI) | verdict "
+                  "| training minutes |", "|---|---|---|---|---|"]
+        for r in t["forgetting"].values():
+            c = r["qa_change"]
+            lines.append(f"| {r['label']} | {_ci(r['exact_match'])} | {_pct(r['qa_base']['mean'])} → "
+                         f"{_pct(r['qa_tuned']['mean'])}, {_pts(c['mean'])} ({_pts(c['lo'])} to {_pts(c['hi'])}) "
+                         f"| {r.get('verdict') or '–'} | {r['train_minutes']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
