@@ -25,8 +25,9 @@ class Method:
     sampled sequence to `batch["samples"]`, which the engine writes with the step to the run's
     `samples.jsonl` on logged steps, cut back to the checkpoint on resume), and the counts
     `truncated` / `dropped` that `features` keeps of examples cut to `data.max_length` or left out.
-    `kl_anchor` is set by the run when `forgetting.kl` > 0: the starting model, whose distributions
-    on replay tokens a method may anchor to (SFT does).
+    `kl_anchor` is set by the run when `forgetting.kl` > 0 or `forgetting.self_distill` is on: the
+    starting model, whose distributions a method may anchor to (SFT does, on replay tokens and on its
+    own replies to general prompts).
     """
 
     head: str = "causal"
@@ -37,7 +38,7 @@ class Method:
         self.name = config.method if config is not None else ""
         self.truncated = 0
         self.dropped = 0
-        self.kl_anchor = None  # a ReferenceModel, set by the run when forgetting.kl > 0
+        self.kl_anchor = None  # a ReferenceModel, set by the run when forgetting.kl > 0 or self_distill is on
 
     def features(self, example: Any, tokenizer) -> dict | None:
         """One example -> model-ready features, or None to drop it (e.g. nothing left to learn)."""
