@@ -267,6 +267,7 @@ def test_distillation_from_every_family(family_dirs, family, tmp_path):
     a finite gradient on every weight."""
     from tunesmith.config import RunConfig
     from tunesmith.methods.distill import Distillation
+    from tunesmith.methods.distill_teachers import LoadedTeacher
     from tunesmith.model.student import create_student
 
     config = RunConfig(name="kd", method="distill", data={"train": [{"path": "unused.jsonl"}]}, train={"max_steps": 1},
@@ -274,7 +275,8 @@ def test_distillation_from_every_family(family_dirs, family, tmp_path):
     method = Distillation(config)
     teacher = build(family).eval().requires_grad_(False)
     use_segment_attention(teacher)
-    method.teacher, method.vocab = teacher, VOCAB
+    method.teacher, method.vocab = LoadedTeacher(teacher, "itself"), VOCAB
+    method.teachers = [method.teacher]
     feats = features(seed=5)
     batch = collate_tokens([pack_features(feats[:2]), pack_features(feats[2:])], pad=0)
     itself = build(family)
