@@ -26,6 +26,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from tunesmith.provenance import kernels_limited
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BENCH_README = ROOT / "bench" / "README.md"  # the benchmark's own tables, the same way
@@ -39,12 +41,12 @@ def documents() -> list[Path]:
 RESULTS = ROOT / "results"
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) from (?P<source>\S+) \(make results-table\) -->\n)"
                    r"(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
-MACHINE_ORDER = ["avx512-bf16", "avx2-fp32"]
+MACHINE_ORDER = ["avx512-bf16", "avx2-fp32", "avx2-fp32-emulated"]
 
 
 def describe(machine: dict) -> str:
     """The machine as its provenance says, including kernels limited below what the CPU has."""
-    limited = "avx512f" in machine["cpu_flags"] and not machine["torch_cpu_capability"].startswith("AVX512")
+    limited = kernels_limited(machine)
     kernels = (f"{machine['torch_cpu_capability']} kernels only (limited by {', '.join(machine.get('kernel_limits', {})) or 'environment'}, "
                "as on a CPU without AVX-512)" if limited else f"{machine['torch_cpu_capability']} kernels")
     cpu = machine["cpu"] + (f" (family {machine['cpu_family']} model {machine['cpu_model']})"

@@ -39,13 +39,26 @@ def machine() -> dict:
             "cpu_flags": [f for f in CPU_FLAGS if f in flags],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "kernel_limits": {k: os.environ[k] for k in KERNEL_LIMITS if k in os.environ},
-            "auto_precision": resolve_precision("auto", device())}
+            "auto_precision": resolve_precision("auto", device()),
+            **({"gpu": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count()} if torch.cuda.is_available() else {})}
+
+
+def kernels_limited(m: dict) -> bool:
+    """Kernels held below what the CPU has (`make test-avx2`'s AVX2 on an AVX-512 CPU): the other
+    kind's numerics, not its speed."""
+    return "avx512f" in m["cpu_flags"] and not m["torch_cpu_capability"].upper().startswith("AVX512")
 
 
 def machine_tag(m: dict | None = None) -> str:
-    """e.g. avx512-bf16: what a result file's numbers depend on most (vector width, precision)."""
+    """e.g. avx512-bf16: what a result file's numbers depend on most (vector width, precision);
+    `-emulated` where the kernels were limited below the CPU's, so such a file is never read as a
+    measurement of the machine kind it imitates."""
     m = m or machine()
-    return f"{m['torch_cpu_capability'].lower()}-{m['auto_precision']}"
+    if m.get("gpu"):  # e.g. cuda-h100-bf16: the GPU computes, not the CPU
+        model = next((w for w in m["gpu"].replace("-", " ").split() if any(c.isdigit() for c in w)), "gpu")
+        return f"cuda-{model.lower()}-{m['auto_precision']}"
+    tag = f"{m['torch_cpu_capability'].lower()}-{m['auto_precision']}"
+    return f"{tag}-emulated" if kernels_limited(m) else tag
 
 
 def versions() -> dict:
