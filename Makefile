@@ -32,18 +32,23 @@ $(TRL_VENV)/.installed:
 demo: install
 	$(VENV)/bin/tunesmith quickstart
 
+# The suite in two pytest-xdist workers (tests/conftest.py gives each its share of the cores and starts
+# the real-model tests first; a cluster's or llama.cpp's tests stay on one worker). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadgroup
+
 test: install
-	$(PY) -m pytest -q --durations=20
+	$(PYTEST)
 
 # The suite as it runs on a CPU without AVX-512 (AMD Zen 3 and older): PyTorch, MKL and oneDNN
 # limited to their AVX2 kernels, so `precision: auto` is fp32 and matmuls round as they do there.
 AVX2_ONLY := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 
 test-avx2: install
-	$(AVX2_ONLY) $(PY) -m pytest -q --durations=20
+	$(AVX2_ONLY) $(PYTEST)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: install $(TRL_VENV)/.installed
 	$(PY) bench/speed.py

@@ -9,6 +9,22 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (`make test` runs 2 workers) the cores are shared out between the workers, so
+# torch in one worker does not spin its threads against the other's; set before torch is imported,
+# and inherited by the CLIs and servers the tests start.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(max(1, (os.cpu_count() or 1) // WORKERS)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests on real models and the grouped ones (clusters, llama.cpp: one worker runs a group)
+    first, in a stable order: minutes each, so started early they do not leave one worker running
+    alone at the end."""
+    items.sort(key=lambda item: not (item.get_closest_marker("slow") or item.get_closest_marker("xdist_group")))
+
+
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"

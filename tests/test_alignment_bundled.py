@@ -38,7 +38,7 @@ def test_grpo_with_a_function_reward_raises_the_mean_reward(tmp_path):
     the format."""
     from tunesmith.tasks.dates import write_splits
 
-    splits = write_splits(tmp_path / "data", n_train=200, n_val=16, n_test=0)
+    splits = write_splits(tmp_path / "data", n_train=200, n_val=8, n_test=0)  # 8 prompts x 4 replies held out
     tree = {"name": "grpo", "model": BUNDLED_ALIAS, "method": "grpo", "adapter": {"type": "lora", "r": 16, "alpha": 32},
             "data": {"train": str(splits["train"]), "val": str(splits["val"]), "max_length": 256},
             "train": {"max_steps": 8, "batch_size": 4, "lr": 5e-4, "schedule": "constant", "warmup": 0, "log_every": 1},

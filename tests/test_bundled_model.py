@@ -27,7 +27,7 @@ def test_alias_converts_once_to_a_cached_hf_folder_that_answers():
 
 
 def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(tmp_path):
-    # a quarter of the quickstart's steps, 24 test examples, a third of the probe: about 3 minutes on a
+    # half the quickstart's steps, 24 test examples, about half the probe: about 3 minutes on a
     # 2-core CPU with native bf16 (fp32-only CPUs take several times longer, hence the generous limit)
     result = cli_here(["quickstart", "--dir", str(tmp_path / "qs"), "--max-steps", "20", "--test-limit", "24",
                   "--set", "forgetting.probe_limit=48"], tmp_path, timeout=2400)
@@ -58,18 +58,15 @@ def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(t
     from tunesmith.eval.generate import Sampling, generate_all
     from tunesmith.eval.task import split_reference
 
-    prompts = [split_reference(e)[0] for e in load_examples(tmp_path / "qs" / "data" / "test.jsonl")[:12]]
+    prompts = [split_reference(e)[0] for e in load_examples(tmp_path / "qs" / "data" / "test.jsonl")[:8]]
     run_model, run_tok = load_for_inference(str(run), merge=False)
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).to(run_model.device).eval()
     plain_tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
     sampling = Sampling(max_new_tokens=12)
     merged_replies = generate_all(plain, plain_tok, prompts, sampling, 12)
     assert merged_replies == generate_all(run_model, run_tok, prompts, sampling, 12)
-
-    # the tuned run as one f16 GGUF file, read back by transformers' GGUF loader: the same replies
-    assert cli_here(["export", str(run), "--to", str(tmp_path / "gguf"), "--format", "gguf"], tmp_path).returncode == 0
-    gguf_model, gguf_tok = load_gguf(tmp_path / "gguf")
-    assert generate_all(gguf_model.to(run_model.device), gguf_tok, prompts, sampling, 12) == merged_replies
+    # (GGUF exports of this model: test_gguf_export_of_the_bundled_model_round_trips and tests/test_llama_cpp.py,
+    # a merged LoRA's among them)
 
 
 def test_gguf_export_of_the_bundled_model_round_trips(tmp_path):

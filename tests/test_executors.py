@@ -16,6 +16,8 @@ from conftest import cli_env, start_server
 from test_service import stop_service, upload, wait_for, wait_for_step
 
 openai = pytest.importorskip("openai")
+# one Slurm and one Ray cluster for the module: its tests run on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("clusters")
 
 HP = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 12, "batch_size": 8}}}  # 144 steps
 
@@ -143,9 +145,17 @@ def test_slurm_jobs_go_on_while_the_service_is_down_and_are_found_again(slurm, t
         assert time.time() < deadline, slurm.job_state(short_job)
         time.sleep(1)
     assert slurm.job_state(long_job) == "RUNNING"
+    # held (SIGSTOP) while the service starts again, so that it is surely still training then, however
+    # slowly a busy machine starts the service; let go once the service follows it
+    assert slurm.run("scontrol", "suspend", long_job).returncode == 0
     client, proc = start_cluster_service(home, tiny_model_dir, cluster, {"SLURM_CONF": str(slurm.conf)})
     try:
         assert wait_for(client, short.id, timeout=60).status == "succeeded"
+        deadline = time.time() + 60
+        while "The service restarted; following the job on the slurm cluster" not in messages(client, long.id):
+            assert time.time() < deadline, messages(client, long.id)
+            time.sleep(0.5)
+        assert slurm.run("scontrol", "resume", long_job).returncode == 0
         done = wait_for(client, long.id, timeout=420)
         assert done.status == "succeeded", done.error
         assert "The service restarted; following the job on the slurm cluster" in messages(client, long.id)

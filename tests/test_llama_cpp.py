@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+# slow, and on one pytest-xdist worker: the session fixture builds llama-cpp-python once for them all
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("llama_cpp")]
 
 LLAMA_CPP = "llama-cpp-python==0.3.36"
 ENV = Path.home() / ".cache" / "tunesmith-tests" / "llama-cpp-0.3.36"  # built once per machine (minutes)
