@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -39,11 +40,14 @@ from pathlib import Path
 from machine import matmul_peak_gflops, provenance
 
 BENCH = Path(__file__).resolve().parent
-TRL_PYTHON = BENCH / ".venv-trl" / "bin" / "python"
+TRL_PYTHON = Path(os.environ.get("BENCH_TRL_PYTHON") or BENCH / ".venv-trl" / "bin" / "python")  # bench/gpu.sh: one python
 COMMON = {"batch_size": 8, "max_length": 1024}
 LR = {"lora": 2e-4, "full": 2e-5}
 GRPO = {"group_size": 4, "max_new_tokens": 48, "target_length": 60, "beta": 0.04, "prompts": 16, "batch_prompts": 4}
-TRL = {"use_cpu": True, "gradient_checkpointing": False}
+# TRL on a CPU in fp32 (its bf16 autocast crawls without native bf16; the bf16 base is a separate row); on a GPU
+# (bench/gpu.sh sets BENCH_GPU) in bf16 mixed precision, as TRL runs there by default
+GPU = bool(os.environ.get("BENCH_GPU"))
+TRL = {"bf16": True, "gradient_checkpointing": False} if GPU else {"use_cpu": True, "gradient_checkpointing": False}
 MICRO = {"batch_size": 2, "gradient_accumulation_steps": 4}  # TRL: 8 examples a step in micro-batches of 2
 PACKED_TRL = {"packing": True, "batch_size": 1, "gradient_accumulation_steps": 2}  # 2 rows of <= 1024 tokens a step
 PACKED = {"packing": True, "batch_size": 2}
@@ -65,6 +69,13 @@ RUNS = {
 }
 KIND = {"lora": ("sft", "lora"), "full": ("sft", "full"), "dpo": ("dpo", "lora"), "grpo": ("grpo", "lora")}
 TARGETS = {"lora": {"speed": 3.0, "rss": 0.6, "mfu_packed": 0.55}, "dpo": {"speed": 3.0, "rss": 0.5}}
+
+
+def peak_gpu() -> dict:
+    """The GPU memory this process's tensors took at most (where a GPU computed)."""
+    import torch
+
+    return {"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}
 
 
 def tunesmith_run(spec: dict) -> dict:
@@ -113,7 +124,7 @@ def tunesmith_run(spec: dict) -> dict:
     profile = Path(summary["run_dir"]) / "profile.txt"
     row = {"tool": "tunesmith", "tokens": summary["tokens"], "train_seconds": summary["train_seconds"],
            "steps": summary["steps"], "train_loss": sum(losses) / len(losses), "last_loss": losses[-1],
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "final": summary["final"],
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **peak_gpu(), "final": summary["final"],
            "versions": {p: metadata.version(p) for p in ("tunesmith", "transformers", "peft", "torch")},
            **({"profile": profile.read_text()} if profile.is_file() else {})}
     if spec["kind"] == "grpo":
@@ -186,7 +197,8 @@ def summarise(result: dict) -> dict:
         if not mine:
             continue
         c = {"tool": tool, "group": group, "options": options, "packed": bool(options.get("packing")),
-             **{k: spread([r[k] for r in mine]) for k in ("tokens_per_s", "peak_rss_mib", "train_seconds")}}
+             **{k: spread([r[k] for r in mine]) for k in ("tokens_per_s", "peak_rss_mib", "train_seconds", "peak_gpu_mib")
+                if all(k in r for r in mine)}}
         if "heldout_loss" in mine[0]:
             c["heldout_loss"] = spread([r["heldout_loss"] for r in mine])
         if group in result.get("epoch_flops", {}):
@@ -209,6 +221,8 @@ def summarise(result: dict) -> dict:
              "speed_ratio_range": [a["tokens_per_s"]["min"] / b["tokens_per_s"]["max"],
                                    a["tokens_per_s"]["max"] / b["tokens_per_s"]["min"]],
              "rss_ratio": a["peak_rss_mib"]["median"] / b["peak_rss_mib"]["median"]}
+        if "peak_gpu_mib" in a and "peak_gpu_mib" in b:
+            g["gpu_memory_ratio"] = a["peak_gpu_mib"]["median"] / b["peak_gpu_mib"]["median"]
         if "heldout_loss" in a:  # like with like: unpacked with unpacked, packed with packed
             g["loss"] = {}
             for mine_name, mine in ours.items():
@@ -269,6 +283,8 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, help="profile this many steps of each tunesmith run (the row's "
                     "'profile'); profiled steps run slower, so results go to speed-profile-<machine>.json")
     ap.add_argument("--out", type=Path, help="default: bench/results/speed-<machine>.json")
+    ap.add_argument("--model", type=Path, help="a model folder instead of the bundled model (bench/gpu_model.py's)")
+    ap.add_argument("--model-name", default="SmolLM2-135M-Instruct", help="what the results call --model")
     ap.add_argument("--table", type=Path, help="print the tables of an earlier results file and stop")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -291,7 +307,7 @@ def main() -> None:
 
     from tunesmith.model.resolve import resolve
 
-    model = str(resolve("smollm2-135m-instruct").path)
+    model = str(args.model or resolve("smollm2-135m-instruct").path)
     where = provenance((BENCH,))
     precision = where["machine"]["auto_precision"]
     peaks = {p: matmul_peak_gflops(p) for p in ("bf16", "fp32")}
@@ -311,7 +327,7 @@ def main() -> None:
             for name in names:
                 rows.append(run(name, seed, data, model, Path(tmp) / "runs", args.profile))
     failed = [r for r in rows if "error" in r]
-    result = {**where, "matmul_peak_gflops": peaks, "precision": precision, "model": "SmolLM2-135M-Instruct",
+    result = {**where, "matmul_peak_gflops": peaks, "precision": precision, "model": args.model_name,
               "examples": args.examples, "repeats": args.repeats, "real_tokens": sum(n for n, _ in lengths),
               "trained_tokens": sum(c for _, c in lengths), "epoch_flops": flops,
               "hyperparameters": {**COMMON, "lr": LR, "epochs": 1, "schedule": "constant", "grpo": GRPO},

@@ -21,16 +21,18 @@ def _pct(s: dict) -> str:
 
 def configs(result: dict) -> str:
     """One row per configuration: tokens/s, peak RSS, held-out loss, MFU (median and range)."""
-    lines = [f"| configuration | real tokens/s | peak RSS (MiB) | held-out loss | MFU ({result['precision']} peak) |",
-             "|---|---|---|---|---|"]
+    gpu = any("peak_gpu_mib" in c for c in result["configs"].values())  # bench/gpu.sh: the GPU's memory too
+    lines = [f"| configuration | real tokens/s | peak RSS (MiB) |{' peak GPU memory (MiB) |' if gpu else ''} held-out loss "
+             f"| MFU ({result['precision']} peak) |", "|---|---|---|---|---|" + ("---|" if gpu else "")]
     for name, c in result["configs"].items():
         if c["group"] == "grpo":
             continue
         bold = "**" if c["tool"] == "tunesmith" else ""
         loss = _range(c["heldout_loss"], "{:.4f}") if "heldout_loss" in c else "–"
         mfu = _pct(c["mfu"]) if "mfu" in c else "–"
+        memory = f" {_range(c['peak_gpu_mib'], '{:.0f}')} |" if gpu and "peak_gpu_mib" in c else (" – |" if gpu else "")
         lines.append(f"| {bold}{name}{bold} | {_range(c['tokens_per_s'], '{:.0f}')} | {_range(c['peak_rss_mib'], '{:.0f}')} "
-                     f"| {loss} | {mfu} |")
+                     f"|{memory} {loss} | {mfu} |")
     grpo = [(n, c) for n, c in result["configs"].items() if c["group"] == "grpo"]
     if grpo:
         lines += ["", "| GRPO | sampling: generated tokens/s | training: tokens/s | peak RSS (MiB) |", "|---|---|---|---|"]
@@ -61,6 +63,9 @@ def targets(result: dict) -> str:
         lines.append(f"| {GROUP_LABEL[group]}: peak RSS | {vs} | {g['rss_ratio']:.2f}× "
                      f"| {'≤ ' + format(t['rss']['target'], 'g') + '×' if 'rss' in t else 'less'} "
                      f"| {_met(t['rss']) if 'rss' in t else ('yes' if g['rss_ratio'] < 1 else 'no')} |")
+        if "gpu_memory_ratio" in g:
+            lines.append(f"| {GROUP_LABEL[group]}: peak GPU memory | {vs} | {g['gpu_memory_ratio']:.2f}× | less "
+                         f"| {'yes' if g['gpu_memory_ratio'] < 1 else 'no'} |")
         for pair, v in g.get("loss", {}).items():
             lines.append(f"| {GROUP_LABEL[group]}: held-out loss | {pair} | {v['difference']:+.4f} "
                          f"| within the seeds' spread ({v['seed_band']:.4f}) | {'**met**' if v['within'] else 'not met'} |")

@@ -95,6 +95,7 @@ def main(spec: dict) -> dict:
         "train_seconds": metrics["train_runtime"], "setup_seconds": round(setup_s, 1), "steps": trainer.state.global_step,
         "train_loss": metrics["train_loss"], "last_loss": losses[-1] if losses else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "final": spec["out"] + "/final",
+        **({"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}),
         "versions": {p: metadata.version(p) for p in ("trl", "transformers", "peft", "torch", "accelerate")},
     }
     if spec["kind"] == "grpo":
