@@ -185,6 +185,22 @@ def start_server(args: list[str], cwd: Path, env: dict, timeout: float = 120):
         pytest.fail(f"server did not start: {proc.stderr.read()[-2000:]}")
 
 
+def train_until(config: Path, log: Path, tmp_path: Path, steps: int, timeout: float = 120, **popen):
+    """`tunesmith train CONFIG --quiet` in a new process, returned once `log` (its metrics.jsonl)
+    holds `steps` steps, or it ended, or `timeout` passed: for tests that stop a run mid-way."""
+    import subprocess
+    import time
+
+    from tunesmith.engine.logbook import read_metrics
+
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "train", str(config), "--quiet"], cwd=tmp_path,
+                            env=cli_env(tmp_path), text=True, **popen)
+    deadline = time.time() + timeout
+    while (not log.exists() or len(read_metrics(log)) < steps) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    return proc
+
+
 def cli(args: list[str], tmp_path: Path, env_extra: dict | None = None, **kwargs):
     import subprocess
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cli, cli_env, read_jsonl, write_config
+from conftest import cli, read_jsonl, train_until, write_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here (torch.cuda.is_available())")
 
@@ -44,8 +44,6 @@ def test_bf16_autocast_on_the_gpu_trains_from_the_fp32_start(tmp_path, tiny_mode
 def test_a_run_killed_and_resumed_on_the_gpu_ends_where_the_uninterrupted_one_does(tmp_path, tiny_model_dir,
                                                                                      date_data):
     import subprocess
-    import sys
-    import time
 
     from safetensors.torch import load_file
 
@@ -56,12 +54,8 @@ def test_a_run_killed_and_resumed_on_the_gpu_ends_where_the_uninterrupted_one_do
                           adapter={"type": "lora", "r": 8, "alpha": 16, "dropout": 0.1},
                           train={"max_steps": 40, "lr": 1e-2, "log_every": 1, "precision": "fp32"},
                           eval={"every": 12}, output={"save_every": 4})
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "train", str(config), "--quiet"], cwd=tmp_path,
-                            env=cli_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "part" / "tiny" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while (not log.exists() or len(read_metrics(log)) < 10) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    proc = train_until(config, log, tmp_path, 10, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.kill()
     proc.wait()
     assert 10 <= len(read_metrics(log)) < 40, "the run ended before it could be killed mid-way"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_env, read_jsonl, write_config
+from conftest import cli_env, read_jsonl, train_until, write_config
 from safetensors.torch import load_file
 
 from tunesmith.engine.logbook import read_metrics  # what --resume reads: a torn last line dropped
@@ -108,16 +108,11 @@ def test_sigterm_writes_a_checkpoint_and_exits_0(tmp_path, tiny_model_dir, date_
     """The command a scheduler stops (resuming after SIGTERM is part of the 20-fault test)."""
     import os
     import signal
-    import time
 
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
                        train={"max_steps": 100000, "batch_size": 4, "lr": 3e-3, "precision": "fp32", "log_every": 1})
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "train", str(cfg), "--quiet"], cwd=tmp_path,
-                            env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "runs" / "tiny" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while (not log.exists() or len(read_metrics(log)) < 3) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    proc = train_until(cfg, log, tmp_path, 3, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     os.kill(proc.pid, signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
