@@ -219,3 +219,12 @@ def test_the_same_config_and_seed_give_the_same_loss_curve(tmp_path, tiny_model_
         curves.append([r["loss"] for r in read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")])
     assert curves[0] == curves[1]  # bit for bit
     assert curves[0] != curves[2]
+
+
+def test_gpu_rng_states_come_back_in_device_order():
+    """Saved as cuda.0 ... cuda.N: restored by device number (as text cuda.10 sorts before cuda.2,
+    which gave device 2 device 10's stream on 11 or more GPUs)."""
+    from tunesmith.engine.checkpoint import cuda_rng_states
+
+    saved = {f"cuda.{i}": torch.tensor([i]) for i in (3, 11, 0, 10, 2, 1)} | {"torch": torch.tensor([-1])}
+    assert [int(t) for t in cuda_rng_states(saved)] == [0, 1, 2, 3, 10, 11]

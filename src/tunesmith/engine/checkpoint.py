@@ -149,6 +149,12 @@ def load_trainable(model, file: Path) -> None:
             params[name].copy_(like(value, params[name]))  # this rank's shard of a sharded weight
 
 
+def cuda_rng_states(rng: dict) -> list:
+    """The saved per-GPU RNG states in device order (cuda.0, cuda.1, ..., cuda.10: by number, not
+    as text, where cuda.10 would come before cuda.2)."""
+    return [rng[k] for k in sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))]
+
+
 def load(path: Path, model, optimizer, scheduler) -> dict:
     """Restore weights, optimizer, scheduler and RNG state in place; return the loop state."""
     load_trainable(model, path / "trainable.safetensors")
@@ -158,7 +164,7 @@ def load(path: Path, model, optimizer, scheduler) -> dict:
     rng = load_file(path / "rng.safetensors")
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available():
-        states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]
+        states = cuda_rng_states(rng)
         if states:
             torch.cuda.set_rng_state_all(states)
     version, internal, gauss = meta["python_rng"]
