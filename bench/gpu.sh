@@ -58,8 +58,9 @@ run() {
   python3 bench/gpu_model.py "$HERE/models" /tmp/tunesmith-gpu-models
   mkdir -p "$out"
   for model in smollm2-135m-instruct gemma3-270m; do  # about 3 minutes each: 3 seeds of 4 configurations
-    timeout 225 python3 bench/speed.py --model "/tmp/tunesmith-gpu-models/$model" --model-name "$model (random weights)" \
-      --examples 256 --repeats 3 --only trl-padding-free,tunesmith,trl-full-packed,tunesmith-full-packed \
+    timeout 225 python3 bench/speed.py --model "/tmp/tunesmith-gpu-models/$model" \
+      --model-name "$model (random weights)" --examples 256 --repeats 3 \
+      --only trl-padding-free,tunesmith,trl-full-packed,tunesmith-full-packed \
       --out "$out/speed-gpu-$model.json" || echo "bench/gpu.sh: $model did not finish (exit $?)"
   done
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu-smi.csv" || true

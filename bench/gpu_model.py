@@ -23,7 +23,8 @@ def build(config_dir: Path, tokenizer_dir: Path, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = AutoConfig.from_pretrained(config_dir)
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(config, name, getattr(tokenizer, name) if getattr(tokenizer, name) is not None else tokenizer.eos_token_id)
+        value = getattr(tokenizer, name)
+        setattr(config, name, value if value is not None else tokenizer.eos_token_id)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(out)

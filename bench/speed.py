@@ -40,7 +40,8 @@ from pathlib import Path
 from machine import matmul_peak_gflops, provenance
 
 BENCH = Path(__file__).resolve().parent
-TRL_PYTHON = Path(os.environ.get("BENCH_TRL_PYTHON") or BENCH / ".venv-trl" / "bin" / "python")  # bench/gpu.sh: one python
+# TRL's own environment (`make bench`); bench/gpu.sh runs both tools in one python
+TRL_PYTHON = Path(os.environ.get("BENCH_TRL_PYTHON") or BENCH / ".venv-trl" / "bin" / "python")
 COMMON = {"batch_size": 8, "max_length": 1024}
 LR = {"lora": 2e-4, "full": 2e-5}
 GRPO = {"group_size": 4, "max_new_tokens": 48, "target_length": 60, "beta": 0.04, "prompts": 16, "batch_prompts": 4}
@@ -124,7 +125,8 @@ def tunesmith_run(spec: dict) -> dict:
     profile = Path(summary["run_dir"]) / "profile.txt"
     row = {"tool": "tunesmith", "tokens": summary["tokens"], "train_seconds": summary["train_seconds"],
            "steps": summary["steps"], "train_loss": sum(losses) / len(losses), "last_loss": losses[-1],
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **peak_gpu(), "final": summary["final"],
+           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **peak_gpu(),
+           "final": summary["final"],
            "versions": {p: metadata.version(p) for p in ("tunesmith", "transformers", "peft", "torch")},
            **({"profile": profile.read_text()} if profile.is_file() else {})}
     if spec["kind"] == "grpo":
@@ -184,6 +186,9 @@ def example_lengths(model: str, path: Path) -> list[tuple[int, int]]:
     return out
 
 
+MEASURED = ("tokens_per_s", "peak_rss_mib", "train_seconds", "peak_gpu_mib")  # peak_gpu_mib: where a GPU ran
+
+
 def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
@@ -197,8 +202,7 @@ def summarise(result: dict) -> dict:
         if not mine:
             continue
         c = {"tool": tool, "group": group, "options": options, "packed": bool(options.get("packing")),
-             **{k: spread([r[k] for r in mine]) for k in ("tokens_per_s", "peak_rss_mib", "train_seconds", "peak_gpu_mib")
-                if all(k in r for r in mine)}}
+             **{k: spread([r[k] for r in mine]) for k in MEASURED if all(k in r for r in mine)}}
         if "heldout_loss" in mine[0]:
             c["heldout_loss"] = spread([r["heldout_loss"] for r in mine])
         if group in result.get("epoch_flops", {}):

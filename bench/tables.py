@@ -22,7 +22,8 @@ def _pct(s: dict) -> str:
 def configs(result: dict) -> str:
     """One row per configuration: tokens/s, peak RSS, held-out loss, MFU (median and range)."""
     gpu = any("peak_gpu_mib" in c for c in result["configs"].values())  # bench/gpu.sh: the GPU's memory too
-    lines = [f"| configuration | real tokens/s | peak RSS (MiB) |{' peak GPU memory (MiB) |' if gpu else ''} held-out loss "
+    memory_column = " peak GPU memory (MiB) |" if gpu else ""
+    lines = [f"| configuration | real tokens/s | peak RSS (MiB) |{memory_column} held-out loss "
              f"| MFU ({result['precision']} peak) |", "|---|---|---|---|---|" + ("---|" if gpu else "")]
     for name, c in result["configs"].items():
         if c["group"] == "grpo":

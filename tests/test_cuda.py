@@ -49,7 +49,8 @@ def test_a_run_killed_and_resumed_on_the_gpu_ends_where_the_uninterrupted_one_do
 
     from tunesmith.engine.logbook import read_metrics
 
-    whole = run(tmp_path, "whole", tiny_model_dir, date_data, dropout=0.1, precision="fp32", max_steps=40)  # RNG matters
+    # dropout: the RNG's state matters
+    whole = run(tmp_path, "whole", tiny_model_dir, date_data, dropout=0.1, precision="fp32", max_steps=40)
     config = write_config(tmp_path / "part.yaml", tiny_model_dir, date_data, tmp_path / "part",
                           adapter={"type": "lora", "r": 8, "alpha": 16, "dropout": 0.1},
                           train={"max_steps": 40, "lr": 1e-2, "log_every": 1, "precision": "fp32"},

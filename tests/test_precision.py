@@ -82,3 +82,11 @@ def test_auto_precision_follows_the_kernels_pytorch_may_use():
     # on an AVX-512 CPU the limited kernels imitate the other kind: the tag says so
     tag = "avx2-fp32-emulated" if "avx512f" in machine()["cpu_flags"] else "avx2-fp32"
     assert json.loads(out) == ["fp32", "AVX2", {"ATEN_CPU_CAPABILITY": "avx2"}, tag]
+
+
+def test_results_from_a_gpu_are_tagged_by_the_gpu_not_the_cpu():
+    from tunesmith.provenance import machine, machine_tag
+
+    host = machine()
+    assert machine_tag({**host, "gpu": "NVIDIA H100 80GB HBM3", "auto_precision": "bf16"}) == "cuda-h100-bf16"
+    assert machine_tag({**host, "gpu": "NVIDIA H200", "auto_precision": "bf16"}) == "cuda-h200-bf16"

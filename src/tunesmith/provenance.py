@@ -40,7 +40,14 @@ def machine() -> dict:
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "kernel_limits": {k: os.environ[k] for k in KERNEL_LIMITS if k in os.environ},
             "auto_precision": resolve_precision("auto", device()),
-            **({"gpu": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count()} if torch.cuda.is_available() else {})}
+            **(gpu() if torch.cuda.is_available() else {})}
+
+
+def gpu() -> dict:
+    """The GPU torch computes on, where there is one."""
+    import torch
+
+    return {"gpu": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count()}
 
 
 def kernels_limited(m: dict) -> bool:
