@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 from pathlib import Path
 
 import torch
@@ -54,7 +53,7 @@ from tunesmith.methods.distill_teachers import (
     is_endpoint,
 )
 from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
-from tunesmith.methods.rollout import sample_records, sample_replies
+from tunesmith.methods.rollout import batch_digest, sample_records, sample_replies
 from tunesmith.methods.sft import SFT
 
 TOPK_KEYS = ("teacher_topk_ids", "teacher_topk_logps")
@@ -129,10 +128,7 @@ class Distillation(SFT):
     def chooses_on_policy(self, features: list[dict]) -> bool:
         """Whether this batch is one of the λ share: a hash of its tokens and the seed, the same
         however often (and after whatever resume) the batch comes."""
-        digest = hashlib.sha256(str(self.seed).encode())
-        for f in features:
-            digest.update(struct.pack(f"<{len(f['input_ids'])}q", *f["input_ids"]))
-        return int.from_bytes(digest.digest()[:8], "little") / 2**64 < self.on_policy
+        return batch_digest(features, str(self.seed)) / 2**64 < self.on_policy
 
     # --- batch -> loss ----------------------------------------------------------------------
     def task_loss(self, model, batch: dict):

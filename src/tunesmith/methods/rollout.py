@@ -3,11 +3,23 @@ distillation) sample before their loss."""
 
 from __future__ import annotations
 
+import hashlib
+import struct
+
 import torch
 
 from tunesmith.data.chat import IGNORE
 from tunesmith.data.collate import collate_tokens
 from tunesmith.eval.generate import Sampling, sample_tokens
+
+
+def batch_digest(features: list[dict], salt: str) -> int:
+    """A 64-bit number from a batch's tokens and `salt`: what a method draws from for a batch, the
+    same however often (and after whatever resume) the batch comes."""
+    digest = hashlib.sha256(salt.encode())
+    for f in features:
+        digest.update(struct.pack(f"<{len(f['input_ids'])}q", *f["input_ids"]))
+    return int.from_bytes(digest.digest()[:8], "little")
 
 
 def sample_replies(model, tokenizer, prompts: list[list[int]], sampling: Sampling) -> tuple[dict, list[list[int]]]:

@@ -12,16 +12,14 @@ so a resumed run chooses, samples and scores the same.
 
 from __future__ import annotations
 
-import hashlib
 import random
-import struct
 
 import torch
 
 from tunesmith.eval.generate import Sampling
 from tunesmith.methods.distill_losses import chunked, divergence
 from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
-from tunesmith.methods.rollout import sample_records, sample_replies
+from tunesmith.methods.rollout import batch_digest, sample_records, sample_replies
 
 
 class SelfDistillation:
@@ -32,10 +30,7 @@ class SelfDistillation:
 
     def choose(self, features: list[dict]) -> list[list[int]]:
         """The general prompts that ride with this batch: the same however often it comes."""
-        digest = hashlib.sha256(f"self-distill {self.seed}".encode())
-        for f in features:
-            digest.update(struct.pack(f"<{len(f['input_ids'])}q", *f["input_ids"]))
-        rng = random.Random(int.from_bytes(digest.digest()[:8], "little"))
+        rng = random.Random(batch_digest(features, f"self-distill {self.seed}"))
         return [self.prompts[i] for i in rng.sample(range(len(self.prompts)), min(self.per_batch, len(self.prompts)))]
 
     def loss(self, model, reference, tokenizer, batch: dict) -> tuple[torch.Tensor, dict]:
