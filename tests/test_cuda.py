@@ -1,7 +1,7 @@
 """The training path on a CUDA GPU, held to the CPU's: run only where torch sees a GPU (skipped
 elsewhere, saying so). The same tiny-model runs go through the CLI twice, once with the GPU
 hidden (CUDA_VISIBLE_DEVICES empty: the CPU path) and once on it; fp32 losses agree step by step,
-bf16 (autocast, `precision: auto` on a GPU with bf16) trains the loss down from the same start,
+bf16 autocast (what `precision: auto` picks on a GPU with bf16) trains the loss down from the same start,
 and a run killed and resumed on the GPU ends where the uninterrupted one does (its RNG states
 restored on the device)."""
 
