@@ -114,11 +114,15 @@ def test_grpo_runs_on_two_processes(tmp_path, tiny_model_dir, date_data):
     trains: every step logged once, rewards and KL measured, the model saved."""
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", method="grpo",
                        train={"max_steps": 3, "batch_size": 4, "lr": 1e-2, "log_every": 1},
-                       rl={"rewards": [{"function": "regex", "pattern": "[0-9]"}], "group_size": 2, "max_new_tokens": 6})
+                       # replies of different lengths score differently: the advantages are not all zero, so it moves
+                       rl={"rewards": [{"function": "length_penalty", "target_length": 2}], "group_size": 2,
+                           "max_new_tokens": 6})
     _run(tmp_path, cfg, 2)
     records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
-    assert all(0 <= r["reward"] <= 1 and r["kl"] >= 0 for r in records)
+    assert all(r["reward"] <= 0 for r in records)
+    # KL to the reference: none before the first update (policy = reference), some after two
+    assert records[0]["kl"] == pytest.approx(0, abs=1e-6) and records[-1]["kl"] > 1e-6, [r["kl"] for r in records]
     assert (tmp_path / "runs" / "tiny" / "final" / "adapter_model.safetensors").is_file()
 
 

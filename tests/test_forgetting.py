@@ -156,7 +156,8 @@ def test_l2sp_keeps_full_fine_tuning_closer_to_the_start(tmp_path, tiny_model_di
     start = _weights_of(tiny_model_dir)
     dist = {k: sum(float((w[n] - start[n]).pow(2).sum()) for n in start if n in w) for k, w in (("free", free), ("anchored", anchored))}
     assert dist["anchored"] < 0.5 * dist["free"]
-    assert all(r["l2sp"] >= 0 for r in read_jsonl(anchored_dir / "metrics.jsonl"))
+    l2sp = [r["l2sp"] for r in read_jsonl(anchored_dir / "metrics.jsonl")]
+    assert l2sp[0] == 0 and l2sp[-1] > 0, l2sp  # at the start the weights are the anchor; then they move from it
 
 
 def _weights_of(model_dir):
