@@ -275,8 +275,7 @@ def test_distillation_from_every_family(family_dirs, family, tmp_path):
     method = Distillation(config)
     teacher = build(family).eval().requires_grad_(False)
     use_segment_attention(teacher)
-    method.teacher, method.vocab = LoadedTeacher(teacher, "itself"), VOCAB
-    method.teachers = [method.teacher]
+    method.teachers, method.vocab = [LoadedTeacher(teacher, "itself")], VOCAB
     feats = features(seed=5)
     batch = collate_tokens([pack_features(feats[:2]), pack_features(feats[2:])], pad=0)
     itself = build(family)

@@ -77,8 +77,12 @@ class Distillation(SFT):
         self.specs = ([(t.teacher, t.weight, sources.index(t.source) if t.source is not None else None)
                        for t in d.teachers] or [(d.teacher, 1.0, None)])
         self.teachers: list = []  # loaded in prepare, one per spec
-        self.teacher = None  # the one teacher, when there is one
         self.vocab = None  # logits compared over the shared tokenizer's ids
+
+    @property
+    def teacher(self):
+        """The one teacher, when there is exactly one."""
+        return self.teachers[0] if len(self.teachers) == 1 else None
 
     # --- set-up the run does once -----------------------------------------------------------
     def prepare(self, model, tokenizer, features, run_dir, cfg, console) -> None:
@@ -89,18 +93,16 @@ class Distillation(SFT):
         self.vocab = len(tokenizer)
         if self.teacher_ref and is_endpoint(self.teacher_ref):
             d = self.config
-            self.teacher = EndpointTeacher(self.teacher_ref, d.teacher_model, d.api_key_env, Path(run_dir) / SCORES)
-            self.teachers = [self.teacher]
+            self.teachers = [EndpointTeacher(self.teacher_ref, d.teacher_model, d.api_key_env, Path(run_dir) / SCORES)]
             return
         for reference, _, _ in self.specs:
             teacher, teacher_tok = load_for_inference(reference, dtype=inference_dtype(cfg.train.precision))
             check_same_tokenizer(tokenizer, teacher_tok, reference)
             teacher.requires_grad_(False)
             self.teachers.append(LoadedTeacher(teacher, reference))
-        self.teacher = self.teachers[0] if len(self.teachers) == 1 else None
         if self.topk:
             attach_topk(self, features, tokenizer, cfg, console)
-            self.teacher, self.teachers = None, []  # the cache stands in for it: its memory goes back for training
+            self.teachers = []  # the cache stands in for it: its memory goes back for training
 
     # --- features -> batch ------------------------------------------------------------------
     def collate(self, features: list[dict], tokenizer) -> dict:
