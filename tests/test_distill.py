@@ -440,6 +440,8 @@ def test_several_teachers_mix_by_weight_or_teach_their_own_data_source(tmp_path,
     student.train()
     batches = [m.collate(mixed, tokenizer) for m in (op_w, op_t, op_o)]
     batches[0]["samples"] = []
+    with torch.no_grad():
+        op_w.rollout(student, batches[0])  # as the engine: the student's replies before the first loss
     for other_batch in batches[1:]:
         other_batch["rollout"] = batches[0]["rollout"]  # one set of sampled replies for all three
     kd_w, kd_t, kd_o = (m.loss(student, bt)[1]["kd"] for m, bt in zip((op_w, op_t, op_o), batches))

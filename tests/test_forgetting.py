@@ -237,6 +237,7 @@ def test_self_distillation_is_zero_for_an_untouched_adapter_and_pulls_a_moved_on
     assert batch["general"]["prompts"] == method.collate(feats, tokenizer)["general"]["prompts"]  # chosen by the batch
     assert len(batch["general"]["prompts"]) == 3
     model.train()
+    method.rollout(model, batch)  # as the engine: the model's replies to the general prompts before the loss
     _, metrics = method.loss(model, batch)
     assert metrics["self_distill"] == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero: the start itself
     with torch.no_grad():
@@ -244,6 +245,7 @@ def test_self_distillation_is_zero_for_an_untouched_adapter_and_pulls_a_moved_on
             if "lora_B" in n:
                 p.add_(0.05)
     batch = method.collate(feats, tokenizer)
+    method.rollout(model, batch)
     term, metrics = method.self_distill.loss(model, method.kl_anchor, tokenizer, batch)
     sampled = batch["general"]["batch"]
     at = sampled["labels"][:, 1:] != -100

@@ -159,7 +159,7 @@ def test_nll_weight_adds_the_chosen_replys_nll_per_token(tiny_model_dir, pairs):
     from tunesmith.config import validate_config
     from tunesmith.data.records import load_examples
     from tunesmith.methods.logprobs import sequence_logprobs
-    from tunesmith.methods.preference import PreferenceOptimisation
+    from tunesmith.methods.preference import PairedPreference
     from tunesmith.methods.reference import ReferenceModel
     from tunesmith.model.adapters import apply_adapter
     from tunesmith.model.load import load_base, load_tokenizer
@@ -168,7 +168,7 @@ def test_nll_weight_adds_the_chosen_replys_nll_per_token(tiny_model_dir, pairs):
     tree = {"name": "x", "method": "dpo", "data": {"train": "x"}, "train": {"max_steps": 1}}
     cfg = validate_config(tree)
     model = apply_adapter(load_base(tiny_model_dir), cfg.adapter)
-    plain, rpo = PreferenceOptimisation(cfg), PreferenceOptimisation(validate_config({**tree, "preference": {"nll_weight": 0.5}}))
+    plain, rpo = PairedPreference(cfg), PairedPreference(validate_config({**tree, "preference": {"nll_weight": 0.5}}))
     features = [plain.features(e, tok) for e in load_examples(pairs["train"])[:4]]
     batch = plain.collate(features, tok)
     for m in (plain, rpo):

@@ -10,7 +10,8 @@ import torch
 from conftest import read_jsonl, write_config
 
 from tunesmith.config import load_config
-from tunesmith.methods.group_policy_losses import clipped_surrogate, group_advantages, k3_kl
+from tunesmith.methods.group_policy_losses import (clipped_surrogate, k3_kl, leave_one_out_advantages,
+                                                   normalised_advantages)
 from tunesmith.run import train
 
 
@@ -21,12 +22,12 @@ def digit_share(prompt: str, completion: str, reference: str | None) -> float:
 
 def test_group_advantages_match_hand_computed_values():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])  # two groups of 4
-    grpo = group_advantages(rewards, 4, "grpo")
+    grpo = normalised_advantages(rewards, 4)
     std = math.sqrt(1 / 3)  # sample std of [1, 0, 0, 1]
     expected = [0.5 / (std + 1e-4), -0.5 / (std + 1e-4)] * 2
     assert grpo[:4].tolist() == pytest.approx([expected[0], expected[1], expected[1], expected[0]], rel=1e-6)
     assert grpo[4:].tolist() == [0.0] * 4  # a group that agrees teaches nothing
-    rloo = group_advantages(rewards, 4, "rloo")
+    rloo = leave_one_out_advantages(rewards, 4)
     assert rloo[:4].tolist() == pytest.approx([1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3, 1 - 1 / 3])  # r_i - mean of the others
     assert rloo[4:].tolist() == [0.0] * 4
 

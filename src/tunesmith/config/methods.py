@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 
 class MethodEntry(NamedTuple):
-    implementation: str  # "package.module:Class", a subclass of tunesmith.methods.base.Method
+    implementation: str  # "package.module:Class", a subclass of tunesmith.engine.method.Method
     summary: str
 
 
@@ -22,9 +22,9 @@ METHODS: dict[str, MethodEntry] = {
                        "preference optimisation on chosen/rejected pairs (DPO, IPO, hinge, SimPO, ORPO, KTO)"),
     "reward": MethodEntry("tunesmith.methods.reward_model:RewardModelling",
                           "a reward model: a scalar score learned from preference pairs"),
-    "grpo": MethodEntry("tunesmith.methods.grpo:GroupPolicyOptimisation",
+    "grpo": MethodEntry("tunesmith.methods.grpo:GRPO",
                         "online RL: groups of sampled replies, advantages normalised within each group"),
-    "rloo": MethodEntry("tunesmith.methods.grpo:GroupPolicyOptimisation",
+    "rloo": MethodEntry("tunesmith.methods.grpo:RLOO",
                         "online RL: groups of sampled replies, each against the mean of the others"),
     "distill": MethodEntry("tunesmith.methods.distill:Distillation",
                            "knowledge distillation: the student learns a teacher's next-token distributions"),

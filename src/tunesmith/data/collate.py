@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from tunesmith.data.batch import Batch
 from tunesmith.data.chat import IGNORE
 
 
@@ -18,7 +19,7 @@ def row_segments(feature: dict) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [n]))
 
 
-def collate_tokens(features: list[dict], pad: int) -> dict:
+def collate_tokens(features: list[dict], pad: int) -> Batch:
     """Right-padded batch of token features. Packed rows (with `position_ids`) get no attention
     mask: the model derives the per-example causal mask from the restarting positions. Features
     marked `anchor` (replay data) set `anchor` on their trained tokens, for KL anchoring."""
@@ -39,7 +40,7 @@ def collate_tokens(features: list[dict], pad: int) -> dict:
         if packed:  # padding is one more short sequence of its own
             positions[i, :n] = torch.tensor(f["position_ids"])
             positions[i, n:] = torch.arange(width - n)
-    batch = {"input_ids": ids, "attention_mask": None if packed else mask, "labels": labels,
+    batch: Batch = {"input_ids": ids, "attention_mask": None if packed else mask, "labels": labels,
              "n_items": int((labels[:, 1:] != IGNORE).sum()), "n_tokens": int(mask.sum()),
              "segments": [row_segments(f) for f in features]}  # where each sequence is, for segment attention
     if anchor.any():

@@ -18,12 +18,14 @@ from rich.console import Console
 
 from tunesmith import atomic
 from tunesmith.config import RunConfig
+from tunesmith.data.batch import Batch
 from tunesmith.data.collate import feature_length
 from tunesmith.data.packing import pack_features
 from tunesmith.engine import checkpoint, distributed
 from tunesmith.engine.distributed import (Ranks, clip_gradients, shard_model, share, sum_gradients, sum_metrics,
                                           sum_scalars)
 from tunesmith.engine.anchors import WeightAnchor
+from tunesmith.engine.method import Method
 from tunesmith.engine.logbook import PLAN, MetricsLog, TrainProgress
 from tunesmith.runtime.precision import autocast, device, hold_frozen_weights_in_bf16, resolve_precision
 from tunesmith.engine.profile import StepProfiler
@@ -142,6 +144,7 @@ def evaluate_loss(model, method, tokenizer, features: list[dict], batch_size: in
         for chunk in batches:
             batch = _to(method.collate(chunk or features[:1], tokenizer), dev)
             with autocast(precision, dev):
+                method.rollout(model, batch)
                 loss, metrics = method.loss(model, batch)
             if chunk is None:
                 continue
@@ -251,9 +254,11 @@ def _fit(model, tokenizer, method, data: TrainData, cfg: RunConfig, run_dir: Pat
                         if method.logs_samples:
                             collated["samples"] = []  # filled by the method's loss (one list, shared by copies)
                         micro.append({**collated, "ghost": True} if ghost else collated)
+            fresh = reuses_left == steps_per_batch  # a batch's first step samples its rollout
             reuses_left -= 1
             profiler.before_step(state["step"] + 1)
-            totals = _train_step(model, method, micro, params, optimizer, scheduler, cfg, precision, dev, anchor, ranks)
+            totals = _train_step(model, method, micro, params, optimizer, scheduler, cfg, precision, dev, anchor, ranks,
+                                 fresh)
             state["step"] += 1
             step = state["step"]
             profiler.after_step(step, totals["tokens"])
@@ -351,11 +356,16 @@ def ready_to_train(model, precision: str, dev) -> None:
     model.train()
 
 
-def backward(model, method, batch: dict, precision: str, dev, scale: float) -> tuple[float, dict]:
-    """One pass: the method's summed loss on `batch`, its gradient divided by `scale` added to the
-    parameters' (accumulated until `update`); returns the loss and the method's metrics."""
+def backward(model, method: Method, batch: Batch, precision: str, dev, scale: float, fresh: bool = True
+             ) -> tuple[float, dict]:
+    """One pass: the method's summed loss on `batch` (after its rollout where the batch is `fresh`,
+    not a reused one), its gradient divided by `scale` added to the parameters' (accumulated until
+    `update`); returns the loss and the method's metrics."""
     batch = _to(batch, dev)
     with autocast(precision, dev):
+        if fresh:
+            with torch.no_grad():
+                method.rollout(model, batch)
         loss_sum, metrics = method.loss(model, batch)
     if batch.get("ghost"):  # passes line up across ranks; this one adds nothing
         (loss_sum * 0).backward()
@@ -364,10 +374,12 @@ def backward(model, method, batch: dict, precision: str, dev, scale: float) -> t
     return float(loss_sum.detach()), metrics
 
 
-def forward_only(model, method, batch: dict, precision: str, dev) -> tuple[float, dict]:
-    """The method's summed loss on `batch` and its metrics, with no gradient."""
+def forward_only(model, method: Method, batch: Batch, precision: str, dev) -> tuple[float, dict]:
+    """The method's summed loss on `batch` (after its rollout) and its metrics, with no gradient."""
+    batch = _to(batch, dev)
     with torch.no_grad(), autocast(precision, dev):
-        loss_sum, metrics = method.loss(model, _to(batch, dev))
+        method.rollout(model, batch)
+        loss_sum, metrics = method.loss(model, batch)
     return float(loss_sum), metrics
 
 
@@ -382,8 +394,8 @@ def update(params: list[torch.Tensor], optimizer, max_norm: float | None, loss_f
     return grad_norm, skipped
 
 
-def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConfig, precision: str, dev, anchor=None,
-                ranks: Ranks = Ranks()) -> dict:
+def _train_step(model, method: Method, micro: list[Batch], params, optimizer, scheduler, cfg: RunConfig, precision: str,
+                dev, anchor=None, ranks: Ranks = Ranks(), fresh: bool = True) -> dict:
     """One optimizer step over this rank's passes of `grad_accum` global batches, normalised over
     all their items on every rank; returns the step's totals over all ranks."""
     counted = [b for b in micro if not b.get("ghost")]
@@ -391,7 +403,7 @@ def _train_step(model, method, micro, params, optimizer, scheduler, cfg: RunConf
     n_items = max(1, items)
     loss_total, metric_sums = 0.0, {}
     for batch in micro:
-        loss, metrics = backward(model, method, batch, precision, dev, n_items)
+        loss, metrics = backward(model, method, batch, precision, dev, n_items, fresh)
         loss_total += loss
         for k, v in metrics.items():
             metric_sums[k] = metric_sums.get(k, 0.0) + v

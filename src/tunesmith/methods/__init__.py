@@ -1,12 +1,12 @@
-"""What is optimized. Each method is a small object with one face (base.Method), registered by
-name in config/methods.py and built here."""
+"""What is optimized. Each method is a small object with one face (`engine.method.Method`, the
+contract the engine defines), registered by name in config/methods.py and built here."""
 
 from __future__ import annotations
 
 import importlib
 
 from tunesmith.config.methods import METHODS
-from tunesmith.methods.base import Method
+from tunesmith.engine.method import Method
 
 
 def method_class(name: str) -> type[Method]:
@@ -16,4 +16,5 @@ def method_class(name: str) -> type[Method]:
 
 
 def build_method(name: str, config) -> Method:
-    return method_class(name)(config)
+    """The method `config` asks for under a registered name (the registered class's `variant`)."""
+    return method_class(name).variant(config)(config)

@@ -17,7 +17,8 @@ import torch
 from tunesmith.data.chat import IGNORE
 from tunesmith.data.collate import collate_tokens
 from tunesmith.errors import UserError
-from tunesmith.methods.base import Method
+from tunesmith.data.batch import Batch
+from tunesmith.engine.method import Method
 from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
 from tunesmith.methods.token_losses import check_loss
 
@@ -57,7 +58,7 @@ class ClientLoss(Method):
         return {"input_ids": [*datum.tokens, int(first[-1])], "labels": [IGNORE, *(int(t) for t in first)],
                 "inputs": datum.inputs}
 
-    def collate(self, features: list[dict], tokenizer=None) -> dict:
+    def collate(self, features: list[dict], tokenizer=None) -> Batch:
         pad = getattr(tokenizer, "pad_token_id", None) or 0
         batch = collate_tokens([{k: f[k] for k in ("input_ids", "labels")} for f in features], pad)
         batch["n_items"] = 1  # the gradient of the sum, as the client asked
@@ -69,7 +70,7 @@ class ClientLoss(Method):
         batch["inputs"] = {k: torch.from_numpy(np.concatenate([f["inputs"][k] for f in features])) for k in names}
         return batch
 
-    def loss(self, model, batch: dict):
+    def loss(self, model, batch: Batch):
         head, rows, _ = token_logprob_inputs(model, batch)
         inputs = {k: v.to(rows.device) for k, v in batch["inputs"].items()}
         targets = inputs.pop("target_tokens").long()

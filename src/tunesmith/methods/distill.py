@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from tunesmith.data.batch import Batch
 from tunesmith.data.chat import IGNORE
 from tunesmith.errors import UserError
 from tunesmith.eval.generate import Sampling
@@ -105,14 +106,14 @@ class Distillation(SFT):
             self.teachers = []  # the cache stands in for it: its memory goes back for training
 
     # --- features -> batch ------------------------------------------------------------------
-    def collate(self, features: list[dict], tokenizer) -> dict:
+    def collate(self, features: list[dict], tokenizer) -> Batch:
         batch = super().collate(features, tokenizer)
         if all(TOPK_KEYS[0] in f for f in features):
             for key in TOPK_KEYS:
                 batch[key] = torch.cat([f[key] for f in features])
         if self.on_policy > 0 and self.chooses_on_policy(features):
             batch["prompts"] = [prompt_of(f) for f in features]
-            batch["rollout"] = {}  # the student's replies, sampled when the loss is first asked for
+            batch["rollout"] = {}  # the student's replies, sampled in `rollout`
         if len(self.specs) > 1:
             batch["teacher_weights"] = torch.tensor([self.teacher_weights(f.get("data_source")) for f in features])
         return batch
@@ -133,7 +134,14 @@ class Distillation(SFT):
         return batch_digest(features, str(self.seed)) / 2**64 < self.on_policy
 
     # --- batch -> loss ----------------------------------------------------------------------
-    def task_loss(self, model, batch: dict):
+    def rollout(self, model, batch: Batch) -> None:
+        """Training only (validation measures the data's replies): the student's own replies to
+        an on-policy batch's prompts; then SFT's (self-distillation's general prompts)."""
+        if "rollout" in batch and model.training:
+            batch["rollout"]["batch"] = sample_replies(model, self.tokenizer, batch["prompts"], self.sampling)[0]
+        super().rollout(model, batch)
+
+    def task_loss(self, model, batch: Batch):
         if "rollout" in batch and model.training:  # validation measures the data's replies, every batch
             return self._on_policy_loss(model, batch)
         if self.teachers and not self.teachers[0].whole_distribution:
@@ -159,11 +167,8 @@ class Distillation(SFT):
                           for i in range(0, rows.shape[0], self.chunk))
         return total, {"kd": float(kd_sum.detach()), "ce": float(ce_sum.detach()), "token_accuracy": float(correct)}
 
-    def _on_policy_loss(self, model, batch: dict):
-        rollout = batch["rollout"]
-        if not rollout:
-            rollout["batch"] = sample_replies(model, self.tokenizer, batch["prompts"], self.sampling)[0]
-        sampled = rollout["batch"]
+    def _on_policy_loss(self, model, batch: Batch):
+        sampled = batch["rollout"]["batch"]
         n_sampled = sampled["n_items"]
         if n_sampled == 0:  # every reply empty (EOS at once): nothing to compare
             zero = next(p for p in model.parameters() if p.requires_grad).sum() * 0.0

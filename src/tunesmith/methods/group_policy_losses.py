@@ -9,14 +9,17 @@ import torch
 STD_EPS = 1e-4
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, kind: str) -> torch.Tensor:
-    """Advantages of rewards laid out group after group ([prompt 0's replies, prompt 1's, ...])."""
+def normalised_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """GRPO's advantages of rewards laid out group after group ([prompt 0's replies, prompt 1's,
+    ...]): each reward's distance from its group's mean in the group's standard deviations."""
     r = rewards.view(-1, group_size)
-    if kind == "grpo":
-        adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + STD_EPS)
-    else:  # rloo: leave-one-out baseline
-        adv = r - (r.sum(1, keepdim=True) - r) / (group_size - 1)
-    return adv.reshape(-1)
+    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + STD_EPS)).reshape(-1)
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO's advantages, laid out as GRPO's: each reward less the mean of the others in its group."""
+    r = rewards.view(-1, group_size)
+    return (r - (r.sum(1, keepdim=True) - r) / (group_size - 1)).reshape(-1)
 
 
 def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, clip: float

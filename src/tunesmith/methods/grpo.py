@@ -1,6 +1,6 @@
 """Online RL from rewards: GRPO and RLOO, on the one engine.
 
-A batch is a set of prompts. The first time the engine asks for its loss, the policy samples
+A batch is a set of prompts. In `rollout`, once per batch before its first loss, the policy samples
 `rl.group_size` replies per prompt (batched, KV cache), the rewards score them, and each reply's
 advantage says how much better it did than the others in its group:
 
@@ -18,6 +18,8 @@ The reference is the starting model: the adapter switched off, or a frozen copy 
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 
 from tunesmith.data.chat import prompt_ids
@@ -25,13 +27,20 @@ from tunesmith.data.layouts import Example
 from tunesmith.errors import UserError
 from tunesmith.eval.generate import Sampling
 from tunesmith.eval.task import split_reference
-from tunesmith.methods.base import Method
+from tunesmith.data.batch import Batch
+from tunesmith.engine.method import Method
 from tunesmith.methods.logprobs import per_row_sum, token_logprobs
-from tunesmith.methods.group_policy_losses import clipped_surrogate, group_advantages, k3_kl
+from tunesmith.methods.group_policy_losses import (clipped_surrogate, k3_kl, leave_one_out_advantages,
+                                                   normalised_advantages)
 from tunesmith.methods.reference import ReferenceModel
 from tunesmith.methods.rollout import sample_replies
 
+
 class GroupPolicyOptimisation(Method):
+    """What GRPO and RLOO share: prompts in, replies sampled and rewarded in `rollout`, the clipped
+    surrogate on their tokens in `loss`. A subclass says how rewards become advantages and where
+    the KL to the reference goes."""
+
     def __init__(self, config):
         super().__init__(config)
         rl = config.rl
@@ -56,8 +65,8 @@ class GroupPolicyOptimisation(Method):
         return {"prompt_ids": ids, "messages": messages, "reference": reference, "length": len(ids),
                 "source": example.source, "item": example.item}
 
-    def collate(self, features: list[dict], tokenizer) -> dict:
-        # replies are sampled when the loss is first asked for; `rollout` keeps them for reuse
+    def collate(self, features: list[dict], tokenizer) -> Batch:
+        # replies are sampled in `rollout`; batch["rollout"] keeps them for reuse
         return {"prompts": features, "n_items": len(features) * self.group_size, "n_tokens": 0,
                 "input_ids": torch.zeros(0, dtype=torch.long), "rollout": {}}
 
@@ -92,18 +101,27 @@ class GroupPolicyOptimisation(Method):
             ref = self.reference.token_logprobs(model, batch) if self.reference is not None else None
         n = len(repeated)
         lengths = torch.bincount(row_of_token, minlength=n).clamp(min=1)
-        shaped = rewards.to(dev)
-        if self.name == "rloo" and ref is not None:
-            shaped = shaped - self.beta * per_row_sum(k3_kl(old, ref), row_of_token, n)
-        advantages = group_advantages(shaped, self.group_size, self.name)
+        advantages = self.advantages(rewards.to(dev), old, ref, row_of_token)
         return {"batch": batch, "old": old, "ref": ref, "row_of_token": row_of_token, "lengths": lengths,
                 "rewards": rewards, "parts": parts, "advantages": advantages, "texts": texts}
 
-    def loss(self, model, batch: dict):
+    @abstractmethod
+    def advantages(self, rewards: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None,
+                   row_of_token: torch.Tensor) -> torch.Tensor:
+        """Each reply's advantage over its group, from its reward (and its tokens' log-probs under
+        the sampling policy and the reference, for a KL folded into the reward)."""
+
+    def kl_in_loss(self) -> bool:
+        """Whether β·KL per token is a loss term (else it is folded into the reward, or off)."""
+        return False
+
+    def rollout(self, model, batch: Batch) -> None:
+        """The policy's replies to the batch's prompts, scored, once per batch."""
+        batch["rollout"].update(self._sample(model, batch["prompts"]))
+        batch["n_tokens"] = int(batch["rollout"]["batch"]["attention_mask"].sum())
+
+    def loss(self, model, batch: Batch):
         rollout = batch["rollout"]
-        if not rollout:
-            rollout.update(self._sample(model, batch["prompts"]))
-            batch["n_tokens"] = int(rollout["batch"]["attention_mask"].sum())
         rows, row_of_token, n = rollout["batch"], rollout["row_of_token"], rollout["lengths"].shape[0]
         logps, _ = token_logprobs(model, rows)
         objective, clipped = clipped_surrogate(logps, rollout["old"], rollout["advantages"][row_of_token], self.clip)
@@ -111,7 +129,7 @@ class GroupPolicyOptimisation(Method):
         kl = None
         if rollout["ref"] is not None:
             kl = k3_kl(logps, rollout["ref"])
-            if self.name == "grpo":
+            if self.kl_in_loss():
                 per_token = per_token + self.beta * kl
         losses = per_row_sum(per_token, row_of_token, n) / rollout["lengths"]  # each reply's token mean
         metrics = {"reward": float(rollout["rewards"].sum()),
@@ -122,3 +140,22 @@ class GroupPolicyOptimisation(Method):
         if kl is not None:
             metrics["kl"] = float((per_row_sum(kl.detach(), row_of_token, n) / rollout["lengths"]).sum())
         return losses.sum(), metrics
+
+
+class GRPO(GroupPolicyOptimisation):
+    """A = (r − mean(group)) / (std(group) + ε); β·KL per token is a loss term."""
+
+    def advantages(self, rewards, old, ref, row_of_token):
+        return normalised_advantages(rewards, self.group_size)
+
+    def kl_in_loss(self) -> bool:
+        return True
+
+
+class RLOO(GroupPolicyOptimisation):
+    """A = r' − mean of the other replies' r', r' = r − β·Σ KL of the reply's tokens."""
+
+    def advantages(self, rewards, old, ref, row_of_token):
+        if ref is not None:
+            rewards = rewards - self.beta * per_row_sum(k3_kl(old, ref), row_of_token, rewards.shape[0])
+        return leave_one_out_advantages(rewards, self.group_size)

@@ -18,9 +18,11 @@ import torch
 from tunesmith.data.chat import IGNORE, encode_chat
 from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
+from tunesmith import atomic
 from tunesmith.engine.distributed import is_main
 from tunesmith.errors import UserError
-from tunesmith.methods.base import Method
+from tunesmith.data.batch import Batch
+from tunesmith.engine.method import Method
 from tunesmith.methods.logprobs import sequence_logprobs
 from tunesmith.methods.preference_losses import LENGTH_NORMALISED, REFERENCE_FREE, kto_loss, paired_loss
 from tunesmith.methods.reference import ReferenceModel
@@ -30,26 +32,24 @@ REFERENCE_CACHE = "reference_logps.json"
 
 
 class PreferenceOptimisation(Method):
-    """The DPO family (`preference.loss`): a loss over chosen/rejected pairs, or over judged single
-    replies (KTO), measured against a frozen reference where the loss has one."""
+    """What the preference methods share (`preference.*`): responses encoded with the loss on the
+    judged reply, and a frozen reference where the loss has one. `dpo` builds the class for
+    `preference.loss`: `PairedPreference` (the DPO family, on chosen/rejected pairs) or `KTO`
+    (single judged responses)."""
 
     def __init__(self, config):
         super().__init__(config)
         p = config.preference
         self.kind = p.loss
         self.beta = p.beta if p.beta is not None else DEFAULT_BETA.get(p.loss, 0.1)
-        self.label_smoothing, self.gamma = p.label_smoothing, p.simpo_gamma
-        self.desirable_weight, self.undesirable_weight = p.desirable_weight, p.undesirable_weight
-        self.nll_weight = p.nll_weight
         self.max_length = config.data.max_length
         self.train_reasoning = config.data.train_on_reasoning
         self.reference: ReferenceModel | None = None  # adapter switched off, or a frozen copy (KTO, full)
 
-    @property
-    def needs_reference(self) -> bool:
-        return self.kind not in REFERENCE_FREE
+    @classmethod
+    def variant(cls, config) -> type[Method]:
+        return KTO if config.preference.loss == "kto" else PairedPreference
 
-    # --- examples -> features -------------------------------------------------------------
     def _response(self, tokenizer, messages: list[dict], tools: list[dict] | None = None) -> dict | None:
         enc = encode_chat(tokenizer, messages, self.max_length, "last", tools, self.train_reasoning)
         self.truncated += enc.truncated
@@ -58,9 +58,22 @@ class PreferenceOptimisation(Method):
             return None  # truncation cut the whole response
         return {"input_ids": enc.input_ids, "labels": enc.labels}
 
+
+class PairedPreference(PreferenceOptimisation):
+    """The DPO family on chosen/rejected pairs: sigmoid (DPO), IPO, hinge, SimPO, ORPO, each
+    optionally with RPO's NLL term on the chosen reply (`preference.nll_weight`)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        p = config.preference
+        self.label_smoothing, self.gamma, self.nll_weight = p.label_smoothing, p.simpo_gamma, p.nll_weight
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kind not in REFERENCE_FREE
+
+    # --- examples -> features -------------------------------------------------------------
     def features(self, example: Example, tokenizer) -> dict | None:
-        if self.kind == "kto":
-            return self._kto_features(example, tokenizer)
         if example.rejected is None:
             raise UserError(f"{example.source}: preference loss '{self.kind}' needs pairs "
                             "({prompt, chosen, rejected}); single judged responses train with preference.loss: kto")
@@ -71,65 +84,24 @@ class PreferenceOptimisation(Method):
         return {"chosen": chosen, "rejected": rejected,
                 "length": len(chosen["input_ids"]) + len(rejected["input_ids"])}
 
-    def _kto_features(self, example: Example, tokenizer) -> dict | None:
-        """A pair gives one desirable and one undesirable response; a judged response gives one."""
-        if example.rejected is not None:
-            judged = [(example.messages, True), (example.rejected, False)]
-        elif example.desirable is not None:
-            judged = [(example.messages, example.desirable)]
-        else:
-            raise UserError(f"{example.source}: preference.loss kto needs pairs or responses with a boolean 'label' "
-                            "(true: desirable)")
-        responses = []
-        for messages, desirable in judged:
-            r = self._response(tokenizer, messages, example.tools)
-            if r is not None:
-                first = next(i for i, label in enumerate(r["labels"]) if label != IGNORE)
-                responses.append({"prompt": r["input_ids"][:first], "completion": r["input_ids"][first:],
-                                  "desirable": desirable})
-        if not responses:
-            return None
-        return {"responses": responses, "length": sum(len(r["prompt"]) + len(r["completion"]) for r in responses)}
-
     # --- features -> batch ------------------------------------------------------------------
-    def collate(self, features: list[dict], tokenizer) -> dict:
-        if self.kind == "kto":
-            return self._kto_collate(features, tokenizer)
+    def collate(self, features: list[dict], tokenizer) -> Batch:
         rows = [f["chosen"] for f in features] + [f["rejected"] for f in features]
-        batch = collate_tokens(rows, tokenizer.pad_token_id)
+        batch: Batch = collate_tokens(rows, tokenizer.pad_token_id)
         batch["n_items"] = len(features)  # pairs
         if all("reference" in f for f in features):
             batch["reference"] = torch.tensor([f["reference"][0] for f in features] + [f["reference"][1] for f in features])
         return batch
 
-    def _kto_collate(self, features: list[dict], tokenizer) -> dict:
-        """Each response with its own prompt, then each prompt with the next response (mismatched
-        pairs, the reference point's KL estimate)."""
-        responses = [r for f in features for r in f["responses"]]
-        n = len(responses)
-        rows = []
-        for i in range(2 * n):
-            prompt = responses[i % n]["prompt"]
-            completion = responses[i % n if i < n else (i + 1) % n]["completion"]
-            ids = (prompt + completion)[: self.max_length]
-            rows.append({"input_ids": ids, "labels": ([IGNORE] * len(prompt) + completion)[: self.max_length]})
-        batch = collate_tokens(rows, tokenizer.pad_token_id)
-        batch["desirable"] = torch.tensor([r["desirable"] for r in responses])
-        batch["n_items"] = n
-        batch["n_tokens"] = int(batch["attention_mask"][:n].sum())
-        return batch
-
     # --- batch -> loss ----------------------------------------------------------------------
-    def _reference_logps(self, model, batch: dict) -> torch.Tensor:
+    def _reference_logps(self, model, batch: Batch) -> torch.Tensor:
         if "reference" in batch:
             return batch["reference"].to(batch["input_ids"].device)
         if self.reference is None:
             raise RuntimeError("the run did not set up a reference model")
         return self.reference.sequence_logprobs(model, batch)[0]
 
-    def loss(self, model, batch: dict):
-        if self.kind == "kto":
-            return self._kto_loss(model, batch)
+    def loss(self, model, batch: Batch):
         sums, counts = sequence_logprobs(model, batch)
         logps = sums
         n = batch["n_items"]
@@ -151,7 +123,79 @@ class PreferenceOptimisation(Method):
                    "rewards_rejected": float(rejected_rewards.sum()), "margin": float(margins.sum())}
         return losses.sum(), metrics
 
-    def _kto_loss(self, model, batch: dict):
+    # --- set-up the run does once -----------------------------------------------------------
+    def prepare(self, model, tokenizer, features: list[dict], run_dir: Path, cfg, console) -> None:
+        """The reference for `features` (training and validation): the adapter switched off; for a
+        full fine-tune, log-probs computed now and cached in the run directory for a resume."""
+        if not self.needs_reference:
+            return
+        if hasattr(model, "disable_adapter"):
+            self.reference = ReferenceModel(model)
+            return
+        cached = run_dir / REFERENCE_CACHE
+        values = json.loads(cached.read_text()) if cached.is_file() else None
+        if values is None or len(values) != len(features):
+            console.print(f"reference log-probs: one pass over {len(features)} pairs (full fine-tuning keeps no second model)")
+            values = precompute(model, self, tokenizer, features, cfg.train.batch_size, cfg.train.precision)
+            if is_main():  # every rank computes the same values; one writes them
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                atomic.write_text(cached, json.dumps(values))
+        for f, v in zip(features, values):
+            f["reference"] = v
+
+
+class KTO(PreferenceOptimisation):
+    """KTO on judged single responses (a pair gives one desirable and one undesirable), each
+    weighed against a reference point estimated on mismatched prompt/response pairs."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        p = config.preference
+        self.desirable_weight, self.undesirable_weight = p.desirable_weight, p.undesirable_weight
+
+    # --- examples -> features -------------------------------------------------------------
+    def features(self, example: Example, tokenizer) -> dict | None:
+        """A pair gives one desirable and one undesirable response; a judged response gives one."""
+        if example.rejected is not None:
+            judged = [(example.messages, True), (example.rejected, False)]
+        elif example.desirable is not None:
+            judged = [(example.messages, example.desirable)]
+        else:
+            raise UserError(f"{example.source}: preference.loss kto needs pairs or responses with a boolean 'label' "
+                            "(true: desirable)")
+        responses = []
+        for messages, desirable in judged:
+            r = self._response(tokenizer, messages, example.tools)
+            if r is not None:
+                first = next(i for i, label in enumerate(r["labels"]) if label != IGNORE)
+                responses.append({"prompt": r["input_ids"][:first], "completion": r["input_ids"][first:],
+                                  "desirable": desirable})
+        if not responses:
+            return None
+        return {"responses": responses, "length": sum(len(r["prompt"]) + len(r["completion"]) for r in responses)}
+
+    # --- features -> batch ------------------------------------------------------------------
+    def collate(self, features: list[dict], tokenizer) -> Batch:
+        """Each response with its own prompt, then each prompt with the next response (mismatched
+        pairs, the reference point's KL estimate)."""
+        responses = [r for f in features for r in f["responses"]]
+        n = len(responses)
+        rows = []
+        for i in range(2 * n):
+            prompt = responses[i % n]["prompt"]
+            completion = responses[i % n if i < n else (i + 1) % n]["completion"]
+            ids = (prompt + completion)[: self.max_length]
+            rows.append({"input_ids": ids, "labels": ([IGNORE] * len(prompt) + completion)[: self.max_length]})
+        batch: Batch = collate_tokens(rows, tokenizer.pad_token_id)
+        batch["desirable"] = torch.tensor([r["desirable"] for r in responses])
+        batch["n_items"] = n
+        batch["n_tokens"] = int(batch["attention_mask"][:n].sum())
+        return batch
+
+    # --- batch -> loss ----------------------------------------------------------------------
+    def loss(self, model, batch: Batch):
+        if self.reference is None:
+            raise RuntimeError("the run did not set up a reference model")
         n = batch["n_items"]
         matched = _rows(batch, slice(0, n))
         mismatched = _rows(batch, slice(n, 2 * n))
@@ -174,24 +218,9 @@ class PreferenceOptimisation(Method):
 
     # --- set-up the run does once -----------------------------------------------------------
     def prepare(self, model, tokenizer, features: list[dict], run_dir: Path, cfg, console) -> None:
-        """The reference for `features` (training and validation): the adapter switched off; for a
-        full fine-tune, log-probs computed now (paired losses) or a frozen copy (KTO)."""
-        if not self.needs_reference:
-            return
-        uses_adapter = hasattr(model, "disable_adapter")
-        if uses_adapter or self.kind == "kto":
-            self.reference = ReferenceModel(model)
-            return
-        cached = run_dir / REFERENCE_CACHE
-        values = json.loads(cached.read_text()) if cached.is_file() else None
-        if values is None or len(values) != len(features):
-            console.print(f"reference log-probs: one pass over {len(features)} pairs (full fine-tuning keeps no second model)")
-            values = precompute(model, self, tokenizer, features, cfg.train.batch_size, cfg.train.precision)
-            if is_main():  # every rank computes the same values; one writes them
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                cached.write_text(json.dumps(values))
-        for f, v in zip(features, values):
-            f["reference"] = v
+        """The reference: the adapter switched off, or for a full fine-tune a frozen copy (the
+        mismatched pairs it scores exist only per batch, so nothing can be computed ahead)."""
+        self.reference = ReferenceModel(model)
 
 
 def _rows(batch: dict, rows: slice) -> dict:
@@ -199,7 +228,7 @@ def _rows(batch: dict, rows: slice) -> dict:
     return {k: (v[rows] if k in per_row and v is not None else v) for k, v in batch.items()}
 
 
-def precompute(model, method: PreferenceOptimisation, tokenizer, features: list[dict], batch_size: int, precision: str
+def precompute(model, method: PairedPreference, tokenizer, features: list[dict], batch_size: int, precision: str
                ) -> list[list[float]]:
     """[chosen, rejected] reference log-probs of every pair: the model as it is now, no gradients,
     in the training precision (so that policy and reference agree exactly before the first step)."""

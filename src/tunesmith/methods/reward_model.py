@@ -15,7 +15,8 @@ from tunesmith.data.chat import encode_chat
 from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
 from tunesmith.errors import UserError
-from tunesmith.methods.base import Method
+from tunesmith.data.batch import Batch
+from tunesmith.engine.method import Method
 from tunesmith.methods.preference_losses import bradley_terry_loss
 from tunesmith.model.peft_wrapping import unwrap
 
@@ -44,7 +45,7 @@ class RewardModelling(Method):
         return {"chosen": chosen, "rejected": rejected, "margin": example.margin or 0.0,
                 "length": len(chosen["input_ids"]) + len(rejected["input_ids"])}
 
-    def collate(self, features: list[dict], tokenizer) -> dict:
+    def collate(self, features: list[dict], tokenizer) -> Batch:
         rows = [f["chosen"] for f in features] + [f["rejected"] for f in features]
         batch = collate_tokens(rows, tokenizer.pad_token_id)
         batch.pop("labels")
@@ -52,7 +53,7 @@ class RewardModelling(Method):
         batch["n_items"] = len(features)  # pairs
         return batch
 
-    def loss(self, model, batch: dict):
+    def loss(self, model, batch: Batch):
         scores = sequence_scores(model, batch["input_ids"], batch["attention_mask"])
         n = batch["n_items"]
         chosen, rejected = scores[:n], scores[n:]

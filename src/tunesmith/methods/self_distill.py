@@ -33,13 +33,15 @@ class SelfDistillation:
         rng = random.Random(batch_digest(features, f"self-distill {self.seed}"))
         return [self.prompts[i] for i in rng.sample(range(len(self.prompts)), min(self.per_batch, len(self.prompts)))]
 
+    def sample(self, model, tokenizer, general: dict) -> None:
+        """The model's replies to a batch's general prompts (`general["prompts"]`), as it is now."""
+        general["batch"] = sample_replies(model, tokenizer, general["prompts"], self.sampling)[0]
+
     def loss(self, model, reference, tokenizer, batch: dict) -> tuple[torch.Tensor, dict]:
-        """weight × the summed reverse KL on the model's replies to the batch's general prompts,
-        scaled to the batch's trained tokens; the log records of those replies go to the batch."""
-        general = batch["general"]
-        if "batch" not in general:
-            general["batch"] = sample_replies(model, tokenizer, general["prompts"], self.sampling)[0]
-        sampled = general["batch"]
+        """weight × the summed reverse KL on the model's replies to the batch's general prompts
+        (sampled by `sample`), scaled to the batch's trained tokens; the log records of those
+        replies go to the batch."""
+        sampled = batch["general"]["batch"]
         if sampled["n_items"] == 0:  # every reply empty: nothing to compare
             return next(p for p in model.parameters() if p.requires_grad).sum() * 0.0, {"self_distill": 0.0}
         head, rows, targets = token_logprob_inputs(model, sampled)

@@ -9,7 +9,8 @@ from tunesmith.data.chat import IGNORE, encode_example
 from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
 from tunesmith.errors import UserError
-from tunesmith.methods.base import Method
+from tunesmith.data.batch import Batch
+from tunesmith.engine.method import Method
 from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
 from tunesmith.methods.self_distill import SelfDistillation
 
@@ -49,13 +50,19 @@ class SFT(Method):
     def prepare(self, model, tokenizer, features: list[dict], run_dir, cfg, console) -> None:
         self.tokenizer = tokenizer
 
-    def collate(self, features: list[dict], tokenizer) -> dict:
-        batch = collate_tokens(features, tokenizer.pad_token_id)
+    def collate(self, features: list[dict], tokenizer) -> Batch:
+        batch: Batch = collate_tokens(features, tokenizer.pad_token_id)
         if self.self_distill is not None:
             batch["general"] = {"prompts": self.self_distill.choose(features)}  # replies sampled in the loss
         return batch
 
-    def loss(self, model, batch: dict):
+    def rollout(self, model, batch: Batch) -> None:
+        """Training only (validation measures the task alone): the model's replies to the batch's
+        general prompts, for self-distillation."""
+        if "general" in batch and model.training:
+            self.self_distill.sample(model, self.tokenizer, batch["general"])
+
+    def loss(self, model, batch: Batch):
         total, metrics = self.task_loss(model, batch)
         if "general" in batch and model.training:  # validation measures the task alone
             term, more = self.self_distill.loss(model, self.kl_anchor, self.tokenizer, batch)

@@ -1,23 +1,27 @@
-"""The one face every method shows the run and the engine: `Method`.
+"""The one face every method shows the run and the engine: `Method`, and the `Batch` it hands over.
 
 The engine never asks which method it runs: it turns examples into features, features into
-batches, and a batch into a summed loss. Each batch says how many items its loss sums over
-(`batch["n_items"]`: loss tokens for SFT, pairs for preference losses), so the engine can
-normalise over a whole gradient-accumulation window before the backward pass.
+batches, lets the method generate what it trains on (`rollout`) and turns a batch into a summed
+loss. Each batch says how many items its loss sums over (`n_items`: loss tokens for SFT, pairs
+for preference losses, replies for online RL), so the engine can normalise over a whole
+gradient-accumulation window before the backward pass, and how many real tokens it put through
+the model (`n_tokens`), which the engine counts for tokens/s.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
 
+from tunesmith.data.batch import Batch
 
-class Method:
+
+class Method(ABC):
     """What a training method is, hook by hook in the order a run calls them. A new method
     subclasses this, implements `features`, `collate` and `loss`, overrides what else it needs,
-    and is registered by one line in `config/methods.py`; `name` is the name it was built under
-    (one class may serve several, as GroupPolicyOptimisation serves grpo and rloo).
+    and is registered by one line in `config/methods.py`; `name` is the name it was built under.
 
     Attributes the run reads: `head` ("causal": a language model; "score": a scalar head, as a
     reward model needs), `steps_per_batch` (optimizer steps on each batch: > 1 for PPO-style reuse
@@ -40,18 +44,30 @@ class Method:
         self.dropped = 0
         self.kl_anchor = None  # a ReferenceModel, set by the run when forgetting.kl > 0 or self_distill is on
 
+    @classmethod
+    def variant(cls, config) -> type[Method]:
+        """The class that implements this registered name under `config`: itself, unless one name
+        covers methods whose batches and losses differ (`dpo` with `preference.loss: kto`)."""
+        return cls
+
+    @abstractmethod
     def features(self, example: Any, tokenizer) -> dict | None:
         """One example -> model-ready features, or None to drop it (e.g. nothing left to learn)."""
-        raise NotImplementedError
 
-    def collate(self, features: list[dict], tokenizer) -> dict:
-        """Features -> a padded batch of tensors, with `n_items` set."""
-        raise NotImplementedError
+    @abstractmethod
+    def collate(self, features: list[dict], tokenizer) -> Batch:
+        """Features -> a padded batch of tensors, with `n_items` and `n_tokens` set."""
 
     def prepare(self, model, tokenizer, features: list[dict], run_dir, cfg, console) -> None:
         """Once, after the model is built and before the first step (a reference model, a teacher,
         reward functions); `features` are the training and validation features."""
 
-    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def rollout(self, model, batch: Batch) -> None:
+        """Before the first `loss` on a batch (training and validation), on the device and in the
+        training precision: what the method generates to train on, written into the batch (replies
+        sampled from the model as it is now, their rewards; `n_tokens` then counts them). Not
+        called again when the engine steps on the same batch again (`steps_per_batch` > 1)."""
+
+    @abstractmethod
+    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Summed loss over the batch's `n_items`, and metrics to log (sums, divided by the engine)."""
-        raise NotImplementedError
