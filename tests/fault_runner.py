@@ -25,7 +25,7 @@ def _kill(sig=signal.SIGKILL) -> None:
 
 def _arm(fault: dict) -> None:
     """Patch the run (in the child only) so that the fault happens where asked."""
-    from tunesmith.engine import checkpoint, logbook, loop
+    from tunesmith.engine import checkpoint, logbook, loop_state
 
     kind, at = fault["kind"], fault["at"]
     calls = {"n": 0}
@@ -35,15 +35,15 @@ def _arm(fault: dict) -> None:
         return calls["n"] == at
 
     if kind in ("step", "sigterm", "sigint"):
-        original = loop._add_to_window
+        original = loop_state.Window.add
         sig = {"step": signal.SIGKILL, "sigterm": signal.SIGTERM, "sigint": signal.SIGINT}[kind]
 
-        def add(w, totals):
-            original(w, totals)
+        def add(window, totals):  # killed once the step's totals are counted
+            original(window, totals)
             if counted():
                 _kill(sig)
 
-        loop._add_to_window = add
+        loop_state.Window.add = add
     elif kind == "save":
         phase = fault["phase"]
         write, rename = checkpoint._write, os.rename

@@ -12,7 +12,7 @@ from conftest import cli, read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.engine.distributed import Ranks, share
-from tunesmith.engine.loop import rank_passes
+from tunesmith.engine.passes import rank_passes
 from tunesmith.run import train
 
 

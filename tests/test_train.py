@@ -50,7 +50,7 @@ def test_gradient_accumulation_matches_a_large_batch(tiny_model_dir, date_data, 
     """Loss normalised over the whole accumulation window: 2 micro-batches of 4 = 1 batch of 8."""
     from tunesmith.config import validate_config
     from tunesmith.data.records import load_examples
-    from tunesmith.engine.loop import _train_step
+    from tunesmith.engine.step import train_step
     from tunesmith.methods.sft import SFT
     from tunesmith.model.load import load_base
 
@@ -65,9 +65,9 @@ def test_gradient_accumulation_matches_a_large_batch(tiny_model_dir, date_data, 
         opt = torch.optim.SGD(params, lr=1.0)  # plain SGD: the update is the gradient itself
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         micro = [method.collate(f, tokenizer) for f in split]
-        totals = _train_step(model, method, micro, params, opt, sched, cfg, "fp32", torch.device("cpu"))
-        assert totals["items"] == sum(b["n_items"] for b in micro)
-        results.append((totals["loss"] / totals["items"], totals["grad_norm"], model.lm_head.weight.detach().clone()))
+        totals = train_step(model, method, micro, params, opt, sched, cfg.train.max_grad_norm, "fp32", torch.device("cpu"))
+        assert totals.items == sum(b["n_items"] for b in micro)
+        results.append((totals.loss / totals.items, totals.grad_norm, model.lm_head.weight.detach().clone()))
     (loss_a, norm_a, w_a), (loss_b, norm_b, w_b) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-5) and norm_a == pytest.approx(norm_b, rel=1e-4)
     assert torch.allclose(w_a, w_b, atol=1e-6, rtol=1e-5)
@@ -146,7 +146,7 @@ def test_truncation_policy_truncate_or_drop(tmp_path, tiny_model_dir, date_data,
 
 
 def test_batches_split_by_token_budget_keep_order_and_bound_size():
-    from tunesmith.engine.loop import split_by_tokens
+    from tunesmith.engine.passes import split_by_tokens
 
     lengths = [10, 30, 20, 50, 5, 5]
     parts = split_by_tokens([0, 1, 2, 3, 4, 5], lengths, budget=60)
@@ -158,10 +158,10 @@ def test_batches_split_by_token_budget_keep_order_and_bound_size():
 
 
 def test_a_token_budget_splits_passes_without_changing_the_run(tmp_path, tiny_model_dir, date_data, monkeypatch):
-    from tunesmith.engine import loop
+    from tunesmith.engine import passes
 
-    parts, split = [], loop.split_by_tokens
-    monkeypatch.setattr(loop, "split_by_tokens", lambda *a: parts.append(len(split(*a))) or split(*a))
+    parts, split = [], passes.split_by_tokens
+    monkeypatch.setattr(passes, "split_by_tokens", lambda *a: parts.append(len(split(*a))) or split(*a))
     curves = []
     for budget in (0, 64):  # 0: no limit
         cfg_path = write_config(tmp_path / f"{budget}.yaml", tiny_model_dir, date_data, tmp_path / str(budget),

@@ -3,7 +3,7 @@ loss and when to step; this object holds the model and the optimizer between its
 
 It is built as `tunesmith train` builds a model (`build_model`: the base, the LoRA adapter or
 full fine-tuning, the precision), and its gradients and updates are the engine's own
-(`engine/loop.py`'s `backward` and `update`): `forward_backward` adds the gradient of the named
+(`engine/step.py`'s `backward` and `update`): `forward_backward` adds the gradient of the named
 loss's sum to what earlier calls accumulated, `optim_step` applies it with the client's Adam
 parameters. States and sampler weights are written as the engine's checkpoints and adapter folders.
 """
@@ -20,8 +20,9 @@ from tunesmith import atomic
 from tunesmith.config import RunConfig
 from tunesmith.engine import checkpoint
 from tunesmith.engine.distributed import clip_gradients
-from tunesmith.engine.loop import (backward, forward_only, pass_budget, ready_to_train, split_by_tokens,
-                                   training_paths, update)
+from tunesmith.engine.loop import ready_to_train, training_paths
+from tunesmith.engine.passes import pass_budget, split_by_tokens
+from tunesmith.engine.step import backward, forward_only, update
 from tunesmith.engine.schedule import param_groups
 from tunesmith.errors import UserError
 from tunesmith.methods.client_loss import ClientLoss, Datum
