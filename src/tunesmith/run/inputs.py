@@ -4,6 +4,7 @@ and the files it will need after training checked before it starts."""
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 from rich.console import Console
 
@@ -58,7 +59,15 @@ def desirable_only(examples: list[Example], path: str, method: str, console: Con
     return kept
 
 
-def train_sources(cfg: RunConfig, console: Console) -> tuple[list[list[Example]], list[Example]]:
+class Sources(NamedTuple):
+    """Every training source's examples (one list per data.train entry), and the validation
+    examples (a file, or split off)."""
+
+    train: list[list[Example]]
+    val: list[Example]
+
+
+def train_sources(cfg: RunConfig, console: Console) -> Sources:
     """Every training source's examples, and the validation examples (a file, or split off)."""
     sources = [_load(s, cfg, console) for s in cfg.data.train]
     val_examples: list[Example] = []
@@ -68,22 +77,21 @@ def train_sources(cfg: RunConfig, console: Console) -> tuple[list[list[Example]]
         split = [_split_val(src, cfg.data.val_fraction, cfg.train.seed) for src in sources]
         sources = [train for train, _ in split]
         val_examples = [e for _, val in split for e in val]
-    return sources, val_examples
+    return Sources(sources, val_examples)
 
 
 def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseReference,
-              sources: tuple[list[list[Example]], list[Example]]) -> TrainData:
+              sources: Sources) -> TrainData:
     """Encode the training sources (from `train_sources`) and validation data with the method, and
     add replay data (self-replay draws on `base`)."""
-    sources, val_examples = sources
     features, sizes = [], []
-    for index, src in enumerate(sources):
+    for index, src in enumerate(sources.train):
         kept = [f for f in (method.features(e, tokenizer) for e in src) if f is not None]
         for f in kept:
             f["data_source"] = index  # which data.train entry (a teacher per source needs it)
         features += kept
         sizes.append(len(kept))
-    val = [f for f in (method.features(e, tokenizer) for e in val_examples) if f is not None]
+    val = [f for f in (method.features(e, tokenizer) for e in sources.val) if f is not None]
     if not features:
         raise UserError(f"{cfg.data.train[0].path}: no trainable examples after encoding (all longer than data.max_length={cfg.data.max_length}?)")
     truncated, dropped = method.truncated, method.dropped
