@@ -37,3 +37,17 @@ def test_a_leftover_from_a_killed_write_is_cleared(tmp_path):
         tmp.mkdir()
         (tmp / "fresh").write_text("f")
     assert [p.name for p in target.iterdir()] == ["fresh"]
+
+
+def test_a_replaced_file_is_the_old_one_or_the_new_one_never_half(tmp_path):
+    path = tmp_path / "report.json"
+    atomic.write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic.replacing(path) as tmp:
+            tmp.write_text("half of the n")
+            raise RuntimeError("killed half-way")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+    with atomic.replacing(path) as tmp:
+        tmp.write_text("new")
+        assert path.read_text() == "old"  # the old file stands until the new one is whole
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["report.json"]

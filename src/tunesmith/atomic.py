@@ -21,9 +21,23 @@ def is_temp_of(candidate: Path, name: str) -> bool:
 
 
 def write_text(path: Path, text: str) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` for a writer that wants a path of its own (a figure, a
+    safetensors file, a stream of lines): renamed over `path` when the block ends without an
+    error, removed otherwise. The temporary's suffix is not `path`'s: say the format to writers
+    that guess it from the name."""
     tmp = temp_name(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from tunesmith import atomic
 from tunesmith import phases
 from tunesmith.compare import run_compare
 from tunesmith.config import apply_override, validate_config
@@ -77,7 +78,7 @@ def run_quickstart(workdir: Path, model: str = "smollm2-135m-instruct", max_step
     cfg = validate_config(tree, "quickstart")  # before anything is written
     splits = write_splits(workdir / "data", n_test=TEST_EXAMPLES)
     config_path = workdir / f"{name}.yaml"
-    config_path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    atomic.write_text(config_path, yaml.safe_dump(tree, sort_keys=False))
     console.print(f"[bold]quickstart[/bold]: task data in {splits['train'].parent}, config {config_path} "
                   f"(the same as: tunesmith compare {config_path})")
     with phases.collect() as times:
@@ -87,7 +88,7 @@ def run_quickstart(workdir: Path, model: str = "smollm2-135m-instruct", max_step
     result.update(task="dates: extract a date and write it as YYYY-MM-DD", model=model, total_minutes=round(minutes, 2),
                   phases=times, provenance=provenance(),
                   tables={k: report[k] for k in ("task", "forgetting", "training", "recommendation")})
-    (Path(result["run_dir"]) / "quickstart.json").write_text(json.dumps(result, indent=2))
+    atomic.write_text(Path(result["run_dir"]) / "quickstart.json", json.dumps(result, indent=2))
     show(report, out)
     show_phases(times, out)
     out.print(f"total {result['total_minutes']:.1f} min")  # as recorded, so README and terminal agree

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tunesmith import atomic
 from tunesmith.config import RunConfig, apply_override, load_config, validate_config
 from tunesmith.data.records import load_examples
 from tunesmith.errors import UserError
@@ -140,8 +141,8 @@ def write_parity(cfg: RunConfig, old: str, old_label: str, new_dir: Path, old_mo
         parity["verdict"] = (f"not at parity: new − old on {cfg.eval.primary} is {d['mean'] * 100:+.1f} points "
                              f"(95% interval {d['lo'] * 100:+.1f} to {d['hi'] * 100:+.1f}); more or other prompts, "
                              "more steps, or a larger new base may close it")
-    (new_dir / "parity.json").write_text(json.dumps(parity, indent=2))
-    (new_dir / "parity.md").write_text(parity_markdown(parity))
+    atomic.write_text(new_dir / "parity.json", json.dumps(parity, indent=2))
+    atomic.write_text(new_dir / "parity.md", parity_markdown(parity))
     return parity
 
 

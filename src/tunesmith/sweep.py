@@ -24,6 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tunesmith import atomic
 from tunesmith.config import RunConfig, set_key, validate_config
 from tunesmith.config.sweep import SweepParam
 from tunesmith.engine.checkpoint import list_checkpoints
@@ -215,13 +216,13 @@ def _finish(cfg: RunConfig, study, out_dir: Path) -> dict:
         tree = best_cfg.model_dump(mode="json")
         tree["output"]["dir"] = cfg.output.dir
         best_path = out_dir / "best.yaml"
-        best_path.write_text(validate_config(tree, "best trial").to_yaml())
+        atomic.write_text(best_path, validate_config(tree, "best trial").to_yaml())
         result["best"] = {"trial": best.number, "run": best.user_attrs["run_name"], "value": best.value,
                           "params": best.params, "config": str(best_path)}
         result["importance"], plot = _importance(study, out_dir / "plots" / "sweep-importance.png")
         if plot:
             plots["importance"] = plot
-    (out_dir / "sweep.json").write_text(json.dumps(result, indent=2))
+    atomic.write_text(out_dir / "sweep.json", json.dumps(result, indent=2))
     runs = [(t.user_attrs["run_name"], out_dir / "trials" / t.user_attrs["run_name"]) for t in complete]
     result["report"] = str(write_report(out_dir, runs, baselines_dir=None, primary=cfg.eval.primary,
                                         title=f"tunesmith sweep: {cfg.name}", sweep=result, extra_plots=plots))
@@ -243,7 +244,8 @@ def _importance(study, path: Path) -> tuple[dict, Path | None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the matplotlib backend of Optuna's plots is marked experimental
         axes = plot_param_importances(study)
-    axes.figure.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic.replacing(path) as tmp:
+        axes.figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(axes.figure)

@@ -8,6 +8,7 @@ from typing import Optional, get_args
 
 import typer
 
+from tunesmith import atomic
 from tunesmith.cli.app import app, err, out
 from tunesmith.config import TrainOn
 from tunesmith.data.layouts import FORMATS
@@ -112,6 +113,6 @@ def data_inspect(
                         "max_length": max_length})]
     stats = [inspect(p, tokenizer, out, show=show, png=png, **options) for p, options in runs]
     if json_out:
-        json_out.write_text(json.dumps(stats[0] if len(stats) == 1 else stats, indent=2))
+        atomic.write_text(json_out, json.dumps(stats[0] if len(stats) == 1 else stats, indent=2))
     if any(s["problems"] for s in stats):
         raise typer.Exit(2)

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from tunesmith import atomic
 from tunesmith.cli.app import METHODS_HELP, PRECISION_HELP, app, check_precision, err, out
 from tunesmith.errors import UserError
 
@@ -181,7 +182,7 @@ def evaluate(
                                      max_new_tokens=max_new_tokens, batch_size=batch_size, metric=metric, predictions_path=preds))
     value = results[0] if len(results) == 1 else results
     if json_out:
-        json_out.write_text(json.dumps(value, indent=2))
+        atomic.write_text(json_out, json.dumps(value, indent=2))
     print(json.dumps(value, indent=2))
 
 

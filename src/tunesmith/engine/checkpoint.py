@@ -60,16 +60,16 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def _write(folder: Path, weights, opt_tensors, opt_meta, scheduler, state: dict, model=None) -> None:
-    save_file(weights, folder / "trainable.safetensors")
+def _write(tmp: Path, weights, opt_tensors, opt_meta, scheduler, state: dict, model=None) -> None:
+    save_file(weights, tmp / "trainable.safetensors")
     if model is not None:
-        save_adapter_folder(model, weights, folder / ADAPTER)  # the step's model, loadable (and servable) as it is
+        save_adapter_folder(model, weights, tmp / ADAPTER)  # the step's model, loadable (and servable) as it is
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"cuda.{i}"] = s
-    save_file(opt_tensors, folder / "optimizer.safetensors")
-    save_file(rng, folder / "rng.safetensors")
+    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    save_file(rng, tmp / "rng.safetensors")
     py_rng = random.getstate()
     meta = {
         "state": state,
@@ -77,8 +77,8 @@ def _write(folder: Path, weights, opt_tensors, opt_meta, scheduler, state: dict,
         "scheduler": scheduler.state_dict(),
         "python_rng": [py_rng[0], list(py_rng[1]), py_rng[2]],
     }
-    (folder / "state.json").write_text(json.dumps(meta))
-    _fsync_tree(folder)
+    (tmp / "state.json").write_text(json.dumps(meta))
+    _fsync_tree(tmp)
 
 
 def write_folder(final: Path, weights, opt_tensors, opt_meta, scheduler, state: dict, model=None) -> None:

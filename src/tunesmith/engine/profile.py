@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from tunesmith import atomic
+
 import torch
 
 WARMUP_STEPS = 2
@@ -65,7 +67,7 @@ class StepProfiler:
         seconds = time.perf_counter() - self.t0
         self.profiler.stop()
         if self.profiled:
-            self.path.write_text(summarise(self.profiler, self.profiled, seconds, self.tokens))
+            atomic.write_text(self.path, summarise(self.profiler, self.profiled, seconds, self.tokens))
         self.done, self.profiler = True, None
 
 

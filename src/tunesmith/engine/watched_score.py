@@ -81,7 +81,8 @@ class BestWeights:
         if self.write:
             self.folder.mkdir(parents=True, exist_ok=True)
             name = f"trainable-{step}.safetensors"
-            save_file({k: v.cpu() for k, v in weights.items()}, str(self.folder / name))
+            with atomic.replacing(self.folder / name) as tmp:
+                save_file({k: v.cpu() for k, v in weights.items()}, str(tmp))
             atomic.write_text(self.folder / "best.json", json.dumps({**self.info, "file": name}))
             for old in self.folder.glob("trainable-*.safetensors"):
                 if old.name != name:

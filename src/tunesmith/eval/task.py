@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith import atomic
 from tunesmith.data.chat import prompt_ids
 from tunesmith.data.layouts import Example
 from tunesmith.data.reasoning import split_reply
@@ -116,11 +117,12 @@ def score_replies(task: TaskPrompts, replies: list[str], metric: str | None, pre
         rows.append(s)
     if predictions_path is not None:
         predictions_path.parent.mkdir(parents=True, exist_ok=True)
-        with predictions_path.open("w", encoding="utf-8") as f:
-            for i, (e, p, r, s) in enumerate(zip(task.examples, replies, task.references, rows)):
-                thought = {"reasoning": thoughts[i]} if thoughts[i] is not None else {}
-                f.write(json.dumps({"index": i, "source": e.source, **(extra[i] if extra else {}),
-                                    "prediction": p, **thought, "reference": r, **s}) + "\n")
+        lines = []
+        for i, (e, p, r, s) in enumerate(zip(task.examples, replies, task.references, rows)):
+            thought = {"reasoning": thoughts[i]} if thoughts[i] is not None else {}
+            lines.append(json.dumps({"index": i, "source": e.source, **(extra[i] if extra else {}),
+                                     "prediction": p, **thought, "reference": r, **s}) + "\n")
+        atomic.write_text(predictions_path, "".join(lines))
     names = sorted({k for s in rows for k in s}, key=lambda k: (k not in rows[0], k))
     return {k: bootstrap_ci([s[k] for s in rows if k in s]) for k in names}
 

@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from tunesmith import atomic
 from tunesmith.data.batch import Batch
 from tunesmith.data.chat import IGNORE
 from tunesmith.errors import UserError
@@ -303,8 +303,7 @@ def attach_topk(method: Distillation, features: list[dict], tokenizer, cfg, cons
                 offsets.append(offsets[-1] + sum(1 for label in f["labels"][1:] if label != -100))
         ids, logps = torch.cat(parts_ids), torch.cat(parts_logps)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # the ranks of a distributed run may all write it
-        save_file({"ids": ids, "logps": logps, "offsets": torch.tensor(offsets)}, str(tmp))
-        tmp.replace(path)
+        with atomic.replacing(path) as tmp:  # (a temporary of each process's own: the ranks may all write it)
+            save_file({"ids": ids, "logps": logps, "offsets": torch.tensor(offsets)}, str(tmp))
     for f, a, b in zip(features, offsets[:-1], offsets[1:]):
         f[TOPK_KEYS[0]], f[TOPK_KEYS[1]] = ids[a:b], logps[a:b]

@@ -8,6 +8,7 @@ import re
 
 import torch
 
+from tunesmith import atomic
 from tunesmith.config import AdapterConfig, FreezeConfig
 from tunesmith.errors import UserError, first_line
 from tunesmith.model.peft_wrapping import is_prompt_learning, unwrap
@@ -214,8 +215,9 @@ def save_adapter_folder(model, weights: dict[str, torch.Tensor], folder) -> bool
     folder.mkdir(parents=True, exist_ok=True)
     name = getattr(model, "active_adapter", "default")
     state = get_peft_model_state_dict(model, state_dict=weights, adapter_name=name)
-    save_file({k: v.contiguous() for k, v in state.items()}, folder / "adapter_model.safetensors")
+    with atomic.replacing(folder / "adapter_model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp)
     config = model.peft_config[name].to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2, default=str))
+    atomic.write_text(folder / "adapter_config.json", json.dumps(config, indent=2, default=str))
     return True

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith import atomic
 from tunesmith.config import AdapterConfig
 from tunesmith.errors import UserError, first_line
 
@@ -57,7 +58,7 @@ def is_quantized(model) -> bool:
 
 
 def write_settings(folder: Path, q: dict) -> None:
-    (folder / SETTINGS_FILE).write_text(json.dumps(q, indent=2))
+    atomic.write_text(folder / SETTINGS_FILE, json.dumps(q, indent=2))
 
 
 def read_settings(folder: Path) -> dict | None:

@@ -163,8 +163,8 @@ def write_report(out_dir: Path, runs: list[tuple[str, Path]], *, baselines_dir: 
     if sweep is not None:
         report["sweep"] = sweep
     report["plots"] = draw(report, out_dir, runs) | {k: _rel(v, out_dir) for k, v in (extra_plots or {}).items()}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    atomic.write_text(out_dir / "report.json", json.dumps(report, indent=2))
+    atomic.write_text(out_dir / "report.md", render_markdown(report))
     html = out_dir / "report.html"
     atomic.write_text(html, render_html(report))  # written last and whole: a run with its report.html is finished
     return html

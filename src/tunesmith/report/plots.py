@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunesmith import atomic
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -59,7 +61,8 @@ def _save(fig, ax, out: Path, legend: bool = True) -> Path:
         ax.legend()
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    with atomic.replacing(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     return out
 

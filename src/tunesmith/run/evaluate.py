@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from tunesmith import atomic
 from tunesmith.config import RunConfig
 from tunesmith.data.layouts import Example
 from tunesmith.data.records import load_examples
@@ -32,7 +33,7 @@ from tunesmith.phases import phase
 
 def write_json(path: Path, value) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2))
+    atomic.write_text(path, json.dumps(value, indent=2))
     return path
 
 

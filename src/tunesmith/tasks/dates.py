@@ -14,6 +14,8 @@ import json
 import random
 from pathlib import Path
 
+from tunesmith import atomic
+
 INSTRUCTION = "Extract the date from the text and write it as YYYY-MM-DD. Reply with the date only."
 
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
@@ -93,7 +95,7 @@ def write_splits(out_dir: Path, n_train: int = 1200, n_val: int = 64, n_test: in
     paths = {}
     for name, rows in splits.items():
         path = out_dir / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         paths[name] = path
     return paths
 
@@ -125,6 +127,6 @@ def write_preference_splits(out_dir: Path, n_train: int = 600, n_val: int = 64, 
             rows.append({"prompt": user["content"], "chosen": answer["content"],
                          "rejected": wrong_answer(dt.date.fromisoformat(answer["content"]), rng)})
         path = out_dir / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         out[name] = path
     return out

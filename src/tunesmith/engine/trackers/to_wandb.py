@@ -8,6 +8,7 @@ import os
 import uuid
 from pathlib import Path
 
+from tunesmith import atomic
 from tunesmith.engine.trackers.common import RunInfo, finals, scalars
 
 
@@ -24,7 +25,7 @@ class WandB:
                               resume="allow", dir=str(run.run_dir), config=run.config,
                               mode=os.environ.get("WANDB_MODE") or "offline",
                               settings=wandb.Settings(silent=True, console="off"))
-        id_file.write_text(run_id)
+        atomic.write_text(id_file, run_id)
         self.name = run.name
 
     def log(self, record: dict) -> None:
