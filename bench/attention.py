@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from machine import machine, machine_tag
 
 from tunesmith.model.matmul_attention import causal_attention
@@ -27,7 +26,9 @@ HEADS, KV_HEADS, DIM = 9, 3, 64
 
 
 def _sdpa(q, k, v):
-    return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=DIM**-0.5, enable_gqa=True)[0]
+    return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=DIM**-0.5, enable_gqa=True)[
+        0
+    ]
 
 
 def _matmul(q, k, v):
@@ -62,11 +63,24 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
-    rows = {name: [measure(n, dtype, args.repeats) for n in lengths]
-            for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    rows = {
+        name: [measure(n, dtype, args.repeats) for n in lengths]
+        for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))
+    }
     out = args.out or Path(__file__).resolve().parent / "results" / f"attention-{machine_tag()}.json"
-    out.write_text(json.dumps({"machine": machine(), "heads": HEADS, "kv_heads": KV_HEADS, "dim": DIM,
-                               "repeats": args.repeats, "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": machine(),
+                "heads": HEADS,
+                "kv_heads": KV_HEADS,
+                "dim": DIM,
+                "repeats": args.repeats,
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     print("| precision | tokens | SDPA ms | matmul ms | SDPA / matmul |")
     print("|---|---|---|---|---|")
     for name, rs in rows.items():

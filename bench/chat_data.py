@@ -14,9 +14,11 @@ import json
 import random
 from pathlib import Path
 
-WORDS = ("apple river stone cloud maple silver garden window candle forest harbor pencil violet "
-         "thunder meadow lantern copper saddle orchard pebble falcon marble willow ember glacier "
-         "compass velvet tunnel blossom quartz ribbon canyon walnut beacon feather lagoon cobalt").split()
+WORDS = (
+    "apple river stone cloud maple silver garden window candle forest harbor pencil violet "
+    "thunder meadow lantern copper saddle orchard pebble falcon marble willow ember glacier "
+    "compass velvet tunnel blossom quartz ribbon canyon walnut beacon feather lagoon cobalt"
+).split()
 
 
 def _length(rng: random.Random) -> int:
@@ -35,8 +37,11 @@ def _example(rng: random.Random) -> tuple[str, str, str]:
         return f"Reverse this list of words: {' '.join(items)}", " ".join(reversed(items)), " ".join(wrong)
     if kind == 1:
         nums = [rng.randrange(1000) for _ in range(n)]
-        return (f"Sort these numbers from smallest to largest: {', '.join(map(str, nums))}",
-                ", ".join(map(str, sorted(nums))), ", ".join(map(str, sorted(nums, reverse=True))))
+        return (
+            f"Sort these numbers from smallest to largest: {', '.join(map(str, nums))}",
+            ", ".join(map(str, sorted(nums))),
+            ", ".join(map(str, sorted(nums, reverse=True))),
+        )
     if kind == 2:
         sentence = " ".join(rng.choice(WORDS) for _ in range(n))
         return f"Write this in capital letters: {sentence}", sentence.upper(), sentence.title()
@@ -53,14 +58,24 @@ def write(out_dir: Path, n_train: int, n_heldout: int, seed: int = 0) -> dict[st
     paths = {name: out_dir / f"{name}.jsonl" for name in ("sft", "heldout", "dpo")}
 
     def chat(prompt, reply):
-        return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": reply}]}
+        return {
+            "prompt": [{"role": "user", "content": prompt}],
+            "completion": [{"role": "assistant", "content": reply}],
+        }
 
     with open(paths["sft"], "w") as sft, open(paths["dpo"], "w") as dpo:
         for prompt, reply, wrong in examples[:n_train]:
             sft.write(json.dumps(chat(prompt, reply)) + "\n")
-            dpo.write(json.dumps({"prompt": [{"role": "user", "content": prompt}],
-                                  "chosen": [{"role": "assistant", "content": reply}],
-                                  "rejected": [{"role": "assistant", "content": wrong}]}) + "\n")
+            dpo.write(
+                json.dumps(
+                    {
+                        "prompt": [{"role": "user", "content": prompt}],
+                        "chosen": [{"role": "assistant", "content": reply}],
+                        "rejected": [{"role": "assistant", "content": wrong}],
+                    }
+                )
+                + "\n"
+            )
     with open(paths["heldout"], "w") as held:
         for prompt, reply, _ in examples[n_train:]:
             held.write(json.dumps(chat(prompt, reply)) + "\n")

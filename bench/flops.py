@@ -31,17 +31,30 @@ class Shape:
     vocab: int
 
     @classmethod
-    def of(cls, config) -> "Shape":
+    def of(cls, config) -> Shape:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(config.hidden_size, config.intermediate_size, config.num_hidden_layers,
-                   config.num_attention_heads, getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
-                   head_dim, config.vocab_size)
+        return cls(
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+            head_dim,
+            config.vocab_size,
+        )
 
     def linear_maps(self) -> list[tuple[int, int]]:
         """(in, out) of one decoder layer's linear maps: q, k, v, o, gate, up, down."""
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return [(self.d, q), (self.d, kv), (self.d, kv), (q, self.d),
-                (self.d, self.ffn), (self.d, self.ffn), (self.ffn, self.d)]
+        return [
+            (self.d, q),
+            (self.d, kv),
+            (self.d, kv),
+            (q, self.d),
+            (self.d, self.ffn),
+            (self.d, self.ffn),
+            (self.ffn, self.d),
+        ]
 
     def body_weights(self) -> int:
         return self.layers * sum(i * o for i, o in self.linear_maps())
@@ -54,9 +67,12 @@ def example_flops(shape: Shape, length: int, trained: int, full: bool, lora_r: i
     """FLOPs of one forward and backward pass over one example, by part."""
     k = 6 if full else 4
     attention = 3 * shape.layers * 4 * shape.heads * shape.head_dim * length * (length + 1) // 2
-    parts = {"body": k * shape.body_weights() * length, "attention": attention,
-             "head": k * shape.d * shape.vocab * trained,
-             "lora": 6 * shape.lora_rank_width(lora_r) * length if lora_r else 0}
+    parts = {
+        "body": k * shape.body_weights() * length,
+        "attention": attention,
+        "head": k * shape.d * shape.vocab * trained,
+        "lora": 6 * shape.lora_rank_width(lora_r) * length if lora_r else 0,
+    }
     return parts
 
 

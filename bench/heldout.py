@@ -36,7 +36,7 @@ def heldout_loss(model, tokenizer, path: Path) -> float:
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         ids = tokenizer(full, add_special_tokens=False)["input_ids"]
         logits = model(torch.tensor([ids])).logits[0, len(p_ids) - 1 : -1].float()
-        targets = torch.tensor(ids[len(p_ids):])
+        targets = torch.tensor(ids[len(p_ids) :])
         total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
         count += len(targets)
     return total / count

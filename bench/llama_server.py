@@ -31,8 +31,10 @@ def sources() -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "sdist.tar.gz"  # the file itself (pip download would build its metadata first)
         name, number = LLAMA_CPP_PYTHON.split("==")
-        index = urllib.request.Request(f"https://pypi.org/simple/{name}/",  # the index's JSON form (PEP 691)
-                                       headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        index = urllib.request.Request(
+            f"https://pypi.org/simple/{name}/",  # the index's JSON form (PEP 691)
+            headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+        )
         with urllib.request.urlopen(index, timeout=60) as r:
             wanted = f"{name.replace('-', '_')}-{number}.tar.gz"
             [url] = [f["url"] for f in json.load(r)["files"] if f["filename"] == wanted]
@@ -55,11 +57,29 @@ def llama_server() -> Path:
         return binary
     tree = sources()
     build = ROOT / "build"
-    subprocess.run(["cmake", "-S", str(tree), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-                    "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-                    "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TOOLS=ON"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 2)],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            "cmake",
+            "-S",
+            str(tree),
+            "-B",
+            str(build),
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DLLAMA_CURL=OFF",
+            "-DGGML_NATIVE=ON",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+            "-DLLAMA_BUILD_SERVER=ON",
+            "-DLLAMA_BUILD_TOOLS=ON",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        ["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 2)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return binary
 
 

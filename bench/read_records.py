@@ -42,21 +42,37 @@ def write_records(path: Path, n: int) -> None:
         for _ in range(n):
             q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 60)))
             a = f"{rng.randint(1900, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
-            f.write(json.dumps({"messages": [{"role": "system", "content": "Answer with an ISO date."},
-                                             {"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "system", "content": "Answer with an ISO date."},
+                            {"role": "user", "content": q},
+                            {"role": "assistant", "content": a},
+                        ]
+                    }
+                )
+                + "\n"
+            )
 
 
 def baseline_tree(commit: str, into: Path) -> Path:
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "src/tunesmith"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", commit, "src/tunesmith"], check=True, capture_output=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into / "src"
 
 
 def read_once(src: Path, data: Path) -> tuple[float, int]:
-    out = subprocess.run([sys.executable, "-c", TIMED, str(data)], check=True, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"}).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", TIMED, str(data)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+    ).stdout.split()
     return float(out[0]), int(out[1])
 
 
@@ -79,13 +95,22 @@ def main() -> None:
                 seconds[kind].append(s)
                 print(kind, i, f"{s:.3f} s", flush=True)
     median = {k: statistics.median(v) for k, v in seconds.items()}
-    result = {"machine": machine(), "provenance": provenance(), "baseline": args.baseline, "records": args.records,
-              "repeats": args.repeats, "seconds": seconds, "median_seconds": median,
-              "slowdown": median["current"] / median["baseline"] - 1}
+    result = {
+        "machine": machine(),
+        "provenance": provenance(),
+        "baseline": args.baseline,
+        "records": args.records,
+        "repeats": args.repeats,
+        "seconds": seconds,
+        "median_seconds": median,
+        "slowdown": median["current"] / median["baseline"] - 1,
+    }
     out = args.out or ROOT / "bench" / "results" / f"read-records-{machine_tag()}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{args.records} records: {median['baseline']:.3f} s at {args.baseline}, {median['current']:.3f} s now "
-          f"({result['slowdown']:+.1%}); {out}")
+    print(
+        f"{args.records} records: {median['baseline']:.3f} s at {args.baseline}, {median['current']:.3f} s now "
+        f"({result['slowdown']:+.1%}); {out}"
+    )
 
 
 if __name__ == "__main__":

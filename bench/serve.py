@@ -38,7 +38,8 @@ import threading
 import time
 from pathlib import Path
 
-from llama_server import converter, llama_server, version as llama_version
+from llama_server import converter, llama_server
+from llama_server import version as llama_version
 from machine import machine, machine_tag, provenance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,8 +69,11 @@ def prepare(work: Path) -> dict:
     model_dir = resolve(MODEL).path
     gguf = work / "model-f16.gguf"
     if not gguf.is_file():
-        subprocess.run([str(TUNESMITH), "export", MODEL, "--format", "gguf", "--quant", "f16", "--to", str(work / "gguf")],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [str(TUNESMITH), "export", MODEL, "--format", "gguf", "--quant", "f16", "--to", str(work / "gguf")],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         [made] = (work / "gguf").glob("*.gguf")
         made.rename(gguf)
     adapters = {}
@@ -77,20 +81,38 @@ def prepare(work: Path) -> dict:
         folder, lora_gguf = work / name, work / f"{name}.gguf"
         if not (folder / "adapter_config.json").is_file():
             torch.manual_seed(i)
-            peft = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
-                                  LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+            peft = get_peft_model(
+                AutoModelForCausalLM.from_pretrained(model_dir),
+                LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"),
+            )
             for module in peft.modules():  # a trained adapter's size of change (PEFT starts B at zero)
                 if hasattr(module, "lora_B"):
                     for b in module.lora_B.values():
                         torch.nn.init.normal_(b.weight, std=0.01)
             peft.save_pretrained(folder)
         if not lora_gguf.is_file():
-            subprocess.run([sys.executable, str(converter()), "--base", str(model_dir), "--outtype", "f16", "--outfile",
-                            str(lora_gguf), str(folder)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(converter()),
+                    "--base",
+                    str(model_dir),
+                    "--outtype",
+                    "f16",
+                    "--outfile",
+                    str(lora_gguf),
+                    str(folder),
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         adapters[name] = {"peft": folder, "gguf": lora_gguf}
     splits = write_splits(work / "data", n_test=200)
-    prompts = [[m for m in json.loads(line)["messages"] if m["role"] != "assistant"]
-               for line in splits["test"].read_text().splitlines()]
+    prompts = [
+        [m for m in json.loads(line)["messages"] if m["role"] != "assistant"]
+        for line in splits["test"].read_text().splitlines()
+    ]
     return {"model_dir": model_dir, "gguf": gguf, "adapters": adapters, "prompts": prompts}
 
 
@@ -100,8 +122,9 @@ class Server:
     def __init__(self, argv: list[str], url: str, ready_marker: str | None, env: dict | None = None):
         import psutil
 
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+        )
         self.url, self.ps = url, psutil.Process(self.proc.pid)
         deadline = time.time() + 300
         while True:
@@ -151,8 +174,19 @@ class Server:
 
 
 def ours(prep: dict) -> Server:
-    argv = [str(TUNESMITH), "serve", MODEL, "--port", "0", "--max-rows", "32", "--max-queue", "512",
-            "--max-tokens", str(REPLY_TOKENS)]
+    argv = [
+        str(TUNESMITH),
+        "serve",
+        MODEL,
+        "--port",
+        "0",
+        "--max-rows",
+        "32",
+        "--max-queue",
+        "512",
+        "--max-tokens",
+        str(REPLY_TOKENS),
+    ]
     for name, files in prep["adapters"].items():
         argv += ["--adapter", f"{name}={files['peft']}"]
     return Server(argv, "", "serving ")
@@ -160,8 +194,22 @@ def ours(prep: dict) -> Server:
 
 def theirs(prep: dict, slots: int, mixed: bool) -> Server:
     port = free_port()
-    argv = [str(llama_server()), "-m", str(prep["gguf"]), "--host", "127.0.0.1", "--port", str(port), "-np", str(slots),
-            "-c", str(slots * SLOT_CONTEXT), "-t", str(os.cpu_count() or 2), "--no-webui"]
+    argv = [
+        str(llama_server()),
+        "-m",
+        str(prep["gguf"]),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-np",
+        str(slots),
+        "-c",
+        str(slots * SLOT_CONTEXT),
+        "-t",
+        str(os.cpu_count() or 2),
+        "--no-webui",
+    ]
     if mixed:
         for files in prep["adapters"].values():
             argv += ["--lora", str(files["gguf"])]
@@ -174,7 +222,9 @@ def request_for(server: str, case: str, i: int) -> tuple[str, dict]:
     which = i % (len(ADAPTERS) + 1) if case == "mixed" else 0
     if server == "tunesmith":
         return (MODEL if which == 0 else ADAPTERS[which - 1]), {"ignore_eos": True}
-    lora = [{"id": k, "scale": 1.0 if k == which - 1 else 0.0} for k in range(len(ADAPTERS))] if case == "mixed" else None
+    lora = (
+        [{"id": k, "scale": 1.0 if k == which - 1 else 0.0} for k in range(len(ADAPTERS))] if case == "mixed" else None
+    )
     return MODEL, {"ignore_eos": True, **({"lora": lora} if lora else {})}
 
 
@@ -194,9 +244,15 @@ async def load(url: str, server: str, case: str, prompts: list, concurrency: int
             model, extra = request_for(server, case, i)
             t0 = time.perf_counter()
             first, tokens = None, 0
-            stream = await client.chat.completions.create(model=model, messages=prompts[i % len(prompts)], temperature=0,
-                                                          max_tokens=REPLY_TOKENS, stream=True,
-                                                          stream_options={"include_usage": True}, extra_body=extra)
+            stream = await client.chat.completions.create(
+                model=model,
+                messages=prompts[i % len(prompts)],
+                temperature=0,
+                max_tokens=REPLY_TOKENS,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body=extra,
+            )
             async for chunk in stream:
                 if first is None and chunk.choices and chunk.choices[0].delta.content:
                     first = time.perf_counter()
@@ -233,9 +289,17 @@ def measure(srv: Server, server: str, case: str, prompts: list, concurrency: int
     latencies, ttfts = [r["latency"] for r in results], [r["ttft"] for r in results]
     tokens = sum(r["tokens"] for r in results)
     assert all(r["tokens"] == REPLY_TOKENS for r in results), [r["tokens"] for r in results]
-    return {"requests": len(results), "wall_s": wall, "requests_per_s": len(results) / wall, "tokens_per_s": tokens / wall,
-            "latency_p50": percentile(latencies, 0.5), "latency_p95": percentile(latencies, 0.95),
-            "ttft_p50": percentile(ttfts, 0.5), "ttft_p95": percentile(ttfts, 0.95), "peak_rss_mb": max(peak) / 2**20}
+    return {
+        "requests": len(results),
+        "wall_s": wall,
+        "requests_per_s": len(results) / wall,
+        "tokens_per_s": tokens / wall,
+        "latency_p50": percentile(latencies, 0.5),
+        "latency_p95": percentile(latencies, 0.95),
+        "ttft_p50": percentile(ttfts, 0.5),
+        "ttft_p95": percentile(ttfts, 0.95),
+        "peak_rss_mb": max(peak) / 2**20,
+    }
 
 
 METRICS = ("requests_per_s", "tokens_per_s", "latency_p50", "latency_p95", "ttft_p50", "ttft_p95", "peak_rss_mb")
@@ -247,8 +311,12 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,8,16,32")
     parser.add_argument("--per-client", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "tunesmith-bench" / "serve")
-    parser.add_argument("--out", type=Path, help="results file (default: bench/results/serve-<machine>.json for a "
-                        "full run; a run without 1 and 8 clients or with fewer than 3 repeats writes under --work)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="results file (default: bench/results/serve-<machine>.json for a "
+        "full run; a run without 1 and 8 clients or with fewer than 3 repeats writes under --work)",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     full = {1, 8} <= set(levels) and args.repeats >= 3
@@ -281,23 +349,45 @@ def main() -> None:
     medians: dict = {}
     for r in runs:
         medians.setdefault(r["server"], {}).setdefault(r["case"], {}).setdefault(str(r["concurrency"]), []).append(r)
-    for server, cases in medians.items():
-        for case, by_c in cases.items():
+    for cases in medians.values():
+        for by_c in cases.values():
             for c, rs in by_c.items():
                 by_c[c] = {m: statistics.median(x[m] for x in rs) for m in METRICS}
     ours_one = medians["tunesmith"]["one"]
     goals = {
-        "throughput_8_vs_1": ours_one["8"]["requests_per_s"] / ours_one["1"]["requests_per_s"] if "8" in ours_one else None,
-        "mixed_vs_llama_cpp": {c: medians["tunesmith"]["mixed"][c]["tokens_per_s"] / medians["llama.cpp"]["mixed"][c]["tokens_per_s"]
-                               for c in medians["tunesmith"]["mixed"]},
+        "throughput_8_vs_1": ours_one["8"]["requests_per_s"] / ours_one["1"]["requests_per_s"]
+        if "8" in ours_one
+        else None,
+        "mixed_vs_llama_cpp": {
+            c: medians["tunesmith"]["mixed"][c]["tokens_per_s"] / medians["llama.cpp"]["mixed"][c]["tokens_per_s"]
+            for c in medians["tunesmith"]["mixed"]
+        },
         "p95_8_vs_single": ours_one["8"]["latency_p95"] / ours_one["1"]["latency_p50"] if "8" in ours_one else None,
     }
     out = args.out or (ROOT / "bench" / "results" if full else args.work) / f"serve-{machine_tag()}.json"
-    out.write_text(json.dumps({"provenance": provenance(), "machine": machine(), "llama_cpp": llama_version(),
-                               "settings": {"model": MODEL, "reply_tokens": REPLY_TOKENS, "levels": levels,
-                                            "per_client": args.per_client, "repeats": args.repeats,
-                                            "adapters": len(ADAPTERS), "slot_context": SLOT_CONTEXT},
-                               "medians": medians, "goals": goals, "runs": runs}, indent=1) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "provenance": provenance(),
+                "machine": machine(),
+                "llama_cpp": llama_version(),
+                "settings": {
+                    "model": MODEL,
+                    "reply_tokens": REPLY_TOKENS,
+                    "levels": levels,
+                    "per_client": args.per_client,
+                    "repeats": args.repeats,
+                    "adapters": len(ADAPTERS),
+                    "slot_context": SLOT_CONTEXT,
+                },
+                "medians": medians,
+                "goals": goals,
+                "runs": runs,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(json.dumps(goals, indent=1))
     print(f"wrote {out}")
 

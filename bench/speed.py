@@ -87,13 +87,26 @@ def tunesmith_run(spec: dict) -> dict:
     options = dict(spec["options"])
     packing = options.pop("packing", False)
     tree = {
-        "name": "bench", "model": spec["model"], "method": spec["kind"],
+        "name": "bench",
+        "model": spec["model"],
+        "method": spec["kind"],
         "adapter": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"}
-        if spec["adapter"] == "lora" else {"type": "none"},
+        if spec["adapter"] == "lora"
+        else {"type": "none"},
         "data": {"train": spec["data"], "max_length": spec["max_length"], "packing": packing},
-        "train": {"epochs": 1, "batch_size": spec["batch_size"], "lr": spec["lr"], "schedule": "constant", "warmup": 0,
-                  "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": spec["seed"], "precision": "auto", "log_every": 1,
-                  **options},
+        "train": {
+            "epochs": 1,
+            "batch_size": spec["batch_size"],
+            "lr": spec["lr"],
+            "schedule": "constant",
+            "warmup": 0,
+            "weight_decay": 0.0,
+            "max_grad_norm": 1.0,
+            "seed": spec["seed"],
+            "precision": "auto",
+            "log_every": 1,
+            **options,
+        },
         "output": {"dir": spec["out"], "save_every": None},
     }
     rollout = {"seconds": 0.0, "tokens": 0, "generated": 0}
@@ -101,9 +114,14 @@ def tunesmith_run(spec: dict) -> dict:
         tree["preference"] = {"loss": "sigmoid", "beta": 0.1}
     if spec["kind"] == "grpo":
         g = spec["grpo"]
-        tree["rl"] = {"rewards": [{"function": "length_penalty", "target_length": g["target_length"]}],
-                      "group_size": g["group_size"], "max_new_tokens": g["max_new_tokens"], "beta": g["beta"],
-                      "temperature": 1.0, "top_p": 1.0}
+        tree["rl"] = {
+            "rewards": [{"function": "length_penalty", "target_length": g["target_length"]}],
+            "group_size": g["group_size"],
+            "max_new_tokens": g["max_new_tokens"],
+            "beta": g["beta"],
+            "temperature": 1.0,
+            "top_p": 1.0,
+        }
         from tunesmith.methods.grpo import GroupPolicyOptimisation
 
         sample = GroupPolicyOptimisation._sample
@@ -123,12 +141,19 @@ def tunesmith_run(spec: dict) -> dict:
     from importlib import metadata
 
     profile = Path(summary["run_dir"]) / "profile.txt"
-    row = {"tool": "tunesmith", "tokens": summary["tokens"], "train_seconds": summary["train_seconds"],
-           "steps": summary["steps"], "train_loss": sum(losses) / len(losses), "last_loss": losses[-1],
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **peak_gpu(),
-           "final": summary["final"],
-           "versions": {p: metadata.version(p) for p in ("tunesmith", "transformers", "peft", "torch")},
-           **({"profile": profile.read_text()} if profile.is_file() else {})}
+    row = {
+        "tool": "tunesmith",
+        "tokens": summary["tokens"],
+        "train_seconds": summary["train_seconds"],
+        "steps": summary["steps"],
+        "train_loss": sum(losses) / len(losses),
+        "last_loss": losses[-1],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **peak_gpu(),
+        "final": summary["final"],
+        "versions": {p: metadata.version(p) for p in ("tunesmith", "transformers", "peft", "torch")},
+        **({"profile": profile.read_text()} if profile.is_file() else {}),
+    }
     if spec["kind"] == "grpo":
         row["rollout"] = rollout
     return row
@@ -143,11 +168,24 @@ def run(name: str, seed: int, data: dict, model: str, workdir: Path, profile: in
         options = {**options, "profile_steps": profile}
     kind, adapter = KIND[group]
     settings = {k: v for k, v in options.items() if k != "batch_size"}
-    spec = {**COMMON, "kind": kind, "adapter": adapter, "model": model, "lr": LR[adapter], "options": settings,
-            "data": str(data[kind]), "out": str(workdir / f"{name}-{seed}"), "seed": seed, "grpo": GRPO,
-            "batch_size": options.get("batch_size", COMMON["batch_size"])}
-    args = [str(TRL_PYTHON), str(BENCH / "trl_run.py"), json.dumps(spec)] if tool == "trl" else \
-        [sys.executable, __file__, "--one", json.dumps(spec)]
+    spec = {
+        **COMMON,
+        "kind": kind,
+        "adapter": adapter,
+        "model": model,
+        "lr": LR[adapter],
+        "options": settings,
+        "data": str(data[kind]),
+        "out": str(workdir / f"{name}-{seed}"),
+        "seed": seed,
+        "grpo": GRPO,
+        "batch_size": options.get("batch_size", COMMON["batch_size"]),
+    }
+    args = (
+        [str(TRL_PYTHON), str(BENCH / "trl_run.py"), json.dumps(spec)]
+        if tool == "trl"
+        else [sys.executable, __file__, "--one", json.dumps(spec)]
+    )
     t0 = time.perf_counter()
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     base = {"name": name, "tool": tool, "group": group, "seed": seed, "options": options}
@@ -155,8 +193,11 @@ def run(name: str, seed: int, data: dict, model: str, workdir: Path, profile: in
         tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
         print(f"bench run {name} seed {seed} failed: {tail}", file=sys.stderr)
         return {**base, "error": tail}
-    row = {**json.loads(done.stdout.strip().splitlines()[-1]), **base,
-           "process_seconds": round(time.perf_counter() - t0, 1)}
+    row = {
+        **json.loads(done.stdout.strip().splitlines()[-1]),
+        **base,
+        "process_seconds": round(time.perf_counter() - t0, 1),
+    }
     if kind == "grpo":
         r = row["rollout"]
         row["sampling_tokens_per_s"] = r["generated"] / r["seconds"]
@@ -166,8 +207,11 @@ def run(name: str, seed: int, data: dict, model: str, workdir: Path, profile: in
         row["tokens_per_s"] = row["tokens"] / row["train_seconds"]
     if kind == "sft":
         row["heldout_loss"] = measure(Path(row["final"]), Path(model), data["heldout"])
-    print(f"{name} seed {seed}: {row['tokens_per_s']:.0f} tok/s, {row['peak_rss_mib']:.0f} MiB, "
-          f"held-out loss {row.get('heldout_loss', float('nan')):.4f}", file=sys.stderr)
+    print(
+        f"{name} seed {seed}: {row['tokens_per_s']:.0f} tok/s, {row['peak_rss_mib']:.0f} MiB, "
+        f"held-out loss {row.get('heldout_loss', float('nan')):.4f}",
+        file=sys.stderr,
+    )
     return row
 
 
@@ -181,7 +225,10 @@ def example_lengths(model: str, path: Path) -> list[tuple[int, int]]:
         ex = json.loads(line)
         prompt = tok.apply_chat_template(ex["prompt"], tokenize=False, add_generation_prompt=True)
         full = tok.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=False)
-        n_prompt, n = len(tok(prompt, add_special_tokens=False)["input_ids"]), len(tok(full, add_special_tokens=False)["input_ids"])
+        n_prompt, n = (
+            len(tok(prompt, add_special_tokens=False)["input_ids"]),
+            len(tok(full, add_special_tokens=False)["input_ids"]),
+        )
         out.append((n, n - n_prompt))
     return out
 
@@ -201,8 +248,13 @@ def summarise(result: dict) -> dict:
         mine = [r for r in rows if r["name"] == name]
         if not mine:
             continue
-        c = {"tool": tool, "group": group, "options": options, "packed": bool(options.get("packing")),
-             **{k: spread([r[k] for r in mine]) for k in MEASURED if all(k in r for r in mine)}}
+        c = {
+            "tool": tool,
+            "group": group,
+            "options": options,
+            "packed": bool(options.get("packing")),
+            **{k: spread([r[k] for r in mine]) for k in MEASURED if all(k in r for r in mine)},
+        }
         if "heldout_loss" in mine[0]:
             c["heldout_loss"] = spread([r["heldout_loss"] for r in mine])
         if group in result.get("epoch_flops", {}):
@@ -220,11 +272,16 @@ def summarise(result: dict) -> dict:
         best = max(ours, key=lambda n: ours[n]["tokens_per_s"]["median"])
         trl_best = max(theirs, key=lambda n: theirs[n]["tokens_per_s"]["median"])
         a, b = ours[best], theirs[trl_best]
-        g = {"tunesmith": best, "trl_fastest": trl_best,
-             "speed_ratio": a["tokens_per_s"]["median"] / b["tokens_per_s"]["median"],
-             "speed_ratio_range": [a["tokens_per_s"]["min"] / b["tokens_per_s"]["max"],
-                                   a["tokens_per_s"]["max"] / b["tokens_per_s"]["min"]],
-             "rss_ratio": a["peak_rss_mib"]["median"] / b["peak_rss_mib"]["median"]}
+        g = {
+            "tunesmith": best,
+            "trl_fastest": trl_best,
+            "speed_ratio": a["tokens_per_s"]["median"] / b["tokens_per_s"]["median"],
+            "speed_ratio_range": [
+                a["tokens_per_s"]["min"] / b["tokens_per_s"]["max"],
+                a["tokens_per_s"]["max"] / b["tokens_per_s"]["min"],
+            ],
+            "rss_ratio": a["peak_rss_mib"]["median"] / b["peak_rss_mib"]["median"],
+        }
         if "peak_gpu_mib" in a and "peak_gpu_mib" in b:
             g["gpu_memory_ratio"] = a["peak_gpu_mib"]["median"] / b["peak_gpu_mib"]["median"]
         if "heldout_loss" in a:  # like with like: unpacked with unpacked, packed with packed
@@ -233,11 +290,16 @@ def summarise(result: dict) -> dict:
                 for their_name, their in theirs.items():
                     if mine["packed"] != their["packed"]:
                         continue
-                    band = max(mine["heldout_loss"]["max"] - mine["heldout_loss"]["min"],
-                               their["heldout_loss"]["max"] - their["heldout_loss"]["min"])
+                    band = max(
+                        mine["heldout_loss"]["max"] - mine["heldout_loss"]["min"],
+                        their["heldout_loss"]["max"] - their["heldout_loss"]["min"],
+                    )
                     diff = mine["heldout_loss"]["median"] - their["heldout_loss"]["median"]
-                    g["loss"][f"{mine_name}/{their_name}"] = {"difference": diff, "seed_band": band,
-                                                              "within": abs(diff) <= band}
+                    g["loss"][f"{mine_name}/{their_name}"] = {
+                        "difference": diff,
+                        "seed_band": band,
+                        "within": abs(diff) <= band,
+                    }
         if group == "grpo":
             for k in ("sampling_tokens_per_s", "training_tokens_per_s"):
                 g[k.replace("tokens_per_s", "ratio")] = a[k]["median"] / b[k]["median"]
@@ -250,9 +312,15 @@ def summarise(result: dict) -> dict:
             g["targets"]["speed"] = {"target": targets["speed"], "met": g["speed_ratio"] >= targets["speed"]}
             g["targets"]["rss"] = {"target": targets["rss"], "met": g["rss_ratio"] <= targets["rss"]}
         if "mfu_packed" in targets and "mfu_packed" in g:
-            g["targets"]["mfu_packed"] = {"target": targets["mfu_packed"], "met": g["mfu_packed"] >= targets["mfu_packed"]}
+            g["targets"]["mfu_packed"] = {
+                "target": targets["mfu_packed"],
+                "met": g["mfu_packed"] >= targets["mfu_packed"],
+            }
         if "loss" in g:
-            g["targets"]["loss"] = {"target": "within the seed band", "met": all(v["within"] for v in g["loss"].values())}
+            g["targets"]["loss"] = {
+                "target": "within the seed band",
+                "met": all(v["within"] for v in g["loss"].values()),
+            }
         groups[group] = g
     return {"configs": configs, "groups": groups}
 
@@ -267,10 +335,15 @@ def plot(summary: dict, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.45 * len(configs) + 1.5))
     names = list(configs)
     colors = ["tab:green" if configs[n]["tool"] == "tunesmith" else "tab:gray" for n in names]
-    for ax, key, label in ((ax1, "tokens_per_s", "real tokens/s (higher is better)"),
-                           (ax2, "peak_rss_mib", "peak RSS, MiB (lower is better)")):
+    for ax, key, label in (
+        (ax1, "tokens_per_s", "real tokens/s (higher is better)"),
+        (ax2, "peak_rss_mib", "peak RSS, MiB (lower is better)"),
+    ):
         med = [configs[n][key]["median"] for n in names]
-        err = [[m - configs[n][key]["min"] for n, m in zip(names, med)], [configs[n][key]["max"] - m for n, m in zip(names, med)]]
+        err = [
+            [m - configs[n][key]["min"] for n, m in zip(names, med)],
+            [configs[n][key]["max"] - m for n, m in zip(names, med)],
+        ]
         ax.barh(names, med, xerr=err, color=colors, capsize=3)
         ax.set_xlabel(f"{label}, median and range")
         ax.invert_yaxis()
@@ -284,8 +357,13 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=64, help="training examples (one epoch); DPO pairs: a third of it")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each configuration, seeds 0..N-1, interleaved")
     ap.add_argument("--only", help="comma-separated configuration names (default: all)")
-    ap.add_argument("--profile", type=int, default=0, help="profile this many steps of each tunesmith run (the row's "
-                    "'profile'); profiled steps run slower, so results go to speed-profile-<machine>.json")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        help="profile this many steps of each tunesmith run (the row's "
+        "'profile'); profiled steps run slower, so results go to speed-profile-<machine>.json",
+    )
     ap.add_argument("--out", type=Path, help="default: bench/results/speed-<machine>.json")
     ap.add_argument("--model", type=Path, help="a model folder instead of the bundled model (bench/gpu_model.py's)")
     ap.add_argument("--model-name", default="SmolLM2-135M-Instruct", help="what the results call --model")
@@ -315,28 +393,44 @@ def main() -> None:
     where = provenance((BENCH,))
     precision = where["machine"]["auto_precision"]
     peaks = {p: matmul_peak_gflops(p) for p in ("bf16", "fp32")}
-    print(f"matmul peak: bf16 {peaks['bf16']:.0f} GFLOP/s, fp32 {peaks['fp32']:.0f} GFLOP/s; runs compute in {precision}",
-          file=sys.stderr)
+    print(
+        f"matmul peak: bf16 {peaks['bf16']:.0f} GFLOP/s, fp32 {peaks['fp32']:.0f} GFLOP/s; runs compute in {precision}",
+        file=sys.stderr,
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = chat_data.write(Path(tmp) / "data", args.examples, 32)
-        dpo_pairs = Path(tmp) / "data" / "dpo-head.jsonl"  # DPO: fewer pairs (each is two sequences and a reference pass)
+        dpo_pairs = (
+            Path(tmp) / "data" / "dpo-head.jsonl"
+        )  # DPO: fewer pairs (each is two sequences and a reference pass)
         dpo_pairs.write_text("".join(data["dpo"].read_text().splitlines(keepends=True)[: max(8, args.examples // 3)]))
         data["dpo"] = dpo_pairs
         data["grpo"] = Path(tmp) / "data" / "grpo.jsonl"
         data["grpo"].write_text("".join(data["sft"].read_text().splitlines(keepends=True)[: GRPO["prompts"]]))
         shape, lengths = Shape.of(AutoConfig.from_pretrained(model)), example_lengths(model, data["sft"])
-        flops = {"lora": epoch_flops(shape, lengths, full=False, lora_r=16), "full": epoch_flops(shape, lengths, full=True, lora_r=None)}
+        flops = {
+            "lora": epoch_flops(shape, lengths, full=False, lora_r=16),
+            "full": epoch_flops(shape, lengths, full=True, lora_r=None),
+        }
         for seed in range(args.repeats):
             for name in names:
                 rows.append(run(name, seed, data, model, Path(tmp) / "runs", args.profile))
     failed = [r for r in rows if "error" in r]
-    result = {**where, "matmul_peak_gflops": peaks, "precision": precision, "model": args.model_name,
-              "examples": args.examples, "repeats": args.repeats, "real_tokens": sum(n for n, _ in lengths),
-              "trained_tokens": sum(c for _, c in lengths), "epoch_flops": flops,
-              "hyperparameters": {**COMMON, "lr": LR, "epochs": 1, "schedule": "constant", "grpo": GRPO},
-              "trl_versions": next((r["versions"] for r in rows if r["tool"] == "trl" and "versions" in r), None),
-              "rows": [r for r in rows if "error" not in r], "failed": failed}
+    result = {
+        **where,
+        "matmul_peak_gflops": peaks,
+        "precision": precision,
+        "model": args.model_name,
+        "examples": args.examples,
+        "repeats": args.repeats,
+        "real_tokens": sum(n for n, _ in lengths),
+        "trained_tokens": sum(c for _, c in lengths),
+        "epoch_flops": flops,
+        "hyperparameters": {**COMMON, "lr": LR, "epochs": 1, "schedule": "constant", "grpo": GRPO},
+        "trl_versions": next((r["versions"] for r in rows if r["tool"] == "trl" and "versions" in r), None),
+        "rows": [r for r in rows if "error" not in r],
+        "failed": failed,
+    }
     result.update(summarise(result))
     out = args.out or BENCH / "results" / f"speed{'-profile' if args.profile else ''}-{where['machine_tag']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,8 +23,11 @@ def configs(result: dict) -> str:
     """One row per configuration: tokens/s, peak RSS, held-out loss, MFU (median and range)."""
     gpu = any("peak_gpu_mib" in c for c in result["configs"].values())  # bench/gpu.sh: the GPU's memory too
     memory_column = " peak GPU memory (MiB) |" if gpu else ""
-    lines = [f"| configuration | real tokens/s | peak RSS (MiB) |{memory_column} held-out loss "
-             f"| MFU ({result['precision']} peak) |", "|---|---|---|---|---|" + ("---|" if gpu else "")]
+    lines = [
+        f"| configuration | real tokens/s | peak RSS (MiB) |{memory_column} held-out loss "
+        f"| MFU ({result['precision']} peak) |",
+        "|---|---|---|---|---|" + ("---|" if gpu else ""),
+    ]
     for name, c in result["configs"].items():
         if c["group"] == "grpo":
             continue
@@ -32,14 +35,22 @@ def configs(result: dict) -> str:
         loss = _range(c["heldout_loss"], "{:.4f}") if "heldout_loss" in c else "–"
         mfu = _pct(c["mfu"]) if "mfu" in c else "–"
         memory = f" {_range(c['peak_gpu_mib'], '{:.0f}')} |" if gpu and "peak_gpu_mib" in c else (" – |" if gpu else "")
-        lines.append(f"| {bold}{name}{bold} | {_range(c['tokens_per_s'], '{:.0f}')} | {_range(c['peak_rss_mib'], '{:.0f}')} "
-                     f"|{memory} {loss} | {mfu} |")
+        lines.append(
+            f"| {bold}{name}{bold} | {_range(c['tokens_per_s'], '{:.0f}')} | {_range(c['peak_rss_mib'], '{:.0f}')} "
+            f"|{memory} {loss} | {mfu} |"
+        )
     grpo = [(n, c) for n, c in result["configs"].items() if c["group"] == "grpo"]
     if grpo:
-        lines += ["", "| GRPO | sampling: generated tokens/s | training: tokens/s | peak RSS (MiB) |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "| GRPO | sampling: generated tokens/s | training: tokens/s | peak RSS (MiB) |",
+            "|---|---|---|---|",
+        ]
         for name, c in grpo:
-            lines.append(f"| {name} | {_range(c['sampling_tokens_per_s'], '{:.1f}')} "
-                         f"| {_range(c['training_tokens_per_s'], '{:.0f}')} | {_range(c['peak_rss_mib'], '{:.0f}')} |")
+            lines.append(
+                f"| {name} | {_range(c['sampling_tokens_per_s'], '{:.1f}')} "
+                f"| {_range(c['training_tokens_per_s'], '{:.0f}')} | {_range(c['peak_rss_mib'], '{:.0f}')} |"
+            )
     return "\n".join(lines)
 
 
@@ -55,23 +66,36 @@ def targets(result: dict) -> str:
         t = g["targets"]
         lo, hi = g["speed_ratio_range"]
         if group == "grpo":
-            lines.append(f"| {GROUP_LABEL[group]}: sampling, training tokens/s | {vs} | {g['sampling_ratio']:.2f}×, "
-                         f"{g['training_ratio']:.2f}× | reported | |")
+            lines.append(
+                f"| {GROUP_LABEL[group]}: sampling, training tokens/s | {vs} | {g['sampling_ratio']:.2f}×, "
+                f"{g['training_ratio']:.2f}× | reported | |"
+            )
             continue
-        lines.append(f"| {GROUP_LABEL[group]}: real tokens/s | {vs} | {g['speed_ratio']:.2f}× ({lo:.2f}–{hi:.2f}) "
-                     f"| {'≥ ' + format(t['speed']['target'], 'g') + '×' if 'speed' in t else 'faster'} "
-                     f"| {_met(t['speed']) if 'speed' in t else ('yes' if g['speed_ratio'] > 1 else 'no')} |")
-        lines.append(f"| {GROUP_LABEL[group]}: peak RSS | {vs} | {g['rss_ratio']:.2f}× "
-                     f"| {'≤ ' + format(t['rss']['target'], 'g') + '×' if 'rss' in t else 'less'} "
-                     f"| {_met(t['rss']) if 'rss' in t else ('yes' if g['rss_ratio'] < 1 else 'no')} |")
+        lines.append(
+            f"| {GROUP_LABEL[group]}: real tokens/s | {vs} | {g['speed_ratio']:.2f}× ({lo:.2f}–{hi:.2f}) "
+            f"| {'≥ ' + format(t['speed']['target'], 'g') + '×' if 'speed' in t else 'faster'} "
+            f"| {_met(t['speed']) if 'speed' in t else ('yes' if g['speed_ratio'] > 1 else 'no')} |"
+        )
+        lines.append(
+            f"| {GROUP_LABEL[group]}: peak RSS | {vs} | {g['rss_ratio']:.2f}× "
+            f"| {'≤ ' + format(t['rss']['target'], 'g') + '×' if 'rss' in t else 'less'} "
+            f"| {_met(t['rss']) if 'rss' in t else ('yes' if g['rss_ratio'] < 1 else 'no')} |"
+        )
         if "gpu_memory_ratio" in g:
-            lines.append(f"| {GROUP_LABEL[group]}: peak GPU memory | {vs} | {g['gpu_memory_ratio']:.2f}× | less "
-                         f"| {'yes' if g['gpu_memory_ratio'] < 1 else 'no'} |")
+            lines.append(
+                f"| {GROUP_LABEL[group]}: peak GPU memory | {vs} | {g['gpu_memory_ratio']:.2f}× | less "
+                f"| {'yes' if g['gpu_memory_ratio'] < 1 else 'no'} |"
+            )
         for pair, v in g.get("loss", {}).items():
-            lines.append(f"| {GROUP_LABEL[group]}: held-out loss | {pair} | {v['difference']:+.4f} "
-                         f"| within the seeds' spread ({v['seed_band']:.4f}) | {'**met**' if v['within'] else 'not met'} |")
+            lines.append(
+                f"| {GROUP_LABEL[group]}: held-out loss | {pair} | {v['difference']:+.4f} "
+                f"| within the seeds' spread ({v['seed_band']:.4f}) | {'**met**' if v['within'] else 'not met'} |"
+            )
         if "mfu_packed" in g:
             target = t.get("mfu_packed")
-            lines.append(f"| {GROUP_LABEL[group]}: MFU, packed | {g['tunesmith']} | {g['mfu_packed']:.0%} "
-                         f"| {'≥ ' + format(target['target'], '.0%') if target else 'reported'} | {_met(target) if target else ''} |")
+            lines.append(
+                f"| {GROUP_LABEL[group]}: MFU, packed | {g['tunesmith']} | {g['mfu_packed']:.0%} "
+                f"| {'≥ ' + format(target['target'], '.0%') if target else 'reported'} | "
+                f"{_met(target) if target else ''} |"
+            )
     return "\n".join(lines)

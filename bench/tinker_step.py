@@ -44,15 +44,36 @@ def encoded_batch(n: int) -> list[tuple[list[int], list[int], list[float]]]:
     tokenizer = load_tokenizer(tokenizer_dir(resolve(MODEL)))
     encoded = [encode_example(tokenizer, e, 512, "all_assistant", True) for e in examples]
     trained = sum(sum(x != IGNORE for x in enc.labels[1:]) for enc in encoded)
-    return [(enc.input_ids[:-1], enc.input_ids[1:], [(x != IGNORE) / trained for x in enc.labels[1:]]) for enc in encoded]
+    return [
+        (enc.input_ids[:-1], enc.input_ids[1:], [(x != IGNORE) / trained for x in enc.labels[1:]]) for enc in encoded
+    ]
 
 
 def start_service(home: Path) -> tuple[subprocess.Popen, str]:
     keys = home.parent / "keys.txt"
     keys.write_text(f"{KEY} bench\n")
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "service", "--port", "0", "--home", str(home),
-                             "--model", MODEL, "--api-keys-file", str(keys), "--probe-limit", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tunesmith",
+            "service",
+            "--port",
+            "0",
+            "--home",
+            str(home),
+            "--model",
+            MODEL,
+            "--api-keys-file",
+            str(keys),
+            "--probe-limit",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     line = proc.stdout.readline()
     if " at " not in line:
         proc.kill()
@@ -75,17 +96,27 @@ def main() -> None:
     from tunesmith.run.client_loop import ClientLoopModel, ModelSpec
 
     batch = encoded_batch(args.batch)
-    datums = [types.Datum(model_input=types.ModelInput.from_ints(x), loss_fn_inputs={
-        "target_tokens": np.array(t, dtype=np.int64), "weights": np.array(w, dtype=np.float32)}) for x, t, w in batch]
-    local_data = [Datum(x, {"target_tokens": np.array(t, dtype=np.int64), "weights": np.array(w, dtype=np.float32)})
-                  for x, t, w in batch]
+    datums = [
+        types.Datum(
+            model_input=types.ModelInput.from_ints(x),
+            loss_fn_inputs={"target_tokens": np.array(t, dtype=np.int64), "weights": np.array(w, dtype=np.float32)},
+        )
+        for x, t, w in batch
+    ]
+    local_data = [
+        Datum(x, {"target_tokens": np.array(t, dtype=np.int64), "weights": np.array(w, dtype=np.float32)})
+        for x, t, w in batch
+    ]
     tokens = sum(len(x) for x, _, _ in batch)
 
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_service(Path(tmp) / "home")
         try:
-            training = tinker.ServiceClient(base_url=url, api_key=KEY).create_lora_training_client(
-                base_model=MODEL, rank=args.rank, train_unembed=False).result()
+            training = (
+                tinker.ServiceClient(base_url=url, api_key=KEY)
+                .create_lora_training_client(base_model=MODEL, rank=args.rank, train_unembed=False)
+                .result()
+            )
             local = ClientLoopModel(ModelSpec(MODEL, rank=args.rank, train_unembed=False))
 
             def via_tinker() -> float:
@@ -112,12 +143,25 @@ def main() -> None:
 
     tinker_s = statistics.median(r["tinker_s"] for r in runs)
     engine_s = statistics.median(r["engine_s"] for r in runs)
-    result = {"provenance": provenance(), "machine": machine(),
-              "settings": {"model": MODEL, "batch": args.batch, "tokens": tokens, "rank": args.rank,
-                           "repeats": args.repeats, "client": f"tinker {tinker.__version__}"},
-              "medians": {"tinker_s": tinker_s, "engine_s": engine_s, "overhead_s": tinker_s - engine_s,
-                          "ratio": tinker_s / engine_s},
-              "runs": runs}
+    result = {
+        "provenance": provenance(),
+        "machine": machine(),
+        "settings": {
+            "model": MODEL,
+            "batch": args.batch,
+            "tokens": tokens,
+            "rank": args.rank,
+            "repeats": args.repeats,
+            "client": f"tinker {tinker.__version__}",
+        },
+        "medians": {
+            "tinker_s": tinker_s,
+            "engine_s": engine_s,
+            "overhead_s": tinker_s - engine_s,
+            "ratio": tinker_s / engine_s,
+        },
+        "runs": runs,
+    }
     out = ROOT / "bench" / "results" / f"tinker-step-{machine_tag()}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["medians"], indent=1))

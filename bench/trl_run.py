@@ -22,9 +22,11 @@ from importlib import metadata
 
 def length_penalty(target: int):
     """tunesmith's built-in `length_penalty` reward, as a TRL reward function."""
+
     def reward(completions, **_):
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return [-max(0, len(t.strip()) - target) / target for t in texts]
+
     return reward
 
 
@@ -42,11 +44,26 @@ def main(spec: dict) -> dict:
     data = load_dataset("json", data_files=spec["data"], split="train")
     peft_config = None
     if spec["adapter"] == "lora":
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    common = dict(output_dir=spec["out"], per_device_train_batch_size=spec["batch_size"], learning_rate=spec["lr"],
-                  num_train_epochs=1, seed=spec["seed"], data_seed=spec["seed"], lr_scheduler_type="constant",
-                  warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, save_strategy="no", report_to="none",
-                  logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
+        peft_config = LoraConfig(
+            r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    common = dict(
+        output_dir=spec["out"],
+        per_device_train_batch_size=spec["batch_size"],
+        learning_rate=spec["lr"],
+        num_train_epochs=1,
+        seed=spec["seed"],
+        data_seed=spec["seed"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     if spec["kind"] != "grpo":
         common["max_length"] = spec["max_length"]
     common.update(options)
@@ -54,26 +71,49 @@ def main(spec: dict) -> dict:
     if spec["kind"] == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=data, processing_class=tokenizer,
-                             peft_config=peft_config)
+        trainer = SFTTrainer(
+            model=model,
+            args=SFTConfig(**common),
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
         tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
     elif spec["kind"] == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        trainer = DPOTrainer(model=model, args=DPOConfig(beta=0.1, **common), train_dataset=data,
-                             processing_class=tokenizer, peft_config=peft_config)
+        trainer = DPOTrainer(
+            model=model,
+            args=DPOConfig(beta=0.1, **common),
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
         ds = trainer.train_dataset
-        tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in
-                     zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
+        tokens = sum(
+            2 * len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"])
+        )
     else:
         from trl import GRPOConfig, GRPOTrainer
 
         g = spec["grpo"]
-        args = GRPOConfig(num_generations=g["group_size"], max_completion_length=g["max_new_tokens"], beta=g["beta"],
-                          temperature=1.0, top_p=1.0, loss_type="grpo", **common)
-        trainer = GRPOTrainer(model=model, reward_funcs=length_penalty(g["target_length"]), args=args,
-                              train_dataset=data.remove_columns([c for c in data.column_names if c != "prompt"]),
-                              processing_class=tokenizer, peft_config=peft_config)
+        args = GRPOConfig(
+            num_generations=g["group_size"],
+            max_completion_length=g["max_new_tokens"],
+            beta=g["beta"],
+            temperature=1.0,
+            top_p=1.0,
+            loss_type="grpo",
+            **common,
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=length_penalty(g["target_length"]),
+            args=args,
+            train_dataset=data.remove_columns([c for c in data.column_names if c != "prompt"]),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
         sample = trainer._generate_and_score_completions
 
         def timed(batch):  # sampling, rewards and reference log-probs, as tunesmith's rollout
@@ -91,10 +131,16 @@ def main(spec: dict) -> dict:
     trainer.save_model(spec["out"] + "/final")
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     row = {
-        "tool": "trl", "tokens": tokens if tokens is not None else rollout["tokens"], "examples": len(data),
-        "train_seconds": metrics["train_runtime"], "setup_seconds": round(setup_s, 1), "steps": trainer.state.global_step,
-        "train_loss": metrics["train_loss"], "last_loss": losses[-1] if losses else None,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "final": spec["out"] + "/final",
+        "tool": "trl",
+        "tokens": tokens if tokens is not None else rollout["tokens"],
+        "examples": len(data),
+        "train_seconds": metrics["train_runtime"],
+        "setup_seconds": round(setup_s, 1),
+        "steps": trainer.state.global_step,
+        "train_loss": metrics["train_loss"],
+        "last_loss": losses[-1] if losses else None,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "final": spec["out"] + "/final",
         **({"peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}),
         "versions": {p: metadata.version(p) for p in ("trl", "transformers", "peft", "torch", "accelerate")},
     }

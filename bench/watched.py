@@ -28,13 +28,20 @@ from tunesmith.tasks.dates import write_splits
 
 def run_once(work: Path, name: str, every: int | None, limit: int) -> dict:
     tree = quickstart_config(work, name, "smollm2-135m-instruct", 40, None)
-    tree["eval"] = {"every": 50, "max_new_tokens": 16, **({"generate_every": every, "generate_limit": limit} if every else {})}
+    tree["eval"] = {
+        "every": 50,
+        "max_new_tokens": 16,
+        **({"generate_every": every, "generate_limit": limit} if every else {}),
+    }
     tree["forgetting"] = {}
     tree.pop("compare")
     summary = train(validate_config(tree, "bench"), quiet=True)
     lines = [json.loads(line) for line in (work / "runs" / name / "metrics.jsonl").read_text().splitlines()]
-    return {"train_seconds": summary["train_seconds"], "evaluations": sum("val_exact_match" in r for r in lines),
-            "val_exact_match": [r["val_exact_match"] for r in lines if "val_exact_match" in r]}
+    return {
+        "train_seconds": summary["train_seconds"],
+        "evaluations": sum("val_exact_match" in r for r in lines),
+        "val_exact_match": [r["val_exact_match"] for r in lines if "val_exact_match" in r],
+    }
 
 
 def main() -> None:
@@ -54,14 +61,25 @@ def main() -> None:
                 print(kind, i, runs[kind][-1]["train_seconds"], flush=True)
     median = {k: statistics.median(r["train_seconds"] for r in v) for k, v in runs.items()}
     evaluations = runs["with"][0]["evaluations"]
-    result = {"machine": machine(), "provenance": provenance(), "steps": 40, "every": args.every, "limit": args.limit,
-              "repeats": args.repeats, "runs": runs, "median_train_seconds": median,
-              "overhead": median["with"] / median["without"] - 1, "evaluations": evaluations,
-              "seconds_per_evaluation": (median["with"] - median["without"]) / evaluations}
+    result = {
+        "machine": machine(),
+        "provenance": provenance(),
+        "steps": 40,
+        "every": args.every,
+        "limit": args.limit,
+        "repeats": args.repeats,
+        "runs": runs,
+        "median_train_seconds": median,
+        "overhead": median["with"] / median["without"] - 1,
+        "evaluations": evaluations,
+        "seconds_per_evaluation": (median["with"] - median["without"]) / evaluations,
+    }
     out = args.out or Path(__file__).resolve().parent / "results" / f"watched-{machine_tag()}.json"
     out.write_text(json.dumps(result, indent=2))
-    print(f"overhead {result['overhead']:+.1%}, {result['seconds_per_evaluation']:.1f} s per evaluation of "
-          f"{args.limit} examples ({evaluations} evaluations)")
+    print(
+        f"overhead {result['overhead']:+.1%}, {result['seconds_per_evaluation']:.1f} s per evaluation of "
+        f"{args.limit} examples ({evaluations} evaluations)"
+    )
 
 
 if __name__ == "__main__":

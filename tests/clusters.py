@@ -27,8 +27,11 @@ def _apt_install(packages: tuple[str, ...]) -> str | None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         return "not root on a Debian system"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for attempt in (["apt-get", "install", "-y", "-q", *packages], ["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", *packages]):
+    for attempt in (
+        ["apt-get", "install", "-y", "-q", *packages],
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", *packages],
+    ):
         done = subprocess.run(attempt, capture_output=True, text=True, env=env)
         if done.returncode == 0 and attempt[1] == "install":
             return None
@@ -143,43 +146,86 @@ class Slurm:
     def _start_database(self, port: int) -> None:
         """A MariaDB server of the test's own (data under root/db, loopback port) for slurmdbd."""
         data = self.root / "db"
-        done = subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
-                               "--skip-test-db"], capture_output=True, text=True)
+        done = subprocess.run(
+            ["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root", "--skip-test-db"],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"mariadb-install-db failed: {done.stderr.strip()[-500:]}")
         init = self.root / "db-init.sql"
-        init.write_text(f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}';\n"
-                        "GRANT ALL ON *.* TO 'slurm'@'127.0.0.1';\n")
-        self.daemons.append(subprocess.Popen(
-            ["mariadbd", "--no-defaults", f"--datadir={data}", "--user=root", "--bind-address=127.0.0.1",
-             f"--port={port}", f"--socket={self.root}/db.sock", f"--pid-file={self.root}/db.pid",
-             f"--init-file={init}", "--skip-log-bin", "--innodb-buffer-pool-size=32M",
-             f"--log-error={self.root}/db.log"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        init.write_text(
+            f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}';\n"
+            "GRANT ALL ON *.* TO 'slurm'@'127.0.0.1';\n"
+        )
+        self.daemons.append(
+            subprocess.Popen(
+                [
+                    "mariadbd",
+                    "--no-defaults",
+                    f"--datadir={data}",
+                    "--user=root",
+                    "--bind-address=127.0.0.1",
+                    f"--port={port}",
+                    f"--socket={self.root}/db.sock",
+                    f"--pid-file={self.root}/db.pid",
+                    f"--init-file={init}",
+                    "--skip-log-bin",
+                    "--innodb-buffer-pool-size=32M",
+                    f"--log-error={self.root}/db.log",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
 
         def answers() -> bool:
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", port)) == 0
+
         _wait(answers, "mariadbd", self.root / "db.log")
 
     def start(self) -> None:
         for folder in ("state", "spool"):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         db_port, dbd_port = _free_port(), _free_port()
-        self.conf.write_text(SLURM_CONF.format(host=self.host, ctld_port=_free_port(), d_port=_free_port(),
-                                               root=self.root, cpus=os.cpu_count() or 1, dbd_port=dbd_port,
-                                               min_job_age=self.min_job_age))
+        self.conf.write_text(
+            SLURM_CONF.format(
+                host=self.host,
+                ctld_port=_free_port(),
+                d_port=_free_port(),
+                root=self.root,
+                cpus=os.cpu_count() or 1,
+                dbd_port=dbd_port,
+                min_job_age=self.min_job_age,
+            )
+        )
         dbd_conf = self.root / "slurmdbd.conf"  # found beside slurm.conf; slurmdbd wants it private
-        dbd_conf.write_text(SLURMDBD_CONF.format(dbd_port=dbd_port, db_port=db_port, password=DB_PASSWORD,
-                                                 root=self.root))
+        dbd_conf.write_text(
+            SLURMDBD_CONF.format(dbd_port=dbd_port, db_port=db_port, password=DB_PASSWORD, root=self.root)
+        )
         dbd_conf.chmod(0o600)
         self._start_database(db_port)
-        self.daemons.append(subprocess.Popen(["slurmdbd", "-D"], env=self.env, stdout=subprocess.DEVNULL,
-                                             stderr=subprocess.DEVNULL))
+        self.daemons.append(
+            subprocess.Popen(["slurmdbd", "-D"], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
         _wait(lambda: "slurmdbd version" in _read(self.root / "slurmdbd.log"), "slurmdbd", self.root / "slurmdbd.log")
-        self.daemons.append(subprocess.Popen(["slurmctld", "-D", "-i", "-f", str(self.conf)], env=self.env,
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        self.daemons.append(subprocess.Popen(["slurmd", "-D", "-f", str(self.conf), "-N", self.host], env=self.env,
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.daemons.append(
+            subprocess.Popen(
+                ["slurmctld", "-D", "-i", "-f", str(self.conf)],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        self.daemons.append(
+            subprocess.Popen(
+                ["slurmd", "-D", "-f", str(self.conf), "-N", self.host],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         deadline = time.time() + 60
         while time.time() < deadline:
             state = self.run("sinfo", "--noheader", "--format", "%T").stdout.strip()
@@ -240,10 +286,29 @@ class Ray:
         self.ray = str(Path(sys.executable).with_name("ray"))
 
     def start(self) -> None:
-        done = subprocess.run([self.ray, "start", "--head", "--port", str(self.port), "--dashboard-host", "127.0.0.1",
-                               "--dashboard-port", str(self.dashboard), "--num-cpus", str(os.cpu_count() or 1),
-                               "--include-dashboard", "true", "--disable-usage-stats", f"--temp-dir={self.root}"],
-                              capture_output=True, text=True, env=self.env, timeout=180)
+        done = subprocess.run(
+            [
+                self.ray,
+                "start",
+                "--head",
+                "--port",
+                str(self.port),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(self.dashboard),
+                "--num-cpus",
+                str(os.cpu_count() or 1),
+                "--include-dashboard",
+                "true",
+                "--disable-usage-stats",
+                f"--temp-dir={self.root}",
+            ],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=180,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"ray start failed: {done.stderr.strip()[-2000:]}")
         from ray.job_submission import JobSubmissionClient

@@ -35,7 +35,7 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
 def corpus() -> list[str]:
-    from tunesmith.tasks.dates import INSTRUCTION, SENTENCES, MONTHS, NAMES, CITIES, ITEMS, WEEKDAYS
+    from tunesmith.tasks.dates import CITIES, INSTRUCTION, ITEMS, MONTHS, NAMES, SENTENCES, WEEKDAYS
 
     words = SENTENCES + MONTHS + NAMES + CITIES + ITEMS + WEEKDAYS + [INSTRUCTION]
     words += ["system", "user", "assistant", "You are a helpful assistant.", "Text:", "0123456789-,.;:#'"]
@@ -49,14 +49,24 @@ def build_tokenizer(chat_template: str | None = CHATML, add_bos: bool = False):
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(corpus(), trainer)
     if add_bos:
-        tok.post_processor = processors.TemplateProcessing(single="<|im_start|> $A", pair="<|im_start|> $A $B",
-                                                           special_tokens=[("<|im_start|>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|im_start|> $A", pair="<|im_start|> $A $B", special_tokens=[("<|im_start|>", 1)]
+        )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
     if chat_template:
         fast.chat_template = chat_template
     return fast
@@ -74,11 +84,20 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
-                         initializer_range=0.1)  # large enough that frozen random weights can be adapted
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.1,
+    )  # large enough that frozen random weights can be adapted
     model = LlamaForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(path)
@@ -106,10 +125,20 @@ def tiny_family(family: str, tokenizer, folder: Path, gemma3_layers: tuple[str, 
     import torch
     import transformers as tf
 
-    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                  bos_token_id=tokenizer.bos_token_id, initializer_range=0.2)
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        initializer_range=0.2,
+    )
     if family == "qwen2":
         config = tf.Qwen2Config(**common)
     elif family == "qwen3":
@@ -117,8 +146,13 @@ def tiny_family(family: str, tokenizer, folder: Path, gemma3_layers: tuple[str, 
     elif family == "mistral":
         config = tf.MistralConfig(**common, sliding_window=None)
     elif family == "gemma3":
-        config = tf.Gemma3TextConfig(**{**common, "num_hidden_layers": len(gemma3_layers)}, head_dim=256,
-                                     query_pre_attn_scalar=256, sliding_window=4, layer_types=list(gemma3_layers))
+        config = tf.Gemma3TextConfig(
+            **{**common, "num_hidden_layers": len(gemma3_layers)},
+            head_dim=256,
+            query_pre_attn_scalar=256,
+            sliding_window=4,
+            layer_types=list(gemma3_layers),
+        )
     else:
         raise ValueError(family)
     torch.manual_seed(0)
@@ -174,8 +208,14 @@ def start_server(args: list[str], cwd: Path, env: dict, timeout: float = 120):
     import subprocess
     import threading
 
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=cwd, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
@@ -193,8 +233,13 @@ def train_until(config: Path, log: Path, tmp_path: Path, steps: int, timeout: fl
 
     from tunesmith.engine.logbook import read_metrics
 
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "train", str(config), "--quiet"], cwd=tmp_path,
-                            env=cli_env(tmp_path), text=True, **popen)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", "train", str(config), "--quiet"],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        text=True,
+        **popen,
+    )
     deadline = time.time() + timeout
     while (not log.exists() or len(read_metrics(log)) < steps) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -204,8 +249,14 @@ def train_until(config: Path, log: Path, tmp_path: Path, steps: int, timeout: fl
 def cli(args: list[str], tmp_path: Path, env_extra: dict | None = None, **kwargs):
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "tunesmith", *args], capture_output=True, text=True,
-                          env={**cli_env(tmp_path), **(env_extra or {})}, cwd=kwargs.pop("cwd", tmp_path), **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "tunesmith", *args],
+        capture_output=True,
+        text=True,
+        env={**cli_env(tmp_path), **(env_extra or {})},
+        cwd=kwargs.pop("cwd", tmp_path),
+        **kwargs,
+    )
 
 
 class CliResult:
@@ -213,8 +264,9 @@ class CliResult:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
-def cli_here(args: list[str], tmp_path: Path, env_extra: dict | None = None, input: str | None = None,
-             **_ignored) -> CliResult:
+def cli_here(
+    args: list[str], tmp_path: Path, env_extra: dict | None = None, input: str | None = None, **_ignored
+) -> CliResult:
     """`cli` without a new interpreter (seconds of imports per call): `main` in this process, in
     `tmp_path`, with the same environment, stdin and exit codes, output captured."""
     import contextlib
@@ -226,7 +278,9 @@ def cli_here(args: list[str], tmp_path: Path, env_extra: dict | None = None, inp
     out, err, code = io.StringIO(), io.StringIO(), 0
     os.environ.clear()
     os.environ.update({**cli_env(tmp_path), **(env_extra or {})})
-    sys.path[:0] = [p for p in (env_extra or {}).get("PYTHONPATH", "").split(os.pathsep) if p]  # as a new interpreter would
+    sys.path[:0] = [
+        p for p in (env_extra or {}).get("PYTHONPATH", "").split(os.pathsep) if p
+    ]  # as a new interpreter would
     os.chdir(tmp_path)
     sys.stdin = io.StringIO(input or "")
     try:

@@ -60,9 +60,11 @@ def _arm(fault: dict) -> None:
                 if phase == "before_rename":
                     _kill()
                 if phase == "after_rename":
+
                     def rename_then_die(src, dst):
                         rename(src, dst)
                         _kill()
+
                     checkpoint.os.rename = rename_then_die
                 return
             write(folder, weights, *args)
@@ -97,10 +99,10 @@ def warm_imports() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
 
     import tunesmith.engine.loop  # noqa: F401
-    import tunesmith.run.evaluate  # noqa: F401
     import tunesmith.methods.sft  # noqa: F401
     import tunesmith.model.adapters  # noqa: F401
     import tunesmith.report.build  # noqa: F401
+    import tunesmith.run.evaluate  # noqa: F401
 
 
 def main() -> None:
@@ -127,7 +129,9 @@ def main() -> None:
                 code = 1
             os._exit(code)
         _, status = os.waitpid(pid, 0)
-        result = f"exit {os.waitstatus_to_exitcode(status)}" if os.WIFEXITED(status) else f"killed {os.WTERMSIG(status)}"
+        result = (
+            f"exit {os.waitstatus_to_exitcode(status)}" if os.WIFEXITED(status) else f"killed {os.WTERMSIG(status)}"
+        )
         print(json.dumps({"status": result}), flush=True)
 
 

@@ -14,7 +14,11 @@ from tunesmith.run import train
 # adapter, learning rate, the share of the first loss the validation loss must fall below in 30 steps
 # (a frozen random tiny model leaves 512 prompt-tuning parameters the least room to learn)
 ADAPTERS = {
-    "lora-rslora-dora-plus": ({"type": "lora", "r": 8, "alpha": 16, "rslora": True, "dora": True, "lora_plus_ratio": 4}, 1e-2, 0.8),
+    "lora-rslora-dora-plus": (
+        {"type": "lora", "r": 8, "alpha": 16, "rslora": True, "dora": True, "lora_plus_ratio": 4},
+        1e-2,
+        0.8,
+    ),
     "qlora-nf4": ({"type": "qlora", "r": 8, "alpha": 16, "double_quant": True}, 1e-2, 0.8),
     "qlora-8bit": ({"type": "qlora", "r": 8, "alpha": 16, "bits": 8}, 1e-2, 0.8),
     "ia3": ({"type": "ia3"}, 3e-2, 0.8),
@@ -29,8 +33,15 @@ ADAPTERS = {
 def trained(request, tmp_path_factory, tiny_model_dir, date_data):
     adapter, lr, _ = ADAPTERS[request.param]
     tmp = tmp_path_factory.mktemp(request.param)
-    cfg_path = write_config(tmp / "c.yaml", tiny_model_dir, date_data, tmp / "runs", adapter=adapter,
-                            train={"max_steps": 30, "lr": lr}, eval={"every": 30, "test": str(date_data["test"]), "max_new_tokens": 8})
+    cfg_path = write_config(
+        tmp / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp / "runs",
+        adapter=adapter,
+        train={"max_steps": 30, "lr": lr},
+        eval={"every": 30, "test": str(date_data["test"]), "max_new_tokens": 8},
+    )
     summary = train(load_config(cfg_path), quiet=True)
     return request.param, tmp / "runs" / "tiny", summary
 
@@ -60,7 +71,9 @@ def test_only_the_chosen_part_trains(trained, tiny_model_dir):
         assert changed and all(".mlp." in k for k in changed)
 
 
-def test_exported_adapter_reloads_in_plain_peft_with_identical_greedy_outputs(trained, tiny_model_dir, tmp_path, date_data):
+def test_exported_adapter_reloads_in_plain_peft_with_identical_greedy_outputs(
+    trained, tiny_model_dir, tmp_path, date_data
+):
     name, run, _ = trained
     if name.startswith("freeze"):
         pytest.skip("a partial fine-tune exports a plain model folder, no adapter (test_export.py)")
@@ -80,9 +93,15 @@ def test_exported_adapter_reloads_in_plain_peft_with_identical_greedy_outputs(tr
 
         q = json.loads((tmp_path / "adapter" / "quantization.json").read_text())
         quantized["quantization_config"] = (
-            BitsAndBytesConfig(load_in_8bit=True) if q["bits"] == 8 else
-            BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q["quant_type"],
-                               bnb_4bit_use_double_quant=q["double_quant"], bnb_4bit_compute_dtype=torch.float32))
+            BitsAndBytesConfig(load_in_8bit=True)
+            if q["bits"] == 8
+            else BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=q["quant_type"],
+                bnb_4bit_use_double_quant=q["double_quant"],
+                bnb_4bit_compute_dtype=torch.float32,
+            )
+        )
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, **quantized)
     plain = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     ours, tok = load_for_inference(str(run), merge=False)
@@ -135,7 +154,9 @@ def test_prompt_tuning_can_start_from_a_texts_embeddings(tiny_model_dir):
     from tunesmith.model.load import load_base, load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
-    model = apply_adapter(load_base(tiny_model_dir), AdapterConfig(type="prompt", virtual_tokens=6, init_text="Reply with the date"), tok)
+    model = apply_adapter(
+        load_base(tiny_model_dir), AdapterConfig(type="prompt", virtual_tokens=6, init_text="Reply with the date"), tok
+    )
     ids = (tok("Reply with the date", add_special_tokens=False)["input_ids"] * 6)[:6]
     expected = model.get_base_model().get_input_embeddings().weight[ids]
     torch.testing.assert_close(model.get_prompt(batch_size=1)[0], expected)
@@ -192,13 +213,21 @@ def test_qlora_merges_onto_the_dequantized_base_and_measures_the_difference(trai
 
 
 def test_8bit_adamw_trains_where_bitsandbytes_runs(tmp_path, tiny_model_dir, date_data):
-    from tunesmith.engine.schedule import make_adamw
     from tunesmith.config import TrainConfig
+    from tunesmith.engine.schedule import make_adamw
 
-    optimizer, note = make_adamw([{"params": [torch.nn.Parameter(torch.zeros(64, 64))]}], TrainConfig(max_steps=1, optimizer="adamw8bit"))
+    optimizer, note = make_adamw(
+        [{"params": [torch.nn.Parameter(torch.zeros(64, 64))]}], TrainConfig(max_steps=1, optimizer="adamw8bit")
+    )
     assert note is None and type(optimizer).__name__ == "AdamW8bit"
-    cfg_path = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                            train={"max_steps": 20, "lr": 1e-2, "optimizer": "adamw8bit"}, eval={"every": 20})
+    cfg_path = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        train={"max_steps": 20, "lr": 1e-2, "optimizer": "adamw8bit"},
+        eval={"every": 20},
+    )
     train(load_config(cfg_path), quiet=True)
     records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
     assert records[-1]["val_loss"] < 0.8 * records[0]["loss"]
@@ -217,7 +246,9 @@ def saved_for_backward(cfg, train_file) -> int:
     model, method = build_model(cfg, resolved, tokenizer).train(), build_method(cfg.method, cfg)
     batch = method.collate([method.features(e, tokenizer) for e in load_examples(train_file)[:8]], tokenizer)
     saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t
+    ):
         method.loss(model, batch)
     return sum(saved)
 
@@ -226,8 +257,14 @@ def saved_for_backward(cfg, train_file) -> int:
 def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_model_dir, date_data, adapter):
     losses, saved = {}, {}
     for gc in (False, True):
-        cfg_path = write_config(tmp_path / f"{gc}.yaml", tiny_model_dir, date_data, tmp_path / f"runs-{gc}", adapter=adapter,
-                                train={"max_steps": 4, "lr": 1e-2, "gradient_checkpointing": gc})
+        cfg_path = write_config(
+            tmp_path / f"{gc}.yaml",
+            tiny_model_dir,
+            date_data,
+            tmp_path / f"runs-{gc}",
+            adapter=adapter,
+            train={"max_steps": 4, "lr": 1e-2, "gradient_checkpointing": gc},
+        )
         train(load_config(cfg_path), quiet=True)
         losses[gc] = [r["loss"] for r in read_jsonl(tmp_path / f"runs-{gc}" / "tiny" / "metrics.jsonl")]
         saved[gc] = saved_for_backward(load_config(cfg_path), date_data["train"])

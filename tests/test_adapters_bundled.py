@@ -24,7 +24,10 @@ TYPES = {
     "ia3": ({"type": "ia3"}, 3e-2),
     "prefix": ({"type": "prefix", "virtual_tokens": 16}, 3e-2),
     # prompt tuning learns slowest on a small model: started from a hint of the answer format
-    "prompt": ({"type": "prompt", "virtual_tokens": 16, "init_text": "Reply with the date only, in the format YYYY-MM-DD."}, 3e-2),
+    "prompt": (
+        {"type": "prompt", "virtual_tokens": 16, "init_text": "Reply with the date only, in the format YYYY-MM-DD."},
+        3e-2,
+    ),
     "full": ({"type": "none"}, 1e-4),
 }
 
@@ -33,19 +36,25 @@ TYPES = {
 def task(tmp_path_factory):
     """The quickstart splits, the untuned model's exact match on the test examples used here, and
     its mean loss per trained token on training examples."""
+    from tunesmith.data.collate import collate_tokens
     from tunesmith.data.records import load_examples
     from tunesmith.eval.task import evaluate_task
-    from tunesmith.data.collate import collate_tokens
     from tunesmith.methods.sft import SFT
     from tunesmith.model.load import load_for_inference
-    from tunesmith.tasks.dates import write_splits
     from tunesmith.runtime.precision import inference_dtype
+    from tunesmith.tasks.dates import write_splits
 
     tmp = tmp_path_factory.mktemp("bundled-types")
     splits = write_splits(tmp / "data")
     model, tok = load_for_inference(BUNDLED_ALIAS, dtype=inference_dtype("auto"))
-    base = evaluate_task(model, tok, load_examples(splits["test"])[:TEST_EXAMPLES], label="zero-shot",
-                         max_new_tokens=12, latency_samples=0)
+    base = evaluate_task(
+        model,
+        tok,
+        load_examples(splits["test"])[:TEST_EXAMPLES],
+        label="zero-shot",
+        max_new_tokens=12,
+        latency_samples=0,
+    )
     method = SFT(validate_config(run_config(tmp, splits, "probe", TYPES["qlora"])))
     batch = collate_tokens([method.features(e, tok) for e in load_examples(splits["train"])[:32]], tok.pad_token_id)
     batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -56,12 +65,23 @@ def task(tmp_path_factory):
 
 def run_config(tmp, splits, name: str, adapter_lr) -> dict:
     adapter, lr = adapter_lr
-    return {"name": name, "model": BUNDLED_ALIAS, "adapter": adapter,
-            "data": {"train": str(splits["train"]), "max_length": 128},  # no validation split: not needed here
-            "train": {"max_steps": STEPS, "batch_size": BATCH, "lr": lr, "schedule": "constant", "warmup": 0,
-                      "seed": 0, "log_every": 1},
-            "eval": {"test": str(splits["test"]), "limit": TEST_EXAMPLES, "max_new_tokens": 12, "latency_samples": 0},
-            "output": {"dir": str(tmp / "runs"), "save_every": None}}
+    return {
+        "name": name,
+        "model": BUNDLED_ALIAS,
+        "adapter": adapter,
+        "data": {"train": str(splits["train"]), "max_length": 128},  # no validation split: not needed here
+        "train": {
+            "max_steps": STEPS,
+            "batch_size": BATCH,
+            "lr": lr,
+            "schedule": "constant",
+            "warmup": 0,
+            "seed": 0,
+            "log_every": 1,
+        },
+        "eval": {"test": str(splits["test"]), "limit": TEST_EXAMPLES, "max_new_tokens": 12, "latency_samples": 0},
+        "output": {"dir": str(tmp / "runs"), "save_every": None},
+    }
 
 
 @pytest.mark.parametrize("name", list(TYPES))

@@ -19,11 +19,17 @@ def test_dpo_raises_held_out_preference_accuracy(tmp_path):
     from tunesmith.tasks.dates import write_preference_splits
 
     pairs = write_preference_splits(tmp_path / "prefs", n_train=200, n_val=32)
-    tree = {"name": "dpo", "model": BUNDLED_ALIAS, "method": "dpo", "adapter": {"type": "lora", "r": 16, "alpha": 32},
-            "data": {"train": str(pairs["train"]), "val": str(pairs["val"]), "max_length": 256},
-            "train": {"max_steps": 16, "batch_size": 4, "lr": 5e-4, "schedule": "constant", "warmup": 0, "log_every": 4},
-            "eval": {"every": 16}, "preference": {"loss": "sigmoid", "beta": 0.1},
-            "output": {"dir": str(tmp_path / "runs"), "save_every": None}}
+    tree = {
+        "name": "dpo",
+        "model": BUNDLED_ALIAS,
+        "method": "dpo",
+        "adapter": {"type": "lora", "r": 16, "alpha": 32},
+        "data": {"train": str(pairs["train"]), "val": str(pairs["val"]), "max_length": 256},
+        "train": {"max_steps": 16, "batch_size": 4, "lr": 5e-4, "schedule": "constant", "warmup": 0, "log_every": 4},
+        "eval": {"every": 16},
+        "preference": {"loss": "sigmoid", "beta": 0.1},
+        "output": {"dir": str(tmp_path / "runs"), "save_every": None},
+    }
     train(validate_config(tree), quiet=True)
     records = read_jsonl(tmp_path / "runs" / "dpo" / "metrics.jsonl")
     assert records[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # ln 2: policy = reference
@@ -39,14 +45,26 @@ def test_grpo_with_a_function_reward_raises_the_mean_reward(tmp_path):
     from tunesmith.tasks.dates import write_splits
 
     splits = write_splits(tmp_path / "data", n_train=200, n_val=8, n_test=0)  # 8 prompts x 4 replies held out
-    tree = {"name": "grpo", "model": BUNDLED_ALIAS, "method": "grpo", "adapter": {"type": "lora", "r": 16, "alpha": 32},
-            "data": {"train": str(splits["train"]), "val": str(splits["val"]), "max_length": 256},
-            "train": {"max_steps": 8, "batch_size": 4, "lr": 5e-4, "schedule": "constant", "warmup": 0, "log_every": 1},
-            "eval": {"every": 8},
-            "rl": {"group_size": 4, "max_new_tokens": 16, "temperature": 0.8, "beta": 0.04,
-                   "rewards": [{"function": "regex", "pattern": r"\d{4}-\d{2}-\d{2}"},
-                               {"function": "length_penalty", "target_length": 10, "weight": 0.25}]},
-            "output": {"dir": str(tmp_path / "runs"), "save_every": None}}
+    tree = {
+        "name": "grpo",
+        "model": BUNDLED_ALIAS,
+        "method": "grpo",
+        "adapter": {"type": "lora", "r": 16, "alpha": 32},
+        "data": {"train": str(splits["train"]), "val": str(splits["val"]), "max_length": 256},
+        "train": {"max_steps": 8, "batch_size": 4, "lr": 5e-4, "schedule": "constant", "warmup": 0, "log_every": 1},
+        "eval": {"every": 8},
+        "rl": {
+            "group_size": 4,
+            "max_new_tokens": 16,
+            "temperature": 0.8,
+            "beta": 0.04,
+            "rewards": [
+                {"function": "regex", "pattern": r"\d{4}-\d{2}-\d{2}"},
+                {"function": "length_penalty", "target_length": 10, "weight": 0.25},
+            ],
+        },
+        "output": {"dir": str(tmp_path / "runs"), "save_every": None},
+    }
     train(validate_config(tree), quiet=True)
     records = read_jsonl(tmp_path / "runs" / "grpo" / "metrics.jsonl")
     first, last = records[0], records[-1]

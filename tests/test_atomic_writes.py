@@ -12,9 +12,12 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "tunesmith"
 
 # (file under src/tunesmith, function) -> why its write is not through atomic
 ALLOWED = {
-    ("engine/logbook.py", "__init__"): "metrics.jsonl and samples.jsonl grow a line a step; readers skip a torn last line",
+    (
+        "engine/logbook.py",
+        "__init__",
+    ): "metrics.jsonl and samples.jsonl grow a line a step; readers skip a torn last line",
     ("methods/distill_teachers.py", "sequence_logprobs"): "the endpoint teacher's score cache grows a line a call; "
-                                                          "a torn last line is cut when it is read back",
+    "a torn last line is cut when it is read back",
     ("service/executors/local.py", "submit"): "a worker's log, appended to by the worker as it runs",
     ("sweep.py", "_only_sweep"): "a lock file: its content is never read",
 }
@@ -26,7 +29,7 @@ def _mentions_tmp(node: ast.AST) -> bool:
 
 
 def _mode(call: ast.Call, position: int) -> str:
-    args = [*call.args[position:position + 1], *(k.value for k in call.keywords if k.arg == "mode")]
+    args = [*call.args[position : position + 1], *(k.value for k in call.keywords if k.arg == "mode")]
     return next((a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)), "r")
 
 
@@ -42,8 +45,9 @@ def _target(call: ast.Call) -> ast.AST | None:
         return f.value  # Path.open(mode)
     if isinstance(f, ast.Name) and name == "open" and set(_mode(call, 1)) & set("wax+"):
         return call.args[0]
-    torch_save = isinstance(f, ast.Attribute) and name == "save" and isinstance(f.value, ast.Name) \
-        and f.value.id == "torch"
+    torch_save = (
+        isinstance(f, ast.Attribute) and name == "save" and isinstance(f.value, ast.Name) and f.value.id == "torch"
+    )
     if (isinstance(f, ast.Name) and name == "save_file" or torch_save) and len(call.args) >= 2:
         return call.args[1]
     return None
@@ -89,6 +93,7 @@ def test_the_walk_finds_each_kind_of_bare_write(tmp_path):
         "def fine(out, tmp, weights):\n"
         "    (tmp / 'x').write_text('inside a folder renamed whole')\n"
         "    save_file(weights, str(tmp / 'w.safetensors'))\n"
-        "    open(out / 'read.txt').read()\n")
+        "    open(out / 'read.txt').read()\n"
+    )
     found = bare_writes(tmp_path)
     assert [f.split(" in ")[0] for f in found] == [f"bad.py:{n}" for n in (10, 11, 12, 5, 6, 8)], found

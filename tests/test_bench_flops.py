@@ -19,8 +19,15 @@ def test_forward_flops_equal_pytorchs_count_of_a_llama_forward():
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attn_implementation="eager",
+    )
     model = LlamaForCausalLM(config).eval()
     length = 37
     with FlopCounterMode(display=False) as counter, torch.no_grad():

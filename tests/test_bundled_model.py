@@ -21,16 +21,30 @@ def test_alias_converts_once_to_a_cached_hf_folder_that_answers():
     from tunesmith.eval.generate import Sampling, generate_batch
 
     model, tok = load_for_inference(BUNDLED_ALIAS)
-    [reply] = generate_batch(model, tok, [[{"role": "user", "content": "What is the capital of France?"}]],
-                             Sampling(max_new_tokens=20))
+    [reply] = generate_batch(
+        model, tok, [[{"role": "user", "content": "What is the capital of France?"}]], Sampling(max_new_tokens=20)
+    )
     assert "Paris" in reply
 
 
 def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(tmp_path):
     # half the quickstart's steps, 24 test examples, about half the probe: about 3 minutes on a
     # 2-core CPU with native bf16 (fp32-only CPUs take several times longer, hence the generous limit)
-    result = cli_here(["quickstart", "--dir", str(tmp_path / "qs"), "--max-steps", "20", "--test-limit", "24",
-                  "--set", "forgetting.probe_limit=48"], tmp_path, timeout=2400)
+    result = cli_here(
+        [
+            "quickstart",
+            "--dir",
+            str(tmp_path / "qs"),
+            "--max-steps",
+            "20",
+            "--test-limit",
+            "24",
+            "--set",
+            "forgetting.probe_limit=48",
+        ],
+        tmp_path,
+        timeout=2400,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "qs" / "runs" / "dates" / "quickstart.json").read_text())
     report = json.loads((tmp_path / "qs" / "runs" / "dates" / "report.json").read_text())
@@ -45,7 +59,9 @@ def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(t
     assert summary["report"] in result.stdout and "exact_match" in result.stdout
     # each phase's time printed and recorded, with what the numbers came from
     phases = {p["phase"]: p["seconds"] for p in summary["phases"]}
-    assert {"prompting baseline: 3-shot", "lora: training", "lora-replay: training", "forgetting probe: lora"} <= set(phases)
+    assert {"prompting baseline: 3-shot", "lora: training", "lora-replay: training", "forgetting probe: lora"} <= set(
+        phases
+    )
     assert "time by phase" in result.stdout and sum(phases.values()) <= summary["total_minutes"] * 60
     assert summary["provenance"]["machine"]["auto_precision"] in ("bf16", "fp32") and summary["tables"]["task"]
     run = Path(summary["variants"]["lora"])
@@ -71,22 +87,29 @@ def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(t
 
 def test_gguf_export_of_the_bundled_model_round_trips(tmp_path):
     from tunesmith.eval.generate import Sampling, generate_all
-    from tunesmith.forgetting.probe import general_prompts
     from tunesmith.export.exporter import export
+    from tunesmith.forgetting.probe import general_prompts
 
     export(BUNDLED_ALIAS, tmp_path / "f16", format="gguf", quant="f16")
     source, source_tok = load_for_inference(BUNDLED_ALIAS)
     back, back_tok = load_gguf(tmp_path / "f16")
     conversations = [[{"role": "user", "content": p}] for p in general_prompts()[0][:8]]
-    assert back_tok.apply_chat_template(conversations[0], tokenize=False) == \
-        source_tok.apply_chat_template(conversations[0], tokenize=False)
+    assert back_tok.apply_chat_template(conversations[0], tokenize=False) == source_tok.apply_chat_template(
+        conversations[0], tokenize=False
+    )
     sampling = Sampling(max_new_tokens=24)
-    assert generate_all(back, back_tok, conversations, sampling) == generate_all(source, source_tok, conversations, sampling)
+    assert generate_all(back, back_tok, conversations, sampling) == generate_all(
+        source, source_tok, conversations, sampling
+    )
 
 
 def test_chat_on_the_bundled_model(tmp_path):
-    result = cli_here(["chat", BUNDLED_ALIAS, "--temperature", "0", "--max-new-tokens", "20"], tmp_path,
-                 input="What is the capital of France?\n", timeout=300)
+    result = cli_here(
+        ["chat", BUNDLED_ALIAS, "--temperature", "0", "--max-new-tokens", "20"],
+        tmp_path,
+        input="What is the capital of France?\n",
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
 

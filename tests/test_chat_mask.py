@@ -42,7 +42,7 @@ def test_newline_after_end_of_turn_is_not_trained(tokenizer):
     enc = encode_chat(tokenizer, CONV[:3], max_length=512)
     last_trained = max(i for i, lab in enumerate(enc.labels) if lab != IGNORE)
     assert enc.input_ids[last_trained] == tokenizer.eos_token_id
-    assert all(lab == IGNORE for lab in enc.labels[last_trained + 1:])
+    assert all(lab == IGNORE for lab in enc.labels[last_trained + 1 :])
 
 
 def test_prompt_ids_match_the_prefix_of_the_training_sequence(tokenizer):
@@ -53,8 +53,10 @@ def test_prompt_ids_match_the_prefix_of_the_training_sequence(tokenizer):
 
 
 def test_no_double_bos_when_tokenizer_adds_bos_and_template_has_it():
-    template = "{{ bos_token }}{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token }}{% endfor %}" \
-               "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    template = (
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] + ': ' + m['content'] + eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
     tok = build_tokenizer(chat_template=template, add_bos=True)
     assert tok("hi")["input_ids"][0] == tok.bos_token_id  # this tokenizer would add a BOS by itself
     enc = encode_chat(tok, CONV[1:3], max_length=512)
@@ -64,8 +66,10 @@ def test_no_double_bos_when_tokenizer_adds_bos_and_template_has_it():
 
 
 def test_template_without_eos_gets_eos_appended_and_trained():
-    template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}" \
-               "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
     tok = build_tokenizer(chat_template=template)
     enc = encode_chat(tok, CONV[1:3], max_length=512)
     assert enc.input_ids[-1] == tok.eos_token_id and enc.labels[-1] == tok.eos_token_id
@@ -100,7 +104,8 @@ def test_truncation_is_reported(tokenizer):
 
 
 LLAMA3 = (
-    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] + '<|eot_id|>' }}"
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + "
+    "m['content'] + '<|eot_id|>' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
 

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_here, read_jsonl, write_config
 
 
@@ -15,7 +14,11 @@ from conftest import cli_here, read_jsonl, write_config
 def compared(tmp_path_factory, tiny_model_dir, date_data):
     tmp = tmp_path_factory.mktemp("compare")
     config = write_config(
-        tmp / "cmp.yaml", tiny_model_dir, date_data, tmp / "runs", name="cmp",
+        tmp / "cmp.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp / "runs",
+        name="cmp",
         train={"max_steps": 8, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "log_every": 2, "warmup": 0},
         eval={"test": str(date_data["test"]), "max_new_tokens": 8, "shots": [0, 2], "latency_samples": 2},
         forgetting={"probe": True, "probe_limit": 30, "text": str(date_data["val"]), "text_limit": 12},
@@ -27,10 +30,19 @@ def compared(tmp_path_factory, tiny_model_dir, date_data):
 
 
 def test_compare_writes_every_part(compared):
-    for path in ["baselines/shots-0.json", "baselines/shots-2.json", "baselines/shots-2_predictions.jsonl",
-                 "variants/lora/eval/test.json", "variants/lora/forgetting/summary.json",
-                 "variants/lora-replay/eval/test_predictions.jsonl", "variants/lora-replay/report.html",
-                 "report.json", "report.md", "report.html", "compare.json"]:
+    for path in [
+        "baselines/shots-0.json",
+        "baselines/shots-2.json",
+        "baselines/shots-2_predictions.jsonl",
+        "variants/lora/eval/test.json",
+        "variants/lora/forgetting/summary.json",
+        "variants/lora-replay/eval/test_predictions.jsonl",
+        "variants/lora-replay/report.html",
+        "report.json",
+        "report.md",
+        "report.html",
+        "compare.json",
+    ]:
         assert (compared / path).is_file(), path
     report = json.loads((compared / "report.json").read_text())
     assert [r["label"] for r in report["task"]] == ["zero-shot", "2-shot", "tuned: lora", "tuned: lora-replay"]
@@ -105,7 +117,7 @@ def test_every_number_in_the_report_comes_from_a_json_file(compared):
         pct = token.endswith("%")
         shown = float(token.rstrip("%").replace(",", "").lstrip("+"))
         decimals = len(token.rstrip("%").split(".")[1]) if "." in token else 0
-        tol = 0.5 * 10 ** -decimals + 1e-9
+        tol = 0.5 * 10**-decimals + 1e-9
         candidates = [v * 100 for v in values] if pct else values | {v * 100 for v in values}
         if not any(abs(abs(c) - abs(shown)) <= tol for c in candidates):
             unmatched.append(token)

@@ -47,7 +47,9 @@ def test_wrong_type_names_key_and_value(tmp_path):
 
 
 def test_bad_choice_lists_what_is_allowed(tmp_path):
-    with pytest.raises(UserError, match=r"adapter.type: Input should be 'lora', 'qlora', 'ia3', 'prefix', 'prompt' or 'none'"):
+    with pytest.raises(
+        UserError, match=r"adapter.type: Input should be 'lora', 'qlora', 'ia3', 'prefix', 'prompt' or 'none'"
+    ):
         load_config(cfg_file(tmp_path), ["adapter.type=prefix-magic"])
 
 
@@ -91,21 +93,31 @@ def test_apply_override_creates_sections():
 
 
 def test_unknown_key_inside_a_list_of_sources(tmp_path):
-    with pytest.raises(UserError, match=r"run.yaml:5: unknown key 'data.train.0.wieght' \(allowed here: path, weight, format, columns, key, split, train_on, dataset, type, "
-                                         r"field_messages, message_property_mappings, message_field_role, message_field_content, roles, "
-                                         r"roles_to_train\)"):
+    with pytest.raises(
+        UserError,
+        match=r"run.yaml:5: unknown key 'data.train.0.wieght' \(allowed here: path, weight, format, columns, key, "
+        r"split, train_on, dataset, type, "
+        r"field_messages, message_property_mappings, message_field_role, message_field_content, roles, "
+        r"roles_to_train\)",
+    ):
         load_config(cfg_file(tmp_path), ["data.train.0.wieght=2"])
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["adapter.type=ia3", "adapter.dora=true"], r"adapter: dora: LoRA options; adapter.type is ia3"),
-    (["adapter.freeze={top_layers: 2}"], r"freeze: partial full fine-tuning needs adapter.type none, not lora"),
-    (["adapter.init_text=Reply with the date"], r"adapter: init_text: prefix and prompt tuning option; adapter.type is lora"),
-    (["adapter.type=none", "adapter.freeze={}"], r"adapter.freeze: set exactly one of top_layers, modules"),
-    (["adapter.type=prompt", "data.packing=true"], r"data.packing: .*prompt tuning .* cannot pack"),
-    (["adapter.type=prefix", "train.gradient_checkpointing=true"], r"train.gradient_checkpointing: prefix tuning"),
-    (["adapter.type=qlora", "adapter.bits=3"], r"adapter.bits: Input should be 4 or 8"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["adapter.type=ia3", "adapter.dora=true"], r"adapter: dora: LoRA options; adapter.type is ia3"),
+        (["adapter.freeze={top_layers: 2}"], r"freeze: partial full fine-tuning needs adapter.type none, not lora"),
+        (
+            ["adapter.init_text=Reply with the date"],
+            r"adapter: init_text: prefix and prompt tuning option; adapter.type is lora",
+        ),
+        (["adapter.type=none", "adapter.freeze={}"], r"adapter.freeze: set exactly one of top_layers, modules"),
+        (["adapter.type=prompt", "data.packing=true"], r"data.packing: .*prompt tuning .* cannot pack"),
+        (["adapter.type=prefix", "train.gradient_checkpointing=true"], r"train.gradient_checkpointing: prefix tuning"),
+        (["adapter.type=qlora", "adapter.bits=3"], r"adapter.bits: Input should be 4 or 8"),
+    ],
+)
 def test_adapter_options_that_do_not_fit_are_refused(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):
         load_config(cfg_file(tmp_path), overrides)

@@ -20,13 +20,18 @@ MAX_NEW_TOKENS = 200
 
 leaves = st.one_of(
     st.integers(0, 6).map(lambda n: {"type": "string", "maxLength": n}),
-    st.tuples(st.integers(-50, 50), st.integers(0, 500)).map(lambda r: {"type": "integer", "minimum": r[0], "maximum": r[0] + r[1]}),
+    st.tuples(st.integers(-50, 50), st.integers(0, 500)).map(
+        lambda r: {"type": "integer", "minimum": r[0], "maximum": r[0] + r[1]}
+    ),
     # decimals bounded by multipleOf (binary fractions: the validator divides in floating point, so
     # -2.49 is no multiple of 0.01 to it); a plain "number" lets a model write fraction digits without end
     st.tuples(st.integers(-50, 50), st.integers(1, 500), st.sampled_from([0.5, 0.25, 0.125])).map(
-        lambda r: {"type": "number", "minimum": r[0], "maximum": r[0] + r[1], "multipleOf": r[2]}),
+        lambda r: {"type": "number", "minimum": r[0], "maximum": r[0] + r[1], "multipleOf": r[2]}
+    ),
     st.just({"type": "boolean"}),
-    st.lists(st.text("abcxyz", min_size=1, max_size=4), min_size=1, max_size=4, unique=True).map(lambda xs: {"enum": xs}),
+    st.lists(st.text("abcxyz", min_size=1, max_size=4), min_size=1, max_size=4, unique=True).map(
+        lambda xs: {"enum": xs}
+    ),
 )
 values = st.one_of(leaves, leaves.map(lambda s: {"type": "array", "items": s, "maxItems": 3}))
 
@@ -44,9 +49,17 @@ def tiny(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, initializer_range=0.5)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.5,
+    )
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
@@ -55,15 +68,22 @@ def constrained_reply(model, tokenizer, tools, prompt: list[int], name=None, par
     from tunesmith.generation.batch import generate_tokens
     from tunesmith.generation.sampling import RowGrammar, RowSettings
 
-    grammar = RowGrammar(matcher(tokenizer, call_grammar(tools, name, parallel), model.config.vocab_size),
-                         tokenizer.eos_token_id)
-    [out] = generate_tokens(model, [prompt], MAX_NEW_TOKENS, RowSettings(), frozenset({tokenizer.eos_token_id}),
-                            grammars=[grammar])
+    grammar = RowGrammar(
+        matcher(tokenizer, call_grammar(tools, name, parallel), model.config.vocab_size), tokenizer.eos_token_id
+    )
+    [out] = generate_tokens(
+        model, [prompt], MAX_NEW_TOKENS, RowSettings(), frozenset({tokenizer.eos_token_id}), grammars=[grammar]
+    )
     return tokenizer.decode(out, skip_special_tokens=True)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(schemas=st.lists(object_schemas(), min_size=1, max_size=3), data=st.data())
 def test_constrained_replies_are_schema_valid_calls(tiny, schemas, data):
     from jsonschema import Draft202012Validator
@@ -84,15 +104,32 @@ def test_unconstrained_the_same_model_writes_no_call(tiny):
     """The constraint is what makes the call: the same model and prompt, decoded freely."""
     model, tok = tiny
     with torch.no_grad():
-        out = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=40, do_sample=False,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        out = model.generate(
+            torch.tensor([[5, 6, 7]]),
+            max_new_tokens=40,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
     assert parse_reply(tok.decode(out[0, 3:], skip_special_tokens=True)).calls == []
 
 
 def test_parallel_calls_end_in_complete_calls(tiny):
     model, tok = tiny
-    tools = [{"type": "function", "function": {"name": "ping", "parameters": {
-        "type": "object", "properties": {"host": {"enum": ["a", "b"]}}, "required": ["host"], "additionalProperties": False}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "ping",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"host": {"enum": ["a", "b"]}},
+                    "required": ["host"],
+                    "additionalProperties": False,
+                },
+            },
+        }
+    ]
     reply = parse_reply(constrained_reply(model, tok, tools, [5, 6, 7], parallel=True), {"ping"})
     assert reply.problem is None and 1 <= len(reply.calls) <= 8 and reply.content == ""
 
@@ -104,18 +141,37 @@ def test_constrained_and_free_rows_share_a_batch(tiny):
     from tunesmith.generation.sampling import RowGrammar, RowSettings
 
     model, tok = tiny
-    tools = [{"type": "function", "function": {"name": "ping", "parameters": {
-        "type": "object", "properties": {"host": {"enum": ["a", "b"]}}, "required": ["host"], "additionalProperties": False}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "ping",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"host": {"enum": ["a", "b"]}},
+                    "required": ["host"],
+                    "additionalProperties": False,
+                },
+            },
+        }
+    ]
     prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [5, 9, 14]]
-    grammars = [RowGrammar(matcher(tok, call_grammar(tools), model.config.vocab_size), tok.eos_token_id) if i % 2 else None
-                for i in range(len(prompts))]
+    grammars = [
+        RowGrammar(matcher(tok, call_grammar(tools), model.config.vocab_size), tok.eos_token_id) if i % 2 else None
+        for i in range(len(prompts))
+    ]
     eos = frozenset({tok.eos_token_id})
     together = generate_tokens(model, prompts, MAX_NEW_TOKENS, RowSettings(), eos, grammars=grammars)
     for prompt, grammar, out in zip(prompts, grammars, together):
         if grammar is None:
             with torch.no_grad():
-                alone = model.generate(torch.tensor([prompt]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, len(prompt):]
+                alone = model.generate(
+                    torch.tensor([prompt]),
+                    max_new_tokens=MAX_NEW_TOKENS,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )[0, len(prompt) :]
             assert out == alone.tolist()
         else:
             reply = parse_reply(tok.decode(out, skip_special_tokens=True), {"ping"})

@@ -17,10 +17,16 @@ CPU = {"CUDA_VISIBLE_DEVICES": ""}
 
 
 def run(tmp_path, name: str, model, data, env: dict | None = None, dropout: float = 0.0, **train) -> list[dict]:
-    config = write_config(tmp_path / f"{name}.yaml", model, data, tmp_path / name,
-                          adapter={"type": "lora", "r": 8, "alpha": 16, "dropout": dropout},
-                          train={"max_steps": 12, "lr": 1e-2, "log_every": 1, **train},
-                          eval={"every": 12}, output={"save_every": 4})
+    config = write_config(
+        tmp_path / f"{name}.yaml",
+        model,
+        data,
+        tmp_path / name,
+        adapter={"type": "lora", "r": 8, "alpha": 16, "dropout": dropout},
+        train={"max_steps": 12, "lr": 1e-2, "log_every": 1, **train},
+        eval={"every": 12},
+        output={"save_every": 4},
+    )
     done = cli(["train", str(config)], tmp_path, env)
     assert done.returncode == 0, done.stderr[-2000:]
     return read_jsonl(tmp_path / name / "tiny" / "metrics.jsonl")
@@ -41,8 +47,7 @@ def test_bf16_autocast_on_the_gpu_trains_from_the_fp32_start(tmp_path, tiny_mode
     assert bf16[-1]["loss"] < 0.8 * bf16[0]["loss"], [r["loss"] for r in bf16]
 
 
-def test_a_run_killed_and_resumed_on_the_gpu_ends_where_the_uninterrupted_one_does(tmp_path, tiny_model_dir,
-                                                                                     date_data):
+def test_a_run_killed_and_resumed_on_the_gpu_ends_where_the_uninterrupted_one_does(tmp_path, tiny_model_dir, date_data):
     import subprocess
 
     from safetensors.torch import load_file
@@ -51,10 +56,16 @@ def test_a_run_killed_and_resumed_on_the_gpu_ends_where_the_uninterrupted_one_do
 
     # dropout: the RNG's state matters
     whole = run(tmp_path, "whole", tiny_model_dir, date_data, dropout=0.1, precision="fp32", max_steps=40)
-    config = write_config(tmp_path / "part.yaml", tiny_model_dir, date_data, tmp_path / "part",
-                          adapter={"type": "lora", "r": 8, "alpha": 16, "dropout": 0.1},
-                          train={"max_steps": 40, "lr": 1e-2, "log_every": 1, "precision": "fp32"},
-                          eval={"every": 12}, output={"save_every": 4})
+    config = write_config(
+        tmp_path / "part.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "part",
+        adapter={"type": "lora", "r": 8, "alpha": 16, "dropout": 0.1},
+        train={"max_steps": 40, "lr": 1e-2, "log_every": 1, "precision": "fp32"},
+        eval={"every": 12},
+        output={"save_every": 4},
+    )
     log = tmp_path / "part" / "tiny" / "metrics.jsonl"
     proc = train_until(config, log, tmp_path, 10, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.kill()

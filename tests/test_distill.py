@@ -79,6 +79,7 @@ def test_chunked_loss_and_gradient_equal_the_whole():
 
 # --- students and distillation on tiny models ------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory, tokenizer, date_data):
     """A 4-layer tiny Llama, fully fine-tuned on the date data so it has something to teach."""
@@ -89,15 +90,32 @@ def tiny_teacher(tmp_path_factory, tokenizer, date_data):
     from tunesmith.run import train
 
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, initializer_range=0.1)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.1,
+    )
     tmp = tmp_path_factory.mktemp("teacher")
     LlamaForCausalLM(config).save_pretrained(tmp / "base")
     tokenizer.save_pretrained(tmp / "base")
-    cfg = write_config(tmp / "t.yaml", tmp / "base", date_data, tmp / "runs", name="teacher", adapter={"type": "none"},
-                       train={"max_steps": 60, "lr": 3e-3, "log_every": 20})
+    cfg = write_config(
+        tmp / "t.yaml",
+        tmp / "base",
+        date_data,
+        tmp / "runs",
+        name="teacher",
+        adapter={"type": "none"},
+        train={"max_steps": 60, "lr": 3e-3, "log_every": 20},
+    )
     train(load_config(cfg), quiet=True)
     return tmp / "runs" / "teacher"
 
@@ -141,10 +159,23 @@ def distill_run(tmp_path, student, teacher, data, name="kd", eval_test=False, **
     from tunesmith.config import load_config
     from tunesmith.run import train
 
-    evaluation = {"every": 30, **({"test": str(data["test"]), "max_new_tokens": 8, "latency_samples": 0} if eval_test else {})}
-    cfg = write_config(tmp_path / f"{name}.yaml", student, data, tmp_path / "runs", name=name, method="distill",
-                       adapter={"type": "none"}, train={"max_steps": 30, "lr": 3e-3, "log_every": 5},
-                       eval=evaluation, forgetting={"probe_limit": 6}, distill={"teacher": str(teacher), **distill})
+    evaluation = {
+        "every": 30,
+        **({"test": str(data["test"]), "max_new_tokens": 8, "latency_samples": 0} if eval_test else {}),
+    }
+    cfg = write_config(
+        tmp_path / f"{name}.yaml",
+        student,
+        data,
+        tmp_path / "runs",
+        name=name,
+        method="distill",
+        adapter={"type": "none"},
+        train={"max_steps": 30, "lr": 3e-3, "log_every": 5},
+        eval=evaluation,
+        forgetting={"probe_limit": 6},
+        distill={"teacher": str(teacher), **distill},
+    )
     summary = train(load_config(cfg), quiet=True)
     return read_jsonl(tmp_path / "runs" / name / "metrics.jsonl"), summary
 
@@ -183,13 +214,27 @@ def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, tiny_model_dir, d
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(["other words entirely"] * 10, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.train_from_iterator(
+        ["other words entirely"] * 10,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     other = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|im_end|>")
     other.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(other), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=1)).save_pretrained(tmp_path / "other")
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(other),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    ).save_pretrained(tmp_path / "other")
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(UserError, match="its tokenizer differs from the student's"):
         distill_run(tmp_path, tiny_model_dir, tmp_path / "other", date_data)
@@ -202,22 +247,27 @@ def test_distillation_run_reports_the_student_against_its_teacher(tmp_path, tiny
     from tunesmith.model.student import create_student
 
     create_student(str(tiny_teacher), 1, tmp_path / "student", "first")
-    _, summary = distill_run(tmp_path, tmp_path / "student", tiny_teacher, date_data,
-                             eval_test=True, kd_ratio=0.5)
+    _, summary = distill_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, eval_test=True, kd_ratio=0.5)
     run = tmp_path / "runs" / "kd"
     result = json.loads((run / "eval" / "distill.json").read_text())
     s, t = result["student"], result["teacher"]
-    assert s["parameters"] < t["parameters"] and result["ratios"]["parameters"] == pytest.approx(s["parameters"] / t["parameters"])
+    assert s["parameters"] < t["parameters"] and result["ratios"]["parameters"] == pytest.approx(
+        s["parameters"] / t["parameters"]
+    )
     assert s["weights_mib"] == pytest.approx(s["parameters"] * 4 / 2**20)  # tied embeddings counted once
     assert s["tokens_per_s"] > 0 and t["tokens_per_s"] > 0
     assert set(s["task"]) >= {"exact_match", "token_f1"} and "mean" in s["general_qa"]
     assert summary["distill"] == result["ratios"]
     assert (run / "plots" / "distill.png").stat().st_size > 0
     md = (run / "report.md").read_text()
-    assert "## Distilled student vs its teacher" in md and f"| parameters | {t['parameters']:,} | {s['parameters']:,} |" in md
+    assert (
+        "## Distilled student vs its teacher" in md
+        and f"| parameters | {t['parameters']:,} | {s['parameters']:,} |" in md
+    )
 
 
 # --- on-policy distillation (distill.on_policy) ----------------------------------------------------
+
 
 def test_reverse_kl_gradient_matches_a_hand_computation_on_three_tokens():
     """d KL(s ‖ t) / dz_j = s_j (log s_j − log t_j − KL(s ‖ t)), s = softmax(z): what an on-policy
@@ -237,18 +287,31 @@ def on_policy_run(tmp_path, student, teacher, data, name, on_record=None, resume
     from tunesmith.config import load_config
     from tunesmith.run import train
 
-    cfg = write_config(tmp_path / f"{name}.yaml", student, data, tmp_path / "runs", name=name, method="distill",
-                       adapter={"type": "none"}, train={"max_steps": 8, "batch_size": 4, "lr": lr, "log_every": 1},
-                       output={"save_every": 4, "keep": 1},
-                       distill={"teacher": str(teacher), "max_new_tokens": 6, **distill})
+    cfg = write_config(
+        tmp_path / f"{name}.yaml",
+        student,
+        data,
+        tmp_path / "runs",
+        name=name,
+        method="distill",
+        adapter={"type": "none"},
+        train={"max_steps": 8, "batch_size": 4, "lr": lr, "log_every": 1},
+        output={"save_every": 4, "keep": 1},
+        distill={"teacher": str(teacher), "max_new_tokens": 6, **distill},
+    )
     train(load_config(cfg), quiet=True, on_record=on_record, resume=resume)
     return read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")
 
 
 def test_a_student_identical_to_its_teacher_has_zero_on_policy_loss_and_gradient(tmp_path, tiny_teacher, date_data):
     # lr ~0 keeps the student the teacher (Adam would turn float noise in a zero gradient into full steps)
-    records = [r for r in on_policy_run(tmp_path, tiny_teacher, tiny_teacher, date_data, "same", loss="reverse_kl",
-                                        on_policy=1.0, lr=1e-12) if "kd" in r]
+    records = [
+        r
+        for r in on_policy_run(
+            tmp_path, tiny_teacher, tiny_teacher, date_data, "same", loss="reverse_kl", on_policy=1.0, lr=1e-12
+        )
+        if "kd" in r
+    ]
     assert len(records) == 8 and all(r["on_policy"] == 1.0 for r in records)
     assert max(abs(r["kd"]) for r in records) < 1e-6 and max(r["grad_norm"] for r in records) < 1e-5
 
@@ -261,12 +324,20 @@ def test_on_policy_batches_move_the_student_and_lambda_zero_is_todays_distillati
     zero = on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "zero", on_policy=0.0)
     assert [(r["step"], r["loss"]) for r in zero] == [(r["step"], r["loss"]) for r in today]
     assert not any("on_policy" in r for r in zero)
-    half = [r for r in on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "half", on_policy=0.5)
-            if "kd" in r]
+    half = [
+        r
+        for r in on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "half", on_policy=0.5)
+        if "kd" in r
+    ]
     chosen = [r["on_policy"] for r in half if "on_policy" in r]
     assert 0 < len(chosen) < len(half)  # some batches sampled by the student, some the data's
-    full = [r for r in on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "full", on_policy=1.0,
-                                     loss="reverse_kl") if "kd" in r]
+    full = [
+        r
+        for r in on_policy_run(
+            tmp_path, tmp_path / "student", tiny_teacher, date_data, "full", on_policy=1.0, loss="reverse_kl"
+        )
+        if "kd" in r
+    ]
     assert full[-1]["kd"] < full[0]["kd"], [r["kd"] for r in full]
 
 
@@ -281,15 +352,18 @@ def test_an_on_policy_run_resumed_mid_way_gives_the_uninterrupted_losses(tmp_pat
             raise KeyboardInterrupt  # after step 6 was logged; the checkpoint is step 4's
 
     with pytest.raises(KeyboardInterrupt):
-        on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "resumed", on_record=interrupt,
-                      on_policy=0.5)
-    resumed = on_policy_run(tmp_path, tmp_path / "student", tiny_teacher, date_data, "resumed", resume=True,
-                            on_policy=0.5)
+        on_policy_run(
+            tmp_path, tmp_path / "student", tiny_teacher, date_data, "resumed", on_record=interrupt, on_policy=0.5
+        )
+    resumed = on_policy_run(
+        tmp_path, tmp_path / "student", tiny_teacher, date_data, "resumed", resume=True, on_policy=0.5
+    )
     losses = [(r["step"], r["loss"], r.get("on_policy")) for r in straight if "kd" in r]
     assert [(r["step"], pytest.approx(r["loss"], rel=1e-6), r.get("on_policy")) for r in resumed if "kd" in r] == losses
 
 
 # --- a teacher behind an endpoint (tunesmith serve) ----------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def served_teacher(tmp_path_factory, tiny_teacher):
@@ -319,8 +393,9 @@ def sampled_batch(student_dir, tokenizer, date_data, n=4, seed=0):
     return sample_replies(student, tok, prompts, Sampling(max_new_tokens=8, temperature=1.0))[0]
 
 
-def test_an_endpoint_teacher_scores_the_student_tokens_as_the_local_teacher_does(tmp_path, tiny_teacher, date_data,
-                                                                                  served_teacher, tokenizer):
+def test_an_endpoint_teacher_scores_the_student_tokens_as_the_local_teacher_does(
+    tmp_path, tiny_teacher, date_data, served_teacher, tokenizer
+):
     from tunesmith.methods.distill_teachers import EndpointTeacher, LoadedTeacher
     from tunesmith.model.load import load_for_inference
     from tunesmith.model.student import create_student
@@ -344,7 +419,8 @@ def test_an_endpoint_teacher_scores_the_student_tokens_as_the_local_teacher_does
 
 
 def test_an_on_policy_run_with_an_endpoint_teacher_logs_its_scores_and_resumes_without_asking_twice(
-        tmp_path, tiny_teacher, date_data, served_teacher, tokenizer):
+    tmp_path, tiny_teacher, date_data, served_teacher, tokenizer
+):
     """Through a whole run: every logged token's teacher log-probability is the local teacher's
     (1e-4), the loss per token is the sampled reverse KL, the student moves towards the teacher,
     and a run killed and resumed gives the uninterrupted losses with each sequence scored once."""
@@ -354,8 +430,12 @@ def test_an_on_policy_run_with_an_endpoint_teacher_logs_its_scores_and_resumes_w
     from tunesmith.model.student import create_student
 
     create_student(str(tiny_teacher), 2, tmp_path / "student")
-    remote = {"teacher_model": served_teacher["model"], "loss": "reverse_kl", "on_policy": 1.0,
-              "price_per_1k_tokens": 0.5}
+    remote = {
+        "teacher_model": served_teacher["model"],
+        "loss": "reverse_kl",
+        "on_policy": 1.0,
+        "price_per_1k_tokens": 0.5,
+    }
     url = served_teacher["url"]
     straight = on_policy_run(tmp_path, tmp_path / "student", url, date_data, "straight", **remote)
     run = tmp_path / "runs" / "straight"
@@ -391,6 +471,7 @@ def test_an_on_policy_run_with_an_endpoint_teacher_logs_its_scores_and_resumes_w
 
 # --- several teachers (distill.teachers) -------------------------------------------------------------
 
+
 def test_several_teachers_mix_by_weight_or_teach_their_own_data_source(tmp_path, tiny_teacher, date_data, tokenizer):
     """Weights: the divergence is the weighted sum of each teacher's alone. Sources: each example's
     divergence is its own source's teacher's, as if each teacher had distilled its rows alone."""
@@ -410,9 +491,16 @@ def test_several_teachers_mix_by_weight_or_teach_their_own_data_source(tmp_path,
     student = load_for_inference(str(tmp_path / "student"), dtype=torch.float32)[0]
 
     def method(**distill):
-        cfg = validate_config({"name": "m", "method": "distill", "adapter": {"type": "none"},
-                               "data": {"train": [a, b]}, "train": {"max_steps": 1, "precision": "fp32"},
-                               "distill": {"loss": "jsd", "kd_ratio": 1.0, **distill}})
+        cfg = validate_config(
+            {
+                "name": "m",
+                "method": "distill",
+                "adapter": {"type": "none"},
+                "data": {"train": [a, b]},
+                "train": {"max_steps": 1, "precision": "fp32"},
+                "distill": {"loss": "jsd", "kd_ratio": 1.0, **distill},
+            }
+        )
         m = Distillation(cfg)
         m.prepare(student, tokenizer, [], tmp_path, cfg, None)
         return m
@@ -434,9 +522,14 @@ def test_several_teachers_mix_by_weight_or_teach_their_own_data_source(tmp_path,
     assert kd(by_source, mixed) == pytest.approx(kd(only_t, mixed[:2]) + kd(only_o, mixed[2:]), rel=1e-5)
     assert kd(by_source, mixed) != pytest.approx(kd(only_t, mixed), rel=1e-3)  # the two teachers differ
     # on-policy: the replies to the batch's prompts are taught by the same mixture
-    op_w, op_t, op_o = (method(on_policy=1.0, loss="reverse_kl", **t) for t in (
-        {"teachers": [{"teacher": str(tiny_teacher), "weight": 1.0}, {"teacher": other, "weight": 3.0}]},
-        {"teacher": str(tiny_teacher)}, {"teacher": other}))
+    op_w, op_t, op_o = (
+        method(on_policy=1.0, loss="reverse_kl", **t)
+        for t in (
+            {"teachers": [{"teacher": str(tiny_teacher), "weight": 1.0}, {"teacher": other, "weight": 3.0}]},
+            {"teacher": str(tiny_teacher)},
+            {"teacher": other},
+        )
+    )
     student.train()
     batches = [m.collate(mixed, tokenizer) for m in (op_w, op_t, op_o)]
     batches[0]["samples"] = []

@@ -7,7 +7,6 @@ import shutil
 import pytest
 import torch
 import yaml
-
 from conftest import cli, read_jsonl, write_config
 
 from tunesmith.config import load_config
@@ -80,15 +79,26 @@ def test_two_processes_follow_the_single_process_loss(tmp_path, request, tiny_mo
     method, fixture, mode, sections = CASES[name]
     data = request.getfixturevalue(fixture)
     sections = yaml.safe_load(yaml.safe_dump(sections).replace("TEACHER", str(tiny_model_dir)))
-    data_section = {"train": [{"path": str(data["train"])}], "val": str(data["val"]), "max_length": 256,
-                    **sections.pop("data", {})}
+    data_section = {
+        "train": [{"path": str(data["train"])}],
+        "val": str(data["val"]),
+        "max_length": 256,
+        **sections.pop("data", {}),
+    }
     runs = {}
     for nproc in (1, 2):
-        cfg = write_config(tmp_path / f"{nproc}.yaml", tiny_model_dir, data, tmp_path / "runs", name=f"p{nproc}",
-                           method=method, data=data_section,
-                           train={"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 1,
-                                  "distributed": mode},
-                           eval={"every": 3}, **sections)
+        cfg = write_config(
+            tmp_path / f"{nproc}.yaml",
+            tiny_model_dir,
+            data,
+            tmp_path / "runs",
+            name=f"p{nproc}",
+            method=method,
+            data=data_section,
+            train={"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 1, "distributed": mode},
+            eval={"every": 3},
+            **sections,
+        )
         result = _run(tmp_path, cfg, nproc)
         if nproc == 2:
             assert ("2 decoder layers sharded over 2 processes" in result.stderr) == (mode == "fsdp")
@@ -112,11 +122,16 @@ def test_two_processes_follow_the_single_process_loss(tmp_path, request, tiny_mo
 def test_grpo_runs_on_two_processes(tmp_path, tiny_model_dir, date_data):
     """Sampling differs with the split (each rank draws its own replies), so the check is that it
     trains: every step logged once, rewards and KL measured, the model saved."""
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", method="grpo",
-                       train={"max_steps": 3, "batch_size": 4, "lr": 1e-2, "log_every": 1},
-                       # replies of different lengths score differently: the advantages are not all zero, so it moves
-                       rl={"rewards": [{"function": "length_penalty", "target_length": 2}], "group_size": 2,
-                           "max_new_tokens": 6})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        method="grpo",
+        train={"max_steps": 3, "batch_size": 4, "lr": 1e-2, "log_every": 1},
+        # replies of different lengths score differently: the advantages are not all zero, so it moves
+        rl={"rewards": [{"function": "length_penalty", "target_length": 2}], "group_size": 2, "max_new_tokens": 6},
+    )
     _run(tmp_path, cfg, 2)
     records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
@@ -128,13 +143,22 @@ def test_grpo_runs_on_two_processes(tmp_path, tiny_model_dir, date_data):
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_a_checkpoint_from_two_processes_resumes_in_one(tmp_path, tiny_model_dir, date_data, mode):
-    common = dict(train={"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 2, "distributed": mode},
-                  adapter={"type": "none"})  # every weight trained: under FSDP every weight sharded
+    common = dict(
+        train={"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 2, "distributed": mode},
+        adapter={"type": "none"},
+    )  # every weight trained: under FSDP every weight sharded
     whole = write_config(tmp_path / "whole.yaml", tiny_model_dir, date_data, tmp_path / "runs", name="whole", **common)
     _run(tmp_path, whole, 1)
     # two processes write checkpoints at steps 3 and 6; keep the run as it was at step 3, as if killed there
-    two = write_config(tmp_path / "two.yaml", tiny_model_dir, date_data, tmp_path / "runs", name="two",
-                       output={"dir": str(tmp_path / "runs"), "save_every": 3, "keep": 5}, **common)
+    two = write_config(
+        tmp_path / "two.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        name="two",
+        output={"dir": str(tmp_path / "runs"), "save_every": 3, "keep": 5},
+        **common,
+    )
     _run(tmp_path, two, 2)
     killed = tmp_path / "runs" / "two"
     assert (killed / "checkpoints" / "step-3").is_dir()
@@ -156,18 +180,27 @@ def test_bad_data_stops_every_process_with_the_input_error(tmp_path, tiny_model_
     assert not (tmp_path / "runs" / "tiny").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"method": "grpo", "rl": {"rewards": [{"function": "exact_match"}]}}, "method grpo generates replies"),
-    ({"adapter": {"type": "qlora"}}, "a 4-bit base is not sharded"),
-    ({"adapter": {"type": "prompt"}}, "prompt tuning's virtual tokens"),
-    ({"forgetting": {"l2sp": 0.1}}, "forgetting.l2sp keeps a whole copy"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"method": "grpo", "rl": {"rewards": [{"function": "exact_match"}]}}, "method grpo generates replies"),
+        ({"adapter": {"type": "qlora"}}, "a 4-bit base is not sharded"),
+        ({"adapter": {"type": "prompt"}}, "prompt tuning's virtual tokens"),
+        ({"forgetting": {"l2sp": 0.1}}, "forgetting.l2sp keeps a whole copy"),
+    ],
+)
 def test_fsdp_refuses_what_it_cannot_shard(tmp_path, tiny_model_dir, date_data, override, message):
     from tunesmith.config import load_config
     from tunesmith.errors import UserError
 
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                       train={"max_steps": 2, "distributed": "fsdp"}, **override)
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        train={"max_steps": 2, "distributed": "fsdp"},
+        **override,
+    )
     with pytest.raises(UserError, match=f"train.distributed fsdp: {message}.*; use ddp"):
         load_config(cfg)
 
@@ -187,12 +220,35 @@ def test_two_torchrun_agents_meet_at_a_rendezvous_as_two_nodes_would(tmp_path, t
     steps = {"max_steps": 4, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 4}
     one = write_config(tmp_path / "one.yaml", tiny_model_dir, date_data, tmp_path / "runs", name="one", train=steps)
     _run(tmp_path, one, 1)
-    nodes = write_config(tmp_path / "nodes.yaml", tiny_model_dir, date_data, tmp_path / "runs", name="nodes", train=steps)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
-               "-m", "tunesmith", "train", str(nodes), "--quiet"]
-    agents = [subprocess.Popen(command, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    nodes = write_config(
+        tmp_path / "nodes.yaml", tiny_model_dir, date_data, tmp_path / "runs", name="nodes", train=steps
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "two-nodes",
+        "-m",
+        "tunesmith",
+        "train",
+        str(nodes),
+        "--quiet",
+    ]
+    agents = [
+        subprocess.Popen(
+            command, cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outputs = [agent.communicate(timeout=300) for agent in agents]
     assert all(agent.returncode == 0 for agent in agents), [err[-2000:] for _, err in outputs]
     assert sum(out.count('"run_dir"') for out, _ in outputs) == 1  # rank 0's summary, on one of the nodes

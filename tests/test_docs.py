@@ -16,8 +16,12 @@ MKDOCS = Path(sys.executable).with_name("mkdocs")
 
 
 def build(root: Path, site: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(MKDOCS), "build", "--strict", "--config-file", str(root / "mkdocs.yml"),
-                           "--site-dir", str(site)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(MKDOCS), "build", "--strict", "--config-file", str(root / "mkdocs.yml"), "--site-dir", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_manual_builds_without_a_warning(tmp_path):

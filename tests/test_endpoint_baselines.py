@@ -35,18 +35,33 @@ def test_the_recommendation_weighs_score_difference_cost_and_latency():
     # the tuned model unpriced (no eval.machine_price_per_hour): cheaper than any priced endpoint
     assert versus_endpoint(row("tuned", 40.0, None), frontier, diff(0.0, -0.04, 0.04))["choice"] == "tuned"
     # neither priced: the faster
-    assert versus_endpoint(row("tuned", 40.0, None), row("e", 20.0, None), diff(0.0, -0.04, 0.04))["choice"] == "endpoint"
+    assert (
+        versus_endpoint(row("tuned", 40.0, None), row("e", 20.0, None), diff(0.0, -0.04, 0.04))["choice"] == "endpoint"
+    )
 
 
 def write_result(path, label, scores, kind_fields):
     path.parent.mkdir(parents=True, exist_ok=True)
     preds = path.with_name(path.stem + "_predictions.jsonl")
-    preds.write_text("".join(json.dumps({"index": i, "source": f"test.jsonl:{i + 1}", "exact_match": s}) + "\n"
-                             for i, s in enumerate(scores)))
+    preds.write_text(
+        "".join(
+            json.dumps({"index": i, "source": f"test.jsonl:{i + 1}", "exact_match": s}) + "\n"
+            for i, s in enumerate(scores)
+        )
+    )
     mean = sum(scores) / len(scores)
-    path.write_text(json.dumps({"label": label, "n": len(scores), "prompt_tokens": 20.0, "predictions": preds.name,
-                                "scores": {"exact_match": {"mean": mean, "lo": mean - 0.05, "hi": mean + 0.05}},
-                                **kind_fields}))
+    path.write_text(
+        json.dumps(
+            {
+                "label": label,
+                "n": len(scores),
+                "prompt_tokens": 20.0,
+                "predictions": preds.name,
+                "scores": {"exact_match": {"mean": mean, "lo": mean - 0.05, "hi": mean + 0.05}},
+                **kind_fields,
+            }
+        )
+    )
     return preds
 
 
@@ -60,8 +75,12 @@ def test_the_report_pairs_the_tuned_model_with_the_endpoint_over_the_same_exampl
     preds.rename(run / "eval" / "test_predictions.jsonl")
     data = json.loads((run / "eval" / "test.json").read_text())
     (run / "eval" / "test.json").write_text(json.dumps({**data, "predictions": "test_predictions.jsonl"}))
-    write_result(run / "baselines" / "endpoint-gpt-x-shots-0.json", "gpt-x, zero-shot", frontier,
-                 {"kind": "endpoint", "latency_s": 0.8, "cost_per_1000": 2.0})
+    write_result(
+        run / "baselines" / "endpoint-gpt-x-shots-0.json",
+        "gpt-x, zero-shot",
+        frontier,
+        {"kind": "endpoint", "latency_s": 0.8, "cost_per_1000": 2.0},
+    )
     write_report(run, [("lora", run)], baselines_dir=run, primary="exact_match")
     report = json.loads((run / "report.json").read_text())
     weighed = report["recommendation"]["endpoint"]
@@ -74,8 +93,11 @@ def test_the_report_pairs_the_tuned_model_with_the_endpoint_over_the_same_exampl
 
 @pytest.fixture
 def served(tmp_path, tiny_model_dir):
-    line, proc = start_server(["serve", str(tiny_model_dir), "--port", "0", "--api-key-env", "TS_SERVE_KEY",
-                               "--precision", "fp32"], tmp_path, {**cli_env(tmp_path), "TS_SERVE_KEY": KEY})
+    line, proc = start_server(
+        ["serve", str(tiny_model_dir), "--port", "0", "--api-key-env", "TS_SERVE_KEY", "--precision", "fp32"],
+        tmp_path,
+        {**cli_env(tmp_path), "TS_SERVE_KEY": KEY},
+    )
     yield {"url": line.split(" at ")[1].split()[0], "model": tiny_model_dir.name, "proc": proc}
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -85,17 +107,39 @@ def served(tmp_path, tiny_model_dir):
 def test_an_endpoint_baseline_against_a_live_tunesmith_serve(tmp_path, tiny_model_dir, date_data, served, monkeypatch):
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))  # the reply cache lives here
     monkeypatch.setenv("ENDPOINT_KEY", KEY)
-    baseline = {"url": served["url"], "model": served["model"], "api_key_env": "ENDPOINT_KEY", "label": "served base",
-                "price_per_1m_input": 2.5, "price_per_1m_output": 10.0, "shots": [0, 2]}
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                       train={"max_steps": 4, "precision": "fp32"},
-                       eval={"test": str(date_data["test"]), "limit": 8, "max_new_tokens": 8, "shots": [0],
-                             "baselines": [baseline], "machine_price_per_hour": 1.0})
+    baseline = {
+        "url": served["url"],
+        "model": served["model"],
+        "api_key_env": "ENDPOINT_KEY",
+        "label": "served base",
+        "price_per_1m_input": 2.5,
+        "price_per_1m_output": 10.0,
+        "shots": [0, 2],
+    }
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        train={"max_steps": 4, "precision": "fp32"},
+        eval={
+            "test": str(date_data["test"]),
+            "limit": 8,
+            "max_new_tokens": 8,
+            "shots": [0],
+            "baselines": [baseline],
+            "machine_price_per_hour": 1.0,
+        },
+    )
     summary = train(load_config(cfg), quiet=True)
     run_dir = tmp_path / "runs" / "tiny"
     zero, two = summary["endpoint_baselines"]
-    assert (zero["label"], two["label"], zero["requests_sent"], two["requests_sent"]) == \
-        ("served base, zero-shot", "served base, 2-shot", 8, 8)
+    assert (zero["label"], two["label"], zero["requests_sent"], two["requests_sent"]) == (
+        "served base, zero-shot",
+        "served base, 2-shot",
+        8,
+        8,
+    )
     # the same base model, asked the same prompts, greedy: the endpoint's replies are the local baseline's
     local = read_jsonl(run_dir / "baselines" / "shots-0_predictions.jsonl")
     remote = read_jsonl(run_dir / "baselines" / "endpoint-served-base-shots-0_predictions.jsonl")
@@ -114,17 +158,38 @@ def test_an_endpoint_baseline_against_a_live_tunesmith_serve(tmp_path, tiny_mode
 
     cmp_cfg = load_config(cfg, ["name=cmp", "compare.variants={a: {}, b: {train.lr: 1.0e-3}}"])
     compared = run_compare(cmp_cfg, quiet=True)
-    sent = [json.loads(p.read_text())["requests_sent"]
-            for p in (tmp_path / "runs" / "cmp" / "baselines").glob("endpoint-*-shots-?.json")]
+    sent = [
+        json.loads(p.read_text())["requests_sent"]
+        for p in (tmp_path / "runs" / "cmp" / "baselines").glob("endpoint-*-shots-?.json")
+    ]
     assert sent == [0, 0]
     assert sum(r["kind"] == "endpoint" for r in compared["summary"]["task"]) == 2
 
     # cached: with the server gone, the same baseline scores again without a request
     served["proc"].send_signal(signal.SIGTERM)
     served["proc"].wait(timeout=30)
-    again = cli(["eval", served["url"], "--endpoint-model", served["model"], "--api-key-env", "ENDPOINT_KEY",
-                 "--data", str(date_data["test"]), "--limit", "8", "--max-new-tokens", "8", "--price-in", "2.5",
-                 "--price-out", "10"], tmp_path, {"TUNESMITH_HOME": str(tmp_path / "home"), "ENDPOINT_KEY": KEY})
+    again = cli(
+        [
+            "eval",
+            served["url"],
+            "--endpoint-model",
+            served["model"],
+            "--api-key-env",
+            "ENDPOINT_KEY",
+            "--data",
+            str(date_data["test"]),
+            "--limit",
+            "8",
+            "--max-new-tokens",
+            "8",
+            "--price-in",
+            "2.5",
+            "--price-out",
+            "10",
+        ],
+        tmp_path,
+        {"TUNESMITH_HOME": str(tmp_path / "home"), "ENDPOINT_KEY": KEY},
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     result = json.loads(again.stdout)
     assert result["requests_sent"] == 0 and result["scores"] == zero["scores"]
@@ -132,8 +197,11 @@ def test_an_endpoint_baseline_against_a_live_tunesmith_serve(tmp_path, tiny_mode
 
 
 def test_an_unreachable_endpoint_is_one_clear_error(tmp_path, date_data):
-    done = cli(["eval", "http://127.0.0.1:9/v1", "--endpoint-model", "m", "--data", str(date_data["test"]),
-                "--limit", "1"], tmp_path, {"TUNESMITH_HOME": str(tmp_path / "home")})
+    done = cli(
+        ["eval", "http://127.0.0.1:9/v1", "--endpoint-model", "m", "--data", str(date_data["test"]), "--limit", "1"],
+        tmp_path,
+        {"TUNESMITH_HOME": str(tmp_path / "home")},
+    )
     assert done.returncode != 0 and "127.0.0.1:9" in done.stderr and "Traceback" not in done.stderr
 
 

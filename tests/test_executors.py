@@ -25,9 +25,29 @@ HP = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 12, "
 def start_cluster_service(home: Path, model_dir: Path, cluster_yaml: str, env_extra: dict):
     home.mkdir(parents=True, exist_ok=True)
     (home.parent / "cluster.yaml").write_text(cluster_yaml)
-    line, proc = start_server(["service", "--port", "0", "--home", home.name, "--model", str(model_dir), "--precision",
-                               "fp32", "--probe-limit", "0", "--max-tokens", "16", "--workers", "2", "--cluster",
-                               "cluster.yaml"], home.parent, {**cli_env(home.parent), **env_extra})
+    line, proc = start_server(
+        [
+            "service",
+            "--port",
+            "0",
+            "--home",
+            home.name,
+            "--model",
+            str(model_dir),
+            "--precision",
+            "fp32",
+            "--probe-limit",
+            "0",
+            "--max-tokens",
+            "16",
+            "--workers",
+            "2",
+            "--cluster",
+            "cluster.yaml",
+        ],
+        home.parent,
+        {**cli_env(home.parent), **env_extra},
+    )
     url = line.split(" at ")[1].split()[0]
     return openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60), proc
 
@@ -44,8 +64,12 @@ def assert_same_adapter(a: dict, b: dict) -> None:
 
 def resumed_at(home: Path, job_id: str) -> list[int]:
     """The steps the job's worker resumed from, in order, as its log says ("resumed from ... (step N)")."""
-    return [int(m) for m in re.findall(r"^resumed from .* \(step (\d+)\)$", (home / "jobs" / job_id / "worker.log").read_text(),
-                                        re.MULTILINE)]
+    return [
+        int(m)
+        for m in re.findall(
+            r"^resumed from .* \(step (\d+)\)$", (home / "jobs" / job_id / "worker.log").read_text(), re.MULTILINE
+        )
+    ]
 
 
 def messages(client, job_id: str) -> list[str]:
@@ -53,7 +77,11 @@ def messages(client, job_id: str) -> list[str]:
 
 
 def metric_steps(client, job_id: str) -> list[int]:
-    return [e.data["step"] for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=200))) if e.type == "metrics"]
+    return [
+        e.data["step"]
+        for e in reversed(list(client.fine_tuning.jobs.list_events(job_id, limit=200)))
+        if e.type == "metrics"
+    ]
 
 
 # --- Slurm ------------------------------------------------------------------------------------------
@@ -73,7 +101,10 @@ def slurm_job_of(slurm, job_id: str) -> str:
 
 def runs_of(slurm, job: str) -> list[str]:
     """The states of each run of a Slurm job in its accounting, in order (a requeued run: REQUEUED)."""
-    return [row[0].split()[0] for row in slurm.accounted("--allocations", "--duplicates", "--jobs", job, "--format", "State")]
+    return [
+        row[0].split()[0]
+        for row in slurm.accounted("--allocations", "--duplicates", "--jobs", job, "--format", "State")
+    ]
 
 
 def forgotten(slurm, job: str, timeout: float = 150) -> None:
@@ -84,11 +115,13 @@ def forgotten(slurm, job: str, timeout: float = 150) -> None:
         time.sleep(2)
 
 
-def test_slurm_jobs_run_on_the_cluster_and_resume_exactly_after_requeue_and_sigterm(slurm, tmp_path, tiny_model_dir,
-                                                                                    date_data):
+def test_slurm_jobs_run_on_the_cluster_and_resume_exactly_after_requeue_and_sigterm(
+    slurm, tmp_path, tiny_model_dir, date_data
+):
     home = tmp_path / "home"
-    client, proc = start_cluster_service(home, tiny_model_dir, "executor: slurm\nslurm: {time: '00:30:00'}\n",
-                                         {"SLURM_CONF": str(slurm.conf)})
+    client, proc = start_cluster_service(
+        home, tiny_model_dir, "executor: slurm\nslurm: {time: '00:30:00'}\n", {"SLURM_CONF": str(slurm.conf)}
+    )
     try:
         f = upload(client, date_data["train"])
         requeued = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=HP)
@@ -119,8 +152,9 @@ def test_slurm_jobs_run_on_the_cluster_and_resume_exactly_after_requeue_and_sigt
         assert sorted(set(steps)) == list(range(1, 145))
         assert_same_adapter(adapter(home, signalled.id), adapter(home, whole.id))
 
-        answer = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=8,
-                                                messages=[{"role": "user", "content": "Date: 3 March 2021"}])
+        answer = client.chat.completions.create(
+            model=done.fine_tuned_model, max_tokens=8, messages=[{"role": "user", "content": "Date: 3 March 2021"}]
+        )
         assert answer.choices[0].message.content is not None
     finally:
         stop_service(proc)
@@ -134,8 +168,12 @@ def test_slurm_jobs_go_on_while_the_service_is_down_and_are_found_again(slurm, t
     client, proc = start_cluster_service(home, tiny_model_dir, cluster, {"SLURM_CONF": str(slurm.conf)})
     f = upload(client, date_data["train"])
     short = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=HP)
-    long = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 24, "batch_size": 8}}})
+    long = client.fine_tuning.jobs.create(
+        model=tiny_model_dir.name,
+        training_file=f.id,
+        seed=3,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 24, "batch_size": 8}}},
+    )
     wait_for_step(client, short.id, 4)
     wait_for_step(client, long.id, 4)
     stop_service(proc)  # the service goes; its jobs train on in Slurm
@@ -166,8 +204,9 @@ def test_slurm_jobs_go_on_while_the_service_is_down_and_are_found_again(slurm, t
         stop_service(proc)
 
 
-def test_a_job_slurm_cancelled_while_the_service_was_down_is_failed_from_slurms_accounting(slurm, tmp_path,
-                                                                                           tiny_model_dir, date_data):
+def test_a_job_slurm_cancelled_while_the_service_was_down_is_failed_from_slurms_accounting(
+    slurm, tmp_path, tiny_model_dir, date_data
+):
     """An operator's `scancel` while the service is down, found after the controller has forgotten
     the job: only `sacct` can say it was cancelled (it left no exit file), so the job fails naming
     that instead of being taken for a lost node and trained again."""
@@ -184,7 +223,10 @@ def test_a_job_slurm_cancelled_while_the_service_was_down_is_failed_from_slurms_
     client, proc = start_cluster_service(home, tiny_model_dir, "executor: slurm\n", {"SLURM_CONF": str(slurm.conf)})
     try:
         done = wait_for(client, job.id, timeout=120)
-        assert done.status == "failed" and "cancelled in Slurm (scancel)" in done.error.message, (done.status, done.error)
+        assert done.status == "failed" and "cancelled in Slurm (scancel)" in done.error.message, (
+            done.status,
+            done.error,
+        )
         assert resumed_at(home, job.id) == [] and runs_of(slurm, slurm_job) == ["CANCELLED"]
     finally:
         stop_service(proc)
@@ -216,8 +258,9 @@ def test_ray_jobs_run_on_the_cluster_and_resume_exactly_when_killed(ray, tmp_pat
     from ray.job_submission import JobSubmissionClient
 
     home = tmp_path / "home"
-    client, proc = start_cluster_service(home, tiny_model_dir, f"executor: ray\naddress: {ray.address}\n"
-                                         "ray: {num_cpus: 1}\n", {})
+    client, proc = start_cluster_service(
+        home, tiny_model_dir, f"executor: ray\naddress: {ray.address}\nray: {{num_cpus: 1}}\n", {}
+    )
     try:
         f = upload(client, date_data["train"])
         killed = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, seed=3, method=HP)
@@ -225,7 +268,11 @@ def test_ray_jobs_run_on_the_cluster_and_resume_exactly_when_killed(ray, tmp_pat
         wait_for_step(client, killed.id, 15)  # past the first epoch's checkpoint (step 12)
         pid = training_pid(home / "jobs" / killed.id)
         assert pid is not None
-        ours = [j for j in JobSubmissionClient(ray.address).list_jobs() if (j.metadata or {}).get("tunesmith_job") == killed.id]
+        ours = [
+            j
+            for j in JobSubmissionClient(ray.address).list_jobs()
+            if (j.metadata or {}).get("tunesmith_job") == killed.id
+        ]
         assert [j.status for j in ours] == ["RUNNING"]
         import os
 
@@ -237,7 +284,11 @@ def test_ray_jobs_run_on_the_cluster_and_resume_exactly_when_killed(ray, tmp_pat
         assert any(m.startswith("The job stopped before finishing (ray job") for m in events), events
         resumed = resumed_at(home, killed.id)  # once, from the last epoch's checkpoint (every 12 steps) before the kill
         assert len(resumed) == 1 and resumed[0] >= 12 and resumed[0] % 12 == 0, resumed
-        ours = [j for j in JobSubmissionClient(ray.address).list_jobs() if (j.metadata or {}).get("tunesmith_job") == killed.id]
+        ours = [
+            j
+            for j in JobSubmissionClient(ray.address).list_jobs()
+            if (j.metadata or {}).get("tunesmith_job") == killed.id
+        ]
         assert sorted(str(j.status) for j in ours) == ["FAILED", "SUCCEEDED"]
         assert_same_adapter(adapter(home, killed.id), adapter(home, whole.id))
     finally:
@@ -281,28 +332,47 @@ def test_the_batch_script_places_each_job_by_model_and_tenant(tmp_path):
     from tunesmith.service.executors.slurm import batch_script
 
     path = tmp_path / "cluster.yaml"
-    path.write_text("executor: slurm\npython: /shared/venv/bin/python\nslurm: {partition: gpu, gpus_per_node: 1, time: '08:00:00'}\n"
-                    "models:\n  small: {partition: cpu, gpus_per_node: 0}\ntenants:\n  research: {account: lab, nodes: 2, "
-                    "tasks_per_node: 4}\n")
+    path.write_text(
+        "executor: slurm\npython: /shared/venv/bin/python\nslurm: {partition: gpu, gpus_per_node: 1, time: "
+        "'08:00:00'}\n"
+        "models:\n  small: {partition: cpu, gpus_per_node: 0}\ntenants:\n  research: {account: lab, nodes: 2, "
+        "tasks_per_node: 4}\n"
+    )
     cluster = read_cluster(path, {"small", "big"}, {"research", "ops"})
     launch = Launch("ftjob-1", Path("/shared/home/jobs/ftjob-1"), Path("/shared/home/runs/ftjob-1"), "ops", "big")
     script = batch_script(launch, cluster.placement("big", "ops"), cluster.python)
-    for option in ("--partition=gpu", "--gpus-per-node=1", "--time=08:00:00", "--requeue", "--signal=TERM@120",
-                   "--chdir=/shared/home/jobs/ftjob-1", "--output=/shared/home/jobs/ftjob-1/worker.log"):
+    for option in (
+        "--partition=gpu",
+        "--gpus-per-node=1",
+        "--time=08:00:00",
+        "--requeue",
+        "--signal=TERM@120",
+        "--chdir=/shared/home/jobs/ftjob-1",
+        "--output=/shared/home/jobs/ftjob-1/worker.log",
+    ):
         assert f"#SBATCH {option}\n" in script
-    assert "srun --export=ALL /shared/venv/bin/python -m tunesmith train /shared/home/jobs/ftjob-1/config.yaml --resume" in script
+    assert (
+        "srun --export=ALL /shared/venv/bin/python -m tunesmith train /shared/home/jobs/ftjob-1/config.yaml --resume"
+        in script
+    )
     small = batch_script(launch, cluster.placement("small", "research"), cluster.python)
     assert "#SBATCH --partition=cpu\n" in small and "gpus-per-node" not in small and "#SBATCH --account=lab\n" in small
     assert "#SBATCH --nodes=2\n" in small and "RANK=$SLURM_PROCID" in small and "MASTER_ADDR" in small
 
 
-@pytest.mark.parametrize("text, message", [
-    ("executor: slurm\nslurm: {partitoin: gpu}\n", "cluster.yaml:2: unknown key 'slurm.partitoin'"),
-    ("executor: ray\n", "executor ray needs address:"),
-    ("executor: slurm\nmodels:\n  nope: {partition: a}\n", "cluster.yaml:3: model 'nope' is not one of this service's"),
-    ("executor: slurm\ntenants:\n  ops: {gpus_per_node: -1}\n", "tenants.ops"),
-    ("executor: kubernetes\n", "cluster.yaml:1: executor"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("executor: slurm\nslurm: {partitoin: gpu}\n", "cluster.yaml:2: unknown key 'slurm.partitoin'"),
+        ("executor: ray\n", "executor ray needs address:"),
+        (
+            "executor: slurm\nmodels:\n  nope: {partition: a}\n",
+            "cluster.yaml:3: model 'nope' is not one of this service's",
+        ),
+        ("executor: slurm\ntenants:\n  ops: {gpus_per_node: -1}\n", "tenants.ops"),
+        ("executor: kubernetes\n", "cluster.yaml:1: executor"),
+    ],
+)
 def test_a_bad_cluster_file_is_one_line_naming_the_place(tmp_path, text, message):
     from tunesmith.errors import UserError
     from tunesmith.service.cluster import read_cluster
@@ -319,7 +389,14 @@ def test_the_batch_script_docs_show_is_the_one_the_service_writes():
     from tunesmith.service.executors import Launch
     from tunesmith.service.executors.slurm import batch_script
 
-    launch = Launch("ftjob-abc123", Path("/shared/tunesmith/jobs/ftjob-abc123"), Path("/shared/tunesmith/runs/ftjob-abc123"),
-                    "research", "SmolLM2-135M-Instruct")
-    script = batch_script(launch, SlurmPlacement(partition="gpu", gpus_per_node=1, time="08:00:00"), "/shared/venv/bin/python")
+    launch = Launch(
+        "ftjob-abc123",
+        Path("/shared/tunesmith/jobs/ftjob-abc123"),
+        Path("/shared/tunesmith/runs/ftjob-abc123"),
+        "research",
+        "SmolLM2-135M-Instruct",
+    )
+    script = batch_script(
+        launch, SlurmPlacement(partition="gpu", gpus_per_node=1, time="08:00:00"), "/shared/venv/bin/python"
+    )
     assert f"```bash\n{script}```" in (Path(__file__).parents[1] / "docs" / "service.md").read_text()

@@ -15,8 +15,14 @@ from tunesmith.model.load import load_for_inference
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_model_dir, date_data):
     tmp = tmp_path_factory.mktemp("lora-run")
-    cfg = write_config(tmp / "c.yaml", tiny_model_dir, date_data, tmp / "runs",
-                       train={"max_steps": 40, "lr": 1e-2}, adapter={"type": "lora", "r": 8, "alpha": 16})
+    cfg = write_config(
+        tmp / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp / "runs",
+        train={"max_steps": 40, "lr": 1e-2},
+        adapter={"type": "lora", "r": 8, "alpha": 16},
+    )
     result = cli_here(["train", str(cfg), "--quiet"], tmp)
     assert result.returncode == 0, result.stderr
     return tmp / "runs" / "tiny"
@@ -50,8 +56,12 @@ def test_merged_export_reproduces_the_run_in_plain_transformers(tmp_path, lora_r
     outputs = greedy(plain, plain_tok, date_data["test"])
     assert outputs == greedy(run_model, run_tok, date_data["test"])
     assert any(outputs)  # the tuned tiny model says something
-    torch.testing.assert_close(greedy_ids(plain, plain_tok, date_data["test"]), greedy_ids(run_model, run_tok, date_data["test"]),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        greedy_ids(plain, plain_tok, date_data["test"]),
+        greedy_ids(run_model, run_tok, date_data["test"]),
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 def test_adapter_export_loads_in_plain_peft(tmp_path, lora_run, tiny_model_dir, date_data):
@@ -70,8 +80,14 @@ def test_adapter_export_loads_in_plain_peft(tmp_path, lora_run, tiny_model_dir, 
 def test_full_finetune_and_model_reference_export(tmp_path, tiny_model_dir, date_data):
     from transformers import AutoModelForCausalLM
 
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", adapter={"type": "none"},
-                       train={"max_steps": 5})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        adapter={"type": "none"},
+        train={"max_steps": 5},
+    )
     assert cli_here(["train", str(cfg), "--quiet"], tmp_path).returncode == 0
     run = tmp_path / "runs" / "tiny"
     assert cli_here(["export", str(run), "--to", str(tmp_path / "full")], tmp_path).returncode == 0
@@ -91,14 +107,16 @@ def load_gguf(folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     [file] = [p.name for p in folder.glob("*.gguf")]
-    return (AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32).eval(),
-            AutoTokenizer.from_pretrained(folder, gguf_file=file))
+    return (
+        AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32).eval(),
+        AutoTokenizer.from_pretrained(folder, gguf_file=file),
+    )
 
 
 def test_gguf_export_of_a_lora_run_round_trips_through_transformers(tmp_path, lora_run, date_data):
     import gguf
-
     from conftest import corpus
+
     from tunesmith.export.exporter import export
 
     merged, tok = load_for_inference(str(lora_run), merge=True)
@@ -141,7 +159,10 @@ def test_every_export_carries_a_model_card_from_the_run(tmp_path, lora_run):
 
 
 def test_gguf_export_refuses_what_it_cannot_write(tmp_path, lora_run):
-    for args, message in ((["--format", "onnx"], "--format onnx"), (["--format", "gguf", "--quant", "q4_k"], "--quant q4_k")):
+    for args, message in (
+        (["--format", "onnx"], "--format onnx"),
+        (["--format", "gguf", "--quant", "q4_k"], "--quant q4_k"),
+    ):
         result = cli_here(["export", str(lora_run), "--to", str(tmp_path / "x"), *args], tmp_path)
         assert result.returncode == 2 and message in result.stderr and not (tmp_path / "x").exists()
 
@@ -156,17 +177,23 @@ def test_gguf_export_of_each_family_round_trips_through_transformers(tmp_path, t
     from tunesmith.export.exporter import export
 
     # transformers' GGUF reader takes Gemma 3's layer kinds from the default pattern (five windowed, one global)
-    model = tiny_family(family, tokenizer, tmp_path / "model", gemma3_layers=("sliding_attention",) * 5 + ("full_attention",))
+    model = tiny_family(
+        family, tokenizer, tmp_path / "model", gemma3_layers=("sliding_attention",) * 5 + ("full_attention",)
+    )
     if family == "qwen2":
         assert model.model.layers[0].self_attn.q_proj.bias is not None
     result = export(str(tmp_path / "model"), tmp_path / "gguf", format="gguf", quant="f16")
     assert result["kind"] == "gguf"
     back, back_tok = load_gguf(tmp_path / "gguf")
-    assert back.config.model_type == {"mistral": "llama", "gemma3": "gemma3_text"}.get(family, family)  # as llama.cpp names them
+    assert back.config.model_type == {"mistral": "llama", "gemma3": "gemma3_text"}.get(
+        family, family
+    )  # as llama.cpp names them
     source = model.state_dict()
     for name, tensor in back.state_dict().items():
         if source[name].ndim == 1:  # Gemma's norms are stored as 1 + w in f32 and read back as (1 + w) - 1
-            assert (tensor - source[name]).abs().max() <= (2.4e-7 if family == "gemma3" else 0), name  # an f32 ulp near 1
+            assert (tensor - source[name]).abs().max() <= (2.4e-7 if family == "gemma3" else 0), (
+                name
+            )  # an f32 ulp near 1
         else:
             assert torch.equal(tensor, source[name].half().float()), name
     source_model, source_tok = load_for_inference(str(tmp_path / "model"))
@@ -177,15 +204,21 @@ def test_gguf_export_of_each_family_round_trips_through_transformers(tmp_path, t
     if family == "gemma3":  # transformers reads every Gemma 3 file's tokenizer as SentencePiece; this one is byte-level
         back_tok = source_tok
     # the next-token logits of a test prompt (rms_norm_eps is stored as float32: 1e-6 differs in the 8th digit)
-    assert torch.allclose(greedy_ids(back, back_tok, date_data["test"]),
-                          greedy_ids(source_model, source_tok, date_data["test"]), atol=1e-4)
+    assert torch.allclose(
+        greedy_ids(back, back_tok, date_data["test"]),
+        greedy_ids(source_model, source_tok, date_data["test"]),
+        atol=1e-4,
+    )
 
 
-@pytest.mark.parametrize("family, change, message", [
-    ("mistral", {"sliding_window": 6}, "uses a sliding window"),
-    ("gemma3", {"query_pre_attn_scalar": 24}, "query_pre_attn_scalar 24"),
-    ("gemma3", {"attn_logit_softcapping": 50.0}, "no attention soft-cap"),
-])
+@pytest.mark.parametrize(
+    "family, change, message",
+    [
+        ("mistral", {"sliding_window": 6}, "uses a sliding window"),
+        ("gemma3", {"query_pre_attn_scalar": 24}, "query_pre_attn_scalar 24"),
+        ("gemma3", {"attn_logit_softcapping": 50.0}, "no attention soft-cap"),
+    ],
+)
 def test_gguf_export_refuses_what_llama_cpp_would_compute_differently(tmp_path, tokenizer, family, change, message):
     from conftest import tiny_family
 

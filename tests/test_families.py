@@ -18,9 +18,20 @@ from tunesmith.model.segment_attention import restore_attention, use_segment_att
 WINDOW = 6  # sliding window of the families that have one; the sequences below are longer
 LENGTHS = [13, 9, 17, 5]
 VOCAB = 96
-COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.4, pad_token_id=0,
-              bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    initializer_range=0.4,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=False,
+)
 
 
 def family_config(family: str):
@@ -31,20 +42,42 @@ def family_config(family: str):
     if family == "mistral":
         return tf.MistralConfig(**COMMON, head_dim=8, sliding_window=WINDOW)
     if family == "qwen2":
-        return tf.Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=0,
-                              layer_types=["sliding_attention", "full_attention"])
+        return tf.Qwen2Config(
+            **COMMON,
+            use_sliding_window=True,
+            sliding_window=WINDOW,
+            max_window_layers=0,
+            layer_types=["sliding_attention", "full_attention"],
+        )
     if family == "qwen3":
-        return tf.Qwen3Config(**COMMON, head_dim=8, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=0,
-                              layer_types=["sliding_attention", "full_attention"])
+        return tf.Qwen3Config(
+            **COMMON,
+            head_dim=8,
+            use_sliding_window=True,
+            sliding_window=WINDOW,
+            max_window_layers=0,
+            layer_types=["sliding_attention", "full_attention"],
+        )
     if family == "phi3":
         return tf.Phi3Config(**{**COMMON, "pad_token_id": 0}, sliding_window=WINDOW)
     if family == "gemma2":
-        return tf.Gemma2Config(**COMMON, head_dim=8, sliding_window=WINDOW, query_pre_attn_scalar=24,
-                               attn_logit_softcapping=1.0, final_logit_softcapping=2.0,
-                               layer_types=["sliding_attention", "full_attention"])
+        return tf.Gemma2Config(
+            **COMMON,
+            head_dim=8,
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=1.0,
+            final_logit_softcapping=2.0,
+            layer_types=["sliding_attention", "full_attention"],
+        )
     if family == "gemma3":
-        return tf.Gemma3TextConfig(**{**COMMON, "num_key_value_heads": 1}, head_dim=16, sliding_window=WINDOW,
-                                   query_pre_attn_scalar=24, layer_types=["sliding_attention", "full_attention"])
+        return tf.Gemma3TextConfig(
+            **{**COMMON, "num_key_value_heads": 1},
+            head_dim=16,
+            sliding_window=WINDOW,
+            query_pre_attn_scalar=24,
+            layer_types=["sliding_attention", "full_attention"],
+        )
     raise ValueError(family)
 
 
@@ -114,8 +147,9 @@ def test_training_path_equals_the_family_forward_in_fp32(family, packed):
     assert torch.allclose(logps, ref_logps, atol=1e-5), (logps - ref_logps).abs().max()
     assert set(grads) == set(ref_grads)
     # relative to each gradient's scale: sums over every token of the batch, in fp32
-    worst = max(((grads[n] - ref_grads[n]).abs().max().item() / max(1.0, ref_grads[n].abs().max().item()), n)
-                for n in grads)
+    worst = max(
+        ((grads[n] - ref_grads[n]).abs().max().item() / max(1.0, ref_grads[n].abs().max().item()), n) for n in grads
+    )
     assert worst[0] < 1e-5, worst
 
 
@@ -208,8 +242,13 @@ def test_every_adapter_type_trains_on_every_family(family_dirs, family, adapter)
     from tunesmith.model.peft_wrapping import unwrap
     from tunesmith.model.quantize import require_bitsandbytes, settings
 
-    options = {"lora": {"r": 4}, "dora": {"type": "lora", "r": 4, "dora": True}, "qlora": {"r": 4},
-               "prefix": {"virtual_tokens": 4}, "prompt": {"virtual_tokens": 4}}.get(adapter, {})
+    options = {
+        "lora": {"r": 4},
+        "dora": {"type": "lora", "r": 4, "dora": True},
+        "qlora": {"r": 4},
+        "prefix": {"virtual_tokens": 4},
+        "prompt": {"virtual_tokens": 4},
+    }.get(adapter, {})
     cfg = AdapterConfig(**{"type": adapter, **options})
     if adapter == "qlora":
         require_bitsandbytes()
@@ -231,7 +270,10 @@ def test_a_reward_head_scores_every_family(family_dirs, family):
 
     model = load_base(family_dirs[family], head="score")
     model.config.pad_token_id = 0
-    scores = model(input_ids=torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]]), attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])).logits
+    scores = model(
+        input_ids=torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]]),
+        attention_mask=torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+    ).logits
     assert scores.shape == (2, 1) and torch.isfinite(scores).all()
 
 
@@ -270,8 +312,13 @@ def test_distillation_from_every_family(family_dirs, family, tmp_path):
     from tunesmith.methods.distill_teachers import LoadedTeacher
     from tunesmith.model.student import create_student
 
-    config = RunConfig(name="kd", method="distill", data={"train": [{"path": "unused.jsonl"}]}, train={"max_steps": 1},
-                       distill={"teacher": str(family_dirs[family]), "loss": "forward_kl", "kd_ratio": 1.0})
+    config = RunConfig(
+        name="kd",
+        method="distill",
+        data={"train": [{"path": "unused.jsonl"}]},
+        train={"max_steps": 1},
+        distill={"teacher": str(family_dirs[family]), "loss": "forward_kl", "kd_ratio": 1.0},
+    )
     method = Distillation(config)
     teacher = build(family).eval().requires_grad_(False)
     use_segment_attention(teacher)

@@ -22,19 +22,39 @@ RUNNER = Path(__file__).with_name("fault_runner.py")
 
 
 def fault_config(tmp: Path, model: Path, data: dict, name: str) -> Path:
-    return write_config(tmp / f"{name}.yaml", model, data, tmp / "runs", name=name,
-                        adapter={"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1},  # dropout: RNG state matters
-                        train={"max_steps": STEPS, "batch_size": 4, "lr": 3e-3, "precision": "fp32", "log_every": 1,
-                               "seed": 5, "warmup": 0},
-                        output={"dir": str(tmp / "runs"), "save_every": SAVE_EVERY, "keep": 2})
+    return write_config(
+        tmp / f"{name}.yaml",
+        model,
+        data,
+        tmp / "runs",
+        name=name,
+        adapter={"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1},  # dropout: RNG state matters
+        train={
+            "max_steps": STEPS,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "precision": "fp32",
+            "log_every": 1,
+            "seed": 5,
+            "warmup": 0,
+        },
+        output={"dir": str(tmp / "runs"), "save_every": SAVE_EVERY, "keep": 2},
+    )
 
 
 class Runner:
     """tests/fault_runner.py: forks a run per command, applies the fault, reports how it ended."""
 
     def __init__(self, tmp: Path):
-        self.proc = subprocess.Popen([sys.executable, str(RUNNER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, cwd=tmp, env=cli_env(tmp))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(RUNNER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp,
+            env=cli_env(tmp),
+        )
 
     def run(self, config: Path, resume: bool, fault: dict | None = None) -> str:
         self.proc.stdin.write(json.dumps({"config": str(config), "resume": resume, "fault": fault}) + "\n")
@@ -53,8 +73,10 @@ def plan(seed: int = 11) -> list[dict]:
     of its 90 steps), then one after training, while it evaluates and reports."""
     rng = random.Random(seed)
     faults = [{"kind": "step", "at": rng.randint(1, 4)} for _ in range(8)]
-    faults += [{"kind": "save", "at": 1, "phase": phase}
-               for phase in ("file0", "file1", "before_rename", "after_rename", "file0", "file1", "after_rename")]
+    faults += [
+        {"kind": "save", "at": 1, "phase": phase}
+        for phase in ("file0", "file1", "before_rename", "after_rename", "file0", "file1", "after_rename")
+    ]
     faults += [{"kind": "log", "at": rng.randint(1, 4)} for _ in range(2)]
     faults += [{"kind": "sigterm", "at": rng.randint(1, 4)}, {"kind": "sigint", "at": rng.randint(1, 4)}]
     rng.shuffle(faults)
@@ -109,8 +131,13 @@ def test_sigterm_writes_a_checkpoint_and_exits_0(tmp_path, tiny_model_dir, date_
     import os
     import signal
 
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                       train={"max_steps": 100000, "batch_size": 4, "lr": 3e-3, "precision": "fp32", "log_every": 1})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        train={"max_steps": 100000, "batch_size": 4, "lr": 3e-3, "precision": "fp32", "log_every": 1},
+    )
     log = tmp_path / "runs" / "tiny" / "metrics.jsonl"
     proc = train_until(cfg, log, tmp_path, 3, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     os.kill(proc.pid, signal.SIGTERM)
@@ -124,15 +151,21 @@ def test_sigterm_writes_a_checkpoint_and_exits_0(tmp_path, tiny_model_dir, date_
 
 
 def small_run(tmp: Path, model: Path, data: dict, name: str, **train) -> Path:
-    return write_config(tmp / f"{name}.yaml", model, data, tmp / "runs", name=name,
-                        adapter={"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1},
-                        train={"max_steps": 12, "batch_size": 4, "lr": 3e-3, "precision": "fp32", "log_every": 1,
-                               "warmup": 0, **train},
-                        output={"dir": str(tmp / "runs"), "save_every": 2, "keep": 2})
+    return write_config(
+        tmp / f"{name}.yaml",
+        model,
+        data,
+        tmp / "runs",
+        name=name,
+        adapter={"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1},
+        train={"max_steps": 12, "batch_size": 4, "lr": 3e-3, "precision": "fp32", "log_every": 1, "warmup": 0, **train},
+        output={"dir": str(tmp / "runs"), "save_every": 2, "keep": 2},
+    )
 
 
-def test_nan_steps_are_skipped_and_too_many_stop_the_run_keeping_its_checkpoints(tmp_path, tiny_model_dir, date_data,
-                                                                                  monkeypatch, capsys):
+def test_nan_steps_are_skipped_and_too_many_stop_the_run_keeping_its_checkpoints(
+    tmp_path, tiny_model_dir, date_data, monkeypatch, capsys
+):
     from tunesmith.cli import main
     from tunesmith.methods.sft import SFT
 
@@ -176,8 +209,9 @@ def test_nan_steps_are_skipped_and_too_many_stop_the_run_keeping_its_checkpoints
     assert all(torch.equal(at_6[k], at_8[k]) for k in at_6)  # the skipped steps 7 and 8 changed no weight
 
 
-def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, tiny_model_dir, date_data,
-                                                                        monkeypatch, capsys):
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(
+    tmp_path, tiny_model_dir, date_data, monkeypatch, capsys
+):
     import errno
 
     from tunesmith.cli import main

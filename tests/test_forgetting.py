@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import cli_here, read_jsonl, write_config
+
 from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.sampler import EpochSampler
 from tunesmith.forgetting import noise, probe
@@ -35,34 +35,51 @@ def test_probe_keeps_one_in_five_items_the_base_model_gets_wrong_in_every_prefix
 
 
 def test_noise_floor_counts_items_flipped_between_two_base_passes():
-    base = {"qa": [{"correct": 1.0}, {"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}], "drift": [{"nll": 0.5}, {"nll": 1.0}]}
-    again = {"qa": [{"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}, {"correct": 1.0}], "drift": [{"nll": 0.6}, {"nll": 0.9}]}
+    base = {
+        "qa": [{"correct": 1.0}, {"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}],
+        "drift": [{"nll": 0.5}, {"nll": 1.0}],
+    }
+    again = {
+        "qa": [{"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}, {"correct": 1.0}],
+        "drift": [{"nll": 0.6}, {"nll": 0.9}],
+    }
     f = noise.floor(base, again, (32, 16))
     assert f["qa_flipped"] == 2 and f["qa"] == 0.5  # flips count both ways; they cancel in the mean, not here
     assert f["drift"] == pytest.approx(0.1)
     assert noise.other_batch_size(32) == 16 and noise.other_batch_size(1) == 2
 
 
-@pytest.mark.parametrize("change, floor, expected", [
-    ({"mean": -0.10, "lo": -0.15, "hi": -0.05}, 0.02, "forgetting"),
-    ({"mean": -0.03, "lo": -0.05, "hi": -0.01}, 0.05, "no forgetting"),  # a significant drop, but within batching noise
-    ({"mean": -0.03, "lo": -0.08, "hi": 0.02}, 0.02, "inconclusive"),  # could be a drop beyond the floor
-    ({"mean": 0.0, "lo": -0.01, "hi": 0.01}, 0.02, "no forgetting"),
-    ({"mean": 0.0, "lo": -0.01, "hi": 0.01}, 0.0, "inconclusive"),  # no floor: a possible drop is not ruled out
-    ({"mean": 0.08, "lo": 0.04, "hi": 0.12}, 0.02, "gain"),
-    ({"mean": 0.08, "lo": 0.04, "hi": 0.12}, 0.10, "no forgetting"),  # a rise within the floor is not a gain
-])
+@pytest.mark.parametrize(
+    "change, floor, expected",
+    [
+        ({"mean": -0.10, "lo": -0.15, "hi": -0.05}, 0.02, "forgetting"),
+        (
+            {"mean": -0.03, "lo": -0.05, "hi": -0.01},
+            0.05,
+            "no forgetting",
+        ),  # a significant drop, but within batching noise
+        ({"mean": -0.03, "lo": -0.08, "hi": 0.02}, 0.02, "inconclusive"),  # could be a drop beyond the floor
+        ({"mean": 0.0, "lo": -0.01, "hi": 0.01}, 0.02, "no forgetting"),
+        ({"mean": 0.0, "lo": -0.01, "hi": 0.01}, 0.0, "inconclusive"),  # no floor: a possible drop is not ruled out
+        ({"mean": 0.08, "lo": 0.04, "hi": 0.12}, 0.02, "gain"),
+        ({"mean": 0.08, "lo": 0.04, "hi": 0.12}, 0.10, "no forgetting"),  # a rise within the floor is not a gain
+    ],
+)
 def test_verdict_needs_both_the_interval_and_the_floor(change, floor, expected):
     assert noise.verdict(change, floor) == expected
 
 
 def test_summary_by_hand():
-    base = {"qa": [{"correct": 1.0}, {"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}],
-            "drift": [{"nll": 0.5}, {"nll": 1.0}],
-            "text": [{"nll": 20.0, "tokens": 10}, {"nll": 30.0, "tokens": 30}]}
-    tuned = {"qa": [{"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}, {"correct": 0.0}],
-             "drift": [{"nll": 1.0}, {"nll": 2.0}],
-             "text": [{"nll": 30.0, "tokens": 10}, {"nll": 30.0, "tokens": 30}]}
+    base = {
+        "qa": [{"correct": 1.0}, {"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}],
+        "drift": [{"nll": 0.5}, {"nll": 1.0}],
+        "text": [{"nll": 20.0, "tokens": 10}, {"nll": 30.0, "tokens": 30}],
+    }
+    tuned = {
+        "qa": [{"correct": 1.0}, {"correct": 0.0}, {"correct": 1.0}, {"correct": 0.0}],
+        "drift": [{"nll": 1.0}, {"nll": 2.0}],
+        "text": [{"nll": 30.0, "tokens": 10}, {"nll": 30.0, "tokens": 30}],
+    }
     s = probe.summarize(base, tuned)
     assert s["qa"]["base"]["mean"] == 0.75 and s["qa"]["tuned"]["mean"] == 0.5
     assert s["qa"]["change"]["mean"] == pytest.approx(-0.25)
@@ -101,7 +118,10 @@ def test_replay_weight_makes_replay_the_asked_share_of_an_epoch():
 
 def test_whole_sentences_trims_a_cut_reply():
     assert whole_sentences("The first sentence. Two and thr") == "The first sentence."
-    assert whole_sentences("Hi. A much longer second sentence that was cut") == "Hi. A much longer second sentence that was cut"
+    assert (
+        whole_sentences("Hi. A much longer second sentence that was cut")
+        == "Hi. A much longer second sentence that was cut"
+    )
     assert whole_sentences("Done.") == "Done."
     assert whole_sentences("1. Sleep well\n2. Eat") == "1. Sleep well"
     assert whole_sentences("short") == "short"  # nothing to cut back to: kept
@@ -112,7 +132,7 @@ def test_sequence_nll_matches_cross_entropy_by_hand(tiny_model_dir, tokenizer):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     feats = probe.reply_features(tokenizer, ["Text: Lyon"], ["Maria was born on May 1, 2001."])
-    (nll, count), = probe.sequence_nll(model, tokenizer, feats)
+    ((nll, count),) = probe.sequence_nll(model, tokenizer, feats)
     ids = torch.tensor([feats[0]["input_ids"]])
     labels = torch.tensor(feats[0]["labels"])
     with torch.no_grad():
@@ -120,7 +140,10 @@ def test_sequence_nll_matches_cross_entropy_by_hand(tiny_model_dir, tokenizer):
     keep = labels[1:] != -100
     expected = F.cross_entropy(logits[keep], labels[1:][keep], reduction="sum")
     assert count == int(keep.sum()) and nll == pytest.approx(float(expected), rel=1e-5)
-    assert feats[0]["input_ids"][max(i for i, x in enumerate(feats[0]["labels"]) if x != -100) + 1] == tokenizer.eos_token_id
+    assert (
+        feats[0]["input_ids"][max(i for i, x in enumerate(feats[0]["labels"]) if x != -100) + 1]
+        == tokenizer.eos_token_id
+    )
 
 
 def test_weight_anchor_gradient_by_hand():
@@ -148,13 +171,18 @@ def _weights(path):
 
 
 def test_l2sp_keeps_full_fine_tuning_closer_to_the_start(tmp_path, tiny_model_dir, date_data):
-    full = {"adapter": {"type": "none"}, "train": {"max_steps": 10, "batch_size": 8, "lr": 3e-3, "precision": "fp32",
-                                                 "log_every": 1, "warmup": 0}}
+    full = {
+        "adapter": {"type": "none"},
+        "train": {"max_steps": 10, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "log_every": 1, "warmup": 0},
+    }
     free = _weights(_train(tmp_path, tiny_model_dir, date_data, "free", **full))
     anchored_dir = _train(tmp_path, tiny_model_dir, date_data, "anchored", forgetting={"l2sp": 50.0}, **full)
     anchored = _weights(anchored_dir)
     start = _weights_of(tiny_model_dir)
-    dist = {k: sum(float((w[n] - start[n]).pow(2).sum()) for n in start if n in w) for k, w in (("free", free), ("anchored", anchored))}
+    dist = {
+        k: sum(float((w[n] - start[n]).pow(2).sum()) for n in start if n in w)
+        for k, w in (("free", free), ("anchored", anchored))
+    }
     assert dist["anchored"] < 0.5 * dist["free"]
     l2sp = [r["l2sp"] for r in read_jsonl(anchored_dir / "metrics.jsonl")]
     assert l2sp[0] == 0 and l2sp[-1] > 0, l2sp  # at the start the weights are the anchor; then they move from it
@@ -167,8 +195,15 @@ def _weights_of(model_dir):
 
 
 def test_freeze_layers_leaves_the_lowest_layer_and_embeddings_untouched(tmp_path, tiny_model_dir, date_data):
-    run = _train(tmp_path, tiny_model_dir, date_data, "frozen", adapter={"type": "none"}, forgetting={"freeze_layers": 1},
-                 train={"max_steps": 4, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "log_every": 1, "warmup": 0})
+    run = _train(
+        tmp_path,
+        tiny_model_dir,
+        date_data,
+        "frozen",
+        adapter={"type": "none"},
+        forgetting={"freeze_layers": 1},
+        train={"max_steps": 4, "batch_size": 8, "lr": 3e-3, "precision": "fp32", "log_every": 1, "warmup": 0},
+    )
     after, start = _weights(run), _weights_of(tiny_model_dir)
     for name, w in start.items():
         moved = not torch.equal(after[name], w)
@@ -188,8 +223,14 @@ def test_kl_anchor_is_zero_for_an_untouched_adapter_and_grows_with_training(tiny
     from tunesmith.model.adapters import apply_adapter
     from tunesmith.model.load import load_base
 
-    cfg = validate_config({"name": "k", "data": {"train": [str(date_data["train"])]}, "train": {"max_steps": 1},
-                           "forgetting": {"replay": 0.2, "kl": 1.0}})
+    cfg = validate_config(
+        {
+            "name": "k",
+            "data": {"train": [str(date_data["train"])]},
+            "train": {"max_steps": 1},
+            "forgetting": {"replay": 0.2, "kl": 1.0},
+        }
+    )
     model = apply_adapter(load_base(tiny_model_dir), cfg.adapter)
     method = SFT(cfg)
     method.kl_anchor = ReferenceModel(model)
@@ -211,8 +252,9 @@ def test_kl_anchor_is_zero_for_an_untouched_adapter_and_grows_with_training(tiny
     assert "kl" not in method.loss(model, unanchored)[1]  # task data is never anchored
 
 
-def test_self_distillation_is_zero_for_an_untouched_adapter_and_pulls_a_moved_one_back(tiny_model_dir, tokenizer,
-                                                                                        date_data):
+def test_self_distillation_is_zero_for_an_untouched_adapter_and_pulls_a_moved_one_back(
+    tiny_model_dir, tokenizer, date_data
+):
     """forgetting.self_distill: the tuned model's own replies to general prompts, scored by the
     starting model; the term is reverse KL(tuned ‖ start) on those tokens, by hand, and a step on
     it brings the tuned model back towards the start on the same replies."""
@@ -224,8 +266,14 @@ def test_self_distillation_is_zero_for_an_untouched_adapter_and_pulls_a_moved_on
     from tunesmith.model.adapters import apply_adapter
     from tunesmith.model.load import load_base
 
-    cfg = validate_config({"name": "s", "data": {"train": [str(date_data["train"])]}, "train": {"max_steps": 1},
-                           "forgetting": {"self_distill": {"weight": 2.0, "per_batch": 3, "max_new_tokens": 6}}})
+    cfg = validate_config(
+        {
+            "name": "s",
+            "data": {"train": [str(date_data["train"])]},
+            "train": {"max_steps": 1},
+            "forgetting": {"self_distill": {"weight": 2.0, "per_batch": 3, "max_new_tokens": 6}},
+        }
+    )
     torch.manual_seed(0)
     model = apply_adapter(load_base(tiny_model_dir), cfg.adapter)
     method = SFT(cfg)
@@ -250,16 +298,22 @@ def test_self_distillation_is_zero_for_an_untouched_adapter_and_pulls_a_moved_on
     sampled = batch["general"]["batch"]
     at = sampled["labels"][:, 1:] != -100
     with torch.no_grad():
-        tuned = torch.log_softmax(model(input_ids=sampled["input_ids"], attention_mask=sampled["attention_mask"])
-                                  .logits[:, :-1][at].float(), -1)
+        tuned = torch.log_softmax(
+            model(input_ids=sampled["input_ids"], attention_mask=sampled["attention_mask"]).logits[:, :-1][at].float(),
+            -1,
+        )
         with model.disable_adapter():
-            start = torch.log_softmax(model(input_ids=sampled["input_ids"], attention_mask=sampled["attention_mask"])
-                                      .logits[:, :-1][at].float(), -1)
+            start = torch.log_softmax(
+                model(input_ids=sampled["input_ids"], attention_mask=sampled["attention_mask"])
+                .logits[:, :-1][at]
+                .float(),
+                -1,
+            )
     by_hand = float((tuned.exp() * (tuned - start)).sum()) * 2.0 * batch["n_items"] / int(at.sum())
     assert by_hand > 1e-3 and float(term) == pytest.approx(by_hand, rel=1e-4)
     term.backward()
     grads = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.sqrt(sum((p.grad ** 2).sum() for p in grads))
+    norm = torch.sqrt(sum((p.grad**2).sum() for p in grads))
     with torch.no_grad():
         for p in grads:
             p.sub_(1e-3 * p.grad / norm)  # a small step down the gradient
@@ -268,9 +322,14 @@ def test_self_distillation_is_zero_for_an_untouched_adapter_and_pulls_a_moved_on
 
 
 def test_self_distillation_in_a_run_logs_its_replies_and_names_the_mitigation(tmp_path, tiny_model_dir, date_data):
-    run = _train(tmp_path, tiny_model_dir, date_data, "sd", forgetting={"self_distill": {"per_batch": 2,
-                                                                                        "max_new_tokens": 5}},
-                 train={"max_steps": 3, "batch_size": 4, "lr": 3e-3, "precision": "fp32", "log_every": 1, "warmup": 0})
+    run = _train(
+        tmp_path,
+        tiny_model_dir,
+        date_data,
+        "sd",
+        forgetting={"self_distill": {"per_batch": 2, "max_new_tokens": 5}},
+        train={"max_steps": 3, "batch_size": 4, "lr": 3e-3, "precision": "fp32", "log_every": 1, "warmup": 0},
+    )
     samples = read_jsonl(run / "samples.jsonl")
     assert [s["step"] for s in samples] == [1, 1, 2, 2, 3, 3] and all(s["kind"] == "self_distill" for s in samples)
     assert all(len(s["loss"]) == len(s["ids"]) <= 5 for s in samples)

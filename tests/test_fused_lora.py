@@ -1,7 +1,6 @@
 """The fused LoRA forward computes what PEFT's computes (values and gradients, fp32 and bf16),
 and leaves every case it does not cover to PEFT."""
 
-import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear
@@ -12,7 +11,9 @@ from tunesmith.model.load import load_base
 
 def _lora(tiny_model_dir, **options):
     torch.manual_seed(0)
-    model = get_peft_model(load_base(tiny_model_dir), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **options))
+    model = get_peft_model(
+        load_base(tiny_model_dir), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **options)
+    )
     for layer in model.modules():
         if isinstance(layer, Linear):
             torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.05)  # B starts at zero: make the update count

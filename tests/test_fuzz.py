@@ -18,21 +18,57 @@ from tunesmith.errors import UserError  # noqa: E402
 MALFORMED = Path(__file__).with_name("malformed")
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=20), st.sampled_from(["", "auto", "lora", "sft", "none", "all-linear", "1e-4", "x.jsonl"]))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                      max_leaves=12)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.sampled_from(["", "auto", "lora", "sft", "none", "all-linear", "1e-4", "x.jsonl"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 
-VALID = {"name": "fuzz", "model": "some/model", "method": "sft",
-         "adapter": {"type": "lora", "r": 8, "alpha": 16, "targets": "all-linear"},
-         "data": {"train": [{"path": "train.jsonl"}], "max_length": 256},
-         "train": {"max_steps": 10, "batch_size": 4, "lr": 3e-4}}
-KEY_PATHS = [("name",), ("method",), ("model",), ("adapter",), ("adapter", "type"), ("adapter", "r"), ("adapter", "targets"),
-             ("adapter", "freeze"), ("data",), ("data", "train"), ("data", "val"), ("data", "max_length"), ("data", "packing"),
-             ("train",), ("train", "max_steps"), ("train", "lr"), ("train", "precision"), ("train", "warmup"),
-             ("eval",), ("eval", "shots"), ("forgetting", "replay"), ("preference", "loss"), ("rl", "rewards"),
-             ("distill",), ("output", "dir"), ("compare", "variants"), ("unknown_key",)]
+VALID = {
+    "name": "fuzz",
+    "model": "some/model",
+    "method": "sft",
+    "adapter": {"type": "lora", "r": 8, "alpha": 16, "targets": "all-linear"},
+    "data": {"train": [{"path": "train.jsonl"}], "max_length": 256},
+    "train": {"max_steps": 10, "batch_size": 4, "lr": 3e-4},
+}
+KEY_PATHS = [
+    ("name",),
+    ("method",),
+    ("model",),
+    ("adapter",),
+    ("adapter", "type"),
+    ("adapter", "r"),
+    ("adapter", "targets"),
+    ("adapter", "freeze"),
+    ("data",),
+    ("data", "train"),
+    ("data", "val"),
+    ("data", "max_length"),
+    ("data", "packing"),
+    ("train",),
+    ("train", "max_steps"),
+    ("train", "lr"),
+    ("train", "precision"),
+    ("train", "warmup"),
+    ("eval",),
+    ("eval", "shots"),
+    ("forgetting", "replay"),
+    ("preference", "loss"),
+    ("rl", "rewards"),
+    ("distill",),
+    ("output", "dir"),
+    ("compare", "variants"),
+    ("unknown_key",),
+]
 
 
 def _config_outcome(tmp_path: Path, text: str | bytes, overrides=()) -> None:
@@ -73,19 +109,43 @@ def test_a_valid_config_with_one_part_changed_loads_or_is_a_user_error(tmp_path,
 
 
 @FUZZ
-@given(overrides=st.lists(st.one_of(st.text(max_size=30), st.builds(lambda k, v: f"{'.'.join(k)}={v}",
-                                                                     st.sampled_from(KEY_PATHS), st.text(max_size=15))),
-                          max_size=3))
+@given(
+    overrides=st.lists(
+        st.one_of(
+            st.text(max_size=30),
+            st.builds(lambda k, v: f"{'.'.join(k)}={v}", st.sampled_from(KEY_PATHS), st.text(max_size=15)),
+        ),
+        max_size=3,
+    )
+)
 def test_any_set_overrides_load_or_are_a_user_error(tmp_path, overrides):
     _config_outcome(tmp_path, yaml.safe_dump(VALID), overrides)
 
 
-FIELDS = ["messages", "conversations", "prompt", "completion", "chosen", "rejected", "instruction", "input", "output",
-          "text", "role", "content", "from", "value", "label", "score", "system"]
-record_values = st.recursive(scalars | st.sampled_from(["user", "assistant", "system", "human", "gpt"]),
-                             lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                     st.dictionaries(st.sampled_from(FIELDS), inner, max_size=3)),
-                             max_leaves=10)
+FIELDS = [
+    "messages",
+    "conversations",
+    "prompt",
+    "completion",
+    "chosen",
+    "rejected",
+    "instruction",
+    "input",
+    "output",
+    "text",
+    "role",
+    "content",
+    "from",
+    "value",
+    "label",
+    "score",
+    "system",
+]
+record_values = st.recursive(
+    scalars | st.sampled_from(["user", "assistant", "system", "human", "gpt"]),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(FIELDS), inner, max_size=3)),
+    max_leaves=10,
+)
 records = st.dictionaries(st.sampled_from(FIELDS), record_values, max_size=4)
 
 
@@ -102,8 +162,9 @@ def _data_outcome(path: Path, fmt: str = "auto") -> None:
 
 
 @FUZZ
-@given(rows=st.lists(st.one_of(records.map(json.dumps), st.text(max_size=40)), max_size=5),
-       fmt=st.sampled_from(FORMATS))
+@given(
+    rows=st.lists(st.one_of(records.map(json.dumps), st.text(max_size=40)), max_size=5), fmt=st.sampled_from(FORMATS)
+)
 def test_any_jsonl_lines_load_or_are_a_user_error(tmp_path, rows, fmt):
     path = tmp_path / "data.jsonl"
     path.write_text("\n".join(rows), encoding="utf-8", errors="surrogatepass")
@@ -119,7 +180,13 @@ def test_any_bytes_as_a_data_file_load_or_are_a_user_error(tmp_path, raw, suffix
 
 
 @FUZZ
-@given(doc=st.one_of(values, st.lists(records, max_size=4), st.dictionaries(st.text(max_size=6), st.lists(records, max_size=3), max_size=2)))
+@given(
+    doc=st.one_of(
+        values,
+        st.lists(records, max_size=4),
+        st.dictionaries(st.text(max_size=6), st.lists(records, max_size=3), max_size=2),
+    )
+)
 def test_any_json_document_loads_or_is_a_user_error(tmp_path, doc):
     path = tmp_path / "data.json"
     path.write_text(json.dumps(doc), encoding="utf-8")
@@ -127,8 +194,10 @@ def test_any_json_document_loads_or_is_a_user_error(tmp_path, doc):
 
 
 @FUZZ
-@given(header=st.lists(st.sampled_from(FIELDS + ["", "x,y", '"q"']), min_size=1, max_size=4),
-       cells=st.lists(st.lists(st.text(max_size=12), max_size=5), max_size=4))
+@given(
+    header=st.lists(st.sampled_from(FIELDS + ["", "x,y", '"q"']), min_size=1, max_size=4),
+    cells=st.lists(st.lists(st.text(max_size=12), max_size=5), max_size=4),
+)
 def test_any_csv_loads_or_is_a_user_error(tmp_path, header, cells):
     import csv
 

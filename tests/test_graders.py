@@ -21,7 +21,10 @@ def test_templates_read_the_reply_and_the_record():
     item = {"answer": "Paris", "meta": {"tags": ["a", "b"]}, "n": 3}
     sample = sample_of('{"city": "Paris"}')
     assert render("{{ sample.output_json.city }}={{item.answer}}", sample, item) == "Paris=Paris"
-    assert render("{{item.meta.tags}} {{item.meta.tags.1}} {{item.n}} [{{item.missing}}]", sample, item) == '["a", "b"] b 3 []'
+    assert (
+        render("{{item.meta.tags}} {{item.meta.tags.1}} {{item.n}} [{{item.missing}}]", sample, item)
+        == '["a", "b"] b 3 []'
+    )
 
 
 def test_string_check_operations():
@@ -36,8 +39,10 @@ def test_string_check_operations():
 
 def test_text_similarity_against_hand_computed_values():
     def sim(metric, a, b):
-        return grade({"type": "text_similarity", "input": "{{sample.output_text}}", "reference": b,
-                      "evaluation_metric": metric}, [a])[0]
+        return grade(
+            {"type": "text_similarity", "input": "{{sample.output_text}}", "reference": b, "evaluation_metric": metric},
+            [a],
+        )[0]
 
     cand, ref = "the cat sat on the mat", "the cat sat on a mat"
     # clipped n-gram precisions 5/6; (3+1)/(5+1), (2+1)/(4+1), (1+1)/(3+1) smoothed; equal lengths: no brevity penalty
@@ -68,33 +73,61 @@ def grade(sample, item):
         return float("nan")
     return len(text) / item["target"]
 """
-    spec = GraderSpec(grader={"type": "python", "name": "len", "source": source, "timeout_s": 2, "memory_mb": 256}).grader
+    spec = GraderSpec(
+        grader={"type": "python", "name": "len", "source": source, "timeout_s": 2, "memory_mb": 256}
+    ).grader
     grader = build_grader(spec)
     scores = grader([sample_of(t) for t in ["ab", "loop", "abcd", "hog", "fail", "nan", "abc"]], [{"target": 4}] * 7)
     assert scores == [0.5, 0.0, 1.0, 0.0, 0.0, 0.0, 0.75]  # the loop, the hog, the raise and NaN score 0 ...
     assert grader.errors == 4  # ... and are counted; the process is restarted after each kill
     with pytest.raises(UserError, match="failed to load"):
-        build_grader(GraderSpec(grader={"type": "python", "name": "x", "source": "def grade(s, i): pass\nraise SystemExit"}).grader)
+        build_grader(
+            GraderSpec(
+                grader={"type": "python", "name": "x", "source": "def grade(s, i): pass\nraise SystemExit"}
+            ).grader
+        )
     with pytest.raises(ValueError, match="must define grade"):
         GraderSpec(grader={"type": "python", "source": "def other(): pass"})
 
 
 def test_multi_grader_combines_by_formula_and_refuses_anything_else():
-    spec = {"type": "multi", "graders": {
-        "exact": {"type": "string_check", "input": "{{sample.output_text}}", "reference": "{{item.answer}}", "operation": "eq"},
-        "close": {"type": "text_similarity", "input": "{{sample.output_text}}", "reference": "{{item.answer}}",
-                  "evaluation_metric": "fuzzy_match"}},
-        "calculate_output": "0.5 * exact + 0.5 * max(close, 0.2) - abs(-0.1)"}
+    spec = {
+        "type": "multi",
+        "graders": {
+            "exact": {
+                "type": "string_check",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.answer}}",
+                "operation": "eq",
+            },
+            "close": {
+                "type": "text_similarity",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.answer}}",
+                "evaluation_metric": "fuzzy_match",
+            },
+        },
+        "calculate_output": "0.5 * exact + 0.5 * max(close, 0.2) - abs(-0.1)",
+    }
     assert grade(spec, ["abcd", "abce"], [{"answer": "abcd"}] * 2) == pytest.approx([0.9, 0.275])
-    for formula, message in [("__import__('os')", "only min"), ("exact.real", "Attribute"), ("nope + 1", "not one of the graders"),
-                             ("'a'", "not a number")]:
+    for formula, message in [
+        ("__import__('os')", "only min"),
+        ("exact.real", "Attribute"),
+        ("nope + 1", "not one of the graders"),
+        ("'a'", "not a number"),
+    ]:
         with pytest.raises(ValueError, match=message):
             GraderSpec(grader={**spec, "calculate_output": formula})
 
 
 def test_score_model_reads_a_number_clamped_to_its_range(tiny_model_dir):
-    spec = {"type": "score_model", "name": "judge", "model": str(tiny_model_dir), "range": [0, 10],
-            "input": [{"role": "user", "content": "Score 0-10: {{sample.output_text}} vs {{item.answer}}"}]}
+    spec = {
+        "type": "score_model",
+        "name": "judge",
+        "model": str(tiny_model_dir),
+        "range": [0, 10],
+        "input": [{"role": "user", "content": "Score 0-10: {{sample.output_text}} vs {{item.answer}}"}],
+    }
     grader = build_grader(GraderSpec(grader=spec).grader)
     assert [grader.score(r) for r in ["7", "score: 12.5", "-3", "no idea", "1e1"]] == [7.0, 10.0, 0.0, 0.0, 10.0]
     scores = grader([sample_of("Paris")] * 2, [{"answer": "Paris"}] * 2)  # the tiny random model, end to end
@@ -103,8 +136,14 @@ def test_score_model_reads_a_number_clamped_to_its_range(tiny_model_dir):
 
 def test_a_reward_spec_takes_exactly_one_source(tmp_path, tiny_model_dir, date_data):
     grader = {"type": "string_check", "input": "{{sample.output_text}}", "reference": "x", "operation": "eq"}
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", method="grpo",
-                       rl={"rewards": [{"function": "json_valid", "grader": grader}]})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        method="grpo",
+        rl={"rewards": [{"function": "json_valid", "grader": grader}]},
+    )
     with pytest.raises(UserError, match="set exactly one of function, model, grader"):
         load_config(cfg)
 
@@ -112,18 +151,35 @@ def test_a_reward_spec_takes_exactly_one_source(tmp_path, tiny_model_dir, date_d
 def test_grpo_raises_a_python_graders_reward_on_openai_reinforcement_records(tmp_path, tiny_model_dir, date_data):
     """OpenAI's reinforcement records (messages + fields the grader reads), a python grader: the
     share of digits in the reply, times the record's own weight field; GRPO raises it."""
-    rows = [{"messages": [m for m in r["messages"] if m["role"] != "assistant"], "weight_of_digits": 10}
-            for r in read_jsonl(date_data["train"])]
+    rows = [
+        {"messages": [m for m in r["messages"] if m["role"] != "assistant"], "weight_of_digits": 10}
+        for r in read_jsonl(date_data["train"])
+    ]
     data = tmp_path / "rft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    source = "def grade(sample, item):\n    t = sample['output_text']\n    return item['weight_of_digits'] * sum(c.isdigit() for c in t) / max(1, len(t))\n"
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, {"train": data, "val": date_data["val"]}, tmp_path / "runs",
-                       method="grpo", train={"max_steps": 40, "lr": 2e-2, "batch_size": 4, "log_every": 10},
-                       rl={"rewards": [{"grader": {"type": "python", "name": "digits", "source": source}}], "group_size": 4,
-                           "max_new_tokens": 12})
+    source = (
+        "def grade(sample, item):\n    t = sample['output_text']\n"
+        "    return item['weight_of_digits'] * sum(c.isdigit() for c in t) / max(1, len(t))\n"
+    )
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        {"train": data, "val": date_data["val"]},
+        tmp_path / "runs",
+        method="grpo",
+        train={"max_steps": 40, "lr": 2e-2, "batch_size": 4, "log_every": 10},
+        rl={
+            "rewards": [{"grader": {"type": "python", "name": "digits", "source": source}}],
+            "group_size": 4,
+            "max_new_tokens": 12,
+        },
+    )
     tree = __import__("yaml").safe_load(cfg.read_text())
-    tree["data"] = {"train": [{"path": str(data), "format": "openai_reinforcement"}],
-                    "val": {"path": str(data), "format": "openai_reinforcement"}, "max_length": 256}
+    tree["data"] = {
+        "train": [{"path": str(data), "format": "openai_reinforcement"}],
+        "val": {"path": str(data), "format": "openai_reinforcement"},
+        "max_length": 256,
+    }
     cfg.write_text(__import__("yaml").safe_dump(tree))
     from tunesmith.run import train
 

@@ -42,8 +42,9 @@ class CountingHub(socketserver.ThreadingTCPServer):
 def test_a_cached_hub_id_trains_with_no_network_call(tmp_path, tiny_model_dir, date_data):
     cache = tmp_path / "hf-cache"
     cached_hub_model(cache, "tiny-org/tiny-llama", tiny_model_dir)
-    config = write_config(tmp_path / "run.yaml", "tiny-org/tiny-llama", date_data, tmp_path / "runs",
-                          train={"max_steps": 2})
+    config = write_config(
+        tmp_path / "run.yaml", "tiny-org/tiny-llama", date_data, tmp_path / "runs", train={"max_steps": 2}
+    )
     env = cli_env(tmp_path)
     env.pop("HF_HUB_OFFLINE")  # not told to stay offline: it must find the cache on its own
     hub = CountingHub()
@@ -51,8 +52,14 @@ def test_a_cached_hub_id_trains_with_no_network_call(tmp_path, tiny_model_dir, d
     env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT=f"http://127.0.0.1:{hub.server_address[1]}")
     t0 = time.time()
     try:
-        result = subprocess.run([sys.executable, "-m", "tunesmith", "train", str(config), "--quiet"], capture_output=True,
-                                text=True, env=env, cwd=tmp_path, timeout=600)
+        result = subprocess.run(
+            [sys.executable, "-m", "tunesmith", "train", str(config), "--quiet"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+        )
     finally:
         hub.shutdown()
         hub.server_close()

@@ -15,8 +15,15 @@ TEXT = "Text: Tom flew to Paris on 3 May 2021. Date:"
 
 
 def tiny_run(tmp_path, tiny_model_dir, date_data, adapter="lora", **sections):
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                       train={"max_steps": 6, "lr": 1e-2, "precision": "fp32"}, adapter={"type": adapter}, **sections)
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        train={"max_steps": 6, "lr": 1e-2, "precision": "fp32"},
+        adapter={"type": adapter},
+        **sections,
+    )
     summary = train(load_config(cfg), quiet=True)
     return summary, tmp_path / "runs" / "tiny"
 
@@ -60,12 +67,18 @@ def test_merge_alpha_0_is_the_base_and_alpha_1_the_tuned_model_exactly(tmp_path,
 
 
 def test_a_run_scores_its_interpolated_models_and_the_report_draws_the_frontier(tmp_path, tiny_model_dir, date_data):
-    summary, run_dir = tiny_run(tmp_path, tiny_model_dir, date_data,
-                                eval={"test": str(date_data["test"]), "limit": 8, "max_new_tokens": 8, "shots": [0]},
-                                forgetting={"probe": True, "probe_limit": 6, "interpolate": [0.0, 0.5, 1.0]})
+    summary, run_dir = tiny_run(
+        tmp_path,
+        tiny_model_dir,
+        date_data,
+        eval={"test": str(date_data["test"]), "limit": 8, "max_new_tokens": 8, "shots": [0]},
+        forgetting={"probe": True, "probe_limit": 6, "interpolate": [0.0, 0.5, 1.0]},
+    )
     assert [p["alpha"] for p in summary["interpolation"]] == [0.0, 0.5, 1.0]
-    preds = {a: [r["prediction"] for r in read_jsonl(run_dir / "interpolate" / f"alpha-{a:g}" / "test_predictions.jsonl")]
-             for a in (0, 0.5, 1)}
+    preds = {
+        a: [r["prediction"] for r in read_jsonl(run_dir / "interpolate" / f"alpha-{a:g}" / "test_predictions.jsonl")]
+        for a in (0, 0.5, 1)
+    }
     # α = 1 is the tuned model and α = 0 the base model, reply for reply
     assert preds[1] == [r["prediction"] for r in read_jsonl(run_dir / "eval" / "test_predictions.jsonl")]
     assert preds[0] == [r["prediction"] for r in read_jsonl(run_dir / "baselines" / "shots-0_predictions.jsonl")]
@@ -73,8 +86,11 @@ def test_a_run_scores_its_interpolated_models_and_the_report_draws_the_frontier(
     assert qa_0["change"]["mean"] == 0.0  # the base model forgets nothing
     # the tuned model was set back to θ after the points were scored: the saved final model is the tuned one
     report = json.loads((run_dir / "report.json").read_text())
-    assert {r["label"] for r in report["task"] if "interpolation" in r} == {"tuned: tiny α=0", "tuned: tiny α=0.5",
-                                                                             "tuned: tiny α=1"}
+    assert {r["label"] for r in report["task"] if "interpolation" in r} == {
+        "tuned: tiny α=0",
+        "tuned: tiny α=0.5",
+        "tuned: tiny α=1",
+    }
     assert any(d.startswith("Interpolation (α = 0, 0.5, 1)") for d in report["recommendation"]["details"])
 
 
@@ -87,8 +103,11 @@ def test_the_frontier_note_says_whether_a_point_keeps_more_general_qa(tmp_path):
         return {**row, "interpolation": {"of": "lora", "alpha": alpha, "run_dir": "runs/x"}} if alpha else row
 
     task = [tuned("lora", 0.90), tuned("lora@0.5", 0.70, 0.5), tuned("lora@0.75", 0.86, 0.75)]
-    kept = [{"variant": "lora", "qa_tuned": 0.60}, {"variant": "lora@0.5", "qa_tuned": 0.78},
-            {"variant": "lora@0.75", "qa_tuned": 0.70}]
+    kept = [
+        {"variant": "lora", "qa_tuned": 0.60},
+        {"variant": "lora@0.5", "qa_tuned": 0.78},
+        {"variant": "lora@0.75", "qa_tuned": 0.70},
+    ]
     [note] = interpolation_notes(task, kept)
     assert "α = 0.75 keeps general QA at 70.0% against 60.0%" in note  # 0.5 keeps more, but is 20 points down
     [none] = interpolation_notes(task[:2], kept)

@@ -28,9 +28,12 @@ def prompts_file(tmp_path):
 
 def test_each_judgement_becomes_the_records_that_train():
     pair = Pair(0, [{"role": "user", "content": "q"}], "reply a", "reply b")
-    assert preference_records(pair, "a", None) == [{"prompt": "q", "chosen": "reply a", "rejected": "reply b", "judgement": "a"}]
+    assert preference_records(pair, "a", None) == [
+        {"prompt": "q", "chosen": "reply a", "rejected": "reply b", "judgement": "a"}
+    ]
     assert preference_records(pair, "b", "better") == [
-        {"prompt": "q", "chosen": "better", "rejected": "reply a", "judgement": "b", "original": "reply b"}]
+        {"prompt": "q", "chosen": "better", "rejected": "reply a", "judgement": "b", "original": "reply b"}
+    ]
     assert preference_records(pair, "tie", None) == [{"prompt": "q", "judgement": "tie"}]
     assert [r["rejected"] for r in preference_records(pair, "both_bad", "good")] == ["reply a", "reply b"]
 
@@ -74,9 +77,29 @@ def test_an_output_file_of_something_else_is_refused(tmp_path, tiny_model_dir, p
 
 
 def start_label_server(tmp_path, model, prompts, out) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "label", "--model", str(model), "--prompts", str(prompts),
-                             "--out", str(out), "--port", "0", "--max-new-tokens", "12"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(tmp_path), cwd=tmp_path)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tunesmith",
+            "label",
+            "--model",
+            str(model),
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(out),
+            "--port",
+            "0",
+            "--max-new-tokens",
+            "12",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(tmp_path),
+        cwd=tmp_path,
+    )
     line = proc.stdout.readline()
     if "labelling page: " not in line:
         proc.kill()

@@ -20,8 +20,14 @@ LINT = Path(sys.executable).with_name("lint-imports")
 
 def lint(src: Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(src)}  # the package under src/, ahead of the installed one
-    return subprocess.run([str(LINT), "--no-cache", "--config", str(cwd / "pyproject.toml")], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(LINT), "--no-cache", "--config", str(cwd / "pyproject.toml")],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_every_import_runs_downward():
@@ -31,7 +37,9 @@ def test_every_import_runs_downward():
 
 
 def test_an_upward_import_breaks_the_layers_contract(tmp_path):
-    shutil.copytree(ROOT / "src" / "tunesmith", tmp_path / "src" / "tunesmith", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "src" / "tunesmith", tmp_path / "src" / "tunesmith", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     loop = tmp_path / "src" / "tunesmith" / "engine" / "loop.py"
     loop.write_text(loop.read_text() + "\n\ndef _upward():\n    from tunesmith.run import train  # noqa: F401\n")

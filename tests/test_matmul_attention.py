@@ -13,12 +13,16 @@ HEADS, KV_HEADS, DIM = 6, 2, 16
 
 def _inputs(length, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(h, length, DIM, generator=g) * s for h, s in ((HEADS, 2.0), (KV_HEADS, 2.0), (KV_HEADS, 1.0)))
+    q, k, v = (
+        torch.randn(h, length, DIM, generator=g) * s for h, s in ((HEADS, 2.0), (KV_HEADS, 2.0), (KV_HEADS, 1.0))
+    )
     return [t.to(dtype).requires_grad_() for t in (q, k, v)]
 
 
 def _sdpa(q, k, v):
-    return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=DIM**-0.5, enable_gqa=True)[0]
+    return F.scaled_dot_product_attention(q[None], k[None], v[None], is_causal=True, scale=DIM**-0.5, enable_gqa=True)[
+        0
+    ]
 
 
 def _run(fn, q, k, v, grad):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from tunesmith.config import METHODS, validate_config
+from tunesmith.engine.method import Method
 from tunesmith.errors import UserError
 from tunesmith.methods import build_method, method_class
-from tunesmith.engine.method import Method
 
 MINIMAL = {"name": "r", "data": {"train": "d.jsonl"}, "train": {"max_steps": 1}}
 

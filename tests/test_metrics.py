@@ -43,8 +43,10 @@ def test_contains_answer_is_tolerant_to_phrasing_but_not_to_partial_words():
 def test_json_validity_and_field_accuracy_by_hand():
     ref = '{"name": "Ada", "year": 1815, "city": "London"}'
     # two of three fields equal -> 2/3
-    assert metrics.json_scores('{"name": "Ada", "year": 1815, "city": "Paris"}', ref) == \
-        {"json_valid": 1.0, "json_field_accuracy": pytest.approx(2 / 3)}
+    assert metrics.json_scores('{"name": "Ada", "year": 1815, "city": "Paris"}', ref) == {
+        "json_valid": 1.0,
+        "json_field_accuracy": pytest.approx(2 / 3),
+    }
     assert metrics.json_scores('```json\n{"name": "Ada"}\n```', ref)["json_field_accuracy"] == pytest.approx(1 / 3)
     assert metrics.json_scores("name: Ada", ref) == {"json_valid": 0.0, "json_field_accuracy": 0.0}
     assert metrics.json_scores("anything", "plain text answer") is None
@@ -54,13 +56,18 @@ def test_json_validity_and_field_accuracy_by_hand():
 def test_user_metric_module_function(tmp_path, monkeypatch):
     (tmp_path / "my_metrics.py").write_text(
         "def starts_with_digit(p, r):\n    return p[:1].isdigit()\n"
-        "def lengths(p, r):\n    return {'ratio': len(p) / len(r)}\n")
+        "def lengths(p, r):\n    return {'ratio': len(p) / len(r)}\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     name, fn = metrics.load_user_metric("my_metrics:starts_with_digit")
     assert metrics.apply_user_metric(name, fn, "2021", "x") == {"starts_with_digit": 1.0}
     name, fn = metrics.load_user_metric("my_metrics:lengths")
     assert metrics.apply_user_metric(name, fn, "ab", "abcd") == {"lengths.ratio": 0.5}
-    for bad, says in [("nocolon", "module:function"), ("no_such_module_x:f", "cannot import"), ("my_metrics:nope", "no function")]:
+    for bad, says in [
+        ("nocolon", "module:function"),
+        ("no_such_module_x:f", "cannot import"),
+        ("my_metrics:nope", "no function"),
+    ]:
         with pytest.raises(UserError, match=says):
             metrics.load_user_metric(bad)
     sys.modules.pop("my_metrics", None)

@@ -52,12 +52,19 @@ def test_frozen_base_held_in_bf16_gives_autocasts_logits_exactly(tiny_model_dir,
 def test_bf16_loss_curve_follows_fp32(tmp_path, tiny_model_dir, date_data, adapter):
     curves = {}
     for precision in ("fp32", "bf16"):
-        cfg_path = write_config(tmp_path / f"{precision}.yaml", tiny_model_dir, date_data, tmp_path / precision,
-                                adapter=adapter, train={"max_steps": 20, "precision": precision,
-                                                        "lr": 1e-2 if adapter["type"] == "lora" else 3e-3})
+        cfg_path = write_config(
+            tmp_path / f"{precision}.yaml",
+            tiny_model_dir,
+            date_data,
+            tmp_path / precision,
+            adapter=adapter,
+            train={"max_steps": 20, "precision": precision, "lr": 1e-2 if adapter["type"] == "lora" else 3e-3},
+        )
         summary = train(load_config(cfg_path), quiet=True)
         assert summary["precision"] == precision
-        curves[precision] = torch.tensor([r["loss"] for r in read_jsonl(tmp_path / precision / "tiny" / "metrics.jsonl")])
+        curves[precision] = torch.tensor(
+            [r["loss"] for r in read_jsonl(tmp_path / precision / "tiny" / "metrics.jsonl")]
+        )
     fp32, bf16 = curves["fp32"], curves["bf16"]
     assert fp32[-1] < 0.6 * fp32[0]  # it learned: the comparison is over a real descent
     assert torch.isfinite(bf16).all()
@@ -75,10 +82,17 @@ def test_auto_precision_follows_the_kernels_pytorch_may_use():
     from tunesmith.provenance import KERNEL_LIMITS, machine
 
     env = {k: v for k, v in os.environ.items() if k not in KERNEL_LIMITS}
-    code = ("import json; from tunesmith.provenance import machine, machine_tag; m = machine(); "
-            "print(json.dumps([m['auto_precision'], m['torch_cpu_capability'], m['kernel_limits'], machine_tag(m)]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**env, "ATEN_CPU_CAPABILITY": "avx2"}).stdout
+    code = (
+        "import json; from tunesmith.provenance import machine, machine_tag; m = machine(); "
+        "print(json.dumps([m['auto_precision'], m['torch_cpu_capability'], m['kernel_limits'], machine_tag(m)]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**env, "ATEN_CPU_CAPABILITY": "avx2"},
+    ).stdout
     # on an AVX-512 CPU the limited kernels imitate the other kind: the tag says so
     tag = "avx2-fp32-emulated" if "avx512f" in machine()["cpu_flags"] else "avx2-fp32"
     assert json.loads(out) == ["fp32", "AVX2", {"ATEN_CPU_CAPABILITY": "avx2"}, tag]

@@ -23,8 +23,9 @@ def sigma(x: float) -> float:
 
 
 def test_dpo_sigmoid_matches_hand_computed_values():
-    losses, chosen, rejected = paired_loss("sigmoid", t([-0.5, -10, -1]), t([-0.1, -30, -21]),
-                                           t([-0.5, -10.1, -0.1]), t([-0.1, -20.1, -0.1]), beta=0.1)
+    losses, chosen, rejected = paired_loss(
+        "sigmoid", t([-0.5, -10, -1]), t([-0.1, -30, -21]), t([-0.5, -10.1, -0.1]), t([-0.1, -20.1, -0.1]), beta=0.1
+    )
     assert losses.tolist() == pytest.approx([0.6931, 0.3133, 0.1269], abs=1e-4)
     assert losses[0].item() == pytest.approx(math.log(2), abs=1e-12)  # policy = reference: ln 2
     assert chosen.tolist() == pytest.approx([0.0, 0.01, -0.09])
@@ -83,8 +84,9 @@ def pairs(tmp_path_factory):
     from tunesmith.tasks.dates import PROSE_ANSWER, write_preference_splits
 
     splits = write_preference_splits(tmp_path_factory.mktemp("prefs"), n_train=64, n_val=192)
-    prose = [line for line in splits["val"].read_text().splitlines()
-             if json.loads(line)["rejected"].startswith(PROSE_ANSWER)]
+    prose = [
+        line for line in splits["val"].read_text().splitlines() if json.loads(line)["rejected"].startswith(PROSE_ANSWER)
+    ]
     assert len(prose) >= 60, len(prose)
     splits["val"] = splits["val"].with_name("val-prose.jsonl")
     splits["val"].write_text("".join(line + "\n" for line in prose))
@@ -100,9 +102,17 @@ HELD_OUT_ACCURACY = 0.9
 def test_first_dpo_step_is_ln2_and_training_raises_preference_accuracy(tmp_path, tiny_model_dir, pairs, adapter):
     """Policy = reference before the first update, so the first loss is ln 2 exactly: with an adapter
     the reference is the adapter switched off, for full fine-tuning log-probs computed beforehand."""
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, pairs, tmp_path / "runs", method="dpo", adapter=adapter,
-                       train={"max_steps": 30, "lr": 1e-2 if adapter["type"] == "lora" else 1e-3},
-                       eval={"every": 30}, preference={"loss": "sigmoid", "beta": 0.1})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        pairs,
+        tmp_path / "runs",
+        method="dpo",
+        adapter=adapter,
+        train={"max_steps": 30, "lr": 1e-2 if adapter["type"] == "lora" else 1e-3},
+        eval={"every": 30},
+        preference={"loss": "sigmoid", "beta": 0.1},
+    )
     train(load_config(cfg), quiet=True)
     records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
@@ -115,8 +125,16 @@ def test_first_dpo_step_is_ln2_and_training_raises_preference_accuracy(tmp_path,
 
 @pytest.mark.parametrize("loss", ["ipo", "hinge", "simpo", "orpo", "kto"])
 def test_every_preference_loss_trains(tmp_path, tiny_model_dir, pairs, loss):
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, pairs, tmp_path / "runs", method="dpo",
-                       train={"max_steps": 20, "lr": 1e-2}, eval={"every": 20}, preference={"loss": loss})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        pairs,
+        tmp_path / "runs",
+        method="dpo",
+        train={"max_steps": 20, "lr": 1e-2},
+        eval={"every": 20},
+        preference={"loss": loss},
+    )
     train(load_config(cfg), quiet=True)
     records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
     if loss != "kto":  # KTO's reference point moves with the policy: see the next test
@@ -128,13 +146,23 @@ def test_kto_reads_single_judged_responses(tmp_path, tiny_model_dir, pairs):
     rows = []
     for line in pairs["train"].read_text().splitlines():
         r = json.loads(line)
-        rows += [{"prompt": r["prompt"], "completion": r["chosen"], "label": True},
-                 {"prompt": r["prompt"], "completion": r["rejected"], "label": False}]
+        rows += [
+            {"prompt": r["prompt"], "completion": r["chosen"], "label": True},
+            {"prompt": r["prompt"], "completion": r["rejected"], "label": False},
+        ]
     path = tmp_path / "judged.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = {"train": path, "val": pairs["val"]}
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, data, tmp_path / "runs", method="dpo",
-                       train={"max_steps": 30, "lr": 3e-3}, eval={"every": 30}, preference={"loss": "kto"})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        data,
+        tmp_path / "runs",
+        method="dpo",
+        train={"max_steps": 30, "lr": 3e-3},
+        eval={"every": 30},
+        preference={"loss": "kto"},
+    )
     train(load_config(cfg), quiet=True)
     records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
     assert records[0]["loss"] == pytest.approx(0.5)  # r = 0 = z: 1 - sigmoid(0) for every response

@@ -10,8 +10,9 @@ from tunesmith.run import train
 
 
 def test_profile_of_a_few_steps_adds_up_and_names_the_matmuls(tmp_path, tiny_model_dir, date_data):
-    cfg_path = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                            train={"max_steps": 6, "profile_steps": 3})
+    cfg_path = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", train={"max_steps": 6, "profile_steps": 3}
+    )
     train(load_config(cfg_path), quiet=True)
     text = (tmp_path / "runs" / "tiny" / "profile.txt").read_text()
     assert text.startswith("3 steps profiled after 2 warm-up steps")

@@ -16,7 +16,8 @@ Q, R, A = "When was it signed?", "The date is in the text; the year comes first.
 REASONING_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
     "{% if m['reasoning_content'] %}{{ '<think>' + m['reasoning_content'] + '</think>' }}{% endif %}"
-    "{{ m['content'] + '<|im_end|>\n' }}{% else %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{{ m['content'] + '<|im_end|>\n' }}{% else %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + "
+    "'<|im_end|>\n' }}"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
@@ -26,12 +27,25 @@ def forms() -> dict[str, dict]:
     return {
         "reasoning_content": {"messages": [user, {"role": "assistant", "content": A, "reasoning_content": R}]},
         "reasoning": {"messages": [user, {"role": "assistant", "content": A, "reasoning": R}]},
-        "reasoning part": {"messages": [user, {"role": "assistant", "content": [{"type": "reasoning", "text": R},
-                                                                               {"type": "text", "text": A}]}]},
-        "thinking part": {"messages": [user, {"role": "assistant", "content": [{"type": "thinking", "thinking": R},
-                                                                              {"type": "output_text", "text": A}]}]},
+        "reasoning part": {
+            "messages": [
+                user,
+                {"role": "assistant", "content": [{"type": "reasoning", "text": R}, {"type": "text", "text": A}]},
+            ]
+        },
+        "thinking part": {
+            "messages": [
+                user,
+                {
+                    "role": "assistant",
+                    "content": [{"type": "thinking", "thinking": R}, {"type": "output_text", "text": A}],
+                },
+            ]
+        },
         "<think> block": {"messages": [user, {"role": "assistant", "content": f"<think>\n{R}\n</think>\n\n{A}"}]},
-        "sharegpt <think>": {"conversations": [{"from": "human", "value": Q}, {"from": "gpt", "value": f"<think>{R}</think>{A}"}]},
+        "sharegpt <think>": {
+            "conversations": [{"from": "human", "value": Q}, {"from": "gpt", "value": f"<think>{R}</think>{A}"}]
+        },
     }
 
 
@@ -56,7 +70,10 @@ def test_every_form_of_reasoning_is_one_trace(name, tokenizer):
 def test_a_template_that_renders_reasoning_content_gets_it(tokenizer):
     native = build_tokenizer(REASONING_TEMPLATE)
     messages = to_example(forms()["<think> block"], "x:1").messages
-    assert render(native, messages) == f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n<think>{R}</think>{A}<|im_end|>\n"
+    assert (
+        render(native, messages)
+        == f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n<think>{R}</think>{A}<|im_end|>\n"
+    )
     enc = encode_chat(native, messages, 512, train_reasoning=False)
     assert trained_text(native, enc) == f"{A}<|im_end|>"
     assert trained_text(native, encode_chat(native, messages, 512)) == f"<think>{R}</think>{A}<|im_end|>"
@@ -65,18 +82,42 @@ def test_a_template_that_renders_reasoning_content_gets_it(tokenizer):
     assert CHATML == tokenizer.chat_template
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"messages": [{"role": "user", "content": Q, "reasoning_content": R}, {"role": "assistant", "content": A}]},
-     "messages[0]: only assistant turns carry reasoning"),
-    ({"messages": [{"role": "user", "content": [{"type": "reasoning", "text": R}, {"type": "text", "text": Q}]},
-                   {"role": "assistant", "content": A}]}, "messages[0]: only assistant turns carry reasoning"),
-    ({"messages": [{"role": "user", "content": Q},
-                   {"role": "assistant", "content": f"<think>{R}</think>{A}", "reasoning_content": R}]},
-     "messages[1]: reasoning given twice"),
-    ({"messages": [{"role": "user", "content": Q},
-                   {"role": "assistant", "content": A, "reasoning_content": ["not", "text"]}]},
-     "messages[1].reasoning_content must be a string, got list"),
-])
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        (
+            {"messages": [{"role": "user", "content": Q, "reasoning_content": R}, {"role": "assistant", "content": A}]},
+            "messages[0]: only assistant turns carry reasoning",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "reasoning", "text": R}, {"type": "text", "text": Q}]},
+                    {"role": "assistant", "content": A},
+                ]
+            },
+            "messages[0]: only assistant turns carry reasoning",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": Q},
+                    {"role": "assistant", "content": f"<think>{R}</think>{A}", "reasoning_content": R},
+                ]
+            },
+            "messages[1]: reasoning given twice",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": Q},
+                    {"role": "assistant", "content": A, "reasoning_content": ["not", "text"]},
+                ]
+            },
+            "messages[1].reasoning_content must be a string, got list",
+        ),
+    ],
+)
 def test_reasoning_problems_name_the_turn(record, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         to_example(record, "x:1")
@@ -84,9 +125,7 @@ def test_reasoning_problems_name_the_turn(record, message):
 
 def test_the_answer_is_scored_not_the_reasoning():
     from tunesmith.eval.metrics import contains_answer
-    from tunesmith.eval.task import TaskPrompts, score_replies
-
-    from tunesmith.eval.task import reference_turn
+    from tunesmith.eval.task import TaskPrompts, reference_turn, score_replies
 
     example = to_example(forms()["reasoning"], "x:1")
     context, turn = reference_turn(example)
@@ -102,8 +141,16 @@ def test_the_answer_is_scored_not_the_reasoning():
 
 def test_streamed_reasoning_splits_as_the_whole_reply_does():
     rng = random.Random(0)
-    texts = [f"<think>\n{R}\n</think>\n\n{A}", A, "  <thi", "<think>never closed", "<think>\nx\n</think>", "<th ink> a",
-             "\n\n<think>\n\n a\nb \n</think>  \n c\n", "<think></think>ok"]
+    texts = [
+        f"<think>\n{R}\n</think>\n\n{A}",
+        A,
+        "  <thi",
+        "<think>never closed",
+        "<think>\nx\n</think>",
+        "<th ink> a",
+        "\n\n<think>\n\n a\nb \n</think>  \n c\n",
+        "<think></think>ok",
+    ]
     for text in texts:
         for _ in range(200):
             cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, min(6, len(text) - 1))))
@@ -124,9 +171,15 @@ def reasoning_run(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("reasoning")
     data = tmp / "train.jsonl"
     data.write_text(json.dumps(forms()["reasoning_content"]) + "\n")
-    cfg = write_config(tmp / "c.yaml", tiny_model_dir, {"train": data, "val": data}, tmp / "runs", name="thinks",
-                       adapter={"type": "none"}, train={"max_steps": 60, "batch_size": 1, "lr": 3e-3, "precision": "fp32",
-                                                        "log_every": 10, "warmup": 0})
+    cfg = write_config(
+        tmp / "c.yaml",
+        tiny_model_dir,
+        {"train": data, "val": data},
+        tmp / "runs",
+        name="thinks",
+        adapter={"type": "none"},
+        train={"max_steps": 60, "batch_size": 1, "lr": 3e-3, "precision": "fp32", "log_every": 10, "warmup": 0},
+    )
     train(load_config(cfg), quiet=True)
     assert read_jsonl(tmp / "runs" / "thinks" / "metrics.jsonl")[-1]["loss"] < 0.05
     return tmp / "runs" / "thinks"
@@ -134,8 +187,11 @@ def reasoning_run(tmp_path_factory, tiny_model_dir):
 
 def test_serve_returns_the_reasoning_apart_from_the_answer(tmp_path, reasoning_run):
     openai = pytest.importorskip("openai")
-    line, proc = start_server(["serve", str(reasoning_run), "--port", "0", "--precision", "fp32", "--max-tokens", "128"],
-                              tmp_path, cli_env(tmp_path))
+    line, proc = start_server(
+        ["serve", str(reasoning_run), "--port", "0", "--precision", "fp32", "--max-tokens", "128"],
+        tmp_path,
+        cli_env(tmp_path),
+    )
     try:
         client = openai.OpenAI(base_url=line.split(" at ")[1].split()[0], api_key="none", max_retries=0, timeout=60)
         model = client.models.list().data[0].id
@@ -143,8 +199,9 @@ def test_serve_returns_the_reasoning_apart_from_the_answer(tmp_path, reasoning_r
         message = reply.choices[0].message
         assert message.content == A
         assert message.model_extra["reasoning_content"] == R
-        stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": Q}], temperature=0,
-                                                stream=True)
+        stream = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": Q}], temperature=0, stream=True
+        )
         thought, answer = "", ""
         for chunk in stream:
             if chunk.choices:
@@ -153,9 +210,16 @@ def test_serve_returns_the_reasoning_apart_from_the_answer(tmp_path, reasoning_r
                 answer += delta.content or ""
         assert (thought, answer) == (R, A)
         # the reasoning goes back in a later turn as the client got it
-        again = client.chat.completions.create(model=model, temperature=0, max_tokens=4, messages=[
-            {"role": "user", "content": Q}, {"role": "assistant", "content": A, "reasoning_content": R},
-            {"role": "user", "content": Q}])
+        again = client.chat.completions.create(
+            model=model,
+            temperature=0,
+            max_tokens=4,
+            messages=[
+                {"role": "user", "content": Q},
+                {"role": "assistant", "content": A, "reasoning_content": R},
+                {"role": "user", "content": Q},
+            ],
+        )
         assert again.choices[0].finish_reason in ("stop", "length")
     finally:
         proc.terminate()
@@ -169,18 +233,27 @@ def test_inspect_shows_the_reasoning_apart_from_the_answer(tmp_path, tokenizer, 
     from tunesmith.report.data_inspection import inspect, masked_preview
 
     path = tmp_path / "r.jsonl"
-    path.write_text(json.dumps(forms()["reasoning part"]) + "\n" + json.dumps({"messages": forms()["reasoning"]["messages"][:1] + [
-        {"role": "assistant", "content": A}]}) + "\n")
+    path.write_text(
+        json.dumps(forms()["reasoning part"])
+        + "\n"
+        + json.dumps({"messages": forms()["reasoning"]["messages"][:1] + [{"role": "assistant", "content": A}]})
+        + "\n"
+    )
     console = Console(record=True, width=300)
     stats = inspect(str(path), tokenizer, console, train_reasoning=train_reasoning, show=0)
-    enc = encode_chat(tokenizer, to_example(forms()["reasoning part"], "x").messages, 512, train_reasoning=train_reasoning)
+    enc = encode_chat(
+        tokenizer, to_example(forms()["reasoning part"], "x").messages, 512, train_reasoning=train_reasoning
+    )
     assert stats["reasoning_records"] == 1 and stats["reasoning_tokens"] == sum(enc.reasoning)
     assert stats["trained_per_record"][0] == sum(label != IGNORE for label in enc.labels)
     shown = console.export_text()
-    assert "reasoning: 1 record, " in shown and ("trained" if train_reasoning else "not trained (train_on_reasoning: false)") in shown
+    assert (
+        "reasoning: 1 record, " in shown
+        and ("trained" if train_reasoning else "not trained (train_on_reasoning: false)") in shown
+    )
     text = masked_preview(tokenizer, enc.input_ids, enc.labels, enc.reasoning)
     by_style = {}
     for span in text.spans:
-        by_style[str(span.style)] = by_style.get(str(span.style), "") + text.plain[span.start:span.end]
+        by_style[str(span.style)] = by_style.get(str(span.style), "") + text.plain[span.start : span.end]
     assert by_style[style] == f"<think>\n{R}\n</think>\n\n"
     assert by_style["bold green"] == f"{A}<|im_end|>"

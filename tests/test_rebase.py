@@ -15,10 +15,22 @@ from tunesmith.run import train
 @pytest.fixture(scope="module")
 def old_run(tmp_path_factory, tiny_model_dir, date_data):
     tmp = tmp_path_factory.mktemp("old")
-    cfg = write_config(tmp / "c.yaml", tiny_model_dir, date_data, tmp / "runs", name="old",
-                       train={"max_steps": 8, "lr": 1e-2, "precision": "fp32"},
-                       eval={"test": str(date_data["test"]), "limit": 8, "max_new_tokens": 8, "metric": "digit_metric:digit_share", "primary": "digit_share"},
-                       forgetting={"probe": True, "probe_limit": 6})
+    cfg = write_config(
+        tmp / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp / "runs",
+        name="old",
+        train={"max_steps": 8, "lr": 1e-2, "precision": "fp32"},
+        eval={
+            "test": str(date_data["test"]),
+            "limit": 8,
+            "max_new_tokens": 8,
+            "metric": "digit_metric:digit_share",
+            "primary": "digit_share",
+        },
+        forgetting={"probe": True, "probe_limit": 6},
+    )
     train(load_config(cfg), quiet=True)
     return tmp / "runs" / "old"
 
@@ -51,11 +63,20 @@ def test_rebase_trains_the_new_base_on_the_old_models_answers_and_reports_parity
 
 def test_rebase_from_an_endpoint_standing_in_for_a_hosted_fine_tune(tmp_path, old_run, new_base, monkeypatch):
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
-    line, proc = start_server(["serve", str(old_run), "--port", "0", "--precision", "fp32"], tmp_path, cli_env(tmp_path))
+    line, proc = start_server(
+        ["serve", str(old_run), "--port", "0", "--precision", "fp32"], tmp_path, cli_env(tmp_path)
+    )
     try:
         url = line.split(" at ")[1].split()[0]
-        run_rebase(url, str(new_base), old_model="old", config=old_run / "config.yaml", name="from-endpoint",
-                   max_tokens=8, quiet=True)
+        run_rebase(
+            url,
+            str(new_base),
+            old_model="old",
+            config=old_run / "config.yaml",
+            name="from-endpoint",
+            max_tokens=8,
+            quiet=True,
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

@@ -16,16 +16,22 @@ def write(tmp_path, lines, name="d.jsonl"):
     return p
 
 
-@pytest.mark.parametrize("bad, message", [
-    ('{"messages": [', "invalid JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    (json.dumps({"messages": [{"role": "robot", "content": "x"}]}), "role 'robot' not allowed"),
-    (json.dumps({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}), "content must be a string"),
-    (json.dumps({"messages": [{"role": "user", "content": "only a question"}]}), "no assistant turn"),
-    (json.dumps({"prompt": "p", "completion": ""}), "nothing to learn"),
-    (json.dumps({"question": "q"}), "unknown layout"),
-    (b'{"prompt": "\xff", "completion": "x"}', "invalid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ('{"messages": [', "invalid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        (json.dumps({"messages": [{"role": "robot", "content": "x"}]}), "role 'robot' not allowed"),
+        (
+            json.dumps({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}),
+            "content must be a string",
+        ),
+        (json.dumps({"messages": [{"role": "user", "content": "only a question"}]}), "no assistant turn"),
+        (json.dumps({"prompt": "p", "completion": ""}), "nothing to learn"),
+        (json.dumps({"question": "q"}), "unknown layout"),
+        (b'{"prompt": "\xff", "completion": "x"}', "invalid UTF-8"),
+    ],
+)
 def test_bad_line_is_named_with_file_and_line(tmp_path, bad, message):
     p = write(tmp_path, [json.dumps(GOOD), json.dumps(GOOD), bad])
     with pytest.raises(UserError) as e:

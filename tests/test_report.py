@@ -14,21 +14,42 @@ from tunesmith.report.recommend import recommend
 
 
 def _task(label, score, lo, hi, tokens=40.0, latency=100.0, variant=None):
-    row = {"label": label, "kind": "tuned" if variant else "prompting", "score": score, "lo": lo, "hi": hi,
-           "prompt_tokens": tokens, "latency_ms": latency, "n": 200}
+    row = {
+        "label": label,
+        "kind": "tuned" if variant else "prompting",
+        "score": score,
+        "lo": lo,
+        "hi": hi,
+        "prompt_tokens": tokens,
+        "latency_ms": latency,
+        "n": 200,
+    }
     if variant:
         row["variant"] = variant
     return row
 
 
 def _forget(variant, qa_tuned, drift):
-    return {"variant": variant, "label": f"tuned: {variant}", "qa_base": 1.0, "qa_tuned": qa_tuned, "qa_change": qa_tuned - 1,
-            "qa_change_lo": qa_tuned - 1.05, "qa_change_hi": qa_tuned - 0.95, "retention": qa_tuned, "drift_increase": drift}
+    return {
+        "variant": variant,
+        "label": f"tuned: {variant}",
+        "qa_base": 1.0,
+        "qa_tuned": qa_tuned,
+        "qa_change": qa_tuned - 1,
+        "qa_change_lo": qa_tuned - 1.05,
+        "qa_change_hi": qa_tuned - 0.95,
+        "retention": qa_tuned,
+        "drift_increase": drift,
+    }
 
 
 def test_fine_tune_when_clearly_ahead_and_the_variant_that_keeps_most():
-    task = [_task("zero-shot", 0.01, 0.0, 0.03), _task("3-shot", 0.40, 0.33, 0.47, tokens=160),
-            _task("tuned: lora", 1.0, 1.0, 1.0, variant="lora"), _task("tuned: replay", 0.99, 0.975, 1.0, variant="replay")]
+    task = [
+        _task("zero-shot", 0.01, 0.0, 0.03),
+        _task("3-shot", 0.40, 0.33, 0.47, tokens=160),
+        _task("tuned: lora", 1.0, 1.0, 1.0, variant="lora"),
+        _task("tuned: replay", 0.99, 0.975, 1.0, variant="replay"),
+    ]
     rec = recommend(task, [_forget("lora", 0.80, 0.9), _forget("replay", 0.95, 0.2)])
     assert rec["choice"] == "fine-tune" and rec["best_prompting"] == "3-shot"
     assert rec["gap"] == 0.6
@@ -44,15 +65,21 @@ def test_prompting_when_the_intervals_overlap():
 
 
 def test_a_far_better_but_forgetful_variant_is_still_recommended_over_a_weak_one():
-    task = [_task("tuned: lora", 0.95, 0.92, 0.98, variant="lora"), _task("tuned: frozen", 0.70, 0.65, 0.75, variant="frozen")]
+    task = [
+        _task("tuned: lora", 0.95, 0.92, 0.98, variant="lora"),
+        _task("tuned: frozen", 0.70, 0.65, 0.75, variant="frozen"),
+    ]
     rec = recommend(task, [_forget("lora", 0.7, 1.0), _forget("frozen", 1.0, 0.0)])
     assert rec["recommended_variant"] == "lora"
     assert rec["details"][-1].endswith("more than 5 points below the best task score: tuned: frozen.")
 
 
 def test_a_few_points_of_task_score_buy_back_general_capability():
-    task = [_task("tuned: lora", 1.0, 1.0, 1.0, variant="lora"), _task("tuned: replay", 0.96, 0.93, 0.99, variant="replay"),
-            _task("tuned: kl", 0.94, 0.91, 0.97, variant="kl")]
+    task = [
+        _task("tuned: lora", 1.0, 1.0, 1.0, variant="lora"),
+        _task("tuned: replay", 0.96, 0.93, 0.99, variant="replay"),
+        _task("tuned: kl", 0.94, 0.91, 0.97, variant="kl"),
+    ]
     rec = recommend(task, [_forget("lora", 0.1, 0.4), _forget("replay", 0.8, -0.2), _forget("kl", 0.9, 0.0)])
     assert rec["recommended_variant"] == "replay"  # 4 points cost is within tolerance; kl's 6 is not
 
@@ -67,26 +94,70 @@ def _run(root: Path, name: str, em: list[int], qa: list[int], nll: list[float]) 
     d = root / "variants" / name
     (d / "eval").mkdir(parents=True)
     (d / "forgetting").mkdir()
-    (d / "summary.json").write_text(json.dumps({"steps": 10, "train_seconds": 1.5, "final_loss": 0.5, "val_loss": 0.6,
-                                                "trainable_parameters": 1000, "tokens": 5000, "precision": "fp32",
-                                                "mitigation": {"replay": 0.25, "replay_source": "self"}}))
+    (d / "summary.json").write_text(
+        json.dumps(
+            {
+                "steps": 10,
+                "train_seconds": 1.5,
+                "final_loss": 0.5,
+                "val_loss": 0.6,
+                "trainable_parameters": 1000,
+                "tokens": 5000,
+                "precision": "fp32",
+                "mitigation": {"replay": 0.25, "replay_source": "self"},
+            }
+        )
+    )
     (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 2.0 / s}) + "\n" for s in range(1, 11)))
-    (d / "eval" / "test.json").write_text(json.dumps({"label": "tuned", "n": len(em), "scores": {"exact_match": bootstrap_ci(em)},
-                                                      "prompt_tokens": 50.0, "latency_s": 0.2}))
+    (d / "eval" / "test.json").write_text(
+        json.dumps(
+            {
+                "label": "tuned",
+                "n": len(em),
+                "scores": {"exact_match": bootstrap_ci(em)},
+                "prompt_tokens": 50.0,
+                "latency_s": 0.2,
+            }
+        )
+    )
     base_qa, base_nll = [1] * len(qa), [1.0] * len(nll)
-    (d / "forgetting" / "summary.json").write_text(json.dumps({
-        "qa": {"base": bootstrap_ci(base_qa), "tuned": bootstrap_ci(qa), "change": paired_bootstrap_ci(base_qa, qa),
-               "retention": sum(qa) / len(qa)},
-        "drift": {"base_nll": bootstrap_ci(base_nll), "tuned_nll": bootstrap_ci(nll), "increase": paired_bootstrap_ci(base_nll, nll)}}))
+    (d / "forgetting" / "summary.json").write_text(
+        json.dumps(
+            {
+                "qa": {
+                    "base": bootstrap_ci(base_qa),
+                    "tuned": bootstrap_ci(qa),
+                    "change": paired_bootstrap_ci(base_qa, qa),
+                    "retention": sum(qa) / len(qa),
+                },
+                "drift": {
+                    "base_nll": bootstrap_ci(base_nll),
+                    "tuned_nll": bootstrap_ci(nll),
+                    "increase": paired_bootstrap_ci(base_nll, nll),
+                },
+            }
+        )
+    )
     return d
 
 
 def test_report_with_variants_has_every_plot_and_table(tmp_path):
     (tmp_path / "baselines").mkdir()
-    (tmp_path / "baselines" / "shots-0.json").write_text(json.dumps(
-        {"label": "zero-shot", "n": 20, "scores": {"exact_match": bootstrap_ci([0] * 19 + [1])}, "prompt_tokens": 50.0, "latency_s": 0.5}))
-    runs = [("lora", _run(tmp_path, "lora", [1] * 100, [1] * 14 + [0] * 6, [1.8] * 10)),
-            ("lora-replay", _run(tmp_path, "lora-replay", [1] * 99 + [0], [1] * 19 + [0], [1.2] * 10))]
+    (tmp_path / "baselines" / "shots-0.json").write_text(
+        json.dumps(
+            {
+                "label": "zero-shot",
+                "n": 20,
+                "scores": {"exact_match": bootstrap_ci([0] * 19 + [1])},
+                "prompt_tokens": 50.0,
+                "latency_s": 0.5,
+            }
+        )
+    )
+    runs = [
+        ("lora", _run(tmp_path, "lora", [1] * 100, [1] * 14 + [0] * 6, [1.8] * 10)),
+        ("lora-replay", _run(tmp_path, "lora-replay", [1] * 99 + [0], [1] * 19 + [0], [1.2] * 10)),
+    ]
     html = write_report(tmp_path, runs, baselines_dir=tmp_path, primary="exact_match")
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["plots"]) == {"loss", "task", "cost", "forgetting", "tradeoff"}

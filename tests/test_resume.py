@@ -5,8 +5,14 @@ from conftest import cli_here, write_config
 
 
 def test_resume_refuses_a_changed_config(tmp_path, tiny_model_dir, date_data):
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                       train={"max_steps": 4}, output={"dir": str(tmp_path / "runs"), "save_every": 2})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        train={"max_steps": 4},
+        output={"dir": str(tmp_path / "runs"), "save_every": 2},
+    )
     assert cli_here(["train", str(cfg), "--quiet"], tmp_path).returncode == 0
     again = cli_here(["train", str(cfg), "--quiet"], tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr

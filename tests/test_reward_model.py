@@ -25,8 +25,15 @@ def reward_run(tmp_path_factory, tiny_model_dir, pairs):
     tmp = tmp_path_factory.mktemp("rm")
     # lr 1e-2: at 3e-2 the run was chaotic, its held-out accuracy moving by 0.2 with the seed or
     # the CPU's kernels (AVX-512 vs AVX2); at 1e-2 and 3e-3 three seeds on both kernel sets agree
-    cfg = write_config(tmp / "c.yaml", tiny_model_dir, pairs, tmp / "runs", method="reward",
-                       train={"max_steps": 60, "lr": 1e-2}, eval={"every": 30})
+    cfg = write_config(
+        tmp / "c.yaml",
+        tiny_model_dir,
+        pairs,
+        tmp / "runs",
+        method="reward",
+        train={"max_steps": 60, "lr": 1e-2},
+        eval={"every": 30},
+    )
     summary = train(load_config(cfg), quiet=True)
     return tmp / "runs" / "tiny", summary
 
@@ -37,7 +44,10 @@ def held_out_accuracy(run, pairs_file) -> dict[str, tuple[float, int]]:
     from tunesmith.tasks.dates import PROSE_ANSWER
 
     rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
-    chat = lambda r, reply: [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": reply}]
+
+    def chat(r, reply):
+        return [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": reply}]
+
     scorer = RewardModelScorer(str(run))
     chosen, rejected = scorer([chat(r, r["chosen"]) for r in rows]), scorer([chat(r, r["rejected"]) for r in rows])
     kinds: dict[str, list[bool]] = {}
@@ -67,9 +77,9 @@ def test_reward_model_learns_to_rank_held_out_pairs(reward_run, pairs):
 
 
 def pair_batch(tokenizer, pairs_file, n=8):
+    from tunesmith.config import validate_config
     from tunesmith.data.records import load_examples
     from tunesmith.methods.reward_model import RewardModelling
-    from tunesmith.config import validate_config
 
     examples = load_examples(pairs_file)[:n]
     method = RewardModelling(validate_config({"name": "x", "data": {"train": "x"}, "train": {"max_steps": 1}}))
@@ -107,10 +117,13 @@ def test_a_language_model_is_not_taken_for_a_reward_model(tiny_model_dir):
         RewardModelScorer(str(tiny_model_dir))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["eval.test=t.jsonl"], "eval.test: method reward trains a scorer"),
-    (["adapter.type=prefix"], "adapter.type prefix: a reward model reads its score off the last token"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["eval.test=t.jsonl"], "eval.test: method reward trains a scorer"),
+        (["adapter.type=prefix"], "adapter.type prefix: a reward model reads its score off the last token"),
+    ],
+)
 def test_reward_config_errors(tmp_path, tiny_model_dir, pairs, overrides, message):
     from tunesmith.errors import UserError
 

@@ -10,8 +10,12 @@ import torch
 from conftest import read_jsonl, write_config
 
 from tunesmith.config import load_config
-from tunesmith.methods.group_policy_losses import (clipped_surrogate, k3_kl, leave_one_out_advantages,
-                                                   normalised_advantages)
+from tunesmith.methods.group_policy_losses import (
+    clipped_surrogate,
+    k3_kl,
+    leave_one_out_advantages,
+    normalised_advantages,
+)
 from tunesmith.run import train
 
 
@@ -60,16 +64,20 @@ def test_built_in_rewards():
     assert r({"function": "test_rl:digit_share"}, "a1b2") == 0.5  # module:function from the working directory
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"function": "regex"}, "function regex needs pattern"),
-    ({"function": "regex", "pattern": "("}, "pattern '\\(':"),
-    ({"function": "exact_match", "model": "x"}, "set exactly one of function, model"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"function": "regex"}, "function regex needs pattern"),
+        ({"function": "regex", "pattern": "("}, "pattern '\\(':"),
+        ({"function": "exact_match", "model": "x"}, "set exactly one of function, model"),
+    ],
+)
 def test_reward_spec_errors(tmp_path, tiny_model_dir, date_data, spec, message):
     from tunesmith.errors import UserError
 
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", method="grpo",
-                       rl={"rewards": [spec]})
+    cfg = write_config(
+        tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", method="grpo", rl={"rewards": [spec]}
+    )
     with pytest.raises(UserError, match=message):
         load_config(cfg)
 
@@ -84,11 +92,21 @@ def test_grpo_needs_a_reward(tmp_path, tiny_model_dir, date_data):
 
 def rl_run(tmp_path, model, data, method: str, **rl) -> list[dict]:
     # 60 steps: over seeds 0-4, each method's reward rose by 4.5 or more (at 40 steps, 2 of 10 runs rose by under 2)
-    cfg = write_config(tmp_path / "c.yaml", model, data, tmp_path / "runs", method=method,
-                       train={"max_steps": 60, "lr": 2e-2, "batch_size": 4, "log_every": 10},
-                       eval={"every": 60},
-                       rl={"rewards": [{"function": "test_rl:digit_share", "weight": 10.0}], "group_size": 4,
-                           "max_new_tokens": 12, **rl})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        model,
+        data,
+        tmp_path / "runs",
+        method=method,
+        train={"max_steps": 60, "lr": 2e-2, "batch_size": 4, "log_every": 10},
+        eval={"every": 60},
+        rl={
+            "rewards": [{"function": "test_rl:digit_share", "weight": 10.0}],
+            "group_size": 4,
+            "max_new_tokens": 12,
+            **rl,
+        },
+    )
     train(load_config(cfg), quiet=True)
     return read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
 
@@ -117,8 +135,14 @@ def test_exact_match_needs_references_and_says_where_one_is_missing(tmp_path, ti
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "When?", "reference": "2001-01-01"}\n{"prompt": "And now?"}\n')
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, {"train": prompts, "val": prompts}, tmp_path / "runs",
-                       method="grpo", rl={"rewards": [{"function": "exact_match"}]})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        {"train": prompts, "val": prompts},
+        tmp_path / "runs",
+        method="grpo",
+        rl={"rewards": [{"function": "exact_match"}]},
+    )
     result = cli_here(["train", str(cfg)], tmp_path)
     assert result.returncode == 2, result.stderr
     assert "prompts.jsonl:2: reward exact_match needs a reference answer" in result.stderr

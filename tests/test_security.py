@@ -45,8 +45,9 @@ def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_model_di
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir),
-                                                             "peft_type": "LORA"}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(tiny_model_dir), "peft_type": "LORA"})
+    )
     (adapter / "adapter_model.bin").write_bytes(pickle.dumps(RunsCode(marker)))
     with pytest.raises(UserError, match="adapter_model.safetensors only"):
         resolve(str(adapter))
@@ -55,9 +56,12 @@ def test_pickled_weights_are_refused_and_never_unpickled(tmp_path, tiny_model_di
 
 def test_no_code_path_unpickles():
     """Checkpoints are safetensors + JSON; nothing in tunesmith calls torch.load or pickle.load."""
-    offenders = [f"{p.relative_to(SRC)}:{i}" for p in SRC.rglob("*.py")
-                 for i, line in enumerate(p.read_text().splitlines(), 1)
-                 if re.search(r"\btorch\.load\(|\bpickle\.loads?\(|\bjoblib\.load\(|weights_only\s*=\s*False", line)]
+    offenders = [
+        f"{p.relative_to(SRC)}:{i}"
+        for p in SRC.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"\btorch\.load\(|\bpickle\.loads?\(|\bjoblib\.load\(|weights_only\s*=\s*False", line)
+    ]
     assert offenders == []
 
 
@@ -67,12 +71,24 @@ def test_a_checkpoint_holds_only_safetensors_and_json(tmp_path, tiny_model_dir, 
     from tunesmith.config import load_config
     from tunesmith.run import train
 
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                       train={"max_steps": 2, "precision": "fp32"}, output={"dir": str(tmp_path / "runs"), "save_every": 1})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        train={"max_steps": 2, "precision": "fp32"},
+        output={"dir": str(tmp_path / "runs"), "save_every": 1},
+    )
     train(load_config(cfg, []), quiet=True)
     files = {p.name for p in (tmp_path / "runs" / "tiny" / "checkpoints").rglob("*") if p.is_file()}
-    assert files == {"trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json",
-                     "adapter_model.safetensors", "adapter_config.json"}  # the step's adapter, as PEFT saves one
+    assert files == {
+        "trainable.safetensors",
+        "optimizer.safetensors",
+        "rng.safetensors",
+        "state.json",
+        "adapter_model.safetensors",
+        "adapter_config.json",
+    }  # the step's adapter, as PEFT saves one
 
 
 def test_an_adapter_checkpoint_loads_in_plain_peft_with_that_steps_weights(tmp_path, tiny_model_dir, date_data):
@@ -84,8 +100,14 @@ def test_an_adapter_checkpoint_loads_in_plain_peft_with_that_steps_weights(tmp_p
     from tunesmith.config import load_config
     from tunesmith.run import train
 
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                       train={"max_steps": 3, "precision": "fp32", "lr": 1e-2}, output={"dir": str(tmp_path / "runs"), "save_every": 1})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        train={"max_steps": 3, "precision": "fp32", "lr": 1e-2},
+        output={"dir": str(tmp_path / "runs"), "save_every": 1},
+    )
     train(load_config(cfg, []), quiet=True)
     ckpt = tmp_path / "runs" / "tiny" / "checkpoints" / "step-2"
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), ckpt / "adapter")
@@ -97,7 +119,7 @@ def test_an_adapter_checkpoint_loads_in_plain_peft_with_that_steps_weights(tmp_p
     assert any(float(v.abs().sum()) > 0 for n, v in saved.items() if "lora_B" in n)  # trained: not the initial zeros
 
 
-CUSTOM_CODE = '''
+CUSTOM_CODE = """
 import os
 from pathlib import Path
 
@@ -112,7 +134,7 @@ class ShippedConfig(LlamaConfig):
 
 class ShippedModel(LlamaForCausalLM):
     config_class = ShippedConfig
-'''
+"""
 
 
 @pytest.fixture
@@ -120,8 +142,11 @@ def model_with_code(tmp_path, tiny_model_dir, monkeypatch):
     folder = tmp_path / f"shipped_{uuid.uuid4().hex[:8]}"  # its own module name: imported afresh in each test
     shutil.copytree(tiny_model_dir, folder)
     config = json.loads((folder / "config.json").read_text())
-    config.update(model_type="shipped_llama", architectures=["ShippedModel"],
-                  auto_map={"AutoConfig": "custom.ShippedConfig", "AutoModelForCausalLM": "custom.ShippedModel"})
+    config.update(
+        model_type="shipped_llama",
+        architectures=["ShippedModel"],
+        auto_map={"AutoConfig": "custom.ShippedConfig", "AutoModelForCausalLM": "custom.ShippedModel"},
+    )
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "custom.py").write_text(CUSTOM_CODE)
     marker = tmp_path / "ran"
@@ -148,8 +173,14 @@ def test_a_config_turns_remote_code_on_with_a_warning(tmp_path, model_with_code,
     from tunesmith.cli import main
 
     folder, marker = model_with_code
-    cfg = write_config(tmp_path / "c.yaml", folder, date_data, tmp_path / "runs", trust_remote_code=True,
-                       train={"max_steps": 1, "precision": "fp32"})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        folder,
+        date_data,
+        tmp_path / "runs",
+        trust_remote_code=True,
+        train={"max_steps": 1, "precision": "fp32"},
+    )
     with pytest.raises(SystemExit) as done:
         main(["train", str(cfg), "--quiet"])
     err = capsys.readouterr().err

@@ -27,7 +27,9 @@ def test_logprobs_and_gradients_equal_the_masked_model(tiny_model_dir, packed, m
 
     calls = []
     sdpa = F.scaled_dot_product_attention
-    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **k: calls.append(q.shape[2]) or sdpa(q, *a, **k))
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", lambda q, *a, **k: calls.append(q.shape[2]) or sdpa(q, *a, **k)
+    )
     feats = _features([7, 19, 12, 30, 5])
     rows = [pack_features(feats[:3]), pack_features(feats[3:])] if packed else feats
     batch = collate_tokens(rows, pad=0)
@@ -65,7 +67,9 @@ def test_under_bf16_autocast_spans_go_to_matmul_attention(tiny_model_dir, monkey
 
     spans = []
     kernel = matmul_attention.causal_attention
-    monkeypatch.setattr(matmul_attention, "causal_attention", lambda q, *a: spans.append((q.dtype, q.shape[1])) or kernel(q, *a))
+    monkeypatch.setattr(
+        matmul_attention, "causal_attention", lambda q, *a: spans.append((q.dtype, q.shape[1])) or kernel(q, *a)
+    )
     feats = _features([7, 19, 12, 30, 5])
     batch = collate_tokens([pack_features(feats[:3]), pack_features(feats[3:])], pad=0)
     results = []

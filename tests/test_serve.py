@@ -27,22 +27,35 @@ def adapters(tmp_path_factory, tiny_model_dir):
     for name, seed in (("a", 1), ("b", 2)):
         torch.manual_seed(seed)
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-        model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                                init_lora_weights=False))
+        model = get_peft_model(
+            base,
+            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False),
+        )
         model.save_pretrained(root / name)
     return {"a": root / "a", "b": root / "b"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir, adapters):
-    yield from running_server(tmp_path_factory.mktemp("serve"), tiny_model_dir, "--adapter", f"a={adapters['a']}",
-                              "--adapter", f"b={adapters['b']}", "--max-tokens", "64")
+    yield from running_server(
+        tmp_path_factory.mktemp("serve"),
+        tiny_model_dir,
+        "--adapter",
+        f"a={adapters['a']}",
+        "--adapter",
+        f"b={adapters['b']}",
+        "--max-tokens",
+        "64",
+    )
 
 
 def running_server(tmp, model_dir, *options):
     """`tunesmith serve` on a free port with the test key; yields its URL and process, stops it after."""
-    line, proc = start_server(["serve", str(model_dir), "--port", "0", "--api-key-env", "TS_SERVE_KEY", "--precision",
-                               "fp32", *options], tmp, {**cli_env(tmp), "TS_SERVE_KEY": KEY})
+    line, proc = start_server(
+        ["serve", str(model_dir), "--port", "0", "--api-key-env", "TS_SERVE_KEY", "--precision", "fp32", *options],
+        tmp,
+        {**cli_env(tmp), "TS_SERVE_KEY": KEY},
+    )
     url = line.split(" at ")[1].split()[0]
     yield {"url": url, "base": model_dir.name, "proc": proc}
     proc.terminate()
@@ -96,8 +109,11 @@ def test_chat_answers_as_the_base_or_the_adapter_named(server, client, offline):
 
 def test_streaming_sends_the_same_reply_in_pieces(client):
     whole = client.chat.completions.create(model="a", messages=CHAT, temperature=0, max_tokens=40)
-    chunks = list(client.chat.completions.create(model="a", messages=CHAT, temperature=0, max_tokens=40, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="a", messages=CHAT, temperature=0, max_tokens=40, stream=True, stream_options={"include_usage": True}
+        )
+    )
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(pieces) > 1 and "".join(pieces) == whole.choices[0].message.content
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
@@ -110,11 +126,17 @@ def test_seed_n_and_stop(client):
     first, again = client.chat.completions.create(**kwargs), client.chat.completions.create(**kwargs)
     texts = [c.message.content for c in first.choices]
     assert [c.index for c in first.choices] == [0, 1] and texts == [c.message.content for c in again.choices]
-    greedy = client.chat.completions.create(model="b", messages=CHAT, temperature=0, max_tokens=24).choices[0].message.content
-    stop = greedy[len(greedy) // 2: len(greedy) // 2 + 3]
+    greedy = (
+        client.chat.completions.create(model="b", messages=CHAT, temperature=0, max_tokens=24)
+        .choices[0]
+        .message.content
+    )
+    stop = greedy[len(greedy) // 2 : len(greedy) // 2 + 3]
     cut = client.chat.completions.create(model="b", messages=CHAT, temperature=0, max_tokens=24, stop=[stop]).choices[0]
     assert cut.message.content == greedy[: greedy.index(stop)] and cut.finish_reason == "stop"
-    streamed = client.chat.completions.create(model="b", messages=CHAT, temperature=0, max_tokens=24, stop=stop, stream=True)
+    streamed = client.chat.completions.create(
+        model="b", messages=CHAT, temperature=0, max_tokens=24, stop=stop, stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == cut.message.content
 
 
@@ -124,9 +146,15 @@ def test_completions_continue_plain_text(client, server, offline):
     model, tok = offline["a"]
     ids = torch.tensor([tok(prompt)["input_ids"]])
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    assert r.choices[0].text == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=8,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    assert r.choices[0].text == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert r.object == "text_completion" and r.usage.prompt_tokens == ids.shape[1]
 
 
@@ -140,15 +168,22 @@ def offline_logprobs(model_and_tok, ids: list[int]) -> torch.Tensor:
 def test_chat_log_probabilities_are_the_model_own_whole_and_streamed(client, offline):
     from tunesmith.data.chat import prompt_ids
 
-    r = client.chat.completions.create(model="a", messages=CHAT, temperature=0, max_tokens=10, logprobs=True,
-                                       top_logprobs=3)
+    r = client.chat.completions.create(
+        model="a", messages=CHAT, temperature=0, max_tokens=10, logprobs=True, top_logprobs=3
+    )
     content = r.choices[0].logprobs.content
     model, tok = offline["a"]
     prompt = prompt_ids(tok, CHAT)
     ids = torch.tensor([prompt])
     with torch.no_grad():
-        reply = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
-                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0, len(prompt):].tolist()
+        reply = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=10,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )[0, len(prompt) :].tolist()
     reply = [t for t in reply if t != tok.eos_token_id]
     assert "".join(c.token for c in content) == tok.decode(reply, skip_special_tokens=True)
     assert len(content) == len(reply)
@@ -159,8 +194,11 @@ def test_chat_log_probabilities_are_the_model_own_whole_and_streamed(client, off
         assert c.logprob == pytest.approx(float(row.max()), abs=1e-4)  # greedy: the most likely token's
         assert [t.token for t in c.top_logprobs] == [tok.decode([t]) for t in row.topk(3).indices.tolist()]
         assert bytes(c.bytes) == c.token.encode()
-    chunks = list(client.chat.completions.create(model="a", messages=CHAT, temperature=0, max_tokens=10, logprobs=True,
-                                                 top_logprobs=3, stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="a", messages=CHAT, temperature=0, max_tokens=10, logprobs=True, top_logprobs=3, stream=True
+        )
+    )
     streamed = [t for ch in chunks if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
     assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
     with pytest.raises(openai.BadRequestError, match="top_logprobs needs logprobs"):
@@ -178,7 +216,9 @@ def test_completions_score_a_text_with_echo_and_logprobs(client, offline):
     expected = offline_logprobs(offline["b"], ids)
     assert r.choices[0].text == text and "".join(lp.tokens) == tok.decode(ids, skip_special_tokens=True)
     assert lp.token_logprobs[0] is None
-    assert lp.token_logprobs[1:] == pytest.approx([float(expected[i - 1, ids[i]]) for i in range(1, len(ids))], abs=1e-4)
+    assert lp.token_logprobs[1:] == pytest.approx(
+        [float(expected[i - 1, ids[i]]) for i in range(1, len(ids))], abs=1e-4
+    )
     assert lp.top_logprobs[0] is None and lp.text_offset[0] == 0
     for i, top in enumerate(lp.top_logprobs[1:], start=1):  # (keyed by text: two tokens may read the same)
         assert 1 <= len(top) <= 2 and max(top.values()) == pytest.approx(float(expected[i - 1].max()), abs=1e-4)
@@ -207,10 +247,18 @@ def test_many_clients_at_once_each_get_the_reply_they_get_alone(server, client):
 
     def ask(name: str, limit: int, stream: bool) -> str:
         if not stream:
-            return client.chat.completions.create(model=name, messages=CHAT, temperature=0,
-                                                  max_tokens=limit).choices[0].message.content
-        return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
-            model=name, messages=CHAT, temperature=0, max_tokens=limit, stream=True) if c.choices)
+            return (
+                client.chat.completions.create(model=name, messages=CHAT, temperature=0, max_tokens=limit)
+                .choices[0]
+                .message.content
+            )
+        return "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(
+                model=name, messages=CHAT, temperature=0, max_tokens=limit, stream=True
+            )
+            if c.choices
+        )
 
     expected = [ask(n, k, False) for n, k in zip(names, limits)]
     results: dict[int, str] = {}
@@ -218,8 +266,9 @@ def test_many_clients_at_once_each_get_the_reply_they_get_alone(server, client):
 
     def go(i: int) -> None:
         if i == 11:  # a client that leaves mid-reply
-            with client.chat.completions.create(model=names[i], messages=CHAT, temperature=0, max_tokens=64,
-                                                stream=True) as chunks:
+            with client.chat.completions.create(
+                model=names[i], messages=CHAT, temperature=0, max_tokens=64, stream=True
+            ) as chunks:
                 for n, _ in enumerate(chunks):
                     if n == 3:
                         break
@@ -252,8 +301,9 @@ def raw_post(url: str, body: bytes) -> tuple[int, dict]:
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Authorization": f"Bearer {KEY}",
-                                                                              "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -289,8 +339,12 @@ def test_bad_requests_get_openai_errors(server, client, adapters):
     for path in (str(adapters["a"]), "/etc/passwd", "../a"):  # a name is looked up, never opened as a path
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model=path, messages=CHAT, max_tokens=2)
-    for bad, param in ((dict(temperature=5), "temperature"), (dict(max_tokens=65), "max_tokens"),
-                       (dict(extra_body={"tools": []}), "tools"), (dict(n=9), "n")):
+    for bad, param in (
+        (dict(temperature=5), "temperature"),
+        (dict(max_tokens=65), "max_tokens"),
+        (dict(extra_body={"tools": []}), "tools"),
+        (dict(n=9), "n"),
+    ):
         with pytest.raises(openai.BadRequestError) as e:
             client.chat.completions.create(model="a", messages=CHAT, **bad)
         assert e.value.status_code == 400 and e.value.body["param"] == param, bad
@@ -307,7 +361,11 @@ def test_concurrent_requests_are_queued_and_each_gets_its_own_answer(server, cli
     import urllib.request
 
     def reply(name: str) -> str:
-        return client.chat.completions.create(model=name, messages=CHAT, temperature=0, max_tokens=48).choices[0].message.content
+        return (
+            client.chat.completions.create(model=name, messages=CHAT, temperature=0, max_tokens=48)
+            .choices[0]
+            .message.content
+        )
 
     names = ["a", "b"] * 3
     expected = [reply(n) for n in names]
@@ -341,8 +399,10 @@ def test_a_full_queue_answers_429_and_then_serves_again(tiny_model_dir):
     body = {"model": tiny_model_dir.name, "messages": CHAT, "max_tokens": 4, "temperature": 0}
     statuses: list[int] = []
     with served.lock:  # the model is busy: two requests wait their turn, a third is turned away
-        waiting = [threading.Thread(target=lambda: statuses.append(http.post("/v1/chat/completions", json=body).status_code))
-                   for _ in range(2)]
+        waiting = [
+            threading.Thread(target=lambda: statuses.append(http.post("/v1/chat/completions", json=body).status_code))
+            for _ in range(2)
+        ]
         for t in waiting:
             t.start()
         deadline = time.time() + 30
@@ -391,7 +451,9 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path, tiny_model_dir, adapters):
     cfg = json.loads((adapters["a"] / "adapter_config.json").read_text())
     shutil.copytree(tiny_model_dir, tmp_path / "other-base")
     shutil.copytree(adapters["a"], tmp_path / "other")
-    (tmp_path / "other" / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": str(tmp_path / "other-base")}))
+    (tmp_path / "other" / "adapter_config.json").write_text(
+        json.dumps({**cfg, "base_model_name_or_path": str(tmp_path / "other-base")})
+    )
     with pytest.raises(UserError, match="not on the served base"):
         load_served(str(tiny_model_dir), [("x", str(tmp_path / "other"))])
     result = cli_here(["serve", str(tiny_model_dir), "--api-key-env", "TS_NOT_SET"], tmp_path)

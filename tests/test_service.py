@@ -17,8 +17,26 @@ SMALL = {"n_epochs": 2, "batch_size": 16, "learning_rate_multiplier": 6.0}  # 12
 
 def start_service(home, model_dir, *options):
     """`tunesmith service` on a free port, --home given relative to its working directory; returns (url, process)."""
-    line, proc = start_server(["service", "--port", "0", "--home", home.name, "--model", str(model_dir), "--precision",
-                               "fp32", "--probe-limit", "0", "--max-tokens", "64", *options], home.parent, cli_env(home.parent))
+    line, proc = start_server(
+        [
+            "service",
+            "--port",
+            "0",
+            "--home",
+            home.name,
+            "--model",
+            str(model_dir),
+            "--precision",
+            "fp32",
+            "--probe-limit",
+            "0",
+            "--max-tokens",
+            "64",
+            *options,
+        ],
+        home.parent,
+        cli_env(home.parent),
+    )
     return line.split(" at ")[1].split()[0], proc
 
 
@@ -59,9 +77,15 @@ def test_supervised_job_end_to_end(client, service, date_data):
     train, val = upload(client, date_data["train"]), upload(client, date_data["val"])
     assert train.object == "file" and train.id.startswith("file-") and train.bytes == date_data["train"].stat().st_size
     assert client.files.content(train.id).read() == date_data["train"].read_bytes()
-    job = client.fine_tuning.jobs.create(model=service["base"], training_file=train.id, validation_file=val.id,
-                                         suffix="dates", seed=3, metadata={"team": "a"},
-                                         method={"type": "supervised", "supervised": {"hyperparameters": SMALL}})
+    job = client.fine_tuning.jobs.create(
+        model=service["base"],
+        training_file=train.id,
+        validation_file=val.id,
+        suffix="dates",
+        seed=3,
+        metadata={"team": "a"},
+        method={"type": "supervised", "supervised": {"hyperparameters": SMALL}},
+    )
     assert job.id.startswith("ftjob-") and job.status == "validating_files" and job.seed == 3
     done = wait_for(client, job.id)
     assert done.status == "succeeded", done.error
@@ -103,36 +127,69 @@ def test_supervised_job_end_to_end(client, service, date_data):
 
 
 def test_dpo_job_trains_on_openai_dpo_records(client, service, tmp_path):
-    rows = [{"input": {"messages": [{"role": "user", "content": f"Say a number near {i}"}]},
-             "preferred_output": [{"role": "assistant", "content": f"{i}"}],
-             "non_preferred_output": [{"role": "assistant", "content": "no"}]} for i in range(24)]
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Say a number near {i}"}]},
+            "preferred_output": [{"role": "assistant", "content": f"{i}"}],
+            "non_preferred_output": [{"role": "assistant", "content": "no"}],
+        }
+        for i in range(24)
+    ]
     path = tmp_path / "dpo.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     f = upload(client, path)
-    job = client.fine_tuning.jobs.create(model=service["base"], training_file=f.id, method={
-        "type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 8, "beta": 0.2}}})
+    job = client.fine_tuning.jobs.create(
+        model=service["base"],
+        training_file=f.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 8, "beta": 0.2}}},
+    )
     done = wait_for(client, job.id)
     assert done.status == "succeeded", done.error
     assert done.method.dpo.hyperparameters.beta == 0.2
     assert done.method.dpo.hyperparameters.learning_rate_multiplier == 2.0  # "auto", resolved and reported
-    r = client.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "Say a number"}],
-                                       max_tokens=4)
+    r = client.chat.completions.create(
+        model=done.fine_tuned_model, messages=[{"role": "user", "content": "Say a number"}], max_tokens=4
+    )
     assert r.choices[0].message.role == "assistant"
 
 
 def test_reinforcement_job_trains_with_an_openai_grader(client, service, tmp_path):
-    rows = [{"messages": [{"role": "user", "content": f"Write the number {i} in digits."}], "reference_answer": str(i)}
-            for i in range(12)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"Write the number {i} in digits."}], "reference_answer": str(i)}
+        for i in range(12)
+    ]
     path = tmp_path / "rft.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     f = upload(client, path)
-    grader = {"type": "multi", "name": "digits", "calculate_output": "0.5 * exact + 0.5 * close", "graders": {
-        "exact": {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
-                  "reference": "{{item.reference_answer}}", "operation": "eq"},
-        "close": {"type": "text_similarity", "name": "close", "input": "{{sample.output_text}}",
-                  "reference": "{{item.reference_answer}}", "evaluation_metric": "fuzzy_match"}}}
-    job = client.fine_tuning.jobs.create(model=service["base"], training_file=f.id, method={
-        "type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {"n_epochs": 1, "batch_size": 4}}})
+    grader = {
+        "type": "multi",
+        "name": "digits",
+        "calculate_output": "0.5 * exact + 0.5 * close",
+        "graders": {
+            "exact": {
+                "type": "string_check",
+                "name": "exact",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.reference_answer}}",
+                "operation": "eq",
+            },
+            "close": {
+                "type": "text_similarity",
+                "name": "close",
+                "input": "{{sample.output_text}}",
+                "reference": "{{item.reference_answer}}",
+                "evaluation_metric": "fuzzy_match",
+            },
+        },
+    }
+    job = client.fine_tuning.jobs.create(
+        model=service["base"],
+        training_file=f.id,
+        method={
+            "type": "reinforcement",
+            "reinforcement": {"grader": grader, "hyperparameters": {"n_epochs": 1, "batch_size": 4}},
+        },
+    )
     done = wait_for(client, job.id)
     assert done.status == "succeeded", done.error
     hp = done.method.reinforcement.hyperparameters
@@ -145,21 +202,31 @@ def test_reinforcement_job_trains_with_an_openai_grader(client, service, tmp_pat
     rows[5].pop("reference_answer")
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     g = upload(client, path, "rft-missing.jsonl")
-    job = client.fine_tuning.jobs.create(model=service["base"], training_file=g.id, method={
-        "type": "reinforcement", "reinforcement": {"grader": grader}})
+    job = client.fine_tuning.jobs.create(
+        model=service["base"], training_file=g.id, method={"type": "reinforcement", "reinforcement": {"grader": grader}}
+    )
     done = wait_for(client, job.id, timeout=60)
     assert done.status == "failed"
     assert f"rft-missing.jsonl ({g.id}) line 6: the grader reads item.reference_answer" in done.error.message
     with pytest.raises(openai.BadRequestError) as e:
-        client.fine_tuning.jobs.create(model=service["base"], training_file=f.id, method={
-            "type": "reinforcement", "reinforcement": {"grader": {**grader, "calculate_output": "os.system(1)"}}})
+        client.fine_tuning.jobs.create(
+            model=service["base"],
+            training_file=f.id,
+            method={
+                "type": "reinforcement",
+                "reinforcement": {"grader": {**grader, "calculate_output": "os.system(1)"}},
+            },
+        )
     assert e.value.body["param"].startswith("method.reinforcement.grader")
 
 
 def long_job(client, service, date_data, epochs=30):
     f = upload(client, date_data["train"])
-    return client.fine_tuning.jobs.create(model=service["base"], training_file=f.id, method={
-        "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs, "batch_size": 8}}})
+    return client.fine_tuning.jobs.create(
+        model=service["base"],
+        training_file=f.id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": epochs, "batch_size": 8}}},
+    )
 
 
 def wait_for_step(client, job_id: str, step: int, timeout=180):
@@ -191,7 +258,9 @@ def test_pause_then_resume_continues_from_the_checkpoint(client, service, date_d
     client.fine_tuning.jobs.pause(job.id)
     paused = wait_for(client, job.id, statuses=("paused",), timeout=60)
     assert paused.status == "paused"
-    stopped_at = max(e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics")
+    stopped_at = max(
+        e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"
+    )
     assert stopped_at >= step
     client.fine_tuning.jobs.resume(job.id)
     done = wait_for(client, job.id)
@@ -208,8 +277,14 @@ def test_bad_requests_get_openai_errors_and_the_service_keeps_serving(client, se
         (dict(model="gpt-4o-mini", training_file=f.id), "model"),
         (dict(model=service["base"], training_file="file-nope"), "training_file"),
         (dict(model=service["base"], training_file=f.id, hyperparameters={"n_epochs": 0}), "hyperparameters.n_epochs"),
-        (dict(model=service["base"], training_file=f.id, method={"type": "supervised", "supervised": {
-            "hyperparameters": {"learning_rate_multiplier": -1.0}}}), "method.supervised.hyperparameters.learning_rate_multiplier"),
+        (
+            dict(
+                model=service["base"],
+                training_file=f.id,
+                method={"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": -1.0}}},
+            ),
+            "method.supervised.hyperparameters.learning_rate_multiplier",
+        ),
     ]
     for kwargs, param in cases:
         with pytest.raises(openai.BadRequestError) as e:
@@ -232,23 +307,41 @@ def test_bad_requests_get_openai_errors_and_the_service_keeps_serving(client, se
 
 
 MALFORMED = {
-    "broken JSON": ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n' * 11
-                    + '{"messages": [\n', "line 12", "supervised"),
-    "tool message without a call": ('{"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "c1", '
-                                    '"content": "42"}, {"role": "assistant", "content": "yo"}]}\n', "line 1", "supervised"),
-    "weight not 0/1": ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", '
-                       '"weight": 2}]}\n', "line 1", "supervised"),
-    "DPO without non_preferred_output": ('{"input": {"messages": [{"role": "user", "content": "hi"}]}, '
-                                         '"preferred_output": [{"role": "assistant", "content": "yo"}]}\n', "line 1", "dpo"),
+    "broken JSON": (
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n' * 11
+        + '{"messages": [\n',
+        "line 12",
+        "supervised",
+    ),
+    "tool message without a call": (
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "c1", '
+        '"content": "42"}, {"role": "assistant", "content": "yo"}]}\n',
+        "line 1",
+        "supervised",
+    ),
+    "weight not 0/1": (
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "weight": 2}]}\n',
+        "line 1",
+        "supervised",
+    ),
+    "DPO without non_preferred_output": (
+        '{"input": {"messages": [{"role": "user", "content": "hi"}]}, '
+        '"preferred_output": [{"role": "assistant", "content": "yo"}]}\n',
+        "line 1",
+        "dpo",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_a_malformed_file_fails_the_job_naming_the_line(client, service, tmp_path, case):
     text, where, kind = MALFORMED[case]
-    good = ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n' if kind == "supervised"
-            else '{"input": {"messages": [{"role": "user", "content": "hi"}]}, "preferred_output": [{"role": "assistant", '
-                 '"content": "yo"}], "non_preferred_output": [{"role": "assistant", "content": "no"}]}\n')
+    good = (
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+        if kind == "supervised"
+        else '{"input": {"messages": [{"role": "user", "content": "hi"}]}, "preferred_output": [{"role": "assistant", '
+        '"content": "yo"}], "non_preferred_output": [{"role": "assistant", "content": "no"}]}\n'
+    )
     path = tmp_path / "bad.jsonl"
     path.write_text(text + good * 12 if where == "line 1" else text)
     f = upload(client, path)
@@ -302,8 +395,11 @@ def test_two_keys_see_nothing_of_each_other(tmp_path, tiny_model_dir, date_data)
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url, api_key="wrong-key-0123456789", max_retries=0).files.list()
         f = upload(alice, date_data["train"])
-        job = alice.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, method={
-            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 16}}})
+        job = alice.fine_tuning.jobs.create(
+            model=tiny_model_dir.name,
+            training_file=f.id,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 16}}},
+        )
         done = wait_for(alice, job.id)
         assert done.status == "succeeded", done.error
         ckpt = list(alice.fine_tuning.jobs.checkpoints.list(job.id))[0].fine_tuned_model_checkpoint
@@ -312,13 +408,19 @@ def test_two_keys_see_nothing_of_each_other(tmp_path, tiny_model_dir, date_data)
 
         assert bob.files.list().data == [] and bob.fine_tuning.jobs.list().data == []
         assert {m.id for m in bob.models.list()} == {tiny_model_dir.name}
-        refused = [lambda: bob.files.retrieve(f.id), lambda: bob.files.content(f.id), lambda: bob.files.delete(f.id),
-                   lambda: bob.fine_tuning.jobs.retrieve(job.id), lambda: bob.fine_tuning.jobs.cancel(job.id),
-                   lambda: bob.fine_tuning.jobs.list_events(job.id), lambda: bob.fine_tuning.jobs.checkpoints.list(job.id),
-                   lambda: bob.models.delete(done.fine_tuned_model),
-                   lambda: bob.chat.completions.create(model=done.fine_tuned_model, messages=ask, max_tokens=2),
-                   lambda: bob.chat.completions.create(model=ckpt, messages=ask, max_tokens=2),
-                   lambda: bob.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id)]
+        refused = [
+            lambda: bob.files.retrieve(f.id),
+            lambda: bob.files.content(f.id),
+            lambda: bob.files.delete(f.id),
+            lambda: bob.fine_tuning.jobs.retrieve(job.id),
+            lambda: bob.fine_tuning.jobs.cancel(job.id),
+            lambda: bob.fine_tuning.jobs.list_events(job.id),
+            lambda: bob.fine_tuning.jobs.checkpoints.list(job.id),
+            lambda: bob.models.delete(done.fine_tuned_model),
+            lambda: bob.chat.completions.create(model=done.fine_tuned_model, messages=ask, max_tokens=2),
+            lambda: bob.chat.completions.create(model=ckpt, messages=ask, max_tokens=2),
+            lambda: bob.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id),
+        ]
         for call in refused:
             with pytest.raises((openai.NotFoundError, openai.BadRequestError)) as e:
                 call()
@@ -338,8 +440,11 @@ def test_with_replay_the_events_count_the_steps_the_run_takes(tmp_path, tiny_mod
     try:
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
         f = upload(client, date_data["train"])
-        job = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=f.id, method={
-            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 16}}})
+        job = client.fine_tuning.jobs.create(
+            model=tiny_model_dir.name,
+            training_file=f.id,
+            method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 16}}},
+        )
         done = wait_for(client, job.id)
         assert done.status == "succeeded", done.error
         metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
@@ -367,7 +472,9 @@ def test_dashboard_in_a_real_browser_follows_a_job_and_shows_its_report(client, 
         page.click(f"tr.job[data-id='{job.id}']")
         page.wait_for_function("Number(document.getElementById('curve').dataset.points) >= 3")
         first = int(page.get_attribute("#curve", "data-points"))
-        page.wait_for_function(f"Number(document.getElementById('curve').dataset.points) > {first + 3}")  # growing, live
+        page.wait_for_function(
+            f"Number(document.getElementById('curve').dataset.points) > {first + 3}"
+        )  # growing, live
         assert wait_for(client, job.id).status == "succeeded"
         page.wait_for_function("document.getElementById('report').srcdoc.includes('<h2>')", timeout=30_000)
         report = page.frame_locator("#report")
@@ -398,8 +505,12 @@ def test_an_oversized_or_malformed_upload_is_refused_leaving_nothing(tmp_path, t
         with pytest.raises(openai.APIStatusError) as e:
             upload(client, big)
         assert e.value.status_code == 413 and e.value.body["code"] == "request_too_large"
-        request = urllib.request.Request(url + "/files", data=b"not a form", method="POST",
-                                         headers={"Content-Type": "multipart/form-data; boundary=x"})
+        request = urllib.request.Request(
+            url + "/files",
+            data=b"not a form",
+            method="POST",
+            headers={"Content-Type": "multipart/form-data; boundary=x"},
+        )
         with pytest.raises(urllib.error.HTTPError) as bad:
             urllib.request.urlopen(request, timeout=30)
         assert bad.value.code == 400 and "error" in json.loads(bad.value.read())

@@ -6,6 +6,7 @@ test calls its steps itself; the workers are real `tunesmith train` processes.""
 import time
 
 import pytest
+
 from tunesmith.service import build_service
 
 
@@ -19,8 +20,14 @@ def service(tmp_path, tiny_model_dir, date_data):
         file_id = http.post("/v1/files", files={"file": ("train.jsonl", f)}, data={"purpose": "fine-tune"}).json()["id"]
 
     def new_job() -> str:
-        job = http.post("/v1/fine_tuning/jobs", json={"model": tiny_model_dir.name, "training_file": file_id, "method": {
-            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 20, "batch_size": 8}}}}).json()
+        job = http.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": tiny_model_dir.name,
+                "training_file": file_id,
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 20, "batch_size": 8}}},
+            },
+        ).json()
         for validating in svc.store.jobs(None, ("validating_files",)):
             svc.scheduler._validate(validating)
         assert svc.store.job(job["id"])["status"] == "queued"
@@ -97,8 +104,11 @@ def test_turns_go_round_the_tenants_and_respect_their_limits():
 
     from tunesmith.service.scheduler import fair_turns
 
-    queue = [("alice", {"id": f"a{i}"}) for i in range(20)] + [("bob", {"id": "b0"})] + [("carol", {"id": f"c{i}"})
-                                                                                         for i in range(2)]
+    queue = (
+        [("alice", {"id": f"a{i}"}) for i in range(20)]
+        + [("bob", {"id": "b0"})]
+        + [("carol", {"id": f"c{i}"}) for i in range(2)]
+    )
     turns: dict = {}
     started = []
     for _ in range(6):  # one slot at a time, each job finishing before the next starts
@@ -107,8 +117,10 @@ def test_turns_go_round_the_tenants_and_respect_their_limits():
     assert started == ["a0", "b0", "c0", "a1", "c1", "a2"]
     two = fair_turns(queue, Counter(), 3, lambda t: 1 if t == "alice" else None, {})
     assert [j["id"] for j in two] == ["a0", "b0", "c0"]
-    assert fair_turns(queue, Counter({"alice": 1}), 2, lambda t: 1 if t == "alice" else None, {}) == \
-        [{"id": "b0"}, {"id": "c0"}]
+    assert fair_turns(queue, Counter({"alice": 1}), 2, lambda t: 1 if t == "alice" else None, {}) == [
+        {"id": "b0"},
+        {"id": "c0"},
+    ]
 
 
 def test_one_tenants_twenty_jobs_do_not_starve_anothers_one(tmp_path, tiny_model_dir, date_data):
@@ -120,16 +132,31 @@ def test_one_tenants_twenty_jobs_do_not_starve_anothers_one(tmp_path, tiny_model
     keys.write_text("alice-key-0123456789abcdef alice\nbob-key-0123456789abcdefgh bob\n")
     svc = build_service(tmp_path / "home", [str(tiny_model_dir)], keys_file=keys, precision="fp32")
     http = TestClient(svc.app)
-    auth = {name: {"Authorization": f"Bearer {name}-key-0123456789abcdef{'gh' if name == 'bob' else ''}"}
-            for name in ("alice", "bob")}
+    auth = {
+        name: {"Authorization": f"Bearer {name}-key-0123456789abcdef{'gh' if name == 'bob' else ''}"}
+        for name in ("alice", "bob")
+    }
     jobs = {}
     for name, count in (("alice", 20), ("bob", 1)):
         with date_data["train"].open("rb") as f:
-            file_id = http.post("/v1/files", files={"file": ("train.jsonl", f)}, data={"purpose": "fine-tune"},
-                                headers=auth[name]).json()["id"]
-        jobs[name] = [http.post("/v1/fine_tuning/jobs", headers=auth[name], json={
-            "model": tiny_model_dir.name, "training_file": file_id, "method": {"type": "supervised", "supervised": {
-                "hyperparameters": {"n_epochs": 20, "batch_size": 8}}}}).json()["id"] for _ in range(count)]
+            file_id = http.post(
+                "/v1/files", files={"file": ("train.jsonl", f)}, data={"purpose": "fine-tune"}, headers=auth[name]
+            ).json()["id"]
+        jobs[name] = [
+            http.post(
+                "/v1/fine_tuning/jobs",
+                headers=auth[name],
+                json={
+                    "model": tiny_model_dir.name,
+                    "training_file": file_id,
+                    "method": {
+                        "type": "supervised",
+                        "supervised": {"hyperparameters": {"n_epochs": 20, "batch_size": 8}},
+                    },
+                },
+            ).json()["id"]
+            for _ in range(count)
+        ]
     try:
         svc.scheduler.tick()  # validates every job, starts the oldest: Alice's first
         assert list(svc.scheduler.running) == [jobs["alice"][0]]

@@ -18,9 +18,17 @@ SPACE = {"train.lr": {"log_uniform": [1.0e-3, 3.0e-2]}, "adapter.r": {"choice": 
 
 
 def sweep_config(tmp_path, tiny_model_dir, date_data, max_steps=8, **sweep):
-    return write_config(tmp_path / "s.yaml", tiny_model_dir, date_data, tmp_path / "runs", name="sw",
-                        train={"max_steps": max_steps, "lr": 3e-3, "precision": "fp32", "log_every": 2},
-                        eval={"every": 2}, output={"save_every": 4, "keep": 1}, sweep={**SPACE, **sweep})
+    return write_config(
+        tmp_path / "s.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        name="sw",
+        train={"max_steps": max_steps, "lr": 3e-3, "precision": "fp32", "log_every": 2},
+        eval={"every": 2},
+        output={"save_every": 4, "keep": 1},
+        sweep={**SPACE, **sweep},
+    )
 
 
 def finished_trials(sweep_dir):
@@ -30,8 +38,14 @@ def finished_trials(sweep_dir):
 def test_a_killed_sweep_resumes_and_runs_no_trial_twice(tmp_path, tiny_model_dir, date_data):
     cfg = sweep_config(tmp_path, tiny_model_dir, date_data, max_steps=24, pruner="none")
     sweep_dir = tmp_path / "runs" / "sw"
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "sweep", str(cfg), "--trials", "4", "--quiet"],
-                            cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", "sweep", str(cfg), "--trials", "4", "--quiet"],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while len(finished_trials(sweep_dir)) < 2 or not list((sweep_dir / "trials").glob("trial-2/checkpoints/step-*")):
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:] if proc.poll() else "slow"
@@ -59,7 +73,10 @@ def test_a_killed_sweep_resumes_and_runs_no_trial_twice(tmp_path, tiny_model_dir
     best = result["best"]
     assert best["value"] == min(t["value"] for t in result["trials"] if t["state"] == "complete")
     best_cfg = yaml.safe_load((sweep_dir / "best.yaml").read_text())
-    assert best_cfg["train"]["lr"] == best["params"]["train.lr"] and best_cfg["adapter"]["r"] == best["params"]["adapter.r"]
+    assert (
+        best_cfg["train"]["lr"] == best["params"]["train.lr"]
+        and best_cfg["adapter"]["r"] == best["params"]["adapter.r"]
+    )
     again = cli(["train", str(sweep_dir / "best.yaml"), "--quiet"], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout)["val_loss"] == pytest.approx(best["value"], rel=1e-6)  # the best config reproduces

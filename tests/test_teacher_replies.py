@@ -12,7 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import cli_here, cli_env, read_jsonl
+from conftest import cli_env, cli_here, read_jsonl
 
 PROMPTS = [f"Question {i}?" for i in range(8)]
 
@@ -38,9 +38,20 @@ class Teacher(BaseHTTPRequestHandler):
         if n == 1:
             return self._send(429 if len(question) % 2 else 503, {"error": {"message": "busy"}}, {"Retry-After": "0"})
         time.sleep(self.delay)
-        self._send(200, {"object": "chat.completion", "model": body["model"],
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": f"Answer to {question}"},
-                                      "finish_reason": "stop"}]})
+        self._send(
+            200,
+            {
+                "object": "chat.completion",
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": f"Answer to {question}"},
+                        "finish_reason": "stop",
+                    }
+                ],
+            },
+        )
 
     def _send(self, status, payload, headers=None):
         data = json.dumps(payload).encode()
@@ -82,7 +93,13 @@ def test_every_prompt_answered_through_retries(tmp_path, server, prompts_file):
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert [r["prompt"] for r in rows] == PROMPTS
     assert all(r["completion"] == f"Answer to {r['prompt']}" for r in rows)
-    assert result == {"prompts": 8, "answered": 8, "empty_replies": 0, "already_answered": 0, "out": str(tmp_path / "out.jsonl")}
+    assert result == {
+        "prompts": 8,
+        "answered": 8,
+        "empty_replies": 0,
+        "already_answered": 0,
+        "out": str(tmp_path / "out.jsonl"),
+    }
     assert all(n == 2 for n in Teacher.seen.values())  # each failed once (429 or 503), then succeeded
 
 
@@ -98,8 +115,20 @@ def test_rate_limit_spaces_requests(tmp_path, server, prompts_file):
 
 def test_api_key_and_errors(tmp_path, server, prompts_file, monkeypatch):
     Teacher.key = "sekrit"
-    args = ["distill", "generate", "--teacher", server, "--teacher-model", "m", "--prompts", str(prompts_file),
-            "--out", str(tmp_path / "out.jsonl"), "--limit", "2"]
+    args = [
+        "distill",
+        "generate",
+        "--teacher",
+        server,
+        "--teacher-model",
+        "m",
+        "--prompts",
+        str(prompts_file),
+        "--out",
+        str(tmp_path / "out.jsonl"),
+        "--limit",
+        "2",
+    ]
     unset = cli_here(args + ["--api-key-env", "TEACHER_KEY"], tmp_path)
     assert unset.returncode == 2 and "--api-key-env TEACHER_KEY: that environment variable is not set" in unset.stderr
     wrong = cli_here(args + ["--api-key-env", "TEACHER_KEY"], tmp_path, env_extra={"TEACHER_KEY": "nope"})
@@ -110,16 +139,42 @@ def test_api_key_and_errors(tmp_path, server, prompts_file, monkeypatch):
     Teacher.key = None
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "bad request"}\n')
-    refused = cli_here(["distill", "generate", "--teacher", server, "--teacher-model", "m", "--prompts", str(bad),
-                   "--out", str(tmp_path / "o2.jsonl")], tmp_path)
+    refused = cli_here(
+        [
+            "distill",
+            "generate",
+            "--teacher",
+            server,
+            "--teacher-model",
+            "m",
+            "--prompts",
+            str(bad),
+            "--out",
+            str(tmp_path / "o2.jsonl"),
+        ],
+        tmp_path,
+    )
     assert refused.returncode == 2 and "HTTP 400" in refused.stderr  # not retried: the request itself is wrong
 
 
 def test_killed_run_resumes_without_losing_or_repeating_answers(tmp_path, server, prompts_file):
     Teacher.delay = 0.3
     out = tmp_path / "out.jsonl"
-    args = [sys.executable, "-m", "tunesmith", "distill", "generate", "--teacher", server, "--teacher-model", "m",
-            "--prompts", str(prompts_file), "--out", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "tunesmith",
+        "distill",
+        "generate",
+        "--teacher",
+        server,
+        "--teacher-model",
+        "m",
+        "--prompts",
+        str(prompts_file),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(tmp_path), cwd=tmp_path)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.is_file() or len(out.read_text().splitlines()) < 3):
@@ -129,8 +184,21 @@ def test_killed_run_resumes_without_losing_or_repeating_answers(tmp_path, server
     before = read_jsonl(out)
     assert 3 <= len(before) < len(PROMPTS)
     Teacher.delay = 0.0
-    again = cli_here(["distill", "generate", "--teacher", server, "--teacher-model", "m", "--prompts", str(prompts_file),
-                 "--out", str(out)], tmp_path)
+    again = cli_here(
+        [
+            "distill",
+            "generate",
+            "--teacher",
+            server,
+            "--teacher-model",
+            "m",
+            "--prompts",
+            str(prompts_file),
+            "--out",
+            str(out),
+        ],
+        tmp_path,
+    )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["already_answered"] == len(before)
     rows = read_jsonl(out)
@@ -144,13 +212,30 @@ def test_local_teacher_and_the_student_trains_on_its_replies(tmp_path, tiny_mode
     from tunesmith.config import load_config
     from tunesmith.run import train
 
-    result = cli_here(["distill", "generate", "--teacher", str(tiny_model_dir), "--prompts", str(prompts_file),
-                  "--out", str(tmp_path / "replies.jsonl"), "--max-tokens", "12"], tmp_path)
+    result = cli_here(
+        [
+            "distill",
+            "generate",
+            "--teacher",
+            str(tiny_model_dir),
+            "--prompts",
+            str(prompts_file),
+            "--out",
+            str(tmp_path / "replies.jsonl"),
+            "--max-tokens",
+            "12",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     rows = read_jsonl(tmp_path / "replies.jsonl")
     assert len(rows) == summary["answered"] and summary["answered"] + summary["empty_replies"] == 8
-    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, {"train": tmp_path / "replies.jsonl",
-                                                             "val": tmp_path / "replies.jsonl"},
-                       tmp_path / "runs", train={"max_steps": 3})
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        {"train": tmp_path / "replies.jsonl", "val": tmp_path / "replies.jsonl"},
+        tmp_path / "runs",
+        train={"max_steps": 3},
+    )
     assert train(load_config(cfg), quiet=True)["steps"] == 3

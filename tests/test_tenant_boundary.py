@@ -15,13 +15,17 @@ from conftest import cli_env, start_server
 openai = pytest.importorskip("openai")
 
 KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdefgh"}
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None,
-                                 reason="needs Debian's bubblewrap (apt-get install bubblewrap), as .ci/run installs it")
+needs_bwrap = pytest.mark.skipif(
+    shutil.which("bwrap") is None,
+    reason="needs Debian's bubblewrap (apt-get install bubblewrap), as .ci/run installs it",
+)
 
 
 def reinforcement_file(tmp_path):
-    rows = [{"messages": [{"role": "user", "content": f"Write the number {i} in digits."}], "reference_answer": str(i)}
-            for i in range(12)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"Write the number {i} in digits."}], "reference_answer": str(i)}
+        for i in range(12)
+    ]
     path = tmp_path / "rft.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -67,11 +71,35 @@ def live(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("boundary")
     keys, tenants, home = root / "keys.txt", root / "tenants.yaml", root / "home"
     keys.write_text("".join(f"{k} {name}\n" for name, k in KEYS.items()))
-    tenants.write_text("tenants:\n  alice: {python_graders: true, endpoint_graders: true, api_key_envs: [GRADER_KEY]}\n")
+    tenants.write_text(
+        "tenants:\n  alice: {python_graders: true, endpoint_graders: true, api_key_envs: [GRADER_KEY]}\n"
+    )
     env = {**cli_env(root), "SERVER_SECRET": "s3cr3t-of-the-server", "GRADER_KEY": "key-for-alices-grader"}
-    line, proc = start_server(["service", "--port", "0", "--home", str(home), "--model", str(tiny_model_dir), "--precision",
-                               "fp32", "--probe-limit", "0", "--max-tokens", "16", "--workers", "2",
-                               "--api-keys-file", str(keys), "--tenants", str(tenants)], root, env)
+    line, proc = start_server(
+        [
+            "service",
+            "--port",
+            "0",
+            "--home",
+            str(home),
+            "--model",
+            str(tiny_model_dir),
+            "--precision",
+            "fp32",
+            "--probe-limit",
+            "0",
+            "--max-tokens",
+            "16",
+            "--workers",
+            "2",
+            "--api-keys-file",
+            str(keys),
+            "--tenants",
+            str(tenants),
+        ],
+        root,
+        env,
+    )
     url = line.split(" at ")[1].split()[0]
     clients = {n: openai.OpenAI(base_url=url, api_key=k, max_retries=0, timeout=60) for n, k in KEYS.items()}
     yield {"url": url, "proc": proc, "home": home, "base": tiny_model_dir.name, "root": root, **clients}
@@ -82,8 +110,14 @@ def live(tmp_path_factory, tiny_model_dir):
 def grader_job(client, live, grader, epochs=1):
     with reinforcement_file(live["root"]).open("rb") as f:
         uploaded = client.files.create(file=("rft.jsonl", f), purpose="fine-tune")
-    return client.fine_tuning.jobs.create(model=live["base"], training_file=uploaded.id, method={
-        "type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {"n_epochs": epochs, "batch_size": 4}}})
+    return client.fine_tuning.jobs.create(
+        model=live["base"],
+        training_file=uploaded.id,
+        method={
+            "type": "reinforcement",
+            "reinforcement": {"grader": grader, "hyperparameters": {"n_epochs": epochs, "batch_size": 4}},
+        },
+    )
 
 
 def wait_for(client, job_id, timeout=240):
@@ -97,7 +131,11 @@ def wait_for(client, job_id, timeout=240):
 
 
 def python_grader(name, body):
-    return {"type": "python", "name": name, "source": f"import os, socket\ndef grade(sample, item):\n{body}\n    return 1.0\n"}
+    return {
+        "type": "python",
+        "name": name,
+        "source": f"import os, socket\ndef grade(sample, item):\n{body}\n    return 1.0\n",
+    }
 
 
 @needs_bwrap
@@ -109,20 +147,29 @@ def test_hostile_python_graders_are_denied_and_fail_their_job(live):
     listener = Listener()
     try:
         jobs = {
-            "keys": (python_grader("keys", f"    open({str(home / 'service.db')!r}, 'rb').read()"), "FileNotFoundError"),
+            "keys": (
+                python_grader("keys", f"    open({str(home / 'service.db')!r}, 'rb').read()"),
+                "FileNotFoundError",
+            ),
             "home": (python_grader("home", f"    os.listdir({str(home)!r})"), "FileNotFoundError"),
-            "net": (python_grader("net", f"    socket.create_connection(('127.0.0.1', {listener.port}), timeout=3)"),
-                    "ConnectionRefusedError"),
-            "write": (python_grader("write", f"    open({marker!r}, 'w').write('x')"),
-                      "Read-only file system"),
+            "net": (
+                python_grader("net", f"    socket.create_connection(('127.0.0.1', {listener.port}), timeout=3)"),
+                "ConnectionRefusedError",
+            ),
+            "write": (python_grader("write", f"    open({marker!r}, 'w').write('x')"), "Read-only file system"),
         }
         # the sandbox is no blanket refusal: an honest grader in the same service trains; and its
         # config must say bubblewrap before a fork bomb is let near this machine
-        honest = grader_job(alice, live, python_grader("honest", "    int(sample['output_text'] == item['reference_answer'])"))
+        honest = grader_job(
+            alice, live, python_grader("honest", "    int(sample['output_text'] == item['reference_answer'])")
+        )
         assert wait_for(alice, honest.id).status == "succeeded"
         assert "sandbox: bubblewrap" in (home / "jobs" / honest.id / "config.yaml").read_text()
         if os.geteuid() == 0:  # the sandbox's own user, and with it the process limit, needs a service run by root
-            jobs["fork"] = (python_grader("fork", "    while True:\n        os.fork()"), "Resource temporarily unavailable")
+            jobs["fork"] = (
+                python_grader("fork", "    while True:\n        os.fork()"),
+                "Resource temporarily unavailable",
+            )
         started = {name: grader_job(alice, live, grader) for name, (grader, _) in jobs.items()}
         for name, job in started.items():
             done = wait_for(alice, job.id)
@@ -139,19 +186,68 @@ def test_hostile_python_graders_are_denied_and_fail_their_job(live):
 def test_graders_beyond_a_tenants_policy_are_refused_with_400(live):
     bob, alice = live["bob"], live["alice"]
     cases = [
-        (bob, python_grader("mine", "    pass"), "grader 'mine' is a python grader (code); tenant 'bob' may not run code "
-                                                "graders on this server", "python_graders: true"),
-        (bob, {"type": "score_model", "name": "judge", "model": "gpt-4o", "base_url": "http://127.0.0.1:9/v1",
-               "input": [{"role": "user", "content": "{{sample.output_text}}"}]},
-         "grader 'judge' calls an endpoint", "endpoint_graders: true"),
-        (alice, {"type": "score_model", "name": "leak", "model": "m", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "HOME",
-                 "input": [{"role": "user", "content": "{{sample.output_text}}"}]},
-         "grader 'leak': api_key_env 'HOME' is not a variable tenant 'alice' may use", "api_key_envs"),
-        (alice, {"type": "multi", "name": "m", "calculate_output": "a", "graders": {"a": {
-            "type": "score_model", "name": "a", "model": "m", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "SERVER_SECRET",
-            "input": [{"role": "user", "content": "x"}]}}}, "api_key_env 'SERVER_SECRET'", "api_key_envs"),
-        (alice, {"type": "score_model", "name": "other", "model": str(live["home"] / "runs"),
-                 "input": [{"role": "user", "content": "x"}]}, "is not a model this server grades with", "base models"),
+        (
+            bob,
+            python_grader("mine", "    pass"),
+            "grader 'mine' is a python grader (code); tenant 'bob' may not run code graders on this server",
+            "python_graders: true",
+        ),
+        (
+            bob,
+            {
+                "type": "score_model",
+                "name": "judge",
+                "model": "gpt-4o",
+                "base_url": "http://127.0.0.1:9/v1",
+                "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+            },
+            "grader 'judge' calls an endpoint",
+            "endpoint_graders: true",
+        ),
+        (
+            alice,
+            {
+                "type": "score_model",
+                "name": "leak",
+                "model": "m",
+                "base_url": "http://127.0.0.1:9/v1",
+                "api_key_env": "HOME",
+                "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+            },
+            "grader 'leak': api_key_env 'HOME' is not a variable tenant 'alice' may use",
+            "api_key_envs",
+        ),
+        (
+            alice,
+            {
+                "type": "multi",
+                "name": "m",
+                "calculate_output": "a",
+                "graders": {
+                    "a": {
+                        "type": "score_model",
+                        "name": "a",
+                        "model": "m",
+                        "base_url": "http://127.0.0.1:9/v1",
+                        "api_key_env": "SERVER_SECRET",
+                        "input": [{"role": "user", "content": "x"}],
+                    }
+                },
+            },
+            "api_key_env 'SERVER_SECRET'",
+            "api_key_envs",
+        ),
+        (
+            alice,
+            {
+                "type": "score_model",
+                "name": "other",
+                "model": str(live["home"] / "runs"),
+                "input": [{"role": "user", "content": "x"}],
+            },
+            "is not a model this server grades with",
+            "base models",
+        ),
     ]
     for client, grader, message, setting in cases:
         with pytest.raises(openai.BadRequestError) as e:
@@ -168,8 +264,14 @@ def test_an_endpoint_grader_gets_its_allowed_key_and_the_worker_nothing_else(liv
     alice = live["alice"]
     listener = Listener()
     try:
-        grader = {"type": "score_model", "name": "judge", "model": "judge-model", "api_key_env": "GRADER_KEY",
-                  "base_url": f"http://127.0.0.1:{listener.port}/v1", "input": [{"role": "user", "content": "{{sample.output_text}}"}]}
+        grader = {
+            "type": "score_model",
+            "name": "judge",
+            "model": "judge-model",
+            "api_key_env": "GRADER_KEY",
+            "base_url": f"http://127.0.0.1:{listener.port}/v1",
+            "input": [{"role": "user", "content": "{{sample.output_text}}"}],
+        }
         job = grader_job(alice, live, grader, epochs=40)
         environ = None
         deadline = time.time() + 120
@@ -213,7 +315,10 @@ def test_the_local_tenant_may_use_any_grader_variable_without_a_policy_file(tmp_
     from tunesmith.service import build_service
 
     local = build_service(tmp_path / "a", [str(tiny_model_dir)])
-    assert local.scheduler.policy_of("local").may_read("ANY_VARIABLE") and local.scheduler.policy_of("local").python_graders
+    assert (
+        local.scheduler.policy_of("local").may_read("ANY_VARIABLE")
+        and local.scheduler.policy_of("local").python_graders
+    )
     keys = tmp_path / "keys.txt"
     keys.write_text(f"{KEYS['alice']} alice\n")
     shared = build_service(tmp_path / "b", [str(tiny_model_dir)], keys_file=keys)
@@ -240,12 +345,18 @@ def test_a_tenants_stored_bytes_are_limited_and_an_upload_past_it_leaves_nothing
     tenants.write_text("tenants:\n  alice: {max_stored_mb: 1}\n")
     svc = build_service(tmp_path / "home", [str(tiny_model_dir)], keys_file=keys, tenants_file=tenants)
     http = TestClient(svc.app)
-    line = json.dumps({"messages": [{"role": "user", "content": "q" * 200}, {"role": "assistant", "content": "a"}]}) + "\n"
+    line = (
+        json.dumps({"messages": [{"role": "user", "content": "q" * 200}, {"role": "assistant", "content": "a"}]}) + "\n"
+    )
     body = (line * (600_000 // len(line))).encode()
 
     def put(tenant):
-        return http.post("/v1/files", files={"file": ("t.jsonl", body)}, data={"purpose": "fine-tune"},
-                         headers={"Authorization": f"Bearer {KEYS[tenant]}"})
+        return http.post(
+            "/v1/files",
+            files={"file": ("t.jsonl", body)},
+            data={"purpose": "fine-tune"},
+            headers={"Authorization": f"Bearer {KEYS[tenant]}"},
+        )
 
     assert put("alice").status_code == 200
     refused = put("alice")

@@ -31,6 +31,7 @@ ADAM = {"learning_rate": LR, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_
 
 # --- the losses, by hand ----------------------------------------------------------------------------
 
+
 def _grad(fn, logps, inputs, config=None):
     x = torch.tensor(logps, dtype=torch.float64, requires_grad=True)
     loss = fn(x, {k: torch.tensor(v, dtype=torch.float64) for k, v in inputs.items()}, config or {})
@@ -54,8 +55,12 @@ def test_each_loss_and_its_gradient_equal_values_computed_by_hand():
     loss, grad = _grad(token_losses.ppo, lp, {"logprobs": q, "advantages": adv})
     assert loss == pytest.approx(-(1.2 * 2.0 + 0.8 * -1.0 + 1.0 * 0.5))
     assert grad == pytest.approx([0.0, 0.0, -0.5])
-    loss, grad = _grad(token_losses.ppo, lp, {"logprobs": q, "advantages": adv}, {"clip_low_threshold": 0.5,
-                                                                                  "clip_high_threshold": 1.5})
+    loss, grad = _grad(
+        token_losses.ppo,
+        lp,
+        {"logprobs": q, "advantages": adv},
+        {"clip_low_threshold": 0.5, "clip_high_threshold": 1.5},
+    )
     assert grad == pytest.approx([-r[0] * 2.0, r[1] * 1.0, -0.5])  # wider bounds: nothing clipped
 
     # CISPO: the clipped ratio is a constant weight on log p
@@ -89,8 +94,9 @@ def test_a_policy_loss_moves_the_model_as_cross_entropy_weighted_by_its_own_toke
     model = ClientLoopModel(ModelSpec(str(tiny_model_dir), rank=4, train_unembed=False, precision="fp32"))
     tokens = [5, 9, 12, 7, 3, 22, 4]
     targets = np.array(tokens[1:] + [2], dtype=np.int64)
-    probe, _ = model.forward_backward([Datum(tokens, {"target_tokens": targets, "weights": np.ones(7, np.float32)})],
-                                      "cross_entropy", forward=True)
+    probe, _ = model.forward_backward(
+        [Datum(tokens, {"target_tokens": targets, "weights": np.ones(7, np.float32)})], "cross_entropy", forward=True
+    )
     logp = probe[0].astype(np.float64)
     q = logp + np.array([0.3, -0.3, 0.0, 0.1, -0.05, 0.25, -0.4])  # ratios exp(logp - q) both sides of the clip
     adv = np.array([-1.0, 1.0, 0.5, -0.5, 2.0, -1.0, 1.0])  # tokens 0, 1, 5, 6 clipped; 2, 3, 4 not
@@ -123,9 +129,16 @@ def test_a_request_larger_than_one_pass_gives_one_passs_losses_and_gradient(tiny
     data = []
     for n in rng.integers(6, 30, size=12):
         tokens = [int(t) for t in rng.integers(3, 200, size=n)]
-        data.append(Datum(tokens, {"target_tokens": np.array(tokens[1:] + [2], dtype=np.int64),
-                                   "logprobs": rng.normal(-3, 0.2, n).astype(np.float32),
-                                   "advantages": rng.normal(0, 1, n).astype(np.float32)}))
+        data.append(
+            Datum(
+                tokens,
+                {
+                    "target_tokens": np.array(tokens[1:] + [2], dtype=np.int64),
+                    "logprobs": rng.normal(-3, 0.2, n).astype(np.float32),
+                    "advantages": rng.normal(0, 1, n).astype(np.float32),
+                },
+            )
+        )
     model = client_loop.ClientLoopModel(client_loop.ModelSpec(str(tiny_model_dir), rank=4, precision="fp32"))
 
     def run(budget):
@@ -157,20 +170,25 @@ def test_cross_entropy_over_k_candidates_per_position_sums_each_candidates_own_t
     model = ClientLoopModel(ModelSpec(str(tiny_model_dir), rank=4, precision="fp32"))
     tokens = [5, 9, 12, 7, 3]
     candidates = np.array([[9, 4, 30], [12, 2, 8], [7, 7, 1], [3, 50, 6], [2, 11, 19]], dtype=np.int64)
-    weights = np.array([[0.6, 0.3, 0.1], [1.0, 0.0, 0.0], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6], [0.9, 0.05, 0.05]],
-                       dtype=np.float32)
-    [both], metrics = model.forward_backward([Datum(tokens, {"target_tokens": candidates, "weights": weights})],
-                                             "cross_entropy", forward=True)
+    weights = np.array(
+        [[0.6, 0.3, 0.1], [1.0, 0.0, 0.0], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6], [0.9, 0.05, 0.05]], dtype=np.float32
+    )
+    [both], metrics = model.forward_backward(
+        [Datum(tokens, {"target_tokens": candidates, "weights": weights})], "cross_entropy", forward=True
+    )
     assert both.shape == (5, 3)
     for k in range(3):
-        [alone], _ = model.forward_backward([Datum(tokens, {"target_tokens": candidates[:, k].copy(),
-                                                            "weights": np.ones(5, np.float32)})],
-                                            "cross_entropy", forward=True)
+        [alone], _ = model.forward_backward(
+            [Datum(tokens, {"target_tokens": candidates[:, k].copy(), "weights": np.ones(5, np.float32)})],
+            "cross_entropy",
+            forward=True,
+        )
         np.testing.assert_allclose(both[:, k], alone, rtol=1e-5)
     assert metrics["loss:sum"] == pytest.approx(float(-(both * weights).sum()), rel=1e-5)
 
 
 # --- a live service ---------------------------------------------------------------------------------
+
 
 def start(home, model_dir):
     from test_service import start_service
@@ -208,11 +226,16 @@ def batch(date_data, tiny_model_dir):
     examples = load_examples(str(date_data["train"]))[:BATCH]
     encoded = [encode_example(tokenizer, e, 256, "all_assistant", True) for e in examples]
     trained = sum(sum(label != IGNORE for label in enc.labels[1:]) for enc in encoded)
-    datums = [types.Datum(model_input=types.ModelInput.from_ints(enc.input_ids[:-1]),
-                          loss_fn_inputs={"target_tokens": np.array(enc.input_ids[1:], dtype=np.int64),
-                                          "weights": np.array([(label != IGNORE) / trained for label in enc.labels[1:]],
-                                                              dtype=np.float32)})
-              for enc in encoded]
+    datums = [
+        types.Datum(
+            model_input=types.ModelInput.from_ints(enc.input_ids[:-1]),
+            loss_fn_inputs={
+                "target_tokens": np.array(enc.input_ids[1:], dtype=np.int64),
+                "weights": np.array([(label != IGNORE) / trained for label in enc.labels[1:]], dtype=np.float32),
+            },
+        )
+        for enc in encoded
+    ]
     train_file = date_data["train"].parent / "first16.jsonl"
     train_file.write_text("".join(line + "\n" for line in date_data["train"].read_text().splitlines()[:BATCH]))
     return {"datums": datums, "file": train_file, "tokenizer": tokenizer}
@@ -237,17 +260,31 @@ def tuned(live, batch):
     return {"service": service, "training": training, "losses": losses, "sampler": sampler_path}
 
 
-def test_a_supervised_loop_through_the_client_gives_tunesmith_trains_losses_step_by_step(tuned, batch, tiny_model_dir,
-                                                                                          tmp_path):
+def test_a_supervised_loop_through_the_client_gives_tunesmith_trains_losses_step_by_step(
+    tuned, batch, tiny_model_dir, tmp_path
+):
     losses = tuned["losses"]
     assert losses[-1] < 0.7 * losses[0], losses  # it learned (measured: 6.26 -> 3.42)
-    config = write_config(tmp_path / "run.yaml", tiny_model_dir, {"train": batch["file"], "val": batch["file"]},
-                          tmp_path / "runs",
-                          adapter={"type": "lora", "r": RANK, "alpha": 32.0, "targets": TARGETS},
-                          data={"train": [{"path": str(batch["file"])}], "max_length": 256},
-                          train={"max_steps": STEPS, "batch_size": BATCH, "lr": LR, "schedule": "constant", "warmup": 0,
-                                 "max_grad_norm": None, "weight_decay": 0.0, "precision": "fp32", "log_every": 1},
-                          eval={"generate_every": 1000})
+    config = write_config(
+        tmp_path / "run.yaml",
+        tiny_model_dir,
+        {"train": batch["file"], "val": batch["file"]},
+        tmp_path / "runs",
+        adapter={"type": "lora", "r": RANK, "alpha": 32.0, "targets": TARGETS},
+        data={"train": [{"path": str(batch["file"])}], "max_length": 256},
+        train={
+            "max_steps": STEPS,
+            "batch_size": BATCH,
+            "lr": LR,
+            "schedule": "constant",
+            "warmup": 0,
+            "max_grad_norm": None,
+            "weight_decay": 0.0,
+            "precision": "fp32",
+            "log_every": 1,
+        },
+        eval={"generate_every": 1000},
+    )
     done = cli(["train", str(config)], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
@@ -265,30 +302,49 @@ def test_a_saved_sampler_answers_as_the_tuned_model_in_generate_and_on_the_chat_
     tokenizer = batch["tokenizer"]
     question = "What is the date 3 days after 2024-02-27?"
     prompt = prompt_ids(tokenizer, [{"role": "user", "content": question}], None)  # as `tunesmith generate` builds it
-    result = sampler.sample(types.ModelInput.from_ints(list(prompt)), num_samples=1,
-                            sampling_params=types.SamplingParams(max_tokens=24, temperature=0.0)).result()
+    result = sampler.sample(
+        types.ModelInput.from_ints(list(prompt)),
+        num_samples=1,
+        sampling_params=types.SamplingParams(max_tokens=24, temperature=0.0),
+    ).result()
     tokens = result.sequences[0].tokens
     assert len(result.sequences[0].logprobs) == len(tokens)
     # compute_logprobs: the sampler's log-probabilities of a text are the trained model's own
     scored = list(prompt) + tokens
     logprobs = sampler.compute_logprobs(types.ModelInput.from_ints(scored)).result()
     assert len(logprobs) == len(scored) and logprobs[0] is None
-    forward = tuned["training"].forward([types.Datum(model_input=types.ModelInput.from_ints(scored[:-1]), loss_fn_inputs={
-        "target_tokens": np.array(scored[1:], dtype=np.int64), "weights": np.zeros(len(scored) - 1, np.float32)})],
-        "cross_entropy").result()
+    forward = (
+        tuned["training"]
+        .forward(
+            [
+                types.Datum(
+                    model_input=types.ModelInput.from_ints(scored[:-1]),
+                    loss_fn_inputs={
+                        "target_tokens": np.array(scored[1:], dtype=np.int64),
+                        "weights": np.zeros(len(scored) - 1, np.float32),
+                    },
+                )
+            ],
+            "cross_entropy",
+        )
+        .result()
+    )
     np.testing.assert_allclose(logprobs[1:], forward.loss_fn_outputs[0]["logprobs"].data, atol=1e-4)
-    np.testing.assert_allclose(result.sequences[0].logprobs, logprobs[len(prompt):], atol=1e-4)
+    np.testing.assert_allclose(result.sequences[0].logprobs, logprobs[len(prompt) :], atol=1e-4)
     reply = tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
-    folder = live["home"] / "tinker" / tuned["sampler"][len("tinker://"):].split("/")[0] / "sampler_weights" / "step20"
-    generated = cli(["generate", str(folder), "--prompt", question, "--max-new-tokens", "24", "--precision", "fp32"], tmp_path)
+    folder = live["home"] / "tinker" / tuned["sampler"][len("tinker://") :].split("/")[0] / "sampler_weights" / "step20"
+    generated = cli(
+        ["generate", str(folder), "--prompt", question, "--max-new-tokens", "24", "--precision", "fp32"], tmp_path
+    )
     assert generated.returncode == 0, generated.stderr[-2000:]
     assert generated.stdout.strip() == reply
 
     chat = openai.OpenAI(base_url=live["url"] + "/v1", api_key=KEY_A, max_retries=0)
     [model] = [m.id for m in chat.models.list() if m.id.startswith(f"ft:{live['base']}:step20:")]
-    answer = chat.chat.completions.create(model=model, messages=[{"role": "user", "content": question}], max_tokens=24,
-                                          temperature=0)
+    answer = chat.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0
+    )
     assert answer.choices[0].message.content.strip() == reply
     other = openai.OpenAI(base_url=live["url"] + "/v1", api_key=KEY_B, max_retries=0)
     assert model not in [m.id for m in other.models.list()]  # the sampler is its tenant's model
@@ -302,7 +358,8 @@ def test_another_tenant_cannot_see_train_or_load_what_is_not_its_own(tuned, live
         rest.get_training_run(model_id).result()
     with pytest.raises(Exception, match="no such checkpoint"):
         other.create_sampling_client(model_path=tuned["sampler"]).result().sample(
-            types.ModelInput.from_ints([1, 2]), 1, types.SamplingParams(max_tokens=2)).result()
+            types.ModelInput.from_ints([1, 2]), 1, types.SamplingParams(max_tokens=2)
+        ).result()
     runs = tinker.RestClient(base_url=live["url"], api_key=KEY_A).list_training_runs().result()
     assert model_id in [r.training_run_id for r in runs.training_runs]
     assert model_id not in [r.training_run_id for r in rest.list_training_runs().result().training_runs]
@@ -310,15 +367,22 @@ def test_another_tenant_cannot_see_train_or_load_what_is_not_its_own(tuned, live
 
 def test_a_bad_request_fails_its_own_future_and_the_service_keeps_serving(tuned, batch):
     training = tuned["training"]
-    bad = types.Datum(model_input=types.ModelInput.from_ints([1, 2, 3]),
-                      loss_fn_inputs={"target_tokens": np.array([2, 3, 4]), "weights": np.ones(3, np.float32)})
+    bad = types.Datum(
+        model_input=types.ModelInput.from_ints([1, 2, 3]),
+        loss_fn_inputs={"target_tokens": np.array([2, 3, 4]), "weights": np.ones(3, np.float32)},
+    )
     with pytest.raises(Exception, match="needs loss_fn_inputs logprobs, advantages"):
         training.forward_backward([bad], "ppo").result()
     with pytest.raises(Exception, match="vocabulary"):
-        training.forward_backward([types.Datum(model_input=types.ModelInput.from_ints([1, 10**6]),
-                                               loss_fn_inputs={"target_tokens": np.array([2, 3]),
-                                                               "weights": np.ones(2, np.float32)})],
-                                  "cross_entropy").result()
+        training.forward_backward(
+            [
+                types.Datum(
+                    model_input=types.ModelInput.from_ints([1, 10**6]),
+                    loss_fn_inputs={"target_tokens": np.array([2, 3]), "weights": np.ones(2, np.float32)},
+                )
+            ],
+            "cross_entropy",
+        ).result()
     out = training.forward_backward(batch["datums"][:2], "cross_entropy").result()  # still serving, in order
     assert len(out.loss_fn_outputs) == 2 and math.isfinite(out.metrics["loss:sum"])
 

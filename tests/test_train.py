@@ -14,8 +14,15 @@ from tunesmith.run import train
 @pytest.mark.parametrize("adapter", [{"type": "none"}, {"type": "lora", "r": 8, "alpha": 16}])
 def test_training_lowers_loss(tmp_path, tiny_model_dir, date_data, adapter):
     lr = 3e-3 if adapter["type"] == "none" else 1e-2
-    cfg_path = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                            adapter=adapter, train={"max_steps": 30, "lr": lr}, eval={"every": 30})
+    cfg_path = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        adapter=adapter,
+        train={"max_steps": 30, "lr": lr},
+        eval={"every": 30},
+    )
     summary = train(load_config(cfg_path), quiet=True)
     records = read_jsonl(tmp_path / "runs" / "tiny" / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, 31))
@@ -54,8 +61,14 @@ def test_gradient_accumulation_matches_a_large_batch(tiny_model_dir, date_data, 
     from tunesmith.methods.sft import SFT
     from tunesmith.model.load import load_base
 
-    cfg = validate_config({"name": "x", "data": {"train": "unused.jsonl"}, "train": {"max_steps": 1, "lr": 1e-2},
-                           "adapter": {"type": "none"}})
+    cfg = validate_config(
+        {
+            "name": "x",
+            "data": {"train": "unused.jsonl"},
+            "train": {"max_steps": 1, "lr": 1e-2},
+            "adapter": {"type": "none"},
+        }
+    )
     method = SFT(cfg)
     feats = [method.features(e, tokenizer) for e in load_examples(date_data["train"])[:8]]
     results = []
@@ -65,7 +78,9 @@ def test_gradient_accumulation_matches_a_large_batch(tiny_model_dir, date_data, 
         opt = torch.optim.SGD(params, lr=1.0)  # plain SGD: the update is the gradient itself
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         micro = [method.collate(f, tokenizer) for f in split]
-        totals = train_step(model, method, micro, params, opt, sched, cfg.train.max_grad_norm, "fp32", torch.device("cpu"))
+        totals = train_step(
+            model, method, micro, params, opt, sched, cfg.train.max_grad_norm, "fp32", torch.device("cpu")
+        )
         assert totals.items == sum(b["n_items"] for b in micro)
         results.append((totals.loss / totals.items, totals.grad_norm, model.lm_head.weight.detach().clone()))
     (loss_a, norm_a, w_a), (loss_b, norm_b, w_b) = results
@@ -74,9 +89,14 @@ def test_gradient_accumulation_matches_a_large_batch(tiny_model_dir, date_data, 
 
 
 def test_epochs_instead_of_steps_and_val_fraction(tmp_path, tiny_model_dir, date_data):
-    cfg_path = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                            data={"train": [{"path": str(date_data["train"])}], "val": None, "val_fraction": 0.25},
-                            train={"max_steps": None, "epochs": 1, "batch_size": 8})
+    cfg_path = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        data={"train": [{"path": str(date_data["train"])}], "val": None, "val_fraction": 0.25},
+        train={"max_steps": None, "epochs": 1, "batch_size": 8},
+    )
     summary = train(load_config(cfg_path), quiet=True)
     assert summary["steps"] == 9  # 96 examples, 24 held out for validation, 72 / 8
 
@@ -128,15 +148,28 @@ def test_truncation_policy_truncate_or_drop(tmp_path, tiny_model_dir, date_data,
     from tunesmith.data.records import load_examples
     from tunesmith.methods.sft import SFT
 
-    lengths = sorted(len(SFT(load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "r")))
-                         .features(e, tokenizer)["input_ids"]) for e in load_examples(date_data["train"]))
+    lengths = sorted(
+        len(
+            SFT(load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "r"))).features(
+                e, tokenizer
+            )["input_ids"]
+        )
+        for e in load_examples(date_data["train"])
+    )
     cut = lengths[len(lengths) // 2]  # about half the examples are longer than this
     longer = sum(n > cut for n in lengths)
     assert 0 < longer < len(lengths)
     counts = {}
     for policy in ("truncate", "drop"):
-        cfg = load_config(write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "r",
-                                       data={"max_length": cut, "truncation": policy}))
+        cfg = load_config(
+            write_config(
+                tmp_path / "c.yaml",
+                tiny_model_dir,
+                date_data,
+                tmp_path / "r",
+                data={"max_length": cut, "truncation": policy},
+            )
+        )
         method = SFT(cfg)
         kept = [f for f in (method.features(e, tokenizer) for e in load_examples(date_data["train"])) if f is not None]
         assert all(len(f["input_ids"]) <= cut for f in kept)
@@ -164,8 +197,13 @@ def test_a_token_budget_splits_passes_without_changing_the_run(tmp_path, tiny_mo
     monkeypatch.setattr(passes, "split_by_tokens", lambda *a: parts.append(len(split(*a))) or split(*a))
     curves = []
     for budget in (0, 64):  # 0: no limit
-        cfg_path = write_config(tmp_path / f"{budget}.yaml", tiny_model_dir, date_data, tmp_path / str(budget),
-                                train={"max_steps": 4, "max_tokens_per_pass": budget})
+        cfg_path = write_config(
+            tmp_path / f"{budget}.yaml",
+            tiny_model_dir,
+            date_data,
+            tmp_path / str(budget),
+            train={"max_steps": 4, "max_tokens_per_pass": budget},
+        )
         train(load_config(cfg_path), quiet=True)
         curves.append([r["loss"] for r in read_jsonl(tmp_path / str(budget) / "tiny" / "metrics.jsonl")])
     assert parts[:4] == [1] * 4 and min(parts[4:]) > 1  # the second run made several passes per step

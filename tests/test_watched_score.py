@@ -15,8 +15,15 @@ WATCHED = {"every": 2, "generate_every": 2, "generate_limit": 16, "max_new_token
 
 
 def config(tmp_path, tiny_model_dir, date_data, max_steps=60, **sections):
-    return write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs",
-                        train={"max_steps": max_steps, "lr": 1e-2}, adapter={"type": "none"}, **sections)
+    return write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        train={"max_steps": max_steps, "lr": 1e-2},
+        adapter={"type": "none"},
+        **sections,
+    )
 
 
 def evaluations(run_dir, metric):
@@ -25,8 +32,10 @@ def evaluations(run_dir, metric):
 
 def test_early_stopping_counts_evaluations_without_improvement():
     stop = EarlyStop("val_exact_match", patience=2, min_delta=0.05, state=None)
-    seen = [stop.update(step, {"val_exact_match": v}) for step, v in ((2, 0.1), (4, 0.3), (6, 0.33), (8, 0.5),
-                                                                      (10, 0.52), (12, 0.4))]
+    seen = [
+        stop.update(step, {"val_exact_match": v})
+        for step, v in ((2, 0.1), (4, 0.3), (6, 0.33), (8, 0.5), (10, 0.52), (12, 0.4))
+    ]
     assert seen[:5] == [None] * 5 and "since step 8" in seen[5]  # 0.33 and 0.52 are within min_delta
     loss = EarlyStop("val_loss", patience=1, min_delta=0.0, state=None)
     assert loss.update(2, {"val_loss": 2.0}) is None and loss.update(4, {"val_loss": 1.5}) is None
@@ -34,8 +43,12 @@ def test_early_stopping_counts_evaluations_without_improvement():
 
 
 def test_generate_every_logs_task_scores_and_early_stopping_ends_the_run(tmp_path, tiny_model_dir, date_data):
-    cfg = config(tmp_path, tiny_model_dir, date_data,
-                 eval={**WATCHED, "early_stopping": {"metric": "val_token_f1", "patience": 3}})
+    cfg = config(
+        tmp_path,
+        tiny_model_dir,
+        date_data,
+        eval={**WATCHED, "early_stopping": {"metric": "val_token_f1", "patience": 3}},
+    )
     summary = train(load_config(cfg), quiet=True)
     run_dir = tmp_path / "runs" / "tiny"
     scores = evaluations(run_dir, "val_token_f1")
@@ -56,8 +69,7 @@ def test_keep_best_makes_the_best_scored_weights_the_final_model(tmp_path, tiny_
     from tunesmith.eval.task import evaluate_task
     from tunesmith.model.load import load_tokenizer
 
-    cfg = config(tmp_path, tiny_model_dir, date_data, eval=WATCHED, max_steps=24,
-                 output={"keep_best": "val_token_f1"})
+    cfg = config(tmp_path, tiny_model_dir, date_data, eval=WATCHED, max_steps=24, output={"keep_best": "val_token_f1"})
     summary = train(load_config(cfg), quiet=True)
     run_dir = tmp_path / "runs" / "tiny"
     scores = evaluations(run_dir, "val_token_f1")
@@ -70,8 +82,14 @@ def test_keep_best_makes_the_best_scored_weights_the_final_model(tmp_path, tiny_
     assert all(state[k].equal(v) for k, v in kept.items())
     report = (run_dir / "report.md").read_text()
     assert f"the final model is step {best_step}'s weights, the best val_token_f1" in report
-    rescored = evaluate_task(final, load_tokenizer(run_dir / "final"), load_examples(date_data["val"])[:16],
-                             label="final", max_new_tokens=12, latency_samples=0)
+    rescored = evaluate_task(
+        final,
+        load_tokenizer(run_dir / "final"),
+        load_examples(date_data["val"])[:16],
+        label="final",
+        max_new_tokens=12,
+        latency_samples=0,
+    )
     assert rescored["scores"]["token_f1"]["mean"] == pytest.approx(best_value)
 
 
@@ -86,10 +104,15 @@ def test_a_watched_score_the_run_does_not_measure_is_named(tmp_path, tiny_model_
 def test_scoring_during_training_leaves_the_trajectory_unchanged(tmp_path, tiny_model_dir, date_data):
     losses = {}
     for watched in (False, True):
-        cfg = write_config(tmp_path / f"c{watched}.yaml", tiny_model_dir, date_data, tmp_path / f"runs{watched}",
-                           train={"max_steps": 8, "lr": 1e-2, "log_every": 1, "precision": "fp32"},
-                           adapter={"type": "lora", "dropout": 0.1},  # dropout draws from the RNG every step
-                           eval=WATCHED if watched else {"every": 2})
+        cfg = write_config(
+            tmp_path / f"c{watched}.yaml",
+            tiny_model_dir,
+            date_data,
+            tmp_path / f"runs{watched}",
+            train={"max_steps": 8, "lr": 1e-2, "log_every": 1, "precision": "fp32"},
+            adapter={"type": "lora", "dropout": 0.1},  # dropout draws from the RNG every step
+            eval=WATCHED if watched else {"every": 2},
+        )
         train(load_config(cfg), quiet=True)
         records = read_jsonl(tmp_path / f"runs{watched}" / "tiny" / "metrics.jsonl")
         assert watched == any("val_token_f1" in r for r in records)

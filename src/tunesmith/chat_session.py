@@ -18,8 +18,15 @@ from tunesmith.data.tool_format import parse_reply
 from tunesmith.eval.generate import Sampling, generate_ids
 
 
-def stream_reply(model, tokenizer, messages: list[dict], sampling: Sampling, write=sys.stdout.write, flush=sys.stdout.flush,
-                 tools: list[dict] | None = None) -> str:
+def stream_reply(
+    model,
+    tokenizer,
+    messages: list[dict],
+    sampling: Sampling,
+    write=sys.stdout.write,
+    flush=sys.stdout.flush,
+    tools: list[dict] | None = None,
+) -> str:
     """Generate one reply, writing text pieces as soon as they decode; returns the whole reply."""
     from transformers import TextIteratorStreamer
 
@@ -48,8 +55,15 @@ def assistant_turn(reply: str, tools: list[dict] | None, count: int) -> dict:
     return {"role": "assistant", "content": read.content, "tool_calls": calls}
 
 
-def chat_loop(model, tokenizer, sampling: Sampling, system: str | None = None, console: Console | None = None,
-              read=input, tools: list[dict] | None = None) -> list[dict]:
+def chat_loop(
+    model,
+    tokenizer,
+    sampling: Sampling,
+    system: str | None = None,
+    console: Console | None = None,
+    read=input,
+    tools: list[dict] | None = None,
+) -> list[dict]:
     console = console or Console(stderr=True, soft_wrap=True)
     base = [{"role": "system", "content": system}] if system else []
     history = list(base)

@@ -17,14 +17,14 @@ import shutil
 from rich.console import Console
 
 from tunesmith.config import RunConfig, set_key, validate_config
-from tunesmith.runtime.precision import inference_dtype
 from tunesmith.errors import UserError
-from tunesmith.run.evaluate import score_baselines, score_endpoint_baselines, write_json
 from tunesmith.forgetting.reference import BaseReference
 from tunesmith.model.resolve import resolve
 from tunesmith.phases import phase
 from tunesmith.report.build import write_report
 from tunesmith.run import train, train_sources, validate_inputs
+from tunesmith.run.evaluate import score_baselines, score_endpoint_baselines, write_json
+from tunesmith.runtime.precision import inference_dtype
 
 
 def variant_configs(cfg: RunConfig, source: str = "config") -> dict[str, RunConfig]:
@@ -84,8 +84,9 @@ def run_compare(cfg: RunConfig, *, source: str = "config", console: Console | No
             shutil.rmtree(out_dir, ignore_errors=True)  # nothing finished: leave nothing behind
         raise
     with phase("report", console):
-        report = write_report(out_dir, runs, baselines_dir=out_dir, primary=cfg.eval.primary,
-                              title=f"tunesmith compare: {cfg.name}")
+        report = write_report(
+            out_dir, runs, baselines_dir=out_dir, primary=cfg.eval.primary, title=f"tunesmith compare: {cfg.name}"
+        )
     result = {"run_dir": str(out_dir), "report": str(report), "variants": {n: str(d) for n, d in runs}}
     write_json(out_dir / "compare.json", result)
     result["summary"] = json.loads((out_dir / "report.json").read_text())

@@ -34,13 +34,19 @@ def machine() -> dict:
         cpu, flags = fields.get("model name", cpu), set(fields.get("flags", "").split())
     # a model name such as "AMD EPYC" hides the generation; family and model do not (AMD: 25 Zen 3/4, 26 Zen 5)
     generation = {k: int(fields[k]) for k in ("cpu family", "model") if fields.get(k, "").isdigit()}
-    return {"platform": platform.platform(), "cpu": cpu, "cpu_family": generation.get("cpu family"),
-            "cpu_model": generation.get("model"), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "cpu_flags": [f for f in CPU_FLAGS if f in flags],
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "kernel_limits": {k: os.environ[k] for k in KERNEL_LIMITS if k in os.environ},
-            "auto_precision": resolve_precision("auto", device()),
-            **(gpu() if torch.cuda.is_available() else {})}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_family": generation.get("cpu family"),
+        "cpu_model": generation.get("model"),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "kernel_limits": {k: os.environ[k] for k in KERNEL_LIMITS if k in os.environ},
+        "auto_precision": resolve_precision("auto", device()),
+        **(gpu() if torch.cuda.is_available() else {}),
+    }
 
 
 def gpu() -> dict:
@@ -87,9 +93,13 @@ def commit(also: tuple[Path, ...] = ()) -> str | None:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *map(str, also)],
-                               cwd=here,
-                               capture_output=True, text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *map(str, also)],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return None
     return head.stdout.strip() + ("+dirty" if dirty else "")
@@ -97,8 +107,13 @@ def commit(also: tuple[Path, ...] = ()) -> str | None:
 
 def provenance(also: tuple[Path, ...] = ()) -> dict:
     m = machine()
-    return {"machine": m, "machine_tag": machine_tag(m), "commit": commit(also), "versions": versions(),
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    return {
+        "machine": m,
+        "machine_tag": machine_tag(m),
+        "commit": commit(also),
+        "versions": versions(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
 
 
 def write_results(directory: Path, name: str, table: dict, seconds: float | None = None) -> Path:
@@ -108,6 +123,9 @@ def write_results(directory: Path, name: str, table: dict, seconds: float | None
 
     where = provenance()
     out = directory / f"{name}-{where['machine_tag']}.json"
-    atomic.write_text(out, json.dumps({"provenance": where, "total_minutes": seconds / 60 if seconds else None,
-                                       "table": table}, indent=1) + "\n")
+    atomic.write_text(
+        out,
+        json.dumps({"provenance": where, "total_minutes": seconds / 60 if seconds else None, "table": table}, indent=1)
+        + "\n",
+    )
     return out

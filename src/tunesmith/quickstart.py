@@ -15,8 +15,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from tunesmith import atomic
-from tunesmith import phases
+from tunesmith import atomic, phases
 from tunesmith.compare import run_compare
 from tunesmith.config import apply_override, validate_config
 from tunesmith.provenance import provenance
@@ -46,11 +45,29 @@ def quickstart_config(workdir: Path, name: str, model: str, max_steps: int, test
         "model": model,
         "method": "sft",
         "adapter": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"},
-        "data": {"train": [{"path": str(data / "train.jsonl"), "weight": 1.0}], "val": str(data / "val.jsonl"), "max_length": 256},
-        "train": {"max_steps": max_steps, "batch_size": 8, "grad_accum": 1, "lr": LR, "schedule": "cosine",
-                  "warmup": 0.05, "seed": 0, "precision": "auto", "log_every": 10},
-        "eval": {"every": 50, "test": str(data / "test.jsonl"), "limit": test_limit, "max_new_tokens": MAX_NEW_TOKENS,
-                 "shots": SHOTS},
+        "data": {
+            "train": [{"path": str(data / "train.jsonl"), "weight": 1.0}],
+            "val": str(data / "val.jsonl"),
+            "max_length": 256,
+        },
+        "train": {
+            "max_steps": max_steps,
+            "batch_size": 8,
+            "grad_accum": 1,
+            "lr": LR,
+            "schedule": "cosine",
+            "warmup": 0.05,
+            "seed": 0,
+            "precision": "auto",
+            "log_every": 10,
+        },
+        "eval": {
+            "every": 50,
+            "test": str(data / "test.jsonl"),
+            "limit": test_limit,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "shots": SHOTS,
+        },
         "forgetting": {"probe": True, "probe_limit": PROBE_QUESTIONS},
         "output": {"dir": str(workdir / "runs"), "save_every": None, "keep": 1},
         "compare": {"variants": {"lora": {}, "lora-replay": {"forgetting.replay": REPLAY}}},
@@ -66,9 +83,15 @@ def _free_name(runs: Path, base: str) -> str:
     return name
 
 
-def run_quickstart(workdir: Path, model: str = "smollm2-135m-instruct", max_steps: int = MAX_STEPS,
-                   test_limit: int | None = None, console: Console | None = None, out: Console | None = None,
-                   overrides: list[str] | None = None) -> dict:
+def run_quickstart(
+    workdir: Path,
+    model: str = "smollm2-135m-instruct",
+    max_steps: int = MAX_STEPS,
+    test_limit: int | None = None,
+    console: Console | None = None,
+    out: Console | None = None,
+    overrides: list[str] | None = None,
+) -> dict:
     console, out = console or Console(stderr=True, soft_wrap=True), out or Console(soft_wrap=True)
     t0 = time.perf_counter()
     name = _free_name(workdir / "runs", "dates")
@@ -79,15 +102,22 @@ def run_quickstart(workdir: Path, model: str = "smollm2-135m-instruct", max_step
     splits = write_splits(workdir / "data", n_test=TEST_EXAMPLES)
     config_path = workdir / f"{name}.yaml"
     atomic.write_text(config_path, yaml.safe_dump(tree, sort_keys=False))
-    console.print(f"[bold]quickstart[/bold]: task data in {splits['train'].parent}, config {config_path} "
-                  f"(the same as: tunesmith compare {config_path})")
+    console.print(
+        f"[bold]quickstart[/bold]: task data in {splits['train'].parent}, config {config_path} "
+        f"(the same as: tunesmith compare {config_path})"
+    )
     with phases.collect() as times:
         result = run_compare(cfg, source=str(config_path), console=console)
     report = result.pop("summary")
     minutes = (time.perf_counter() - t0) / 60
-    result.update(task="dates: extract a date and write it as YYYY-MM-DD", model=model, total_minutes=round(minutes, 2),
-                  phases=times, provenance=provenance(),
-                  tables={k: report[k] for k in ("task", "forgetting", "training", "recommendation")})
+    result.update(
+        task="dates: extract a date and write it as YYYY-MM-DD",
+        model=model,
+        total_minutes=round(minutes, 2),
+        phases=times,
+        provenance=provenance(),
+        tables={k: report[k] for k in ("task", "forgetting", "training", "recommendation")},
+    )
     atomic.write_text(Path(result["run_dir"]) / "quickstart.json", json.dumps(result, indent=2))
     show(report, out)
     show_phases(times, out)
@@ -103,21 +133,34 @@ def show(report: dict, out: Console) -> None:
     for col in ("model", report["primary"], "95% CI", "prompt tokens / request", "latency ms / request"):
         task.add_column(col)
     for r in report["task"]:
-        task.add_row(r["label"], f"{r['score']:.1%}", f"{r['lo']:.1%} – {r['hi']:.1%}", f"{r['prompt_tokens']:.0f}", f"{r['latency_ms']:.0f}")
+        task.add_row(
+            r["label"],
+            f"{r['score']:.1%}",
+            f"{r['lo']:.1%} – {r['hi']:.1%}",
+            f"{r['prompt_tokens']:.0f}",
+            f"{r['latency_ms']:.0f}",
+        )
     out.print(task)
     if report["forgetting"]:
         f = Table(title="forgetting: general QA and drift, base vs tuned")
         for col in ("model", "QA base", "QA tuned", "change (95% CI)", "verdict", "drift NLL increase"):
             f.add_column(col)
         for r in report["forgetting"]:
-            f.add_row(r["label"], f"{r['qa_base']:.1%}", f"{r['qa_tuned']:.1%}",
-                      f"{r['qa_change'] * 100:+.1f} ({r['qa_change_lo'] * 100:+.1f} to {r['qa_change_hi'] * 100:+.1f})",
-                      r.get("verdict", "–"), f"{r['drift_increase']:+.3f}")
+            f.add_row(
+                r["label"],
+                f"{r['qa_base']:.1%}",
+                f"{r['qa_tuned']:.1%}",
+                f"{r['qa_change'] * 100:+.1f} ({r['qa_change_lo'] * 100:+.1f} to {r['qa_change_hi'] * 100:+.1f})",
+                r.get("verdict", "–"),
+                f"{r['drift_increase']:+.3f}",
+            )
         out.print(f)
         f0 = report["forgetting"][0]
         if "floor_qa" in f0:
-            out.print(f"noise floor: the base model at batch {f0['floor_batch_sizes'][0]} and {f0['floor_batch_sizes'][1]} "
-                      f"answers {f0['floor_qa_flipped']} of {f0['qa_items']} questions differently ({f0['floor_qa']:.1%})")
+            out.print(
+                f"noise floor: the base model at batch {f0['floor_batch_sizes'][0]} and {f0['floor_batch_sizes'][1]} "
+                f"answers {f0['floor_qa_flipped']} of {f0['qa_items']} questions differently ({f0['floor_qa']:.1%})"
+            )
     out.print(report["recommendation"]["text"])
     for line in report["recommendation"].get("details", []):
         out.print(f"  {line}")

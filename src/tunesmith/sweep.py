@@ -77,8 +77,10 @@ def _score(summary: dict, run_dir: Path, metric: str) -> float:
         return float(best["value"])
     values = [r[metric] for r in read_metrics(run_dir / "metrics.jsonl") if metric in r]
     if not values:
-        raise UserError(f"sweep.metric {metric}: the trial logged no such score (it has "
-                        f"{', '.join(sorted({k for r in read_metrics(run_dir / 'metrics.jsonl') for k in r if k.startswith('val_')}))})")
+        raise UserError(
+            f"sweep.metric {metric}: the trial logged no such score (it has "
+            f"{', '.join(sorted({k for r in read_metrics(run_dir / 'metrics.jsonl') for k in r if k[:4] == 'val_'}))})"
+        )
     return float(values[-1])
 
 
@@ -87,20 +89,31 @@ def _study(cfg: RunConfig, path: Path, space: dict):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.sweep
-    pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2),
-              "hyperband": lambda: optuna.pruners.HyperbandPruner(),
-              "none": lambda: optuna.pruners.NopPruner()}[s.pruner]()
-    study = optuna.create_study(study_name=cfg.name, storage=f"sqlite:///{path}", load_if_exists=True, pruner=pruner,
-                                direction="minimize" if lower_is_better(s.metric) else "maximize")
+    pruner = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }[s.pruner]()
+    study = optuna.create_study(
+        study_name=cfg.name,
+        storage=f"sqlite:///{path}",
+        load_if_exists=True,
+        pruner=pruner,
+        direction="minimize" if lower_is_better(s.metric) else "maximize",
+    )
     # seeded past the trials already in the study: a resumed sweep draws new points, not the first ones again
     seed = s.seed + len(study.trials)
-    study.sampler = optuna.samplers.TPESampler(seed=seed) if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
+    study.sampler = (
+        optuna.samplers.TPESampler(seed=seed) if s.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed)
+    )
     recorded = study.user_attrs.get("space")
     if recorded is None:
         study.set_user_attr("space", space)
     elif recorded != space:
-        raise UserError(f"{path}: this study searched another space (sweep: {recorded}); "
-                        "give the sweep a new name (--set name=...) or restore its sweep: section")
+        raise UserError(
+            f"{path}: this study searched another space (sweep: {recorded}); "
+            "give the sweep a new name (--set name=...) or restore its sweep: section"
+        )
     return study
 
 
@@ -125,27 +138,34 @@ def _requeue_interrupted(study) -> None:
         interrupted.add(t.number)
         study.set_user_attr("interrupted", sorted(interrupted))
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"run_name": t.user_attrs.get("run_name", f"trial-{t.number}")},
-                            skip_if_exists=False)
+        study.enqueue_trial(
+            t.params, user_attrs={"run_name": t.user_attrs.get("run_name", f"trial-{t.number}")}, skip_if_exists=False
+        )
 
 
 def _done(study) -> int:
     from optuna.trial import TrialState
 
     interrupted = set(study.user_attrs.get("interrupted", []))
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and t.number not in interrupted))
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (t.state == TrialState.FAIL and t.number not in interrupted)
+    )
 
 
-def run_sweep(cfg: RunConfig, trials: int, *, source: str = "config", console: Console | None = None,
-              quiet: bool = False) -> dict:
+def run_sweep(
+    cfg: RunConfig, trials: int, *, source: str = "config", console: Console | None = None, quiet: bool = False
+) -> dict:
     import optuna
     from optuna.trial import TrialState
 
     console = console or Console(stderr=True, soft_wrap=True)
     if cfg.sweep is None or not cfg.sweep.params:
-        raise UserError(f"{source}: sweep: give the search space, e.g. sweep: {{train.lr: {{log_uniform: [1.0e-5, 1.0e-3]}}}}")
+        raise UserError(
+            f"{source}: sweep: give the search space, e.g. sweep: {{train.lr: {{log_uniform: [1.0e-5, 1.0e-3]}}}}"
+        )
     for corner in _corners(cfg.sweep.params):  # a bad key or value fails now, not at trial 7
         validate_inputs(trial_config(cfg, corner, "check"))
     out_dir = cfg.run_dir()
@@ -166,9 +186,11 @@ def run_sweep(cfg: RunConfig, trials: int, *, source: str = "config", console: C
             resume = run_dir.exists() and bool(list_checkpoints(run_dir / "checkpoints"))
             if run_dir.exists() and not resume:
                 shutil.rmtree(run_dir)  # an interrupted trial that saved no checkpoint starts again
-            console.print(f"[bold]{name}[/bold] ({_done(study) + 1} of {trials}): "
-                          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-                          + (" (resumed)" if resume else ""))
+            console.print(
+                f"[bold]{name}[/bold] ({_done(study) + 1} of {trials}): "
+                + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+                + (" (resumed)" if resume else "")
+            )
 
             def report(step: int, record: dict, trial=trial) -> None:
                 if metric in record:
@@ -202,13 +224,29 @@ def _finish(cfg: RunConfig, study, out_dir: Path) -> dict:
         if t.number in interrupted:
             continue  # its run went on in the trial queued for it
         last = max(t.intermediate_values) if t.intermediate_values else None
-        rows.append({"trial": t.number, "run": t.user_attrs.get("run_name"), "state": t.state.name.lower(),
-                     "value": t.value, "params": t.params, "steps": t.user_attrs.get("steps", last),
-                     "error": t.user_attrs.get("error")})
+        rows.append(
+            {
+                "trial": t.number,
+                "run": t.user_attrs.get("run_name"),
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "params": t.params,
+                "steps": t.user_attrs.get("steps", last),
+                "error": t.user_attrs.get("error"),
+            }
+        )
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    result = {"name": cfg.name, "metric": cfg.sweep.metric, "direction": study.direction.name.lower(),
-              "sampler": cfg.sweep.sampler, "pruner": cfg.sweep.pruner, "space": study.user_attrs["space"],
-              "trials": rows, "best": None, "importance": {}}
+    result = {
+        "name": cfg.name,
+        "metric": cfg.sweep.metric,
+        "direction": study.direction.name.lower(),
+        "sampler": cfg.sweep.sampler,
+        "pruner": cfg.sweep.pruner,
+        "space": study.user_attrs["space"],
+        "trials": rows,
+        "best": None,
+        "importance": {},
+    }
     plots = {}
     if complete:
         best = study.best_trial
@@ -217,15 +255,29 @@ def _finish(cfg: RunConfig, study, out_dir: Path) -> dict:
         tree["output"]["dir"] = cfg.output.dir
         best_path = out_dir / "best.yaml"
         atomic.write_text(best_path, validate_config(tree, "best trial").to_yaml())
-        result["best"] = {"trial": best.number, "run": best.user_attrs["run_name"], "value": best.value,
-                          "params": best.params, "config": str(best_path)}
+        result["best"] = {
+            "trial": best.number,
+            "run": best.user_attrs["run_name"],
+            "value": best.value,
+            "params": best.params,
+            "config": str(best_path),
+        }
         result["importance"], plot = _importance(study, out_dir / "plots" / "sweep-importance.png")
         if plot:
             plots["importance"] = plot
     atomic.write_text(out_dir / "sweep.json", json.dumps(result, indent=2))
     runs = [(t.user_attrs["run_name"], out_dir / "trials" / t.user_attrs["run_name"]) for t in complete]
-    result["report"] = str(write_report(out_dir, runs, baselines_dir=None, primary=cfg.eval.primary,
-                                        title=f"tunesmith sweep: {cfg.name}", sweep=result, extra_plots=plots))
+    result["report"] = str(
+        write_report(
+            out_dir,
+            runs,
+            baselines_dir=None,
+            primary=cfg.eval.primary,
+            title=f"tunesmith sweep: {cfg.name}",
+            sweep=result,
+            extra_plots=plots,
+        )
+    )
     return result
 
 

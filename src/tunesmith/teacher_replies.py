@@ -52,8 +52,15 @@ def generate_replies(teacher, prompts_path: str | Path, out: Path, limit: int | 
         kept = [(p, r) for p, r in zip(chunk, replies) if r.strip()]
         empty += len(chunk) - len(kept)  # nothing to learn from; a restart asks again
         if kept:
-            append_durably(out, [{"prompt": prompt_field(p), "completion": r, "teacher": teacher.name} for p, r in kept])
+            append_durably(
+                out, [{"prompt": prompt_field(p), "completion": r, "teacher": teacher.name} for p, r in kept]
+            )
         if progress is not None:
             progress(len(chunk))
-    return {"prompts": len(prompts), "answered": len(todo) - empty, "empty_replies": empty,
-            "already_answered": skipped, "out": str(out)}
+    return {
+        "prompts": len(prompts),
+        "answered": len(todo) - empty,
+        "empty_replies": empty,
+        "already_answered": skipped,
+        "out": str(out),
+    }

@@ -15,7 +15,9 @@ import numpy as np
 from llama_cpp import Llama
 
 job = json.load(sys.stdin)
-llm = Llama(model_path=job["model"], n_ctx=job.get("n_ctx", 512), n_threads=2, verbose=False, logits_all=job["mode"] == "logits")
+llm = Llama(
+    model_path=job["model"], n_ctx=job.get("n_ctx", 512), n_threads=2, verbose=False, logits_all=job["mode"] == "logits"
+)
 out = []
 for prompt in job["prompts"]:
     llm.reset()
@@ -24,8 +26,11 @@ for prompt in job["prompts"]:
         out.append(reply["choices"][0]["message"]["content"])
         continue
     if job["mode"] == "tokenize":
-        out.append(llm.tokenize(prompt.encode("utf-8"), add_bos=llm.metadata.get("tokenizer.ggml.add_bos_token") == "true",
-                                 special=True))
+        out.append(
+            llm.tokenize(
+                prompt.encode("utf-8"), add_bos=llm.metadata.get("tokenizer.ggml.add_bos_token") == "true", special=True
+            )
+        )
         continue
     if job["mode"] == "logits":
         llm.eval(prompt)

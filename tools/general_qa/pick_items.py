@@ -37,7 +37,9 @@ def answer_all(model_ref: str, items: list[dict]) -> dict[str, list[float]]:
 
     out = {}
     for precision in dict.fromkeys(p for p, _ in RUNS):
-        model, tokenizer = load_for_inference(model_ref, dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[precision])
+        model, tokenizer = load_for_inference(
+            model_ref, dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+        )
         for p, batch in RUNS:
             if p == precision:
                 answers = qa_answers(model, tokenizer, items, batch_size=batch)
@@ -75,18 +77,30 @@ def main() -> int:
     n_unknown = round(len(known) * args.wrong_share / (1 - args.wrong_share))
     pool = [{**q, "base": "wrong"} for q, bad in zip(candidates, wrong) if bad]
     if len(pool) < n_unknown:
-        sys.exit(f"{args.candidates}: only {len(pool)} candidates the base model gets wrong every time; "
-                 f"{n_unknown} needed for a share of {args.wrong_share}: add harder questions")
+        sys.exit(
+            f"{args.candidates}: only {len(pool)} candidates the base model gets wrong every time; "
+            f"{n_unknown} needed for a share of {args.wrong_share}: add harder questions"
+        )
     chosen = interleave(known, pool[:n_unknown], every=round((1 - args.wrong_share) / args.wrong_share))
     args.out.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in chosen))
-    record = {**provenance(), "model": args.model, "candidates": len(candidates), "runs": list(runs),
-              "known": len(known), "unknown": n_unknown, "unknown_available": len(pool),
-              "unstable": len(candidates) - sum(right) - sum(wrong),
-              "per_candidate": [{"question": q["question"], **{k: r[i] for k, r in runs.items()}}
-                                for i, q in enumerate(candidates)]}
+    record = {
+        **provenance(),
+        "model": args.model,
+        "candidates": len(candidates),
+        "runs": list(runs),
+        "known": len(known),
+        "unknown": n_unknown,
+        "unknown_available": len(pool),
+        "unstable": len(candidates) - sum(right) - sum(wrong),
+        "per_candidate": [
+            {"question": q["question"], **{k: r[i] for k, r in runs.items()}} for i, q in enumerate(candidates)
+        ],
+    }
     (HERE / "selection.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
-    print(f"{args.out}: {len(known)} known and {n_unknown} unknown of {len(candidates)} candidates "
-          f"({record['unstable']} left out: right in some runs, wrong in others)")
+    print(
+        f"{args.out}: {len(known)} known and {n_unknown} unknown of {len(candidates)} candidates "
+        f"({record['unstable']} left out: right in some runs, wrong in others)"
+    )
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tunesmith.cli import training, models, preparation, service  # noqa: F401  (their commands join the app, in this order in --help)
+from tunesmith.cli import models, preparation, service, training  # noqa: F401  (their commands join the app, in this order in --help)
 from tunesmith.cli.app import app, err
 from tunesmith.errors import RunFailed, Stopped, UserError
 
@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("TUNESMITH_DEBUG"):
             raise
         first = str(e).splitlines()[0] if str(e) else ""
-        err.print(f"error: {type(e).__name__}: {first} (set TUNESMITH_DEBUG=1 for the traceback)",
-                  markup=False, highlight=False, soft_wrap=True)
+        err.print(
+            f"error: {type(e).__name__}: {first} (set TUNESMITH_DEBUG=1 for the traceback)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(1)

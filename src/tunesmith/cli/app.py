@@ -21,8 +21,10 @@ err = Console(stderr=True, soft_wrap=True)
 
 # Help texts list the values the code accepts, read from where they are defined.
 PRECISION_HELP = " | ".join(PRECISIONS)
-KV_BUDGET_HELP = ("KV cache for all replies in flight, in MB; a request whose prompt plus max_tokens cannot fit "
-                  "gets 400, others wait their turn (default: a quarter of the free memory)")
+KV_BUDGET_HELP = (
+    "KV cache for all replies in flight, in MB; a request whose prompt plus max_tokens cannot fit "
+    "gets 400, others wait their turn (default: a quarter of the free memory)"
+)
 MAX_ROWS_HELP = "replies decoding together in one batch (the rest wait in order)"
 DEFAULT_MAX_QUEUE = 128
 DEFAULT_MAX_ROWS = 32

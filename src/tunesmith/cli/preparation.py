@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, get_args
+from typing import get_args
 
 import typer
 
@@ -14,7 +14,6 @@ from tunesmith.config import TrainOn
 from tunesmith.data.layouts import FORMATS
 from tunesmith.errors import UserError
 from tunesmith.model.student import STRATEGIES
-
 
 student_app = typer.Typer(help="Smaller students of a model, for distillation.", no_args_is_help=True)
 app.add_typer(student_app, name="student")
@@ -33,29 +32,46 @@ def student_create(
     print(json.dumps(create_student(teacher, layers, out, strategy), indent=2))
 
 
-distill_app = typer.Typer(help="Sequence-level distillation data: a teacher's replies to your prompts.", no_args_is_help=True)
+distill_app = typer.Typer(
+    help="Sequence-level distillation data: a teacher's replies to your prompts.", no_args_is_help=True
+)
 app.add_typer(distill_app, name="distill")
 
 
 @distill_app.command("generate")
 def distill_generate(
-    teacher: str = typer.Option(..., "--teacher", help="model reference, or an OpenAI-compatible base URL (http(s)://.../v1)"),
-    prompts: Path = typer.Option(..., "--prompts", help="prompts (prompt records, or chat data: the part before its last reply)"),
-    out: Path = typer.Option(..., "--out", help="JSONL of {prompt, completion}, appended to; a restart skips prompts answered there"),
-    teacher_model: Optional[str] = typer.Option(None, "--teacher-model", help="endpoint: the model name to ask for"),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="endpoint: environment variable holding the API key"),
+    teacher: str = typer.Option(
+        ..., "--teacher", help="model reference, or an OpenAI-compatible base URL (http(s)://.../v1)"
+    ),
+    prompts: Path = typer.Option(
+        ..., "--prompts", help="prompts (prompt records, or chat data: the part before its last reply)"
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="JSONL of {prompt, completion}, appended to; a restart skips prompts answered there"
+    ),
+    teacher_model: str | None = typer.Option(None, "--teacher-model", help="endpoint: the model name to ask for"),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", help="endpoint: environment variable holding the API key"
+    ),
     max_tokens: int = typer.Option(512, min=1, help="longest reply"),
-    rpm: Optional[float] = typer.Option(None, min=0.001, help="endpoint: at most this many requests a minute"),
+    rpm: float | None = typer.Option(None, min=0.001, help="endpoint: at most this many requests a minute"),
     retries: int = typer.Option(6, min=0, help="endpoint: retries of a failed request (exponential backoff)"),
-    limit: Optional[int] = typer.Option(None, min=1, help="only the first N prompts"),
+    limit: int | None = typer.Option(None, min=1, help="only the first N prompts"),
 ):
     """A teacher answers prompts; the answers are SFT data for a student (then: tunesmith train)."""
     from tunesmith.eval.endpoint import ChatEndpoint
     from tunesmith.teacher_replies import LocalTeacher, generate_replies
 
     if teacher.startswith(("http://", "https://")):
-        source = ChatEndpoint(teacher, teacher_model or "", api_key_env, max_tokens=max_tokens, retries=retries, rpm=rpm,
-                              options=("--teacher-model", "--api-key-env"))
+        source = ChatEndpoint(
+            teacher,
+            teacher_model or "",
+            api_key_env,
+            max_tokens=max_tokens,
+            retries=retries,
+            rpm=rpm,
+            options=("--teacher-model", "--api-key-env"),
+        )
     else:
         if teacher_model or api_key_env or rpm:
             raise UserError("--teacher-model, --api-key-env and --rpm are for an endpoint (--teacher http(s)://...)")
@@ -74,24 +90,28 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("inspect")
 def data_inspect(
-    path: Optional[str] = typer.Argument(None, help="data file, saved dataset folder, hub dataset id, or "
-                                                     "LLaMA-Factory's dataset_info.json (with --dataset)"),
+    path: str | None = typer.Argument(
+        None,
+        help="data file, saved dataset folder, hub dataset id, or LLaMA-Factory's dataset_info.json (with --dataset)",
+    ),
     model: str = typer.Option("smollm2-135m-instruct", help="model whose tokenizer and chat template render the data"),
     format: str = typer.Option("auto", help=" | ".join(FORMATS)),
-    dataset: Optional[str] = typer.Option(None, help="LLaMA-Factory: the dataset of the dataset_info.json at PATH"),
-    config: Optional[Path] = typer.Option(None, help="inspect every training source of this run config, as the run "
-                                                    "reads it (its model, options, train_on)"),
+    dataset: str | None = typer.Option(None, help="LLaMA-Factory: the dataset of the dataset_info.json at PATH"),
+    config: Path | None = typer.Option(
+        None,
+        help="inspect every training source of this run config, as the run reads it (its model, options, train_on)",
+    ),
     max_length: int = typer.Option(1024, min=8),
     train_on: str = typer.Option("all_assistant", help=" | ".join(get_args(TrainOn))),
     train_on_reasoning: bool = typer.Option(True, help="whether reasoning tokens carry loss"),
     show: int = typer.Option(2, min=0, help="examples to render with the loss mask"),
-    png: Optional[Path] = typer.Option(None, help="write the length histogram here (PNG)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the statistics here"),
+    png: Path | None = typer.Option(None, help="write the length histogram here (PNG)"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the statistics here"),
 ):
     """Layout, counts, token lengths, truncation and a masked preview; exit 2 if any record is bad."""
-    from tunesmith.report.data_inspection import inspect
     from tunesmith.model.load import load_tokenizer, tokenizer_dir
     from tunesmith.model.resolve import resolve
+    from tunesmith.report.data_inspection import inspect
 
     if format not in FORMATS:
         raise UserError(f"--format {format!r}: use one of {', '.join(FORMATS)}")
@@ -104,13 +124,32 @@ def data_inspect(
 
         cfg = load_config(config)
         tokenizer = load_tokenizer(tokenizer_dir(resolve(cfg.model)))
-        runs = [(s.path, {**s.options(), "train_on": s.train_on or cfg.data.train_on,
-                          "train_reasoning": cfg.data.train_on_reasoning, "max_length": cfg.data.max_length})
-                for s in cfg.data.train]
+        runs = [
+            (
+                s.path,
+                {
+                    **s.options(),
+                    "train_on": s.train_on or cfg.data.train_on,
+                    "train_reasoning": cfg.data.train_on_reasoning,
+                    "max_length": cfg.data.max_length,
+                },
+            )
+            for s in cfg.data.train
+        ]
     else:
         tokenizer = load_tokenizer(tokenizer_dir(resolve(model)))
-        runs = [(path, {"fmt": format, "dataset": dataset, "train_on": train_on, "train_reasoning": train_on_reasoning,
-                        "max_length": max_length})]
+        runs = [
+            (
+                path,
+                {
+                    "fmt": format,
+                    "dataset": dataset,
+                    "train_on": train_on,
+                    "train_reasoning": train_on_reasoning,
+                    "max_length": max_length,
+                },
+            )
+        ]
     stats = [inspect(p, tokenizer, out, show=show, png=png, **options) for p, options in runs]
     if json_out:
         atomic.write_text(json_out, json.dumps(stats[0] if len(stats) == 1 else stats, indent=2))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -27,7 +27,9 @@ class Grader(BaseModel):
 def _templates(text: str) -> str:
     for path in TEMPLATE.findall(text):
         if not path.startswith(("sample.output_text", "sample.output_json", "item.")) or path.endswith("."):
-            raise ValueError(f"{{{{{path}}}}}: a template names sample.output_text, sample.output_json.KEY or item.FIELD")
+            raise ValueError(
+                f"{{{{{path}}}}}: a template names sample.output_text, sample.output_json.KEY or item.FIELD"
+            )
     return text
 
 
@@ -54,8 +56,10 @@ class TextSimilarity(Grader):
     @classmethod
     def _metric(cls, v: str) -> str:
         if v not in SIMILARITY:
-            raise ValueError(f"{v!r} is not one this server computes ({', '.join(SIMILARITY)}); cosine and meteor "
-                             "need models it does not have")
+            raise ValueError(
+                f"{v!r} is not one this server computes ({', '.join(SIMILARITY)}); cosine and meteor "
+                "need models it does not have"
+            )
         return v
 
 
@@ -121,7 +125,7 @@ class Multi(Grader):
     """Several graders, combined by the formula `calculate_output` over their names."""
 
     type: Literal["multi"]
-    graders: dict[str, "AnyGrader"] = Field(min_length=1)
+    graders: dict[str, AnyGrader] = Field(min_length=1)
     calculate_output: str = Field(min_length=1, max_length=1000)
 
     @field_validator("calculate_output")
@@ -131,7 +135,7 @@ class Multi(Grader):
         return v
 
 
-AnyGrader = Annotated[Union[StringCheck, TextSimilarity, PythonGrader, ScoreModel, Multi], Field(discriminator="type")]
+AnyGrader = Annotated[StringCheck | TextSimilarity | PythonGrader | ScoreModel | Multi, Field(discriminator="type")]
 Multi.model_rebuild()
 
 
@@ -148,17 +152,37 @@ def check_formula(formula: str, names: set[str]) -> ast.Expression:
         tree = ast.parse(formula, mode="eval")
     except SyntaxError as e:
         raise ValueError(f"calculate_output {formula!r} is not a formula ({e.msg})") from None
-    allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load, ast.Call, ast.Add, ast.Sub,
-               ast.Mult, ast.Div, ast.Pow, ast.Mod, ast.USub, ast.UAdd)
+    allowed = (
+        ast.Expression,
+        ast.BinOp,
+        ast.UnaryOp,
+        ast.Constant,
+        ast.Name,
+        ast.Load,
+        ast.Call,
+        ast.Add,
+        ast.Sub,
+        ast.Mult,
+        ast.Div,
+        ast.Pow,
+        ast.Mod,
+        ast.USub,
+        ast.UAdd,
+    )
     for node in ast.walk(tree):
         if not isinstance(node, allowed):
-            raise ValueError(f"calculate_output: {type(node).__name__} is not allowed (numbers, grader names, "
-                             f"+ - * / ** %, {', '.join(FORMULA_FUNCTIONS)})")
+            raise ValueError(
+                f"calculate_output: {type(node).__name__} is not allowed (numbers, grader names, "
+                f"+ - * / ** %, {', '.join(FORMULA_FUNCTIONS)})"
+            )
         if isinstance(node, ast.Constant) and not isinstance(node.value, (int, float)):
             raise ValueError(f"calculate_output: {node.value!r} is not a number")
-        if isinstance(node, ast.Call) and (not isinstance(node.func, ast.Name) or node.func.id not in FORMULA_FUNCTIONS
-                                           or node.keywords):
+        if isinstance(node, ast.Call) and (
+            not isinstance(node.func, ast.Name) or node.func.id not in FORMULA_FUNCTIONS or node.keywords
+        ):
             raise ValueError(f"calculate_output: only {', '.join(FORMULA_FUNCTIONS)} may be called")
         if isinstance(node, ast.Name) and node.id not in names and node.id not in FORMULA_FUNCTIONS:
-            raise ValueError(f"calculate_output names {node.id!r}, which is not one of the graders ({', '.join(sorted(names))})")
+            raise ValueError(
+                f"calculate_output names {node.id!r}, which is not one of the graders ({', '.join(sorted(names))})"
+            )
     return tree

@@ -18,14 +18,21 @@ class MethodEntry(NamedTuple):
 
 METHODS: dict[str, MethodEntry] = {
     "sft": MethodEntry("tunesmith.methods.sft:SFT", "supervised fine-tuning: next-token loss on the replies"),
-    "dpo": MethodEntry("tunesmith.methods.preference:PreferenceOptimisation",
-                       "preference optimisation on chosen/rejected pairs (DPO, IPO, hinge, SimPO, ORPO, KTO)"),
-    "reward": MethodEntry("tunesmith.methods.reward_model:RewardModelling",
-                          "a reward model: a scalar score learned from preference pairs"),
-    "grpo": MethodEntry("tunesmith.methods.grpo:GRPO",
-                        "online RL: groups of sampled replies, advantages normalised within each group"),
-    "rloo": MethodEntry("tunesmith.methods.grpo:RLOO",
-                        "online RL: groups of sampled replies, each against the mean of the others"),
-    "distill": MethodEntry("tunesmith.methods.distill:Distillation",
-                           "knowledge distillation: the student learns a teacher's next-token distributions"),
+    "dpo": MethodEntry(
+        "tunesmith.methods.preference:PreferenceOptimisation",
+        "preference optimisation on chosen/rejected pairs (DPO, IPO, hinge, SimPO, ORPO, KTO)",
+    ),
+    "reward": MethodEntry(
+        "tunesmith.methods.reward_model:RewardModelling", "a reward model: a scalar score learned from preference pairs"
+    ),
+    "grpo": MethodEntry(
+        "tunesmith.methods.grpo:GRPO", "online RL: groups of sampled replies, advantages normalised within each group"
+    ),
+    "rloo": MethodEntry(
+        "tunesmith.methods.grpo:RLOO", "online RL: groups of sampled replies, each against the mean of the others"
+    ),
+    "distill": MethodEntry(
+        "tunesmith.methods.distill:Distillation",
+        "knowledge distillation: the student learns a teacher's next-token distributions",
+    ),
 }

@@ -27,7 +27,7 @@ class SweepParam(BaseModel):
     choice: list[Any] | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> "SweepParam":
+    def _one(self) -> SweepParam:
         given = [k for k in ("log_uniform", "uniform", "int_uniform", "choice") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of log_uniform, uniform, int_uniform, choice")
@@ -51,10 +51,16 @@ class SweepParam(BaseModel):
 class SweepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    params: dict[str, SweepParam] = Field(default_factory=dict, description="dotted config key -> distribution "
-                                          "(written directly under sweep:, e.g. train.lr: {log_uniform: [1e-5, 1e-3]})")
-    metric: str = Field("val_loss", pattern=r"^val_[A-Za-z0-9_]+$",
-                        description="the trial's score: val_loss, or a val_<score> of eval.generate_every")
+    params: dict[str, SweepParam] = Field(
+        default_factory=dict,
+        description="dotted config key -> distribution "
+        "(written directly under sweep:, e.g. train.lr: {log_uniform: [1e-5, 1e-3]})",
+    )
+    metric: str = Field(
+        "val_loss",
+        pattern=r"^val_[A-Za-z0-9_]+$",
+        description="the trial's score: val_loss, or a val_<score> of eval.generate_every",
+    )
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     seed: int = 0
@@ -75,7 +81,7 @@ class SweepConfig(BaseModel):
         return {**rest, "params": params}
 
     @model_validator(mode="after")
-    def _not_its_own_keys(self) -> "SweepConfig":
+    def _not_its_own_keys(self) -> SweepConfig:
         for key in self.params:
             if key.split(".")[0] in ("name", "output", "sweep", "compare"):
                 raise ValueError(f"{key}: set by the sweep itself, not searched")

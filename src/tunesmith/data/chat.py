@@ -70,12 +70,18 @@ def render(tokenizer, messages, add_generation_prompt=False, tools: list[dict] |
     native = template_takes_tools(tokenizer)
     turns, tools_arg = for_template(reasoning_turns(tokenizer, messages), tools, native)
     extra = {"tools": tools_arg} if tools_arg else {}
-    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                         chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE, **extra)
+    return tokenizer.apply_chat_template(
+        turns,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE,
+        **extra,
+    )
 
 
-def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None
-                    ) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]]]:
+def assistant_spans(
+    tokenizer, messages: list[dict], tools: list[dict] | None = None
+) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]]]:
     """The full rendered text, the [start, end) character spans that carry loss (assistant
     turns, but those of weight 0), and within them the spans of their reasoning (from the turn's
     start through the closing tag and the whitespace before the answer)."""
@@ -101,14 +107,22 @@ def assistant_spans(tokenizer, messages: list[dict], tools: list[dict] | None = 
         if "reasoning" in m and m["reasoning"]:
             r_end = reasoning_end(full, m["reasoning"], start, end)
             if r_end is None:
-                raise UserError(f"the model's chat template leaves out the reasoning of turn {i}; "
-                                "only the last assistant turn's reasoning is rendered by some templates")
+                raise UserError(
+                    f"the model's chat template leaves out the reasoning of turn {i}; "
+                    "only the last assistant turn's reasoning is rendered by some templates"
+                )
             thinking.append((start, r_end))
     return full, spans, thinking
 
 
-def encode_chat(tokenizer, messages: list[dict], max_length: int, train_on: str = "all_assistant",
-                tools: list[dict] | None = None, train_reasoning: bool = True) -> Encoded:
+def encode_chat(
+    tokenizer,
+    messages: list[dict],
+    max_length: int,
+    train_on: str = "all_assistant",
+    tools: list[dict] | None = None,
+    train_reasoning: bool = True,
+) -> Encoded:
     """Token ids and labels for one conversation.
 
     train_on: `all_assistant` (every assistant turn), `last` (the last assistant turn only) or
@@ -157,13 +171,18 @@ def encode_example(tokenizer, example, max_length: int, train_on: str, train_rea
     side) train what `train_on` says, unless the example's source overrides it."""
     if example.text is not None:
         return encode_text(tokenizer, example.text, max_length)
-    return encode_chat(tokenizer, example.messages, max_length, example.train_on or train_on, example.tools,
-                       train_reasoning)
+    return encode_chat(
+        tokenizer, example.messages, max_length, example.train_on or train_on, example.tools, train_reasoning
+    )
 
 
 def _cut(ids: list[int], labels: list[int], max_length: int, reasoning: list[bool] | None = None) -> Encoded:
-    return Encoded(ids[:max_length], labels[:max_length], truncated=len(ids) > max_length,
-                   reasoning=reasoning[:max_length] if reasoning is not None else None)
+    return Encoded(
+        ids[:max_length],
+        labels[:max_length],
+        truncated=len(ids) > max_length,
+        reasoning=reasoning[:max_length] if reasoning is not None else None,
+    )
 
 
 def prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:

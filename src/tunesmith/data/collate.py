@@ -40,9 +40,14 @@ def collate_tokens(features: list[dict], pad: int) -> Batch:
         if packed:  # padding is one more short sequence of its own
             positions[i, :n] = torch.tensor(f["position_ids"])
             positions[i, n:] = torch.arange(width - n)
-    batch: Batch = {"input_ids": ids, "attention_mask": None if packed else mask, "labels": labels,
-             "n_items": int((labels[:, 1:] != IGNORE).sum()), "n_tokens": int(mask.sum()),
-             "segments": [row_segments(f) for f in features]}  # where each sequence is, for segment attention
+    batch: Batch = {
+        "input_ids": ids,
+        "attention_mask": None if packed else mask,
+        "labels": labels,
+        "n_items": int((labels[:, 1:] != IGNORE).sum()),
+        "n_tokens": int(mask.sum()),
+        "segments": [row_segments(f) for f in features],
+    }  # where each sequence is, for segment attention
     if anchor.any():
         batch["anchor"] = anchor
     if packed:

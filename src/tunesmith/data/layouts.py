@@ -40,10 +40,27 @@ from tunesmith.data.reasoning import read_parts, turn_reasoning
 from tunesmith.data.tool_calls import PendingCalls, check_tool_calls, check_tools, check_weight
 
 ROLES = ("system", "developer", "user", "assistant", "tool")  # developer: OpenAI's newer name for system
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-                  "function_call": "assistant", "observation": "tool"}
-FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_completion", "preference", "openai_preference", "prompt",
-           "openai_reinforcement", "text")
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "observation": "tool",
+}
+FORMATS = (
+    "auto",
+    "messages",
+    "sharegpt",
+    "alpaca",
+    "prompt_completion",
+    "preference",
+    "openai_preference",
+    "prompt",
+    "openai_reinforcement",
+    "text",
+)
 NO_PREFERENCE = ("tie", "both_bad")  # label-page judgements that prefer neither response
 
 
@@ -74,10 +91,17 @@ class Example:
 # ignored, and the loader says so (a `label` on a file read as plain chat, a pair read as SFT).
 MEANINGFUL = ("label", "kto_tag", "chosen", "rejected", "weight", "loss_weight", "tools", "margin")
 MEANING_SET = frozenset(MEANINGFUL)
-READS = {"messages": {"label", "kto_tag", "tools"}, "sharegpt": {"label", "kto_tag", "tools"},
-         "alpaca": {"label", "kto_tag"}, "prompt_completion": {"label", "kto_tag"},
-         "preference": {"chosen", "rejected", "margin", "tools"}, "openai_preference": set(), "prompt": set(),
-         "openai_reinforcement": set(MEANINGFUL), "text": set()}
+READS = {
+    "messages": {"label", "kto_tag", "tools"},
+    "sharegpt": {"label", "kto_tag", "tools"},
+    "alpaca": {"label", "kto_tag"},
+    "prompt_completion": {"label", "kto_tag"},
+    "preference": {"chosen", "rejected", "margin", "tools"},
+    "openai_preference": set(),
+    "prompt": set(),
+    "openai_reinforcement": set(MEANINGFUL),
+    "text": set(),
+}
 
 
 def ignored_keys(record: dict, layout: str) -> tuple[str, ...]:
@@ -111,8 +135,13 @@ def detect(record: dict) -> str:
     )
 
 
-def check_messages(messages, field: str = "messages", need_assistant: bool = True, tools: list[dict] | None = None,
-                   system_first: bool = True) -> list[dict]:
+def check_messages(
+    messages,
+    field: str = "messages",
+    need_assistant: bool = True,
+    tools: list[dict] | None = None,
+    system_first: bool = True,
+) -> list[dict]:
     """Validated turns as `{role, content}`, plus `tool_calls` and `weight` on assistant turns and
     `tool_call_id` on tool turns where the record has them. `system_first`: training data keeps
     a system turn first; a request to the server may place one anywhere, as OpenAI's API allows."""
@@ -140,7 +169,9 @@ def check_messages(messages, field: str = "messages", need_assistant: bool = Tru
         if ("<think>" in content and role == "assistant") or "reasoning_content" in m or "reasoning" in m:
             found, content = turn_reasoning(m, role, content, where)
             if found is not None and thought is not None:
-                raise ValueError(f"{where}: reasoning given twice (a reasoning part and a reasoning field or <think> block)")
+                raise ValueError(
+                    f"{where}: reasoning given twice (a reasoning part and a reasoning field or <think> block)"
+                )
             thought = found if found is not None else thought
         elif thought is not None and role != "assistant":
             raise ValueError(f"{where}: only assistant turns carry reasoning")
@@ -178,8 +209,10 @@ def record_tools(record: dict) -> list[dict] | None:
     if isinstance(tools, list):
         if not tools:
             return None  # `"tools": "[]"`: no functions in this conversation
-        tools = [{"type": "function", "function": t} if isinstance(t, dict) and "function" not in t and "name" in t else t
-                 for t in tools]
+        tools = [
+            {"type": "function", "function": t} if isinstance(t, dict) and "function" not in t and "name" in t else t
+            for t in tools
+        ]
     return check_tools(tools)
 
 
@@ -223,9 +256,12 @@ def sharegpt_turn(t, where: str) -> dict:
     """One ShareGPT turn {from, value} as a message {role, content} (unchecked)."""
     if not isinstance(t, dict):
         raise ValueError(f"{where} is not an object")
-    if not isinstance(t.get("from"), str) or t["from"] not in SHAREGPT_ROLES:  # a list is no key: a clear error, not a TypeError
-        raise ValueError(f"{where}.from {t.get('from')!r} not allowed "
-                         "(use human, gpt, system, function_call or observation)")
+    if (
+        not isinstance(t.get("from"), str) or t["from"] not in SHAREGPT_ROLES
+    ):  # a list is no key: a clear error, not a TypeError
+        raise ValueError(
+            f"{where}.from {t.get('from')!r} not allowed (use human, gpt, system, function_call or observation)"
+        )
     if t["from"] == "function_call":
         turn = {"role": "assistant", "content": "", "tool_calls": _sharegpt_calls(t.get("value"), where)}
     else:
@@ -251,7 +287,9 @@ def _sharegpt_calls(value, where: str) -> list[dict]:
     calls = parsed if isinstance(parsed, list) else [parsed]
     if not all(isinstance(c, dict) for c in calls):
         raise ValueError(f"{where}.value must be a call {{name, arguments}} or a list of them")
-    return [{"type": "function", "function": {"name": c.get("name"), "arguments": c.get("arguments", {})}} for c in calls]
+    return [
+        {"type": "function", "function": {"name": c.get("name"), "arguments": c.get("arguments", {})}} for c in calls
+    ]
 
 
 def from_alpaca(record: dict) -> list[dict]:
@@ -260,8 +298,10 @@ def from_alpaca(record: dict) -> list[dict]:
     if not isinstance(extra, str):
         raise ValueError(f"'input' must be a string, got {type(extra).__name__}")
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    messages = alpaca_history(record.get("history")) + [{"role": "user", "content": user},
-                                                        {"role": "assistant", "content": output}]
+    messages = alpaca_history(record.get("history")) + [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": output},
+    ]
     if isinstance(record.get("system"), str) and record["system"].strip():
         messages.insert(0, {"role": "system", "content": record["system"]})
     return messages
@@ -271,8 +311,9 @@ def alpaca_history(history) -> list[dict]:
     """LLaMA-Factory's alpaca `history`: earlier [instruction, response] pairs, oldest first."""
     if history in (None, ""):
         return []
-    if not isinstance(history, list) or not all(isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h)
-                                                for h in history):
+    if not isinstance(history, list) or not all(
+        isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in history
+    ):
         raise ValueError("'history' must be a list of [instruction, response] string pairs")
     return [turn for q, a in history for turn in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
 
@@ -299,8 +340,10 @@ def from_preference(record: dict, tools: list[dict] | None = None) -> tuple[list
     else:
         history = []
     chosen, rejected = _side(record.get("chosen"), "chosen"), _side(record.get("rejected"), "rejected")
-    return (check_messages(history + chosen, "prompt+chosen", tools=tools),
-            check_messages(history + rejected, "prompt+rejected", tools=tools))
+    return (
+        check_messages(history + chosen, "prompt+chosen", tools=tools),
+        check_messages(history + rejected, "prompt+rejected", tools=tools),
+    )
 
 
 def _side(value, field: str) -> list[dict]:
@@ -320,7 +363,9 @@ def from_openai_preference(record: dict) -> tuple[list[dict], list[dict], list[d
     """OpenAI's DPO record -> (prompt + preferred, prompt + non-preferred, tools, parallel_tool_calls)."""
     for key in ("input", "preferred_output", "non_preferred_output"):
         if key not in record:
-            raise ValueError(f"missing '{key}' (OpenAI's DPO records have input, preferred_output and non_preferred_output)")
+            raise ValueError(
+                f"missing '{key}' (OpenAI's DPO records have input, preferred_output and non_preferred_output)"
+            )
     given = record["input"]
     if not isinstance(given, dict):
         raise ValueError(f"'input' must be an object with 'messages', got {type(given).__name__}")
@@ -331,8 +376,11 @@ def from_openai_preference(record: dict) -> tuple[list[dict], list[dict], list[d
     sides = []
     for key in ("preferred_output", "non_preferred_output"):
         output = record[key]
-        if not isinstance(output, list) or not output or any(not isinstance(m, dict) or m.get("role") != "assistant"
-                                                             for m in output):
+        if (
+            not isinstance(output, list)
+            or not output
+            or any(not isinstance(m, dict) or m.get("role") != "assistant" for m in output)
+        ):
             raise ValueError(f"'{key}' must be a list of assistant messages")
         sides.append(check_messages(prompt + output, f"input.messages+{key}", tools=tools))
     return sides[0], sides[1], tools, parallel_flag(given)
@@ -381,11 +429,20 @@ def _convert(record: dict, location: str, layout: str) -> Example | None:
         margin = record.get("margin")
         if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
             raise ValueError(f"'margin' must be a number, got {margin!r}")
-        return Example(chosen, location, rejected=rejected, layout="preference", margin=margin, tools=tools,
-                       parallel_tool_calls=parallel_flag(record))
+        return Example(
+            chosen,
+            location,
+            rejected=rejected,
+            layout="preference",
+            margin=margin,
+            tools=tools,
+            parallel_tool_calls=parallel_flag(record),
+        )
     if layout == "openai_preference":
         chosen, rejected, tools, parallel = from_openai_preference(record)
-        return Example(chosen, location, rejected=rejected, layout="preference", tools=tools, parallel_tool_calls=parallel)
+        return Example(
+            chosen, location, rejected=rejected, layout="preference", tools=tools, parallel_tool_calls=parallel
+        )
     if layout == "prompt":
         messages, reference = from_prompt(record)
         return Example(messages, location, layout="prompt", reference=reference, item=record)
@@ -393,13 +450,26 @@ def _convert(record: dict, location: str, layout: str) -> Example | None:
         tools = record_tools(record)
         messages = check_messages(record.get("messages"), need_assistant=False, tools=tools)
         if messages[-1]["role"] not in ("user", "developer"):
-            raise ValueError(f"'messages' ends with a {messages[-1]['role']} turn; a reinforcement record ends with "
-                             "the user (or developer) turn the model answers")
+            raise ValueError(
+                f"'messages' ends with a {messages[-1]['role']} turn; a reinforcement record ends with "
+                "the user (or developer) turn the model answers"
+            )
         reference = record.get("reference_answer", record.get("reference"))
-        return Example(messages, location, layout="prompt", reference=reference if isinstance(reference, str) else None,
-                       tools=tools, parallel_tool_calls=parallel_flag(record), item=record)
-    convert = {"messages": from_messages, "sharegpt": from_sharegpt, "alpaca": from_alpaca,
-               "prompt_completion": from_prompt_completion}[layout]
+        return Example(
+            messages,
+            location,
+            layout="prompt",
+            reference=reference if isinstance(reference, str) else None,
+            tools=tools,
+            parallel_tool_calls=parallel_flag(record),
+            item=record,
+        )
+    convert = {
+        "messages": from_messages,
+        "sharegpt": from_sharegpt,
+        "alpaca": from_alpaca,
+        "prompt_completion": from_prompt_completion,
+    }[layout]
     label = record.get("label", record.get("kto_tag"))  # kto_tag: LLaMA-Factory's name for it
     if label is not None and not isinstance(label, bool):
         key = "label" if "label" in record else "kto_tag"
@@ -409,4 +479,6 @@ def _convert(record: dict, location: str, layout: str) -> Example | None:
         messages = convert(record, tools)
     else:
         tools, messages = None, convert(record)
-    return Example(messages, location, layout=layout, desirable=label, tools=tools, parallel_tool_calls=parallel_flag(record))
+    return Example(
+        messages, location, layout=layout, desirable=label, tools=tools, parallel_tool_calls=parallel_flag(record)
+    )

@@ -13,22 +13,38 @@ Each converter raises ValueError naming what is wrong; the loader adds the recor
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tunesmith.data.layouts import TURN_EXTRAS, alpaca_history
 from tunesmith.errors import UserError
 
 REGISTRY = "dataset_info.json"
 ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
-SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
-TAG_ROLE = {"user_tag": "human", "assistant_tag": "gpt", "observation_tag": "observation",
-            "function_tag": "function_call", "system_tag": "system"}  # LLaMA-Factory tag -> ShareGPT `from`
+SHAREGPT_TAGS = {
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
+TAG_ROLE = {
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}  # LLaMA-Factory tag -> ShareGPT `from`
 MEDIA_COLUMNS = ("images", "videos", "audios")
 NOT_LOCAL = ("ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-AXOLOTL_ROLES = {"user": ["human", "user"], "assistant": ["gpt", "assistant", "model"], "system": ["system"],
-                 "tool": ["tool", "observation", "function"]}
+AXOLOTL_ROLES = {
+    "user": ["human", "user"],
+    "assistant": ["gpt", "assistant", "model"],
+    "system": ["system"],
+    "tool": ["tool", "observation", "function"],
+}
 
 Convert = Callable[[dict], dict]
 
@@ -56,7 +72,9 @@ def registry_source(path: str, dataset: str) -> tuple[str, str, Convert]:
         source = entry["hf_hub_url"]
     else:
         given = ", ".join(k for k in NOT_LOCAL if k in entry) or "no file_name"
-        raise UserError(f"{where}: {given}; tunesmith reads local files (file_name) or cached hub datasets (hf_hub_url)")
+        raise UserError(
+            f"{where}: {given}; tunesmith reads local files (file_name) or cached hub datasets (hf_hub_url)"
+        )
     formatting = entry.get("formatting", "alpaca")
     columns, tags = entry.get("columns") or {}, entry.get("tags") or {}
     if not isinstance(columns, dict) or not isinstance(tags, dict):
@@ -108,8 +126,9 @@ def sharegpt_converter(columns: dict, tags: dict, ranking: bool) -> Convert:
             raise ValueError(f"{where} is not an object")
         role = t.get(tag["role_tag"])
         if role not in roles:
-            raise ValueError(f"{where}.{tag['role_tag']} {role!r} is none of this dataset's tags "
-                             f"({', '.join(map(str, roles))})")
+            raise ValueError(
+                f"{where}.{tag['role_tag']} {role!r} is none of this dataset's tags ({', '.join(map(str, roles))})"
+            )
         out = {"from": roles[role], "value": t.get(tag["content_tag"])}
         out.update({key: t[key] for key in TURN_EXTRAS if key in t})
         return out
@@ -160,8 +179,10 @@ def axolotl_converter(field_messages: str, mappings: dict[str, str], roles: dict
                 raise ValueError(f"{field_messages}[{i}] is not an object")
             raw = t.get(role_key)
             if raw not in table:
-                raise ValueError(f"{field_messages}[{i}].{role_key} {raw!r} is mapped to no role "
-                                 f"(roles: {', '.join(sorted(map(str, table)))})")
+                raise ValueError(
+                    f"{field_messages}[{i}].{role_key} {raw!r} is mapped to no role "
+                    f"(roles: {', '.join(sorted(map(str, table)))})"
+                )
             m = {"role": table[raw], "content": t.get(content_key)}
             for ours, theirs in extra.items():
                 if theirs in t:
@@ -181,5 +202,7 @@ def check_roles_to_train(roles_to_train: list[str], roles: dict[str, list[str]] 
     mapped = {table.get(r, r) for r in roles_to_train}
     if mapped != {"assistant"}:
         others = ", ".join(sorted(mapped - {"assistant"})) or "none"
-        raise ValueError(f"roles_to_train {roles_to_train}: tunesmith trains the assistant's turns (other roles: "
-                         f"{others}); use data.train_on: all to train every token")
+        raise ValueError(
+            f"roles_to_train {roles_to_train}: tunesmith trains the assistant's turns (other roles: "
+            f"{others}); use data.train_on: all to train every token"
+        )

@@ -53,7 +53,9 @@ def read_parts(parts: list, where: str) -> tuple[str, str | None]:
                 raise ValueError(f"{at}: a {kind!r} part needs its text as a string")
             thoughts.append(text)
         elif kind in MEDIA_PARTS or any(k in part for k in ("image_url", "input_audio", "image")):
-            raise ValueError(f"{at} is a {kind!r} part: tunesmith trains text models only; leave out records with media")
+            raise ValueError(
+                f"{at} is a {kind!r} part: tunesmith trains text models only; leave out records with media"
+            )
         else:
             raise ValueError(f"{at}: unknown part type {kind!r} (use {', '.join(TEXT_PARTS + REASONING_PARTS)})")
     return "".join(texts), ("\n".join(thoughts) if thoughts else None)
@@ -70,7 +72,7 @@ def split_think(content: str) -> tuple[str | None, str]:
     end = stripped.find(THINK_CLOSE)
     if end < 0:
         return None, content
-    return stripped[len(THINK_OPEN):end].strip("\n"), stripped[end + len(THINK_CLOSE):].lstrip()
+    return stripped[len(THINK_OPEN) : end].strip("\n"), stripped[end + len(THINK_CLOSE) :].lstrip()
 
 
 def split_reply(text: str) -> tuple[str | None, str]:
@@ -81,8 +83,8 @@ def split_reply(text: str) -> tuple[str | None, str]:
     if stripped.startswith(THINK_OPEN):
         end = stripped.find(THINK_CLOSE)
         if end < 0:
-            return stripped[len(THINK_OPEN):].strip("\n") or None, ""
-        return stripped[len(THINK_OPEN):end].strip("\n") or None, stripped[end + len(THINK_CLOSE):].lstrip()
+            return stripped[len(THINK_OPEN) :].strip("\n") or None, ""
+        return stripped[len(THINK_OPEN) : end].strip("\n") or None, stripped[end + len(THINK_CLOSE) :].lstrip()
     if THINK_CLOSE in text and THINK_OPEN not in text:
         before, _, after = text.partition(THINK_CLOSE)
         return before.strip("\n") or None, after.lstrip()
@@ -160,7 +162,7 @@ def split_stream(pieces):
                 yield held
                 held = ""
                 continue
-            state, held = "thinking", lead[len(THINK_OPEN):].lstrip("\n")
+            state, held = "thinking", lead[len(THINK_OPEN) :].lstrip("\n")
         if state == "thinking":
             if not begun:
                 held = held.lstrip("\n")
@@ -168,13 +170,13 @@ def split_stream(pieces):
             if end >= 0:
                 if held[:end].rstrip("\n"):
                     yield Thought(held[:end].rstrip("\n"))
-                state, held = "answer", held[end + len(THINK_CLOSE):]
+                state, held = "answer", held[end + len(THINK_CLOSE) :]
             else:
                 safe = len(held) - (len(THINK_CLOSE) - 1)  # the tag may be split across pieces
                 body = held[:safe].rstrip("\n") if safe > 0 else ""
                 if body:
                     yield Thought(body)
-                    held, begun = held[len(body):], True
+                    held, begun = held[len(body) :], True
                 continue
         if state == "answer":
             held = held.lstrip()

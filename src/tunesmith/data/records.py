@@ -31,13 +31,23 @@ class Loaded:
             return None
         layouts = ", ".join(sorted({e.layout for e in self.examples if e.ignored}))
         keys = ", ".join(f"'{k}' ({n})" for k, n in self.ignored.most_common())
-        return (f"{path}: keys ignored by the {layouts} layout: {keys}; they would change what these records teach "
-                "(name the layout with format:, or map the columns with columns:)")
+        return (
+            f"{path}: keys ignored by the {layouts} layout: {keys}; they would change what these records teach "
+            "(name the layout with format:, or map the columns with columns:)"
+        )
 
 
-def load_source(path: str, *, fmt: str = "auto", columns: dict[str, str] | None = None, key: str | None = None,
-                split: str = "train", on_error: str = "stop", dataset: str | None = None,
-                chat_template: dict | None = None) -> Loaded:
+def load_source(
+    path: str,
+    *,
+    fmt: str = "auto",
+    columns: dict[str, str] | None = None,
+    key: str | None = None,
+    split: str = "train",
+    on_error: str = "stop",
+    dataset: str | None = None,
+    chat_template: dict | None = None,
+) -> Loaded:
     """Every record of one source as Examples. `dataset`: the entry of a LLaMA-Factory registry
     at `path`; `chat_template`: Axolotl's options of that dataset type (`data/peer_layouts.py`)."""
     convert = None

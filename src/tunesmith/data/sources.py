@@ -39,7 +39,9 @@ def read_rows(path: str, problems: list[str], *, key: str | None = None, split: 
     elif p.suffix == ".parquet":
         rows = _read_parquet(p)
     elif p.exists():
-        raise UserError(f"{p}: unsupported file type '{p.suffix}' (use {', '.join(READABLE)} or a saved dataset folder)")
+        raise UserError(
+            f"{p}: unsupported file type '{p.suffix}' (use {', '.join(READABLE)} or a saved dataset folder)"
+        )
     elif p.suffix or "/" not in path or path.startswith((".", "/", "~")):
         raise UserError(f"{p}: data file not found")
     else:
@@ -107,7 +109,9 @@ def _read_json(p: Path, key: str | None) -> list[Row]:
             lists = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
             if len(lists) != 1:
                 found = ", ".join(lists) or "none"
-                raise UserError(f"{p}: a JSON object of records needs `key:` naming the list of records (lists found: {found})")
+                raise UserError(
+                    f"{p}: a JSON object of records needs `key:` naming the list of records (lists found: {found})"
+                )
             key = lists[0]
         if not isinstance(data.get(key), list):
             raise UserError(f"{p}: key '{key}' is not a list of records")
@@ -197,7 +201,9 @@ def _read_saved_dataset(p: Path, split: str) -> list[Row]:
     try:
         dataset = load_from_disk(str(p))
     except Exception as e:
-        raise UserError(f"{p}: folder is not a dataset saved with datasets.save_to_disk ({str(e).splitlines()[0][:160]})") from None
+        raise UserError(
+            f"{p}: folder is not a dataset saved with datasets.save_to_disk ({str(e).splitlines()[0][:160]})"
+        ) from None
     rows = _dataset_rows(_pick_split(dataset, str(p), split), str(p))
     if not rows:
         raise UserError(f"{p}: no records (empty dataset)")

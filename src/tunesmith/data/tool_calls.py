@@ -26,8 +26,12 @@ def check_tools(tools, field: str = "tools") -> list[dict]:
     out, names = [], set()
     for i, tool in enumerate(tools):
         where = f"{field}[{i}]"
-        if not isinstance(tool, dict) or tool.get("type", "function") != "function" or not isinstance(tool.get("function"), dict):
-            raise ValueError(f"{where} must be {{type: \"function\", function: {{name, parameters}}}}")
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type", "function") != "function"
+            or not isinstance(tool.get("function"), dict)
+        ):
+            raise ValueError(f'{where} must be {{type: "function", function: {{name, parameters}}}}')
         fn = tool["function"]
         name = fn.get("name")
         if not isinstance(name, str) or not FUNCTION_NAME.match(name):
@@ -65,7 +69,7 @@ def check_tool_calls(calls, field: str, tools: list[dict] | None, counter: list[
     for j, call in enumerate(calls):
         where = f"{field}[{j}]"
         if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
-            raise ValueError(f"{where} must be {{id, type: \"function\", function: {{name, arguments}}}}")
+            raise ValueError(f'{where} must be {{id, type: "function", function: {{name, arguments}}}}')
         name, arguments = call["function"].get("name"), call["function"].get("arguments")
         if not tools:
             raise ValueError(f"{where} calls {name!r} but the record has no 'tools'")
@@ -103,8 +107,9 @@ def check_weight(message: dict, field: str) -> int | None:
             raise ValueError(f"{field}.weight: only assistant turns carry a weight")
         if weight == 0 and not isinstance(weight, bool):
             return None
-        raise ValueError(f"{field}.loss_weight {weight!r}: only assistant turns are trained "
-                         "(data.train_on: all trains every token)")
+        raise ValueError(
+            f"{field}.loss_weight {weight!r}: only assistant turns are trained (data.train_on: all trains every token)"
+        )
     if isinstance(weight, bool) or weight not in (0, 1):
         raise ValueError(f"{field}.{key} must be 0 or 1, got {weight!r}")
     return int(weight)
@@ -122,7 +127,9 @@ class PendingCalls:
     def answer(self, message: dict, field: str) -> str:
         call_id = message.get("tool_call_id")
         if not self.open:
-            raise ValueError(f"{field}: a tool message answers no call (no assistant tool_calls before it is unanswered)")
+            raise ValueError(
+                f"{field}: a tool message answers no call (no assistant tool_calls before it is unanswered)"
+            )
         if call_id is None and len(self.open) == 1:
             call_id = self.open[0]
         if call_id not in self.open:

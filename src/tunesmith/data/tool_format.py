@@ -20,9 +20,11 @@ import re
 from dataclasses import dataclass, field
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
-FALLBACK_INSTRUCTIONS = ("You can call the functions below. To call one, reply with a block "
-                         f'{CALL_OPEN}\n{{"name": <function name>, "arguments": <arguments as a JSON object>}}\n{CALL_CLOSE}'
-                         "; several blocks call several functions. Functions:")
+FALLBACK_INSTRUCTIONS = (
+    "You can call the functions below. To call one, reply with a block "
+    f'{CALL_OPEN}\n{{"name": <function name>, "arguments": <arguments as a JSON object>}}\n{CALL_CLOSE}'
+    "; several blocks call several functions. Functions:"
+)
 _BLOCK = re.compile(re.escape(CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(CALL_CLOSE), re.DOTALL)
 
 
@@ -62,13 +64,24 @@ def for_template(messages: list[dict], tools: list[dict] | None, native: bool) -
         for m in messages:
             turn = {k: v for k, v in m.items() if k != "weight"}
             if "tool_calls" in turn:
-                turn["tool_calls"] = [{**c, "function": {"name": c["function"]["name"],
-                                                         "arguments": json.loads(c["function"]["arguments"])}}
-                                      for c in turn["tool_calls"]]
+                turn["tool_calls"] = [
+                    {
+                        **c,
+                        "function": {
+                            "name": c["function"]["name"],
+                            "arguments": json.loads(c["function"]["arguments"]),
+                        },
+                    }
+                    for c in turn["tool_calls"]
+                ]
             out.append(turn)
         return out, tools
-    out = [{"role": m["role"], "content": turn_text(m)} if "reasoning_content" not in m else
-           {"role": m["role"], "content": turn_text(m), "reasoning_content": m["reasoning_content"]} for m in messages]
+    out = [
+        {"role": m["role"], "content": turn_text(m)}
+        if "reasoning_content" not in m
+        else {"role": m["role"], "content": turn_text(m), "reasoning_content": m["reasoning_content"]}
+        for m in messages
+    ]
     if tools:
         listed = tool_list_text(tools)
         if out and out[0]["role"] == "system":
@@ -130,4 +143,7 @@ def _call(body: str, tool_names: set[str] | None) -> tuple[dict | None, str | No
         return None, "a call's arguments are not a JSON object"
     if tool_names is not None and parsed["name"] not in tool_names:
         return None, f"a call to {parsed['name']!r}, which is not among the tools"
-    return {"type": "function", "function": {"name": parsed["name"], "arguments": json.dumps(arguments, ensure_ascii=False)}}, None
+    return {
+        "type": "function",
+        "function": {"name": parsed["name"], "arguments": json.dumps(arguments, ensure_ascii=False)},
+    }, None

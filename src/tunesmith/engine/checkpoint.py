@@ -38,7 +38,9 @@ def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     tensors = {}
     for idx, slots in sd["state"].items():
         for key, value in slots.items():
-            tensors[f"state.{idx}.{key}"] = full(value.detach()).contiguous() if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"state.{idx}.{key}"] = (
+                full(value.detach()).contiguous() if torch.is_tensor(value) else torch.tensor(value)
+            )
     return tensors, {"param_groups": sd["param_groups"]}
 
 
@@ -105,7 +107,9 @@ def save_named(final: Path, model, optimizer, scheduler, state: dict) -> None:
     write_folder(final, trainable_state(model), opt_tensors, opt_meta, scheduler, state, model)
 
 
-def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int, write: bool = True) -> Path | None:
+def save(
+    ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int, write: bool = True
+) -> Path | None:
     """Write checkpoint `step`; in a distributed run every rank calls this (sharded tensors are
     gathered) and only the one with `write` writes."""
     weights = trainable_state(model)
@@ -119,8 +123,9 @@ def save(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, k
         previous = list_checkpoints(ckpt_root)
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
         reason = getattr(e, "strerror", None) or str(e).rsplit(": ", 1)[-1]
-        raise RunFailed(f"{final}: checkpoint could not be written ({reason}); {kept}; "
-                        "make room and continue with --resume") from None
+        raise RunFailed(
+            f"{final}: checkpoint could not be written ({reason}); {kept}; make room and continue with --resume"
+        ) from None
     for old in list_checkpoints(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -133,8 +138,10 @@ def list_checkpoints(ckpt_root: Path, clean: bool = True) -> list[Path]:
         return []
     for tmp in ckpt_root.glob(f".tmp-{PREFIX}*") if clean else ():
         shutil.rmtree(tmp, ignore_errors=True)
-    found = [p for p in ckpt_root.glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit() and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    found = [
+        p for p in ckpt_root.glob(f"{PREFIX}*") if p.name[len(PREFIX) :].isdigit() and (p / "state.json").is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def load_trainable(model, file: Path) -> None:

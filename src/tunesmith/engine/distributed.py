@@ -154,8 +154,15 @@ def launch_local(nproc: int, argv: list[str]) -> int:
 
     if not torch.cuda.is_available():  # CPU processes on one machine: a share of the cores each (torchrun sets 1)
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+    )
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "tunesmith", *argv)
     except ChildFailedError as e:  # each process has said what went wrong on its stderr

@@ -91,4 +91,3 @@ class TrainProgress:
                 self.console.print(f"step {step}: {info}", highlight=False)
         else:
             self.progress.update(self.task, completed=step)
-

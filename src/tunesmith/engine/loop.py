@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from rich.console import Console
@@ -111,16 +111,39 @@ def total_steps(cfg: RunConfig, sampler: EpochSampler) -> int:
     return max(1, math.ceil(cfg.train.epochs * sampler.batches_per_epoch() / cfg.train.grad_accum))
 
 
-def fit(model, tokenizer, method: Method, data: TrainData, cfg: RunConfig, run_dir: Path, *, resume: bool = False,
-        console: Console | None = None, quiet: bool = False, trackers=None, scorer=None, on_record=None) -> FitResult:
+def fit(
+    model,
+    tokenizer,
+    method: Method,
+    data: TrainData,
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    quiet: bool = False,
+    trackers=None,
+    scorer=None,
+    on_record=None,
+) -> FitResult:
     """Train `model` as `cfg` says; `trackers` (engine/trackers/, rank 0's) get every logged record;
     `scorer(model) -> {"val_<metric>": value}` scores generated replies every eval.generate_every steps;
     `on_record(step, record)` sees each logged record and may raise to end the run there (a sweep's pruner)."""
     kept = training_paths(model)
     try:
-        session = _set_up(model, tokenizer, method, data, cfg, run_dir, resume=resume,
-                          console=console or Console(stderr=True, soft_wrap=True), trackers=trackers, scorer=scorer,
-                          on_record=on_record)
+        session = _set_up(
+            model,
+            tokenizer,
+            method,
+            data,
+            cfg,
+            run_dir,
+            resume=resume,
+            console=console or Console(stderr=True, soft_wrap=True),
+            trackers=trackers,
+            scorer=scorer,
+            on_record=on_record,
+        )
         return _run(session, quiet)
     finally:
         restore_paths(model, kept)
@@ -138,8 +161,20 @@ def restore_paths(model, kept: tuple) -> None:
     restore_attention(unwrap(model), attention)
 
 
-def _set_up(model, tokenizer, method: Method, data: TrainData, cfg: RunConfig, run_dir: Path, *, resume: bool,
-            console: Console, trackers, scorer, on_record) -> FitSession:
+def _set_up(
+    model,
+    tokenizer,
+    method: Method,
+    data: TrainData,
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    console: Console,
+    trackers,
+    scorer,
+    on_record,
+) -> FitSession:
     """The model on its device in the training precision (sharded under FSDP), the data's order,
     the optimizer and schedule, the state a checkpoint left (on `resume`), and the logs."""
     dev = device()
@@ -158,11 +193,19 @@ def _set_up(model, tokenizer, method: Method, data: TrainData, cfg: RunConfig, r
     exact_note = exact_path_note(unwrap(model).config, lengths) if uses_segments(unwrap(model)) else None
     if exact_note:
         console.print(exact_note)
-    sampler = EpochSampler(data.source_sizes, data.weights, lengths, cfg.train.batch_size, cfg.train.seed,
-                           cfg.data.max_length if cfg.data.packing else None)
+    sampler = EpochSampler(
+        data.source_sizes,
+        data.weights,
+        lengths,
+        cfg.train.batch_size,
+        cfg.train.seed,
+        cfg.data.max_length if cfg.data.packing else None,
+    )
     total = total_steps(cfg, sampler)
     if ranks.main:  # what the run will take, for whoever watches it (the service's progress and ETA)
-        atomic.write_text(run_dir / PLAN, json.dumps({"total_steps": total, "batches_per_epoch": sampler.batches_per_epoch()}))
+        atomic.write_text(
+            run_dir / PLAN, json.dumps({"total_steps": total, "batches_per_epoch": sampler.batches_per_epoch()})
+        )
     optimizer, scheduler, note = build_optimizer(model, cfg.train, total, cfg.adapter.lora_plus_ratio)
     if note:
         console.print(f"[yellow]{note}[/yellow]")
@@ -180,17 +223,36 @@ def _set_up(model, tokenizer, method: Method, data: TrainData, cfg: RunConfig, r
         trackers.start(state.step)
     watch = cfg.eval.early_stopping
     return FitSession(
-        model=model, tokenizer=tokenizer, method=method, data=data, cfg=cfg, console=console, precision=precision,
-        dev=dev, ranks=ranks, lengths=lengths, budget=pass_budget(cfg.train.max_tokens_per_pass, dev),
-        pack_length=cfg.data.max_length if cfg.data.packing else None, sampler=sampler, total=total,
-        optimizer=optimizer, scheduler=scheduler, params=params, anchor=anchor, ckpt_root=ckpt_root, state=state,
+        model=model,
+        tokenizer=tokenizer,
+        method=method,
+        data=data,
+        cfg=cfg,
+        console=console,
+        precision=precision,
+        dev=dev,
+        ranks=ranks,
+        lengths=lengths,
+        budget=pass_budget(cfg.train.max_tokens_per_pass, dev),
+        pack_length=cfg.data.max_length if cfg.data.packing else None,
+        sampler=sampler,
+        total=total,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        params=params,
+        anchor=anchor,
+        ckpt_root=ckpt_root,
+        state=state,
         log=MetricsLog(run_dir / "metrics.jsonl" if ranks.main else None, resume_step=state.step, trackers=trackers),
-        samples=MetricsLog(run_dir / "samples.jsonl" if ranks.main and method.logs_samples else None,
-                           resume_step=state.step),  # rank 0's own draws, token by token
+        samples=MetricsLog(
+            run_dir / "samples.jsonl" if ranks.main and method.logs_samples else None, resume_step=state.step
+        ),  # rank 0's own draws, token by token
         profiler=StepProfiler(cfg.train.profile_steps if ranks.main else None, run_dir / "profile.txt", state.step),
         early=EarlyStop(watch.metric, watch.patience, watch.min_delta, state.early_stop) if watch else None,
         best=BestWeights(run_dir, cfg.output.keep_best, resume, write=ranks.main) if cfg.output.keep_best else None,
-        scorer=scorer, on_record=on_record)
+        scorer=scorer,
+        on_record=on_record,
+    )
 
 
 def _run(s: FitSession, quiet: bool) -> FitResult:
@@ -209,8 +271,20 @@ def _run(s: FitSession, quiet: bool) -> FitResult:
             fresh = reuses_left == steps_per_batch  # a batch's first step samples its rollout
             reuses_left -= 1
             s.profiler.before_step(state.step + 1)
-            totals = train_step(s.model, s.method, micro, s.params, s.optimizer, s.scheduler, cfg.train.max_grad_norm,
-                                s.precision, s.dev, s.anchor, s.ranks, fresh)
+            totals = train_step(
+                s.model,
+                s.method,
+                micro,
+                s.params,
+                s.optimizer,
+                s.scheduler,
+                cfg.train.max_grad_norm,
+                s.precision,
+                s.dev,
+                s.anchor,
+                s.ranks,
+                fresh,
+            )
             state.step += 1
             s.profiler.after_step(state.step, totals.tokens)
             state.tokens += totals.tokens
@@ -255,11 +329,13 @@ def _log_and_watch(s: FitSession, micro: list[Batch], progress: TrainProgress) -
         progress.update(step)
         return
     now = time.perf_counter()
-    record = state.record(s.sampler.batches_per_epoch(), s.scheduler.get_last_lr()[0], now - s.t_window,
-                          now - s.t_start)
+    record = state.record(
+        s.sampler.batches_per_epoch(), s.scheduler.get_last_lr()[0], now - s.t_window, now - s.t_start
+    )
     if do_val:
-        record.update(evaluate_loss(s.model, s.method, s.tokenizer, s.data.val, cfg.train.batch_size, s.precision,
-                                    s.dev))
+        record.update(
+            evaluate_loss(s.model, s.method, s.tokenizer, s.data.val, cfg.train.batch_size, s.precision, s.dev)
+        )
         s.val_loss = record["val_loss"]
     if do_gen:
         record.update(_generated_scores(s.model, s.scorer, s.precision, s.dev))
@@ -291,24 +367,36 @@ def _checkpoint_or_stop(s: FitSession, stop: StopRequest) -> None:
     if stopping or (cfg.output.save_every and step % cfg.output.save_every == 0 and step < s.total):
         s.state.elapsed = time.perf_counter() - s.t_start
         s.state.early_stop = dict(s.early.state) if s.early is not None else None
-        saved = checkpoint.save(s.ckpt_root, step, s.model, s.optimizer, s.scheduler, s.state.to_json(), cfg.output.keep,
-                                write=s.ranks.main)
+        saved = checkpoint.save(
+            s.ckpt_root, step, s.model, s.optimizer, s.scheduler, s.state.to_json(), cfg.output.keep, write=s.ranks.main
+        )
     if stopping:
         s.log.close()
         s.samples.close()
-        raise Stopped(f"{stop.signal or 'a signal to another process'}: stopped after step {step} of {s.total}; "
-                      f"checkpoint {saved or s.ckpt_root}; continue with --resume")
+        raise Stopped(
+            f"{stop.signal or 'a signal to another process'}: stopped after step {step} of {s.total}; "
+            f"checkpoint {saved or s.ckpt_root}; continue with --resume"
+        )
 
 
 def _check_watching(cfg: RunConfig, data: TrainData, ranks: Ranks, scorer) -> None:
     """Scores during training need validation data, and generation runs in one process."""
-    asked = [k for k, on in (("eval.generate_every", cfg.eval.generate_every), ("eval.early_stopping",
-             cfg.eval.early_stopping), ("output.keep_best", cfg.output.keep_best)) if on]
+    asked = [
+        k
+        for k, on in (
+            ("eval.generate_every", cfg.eval.generate_every),
+            ("eval.early_stopping", cfg.eval.early_stopping),
+            ("output.keep_best", cfg.output.keep_best),
+        )
+        if on
+    ]
     if asked and not data.val:
         raise UserError(f"{asked[0]}: needs validation data; set data.val or data.val_fraction")
     if cfg.eval.generate_every and ranks.parallel:
-        raise UserError("eval.generate_every: scoring generated replies during training runs in one process; "
-                        "train without torchrun, or watch val_loss")
+        raise UserError(
+            "eval.generate_every: scoring generated replies during training runs in one process; "
+            "train without torchrun, or watch val_loss"
+        )
     if cfg.eval.generate_every and scorer is None:
         raise RuntimeError("eval.generate_every is set but no scorer was given to fit()")
 
@@ -320,8 +408,11 @@ def _generated_scores(model, scorer, precision: str, dev) -> dict:
     python_rng = random.getstate()
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad(), \
-                autocast(precision, dev):
+        with (
+            torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []),
+            torch.no_grad(),
+            autocast(precision, dev),
+        ):
             return scorer(unwrap(model))
     finally:
         model.train()
@@ -343,14 +434,18 @@ def _skip_step(state: LoopState, cfg: RunConfig, ckpt_root: Path, console: Conso
     the checkpoints written so far (all from finite steps) kept."""
     state.skipped += 1
     limit = cfg.train.max_skipped_steps
-    console.print(f"[yellow]step {state.step}: loss or gradients not finite; step skipped "
-                  f"({state.skipped} of at most {limit})[/yellow]")
+    console.print(
+        f"[yellow]step {state.step}: loss or gradients not finite; step skipped "
+        f"({state.skipped} of at most {limit})[/yellow]"
+    )
     if state.skipped > limit:
         found = checkpoint.list_checkpoints(ckpt_root)
         kept = f"last good checkpoint {found[-1]}" if found else "no checkpoint was written yet"
-        raise RunFailed(f"training diverged: {state.skipped} steps with a loss or gradients that are not finite "
-                        f"(train.max_skipped_steps: {limit}); {kept}; lower train.lr, set train.max_grad_norm, "
-                        "or look for broken examples")
+        raise RunFailed(
+            f"training diverged: {state.skipped} steps with a loss or gradients that are not finite "
+            f"(train.max_skipped_steps: {limit}); {kept}; lower train.lr, set train.max_grad_norm, "
+            "or look for broken examples"
+        )
 
 
 def _stop_agreed(stop: StopRequest, ranks: Ranks) -> bool:

@@ -58,11 +58,11 @@ class Method(ABC):
     def collate(self, features: list[dict], tokenizer) -> Batch:
         """Features -> a padded batch of tensors, with `n_items` and `n_tokens` set."""
 
-    def prepare(self, model, tokenizer, features: list[dict], run_dir, cfg, console) -> None:
+    def prepare(self, model, tokenizer, features: list[dict], run_dir, cfg, console) -> None:  # noqa: B027 (optional)
         """Once, after the model is built and before the first step (a reference model, a teacher,
         reward functions); `features` are the training and validation features."""
 
-    def rollout(self, model, batch: Batch) -> None:
+    def rollout(self, model, batch: Batch) -> None:  # noqa: B027 (optional: most methods train on their data)
         """Before the first `loss` on a batch (training and validation), on the device and in the
         training precision: what the method generates to train on, written into the batch (replies
         sampled from the model as it is now, their rewards; `n_tokens` then counts them). Not

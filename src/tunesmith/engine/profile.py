@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tunesmith import atomic
-
 import torch
+
+from tunesmith import atomic
 
 WARMUP_STEPS = 2
 GROUPS = [  # first match wins; names are aten operator names without the namespace
@@ -22,18 +22,61 @@ GROUPS = [  # first match wins; names are aten operator names without the namesp
     ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
     ("loss (log-softmax, cross-entropy)", ("log_softmax", "cross_entropy", "nll_loss", "softmax_backward")),
     ("optimizer", ("_foreach", "adam", "lerp", "addcdiv", "linalg_vector_norm")),
-    ("casts and copies", ("copy_", "_to_copy", "to", "clone", "contiguous", "cat", "index", "gather", "scatter",
-                          "masked", "nonzero", "embedding", "fill_", "zero_", "empty", "zeros", "ones")),
-    ("elementwise and norms", ("mul", "add", "sub", "div", "silu", "rsqrt", "mean", "pow", "neg", "sum", "exp",
-                               "sigmoid", "where", "sin", "cos", "softmax", "threshold", "sqrt")),
+    (
+        "casts and copies",
+        (
+            "copy_",
+            "_to_copy",
+            "to",
+            "clone",
+            "contiguous",
+            "cat",
+            "index",
+            "gather",
+            "scatter",
+            "masked",
+            "nonzero",
+            "embedding",
+            "fill_",
+            "zero_",
+            "empty",
+            "zeros",
+            "ones",
+        ),
+    ),
+    (
+        "elementwise and norms",
+        (
+            "mul",
+            "add",
+            "sub",
+            "div",
+            "silu",
+            "rsqrt",
+            "mean",
+            "pow",
+            "neg",
+            "sum",
+            "exp",
+            "sigmoid",
+            "where",
+            "sin",
+            "cos",
+            "softmax",
+            "threshold",
+            "sqrt",
+        ),
+    ),
 ]
 
 
 def group_of(op: str) -> str:
     name = op.split("::")[-1].lstrip("_")
     for group, prefixes in GROUPS:
-        if any(name == p or name.startswith(p + "_") or (len(p) > 4 and name.startswith(p))
-               for p in (q.lstrip("_") for q in prefixes)):
+        if any(
+            name == p or name.startswith(p + "_") or (len(p) > 4 and name.startswith(p))
+            for p in (q.lstrip("_") for q in prefixes)
+        ):
             return group
     return "other"
 
@@ -77,12 +120,18 @@ def summarise(profiler, steps: int, seconds: float, tokens: int) -> str:
     groups: dict[str, float] = {}
     for e in events:
         groups[group_of(e.key)] = groups.get(group_of(e.key), 0.0) + e.self_cpu_time_total
-    lines = [f"{steps} steps profiled after {WARMUP_STEPS} warm-up steps: {seconds / steps:.3f} s per step, "
-             f"{tokens / seconds:.0f} tokens/s (profiling adds a little)", "", "where the time goes (self CPU time):"]
+    lines = [
+        f"{steps} steps profiled after {WARMUP_STEPS} warm-up steps: {seconds / steps:.3f} s per step, "
+        f"{tokens / seconds:.0f} tokens/s (profiling adds a little)",
+        "",
+        "where the time goes (self CPU time):",
+    ]
     for group, us in sorted(groups.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {group:<36} {us / 1e6 / steps:8.3f} s/step {us / total_us:6.1%}")
     lines += ["", "busiest operators:", f"  {'operator':<48} {'s/step':>8} {'share':>7} {'calls/step':>10}"]
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:25]:
-        lines.append(f"  {e.key[:48]:<48} {e.self_cpu_time_total / 1e6 / steps:8.3f} "
-                     f"{e.self_cpu_time_total / total_us:7.1%} {e.count / steps:10.0f}")
+        lines.append(
+            f"  {e.key[:48]:<48} {e.self_cpu_time_total / 1e6 / steps:8.3f} "
+            f"{e.self_cpu_time_total / total_us:7.1%} {e.count / steps:10.0f}"
+        )
     return "\n".join(lines) + "\n"

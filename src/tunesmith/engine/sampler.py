@@ -20,8 +20,15 @@ GROUP_BATCHES = 64
 class EpochSampler:
     """Batches of example indices; with `pack_length`, batches of rows, each row a list of indices."""
 
-    def __init__(self, source_sizes: list[int], weights: list[float], lengths: list[int], batch_size: int, seed: int,
-                 pack_length: int | None = None):
+    def __init__(
+        self,
+        source_sizes: list[int],
+        weights: list[float],
+        lengths: list[int],
+        batch_size: int,
+        seed: int,
+        pack_length: int | None = None,
+    ):
         self.sizes, self.weights, self.lengths = source_sizes, weights, lengths
         self.batch_size, self.seed, self.pack_length = batch_size, seed, pack_length
         self.offsets = [sum(source_sizes[:i]) for i in range(len(source_sizes))]

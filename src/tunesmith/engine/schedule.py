@@ -34,9 +34,14 @@ def param_groups(model, cfg: TrainConfig, lora_plus_ratio: float | None = None) 
         if p.requires_grad:
             fast = bool(lora_plus_ratio) and "lora_B" in name
             groups.setdefault((p.ndim >= 2, fast), []).append(p)
-    return [{"params": params, "weight_decay": cfg.weight_decay if matrix else 0.0,
-             "lr": cfg.lr * (lora_plus_ratio if fast else 1.0)}
-            for (matrix, fast), params in sorted(groups.items(), reverse=True)]
+    return [
+        {
+            "params": params,
+            "weight_decay": cfg.weight_decay if matrix else 0.0,
+            "lr": cfg.lr * (lora_plus_ratio if fast else 1.0),
+        }
+        for (matrix, fast), params in sorted(groups.items(), reverse=True)
+    ]
 
 
 def make_adamw(groups: list[dict], cfg: TrainConfig):
@@ -50,15 +55,15 @@ def make_adamw(groups: list[dict], cfg: TrainConfig):
 
             return import_bitsandbytes().optim.AdamW8bit(groups, **adam), None
         except Exception as e:  # not installed, or no kernels for this platform
-            note = (f"train.optimizer adamw8bit: bitsandbytes 8-bit AdamW is not available here "
-                    f"({first_line(e, 120)}); using torch AdamW (32-bit states)")
+            note = (
+                f"train.optimizer adamw8bit: bitsandbytes 8-bit AdamW is not available here "
+                f"({first_line(e, 120)}); using torch AdamW (32-bit states)"
+            )
     return torch.optim.AdamW(groups, **adam), note
 
 
 def build_optimizer(model, cfg: TrainConfig, total_steps: int, lora_plus_ratio: float | None = None):
     optimizer, note = make_adamw(param_groups(model, cfg, lora_plus_ratio), cfg)
     warm = warmup_steps(cfg, total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warm, cfg.schedule)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warm, cfg.schedule))
     return optimizer, scheduler, note

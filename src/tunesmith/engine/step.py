@@ -24,8 +24,9 @@ def to_device(batch: Batch, dev: torch.device) -> Batch:
     return batch
 
 
-def backward(model, method: Method, batch: Batch, precision: str, dev, scale: float, fresh: bool = True
-             ) -> tuple[float, dict]:
+def backward(
+    model, method: Method, batch: Batch, precision: str, dev, scale: float, fresh: bool = True
+) -> tuple[float, dict]:
     """One pass: the method's summed loss on `batch` (after its rollout where the batch is `fresh`,
     not a reused one), its gradient divided by `scale` added to the parameters' (accumulated until
     `update`); returns the loss and the method's metrics."""
@@ -51,7 +52,9 @@ def forward_only(model, method: Method, batch: Batch, precision: str, dev) -> tu
     return float(loss_sum), metrics
 
 
-def update(params: list[torch.Tensor], optimizer, max_norm: float | None, loss_finite: bool = True) -> tuple[float, bool]:
+def update(
+    params: list[torch.Tensor], optimizer, max_norm: float | None, loss_finite: bool = True
+) -> tuple[float, bool]:
     """Clip the accumulated gradients to `max_norm` (None: no clip), step the optimizer unless the
     loss or the gradients are not finite, and clear them; returns (gradient norm, skipped)."""
     grad_norm = clip_gradients(params, max_norm if max_norm is not None else float("inf"))
@@ -62,8 +65,20 @@ def update(params: list[torch.Tensor], optimizer, max_norm: float | None, loss_f
     return grad_norm, skipped
 
 
-def train_step(model, method: Method, micro: list[Batch], params, optimizer, scheduler, max_grad_norm: float | None,
-               precision: str, dev, anchor=None, ranks: Ranks = Ranks(), fresh: bool = True) -> StepTotals:
+def train_step(
+    model,
+    method: Method,
+    micro: list[Batch],
+    params,
+    optimizer,
+    scheduler,
+    max_grad_norm: float | None,
+    precision: str,
+    dev,
+    anchor=None,
+    ranks: Ranks = Ranks(),
+    fresh: bool = True,
+) -> StepTotals:
     """One optimizer step over this rank's passes of `grad_accum` global batches, normalised over
     all their items on every rank; returns the step's totals over all ranks. `anchor` (L2-SP)
     pulls the weights towards their start after normalisation."""

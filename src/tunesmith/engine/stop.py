@@ -24,7 +24,7 @@ class StopRequest:
         if signum == signal.SIGINT:  # a second Ctrl-C: the default, at once
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._previous[signum] = signal.signal(signum, self._handle)

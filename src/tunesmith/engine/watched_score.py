@@ -55,8 +55,10 @@ class EarlyStop:
         self.state["waited"] += 1
         if self.state["waited"] < self.patience:
             return None
-        return (f"{self.metric} has not improved by more than {self.min_delta:g} in {self.patience} evaluations "
-                f"since step {self.state['best_step']} ({self.state['best']:.4g})")
+        return (
+            f"{self.metric} has not improved by more than {self.min_delta:g} in {self.patience} evaluations "
+            f"since step {self.state['best_step']} ({self.state['best']:.4g})"
+        )
 
 
 class BestWeights:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 
-
 from tunesmith.data.tool_format import CALL_CLOSE, CALL_OPEN
 from tunesmith.errors import UserError
 
@@ -29,9 +28,18 @@ def call_schema(tools: list[dict], name: str | None = None) -> dict:
     chosen = [t for t in tools if name is None or t["function"]["name"] == name]
     if not chosen:
         raise UserError(f"tool_choice names {name!r}, which is not among the tools")
-    options = [{"type": "object", "properties": {"name": {"const": t["function"]["name"]},
-                                                  "arguments": t["function"].get("parameters") or {"type": "object"}},
-                "required": ["name", "arguments"], "additionalProperties": False} for t in chosen]
+    options = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": t["function"]["name"]},
+                "arguments": t["function"].get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in chosen
+    ]
     return options[0] if len(options) == 1 else {"anyOf": options}
 
 
@@ -58,7 +66,9 @@ def matcher(tokenizer, grammar: str, n_vocab: int):
     """An llguidance matcher for `grammar` over the model's vocabulary (its logits' width)."""
     import llguidance
 
-    m = llguidance.LLMatcher(_ll_tokenizer(tokenizer, n_vocab), llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0)
+    m = llguidance.LLMatcher(
+        _ll_tokenizer(tokenizer, n_vocab), llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0
+    )
     if m.is_error():
         raise UserError(f"tool call grammar: {m.get_error()}")
     return m

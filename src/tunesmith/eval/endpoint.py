@@ -21,9 +21,18 @@ class Endpoint:
     """Requests to an OpenAI-compatible server: retried with exponential backoff on rate limits,
     server errors and dropped connections (honouring Retry-After), paced to `rpm`."""
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, *, retries: int = 6,
-                 backoff: float = 1.0, rpm: float | None = None, timeout: float = 120.0,
-                 options: tuple[str, str] = ("model", "api_key_env")):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = None,
+        *,
+        retries: int = 6,
+        backoff: float = 1.0,
+        rpm: float | None = None,
+        timeout: float = 120.0,
+        options: tuple[str, str] = ("model", "api_key_env"),
+    ):
         """`options`: what the caller calls the model and key settings, for the errors (CLI flags, config keys)."""
         if not model:
             raise UserError(f"{options[0]}: an endpoint ({base_url}) needs the name of the model to ask for")
@@ -78,8 +87,16 @@ class Endpoint:
 class ChatEndpoint(Endpoint):
     """Chat completions: the endpoint as a model that answers conversations."""
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, *, max_tokens: int = 512,
-                 temperature: float = 0.0, **options):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = None,
+        *,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        **options,
+    ):
         super().__init__(base_url, model, api_key_env, **options)
         self.url = self.base_url + "/chat/completions"
         self.max_tokens, self.temperature = max_tokens, temperature
@@ -91,8 +108,13 @@ class ChatEndpoint(Endpoint):
     def complete(self, messages: list[dict], **overrides) -> dict:
         """{"message": the assistant message (content, tool_calls), "usage": the server's token counts
         ({} if it gives none), "seconds": the answered request's wall time (no pacing, no retries)}."""
-        body = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
-                "temperature": self.temperature, **overrides}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            **overrides,
+        }
 
         def parse(reply: dict) -> dict:
             message = reply["choices"][0]["message"]
@@ -113,8 +135,14 @@ class ScoringEndpoint(Endpoint):
     def score(self, sequences: list[list[int]]) -> tuple[list[list[float | None]], dict]:
         """Each sequence's per-token log-probabilities (the first token's is None: nothing
         precedes it), and the server's usage."""
-        body = {"model": self.model, "prompt": sequences, "max_tokens": 0, "echo": True, "logprobs": 0,
-                "temperature": 0.0}
+        body = {
+            "model": self.model,
+            "prompt": sequences,
+            "max_tokens": 0,
+            "echo": True,
+            "logprobs": 0,
+            "temperature": 0.0,
+        }
 
         def parse(reply: dict):
             choices = sorted(reply["choices"], key=lambda c: c.get("index", 0))

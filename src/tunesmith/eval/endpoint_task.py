@@ -26,7 +26,7 @@ class ReplyCache:
     """Endpoint replies by request, in one SQLite file (safe for several processes)."""
 
     @classmethod
-    def shared(cls) -> "ReplyCache":
+    def shared(cls) -> ReplyCache:
         """The one cache every command uses: $TUNESMITH_HOME (or ~/.cache/tunesmith)/endpoint-replies.sqlite."""
         from tunesmith.model.resolve import home
 
@@ -51,34 +51,55 @@ class ReplyCache:
         self.db.commit()
 
 
-def cost_per_1000(prompt_tokens: float | None, completion_tokens: float | None, price_in: float | None,
-                  price_out: float | None) -> float | None:
+def cost_per_1000(
+    prompt_tokens: float | None, completion_tokens: float | None, price_in: float | None, price_out: float | None
+) -> float | None:
     """Dollars per 1,000 requests of these mean token counts at these prices per million tokens."""
     if price_in is None or price_out is None or prompt_tokens is None or completion_tokens is None:
         return None
     return 1000 * (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
 
 
-def evaluate_endpoint(endpoint: ChatEndpoint, examples: list[Example], *, label: str, cache: ReplyCache,
-                      shots: list[Example] = (), system: str | None = None, max_new_tokens: int = 64,
-                      metric: str | None = None, price_in: float | None = None, price_out: float | None = None,
-                      predictions_path: Path | None = None, progress=None) -> dict:
+def evaluate_endpoint(
+    endpoint: ChatEndpoint,
+    examples: list[Example],
+    *,
+    label: str,
+    cache: ReplyCache,
+    shots: list[Example] = (),
+    system: str | None = None,
+    max_new_tokens: int = 64,
+    metric: str | None = None,
+    price_in: float | None = None,
+    price_out: float | None = None,
+    predictions_path: Path | None = None,
+    progress=None,
+) -> dict:
     """Ask the endpoint every test prompt (cached), score the replies; evaluate_task's result plus
     the endpoint's token counts, cost and latency."""
     task = task_prompts(examples, shots, system)
     replies, usage, seconds, sent = [], [], [], 0
     t0 = time.perf_counter()
     for messages, tools in zip(task.prompts, task.tools):
-        request = {"url": endpoint.url, "model": endpoint.model, "messages": messages, "tools": tools,
-                   "max_tokens": max_new_tokens, "temperature": endpoint.temperature}
+        request = {
+            "url": endpoint.url,
+            "model": endpoint.model,
+            "messages": messages,
+            "tools": tools,
+            "max_tokens": max_new_tokens,
+            "temperature": endpoint.temperature,
+        }
         key = ReplyCache.key(request)
         got = cache.get(key)
         if got is None:
             got = endpoint.complete(messages, max_tokens=max_new_tokens, **({"tools": tools} if tools else {}))
             cache.put(key, got)
             sent += 1
-        replies.append(turn_text({"content": got["message"].get("content") or "",
-                                  "tool_calls": got["message"].get("tool_calls") or []}))
+        replies.append(
+            turn_text(
+                {"content": got["message"].get("content") or "", "tool_calls": got["message"].get("tool_calls") or []}
+            )
+        )
         usage.append(got.get("usage") or {})
         seconds.append(got["seconds"])
         if progress is not None:
@@ -86,8 +107,10 @@ def evaluate_endpoint(endpoint: ChatEndpoint, examples: list[Example], *, label:
     counted = [u for u in usage if "prompt_tokens" in u and "completion_tokens" in u]
     prompt_tokens = sum(u["prompt_tokens"] for u in counted) / len(counted) if counted else None
     completion_tokens = sum(u["completion_tokens"] for u in counted) / len(counted) if counted else None
-    extra = [{"prompt_tokens": u.get("prompt_tokens"), "completion_tokens": u.get("completion_tokens"), "seconds": s}
-             for u, s in zip(usage, seconds)]
+    extra = [
+        {"prompt_tokens": u.get("prompt_tokens"), "completion_tokens": u.get("completion_tokens"), "seconds": s}
+        for u, s in zip(usage, seconds)
+    ]
     return {
         "label": label,
         "kind": "endpoint",

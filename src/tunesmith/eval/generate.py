@@ -11,7 +11,6 @@ import torch
 from tunesmith.data.chat import prompt_ids
 from tunesmith.generation.sampling import RowSettings
 
-
 BATCH_SIZE = 32  # replies decoding at once
 
 
@@ -48,14 +47,15 @@ def generate_ids(model, ids: torch.Tensor, mask: torch.Tensor, **kwargs) -> torc
     from tunesmith.model.peft_wrapping import is_prompt_learning
 
     if not is_prompt_learning(model):
-        return model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1]:]
+        return model.generate(input_ids=ids, attention_mask=mask, **kwargs)[:, ids.shape[1] :]
     config = model.active_peft_config
     base = model.get_base_model()
     virtual = torch.ones((ids.shape[0], config.num_virtual_tokens), dtype=mask.dtype, device=mask.device)
     mask = torch.cat([virtual, mask], dim=1)
     if config.peft_type.value == "PREFIX_TUNING":
-        return base.generate(input_ids=ids, attention_mask=mask, cache=model.get_prompt(batch_size=ids.shape[0]),
-                             **kwargs)[:, ids.shape[1]:]
+        return base.generate(
+            input_ids=ids, attention_mask=mask, cache=model.get_prompt(batch_size=ids.shape[0]), **kwargs
+        )[:, ids.shape[1] :]
     embeds = base.get_input_embeddings()(ids)
     embeds = torch.cat([model.get_prompt(batch_size=ids.shape[0]).to(embeds.dtype), embeds], dim=1)
     return base.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)  # embeddings in: new tokens out
@@ -66,13 +66,14 @@ def left_padded(prompts: list[list[int]], pad: int, dev) -> tuple[torch.Tensor, 
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
     return ids.to(dev), mask.to(dev)
 
 
-def sample_tokens(model, tokenizer, prompts: list[list[int]], sampling: Sampling, rows: int = BATCH_SIZE,
-                  on_done=None) -> list[list[int]]:
+def sample_tokens(
+    model, tokenizer, prompts: list[list[int]], sampling: Sampling, rows: int = BATCH_SIZE, on_done=None
+) -> list[list[int]]:
     """Each prompt's generated tokens (through EOS where it came): the generation engine, each
     prompt a row of its own, or, for prefix and prompt tuning, transformers' generate on
     left-padded batches of `rows`."""
@@ -80,8 +81,15 @@ def sample_tokens(model, tokenizer, prompts: list[list[int]], sampling: Sampling
 
     if supported(model):
         settings = RowSettings(sampling.temperature, sampling.top_p, sampling.top_k)
-        return generate_tokens(model, prompts, sampling.max_new_tokens, settings, frozenset({tokenizer.eos_token_id}),
-                               rows=rows, on_done=on_done)
+        return generate_tokens(
+            model,
+            prompts,
+            sampling.max_new_tokens,
+            settings,
+            frozenset({tokenizer.eos_token_id}),
+            rows=rows,
+            on_done=on_done,
+        )
     out = []
     for start in range(0, len(prompts), rows):
         chunk = prompts[start : start + rows]
@@ -96,17 +104,27 @@ def sample_tokens(model, tokenizer, prompts: list[list[int]], sampling: Sampling
     return out
 
 
-def generate_batch(model, tokenizer, conversations: list[list[dict]], sampling: Sampling,
-                   tools: list[list[dict] | None] | None = None) -> list[str]:
+def generate_batch(
+    model, tokenizer, conversations: list[list[dict]], sampling: Sampling, tools: list[list[dict] | None] | None = None
+) -> list[str]:
     """Assistant replies to each conversation (with its tools, where given)."""
     tools = tools or [None] * len(conversations)
     prompts = [prompt_ids(tokenizer, c, t) for c, t in zip(conversations, tools)]
-    return [tokenizer.decode(row, skip_special_tokens=True).strip()
-            for row in sample_tokens(model, tokenizer, prompts, sampling, rows=max(1, len(prompts)))]
+    return [
+        tokenizer.decode(row, skip_special_tokens=True).strip()
+        for row in sample_tokens(model, tokenizer, prompts, sampling, rows=max(1, len(prompts)))
+    ]
 
 
-def generate_all(model, tokenizer, conversations: list[list[dict]], sampling: Sampling, batch_size: int = BATCH_SIZE,
-                 on_batch=None, tools: list[list[dict] | None] | None = None) -> list[str]:
+def generate_all(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    sampling: Sampling,
+    batch_size: int = BATCH_SIZE,
+    on_batch=None,
+    tools: list[list[dict] | None] | None = None,
+) -> list[str]:
     """Replies for many conversations, `batch_size` decoding at once; `on_batch(n)` as n more
     are done."""
     from tunesmith.generation.batch import supported
@@ -115,8 +133,10 @@ def generate_all(model, tokenizer, conversations: list[list[dict]], sampling: Sa
     if supported(model):
         prompts = [prompt_ids(tokenizer, c, t) for c, t in zip(conversations, tools)]
         done = (lambda i: on_batch(1)) if on_batch is not None else None
-        return [tokenizer.decode(row, skip_special_tokens=True).strip()
-                for row in sample_tokens(model, tokenizer, prompts, sampling, rows=batch_size, on_done=done)]
+        return [
+            tokenizer.decode(row, skip_special_tokens=True).strip()
+            for row in sample_tokens(model, tokenizer, prompts, sampling, rows=batch_size, on_done=done)
+        ]
     order = sorted(range(len(conversations)), key=lambda i: len(prompt_ids(tokenizer, conversations[i], tools[i])))
     replies: list[str] = [""] * len(conversations)
     for start in range(0, len(order), batch_size):

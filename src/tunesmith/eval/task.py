@@ -28,7 +28,9 @@ from tunesmith.eval.tool_metrics import tool_scores
 def reference_turn(example: Example) -> tuple[list[dict], dict]:
     """The conversation up to the last assistant turn, and that turn (its calls included)."""
     if example.messages is None or not any(m["role"] == "assistant" for m in example.messages):
-        raise UserError(f"{example.source}: no assistant reply to score against; use a chat or prompt/completion layout")
+        raise UserError(
+            f"{example.source}: no assistant reply to score against; use a chat or prompt/completion layout"
+        )
     last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
     return example.messages[:last], example.messages[last]
 
@@ -63,8 +65,9 @@ def build_prompt(messages: list[dict], shots: list[Example], system: str | None)
     return out + own
 
 
-def measure_latency(model, tokenizer, conversations: list[list[dict]], sampling: Sampling,
-                    tools: list[list[dict] | None] | None = None) -> float:
+def measure_latency(
+    model, tokenizer, conversations: list[list[dict]], sampling: Sampling, tools: list[list[dict] | None] | None = None
+) -> float:
     """Mean seconds for one request at a time (batch 1), after one warm-up request."""
     if not conversations:
         return 0.0
@@ -100,8 +103,13 @@ def task_prompts(examples: list[Example], shots: list[Example] = (), system: str
     return TaskPrompts(list(examples), prompts, turns, tools)
 
 
-def score_replies(task: TaskPrompts, replies: list[str], metric: str | None, predictions_path: Path | None,
-                  extra: list[dict] | None = None) -> dict[str, dict]:
+def score_replies(
+    task: TaskPrompts,
+    replies: list[str],
+    metric: str | None,
+    predictions_path: Path | None,
+    extra: list[dict] | None = None,
+) -> dict[str, dict]:
     """Every metric of every reply (tool-call metrics where the example has tools, the user's
     metric), written per example to `predictions_path` (with `extra` fields per row); returns
     per-metric means with bootstrap intervals."""
@@ -120,8 +128,20 @@ def score_replies(task: TaskPrompts, replies: list[str], metric: str | None, pre
         lines = []
         for i, (e, p, r, s) in enumerate(zip(task.examples, replies, task.references, rows)):
             thought = {"reasoning": thoughts[i]} if thoughts[i] is not None else {}
-            lines.append(json.dumps({"index": i, "source": e.source, **(extra[i] if extra else {}),
-                                     "prediction": p, **thought, "reference": r, **s}) + "\n")
+            lines.append(
+                json.dumps(
+                    {
+                        "index": i,
+                        "source": e.source,
+                        **(extra[i] if extra else {}),
+                        "prediction": p,
+                        **thought,
+                        "reference": r,
+                        **s,
+                    }
+                )
+                + "\n"
+            )
         atomic.write_text(predictions_path, "".join(lines))
     names = sorted({k for s in rows for k in s}, key=lambda k: (k not in rows[0], k))
     return {k: bootstrap_ci([s[k] for s in rows if k in s]) for k in names}
@@ -134,10 +154,21 @@ def per_example_scores(path: Path, metric: str) -> list[tuple[str, float]]:
     return [(r["source"], float(r[metric])) for r in rows if metric in r]
 
 
-def evaluate_task(model, tokenizer, examples: list[Example], *, label: str, shots: list[Example] = (),
-                  system: str | None = None, max_new_tokens: int = 64, batch_size: int = BATCH_SIZE,
-                  metric: str | None = None, latency_samples: int = 8, predictions_path: Path | None = None,
-                  progress=None) -> dict:
+def evaluate_task(
+    model,
+    tokenizer,
+    examples: list[Example],
+    *,
+    label: str,
+    shots: list[Example] = (),
+    system: str | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = BATCH_SIZE,
+    metric: str | None = None,
+    latency_samples: int = 8,
+    predictions_path: Path | None = None,
+    progress=None,
+) -> dict:
     """Score greedy replies on `examples`; returns per-metric means with bootstrap intervals.
     Examples with tools are prompted with them and also get the tool-call metrics."""
     if metric:

@@ -22,7 +22,7 @@ def words(text: str) -> list[str]:
 
 
 def ngrams(tokens: list[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
 def fuzzy_match(candidate: str, reference: str) -> float:

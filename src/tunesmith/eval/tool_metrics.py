@@ -84,8 +84,9 @@ def tool_scores(reply: str, reference: dict, tools: list[dict]) -> dict[str, flo
         out["tool_abstention"] = float(not read.calls and valid_json is None)
         return out
     out["tool_call_rate"] = float(bool(read.calls))
-    out["tool_name_accuracy"] = float(Counter(c["function"]["name"] for c in read.calls) ==
-                                      Counter(c["function"]["name"] for c in expected))
+    out["tool_name_accuracy"] = float(
+        Counter(c["function"]["name"] for c in read.calls) == Counter(c["function"]["name"] for c in expected)
+    )
     out["tool_call_exact"] = float(Counter(map(_canonical, read.calls)) == Counter(map(_canonical, expected)))
     accuracy = _argument_accuracy(read.calls, expected)
     if accuracy is not None:

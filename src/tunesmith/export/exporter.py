@@ -1,6 +1,7 @@
 """Export a run or a model reference as folders the ecosystem loads.
 
-- an adapter run (LoRA, IA3, prefix, prompt), default: the PEFT adapter (+ tokenizer) that `peft.PeftModel.from_pretrained` loads;
+- an adapter run (LoRA, IA3, prefix, prompt), default: the PEFT adapter (+ tokenizer) that
+  `peft.PeftModel.from_pretrained` loads;
 - a LoRA or IA3 run with merge=True, a full fine-tune, or any model reference: a Hugging Face model
   folder (safetensors + tokenizer + chat template) for `AutoModelForCausalLM.from_pretrained`
   (a reward model's: `AutoModelForSequenceClassification.from_pretrained`);
@@ -20,17 +21,29 @@ import torch
 from tunesmith import atomic
 from tunesmith.errors import UserError
 from tunesmith.export import FORMATS, GGUF_QUANTS
-from tunesmith.model.load import (is_reward_checkpoint, load_for_inference, load_reward_model, load_tokenizer,
-                                  quiet_transformers, tokenizer_dir)
 from tunesmith.export.model_card import model_card
+from tunesmith.model.load import (
+    is_reward_checkpoint,
+    load_for_inference,
+    load_reward_model,
+    load_tokenizer,
+    quiet_transformers,
+    tokenizer_dir,
+)
 from tunesmith.model.quantize import SETTINGS_FILE, read_settings
 from tunesmith.model.resolve import resolve
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = torch.float32, format: str = "hf",
-           quant: str = "f16") -> dict:
+def export(
+    reference: str,
+    to: Path,
+    merge: bool = False,
+    dtype: torch.dtype = torch.float32,
+    format: str = "hf",
+    quant: str = "f16",
+) -> dict:
     if format not in FORMATS:
         raise UserError(f"--format {format}: choose one of {', '.join(FORMATS)}")
     if quant not in GGUF_QUANTS:
@@ -58,8 +71,10 @@ def export(reference: str, to: Path, merge: bool = False, dtype: torch.dtype = t
             else:
                 model, tokenizer = load_for_inference(resolved, dtype=dtype, merge=True)
             if hasattr(model, "peft_config"):
-                raise UserError(f"{reference}: a {model.active_peft_config.peft_type.value.lower()} adapter adds virtual "
-                                "tokens and cannot merge into the base; export it without --merge")
+                raise UserError(
+                    f"{reference}: a {model.active_peft_config.peft_type.value.lower()} adapter adds virtual "
+                    "tokens and cannot merge into the base; export it without --merge"
+                )
             with quiet_transformers():
                 model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -81,12 +96,16 @@ def export_gguf(resolved, folder: Path, quant: str) -> dict:
     from tunesmith.export.gguf import write_gguf
 
     if is_reward_checkpoint(resolved):
-        raise UserError(f"{resolved.reference}: a reward model has a score head, not a language-model head; "
-                        "GGUF export is for language models")
+        raise UserError(
+            f"{resolved.reference}: a reward model has a score head, not a language-model head; "
+            "GGUF export is for language models"
+        )
     model, tokenizer = load_for_inference(resolved, dtype=torch.float32, merge=True)
     if hasattr(model, "peft_config"):
-        raise UserError(f"{resolved.reference}: a {model.active_peft_config.peft_type.value.lower()} adapter adds "
-                        "virtual tokens, which GGUF cannot hold; export it in Hugging Face layout")
+        raise UserError(
+            f"{resolved.reference}: a {model.active_peft_config.peft_type.value.lower()} adapter adds "
+            "virtual tokens, which GGUF cannot hold; export it in Hugging Face layout"
+        )
     name = Path(resolved.reference).name if resolved.reference else resolved.path.name
     path = folder / f"{name}-{quant}.gguf"
     info = write_gguf(model.cpu(), tokenizer, path, quant=quant, name=name, source=resolved.path)
@@ -109,10 +128,22 @@ def merge_check(merged, unmerged, tokenizer) -> dict:
     with torch.no_grad():
         for conv in conversations:
             ids = torch.tensor([prompt_ids(tokenizer, conv)], device=next(unmerged.parameters()).device)
-            a, b = merged(input_ids=ids.to(next(merged.parameters()).device)).logits.float(), unmerged(input_ids=ids).logits.float()
+            a, b = (
+                merged(input_ids=ids.to(next(merged.parameters()).device)).logits.float(),
+                unmerged(input_ids=ids).logits.float(),
+            )
             diff = max(diff, float((a.cpu() - b.cpu()).abs().max()))
     sampling = Sampling(max_new_tokens=CHECK_TOKENS)
-    same = sum(x == y for x, y in zip(generate_all(merged, tokenizer, conversations, sampling),
-                                      generate_all(unmerged, tokenizer, conversations, sampling)))
-    return {"prompts": len(conversations), "max_abs_logit_diff": diff, "greedy_identical": same,
-            "greedy_tokens": CHECK_TOKENS}
+    same = sum(
+        x == y
+        for x, y in zip(
+            generate_all(merged, tokenizer, conversations, sampling),
+            generate_all(unmerged, tokenizer, conversations, sampling),
+        )
+    )
+    return {
+        "prompts": len(conversations),
+        "max_abs_logit_diff": diff,
+        "greedy_identical": same,
+        "greedy_tokens": CHECK_TOKENS,
+    }

@@ -58,7 +58,9 @@ def head_width(config) -> int:
 def check_supported(config, arch: str) -> None:
     """Refuse, in one line, what llama.cpp would read as a different model."""
     kind = config.model_type
-    if arch != "GEMMA3" and (getattr(config, "use_sliding_window", False) or (kind == "mistral" and config.sliding_window)):
+    if arch != "GEMMA3" and (
+        getattr(config, "use_sliding_window", False) or (kind == "mistral" and config.sliding_window)
+    ):
         raise UserError(f"GGUF export: this {kind} model uses a sliding window, which llama.cpp's {arch.lower()} drops")
     head_dim = head_width(config)
     if arch == "LLAMA" and head_dim * config.num_attention_heads != config.hidden_size:
@@ -66,12 +68,16 @@ def check_supported(config, arch: str) -> None:
     if arch == "GEMMA3":
         expected = config.hidden_size // config.num_attention_heads if config.num_hidden_layers == 62 else head_dim
         if config.query_pre_attn_scalar != expected:
-            raise UserError(f"GGUF export: query_pre_attn_scalar {config.query_pre_attn_scalar} differs from the "
-                            f"{expected} llama.cpp's Gemma 3 scales queries by")
+            raise UserError(
+                f"GGUF export: query_pre_attn_scalar {config.query_pre_attn_scalar} differs from the "
+                f"{expected} llama.cpp's Gemma 3 scales queries by"
+            )
         if getattr(config, "attn_logit_softcapping", None):
             raise UserError("GGUF export: llama.cpp's Gemma 3 has no attention soft-cap; this model sets one")
         if config.hidden_activation != "gelu_pytorch_tanh":
-            raise UserError(f"GGUF export: llama.cpp's Gemma 3 uses tanh-approximate GELU, not {config.hidden_activation}")
+            raise UserError(
+                f"GGUF export: llama.cpp's Gemma 3 uses tanh-approximate GELU, not {config.hidden_activation}"
+            )
 
 
 def write_gemma3_keys(writer, config, thetas: dict[str, float]) -> None:
@@ -84,7 +90,9 @@ def write_gemma3_keys(writer, config, thetas: dict[str, float]) -> None:
         writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
 
 
-def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "model", source: Path | None = None) -> dict:
+def write_gguf(
+    model, tokenizer, path: Path, quant: str = "f16", name: str = "model", source: Path | None = None
+) -> dict:
     """Write `model` (a plain causal LM of a family in ARCHITECTURES, any adapter merged) to
     `path`; `source`: its Hugging Face folder, for what the conversion from a GGUF file recorded."""
     import gguf

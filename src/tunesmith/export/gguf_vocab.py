@@ -43,7 +43,9 @@ def _spec(tokenizer) -> dict:
 def _pre_tokenizer_steps(spec: dict) -> tuple[str, ...]:
     """The types of a tokenizer.json's pre-tokenizer pipeline, e.g. ("Digits", "ByteLevel")."""
     pre = spec.get("pre_tokenizer") or {}
-    return tuple(p["type"] for p in pre.get("pretokenizers", [])) if pre.get("type") == "Sequence" else (pre.get("type"),)
+    return (
+        tuple(p["type"] for p in pre.get("pretokenizers", [])) if pre.get("type") == "Sequence" else (pre.get("type"),)
+    )
 
 
 def _normalizer_steps(spec: dict) -> list[dict]:
@@ -54,7 +56,9 @@ def _normalizer_steps(spec: dict) -> list[dict]:
 def is_sentencepiece_style(spec: dict) -> bool:
     """BPE over '▁'-for-space pieces with byte fallback: what a SentencePiece BPE model becomes in
     tokenizer.json (the normalizer turns ' ' into '▁'; no byte-level pre-tokenizer)."""
-    replaces_space = any(step.get("type") == "Replace" and step.get("content") == "▁" for step in _normalizer_steps(spec))
+    replaces_space = any(
+        step.get("type") == "Replace" and step.get("content") == "▁" for step in _normalizer_steps(spec)
+    )
     return spec.get("model", {}).get("type") == "BPE" and bool(spec["model"].get("byte_fallback")) and replaces_space
 
 
@@ -77,8 +81,10 @@ def vocabulary(tokenizer, n_vocab: int) -> Vocabulary:
     model = spec.get("model") or {}
     byte_level = model.get("type") == "BPE" and "ByteLevel" in _pre_tokenizer_steps(spec)
     if not byte_level and not is_sentencepiece_style(spec):
-        raise UserError("GGUF export supports byte-level BPE (GPT-2 style) and SentencePiece-style BPE tokenizers; "
-                        f"this tokenizer is {model.get('type')} without either's pre-tokenizer or byte fallback")
+        raise UserError(
+            "GGUF export supports byte-level BPE (GPT-2 style) and SentencePiece-style BPE tokenizers; "
+            f"this tokenizer is {model.get('type')} without either's pre-tokenizer or byte fallback"
+        )
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
     added = {a.content: a for a in tokenizer.added_tokens_decoder.values()}
     tokens, types = [], []
@@ -96,8 +102,13 @@ def vocabulary(tokenizer, n_vocab: int) -> Vocabulary:
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     if byte_level:
         return Vocabulary("gpt2", tokens, types, merges=merges)
-    return Vocabulary("llama", tokens, types, scores=merge_scores(tokens, types, merges),
-                      add_space_prefix=any(step.get("type") == "Prepend" for step in _normalizer_steps(spec)))
+    return Vocabulary(
+        "llama",
+        tokens,
+        types,
+        scores=merge_scores(tokens, types, merges),
+        add_space_prefix=any(step.get("type") == "Prepend" for step in _normalizer_steps(spec)),
+    )
 
 
 def merge_scores(tokens: list[str], types: list[int], merges: list[str]) -> list[float]:
@@ -134,8 +145,12 @@ def write_vocabulary(writer, tokenizer, vocab: Vocabulary, pre: str) -> None:
         writer.add_token_merges(vocab.merges)
     if vocab.scores is not None:
         writer.add_token_scores(vocab.scores)
-    for setter, token_id in ((writer.add_bos_token_id, tokenizer.bos_token_id), (writer.add_eos_token_id, tokenizer.eos_token_id),
-                             (writer.add_unk_token_id, tokenizer.unk_token_id), (writer.add_pad_token_id, tokenizer.pad_token_id)):
+    for setter, token_id in (
+        (writer.add_bos_token_id, tokenizer.bos_token_id),
+        (writer.add_eos_token_id, tokenizer.eos_token_id),
+        (writer.add_unk_token_id, tokenizer.unk_token_id),
+        (writer.add_pad_token_id, tokenizer.pad_token_id),
+    ):
         if token_id is not None:
             setter(int(token_id))
     add_bos, add_eos = adds_special(tokenizer)

@@ -37,21 +37,37 @@ def model_card(resolved: Resolved, kind: str, files: list[str], extra: dict | No
     base = (cfg or {}).get("model") or resolved.reference or str(resolved.path)
     library = "peft" if kind == "adapter" else "gguf" if kind == "gguf" else "transformers"
     name = (cfg or {}).get("name") or Path(resolved.reference or resolved.path).name
-    lines = ["---", f"base_model: {json.dumps(str(base))}", f"library_name: {library}",
-             "tags: [tunesmith" + (f", {cfg['method']}" if cfg else "") + (", gguf" if kind == "gguf" else "") + "]",
-             "---", "", f"# {name}", ""]
-    what = {"adapter": "a PEFT adapter, loaded onto its base model with `peft.PeftModel.from_pretrained`",
-            "merged": "the base model with the adapter merged into its weights (`AutoModelForCausalLM.from_pretrained`)",
-            "model": "a full model in Hugging Face layout (`AutoModelForCausalLM.from_pretrained`)",
-            "gguf": "a single GGUF file for llama.cpp-compatible runtimes"}[kind]
+    lines = [
+        "---",
+        f"base_model: {json.dumps(str(base))}",
+        f"library_name: {library}",
+        "tags: [tunesmith" + (f", {cfg['method']}" if cfg else "") + (", gguf" if kind == "gguf" else "") + "]",
+        "---",
+        "",
+        f"# {name}",
+        "",
+    ]
+    what = {
+        "adapter": "a PEFT adapter, loaded onto its base model with `peft.PeftModel.from_pretrained`",
+        "merged": "the base model with the adapter merged into its weights (`AutoModelForCausalLM.from_pretrained`)",
+        "model": "a full model in Hugging Face layout (`AutoModelForCausalLM.from_pretrained`)",
+        "gguf": "a single GGUF file for llama.cpp-compatible runtimes",
+    }[kind]
     lines += [f"This folder holds {what}, exported by tunesmith.", ""]
     lines += ["| | |", "|---|---|", f"| base model | `{base}` |"]
     if cfg:
         adapter = cfg.get("adapter") or {}
         a_type = adapter.get("type", "none")
-        a_text = "none (full fine-tuning)" if a_type == "none" else a_type + (
-            f" (r={adapter.get('r')}, alpha={adapter.get('alpha')}, targets={adapter.get('targets')})"
-            if a_type in ("lora", "qlora") else "")
+        a_text = (
+            "none (full fine-tuning)"
+            if a_type == "none"
+            else a_type
+            + (
+                f" (r={adapter.get('r')}, alpha={adapter.get('alpha')}, targets={adapter.get('targets')})"
+                if a_type in ("lora", "qlora")
+                else ""
+            )
+        )
         lines += [f"| method | {cfg.get('method')} |", f"| adapter | {a_text} |"]
     for key, value in (extra or {}).items():
         lines.append(f"| {key} | {value} |")
@@ -66,25 +82,37 @@ def model_card(resolved: Resolved, kind: str, files: list[str], extra: dict | No
         elif data.get("val_fraction"):
             lines.append(f"- validation: {data['val_fraction']:.0%} held out of the training data")
         if summary:
-            lines.append(f"- trained: {summary.get('steps')} optimizer steps over {summary.get('tokens')} tokens, "
-                         f"max length {data.get('max_length')}, precision {summary.get('precision')}")
+            lines.append(
+                f"- trained: {summary.get('steps')} optimizer steps over {summary.get('tokens')} tokens, "
+                f"max length {data.get('max_length')}, precision {summary.get('precision')}"
+            )
         lines.append("")
     if summary or report:
         lines += ["## Evaluation", ""]
         if summary:
-            lines.append(f"- final training loss {summary.get('final_loss'):.4f}" if summary.get("final_loss") is not None
-                         else "- final training loss: n/a")
+            lines.append(
+                f"- final training loss {summary.get('final_loss'):.4f}"
+                if summary.get("final_loss") is not None
+                else "- final training loss: n/a"
+            )
             if summary.get("val_loss") is not None:
                 lines.append(f"- validation loss {summary['val_loss']:.4f}")
         for row in (report or {}).get("task", []):
-            lines.append(f"- {row['label']}: {report['primary']} {_pct(row['score'])} "
-                         f"(95% CI {_pct(row['lo'])} to {_pct(row['hi'])}, n={row['n']})")
+            lines.append(
+                f"- {row['label']}: {report['primary']} {_pct(row['score'])} "
+                f"(95% CI {_pct(row['lo'])} to {_pct(row['hi'])}, n={row['n']})"
+            )
         for row in (report or {}).get("forgetting", []):
-            lines.append(f"- general QA (forgetting probe): base {_pct(row['qa_base'])} -> tuned {_pct(row['qa_tuned'])}")
+            lines.append(
+                f"- general QA (forgetting probe): base {_pct(row['qa_base'])} -> tuned {_pct(row['qa_tuned'])}"
+            )
         rec = (report or {}).get("recommendation") or {}
         if rec.get("text"):
             lines += ["", rec["text"]]
-        lines += ["", "Numbers from the run's `summary.json` and `report.json`; the full report is the run's `report.html`."]
+        lines += [
+            "",
+            "Numbers from the run's `summary.json` and `report.json`; the full report is the run's `report.html`.",
+        ]
     elif not cfg:
         lines += ["Not tuned by a tunesmith run: the model as referenced, re-exported."]
     return "\n".join(lines) + "\n"

@@ -43,8 +43,10 @@ def write_interpolated(run: str, alpha: float, to: Path) -> dict:
             config = json.loads((resolved.adapter / "adapter_config.json").read_text())
             kind = config.get("peft_type")
             if kind not in ("LORA", "IA3") or config.get("use_dora"):
-                raise UserError(f"{run}: a {'DoRA' if config.get('use_dora') else kind} adapter does not interpolate "
-                                "by scaling; export it merged (tunesmith export --merge) and train or compare that")
+                raise UserError(
+                    f"{run}: a {'DoRA' if config.get('use_dora') else kind} adapter does not interpolate "
+                    "by scaling; export it merged (tunesmith export --merge) and train or compare that"
+                )
             weights = load_file(resolved.adapter / "adapter_model.safetensors")
             save_file(scale_adapter_weights(weights, alpha, kind), str(tmp / "adapter_model.safetensors"))
             for name in ("adapter_config.json", SETTINGS_FILE):
@@ -60,22 +62,33 @@ def write_interpolated(run: str, alpha: float, to: Path) -> dict:
             kind_out = "model"
         load_tokenizer(tokenizer_dir(resolved)).save_pretrained(tmp)
         files = sorted(p.name for p in tmp.iterdir())
-        (tmp / "README.md").write_text(model_card(resolved, kind_out, files,
-                                                  {"interpolation": f"α = {alpha:g} of the way from the base model "
-                                                                    "to the tuned one (θ₀ + α(θ − θ₀))"}))
+        (tmp / "README.md").write_text(
+            model_card(
+                resolved,
+                kind_out,
+                files,
+                {"interpolation": f"α = {alpha:g} of the way from the base model to the tuned one (θ₀ + α(θ − θ₀))"},
+            )
+        )
     return {"to": str(to), "kind": kind_out, "alpha": alpha, "run": str(run_dir)}
 
 
 # PEFT's combination for each merge method (add_weighted_adapter). task_arithmetic is PEFT's "cat":
 # the adapters side by side, so the merged update is exactly Σ wᵢ·ΔWᵢ (rank Σ rᵢ); the others combine
 # the adapters' A and B matrices and need one rank.
-MERGE_METHODS = {"linear": "linear", "task_arithmetic": "cat", "ties": "ties", "dare_linear": "dare_linear",
-                 "dare_ties": "dare_ties"}
+MERGE_METHODS = {
+    "linear": "linear",
+    "task_arithmetic": "cat",
+    "ties": "ties",
+    "dare_linear": "dare_linear",
+    "dare_ties": "dare_ties",
+}
 NEEDS_DENSITY = ("ties", "dare_linear", "dare_ties")
 
 
-def merged_adapter_model(sources: list[str], method: str, weights: list[float] | None = None,
-                         density: float | None = None, seed: int = 0):
+def merged_adapter_model(
+    sources: list[str], method: str, weights: list[float] | None = None, density: float | None = None, seed: int = 0
+):
     """The base with every source adapter loaded and their merge added and active as "merged";
     returns (model, the first source's Resolved)."""
     from peft import PeftModel
@@ -96,30 +109,49 @@ def merged_adapter_model(sources: list[str], method: str, weights: list[float] |
             raise UserError(f"{source}: not an adapter run (merge combines LoRA adapters on one base)")
         config = json.loads((r.adapter / "adapter_config.json").read_text())
         if config.get("peft_type") != "LORA" or config.get("use_dora"):
-            raise UserError(f"{source}: a {'DoRA' if config.get('use_dora') else config.get('peft_type')} adapter; "
-                            "merge combines LoRA adapters")
+            raise UserError(
+                f"{source}: a {'DoRA' if config.get('use_dora') else config.get('peft_type')} adapter; "
+                "merge combines LoRA adapters"
+            )
         if (r.adapter / SETTINGS_FILE).is_file():
-            raise UserError(f"{source}: a QLoRA adapter (its base is quantized); merge LoRA adapters on an unquantized base")
+            raise UserError(
+                f"{source}: a QLoRA adapter (its base is quantized); merge LoRA adapters on an unquantized base"
+            )
         configs.append(config)
     bases = {str(r.path.resolve()) for r in resolved}
     if len(bases) > 1:
         raise UserError(f"merge: the adapters are on different base models ({', '.join(sorted(bases))})")
     ranks = sorted({c["r"] for c in configs})
     if MERGE_METHODS[method] != "cat" and len(ranks) > 1:
-        raise UserError(f"--method {method} combines the adapters' matrices and needs one rank (these have r = "
-                        f"{', '.join(map(str, ranks))}); use task_arithmetic")
-    model = PeftModel.from_pretrained(load_base(resolved[0].path, torch.float32), resolved[0].adapter, adapter_name="a0")
+        raise UserError(
+            f"--method {method} combines the adapters' matrices and needs one rank (these have r = "
+            f"{', '.join(map(str, ranks))}); use task_arithmetic"
+        )
+    model = PeftModel.from_pretrained(
+        load_base(resolved[0].path, torch.float32), resolved[0].adapter, adapter_name="a0"
+    )
     for i, r in enumerate(resolved[1:], start=1):
         model.load_adapter(r.adapter, adapter_name=f"a{i}")
     torch.manual_seed(seed)  # DARE drops entries at random
-    model.add_weighted_adapter([f"a{i}" for i in range(len(sources))], weights, "merged",
-                               combination_type=MERGE_METHODS[method], density=density)
+    model.add_weighted_adapter(
+        [f"a{i}" for i in range(len(sources))],
+        weights,
+        "merged",
+        combination_type=MERGE_METHODS[method],
+        density=density,
+    )
     model.set_adapter("merged")
     return model.eval(), resolved[0]
 
 
-def merge_adapters(sources: list[str], method: str, to: Path, weights: list[float] | None = None,
-                   density: float | None = None, seed: int = 0) -> dict:
+def merge_adapters(
+    sources: list[str],
+    method: str,
+    to: Path,
+    weights: list[float] | None = None,
+    density: float | None = None,
+    seed: int = 0,
+) -> dict:
     """Write the merge of LoRA adapters on one base as one PEFT adapter folder."""
     to = _empty_target(to)
     model, first = merged_adapter_model(sources, method, weights, density, seed)
@@ -137,7 +169,14 @@ def merge_adapters(sources: list[str], method: str, to: Path, weights: list[floa
         load_tokenizer(tokenizer_dir(first)).save_pretrained(tmp)
         files = sorted(p.name for p in tmp.iterdir())
         detail = f"{method} of {', '.join(sources)} with weights {weights or [1.0] * len(sources)}" + (
-            f", density {density}" if density is not None else "")
+            f", density {density}" if density is not None else ""
+        )
         (tmp / "README.md").write_text(model_card(first, "adapter", files, {"merge": detail}))
-    return {"to": str(to), "method": method, "sources": sources, "weights": weights or [1.0] * len(sources),
-            "density": density, "rank": config["r"]}
+    return {
+        "to": str(to),
+        "method": method,
+        "sources": sources,
+        "weights": weights or [1.0] * len(sources),
+        "density": density,
+        "rank": config["r"],
+    }

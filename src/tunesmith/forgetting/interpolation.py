@@ -35,9 +35,11 @@ def scale_adapter_weights(weights: dict[str, torch.Tensor], alpha: float, kind: 
         elif kind == "LORA" and ("lora_A" in name or "lora_embedding_A" in name):
             out[name] = value.clone()
         else:
-            raise UserError(f"interpolation: adapter weight {name} has no base value to move towards "
-                            f"({kind} adapters with extra trained modules or DoRA magnitudes cannot be interpolated; "
-                            "merge the adapter into the model and interpolate that)")
+            raise UserError(
+                f"interpolation: adapter weight {name} has no base value to move towards "
+                f"({kind} adapters with extra trained modules or DoRA magnitudes cannot be interpolated; "
+                "merge the adapter into the model and interpolate that)"
+            )
     return out
 
 
@@ -62,8 +64,10 @@ class Interpolation:
             self.base = None
             return
         if hasattr(model, "peft_config"):
-            raise UserError("forgetting.interpolate: this adapter is not merged into the weights and is not LoRA "
-                            "(prefix and prompt tuning have no base value to interpolate from)")
+            raise UserError(
+                "forgetting.interpolate: this adapter is not merged into the weights and is not LoRA "
+                "(prefix and prompt tuning have no base value to interpolate from)"
+            )
         base = dict(base_model.named_parameters())
         missing = [n for n in named if n not in base or base[n].shape != named[n].shape]
         if missing:

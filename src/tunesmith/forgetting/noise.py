@@ -28,8 +28,13 @@ def floor(base: dict, again: dict, batch_sizes: tuple[int, int]) -> dict:
     flipped = sum(a["correct"] != b["correct"] for a, b in zip(base["qa"], again["qa"]))
     n = len(base["qa"])
     drift = [abs(a["nll"] - b["nll"]) for a, b in zip(base["drift"], again["drift"])]
-    return {"batch_sizes": list(batch_sizes), "qa_flipped": flipped, "qa_items": n, "qa": flipped / n if n else 0.0,
-            "drift": sum(drift) / len(drift) if drift else 0.0}
+    return {
+        "batch_sizes": list(batch_sizes),
+        "qa_flipped": flipped,
+        "qa_items": n,
+        "qa": flipped / n if n else 0.0,
+        "drift": sum(drift) / len(drift) if drift else 0.0,
+    }
 
 
 def verdict(change: dict, noise: float) -> str:

@@ -55,13 +55,19 @@ def _user(prompt: str) -> list[dict]:
 
 def base_replies(base: BaseReference, prompts: list[str], batch_size: int = BATCH_SIZE) -> list[str]:
     """The base model's greedy replies to `prompts`, cached."""
-    return base.cached("replies", [prompts, REPLY_MAX_NEW_TOKENS], lambda m, t: generate_all(
-        m, t, [_user(p) for p in prompts], Sampling(max_new_tokens=REPLY_MAX_NEW_TOKENS), batch_size))
+    return base.cached(
+        "replies",
+        [prompts, REPLY_MAX_NEW_TOKENS],
+        lambda m, t: generate_all(
+            m, t, [_user(p) for p in prompts], Sampling(max_new_tokens=REPLY_MAX_NEW_TOKENS), batch_size
+        ),
+    )
 
 
 def qa_answers(model, tokenizer, items: list[dict], batch_size: int = BATCH_SIZE) -> list[str]:
-    return generate_all(model, tokenizer, [_user(q["question"]) for q in items],
-                        Sampling(max_new_tokens=QA_MAX_NEW_TOKENS), batch_size)
+    return generate_all(
+        model, tokenizer, [_user(q["question"]) for q in items], Sampling(max_new_tokens=QA_MAX_NEW_TOKENS), batch_size
+    )
 
 
 def sequence_nll(model, tokenizer, features: list[dict], batch_size: int = 8) -> list[tuple[float, int]]:
@@ -108,40 +114,65 @@ def probe_sets(limit: int | None = None) -> tuple[list[dict], list[str]]:
     return items[:limit], prompts[: max(1, math.ceil(limit / 3))]
 
 
-def probe(model, tokenizer, base: BaseReference, *, text: str | None = None, text_limit: int = 200,
-          batch_size: int = BATCH_SIZE, limit: int | None = None) -> dict:
+def probe(
+    model,
+    tokenizer,
+    base: BaseReference,
+    *,
+    text: str | None = None,
+    text_limit: int = 200,
+    batch_size: int = BATCH_SIZE,
+    limit: int | None = None,
+) -> dict:
     """Per-item results of one model: QA correctness, drift NLL per prompt, text NLL per document."""
     items, probe_prompts = probe_sets(limit)
     replies = base_replies(base, probe_prompts, batch_size)
     answers = qa_answers(model, tokenizer, items, batch_size)
     drift = sequence_nll(model, tokenizer, reply_features(tokenizer, probe_prompts, replies))
     out = {
-        "qa": [{"question": q["question"], "answer": a, "correct": contains_answer(answer_of(a), q["answers"])}
-               for q, a in zip(items, answers)],
+        "qa": [
+            {"question": q["question"], "answer": a, "correct": contains_answer(answer_of(a), q["answers"])}
+            for q, a in zip(items, answers)
+        ],
         "drift": [{"prompt": p, "nll": s / max(1, c), "tokens": c} for p, (s, c) in zip(probe_prompts, drift)],
     }
     if text:
-        out["text"] = [{"nll": s, "tokens": c} for s, c in sequence_nll(model, tokenizer, text_features(tokenizer, text, text_limit))]
+        out["text"] = [
+            {"nll": s, "tokens": c}
+            for s, c in sequence_nll(model, tokenizer, text_features(tokenizer, text, text_limit))
+        ]
     return out
 
 
-def base_probe(base: BaseReference, *, text: str | None = None, text_limit: int = 200, batch_size: int = BATCH_SIZE,
-               limit: int | None = None) -> dict:
+def base_probe(
+    base: BaseReference,
+    *,
+    text: str | None = None,
+    text_limit: int = 200,
+    batch_size: int = BATCH_SIZE,
+    limit: int | None = None,
+) -> dict:
     """The base model's own probe results, cached like its replies."""
     items, prompts = probe_sets(limit)
-    return base.cached("probe", [items, prompts, text, data_version(text), text_limit, QA_MAX_NEW_TOKENS,
-                                 REPLY_MAX_NEW_TOKENS],
-                       lambda m, t: probe(m, t, base, text=text, text_limit=text_limit, batch_size=batch_size, limit=limit))
+    return base.cached(
+        "probe",
+        [items, prompts, text, data_version(text), text_limit, QA_MAX_NEW_TOKENS, REPLY_MAX_NEW_TOKENS],
+        lambda m, t: probe(m, t, base, text=text, text_limit=text_limit, batch_size=batch_size, limit=limit),
+    )
 
 
-def base_floor(base: BaseReference, base_items: dict, *, batch_size: int = BATCH_SIZE, limit: int | None = None,
-               **_) -> dict:
+def base_floor(
+    base: BaseReference, base_items: dict, *, batch_size: int = BATCH_SIZE, limit: int | None = None, **_
+) -> dict:
     """The probe's noise floor: the base model probed again at another batch size, against its
     probe at the run's (`base_items`, `noise.floor`); cached like the base probe."""
     other = noise.other_batch_size(batch_size)
     items, prompts = probe_sets(limit)
-    again = base.cached("probe-again", [items, prompts, other, QA_MAX_NEW_TOKENS, REPLY_MAX_NEW_TOKENS],
-                        lambda m, t: probe(m, t, base, batch_size=other, limit=limit))
+    again = base.cached(
+        "probe-again",
+        [items, prompts, other, QA_MAX_NEW_TOKENS, REPLY_MAX_NEW_TOKENS],
+        lambda m, t: probe(m, t, base, batch_size=other, limit=limit),
+    )
     return noise.floor(base_items, again, (batch_size, other))
 
 
@@ -154,22 +185,35 @@ def summarize(base: dict, tuned: dict, floor: dict | None = None) -> dict:
     qa_base, qa_tuned = bootstrap_ci(b_qa), bootstrap_ci(t_qa)
     change = paired_bootstrap_ci(b_qa, t_qa)
     out = {
-        "qa": {"base": qa_base, "tuned": qa_tuned, "change": change,
-               "retention": sum(b and t for b, t in zip(b_qa, t_qa)) / sum(b_qa) if sum(b_qa) else None,
-               "gained": sum(t and not b for b, t in zip(b_qa, t_qa)), "lost": sum(b and not t for b, t in zip(b_qa, t_qa))},
-        "drift": {"base_nll": bootstrap_ci(b_nll), "tuned_nll": bootstrap_ci(t_nll), "increase": paired_bootstrap_ci(b_nll, t_nll)},
+        "qa": {
+            "base": qa_base,
+            "tuned": qa_tuned,
+            "change": change,
+            "retention": sum(b and t for b, t in zip(b_qa, t_qa)) / sum(b_qa) if sum(b_qa) else None,
+            "gained": sum(t and not b for b, t in zip(b_qa, t_qa)),
+            "lost": sum(b and not t for b, t in zip(b_qa, t_qa)),
+        },
+        "drift": {
+            "base_nll": bootstrap_ci(b_nll),
+            "tuned_nll": bootstrap_ci(t_nll),
+            "increase": paired_bootstrap_ci(b_nll, t_nll),
+        },
     }
     if floor is not None:
         out["floor"] = floor
         out["qa"]["verdict"] = noise.verdict(change, floor["qa"])
     if "text" in base and "text" in tuned:
+
         def ppl(rows):
             return math.exp(sum(r["nll"] for r in rows) / max(1, sum(r["tokens"] for r in rows)))
 
         def per_token(rows):
             return [r["nll"] / max(1, r["tokens"]) for r in rows]
 
-        out["text"] = {"base_perplexity": ppl(base["text"]), "tuned_perplexity": ppl(tuned["text"]),
-                       "nll_increase": paired_bootstrap_ci(per_token(base["text"]), per_token(tuned["text"])),
-                       "documents": len(base["text"])}
+        out["text"] = {
+            "base_perplexity": ppl(base["text"]),
+            "tuned_perplexity": ppl(tuned["text"]),
+            "nll_increase": paired_bootstrap_ci(per_token(base["text"]), per_token(tuned["text"])),
+            "documents": len(base["text"]),
+        }
     return out

@@ -32,9 +32,15 @@ def replay_examples(source: str, base: BaseReference | None) -> list[Example]:
         return load_examples(source)
     _, prompts = general_prompts()
     replies = base_replies(base, prompts)
-    return [Example(messages=[{"role": "user", "content": p}, {"role": "assistant", "content": whole_sentences(r)}],
-                    source=f"self-replay:{i + 1}", layout="messages")
-            for i, (p, r) in enumerate(zip(prompts, replies)) if r.strip()]
+    return [
+        Example(
+            messages=[{"role": "user", "content": p}, {"role": "assistant", "content": whole_sentences(r)}],
+            source=f"self-replay:{i + 1}",
+            layout="messages",
+        )
+        for i, (p, r) in enumerate(zip(prompts, replies))
+        if r.strip()
+    ]
 
 
 def replay_weight(ratio: float, n_task: int, n_replay: int) -> float:

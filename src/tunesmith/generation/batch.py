@@ -9,7 +9,7 @@ model: `supported` says so and callers keep transformers' generate for them."""
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -41,9 +41,16 @@ def supported(model) -> bool:
     return True
 
 
-def generate_tokens(model, prompts: list[list[int]], max_new_tokens: int, settings: RowSettings,
-                    stop_ids: frozenset[int], rows: int = 32, grammars: list[RowGrammar | None] | None = None,
-                    on_done: Callable[[int], None] | None = None) -> list[list[int]]:
+def generate_tokens(
+    model,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    settings: RowSettings,
+    stop_ids: frozenset[int],
+    rows: int = 32,
+    grammars: list[RowGrammar | None] | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> list[list[int]]:
     """The generated tokens for each prompt (through the stop token, when one came)."""
     if not prompts:
         return []
@@ -55,6 +62,11 @@ def generate_tokens(model, prompts: list[list[int]], max_new_tokens: int, settin
     budget = min(rows, len(prompts)) * longest * bytes_per_token(model.config, dtype)
     engine = GenerationEngine(AsIs(model), budget, max_rows=rows, dtype=dtype, per_row_adapters=False)
     grammars = grammars or [None] * len(prompts)
-    streams = engine.run([Request(p, max_new_tokens, settings=settings, stop_ids=stop_ids, grammar=g)
-                          for p, g in zip(prompts, grammars)], on_done)
+    streams = engine.run(
+        [
+            Request(p, max_new_tokens, settings=settings, stop_ids=stop_ids, grammar=g)
+            for p, g in zip(prompts, grammars)
+        ],
+        on_done,
+    )
     return [[c.token for c in s] for s in streams]

@@ -20,9 +20,10 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -152,8 +153,14 @@ class Counters:
 
 
 class GenerationEngine:
-    def __init__(self, source: ModelSource, kv_budget_bytes: int, max_rows: int = 32,
-                 dtype: torch.dtype | None = None, per_row_adapters: bool = True):
+    def __init__(
+        self,
+        source: ModelSource,
+        kv_budget_bytes: int,
+        max_rows: int = 32,
+        dtype: torch.dtype | None = None,
+        per_row_adapters: bool = True,
+    ):
         """`per_row_adapters` False: the model generates as it is (its active adapter on every
         row, whatever model id a request names), as evaluation and RL sampling want it."""
         model = source.model
@@ -180,8 +187,10 @@ class GenerationEngine:
             raise ValueError("max_tokens must be at least 1 (0 only to score a prompt)")
         need = len(request.prompt) + request.max_tokens
         if need > self.arena.tokens:
-            raise TooLarge(f"the prompt ({len(request.prompt)} tokens) plus max_tokens ({request.max_tokens}) need "
-                           f"{need} tokens of KV cache; this server's budget holds {self.arena.tokens}")
+            raise TooLarge(
+                f"the prompt ({len(request.prompt)} tokens) plus max_tokens ({request.max_tokens}) need "
+                f"{need} tokens of KV cache; this server's budget holds {self.arena.tokens}"
+            )
         if not request.prompt:
             raise ValueError("an empty prompt")
         stream = Stream(request)
@@ -276,16 +285,26 @@ class GenerationEngine:
     def _adapter(self, row: _Row) -> str | None:
         return self.source.adapter_key(row.stream.request.model_id)
 
-    def _forward(self, model, ids: list[list[int]], positions: list[list[int]], rows: list[_Row], keep: int,
-                 lengths: list[int] | None = None):
+    def _forward(
+        self,
+        model,
+        ids: list[list[int]],
+        positions: list[list[int]],
+        rows: list[_Row],
+        keep: int,
+        lengths: list[int] | None = None,
+    ):
         adapters = [row.adapter for row in rows]
         device = self.arena.device
         per_row = row_adapters.per_row(model, adapters) if self.per_row_adapters else nullcontext()
         with torch.no_grad(), rows_attention(model), per_row:
-            out = model(input_ids=torch.tensor(ids, device=device), position_ids=torch.tensor(positions, device=device),
-                        use_cache=False, logits_to_keep=keep,
-                        kv_rows=RowsPass(self.arena, [r.span for r in rows], [r.filled for r in rows], self.sdpa,
-                                         lengths))
+            out = model(
+                input_ids=torch.tensor(ids, device=device),
+                position_ids=torch.tensor(positions, device=device),
+                use_cache=False,
+                logits_to_keep=keep,
+                kv_rows=RowsPass(self.arena, [r.span for r in rows], [r.filled for r in rows], self.sdpa, lengths),
+            )
         return out.logits
 
     def _prefill(self, model, rows: list[_Row]) -> None:
@@ -301,8 +320,9 @@ class GenerationEngine:
                 self._retire(row, e)
         batches = [[r] for r in ready if r.stream.request.prompt_logprobs]
         batch: list[_Row] = []
-        for row in sorted((r for r in ready if not r.stream.request.prompt_logprobs),
-                          key=lambda r: len(r.stream.request.prompt)):  # by length: little padding
+        for row in sorted(
+            (r for r in ready if not r.stream.request.prompt_logprobs), key=lambda r: len(r.stream.request.prompt)
+        ):  # by length: little padding
             if batch and len(row.stream.request.prompt) * (len(batch) + 1) > PREFILL_TOKENS:
                 batches.append(batch)
                 batch = []
@@ -329,8 +349,14 @@ class GenerationEngine:
         ids = [[0] * (width - len(p)) + p for p in prompts]
         positions = [[0] * (width - len(p)) + list(range(len(p))) for p in prompts]
         try:
-            logits = self._forward(model, ids, positions, computed, 0 if scored else 1,  # every position, or the last
-                                   lengths=[len(p) for p in prompts] if len(computed) > 1 else None)
+            logits = self._forward(
+                model,
+                ids,
+                positions,
+                computed,
+                0 if scored else 1,  # every position, or the last
+                lengths=[len(p) for p in prompts] if len(computed) > 1 else None,
+            )
         except Exception as e:
             for row in rows:
                 self._retire(row, e)

@@ -87,5 +87,5 @@ class KVArena:
         once for rows that share it)."""
         for layer, keys in self.keys.items():
             values = self.values[layer]
-            keys[:, target.start:target.start + n] = keys[:, source.start:source.start + n]
-            values[:, target.start:target.start + n] = values[:, source.start:source.start + n]
+            keys[:, target.start : target.start + n] = keys[:, source.start : source.start + n]
+            values[:, target.start : target.start + n] = values[:, source.start : source.start + n]

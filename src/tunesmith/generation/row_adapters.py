@@ -47,8 +47,9 @@ def _lora_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         sub = x if rows is None else x[rows]
         sub = layer._cast_input_dtype(sub, layer.lora_A[name].weight.dtype)
         if name in layer.lora_variant:  # DoRA and the like: the variant's own update on these rows
-            part = layer.lora_variant[name].forward(layer, active_adapter=name, x=sub,
-                                                    result=result if rows is None else result[rows])
+            part = layer.lora_variant[name].forward(
+                layer, active_adapter=name, x=sub, result=result if rows is None else result[rows]
+            )
             if rows is None:
                 result = part
             else:
@@ -103,8 +104,10 @@ def install(model) -> None:
         elif isinstance(module, IA3Linear):
             forward = _ia3_forward
         else:
-            raise ValueError(f"{name}: a {type(module).__name__} adapter layer cannot be applied per row "
-                             "(LoRA and IA3 on linear layers can)")
+            raise ValueError(
+                f"{name}: a {type(module).__name__} adapter layer cannot be applied per row "
+                "(LoRA and IA3 on linear layers can)"
+            )
         setattr(module, _ORIGINAL, module.forward)
         module.forward = forward.__get__(module)
     model._tunesmith_row_adapters = adapters

@@ -66,8 +66,9 @@ class RowsPass:
         return self._masks[window]
 
 
-def row_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, kv_rows=None,
-                  **kwargs):
+def row_attention(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, kv_rows=None, **kwargs
+):
     """query [rows, heads, n, dim], key/value [rows, kv heads, n, dim] -> ([rows, n, heads, dim], None)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -110,15 +111,18 @@ def _decode_together(query, key, value, keys, values, kv_rows: RowsPass, window:
     values[:, write] = value[:, :, 0].transpose(0, 1).to(values.dtype)
     rows, longest = read.shape
     flat = read.reshape(-1)  # (index_select copies far faster than indexing with a 2-D index)
-    k = keys.index_select(1, flat).view(keys.shape[0], rows, longest, -1).transpose(0, 1)  # [rows, kv heads, longest, dim]
+    k = (
+        keys.index_select(1, flat).view(keys.shape[0], rows, longest, -1).transpose(0, 1)
+    )  # [rows, kv heads, longest, dim]
     v = values.index_select(1, flat).view(values.shape[0], rows, longest, -1).transpose(0, 1)
     heads, kv_heads, dim = query.shape[1], k.shape[1], query.shape[-1]
     # the query heads that share a key/value head go in as that head's query positions (one token
     # each, no causal mask): SDPA's fused kernel takes them, where enable_gqa with a mask runs
     # several times slower on a CPU; query head h reads key head h // (heads / kv heads) either way
     grouped = query.reshape(rows, kv_heads, heads // kv_heads, dim)
-    out = F.scaled_dot_product_attention(grouped, k.to(query.dtype), v.to(query.dtype),
-                                         attn_mask=kv_rows.mask(window, query.device), scale=scale)
+    out = F.scaled_dot_product_attention(
+        grouped, k.to(query.dtype), v.to(query.dtype), attn_mask=kv_rows.mask(window, query.device), scale=scale
+    )
     return out.reshape(rows, heads, 1, dim).transpose(1, 2).contiguous()
 
 

@@ -4,7 +4,8 @@ Greedy rows take the highest logit (the first, on a tie, as transformers' greedy
 Sampled rows apply temperature, top-k and top-p as transformers' warpers do, in that order, and
 draw from the row's own generator: a seeded row draws the same tokens whatever else shares its
 batch; an unseeded one's seed is drawn from torch's global generator when the row starts (so a
-training run that seeds torch samples the same replies again, and resumes exactly). A row under a tool-call grammar may take only the tokens llguidance allows (and only EOS
+training run that seeds torch samples the same replies again, and resumes exactly). A row under a
+tool-call grammar may take only the tokens llguidance allows (and only EOS
 once the call is complete). Log-probabilities are of the model's own distribution (the raw
 logits, before temperature, top-p or a grammar), as OpenAI's API and vLLM report them.
 """

@@ -1,8 +1,8 @@
 """The labelling page: a small FastAPI app over a LabelSession, served on loopback only.
 
-  GET  /             the page (label/page.html)
-  GET  /api/next     {"id", "prompt": [messages], "a", "b", "progress"} or {"finished": true, "progress"}
-  POST /api/judge    {"id", "choice": "a"|"b"|"tie"|"both_bad", "edit"?: text} -> {"saved": n, "progress"}
+GET  /             the page (label/page.html)
+GET  /api/next     {"id", "prompt": [messages], "a", "b", "progress"} or {"finished": true, "progress"}
+POST /api/judge    {"id", "choice": "a"|"b"|"tie"|"both_bad", "edit"?: text} -> {"saved": n, "progress"}
 """
 
 from __future__ import annotations

@@ -46,8 +46,19 @@ class Pair:
 class LabelSession:
     """The prompts, the model that answers them, and the output file; one pair on show at a time."""
 
-    def __init__(self, model, tokenizer, prompts_path: str | Path, out: Path, model_name: str, *,
-                 max_new_tokens: int = 128, temperature: float = 0.8, top_p: float = 0.95, seed: int = 0):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        prompts_path: str | Path,
+        out: Path,
+        model_name: str,
+        *,
+        max_new_tokens: int = 128,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        seed: int = 0,
+    ):
         from tunesmith.eval.generate import Sampling
 
         self.model, self.tokenizer = model, tokenizer
@@ -89,8 +100,12 @@ class LabelSession:
             if pair is None or pair.id != pair_id:
                 raise UserError(f"pair {pair_id} is not the one on show; reload the page")
             records = preference_records(pair, choice, edit)
-            common = {"responses": [pair.a, pair.b], "edited": edit is not None, "model": self.model_name,
-                      "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            common = {
+                "responses": [pair.a, pair.b],
+                "edited": edit is not None,
+                "model": self.model_name,
+                "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
             records = [{**r, **common} for r in records]
             append_durably(self.out, records)
             self.done.add(prompt_key(prompt_field(pair.prompt)))

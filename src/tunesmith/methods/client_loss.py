@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from tunesmith.data.batch import Batch
 from tunesmith.data.chat import IGNORE
 from tunesmith.data.collate import collate_tokens
-from tunesmith.errors import UserError
-from tunesmith.data.batch import Batch
 from tunesmith.engine.method import Method
+from tunesmith.errors import UserError
 from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
 from tunesmith.methods.token_losses import check_loss
 
@@ -27,6 +27,7 @@ from tunesmith.methods.token_losses import check_loss
 class Datum:
     """One sequence: `tokens` the model reads; `inputs` per position (target_tokens of shape (N,)
     or (N, K), weights, logprobs, advantages, ...), N = len(tokens)."""
+
     tokens: list[int]
     inputs: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -51,12 +52,17 @@ class ClientLoss(Method):
             raise UserError(f"target_tokens has {targets.shape[0]} positions; model_input has {n} tokens")
         for name, value in datum.inputs.items():
             if value.shape[:1] != (n,) or value.shape[1:] not in (targets.shape[1:], ()):
-                raise UserError(f"loss_fn_inputs {name}: shape {list(value.shape)} does not fit {n} positions "
-                                f"of target_tokens {list(targets.shape)}")
+                raise UserError(
+                    f"loss_fn_inputs {name}: shape {list(value.shape)} does not fit {n} positions "
+                    f"of target_tokens {list(targets.shape)}"
+                )
         first = targets if targets.ndim == 1 else targets[:, 0]
         # position i reads tokens[i] and predicts target i: the engine's labels are shifted by one
-        return {"input_ids": [*datum.tokens, int(first[-1])], "labels": [IGNORE, *(int(t) for t in first)],
-                "inputs": datum.inputs}
+        return {
+            "input_ids": [*datum.tokens, int(first[-1])],
+            "labels": [IGNORE, *(int(t) for t in first)],
+            "inputs": datum.inputs,
+        }
 
     def collate(self, features: list[dict], tokenizer=None) -> Batch:
         pad = getattr(tokenizer, "pad_token_id", None) or 0

@@ -75,8 +75,9 @@ class Distillation(SFT):
         self.sampling = Sampling(max_new_tokens=d.max_new_tokens, temperature=d.sample_temperature)
         sources = [src.path for src in config.data.train]
         # (reference, weight, index of the data.train source it teaches or None): one, or several
-        self.specs = ([(t.teacher, t.weight, sources.index(t.source) if t.source is not None else None)
-                       for t in d.teachers] or [(d.teacher, 1.0, None)])
+        self.specs = [
+            (t.teacher, t.weight, sources.index(t.source) if t.source is not None else None) for t in d.teachers
+        ] or [(d.teacher, 1.0, None)]
         self.teachers: list = []  # loaded in prepare, one per spec
         self.vocab = None  # logits compared over the shared tokenizer's ids
 
@@ -154,6 +155,7 @@ class Distillation(SFT):
             return F.cross_entropy(project(r).float(), t, reduction="sum")
 
         if TOPK_KEYS[0] in batch:
+
             def kd(r, ids, logps):
                 return topk_forward_kl(project(r)[:, :vocab], ids.long(), logps, self.temperature).sum()
 
@@ -163,8 +165,10 @@ class Distillation(SFT):
         ce_sum = chunked(ce, rows, targets, chunk=self.chunk)
         total = self.kd_ratio * kd_sum + (1 - self.kd_ratio) * ce_sum
         with torch.no_grad():
-            correct = sum(int((project(rows[i : i + self.chunk]).argmax(-1) == targets[i : i + self.chunk]).sum())
-                          for i in range(0, rows.shape[0], self.chunk))
+            correct = sum(
+                int((project(rows[i : i + self.chunk]).argmax(-1) == targets[i : i + self.chunk]).sum())
+                for i in range(0, rows.shape[0], self.chunk)
+            )
         return total, {"kd": float(kd_sum.detach()), "ce": float(ce_sum.detach()), "token_accuracy": float(correct)}
 
     def _on_policy_loss(self, model, batch: Batch):
@@ -211,14 +215,16 @@ class Distillation(SFT):
         per_token = weights.to(row_of_token.device)[row_of_token]  # [trained tokens, teachers]
         return [(*t.rows(batch), per_token[:, i]) for i, t in enumerate(self.teachers) if per_token[:, i].any()]
 
-    def _divergence_sum(self, project, rows: torch.Tensor, t_head, t_rows: torch.Tensor,
-                        weights: torch.Tensor | None = None) -> torch.Tensor:
+    def _divergence_sum(
+        self, project, rows: torch.Tensor, t_head, t_rows: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Σ divergence(student ‖ teacher) over the rows, each position's weighted by `weights`."""
         vocab = self.vocab
 
         def kd(r, tr, *w):
-            d = divergence(project(r)[:, :vocab], t_head(tr)[:, :vocab], self.kind, beta=self.beta,
-                           temperature=self.temperature)
+            d = divergence(
+                project(r)[:, :vocab], t_head(tr)[:, :vocab], self.kind, beta=self.beta, temperature=self.temperature
+            )
             return (d * w[0]).sum() if w else d.sum()
 
         return chunked(kd, rows, t_rows, *([weights] if weights is not None else []), chunk=self.chunk)
@@ -256,9 +262,11 @@ def check_same_tokenizer(student_tok, teacher_tok, teacher_ref: str) -> None:
     if student_tok.get_vocab() != teacher_tok.get_vocab():
         s, t = student_tok.get_vocab(), teacher_tok.get_vocab()
         differ = next((tok for tok in sorted(set(s) | set(t)) if s.get(tok) != t.get(tok)), None)
-        raise UserError(f"distill.teacher {teacher_ref}: its tokenizer differs from the student's ({len(t)} vs {len(s)} "
-                        f"tokens; first difference: {differ!r}); logit distillation needs the same tokenizer "
-                        "(sequence-level distillation does not: tunesmith distill generate)")
+        raise UserError(
+            f"distill.teacher {teacher_ref}: its tokenizer differs from the student's ({len(t)} vs {len(s)} "
+            f"tokens; first difference: {differ!r}); logit distillation needs the same tokenizer "
+            "(sequence-level distillation does not: tunesmith distill generate)"
+        )
 
 
 def topk_cache_path(cfg, features: list[dict], k: int):

@@ -24,8 +24,14 @@ import torch.nn.functional as F
 LOSSES = ("forward_kl", "reverse_kl", "jsd")
 
 
-def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str, *, beta: float = 0.5,
-               temperature: float = 1.0) -> torch.Tensor:
+def divergence(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: str,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """Per-position divergence between softened student and teacher distributions, times T²."""
     s = F.log_softmax(student_logits.float() / temperature, -1)
     t = F.log_softmax(teacher_logits.float() / temperature, -1)
@@ -47,8 +53,9 @@ def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p * (p_log - q_log), torch.zeros_like(p)).sum(-1)
 
 
-def topk_forward_kl(student_logits: torch.Tensor, teacher_indices: torch.Tensor, teacher_logps: torch.Tensor,
-                    temperature: float = 1.0) -> torch.Tensor:
+def topk_forward_kl(
+    student_logits: torch.Tensor, teacher_indices: torch.Tensor, teacher_logps: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Forward KL against a cached top-k teacher. `teacher_logps` are the teacher's log-probabilities
     at temperature 1 (what the cache holds); softened here by T and renormalised over the k."""
     s = F.log_softmax(student_logits.float() / temperature, -1).gather(-1, teacher_indices)

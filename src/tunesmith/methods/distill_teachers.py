@@ -62,8 +62,9 @@ class EndpointTeacher:
     def __init__(self, url: str, model: str, api_key_env: str | None, cache: Path):
         from tunesmith.eval.endpoint import ScoringEndpoint
 
-        self.endpoint = ScoringEndpoint(url, model or "", api_key_env,
-                                        options=("distill.teacher_model", "distill.api_key_env"))
+        self.endpoint = ScoringEndpoint(
+            url, model or "", api_key_env, options=("distill.teacher_model", "distill.api_key_env")
+        )
         self.name, self.cache_path = self.endpoint.name, Path(cache)
         if self.cache_path.is_file():  # a kill mid-line leaves a torn last line: cut it, so appends stay whole lines
             text = self.cache_path.read_text()
@@ -119,8 +120,11 @@ def endpoint_usage(run_dir: Path, distill) -> dict:
     """What the endpoint teacher scored over the whole run (resumed parts included) and its price."""
     records = cached_scores(Path(run_dir) / SCORES)
     tokens = sum(len(r["logprobs"]) for r in records)
-    out = {"teacher": f"{distill.teacher_model} at {distill.teacher}", "sequences_scored": len(records),
-           "tokens_scored": tokens}
+    out = {
+        "teacher": f"{distill.teacher_model} at {distill.teacher}",
+        "sequences_scored": len(records),
+        "tokens_scored": tokens,
+    }
     if distill.price_per_1k_tokens is not None:
         out.update(price_per_1k_tokens=distill.price_per_1k_tokens, cost=tokens / 1000 * distill.price_per_1k_tokens)
     return out

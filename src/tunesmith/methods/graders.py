@@ -20,7 +20,15 @@ import json
 import math
 import re
 
-from tunesmith.config.graders import TEMPLATE, Multi, PythonGrader, ScoreModel, StringCheck, TextSimilarity, check_formula
+from tunesmith.config.graders import (
+    TEMPLATE,
+    Multi,
+    PythonGrader,
+    ScoreModel,
+    StringCheck,
+    TextSimilarity,
+    check_formula,
+)
 from tunesmith.errors import UserError
 from tunesmith.eval.text_similarity import similarity
 
@@ -51,9 +59,11 @@ def _lookup(path: str, sample: dict, item: dict):
 def render(template: str, sample: dict, item: dict) -> str:
     """`{{sample.output_text}}`, `{{item.field}}`: values as text (JSON for lists and objects); a
     path the record lacks renders empty."""
+
     def value(match: re.Match) -> str:
         found = _lookup(match.group(1), sample, item)
         return found if isinstance(found, str) else json.dumps(found)
+
     return TEMPLATE.sub(value, template)
 
 
@@ -72,7 +82,9 @@ class StringCheckGrader(Grader):
     def one(self, sample: dict, item: dict) -> float:
         a, b = render(self.spec.input, sample, item), render(self.spec.reference, sample, item)
         op = self.spec.operation
-        return float(a == b if op == "eq" else a != b if op == "ne" else b in a if op == "like" else b.lower() in a.lower())
+        return float(
+            a == b if op == "eq" else a != b if op == "ne" else b in a if op == "like" else b.lower() in a.lower()
+        )
 
     def __call__(self, samples, items):
         return [self.one(s, i) for s, i in zip(samples, items)]
@@ -83,8 +95,10 @@ class TextSimilarityGrader(Grader):
         self.spec, self.name = spec, spec.name
 
     def __call__(self, samples, items):
-        return [similarity(self.spec.evaluation_metric, render(self.spec.input, s, i), render(self.spec.reference, s, i))
-                for s, i in zip(samples, items)]
+        return [
+            similarity(self.spec.evaluation_metric, render(self.spec.input, s, i), render(self.spec.reference, s, i))
+            for s, i in zip(samples, items)
+        ]
 
 
 class PythonCodeGrader(Grader):
@@ -121,20 +135,28 @@ class ScoreModelGrader(Grader):
     def __init__(self, spec: ScoreModel, dtype=None):
         self.spec, self.name = spec, spec.name
         params = spec.sampling_params
-        self.max_tokens = (params.max_completions_tokens if params and params.max_completions_tokens else 16)
+        self.max_tokens = params.max_completions_tokens if params and params.max_completions_tokens else 16
         self.temperature = params.temperature if params and params.temperature is not None else 0.0
         if spec.base_url:
             from tunesmith.eval.endpoint import ChatEndpoint
 
-            self.endpoint = ChatEndpoint(spec.base_url, spec.model, spec.api_key_env, max_tokens=self.max_tokens,
-                                         temperature=self.temperature, options=("grader.model", "grader.api_key_env"))
+            self.endpoint = ChatEndpoint(
+                spec.base_url,
+                spec.model,
+                spec.api_key_env,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+                options=("grader.model", "grader.api_key_env"),
+            )
             self.local = None
         else:
             from tunesmith.eval.generate import Sampling
             from tunesmith.model.load import load_for_inference
 
             self.endpoint = None
-            self.local = load_for_inference(spec.model, dtype=dtype) if dtype is not None else load_for_inference(spec.model)
+            self.local = (
+                load_for_inference(spec.model, dtype=dtype) if dtype is not None else load_for_inference(spec.model)
+            )
             self.sampling = Sampling(max_new_tokens=self.max_tokens)
 
     def score(self, reply: str) -> float:
@@ -146,8 +168,10 @@ class ScoreModelGrader(Grader):
         return min(high, max(low, float(found.group(0))))
 
     def __call__(self, samples, items):
-        conversations = [[{"role": m.role, "content": render(m.content, s, i)} for m in self.spec.input]
-                         for s, i in zip(samples, items)]
+        conversations = [
+            [{"role": m.role, "content": render(m.content, s, i)} for m in self.spec.input]
+            for s, i in zip(samples, items)
+        ]
         if self.endpoint is not None:
             replies = [self.endpoint.answer(c) for c in conversations]
         else:
@@ -159,8 +183,16 @@ class ScoreModelGrader(Grader):
 
 
 class MultiGrader(Grader):
-    FUNCTIONS = {"min": min, "max": max, "abs": abs, "sqrt": math.sqrt, "log": math.log, "exp": math.exp,
-                 "floor": math.floor, "ceil": math.ceil}
+    FUNCTIONS = {
+        "min": min,
+        "max": max,
+        "abs": abs,
+        "sqrt": math.sqrt,
+        "log": math.log,
+        "exp": math.exp,
+        "floor": math.floor,
+        "ceil": math.ceil,
+    }
 
     def __init__(self, spec: Multi, dtype=None, isolation: str = "auto"):
         self.name = spec.name
@@ -183,8 +215,14 @@ class MultiGrader(Grader):
             return -inner if isinstance(node.op, ast.USub) else inner
         if isinstance(node, ast.BinOp):
             a, b = self._evaluate(node.left, values), self._evaluate(node.right, values)
-            ops = {ast.Add: lambda: a + b, ast.Sub: lambda: a - b, ast.Mult: lambda: a * b,
-                   ast.Div: lambda: a / b if b else 0.0, ast.Pow: lambda: a ** b, ast.Mod: lambda: a % b if b else 0.0}
+            ops = {
+                ast.Add: lambda: a + b,
+                ast.Sub: lambda: a - b,
+                ast.Mult: lambda: a * b,
+                ast.Div: lambda: a / b if b else 0.0,
+                ast.Pow: lambda: a**b,
+                ast.Mod: lambda: a % b if b else 0.0,
+            }
             return float(ops[type(node.op)]())
         if isinstance(node, ast.Call):
             return float(self.FUNCTIONS[node.func.id](*(self._evaluate(arg, values) for arg in node.args)))

@@ -22,8 +22,9 @@ def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Te
     return (r - (r.sum(1, keepdim=True) - r) / (group_size - 1)).reshape(-1)
 
 
-def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, clip: float
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_surrogate(
+    logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, clip: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO objective (to maximise) and whether the clip bound it."""
     ratio = torch.exp(logps - old_logps)
     unclipped, clipped = ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages

@@ -22,16 +22,20 @@ from abc import abstractmethod
 
 import torch
 
+from tunesmith.data.batch import Batch
 from tunesmith.data.chat import prompt_ids
 from tunesmith.data.layouts import Example
+from tunesmith.engine.method import Method
 from tunesmith.errors import UserError
 from tunesmith.eval.generate import Sampling
 from tunesmith.eval.task import split_reference
-from tunesmith.data.batch import Batch
-from tunesmith.engine.method import Method
+from tunesmith.methods.group_policy_losses import (
+    clipped_surrogate,
+    k3_kl,
+    leave_one_out_advantages,
+    normalised_advantages,
+)
 from tunesmith.methods.logprobs import per_row_sum, token_logprobs
-from tunesmith.methods.group_policy_losses import (clipped_surrogate, k3_kl, leave_one_out_advantages,
-                                                   normalised_advantages)
 from tunesmith.methods.reference import ReferenceModel
 from tunesmith.methods.rollout import sample_replies
 
@@ -62,13 +66,24 @@ class GroupPolicyOptimisation(Method):
         if len(ids) + self.sampling.max_new_tokens > self.max_length:
             self.dropped += 1
             return None  # no room left to reply within data.max_length
-        return {"prompt_ids": ids, "messages": messages, "reference": reference, "length": len(ids),
-                "source": example.source, "item": example.item}
+        return {
+            "prompt_ids": ids,
+            "messages": messages,
+            "reference": reference,
+            "length": len(ids),
+            "source": example.source,
+            "item": example.item,
+        }
 
     def collate(self, features: list[dict], tokenizer) -> Batch:
         # replies are sampled in `rollout`; batch["rollout"] keeps them for reuse
-        return {"prompts": features, "n_items": len(features) * self.group_size, "n_tokens": 0,
-                "input_ids": torch.zeros(0, dtype=torch.long), "rollout": {}}
+        return {
+            "prompts": features,
+            "n_items": len(features) * self.group_size,
+            "n_tokens": 0,
+            "input_ids": torch.zeros(0, dtype=torch.long),
+            "rollout": {},
+        }
 
     # --- set-up the run does once -----------------------------------------------------------
     def prepare(self, model, tokenizer, features, run_dir, cfg, console) -> None:
@@ -78,8 +93,10 @@ class GroupPolicyOptimisation(Method):
         self.tokenizer = tokenizer
         unreferenced = next((f["source"] for f in features if f["reference"] is None), None)
         if unreferenced is not None and any(s.function == "exact_match" for s in self.specs):
-            raise UserError(f"{unreferenced}: reward exact_match needs a reference answer; this prompt has none "
-                            "(add 'reference' to prompt records, or use prompt/completion data)")
+            raise UserError(
+                f"{unreferenced}: reward exact_match needs a reference answer; this prompt has none "
+                "(add 'reference' to prompt records, or use prompt/completion data)"
+            )
         self.rewards = Rewards(self.specs, inference_dtype(cfg.train.precision), cfg.rl.sandbox)
         if self.beta > 0:
             self.reference = ReferenceModel(model)
@@ -94,20 +111,34 @@ class GroupPolicyOptimisation(Method):
         # each reply through its end (EOS), when it came
         batch, new = sample_replies(model, tok, [p["prompt_ids"] for p in repeated], self.sampling)
         texts = [tok.decode(reply, skip_special_tokens=True).strip() for reply in new]
-        rewards, parts = self.rewards([p["messages"] for p in repeated], texts, [p["reference"] for p in repeated],
-                                      [p.get("item") for p in repeated])
+        rewards, parts = self.rewards(
+            [p["messages"] for p in repeated],
+            texts,
+            [p["reference"] for p in repeated],
+            [p.get("item") for p in repeated],
+        )
         with torch.no_grad():
             old, row_of_token = token_logprobs(model, batch)
             ref = self.reference.token_logprobs(model, batch) if self.reference is not None else None
         n = len(repeated)
         lengths = torch.bincount(row_of_token, minlength=n).clamp(min=1)
         advantages = self.advantages(rewards.to(dev), old, ref, row_of_token)
-        return {"batch": batch, "old": old, "ref": ref, "row_of_token": row_of_token, "lengths": lengths,
-                "rewards": rewards, "parts": parts, "advantages": advantages, "texts": texts}
+        return {
+            "batch": batch,
+            "old": old,
+            "ref": ref,
+            "row_of_token": row_of_token,
+            "lengths": lengths,
+            "rewards": rewards,
+            "parts": parts,
+            "advantages": advantages,
+            "texts": texts,
+        }
 
     @abstractmethod
-    def advantages(self, rewards: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None,
-                   row_of_token: torch.Tensor) -> torch.Tensor:
+    def advantages(
+        self, rewards: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None, row_of_token: torch.Tensor
+    ) -> torch.Tensor:
         """Each reply's advantage over its group, from its reward (and its tokens' log-probs under
         the sampling policy and the reference, for a KL folded into the reward)."""
 
@@ -132,11 +163,15 @@ class GroupPolicyOptimisation(Method):
             if self.kl_in_loss():
                 per_token = per_token + self.beta * kl
         losses = per_row_sum(per_token, row_of_token, n) / rollout["lengths"]  # each reply's token mean
-        metrics = {"reward": float(rollout["rewards"].sum()),
-                   "reward_std": float(rollout["rewards"].view(-1, self.group_size).std(1).sum()) * self.group_size,
-                   "response_length": float(rollout["lengths"].sum()),
-                   "clip_fraction": float((per_row_sum(clipped.float(), row_of_token, n) / rollout["lengths"]).sum())}
-        metrics.update({f"reward_{k}": float(v.sum()) for k, v in rollout["parts"].items()} if len(rollout["parts"]) > 1 else {})
+        metrics = {
+            "reward": float(rollout["rewards"].sum()),
+            "reward_std": float(rollout["rewards"].view(-1, self.group_size).std(1).sum()) * self.group_size,
+            "response_length": float(rollout["lengths"].sum()),
+            "clip_fraction": float((per_row_sum(clipped.float(), row_of_token, n) / rollout["lengths"]).sum()),
+        }
+        metrics.update(
+            {f"reward_{k}": float(v.sum()) for k, v in rollout["parts"].items()} if len(rollout["parts"]) > 1 else {}
+        )
         if kl is not None:
             metrics["kl"] = float((per_row_sum(kl.detach(), row_of_token, n) / rollout["lengths"]).sum())
         return losses.sum(), metrics

@@ -78,8 +78,9 @@ class _HeadLogprobs(torch.autograd.Function):
         return grad_h, grad_w.to(weight.dtype), None, None, None, None
 
 
-def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                  chunk: int = CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+def head_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = CHUNK_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(target) per row in fp32, whether the argmax is the target) for hidden rows [n, d]
     through an output head weight [vocabulary, d] without bias. Matmuls run in the autocast dtype
     when autocast is on (as the head itself would), the softmax in fp32."""

@@ -60,11 +60,15 @@ def token_logprob_inputs(model, batch: dict):
     labels = batch["labels"]
     targets_mask = labels[:, 1:] != -100
     # no KV cache in training; packed batches carry position_ids and no attention mask
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-              "position_ids": batch.get("position_ids"), "use_cache": False}
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "position_ids": batch.get("position_ids"),
+        "use_cache": False,
+    }
     if head is None or is_prompt_learning(model):
         # no separable head, or virtual tokens that only the PEFT forward adds: full logits
-        logits = model(**inputs).logits[:, -labels.shape[1]:]  # prompt tuning's virtual positions come first
+        logits = model(**inputs).logits[:, -labels.shape[1] :]  # prompt tuning's virtual positions come first
         return None, logits[:, :-1][targets_mask], labels[:, 1:][targets_mask]
     if batch.get("segments") is not None and uses_segments(base):
         inputs["segments"] = batch["segments"]

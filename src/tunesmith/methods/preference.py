@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 
+from tunesmith import atomic
+from tunesmith.data.batch import Batch
 from tunesmith.data.chat import IGNORE, encode_chat
 from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
-from tunesmith import atomic
 from tunesmith.engine.distributed import is_main
-from tunesmith.errors import UserError
-from tunesmith.data.batch import Batch
 from tunesmith.engine.method import Method
+from tunesmith.errors import UserError
 from tunesmith.methods.logprobs import sequence_logprobs
 from tunesmith.methods.preference_losses import LENGTH_NORMALISED, REFERENCE_FREE, kto_loss, paired_loss
 from tunesmith.methods.reference import ReferenceModel
@@ -75,14 +75,15 @@ class PairedPreference(PreferenceOptimisation):
     # --- examples -> features -------------------------------------------------------------
     def features(self, example: Example, tokenizer) -> dict | None:
         if example.rejected is None:
-            raise UserError(f"{example.source}: preference loss '{self.kind}' needs pairs "
-                            "({prompt, chosen, rejected}); single judged responses train with preference.loss: kto")
+            raise UserError(
+                f"{example.source}: preference loss '{self.kind}' needs pairs "
+                "({prompt, chosen, rejected}); single judged responses train with preference.loss: kto"
+            )
         chosen = self._response(tokenizer, example.messages, example.tools)
         rejected = self._response(tokenizer, example.rejected, example.tools)
         if chosen is None or rejected is None:
             return None
-        return {"chosen": chosen, "rejected": rejected,
-                "length": len(chosen["input_ids"]) + len(rejected["input_ids"])}
+        return {"chosen": chosen, "rejected": rejected, "length": len(chosen["input_ids"]) + len(rejected["input_ids"])}
 
     # --- features -> batch ------------------------------------------------------------------
     def collate(self, features: list[dict], tokenizer) -> Batch:
@@ -90,7 +91,9 @@ class PairedPreference(PreferenceOptimisation):
         batch: Batch = collate_tokens(rows, tokenizer.pad_token_id)
         batch["n_items"] = len(features)  # pairs
         if all("reference" in f for f in features):
-            batch["reference"] = torch.tensor([f["reference"][0] for f in features] + [f["reference"][1] for f in features])
+            batch["reference"] = torch.tensor(
+                [f["reference"][0] for f in features] + [f["reference"][1] for f in features]
+            )
         return batch
 
     # --- batch -> loss ----------------------------------------------------------------------
@@ -111,16 +114,27 @@ class PairedPreference(PreferenceOptimisation):
             logps = logps / scale
             ref = ref / scale if ref is not None else None
         losses, chosen_rewards, rejected_rewards = paired_loss(
-            self.kind, logps[:n], logps[n:], None if ref is None else ref[:n], None if ref is None else ref[n:],
-            beta=self.beta, label_smoothing=self.label_smoothing, gamma=self.gamma)
+            self.kind,
+            logps[:n],
+            logps[n:],
+            None if ref is None else ref[:n],
+            None if ref is None else ref[n:],
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+            gamma=self.gamma,
+        )
         chosen_nll = -sums[:n] / counts[:n].clamp(min=1)  # per token
         if self.kind == "orpo":  # λ·odds-ratio term plus the chosen response's NLL per token
             losses = chosen_nll + self.beta * losses
         elif self.nll_weight:  # RPO: keep the chosen reply likely while pushing the rejected one down
             losses = losses + self.nll_weight * chosen_nll
         margins = chosen_rewards - rejected_rewards
-        metrics = {"accuracy": float((margins > 0).sum()), "rewards_chosen": float(chosen_rewards.sum()),
-                   "rewards_rejected": float(rejected_rewards.sum()), "margin": float(margins.sum())}
+        metrics = {
+            "accuracy": float((margins > 0).sum()),
+            "rewards_chosen": float(chosen_rewards.sum()),
+            "rewards_rejected": float(rejected_rewards.sum()),
+            "margin": float(margins.sum()),
+        }
         return losses.sum(), metrics
 
     # --- set-up the run does once -----------------------------------------------------------
@@ -135,7 +149,9 @@ class PairedPreference(PreferenceOptimisation):
         cached = run_dir / REFERENCE_CACHE
         values = json.loads(cached.read_text()) if cached.is_file() else None
         if values is None or len(values) != len(features):
-            console.print(f"reference log-probs: one pass over {len(features)} pairs (full fine-tuning keeps no second model)")
+            console.print(
+                f"reference log-probs: one pass over {len(features)} pairs (full fine-tuning keeps no second model)"
+            )
             values = precompute(model, self, tokenizer, features, cfg.train.batch_size, cfg.train.precision)
             if is_main():  # every rank computes the same values; one writes them
                 cached.parent.mkdir(parents=True, exist_ok=True)
@@ -161,15 +177,18 @@ class KTO(PreferenceOptimisation):
         elif example.desirable is not None:
             judged = [(example.messages, example.desirable)]
         else:
-            raise UserError(f"{example.source}: preference.loss kto needs pairs or responses with a boolean 'label' "
-                            "(true: desirable)")
+            raise UserError(
+                f"{example.source}: preference.loss kto needs pairs or responses with a boolean 'label' "
+                "(true: desirable)"
+            )
         responses = []
         for messages, desirable in judged:
             r = self._response(tokenizer, messages, example.tools)
             if r is not None:
                 first = next(i for i, label in enumerate(r["labels"]) if label != IGNORE)
-                responses.append({"prompt": r["input_ids"][:first], "completion": r["input_ids"][first:],
-                                  "desirable": desirable})
+                responses.append(
+                    {"prompt": r["input_ids"][:first], "completion": r["input_ids"][first:], "desirable": desirable}
+                )
         if not responses:
             return None
         return {"responses": responses, "length": sum(len(r["prompt"]) + len(r["completion"]) for r in responses)}
@@ -206,14 +225,24 @@ class KTO(PreferenceOptimisation):
             ref_kl = self.reference.sequence_logprobs(model, mismatched)[0]
         desirable = batch["desirable"].to(logps.device)
         kl = (kl_logps - ref_kl).mean()
-        losses, rewards = kto_loss(logps, ref, desirable, kl, beta=self.beta, desirable_weight=self.desirable_weight,
-                                   undesirable_weight=self.undesirable_weight)
+        losses, rewards = kto_loss(
+            logps,
+            ref,
+            desirable,
+            kl,
+            beta=self.beta,
+            desirable_weight=self.desirable_weight,
+            undesirable_weight=self.undesirable_weight,
+        )
         # accuracy: a desirable response's reward above the reference point, an undesirable one's below
         correct = torch.where(desirable, rewards > self.beta * kl.clamp(min=0), rewards < self.beta * kl.clamp(min=0))
         # the engine divides metric sums by the batch's responses: means of each kind are scaled to suit
-        metrics = {"accuracy": float(correct.sum()), "kl": float(kl) * n,
-                   "rewards_desirable": float(rewards[desirable].mean()) * n if desirable.any() else 0.0,
-                   "rewards_undesirable": float(rewards[~desirable].mean()) * n if (~desirable).any() else 0.0}
+        metrics = {
+            "accuracy": float(correct.sum()),
+            "kl": float(kl) * n,
+            "rewards_desirable": float(rewards[desirable].mean()) * n if desirable.any() else 0.0,
+            "rewards_undesirable": float(rewards[~desirable].mean()) * n if (~desirable).any() else 0.0,
+        }
         return losses.sum(), metrics
 
     # --- set-up the run does once -----------------------------------------------------------
@@ -228,8 +257,9 @@ def _rows(batch: dict, rows: slice) -> dict:
     return {k: (v[rows] if k in per_row and v is not None else v) for k, v in batch.items()}
 
 
-def precompute(model, method: PairedPreference, tokenizer, features: list[dict], batch_size: int, precision: str
-               ) -> list[list[float]]:
+def precompute(
+    model, method: PairedPreference, tokenizer, features: list[dict], batch_size: int, precision: str
+) -> list[list[float]]:
     """[chosen, rejected] reference log-probs of every pair: the model as it is now, no gradients,
     in the training precision (so that policy and reference agree exactly before the first step)."""
     from tunesmith.runtime.precision import autocast, device, resolve_precision

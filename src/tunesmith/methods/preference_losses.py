@@ -25,9 +25,17 @@ REFERENCE_FREE = ("simpo", "orpo")
 LENGTH_NORMALISED = ("ipo", "simpo", "orpo")  # compare mean log-probs per token, not sums
 
 
-def paired_loss(kind: str, chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor | None,
-                ref_rejected: torch.Tensor | None, *, beta: float, label_smoothing: float = 0.0,
-                gamma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def paired_loss(
+    kind: str,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor | None,
+    ref_rejected: torch.Tensor | None,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+    gamma: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(per-pair losses, chosen rewards, rejected rewards). `chosen`/`rejected` are the policy's
     sequence log-probs (means per token for LENGTH_NORMALISED kinds), `ref_*` the reference's.
     Rewards are β·(policy − reference) for reference-based kinds, β·policy for the others."""
@@ -58,20 +66,31 @@ def log_odds(mean_logp: torch.Tensor) -> torch.Tensor:
     return mean_logp - torch.log1p(-torch.exp(mean_logp.clamp(max=-1e-6)))
 
 
-def kto_loss(logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor, *,
-             beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def kto_loss(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl: torch.Tensor,
+    *,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-response losses, rewards) for KTO. `kl` is the reference point z: the batch's estimate
     of KL(π‖ref) from mismatched prompt/response pairs, clamped at 0 and never differentiated.
     Desirable: w_D·(1 − σ(β(r − z))); undesirable: w_U·(1 − σ(β(z − r))); r = log π − log ref."""
     ratio = logps - ref_logps
     z = kl.detach().clamp(min=0)
-    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (ratio - z))),
-                         undesirable_weight * (1 - torch.sigmoid(beta * (z - ratio))))
+    losses = torch.where(
+        desirable,
+        desirable_weight * (1 - torch.sigmoid(beta * (ratio - z))),
+        undesirable_weight * (1 - torch.sigmoid(beta * (z - ratio))),
+    )
     return losses, beta * ratio.detach()
 
 
-def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, margin: torch.Tensor | float = 0.0
-                       ) -> torch.Tensor:
+def bradley_terry_loss(
+    chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, margin: torch.Tensor | float = 0.0
+) -> torch.Tensor:
     """Reward-model loss per pair: −log σ(s_c − s_r − m), m an optional per-pair margin (Llama 2)."""
     return -F.logsigmoid(chosen_scores - rejected_scores - margin)

@@ -25,20 +25,20 @@ class ReferenceModel:
     def logits(self, model, batch: dict) -> torch.Tensor:
         """Reference logits at the batch's loss positions (the rows `token_logprob_inputs` gives)."""
         target = model if self.uses_adapter else self._frozen_on(batch)
-        with torch.no_grad(), (model.disable_adapter() if self.uses_adapter else nullcontext()):
+        with torch.no_grad(), model.disable_adapter() if self.uses_adapter else nullcontext():
             head, rows, _ = token_logprob_inputs(target, batch)
             return (head(rows) if head is not None else rows).float()
 
     def sequence_logprobs(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference log-probabilities of each row's labelled tokens (see `base.sequence_logprobs`)."""
         target = model if self.uses_adapter else self._frozen_on(batch)
-        with torch.no_grad(), (model.disable_adapter() if self.uses_adapter else nullcontext()):
+        with torch.no_grad(), model.disable_adapter() if self.uses_adapter else nullcontext():
             return sequence_logprobs(target, batch)
 
     def token_logprobs(self, model, batch: dict) -> torch.Tensor:
         """Reference log-probability of each labelled token (see `base.token_logprobs`)."""
         target = model if self.uses_adapter else self._frozen_on(batch)
-        with torch.no_grad(), (model.disable_adapter() if self.uses_adapter else nullcontext()):
+        with torch.no_grad(), model.disable_adapter() if self.uses_adapter else nullcontext():
             return token_logprobs(target, batch)[0]
 
     def _frozen_on(self, batch: dict):

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from tunesmith.data.batch import Batch
 from tunesmith.data.chat import encode_chat
 from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
-from tunesmith.errors import UserError
-from tunesmith.data.batch import Batch
 from tunesmith.engine.method import Method
+from tunesmith.errors import UserError
 from tunesmith.methods.preference_losses import bradley_terry_loss
 from tunesmith.model.peft_wrapping import unwrap
 
@@ -35,15 +35,21 @@ class RewardModelling(Method):
 
     def features(self, example: Example, tokenizer) -> dict | None:
         if example.rejected is None:
-            raise UserError(f"{example.source}: method reward trains on pairs ({{prompt, chosen, rejected}}), "
-                            f"this record is a single {example.layout} conversation")
+            raise UserError(
+                f"{example.source}: method reward trains on pairs ({{prompt, chosen, rejected}}), "
+                f"this record is a single {example.layout} conversation"
+            )
         chosen = self._conversation(tokenizer, example.messages)
         rejected = self._conversation(tokenizer, example.rejected)
         if chosen["input_ids"] == rejected["input_ids"]:
             self.dropped += 1
             return None  # identical after truncation: nothing to tell apart
-        return {"chosen": chosen, "rejected": rejected, "margin": example.margin or 0.0,
-                "length": len(chosen["input_ids"]) + len(rejected["input_ids"])}
+        return {
+            "chosen": chosen,
+            "rejected": rejected,
+            "margin": example.margin or 0.0,
+            "length": len(chosen["input_ids"]) + len(rejected["input_ids"]),
+        }
 
     def collate(self, features: list[dict], tokenizer) -> Batch:
         rows = [f["chosen"] for f in features] + [f["rejected"] for f in features]
@@ -59,8 +65,12 @@ class RewardModelling(Method):
         chosen, rejected = scores[:n], scores[n:]
         losses = bradley_terry_loss(chosen, rejected, batch["margin"].to(scores.device))
         diff = (chosen - rejected).detach()
-        metrics = {"accuracy": float((diff > 0).sum()), "margin": float(diff.sum()),
-                   "score_chosen": float(chosen.detach().sum()), "score_rejected": float(rejected.detach().sum())}
+        metrics = {
+            "accuracy": float((diff > 0).sum()),
+            "margin": float(diff.sum()),
+            "score_chosen": float(chosen.detach().sum()),
+            "score_rejected": float(rejected.detach().sum()),
+        }
         return losses.sum(), metrics
 
 

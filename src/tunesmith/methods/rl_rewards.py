@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -33,8 +33,10 @@ RewardFn = Callable[[str, str, "str | None"], float]
 
 def exact_match(prompt: str, completion: str, reference: str | None) -> float:
     if reference is None:
-        raise UserError("reward exact_match: the data has no reference answers (use prompt/completion records, "
-                        "or a 'reference' in prompt records)")
+        raise UserError(
+            "reward exact_match: the data has no reference answers (use prompt/completion records, "
+            "or a 'reference' in prompt records)"
+        )
     return float(completion.strip() == reference.strip())
 
 
@@ -93,8 +95,8 @@ class RewardModelScorer:
 
     def __call__(self, conversations: list[list[dict]], max_length: int = 2048) -> list[float]:
         from tunesmith.data.chat import encode_chat
-        from tunesmith.methods.reward_model import sequence_scores
         from tunesmith.data.collate import collate_tokens
+        from tunesmith.methods.reward_model import sequence_scores
 
         dev = next(self.model.parameters()).device
         scores: list[float] = []
@@ -130,25 +132,37 @@ class Rewards:
                 scorer = RewardModelScorer(spec.model, dtype)
                 self.models.append((scorer.name, spec.weight, scorer))
 
-    def __call__(self, prompts: list[list[dict]], completions: list[str], references: list[str | None],
-                 items: list[dict | None] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self,
+        prompts: list[list[dict]],
+        completions: list[str],
+        references: list[str | None],
+        items: list[dict | None] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(total reward per completion, each named reward per completion); `items`: the training
         record each completion answered (what graders read)."""
         parts: dict[str, torch.Tensor] = {}
         total = torch.zeros(len(completions))
         for name, weight, fn in self.functions:
             last_user = [next((m["content"] for m in reversed(p) if m["role"] == "user"), "") for p in prompts]
-            values = torch.tensor([fn(u, c, r) for u, c, r in zip(last_user, completions, references)], dtype=torch.float32)
+            values = torch.tensor(
+                [fn(u, c, r) for u, c, r in zip(last_user, completions, references)], dtype=torch.float32
+            )
             parts[name] = values
             total += weight * values
         for name, weight, scorer in self.models:
-            values = torch.tensor(scorer([p + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completions)]))
+            values = torch.tensor(
+                scorer([p + [{"role": "assistant", "content": c}] for p, c in zip(prompts, completions)])
+            )
             parts[name] = values
             total += weight * values
         if self.graders:
             from tunesmith.methods.graders import sample_of
 
-            samples, records = [sample_of(c) for c in completions], [i or {} for i in (items or [None] * len(completions))]
+            samples, records = (
+                [sample_of(c) for c in completions],
+                [i or {} for i in (items or [None] * len(completions))],
+            )
             for name, weight, grader in self.graders:
                 values = torch.tensor(grader(samples, records), dtype=torch.float32)
                 parts[name] = values

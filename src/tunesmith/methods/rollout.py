@@ -39,8 +39,9 @@ def sample_replies(model, tokenizer, prompts: list[list[int]], sampling: Samplin
 def trained_sequences(batch: dict) -> list[tuple[list[int], list[int]]]:
     """Each row's tokens (padding dropped) and the positions within them that carry loss."""
     out = []
-    for ids, labels, mask in zip(batch["input_ids"].tolist(), batch["labels"].tolist(),
-                                 batch["attention_mask"].tolist()):
+    for ids, labels, mask in zip(
+        batch["input_ids"].tolist(), batch["labels"].tolist(), batch["attention_mask"].tolist()
+    ):
         kept = [i for i, m in enumerate(mask) if m]
         tokens = [ids[i] for i in kept]
         out.append((tokens, [j for j, i in enumerate(kept) if j > 0 and labels[i] != IGNORE]))
@@ -57,8 +58,15 @@ def sample_records(tokenizer, batch: dict, student_logp, teacher_logp, per_token
         n = len(reply)
         student, teacher, loss = (v[at : at + n] for v in values)
         at += n
-        out.append({"prompt": tokenizer.decode(tokens[: positions[0]] if positions else tokens),
-                    "reply": tokenizer.decode(reply), "tokens": [tokenizer.decode([t]) for t in reply], "ids": reply,
-                    "student_logprob": [round(x, 5) for x in student],
-                    "teacher_logprob": [round(x, 5) for x in teacher], "loss": [round(x, 5) for x in loss]})
+        out.append(
+            {
+                "prompt": tokenizer.decode(tokens[: positions[0]] if positions else tokens),
+                "reply": tokenizer.decode(reply),
+                "tokens": [tokenizer.decode([t]) for t in reply],
+                "ids": reply,
+                "student_logprob": [round(x, 5) for x in student],
+                "teacher_logprob": [round(x, 5) for x in teacher],
+                "loss": [round(x, 5) for x in loss],
+            }
+        )
     return out

@@ -57,11 +57,15 @@ class SelfDistillation:
             with torch.no_grad():
                 logp = head_token_logprobs(head, rows, targets)[0].float()
                 ref_logp = ref_logits.float().log_softmax(-1).gather(1, targets[:, None])[:, 0]
-                per_token = torch.cat([divergence(project(rows[i : i + 256])[:, :vocab].float(),
-                                                  ref_logits[i : i + 256], "reverse_kl")
-                                       for i in range(0, rows.shape[0], 256)])
-            batch["samples"].extend({"kind": "self_distill", **r}
-                                    for r in sample_records(tokenizer, sampled, logp, ref_logp, per_token))
+                per_token = torch.cat(
+                    [
+                        divergence(project(rows[i : i + 256])[:, :vocab].float(), ref_logits[i : i + 256], "reverse_kl")
+                        for i in range(0, rows.shape[0], 256)
+                    ]
+                )
+            batch["samples"].extend(
+                {"kind": "self_distill", **r} for r in sample_records(tokenizer, sampled, logp, ref_logp, per_token)
+            )
         scale = self.weight * batch["n_items"] / sampled["n_items"]
         # logged per item of the task batch, as every metric: the mean reverse KL per sampled token, weighted
         return kl_sum * scale, {"self_distill": float(kl_sum.detach()) * scale}

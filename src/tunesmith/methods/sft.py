@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tunesmith.data.batch import Batch
 from tunesmith.data.chat import IGNORE, encode_example
 from tunesmith.data.collate import collate_tokens
 from tunesmith.data.layouts import Example
-from tunesmith.errors import UserError
-from tunesmith.data.batch import Batch
 from tunesmith.engine.method import Method
+from tunesmith.errors import UserError
 from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
 from tunesmith.methods.self_distill import SelfDistillation
 
@@ -35,8 +35,10 @@ class SFT(Method):
 
     def features(self, example: Example, tokenizer) -> dict | None:
         if example.layout == "prompt":
-            raise UserError(f"{example.source}: a prompt alone has no response to learn from; "
-                            "prompt-only data is for methods that generate their own (grpo, rloo)")
+            raise UserError(
+                f"{example.source}: a prompt alone has no response to learn from; "
+                "prompt-only data is for methods that generate their own (grpo, rloo)"
+            )
         enc = encode_example(tokenizer, example, self.max_length, self.train_on, self.train_reasoning)
         if enc.truncated and self.drop_long:
             self.dropped += 1

@@ -87,6 +87,8 @@ def check_loss(name: str, input_names: set[str], config: dict) -> Loss:
         raise UserError(f"loss_fn {name}: every datum needs loss_fn_inputs {', '.join(missing)}")
     unknown = sorted(set(config) - set(keys))
     if unknown:
-        raise UserError(f"loss_fn_config {', '.join(unknown)}: not read by {name}"
-                        + (f" (it reads {', '.join(keys)})" if keys else " (it reads none)"))
+        raise UserError(
+            f"loss_fn_config {', '.join(unknown)}: not read by {name}"
+            + (f" (it reads {', '.join(keys)})" if keys else " (it reads none)")
+        )
     return fn

@@ -26,8 +26,9 @@ TARGET_PRESETS = {
 def linear_module_names(model) -> list[str]:
     """Leaf names of the model's linear layers, the output head excepted (what `all-linear` means)."""
     head = unwrap(model).get_output_embeddings()
-    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-             if m is not head and isinstance(m, torch.nn.Linear)}
+    names = {
+        name.rsplit(".", 1)[-1] for name, m in model.named_modules() if m is not head and isinstance(m, torch.nn.Linear)
+    }
     return sorted(names)
 
 
@@ -41,7 +42,9 @@ def lora_targets(model, targets: str | list[str]):
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
         found = [t for t in TARGET_PRESETS[targets] if t in present]
         if not found:
-            raise UserError(f"adapter.targets: preset '{targets}' matches no module of this model; name modules explicitly")
+            raise UserError(
+                f"adapter.targets: preset '{targets}' matches no module of this model; name modules explicitly"
+            )
         return found
     return [t.strip() for t in targets.split(",") if t.strip()]
 
@@ -52,8 +55,15 @@ def peft_config(model, cfg: AdapterConfig, task_type: str = "CAUSAL_LM"):
     import peft
 
     if cfg.type in ("lora", "qlora"):
-        return peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_rslora=cfg.rslora,
-                               use_dora=cfg.dora, target_modules=lora_targets(model, cfg.targets), task_type=task_type)
+        return peft.LoraConfig(
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            use_rslora=cfg.rslora,
+            use_dora=cfg.dora,
+            target_modules=lora_targets(model, cfg.targets),
+            task_type=task_type,
+        )
     if cfg.type == "ia3":
         targets = lora_targets(model, cfg.targets)
         targets = linear_module_names(model) if targets == "all-linear" else targets
@@ -64,8 +74,11 @@ def peft_config(model, cfg: AdapterConfig, task_type: str = "CAUSAL_LM"):
         return peft.PrefixTuningConfig(num_virtual_tokens=cfg.virtual_tokens, task_type="CAUSAL_LM")
     if cfg.type == "prompt":
         # initialised from real token embeddings: random vectors far from the vocabulary train slowly
-        return peft.PromptTuningConfig(num_virtual_tokens=cfg.virtual_tokens, task_type="CAUSAL_LM",
-                                       prompt_tuning_init=peft.PromptTuningInit.SAMPLE_VOCAB)
+        return peft.PromptTuningConfig(
+            num_virtual_tokens=cfg.virtual_tokens,
+            task_type="CAUSAL_LM",
+            prompt_tuning_init=peft.PromptTuningInit.SAMPLE_VOCAB,
+        )
     raise ValueError(cfg.type)
 
 
@@ -153,17 +166,24 @@ def train_only(model, freeze: FreezeConfig) -> int:
     if freeze.top_layers is not None:
         layers = decoder_layer_indices(model)
         if freeze.top_layers > len(layers):
-            raise UserError(f"adapter.freeze.top_layers: {freeze.top_layers}, but the model has {len(layers)} decoder layers")
+            raise UserError(
+                f"adapter.freeze.top_layers: {freeze.top_layers}, but the model has {len(layers)} decoder layers"
+            )
         first = len(layers) - freeze.top_layers
-        final_norm = {id(p) for name, p in model.named_parameters() if re.search(r"(^|\.)(norm|ln_f|final_layernorm)\.", name)
-                      and not _LAYER_INDEX.search(name)}
+        final_norm = {
+            id(p)
+            for name, p in model.named_parameters()
+            if re.search(r"(^|\.)(norm|ln_f|final_layernorm)\.", name) and not _LAYER_INDEX.search(name)
+        }
 
         def keep(name, p):
             m = _LAYER_INDEX.search(name)
             return (m is not None and int(m.group(1)) >= first) or id(p) in final_norm
     else:
+
         def keep(name, p):
             return any(part in name for part in freeze.modules)
+
     trained = 0
     for name, p in model.named_parameters():
         p.requires_grad_(keep(name, p))
@@ -178,7 +198,6 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
-
 
 
 def freeze_lower_layers(model, n: int) -> int:

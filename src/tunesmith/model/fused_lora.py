@@ -22,14 +22,25 @@ import torch
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     active = self.active_adapters
     name = active[0] if len(active) == 1 else None
-    if (args or kwargs or self.disable_adapters or self.merged or name not in self.lora_A
-            or name in self.lora_variant or self.lora_B[name].bias is not None):
+    if (
+        args
+        or kwargs
+        or self.disable_adapters
+        or self.merged
+        or name not in self.lora_A
+        or name in self.lora_variant
+        or self.lora_B[name].bias is not None
+    ):
         return type(self).forward(self, x, *args, **kwargs)
     result = self.base_layer(x)
     lora_a = self.lora_A[name](self.lora_dropout[name](x))
     weight_b = self.lora_B[name].weight
-    out = torch.addmm(result.reshape(-1, result.shape[-1]), lora_a.reshape(-1, lora_a.shape[-1]), weight_b.t(),
-                      alpha=self.scaling[name])
+    out = torch.addmm(
+        result.reshape(-1, result.shape[-1]),
+        lora_a.reshape(-1, lora_a.shape[-1]),
+        weight_b.t(),
+        alpha=self.scaling[name],
+    )
     return out.view(result.shape)
 
 

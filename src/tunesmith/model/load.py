@@ -72,8 +72,8 @@ def load_base(path: Path, dtype: torch.dtype = torch.float32, quantization: dict
 
     extra = {}
     if quantization is not None:
-        from tunesmith.runtime.precision import device
         from tunesmith.model.quantize import bnb_config
+        from tunesmith.runtime.precision import device
 
         extra = {"quantization_config": bnb_config(quantization), "device_map": {"": str(device())}}
     # safetensors only: a pickled checkpoint (.bin, .pt) runs code when loaded (`resolve` refuses those folders)
@@ -136,8 +136,8 @@ def load_for_inference(reference: str | Resolved, dtype: torch.dtype = torch.flo
         model = PeftModel.from_pretrained(model, resolved.adapter)
         if merge and can_merge(model):
             model = model.merge_and_unload()
-    from tunesmith.runtime.precision import device
     from tunesmith.model.quantize import is_quantized
+    from tunesmith.runtime.precision import device
 
     if not is_quantized(model):
         model.to(device())
@@ -153,8 +153,10 @@ def is_reward_checkpoint(resolved: Resolved) -> bool:
         cfg = json.loads((resolved.adapter / "adapter_config.json").read_text())
         return cfg.get("task_type") == "SEQ_CLS"
     cfg = json.loads((resolved.path / "config.json").read_text())
-    return any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or []) and \
-        cfg.get("num_labels", len(cfg.get("id2label") or {0: 0})) == 1
+    return (
+        any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
+        and cfg.get("num_labels", len(cfg.get("id2label") or {0: 0})) == 1
+    )
 
 
 def load_reward_model(reference: str | Resolved, dtype: torch.dtype = torch.float32):
@@ -162,8 +164,10 @@ def load_reward_model(reference: str | Resolved, dtype: torch.dtype = torch.floa
     score. A plain language model is refused: its head would be untrained noise."""
     resolved = reference if isinstance(reference, Resolved) else resolve(reference)
     if not is_reward_checkpoint(resolved):
-        raise UserError(f"{resolved.reference or resolved.path}: not a reward model (no trained score head); "
-                        "train one with method: reward")
+        raise UserError(
+            f"{resolved.reference or resolved.path}: not a reward model (no trained score head); "
+            "train one with method: reward"
+        )
     tokenizer = load_tokenizer(tokenizer_dir(resolved))
     quantization = None
     if resolved.adapter is not None:

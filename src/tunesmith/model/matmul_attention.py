@@ -46,8 +46,9 @@ def _bias(length: int, dtype: torch.dtype) -> torch.Tensor:
     return cached
 
 
-def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
-                     dropout: float = 0.0) -> torch.Tensor:
+def causal_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, dropout: float = 0.0
+) -> torch.Tensor:
     """query [heads, length, dim], key/value [kv heads, length, dim] -> [heads, length, dim]:
     softmax(q k^T * scaling + causal mask) v, heads sharing key/value heads in groups."""
     with torch.autocast("cpu", enabled=False):  # inputs are in the dtype wanted; softmax stays in it

@@ -20,8 +20,12 @@ SETTINGS_FILE = "quantization.json"
 
 
 def settings(adapter: AdapterConfig, compute_dtype: torch.dtype) -> dict:
-    return {"bits": adapter.bits, "quant_type": adapter.quant_type, "double_quant": adapter.double_quant,
-            "compute_dtype": str(compute_dtype).removeprefix("torch.")}
+    return {
+        "bits": adapter.bits,
+        "quant_type": adapter.quant_type,
+        "double_quant": adapter.double_quant,
+        "compute_dtype": str(compute_dtype).removeprefix("torch."),
+    }
 
 
 def import_bitsandbytes():
@@ -36,8 +40,9 @@ def require_bitsandbytes() -> None:
     try:
         import_bitsandbytes()
     except Exception as e:
-        raise UserError(f"adapter.type qlora: needs bitsandbytes 0.46 or newer (pip install bitsandbytes); "
-                        f"{first_line(e, 160)}") from None
+        raise UserError(
+            f"adapter.type qlora: needs bitsandbytes 0.46 or newer (pip install bitsandbytes); {first_line(e, 160)}"
+        ) from None
 
 
 def bnb_config(q: dict):
@@ -46,9 +51,12 @@ def bnb_config(q: dict):
     require_bitsandbytes()
     if q["bits"] == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q["quant_type"],
-                              bnb_4bit_use_double_quant=q["double_quant"],
-                              bnb_4bit_compute_dtype=getattr(torch, q["compute_dtype"]))
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q["quant_type"],
+        bnb_4bit_use_double_quant=q["double_quant"],
+        bnb_4bit_compute_dtype=getattr(torch, q["compute_dtype"]),
+    )
 
 
 def is_quantized(model) -> bool:

@@ -98,8 +98,10 @@ def refuse_pickled_weights(folder: Path, expected: str) -> None:
         return
     pickled = sorted(p.name for pattern in PICKLED for p in folder.glob(pattern))
     if pickled:
-        raise UserError(f"{folder}: weights only as pickle files ({', '.join(pickled[:3])}); tunesmith loads "
-                        f"{expected} only, since unpickling can run code: convert them where you trust the file")
+        raise UserError(
+            f"{folder}: weights only as pickle files ({', '.join(pickled[:3])}); tunesmith loads "
+            f"{expected} only, since unpickling can run code: convert them where you trust the file"
+        )
 
 
 def resolve_adapter_dir(adapter: Path, reference: str | None = None) -> Resolved:
@@ -191,7 +193,9 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
         return target
     from rich.console import Console
 
-    Console(stderr=True, soft_wrap=True).print(f"[dim]converting {gguf.name} to a Hugging Face folder (once) -> {target}[/dim]")
+    Console(stderr=True, soft_wrap=True).print(
+        f"[dim]converting {gguf.name} to a Hugging Face folder (once) -> {target}[/dim]"
+    )
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 

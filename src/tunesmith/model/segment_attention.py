@@ -5,7 +5,8 @@ makes SDPA compute every query against every key of the row (a 1,024-token row o
 examples: five times the work), and a padded row computes its padding. Training batches say
 where their sequences are (`segments`: per row, the [start, end) of each example), and this
 attention function runs causal SDPA on each of those spans alone: the same result (tested
-against the masked model), with work proportional to the sum of squared example lengths. In bf16 on a CPU each span goes to
+against the masked model), with work proportional to the sum of squared example lengths. In bf16
+on a CPU each span goes to
 `matmul_attention` (2-3x faster there than SDPA's CPU kernel); elsewhere to SDPA.
 Calls without `segments` (generation, a KV cache, left-padded prompts) are plain SDPA.
 
@@ -27,8 +28,9 @@ NAME = "tunesmith_segments"
 _registered = False
 
 
-def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                      segments=None, **kwargs):
+def segment_attention(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, segments=None, **kwargs
+):
     """query [batch, heads, length, dim], key/value [batch, kv heads, length, dim] ->
     ([batch, length, heads, dim], None), as transformers' attention functions return."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -36,10 +38,19 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
     if segments is None:
         if softcap is not None:  # SDPA has no soft-cap; the mask (sliding windows included) is the model's
-            out = exact_attention(query, key, value, scaling or query.shape[-1] ** -0.5, attention_mask=attention_mask,
-                                  softcap=softcap, dropout=dropout if module.training else 0.0)
+            out = exact_attention(
+                query,
+                key,
+                value,
+                scaling or query.shape[-1] ** -0.5,
+                attention_mask=attention_mask,
+                softcap=softcap,
+                dropout=dropout if module.training else 0.0,
+            )
             return out.transpose(1, 2).contiguous(), None
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     batch, heads, length, dim = query.shape
     if len(segments) != batch:
         raise ValueError(f"segment attention: {len(segments)} rows of segments for a batch of {batch}")
@@ -54,8 +65,9 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
             return exact_attention(q[None], k[None], v[None], scale, window=window, softcap=softcap, dropout=dropout)[0]
         if low is not None:
             return matmul_attention.causal_attention(q, k, v, scale, dropout)
-        return F.scaled_dot_product_attention(q[None], k[None], v[None], dropout_p=dropout, is_causal=True,
-                                              scale=scale, enable_gqa=gqa)[0]
+        return F.scaled_dot_product_attention(
+            q[None], k[None], v[None], dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa
+        )[0]
 
     rows = []
     # unbind and split rather than index: their backward passes put the pieces' gradients together
@@ -63,15 +75,28 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     for spans, q_row, k_row, v_row in zip(segments, query.unbind(0), key.unbind(0), value.unbind(0)):
         pieces = _pieces(spans, length)
         sizes = [n for n, _ in pieces]
-        parts = [attend(q, k, v) if is_sequence else q.new_zeros(heads, n, dim)  # padding: its outputs carry no loss
-                 for (n, is_sequence), q, k, v in zip(pieces, q_row.split(sizes, 1), k_row.split(sizes, 1), v_row.split(sizes, 1))]
+        parts = [
+            attend(q, k, v) if is_sequence else q.new_zeros(heads, n, dim)  # padding: its outputs carry no loss
+            for (n, is_sequence), q, k, v in zip(
+                pieces, q_row.split(sizes, 1), k_row.split(sizes, 1), v_row.split(sizes, 1)
+            )
+        ]
         rows.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
     out = torch.stack(rows)
     return out.transpose(1, 2).contiguous(), None
 
 
-def exact_attention(query, key, value, scaling: float, *, window: int | None = None, softcap: float | None = None,
-                    attention_mask=None, dropout: float = 0.0) -> torch.Tensor:
+def exact_attention(
+    query,
+    key,
+    value,
+    scaling: float,
+    *,
+    window: int | None = None,
+    softcap: float | None = None,
+    attention_mask=None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
     """Attention as transformers' eager implementations compute it (Gemma 2's, with soft-cap):
     query [batch, heads, n, dim], key/value [batch, kv heads, n, dim] -> [batch, heads, n, dim].
     Without `attention_mask`, causal (the queries being the last of the keys), within `window`
@@ -169,8 +194,10 @@ def exact_path_note(config, lengths: list[int]) -> str | None:
     longer = sum(n > window for n in lengths)
     if not longer:
         return None
-    return (f"{family}: {longer} of {len(lengths)} training sequences are longer than the {window}-token sliding "
-            "window; their windowed layers take the exact eager attention (slower)")
+    return (
+        f"{family}: {longer} of {len(lengths)} training sequences are longer than the {window}-token sliding "
+        "window; their windowed layers take the exact eager attention (slower)"
+    )
 
 
 def uses_segments(model) -> bool:

@@ -57,8 +57,10 @@ def create_student(teacher: str, layers: int, out: Path, strategy: str = "unifor
         raise UserError(f"{out}: student target exists and is not empty")
     model, tokenizer = load_for_inference(teacher, dtype=torch.float32, merge=True)
     if hasattr(model, "peft_config"):
-        raise UserError(f"{teacher}: a {model.active_peft_config.peft_type.value.lower()} adapter cannot fold into the "
-                        "weights; export the teacher merged first")
+        raise UserError(
+            f"{teacher}: a {model.active_peft_config.peft_type.value.lower()} adapter cannot fold into the "
+            "weights; export the teacher merged first"
+        )
     model = model.cpu()
     stack = decoder(model).layers
     total = len(stack)
@@ -77,5 +79,11 @@ def create_student(teacher: str, layers: int, out: Path, strategy: str = "unifor
     with atomic.folder(out) as tmp, quiet_transformers():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return {"out": str(out), "teacher": teacher, "teacher_layers": total, "layers": keep, "strategy": strategy,
-            "parameters": parameters}
+    return {
+        "out": str(out),
+        "teacher": teacher,
+        "teacher_layers": total,
+        "layers": keep,
+        "strategy": strategy,
+        "parameters": parameters,
+    }

@@ -24,8 +24,12 @@ def find_browser() -> str | None:
 
 
 def _headless(browser: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def check_report(html: Path, screenshot: Path, width: int = 1200, height: int = 4000) -> dict:
@@ -39,7 +43,11 @@ def check_report(html: Path, screenshot: Path, width: int = 1200, height: int = 
     shot = _headless(browser, f"--window-size={width},{height}", f"--screenshot={screenshot.resolve()}", url)
     if not screenshot.is_file():
         raise RuntimeError(f"chromium wrote no screenshot: {shot.stderr.strip()[-300:]}")
-    return {"loaded": int(m.group(1)) if m else 0, "images": int(m.group(2)) if m else -1, "screenshot": str(screenshot)}
+    return {
+        "loaded": int(m.group(1)) if m else 0,
+        "images": int(m.group(2)) if m else -1,
+        "screenshot": str(screenshot),
+    }
 
 
 if __name__ == "__main__":

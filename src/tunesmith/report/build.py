@@ -28,9 +28,18 @@ def _rel(path: Path, root: Path) -> str:
 
 def _score_row(result: dict, primary: str, kind: str, source: str, variant: str | None = None) -> dict:
     s = primary_interval(result, primary)
-    row = {"label": result["label"], "kind": kind, "score": s["mean"], "lo": s["lo"], "hi": s["hi"], "n": result["n"],
-           "prompt_tokens": result["prompt_tokens"], "latency_ms": result["latency_s"] * 1000, "source": source,
-           "cost_per_1000": result.get("cost_per_1000")}
+    row = {
+        "label": result["label"],
+        "kind": kind,
+        "score": s["mean"],
+        "lo": s["lo"],
+        "hi": s["hi"],
+        "n": result["n"],
+        "prompt_tokens": result["prompt_tokens"],
+        "latency_ms": result["latency_s"] * 1000,
+        "source": source,
+        "cost_per_1000": result.get("cost_per_1000"),
+    }
     if variant is not None:
         row["variant"] = variant
     return row
@@ -39,31 +48,58 @@ def _score_row(result: dict, primary: str, kind: str, source: str, variant: str 
 def _forgetting_row(variant: str, label: str, f: dict, source: str) -> dict:
     qa, drift = f["qa"], f["drift"]
     row = {
-        "variant": variant, "label": label,
-        "qa_base": qa["base"]["mean"], "qa_base_lo": qa["base"]["lo"], "qa_base_hi": qa["base"]["hi"],
-        "qa_tuned": qa["tuned"]["mean"], "qa_tuned_lo": qa["tuned"]["lo"], "qa_tuned_hi": qa["tuned"]["hi"],
-        "qa_change": qa["change"]["mean"], "qa_change_lo": qa["change"]["lo"], "qa_change_hi": qa["change"]["hi"],
-        "qa_items": qa["base"]["n"], "retention": qa["retention"],
-        "drift_base": drift["base_nll"]["mean"], "drift_tuned": drift["tuned_nll"]["mean"],
-        "drift_increase": drift["increase"]["mean"], "drift_increase_lo": drift["increase"]["lo"],
-        "drift_increase_hi": drift["increase"]["hi"], "drift_prompts": drift["base_nll"]["n"], "source": source,
-        "qa_gained": qa.get("gained"), "qa_lost": qa.get("lost"),
+        "variant": variant,
+        "label": label,
+        "qa_base": qa["base"]["mean"],
+        "qa_base_lo": qa["base"]["lo"],
+        "qa_base_hi": qa["base"]["hi"],
+        "qa_tuned": qa["tuned"]["mean"],
+        "qa_tuned_lo": qa["tuned"]["lo"],
+        "qa_tuned_hi": qa["tuned"]["hi"],
+        "qa_change": qa["change"]["mean"],
+        "qa_change_lo": qa["change"]["lo"],
+        "qa_change_hi": qa["change"]["hi"],
+        "qa_items": qa["base"]["n"],
+        "retention": qa["retention"],
+        "drift_base": drift["base_nll"]["mean"],
+        "drift_tuned": drift["tuned_nll"]["mean"],
+        "drift_increase": drift["increase"]["mean"],
+        "drift_increase_lo": drift["increase"]["lo"],
+        "drift_increase_hi": drift["increase"]["hi"],
+        "drift_prompts": drift["base_nll"]["n"],
+        "source": source,
+        "qa_gained": qa.get("gained"),
+        "qa_lost": qa.get("lost"),
     }
     if "floor" in f:  # runs before the noise floor was measured have none
-        row.update(floor_qa=f["floor"]["qa"], floor_qa_flipped=f["floor"]["qa_flipped"], floor_drift=f["floor"]["drift"],
-                   floor_batch_sizes=f["floor"]["batch_sizes"], verdict=qa["verdict"])
+        row.update(
+            floor_qa=f["floor"]["qa"],
+            floor_qa_flipped=f["floor"]["qa_flipped"],
+            floor_drift=f["floor"]["drift"],
+            floor_batch_sizes=f["floor"]["batch_sizes"],
+            verdict=qa["verdict"],
+        )
     if "text" in f:
         t = f["text"]
-        row.update(text_base_ppl=t["base_perplexity"], text_tuned_ppl=t["tuned_perplexity"],
-                   text_nll_increase=t["nll_increase"]["mean"], text_nll_increase_lo=t["nll_increase"]["lo"],
-                   text_nll_increase_hi=t["nll_increase"]["hi"], text_documents=t["documents"])
+        row.update(
+            text_base_ppl=t["base_perplexity"],
+            text_tuned_ppl=t["tuned_perplexity"],
+            text_nll_increase=t["nll_increase"]["mean"],
+            text_nll_increase_lo=t["nll_increase"]["lo"],
+            text_nll_increase_hi=t["nll_increase"]["hi"],
+            text_documents=t["documents"],
+        )
     return row
 
 
 def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | None, primary: str) -> dict:
     """Everything the report shows, gathered from the runs' JSON files."""
     task, forgetting, training, distill = [], [], [], []
-    for path in sorted((baselines_dir / "baselines").glob("shots-*.json"), key=lambda p: int(p.stem.split("-")[1])) if baselines_dir else []:
+    for path in (
+        sorted((baselines_dir / "baselines").glob("shots-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+        if baselines_dir
+        else []
+    ):
         task.append(_score_row(json.loads(path.read_text()), primary, "prompting", _rel(path, out_dir)))
     predictions = {}  # a row's label -> its predictions file, for paired differences
     for path in sorted((baselines_dir / "baselines").glob("endpoint-*.json")) if baselines_dir else []:
@@ -75,12 +111,29 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
     for variant, run_dir in runs:
         label = f"tuned: {variant}"
         summary = _read(run_dir / "summary.json") or {}
-        training.append({"variant": variant, "source": _rel(run_dir / "summary.json", out_dir),
-                         **{k: summary.get(k) for k in ("steps", "train_seconds", "final_loss", "val_loss",
-                                                        "trainable_parameters", "tokens", "precision", "method")},
-                         "validation": {k: v for k, v in summary.get("validation", {}).items() if k != "loss"},
-                         "mitigation": summary.get("mitigation", {}),
-                         "stopped_early": summary.get("stopped_early"), "best": summary.get("best")})
+        training.append(
+            {
+                "variant": variant,
+                "source": _rel(run_dir / "summary.json", out_dir),
+                **{
+                    k: summary.get(k)
+                    for k in (
+                        "steps",
+                        "train_seconds",
+                        "final_loss",
+                        "val_loss",
+                        "trainable_parameters",
+                        "tokens",
+                        "precision",
+                        "method",
+                    )
+                },
+                "validation": {k: v for k, v in summary.get("validation", {}).items() if k != "loss"},
+                "mitigation": summary.get("mitigation", {}),
+                "stopped_early": summary.get("stopped_early"),
+                "best": summary.get("best"),
+            }
+        )
         test = _read(run_dir / "eval" / "test.json")
         if test is not None:
             test["label"] = label
@@ -88,7 +141,9 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
             predictions[label] = run_dir / "eval" / "test_predictions.jsonl"
         f = _read(run_dir / "forgetting" / "summary.json")
         if f is not None:
-            forgetting.append(_forgetting_row(variant, label, f, _rel(run_dir / "forgetting" / "summary.json", out_dir)))
+            forgetting.append(
+                _forgetting_row(variant, label, f, _rel(run_dir / "forgetting" / "summary.json", out_dir))
+            )
         for point in sorted(run_dir.glob("interpolate/alpha-*"), key=lambda d: float(d.name.split("-", 1)[1])):
             alpha = float(point.name.split("-", 1)[1])
             name, point_label = f"{variant}@{alpha:g}", f"{label} α={alpha:g}"
@@ -100,7 +155,9 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
             row["interpolation"] = {"of": variant, "alpha": alpha, "run_dir": str(run_dir)}
             task.append(row)
             predictions[point_label] = point / "test_predictions.jsonl"
-            forgetting.append(_forgetting_row(name, point_label, f, _rel(point / "forgetting" / "summary.json", out_dir)))
+            forgetting.append(
+                _forgetting_row(name, point_label, f, _rel(point / "forgetting" / "summary.json", out_dir))
+            )
         d = _read(run_dir / "eval" / "distill.json")
         if d is not None:
             distill.append({"variant": variant, **d, "source": _rel(run_dir / "eval" / "distill.json", out_dir)})
@@ -114,8 +171,15 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
     if frontier:
         recommendation["endpoint"] = frontier
         recommendation.setdefault("details", []).append(frontier["text"])
-    return {"primary": primary, "task": task, "forgetting": forgetting, "training": training, "distill": distill,
-            "tradeoff": tradeoff, "recommendation": recommendation}
+    return {
+        "primary": primary,
+        "task": task,
+        "forgetting": forgetting,
+        "training": training,
+        "distill": distill,
+        "tradeoff": tradeoff,
+        "recommendation": recommendation,
+    }
 
 
 def _per_example(path: Path | None, metric: str) -> list[tuple[str, float]] | None:
@@ -129,7 +193,10 @@ def _versus_endpoint(task: list[dict], predictions: dict, primary: str) -> dict 
     if not tuned or not endpoints:
         return None
     best_t, best_e = max(tuned, key=lambda r: r["score"]), max(endpoints, key=lambda r: r["score"])
-    a, b = _per_example(predictions.get(best_e["label"]), primary), _per_example(predictions.get(best_t["label"]), primary)
+    a, b = (
+        _per_example(predictions.get(best_e["label"]), primary),
+        _per_example(predictions.get(best_t["label"]), primary),
+    )
     if not a or not b or [s for s, _ in a] != [s for s, _ in b]:
         return None  # not the same examples: no paired comparison
     diff = paired_bootstrap_ci([v for _, v in a], [v for _, v in b])
@@ -150,12 +217,22 @@ def draw(report: dict, out_dir: Path, runs: list[tuple[str, Path]]) -> dict[str,
     if report["distill"]:
         made["distill"] = plots.student_vs_teacher(report["distill"][0], out_dir / "plots" / "report-distill.png")
     if len(report["forgetting"]) > 1 and any(r["kind"] == "tuned" for r in report["tradeoff"]):
-        made["tradeoff"] = plots.tradeoff(report["tradeoff"], report["primary"], out_dir / "plots" / "report-tradeoff.png")
+        made["tradeoff"] = plots.tradeoff(
+            report["tradeoff"], report["primary"], out_dir / "plots" / "report-tradeoff.png"
+        )
     return {k: _rel(v, out_dir) for k, v in made.items()}
 
 
-def write_report(out_dir: Path, runs: list[tuple[str, Path]], *, baselines_dir: Path | None, primary: str,
-                 title: str | None = None, sweep: dict | None = None, extra_plots: dict[str, Path] | None = None) -> Path:
+def write_report(
+    out_dir: Path,
+    runs: list[tuple[str, Path]],
+    *,
+    baselines_dir: Path | None,
+    primary: str,
+    title: str | None = None,
+    sweep: dict | None = None,
+    extra_plots: dict[str, Path] | None = None,
+) -> Path:
     """report.json, report.md and report.html in `out_dir`; returns the HTML path. A sweep's
     trials table (`sweep`, sweep.json's content) and its plots come first when given."""
     report = collect(out_dir, runs, baselines_dir, primary)

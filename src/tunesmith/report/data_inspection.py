@@ -54,11 +54,33 @@ def histogram(lengths: list[int], console: Console, max_length: int) -> list[tup
     return buckets
 
 
-def inspect(path: str, tokenizer, console: Console, *, fmt: str = "auto", columns=None, key=None, split="train",
-            dataset: str | None = None, chat_template: dict | None = None, max_length: int = 1024,
-            train_on: str = "all_assistant", train_reasoning: bool = True, show: int = 2, png: Path | None = None) -> dict:
-    loaded = load_source(path, fmt=fmt, columns=columns, key=key, split=split, on_error="skip", dataset=dataset,
-                         chat_template=chat_template)
+def inspect(
+    path: str,
+    tokenizer,
+    console: Console,
+    *,
+    fmt: str = "auto",
+    columns=None,
+    key=None,
+    split="train",
+    dataset: str | None = None,
+    chat_template: dict | None = None,
+    max_length: int = 1024,
+    train_on: str = "all_assistant",
+    train_reasoning: bool = True,
+    show: int = 2,
+    png: Path | None = None,
+) -> dict:
+    loaded = load_source(
+        path,
+        fmt=fmt,
+        columns=columns,
+        key=key,
+        split=split,
+        on_error="skip",
+        dataset=dataset,
+        chat_template=chat_template,
+    )
     examples = loaded.examples
     layouts = Counter(e.layout for e in examples)
     encoded = [encode_example(tokenizer, e, 10**9, train_on, train_reasoning) for e in examples]
@@ -68,17 +90,25 @@ def inspect(path: str, tokenizer, console: Console, *, fmt: str = "auto", column
     with_reasoning = sum(enc.reasoning is not None for enc in encoded)
     undesirable = sum(e.desirable is False for e in examples)
     over = sum(n > max_length for n in lengths)
-    console.print(f"[bold]{path}[/bold]{f' (dataset {dataset})' if dataset else ''}: {len(examples)} valid records, "
-                  f"{len(loaded.problems)} with problems; layout: {', '.join(f'{k} ({v})' for k, v in layouts.items())}")
-    console.print(f"tokens per example: min {min(lengths)}, mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}; "
-                  f"trained tokens: {sum(trained)} of {sum(lengths)} ({sum(trained) / max(1, sum(lengths)):.0%}); "
-                  f"longer than max_length={max_length}: {over}")
+    console.print(
+        f"[bold]{path}[/bold]{f' (dataset {dataset})' if dataset else ''}: {len(examples)} valid records, "
+        f"{len(loaded.problems)} with problems; layout: {', '.join(f'{k} ({v})' for k, v in layouts.items())}"
+    )
+    console.print(
+        f"tokens per example: min {min(lengths)}, mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)}; "
+        f"trained tokens: {sum(trained)} of {sum(lengths)} ({sum(trained) / max(1, sum(lengths)):.0%}); "
+        f"longer than max_length={max_length}: {over}"
+    )
     if with_reasoning:
-        console.print(f"reasoning: {with_reasoning} record{'s' if with_reasoning != 1 else ''}, {thinking} tokens, "
-                      f"{'trained' if train_reasoning else 'shown, not trained (train_on_reasoning: false)'}")
+        console.print(
+            f"reasoning: {with_reasoning} record{'s' if with_reasoning != 1 else ''}, {thinking} tokens, "
+            f"{'trained' if train_reasoning else 'shown, not trained (train_on_reasoning: false)'}"
+        )
     if undesirable:
-        console.print(f"labels: {len(examples) - undesirable} desirable, {undesirable} undesirable (label: false): "
-                      "preference.loss kto learns from both; sft and distill train on the desirable ones only")
+        console.print(
+            f"labels: {len(examples) - undesirable} desirable, {undesirable} undesirable (label: false): "
+            "preference.loss kto learns from both; sft and distill train on the desirable ones only"
+        )
     if (note := loaded.ignored_note(path)) is not None:
         console.print(f"[yellow]warning: {note}[/yellow]", highlight=False)
     histogram(lengths, console, max_length)
@@ -91,7 +121,17 @@ def inspect(path: str, tokenizer, console: Console, *, fmt: str = "auto", column
         console.print(masked_preview(tokenizer, enc.input_ids, enc.labels, enc.reasoning))
     for problem in loaded.problems:
         console.print(f"[red]problem:[/red] {problem}", highlight=False)
-    return {"records": len(examples), "problems": loaded.problems, "layouts": dict(layouts), "over_max_length": over,
-            "min_tokens": min(lengths), "max_tokens": max(lengths), "trained_tokens": sum(trained),
-            "trained_per_record": trained, "reasoning_records": with_reasoning, "reasoning_tokens": thinking,
-            "undesirable": undesirable, "ignored": dict(loaded.ignored)}
+    return {
+        "records": len(examples),
+        "problems": loaded.problems,
+        "layouts": dict(layouts),
+        "over_max_length": over,
+        "min_tokens": min(lengths),
+        "max_tokens": max(lengths),
+        "trained_tokens": sum(trained),
+        "trained_per_record": trained,
+        "reasoning_records": with_reasoning,
+        "reasoning_tokens": thinking,
+        "undesirable": undesirable,
+        "ignored": dict(loaded.ignored),
+    }

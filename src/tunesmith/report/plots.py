@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith import atomic
-
 import matplotlib
+
+from tunesmith import atomic
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 PROMPTING, TUNED, ENDPOINT = "#9e9e9e", "#1f77b4", "#ff7f0e"
@@ -75,16 +74,24 @@ def _bars(ax, labels, values, colors, fmt: str, los=None, his=None):
     ax.bar(range(len(labels)), values, yerr=err, capsize=4 if err else 0, color=colors)
     ax.set_xticks(range(len(labels)), labels, rotation=15, ha="right")
     for i, v in enumerate(values):
-        ax.annotate(fmt.format(v), (i, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+        ax.annotate(
+            fmt.format(v), (i, v), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points"
+        )
     ax.grid(axis="y", alpha=0.3)
 
 
 def task_scores(rows: list[dict], metric: str, out: Path) -> Path:
     """Task score with 95% bootstrap intervals: prompting baselines (grey), endpoints (orange), tuned variants."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    _bars(ax, [r["label"] for r in rows], [r["score"] for r in rows],
-          [KIND_COLORS[r["kind"]] for r in rows], "{:.1%}",
-          [r["lo"] for r in rows], [r["hi"] for r in rows])
+    _bars(
+        ax,
+        [r["label"] for r in rows],
+        [r["score"] for r in rows],
+        [KIND_COLORS[r["kind"]] for r in rows],
+        "{:.1%}",
+        [r["lo"] for r in rows],
+        [r["hi"] for r in rows],
+    )
     ax.set_ylim(0, 1.08)
     ax.set_ylabel(f"{metric} on the test split")
     ax.set_title("task score: prompting the base model vs fine-tuning (95% CI)")
@@ -97,8 +104,15 @@ def forgetting(rows: list[dict], out: Path) -> Path:
     labels = ["base"] + [r["variant"] for r in rows]
     colors = [PROMPTING] + [COLORS[i % len(COLORS)] for i in range(len(rows))]
     base = rows[0]
-    _bars(qa, labels, [base["qa_base"]] + [r["qa_tuned"] for r in rows], colors, "{:.1%}",
-          [base["qa_base_lo"]] + [r["qa_tuned_lo"] for r in rows], [base["qa_base_hi"]] + [r["qa_tuned_hi"] for r in rows])
+    _bars(
+        qa,
+        labels,
+        [base["qa_base"]] + [r["qa_tuned"] for r in rows],
+        colors,
+        "{:.1%}",
+        [base["qa_base_lo"]] + [r["qa_tuned_lo"] for r in rows],
+        [base["qa_base_hi"]] + [r["qa_tuned_hi"] for r in rows],
+    )
     qa.set_ylim(0, 1.08)
     qa.set_title("general QA accuracy (higher = kept)")
     _bars(drift, labels, [base["drift_base"]] + [r["drift_tuned"] for r in rows], colors, "{:.2f}")
@@ -111,13 +125,21 @@ def _interpolation_lines(ax, rows: list[dict]) -> None:
     """Each interpolated variant's frontier: from the base (zero-shot, α = 0) through its α points to itself (α = 1)."""
     base = next((r for r in rows if r["kind"] == "prompting" and r["label"] == "zero-shot"), None)
     for i, of in enumerate(sorted({r["interpolation"]["of"] for r in rows if "interpolation" in r})):
-        points = sorted((r for r in rows if r.get("interpolation", {}).get("of") == of),
-                        key=lambda r: r["interpolation"]["alpha"])
+        points = sorted(
+            (r for r in rows if r.get("interpolation", {}).get("of") == of), key=lambda r: r["interpolation"]["alpha"]
+        )
         points += [r for r in rows if r.get("variant") == of and "interpolation" not in r]
         if base is not None:
             points.insert(0, base)
-        ax.plot([r["retention"] for r in points], [r["score"] for r in points], color=COLORS[i % len(COLORS)],
-                lw=1, ls="--", zorder=2, label=f"{of}: interpolation α = 0 → 1")
+        ax.plot(
+            [r["retention"] for r in points],
+            [r["score"] for r in points],
+            color=COLORS[i % len(COLORS)],
+            lw=1,
+            ls="--",
+            zorder=2,
+            label=f"{of}: interpolation α = 0 → 1",
+        )
     if any("interpolation" in r for r in rows):
         ax.legend(fontsize=7, loc="lower left")
 
@@ -142,8 +164,10 @@ def cost_per_request(rows: list[dict], out: Path) -> Path:
     fig, (tok, lat) = plt.subplots(1, 2, figsize=(9, 3.8), dpi=110)
     labels = [r["label"] for r in rows]
     colors = [KIND_COLORS[r["kind"]] for r in rows]
-    for ax, key, title in ((tok, "prompt_tokens", "prompt tokens per request"),
-                           (lat, "latency_ms", "latency per request (ms, batch 1)")):
+    for ax, key, title in (
+        (tok, "prompt_tokens", "prompt tokens per request"),
+        (lat, "latency_ms", "latency per request (ms, batch 1)"),
+    ):
         _bars(ax, labels, [r[key] or 0 for r in rows], colors, "{:.0f}")
         ax.set_title(title)
     fig.suptitle("cost per request on this machine")
@@ -152,12 +176,22 @@ def cost_per_request(rows: list[dict], out: Path) -> Path:
 
 def student_vs_teacher(result: dict, out: Path) -> Path:
     """A distilled student as a share of its teacher, per measure (run/student_vs_teacher.py)."""
-    names = {"parameters": "parameters", "weights": "weights on disk", "speed": "generation tokens/s",
-             "task": f"task ({result['primary']})", "general_qa": "general QA"}
+    names = {
+        "parameters": "parameters",
+        "weights": "weights on disk",
+        "speed": "generation tokens/s",
+        "task": f"task ({result['primary']})",
+        "general_qa": "general QA",
+    }
     keys = [k for k in names if result["ratios"].get(k) is not None]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    _bars(ax, [names[k] for k in keys], [result["ratios"][k] for k in keys],
-          [COLORS[0] if k in ("parameters", "weights", "speed") else COLORS[2] for k in keys], "{:.2f}×")
+    _bars(
+        ax,
+        [names[k] for k in keys],
+        [result["ratios"][k] for k in keys],
+        [COLORS[0] if k in ("parameters", "weights", "speed") else COLORS[2] for k in keys],
+        "{:.2f}×",
+    )
     ax.axhline(1.0, color="#555", lw=1, ls="--")
     ax.set_ylim(0, max([result["ratios"][k] for k in keys] + [1.0]) * 1.15)
     ax.set_ylabel("student / teacher")

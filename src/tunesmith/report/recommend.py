@@ -42,28 +42,39 @@ def recommend(task: list[dict], forgetting: list[dict]) -> dict:
         out.update(best_prompting=prompt["label"], best_prompting_score=prompt["score"], gap=gap)
         if gap <= MARGIN or best["lo"] <= prompt["hi"]:
             out["choice"] = "prompting"
-            lines.append(f"Prompting is enough: {prompt['label']} prompting of the base model scores {_pct(prompt['score'])} "
-                         f"against {_pct(best['score'])} for the best tuned model ({best['label']}); the 95% intervals "
-                         f"overlap or the gap is under {_pct(MARGIN)}, so fine-tuning buys no reliable gain and risks forgetting.")
+            lines.append(
+                f"Prompting is enough: {prompt['label']} prompting of the base model scores {_pct(prompt['score'])} "
+                f"against {_pct(best['score'])} for the best tuned model ({best['label']}); the 95% intervals "
+                f"overlap or the gap is under {_pct(MARGIN)}, so fine-tuning buys no reliable gain and risks "
+                "forgetting."
+            )
         else:
             out["choice"] = "fine-tune"
-            lines.append(f"Fine-tune: {best['label']} scores {_pct(best['score'])} against {_pct(prompt['score'])} for the best "
-                         f"prompting baseline ({prompt['label']}), {gap * 100:.1f} points ahead with non-overlapping 95% intervals, "
-                         f"using {best['prompt_tokens']:.0f} prompt tokens per request instead of {prompt['prompt_tokens']:.0f} and "
-                         f"{best['latency_ms']:.0f} ms instead of {prompt['latency_ms']:.0f} ms per request on this machine.")
+            lines.append(
+                f"Fine-tune: {best['label']} scores {_pct(best['score'])} against {_pct(prompt['score'])} for the best "
+                f"prompting baseline ({prompt['label']}), {gap * 100:.1f} points ahead with non-overlapping 95% "
+                "intervals, "
+                f"using {best['prompt_tokens']:.0f} prompt tokens per request instead of "
+                f"{prompt['prompt_tokens']:.0f} and "
+                f"{best['latency_ms']:.0f} ms instead of {prompt['latency_ms']:.0f} ms per request on this machine."
+            )
     else:
         out["choice"] = "fine-tune"
-        lines.append(f"{best['label']} scores {_pct(best['score'])}; no prompting baseline was run to compare with (eval.shots).")
+        lines.append(
+            f"{best['label']} scores {_pct(best['score'])}; no prompting baseline was run to compare with (eval.shots)."
+        )
 
     if kept:
         for r in tuned:
             g = kept.get(r["variant"])
             if g is not None:
                 floor = f", noise floor ±{g['floor_qa'] * 100:.1f}: {g['verdict']}" if "floor_qa" in g else ""
-                lines.append(f"{r['label']}: general QA {_pct(g['qa_base'])} → {_pct(g['qa_tuned'])} "
-                             f"(change {g['qa_change'] * 100:+.1f} points, 95% CI {g['qa_change_lo'] * 100:+.1f} to "
-                             f"{g['qa_change_hi'] * 100:+.1f}{floor}), drift {g['drift_increase']:+.3f} nats/token, "
-                             f"task {_pct(r['score'])}.")
+                lines.append(
+                    f"{r['label']}: general QA {_pct(g['qa_base'])} → {_pct(g['qa_tuned'])} "
+                    f"(change {g['qa_change'] * 100:+.1f} points, 95% CI {g['qa_change_lo'] * 100:+.1f} to "
+                    f"{g['qa_change_hi'] * 100:+.1f}{floor}), drift {g['drift_increase']:+.3f} nats/token, "
+                    f"task {_pct(r['score'])}."
+                )
         if out["choice"] == "fine-tune":
             lines.append(_variant_choice(tuned, kept, best, out))
     out["text"], out["details"] = lines[0], lines[1:]
@@ -80,19 +91,26 @@ def interpolation_notes(task: list[dict], forgetting: list[dict]) -> list[str]:
         if not points:
             continue
         own = kept[tuned["variant"]]["qa_tuned"]
-        better = [p for p in points if p["score"] >= tuned["score"] - TASK_TOLERANCE and kept[p["variant"]]["qa_tuned"] > own]
+        better = [
+            p for p in points if p["score"] >= tuned["score"] - TASK_TOLERANCE and kept[p["variant"]]["qa_tuned"] > own
+        ]
         alphas = ", ".join(f"{p['interpolation']['alpha']:g}" for p in points)
         if better:
             pick = max(better, key=lambda p: (kept[p["variant"]]["qa_tuned"], p["score"]))
             a = pick["interpolation"]["alpha"]
-            notes.append(f"Interpolation (α = {alphas}): α = {a:g} keeps general QA at {_pct(kept[pick['variant']]['qa_tuned'])} "
-                         f"against {_pct(own)} for {tuned['label']}, with task score {_pct(pick['score'])} against "
-                         f"{_pct(tuned['score'])} (within {TASK_TOLERANCE * 100:.0f} points); make it with "
-                         f"tunesmith merge RUN --alpha {a:g} --to DIR.")
+            notes.append(
+                f"Interpolation (α = {alphas}): α = {a:g} keeps general QA at "
+                f"{_pct(kept[pick['variant']]['qa_tuned'])} "
+                f"against {_pct(own)} for {tuned['label']}, with task score {_pct(pick['score'])} against "
+                f"{_pct(tuned['score'])} (within {TASK_TOLERANCE * 100:.0f} points); make it with "
+                f"tunesmith merge RUN --alpha {a:g} --to DIR."
+            )
         else:
-            notes.append(f"Interpolation (α = {alphas}): no interpolated point of {tuned['label']} keeps more general QA "
-                         f"than it ({_pct(own)}) at a task score within {TASK_TOLERANCE * 100:.0f} points of its "
-                         f"{_pct(tuned['score'])}.")
+            notes.append(
+                f"Interpolation (α = {alphas}): no interpolated point of {tuned['label']} keeps more general QA "
+                f"than it ({_pct(own)}) at a task score within {TASK_TOLERANCE * 100:.0f} points of its "
+                f"{_pct(tuned['score'])}."
+            )
     return notes
 
 
@@ -104,10 +122,17 @@ def versus_endpoint(tuned: dict, endpoint: dict, diff: dict) -> dict:
     """The tuned model against an endpoint's best prompting, from the paired difference
     `diff` (tuned - endpoint: mean, lo, hi) and both rows' cost per 1,000 requests and latency."""
     cost_t, cost_e = tuned.get("cost_per_1000"), endpoint.get("cost_per_1000")
-    out = {"tuned": tuned["label"], "endpoint": endpoint["label"], "difference": diff,
-           "cost_ratio": _ratio(cost_e, cost_t), "latency_ratio": _ratio(endpoint["latency_ms"], tuned["latency_ms"])}
-    gap = (f"{diff['mean'] * 100:+.1f} points (95% CI {diff['lo'] * 100:+.1f} to {diff['hi'] * 100:+.1f}, paired over "
-           f"{diff['n']} test examples)")
+    out = {
+        "tuned": tuned["label"],
+        "endpoint": endpoint["label"],
+        "difference": diff,
+        "cost_ratio": _ratio(cost_e, cost_t),
+        "latency_ratio": _ratio(endpoint["latency_ms"], tuned["latency_ms"]),
+    }
+    gap = (
+        f"{diff['mean'] * 100:+.1f} points (95% CI {diff['lo'] * 100:+.1f} to {diff['hi'] * 100:+.1f}, paired over "
+        f"{diff['n']} test examples)"
+    )
     cost_e_text = f"${cost_e:.2f}" if cost_e is not None else "unpriced"
     cost_t_text = f"${cost_t:.2f}" if cost_t is not None else "this machine's time"
     money = f"per 1,000 requests {cost_t_text} tuned vs {cost_e_text} for {endpoint['label']}"
@@ -119,8 +144,10 @@ def versus_endpoint(tuned: dict, endpoint: dict, diff: dict) -> dict:
         verdict = f"The tuned model ({tuned['label']}) beats {endpoint['label']}: {gap}"
     elif diff["hi"] < -MARGIN:
         out["choice"] = "endpoint"
-        verdict = (f"{endpoint['label']} beats the tuned model ({tuned['label']}) by more than {MARGIN * 100:.0f} points: "
-                   f"{gap}; the tuned model is the choice only if the cost or latency below outweighs that")
+        verdict = (
+            f"{endpoint['label']} beats the tuned model ({tuned['label']}) by more than {MARGIN * 100:.0f} points: "
+            f"{gap}; the tuned model is the choice only if the cost or latency below outweighs that"
+        )
     else:
         if cost_t is not None and cost_e is not None:
             cheaper = "tuned" if cost_t <= cost_e else "endpoint"
@@ -130,8 +157,10 @@ def versus_endpoint(tuned: dict, endpoint: dict, diff: dict) -> dict:
             cheaper = "tuned" if tuned["latency_ms"] <= endpoint["latency_ms"] else "endpoint"
         out["choice"] = cheaper
         pick = tuned["label"] if cheaper == "tuned" else endpoint["label"]
-        verdict = (f"The tuned model ({tuned['label']}) and {endpoint['label']} are level on the task: {gap}; "
-                   f"{pick} is the cheaper way to the same score")
+        verdict = (
+            f"The tuned model ({tuned['label']}) and {endpoint['label']} are level on the task: {gap}; "
+            f"{pick} is the cheaper way to the same score"
+        )
     out["text"] = f"{verdict}. Cost {money}; {speed}."
     return out
 
@@ -156,13 +185,22 @@ def _variant_choice(tuned: list[dict], kept: dict, best: dict, out: dict) -> str
     g = kept.get(pick["variant"])
     cost = best["score"] - pick["score"]
     task_text = "the best" if cost <= 0 else f"{cost * 100:.1f} points below {best['label']}"
-    text = (f"Recommended variant: {pick['label']}: of the variants within {TASK_TOLERANCE * 100:.0f} points of the best task "
-            f"score it keeps the most general capability: QA {_pct(g['qa_tuned'] if g else None)} "
-            f"(base {_pct(g['qa_base'] if g else None)}), task {_pct(pick['score'])} ({task_text}).")
+    text = (
+        f"Recommended variant: {pick['label']}: of the variants within {TASK_TOLERANCE * 100:.0f} points of the best "
+        "task "
+        f"score it keeps the most general capability: QA {_pct(g['qa_tuned'] if g else None)} "
+        f"(base {_pct(g['qa_base'] if g else None)}), task {_pct(pick['score'])} ({task_text})."
+    )
     if "interpolation" in pick:
-        text += (f" It is {pick['interpolation']['of']} moved α = {pick['interpolation']['alpha']:g} of the way from the "
-                 f"base: tunesmith merge {pick['interpolation']['run_dir']} --alpha {pick['interpolation']['alpha']:g} --to DIR.")
+        text += (
+            f" It is {pick['interpolation']['of']} moved α = {pick['interpolation']['alpha']:g} of the way from the "
+            f"base: tunesmith merge {pick['interpolation']['run_dir']} --alpha {pick['interpolation']['alpha']:g} "
+            "--to DIR."
+        )
     left_out = [r["label"] for r in probed if r not in near]
     if left_out:
-        text += f" Not considered, more than {TASK_TOLERANCE * 100:.0f} points below the best task score: {', '.join(left_out)}."
+        text += (
+            f" Not considered, more than {TASK_TOLERANCE * 100:.0f} points below the best task score: "
+            f"{', '.join(left_out)}."
+        )
     return text

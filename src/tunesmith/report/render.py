@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import html
 
-PLOT_TITLES = {"task": "Task score", "cost": "Cost per request", "forgetting": "Forgetting",
-               "tradeoff": "Trade-off", "loss": "Loss curves", "distill": "Student vs teacher",
-               "importance": "Parameter importance"}
+PLOT_TITLES = {
+    "task": "Task score",
+    "cost": "Cost per request",
+    "forgetting": "Forgetting",
+    "tradeoff": "Trade-off",
+    "loss": "Loss curves",
+    "distill": "Student vs teacher",
+    "importance": "Parameter importance",
+}
 
 
 def _pct(x) -> str:
@@ -54,7 +60,8 @@ def _plots(r: dict, *keys: str) -> list[tuple]:
 
 
 def sections(r: dict) -> list[tuple]:
-    """The report as blocks: ("h2", text) | ("p", text) | ("list", items) | ("table", head, rows) | ("img", path, alt)."""
+    """The report as blocks: ("h2", text) | ("p", text) | ("list", items) | ("table", head, rows) |
+    ("img", path, alt)."""
     out: list[tuple] = _sweep(r["sweep"]) + _plots(r, "importance") if r.get("sweep") else []
     rec = r["recommendation"]
     out += [("h2", "Recommendation"), ("p", rec["text"])]
@@ -62,71 +69,172 @@ def sections(r: dict) -> list[tuple]:
         out.append(("list", rec["details"]))
     if r["task"]:
         priced = any(t.get("cost_per_1000") is not None for t in r["task"])
-        out += [("h2", "Task score: prompting the base model vs fine-tuning"),
-                ("table", ["model", r["primary"], "95% CI", "prompt tokens / request", "latency ms / request",
-                           *(["$ / 1,000 requests"] if priced else []), "test examples", "source"],
-                 [[t["label"] + (" (endpoint)" if t["kind"] == "endpoint" else ""), _pct(t["score"]),
-                   f"{_pct(t['lo'])} – {_pct(t['hi'])}",
-                   "–" if t["prompt_tokens"] is None else f"{t['prompt_tokens']:.1f}", f"{t['latency_ms']:.1f}",
-                   *([_money(t.get("cost_per_1000"))] if priced else []), str(t["n"]), t["source"]] for t in r["task"]])]
+        out += [
+            ("h2", "Task score: prompting the base model vs fine-tuning"),
+            (
+                "table",
+                [
+                    "model",
+                    r["primary"],
+                    "95% CI",
+                    "prompt tokens / request",
+                    "latency ms / request",
+                    *(["$ / 1,000 requests"] if priced else []),
+                    "test examples",
+                    "source",
+                ],
+                [
+                    [
+                        t["label"] + (" (endpoint)" if t["kind"] == "endpoint" else ""),
+                        _pct(t["score"]),
+                        f"{_pct(t['lo'])} – {_pct(t['hi'])}",
+                        "–" if t["prompt_tokens"] is None else f"{t['prompt_tokens']:.1f}",
+                        f"{t['latency_ms']:.1f}",
+                        *([_money(t.get("cost_per_1000"))] if priced else []),
+                        str(t["n"]),
+                        t["source"],
+                    ]
+                    for t in r["task"]
+                ],
+            ),
+        ]
         out += _plots(r, "task", "cost")
     if r["forgetting"]:
         f0 = r["forgetting"][0]
-        out += [("h2", "Catastrophic forgetting: general capability, base vs tuned"),
-                ("p", f"General QA: {f0['qa_items']} everyday questions (selected so that the bundled base model answers four in "
-                      "five right and one in five wrong, so gains show as well as losses), scored by whether the "
-                      f"accepted answer appears in the reply. Drift: mean per-token NLL of each model on the base model's own greedy "
-                      f"replies to {f0['drift_prompts']} general prompts: a rise means the tuned model moved away from how "
-                      "the base model answers; training on such answers, as self-replay does, can bring it below the base. "
-                      "Intervals: paired bootstrap over items, 95%.")]
+        out += [
+            ("h2", "Catastrophic forgetting: general capability, base vs tuned"),
+            (
+                "p",
+                f"General QA: {f0['qa_items']} everyday questions (selected so that the bundled base model answers "
+                "four in "
+                "five right and one in five wrong, so gains show as well as losses), scored by whether the "
+                "accepted answer appears in the reply. Drift: mean per-token NLL of each model on the base model's "
+                "own greedy "
+                f"replies to {f0['drift_prompts']} general prompts: a rise means the tuned model moved away from how "
+                "the base model answers; training on such answers, as self-replay does, can bring it below the base. "
+                "Intervals: paired bootstrap over items, 95%.",
+            ),
+        ]
         if "floor_qa" in f0:
             b1, b2 = f0["floor_batch_sizes"]
-            out.append(("p", f"Noise floor: the base model probed twice, at batch size {b1} and {b2}, answers "
-                             f"{f0['floor_qa_flipped']} of {f0['qa_items']} questions differently ({_pts(f0['floor_qa'])} points) "
-                             f"and its drift NLL differs by {f0['floor_drift']:.4f} nats/token: batching alone moves the probe "
-                             "this much. A QA change is called forgetting (or a gain) only when it lies beyond both its 95% "
-                             "interval and this floor, and no forgetting only when the interval rules out a drop larger than "
-                             "the floor; otherwise the verdict is inconclusive."))
-        head = ["model", "QA base", "QA tuned", "change (points, 95% CI)", "verdict", "retention", "drift NLL base",
-                "drift NLL tuned", "drift increase (95% CI)"]
+            out.append(
+                (
+                    "p",
+                    f"Noise floor: the base model probed twice, at batch size {b1} and {b2}, answers "
+                    f"{f0['floor_qa_flipped']} of {f0['qa_items']} questions differently ({_pts(f0['floor_qa'])} "
+                    "points) "
+                    f"and its drift NLL differs by {f0['floor_drift']:.4f} nats/token: batching alone moves the probe "
+                    "this much. A QA change is called forgetting (or a gain) only when it lies beyond both its 95% "
+                    "interval and this floor, and no forgetting only when the interval rules out a drop larger than "
+                    "the floor; otherwise the verdict is inconclusive.",
+                )
+            )
+        head = [
+            "model",
+            "QA base",
+            "QA tuned",
+            "change (points, 95% CI)",
+            "verdict",
+            "retention",
+            "drift NLL base",
+            "drift NLL tuned",
+            "drift increase (95% CI)",
+        ]
         with_text = all("text_base_ppl" in f for f in r["forgetting"])
         if with_text:
             head += ["text ppl base", "text ppl tuned", "text NLL/token increase (95% CI)"]
         rows = []
         for f in r["forgetting"]:
-            row = [f["label"], _pct(f["qa_base"]), _pct(f["qa_tuned"]),
-                   f"{_pts(f['qa_change'])} ({_pts(f['qa_change_lo'])} to {_pts(f['qa_change_hi'])})", f.get("verdict", "–"),
-                   _pct(f["retention"]),
-                   _num(f["drift_base"]), _num(f["drift_tuned"]),
-                   f"{f['drift_increase']:+.3f} ({f['drift_increase_lo']:+.3f} to {f['drift_increase_hi']:+.3f})"]
+            row = [
+                f["label"],
+                _pct(f["qa_base"]),
+                _pct(f["qa_tuned"]),
+                f"{_pts(f['qa_change'])} ({_pts(f['qa_change_lo'])} to {_pts(f['qa_change_hi'])})",
+                f.get("verdict", "–"),
+                _pct(f["retention"]),
+                _num(f["drift_base"]),
+                _num(f["drift_tuned"]),
+                f"{f['drift_increase']:+.3f} ({f['drift_increase_lo']:+.3f} to {f['drift_increase_hi']:+.3f})",
+            ]
             if with_text:
-                row += [_num(f["text_base_ppl"], 2), _num(f["text_tuned_ppl"], 2),
-                        f"{f['text_nll_increase']:+.3f} ({f['text_nll_increase_lo']:+.3f} to {f['text_nll_increase_hi']:+.3f})"]
+                row += [
+                    _num(f["text_base_ppl"], 2),
+                    _num(f["text_tuned_ppl"], 2),
+                    f"{f['text_nll_increase']:+.3f} ({f['text_nll_increase_lo']:+.3f} to "
+                    f"{f['text_nll_increase_hi']:+.3f})",
+                ]
             rows.append(row + [f["source"]])
         out.append(("table", head + ["source"], rows))
         out += _plots(r, "forgetting", "tradeoff")
     for d in r.get("distill", []):
         t, st, ratio = d["teacher"], d["student"], d["ratios"]
-        rows = [["parameters", _num(t["parameters"]), _num(st["parameters"]), _ratio(ratio["parameters"])],
-                ["weights on disk (MiB, fp32)", _num(t["weights_mib"], 1), _num(st["weights_mib"], 1), _ratio(ratio["weights"])],
-                ["generation tokens/s (one request at a time)", _num(t["tokens_per_s"], 1), _num(st["tokens_per_s"], 1),
-                 _ratio(ratio["speed"])]]
+        rows = [
+            ["parameters", _num(t["parameters"]), _num(st["parameters"]), _ratio(ratio["parameters"])],
+            [
+                "weights on disk (MiB, fp32)",
+                _num(t["weights_mib"], 1),
+                _num(st["weights_mib"], 1),
+                _ratio(ratio["weights"]),
+            ],
+            [
+                "generation tokens/s (one request at a time)",
+                _num(t["tokens_per_s"], 1),
+                _num(st["tokens_per_s"], 1),
+                _ratio(ratio["speed"]),
+            ],
+        ]
         if "task" in st:
             p = d["primary"]
-            rows.append([f"task {p}", _pct(t["task"][p]["mean"]), _pct(st["task"][p]["mean"]), _ratio(ratio.get("task"))])
-        rows.append(["general QA", _pct(t["general_qa"]["mean"]), _pct(st["general_qa"]["mean"]), _ratio(ratio["general_qa"])])
-        out += [("h2", f"Distilled student vs its teacher ({d['variant']})"),
-                ("p", f"Teacher: {d['teacher_ref']}. Both measured on this machine the same way; speed over "
-                      f"{d['speed_prompts']} prompts of {d['speed_tokens']} new tokens each. Source: {d['source']}."),
-                ("table", ["measure", "teacher", "student", "student / teacher"], rows)]
+            rows.append(
+                [f"task {p}", _pct(t["task"][p]["mean"]), _pct(st["task"][p]["mean"]), _ratio(ratio.get("task"))]
+            )
+        rows.append(
+            ["general QA", _pct(t["general_qa"]["mean"]), _pct(st["general_qa"]["mean"]), _ratio(ratio["general_qa"])]
+        )
+        out += [
+            ("h2", f"Distilled student vs its teacher ({d['variant']})"),
+            (
+                "p",
+                f"Teacher: {d['teacher_ref']}. Both measured on this machine the same way; speed over "
+                f"{d['speed_prompts']} prompts of {d['speed_tokens']} new tokens each. Source: {d['source']}.",
+            ),
+            ("table", ["measure", "teacher", "student", "student / teacher"], rows),
+        ]
         out += _plots(r, "distill")
     if r["training"]:
-        out += [("h2", "Training"),
-                ("table", ["run", "method", "steps", "train seconds", "final loss", "val loss", "validation", "trainable parameters",
-                           "mitigation", "source"],
-                 [[t["variant"], t.get("method") or "sft", _num(t["steps"]), _num(t["train_seconds"], 1), _num(t["final_loss"]),
-                   _num(t["val_loss"]), _validation(t.get("validation") or {}), _num(t["trainable_parameters"]),
-                   _mitigation(t["mitigation"]), t["source"]] for t in r["training"]])]
+        out += [
+            ("h2", "Training"),
+            (
+                "table",
+                [
+                    "run",
+                    "method",
+                    "steps",
+                    "train seconds",
+                    "final loss",
+                    "val loss",
+                    "validation",
+                    "trainable parameters",
+                    "mitigation",
+                    "source",
+                ],
+                [
+                    [
+                        t["variant"],
+                        t.get("method") or "sft",
+                        _num(t["steps"]),
+                        _num(t["train_seconds"], 1),
+                        _num(t["final_loss"]),
+                        _num(t["val_loss"]),
+                        _validation(t.get("validation") or {}),
+                        _num(t["trainable_parameters"]),
+                        _mitigation(t["mitigation"]),
+                        t["source"],
+                    ]
+                    for t in r["training"]
+                ],
+            ),
+        ]
         notes = [_watched(t) for t in r["training"] if t.get("stopped_early") or t.get("best")]
         if notes:
             out.append(("list", notes))
@@ -150,18 +258,43 @@ def _sweep(s: dict) -> list[tuple]:
     best_first = -1 if s["direction"] == "maximize" else 1
     rows = sorted(s["trials"], key=lambda t: (order.get(t["state"], 3), best_first * (t["value"] or 0), t["trial"]))
     best = s.get("best")
-    text = (f"{len(s['trials'])} trials ({s['sampler']} sampler, {s['pruner']} pruner), each scored on {s['metric']} "
-            f"({'lower' if s['direction'] == 'minimize' else 'higher'} is better). ")
-    text += (f"Best: trial {best['trial']} ({s['metric']} {best['value']:.4g}); its config is {best['config'].rsplit('/', 1)[-1]} (tunesmith train it)."
-             if best else "No trial finished.")
-    out = [("h2", "Sweep"), ("p", text),
-           ("table", ["trial", "state", s["metric"], "steps", *names],
-            [[t["run"] or str(t["trial"]), t["state"], _value(t["value"]) if t["value"] is not None else "–",
-              _value(t["steps"]) if t["steps"] is not None else "–", *[_value(t["params"].get(n, "–")) for n in names]]
-             for t in rows])]
+    text = (
+        f"{len(s['trials'])} trials ({s['sampler']} sampler, {s['pruner']} pruner), each scored on {s['metric']} "
+        f"({'lower' if s['direction'] == 'minimize' else 'higher'} is better). "
+    )
+    text += (
+        f"Best: trial {best['trial']} ({s['metric']} {best['value']:.4g}); its config is "
+        f"{best['config'].rsplit('/', 1)[-1]} (tunesmith train it)."
+        if best
+        else "No trial finished."
+    )
+    out = [
+        ("h2", "Sweep"),
+        ("p", text),
+        (
+            "table",
+            ["trial", "state", s["metric"], "steps", *names],
+            [
+                [
+                    t["run"] or str(t["trial"]),
+                    t["state"],
+                    _value(t["value"]) if t["value"] is not None else "–",
+                    _value(t["steps"]) if t["steps"] is not None else "–",
+                    *[_value(t["params"].get(n, "–")) for n in names],
+                ]
+                for t in rows
+            ],
+        ),
+    ]
     if s.get("importance"):
-        out.append(("p", "Parameter importance (Optuna, fANOVA over the finished trials): "
-                         + ", ".join(f"{k} {v:.2f}" for k, v in s["importance"].items()) + "."))
+        out.append(
+            (
+                "p",
+                "Parameter importance (Optuna, fANOVA over the finished trials): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in s["importance"].items())
+                + ".",
+            )
+        )
     return out
 
 
@@ -172,8 +305,10 @@ def _watched(t: dict) -> str:
         parts.append(f"stopped early at step {t['stopped_early']['step']}: {t['stopped_early']['reason']}")
     if t.get("best"):
         b = t["best"]
-        parts.append(f"the final model is step {b['step']}'s weights, the best {b['metric']} ({b['value']:.4g}) "
-                     "of the run's evaluations (output.keep_best)")
+        parts.append(
+            f"the final model is step {b['step']}'s weights, the best {b['metric']} ({b['value']:.4g}) "
+            "of the run's evaluations (output.keep_best)"
+        )
     return f"{t['variant']}: " + "; ".join(parts)
 
 
@@ -198,7 +333,8 @@ def render_markdown(r: dict) -> str:
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}h2{border-bottom:1px solid #ddd;padding-bottom:4px}"""
+th{background:#f3f3f3}img{max-width:100%;display:block;margin:1em 0}
+h2{border-bottom:1px solid #ddd;padding-bottom:4px}"""
 
 # Marks the page once every plot has loaded (or failed), so a headless browser can check it.
 _CHECK = """<script>window.addEventListener('load',function(){var i=document.images,ok=0;
@@ -208,8 +344,11 @@ document.body.setAttribute('data-plots-loaded',ok+'/'+i.length);});</script>"""
 
 def render_html(r: dict) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(r['title'])}</title><style>{_STYLE}</style></head>",
-             f"<body><h1>{e(r['title'])}</h1>"]
+    parts = [
+        "<!doctype html><html><head><meta "
+        f"charset='utf-8'><title>{e(r['title'])}</title><style>{_STYLE}</style></head>",
+        f"<body><h1>{e(r['title'])}</h1>",
+    ]
     for block in sections(r):
         kind = block[0]
         if kind == "h2":
@@ -223,6 +362,8 @@ def render_html(r: dict) -> str:
             rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block[2])
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif kind == "img":
-            parts.append(f"<figure><img src='{e(block[1])}' alt='{e(block[2])}'><figcaption>{e(block[2])}</figcaption></figure>")
+            parts.append(
+                f"<figure><img src='{e(block[1])}' alt='{e(block[2])}'><figcaption>{e(block[2])}</figcaption></figure>"
+            )
     parts.append(_CHECK + "</body></html>")
     return "\n".join(parts)

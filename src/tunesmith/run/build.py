@@ -42,8 +42,10 @@ def build_model(cfg: RunConfig, resolved, tokenizer=None, head: str = "causal"):
 
         model = PeftModel.from_pretrained(model, resolved.adapter)
         if not can_merge(model):
-            raise UserError(f"model: {resolved.adapter.parent}: a {model.active_peft_config.peft_type.value.lower()} "
-                            "adapter cannot fold into the base to train on; start from its base model")
+            raise UserError(
+                f"model: {resolved.adapter.parent}: a {model.active_peft_config.peft_type.value.lower()} "
+                "adapter cannot fold into the base to train on; start from its base model"
+            )
         model = model.merge_and_unload()
     seed_everything(cfg.train.seed)
     if cfg.train.gradient_checkpointing:

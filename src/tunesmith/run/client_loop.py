@@ -22,8 +22,8 @@ from tunesmith.engine import checkpoint
 from tunesmith.engine.distributed import clip_gradients
 from tunesmith.engine.loop import ready_to_train, training_paths
 from tunesmith.engine.passes import pass_budget, split_by_tokens
-from tunesmith.engine.step import backward, forward_only, update
 from tunesmith.engine.schedule import param_groups
+from tunesmith.engine.step import backward, forward_only, update
 from tunesmith.errors import UserError
 from tunesmith.methods.client_loss import ClientLoss, Datum
 from tunesmith.model.adapters import TARGET_PRESETS, save_adapter_folder
@@ -40,6 +40,7 @@ LORA_ALPHA = 32.0  # tunesmith's default adapter.alpha
 class ModelSpec:
     """What a client asked for: the base, and LoRA's rank and trained parts (rank None: full
     fine-tuning, every weight trains)."""
+
     base: str
     rank: int | None = 32
     train_attn: bool = True
@@ -49,19 +50,37 @@ class ModelSpec:
     precision: str = "auto"
 
     def run_config(self, targets: list[str] | None) -> RunConfig:
-        adapter = ({"type": "lora", "r": self.rank, "alpha": LORA_ALPHA, "targets": targets}
-                   if self.rank is not None else {"type": "none"})
-        return RunConfig.model_validate({
-            "name": "client-loop", "model": self.base, "adapter": adapter,
-            "data": {"train": [{"path": "(the client's own loop)"}]},
-            "train": {"max_steps": 1, "precision": self.precision, "seed": self.seed, "max_grad_norm": None,
-                      "weight_decay": 0.0, "schedule": "constant", "warmup": 0}})
+        adapter = (
+            {"type": "lora", "r": self.rank, "alpha": LORA_ALPHA, "targets": targets}
+            if self.rank is not None
+            else {"type": "none"}
+        )
+        return RunConfig.model_validate(
+            {
+                "name": "client-loop",
+                "model": self.base,
+                "adapter": adapter,
+                "data": {"train": [{"path": "(the client's own loop)"}]},
+                "train": {
+                    "max_steps": 1,
+                    "precision": self.precision,
+                    "seed": self.seed,
+                    "max_grad_norm": None,
+                    "weight_decay": 0.0,
+                    "schedule": "constant",
+                    "warmup": 0,
+                },
+            }
+        )
 
 
 def lora_targets(model, spec: ModelSpec) -> list[str]:
     """Module names for LoRA: attention and MLP projections, and the output head, as asked."""
     present = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    wanted = [*(TARGET_PRESETS["attention"] if spec.train_attn else ()), *(TARGET_PRESETS["mlp"] if spec.train_mlp else ())]
+    wanted = [
+        *(TARGET_PRESETS["attention"] if spec.train_attn else ()),
+        *(TARGET_PRESETS["mlp"] if spec.train_mlp else ()),
+    ]
     targets = [t for t in wanted if t in present]
     head = unwrap(model).get_output_embeddings()
     if spec.train_unembed and isinstance(head, torch.nn.Linear):
@@ -92,8 +111,12 @@ class ClientLoopModel:
         ready_to_train(self.model, self.precision, self.dev)
         training_paths(self.model)  # as in every training run, for this model's whole life
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, self.config.train), lr=1e-4, betas=(0.9, 0.95), eps=1e-12)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: 1.0)  # the client sets each step's lr
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, self.config.train), lr=1e-4, betas=(0.9, 0.95), eps=1e-12
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: 1.0
+        )  # the client sets each step's lr
         self.vocab = unwrap(self.model).get_input_embeddings().weight.shape[0]
         self.steps = 0
         self.pending_finite = True  # every loss accumulated since the last step was finite
@@ -111,8 +134,9 @@ class ClientLoopModel:
                 raise UserError(f"datum {i}: token ids must be in 0..{self.vocab - 1} (this model's vocabulary)")
         return [method.features(d) for d in data]
 
-    def forward_backward(self, data: list[Datum], loss_fn: str, config: dict | None = None,
-                         forward: bool = False) -> tuple[list, dict]:
+    def forward_backward(
+        self, data: list[Datum], loss_fn: str, config: dict | None = None, forward: bool = False
+    ) -> tuple[list, dict]:
         """Each datum's target log-probabilities and {"loss:sum": the loss}; unless `forward`,
         the gradient of that sum is added to the ones accumulated for the next `optim_step`.
         The datums go through in passes of at most `tunesmith train`'s tokens per pass (the loss
@@ -132,8 +156,15 @@ class ClientLoopModel:
             total += loss
         return outputs, {"loss:sum": total}
 
-    def optim_step(self, learning_rate: float, beta1: float = 0.9, beta2: float = 0.95, eps: float = 1e-12,
-                   weight_decay: float = 0.0, grad_clip_norm: float = 0.0) -> dict:
+    def optim_step(
+        self,
+        learning_rate: float,
+        beta1: float = 0.9,
+        beta2: float = 0.95,
+        eps: float = 1e-12,
+        weight_decay: float = 0.0,
+        grad_clip_norm: float = 0.0,
+    ) -> dict:
         """Apply the accumulated gradients with AdamW and these parameters (weight decay on
         matrices only, as in `tunesmith train`; grad_clip_norm 0: no clipping)."""
         for group in self.optimizer.param_groups:

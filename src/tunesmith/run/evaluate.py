@@ -51,8 +51,12 @@ def inference_ready(model, precision: str):
 
 def _task_kwargs(cfg: RunConfig) -> dict:
     e = cfg.eval
-    return {"max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size, "metric": e.metric,
-            "latency_samples": e.latency_samples}
+    return {
+        "max_new_tokens": e.max_new_tokens,
+        "batch_size": e.batch_size,
+        "metric": e.metric,
+        "latency_samples": e.latency_samples,
+    }
 
 
 def load_test_split(cfg: RunConfig) -> list[Example]:
@@ -68,8 +72,17 @@ def _priced(cfg: RunConfig, result: dict) -> dict:
 
 
 def score_tuned(cfg: RunConfig, run_dir: Path, model, tokenizer, label: str = "tuned") -> dict:
-    result = _priced(cfg, evaluate_task(model, tokenizer, load_test_split(cfg), label=label, **_task_kwargs(cfg),
-                                        predictions_path=run_dir / "eval" / "test_predictions.jsonl"))
+    result = _priced(
+        cfg,
+        evaluate_task(
+            model,
+            tokenizer,
+            load_test_split(cfg),
+            label=label,
+            **_task_kwargs(cfg),
+            predictions_path=run_dir / "eval" / "test_predictions.jsonl",
+        ),
+    )
     write_json(run_dir / "eval" / "test.json", result)
     return result
 
@@ -82,14 +95,17 @@ def validation_scorer(cfg: RunConfig, val_examples: list[Example], tokenizer):
     sample = val_examples[: cfg.eval.generate_limit]
 
     def score(model) -> dict[str, float]:
-        result = evaluate_task(model, tokenizer, sample, label="validation", **{**_task_kwargs(cfg), "latency_samples": 0})
+        result = evaluate_task(
+            model, tokenizer, sample, label="validation", **{**_task_kwargs(cfg), "latency_samples": 0}
+        )
         return {f"val_{name}": s["mean"] for name, s in result["scores"].items()}
 
     return score
 
 
-def score_baselines(cfg: RunConfig, out_dir: Path, base: BaseReference, shot_pool: list[Example],
-                    console: Console) -> list[dict]:
+def score_baselines(
+    cfg: RunConfig, out_dir: Path, base: BaseReference, shot_pool: list[Example], console: Console
+) -> list[dict]:
     """Zero-/k-shot prompting of the base model on the same test examples."""
     results = []
     model, tokenizer = base.get()
@@ -99,8 +115,16 @@ def score_baselines(cfg: RunConfig, out_dir: Path, base: BaseReference, shot_poo
         console.print(f"prompting baseline: {label} on the base model ...")
         shots = draw_shots(shot_pool, k, cfg.eval.shot_seed)
         with phase(f"prompting baseline: {label}", console):
-            result = evaluate_task(model, tokenizer, examples, label=label, shots=shots, system=cfg.eval.system,
-                                   **_task_kwargs(cfg), predictions_path=out_dir / "baselines" / f"shots-{k}_predictions.jsonl")
+            result = evaluate_task(
+                model,
+                tokenizer,
+                examples,
+                label=label,
+                shots=shots,
+                system=cfg.eval.system,
+                **_task_kwargs(cfg),
+                predictions_path=out_dir / "baselines" / f"shots-{k}_predictions.jsonl",
+            )
         result["shot_sources"] = [s.source for s in shots]
         write_json(out_dir / "baselines" / f"shots-{k}.json", _priced(cfg, result))
         results.append(result)
@@ -118,26 +142,44 @@ def score_endpoint_baselines(cfg: RunConfig, out_dir: Path, shot_pool: list[Exam
     examples = load_test_split(cfg)
     cache = ReplyCache.shared()
     for b in cfg.eval.baselines:
-        endpoint = ChatEndpoint(b.url, b.model, b.api_key_env, max_tokens=cfg.eval.max_new_tokens, rpm=b.rpm,
-                                options=("eval.baselines.model", "eval.baselines.api_key_env"))
+        endpoint = ChatEndpoint(
+            b.url,
+            b.model,
+            b.api_key_env,
+            max_tokens=cfg.eval.max_new_tokens,
+            rpm=b.rpm,
+            options=("eval.baselines.model", "eval.baselines.api_key_env"),
+        )
         name = b.label or b.model
         for k in b.shots if b.shots is not None else (cfg.eval.shots or [0]):
             label = f"{name}, {shot_label(k)}"
             console.print(f"endpoint baseline: {label} ({b.url}) ...")
             stem = f"endpoint-{endpoint_slug(b)}-shots-{k}"
             with phase(f"endpoint baseline: {label}", console):
-                result = evaluate_endpoint(endpoint, examples, label=label, cache=cache,
-                                           shots=draw_shots(shot_pool, k, cfg.eval.shot_seed), system=cfg.eval.system,
-                                           max_new_tokens=cfg.eval.max_new_tokens, metric=cfg.eval.metric,
-                                           price_in=b.price_per_1m_input, price_out=b.price_per_1m_output,
-                                           predictions_path=out_dir / "baselines" / f"{stem}_predictions.jsonl")
-            console.print(f"  {result['requests_sent']} requests sent, {len(examples) - result['requests_sent']} from the cache")
+                result = evaluate_endpoint(
+                    endpoint,
+                    examples,
+                    label=label,
+                    cache=cache,
+                    shots=draw_shots(shot_pool, k, cfg.eval.shot_seed),
+                    system=cfg.eval.system,
+                    max_new_tokens=cfg.eval.max_new_tokens,
+                    metric=cfg.eval.metric,
+                    price_in=b.price_per_1m_input,
+                    price_out=b.price_per_1m_output,
+                    predictions_path=out_dir / "baselines" / f"{stem}_predictions.jsonl",
+                )
+            console.print(
+                f"  {result['requests_sent']} requests sent, {len(examples) - result['requests_sent']} from the cache"
+            )
             write_json(out_dir / "baselines" / f"{stem}.json", result)
             results.append(result)
     return results
 
 
-def score_interpolation(cfg: RunConfig, run_dir: Path, model, tokenizer, base: BaseReference, console: Console) -> list[dict]:
+def score_interpolation(
+    cfg: RunConfig, run_dir: Path, model, tokenizer, base: BaseReference, console: Console
+) -> list[dict]:
     """forgetting.interpolate: each θ(α) between base and tuned scored on the task and probed, in
     run_dir/interpolate/alpha-A/ (the tuned model is set back to θ afterwards)."""
     interpolation = Interpolation(model, None if unmerged_lora(model) else base.get()[0])
@@ -148,8 +190,17 @@ def score_interpolation(cfg: RunConfig, run_dir: Path, model, tokenizer, base: B
             out = run_dir / "interpolate" / f"alpha-{alpha:g}"
             console.print(f"interpolated model, α = {alpha:g}: task and forgetting probe ...")
             with phase(f"{cfg.name}: interpolation α={alpha:g}", console):
-                test = _priced(cfg, evaluate_task(model, tokenizer, load_test_split(cfg), label=f"α={alpha:g}",
-                                                  **_task_kwargs(cfg), predictions_path=out / "test_predictions.jsonl"))
+                test = _priced(
+                    cfg,
+                    evaluate_task(
+                        model,
+                        tokenizer,
+                        load_test_split(cfg),
+                        label=f"α={alpha:g}",
+                        **_task_kwargs(cfg),
+                        predictions_path=out / "test_predictions.jsonl",
+                    ),
+                )
                 write_json(out / "test.json", test)
                 forgetting = probe_forgetting(cfg, out, model, tokenizer, base, console)
             results.append({"alpha": alpha, "test": test["scores"], "forgetting_qa": forgetting["qa"]["tuned"]})
@@ -184,8 +235,9 @@ def compare_with_teacher(cfg: RunConfig, run_dir: Path, student, tokenizer) -> d
     test = load_test_split(cfg) if cfg.eval.test else []
     kwargs = {k: v for k, v in _task_kwargs(cfg).items() if k != "latency_samples"}
     teacher = cfg.distill.teacher or cfg.distill.teachers[0].teacher  # several: next to the first
-    result = student_vs_teacher.compare(student, tokenizer, teacher, dtype, test, cfg.forgetting.probe_limit, kwargs,
-                                        cfg.eval.primary)
+    result = student_vs_teacher.compare(
+        student, tokenizer, teacher, dtype, test, cfg.forgetting.probe_limit, kwargs, cfg.eval.primary
+    )
     write_json(run_dir / "eval" / "distill.json", result)
     plots.student_vs_teacher(result, run_dir / "plots" / "distill.png")
     return result

@@ -29,8 +29,10 @@ def _split_val(examples: list[Example], fraction: float, seed: int) -> tuple[lis
 def _load(source, cfg: RunConfig, console: Console) -> list[Example]:
     loaded = load_source(source.path, on_error=cfg.data.on_error, **source.options())
     if loaded.problems:
-        console.print(f"[yellow]{source.path}: skipped {len(loaded.problems)} bad records (data.on_error: skip); "
-                      f"first: {loaded.problems[0]}[/yellow]")
+        console.print(
+            f"[yellow]{source.path}: skipped {len(loaded.problems)} bad records (data.on_error: skip); "
+            f"first: {loaded.problems[0]}[/yellow]"
+        )
     if loaded.unpreferred:
         console.print(f"{source.path}: {loaded.unpreferred} labelled pairs left out (judged tie or both bad)")
     if (note := loaded.ignored_note(source.path)) is not None:
@@ -51,11 +53,16 @@ def desirable_only(examples: list[Example], path: str, method: str, console: Con
         return examples
     kept = [e for e in examples if e.desirable is not False]
     if not kept:
-        raise UserError(f"{path}: every record is labelled undesirable (label: false); method {method} would learn "
-                        "to write them. Train them with method: dpo, preference.loss: kto")
-    console.print(f"[yellow]{path}: {len(examples) - len(kept)} records labelled undesirable (label: false) left out: "
-                  f"method {method} trains on the {len(kept)} desirable ones only (preference.loss: kto learns from "
-                  "both)[/yellow]", highlight=False)
+        raise UserError(
+            f"{path}: every record is labelled undesirable (label: false); method {method} would learn "
+            "to write them. Train them with method: dpo, preference.loss: kto"
+        )
+    console.print(
+        f"[yellow]{path}: {len(examples) - len(kept)} records labelled undesirable (label: false) left out: "
+        f"method {method} trains on the {len(kept)} desirable ones only (preference.loss: kto learns from "
+        "both)[/yellow]",
+        highlight=False,
+    )
     return kept
 
 
@@ -80,8 +87,7 @@ def train_sources(cfg: RunConfig, console: Console) -> Sources:
     return Sources(sources, val_examples)
 
 
-def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseReference,
-              sources: Sources) -> TrainData:
+def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseReference, sources: Sources) -> TrainData:
     """Encode the training sources (from `train_sources`) and validation data with the method, and
     add replay data (self-replay draws on `base`)."""
     features, sizes = [], []
@@ -93,14 +99,21 @@ def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseRef
         sizes.append(len(kept))
     val = [f for f in (method.features(e, tokenizer) for e in sources.val) if f is not None]
     if not features:
-        raise UserError(f"{cfg.data.train[0].path}: no trainable examples after encoding (all longer than data.max_length={cfg.data.max_length}?)")
+        raise UserError(
+            f"{cfg.data.train[0].path}: no trainable examples after encoding (all longer than "
+            f"data.max_length={cfg.data.max_length}?)"
+        )
     truncated, dropped = method.truncated, method.dropped
     if truncated or dropped:
-        console.print(f"[yellow]note: data.max_length={cfg.data.max_length}: {truncated} examples truncated, "
-                      f"{dropped} left out (data.truncation: {cfg.data.truncation})[/yellow]")
+        console.print(
+            f"[yellow]note: data.max_length={cfg.data.max_length}: {truncated} examples truncated, "
+            f"{dropped} left out (data.truncation: {cfg.data.truncation})[/yellow]"
+        )
     weights = [s.weight for s in cfg.data.train]
     if cfg.forgetting.replay:
-        replay = [f for f in (method.features(e, tokenizer) for e in replay_examples(cfg.forgetting.replay_source, base)) if f]
+        replay = [
+            f for f in (method.features(e, tokenizer) for e in replay_examples(cfg.forgetting.replay_source, base)) if f
+        ]
         if not replay:
             raise UserError(f"forgetting.replay_source {cfg.forgetting.replay_source}: no trainable replay examples")
         for f in replay:
@@ -108,8 +121,10 @@ def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseRef
         weights.append(replay_weight(cfg.forgetting.replay, sum(w * n for w, n in zip(weights, sizes)), len(replay)))
         features += replay
         sizes.append(len(replay))
-        console.print(f"replay: {len(replay)} examples from {cfg.forgetting.replay_source}, "
-                      f"{cfg.forgetting.replay:.0%} of each epoch (source weight {weights[-1]:.2f})")
+        console.print(
+            f"replay: {len(replay)} examples from {cfg.forgetting.replay_source}, "
+            f"{cfg.forgetting.replay:.0%} of each epoch (source weight {weights[-1]:.2f})"
+        )
     return TrainData(features, sizes, weights, val)
 
 

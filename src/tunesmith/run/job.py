@@ -18,9 +18,9 @@ from tunesmith import atomic
 from tunesmith.config import RunConfig
 from tunesmith.engine import distributed
 from tunesmith.engine.checkpoint import list_checkpoints
+from tunesmith.engine.logbook import read_metrics
 from tunesmith.engine.loop import FitResult, TrainData, fit
 from tunesmith.engine.method import Method
-from tunesmith.engine.logbook import read_metrics
 from tunesmith.engine.trackers import Trackers
 from tunesmith.errors import UserError
 from tunesmith.forgetting.reference import BaseReference
@@ -35,24 +35,40 @@ from tunesmith.phases import phase
 from tunesmith.report.build import write_report
 from tunesmith.report.plots import loss_curve
 from tunesmith.run.build import base_quantization, build_model
-from tunesmith.run.evaluate import (compare_with_teacher, inference_ready, probe_forgetting, score_baselines,
-                                    score_endpoint_baselines, score_interpolation, score_tuned, validation_scorer,
-                                    write_json)
+from tunesmith.run.evaluate import (
+    compare_with_teacher,
+    inference_ready,
+    probe_forgetting,
+    score_baselines,
+    score_endpoint_baselines,
+    score_interpolation,
+    score_tuned,
+    validation_scorer,
+    write_json,
+)
 from tunesmith.run.inputs import Sources, load_data, train_sources, validate_inputs
 from tunesmith.run.rundir import check_run_dir, save_final
 from tunesmith.runtime.memory import return_freed_memory
 from tunesmith.runtime.precision import inference_dtype
 
 
-def train(cfg: RunConfig, *, resume: bool = False, console: Console | None = None, quiet: bool = False,
-          base: BaseReference | None = None, on_record=None) -> dict:
+def train(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    quiet: bool = False,
+    base: BaseReference | None = None,
+    on_record=None,
+) -> dict:
     """Train, save, then measure (test score, prompting baselines, forgetting) and report.
     `base` shares one base-model reference across the variants of a comparison; `on_record(step,
     record)` sees each metrics record as it is logged (a sweep reports to its pruner there)."""
     if cfg.trust_remote_code:
         (console or Console(stderr=True, soft_wrap=True)).print(
             f"[yellow]warning: trust_remote_code is on: Python code in the folder of {cfg.model} will run on this "
-            "machine with your permissions[/yellow]")
+            "machine with your permissions[/yellow]"
+        )
     with remote_code_trusted(cfg.trust_remote_code):
         return _train(cfg, resume=resume, console=console, quiet=quiet, base=base, on_record=on_record)
 
@@ -80,8 +96,9 @@ class Run:
     trackers: Trackers | None
 
 
-def _train(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool, base: BaseReference | None,
-           on_record=None) -> dict:
+def _train(
+    cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bool, base: BaseReference | None, on_record=None
+) -> dict:
     run = _prepare(cfg, resume=resume, console=console, quiet=quiet, base=base)
     result = _fit(run, on_record)
     if run.ranks.parallel and not _gather_on_rank_0(run):
@@ -105,8 +122,10 @@ def _prepare(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bo
     resolved = resolve(cfg.model)
     if resolved.adapter is not None and cfg.adapter.type != "none":
         # a new adapter trained over a merged one would not load onto the base it names
-        raise UserError(f"model: {cfg.model} is a LoRA run; merge it first (tunesmith export {cfg.model} --to DIR --merge) "
-                        "and train on DIR")
+        raise UserError(
+            f"model: {cfg.model} is a LoRA run; merge it first (tunesmith export {cfg.model} --to DIR --merge) "
+            "and train on DIR"
+        )
     tokenizer = load_tokenizer(tokenizer_dir(resolved))
     method = build_method(cfg.method, cfg)
     base = base or BaseReference(resolved, inference_dtype(cfg.train.precision))
@@ -130,10 +149,29 @@ def _prepare(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bo
         f"{trainable:,} of {total:,} parameters trained, {len(data.features)} train / {len(data.val)} val examples"
         + (f", {ranks.world} processes ({cfg.train.distributed})" if ranks.parallel else "")
     )
-    trackers = Trackers(cfg.report_to, run_dir, cfg.name, cfg.model_dump(mode="json"), cfg.to_yaml(),
-                        console) if cfg.report_to and ranks.main else None
-    return Run(cfg, ranks, console, quiet, resume, resolved, tokenizer, base, sources, data, method, model,
-               method.head, trainable, run_dir, trackers)
+    trackers = (
+        Trackers(cfg.report_to, run_dir, cfg.name, cfg.model_dump(mode="json"), cfg.to_yaml(), console)
+        if cfg.report_to and ranks.main
+        else None
+    )
+    return Run(
+        cfg,
+        ranks,
+        console,
+        quiet,
+        resume,
+        resolved,
+        tokenizer,
+        base,
+        sources,
+        data,
+        method,
+        model,
+        method.head,
+        trainable,
+        run_dir,
+        trackers,
+    )
 
 
 def _fit(run: Run, on_record) -> FitResult:
@@ -143,16 +181,31 @@ def _fit(run: Run, on_record) -> FitResult:
     try:
         with phase(f"{cfg.name}: training", run.console):
             run.method.prepare(run.model, run.tokenizer, run.data.features + run.data.val, run_dir, cfg, run.console)
-            result = fit(run.model, run.tokenizer, run.method, run.data, cfg, run_dir, resume=run.resume,
-                         console=run.console, quiet=run.quiet, trackers=run.trackers,
-                         scorer=validation_scorer(cfg, run.sources.val, run.tokenizer), on_record=on_record)
+            result = fit(
+                run.model,
+                run.tokenizer,
+                run.method,
+                run.data,
+                cfg,
+                run_dir,
+                resume=run.resume,
+                console=run.console,
+                quiet=run.quiet,
+                trackers=run.trackers,
+                scorer=validation_scorer(cfg, run.sources.val, run.tokenizer),
+                on_record=on_record,
+            )
     except BaseException:
         if run.trackers is not None:
             run.trackers.abort()
         # Failed before a single step was logged or saved: nothing worth keeping, and a leftover
         # directory would only block the corrected rerun.
-        if (run.ranks.main and not run.resume and not read_metrics(run_dir / "metrics.jsonl")
-                and not list_checkpoints(run_dir / "checkpoints")):
+        if (
+            run.ranks.main
+            and not run.resume
+            and not read_metrics(run_dir / "metrics.jsonl")
+            and not list_checkpoints(run_dir / "checkpoints")
+        ):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     run.method = None  # not needed to evaluate
@@ -189,12 +242,19 @@ def _save(run: Run, result: FitResult) -> dict:
         "precision": result.precision,
         "method": cfg.method,
         # the last validation: loss, and what the method measures (preference accuracy, reward, ...)
-        "validation": next(({k.removeprefix("val_"): v for k, v in r.items() if k.startswith("val_")}
-                            for r in reversed(records) if "val_loss" in r), {}),
+        "validation": next(
+            (
+                {k.removeprefix("val_"): v for k, v in r.items() if k.startswith("val_")}
+                for r in reversed(records)
+                if "val_loss" in r
+            ),
+            {},
+        ),
         "trainable_parameters": run.trainable,
         "adapter": cfg.adapter.type,
-        "mitigation": cfg.forgetting.model_dump(include={"replay", "replay_source", "kl", "l2sp", "freeze_layers",
-                                                           "self_distill"}),
+        "mitigation": cfg.forgetting.model_dump(
+            include={"replay", "replay_source", "kl", "l2sp", "freeze_layers", "self_distill"}
+        ),
         "plot": str(plot),
     }
     if result.stopped_early:
@@ -233,13 +293,16 @@ def _report(run: Run, result: FitResult, summary: dict) -> dict:
     """summary.json and the report; the trackers get the scores and the run's files."""
     run_dir = run.run_dir
     atomic.write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-    summary["report"] = str(write_report(run_dir, [(run.cfg.name, run_dir)], baselines_dir=run_dir,
-                                         primary=run.cfg.eval.primary))
+    summary["report"] = str(
+        write_report(run_dir, [(run.cfg.name, run_dir)], baselines_dir=run_dir, primary=run.cfg.eval.primary)
+    )
     if run.trackers is not None:  # the scores, forgetting and validation at the end; the run's files
-        run.trackers.finish({k: summary[k] for k in ("test", "forgetting", "validation", "baselines", "final_loss")
-                             if k in summary}, result.steps,
-                            [run_dir / n for n in ("config.yaml", "summary.json", "report.md", "report.html",
-                                                   "report.json")] + sorted((run_dir / "plots").glob("*.png")))
+        run.trackers.finish(
+            {k: summary[k] for k in ("test", "forgetting", "validation", "baselines", "final_loss") if k in summary},
+            result.steps,
+            [run_dir / n for n in ("config.yaml", "summary.json", "report.md", "report.html", "report.json")]
+            + sorted((run_dir / "plots").glob("*.png")),
+        )
     return summary
 
 

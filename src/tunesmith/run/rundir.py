@@ -42,7 +42,9 @@ def check_run_dir(cfg: RunConfig, resume: bool) -> bool:
         # final/ but no report: stopped while evaluating; the steps after the last checkpoint are
         # trained again (the same weights: resuming is exact), then the measurements and the report
         return True
-    raise UserError(f"{run_dir}: run directory already exists; continue it with --resume or choose another name (--set name=...)")
+    raise UserError(
+        f"{run_dir}: run directory already exists; continue it with --resume or choose another name (--set name=...)"
+    )
 
 
 def diff_keys(a, b, prefix="") -> list[str]:

@@ -8,6 +8,7 @@ the run's report shows both.
 from __future__ import annotations
 
 import time
+
 import torch
 
 from tunesmith.eval.bootstrap import bootstrap_ci
@@ -54,15 +55,29 @@ def general_qa(model, tokenizer, limit: int | None) -> dict:
 def measure(model, tokenizer, test_examples, conversations, qa_limit: int | None, task_kwargs: dict) -> dict:
     from tunesmith.eval.task import evaluate_task
 
-    out = {"parameters": sum(p.numel() for p in model.parameters()), "weights_mib": weights_mib(model),
-           "tokens_per_s": generation_speed(model, tokenizer, conversations), "general_qa": general_qa(model, tokenizer, qa_limit)}
+    out = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "weights_mib": weights_mib(model),
+        "tokens_per_s": generation_speed(model, tokenizer, conversations),
+        "general_qa": general_qa(model, tokenizer, qa_limit),
+    }
     if test_examples:
-        out["task"] = evaluate_task(model, tokenizer, test_examples, label="", latency_samples=0, **task_kwargs)["scores"]
+        out["task"] = evaluate_task(model, tokenizer, test_examples, label="", latency_samples=0, **task_kwargs)[
+            "scores"
+        ]
     return out
 
 
-def compare(student, tokenizer, teacher_ref: str, dtype: torch.dtype, test_examples: list, qa_limit: int | None,
-            task_kwargs: dict, primary: str) -> dict:
+def compare(
+    student,
+    tokenizer,
+    teacher_ref: str,
+    dtype: torch.dtype,
+    test_examples: list,
+    qa_limit: int | None,
+    task_kwargs: dict,
+    primary: str,
+) -> dict:
     """Both models measured the same way; ratios are student / teacher."""
     from tunesmith.eval.task import split_reference
     from tunesmith.forgetting.probe import general_prompts
@@ -76,11 +91,15 @@ def compare(student, tokenizer, teacher_ref: str, dtype: torch.dtype, test_examp
     result["teacher"] = measure(teacher, teacher_tok, test_examples, conversations, qa_limit, task_kwargs)
     del teacher
     s, t = result["student"], result["teacher"]
-    result["ratios"] = {"parameters": s["parameters"] / t["parameters"], "weights": s["weights_mib"] / t["weights_mib"],
-                        "speed": s["tokens_per_s"] / t["tokens_per_s"],
-                        "general_qa": s["general_qa"]["mean"] / t["general_qa"]["mean"] if t["general_qa"]["mean"] else None}
+    result["ratios"] = {
+        "parameters": s["parameters"] / t["parameters"],
+        "weights": s["weights_mib"] / t["weights_mib"],
+        "speed": s["tokens_per_s"] / t["tokens_per_s"],
+        "general_qa": s["general_qa"]["mean"] / t["general_qa"]["mean"] if t["general_qa"]["mean"] else None,
+    }
     if test_examples:
-        result["ratios"]["task"] = (s["task"][primary]["mean"] / t["task"][primary]["mean"]
-                                    if t["task"][primary]["mean"] else None)
+        result["ratios"]["task"] = (
+            s["task"][primary]["mean"] / t["task"][primary]["mean"] if t["task"][primary]["mean"] else None
+        )
     result.update(teacher_ref=teacher_ref, primary=primary, speed_tokens=SPEED_TOKENS, speed_prompts=len(conversations))
     return result

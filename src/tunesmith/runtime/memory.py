@@ -35,7 +35,6 @@ def return_freed_memory() -> bool:
     return bool(libc and libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES) == 1)
 
 
-
 def trim_heap() -> bool:
     """Hand the heap's free blocks back to the OS now (glibc `malloc_trim`). Worth it after a burst
     of large temporary allocations that will not recur, such as quantizing a model on load: on the

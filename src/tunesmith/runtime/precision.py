@@ -56,8 +56,12 @@ def hold_frozen_weights_in_bf16(model) -> int:
     PEFT layers stop copying their input to their fp32 weights' dtype: autocast casts it for the
     matmul anyway (two copies of every adapter input saved per step).
     """
-    skip = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
-            for p in m.parameters()}
+    skip = {
+        id(p)
+        for m in (model.get_input_embeddings(), model.get_output_embeddings())
+        if m is not None
+        for p in m.parameters()
+    }
     dora = [m for m in model.modules() if any(getattr(m, "use_dora", {}).values())]
     skip |= {id(m.base_layer.weight) for m in dora}
     cast = 0

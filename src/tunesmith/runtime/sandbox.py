@@ -108,9 +108,32 @@ def bubblewrap_command(python: str, prefix: str, tmp_mb: int) -> list[str]:
             cmd += ["--ro-bind", top, top]
     if not prefix.startswith("/usr"):
         cmd += ["--ro-bind", prefix, prefix]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_mb << 20), "--tmpfs", "/tmp", "--chdir", "/tmp",
-            "--remount-ro", "/", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp",
-            "--", python, "-I", "-c", RUNNER]
+    cmd += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        str(tmp_mb << 20),
+        "--tmpfs",
+        "/tmp",
+        "--chdir",
+        "/tmp",
+        "--remount-ro",
+        "/",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/bin:/bin",
+        "--setenv",
+        "HOME",
+        "/tmp",
+        "--",
+        python,
+        "-I",
+        "-c",
+        RUNNER,
+    ]
     return cmd
 
 
@@ -136,6 +159,7 @@ def _limits(memory_mb: int, cpu_s: int, uid: int | None):
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
+
     return apply
 
 
@@ -147,14 +171,17 @@ def resolve_isolation(isolation: str) -> str:
     if isolation not in ISOLATIONS:
         raise SandboxError(f"isolation {isolation!r}: use one of {', '.join(ISOLATIONS)}")
     if isolation == "bubblewrap" and bubblewrap() is None:
-        raise SandboxError("python graders run under bubblewrap here, and `bwrap` is not installed "
-                           "(apt-get install bubblewrap)")
+        raise SandboxError(
+            "python graders run under bubblewrap here, and `bwrap` is not installed (apt-get install bubblewrap)"
+        )
     if isolation == "auto":
         if bubblewrap() is not None:
             return "bubblewrap"
         if not _warned:
-            log.warning("bubblewrap (bwrap) is not installed: python graders run as plain processes, with this user's "
-                        "files and network (apt-get install bubblewrap for a sandbox)")
+            log.warning(
+                "bubblewrap (bwrap) is not installed: python graders run as plain processes, with this user's "
+                "files and network (apt-get install bubblewrap for a sandbox)"
+            )
             _warned = True
         return "process"
     return isolation
@@ -183,9 +210,15 @@ class PythonFunction:
         """Start the child and load the source (called on first use, or early to fail fast)."""
         cmd, uid = self._command()
         self.process = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=self.workdir.name, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            preexec_fn=_limits(self.memory_mb, self.cpu_s, uid))
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.workdir.name,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            preexec_fn=_limits(self.memory_mb, self.cpu_s, uid),
+        )
         self.process.stdin.write(json.dumps({"source": self.source}) + "\n")
         self.process.stdin.flush()
         first = self._read()
@@ -211,8 +244,10 @@ class PythonFunction:
         said = self._stderr_tail()
         if said.startswith("bwrap:"):
             return f"the sandbox did not start ({said})"
-        return (f"the grader's process died (over {self.memory_mb} MB of memory, {self.cpu_s} s of CPU, or another "
-                "limit of its sandbox)")
+        return (
+            f"the grader's process died (over {self.memory_mb} MB of memory, {self.cpu_s} s of CPU, or another "
+            "limit of its sandbox)"
+        )
 
     def _stderr_tail(self) -> str:
         try:

@@ -23,9 +23,9 @@ import hmac
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 from fastapi import Request  # resolved by name in the middleware's annotation
 
@@ -48,8 +48,12 @@ class Queue:
         """Admit a request; returns its `leave`, which counts once however often it is called."""
         with self.lock:
             if self.count >= self.limit:
-                raise ApiError(429, f"server busy: {self.limit} requests already running or waiting; retry shortly",
-                               code="queue_full", kind="rate_limit_error")
+                raise ApiError(
+                    429,
+                    f"server busy: {self.limit} requests already running or waiting; retry shortly",
+                    code="queue_full",
+                    kind="rate_limit_error",
+                )
             self.count += 1
         left = threading.Event()
 
@@ -74,9 +78,15 @@ class Serving:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int = 1024, max_queue: int = 128,
-              max_body: int = MAX_BODY_BYTES, callers: Callable[[str], str | None] | None = None,
-              body_limits: dict[str, int] | None = None):
+def build_app(
+    catalog: ServedModels,
+    api_key: str | None = None,
+    max_tokens: int = 1024,
+    max_queue: int = 128,
+    max_body: int = MAX_BODY_BYTES,
+    callers: Callable[[str], str | None] | None = None,
+    body_limits: dict[str, int] | None = None,
+):
     """The app over `catalog`. One `api_key` for every client, or `callers`: the caller (tenant)
     a bearer token belongs to, None for an unknown token; `body_limits` raises `max_body` for
     path prefixes."""
@@ -111,7 +121,9 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
         message = first.get("msg", "invalid request").removeprefix("Value error, ")
         if first.get("type") == "extra_forbidden":
             message = "not a parameter this server supports"
-        return JSONResponse(error_body(f"{where}: {message}" if where else message, param=where or None), status_code=400)
+        return JSONResponse(
+            error_body(f"{where}: {message}" if where else message, param=where or None), status_code=400
+        )
 
     @app.exception_handler(HTTPException)
     async def _http(request, e: HTTPException):
@@ -142,10 +154,17 @@ def build_app(catalog: ServedModels, api_key: str | None = None, max_tokens: int
             length = request.headers.get("content-length")
             if length is None or not length.isdigit():
                 return JSONResponse(error_body("a request body needs a Content-Length"), status_code=411)
-            limit = next((n for prefix, n in (body_limits or {}).items() if request.url.path.startswith(prefix)), max_body)
+            limit = next(
+                (n for prefix, n in (body_limits or {}).items() if request.url.path.startswith(prefix)), max_body
+            )
             if int(length) > limit:
-                return JSONResponse(error_body(f"request body of {length} bytes is over this server's limit of "
-                                               f"{limit}", code="request_too_large"), status_code=413)
+                return JSONResponse(
+                    error_body(
+                        f"request body of {length} bytes is over this server's limit of {limit}",
+                        code="request_too_large",
+                    ),
+                    status_code=413,
+                )
         return await call_next(request)
 
     app.include_router(router)

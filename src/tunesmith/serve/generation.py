@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from tunesmith.generation.engine import Done, Request
 from tunesmith.generation.sampling import RowGrammar, RowSettings
@@ -59,15 +59,27 @@ class Reply:
 
             vocab = served.model.config.vocab_size
             grammar = RowGrammar(matcher(self.tokenizer, params.call_grammar, vocab), self.tokenizer.eos_token_id)
-        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 2  # unseeded: fresh
-        settings = RowSettings(params.temperature if params.top_p > 0 else 0.0, params.top_p, seed=seed,
-                               logprobs=params.logprobs)
+        seed = (
+            params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little") >> 2
+        )  # unseeded: fresh
+        settings = RowSettings(
+            params.temperature if params.top_p > 0 else 0.0, params.top_p, seed=seed, logprobs=params.logprobs
+        )
         self.prompt = prompt
         self.entries: list[TokenEntry] = []  # with logprobs: the reply's tokens (not the stop token)
         self._taken = 0
         stop_ids = frozenset() if params.ignore_eos else frozenset({self.tokenizer.eos_token_id})
-        self.stream = served.engine.submit(Request(prompt, params.max_tokens, model_id, settings, stop_ids, grammar,
-                                                   prompt_logprobs=params.echo and params.logprobs is not None))
+        self.stream = served.engine.submit(
+            Request(
+                prompt,
+                params.max_tokens,
+                model_id,
+                settings,
+                stop_ids,
+                grammar,
+                prompt_logprobs=params.echo and params.logprobs is not None,
+            )
+        )
         weakref.finalize(self, self.stream.cancel)  # dropped unread (a client gone first): its row ends
 
     def __iter__(self) -> Iterator[str | Finished]:
@@ -95,7 +107,7 @@ class Reply:
                     self.stream.cancel()
                     break
                 if len(text) - hold > sent:
-                    yield text[sent:len(text) - hold]
+                    yield text[sent : len(text) - hold]
                     sent = len(text) - hold
             if reason is None:
                 # the end: bytes still incomplete are decoded as they are (as an offline decode would)
@@ -159,7 +171,7 @@ def _decoded(tokenizer, ids: list[int], prefix: int, read: int, final: bool = Fa
     before = tokenizer.decode(ids[prefix:read], skip_special_tokens=True)
     after = tokenizer.decode(ids[prefix:], skip_special_tokens=True)
     if final or (len(after) > len(before) and not after.endswith("\ufffd")):
-        return after[len(before):], read, len(ids)
+        return after[len(before) :], read, len(ids)
     return "", prefix, read
 
 

@@ -18,18 +18,29 @@ def _alternatives(tokenizer, top: list[tuple[int, float]] | None) -> list[tuple[
 def chat(entries: list[TokenEntry], tokenizer) -> dict:
     content = []
     for e in entries:
-        content.append({"token": e.text, "logprob": e.logprob, "bytes": list(e.text.encode()),
-                        "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())}
-                                         for t, lp in _alternatives(tokenizer, e.top)]})
+        content.append(
+            {
+                "token": e.text,
+                "logprob": e.logprob,
+                "bytes": list(e.text.encode()),
+                "top_logprobs": [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in _alternatives(tokenizer, e.top)
+                ],
+            }
+        )
     return {"content": content, "refusal": None}
 
 
 def completion(entries: list[TokenEntry], tokenizer, top: int, offset: int = 0) -> dict:
     """`offset`: where the entries' text starts in the returned text (after an echoed prompt)."""
-    return {"tokens": [e.text for e in entries], "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [(_by_text(_alternatives(tokenizer, e.top)) if e.top is not None else None) if top else None
-                             for e in entries],
-            "text_offset": [offset + e.offset for e in entries]}
+    return {
+        "tokens": [e.text for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [
+            (_by_text(_alternatives(tokenizer, e.top)) if e.top is not None else None) if top else None for e in entries
+        ],
+        "text_offset": [offset + e.offset for e in entries],
+    }
 
 
 def _by_text(alternatives: list[tuple[str, float]]) -> dict[str, float]:

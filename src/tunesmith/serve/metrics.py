@@ -5,7 +5,7 @@ tokens in and out, time to first token, and generated tokens per second over the
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 def render(engines: Callable[[], dict]) -> bytes:
@@ -24,8 +24,10 @@ def render(engines: Callable[[], dict]) -> bytes:
                 "kv_cache_used_tokens": ("KV cache slots held by active rows", lambda e: e.arena.used),
                 "kv_cache_peak_tokens": ("the most KV cache slots held at once", lambda e: e.arena.peak_tokens),
                 "kv_cache_budget_tokens": ("KV cache slots in the budget", lambda e: e.budget_tokens),
-                "generation_tokens_per_second": ("tokens generated per second over the last 10 s",
-                                                 lambda e: e.counters.tokens_per_second),
+                "generation_tokens_per_second": (
+                    "tokens generated per second over the last 10 s",
+                    lambda e: e.counters.tokens_per_second,
+                ),
             }
             for name, (doc, value) in gauges.items():
                 family = GaugeMetricFamily(f"tunesmith_{name}", doc, labels=["model"])
@@ -44,8 +46,11 @@ def render(engines: Callable[[], dict]) -> bytes:
                 for model, engine in running.items():
                     family.add_metric([model], value(engine))
                 yield family
-            family = HistogramMetricFamily("tunesmith_time_to_first_token_seconds",
-                                           "from a request's submission to its first token", labels=["model"])
+            family = HistogramMetricFamily(
+                "tunesmith_time_to_first_token_seconds",
+                "from a request's submission to its first token",
+                labels=["model"],
+            )
             for model, engine in running.items():
                 c = engine.counters
                 buckets = [(str(bound), count) for bound, count in zip(FIRST_TOKEN_BUCKETS, c.first_token_buckets)]

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from tunesmith.errors import UserError
-from tunesmith.model.load import load_base, load_tokenizer, tokenizer_dir
 from tunesmith.model.embedded import EMBEDDED
+from tunesmith.model.load import load_base, load_tokenizer, tokenizer_dir
 from tunesmith.model.resolve import Resolved, resolve
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -66,7 +66,9 @@ class ServedModels:
                 if self.kv_budget_mb is not None:
                     budget = int(self.kv_budget_mb * 2**20)
                 else:
-                    budget = default_kv_budget(self.max_rows, self.context_length, bytes_per_token(self.model.config, dtype))
+                    budget = default_kv_budget(
+                        self.max_rows, self.context_length, bytes_per_token(self.model.config, dtype)
+                    )
                 self._engine = GenerationEngine(self, budget, max_rows=self.max_rows)
                 self._engine.start()
             return self._engine
@@ -95,7 +97,7 @@ class ServedModels:
     def visible_ids(self, caller: str | None) -> list[str]:
         return self.ids
 
-    def holder(self, model_id: str, caller: str | None) -> "ServedModels | None":
+    def holder(self, model_id: str, caller: str | None) -> ServedModels | None:
         return self if model_id in self.ids else None
 
     def parent(self, model_id: str) -> str | None:
@@ -165,8 +167,14 @@ def _adapter_type(folder: Path) -> str:
     return str(json.loads((folder / "adapter_config.json").read_text()).get("peft_type", "")).upper()
 
 
-def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dtype = torch.float32,
-                kv_budget_mb: float | None = None, max_rows: int = 32, served_as: str | None = None) -> ServedModels:
+def load_served(
+    reference: str,
+    adapters: list[tuple[str, str]],
+    dtype: torch.dtype = torch.float32,
+    kv_budget_mb: float | None = None,
+    max_rows: int = 32,
+    served_as: str | None = None,
+) -> ServedModels:
     """The base of `reference` once (answering as `served_as`, default its display id), with
     `reference`'s own adapter (if it is an adapter run) and every NAME=PATH adapter loaded over it
     by name; its engine keeps `kv_budget_mb` of KV cache (None: a quarter of the free memory) for
@@ -184,7 +192,9 @@ def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dt
     for name, path in adapters:
         resolved = resolve(path)
         if resolved.adapter is None:
-            raise UserError(f"--adapter {name}={path}: not an adapter (a full model is served on its own: tunesmith serve {path})")
+            raise UserError(
+                f"--adapter {name}={path}: not an adapter (a full model is served on its own: tunesmith serve {path})"
+            )
         if resolved.path != main.path:
             raise UserError(f"--adapter {name}={path}: trained on {resolved.path}, not on the served base {main.path}")
         named.append((name, resolved))
@@ -195,8 +205,10 @@ def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dt
         seen.add(name)
         kind = _adapter_type(resolved.adapter)
         if kind not in SERVABLE_ADAPTERS:
-            raise UserError(f"{resolved.reference}: a {kind.lower()} adapter cannot share a base with others; "
-                            "serve LoRA or IA3 adapters (or export this one merged)")
+            raise UserError(
+                f"{resolved.reference}: a {kind.lower()} adapter cannot share a base with others; "
+                "serve LoRA or IA3 adapters (or export this one merged)"
+            )
         kinds.add(kind)
     if len(kinds) > 1:
         raise UserError(f"adapters of one kind per server (got {', '.join(sorted(kinds))})")
@@ -217,5 +229,11 @@ def load_served(reference: str, adapters: list[tuple[str, str]], dtype: torch.dt
     from tunesmith.runtime.precision import device
 
     model.to(device()).eval()
-    return ServedModels(model=model, base_id=base_id, tokenizers=tokenizers, adapters=folders, kv_budget_mb=kv_budget_mb,
-                        max_rows=max_rows)
+    return ServedModels(
+        model=model,
+        base_id=base_id,
+        tokenizers=tokenizers,
+        adapters=folders,
+        kv_budget_mb=kv_budget_mb,
+        max_rows=max_rows,
+    )

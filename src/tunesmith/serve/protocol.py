@@ -5,7 +5,7 @@ clients send with neutral values by default (penalties 0, user) are accepted."""
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -37,7 +37,7 @@ class ToolCall(Strict):
 
 class Message(Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[TextPart], None] = None
+    content: str | list[TextPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = Field(None, max_length=MAX_CHOICES * 4)
     tool_call_id: str | None = Field(None, max_length=256)
@@ -45,7 +45,11 @@ class Message(Strict):
 
     def as_chat(self) -> dict:
         """As the data layer reads a turn (`data/layouts.check_messages` checks it further)."""
-        content = self.content if isinstance(self.content, str) or self.content is None else "".join(p.text for p in self.content)
+        content = (
+            self.content
+            if isinstance(self.content, str) or self.content is None
+            else "".join(p.text for p in self.content)
+        )
         turn = {"role": self.role, "content": content}
         if self.tool_calls:
             turn["tool_calls"] = [c.model_dump() for c in self.tool_calls]
@@ -86,7 +90,7 @@ class Sampling(Strict):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, ge=0.0, le=1.0)
     n: int = Field(1, ge=1, le=MAX_CHOICES)
-    stop: Union[str, list[str], None] = Field(None, validate_default=True)
+    stop: str | list[str] | None = Field(None, validate_default=True)
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -112,12 +116,11 @@ class Sampling(Strict):
         return v
 
 
-
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1)
     tools: list[Tool] | None = Field(None, min_length=1, max_length=128)
-    tool_choice: Union[Literal["auto", "none", "required"], NamedTool, None] = None
+    tool_choice: Literal["auto", "none", "required"] | NamedTool | None = None
     parallel_tool_calls: bool = True
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
@@ -138,7 +141,7 @@ class ChatRequest(Sampling):
 class CompletionRequest(Sampling):
     # text, texts, or token ids (one prompt, or several), as OpenAI's API takes them: a teacher
     # scoring a student's tokens needs those exact tokens, not a re-encoding of their text
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(16, ge=0)  # the completions API's default; 0: only score the prompt (echo)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # the legacy API's: how many most likely per token
@@ -166,17 +169,23 @@ class CompletionRequest(Sampling):
         return v
 
 
-
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
+def error_body(
+    message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 class ApiError(Exception):
     """A request refused with OpenAI's error body and an HTTP status."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.body = status, error_body(message, kind, param, code)
 

@@ -13,8 +13,8 @@ import logging
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Iterator
 
 from tunesmith.generation.engine import TooLarge
 from tunesmith.serve.generation import Finished, Params, Reply
@@ -32,23 +32,49 @@ def params(served: ServedModels, req, prompt_len: int, max_tokens: int) -> Param
         raise ApiError(400, f"max_tokens {wanted} is over this server's limit of {max_tokens}", param="max_tokens")
     limit = wanted if wanted is not None else min(max_tokens, room)
     if limit > room:
-        raise ApiError(400, f"this model's context is {served.context_length} tokens; the prompt has {prompt_len} "
-                       f"and max_tokens asks for {limit} more", param="messages", code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"this model's context is {served.context_length} tokens; the prompt has {prompt_len} "
+            f"and max_tokens asks for {limit} more",
+            param="messages",
+            code="context_length_exceeded",
+        )
     try:
         logprobs = req.logprobs_wanted()
     except ValueError as e:
         raise ApiError(400, str(e), param="logprobs") from None
-    return Params(limit, req.temperature, req.top_p, req.stop, req.seed, logprobs=logprobs,
-                  echo=bool(getattr(req, "echo", False)), ignore_eos=req.ignore_eos)
+    return Params(
+        limit,
+        req.temperature,
+        req.top_p,
+        req.stop,
+        req.seed,
+        logprobs=logprobs,
+        echo=bool(getattr(req, "echo", False)),
+        ignore_eos=req.ignore_eos,
+    )
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
-def answer(serving, served: ServedModels, req, prompts: list[list[int]], object_name: str, deltas, whole,
-           call_grammar: str | None = None, shape=None, echoed: list[str] | None = None):
+def answer(
+    serving,
+    served: ServedModels,
+    req,
+    prompts: list[list[int]],
+    object_name: str,
+    deltas,
+    whole,
+    call_grammar: str | None = None,
+    shape=None,
+    echoed: list[str] | None = None,
+):
     """Answer every prompt `n` times; `whole(text, reason)` shapes one choice's payload and
     finish reason, `deltas(pieces)` its streamed chunks (see `plain_deltas`), `shape(entries,
     tokenizer, offset)` its log-probabilities where asked; `echoed`: each prompt's text, put
@@ -72,8 +98,12 @@ def answer(serving, served: ServedModels, req, prompts: list[list[int]], object_
         replies = [Reply(served, model_id, prompt, _choice(p, j)) for prompt, p in jobs for j in range(req.n)]
     except TooLarge as e:
         leave()
-        raise ApiError(400, f"{e} (its KV cache budget); ask for fewer max_tokens or a shorter prompt",
-                       param="max_tokens", code="kv_budget_exceeded") from None
+        raise ApiError(
+            400,
+            f"{e} (its KV cache budget); ask for fewer max_tokens or a shorter prompt",
+            param="max_tokens",
+            code="kv_budget_exceeded",
+        ) from None
     except BaseException:
         leave()
         raise
@@ -99,8 +129,12 @@ def answer(serving, served: ServedModels, req, prompts: list[list[int]], object_
             for reply in replies:
                 reply.stream.cancel()
             leave()
-        return {**head, "object": object_name.removesuffix(".chunk"), "choices": choices,
-                "usage": usage(prompt_tokens, completion_tokens)}
+        return {
+            **head,
+            "object": object_name.removesuffix(".chunk"),
+            "choices": choices,
+            "usage": usage(prompt_tokens, completion_tokens),
+        }
 
     def events() -> Iterator[str]:
         completion_tokens = 0
@@ -108,17 +142,49 @@ def answer(serving, served: ServedModels, req, prompts: list[list[int]], object_
             for index, reply in enumerate(replies):
                 before = echoed[index // req.n] if echoed else ""
                 if object_name.startswith("chat"):
-                    yield _sse({**head, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
-                                                     "finish_reason": None, "logprobs": None}]})
+                    yield _sse(
+                        {
+                            **head,
+                            "choices": [
+                                {
+                                    "index": index,
+                                    "delta": {"role": "assistant", "content": ""},
+                                    "finish_reason": None,
+                                    "logprobs": None,
+                                }
+                            ],
+                        }
+                    )
                 elif echoed:
-                    yield _sse({**head, "choices": [{"index": index, "text": before, "finish_reason": None,
-                                                     "logprobs": logprobs_of(reply, [], 0, with_prompt=True)}]})
+                    yield _sse(
+                        {
+                            **head,
+                            "choices": [
+                                {
+                                    "index": index,
+                                    "text": before,
+                                    "finish_reason": None,
+                                    "logprobs": logprobs_of(reply, [], 0, with_prompt=True),
+                                }
+                            ],
+                        }
+                    )
                 for payload, reason, finished in deltas(iter(reply)):
                     if finished is not None:
                         completion_tokens += finished.completion_tokens
-                    yield _sse({**head, "choices": [{"index": index, **payload, "finish_reason": reason,
-                                                     "logprobs": logprobs_of(reply, reply.take_entries(),
-                                                                             len(before))}]})
+                    yield _sse(
+                        {
+                            **head,
+                            "choices": [
+                                {
+                                    "index": index,
+                                    **payload,
+                                    "finish_reason": reason,
+                                    "logprobs": logprobs_of(reply, reply.take_entries(), len(before)),
+                                }
+                            ],
+                        }
+                    )
             if req.stream_options is not None and req.stream_options.include_usage:
                 yield _sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
             yield "data: [DONE]\n\n"
@@ -145,12 +211,14 @@ def _choice(p: Params, j: int) -> Params:
 
 def plain_deltas(key: str):
     """Streamed chunks of a reply that is text only: each piece as `{key: piece}`, then the end."""
+
     def deltas(pieces):
         for item in pieces:
             if isinstance(item, Finished):
                 yield {key: ""}, item.reason, item
             elif item:
                 yield {key: item}, None, None
+
     return deltas
 
 

@@ -30,14 +30,24 @@ def known(serving, model_id: str, who: str | None) -> ServedModels:
     """The holder serving `model_id` to `who` (404 when it is not there, or not theirs)."""
     served = serving.catalog.holder(model_id, who)
     if served is None:
-        raise ApiError(404, f"The model `{model_id}` does not exist; this server has: "
-                       f"{', '.join(serving.catalog.visible_ids(who))}", param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"The model `{model_id}` does not exist; this server has: {', '.join(serving.catalog.visible_ids(who))}",
+            param="model",
+            code="model_not_found",
+        )
     return served
 
 
 def card(serving, model_id: str) -> dict:
-    return {"id": model_id, "object": "model", "created": serving.created, "owned_by": "tunesmith", "root": model_id,
-            "parent": serving.catalog.parent(model_id)}
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": serving.created,
+        "owned_by": "tunesmith",
+        "root": model_id,
+        "parent": serving.catalog.parent(model_id),
+    }
 
 
 @router.get("/health")
@@ -75,8 +85,9 @@ def chat_completions(req: ChatRequest, s=Depends(serving), who: str | None = Dep
     try:
         prompt = prompt_ids(tokenizer, messages, tools)
     except Exception as e:  # the chat template refused these messages (e.g. roles out of order)
-        raise ApiError(400, f"messages: the chat template refused them ({str(e).splitlines()[0][:200]})",
-                       param="messages") from None
+        raise ApiError(
+            400, f"messages: the chat template refused them ({str(e).splitlines()[0][:200]})", param="messages"
+        ) from None
     forced = replies.forced()
     grammar = call_grammar(tools, forced[1], forced[0]) if forced else None
 
@@ -88,8 +99,17 @@ def chat_completions(req: ChatRequest, s=Depends(serving), who: str | None = Dep
         for delta, reason, finished in replies.deltas(pieces):
             yield {"delta": delta}, reason, finished
 
-    return answer(s, served, req, [prompt], "chat.completion.chunk" if req.stream else "chat.completion", deltas, whole,
-                  grammar, shape=lambda entries, tokenizer, offset: logprobs_shapes.chat(entries, tokenizer))
+    return answer(
+        s,
+        served,
+        req,
+        [prompt],
+        "chat.completion.chunk" if req.stream else "chat.completion",
+        deltas,
+        whole,
+        grammar,
+        shape=lambda entries, tokenizer, offset: logprobs_shapes.chat(entries, tokenizer),
+    )
 
 
 def checked_chat(req: ChatRequest) -> tuple[list[dict] | None, list[dict]]:
@@ -105,13 +125,18 @@ def checked_chat(req: ChatRequest) -> tuple[list[dict] | None, list[dict]]:
     choice = req.tool_choice
     if choice not in (None, "auto", "none") and not tools:
         raise ApiError(400, "tool_choice asks for a call, but the request has no tools", param="tool_choice")
-    if choice is not None and not isinstance(choice, str) and choice.function.name not in {t["function"]["name"]
-                                                                                            for t in tools}:
-        raise ApiError(400, f"tool_choice names {choice.function.name!r}, which is not among the tools",
-                       param="tool_choice")
+    if (
+        choice is not None
+        and not isinstance(choice, str)
+        and choice.function.name not in {t["function"]["name"] for t in tools}
+    ):
+        raise ApiError(
+            400, f"tool_choice names {choice.function.name!r}, which is not among the tools", param="tool_choice"
+        )
     try:
-        messages = check_messages([m.as_chat() for m in req.messages], "messages", need_assistant=False, tools=tools,
-                                  system_first=False)
+        messages = check_messages(
+            [m.as_chat() for m in req.messages], "messages", need_assistant=False, tools=tools, system_first=False
+        )
     except ValueError as e:
         raise ApiError(400, str(e), param="messages") from None
     return tools, messages
@@ -127,9 +152,16 @@ def completions(req: CompletionRequest, s=Depends(serving), who: str | None = De
     vocab = served.model.config.vocab_size
     if any(t < 0 or t >= vocab for p in prompts for t in p):
         raise ApiError(400, f"prompt: token ids must be in 0..{vocab - 1}", param="prompt")
-    return answer(s, served, req, prompts, "text_completion", plain_deltas("text"),
-                  lambda text, reason: ({"text": text}, reason),
-                  shape=lambda entries, tokenizer, offset: logprobs_shapes.completion(entries, tokenizer,
-                                                                                      req.logprobs or 0, offset),
-                  echoed=[p if isinstance(p, str) else tokenizer.decode(p) for p in req.prompts()]
-                  if req.echo else None)
+    return answer(
+        s,
+        served,
+        req,
+        prompts,
+        "text_completion",
+        plain_deltas("text"),
+        lambda text, reason: ({"text": text}, reason),
+        shape=lambda entries, tokenizer, offset: logprobs_shapes.completion(
+            entries, tokenizer, req.logprobs or 0, offset
+        ),
+        echoed=[p if isinstance(p, str) else tokenizer.decode(p) for p in req.prompts()] if req.echo else None,
+    )

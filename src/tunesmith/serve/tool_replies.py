@@ -13,7 +13,7 @@ name, then its arguments in pieces) or, if it does not parse, as content.
 from __future__ import annotations
 
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 from tunesmith.data.reasoning import Thought, split_reply, split_stream
 from tunesmith.data.tool_format import CALL_OPEN, parse_reply
@@ -66,10 +66,22 @@ class ToolReplies:
                     if calls:
                         for i, call in enumerate(calls):
                             fn = call["function"]
-                            yield {"tool_calls": [{"index": i, "id": call["id"], "type": "function",
-                                                   "function": {"name": fn["name"], "arguments": ""}}]}, None, None
+                            yield (
+                                {
+                                    "tool_calls": [
+                                        {
+                                            "index": i,
+                                            "id": call["id"],
+                                            "type": "function",
+                                            "function": {"name": fn["name"], "arguments": ""},
+                                        }
+                                    ]
+                                },
+                                None,
+                                None,
+                            )
                             for k in range(0, len(fn["arguments"]), ARGUMENT_PIECE):
-                                piece = fn["arguments"][k:k + ARGUMENT_PIECE]
+                                piece = fn["arguments"][k : k + ARGUMENT_PIECE]
                                 yield {"tool_calls": [{"index": i, "function": {"arguments": piece}}]}, None, None
                         yield {}, "tool_calls", item
                         return

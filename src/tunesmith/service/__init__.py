@@ -15,12 +15,13 @@ from pathlib import Path
 from tunesmith.errors import UserError
 from tunesmith.serve.models import MODEL_NAME, display_id
 from tunesmith.service.catalog import ServiceCatalog
-from tunesmith.service.cluster import LOCAL as LOCAL_CLUSTER, read_cluster
+from tunesmith.service.cluster import LOCAL as LOCAL_CLUSTER
+from tunesmith.service.cluster import read_cluster
 from tunesmith.service.executors import Executor
 from tunesmith.service.files import FileStore
+from tunesmith.service.policy import LOCAL_POLICY, Policies, read_policies
 from tunesmith.service.scheduler import Scheduler
 from tunesmith.service.store import Store
-from tunesmith.service.policy import LOCAL_POLICY, Policies, read_policies
 from tunesmith.service.tenants import LOCAL, key_hash, read_keys_file
 
 MAX_UPLOAD_BYTES = 512 << 20
@@ -45,8 +46,10 @@ def bases_of(references: list[str]) -> dict[str, str]:
         name, reference = served_name(option)
         resolved = resolve(reference)  # a bad reference: one error now, not at the first job
         if resolved.adapter is not None:
-            raise UserError(f"--model {option}: an adapter run; the service trains on base models (export it "
-                            "merged first: tunesmith export RUN --to DIR --merge)")
+            raise UserError(
+                f"--model {option}: an adapter run; the service trains on base models (export it "
+                "merged first: tunesmith export RUN --to DIR --merge)"
+            )
         if name in out:
             raise UserError(f"--model {option}: a second base named {name}")
         out[name] = reference
@@ -59,8 +62,10 @@ def served_name(option: str) -> tuple[str, str]:
     if not sep or Path(option).exists():
         return display_id(option), option
     if not MODEL_NAME.match(name) or not reference:
-        raise UserError(f"--model {option}: expected REFERENCE or ID=REFERENCE (the id may hold letters, digits "
-                        "and . _ : / -, up to 128)")
+        raise UserError(
+            f"--model {option}: expected REFERENCE or ID=REFERENCE (the id may hold letters, digits "
+            "and . _ : / -, up to 128)"
+        )
     return name, reference
 
 
@@ -79,11 +84,22 @@ def executor_for(cluster) -> Executor:
     return LocalExecutor(cluster.python)
 
 
-def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Path | None = None,
-                  max_upload: int = MAX_UPLOAD_BYTES, probe_limit: int = 0, precision: str = "auto",
-                  max_tokens: int = 1024, max_queue: int = 128, replay: float = 0.0,
-                  tenants_file: Path | None = None, cluster_file: Path | None = None, kv_budget_mb: float | None = None,
-                  max_rows: int = 32) -> Service:
+def build_service(
+    home: Path,
+    models: list[str],
+    workers: int = 1,
+    keys_file: Path | None = None,
+    max_upload: int = MAX_UPLOAD_BYTES,
+    probe_limit: int = 0,
+    precision: str = "auto",
+    max_tokens: int = 1024,
+    max_queue: int = 128,
+    replay: float = 0.0,
+    tenants_file: Path | None = None,
+    cluster_file: Path | None = None,
+    kv_budget_mb: float | None = None,
+    max_rows: int = 32,
+) -> Service:
     """The app and its scheduler (not started); `precision` for training and serving alike;
     `tenants_file`: what each tenant may do (`service/policy.py`); `cluster_file`: where jobs run
     (`service/cluster.py`; none: on this machine)."""
@@ -118,11 +134,26 @@ def build_service(home: Path, models: list[str], workers: int = 1, keys_file: Pa
     cluster = read_cluster(cluster_file, set(bases), names) if cluster_file is not None else LOCAL_CLUSTER
     files = FileStore(home / "files", store, max_upload)
     catalog = ServiceCatalog(store, bases, inference_dtype(precision), kv_budget_mb=kv_budget_mb, max_rows=max_rows)
-    scheduler = Scheduler(store, files, home, bases, workers=workers, probe_limit=probe_limit, precision=precision,
-                          replay=replay, policy_of=policies.of, executor=executor_for(cluster))
+    scheduler = Scheduler(
+        store,
+        files,
+        home,
+        bases,
+        workers=workers,
+        probe_limit=probe_limit,
+        precision=precision,
+        replay=replay,
+        policy_of=policies.of,
+        executor=executor_for(cluster),
+    )
     scheduler.on_removed = catalog.unload
-    app = build_app(catalog, max_tokens=max_tokens, max_queue=max_queue, callers=callers,
-                    body_limits={"/v1/files": max_upload + MULTIPART_SLACK, "/api/v1/forward_backward": max_upload})
+    app = build_app(
+        catalog,
+        max_tokens=max_tokens,
+        max_queue=max_queue,
+        callers=callers,
+        body_limits={"/v1/files": max_upload + MULTIPART_SLACK, "/api/v1/forward_backward": max_upload},
+    )
     add_routes(app, store, files, scheduler, catalog)
     add_dashboard(app, home / "runs")
     add_tinker_routes(app, TinkerServer(home, bases, catalog, store, precision, max_tokens), callers)

@@ -15,7 +15,6 @@ dependency: the caller, the caller's own file or job (404 otherwise)."""
 from __future__ import annotations
 
 import secrets
-
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -60,19 +59,28 @@ def page(items: list[dict], after: str | None, limit: int, cap: int = MAX_PAGE, 
     """OpenAI's cursor page: the items after the one whose id is `after`, `limit` of them."""
     if after is not None:
         ids = [i[key] for i in items]
-        items = items[ids.index(after) + 1:] if after in ids else []
+        items = items[ids.index(after) + 1 :] if after in ids else []
     limit = max(1, min(limit, cap))
     data = items[:limit]
-    return {"object": "list", "data": data, "has_more": len(items) > limit,
-            "first_id": data[0][key] if data else None, "last_id": data[-1][key] if data else None}
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": len(items) > limit,
+        "first_id": data[0][key] if data else None,
+        "last_id": data[-1][key] if data else None,
+    }
 
 
 def job_of(store: Store, job_id: str, tenant: str) -> dict:
     """The job, if it is the tenant's; a 404 as OpenAI gives for an id that does not exist otherwise."""
     job = store.job(job_id, tenant)
     if job is None:
-        raise ApiError(404, f"Could not find fine-tuning job: {job_id}", param="fine_tuning_job_id",
-                       code="fine_tuning_job_not_found")
+        raise ApiError(
+            404,
+            f"Could not find fine-tuning job: {job_id}",
+            param="fine_tuning_job_id",
+            code="fine_tuning_job_not_found",
+        )
     return job
 
 
@@ -89,14 +97,19 @@ def own_file(file_id: str, svc: ServiceParts = Depends(parts), tenant: str = Dep
 
 # --- files -----------------------------------------------------------------------------------------
 @router.post("/v1/files")
-def upload(file: UploadFile = File(...), purpose: str = Form(...), svc: ServiceParts = Depends(parts),
-           tenant: str = Depends(caller)):
+def upload(
+    file: UploadFile = File(...),
+    purpose: str = Form(...),
+    svc: ServiceParts = Depends(parts),
+    tenant: str = Depends(caller),
+):
     if purpose not in PURPOSES:
         raise ApiError(400, f"purpose {purpose!r}: this server takes files for {', '.join(PURPOSES)}", param="purpose")
     name = (file.filename or "").rsplit("/", 1)[-1]
     if not name.endswith(".jsonl"):
-        raise ApiError(400, f"Invalid file format for Fine-Tuning API: {name or 'the file'} must be .jsonl",
-                       param="file")
+        raise ApiError(
+            400, f"Invalid file format for Fine-Tuning API: {name or 'the file'} must be .jsonl", param="file"
+        )
     quota = svc.scheduler.policy_of(tenant).max_stored_mb
     try:
         return svc.files.save(tenant, name[:256], purpose, file.file, quota << 20 if quota else None)
@@ -107,8 +120,13 @@ def upload(file: UploadFile = File(...), purpose: str = Form(...), svc: ServiceP
 
 
 @router.get("/v1/files")
-def list_files(purpose: str | None = None, after: str | None = None, limit: int = 10000,
-               svc: ServiceParts = Depends(parts), tenant: str = Depends(caller)):
+def list_files(
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: int = 10000,
+    svc: ServiceParts = Depends(parts),
+    tenant: str = Depends(caller),
+):
     return page(svc.store.files(tenant, purpose), after, limit, cap=10000)
 
 
@@ -133,18 +151,28 @@ def delete_file(file_id: str, found: tuple[dict, str] = Depends(own_file), svc: 
 def create_job(req: JobRequest, svc: ServiceParts = Depends(parts), tenant: str = Depends(caller)):
     store, scheduler = svc.store, svc.scheduler
     if req.model not in scheduler.bases:
-        raise ApiError(400, f"Model {req.model} is not available for fine-tuning on this server; it trains: "
-                       f"{', '.join(scheduler.bases)}", param="model", code="model_not_available")
+        raise ApiError(
+            400,
+            f"Model {req.model} is not available for fine-tuning on this server; it trains: "
+            f"{', '.join(scheduler.bases)}",
+            param="model",
+            code="model_not_available",
+        )
     kind = req.method_type()
     if kind == "reinforcement" and (req.method.reinforcement is None):
-        raise ApiError(400, "method.reinforcement.grader: a reinforcement job needs a grader", param="method.reinforcement")
+        raise ApiError(
+            400, "method.reinforcement.grader: a reinforcement job needs a grader", param="method.reinforcement"
+        )
     if kind == "reinforcement":
         refusal = grader_refusal(req.method.reinforcement.grader, scheduler.policy_of(tenant), tenant, scheduler.bases)
         if refusal is not None:
             raise ApiError(400, refusal, param="method.reinforcement.grader")
     if req.hyperparameters is not None and req.method is not None:
-        raise ApiError(400, "hyperparameters: give them in method.<type>.hyperparameters (not both places)",
-                       param="hyperparameters")
+        raise ApiError(
+            400,
+            "hyperparameters: give them in method.<type>.hyperparameters (not both places)",
+            param="hyperparameters",
+        )
     if kind != "dpo" and req.given().beta is not None:
         raise ApiError(400, "beta is a dpo hyperparameter", param=f"method.{kind}.hyperparameters.beta")
     for param in ("training_file", "validation_file"):
@@ -155,8 +183,9 @@ def create_job(req: JobRequest, svc: ServiceParts = Depends(parts), tenant: str 
         if found is None:
             raise ApiError(400, f"invalid {param}: {file_id} does not exist", param=param, code="file_not_found")
         if found[0]["purpose"] != "fine-tune":
-            raise ApiError(400, f"invalid {param}: {file_id} has purpose {found[0]['purpose']}, not fine-tune",
-                           param=param)
+            raise ApiError(
+                400, f"invalid {param}: {file_id} has purpose {found[0]['purpose']}, not fine-tune", param=param
+            )
     given = req.given().model_dump(exclude_none=True)
     hyper = {k: given.get(k, "auto") for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
     extra = {"dpo": ("beta",), "reinforcement": ("compute_multiplier", "eval_interval", "eval_samples")}.get(kind, ())
@@ -165,25 +194,50 @@ def create_job(req: JobRequest, svc: ServiceParts = Depends(parts), tenant: str 
     if kind == "reinforcement":
         settings["grader"] = req.method.reinforcement.grader.model_dump(exclude_none=True)
     job = {
-        "object": "fine_tuning.job", "id": new_id("ftjob-"), "model": req.model, "created_at": now(),
-        "finished_at": None, "fine_tuned_model": None, "organization_id": f"org-{tenant}", "result_files": [],
-        "status": "validating_files", "validation_file": req.validation_file, "training_file": req.training_file,
-        "hyperparameters": hyper, "trained_tokens": None, "error": None, "user_provided_suffix": req.suffix,
-        "seed": req.seed if req.seed is not None else secrets.randbelow(2**31), "estimated_finish": None,
-        "integrations": [], "metadata": req.metadata, "method": {"type": kind, kind: settings},
+        "object": "fine_tuning.job",
+        "id": new_id("ftjob-"),
+        "model": req.model,
+        "created_at": now(),
+        "finished_at": None,
+        "fine_tuned_model": None,
+        "organization_id": f"org-{tenant}",
+        "result_files": [],
+        "status": "validating_files",
+        "validation_file": req.validation_file,
+        "training_file": req.training_file,
+        "hyperparameters": hyper,
+        "trained_tokens": None,
+        "error": None,
+        "user_provided_suffix": req.suffix,
+        "seed": req.seed if req.seed is not None else secrets.randbelow(2**31),
+        "estimated_finish": None,
+        "integrations": [],
+        "metadata": req.metadata,
+        "method": {"type": kind, kind: settings},
     }
     store.add_job(tenant, job, req.model_dump(exclude_none=True))
-    store.add_event(job["id"], f"Validating training file: {req.training_file}"
-                    + (f" and validation file: {req.validation_file}" if req.validation_file else ""))
+    store.add_event(
+        job["id"],
+        f"Validating training file: {req.training_file}"
+        + (f" and validation file: {req.validation_file}" if req.validation_file else ""),
+    )
     scheduler.poke()
     return job
 
 
 @router.get("/v1/fine_tuning/jobs")
-def list_jobs(request: Request, after: str | None = None, limit: int = 20, svc: ServiceParts = Depends(parts),
-              tenant: str = Depends(caller)):
-    wanted = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
-              if k.startswith("metadata[") and k.endswith("]")}
+def list_jobs(
+    request: Request,
+    after: str | None = None,
+    limit: int = 20,
+    svc: ServiceParts = Depends(parts),
+    tenant: str = Depends(caller),
+):
+    wanted = {
+        k[len("metadata[") : -1]: v
+        for k, v in request.query_params.items()
+        if k.startswith("metadata[") and k.endswith("]")
+    }
     jobs = [j for j in svc.store.jobs(tenant) if all((j.get("metadata") or {}).get(k) == v for k, v in wanted.items())]
     found = page(jobs, after, limit)
     return {"object": "list", "data": found["data"], "has_more": found["has_more"]}
@@ -215,14 +269,25 @@ def _stop(svc: ServiceParts, job: dict, tenant: str, action: str, refusal, waiti
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
-def cancel(job_id: str, job: dict = Depends(own_job), svc: ServiceParts = Depends(parts), tenant: str = Depends(caller)):
+def cancel(
+    job_id: str, job: dict = Depends(own_job), svc: ServiceParts = Depends(parts), tenant: str = Depends(caller)
+):
     def refusal(j: dict) -> str | None:
         if j["status"] in FINISHED:
             return f"Job {job_id} has already {j['status']}; there is nothing to cancel"
         return None
 
-    return _stop(svc, job, tenant, "cancel", refusal, ("validating_files", "queued", "paused"), status="cancelled",
-                 finished_at=now(), estimated_finish=None)
+    return _stop(
+        svc,
+        job,
+        tenant,
+        "cancel",
+        refusal,
+        ("validating_files", "queued", "paused"),
+        status="cancelled",
+        finished_at=now(),
+        estimated_finish=None,
+    )
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/pause")
@@ -238,26 +303,40 @@ def pause(job_id: str, job: dict = Depends(own_job), svc: ServiceParts = Depends
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/resume")
-def resume(job_id: str, job: dict = Depends(own_job), svc: ServiceParts = Depends(parts), tenant: str = Depends(caller)):
+def resume(
+    job_id: str, job: dict = Depends(own_job), svc: ServiceParts = Depends(parts), tenant: str = Depends(caller)
+):
     moved = svc.store.transition(job_id, ("paused",), status="queued")
     if moved is None:
         job = job_of(svc.store, job_id, tenant)
-        raise ApiError(400, f"Job {job_id} is {job['status']}; only a paused job can be resumed", param="fine_tuning_job_id")
+        raise ApiError(
+            400, f"Job {job_id} is {job['status']}; only a paused job can be resumed", param="fine_tuning_job_id"
+        )
     svc.store.add_event(job_id, "Job resumed; queued to continue from its last checkpoint")
     svc.scheduler.poke()
     return moved
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events")
-def events(job_id: str, after: str | None = None, limit: int = 20, job: dict = Depends(own_job),
-           svc: ServiceParts = Depends(parts)):
+def events(
+    job_id: str,
+    after: str | None = None,
+    limit: int = 20,
+    job: dict = Depends(own_job),
+    svc: ServiceParts = Depends(parts),
+):
     data, more = svc.store.events(job_id, after, max(1, min(limit, MAX_PAGE)))
     return {"object": "list", "data": data, "has_more": more}
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
-def checkpoints(job_id: str, after: str | None = None, limit: int = 10, job: dict = Depends(own_job),
-                svc: ServiceParts = Depends(parts)):
+def checkpoints(
+    job_id: str,
+    after: str | None = None,
+    limit: int = 10,
+    job: dict = Depends(own_job),
+    svc: ServiceParts = Depends(parts),
+):
     return page(svc.store.checkpoints(job_id), after, limit)
 
 
@@ -267,8 +346,9 @@ def delete_model(model_id: str, svc: ServiceParts = Depends(parts), tenant: str 
     found = svc.store.model(model_id)
     if found is None or found["tenant"] != tenant:
         if model_id in svc.scheduler.bases:
-            raise ApiError(403, f"{model_id} is a base model of this server; only fine-tuned models can be deleted",
-                           param="model")
+            raise ApiError(
+                403, f"{model_id} is a base model of this server; only fine-tuned models can be deleted", param="model"
+            )
         raise ApiError(404, f"The model `{model_id}` does not exist", param="model", code="model_not_found")
     svc.store.delete_model(model_id)
     svc.catalog.unload(model_id)

@@ -14,8 +14,14 @@ from tunesmith.service.store import Store
 
 
 class ServiceCatalog:
-    def __init__(self, store: Store, bases: dict[str, str], dtype: torch.dtype = torch.float32,
-                 kv_budget_mb: float | None = None, max_rows: int = 32):
+    def __init__(
+        self,
+        store: Store,
+        bases: dict[str, str],
+        dtype: torch.dtype = torch.float32,
+        kv_budget_mb: float | None = None,
+        max_rows: int = 32,
+    ):
         self.store, self.bases, self.dtype = store, bases, dtype  # base id -> model reference
         self.kv_budget_mb, self.max_rows = kv_budget_mb, max_rows  # each base's generation engine
         self.holders: dict[str, ServedModels] = {}
@@ -24,8 +30,14 @@ class ServiceCatalog:
     def _base(self, base_id: str) -> ServedModels:
         with self.lock:
             if base_id not in self.holders:
-                self.holders[base_id] = load_served(self.bases[base_id], [], dtype=self.dtype, kv_budget_mb=self.kv_budget_mb,
-                                                    max_rows=self.max_rows, served_as=base_id)
+                self.holders[base_id] = load_served(
+                    self.bases[base_id],
+                    [],
+                    dtype=self.dtype,
+                    kv_budget_mb=self.kv_budget_mb,
+                    max_rows=self.max_rows,
+                    served_as=base_id,
+                )
             return self.holders[base_id]
 
     def visible_ids(self, caller: str | None) -> list[str]:

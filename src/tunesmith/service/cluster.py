@@ -54,7 +54,9 @@ class RayPlacement(Strict):
     num_gpus: float = Field(0, ge=0)
     memory_mb: int | None = Field(None, ge=1)
     resources: dict[str, float] = Field(default_factory=dict)
-    stop_wait_s: int = Field(120, ge=1, description="after SIGTERM, how long Ray waits for the checkpoint before SIGKILL")
+    stop_wait_s: int = Field(
+        120, ge=1, description="after SIGTERM, how long Ray waits for the checkpoint before SIGKILL"
+    )
 
 
 class ClusterConfig(Strict):
@@ -85,7 +87,9 @@ def read_cluster(path: Path, models: set[str], tenants: set[str]) -> ClusterConf
     if config.executor == "ray" and not config.address:
         raise UserError(f"{path}: executor ray needs address: (the cluster's job server, e.g. http://HEAD:8265)")
     if config.executor != "ray" and config.address:
-        raise UserError(f"{path}:{lines.get(('address',), '?')}: address is for executor ray (this file says {config.executor})")
+        raise UserError(
+            f"{path}:{lines.get(('address',), '?')}: address is for executor ray (this file says {config.executor})"
+        )
     if config.executor == "local" and (config.models or config.tenants):
         raise UserError(f"{path}: models: and tenants: place jobs on a cluster (executor slurm or ray)")
     defaults = config.slurm if config.executor == "slurm" else config.ray
@@ -94,6 +98,8 @@ def read_cluster(path: Path, models: set[str], tenants: set[str]) -> ClusterConf
             line = lines.get((kind, name))
             at = f"{path}{f':{line}' if line else ''}"
             if name not in known:
-                raise UserError(f"{at}: {kind[:-1]} {name!r} is not one of this service's ({', '.join(sorted(known)) or 'none'})")
+                raise UserError(
+                    f"{at}: {kind[:-1]} {name!r} is not one of this service's ({', '.join(sorted(known)) or 'none'})"
+                )
             validate_as(type(defaults), {**defaults.model_dump(), **override}, f"{at} ({kind}.{name})", {})
     return config

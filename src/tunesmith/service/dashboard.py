@@ -29,11 +29,13 @@ PLOT = re.compile(r"""src='(plots/[A-Za-z0-9_.-]+\.png)'""")
 
 def inline_plots(html: str, run_dir: Path) -> str:
     """The report's `plots/*.png` images as data URIs: the page is then whole on its own."""
+
     def data_uri(match: re.Match) -> str:
         path = run_dir / match.group(1)
         if not path.is_file():
             return match.group(0)
         return f"src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'"
+
     return PLOT.sub(data_uri, html)
 
 
@@ -75,5 +77,7 @@ def stream(job_id: str, job: dict = Depends(own_job), svc: ServiceParts = Depend
 def report(job_id: str, request: Request, job: dict = Depends(own_job)):
     path = request.app.state.runs / job_id / "report.html"
     if not path.is_file():
-        raise ApiError(404, f"{job_id} has no report yet: it is written when the job succeeds", param="fine_tuning_job_id")
+        raise ApiError(
+            404, f"{job_id} has no report yet: it is written when the job succeeds", param="fine_tuning_job_id"
+        )
     return HTMLResponse(inline_plots(path.read_text(encoding="utf-8"), path.parent))

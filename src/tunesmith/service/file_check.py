@@ -54,8 +54,11 @@ def check_file(path: Path, kind: str, label: str, param: str, grader: dict | Non
         raise FileProblem(f"invalid_{param}", f"{listed}{tail}", param)
     n = len(loaded.examples)
     if param == "training_file" and n < MIN_EXAMPLES:
-        raise FileProblem("invalid_training_file", f"{label} has {n} example{'s' if n != 1 else ''}, but must have at "
-                          f"least {MIN_EXAMPLES}", param)
+        raise FileProblem(
+            "invalid_training_file",
+            f"{label} has {n} example{'s' if n != 1 else ''}, but must have at least {MIN_EXAMPLES}",
+            param,
+        )
     return n
 
 

@@ -49,8 +49,10 @@ class FileStore:
                     if size > self.max_bytes:
                         raise TooLarge(f"the file is over this server's limit of {self.max_bytes} bytes")
                     if room is not None and size > room:
-                        raise OverQuota(f"the file would take tenant {tenant!r} past its {quota >> 20} MB of stored files "
-                                        f"({max(0, room)} bytes left); delete files first")
+                        raise OverQuota(
+                            f"the file would take tenant {tenant!r} past its {quota >> 20} MB of stored files "
+                            f"({max(0, room)} bytes left); delete files first"
+                        )
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()
@@ -59,8 +61,17 @@ class FileStore:
             os.replace(tmp, self.path(sha))  # the same content twice: one copy
         finally:
             tmp.unlink(missing_ok=True)
-        body = {"object": "file", "id": new_id("file-"), "bytes": size, "created_at": now(), "filename": filename,
-                "purpose": purpose, "status": "processed", "expires_at": None, "status_details": None}
+        body = {
+            "object": "file",
+            "id": new_id("file-"),
+            "bytes": size,
+            "created_at": now(),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
         return self.store.add_file(tenant, sha, body)
 
     def save_bytes(self, tenant: str, filename: str, purpose: str, data: bytes) -> dict:

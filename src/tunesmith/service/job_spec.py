@@ -26,7 +26,7 @@ mixes that share of the base model's own answers to general prompts into every j
 from __future__ import annotations
 
 import math
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -51,18 +51,24 @@ Auto = Literal["auto"]
 
 def within(low: float, high: float, *, above: bool = False):
     """A field validator: a number given (not "auto") lies in [low, high], or (low, high] with `above`."""
+
     def check(cls, v):
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and not ((v > low if above else v >= low) and v <= high):
+        if (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and not ((v > low if above else v >= low) and v <= high)
+        ):
             raise ValueError(f"must be {'above' if above else 'at least'} {low:g} and at most {high:g}")
         return v
+
     return classmethod(check)
 
 
 class Hyperparameters(Strict):
-    n_epochs: Union[Auto, int, None] = None
-    batch_size: Union[Auto, int, None] = None
-    learning_rate_multiplier: Union[Auto, float, None] = None
-    beta: Union[Auto, float, None] = None  # dpo only
+    n_epochs: Auto | int | None = None
+    batch_size: Auto | int | None = None
+    learning_rate_multiplier: Auto | float | None = None
+    beta: Auto | float | None = None  # dpo only
 
     _epochs = field_validator("n_epochs")(within(1, 50))
     _batch = field_validator("batch_size")(within(1, 256))
@@ -75,10 +81,12 @@ class MethodSettings(Strict):
 
 
 class ReinforcementHyperparameters(Hyperparameters):
-    compute_multiplier: Union[Auto, float, None] = None  # more replies sampled per prompt
-    eval_interval: Union[Auto, int, None] = None  # steps between validation rounds
-    eval_samples: Union[Auto, int, None] = None
-    reasoning_effort: Literal["default", "low", "medium", "high"] | None = None  # no reasoning models here: kept, unused
+    compute_multiplier: Auto | float | None = None  # more replies sampled per prompt
+    eval_interval: Auto | int | None = None  # steps between validation rounds
+    eval_samples: Auto | int | None = None
+    reasoning_effort: Literal["default", "low", "medium", "high"] | None = (
+        None  # no reasoning models here: kept, unused
+    )
 
     _compute = field_validator("compute_multiplier")(within(0.5, 4))
     _positive = field_validator("eval_interval", "eval_samples")(within(1, 10**6))
@@ -143,6 +151,7 @@ class JobRequest(Strict):
 
 def resolve(kind: str, given: Hyperparameters, n_examples: int) -> dict:
     """Every hyperparameter as a number: the ones given, the `auto` (or absent) ones chosen."""
+
     def pick(value, auto):
         return auto if value in (None, "auto") else value
 
@@ -152,13 +161,18 @@ def resolve(kind: str, given: Hyperparameters, n_examples: int) -> dict:
     elif n_examples * epochs > 25_000:
         epochs = max(1, 25_000 // n_examples)
     batch = 1 << max(0, min(3, int(math.log2(max(1, n_examples // 64))))) if n_examples >= 64 else 1
-    out = {"n_epochs": int(pick(given.n_epochs, epochs)), "batch_size": int(pick(given.batch_size, batch)),
-           "learning_rate_multiplier": float(pick(given.learning_rate_multiplier, AUTO_LR_MULTIPLIER))}
+    out = {
+        "n_epochs": int(pick(given.n_epochs, epochs)),
+        "batch_size": int(pick(given.batch_size, batch)),
+        "learning_rate_multiplier": float(pick(given.learning_rate_multiplier, AUTO_LR_MULTIPLIER)),
+    }
     if kind == "dpo":
         out["beta"] = float(pick(given.beta, AUTO_BETA))
     if kind == "reinforcement":
         out["compute_multiplier"] = float(pick(getattr(given, "compute_multiplier", None), 1.0))
-        out["eval_interval"] = int(pick(getattr(given, "eval_interval", None), steps_per_epoch(n_examples, out["batch_size"])))
+        out["eval_interval"] = int(
+            pick(getattr(given, "eval_interval", None), steps_per_epoch(n_examples, out["batch_size"]))
+        )
         out["eval_samples"] = int(pick(getattr(given, "eval_samples", None), 1))
         if getattr(given, "reasoning_effort", None) is not None:
             out["reasoning_effort"] = given.reasoning_effort
@@ -179,9 +193,18 @@ def grader_models(grader: dict, bases: dict[str, str]) -> dict:
     return grader
 
 
-def run_config(job: dict, base_reference: str, train_path: str, val_path: str | None, n_examples: int,
-               runs_dir: str, probe_limit: int, precision: str = "auto", replay: float = 0.0,
-               bases: dict[str, str] | None = None) -> dict:
+def run_config(
+    job: dict,
+    base_reference: str,
+    train_path: str,
+    val_path: str | None,
+    n_examples: int,
+    runs_dir: str,
+    probe_limit: int,
+    precision: str = "auto",
+    replay: float = 0.0,
+    bases: dict[str, str] | None = None,
+) -> dict:
     """The tunesmith run (config tree) that trains `job`, its hyperparameters resolved."""
     kind = job["method"]["type"]
     hp = job["method"][kind]["hyperparameters"]
@@ -193,11 +216,22 @@ def run_config(job: dict, base_reference: str, train_path: str, val_path: str | 
         "method": METHOD_OF[kind],
         "adapter": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"},
         "data": {"train": [{"path": train_path, "format": data_format}], "max_length": 1024},
-        "train": {"epochs": hp["n_epochs"], "batch_size": hp["batch_size"], "lr": hp["learning_rate_multiplier"] * LR_UNIT[kind],
-                  "schedule": "linear", "warmup": 0.05, "seed": job["seed"], "log_every": 1, "precision": precision},
+        "train": {
+            "epochs": hp["n_epochs"],
+            "batch_size": hp["batch_size"],
+            "lr": hp["learning_rate_multiplier"] * LR_UNIT[kind],
+            "schedule": "linear",
+            "warmup": 0.05,
+            "seed": job["seed"],
+            "log_every": 1,
+            "precision": precision,
+        },
         "eval": {"every": per_epoch},
-        "forgetting": {"probe": probe_limit > 0, "probe_limit": max(3, probe_limit) if probe_limit else None,
-                       "replay": replay},
+        "forgetting": {
+            "probe": probe_limit > 0,
+            "probe_limit": max(3, probe_limit) if probe_limit else None,
+            "replay": replay,
+        },
         "output": {"dir": runs_dir, "save_every": per_epoch, "keep": 3},
     }
     if val_path is not None:
@@ -205,8 +239,11 @@ def run_config(job: dict, base_reference: str, train_path: str, val_path: str | 
     if kind == "dpo":
         tree["preference"] = {"loss": "sigmoid", "beta": hp["beta"]}
     if kind == "reinforcement":
-        tree["rl"] = {"rewards": [{"grader": grader_models(job["method"]["reinforcement"]["grader"], bases or {})}],
-                      "sandbox": "bubblewrap",  # a tenant's code never runs outside the sandbox
-                      "group_size": max(2, round(GROUP_SIZE * hp["compute_multiplier"])), "max_new_tokens": RL_MAX_NEW_TOKENS}
+        tree["rl"] = {
+            "rewards": [{"grader": grader_models(job["method"]["reinforcement"]["grader"], bases or {})}],
+            "sandbox": "bubblewrap",  # a tenant's code never runs outside the sandbox
+            "group_size": max(2, round(GROUP_SIZE * hp["compute_multiplier"])),
+            "max_new_tokens": RL_MAX_NEW_TOKENS,
+        }
         tree["eval"] = {"every": hp["eval_interval"]}
     return tree

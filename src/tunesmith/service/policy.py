@@ -62,8 +62,10 @@ def read_policies(path: Path, known: set[str]) -> Policies:
     for name in policies.tenants:
         if name not in known:
             line = lines.get(("tenants", name))
-            raise UserError(f"{path}{f':{line}' if line else ''}: tenant {name!r} has no key "
-                            f"(tenants: {', '.join(sorted(known)) or 'none'})")
+            raise UserError(
+                f"{path}{f':{line}' if line else ''}: tenant {name!r} has no key "
+                f"(tenants: {', '.join(sorted(known)) or 'none'})"
+            )
     return policies
 
 
@@ -79,18 +81,26 @@ def grader_refusal(grader, policy: TenantPolicy, tenant: str, bases: dict[str, s
     setting = "the operator allows it with {key} for this tenant in the --tenants file"
     for g in graders_in(grader):
         if isinstance(g, PythonGrader) and not policy.python_graders:
-            return (f"grader {g.name!r} is a python grader (code); tenant {tenant!r} may not run code graders on this "
-                    f"server ({setting.format(key='python_graders: true')})")
+            return (
+                f"grader {g.name!r} is a python grader (code); tenant {tenant!r} may not run code graders on this "
+                f"server ({setting.format(key='python_graders: true')})"
+            )
         if isinstance(g, ScoreModel):
             if g.base_url and not policy.endpoint_graders:
-                return (f"grader {g.name!r} calls an endpoint ({g.base_url}); tenant {tenant!r} may not use endpoint "
-                        f"graders on this server ({setting.format(key='endpoint_graders: true')})")
+                return (
+                    f"grader {g.name!r} calls an endpoint ({g.base_url}); tenant {tenant!r} may not use endpoint "
+                    f"graders on this server ({setting.format(key='endpoint_graders: true')})"
+                )
             if g.api_key_env and not policy.may_read(g.api_key_env):
-                return (f"grader {g.name!r}: api_key_env {g.api_key_env!r} is not a variable tenant {tenant!r} may use "
-                        f"({setting.format(key='api_key_envs')})")
+                return (
+                    f"grader {g.name!r}: api_key_env {g.api_key_env!r} is not a variable tenant {tenant!r} may use "
+                    f"({setting.format(key='api_key_envs')})"
+                )
             if not g.base_url and g.model not in bases:
-                return (f"grader {g.name!r}: model {g.model!r} is not a model this server grades with (its base "
-                        f"models: {', '.join(bases)}; or an endpoint's base_url)")
+                return (
+                    f"grader {g.name!r}: model {g.model!r} is not a model this server grades with (its base "
+                    f"models: {', '.join(bases)}; or an endpoint's base_url)"
+                )
     return None
 
 

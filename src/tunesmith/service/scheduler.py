@@ -25,9 +25,9 @@ import logging
 import os
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -59,8 +59,14 @@ def checkpoint_name(job: dict, step: int) -> str:
 
 def metrics_of(record: dict) -> dict:
     """A metrics.jsonl record in the names OpenAI's events and checkpoints use."""
-    names = {"loss": "train_loss", "token_accuracy": "train_mean_token_accuracy", "val_loss": "valid_loss",
-             "val_token_accuracy": "valid_mean_token_accuracy", "reward": "train_reward_mean", "val_reward": "valid_reward_mean"}
+    names = {
+        "loss": "train_loss",
+        "token_accuracy": "train_mean_token_accuracy",
+        "val_loss": "valid_loss",
+        "val_token_accuracy": "valid_mean_token_accuracy",
+        "reward": "train_reward_mean",
+        "val_reward": "valid_reward_mean",
+    }
     out = {"step": record["step"]}
     out.update({ours: record[theirs] for theirs, ours in names.items() if theirs in record})
     if "val_loss" in record:
@@ -72,11 +78,32 @@ def metrics_of(record: dict) -> dict:
 
 # What a worker inherits of the server's environment: where things are, the locale, the kernel
 # and thread settings; never the server's secrets. Everything else a job needs is in its config.
-WORKER_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TUNESMITH_HOME", "HF_HOME",
-                    "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_CACHE", "XDG_CACHE_HOME", "VIRTUAL_ENV",
-                    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
-                    "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-                    "CUDA_VISIBLE_DEVICES")
+WORKER_VARIABLES = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "TUNESMITH_HOME",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_CACHE",
+    "XDG_CACHE_HOME",
+    "VIRTUAL_ENV",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ONEDNN_MAX_CPU_ISA",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "OPENBLAS_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+)
 
 
 def worker_env(server: dict[str, str] | os._Environ, granted: dict[str, str]) -> dict[str, str]:
@@ -94,9 +121,19 @@ class Worker:
 
 
 class Scheduler:
-    def __init__(self, store: Store, files: FileStore, home: Path, bases: dict[str, str], workers: int = 1,
-                 probe_limit: int = 0, precision: str = "auto", replay: float = 0.0, executor: Executor | None = None,
-                 policy_of: Callable[[str], TenantPolicy] = lambda tenant: LOCAL_POLICY):
+    def __init__(
+        self,
+        store: Store,
+        files: FileStore,
+        home: Path,
+        bases: dict[str, str],
+        workers: int = 1,
+        probe_limit: int = 0,
+        precision: str = "auto",
+        replay: float = 0.0,
+        executor: Executor | None = None,
+        policy_of: Callable[[str], TenantPolicy] = lambda tenant: LOCAL_POLICY,
+    ):
         self.store, self.files, self.home, self.bases = store, files, home, bases
         self.policy_of = policy_of
         self.executor = executor or LocalExecutor()
@@ -125,8 +162,14 @@ class Scheduler:
         return self.home / "runs" / job_id
 
     def launch_of(self, job: dict, env: dict[str, str] | None = None) -> Launch:
-        return Launch(job["id"], self.job_dir(job["id"]), self.run_dir(job["id"]), self.store.job_owner(job["id"]),
-                      job["model"], env or {})
+        return Launch(
+            job["id"],
+            self.job_dir(job["id"]),
+            self.run_dir(job["id"]),
+            self.store.job_owner(job["id"]),
+            job["model"],
+            env or {},
+        )
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,13 +199,18 @@ class Scheduler:
                 self._succeed(job, self._follow(job))
                 continue
             if handle and not handle.startswith(self.executor.name + ":"):  # the service now runs jobs elsewhere
-                log.warning("%s: its worker %s is not followed by the %s executor; queued again", job["id"], handle,
-                            self.executor.name)
+                log.warning(
+                    "%s: its worker %s is not followed by the %s executor; queued again",
+                    job["id"],
+                    handle,
+                    self.executor.name,
+                )
                 handle = None
             if handle and self.executor.adopt(handle, self.launch_of(job)):
                 self.running[job["id"]] = Worker(handle, signalled=self.store.control(job["id"]) is not None)
-                self.store.add_event(job["id"], f"The service restarted; following the job on the {self.executor.name} "
-                                     "cluster")
+                self.store.add_event(
+                    job["id"], f"The service restarted; following the job on the {self.executor.name} cluster"
+                )
                 continue
             self.store.set_handle(job["id"], None)
             if self.store.transition(job["id"], ("running",), status="queued", estimated_finish=None) is not None:
@@ -208,12 +256,17 @@ class Scheduler:
                     continue
                 found = self.store.file(file_id, None)
                 if found is None:
-                    raise FileProblem("invalid_" + param, f"{file_id}: the file was deleted before the job started", param)
+                    raise FileProblem(
+                        "invalid_" + param, f"{file_id}: the file was deleted before the job started", param
+                    )
                 body, sha = found
                 target = folder / ("train.jsonl" if param == "training_file" else "val.jsonl")
-                self.files.copy_to(sha, target)  # the job keeps its own copy: deleting the file later cannot break a resume
-                counts[param] = check_file(target, kind, f"{body['filename']} ({file_id})", param,
-                                           job["method"][kind].get("grader"))
+                self.files.copy_to(
+                    sha, target
+                )  # the job keeps its own copy: deleting the file later cannot break a resume
+                counts[param] = check_file(
+                    target, kind, f"{body['filename']} ({file_id})", param, job["method"][kind].get("grader")
+                )
         except FileProblem as e:
             self._fail(job, e.code, e.message, e.param)
             return
@@ -222,20 +275,42 @@ class Scheduler:
         hp = resolve(kind, request.given(), counts["training_file"])
         method = {**job["method"], kind: {**job["method"][kind], "hyperparameters": hp}}
         hyper = {k: hp[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
-        tree = run_config({**job, "method": method}, self.bases[job["model"]], str(folder / "train.jsonl"),
-                          str(folder / "val.jsonl") if "validation_file" in counts else None, counts["training_file"],
-                          str(self.home / "runs"), self.probe_limit, self.precision, self.replay, self.bases)
+        tree = run_config(
+            {**job, "method": method},
+            self.bases[job["model"]],
+            str(folder / "train.jsonl"),
+            str(folder / "val.jsonl") if "validation_file" in counts else None,
+            counts["training_file"],
+            str(self.home / "runs"),
+            self.probe_limit,
+            self.precision,
+            self.replay,
+            self.bases,
+        )
         atomic.write_text(folder / "config.yaml", yaml.safe_dump(tree, sort_keys=False))
-        if self.store.transition(job["id"], ("validating_files",), status="queued", method=method,
-                                 hyperparameters=hyper) is None:
+        if (
+            self.store.transition(
+                job["id"], ("validating_files",), status="queued", method=method, hyperparameters=hyper
+            )
+            is None
+        ):
             return  # cancelled while its files were checked
-        self.store.add_event(job["id"], f"Files validated ({counts['training_file']} training examples"
-                             + (f", {counts['validation_file']} validation" if "validation_file" in counts else "")
-                             + f"); hyperparameters: {json.dumps(hp)}; moving job to queued state")
+        self.store.add_event(
+            job["id"],
+            f"Files validated ({counts['training_file']} training examples"
+            + (f", {counts['validation_file']} validation" if "validation_file" in counts else "")
+            + f"); hyperparameters: {json.dumps(hp)}; moving job to queued state",
+        )
 
     def _fail(self, job: dict, code: str, message: str, param: str | None) -> None:
-        if self.store.transition(job["id"], ("validating_files", "running"), status="failed", finished_at=now(),
-                                 estimated_finish=None, error={"code": code, "message": message, "param": param}):
+        if self.store.transition(
+            job["id"],
+            ("validating_files", "running"),
+            status="failed",
+            finished_at=now(),
+            estimated_finish=None,
+            error={"code": code, "message": message, "param": param},
+        ):
             self.store.add_event(job["id"], f"Job failed: {message}", level="error")
 
     # --- queued -> running -----------------------------------------------------------------------
@@ -266,8 +341,9 @@ class Scheduler:
             return
         if state.phase != "ended":
             if state.phase == "pending" and worker.phase == "running":
-                self.store.add_event(job_id, f"The cluster queued the job again ({state.reason}); it resumes from its "
-                                     "last checkpoint")
+                self.store.add_event(
+                    job_id, f"The cluster queued the job again ({state.reason}); it resumes from its last checkpoint"
+                )
             worker.phase = state.phase
             if request in ("cancel", "pause") and not worker.signalled:
                 self.executor.stop(worker.handle)  # the run checkpoints after this step and exits
@@ -284,7 +360,9 @@ class Scheduler:
         if self._complete(job_id):  # finished, even if a cancel, a pause or a signal came as it exited
             self._succeed(job, records)
         elif request == "cancel":
-            if self.store.transition(job_id, ("running",), status="cancelled", finished_at=now(), estimated_finish=None):
+            if self.store.transition(
+                job_id, ("running",), status="cancelled", finished_at=now(), estimated_finish=None
+            ):
                 self.store.add_event(job_id, "Job cancelled; its checkpoints are kept")
         elif request == "pause":
             if self.store.transition(job_id, ("running",), status="paused", estimated_finish=None):
@@ -292,16 +370,21 @@ class Scheduler:
         elif state.stopped_cleanly or state.retry:  # stopped from outside, or lost with its node: run it again
             said = state.reason or "stopped on a signal after its checkpoint"
             if self.store.restarts(job_id) >= MAX_RESTARTS:
-                self._fail(job, "training_failed", f"stopped {MAX_RESTARTS + 1} times before finishing; last: {said}", None)
+                self._fail(
+                    job, "training_failed", f"stopped {MAX_RESTARTS + 1} times before finishing; last: {said}", None
+                )
             elif self.store.transition(job_id, ("running",), status="queued", estimated_finish=None):
                 self.store.count_restart(job_id)
-                self.store.add_event(job_id, f"The job stopped before finishing ({said}); it resumes from its last "
-                                     "checkpoint")
+                self.store.add_event(
+                    job_id, f"The job stopped before finishing ({said}); it resumes from its last checkpoint"
+                )
         else:
             said = _last_error(self.job_dir(job_id) / LOG)
             if state.code is None and state.reason:  # the cluster ended it (e.g. an operator's scancel), not the run
                 said = f"{state.reason}" + (f"; the worker's last line: {said}" if said else "")
-            self._fail(job, "training_failed", said or state.reason or "the training process failed without output", None)
+            self._fail(
+                job, "training_failed", said or state.reason or "the training process failed without output", None
+            )
 
     def _complete(self, job_id: str) -> bool:
         """The run wrote its summary and report: it is done (what tunesmith's own --resume checks)."""
@@ -330,7 +413,9 @@ class Scheduler:
         if records and total:
             done = records[-1]["step"]
             per_step = records[-1].get("elapsed_s", 0) / max(1, done)
-            self.store.update_job(job["id"], estimated_finish=now() + int(per_step * (total - done)) if done < total else None)
+            self.store.update_job(
+                job["id"], estimated_finish=now() + int(per_step * (total - done)) if done < total else None
+            )
 
     def _total_steps(self, job: dict) -> int | None:
         """The steps the run takes, as it published them (replay and every other setting counted),
@@ -367,20 +452,37 @@ class Scheduler:
         name = ft_model_name(job)
         tenant = self.store.job_owner(job["id"])
         final_step = summary["steps"]
-        self.store.add_checkpoint(job["id"], final_step, checkpoint_name(job, final_step), str(run_dir / "final"),
-                                  metrics_of(next((r for r in reversed(records) if r["step"] == final_step), {"step": final_step})))
+        self.store.add_checkpoint(
+            job["id"],
+            final_step,
+            checkpoint_name(job, final_step),
+            str(run_dir / "final"),
+            metrics_of(next((r for r in reversed(records) if r["step"] == final_step), {"step": final_step})),
+        )
         self.store.set_final_step(job["id"], final_step)
         results = self.files.save_bytes(tenant, "step_metrics.csv", "fine-tune-results", _metrics_csv(records))
         self.store.add_model(name, tenant, job["model"], str(run_dir / "final"), job["id"])
-        self.store.transition(job["id"], ("running",), status="succeeded", finished_at=now(), estimated_finish=None,
-                              fine_tuned_model=name, trained_tokens=int(summary.get("tokens") or 0),
-                              result_files=[results["id"]])
+        self.store.transition(
+            job["id"],
+            ("running",),
+            status="succeeded",
+            finished_at=now(),
+            estimated_finish=None,
+            fine_tuned_model=name,
+            trained_tokens=int(summary.get("tokens") or 0),
+            result_files=[results["id"]],
+        )
         self.store.add_event(job["id"], f"New fine-tuned model created: {name}")
         self.store.add_event(job["id"], "The job has successfully completed")
 
 
-def fair_turns(queue: list[tuple[str, dict]], running: Counter, free: int, limit_of: Callable[[str], int | None],
-               turns: dict[str, int]) -> list[dict]:
+def fair_turns(
+    queue: list[tuple[str, dict]],
+    running: Counter,
+    free: int,
+    limit_of: Callable[[str], int | None],
+    turns: dict[str, int],
+) -> list[dict]:
     """The queued jobs (`queue`: (tenant, job), oldest first) to start in `free` slots, round-robin:
     each slot to the tenant with the fewest jobs running, then the one whose turn came longest ago
     (`turns`: tenant -> when its last job started, updated here; never: first), then the one with
@@ -419,7 +521,9 @@ def _last_error(path: Path) -> str | None:
     try:
         lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
-        return (f"no {path.name} in {path.parent}: the worker never started there (on a cluster: is --home on a "
-                "filesystem every node sees at the same path?)")
+        return (
+            f"no {path.name} in {path.parent}: the worker never started there (on a cluster: is --home on a "
+            "filesystem every node sees at the same path?)"
+        )
     errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
     return errors[-1] if errors else (lines[-1] if lines else None)

@@ -83,8 +83,10 @@ class Store:
 
     # files
     def add_file(self, tenant: str, sha256: str, body: dict) -> dict:
-        self._write("INSERT INTO files (id, tenant, sha256, body) VALUES (?, ?, ?, ?)",
-                    (body["id"], tenant, sha256, json.dumps(body)))
+        self._write(
+            "INSERT INTO files (id, tenant, sha256, body) VALUES (?, ?, ?, ?)",
+            (body["id"], tenant, sha256, json.dumps(body)),
+        )
         return body
 
     def file(self, file_id: str, tenant: str | None) -> tuple[dict, str] | None:
@@ -95,7 +97,9 @@ class Store:
         return json.loads(rows[0][0]), rows[0][1]
 
     def files(self, tenant: str, purpose: str | None = None) -> list[dict]:
-        found = [json.loads(b) for (b,) in self._rows("SELECT body FROM files WHERE tenant = ? ORDER BY seq DESC", (tenant,))]
+        found = [
+            json.loads(b) for (b,) in self._rows("SELECT body FROM files WHERE tenant = ? ORDER BY seq DESC", (tenant,))
+        ]
         return [f for f in found if purpose is None or f["purpose"] == purpose]
 
     def delete_file(self, file_id: str) -> str | None:
@@ -111,8 +115,10 @@ class Store:
     # jobs
     def add_job(self, tenant: str, body: dict, request: dict) -> dict:
         """A new job: its API object and the request it came from (its hyperparameters as asked)."""
-        self._write("INSERT INTO jobs (id, tenant, status, body, request) VALUES (?, ?, ?, ?, ?)",
-                    (body["id"], tenant, body["status"], json.dumps(body), json.dumps(request)))
+        self._write(
+            "INSERT INTO jobs (id, tenant, status, body, request) VALUES (?, ?, ?, ?, ?)",
+            (body["id"], tenant, body["status"], json.dumps(body), json.dumps(request)),
+        )
         return body
 
     def _job_column(self, job_id: str, column: str):
@@ -177,7 +183,9 @@ class Store:
 
     def stored_bytes(self, tenant: str) -> int:
         """The bytes of the tenant's files (each file counted, as each is listed)."""
-        rows = self._rows("SELECT COALESCE(SUM(json_extract(body, '$.bytes')), 0) FROM files WHERE tenant = ?", (tenant,))
+        rows = self._rows(
+            "SELECT COALESCE(SUM(json_extract(body, '$.bytes')), 0) FROM files WHERE tenant = ?", (tenant,)
+        )
         return int(rows[0][0])
 
     def update_job(self, job_id: str, **fields) -> dict:
@@ -197,7 +205,9 @@ class Store:
                     return None
                 body = json.loads(row[0])
                 body.update(fields)
-                self.db.execute("UPDATE jobs SET body = ?, status = ? WHERE id = ?", (json.dumps(body), body["status"], job_id))
+                self.db.execute(
+                    "UPDATE jobs SET body = ?, status = ? WHERE id = ?", (json.dumps(body), body["status"], job_id)
+                )
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -217,10 +227,18 @@ class Store:
         self._set_job_column(job_id, "control", request)
 
     # events
-    def add_event(self, job_id: str, message: str, level: str = "info", data: dict | None = None,
-                  kind: str = "message") -> dict:
-        body = {"object": "fine_tuning.job.event", "id": new_id("ftevent-"), "created_at": now(), "level": level,
-                "message": message, "data": data or {}, "type": kind}
+    def add_event(
+        self, job_id: str, message: str, level: str = "info", data: dict | None = None, kind: str = "message"
+    ) -> dict:
+        body = {
+            "object": "fine_tuning.job.event",
+            "id": new_id("ftevent-"),
+            "created_at": now(),
+            "level": level,
+            "message": message,
+            "data": data or {},
+            "type": kind,
+        }
         self._write("INSERT INTO events (id, job_id, body) VALUES (?, ?, ?)", (body["id"], job_id, json.dumps(body)))
         return body
 
@@ -235,8 +253,11 @@ class Store:
 
     def last_metrics_step(self, job_id: str) -> int:
         """The last step a metrics event was written for (0: none yet)."""
-        rows = self._rows("SELECT MAX(json_extract(body, '$.data.step')) FROM events WHERE job_id = ? "
-                          "AND json_extract(body, '$.type') = 'metrics'", (job_id,))
+        rows = self._rows(
+            "SELECT MAX(json_extract(body, '$.data.step')) FROM events WHERE job_id = ? "
+            "AND json_extract(body, '$.type') = 'metrics'",
+            (job_id,),
+        )
         return int(rows[0][0] or 0)
 
     def events_since(self, job_id: str, seq: int) -> list[tuple[int, dict]]:
@@ -247,44 +268,70 @@ class Store:
     # checkpoints
     def add_checkpoint(self, job_id: str, step: int, model: str, path: str, metrics: dict) -> dict | None:
         """Record the checkpoint of `step` once (None when it is recorded already)."""
-        body = {"object": "fine_tuning.job.checkpoint", "id": new_id("ftckpt-"), "created_at": now(),
-                "fine_tuned_model_checkpoint": model, "fine_tuning_job_id": job_id, "step_number": step,
-                "metrics": metrics}
+        body = {
+            "object": "fine_tuning.job.checkpoint",
+            "id": new_id("ftckpt-"),
+            "created_at": now(),
+            "fine_tuned_model_checkpoint": model,
+            "fine_tuning_job_id": job_id,
+            "step_number": step,
+            "metrics": metrics,
+        }
         with self.lock:
-            cur = self.db.execute("INSERT OR IGNORE INTO checkpoints (id, job_id, step, model, path, body) "
-                                  "VALUES (?, ?, ?, ?, ?, ?)", (body["id"], job_id, step, model, path, json.dumps(body)))
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO checkpoints (id, job_id, step, model, path, body) VALUES (?, ?, ?, ?, ?, ?)",
+                (body["id"], job_id, step, model, path, json.dumps(body)),
+            )
         return body if cur.rowcount else None
 
     def checkpoints(self, job_id: str) -> list[dict]:
-        return [json.loads(b) for (b,) in self._rows("SELECT body FROM checkpoints WHERE job_id = ? ORDER BY step DESC",
-                                                     (job_id,))]
+        return [
+            json.loads(b)
+            for (b,) in self._rows("SELECT body FROM checkpoints WHERE job_id = ? ORDER BY step DESC", (job_id,))
+        ]
 
     def drop_checkpoint(self, job_id: str, step: int) -> None:
         self._write("DELETE FROM checkpoints WHERE job_id = ? AND step = ?", (job_id, step))
 
     # served fine-tuned models: a finished job's and its checkpoints'
     def add_model(self, model_id: str, tenant: str, base: str, path: str, job_id: str) -> None:
-        self._write("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)", (model_id, tenant, base, path, job_id, now()))
+        self._write(
+            "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)", (model_id, tenant, base, path, job_id, now())
+        )
 
     def model(self, model_id: str) -> dict | None:
         """A fine-tuned model: a job's final model, or one of its checkpoints."""
         rows = self._rows("SELECT id, tenant, base, path, job_id, created_at FROM models WHERE id = ?", (model_id,))
         if rows:
             return dict(zip(("id", "tenant", "base", "path", "job_id", "created_at"), rows[0]))
-        rows = self._rows("SELECT c.model, j.tenant, j.body, c.path, c.job_id, c.body FROM checkpoints c "
-                          "JOIN jobs j ON j.id = c.job_id WHERE c.model = ?", (model_id,))
+        rows = self._rows(
+            "SELECT c.model, j.tenant, j.body, c.path, c.job_id, c.body FROM checkpoints c "
+            "JOIN jobs j ON j.id = c.job_id WHERE c.model = ?",
+            (model_id,),
+        )
         if not rows:
             return None
         name, tenant, job, path, job_id, ckpt = rows[0]
-        return {"id": name, "tenant": tenant, "base": json.loads(job)["model"], "path": path, "job_id": job_id,
-                "created_at": json.loads(ckpt)["created_at"]}
+        return {
+            "id": name,
+            "tenant": tenant,
+            "base": json.loads(job)["model"],
+            "path": path,
+            "job_id": job_id,
+            "created_at": json.loads(ckpt)["created_at"],
+        }
 
     def models(self, tenant: str | None) -> list[dict]:
-        rows = self._rows("SELECT id FROM models" + (" WHERE tenant = ?" if tenant is not None else "") + " ORDER BY created_at",
-                          (tenant,) if tenant is not None else ())
-        ckpts = self._rows("SELECT c.model FROM checkpoints c JOIN jobs j ON j.id = c.job_id"
-                           + (" WHERE j.tenant = ?" if tenant is not None else "") + " ORDER BY c.seq",
-                           (tenant,) if tenant is not None else ())
+        rows = self._rows(
+            "SELECT id FROM models" + (" WHERE tenant = ?" if tenant is not None else "") + " ORDER BY created_at",
+            (tenant,) if tenant is not None else (),
+        )
+        ckpts = self._rows(
+            "SELECT c.model FROM checkpoints c JOIN jobs j ON j.id = c.job_id"
+            + (" WHERE j.tenant = ?" if tenant is not None else "")
+            + " ORDER BY c.seq",
+            (tenant,) if tenant is not None else (),
+        )
         return [self.model(m) for (m,) in rows + ckpts]
 
     def delete_model(self, model_id: str) -> None:

@@ -18,8 +18,20 @@ from tunesmith import atomic
 
 INSTRUCTION = "Extract the date from the text and write it as YYYY-MM-DD. Reply with the date only."
 
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-          "October", "November", "December"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 NAMES = ["Maria", "Ken", "Aisha", "Tomás", "Priya", "Olu", "Hannah", "Li Wei", "Sven", "Fatima", "Diego", "Yuki"]
 CITIES = ["Lisbon", "Nairobi", "Osaka", "Toronto", "Lyon", "Pune", "Bergen", "Cusco", "Adelaide", "Kraków"]
@@ -67,17 +79,24 @@ def make_example(rng: random.Random) -> dict:
     end = dt.date(2035, 12, 31).toordinal()
     d = dt.date.fromordinal(rng.randint(start, end))
     text = rng.choice(SENTENCES).format(
-        date=surface(d, rng.randrange(8)), name=rng.choice(NAMES), city=rng.choice(CITIES),
-        item=rng.choice(ITEMS), num=rng.randint(1000, 99999),
+        date=surface(d, rng.randrange(8)),
+        name=rng.choice(NAMES),
+        city=rng.choice(CITIES),
+        item=rng.choice(ITEMS),
+        num=rng.randint(1000, 99999),
     )
     text = text[0].upper() + text[1:]
-    return {"messages": [
-        {"role": "user", "content": f"{INSTRUCTION}\n\nText: {text}"},
-        {"role": "assistant", "content": d.isoformat()},
-    ]}
+    return {
+        "messages": [
+            {"role": "user", "content": f"{INSTRUCTION}\n\nText: {text}"},
+            {"role": "assistant", "content": d.isoformat()},
+        ]
+    }
 
 
-def write_splits(out_dir: Path, n_train: int = 1200, n_val: int = 64, n_test: int = 200, seed: int = 1234) -> dict[str, Path]:
+def write_splits(
+    out_dir: Path, n_train: int = 1200, n_val: int = 64, n_test: int = 200, seed: int = 1234
+) -> dict[str, Path]:
     """train/val/test JSONL files with no sentence shared between splits."""
     rng = random.Random(seed)
     seen: set[str] = set()
@@ -124,8 +143,13 @@ def write_preference_splits(out_dir: Path, n_train: int = 600, n_val: int = 64, 
         rows = []
         for line in paths[name].read_text(encoding="utf-8").splitlines():
             user, answer = json.loads(line)["messages"]
-            rows.append({"prompt": user["content"], "chosen": answer["content"],
-                         "rejected": wrong_answer(dt.date.fromisoformat(answer["content"]), rng)})
+            rows.append(
+                {
+                    "prompt": user["content"],
+                    "chosen": answer["content"],
+                    "rejected": wrong_answer(dt.date.fromisoformat(answer["content"]), rng),
+                }
+            )
         path = out_dir / f"{name}.jsonl"
         atomic.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         out[name] = path

@@ -25,8 +25,12 @@ from rich.console import Console
 from tunesmith.engine.trackers.common import RunInfo
 
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
-_BACKENDS = {"tensorboard": "to_tensorboard:TensorBoard", "mlflow": "to_mlflow:MLflow", "wandb": "to_wandb:WandB",
-             "trackio": "to_trackio:Trackio"}
+_BACKENDS = {
+    "tensorboard": "to_tensorboard:TensorBoard",
+    "mlflow": "to_mlflow:MLflow",
+    "wandb": "to_wandb:WandB",
+    "trackio": "to_trackio:Trackio",
+}
 _PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow-skinny", "wandb": "wandb", "trackio": "trackio"}
 
 
@@ -53,8 +57,10 @@ class Trackers:
         self.active.pop(name, None)
         hint = f" (pip install {_PACKAGES[name]})" if isinstance(error, ImportError) else ""
         first = str(error).splitlines()[0] if str(error) else ""
-        self.console.print(f"[yellow]warning: report_to {name}: {type(error).__name__}: {first}{hint}; "
-                           "training goes on without it[/yellow]")
+        self.console.print(
+            f"[yellow]warning: report_to {name}: {type(error).__name__}: {first}{hint}; "
+            "training goes on without it[/yellow]"
+        )
 
     def _each(self, method: str, *args) -> None:
         for name, tracker in list(self.active.items()):

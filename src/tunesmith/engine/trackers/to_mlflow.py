@@ -32,12 +32,24 @@ class MLflow:
         self.client = MlflowClient(tracking_uri=uri or f"sqlite:///{local}")
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "tunesmith"
         experiment = self.client.get_experiment_by_name(name)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-            name, artifact_location=None if uri else (run.run_dir / "mlflow-artifacts").resolve().as_uri())
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else self.client.create_experiment(
+                name, artifact_location=None if uri else (run.run_dir / "mlflow-artifacts").resolve().as_uri()
+            )
+        )
         where = str(run.run_dir.resolve())
-        earlier = self.client.search_runs([experiment_id], filter_string=f"tags.`{_TAG}` = '{where}'",
-                                          order_by=["attributes.start_time DESC"], max_results=1) \
-            if run.resume_step else []
+        earlier = (
+            self.client.search_runs(
+                [experiment_id],
+                filter_string=f"tags.`{_TAG}` = '{where}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if run.resume_step
+            else []
+        )
         if earlier:
             self.run_id = earlier[0].info.run_id
             self.client.update_run(self.run_id, status="RUNNING")
@@ -45,7 +57,7 @@ class MLflow:
             self.run_id = self.client.create_run(experiment_id, run_name=run.name, tags={_TAG: where}).info.run_id
             params = [Param(k, v[:6000]) for k, v in flat_config(run.config).items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters per call
-                self.client.log_batch(self.run_id, params=params[i:i + 100])
+                self.client.log_batch(self.run_id, params=params[i : i + 100])
             self.client.log_text(self.run_id, run.config_yaml, "config.yaml")
 
     def _metrics(self, named: dict[str, float], step: int) -> None:
@@ -54,7 +66,7 @@ class MLflow:
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in named.items()]
         for i in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000])
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
     def log(self, record: dict) -> None:
         self._metrics(scalars(record), int(record["step"]))

@@ -12,8 +12,9 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         # a resumed run purges what was logged after its checkpoint, so each step is there once
-        self.writer = SummaryWriter(str(run.run_dir / "tensorboard"),
-                                    purge_step=run.resume_step + 1 if run.resume_step else None)
+        self.writer = SummaryWriter(
+            str(run.run_dir / "tensorboard"), purge_step=run.resume_step + 1 if run.resume_step else None
+        )
         self.writer.add_text("config", f"```yaml\n{run.config_yaml}\n```", global_step=0)
 
     def log(self, record: dict) -> None:
@@ -32,8 +33,9 @@ class TensorBoard:
                 from PIL import Image
 
                 with Image.open(f) as image:
-                    self.writer.add_image(f"plots/{f.stem}", np.asarray(image.convert("RGB")), global_step=step,
-                                          dataformats="HWC")
+                    self.writer.add_image(
+                        f"plots/{f.stem}", np.asarray(image.convert("RGB")), global_step=step, dataformats="HWC"
+                    )
         self.writer.close()
 
     def abort(self) -> None:

@@ -23,9 +23,16 @@ class Trackio:
         import trackio
 
         self.trackio, self.name = trackio, run.name
-        self.run = _quietly(trackio.init, project=os.environ.get("TRACKIO_PROJECT") or "tunesmith", name=run.name,
-                            config=run.config, resume="allow" if run.resume_step else "never", embed=False,
-                            auto_log_cpu=False, auto_log_gpu=False)
+        self.run = _quietly(
+            trackio.init,
+            project=os.environ.get("TRACKIO_PROJECT") or "tunesmith",
+            name=run.name,
+            config=run.config,
+            resume="allow" if run.resume_step else "never",
+            embed=False,
+            auto_log_cpu=False,
+            auto_log_gpu=False,
+        )
 
     def log(self, record: dict) -> None:
         self.run.log(scalars(record), step=int(record["step"]))

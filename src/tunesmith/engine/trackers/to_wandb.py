@@ -21,10 +21,16 @@ class WandB:
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / "run-id"
         run_id = id_file.read_text().strip() if run.resume_step and id_file.exists() else uuid.uuid4().hex[:12]
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "tunesmith", name=run.name, id=run_id,
-                              resume="allow", dir=str(run.run_dir), config=run.config,
-                              mode=os.environ.get("WANDB_MODE") or "offline",
-                              settings=wandb.Settings(silent=True, console="off"))
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or "tunesmith",
+            name=run.name,
+            id=run_id,
+            resume="allow",
+            dir=str(run.run_dir),
+            config=run.config,
+            mode=os.environ.get("WANDB_MODE") or "offline",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
         atomic.write_text(id_file, run_id)
         self.name = run.name
 

@@ -76,11 +76,10 @@ class Executor(ABC):
     @abstractmethod
     def adopt(self, handle: str, launch: Launch) -> bool: ...
 
-    def release(self, handles: list[str]) -> None:
+    def release(self, handles: list[str]) -> None:  # noqa: B027 (optional: most executors have nothing to let go)
         """The service is stopping; cluster jobs go on without it."""
 
 
 def tunesmith_argv(python: str, config: Path) -> list[str]:
     """The one command every executor runs: the run resumes from its checkpoint if it has one."""
     return [python, "-m", "tunesmith", "train", str(config), "--resume", "--quiet"]
-

@@ -37,9 +37,15 @@ class LocalExecutor(Executor):
 
     def submit(self, launch: Launch) -> str:
         with (launch.folder / LOG).open("ab") as out:
-            process = subprocess.Popen(tunesmith_argv(self.python, launch.config), stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, cwd=launch.folder, env=launch.env,
-                                       preexec_fn=_die_with_parent)
+            process = subprocess.Popen(
+                tunesmith_argv(self.python, launch.config),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=launch.folder,
+                env=launch.env,
+                preexec_fn=_die_with_parent,
+            )
         handle = f"local:{process.pid}"
         self.processes[handle] = process
         return handle

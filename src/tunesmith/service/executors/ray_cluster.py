@@ -50,10 +50,15 @@ class RayExecutor(Executor):
         env["RAY_JOB_STOP_WAIT_TIME_S"] = str(place.stop_wait_s)  # read by Ray's supervisor of this job
         submission = f"tunesmith-{launch.job_id}-{time.time_ns() // 1_000_000}"
         self.client.submit_job(
-            entrypoint=entrypoint(launch, self.python), submission_id=submission, runtime_env={"env_vars": env},
-            entrypoint_num_cpus=place.num_cpus, entrypoint_num_gpus=place.num_gpus,
+            entrypoint=entrypoint(launch, self.python),
+            submission_id=submission,
+            runtime_env={"env_vars": env},
+            entrypoint_num_cpus=place.num_cpus,
+            entrypoint_num_gpus=place.num_gpus,
             entrypoint_memory=place.memory_mb * (1 << 20) if place.memory_mb else None,
-            entrypoint_resources=place.resources or None, metadata={"tunesmith_job": launch.job_id})
+            entrypoint_resources=place.resources or None,
+            metadata={"tunesmith_job": launch.job_id},
+        )
         return f"ray:{submission}"
 
     def state(self, handle: str) -> State:

@@ -27,17 +27,36 @@ from tunesmith.service.executors import LOG, Executor, Launch, State, tunesmith_
 
 SCRIPT = "slurm.sbatch"
 STOP = "stop-requested"
-PENDING = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESV_DEL_HOLD",
-           "SPECIAL_EXIT", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+PENDING = {
+    "PENDING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "SUSPENDED",
+    "RESV_DEL_HOLD",
+    "SPECIAL_EXIT",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+}
 RUNNING = {"RUNNING", "COMPLETING"}
 RETRY = {"NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "TIMEOUT", "DEADLINE"}  # the cluster ended it, not the run
 NOT_SENT = ("CUDA_VISIBLE_DEVICES",)  # Slurm binds each job's GPUs itself
 
 
 def _options(launch: Launch, place: SlurmPlacement) -> list[str]:
-    options = [f"--job-name=tunesmith-{launch.job_id}", f"--output={launch.folder / LOG}", "--open-mode=append",
-               f"--chdir={launch.folder}", "--requeue", f"--signal=TERM@{place.signal_s}", f"--nodes={place.nodes}",
-               f"--ntasks-per-node={place.tasks_per_node}"]
+    options = [
+        f"--job-name=tunesmith-{launch.job_id}",
+        f"--output={launch.folder / LOG}",
+        "--open-mode=append",
+        f"--chdir={launch.folder}",
+        "--requeue",
+        f"--signal=TERM@{place.signal_s}",
+        f"--nodes={place.nodes}",
+        f"--ntasks-per-node={place.tasks_per_node}",
+    ]
     for name in ("partition", "account", "qos", "cpus_per_task", "mem", "time"):
         value = getattr(place, name)
         if value is not None:
@@ -51,11 +70,15 @@ def batch_script(launch: Launch, place: SlurmPlacement, python: str) -> str:
     """The script `sbatch` runs for one job (shown in docs/service.md)."""
     train = shlex.join(tunesmith_argv(python, launch.config))
     if place.nodes * place.tasks_per_node > 1:  # one process per task; tunesmith joins them as torchrun's ranks
-        ranks = 'RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS LOCAL_WORLD_SIZE=$SLURM_NTASKS_PER_NODE'
+        ranks = (
+            "RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS "
+            "LOCAL_WORLD_SIZE=$SLURM_NTASKS_PER_NODE"
+        )
         launch_line = (
             'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"\n'
-            'export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))\n'
-            f"srun --export=ALL bash -c {shlex.quote(f'{ranks} exec {train}')}")
+            "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))\n"
+            f"srun --export=ALL bash -c {shlex.quote(f'{ranks} exec {train}')}"
+        )
     else:
         launch_line = f"srun --export=ALL {train}"
     run, exit_file = shlex.quote(str(launch.run_dir)), "slurm-exit-$SLURM_JOB_ID"
@@ -132,8 +155,9 @@ class SlurmExecutor(Executor):
         """The job's last state and exit code in Slurm's accounting (sacct; None where accounting
         is off or does not know the job). A requeued job has a record per run: the last counts."""
         try:
-            done = self._run(["sacct", "--noheader", "--allocations", "--parsable2", "--jobs", job,
-                              "--format", "State,ExitCode"])
+            done = self._run(
+                ["sacct", "--noheader", "--allocations", "--parsable2", "--jobs", job, "--format", "State,ExitCode"]
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         rows = [line.split("|") for line in done.stdout.splitlines() if line.count("|") == 1]
@@ -152,7 +176,9 @@ class SlurmExecutor(Executor):
         exit_file = folder / f"slurm-exit-{job}"  # the script's own last word (all there is without accounting)
         if exit_file.is_file():
             try:
-                return State("ended", code=int(exit_file.read_text().strip()), reason=f"slurm job {job} {status or 'ended'}")
+                return State(
+                    "ended", code=int(exit_file.read_text().strip()), reason=f"slurm job {job} {status or 'ended'}"
+                )
             except ValueError:
                 pass
         if status in RETRY:
@@ -164,7 +190,9 @@ class SlurmExecutor(Executor):
         if status == "FAILED" and accounted and accounted[0] == "FAILED":  # (not a record still catching up)
             return State("ended", code=accounted[1], reason=f"slurm job {job} {status}")
         if status == "CANCELLED":
-            return State("ended", code=None, reason=f"slurm job {job} was cancelled in Slurm (scancel), not by the service")
+            return State(
+                "ended", code=None, reason=f"slurm job {job} was cancelled in Slurm (scancel), not by the service"
+            )
         return State("ended", code=None, reason=f"slurm job {job} ended {status} in Slurm")
 
     def stop(self, handle: str) -> None:

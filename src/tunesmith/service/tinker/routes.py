@@ -84,6 +84,7 @@ def future(request_id: str, model_id: str | None = None) -> dict:
 
 # --- the service, the session -----------------------------------------------------------------------
 
+
 @router.get("/healthz")
 def healthz():
     return {"status": "ok"}
@@ -97,9 +98,15 @@ def capabilities(srv: TinkerServer = Depends(tinker), _: str = Depends(tenant)):
 @router.post("/client/config")
 def client_config(_: str = Depends(tenant)):
     # plain API keys, no compressed bodies, httpx's own transport; samples polled one by one
-    return {"pjwt_auth_enabled": False, "proto_compress_fwdbwd": False, "use_pyqwest_transport": False,
-            "parallel_fwdbwd_chunks": False, "custom_loss_server_side": False, "sample_use_retrieve_futures": False,
-            "sample_join_sampling_session": False}
+    return {
+        "pjwt_auth_enabled": False,
+        "proto_compress_fwdbwd": False,
+        "use_pyqwest_transport": False,
+        "parallel_fwdbwd_chunks": False,
+        "custom_loss_server_side": False,
+        "sample_use_retrieve_futures": False,
+        "sample_join_sampling_session": False,
+    }
 
 
 @router.post("/client/dynamic_config")
@@ -133,14 +140,21 @@ def finish_session(session_id: str, srv: TinkerServer = Depends(tinker), who: st
 
 # --- training ---------------------------------------------------------------------------------------
 
+
 @router.post("/create_model")
 async def create_model(request: Request, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
     b = await body(request)
     optimizer = (b.get("optimizer_config") or {}).get("type", "adamw")
     if optimizer != "adamw":
         raise ApiRefusal(400, f"optimizer_config {optimizer}: this server has adamw")
-    request_id, model_id = attempt(srv.create_model, who, b.get("session_id", ""), int(b.get("model_seq_id", 0)),
-                                   b.get("base_model", ""), b.get("lora_config"))
+    request_id, model_id = attempt(
+        srv.create_model,
+        who,
+        b.get("session_id", ""),
+        int(b.get("model_seq_id", 0)),
+        b.get("base_model", ""),
+        b.get("lora_config"),
+    )
     return future(request_id, model_id)
 
 
@@ -171,32 +185,49 @@ async def optim_step(request: Request, srv: TinkerServer = Depends(tinker), who:
 @router.post("/save_weights")
 async def save_weights(request: Request, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
     b = await body(request)
-    return future(attempt(srv.save_state, who, b.get("model_id", ""), b.get("seq_id"), b.get("path"),
-                          bool(b.get("overwrite"))), b.get("model_id"))
+    return future(
+        attempt(srv.save_state, who, b.get("model_id", ""), b.get("seq_id"), b.get("path"), bool(b.get("overwrite"))),
+        b.get("model_id"),
+    )
 
 
 @router.post("/load_weights")
 async def load_weights(request: Request, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
     b = await body(request)
     if b.get("model_id"):
-        return future(attempt(srv.load_state, who, b["model_id"], b.get("seq_id"), b.get("path", ""),
-                              bool(b.get("optimizer"))), b["model_id"])
+        return future(
+            attempt(srv.load_state, who, b["model_id"], b.get("seq_id"), b.get("path", ""), bool(b.get("optimizer"))),
+            b["model_id"],
+        )
     model_id = f"{b.get('session_id', '')}:train:{int(b.get('model_seq_id', 0))}"
-    return future(attempt(srv.create_from_state, who, b.get("session_id", ""), int(b.get("model_seq_id", 0)),
-                          b.get("path", ""), bool(b.get("optimizer"))), model_id)
+    return future(
+        attempt(
+            srv.create_from_state,
+            who,
+            b.get("session_id", ""),
+            int(b.get("model_seq_id", 0)),
+            b.get("path", ""),
+            bool(b.get("optimizer")),
+        ),
+        model_id,
+    )
 
 
 @router.post("/save_weights_for_sampler")
 async def save_for_sampler(request: Request, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
     b = await body(request)
-    return future(attempt(srv.save_sampler, who, b.get("model_id", ""), b.get("seq_id"), b.get("path")),
-                  b.get("model_id"))
+    return future(
+        attempt(srv.save_sampler, who, b.get("model_id", ""), b.get("seq_id"), b.get("path")), b.get("model_id")
+    )
 
 
 @router.get("/training_runs")
 def training_runs(offset: int = 0, limit: int = 20, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
     runs = [_training_run(srv, r) for r in srv.runs.runs(who)]
-    return {"training_runs": runs[offset:offset + limit], "cursor": {"offset": offset, "limit": limit, "total_count": len(runs)}}
+    return {
+        "training_runs": runs[offset : offset + limit],
+        "cursor": {"offset": offset, "limit": limit, "total_count": len(runs)},
+    }
 
 
 @router.get("/training_runs/{model_id}")
@@ -217,13 +248,20 @@ def checkpoints(model_id: str, srv: TinkerServer = Depends(tinker), who: str = D
 def _training_run(srv: TinkerServer, record: dict) -> dict:
     found = srv.runs.checkpoints(record["model_id"])
     last = {t: next((c for c in reversed(found) if c["checkpoint_type"] == t), None) for t in ("training", "sampler")}
-    return {"training_run_id": record["model_id"], "base_model": record["base"], "model_owner": record["tenant"],
-            "is_lora": record["spec"]["rank"] is not None, "lora_rank": record["spec"]["rank"],
-            "last_request_time": found[-1]["time"] if found else record["created"],
-            "last_checkpoint": last["training"], "last_sampler_checkpoint": last["sampler"]}
+    return {
+        "training_run_id": record["model_id"],
+        "base_model": record["base"],
+        "model_owner": record["tenant"],
+        "is_lora": record["spec"]["rank"] is not None,
+        "lora_rank": record["spec"]["rank"],
+        "last_request_time": found[-1]["time"] if found else record["created"],
+        "last_checkpoint": last["training"],
+        "last_sampler_checkpoint": last["sampler"],
+    }
 
 
 # --- sampling ---------------------------------------------------------------------------------------
+
 
 @router.post("/create_sampling_session")
 async def create_sampling_session(request: Request, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
@@ -240,15 +278,23 @@ def get_sampler(sampler_id: str, srv: TinkerServer = Depends(tinker), who: str =
 @router.post("/asample")
 async def asample(request: Request, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):
     b = await body(request)
-    parsed = {"sampling_session_id": b.get("sampling_session_id"), "model_path": b.get("model_path"),
-              "base_model": b.get("base_model"), "prompt": attempt(prompt_tokens, b.get("prompt")),
-              "params": attempt(sample_params, b)}
+    parsed = {
+        "sampling_session_id": b.get("sampling_session_id"),
+        "model_path": b.get("model_path"),
+        "base_model": b.get("base_model"),
+        "prompt": attempt(prompt_tokens, b.get("prompt")),
+        "params": attempt(sample_params, b),
+    }
     request_id = attempt(srv.sample, who, parsed)
     # the client stamps these on the sequences it gets back (one per sample, in order)
-    return {**future(request_id), "sample_sequence_ids": [f"{request_id}:{i}" for i in range(parsed["params"].num_samples)]}
+    return {
+        **future(request_id),
+        "sample_sequence_ids": [f"{request_id}:{i}" for i in range(parsed["params"].num_samples)],
+    }
 
 
 # --- futures ----------------------------------------------------------------------------------------
+
 
 @router.post("/retrieve_future")
 async def retrieve_future(request: Request, srv: TinkerServer = Depends(tinker), who: str = Depends(tenant)):

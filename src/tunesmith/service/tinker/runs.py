@@ -14,7 +14,7 @@ import json
 import re
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tunesmith import atomic
@@ -56,8 +56,9 @@ class TinkerRuns:
     def create(self, model_id: str, tenant: str, record: dict) -> None:
         folder = self.folder(model_id)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(folder / "model.json", json.dumps({**record, "model_id": model_id, "tenant": tenant,
-                                                             "created": _now()}))
+        atomic.write_text(
+            folder / "model.json", json.dumps({**record, "model_id": model_id, "tenant": tenant, "created": _now()})
+        )
 
     def record(self, model_id: str, tenant: str) -> dict | None:
         """The model's record, if it exists and belongs to `tenant`."""
@@ -94,10 +95,16 @@ class TinkerRuns:
             for folder in (self.folder(model_id) / kind).glob("*"):
                 if folder.is_dir() and NAME.match(folder.name):
                     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-                    out.append({"checkpoint_id": f"{kind}/{folder.name}", "checkpoint_type": label,
-                                "time": _iso(folder.stat().st_mtime),
-                                "tinker_path": Checkpoint(model_id, kind, folder.name, folder).path,
-                                "size_bytes": size, "public": False})
+                    out.append(
+                        {
+                            "checkpoint_id": f"{kind}/{folder.name}",
+                            "checkpoint_type": label,
+                            "time": _iso(folder.stat().st_mtime),
+                            "tinker_path": Checkpoint(model_id, kind, folder.name, folder).path,
+                            "size_bytes": size,
+                            "public": False,
+                        }
+                    )
         return sorted(out, key=lambda c: c["time"])
 
     def runs(self, tenant: str) -> list[dict]:
@@ -113,8 +120,8 @@ class TinkerRuns:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, UTC).isoformat()

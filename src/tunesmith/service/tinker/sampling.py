@@ -60,16 +60,21 @@ def sample(served, model_id: str | None, prompt: list[int], p: SampleParams, max
     want_prompt = p.prompt_logprobs or p.topk_prompt_logprobs > 0
     streams = []
     for i in range(p.num_samples):
-        settings = RowSettings(p.temperature, p.top_p, max(p.top_k, 0), seed=seed + i, logprobs=max(k, p.topk_prompt_logprobs))
-        streams.append(served.engine.submit(Request(prompt, max_tokens, model_id, settings, stop_ids,
-                                                    prompt_logprobs=want_prompt and i == 0)))
+        settings = RowSettings(
+            p.temperature, p.top_p, max(p.top_k, 0), seed=seed + i, logprobs=max(k, p.topk_prompt_logprobs)
+        )
+        streams.append(
+            served.engine.submit(
+                Request(prompt, max_tokens, model_id, settings, stop_ids, prompt_logprobs=want_prompt and i == 0)
+            )
+        )
     sequences = [_collect(stream, tokenizer, stop_texts, max_tokens, k) for stream in streams]
     out: dict = {"sequences": sequences}
     if want_prompt:
         entries = streams[0].prompt_logprobs or []  # one per prompt token, None for the first
         out["prompt_logprobs"] = [e.logprob if e is not None else None for e in entries]
         if p.topk_prompt_logprobs > 0:
-            rows = [list(e.top or [])[:p.topk_prompt_logprobs] if e is not None else [] for e in entries]
+            rows = [list(e.top or [])[: p.topk_prompt_logprobs] if e is not None else [] for e in entries]
             out["topk_prompt"] = (rows, p.topk_prompt_logprobs)
     return out
 

@@ -37,8 +37,9 @@ class Lost(UserError):
 
 
 class TinkerServer:
-    def __init__(self, home: Path, bases: dict[str, str], catalog, store, precision: str = "auto",
-                 max_tokens: int = 1024):
+    def __init__(
+        self, home: Path, bases: dict[str, str], catalog, store, precision: str = "auto", max_tokens: int = 1024
+    ):
         self.runs = TinkerRuns(home / "tinker")
         self.bases, self.catalog, self.store = bases, catalog, store  # base id -> model reference
         self.precision, self.max_tokens = precision, max_tokens
@@ -64,8 +65,10 @@ class TinkerServer:
 
     def own_session(self, session_id: str, tenant: str) -> None:
         if self.sessions.get(session_id) != tenant:
-            raise LookupError(f"session {session_id}: no such session (sessions end when the service restarts "
-                              f"or after {SESSION_TIMEOUT_S:.0f} s without a heartbeat)")
+            raise LookupError(
+                f"session {session_id}: no such session (sessions end when the service restarts "
+                f"or after {SESSION_TIMEOUT_S:.0f} s without a heartbeat)"
+            )
 
     def heartbeat(self, session_id: str, tenant: str) -> None:
         self.own_session(session_id, tenant)
@@ -124,8 +127,10 @@ class TinkerServer:
         with self.lock:
             worker = self.workers.get(model_id)
         if worker is None:
-            raise Lost(f"model {model_id} is no longer in memory (its session ended or the service restarted); "
-                       "load a saved state (create_training_client_from_state) to go on")
+            raise Lost(
+                f"model {model_id} is no longer in memory (its session ended or the service restarted); "
+                "load a saved state (create_training_client_from_state) to go on"
+            )
         return worker
 
     def _model(self, model_id: str) -> ClientLoopModel:
@@ -156,11 +161,19 @@ class TinkerServer:
         rank = int(lora.get("rank", 0))
         if not 1 <= rank <= 1024:
             raise UserError("lora_config.rank: 1 to 1024")
-        return ModelSpec(self.bases[base], rank=rank, train_attn=lora.get("train_attn", True),
-                         train_mlp=lora.get("train_mlp", True), train_unembed=lora.get("train_unembed", True),
-                         seed=lora.get("seed") or seed or 0, precision=self.precision)
+        return ModelSpec(
+            self.bases[base],
+            rank=rank,
+            train_attn=lora.get("train_attn", True),
+            train_mlp=lora.get("train_mlp", True),
+            train_unembed=lora.get("train_unembed", True),
+            seed=lora.get("seed") or seed or 0,
+            precision=self.precision,
+        )
 
-    def create_model(self, tenant: str, session_id: str, model_seq_id: int, base: str, lora: dict | None) -> tuple[str, str]:
+    def create_model(
+        self, tenant: str, session_id: str, model_seq_id: int, base: str, lora: dict | None
+    ) -> tuple[str, str]:
         model_id = f"{session_id}:train:{model_seq_id}"
         spec = self.spec_of(base, lora)
         self._register(model_id, tenant, session_id, base, spec)
@@ -179,27 +192,41 @@ class TinkerServer:
         from tunesmith.model.resolve import resolve
 
         spec = record["spec"]
-        return {"type": "get_info", "model_id": model_id, "is_lora": spec["rank"] is not None, "lora_rank": spec["rank"],
+        return {
+            "type": "get_info",
+            "model_id": model_id,
+            "is_lora": spec["rank"] is not None,
+            "lora_rank": spec["rank"],
+            "model_name": record["base"],
+            "model_data": {
+                "arch": None,
                 "model_name": record["base"],
-                "model_data": {"arch": None, "model_name": record["base"],
-                               "tokenizer_id": str(tokenizer_dir(resolve(spec["base"])))}}
+                "tokenizer_id": str(tokenizer_dir(resolve(spec["base"]))),
+            },
+        }
 
     def forward_backward(self, tenant: str, request: dict) -> str:
         model_id = request["model_id"]
         data = [Datum(tokens, inputs) for tokens, inputs in request["data"]]
 
         def work() -> Outcome:
-            outputs, metrics = self._model(model_id).forward_backward(data, request["loss_fn"], request["config"],
-                                                                      forward=request["forward_only"])
-            return Outcome(json=wire.forward_backward_json(outputs, metrics),
-                           proto=wire.forward_backward_output(outputs, metrics))
+            outputs, metrics = self._model(model_id).forward_backward(
+                data, request["loss_fn"], request["config"], forward=request["forward_only"]
+            )
+            return Outcome(
+                json=wire.forward_backward_json(outputs, metrics), proto=wire.forward_backward_output(outputs, metrics)
+            )
 
         return self._queue(tenant, model_id, request.get("seq_id"), work)
 
     def optim_step(self, tenant: str, model_id: str, seq_id: int | None, adam: dict) -> str:
         keys = {"learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm"}
         params = {k: float(v) for k, v in adam.items() if k in keys}
-        if params.get("learning_rate", 1e-4) < 0 or not 0 <= params.get("beta1", 0.9) < 1 or not 0 <= params.get("beta2", 0.95) < 1:
+        if (
+            params.get("learning_rate", 1e-4) < 0
+            or not 0 <= params.get("beta1", 0.9) < 1
+            or not 0 <= params.get("beta2", 0.95) < 1
+        ):
             raise UserError("adam_params: learning_rate >= 0, 0 <= beta1, beta2 < 1")
         params.setdefault("learning_rate", 1e-4)
 
@@ -288,8 +315,13 @@ class TinkerServer:
         base, chat_id, full = self._resolve_sampler(tenant, base, model_path)
         sampler_id = f"{session_id or 'sampler'}:sample:{uuid.uuid4().hex[:8]}"
         with self.lock:
-            self.samplers[sampler_id] = {"tenant": tenant, "base": base, "model_id": chat_id, "path": model_path,
-                                         "full": full}
+            self.samplers[sampler_id] = {
+                "tenant": tenant,
+                "base": base,
+                "model_id": chat_id,
+                "path": model_path,
+                "full": full,
+            }
         return sampler_id
 
     def _full(self, folder: Path):
@@ -299,8 +331,9 @@ class TinkerServer:
         with self.lock:
             if folder not in self.full_models:
                 c = self.catalog
-                self.full_models[folder] = load_served(str(folder), [], dtype=c.dtype, kv_budget_mb=c.kv_budget_mb,
-                                                       max_rows=c.max_rows)
+                self.full_models[folder] = load_served(
+                    str(folder), [], dtype=c.dtype, kv_budget_mb=c.kv_budget_mb, max_rows=c.max_rows
+                )
             return self.full_models[folder]
 
     def _chat_id(self, cp, base: str) -> str:
@@ -322,8 +355,11 @@ class TinkerServer:
 
         found = self.sampler(sampler_id, tenant)
         # the client loads its tokenizer from base_model: the folder it can load without a hub
-        return {"sampler_id": sampler_id, "base_model": str(tokenizer_dir(resolve(self.bases[found["base"]]))),
-                "model_path": found["path"]}
+        return {
+            "sampler_id": sampler_id,
+            "base_model": str(tokenizer_dir(resolve(self.bases[found["base"]]))),
+            "model_path": found["path"],
+        }
 
     def sample(self, tenant: str, request: dict) -> str:
         if request.get("sampling_session_id"):
@@ -339,8 +375,12 @@ class TinkerServer:
             if served is None:
                 raise UserError(f"{model_id or base}: no such model")
             result = sample(served, model_id, prompt, params, self.max_tokens)
-            return Outcome(json=_sample_json(result), proto=wire.sample_response(
-                result["sequences"], result.get("prompt_logprobs"), result.get("topk_prompt")))
+            return Outcome(
+                json=_sample_json(result),
+                proto=wire.sample_response(
+                    result["sequences"], result.get("prompt_logprobs"), result.get("topk_prompt")
+                ),
+            )
 
         return self._thread(tenant, work)
 
@@ -350,19 +390,30 @@ def _is_adapter(folder: Path) -> bool:
 
 
 def _sample_json(result: dict) -> dict:
-    return {"type": "sample", "sequences": [{"tokens": s["tokens"], "logprobs": s["logprobs"],
-                                             "stop_reason": s["stop_reason"]} for s in result["sequences"]],
-            "prompt_logprobs": result.get("prompt_logprobs")}
+    return {
+        "type": "sample",
+        "sequences": [
+            {"tokens": s["tokens"], "logprobs": s["logprobs"], "stop_reason": s["stop_reason"]}
+            for s in result["sequences"]
+        ],
+        "prompt_logprobs": result.get("prompt_logprobs"),
+    }
 
 
 def sample_params(body: dict) -> SampleParams:
     sp = body.get("sampling_params") or {}
-    return SampleParams(num_samples=int(body.get("num_samples", 1)), max_tokens=sp.get("max_tokens"),
-                        temperature=float(sp.get("temperature", 1.0)), top_p=float(sp.get("top_p", 1.0)),
-                        top_k=int(sp.get("top_k", -1)), seed=sp.get("seed"), stop=sp.get("stop"),
-                        prompt_logprobs=bool(body.get("prompt_logprobs")),
-                        topk_prompt_logprobs=int(body.get("topk_prompt_logprobs") or 0),
-                        topk_sample_logprobs=int(body.get("topk_sample_logprobs") or 0))
+    return SampleParams(
+        num_samples=int(body.get("num_samples", 1)),
+        max_tokens=sp.get("max_tokens"),
+        temperature=float(sp.get("temperature", 1.0)),
+        top_p=float(sp.get("top_p", 1.0)),
+        top_k=int(sp.get("top_k", -1)),
+        seed=sp.get("seed"),
+        stop=sp.get("stop"),
+        prompt_logprobs=bool(body.get("prompt_logprobs")),
+        topk_prompt_logprobs=int(body.get("topk_prompt_logprobs") or 0),
+        topk_sample_logprobs=int(body.get("topk_sample_logprobs") or 0),
+    )
 
 
 def prompt_tokens(model_input: dict) -> list[int]:
@@ -373,4 +424,3 @@ def prompt_tokens(model_input: dict) -> list[int]:
             raise UserError(f"prompt: a {chunk.get('type')} chunk; this server reads text tokens only")
         tokens += [int(t) for t in chunk.get("tokens", [])]
     return tokens
-

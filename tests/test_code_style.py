@@ -1,0 +1,36 @@
+"""The tree is clean under ruff (lint, import order, format; pyproject.toml's [tool.ruff]), as
+`make test` checks it; a file with a deliberate violation of each kind shows the checks can fail."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUFF = Path(sys.executable).with_name("ruff")
+TREES = ["src", "tests", "bench", "tools"]
+
+
+def ruff(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    command = [str(RUFF), *args, "--config", str(ROOT / "pyproject.toml")]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_the_tree_passes_ruffs_lint_and_import_order():
+    result = ruff("check", "--no-cache", *TREES)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
+def test_the_tree_is_formatted():
+    result = ruff("format", "--check", "--no-cache", *TREES)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
+def test_each_check_fails_on_a_violation(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import sys\nimport os\n\n\ndef f(x):\n    return x  # " + "long " * 30 + "\n")
+    lint = ruff("check", "--no-cache", str(bad), cwd=tmp_path)
+    assert lint.returncode != 0 and all(code in lint.stdout for code in ("I001", "F401", "E501")), lint.stdout
+    (tmp_path / "unformatted.py").write_text("x = {  'a':1 }\n")
+    assert ruff("format", "--check", "--no-cache", str(tmp_path / "unformatted.py"), cwd=tmp_path).returncode != 0
