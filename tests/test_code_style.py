@@ -34,3 +34,24 @@ def test_each_check_fails_on_a_violation(tmp_path):
     assert lint.returncode != 0 and all(code in lint.stdout for code in ("I001", "F401", "E501")), lint.stdout
     (tmp_path / "unformatted.py").write_text("x = {  'a':1 }\n")
     assert ruff("format", "--check", "--no-cache", str(tmp_path / "unformatted.py"), cwd=tmp_path).returncode != 0
+
+
+LONGEST_FUNCTION = 80  # lines, decorators and docstring included
+
+
+def functions_over(limit: int, root: Path = ROOT / "src" / "tunesmith") -> list[str]:
+    import ast
+
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_in_src_is_over_80_lines():
+    assert functions_over(LONGEST_FUNCTION) == []
+    assert functions_over(LONGEST_FUNCTION - 10), "the walk finds the longest functions"  # it can fail

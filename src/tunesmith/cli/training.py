@@ -212,39 +212,20 @@ def evaluate(
         m, tok = load_for_inference(model, dtype=inference_dtype(precision))
     results = []
     for k in counts:
-        label = shot_label(k)
         preds = json_out.with_name(f"{json_out.stem}-shots-{k}.predictions.jsonl") if json_out else None
+        shared = {
+            "label": shot_label(k),
+            "shots": draw_shots(pool, k, seed),
+            "system": system,
+            "max_new_tokens": max_new_tokens,
+            "metric": metric,
+            "predictions_path": preds,
+        }
         if endpoint is not None:
-            results.append(
-                evaluate_endpoint(
-                    endpoint,
-                    examples,
-                    label=label,
-                    cache=cache,
-                    shots=draw_shots(pool, k, seed),
-                    system=system,
-                    max_new_tokens=max_new_tokens,
-                    metric=metric,
-                    price_in=price_in,
-                    price_out=price_out,
-                    predictions_path=preds,
-                )
-            )
-            continue
-        results.append(
-            evaluate_task(
-                m,
-                tok,
-                examples,
-                label=label,
-                shots=draw_shots(pool, k, seed),
-                system=system,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                metric=metric,
-                predictions_path=preds,
-            )
-        )
+            prices = {"price_in": price_in, "price_out": price_out}
+            results.append(evaluate_endpoint(endpoint, examples, cache=cache, **prices, **shared))
+        else:
+            results.append(evaluate_task(m, tok, examples, batch_size=batch_size, **shared))
     value = results[0] if len(results) == 1 else results
     if json_out:
         atomic.write_text(json_out, json.dumps(value, indent=2))

@@ -601,7 +601,16 @@ class RunConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _adapter_fits_the_data(self):
+    def _settings_agree(self):
+        """Settings of different sections that only work together, checked in this order."""
+        self._adapter_fits_the_method()
+        self._method_options_agree()
+        self._layout_fits_the_adapter()
+        self._interpolation_is_measured()
+        self._watched_scores_are_measured()
+        return self
+
+    def _adapter_fits_the_method(self) -> None:
         if self.train.gradient_checkpointing and self.adapter.type == "prefix":
             raise ValueError(
                 "train.gradient_checkpointing: prefix tuning feeds its prefixes as a KV cache, which "
@@ -632,6 +641,8 @@ class RunConfig(Section):
                     f"{generated[0]}: method reward trains a scorer, not a model that replies; "
                     "its measure is pairwise accuracy on data.val"
                 )
+
+    def _method_options_agree(self) -> None:
         if self.preference.nll_weight and self.preference.loss in ("orpo", "kto"):
             raise ValueError(
                 f"preference.nll_weight: {self.preference.loss} "
@@ -669,6 +680,9 @@ class RunConfig(Section):
             raise ValueError(
                 "forgetting.self_distill samples replies, a different number of forward passes on each rank; use ddp"
             )
+
+    def _layout_fits_the_adapter(self) -> None:
+        """Packing and FSDP sharding against what the adapter and the method need."""
         if self.data.packing and self.adapter.type in ("prefix", "prompt"):
             raise ValueError(
                 f"data.packing: packed rows restart positions mid-row; {self.adapter.type} tuning "
@@ -694,6 +708,8 @@ class RunConfig(Section):
             ]
             if unsharded:
                 raise ValueError(f"train.distributed fsdp: {unsharded[0]}; use ddp")
+
+    def _interpolation_is_measured(self) -> None:
         if self.forgetting.interpolate:
             missing = [
                 k for k, on in (("eval.test", self.eval.test), ("forgetting.probe", self.forgetting.probe)) if not on
@@ -708,8 +724,6 @@ class RunConfig(Section):
                     f"forgetting.interpolate: {self.adapter.type if self.method != 'reward' else 'a reward model'}"
                     " has no base weights to interpolate towards"
                 )
-        self._watched_scores_are_measured()
-        return self
 
     def _watched_scores_are_measured(self) -> None:
         """Early stopping and keep_best watch a validation score: it must be one the run measures."""

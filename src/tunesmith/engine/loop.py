@@ -181,26 +181,14 @@ def _set_up(
     precision = resolve_precision(cfg.train.precision, dev)
     ranks = distributed.current()  # (train() quiets the console of ranks other than 0)
     _check_watching(cfg, data, ranks, scorer)
-    if ranks.parallel and cfg.train.distributed == "fsdp" and not is_quantized(model):
-        model.to(dev)
-        layers = shard_model(model, dev, precision)  # (one dtype per layer: no bf16 base next to fp32 adapters)
-        console.print(f"fsdp: {layers} decoder layers sharded over {ranks.world} processes")
-        model.train()
-    else:
-        ready_to_train(model, precision, dev)
+    _place_model(model, cfg, precision, dev, ranks, console)
     torch.manual_seed(cfg.train.seed)
     lengths = [feature_length(f) for f in data.features]
     exact_note = exact_path_note(unwrap(model).config, lengths) if uses_segments(unwrap(model)) else None
     if exact_note:
         console.print(exact_note)
-    sampler = EpochSampler(
-        data.source_sizes,
-        data.weights,
-        lengths,
-        cfg.train.batch_size,
-        cfg.train.seed,
-        cfg.data.max_length if cfg.data.packing else None,
-    )
+    pack_length = cfg.data.max_length if cfg.data.packing else None
+    sampler = EpochSampler(data.source_sizes, data.weights, lengths, cfg.train.batch_size, cfg.train.seed, pack_length)
     total = total_steps(cfg, sampler)
     if ranks.main:  # what the run will take, for whoever watches it (the service's progress and ETA)
         atomic.write_text(
@@ -213,12 +201,7 @@ def _set_up(
     anchor = WeightAnchor(params, cfg.forgetting.l2sp) if cfg.forgetting.l2sp else None  # before resume: theta_0
 
     ckpt_root = run_dir / "checkpoints"
-    state = LoopState()
-    if resume:
-        found = checkpoint.list_checkpoints(ckpt_root)
-        if found:
-            state = LoopState.from_json(checkpoint.load(found[-1], model, optimizer, scheduler))
-            console.print(f"resumed from {found[-1]} (step {state.step})")
+    state = _resumed(ckpt_root, model, optimizer, scheduler, console) if resume else LoopState()
     if trackers is not None:
         trackers.start(state.step)
     watch = cfg.eval.early_stopping
@@ -234,7 +217,7 @@ def _set_up(
         ranks=ranks,
         lengths=lengths,
         budget=pass_budget(cfg.train.max_tokens_per_pass, dev),
-        pack_length=cfg.data.max_length if cfg.data.packing else None,
+        pack_length=pack_length,
         sampler=sampler,
         total=total,
         optimizer=optimizer,
@@ -253,6 +236,28 @@ def _set_up(
         scorer=scorer,
         on_record=on_record,
     )
+
+
+def _place_model(model, cfg: RunConfig, precision: str, dev, ranks: Ranks, console: Console) -> None:
+    """The model on the device in training mode: sharded under FSDP, else ready_to_train."""
+    if ranks.parallel and cfg.train.distributed == "fsdp" and not is_quantized(model):
+        model.to(dev)
+        layers = shard_model(model, dev, precision)  # (one dtype per layer: no bf16 base next to fp32 adapters)
+        console.print(f"fsdp: {layers} decoder layers sharded over {ranks.world} processes")
+        model.train()
+    else:
+        ready_to_train(model, precision, dev)
+
+
+def _resumed(ckpt_root: Path, model, optimizer, scheduler, console: Console) -> LoopState:
+    """The state of the latest checkpoint, with weights, optimizer, schedule and RNG restored; a
+    fresh state where there is none yet."""
+    found = checkpoint.list_checkpoints(ckpt_root)
+    if not found:
+        return LoopState()
+    state = LoopState.from_json(checkpoint.load(found[-1], model, optimizer, scheduler))
+    console.print(f"resumed from {found[-1]} (step {state.step})")
+    return state
 
 
 def _run(s: FitSession, quiet: bool) -> FitResult:

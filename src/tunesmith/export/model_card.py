@@ -73,46 +73,55 @@ def model_card(resolved: Resolved, kind: str, files: list[str], extra: dict | No
         lines.append(f"| {key} | {value} |")
     lines += [f"| files | {', '.join(f'`{f}`' for f in files)} |", ""]
     if cfg:
-        data = cfg.get("data") or {}
-        lines += ["## Data", ""]
-        for source in data.get("train") or []:
-            lines.append(f"- train: `{source.get('path')}` (weight {source.get('weight', 1.0)})")
-        if data.get("val"):
-            lines.append(f"- validation: `{data['val'].get('path')}`")
-        elif data.get("val_fraction"):
-            lines.append(f"- validation: {data['val_fraction']:.0%} held out of the training data")
-        if summary:
-            lines.append(
-                f"- trained: {summary.get('steps')} optimizer steps over {summary.get('tokens')} tokens, "
-                f"max length {data.get('max_length')}, precision {summary.get('precision')}"
-            )
-        lines.append("")
+        lines += _data_lines(cfg.get("data") or {}, summary)
     if summary or report:
-        lines += ["## Evaluation", ""]
-        if summary:
-            lines.append(
-                f"- final training loss {summary.get('final_loss'):.4f}"
-                if summary.get("final_loss") is not None
-                else "- final training loss: n/a"
-            )
-            if summary.get("val_loss") is not None:
-                lines.append(f"- validation loss {summary['val_loss']:.4f}")
-        for row in (report or {}).get("task", []):
-            lines.append(
-                f"- {row['label']}: {report['primary']} {_pct(row['score'])} "
-                f"(95% CI {_pct(row['lo'])} to {_pct(row['hi'])}, n={row['n']})"
-            )
-        for row in (report or {}).get("forgetting", []):
-            lines.append(
-                f"- general QA (forgetting probe): base {_pct(row['qa_base'])} -> tuned {_pct(row['qa_tuned'])}"
-            )
-        rec = (report or {}).get("recommendation") or {}
-        if rec.get("text"):
-            lines += ["", rec["text"]]
-        lines += [
-            "",
-            "Numbers from the run's `summary.json` and `report.json`; the full report is the run's `report.html`.",
-        ]
+        lines += _evaluation_lines(summary, report)
     elif not cfg:
         lines += ["Not tuned by a tunesmith run: the model as referenced, re-exported."]
     return "\n".join(lines) + "\n"
+
+
+def _data_lines(data: dict, summary: dict | None) -> list[str]:
+    """The card's Data section: the run's training sources, validation and what training took."""
+    lines = ["## Data", ""]
+    for source in data.get("train") or []:
+        lines.append(f"- train: `{source.get('path')}` (weight {source.get('weight', 1.0)})")
+    if data.get("val"):
+        lines.append(f"- validation: `{data['val'].get('path')}`")
+    elif data.get("val_fraction"):
+        lines.append(f"- validation: {data['val_fraction']:.0%} held out of the training data")
+    if summary:
+        lines.append(
+            f"- trained: {summary.get('steps')} optimizer steps over {summary.get('tokens')} tokens, "
+            f"max length {data.get('max_length')}, precision {summary.get('precision')}"
+        )
+    lines.append("")
+    return lines
+
+
+def _evaluation_lines(summary: dict | None, report: dict | None) -> list[str]:
+    """The card's Evaluation section, from the run's summary.json and report.json."""
+    lines = ["## Evaluation", ""]
+    if summary:
+        lines.append(
+            f"- final training loss {summary.get('final_loss'):.4f}"
+            if summary.get("final_loss") is not None
+            else "- final training loss: n/a"
+        )
+        if summary.get("val_loss") is not None:
+            lines.append(f"- validation loss {summary['val_loss']:.4f}")
+    for row in (report or {}).get("task", []):
+        lines.append(
+            f"- {row['label']}: {report['primary']} {_pct(row['score'])} "
+            f"(95% CI {_pct(row['lo'])} to {_pct(row['hi'])}, n={row['n']})"
+        )
+    for row in (report or {}).get("forgetting", []):
+        lines.append(f"- general QA (forgetting probe): base {_pct(row['qa_base'])} -> tuned {_pct(row['qa_tuned'])}")
+    rec = (report or {}).get("recommendation") or {}
+    if rec.get("text"):
+        lines += ["", rec["text"]]
+    lines += [
+        "",
+        "Numbers from the run's `summary.json` and `report.json`; the full report is the run's `report.html`.",
+    ]
+    return lines

@@ -110,30 +110,7 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
         predictions[result["label"]] = path.with_name(result["predictions"]) if result.get("predictions") else None
     for variant, run_dir in runs:
         label = f"tuned: {variant}"
-        summary = _read(run_dir / "summary.json") or {}
-        training.append(
-            {
-                "variant": variant,
-                "source": _rel(run_dir / "summary.json", out_dir),
-                **{
-                    k: summary.get(k)
-                    for k in (
-                        "steps",
-                        "train_seconds",
-                        "final_loss",
-                        "val_loss",
-                        "trainable_parameters",
-                        "tokens",
-                        "precision",
-                        "method",
-                    )
-                },
-                "validation": {k: v for k, v in summary.get("validation", {}).items() if k != "loss"},
-                "mitigation": summary.get("mitigation", {}),
-                "stopped_early": summary.get("stopped_early"),
-                "best": summary.get("best"),
-            }
-        )
+        training.append(_training_row(variant, run_dir, out_dir))
         test = _read(run_dir / "eval" / "test.json")
         if test is not None:
             test["label"] = label
@@ -144,20 +121,7 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
             forgetting.append(
                 _forgetting_row(variant, label, f, _rel(run_dir / "forgetting" / "summary.json", out_dir))
             )
-        for point in sorted(run_dir.glob("interpolate/alpha-*"), key=lambda d: float(d.name.split("-", 1)[1])):
-            alpha = float(point.name.split("-", 1)[1])
-            name, point_label = f"{variant}@{alpha:g}", f"{label} α={alpha:g}"
-            test, f = _read(point / "test.json"), _read(point / "forgetting" / "summary.json")
-            if test is None or f is None:
-                continue
-            test["label"] = point_label
-            row = _score_row(test, primary, "tuned", _rel(point / "test.json", out_dir), name)
-            row["interpolation"] = {"of": variant, "alpha": alpha, "run_dir": str(run_dir)}
-            task.append(row)
-            predictions[point_label] = point / "test_predictions.jsonl"
-            forgetting.append(
-                _forgetting_row(name, point_label, f, _rel(point / "forgetting" / "summary.json", out_dir))
-            )
+        _add_interpolated(variant, label, run_dir, out_dir, primary, task, forgetting, predictions)
         d = _read(run_dir / "eval" / "distill.json")
         if d is not None:
             distill.append({"variant": variant, **d, "source": _rel(run_dir / "eval" / "distill.json", out_dir)})
@@ -180,6 +144,57 @@ def collect(out_dir: Path, runs: list[tuple[str, Path]], baselines_dir: Path | N
         "tradeoff": tradeoff,
         "recommendation": recommendation,
     }
+
+
+SUMMARY_KEYS = (
+    "steps",
+    "train_seconds",
+    "final_loss",
+    "val_loss",
+    "trainable_parameters",
+    "tokens",
+    "precision",
+    "method",
+)
+
+
+def _training_row(variant: str, run_dir: Path, out_dir: Path) -> dict:
+    """What a run's summary.json says about its training."""
+    summary = _read(run_dir / "summary.json") or {}
+    return {
+        "variant": variant,
+        "source": _rel(run_dir / "summary.json", out_dir),
+        **{k: summary.get(k) for k in SUMMARY_KEYS},
+        "validation": {k: v for k, v in summary.get("validation", {}).items() if k != "loss"},
+        "mitigation": summary.get("mitigation", {}),
+        "stopped_early": summary.get("stopped_early"),
+        "best": summary.get("best"),
+    }
+
+
+def _add_interpolated(
+    variant: str,
+    label: str,
+    run_dir: Path,
+    out_dir: Path,
+    primary: str,
+    task: list,
+    forgetting: list,
+    predictions: dict,
+) -> None:
+    """The task and forgetting rows of each interpolated model of a run (forgetting.interpolate)."""
+    for point in sorted(run_dir.glob("interpolate/alpha-*"), key=lambda d: float(d.name.split("-", 1)[1])):
+        alpha = float(point.name.split("-", 1)[1])
+        name, point_label = f"{variant}@{alpha:g}", f"{label} α={alpha:g}"
+        test, f = _read(point / "test.json"), _read(point / "forgetting" / "summary.json")
+        if test is None or f is None:
+            continue
+        test["label"] = point_label
+        row = _score_row(test, primary, "tuned", _rel(point / "test.json", out_dir), name)
+        row["interpolation"] = {"of": variant, "alpha": alpha, "run_dir": str(run_dir)}
+        task.append(row)
+        predictions[point_label] = point / "test_predictions.jsonl"
+        forgetting.append(_forgetting_row(name, point_label, f, _rel(point / "forgetting" / "summary.json", out_dir)))
 
 
 def _per_example(path: Path | None, metric: str) -> list[tuple[str, float]] | None:

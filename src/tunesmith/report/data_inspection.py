@@ -115,10 +115,7 @@ def inspect(
     if png is not None:
         length_histogram(lengths, max_length, png, f"{Path(path).name}: tokens per example")
         console.print(f"histogram: {png}")
-    for e, enc in list(zip(examples, encoded))[:show]:
-        legend = "trained answer in green, trained reasoning in magenta" if enc.reasoning else "trained tokens in green"
-        console.rule(f"{e.source} ({e.layout}; {legend})")
-        console.print(masked_preview(tokenizer, enc.input_ids, enc.labels, enc.reasoning))
+    _show_records(examples[:show], encoded, tokenizer, console)
     for problem in loaded.problems:
         console.print(f"[red]problem:[/red] {problem}", highlight=False)
     return {
@@ -135,3 +132,11 @@ def inspect(
         "undesirable": undesirable,
         "ignored": dict(loaded.ignored),
     }
+
+
+def _show_records(examples: list, encoded: list, tokenizer, console: Console) -> None:
+    """Each record as the model sees it, the trained tokens coloured."""
+    for e, enc in zip(examples, encoded):
+        legend = "trained answer in green, trained reasoning in magenta" if enc.reasoning else "trained tokens in green"
+        console.rule(f"{e.source} ({e.layout}; {legend})")
+        console.print(masked_preview(tokenizer, enc.input_ids, enc.labels, enc.reasoning))

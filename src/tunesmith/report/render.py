@@ -68,179 +68,147 @@ def sections(r: dict) -> list[tuple]:
     if rec.get("details"):
         out.append(("list", rec["details"]))
     if r["task"]:
-        priced = any(t.get("cost_per_1000") is not None for t in r["task"])
-        out += [
-            ("h2", "Task score: prompting the base model vs fine-tuning"),
-            (
-                "table",
-                [
-                    "model",
-                    r["primary"],
-                    "95% CI",
-                    "prompt tokens / request",
-                    "latency ms / request",
-                    *(["$ / 1,000 requests"] if priced else []),
-                    "test examples",
-                    "source",
-                ],
-                [
-                    [
-                        t["label"] + (" (endpoint)" if t["kind"] == "endpoint" else ""),
-                        _pct(t["score"]),
-                        f"{_pct(t['lo'])} – {_pct(t['hi'])}",
-                        "–" if t["prompt_tokens"] is None else f"{t['prompt_tokens']:.1f}",
-                        f"{t['latency_ms']:.1f}",
-                        *([_money(t.get("cost_per_1000"))] if priced else []),
-                        str(t["n"]),
-                        t["source"],
-                    ]
-                    for t in r["task"]
-                ],
-            ),
-        ]
-        out += _plots(r, "task", "cost")
+        out += _task_section(r["task"], r["primary"]) + _plots(r, "task", "cost")
     if r["forgetting"]:
-        f0 = r["forgetting"][0]
-        out += [
-            ("h2", "Catastrophic forgetting: general capability, base vs tuned"),
-            (
-                "p",
-                f"General QA: {f0['qa_items']} everyday questions (selected so that the bundled base model answers "
-                "four in "
-                "five right and one in five wrong, so gains show as well as losses), scored by whether the "
-                "accepted answer appears in the reply. Drift: mean per-token NLL of each model on the base model's "
-                "own greedy "
-                f"replies to {f0['drift_prompts']} general prompts: a rise means the tuned model moved away from how "
-                "the base model answers; training on such answers, as self-replay does, can bring it below the base. "
-                "Intervals: paired bootstrap over items, 95%.",
-            ),
-        ]
-        if "floor_qa" in f0:
-            b1, b2 = f0["floor_batch_sizes"]
-            out.append(
-                (
-                    "p",
-                    f"Noise floor: the base model probed twice, at batch size {b1} and {b2}, answers "
-                    f"{f0['floor_qa_flipped']} of {f0['qa_items']} questions differently ({_pts(f0['floor_qa'])} "
-                    "points) "
-                    f"and its drift NLL differs by {f0['floor_drift']:.4f} nats/token: batching alone moves the probe "
-                    "this much. A QA change is called forgetting (or a gain) only when it lies beyond both its 95% "
-                    "interval and this floor, and no forgetting only when the interval rules out a drop larger than "
-                    "the floor; otherwise the verdict is inconclusive.",
-                )
-            )
-        head = [
-            "model",
-            "QA base",
-            "QA tuned",
-            "change (points, 95% CI)",
-            "verdict",
-            "retention",
-            "drift NLL base",
-            "drift NLL tuned",
-            "drift increase (95% CI)",
-        ]
-        with_text = all("text_base_ppl" in f for f in r["forgetting"])
-        if with_text:
-            head += ["text ppl base", "text ppl tuned", "text NLL/token increase (95% CI)"]
-        rows = []
-        for f in r["forgetting"]:
-            row = [
-                f["label"],
-                _pct(f["qa_base"]),
-                _pct(f["qa_tuned"]),
-                f"{_pts(f['qa_change'])} ({_pts(f['qa_change_lo'])} to {_pts(f['qa_change_hi'])})",
-                f.get("verdict", "–"),
-                _pct(f["retention"]),
-                _num(f["drift_base"]),
-                _num(f["drift_tuned"]),
-                f"{f['drift_increase']:+.3f} ({f['drift_increase_lo']:+.3f} to {f['drift_increase_hi']:+.3f})",
-            ]
-            if with_text:
-                row += [
-                    _num(f["text_base_ppl"], 2),
-                    _num(f["text_tuned_ppl"], 2),
-                    f"{f['text_nll_increase']:+.3f} ({f['text_nll_increase_lo']:+.3f} to "
-                    f"{f['text_nll_increase_hi']:+.3f})",
-                ]
-            rows.append(row + [f["source"]])
-        out.append(("table", head + ["source"], rows))
-        out += _plots(r, "forgetting", "tradeoff")
+        out += _forgetting_section(r["forgetting"]) + _plots(r, "forgetting", "tradeoff")
     for d in r.get("distill", []):
-        t, st, ratio = d["teacher"], d["student"], d["ratios"]
-        rows = [
-            ["parameters", _num(t["parameters"]), _num(st["parameters"]), _ratio(ratio["parameters"])],
-            [
-                "weights on disk (MiB, fp32)",
-                _num(t["weights_mib"], 1),
-                _num(st["weights_mib"], 1),
-                _ratio(ratio["weights"]),
-            ],
-            [
-                "generation tokens/s (one request at a time)",
-                _num(t["tokens_per_s"], 1),
-                _num(st["tokens_per_s"], 1),
-                _ratio(ratio["speed"]),
-            ],
-        ]
-        if "task" in st:
-            p = d["primary"]
-            rows.append(
-                [f"task {p}", _pct(t["task"][p]["mean"]), _pct(st["task"][p]["mean"]), _ratio(ratio.get("task"))]
-            )
-        rows.append(
-            ["general QA", _pct(t["general_qa"]["mean"]), _pct(st["general_qa"]["mean"]), _ratio(ratio["general_qa"])]
-        )
-        out += [
-            ("h2", f"Distilled student vs its teacher ({d['variant']})"),
-            (
-                "p",
-                f"Teacher: {d['teacher_ref']}. Both measured on this machine the same way; speed over "
-                f"{d['speed_prompts']} prompts of {d['speed_tokens']} new tokens each. Source: {d['source']}.",
-            ),
-            ("table", ["measure", "teacher", "student", "student / teacher"], rows),
-        ]
-        out += _plots(r, "distill")
+        out += _distill_section(d) + _plots(r, "distill")
     if r["training"]:
-        out += [
-            ("h2", "Training"),
-            (
-                "table",
-                [
-                    "run",
-                    "method",
-                    "steps",
-                    "train seconds",
-                    "final loss",
-                    "val loss",
-                    "validation",
-                    "trainable parameters",
-                    "mitigation",
-                    "source",
-                ],
-                [
-                    [
-                        t["variant"],
-                        t.get("method") or "sft",
-                        _num(t["steps"]),
-                        _num(t["train_seconds"], 1),
-                        _num(t["final_loss"]),
-                        _num(t["val_loss"]),
-                        _validation(t.get("validation") or {}),
-                        _num(t["trainable_parameters"]),
-                        _mitigation(t["mitigation"]),
-                        t["source"],
-                    ]
-                    for t in r["training"]
-                ],
-            ),
-        ]
-        notes = [_watched(t) for t in r["training"] if t.get("stopped_early") or t.get("best")]
-        if notes:
-            out.append(("list", notes))
-        out += _plots(r, "loss")
+        out += _training_section(r["training"]) + _plots(r, "loss")
     out.append(("p", "Every number above is read from the JSON file named in its row; report.json holds them all."))
     return out
+
+
+def _task_section(task: list[dict], primary: str) -> list[tuple]:
+    priced = any(t.get("cost_per_1000") is not None for t in task)
+    head = ["model", primary, "95% CI", "prompt tokens / request", "latency ms / request"]
+    head += [*(["$ / 1,000 requests"] if priced else []), "test examples", "source"]
+    rows = [
+        [
+            t["label"] + (" (endpoint)" if t["kind"] == "endpoint" else ""),
+            _pct(t["score"]),
+            f"{_pct(t['lo'])} – {_pct(t['hi'])}",
+            "–" if t["prompt_tokens"] is None else f"{t['prompt_tokens']:.1f}",
+            f"{t['latency_ms']:.1f}",
+            *([_money(t.get("cost_per_1000"))] if priced else []),
+            str(t["n"]),
+            t["source"],
+        ]
+        for t in task
+    ]
+    return [("h2", "Task score: prompting the base model vs fine-tuning"), ("table", head, rows)]
+
+
+def _forgetting_section(forgetting: list[dict]) -> list[tuple]:
+    f0 = forgetting[0]
+    out: list[tuple] = [
+        ("h2", "Catastrophic forgetting: general capability, base vs tuned"),
+        (
+            "p",
+            f"General QA: {f0['qa_items']} everyday questions (selected so that the bundled base model answers four "
+            "in five right and one in five wrong, so gains show as well as losses), scored by whether the accepted "
+            "answer appears in the reply. Drift: mean per-token NLL of each model on the base model's own greedy "
+            f"replies to {f0['drift_prompts']} general prompts: a rise means the tuned model moved away from how "
+            "the base model answers; training on such answers, as self-replay does, can bring it below the base. "
+            "Intervals: paired bootstrap over items, 95%.",
+        ),
+    ]
+    if "floor_qa" in f0:
+        b1, b2 = f0["floor_batch_sizes"]
+        out.append(
+            (
+                "p",
+                f"Noise floor: the base model probed twice, at batch size {b1} and {b2}, answers "
+                f"{f0['floor_qa_flipped']} of {f0['qa_items']} questions differently ({_pts(f0['floor_qa'])} points) "
+                f"and its drift NLL differs by {f0['floor_drift']:.4f} nats/token: batching alone moves the probe "
+                "this much. A QA change is called forgetting (or a gain) only when it lies beyond both its 95% "
+                "interval and this floor, and no forgetting only when the interval rules out a drop larger than "
+                "the floor; otherwise the verdict is inconclusive.",
+            )
+        )
+    return out + [_forgetting_table(forgetting)]
+
+
+def _forgetting_table(forgetting: list[dict]) -> tuple:
+    head = ["model", "QA base", "QA tuned", "change (points, 95% CI)", "verdict", "retention"]
+    head += ["drift NLL base", "drift NLL tuned", "drift increase (95% CI)"]
+    with_text = all("text_base_ppl" in f for f in forgetting)
+    if with_text:
+        head += ["text ppl base", "text ppl tuned", "text NLL/token increase (95% CI)"]
+    rows = []
+    for f in forgetting:
+        row = [
+            f["label"],
+            _pct(f["qa_base"]),
+            _pct(f["qa_tuned"]),
+            f"{_pts(f['qa_change'])} ({_pts(f['qa_change_lo'])} to {_pts(f['qa_change_hi'])})",
+            f.get("verdict", "–"),
+            _pct(f["retention"]),
+            _num(f["drift_base"]),
+            _num(f["drift_tuned"]),
+            f"{f['drift_increase']:+.3f} ({f['drift_increase_lo']:+.3f} to {f['drift_increase_hi']:+.3f})",
+        ]
+        if with_text:
+            increase = f"{f['text_nll_increase']:+.3f} ({f['text_nll_increase_lo']:+.3f} to "
+            increase += f"{f['text_nll_increase_hi']:+.3f})"
+            row += [_num(f["text_base_ppl"], 2), _num(f["text_tuned_ppl"], 2), increase]
+        rows.append(row + [f["source"]])
+    return ("table", head + ["source"], rows)
+
+
+def _distill_section(d: dict) -> list[tuple]:
+    t, st, ratio = d["teacher"], d["student"], d["ratios"]
+    rows = [
+        ["parameters", _num(t["parameters"]), _num(st["parameters"]), _ratio(ratio["parameters"])],
+        [
+            "weights on disk (MiB, fp32)",
+            _num(t["weights_mib"], 1),
+            _num(st["weights_mib"], 1),
+            _ratio(ratio["weights"]),
+        ],
+        [
+            "generation tokens/s (one request at a time)",
+            _num(t["tokens_per_s"], 1),
+            _num(st["tokens_per_s"], 1),
+            _ratio(ratio["speed"]),
+        ],
+    ]
+    if "task" in st:
+        p = d["primary"]
+        rows.append([f"task {p}", _pct(t["task"][p]["mean"]), _pct(st["task"][p]["mean"]), _ratio(ratio.get("task"))])
+    qa = ["general QA", _pct(t["general_qa"]["mean"]), _pct(st["general_qa"]["mean"]), _ratio(ratio["general_qa"])]
+    return [
+        ("h2", f"Distilled student vs its teacher ({d['variant']})"),
+        (
+            "p",
+            f"Teacher: {d['teacher_ref']}. Both measured on this machine the same way; speed over "
+            f"{d['speed_prompts']} prompts of {d['speed_tokens']} new tokens each. Source: {d['source']}.",
+        ),
+        ("table", ["measure", "teacher", "student", "student / teacher"], [*rows, qa]),
+    ]
+
+
+def _training_section(training: list[dict]) -> list[tuple]:
+    head = ["run", "method", "steps", "train seconds", "final loss", "val loss", "validation"]
+    head += ["trainable parameters", "mitigation", "source"]
+    rows = [
+        [
+            t["variant"],
+            t.get("method") or "sft",
+            _num(t["steps"]),
+            _num(t["train_seconds"], 1),
+            _num(t["final_loss"]),
+            _num(t["val_loss"]),
+            _validation(t.get("validation") or {}),
+            _num(t["trainable_parameters"]),
+            _mitigation(t["mitigation"]),
+            t["source"],
+        ]
+        for t in training
+    ]
+    out: list[tuple] = [("h2", "Training"), ("table", head, rows)]
+    notes = [_watched(t) for t in training if t.get("stopped_early") or t.get("best")]
+    return out + ([("list", notes)] if notes else [])
 
 
 def _money(x) -> str:

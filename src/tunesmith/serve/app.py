@@ -91,9 +91,6 @@ def build_app(
     a bearer token belongs to, None for an unknown token; `body_limits` raises `max_body` for
     path prefixes."""
     from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException
 
     from tunesmith.serve.routes import router
 
@@ -109,6 +106,18 @@ def build_app(
     app = FastAPI(title="tunesmith serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.serving = Serving(catalog, max_tokens, Queue(max_queue))
     app.state.queue = app.state.serving.queue
+
+    _answer_errors(app)
+    _guard_requests(app, api_key, callers, max_body, body_limits)
+    app.include_router(router)
+    return app
+
+
+def _answer_errors(app) -> None:
+    """Every error as OpenAI's error body with its status; the server keeps serving."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
@@ -138,6 +147,11 @@ def build_app(
         log.error("%s %s failed", request.method, request.url.path, exc_info=e)
         return JSONResponse(error_body(f"internal error: {type(e).__name__}", kind="server_error"), status_code=500)
 
+
+def _guard_requests(app, api_key: str | None, callers, max_body: int, body_limits: dict[str, int] | None) -> None:
+    """Before any route: the caller's key (401), a POST's Content-Length (411) and its size (413)."""
+    from fastapi.responses import JSONResponse
+
     @app.middleware("http")
     async def _guard(request: Request, call_next):
         request.state.caller = None
@@ -166,6 +180,3 @@ def build_app(
                     status_code=413,
                 )
         return await call_next(request)
-
-    app.include_router(router)
-    return app

@@ -13,8 +13,9 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
 
 from tunesmith.generation.engine import TooLarge
 from tunesmith.serve.generation import Finished, Params, Reply
@@ -83,16 +84,6 @@ def answer(
 
     model_id = req.model
     jobs = [(p, replace(params(served, req, len(p), serving.max_tokens), call_grammar=call_grammar)) for p in prompts]
-    scored = jobs[0][1].logprobs is not None
-    tokenizer = served.tokenizer(model_id)
-
-    def logprobs_of(reply: Reply, entries, offset: int = 0, with_prompt: bool = False):
-        if not scored:
-            return None
-        if with_prompt:
-            entries = [*reply.prompt_entries(), *entries]
-        return shape(entries, tokenizer, offset)
-
     leave = serving.queue.enter()
     try:
         replies = [Reply(served, model_id, prompt, _choice(p, j)) for prompt, p in jobs for j in range(req.n)]
@@ -108,85 +99,95 @@ def answer(
         leave()
         raise
     reply_id = f"{'chatcmpl' if object_name.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-    head = {"id": reply_id, "object": object_name, "created": int(time.time()), "model": model_id}
-    prompt_tokens = sum(len(p) for p in prompts)
+    choices = _Choices(
+        replies,
+        {"id": reply_id, "object": object_name, "created": int(time.time()), "model": model_id},
+        req.n,
+        echoed,
+        shape if jobs[0][1].logprobs is not None else None,
+        served.tokenizer(model_id),
+        sum(len(p) for p in prompts),
+        leave,
+    )
     if not req.stream:
         try:
-            choices, completion_tokens = [], 0
-            for index, reply in enumerate(replies):
-                text, finished = reply.whole()
-                completion_tokens += finished.completion_tokens
-                before = echoed[index // req.n] if echoed else ""
-                payload, reason = whole(before + text, finished.reason)
-                if echoed and scored:  # the prompt's entries, then the reply's after the echoed text
-                    lp = logprobs_of(reply, [], 0, with_prompt=True)
-                    tail = logprobs_of(reply, reply.entries, len(before))
-                    lp = {k: lp[k] + tail[k] for k in lp}
-                else:
-                    lp = logprobs_of(reply, reply.entries)
-                choices.append({"index": index, **payload, "finish_reason": reason, "logprobs": lp})
+            return choices.whole_body(whole)
         finally:
-            for reply in replies:
-                reply.stream.cancel()
-            leave()
-        return {
-            **head,
-            "object": object_name.removesuffix(".chunk"),
-            "choices": choices,
-            "usage": usage(prompt_tokens, completion_tokens),
-        }
+            choices.done()
+    include_usage = req.stream_options is not None and req.stream_options.include_usage
+    stream = choices.events(deltas, include_usage)
+    weakref.finalize(stream, leave)  # a client gone before the first byte: the stream is dropped unstarted
+    return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    def events() -> Iterator[str]:
+
+@dataclass
+class _Choices:
+    """A request's replies in flight, and what every body made of them shares."""
+
+    replies: list[Reply]
+    head: dict  # id, object, created, model
+    n: int  # choices per prompt
+    echoed: list[str] | None  # each prompt's text, put before its replies
+    shape: Callable | None  # shape(entries, tokenizer, offset): log-probabilities; None where none were asked
+    tokenizer: Any
+    prompt_tokens: int
+    leave: Callable[[], None]  # the request's place in the server's queue, given back
+
+    def before(self, index: int) -> str:
+        return self.echoed[index // self.n] if self.echoed else ""
+
+    def logprobs(self, reply: Reply, entries, offset: int = 0, with_prompt: bool = False):
+        if self.shape is None:
+            return None
+        if with_prompt:
+            entries = [*reply.prompt_entries(), *entries]
+        return self.shape(entries, self.tokenizer, offset)
+
+    def done(self) -> None:
+        for reply in self.replies:
+            reply.stream.cancel()
+        self.leave()
+
+    def whole_body(self, whole) -> dict:
+        """The response body once every reply is finished."""
+        choices, completion_tokens = [], 0
+        for index, reply in enumerate(self.replies):
+            text, finished = reply.whole()
+            completion_tokens += finished.completion_tokens
+            before = self.before(index)
+            payload, reason = whole(before + text, finished.reason)
+            if self.echoed and self.shape is not None:  # the prompt's entries, then the reply's after the echo
+                lp = self.logprobs(reply, [], 0, with_prompt=True)
+                tail = self.logprobs(reply, reply.entries, len(before))
+                lp = {k: lp[k] + tail[k] for k in lp}
+            else:
+                lp = self.logprobs(reply, reply.entries)
+            choices.append({"index": index, **payload, "finish_reason": reason, "logprobs": lp})
+        name = self.head["object"].removesuffix(".chunk")
+        return {**self.head, "object": name, "choices": choices, "usage": usage(self.prompt_tokens, completion_tokens)}
+
+    def _chunk(self, index: int, **choice) -> str:
+        return _sse({**self.head, "choices": [{"index": index, **choice}]})
+
+    def events(self, deltas, include_usage: bool) -> Iterator[str]:
+        """Server-sent events as the replies come; an error after the status line went out is the last event."""
         completion_tokens = 0
         try:
-            for index, reply in enumerate(replies):
-                before = echoed[index // req.n] if echoed else ""
-                if object_name.startswith("chat"):
-                    yield _sse(
-                        {
-                            **head,
-                            "choices": [
-                                {
-                                    "index": index,
-                                    "delta": {"role": "assistant", "content": ""},
-                                    "finish_reason": None,
-                                    "logprobs": None,
-                                }
-                            ],
-                        }
-                    )
-                elif echoed:
-                    yield _sse(
-                        {
-                            **head,
-                            "choices": [
-                                {
-                                    "index": index,
-                                    "text": before,
-                                    "finish_reason": None,
-                                    "logprobs": logprobs_of(reply, [], 0, with_prompt=True),
-                                }
-                            ],
-                        }
-                    )
+            for index, reply in enumerate(self.replies):
+                before = self.before(index)
+                if self.head["object"].startswith("chat"):
+                    role = {"role": "assistant", "content": ""}
+                    yield self._chunk(index, delta=role, finish_reason=None, logprobs=None)
+                elif self.echoed:
+                    lp = self.logprobs(reply, [], 0, with_prompt=True)
+                    yield self._chunk(index, text=before, finish_reason=None, logprobs=lp)
                 for payload, reason, finished in deltas(iter(reply)):
                     if finished is not None:
                         completion_tokens += finished.completion_tokens
-                    yield _sse(
-                        {
-                            **head,
-                            "choices": [
-                                {
-                                    "index": index,
-                                    **payload,
-                                    "finish_reason": reason,
-                                    "logprobs": logprobs_of(reply, reply.take_entries(), len(before)),
-                                }
-                            ],
-                        }
-                    )
-            if req.stream_options is not None and req.stream_options.include_usage:
-                yield _sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+                    lp = self.logprobs(reply, reply.take_entries(), len(before))
+                    yield self._chunk(index, **payload, finish_reason=reason, logprobs=lp)
+            if include_usage:
+                yield _sse({**self.head, "choices": [], "usage": usage(self.prompt_tokens, completion_tokens)})
             yield "data: [DONE]\n\n"
         except ModelGone as e:  # removed while the reply waited its turn
             yield _sse(gone_body(e.model_id))
@@ -194,13 +195,7 @@ def answer(
             log.error("streaming reply failed", exc_info=e)
             yield _sse(error_body(f"internal error: {type(e).__name__}", kind="server_error"))
         finally:
-            for reply in replies:
-                reply.stream.cancel()
-            leave()
-
-    stream = events()
-    weakref.finalize(stream, leave)  # a client gone before the first byte: the stream is dropped unstarted
-    return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            self.done()
 
 
 def _choice(p: Params, j: int) -> Params:
