@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import read_jsonl, write_config
+from helpers import read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.run import train

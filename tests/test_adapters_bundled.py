@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from conftest import read_jsonl
+from helpers import read_jsonl
 
 from tunesmith.config import validate_config
 from tunesmith.model.resolve import BUNDLED_ALIAS

@@ -4,7 +4,7 @@ Marked slow: a minute or two each on a 2-core CPU with native bf16."""
 from __future__ import annotations
 
 import pytest
-from conftest import read_jsonl
+from helpers import read_jsonl
 
 from tunesmith.config import validate_config
 from tunesmith.model.resolve import BUNDLED_ALIAS

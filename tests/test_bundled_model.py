@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_here
+from helpers import cli_here
 from test_export import load_gguf
 
 from tunesmith.model.load import load_for_inference

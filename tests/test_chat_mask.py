@@ -1,6 +1,6 @@
 """The loss mask: assistant content and its end-of-turn token are trained, nothing else; one BOS."""
 
-from conftest import build_tokenizer
+from helpers import build_tokenizer
 
 from tunesmith.data.chat import IGNORE, encode_chat, prompt_ids
 

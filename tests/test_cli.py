@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import cli, cli_here, read_jsonl, write_config
+from helpers import cli, cli_here, read_jsonl, write_config
 
 
 def one_line_error(result, *needles):
@@ -61,7 +61,7 @@ def test_hub_lookup_without_offline_flag_fails_fast(tmp_path, cfg, monkeypatch):
     import sys
     import time
 
-    from conftest import cli_env
+    from helpers import cli_env
 
     env = cli_env(tmp_path)
     env.pop("HF_HUB_OFFLINE")

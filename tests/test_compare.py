@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import cli_here, read_jsonl, write_config
+from helpers import cli_here, read_jsonl, write_config
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def test_chunked_loss_and_gradient_equal_the_whole():
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory, tokenizer, date_data):
     """A 4-layer tiny Llama, fully fine-tuned on the date data so it has something to teach."""
-    from conftest import write_config
+    from helpers import write_config
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tunesmith.config import load_config
@@ -146,7 +146,7 @@ def test_student_keeps_the_chosen_layers_with_their_weights(tmp_path, tiny_teach
 
 
 def test_student_create_errors(tmp_path, tiny_teacher):
-    from conftest import cli_here
+    from helpers import cli_here
 
     result = cli_here(["student", "create", str(tiny_teacher), "--layers", "9", "--out", str(tmp_path / "s")], tmp_path)
     assert result.returncode == 2 and "--layers 9: the teacher has 4 decoder layers" in result.stderr
@@ -154,7 +154,7 @@ def test_student_create_errors(tmp_path, tiny_teacher):
 
 
 def distill_run(tmp_path, student, teacher, data, name="kd", eval_test=False, **distill):
-    from conftest import read_jsonl, write_config
+    from helpers import read_jsonl, write_config
 
     from tunesmith.config import load_config
     from tunesmith.run import train
@@ -282,7 +282,7 @@ def test_reverse_kl_gradient_matches_a_hand_computation_on_three_tokens():
 
 
 def on_policy_run(tmp_path, student, teacher, data, name, on_record=None, resume=False, lr=3e-3, **distill):
-    from conftest import read_jsonl, write_config
+    from helpers import read_jsonl, write_config
 
     from tunesmith.config import load_config
     from tunesmith.run import train
@@ -370,7 +370,7 @@ def served_teacher(tmp_path_factory, tiny_teacher):
     """`tunesmith serve` of the tiny teacher (fp32) on a free port: {url, model}."""
     import signal
 
-    from conftest import cli_env, start_server
+    from helpers import cli_env, start_server
 
     tmp = tmp_path_factory.mktemp("served-teacher")
     line, proc = start_server(["serve", str(tiny_teacher), "--port", "0", "--precision", "fp32"], tmp, cli_env(tmp))
@@ -424,7 +424,7 @@ def test_an_on_policy_run_with_an_endpoint_teacher_logs_its_scores_and_resumes_w
     """Through a whole run: every logged token's teacher log-probability is the local teacher's
     (1e-4), the loss per token is the sampled reverse KL, the student moves towards the teacher,
     and a run killed and resumed gives the uninterrupted losses with each sequence scored once."""
-    from conftest import read_jsonl
+    from helpers import read_jsonl
 
     from tunesmith.model.load import load_for_inference
     from tunesmith.model.student import create_student

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 import yaml
-from conftest import cli, read_jsonl, write_config
+from helpers import cli, read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.engine.distributed import Ranks, share
@@ -212,7 +212,7 @@ def test_two_torchrun_agents_meet_at_a_rendezvous_as_two_nodes_would(tmp_path, t
     import subprocess
     import sys
 
-    from conftest import cli_env
+    from helpers import cli_env
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

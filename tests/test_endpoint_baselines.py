@@ -5,7 +5,7 @@ import json
 import signal
 
 import pytest
-from conftest import cli, cli_env, read_jsonl, start_server, write_config
+from helpers import cli, cli_env, read_jsonl, start_server, write_config
 
 from tunesmith.config import load_config
 from tunesmith.report.recommend import MARGIN, versus_endpoint

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from clusters import ray_cluster, slurm_cluster
-from conftest import cli_env, start_server
+from helpers import cli_env, start_server
 from test_service import stop_service, upload, wait_for, wait_for_step
 
 openai = pytest.importorskip("openai")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import cli_here, write_config
+from helpers import cli_here, write_config
 
 from tunesmith.data.records import load_examples
 from tunesmith.eval.generate import Sampling, generate_all
@@ -115,7 +115,7 @@ def load_gguf(folder):
 
 def test_gguf_export_of_a_lora_run_round_trips_through_transformers(tmp_path, lora_run, date_data):
     import gguf
-    from conftest import corpus
+    from helpers import corpus
 
     from tunesmith.export.exporter import export
 
@@ -172,7 +172,7 @@ def test_gguf_export_of_each_family_round_trips_through_transformers(tmp_path, t
     """Qwen 2 (q/k/v biases), Qwen 3 (q/k norms, its own head width), Mistral (llama.cpp's llama,
     rows permuted) and Gemma 3 (norms stored as 1 + weight, sliding window): llama.cpp's
     architecture and tensor names; read back, the same weights and replies."""
-    from conftest import tiny_family
+    from helpers import tiny_family
 
     from tunesmith.export.exporter import export
 
@@ -220,7 +220,7 @@ def test_gguf_export_of_each_family_round_trips_through_transformers(tmp_path, t
     ],
 )
 def test_gguf_export_refuses_what_llama_cpp_would_compute_differently(tmp_path, tokenizer, family, change, message):
-    from conftest import tiny_family
+    from helpers import tiny_family
 
     from tunesmith.errors import UserError
     from tunesmith.export.gguf import write_gguf

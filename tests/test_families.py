@@ -281,7 +281,7 @@ def test_a_reward_head_scores_every_family(family_dirs, family):
 def test_a_student_keeps_the_chosen_layers_and_their_kinds(family_dirs, family, tmp_path):
     """`student create` on every family: the kept layers' weights, and per-layer attention kinds
     (sliding or full) that still match them, in a model that loads and runs."""
-    from conftest import build_tokenizer
+    from helpers import build_tokenizer
     from transformers import AutoModelForCausalLM
 
     from tunesmith.model.student import create_student
@@ -329,7 +329,7 @@ def test_distillation_from_every_family(family_dirs, family, tmp_path):
     use_segment_attention(itself)
     assert float(method.loss(itself, batch)[0]) == pytest.approx(0.0, abs=1e-4)
 
-    from conftest import build_tokenizer
+    from helpers import build_tokenizer
 
     shutil.copytree(family_dirs[family], tmp_path / "teacher")
     build_tokenizer().save_pretrained(tmp_path / "teacher")

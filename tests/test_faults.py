@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_env, read_jsonl, train_until, write_config
+from helpers import cli_env, read_jsonl, train_until, write_config
 from safetensors.torch import load_file
 
 from tunesmith.engine.logbook import read_metrics  # what --resume reads: a torn last line dropped

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cli_here, read_jsonl, write_config
+from helpers import cli_here, read_jsonl, write_config
 
 from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.sampler import EpochSampler

@@ -4,7 +4,7 @@ limits, the formula of a multi grader, and GRPO raising a grader's reward on the
 import json
 
 import pytest
-from conftest import read_jsonl, write_config
+from helpers import read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.config.graders import GraderSpec

@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import cli_env, write_config
+from helpers import cli_env, write_config
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import cli, read_jsonl, write_config
+from helpers import cli, read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.forgetting.interpolation import Interpolation, lerp

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import cli_env, read_jsonl
+from helpers import cli_env, read_jsonl
 
 from tunesmith.data.records import load_source
 from tunesmith.label.session import LabelSession, Pair, preference_records

@@ -4,7 +4,7 @@ import csv
 import json
 
 import pytest
-from conftest import read_jsonl, write_config
+from helpers import read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.data.records import load_examples
@@ -234,7 +234,7 @@ def test_hub_dataset_ids_are_read_from_the_cache_only(tmp_path):
 
 
 def test_inspect_works_on_every_layout_and_highlights_trained_tokens(tmp_path, tiny_model_dir, tokenizer):
-    from conftest import cli_here, cli_in_process
+    from helpers import cli_here, cli_in_process
 
     from tunesmith.data.chat import encode_chat
     from tunesmith.report.data_inspection import masked_preview
@@ -270,7 +270,7 @@ def test_inspect_works_on_every_layout_and_highlights_trained_tokens(tmp_path, t
 
 
 def test_inspect_lists_every_problem_and_exits_2(tmp_path, tiny_model_dir):
-    from conftest import cli_here
+    from helpers import cli_here
 
     rows = layouts()["messages"][:3]
     path = tmp_path / "mixed.jsonl"

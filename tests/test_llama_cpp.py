@@ -101,7 +101,7 @@ def f16_rounded(model):
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "mistral", "gemma3"])
 def test_family_exports_give_transformers_logits_in_llama_cpp(llama_cpp_python, tmp_path, tokenizer, family):
-    from conftest import tiny_family
+    from helpers import tiny_family
 
     from tunesmith.export.exporter import export
 

@@ -3,7 +3,7 @@ that plain PEFT reloads with identical outputs; task arithmetic is the exact sum
 
 import pytest
 import torch
-from conftest import cli, write_config
+from helpers import cli, write_config
 
 from tunesmith.config import load_config
 from tunesmith.run import train

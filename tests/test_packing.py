@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import read_jsonl, write_config
+from helpers import read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.data.packing import pack_features, pack_rows

@@ -9,7 +9,7 @@ written in the plain layout: that is what training sees.
 import json
 
 import pytest
-from conftest import cli_here, read_jsonl, write_config
+from helpers import cli_here, read_jsonl, write_config
 from rich.console import Console
 
 from tunesmith.config import load_config

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import read_jsonl, write_config
+from helpers import read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.methods.preference_losses import bradley_terry_loss, kto_loss, paired_loss
@@ -173,7 +173,7 @@ def test_kto_reads_single_judged_responses(tmp_path, tiny_model_dir, pairs):
 
 
 def test_pairs_are_required_for_paired_losses(tmp_path, tiny_model_dir, date_data):
-    from conftest import cli_here
+    from helpers import cli_here
 
     cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, date_data, tmp_path / "runs", method="dpo")
     result = cli_here(["train", str(cfg)], tmp_path)

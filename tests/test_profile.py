@@ -2,7 +2,7 @@
 
 import re
 
-from conftest import write_config
+from helpers import write_config
 
 from tunesmith.config import load_config
 from tunesmith.engine.profile import group_of

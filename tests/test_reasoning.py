@@ -5,7 +5,7 @@ import json
 import random
 
 import pytest
-from conftest import CHATML, build_tokenizer, cli_env, read_jsonl, start_server, write_config
+from helpers import CHATML, build_tokenizer, cli_env, read_jsonl, start_server, write_config
 
 from tunesmith.data.chat import IGNORE, encode_chat, render
 from tunesmith.data.layouts import to_example

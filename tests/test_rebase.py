@@ -5,7 +5,7 @@ import json
 import signal
 
 import pytest
-from conftest import cli_env, read_jsonl, start_server, tiny_family, write_config
+from helpers import cli_env, read_jsonl, start_server, tiny_family, write_config
 
 from tunesmith.config import load_config
 from tunesmith.rebase import run_rebase

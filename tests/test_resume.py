@@ -1,7 +1,7 @@
 """--resume continues only the run it was: the same config, not yet finished (kills and exact
 resumes: test_faults.py)."""
 
-from conftest import cli_here, write_config
+from helpers import cli_here, write_config
 
 
 def test_resume_refuses_a_changed_config(tmp_path, tiny_model_dir, date_data):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import cli_here, read_jsonl, write_config
+from helpers import cli_here, read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.run import train

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import read_jsonl, write_config
+from helpers import read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.methods.group_policy_losses import (
@@ -131,7 +131,7 @@ def test_reused_samples_engage_the_clip(tmp_path, tiny_model_dir, date_data):
 
 
 def test_exact_match_needs_references_and_says_where_one_is_missing(tmp_path, tiny_model_dir, date_data):
-    from conftest import cli_here
+    from helpers import cli_here
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "When?", "reference": "2001-01-01"}\n{"prompt": "And now?"}\n')

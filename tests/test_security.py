@@ -66,7 +66,7 @@ def test_no_code_path_unpickles():
 
 
 def test_a_checkpoint_holds_only_safetensors_and_json(tmp_path, tiny_model_dir, date_data):
-    from conftest import write_config
+    from helpers import write_config
 
     from tunesmith.config import load_config
     from tunesmith.run import train
@@ -92,7 +92,7 @@ def test_a_checkpoint_holds_only_safetensors_and_json(tmp_path, tiny_model_dir, 
 
 
 def test_an_adapter_checkpoint_loads_in_plain_peft_with_that_steps_weights(tmp_path, tiny_model_dir, date_data):
-    from conftest import write_config
+    from helpers import write_config
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -168,7 +168,7 @@ def test_model_code_runs_only_when_trusted(model_with_code):
 
 
 def test_a_config_turns_remote_code_on_with_a_warning(tmp_path, model_with_code, date_data, capsys):
-    from conftest import write_config
+    from helpers import write_config
 
     from tunesmith.cli import main
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import cli_env, cli_here, start_server
+from helpers import cli_env, cli_here, start_server
 
 openai = pytest.importorskip("openai")
 

@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from conftest import cli_env, start_server
+from helpers import cli_env, start_server
 
 openai = pytest.importorskip("openai")
 

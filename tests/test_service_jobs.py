@@ -87,7 +87,7 @@ def test_a_request_is_checked_as_openai_checks_it():
     ],
 )
 def test_service_refuses_bad_settings_in_one_line(tmp_path, args, keys, message):
-    from conftest import cli_here
+    from helpers import cli_here
 
     extra = []
     if keys is not None:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import yaml
-from conftest import cli, cli_env, read_jsonl, write_config
+from helpers import cli, cli_env, read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.errors import UserError

@@ -12,7 +12,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import cli_env, cli_here, read_jsonl
+from helpers import cli_env, cli_here, read_jsonl
 
 PROMPTS = [f"Question {i}?" for i in range(8)]
 
@@ -207,7 +207,7 @@ def test_killed_run_resumes_without_losing_or_repeating_answers(tmp_path, server
 
 
 def test_local_teacher_and_the_student_trains_on_its_replies(tmp_path, tiny_model_dir, prompts_file):
-    from conftest import write_config
+    from helpers import write_config
 
     from tunesmith.config import load_config
     from tunesmith.run import train

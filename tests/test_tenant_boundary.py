@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import cli_env, start_server
+from helpers import cli_env, start_server
 
 openai = pytest.importorskip("openai")
 

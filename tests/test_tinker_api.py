@@ -15,7 +15,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from conftest import cli, write_config
+from helpers import cli, write_config
 
 from tunesmith.methods import token_losses
 

@@ -115,7 +115,7 @@ NATIVE = (
 
 
 def test_a_template_that_takes_tools_renders_them_itself():
-    from conftest import build_tokenizer
+    from helpers import build_tokenizer
 
     tok = build_tokenizer(chat_template=NATIVE)
     example = to_example(RECORD, "f.jsonl:1")
@@ -316,7 +316,7 @@ def test_evaluation_prompts_with_the_tools_and_scores_the_calls(tiny_model_dir, 
 
 
 def test_generate_refuses_a_bad_tools_file_in_one_line(tmp_path, tiny_model_dir):
-    from conftest import cli_here
+    from helpers import cli_here
 
     bad = tmp_path / "tools.json"
     bad.write_text(json.dumps([{"type": "function", "function": {"name": "no spaces allowed"}}]))
@@ -334,7 +334,7 @@ def test_generate_refuses_a_bad_tools_file_in_one_line(tmp_path, tiny_model_dir)
 def test_chat_with_tools_asks_for_each_result_and_answers_with_it(tmp_path, tiny_model_dir):
     """A tiny model taught one tool conversation (a call; after its result, an answer): `chat`
     keeps its reply as the call, asks for the result as a tool turn, and answers with it."""
-    from conftest import write_config
+    from helpers import write_config
 
     from tunesmith.chat_session import chat_loop
     from tunesmith.config import load_config

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import cli, read_jsonl, write_config
+from helpers import cli, read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.run import train

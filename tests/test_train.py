@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import read_jsonl, write_config
+from helpers import read_jsonl, write_config
 
 from tunesmith.config import load_config
 from tunesmith.engine.schedule import lr_factor

@@ -1,7 +1,7 @@
 """Scores during training: eval.generate_every, early stopping, output.keep_best."""
 
 import pytest
-from conftest import read_jsonl, write_config
+from helpers import read_jsonl, write_config
 from safetensors.torch import load_file
 
 from tunesmith.config import load_config
