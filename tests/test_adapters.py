@@ -29,8 +29,14 @@ ADAPTERS = {
 }
 
 
-@pytest.fixture(scope="module", params=list(ADAPTERS))
+FROZEN_PARTS = [n for n, (a, _, _) in ADAPTERS.items() if a["type"] == "none"]  # partial fine-tunes
+WITH_ADAPTER = [n for n in ADAPTERS if n not in FROZEN_PARTS]  # what exports a PEFT adapter
+QLORA = [n for n, (a, _, _) in ADAPTERS.items() if a["type"] == "qlora"]
+
+
+@pytest.fixture(scope="module")
 def trained(request, tmp_path_factory, tiny_model_dir, date_data):
+    """One 30-step run per adapter (a test names the adapters it applies to), shared by the tests."""
     adapter, lr, _ = ADAPTERS[request.param]
     tmp = tmp_path_factory.mktemp(request.param)
     cfg_path = write_config(
@@ -46,6 +52,7 @@ def trained(request, tmp_path_factory, tiny_model_dir, date_data):
     return request.param, tmp / "runs" / "tiny", summary
 
 
+@pytest.mark.parametrize("trained", list(ADAPTERS), indirect=True)
 def test_each_adapter_type_learns_the_task(trained):
     name, run, summary = trained
     records = read_jsonl(run / "metrics.jsonl")
@@ -56,12 +63,11 @@ def test_each_adapter_type_learns_the_task(trained):
     assert 0 < trainable < 200_000  # never the whole tiny model (~200k parameters)
 
 
+@pytest.mark.parametrize("trained", FROZEN_PARTS, indirect=True)
 def test_only_the_chosen_part_trains(trained, tiny_model_dir):
     from safetensors.torch import load_file
 
     name, run, _ = trained
-    if not name.startswith("freeze"):
-        pytest.skip("an adapter run saves the adapter alone; the base it leaves as it is (reloaded: next test)")
     before, after = load_file(tiny_model_dir / "model.safetensors"), load_file(run / "final" / "model.safetensors")
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     if name == "freeze-top":
@@ -71,12 +77,11 @@ def test_only_the_chosen_part_trains(trained, tiny_model_dir):
         assert changed and all(".mlp." in k for k in changed)
 
 
+@pytest.mark.parametrize("trained", WITH_ADAPTER, indirect=True)
 def test_exported_adapter_reloads_in_plain_peft_with_identical_greedy_outputs(
     trained, tiny_model_dir, tmp_path, date_data
 ):
-    name, run, _ = trained
-    if name.startswith("freeze"):
-        pytest.skip("a partial fine-tune exports a plain model folder, no adapter (test_export.py)")
+    name, run, _ = trained  # (a partial fine-tune exports a plain model folder: test_export.py)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -197,10 +202,9 @@ def test_8bit_adamw_falls_back_with_a_note_where_bitsandbytes_cannot_run(monkeyp
     assert "using torch AdamW" in note and "No module named 'bitsandbytes'" in note
 
 
+@pytest.mark.parametrize("trained", QLORA, indirect=True)
 def test_qlora_merges_onto_the_dequantized_base_and_measures_the_difference(trained, tmp_path):
     name, run, _ = trained
-    if not name.startswith("qlora"):
-        pytest.skip("only a QLoRA adapter merges onto a dequantized base")
     from tunesmith.export.exporter import export
 
     result = export(str(run), tmp_path / "merged", merge=True)
