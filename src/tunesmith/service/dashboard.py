@@ -9,14 +9,15 @@ the client uses, plus what only a page needs:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
-import time
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from tunesmith.serve.protocol import ApiError
 from tunesmith.service.api import ServiceParts, own_job, parts
@@ -57,18 +58,20 @@ def page():
 def stream(job_id: str, job: dict = Depends(own_job), svc: ServiceParts = Depends(parts)):
     store = svc.store
 
-    def events():
+    async def events():
+        """Polls the store (each read a moment in the thread pool) and waits on the event loop, so an
+        open stream holds no thread between polls."""
         seen = 0
         while True:
-            fresh = store.events_since(job_id, seen)
+            fresh = await run_in_threadpool(store.events_since, job_id, seen)
             for seq, event in fresh:
                 seen = seq
                 yield f"data: {json.dumps(event)}\n\n"
-            job = store.job(job_id)
+            job = await run_in_threadpool(store.job, job_id)
             if job is None or (job["status"] in FINISHED and not fresh):
                 return
             yield ": waiting\n\n"  # a comment line: a client that left is noticed at the next write
-            time.sleep(POLL_S)
+            await asyncio.sleep(POLL_S)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
