@@ -11,12 +11,14 @@ import sys
 from tunesmith.cli import models, preparation, service, training  # noqa: F401  (their commands join the app, in this order in --help)
 from tunesmith.cli.app import app, err
 from tunesmith.errors import RunFailed, Stopped, UserError
+from tunesmith.runtime.parent import follow_parent
 
 __all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line and exit code 2; the rest exit 1."""
+    follow_parent()  # a service's worker ends with the service
     try:
         app(args=argv, prog_name="tunesmith", standalone_mode=True)
     except SystemExit:

@@ -1,8 +1,10 @@
 """Workers on this machine: one process each, as many as the scheduler starts at once.
 
-A worker gets SIGTERM when the service process goes, however it goes (Linux: PR_SET_PDEATHSIG),
-so a service killed with -9 leaves each job checkpointed; after the restart `adopt` stops any
-worker that outlived it (other systems) and the job is queued again to resume.
+A worker gets SIGTERM when the service process goes, however it goes (it asks Linux for that
+itself at start-up: runtime/parent.py), so a service killed with -9 leaves each job
+checkpointed; after the restart `adopt` stops any worker that outlived it (other systems), found
+by pid and start time (psutil), and the job is queued again to resume. A worker is in a process
+group of its own: a Ctrl-C meant for the service reaches it only through the service.
 """
 
 from __future__ import annotations
@@ -11,21 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
+import psutil
+
+from tunesmith.runtime.parent import PARENT_ENV
 from tunesmith.service.executors import LOG, Executor, Launch, State, tunesmith_argv
-
-
-def _die_with_parent() -> None:
-    """In the worker before exec: SIGTERM when the server process goes, however it goes."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass  # not Linux: a restarted server stops leftover workers by their pid instead
-    os.setpgrp()  # a Ctrl-C meant for the server reaches the worker only through the server
 
 
 class LocalExecutor(Executor):
@@ -43,10 +35,10 @@ class LocalExecutor(Executor):
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=launch.folder,
-                env=launch.env,
-                preexec_fn=_die_with_parent,
+                env={**launch.env, PARENT_ENV: str(os.getpid())},
+                process_group=0,
             )
-        handle = f"local:{process.pid}"
+        handle = f"local:{process.pid}:{_started(process.pid)}"
         self.processes[handle] = process
         return handle
 
@@ -66,8 +58,10 @@ class LocalExecutor(Executor):
             process.send_signal(signal.SIGTERM)  # the run checkpoints after this step and exits
 
     def adopt(self, handle: str, launch: Launch) -> bool:
-        """A worker of the previous service still running (no PR_SET_PDEATHSIG): stopped now."""
-        _stop_leftover(int(handle.split(":", 1)[1]), str(launch.config))
+        """A worker of the previous service still running (where it could not follow the service):
+        stopped now."""
+        _, pid, *started = handle.split(":")  # local:PID:START (older services: local:PID)
+        stop_leftover(int(pid), float(started[0]) if started else None, str(launch.config))
         return False
 
     def release(self, handles: list[str]) -> None:
@@ -84,21 +78,26 @@ class LocalExecutor(Executor):
                 process.kill()
 
 
-def _stop_leftover(pid: int, config: str) -> None:
-    """SIGTERM to `pid` and wait for it, only if its command line names the job's config: a pid
-    may have been reused since."""
+def _started(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch, as the system keeps it)."""
     try:
-        if config not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-            return
-    except OSError:
-        return
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def stop_leftover(pid: int, started: float | None, config: str, timeout: float = 60) -> bool:
+    """SIGTERM to `pid` and wait for it (it checkpoints and exits), only if it is the worker that
+    was started: the same start time where it was recorded, and `config` among its arguments (a
+    pid may have been reused since). Whether it was stopped."""
     try:
-        os.kill(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    for _ in range(600):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
+        process = psutil.Process(pid)
+        if (started is not None and process.create_time() != started) or config not in process.cmdline():
+            return False
+        process.terminate()
+        process.wait(timeout=timeout)
+        return True
+    except psutil.TimeoutExpired:
+        return False  # still writing its checkpoint: left to finish it
+    except psutil.Error:  # gone already, or not ours to signal
+        return False
