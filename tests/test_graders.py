@@ -37,7 +37,7 @@ def test_string_check_operations():
     assert grade({**spec, "operation": "ilike"}, replies, items) == [1, 1, 1, 1]
 
 
-def test_text_similarity_against_hand_computed_values():
+def test_text_similarity_is_the_libraries_scores_as_computed_by_hand():
     def sim(metric, a, b):
         return grade(
             {"type": "text_similarity", "input": "{{sample.output_text}}", "reference": b, "evaluation_metric": metric},
@@ -45,8 +45,10 @@ def test_text_similarity_against_hand_computed_values():
         )[0]
 
     cand, ref = "the cat sat on the mat", "the cat sat on a mat"
-    # clipped n-gram precisions 5/6; (3+1)/(5+1), (2+1)/(4+1), (1+1)/(3+1) smoothed; equal lengths: no brevity penalty
-    assert sim("bleu", cand, ref) == pytest.approx((5 / 6 * 4 / 6 * 3 / 5 * 2 / 4) ** 0.25)
+    # sacrebleu: clipped n-gram precisions 5/6, 3/5, 2/4, 1/3 (none zero: no smoothing); equal lengths: no brevity
+    # penalty
+    assert sim("bleu", cand, ref) == pytest.approx((5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
+    assert sim("rouge_1", cand, ref) == pytest.approx(5 / 6)  # rouge-score: "the" counts once in the reference
     assert sim("bleu", ref, ref) == pytest.approx(1.0)
     # GLEU: all 1..4-grams, 5+3+2+1 = 11 matches of 6+5+4+3 = 18 in each: min(11/18, 11/18)
     assert sim("gleu", cand, ref) == pytest.approx(11 / 18)
