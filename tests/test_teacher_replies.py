@@ -88,7 +88,7 @@ def test_every_prompt_answered_through_retries(tmp_path, server, prompts_file):
     from tunesmith.eval.endpoint import ChatEndpoint
     from tunesmith.teacher_replies import generate_replies
 
-    teacher = ChatEndpoint(server, "frontier-1", backoff=0.01)
+    teacher = ChatEndpoint(server, "frontier-1")
     result = generate_replies(teacher, prompts_file, tmp_path / "out.jsonl")
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert [r["prompt"] for r in rows] == PROMPTS

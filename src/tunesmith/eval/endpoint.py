@@ -6,20 +6,16 @@ teacher scoring a student's tokens (on-policy distillation)."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import urllib.error
-import urllib.request
 
 from tunesmith.errors import UserError
 
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-
 
 class Endpoint:
-    """Requests to an OpenAI-compatible server: retried with exponential backoff on rate limits,
-    server errors and dropped connections (honouring Retry-After), paced to `rpm`."""
+    """Requests to an OpenAI-compatible server through `openai`'s client (its retries with
+    exponential backoff on rate limits, server errors, timeouts and dropped connections, honouring
+    Retry-After), paced to `rpm`."""
 
     def __init__(
         self,
@@ -27,61 +23,52 @@ class Endpoint:
         model: str,
         api_key_env: str | None = None,
         *,
-        retries: int = 6,
-        backoff: float = 1.0,
+        retries: int = 2,  # openai's default: a wrong URL fails in seconds; distill generate asks for more
         rpm: float | None = None,
         timeout: float = 120.0,
         options: tuple[str, str] = ("model", "api_key_env"),
     ):
         """`options`: what the caller calls the model and key settings, for the errors (CLI flags, config keys)."""
+        import openai
+
         if not model:
             raise UserError(f"{options[0]}: an endpoint ({base_url}) needs the name of the model to ask for")
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        self.retries = retries
         self.interval = 60.0 / rpm if rpm else 0.0
         self.last_request = 0.0
-        self.key = None
+        key = None
         if api_key_env:
-            self.key = os.environ.get(api_key_env)
-            if not self.key:
+            key = os.environ.get(api_key_env)
+            if not key:
                 raise UserError(f"{options[1]} {api_key_env}: that environment variable is not set")
+        # (a server without keys takes any; the client insists on one)
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=key or "none", max_retries=retries, timeout=timeout)
         self.name = f"{model} at {base_url}"
 
-    def _post(self, url: str, body: dict) -> dict:
-        headers = {"Content-Type": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            return json.loads(response.read())
+    def request(self, path: str, call, parse, kind: str):
+        """`parse(reply)` of the answer to `call(client.with_raw_response)` (the POST to `path`), and
+        the answered attempt's wall time (no pacing, no retries); a reply `parse` cannot read is an
+        error naming `kind`."""
+        import openai
 
-    def request(self, path: str, body: dict, parse, kind: str):
-        """`parse(reply)` of the answered POST to `path`, and the answered request's wall time (no
-        pacing, no retries); a reply `parse` cannot read is an error naming `kind`."""
         url = self.base_url + path
-        for attempt in range(self.retries + 1):
-            wait = self.last_request + self.interval - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            self.last_request = time.monotonic()
-            try:
-                return parse(self._post(url, body)), time.monotonic() - self.last_request
-            except urllib.error.HTTPError as e:
-                if e.code not in RETRY_STATUS or attempt == self.retries:
-                    detail = e.read().decode("utf-8", "replace")[:200]
-                    raise UserError(f"{url}: HTTP {e.code} {detail}") from None
-                retry_after = e.headers.get("Retry-After") if e.headers else None
-                delay = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-                refused = isinstance(getattr(e, "reason", e), ConnectionRefusedError)
-                if attempt == self.retries or (refused and attempt >= 1):  # nothing listens there: one retry only
-                    raise UserError(f"{url}: {getattr(e, 'reason', e)} (after {attempt + 1} attempts)") from None
-                delay = None
-            except (KeyError, IndexError, TypeError, ValueError):
-                raise UserError(f"{url}: the reply is not an OpenAI {kind}") from None
-            time.sleep(delay if delay is not None else self.backoff * 2**attempt)
-        raise AssertionError("unreachable")
+        wait = self.last_request + self.interval - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self.last_request = time.monotonic()
+        try:
+            raw = call(self.client.with_raw_response)
+        except openai.APIStatusError as e:
+            raise UserError(f"{url}: HTTP {e.status_code} {e.response.text[:200]}") from None
+        except openai.APIConnectionError as e:  # refused, dropped, timed out
+            reason = e.__cause__ or e
+            raise UserError(f"{url}: {reason} (after {self.retries + 1} attempts)") from None
+        try:
+            return parse(raw.http_response.json()), raw.elapsed.total_seconds()
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise UserError(f"{url}: the reply is not an OpenAI {kind}") from None
 
 
 class ChatEndpoint(Endpoint):
@@ -98,7 +85,7 @@ class ChatEndpoint(Endpoint):
         **options,
     ):
         super().__init__(base_url, model, api_key_env, **options)
-        self.url = self.base_url + "/chat/completions"
+        self.url = self.base_url + "/chat/completions"  # what the replies cache keys on
         self.max_tokens, self.temperature = max_tokens, temperature
 
     def answer(self, messages: list[dict], **overrides) -> str:
@@ -122,7 +109,9 @@ class ChatEndpoint(Endpoint):
                 raise TypeError
             return {"message": message, "usage": reply.get("usage") or {}}
 
-        answer, seconds = self.request("/chat/completions", body, parse, "chat completion")
+        answer, seconds = self.request(
+            "/chat/completions", lambda c: c.chat.completions.create(**body), parse, "chat completion"
+        )
         return {**answer, "seconds": seconds}
 
 
@@ -153,4 +142,5 @@ class ScoringEndpoint(Endpoint):
                 raise TypeError
             return scores, reply.get("usage") or {}
 
-        return self.request("/completions", body, parse, "completion with echoed log-probabilities")[0]
+        kind = "completion with echoed log-probabilities"
+        return self.request("/completions", lambda c: c.completions.create(**body), parse, kind)[0]
