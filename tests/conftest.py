@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import build_tokenizer
+from helpers import build_tokenizer, tiny_shape
 
 # Under pytest-xdist (`make test` runs 2 workers) the cores are shared out between the workers, so
 # torch in one worker does not spin its threads against the other's; set before torch is imported,
@@ -38,18 +38,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        initializer_range=0.1,
+        **tiny_shape(tokenizer, max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.1)
     )  # large enough that frozen random weights can be adapted
     model = LlamaForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny-llama")

@@ -57,6 +57,23 @@ def build_tokenizer(chat_template: str | None = CHATML, add_bos: bool = False):
     return fast
 
 
+def tiny_shape(tokenizer, **overrides) -> dict:
+    """The tiny models' shape (hidden 64, MLP 128, 2 layers, 4 heads, 2 of them for keys and values)
+    with the tiny tokenizer's vocabulary and special ids; `overrides` change or add settings."""
+    shape = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return {**shape, **overrides}
+
+
 GEMMA3_ALTERNATING = ("sliding_attention", "full_attention", "sliding_attention")
 
 
@@ -70,20 +87,7 @@ def tiny_family(family: str, tokenizer, folder: Path, gemma3_layers: tuple[str, 
     import torch
     import transformers as tf
 
-    common = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        initializer_range=0.2,
-    )
+    common = tiny_shape(tokenizer, max_position_embeddings=256, tie_word_embeddings=True, initializer_range=0.2)
     if family == "qwen2":
         config = tf.Qwen2Config(**common)
     elif family == "qwen3":

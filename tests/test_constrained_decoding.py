@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_shape
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -49,17 +50,7 @@ def tiny(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        initializer_range=0.5,
-    )
+    config = LlamaConfig(**tiny_shape(tokenizer, bos_token_id=1, initializer_range=0.5))  # (1: Llama's default)
     return LlamaForCausalLM(config).eval(), tokenizer
 
 

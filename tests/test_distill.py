@@ -83,7 +83,7 @@ def test_chunked_loss_and_gradient_equal_the_whole():
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory, tokenizer, date_data):
     """A 4-layer tiny Llama, fully fine-tuned on the date data so it has something to teach."""
-    from helpers import write_config
+    from helpers import tiny_shape, write_config
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tunesmith.config import load_config
@@ -91,18 +91,9 @@ def tiny_teacher(tmp_path_factory, tokenizer, date_data):
 
     torch.manual_seed(1)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        initializer_range=0.1,
+        **tiny_shape(
+            tokenizer, num_hidden_layers=4, max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.1
+        )
     )
     tmp = tmp_path_factory.mktemp("teacher")
     LlamaForCausalLM(config).save_pretrained(tmp / "base")
