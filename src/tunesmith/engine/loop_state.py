@@ -6,6 +6,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+def add_sums(into: dict[str, float], more: dict[str, float]) -> None:
+    """Metric sums added key by key (a key new to `into` starts at 0)."""
+    for k, v in more.items():
+        into[k] = into.get(k, 0.0) + v
+
+
 @dataclass
 class StepTotals:
     """One optimizer step, summed over its passes and all ranks."""
@@ -35,8 +41,7 @@ class Window:
         self.tokens += totals.tokens
         self.grad_norm += totals.grad_norm
         self.steps += 1
-        for k, v in totals.metrics.items():
-            self.metrics[k] = self.metrics.get(k, 0.0) + v
+        add_sums(self.metrics, totals.metrics)
 
 
 @dataclass

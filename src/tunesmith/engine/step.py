@@ -12,7 +12,7 @@ import torch
 from tunesmith.data.batch import Batch
 from tunesmith.engine import distributed
 from tunesmith.engine.distributed import Ranks, clip_gradients, share, sum_gradients, sum_metrics, sum_scalars
-from tunesmith.engine.loop_state import StepTotals
+from tunesmith.engine.loop_state import StepTotals, add_sums
 from tunesmith.engine.method import Method
 from tunesmith.runtime.precision import autocast
 
@@ -89,8 +89,7 @@ def train_step(
     for batch in micro:
         loss, metrics = backward(model, method, batch, precision, dev, n_items, fresh)
         loss_total += loss
-        for k, v in metrics.items():
-            metric_sums[k] = metric_sums.get(k, 0.0) + v
+        add_sums(metric_sums, metrics)
     sum_gradients(params, ranks)
     loss_total, tokens = sum_scalars([loss_total, sum(b["n_tokens"] for b in counted)], ranks)
     metric_sums = sum_metrics(metric_sums, ranks)
@@ -112,18 +111,14 @@ def evaluate_loss(model, method: Method, tokenizer, features: list[dict], batch_
     most = math.ceil(len(share(features, Ranks(0, ranks.world))) / batch_size)  # rank 0's share is the largest
     batches += [None] * (most - len(batches))  # as many forward passes on every rank (FSDP gathers in each)
     loss_sum, items, metric_sums = 0.0, 0, {}
-    with torch.no_grad():
-        for chunk in batches:
-            batch = to_device(method.collate(chunk or features[:1], tokenizer), dev)
-            with autocast(precision, dev):
-                method.rollout(model, batch)
-                loss, metrics = method.loss(model, batch)
-            if chunk is None:
-                continue
-            loss_sum += float(loss)
-            items += batch["n_items"]
-            for k, v in metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0.0) + v
+    for chunk in batches:
+        batch = method.collate(chunk or features[:1], tokenizer)
+        loss, metrics = forward_only(model, method, batch, precision, dev)
+        if chunk is None:
+            continue
+        loss_sum += loss
+        items += batch["n_items"]
+        add_sums(metric_sums, metrics)
     model.train(was_training)
     loss_sum, items = sum_scalars([loss_sum, items], ranks)
     metric_sums = sum_metrics(metric_sums, ranks)
