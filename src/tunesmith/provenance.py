@@ -25,7 +25,7 @@ def machine() -> dict:
 
     from tunesmith.runtime.precision import device, resolve_precision
 
-    cpu, flags, fields = platform.processor(), set(), {}
+    cpu, flags, fields = platform.processor(), set[str](), dict[str, str]()
     info = Path("/proc/cpuinfo")
     if info.exists():
         for line in info.read_text().splitlines():

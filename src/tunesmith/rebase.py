@@ -13,6 +13,7 @@ difference paired over the same items with a 95% interval. Layout:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -53,7 +54,7 @@ def _old_model(old: str, old_model: str | None, api_key_env: str | None, config:
     return cfg, LocalTeacher(str(run_dir), max_tokens=max_tokens), str(run_dir)
 
 
-def rebased_config(cfg: RunConfig, new_base: str, name: str, replies: Path, overrides: list[str] = ()) -> RunConfig:
+def rebased_config(cfg: RunConfig, new_base: str, name: str, replies: Path, overrides: Sequence[str] = ()) -> RunConfig:
     """The old run's config on the new base, trained on the old model's answers (`overrides`:
     --set assignments for the new run, e.g. more steps for a larger base)."""
     tree = cfg.model_dump(mode="json")
@@ -75,7 +76,7 @@ def run_rebase(
     config: Path | None = None,
     name: str | None = None,
     max_tokens: int = 256,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     console: Console | None = None,
     quiet: bool = False,
 ) -> dict:

@@ -53,7 +53,7 @@ def _corners(params: dict[str, SweepParam]) -> list[dict]:
     """Values at the edges of the space: every one must make a valid run config."""
     lows, highs = {}, {}
     for key, p in params.items():
-        values = p.choice if p.kind == "choice" else list(getattr(p, p.kind))
+        values = list(p.choice or []) if p.kind == "choice" else list(getattr(p, p.kind))
         lows[key], highs[key] = values[0], values[-1]
         for v in values if p.kind == "choice" else []:
             if not (v is None or isinstance(v, (bool, int, float, str))):
@@ -62,11 +62,11 @@ def _corners(params: dict[str, SweepParam]) -> list[dict]:
 
 
 def _suggest(trial, key: str, p: SweepParam):
-    if p.kind == "log_uniform":
+    if p.kind == "log_uniform" and p.log_uniform is not None:
         return trial.suggest_float(key, *p.log_uniform, log=True)
-    if p.kind == "uniform":
+    if p.kind == "uniform" and p.uniform is not None:
         return trial.suggest_float(key, *p.uniform)
-    if p.kind == "int_uniform":
+    if p.kind == "int_uniform" and p.int_uniform is not None:
         return trial.suggest_int(key, *p.int_uniform)
     return trial.suggest_categorical(key, p.choice)
 
@@ -89,6 +89,7 @@ def _study(cfg: RunConfig, path: Path, space: dict):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.sweep
+    assert s is not None  # a sweep's config has its section
     pruner = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(),
@@ -236,6 +237,7 @@ def _finish(cfg: RunConfig, study, out_dir: Path) -> dict:
             }
         )
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    assert cfg.sweep is not None  # a sweep's config has its section
     result = {
         "name": cfg.name,
         "metric": cfg.sweep.metric,
@@ -290,15 +292,18 @@ def _importance(study, path: Path) -> tuple[dict, Path | None]:
     if len(complete) < 2 or len({json.dumps(t.params, sort_keys=True) for t in complete}) < 2:
         return {}, None
     importance = optuna.importance.get_param_importances(study)
+    from matplotlib.figure import Figure
     from optuna.visualization.matplotlib import plot_param_importances
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the matplotlib backend of Optuna's plots is marked experimental
         axes = plot_param_importances(study)
+    figure = axes.figure
+    assert isinstance(figure, Figure)  # the plot's own figure, not a subfigure
     with atomic.replacing(path) as tmp:
-        axes.figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
-    plt.close(axes.figure)
+    plt.close(figure)
     return {k: float(v) for k, v in importance.items()}, path

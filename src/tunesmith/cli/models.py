@@ -72,6 +72,7 @@ def merge(
         parsed = [float(w) for w in weights.split(",")] if weights else None
     except ValueError:
         raise UserError(f"--weights {weights!r}: expected comma-separated numbers, e.g. 1,0.5") from None
+    assert method is not None  # --alpha or --method, checked above
     print(json.dumps(merge_adapters(sources, method, to, parsed, density, seed), indent=2))
 
 

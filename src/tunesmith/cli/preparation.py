@@ -62,6 +62,7 @@ def distill_generate(
     from tunesmith.eval.endpoint import ChatEndpoint
     from tunesmith.teacher_replies import LocalTeacher, generate_replies
 
+    source: ChatEndpoint | LocalTeacher
     if teacher.startswith(("http://", "https://")):
         source = ChatEndpoint(
             teacher,
@@ -137,6 +138,7 @@ def data_inspect(
             for s in cfg.data.train
         ]
     else:
+        assert path is not None  # PATH or --config, checked above
         tokenizer = load_tokenizer(tokenizer_dir(resolve(model)))
         runs = [
             (

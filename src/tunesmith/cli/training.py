@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -186,7 +187,7 @@ def evaluate(
 
     check_precision(precision)
     counts = _shot_counts(shots)
-    examples = load_examples(data)[:limit]
+    examples = load_examples(str(data))[:limit]
     pool = _shot_pool(model, shots_from) if any(counts) else []
     if metric:
         load_user_metric(metric)
@@ -213,7 +214,7 @@ def evaluate(
     results = []
     for k in counts:
         preds = json_out.with_name(f"{json_out.stem}-shots-{k}.predictions.jsonl") if json_out else None
-        shared = {
+        shared: dict[str, Any] = {
             "label": shot_label(k),
             "shots": draw_shots(pool, k, seed),
             "system": system,
@@ -222,7 +223,7 @@ def evaluate(
             "predictions_path": preds,
         }
         if endpoint is not None:
-            prices = {"price_in": price_in, "price_out": price_out}
+            prices: dict[str, Any] = {"price_in": price_in, "price_out": price_out}
             results.append(evaluate_endpoint(endpoint, examples, cache=cache, **prices, **shared))
         else:
             results.append(evaluate_task(m, tok, examples, batch_size=batch_size, **shared))

@@ -12,7 +12,7 @@ import ast
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][\w.]*)\s*\}\}")
 SIMILARITY = ("fuzzy_match", "bleu", "gleu", "rouge_1", "rouge_2", "rouge_3", "rouge_4", "rouge_5", "rouge_l")
@@ -115,7 +115,7 @@ class ScoreModel(Grader):
 
     @field_validator("range")
     @classmethod
-    def _range(cls, v):
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not v[0] < v[1]:
             raise ValueError("range must be [low, high] with low < high")
         return v
@@ -130,7 +130,7 @@ class Multi(Grader):
 
     @field_validator("calculate_output")
     @classmethod
-    def _formula(cls, v: str, info) -> str:
+    def _formula(cls, v: str, info: ValidationInfo) -> str:
         check_formula(v, set(info.data.get("graders") or {}))
         return v
 

@@ -4,16 +4,19 @@ schema, and every problem as one line that names the key, the file:line and what
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from tunesmith.config.schema import RunConfig
 from tunesmith.errors import UserError, where
 
+Model = TypeVar("Model", bound=BaseModel)
 
-def apply_override(tree: dict, assignment: str) -> None:
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
     """Apply one `a.b.c=value` to a nested dict; the value is parsed as YAML (so 3, 1e-4, true, [1,2])."""
     if "=" not in assignment:
         raise UserError(f"--set {assignment!r}: expected key=value, e.g. train.lr=1e-4")
@@ -25,7 +28,7 @@ def apply_override(tree: dict, assignment: str) -> None:
     set_key(tree, key.strip(), value, f"--set {key}")
 
 
-def set_key(tree: dict, key: str, value: Any, context: str) -> None:
+def set_key(tree: dict[str, Any], key: str, value: Any, context: str) -> None:
     """Set a dotted key (`train.lr`, `data.train.0.weight`) in a nested dict, creating sections."""
     parts = key.split(".")
     if not all(parts):
@@ -49,11 +52,11 @@ def set_key(tree: dict, key: str, value: Any, context: str) -> None:
             node = node.setdefault(part, {})
 
 
-def _yaml_lines(text: str) -> dict[tuple, int]:
+def _yaml_lines(text: str) -> dict[tuple[Any, ...], int]:
     """Map each key path in a YAML document to its 1-based line, for error messages."""
-    lines: dict[tuple, int] = {}
+    lines: dict[tuple[Any, ...], int] = {}
 
-    def walk(node: Any, path: tuple) -> None:
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 p = path + (k.value,)
@@ -82,7 +85,7 @@ def _section_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _allowed_keys(loc: tuple, root: type[BaseModel] = RunConfig) -> list[str]:
+def _allowed_keys(loc: tuple[Any, ...], root: type[BaseModel] = RunConfig) -> list[str]:
     """The keys allowed in the section that `loc` (a pydantic error location) points into."""
     model: type[BaseModel] | None = root
     for part in loc[:-1]:
@@ -93,7 +96,9 @@ def _allowed_keys(loc: tuple, root: type[BaseModel] = RunConfig) -> list[str]:
     return list(model.model_fields) if model else []
 
 
-def _describe(err: dict, source: str, lines: dict[tuple, int], root: type[BaseModel] = RunConfig) -> str:
+def _describe(
+    err: ErrorDetails, source: str, lines: dict[tuple[Any, ...], int], root: type[BaseModel] = RunConfig
+) -> str:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     key = ".".join(str(p) for p in loc) or "(top level)"
     line = None
@@ -113,7 +118,7 @@ def _describe(err: dict, source: str, lines: dict[tuple, int], root: type[BaseMo
     return f"{prefix}: {key}: {msg}"
 
 
-def read_yaml(path: str | Path, what: str = "config") -> tuple[dict, dict[tuple, int]]:
+def read_yaml(path: str | Path, what: str = "config") -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]:
     """A YAML mapping from a file and the line of each key (UserError with file:line otherwise)."""
     path = Path(path)
     if not path.is_file():
@@ -128,9 +133,9 @@ def read_yaml(path: str | Path, what: str = "config") -> tuple[dict, dict[tuple,
         tree = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
+        at = mark.line + 1 if mark is not None else None
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{where(path, line)}: invalid YAML: {problem}") from None
+        raise UserError(f"{where(path, at)}: invalid YAML: {problem}") from None
     except RecursionError:
         raise UserError(f"{path}: invalid YAML: nested too deeply") from None
     if tree is None:
@@ -148,11 +153,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     return validate_config(tree, str(path), lines)
 
 
-def validate_config(tree: dict, source: str = "config", lines: dict[tuple, int] | None = None) -> RunConfig:
+def validate_config(
+    tree: dict[str, Any], source: str = "config", lines: dict[tuple[Any, ...], int] | None = None
+) -> RunConfig:
     return validate_as(RunConfig, tree, source, lines)
 
 
-def validate_as(model: type[BaseModel], tree: dict, source: str, lines: dict[tuple, int] | None = None):
+def validate_as(
+    model: type[Model], tree: dict[str, Any], source: str, lines: dict[tuple[Any, ...], int] | None = None
+) -> Model:
     """`tree` as `model`, or one UserError naming the first problem's key and file:line."""
     try:
         return model.model_validate(tree)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -16,18 +16,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tunesmith.config.graders import AnyGrader
 from tunesmith.config.methods import METHODS
 from tunesmith.config.sweep import SweepConfig
-from tunesmith.data.layouts import FORMATS
+from tunesmith.data.layouts import RecordFormat
 from tunesmith.data.peer_layouts import check_roles_to_train
 
+if TYPE_CHECKING:
+    MethodName = str  # a key of the METHODS registry; pydantic checks it as the Literal below
+else:
+    MethodName = Literal[tuple(METHODS)]
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
-PRECISIONS = ("auto", "fp32", "bf16")  # auto: bf16 where the device computes it natively, else fp32
+Precision = Literal["auto", "fp32", "bf16"]  # auto: bf16 where the device computes it natively, else fp32
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-ADAPTER_TYPES = ("lora", "qlora", "ia3", "prefix", "prompt", "none")
+AdapterType = Literal["lora", "qlora", "ia3", "prefix", "prompt", "none"]
+ADAPTER_TYPES: tuple[str, ...] = get_args(AdapterType)
 LORA_TYPES = ("lora", "qlora")
 
 
@@ -40,16 +47,14 @@ class FreezeConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _one(self):
+    def _one(self) -> Self:
         if (self.top_layers is None) == (self.modules is None):
             raise ValueError("set exactly one of top_layers, modules")
         return self
 
 
 class AdapterConfig(Section):
-    type: Literal[ADAPTER_TYPES] = Field(
-        "lora", description="lora | qlora (quantized base) | ia3 | prefix | prompt | none (full)"
-    )
+    type: AdapterType = Field("lora", description="lora | qlora (quantized base) | ia3 | prefix | prompt | none (full)")
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: float = Field(32.0, gt=0, description="LoRA scale numerator: alpha/r, or alpha/sqrt(r) with rslora")
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -73,7 +78,7 @@ class AdapterConfig(Section):
     freeze: FreezeConfig | None = Field(None, description="type none: train only part of the model")
 
     @model_validator(mode="after")
-    def _options_fit_the_type(self):
+    def _options_fit_the_type(self) -> Self:
         lora_only = [
             k for k in ("rslora", "dora", "lora_plus_ratio") if getattr(self, k) and self.type not in LORA_TYPES
         ]
@@ -92,7 +97,7 @@ TrainOn = Literal["last", "all_assistant", "all"]
 class DataSource(Section):
     path: str = Field(..., description="file (.jsonl .json .csv .parquet), saved dataset folder or hub dataset id")
     weight: float = Field(1.0, gt=0)
-    format: Literal[FORMATS] = "auto"
+    format: RecordFormat = "auto"
     columns: dict[str, str] | None = Field(None, description="layout key -> this source's column")
     key: str | None = Field(None, description="JSON object files: the key holding the list of records")
     split: str = "train"
@@ -132,7 +137,7 @@ class DataSource(Section):
             check_roles_to_train(self.roles_to_train, self.roles)
         return self
 
-    def chat_template_options(self) -> dict | None:
+    def chat_template_options(self) -> dict[str, Any] | None:
         if self.type is None:
             return None
         mappings = {
@@ -142,7 +147,7 @@ class DataSource(Section):
         }
         return {"field_messages": self.field_messages or "messages", "mappings": mappings, "roles": self.roles}
 
-    def options(self) -> dict:
+    def options(self) -> dict[str, Any]:
         return {
             "fmt": self.format,
             "columns": self.columns,
@@ -206,7 +211,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
-    precision: Literal[PRECISIONS] = "auto"
+    precision: Precision = "auto"
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, ~30% slower"
     )
@@ -423,7 +428,7 @@ class RewardSpec(Section):
     target_length: int | None = Field(None, ge=1, description="length_penalty: characters allowed before the penalty")
 
     @model_validator(mode="after")
-    def _one_source(self):
+    def _one_source(self) -> Self:
         if sum(x is not None for x in (self.function, self.model, self.grader)) != 1:
             raise ValueError("set exactly one of function, model, grader")
         if self.function == "regex":
@@ -515,7 +520,7 @@ class DistillConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _consistent(self):
+    def _consistent(self) -> Self:
         if self.teacher_topk and self.loss != "forward_kl":
             raise ValueError(
                 f"teacher_topk: a top-k cache knows the teacher only on its top k; loss {self.loss} needs "
@@ -582,7 +587,7 @@ class RunConfig(Section):
         description="run Python code shipped in the model folder (custom "
         "architectures); off unless set here, with a warning when on",
     )
-    method: Literal[tuple(METHODS)] = Field("sft", description=" | ".join(METHODS))
+    method: MethodName = Field("sft", description=" | ".join(METHODS))
     adapter: AdapterConfig = AdapterConfig()
     data: DataConfig
     train: TrainConfig
@@ -601,7 +606,7 @@ class RunConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _settings_agree(self):
+    def _settings_agree(self) -> Self:
         """Settings of different sections that only work together, checked in this order."""
         self._adapter_fits_the_method()
         self._method_options_agree()
@@ -753,4 +758,5 @@ class RunConfig(Section):
         return Path(self.output.dir) / self.name
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        text: str = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return text

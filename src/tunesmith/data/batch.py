@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Required, TypedDict
+from typing import TYPE_CHECKING, Any, Required, TypedDict
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class Batch(TypedDict, total=False):
@@ -24,11 +25,11 @@ class Batch(TypedDict, total=False):
     anchor: torch.Tensor  # bool, trained tokens of replay examples (KL anchoring, forgetting.kl)
     # set by the engine
     ghost: bool  # a pass that repeats another with weight zero, so that ranks' collectives line up
-    samples: list[dict]  # methods with `logs_samples`: one record per sampled sequence, logged with the step
+    samples: list[dict[str, Any]]  # methods with `logs_samples`: one record per sampled sequence, logged with the step
     # written by methods for themselves (documented where they are written)
-    prompts: list  # online methods: what `rollout` samples replies to
-    rollout: dict  # online methods: the sampled replies and what scores them, kept for reuse
-    general: dict  # SFT with forgetting.self_distill: general prompts and the replies sampled to them
+    prompts: list[Any]  # online methods: what `rollout` samples replies to
+    rollout: dict[str, Any]  # online methods: the sampled replies and what scores them, kept for reuse
+    general: dict[str, Any]  # SFT with forgetting.self_distill: general prompts and the replies sampled to them
     reference: torch.Tensor  # preference pairs, full fine-tuning: precomputed reference log-probs
     desirable: torch.Tensor  # KTO: whether each response is desirable
     margin: torch.Tensor  # reward modelling: the margin each pair asks for

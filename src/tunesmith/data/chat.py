@@ -22,11 +22,18 @@ model and every export carry the template training used, and serving and generat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.reasoning import reasoning_end, template_takes_reasoning, with_reasoning
 from tunesmith.data.tool_format import for_template, template_takes_tools
 from tunesmith.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from tunesmith.data.layouts import Example
 
 IGNORE = -100
 DEFAULT_CHAT_TEMPLATE = (
@@ -45,7 +52,7 @@ class Encoded:
     reasoning: list[bool] | None = None  # per token: part of an assistant turn's reasoning (None: none has any)
 
 
-def reasoning_turns(tokenizer, messages: list[dict]) -> list[dict]:
+def reasoning_turns(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Turns with reasoning as the template takes them: `reasoning_content` where it renders
     that, else the default `<think>` block before the answer (`data/reasoning.py`)."""
     if not any("reasoning" in m for m in messages):
@@ -65,22 +72,28 @@ def reasoning_turns(tokenizer, messages: list[dict]) -> list[dict]:
     return out
 
 
-def render(tokenizer, messages, add_generation_prompt=False, tools: list[dict] | None = None) -> str:
+def render(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    add_generation_prompt: bool = False,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
     """The conversation as the model reads it (tools, calls and reasoning included)."""
     native = template_takes_tools(tokenizer)
     turns, tools_arg = for_template(reasoning_turns(tokenizer, messages), tools, native)
-    extra = {"tools": tools_arg} if tools_arg else {}
-    return tokenizer.apply_chat_template(
+    text = tokenizer.apply_chat_template(
         turns,
         tokenize=False,
         add_generation_prompt=add_generation_prompt,
         chat_template=tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE,
-        **extra,
+        tools=list[dict[str, Any] | Callable[..., Any]](tools_arg) if tools_arg else None,
     )
+    assert isinstance(text, str)  # tokenize=False
+    return text
 
 
 def assistant_spans(
-    tokenizer, messages: list[dict], tools: list[dict] | None = None
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
 ) -> tuple[str, list[tuple[int, int]], list[tuple[int, int]]]:
     """The full rendered text, the [start, end) character spans that carry loss (assistant
     turns, but those of weight 0), and within them the spans of their reasoning (from the turn's
@@ -116,11 +129,11 @@ def assistant_spans(
 
 
 def encode_chat(
-    tokenizer,
-    messages: list[dict],
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
     max_length: int,
     train_on: str = "all_assistant",
-    tools: list[dict] | None = None,
+    tools: list[dict[str, Any]] | None = None,
     train_reasoning: bool = True,
 ) -> Encoded:
     """Token ids and labels for one conversation.
@@ -155,7 +168,7 @@ def encode_chat(
     return _cut(ids, labels, max_length, reasoning)
 
 
-def encode_text(tokenizer, text: str, max_length: int) -> Encoded:
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int) -> Encoded:
     """Plain text (continued pre-training): every token trained, the tokenizer's BOS, EOS appended."""
     ids = tokenizer(text)["input_ids"]
     bos = tokenizer.bos_token_id
@@ -166,11 +179,14 @@ def encode_text(tokenizer, text: str, max_length: int) -> Encoded:
     return _cut(ids, list(ids), max_length)
 
 
-def encode_example(tokenizer, example, max_length: int, train_on: str, train_reasoning: bool = True) -> Encoded:
+def encode_example(
+    tokenizer: PreTrainedTokenizerBase, example: Example, max_length: int, train_on: str, train_reasoning: bool = True
+) -> Encoded:
     """Any Example: plain text trains every token; chat layouts (and a preference pair's chosen
     side) train what `train_on` says, unless the example's source overrides it."""
     if example.text is not None:
         return encode_text(tokenizer, example.text, max_length)
+    assert example.messages is not None  # an example is text or messages
     return encode_chat(
         tokenizer, example.messages, max_length, example.train_on or train_on, example.tools, train_reasoning
     )
@@ -185,7 +201,10 @@ def _cut(ids: list[int], labels: list[int], max_length: int, reasoning: list[boo
     )
 
 
-def prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> list[int]:
     """Token ids that ask the model for the next assistant turn (for generation and evaluation)."""
     text = render(tokenizer, messages, add_generation_prompt=True, tools=tools)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids

@@ -3,13 +3,17 @@ sequences builds, and the sequence boundaries segment attention needs."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 
-from tunesmith.data.batch import Batch
 from tunesmith.data.chat import IGNORE
 
+if TYPE_CHECKING:
+    from tunesmith.data.batch import Batch
 
-def row_segments(feature: dict) -> list[tuple[int, int]]:
+
+def row_segments(feature: dict[str, Any]) -> list[tuple[int, int]]:
     """[start, end) of each sequence in one unpadded row: packed rows restart `position_ids` at 0."""
     n = len(feature["input_ids"])
     positions = feature.get("position_ids")
@@ -19,7 +23,7 @@ def row_segments(feature: dict) -> list[tuple[int, int]]:
     return list(zip(starts, starts[1:] + [n]))
 
 
-def collate_tokens(features: list[dict], pad: int) -> Batch:
+def collate_tokens(features: list[dict[str, Any]], pad: int) -> Batch:
     """Right-padded batch of token features. Packed rows (with `position_ids`) get no attention
     mask: the model derives the per-example causal mask from the restarting positions. Features
     marked `anchor` (replay data) set `anchor` on their trained tokens, for KL anchoring."""
@@ -55,7 +59,7 @@ def collate_tokens(features: list[dict], pad: int) -> Batch:
     return batch
 
 
-def feature_length(feature: dict) -> int:
+def feature_length(feature: dict[str, Any]) -> int:
     """Tokens a feature puts through the model, for batching examples of similar length: its
     `input_ids`, or the `length` a method with nested features (pairs, groups) records."""
     return feature["length"] if "length" in feature else len(feature["input_ids"])

@@ -34,7 +34,9 @@ Every problem is a ValueError whose message says what is wrong; the caller adds 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 from tunesmith.data.reasoning import read_parts, turn_reasoning
 from tunesmith.data.tool_calls import PendingCalls, check_tool_calls, check_tools, check_weight
@@ -49,7 +51,7 @@ SHAREGPT_ROLES = {
     "function_call": "assistant",
     "observation": "tool",
 }
-FORMATS = (
+RecordFormat = Literal[
     "auto",
     "messages",
     "sharegpt",
@@ -60,7 +62,8 @@ FORMATS = (
     "prompt",
     "openai_reinforcement",
     "text",
-)
+]
+FORMATS: tuple[str, ...] = get_args(RecordFormat)
 NO_PREFERENCE = ("tie", "both_bad")  # label-page judgements that prefer neither response
 
 
@@ -72,18 +75,18 @@ class Example:
     (prompt + chosen) and `rejected` (prompt + rejected).
     """
 
-    messages: list[dict] | None
+    messages: list[dict[str, Any]] | None
     source: str
     text: str | None = None
-    rejected: list[dict] | None = None
+    rejected: list[dict[str, Any]] | None = None
     layout: str = "messages"
     train_on: str | None = None  # per-source override of data.train_on
     desirable: bool | None = None  # a judged single response (label: true/false), for KTO
     margin: float | None = None  # preference pairs: how much better chosen is (reward models)
     reference: str | None = None  # prompt layout: what a reward function may compare a response to
-    tools: list[dict] | None = None  # functions the conversation may call (OpenAI `tools`)
+    tools: list[dict[str, Any]] | None = None  # functions the conversation may call (OpenAI `tools`)
     parallel_tool_calls: bool = True
-    item: dict | None = None  # the whole record, for graders that read its fields (`{{item.FIELD}}`)
+    item: dict[str, Any] | None = None  # the whole record, for graders that read its fields (`{{item.FIELD}}`)
     ignored: tuple[str, ...] = ()  # keys that would change the record's meaning, unread by its layout
 
 
@@ -104,14 +107,14 @@ READS = {
 }
 
 
-def ignored_keys(record: dict, layout: str) -> tuple[str, ...]:
+def ignored_keys(record: dict[str, Any], layout: str) -> tuple[str, ...]:
     present = record.keys() & MEANING_SET
     if not present or present <= READS[layout]:
         return ()
     return tuple(k for k in MEANINGFUL if k in present and k not in READS[layout])
 
 
-def detect(record: dict) -> str:
+def detect(record: dict[str, Any]) -> str:
     if {"preferred_output", "non_preferred_output"} & set(record) or isinstance(record.get("input"), dict):
         return "openai_preference"
     if "chosen" in record and "rejected" in record:
@@ -136,12 +139,12 @@ def detect(record: dict) -> str:
 
 
 def check_messages(
-    messages,
+    messages: Any,
     field: str = "messages",
     need_assistant: bool = True,
-    tools: list[dict] | None = None,
+    tools: list[dict[str, Any]] | None = None,
     system_first: bool = True,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Validated turns as `{role, content}`, plus `tool_calls` and `weight` on assistant turns and
     `tool_call_id` on tool turns where the record has them. `system_first`: training data keeps
     a system turn first; a request to the server may place one anywhere, as OpenAI's API allows."""
@@ -175,7 +178,7 @@ def check_messages(
             thought = found if found is not None else thought
         elif thought is not None and role != "assistant":
             raise ValueError(f"{where}: only assistant turns carry reasoning")
-        turn = {"role": role, "content": content}
+        turn: dict[str, Any] = {"role": role, "content": content}
         if thought is not None:
             turn["reasoning"] = thought
         if calls is not None:
@@ -195,7 +198,7 @@ def check_messages(
     return out
 
 
-def record_tools(record: dict) -> list[dict] | None:
+def record_tools(record: dict[str, Any]) -> list[dict[str, Any]] | None:
     """A record's `tools`: OpenAI's list, or the ShareGPT/Hermes habit of a JSON string of bare
     function definitions ({name, description, parameters})."""
     tools = record.get("tools")
@@ -216,14 +219,14 @@ def record_tools(record: dict) -> list[dict] | None:
     return check_tools(tools)
 
 
-def parallel_flag(record: dict) -> bool:
+def parallel_flag(record: dict[str, Any]) -> bool:
     flag = record.get("parallel_tool_calls", True)
     if not isinstance(flag, bool):
         raise ValueError(f"'parallel_tool_calls' must be true or false, got {flag!r}")
     return flag
 
 
-def _string(record: dict, key: str, allow_empty: bool = True) -> str:
+def _string(record: dict[str, Any], key: str, allow_empty: bool = True) -> str:
     value = record.get(key)
     if not isinstance(value, str):
         raise ValueError(f"'{key}' must be a string, got {type(value).__name__}")
@@ -232,7 +235,7 @@ def _string(record: dict, key: str, allow_empty: bool = True) -> str:
     return value
 
 
-def _turns(value, field: str, role: str) -> list[dict]:
+def _turns(value: Any, field: str, role: str) -> list[dict[str, Any]]:
     """A string as one turn of `role`, or a message list as it is."""
     if isinstance(value, str):
         if role == "assistant" and not value.strip():
@@ -241,18 +244,18 @@ def _turns(value, field: str, role: str) -> list[dict]:
     return check_messages(value, field, need_assistant=False)
 
 
-def from_messages(record: dict, tools: list[dict] | None = None) -> list[dict]:
+def from_messages(record: dict[str, Any], tools: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     return check_messages(record.get("messages"), tools=tools)
 
 
-def from_sharegpt(record: dict, tools: list[dict] | None = None) -> list[dict]:
+def from_sharegpt(record: dict[str, Any], tools: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     return check_messages(sharegpt_turns(record.get("conversations"), "conversations"), "conversations", tools=tools)
 
 
 TURN_EXTRAS = ("weight", "loss_weight", "reasoning_content", "reasoning")  # per-turn keys kept from ShareGPT turns
 
 
-def sharegpt_turn(t, where: str) -> dict:
+def sharegpt_turn(t: Any, where: str) -> dict[str, Any]:
     """One ShareGPT turn {from, value} as a message {role, content} (unchecked)."""
     if not isinstance(t, dict):
         raise ValueError(f"{where} is not an object")
@@ -263,7 +266,11 @@ def sharegpt_turn(t, where: str) -> dict:
             f"{where}.from {t.get('from')!r} not allowed (use human, gpt, system, function_call or observation)"
         )
     if t["from"] == "function_call":
-        turn = {"role": "assistant", "content": "", "tool_calls": _sharegpt_calls(t.get("value"), where)}
+        turn: dict[str, Any] = {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": _sharegpt_calls(t.get("value"), where),
+        }
     else:
         turn = {"role": SHAREGPT_ROLES[t["from"]], "content": t.get("value")}
     for key in TURN_EXTRAS:
@@ -272,13 +279,13 @@ def sharegpt_turn(t, where: str) -> dict:
     return turn
 
 
-def sharegpt_turns(turns, field: str) -> list[dict]:
+def sharegpt_turns(turns: Any, field: str) -> list[dict[str, Any]]:
     if not isinstance(turns, list) or not turns:
         raise ValueError(f"'{field}' must be a non-empty list of {{from, value}} objects")
     return [sharegpt_turn(t, f"{field}[{i}]") for i, t in enumerate(turns)]
 
 
-def _sharegpt_calls(value, where: str) -> list[dict]:
+def _sharegpt_calls(value: Any, where: str) -> list[dict[str, Any]]:
     """A function_call turn's value: one call {"name", "arguments"} or a list of them, as JSON text."""
     try:
         parsed = json.loads(value) if isinstance(value, str) else value
@@ -292,7 +299,7 @@ def _sharegpt_calls(value, where: str) -> list[dict]:
     ]
 
 
-def from_alpaca(record: dict) -> list[dict]:
+def from_alpaca(record: dict[str, Any]) -> list[dict[str, Any]]:
     instruction, output = _string(record, "instruction"), _string(record, "output", allow_empty=False)
     extra = record.get("input") or ""
     if not isinstance(extra, str):
@@ -307,7 +314,7 @@ def from_alpaca(record: dict) -> list[dict]:
     return messages
 
 
-def alpaca_history(history) -> list[dict]:
+def alpaca_history(history: Any) -> list[dict[str, Any]]:
     """LLaMA-Factory's alpaca `history`: earlier [instruction, response] pairs, oldest first."""
     if history in (None, ""):
         return []
@@ -318,7 +325,7 @@ def alpaca_history(history) -> list[dict]:
     return [turn for q, a in history for turn in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
 
 
-def from_prompt_completion(record: dict) -> list[dict]:
+def from_prompt_completion(record: dict[str, Any]) -> list[dict[str, Any]]:
     for key in ("prompt", "completion"):
         if key not in record:
             raise ValueError(f"missing '{key}'")
@@ -326,7 +333,9 @@ def from_prompt_completion(record: dict) -> list[dict]:
     return check_messages(messages, "prompt+completion")
 
 
-def from_preference(record: dict, tools: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
+def from_preference(
+    record: dict[str, Any], tools: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A pair after its history: `prompt` (a string or messages), LLaMA-Factory's ShareGPT
     `conversations`, or `messages`; each side a string, one message or a list of messages."""
     if "conversations" in record:
@@ -346,7 +355,7 @@ def from_preference(record: dict, tools: list[dict] | None = None) -> tuple[list
     )
 
 
-def _side(value, field: str) -> list[dict]:
+def _side(value: Any, field: str) -> list[dict[str, Any]]:
     """One side of a pair as messages: a string is an assistant turn; a message or ShareGPT turn,
     or a list of them, as given."""
     if isinstance(value, str):
@@ -359,7 +368,9 @@ def _side(value, field: str) -> list[dict]:
     return [sharegpt_turn(t, f"{field}[{i}]") if "from" in t else t for i, t in enumerate(turns)]
 
 
-def from_openai_preference(record: dict) -> tuple[list[dict], list[dict], list[dict] | None, bool]:
+def from_openai_preference(
+    record: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]] | None, bool]:
     """OpenAI's DPO record -> (prompt + preferred, prompt + non-preferred, tools, parallel_tool_calls)."""
     for key in ("input", "preferred_output", "non_preferred_output"):
         if key not in record:
@@ -386,7 +397,7 @@ def from_openai_preference(record: dict) -> tuple[list[dict], list[dict], list[d
     return sides[0], sides[1], tools, parallel_flag(given)
 
 
-def from_prompt(record: dict) -> tuple[list[dict], str | None]:
+def from_prompt(record: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
     if "prompt" not in record:
         raise ValueError("missing 'prompt'")
     reference = record.get("reference")
@@ -398,7 +409,7 @@ def from_prompt(record: dict) -> tuple[list[dict], str | None]:
     return messages, reference
 
 
-def apply_columns(record: dict, columns: dict[str, str]) -> dict:
+def apply_columns(record: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
     """Rename a source's columns into a layout's keys: columns = {layout_key: source_column}."""
     missing = [col for col in columns.values() if col not in record]
     if missing:
@@ -406,7 +417,9 @@ def apply_columns(record: dict, columns: dict[str, str]) -> dict:
     return {key: record[col] for key, col in columns.items()}
 
 
-def to_example(record: dict, location: str, fmt: str = "auto", columns: dict[str, str] | None = None) -> Example | None:
+def to_example(
+    record: dict[str, Any], location: str, fmt: str = "auto", columns: dict[str, str] | None = None
+) -> Example | None:
     """One record in any supported layout -> a validated Example (ValueError says what is wrong),
     or None for a labelled record that prefers neither response."""
     if columns:
@@ -418,7 +431,7 @@ def to_example(record: dict, location: str, fmt: str = "auto", columns: dict[str
     return example
 
 
-def _convert(record: dict, location: str, layout: str) -> Example | None:
+def _convert(record: dict[str, Any], location: str, layout: str) -> Example | None:
     if layout == "text":
         return Example(None, location, text=_string(record, "text", allow_empty=False), layout="text")
     if record.get("judgement") in NO_PREFERENCE and "chosen" not in record:
@@ -464,7 +477,7 @@ def _convert(record: dict, location: str, layout: str) -> Example | None:
             parallel_tool_calls=parallel_flag(record),
             item=record,
         )
-    convert = {
+    convert: Callable[..., list[dict[str, Any]]] = {
         "messages": from_messages,
         "sharegpt": from_sharegpt,
         "alpaca": from_alpaca,

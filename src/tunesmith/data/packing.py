@@ -9,6 +9,8 @@ the previous, unrelated example.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from tunesmith.data.chat import IGNORE
@@ -38,7 +40,7 @@ def pack_rows(order: list[int], lengths: list[int], max_length: int) -> list[lis
     return rows
 
 
-def pack_features(features: list[dict]) -> dict:
+def pack_features(features: list[dict[str, Any]]) -> dict[str, Any]:
     """One packed row from token-level features (`input_ids`, `labels`, optional `anchor`)."""
     ids, labels, positions, anchor = [], [], [], []
     for f in features:
@@ -47,7 +49,7 @@ def pack_features(features: list[dict]) -> dict:
         labels += [IGNORE] + list(f["labels"][1:])
         positions += list(range(n))
         anchor += [bool(f.get("anchor", False))] * n
-    row = {"input_ids": ids, "labels": labels, "position_ids": positions}
+    row: dict[str, Any] = {"input_ids": ids, "labels": labels, "position_ids": positions}
     if any(anchor):  # replay examples keep their KL-anchoring mark token by token
         row["anchor"] = anchor
     for key, value in features[0].items():  # per-trained-position tensors (a teacher's top-k) follow in order

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tunesmith.data.layouts import TURN_EXTRAS, alpaca_history
 from tunesmith.errors import UserError
@@ -46,7 +47,7 @@ AXOLOTL_ROLES = {
     "tool": ["tool", "observation", "function"],
 }
 
-Convert = Callable[[dict], dict]
+Convert = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def registry_source(path: str, dataset: str) -> tuple[str, str, Convert]:
@@ -88,17 +89,17 @@ def registry_source(path: str, dataset: str) -> tuple[str, str, Convert]:
     return source, entry.get("split", "train"), convert
 
 
-def _no_media(record: dict, columns: dict) -> None:
+def _no_media(record: dict[str, Any], columns: dict[str, Any]) -> None:
     for name in MEDIA_COLUMNS:
         value = record.get(columns.get(name, name))
         if value:
             raise ValueError(f"'{columns.get(name, name)}' holds {name}: tunesmith trains text models only")
 
 
-def alpaca_converter(columns: dict, ranking: bool) -> Convert:
+def alpaca_converter(columns: dict[str, Any], ranking: bool) -> Convert:
     names = {**ALPACA_COLUMNS, **columns}
 
-    def convert(record: dict) -> dict:
+    def convert(record: dict[str, Any]) -> dict[str, Any]:
         _no_media(record, columns)
         get = {key: record.get(col) for key, col in names.items() if col in record}
         out = {"instruction": get.get("prompt", ""), "input": get.get("query") or ""}
@@ -116,12 +117,12 @@ def alpaca_converter(columns: dict, ranking: bool) -> Convert:
     return convert
 
 
-def sharegpt_converter(columns: dict, tags: dict, ranking: bool) -> Convert:
+def sharegpt_converter(columns: dict[str, Any], tags: dict[str, Any], ranking: bool) -> Convert:
     tag = {**SHAREGPT_TAGS, **tags}
     roles = {tag[k]: role for k, role in TAG_ROLE.items()}
     field = columns.get("messages", "conversations")
 
-    def turn(t, where: str) -> dict:
+    def turn(t: Any, where: str) -> dict[str, Any]:
         if not isinstance(t, dict):
             raise ValueError(f"{where} is not an object")
         role = t.get(tag["role_tag"])
@@ -133,12 +134,12 @@ def sharegpt_converter(columns: dict, tags: dict, ranking: bool) -> Convert:
         out.update({key: t[key] for key in TURN_EXTRAS if key in t})
         return out
 
-    def convert(record: dict) -> dict:
+    def convert(record: dict[str, Any]) -> dict[str, Any]:
         _no_media(record, columns)
         turns = record.get(field)
         if not isinstance(turns, list) or not turns:
             raise ValueError(f"'{field}' must be a non-empty list of turns")
-        out: dict = {"conversations": [turn(t, f"{field}[{i}]") for i, t in enumerate(turns)]}
+        out: dict[str, Any] = {"conversations": [turn(t, f"{field}[{i}]") for i, t in enumerate(turns)]}
         system = record.get(columns.get("system", "system"))
         if isinstance(system, str) and system.strip() and out["conversations"][0]["from"] != "system":
             out["conversations"].insert(0, {"from": "system", "value": system})
@@ -169,7 +170,7 @@ def axolotl_converter(field_messages: str, mappings: dict[str, str], roles: dict
     table = role_table(roles)
     extra = {k: v for k, v in mappings.items() if k not in ("role", "content")}
 
-    def convert(record: dict) -> dict:
+    def convert(record: dict[str, Any]) -> dict[str, Any]:
         turns = record.get(field_messages)
         if not isinstance(turns, list) or not turns:
             raise ValueError(f"'{field_messages}' (field_messages) must be a non-empty list of messages")

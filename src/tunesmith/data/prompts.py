@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import UserError
 
+if TYPE_CHECKING:
+    from pathlib import Path
 
-def prompt_of(example) -> list[dict]:
+    from tunesmith.data.layouts import Example
+
+
+def prompt_of(example: Example) -> list[dict[str, Any]]:
     """The conversation a reply is wanted for: a prompt record as it is, otherwise everything
     before the last assistant turn."""
     messages = example.messages
@@ -21,12 +26,12 @@ def prompt_of(example) -> list[dict]:
     return messages[:last]
 
 
-def prompt_field(messages: list[dict]):
+def prompt_field(messages: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     """A single user turn is written as a string, like the records users write by hand."""
     return messages[0]["content"] if len(messages) == 1 and messages[0]["role"] == "user" else messages
 
 
-def prompt_key(prompt) -> str:
+def prompt_key(prompt: str | list[dict[str, Any]]) -> str:
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
@@ -46,7 +51,7 @@ def prompts_in(path: Path, writer: str) -> set[str]:
     return done
 
 
-def append_durably(path: Path, records: list[dict]) -> None:
+def append_durably(path: Path, records: list[dict[str, Any]]) -> None:
     """Whole lines in one write, on disk (fsync) before returning: a process killed after this
     loses none of them, and one killed during it leaves at most a partial last line."""
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")

@@ -15,6 +15,11 @@ any other template gets the documented default, the reasoning as a block before 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 TEXT_PARTS = ("text", "input_text", "output_text")
@@ -23,7 +28,7 @@ MEDIA_PARTS = ("image", "image_url", "input_image", "audio", "input_audio", "vid
 CLOSE_AFTER = re.compile(r"\s*" + re.escape(THINK_CLOSE) + r"\s*")
 
 
-def part_text(part: dict, keys: tuple[str, ...]) -> str | None:
+def part_text(part: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     for key in keys:
         value = part.get(key)
         if isinstance(value, str):
@@ -34,7 +39,7 @@ def part_text(part: dict, keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def read_parts(parts: list, where: str) -> tuple[str, str | None]:
+def read_parts(parts: list[Any], where: str) -> tuple[str, str | None]:
     """A list of content parts -> (text, reasoning or None)."""
     texts, thoughts = [], []
     for j, part in enumerate(parts):
@@ -96,7 +101,7 @@ def answer_of(text: str) -> str:
     return split_reply(text)[1]
 
 
-def turn_reasoning(m: dict, role: str, content: str, where: str) -> tuple[str | None, str]:
+def turn_reasoning(m: dict[str, Any], role: str, content: str, where: str) -> tuple[str | None, str]:
     """The reasoning of one turn (fields, or a `<think>` block in its text) -> (reasoning, content)."""
     field = m.get("reasoning_content", m.get("reasoning"))
     if field is not None and not isinstance(field, str):
@@ -111,7 +116,7 @@ def turn_reasoning(m: dict, role: str, content: str, where: str) -> tuple[str | 
     return thought, content
 
 
-def template_takes_reasoning(tokenizer) -> bool:
+def template_takes_reasoning(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer's own chat template renders an assistant turn's `reasoning_content`."""
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
     return "reasoning_content" in template
@@ -133,11 +138,14 @@ def reasoning_end(text: str, reasoning: str, start: int, end: int) -> int | None
     return close.end() if close else stop
 
 
+Piece = TypeVar("Piece")  # what a stream carries besides text (an end marker) passes through
+
+
 class Thought(str):
     """A piece of streamed reasoning (a str, told apart from answer text by its type)."""
 
 
-def split_stream(pieces):
+def split_stream(pieces: Iterable[Piece]) -> Iterator[Piece | str]:
     """Streamed reply text -> the same text as `Thought` pieces while a leading `<think>` block
     lasts, then plain answer pieces (leading whitespace dropped), as `split_reply` splits the
     whole reply. Anything that is not a str (the end marker) passes through after what was held.

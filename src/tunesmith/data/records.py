@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from tunesmith.data.layouts import Example, to_example
 from tunesmith.data.peer_layouts import axolotl_converter, registry_source
@@ -23,7 +24,7 @@ class Loaded:
     examples: list[Example]
     problems: list[str] = field(default_factory=list)  # what was skipped, with locations
     unpreferred: int = 0  # labelled records that prefer neither response (judgement tie / both_bad)
-    ignored: Counter = field(default_factory=Counter)  # key -> records whose layout left that key unread
+    ignored: Counter[str] = field(default_factory=Counter)  # key -> records whose layout left that key unread
 
     def ignored_note(self, path: str) -> str | None:
         """One line naming the keys that change a record's meaning but went unread, with counts."""
@@ -46,7 +47,7 @@ def load_source(
     split: str = "train",
     on_error: str = "stop",
     dataset: str | None = None,
-    chat_template: dict | None = None,
+    chat_template: dict[str, Any] | None = None,
 ) -> Loaded:
     """Every record of one source as Examples. `dataset`: the entry of a LLaMA-Factory registry
     at `path`; `chat_template`: Axolotl's options of that dataset type (`data/peer_layouts.py`)."""
@@ -57,7 +58,8 @@ def load_source(
         convert = axolotl_converter(**chat_template)
     problems: list[str] = []
     rows = read_rows(path, problems, key=key, split=split)
-    examples, unpreferred, ignored = [], 0, Counter()
+    examples: list[Example] = []
+    unpreferred, ignored = 0, Counter[str]()
     for row in rows:
         try:
             record = convert(row.record) if convert is not None else row.record
@@ -81,7 +83,7 @@ def load_source(
     return Loaded(examples, problems, unpreferred, ignored)
 
 
-def load_examples(path: str, **options) -> list[Example]:
+def load_examples(path: str, **options: Any) -> list[Example]:
     return load_source(str(path), **options).examples
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunesmith.errors import UserError, where
 
@@ -21,7 +23,7 @@ READABLE = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 
 @dataclass
 class Row:
-    record: dict
+    record: dict[str, Any]
     location: str  # `file:line`, `file[index]` or `file:row N`
 
 
@@ -130,7 +132,7 @@ def _read_json(p: Path, key: str | None) -> list[Row]:
     return rows
 
 
-def _invalid_text(record) -> str | None:
+def _invalid_text(record: Any) -> str | None:
     """JSON may spell text that is not Unicode (an unpaired surrogate such as \\ud800); no
     tokenizer takes it, so it is a problem of the record, found here (walked without recursion)."""
     pending = [record]
@@ -181,11 +183,11 @@ def _read_parquet(p: Path) -> list[Row]:
     return [Row(r, f"{p}:row {i + 1}") for i, r in enumerate(table.to_pylist())]
 
 
-def _dataset_rows(dataset, label: str) -> list[Row]:
+def _dataset_rows(dataset: Iterable[Mapping[str, Any]], label: str) -> list[Row]:
     return [Row(dict(r), f"{label}:row {i + 1}") for i, r in enumerate(dataset)]
 
 
-def _pick_split(dataset, label: str, split: str):
+def _pick_split(dataset: Any, label: str, split: str) -> Any:
     from datasets import DatasetDict
 
     if isinstance(dataset, DatasetDict):

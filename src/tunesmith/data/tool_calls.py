@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
 
 
-def check_tools(tools, field: str = "tools") -> list[dict]:
+def check_tools(tools: Any, field: str = "tools") -> list[dict[str, Any]]:
     """`tools` as OpenAI defines them: a list of `{type: "function", function: {name, description?,
     parameters?}}`, names unique, parameters a valid JSON schema of an object."""
     from jsonschema import Draft202012Validator
@@ -58,7 +59,9 @@ def check_tools(tools, field: str = "tools") -> list[dict]:
     return out
 
 
-def check_tool_calls(calls, field: str, tools: list[dict] | None, counter: list[int]) -> list[dict]:
+def check_tool_calls(
+    calls: Any, field: str, tools: list[dict[str, Any]] | None, counter: list[int]
+) -> list[dict[str, Any]]:
     """An assistant turn's `tool_calls`, each naming a function of `tools` with a JSON object of
     arguments (a string, as OpenAI sends it; an object is accepted and written as one); ids
     missing from a record are numbered."""
@@ -95,7 +98,7 @@ def check_tool_calls(calls, field: str, tools: list[dict] | None, counter: list[
     return out
 
 
-def check_weight(message: dict, field: str) -> int | None:
+def check_weight(message: dict[str, Any], field: str) -> int | None:
     """OpenAI's `weight` (assistant turns only), or `loss_weight` as other tools write it on every
     turn: 0 on a turn that is never trained says nothing and is accepted."""
     key = "weight" if "weight" in message else "loss_weight"
@@ -118,13 +121,13 @@ def check_weight(message: dict, field: str) -> int | None:
 class PendingCalls:
     """Call ids asked and not yet answered, in order: a `tool` turn must answer one of them."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.open: list[str] = []
 
-    def asked(self, calls: list[dict]) -> None:
+    def asked(self, calls: list[dict[str, Any]]) -> None:
         self.open = [c["id"] for c in calls]
 
-    def answer(self, message: dict, field: str) -> str:
+    def answer(self, message: dict[str, Any], field: str) -> str:
         call_id = message.get("tool_call_id")
         if not self.open:
             raise ValueError(
@@ -135,4 +138,4 @@ class PendingCalls:
         if call_id not in self.open:
             raise ValueError(f"{field}.tool_call_id {call_id!r} answers no open call (open: {', '.join(self.open)})")
         self.open.remove(call_id)
-        return call_id
+        return str(call_id)

@@ -18,6 +18,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 FALLBACK_INSTRUCTIONS = (
@@ -28,18 +32,18 @@ FALLBACK_INSTRUCTIONS = (
 _BLOCK = re.compile(re.escape(CALL_OPEN) + r"\s*(.*?)\s*" + re.escape(CALL_CLOSE), re.DOTALL)
 
 
-def template_takes_tools(tokenizer) -> bool:
+def template_takes_tools(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer's own chat template renders a `tools` list."""
     template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
     return re.search(r"\btools\b", template) is not None
 
 
-def tool_list_text(tools: list[dict]) -> str:
+def tool_list_text(tools: list[dict[str, Any]]) -> str:
     lines = "\n".join(json.dumps(t["function"], ensure_ascii=False) for t in tools)
     return f"{FALLBACK_INSTRUCTIONS}\n<tools>\n{lines}\n</tools>"
 
 
-def calls_text(calls: list[dict]) -> str:
+def calls_text(calls: list[dict[str, Any]]) -> str:
     """Calls as the fallback writes them: one block each, arguments as a JSON object."""
     blocks = []
     for call in calls:
@@ -48,14 +52,16 @@ def calls_text(calls: list[dict]) -> str:
     return "\n".join(blocks)
 
 
-def turn_text(turn: dict) -> str:
+def turn_text(turn: dict[str, Any]) -> str:
     """An assistant turn as the fallback writes it: its content, then its calls' blocks."""
     if not turn.get("tool_calls"):
-        return turn["content"]
+        return str(turn["content"])
     return f"{turn['content']}\n{calls_text(turn['tool_calls'])}" if turn["content"] else calls_text(turn["tool_calls"])
 
 
-def for_template(messages: list[dict], tools: list[dict] | None, native: bool) -> tuple[list[dict], list[dict] | None]:
+def for_template(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, native: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """Messages and `tools=` as the chat template gets them: OpenAI's fields for a template that
     takes tools, the fallback's plain turns otherwise (a template's `reasoning_content` kept). Fields only
     tunesmith reads (weight) go."""
@@ -97,7 +103,7 @@ class Reply:
     does not parse as a call, the whole text and no calls (`problem` says why)."""
 
     content: str
-    calls: list[dict] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
     problem: str | None = None
 
 
@@ -126,7 +132,7 @@ def parse_reply(text: str, tool_names: set[str] | None = None) -> Reply:
     return Reply(content, calls)
 
 
-def _call(body: str, tool_names: set[str] | None) -> tuple[dict | None, str | None]:
+def _call(body: str, tool_names: set[str] | None) -> tuple[dict[str, Any] | None, str | None]:
     try:
         parsed = json.loads(body)
     except json.JSONDecodeError as e:

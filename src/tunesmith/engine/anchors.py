@@ -11,7 +11,7 @@ import torch
 
 
 class WeightAnchor:
-    def __init__(self, params: list[torch.nn.Parameter], weight: float):
+    def __init__(self, params: list[torch.Tensor], weight: float) -> None:
         self.params = params
         self.weight = weight
         self.start = [p.detach().clone() for p in params]  # fp32 copies of the starting weights

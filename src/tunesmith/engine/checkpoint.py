@@ -14,7 +14,7 @@ import json
 import os
 import random
 import shutil
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -24,16 +24,23 @@ from tunesmith.engine.distributed import full, like
 from tunesmith.errors import RunFailed
 from tunesmith.model.adapters import save_adapter_folder
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from torch.nn import Module
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
+
 PREFIX = "step-"
 ADAPTER = "adapter"  # in an adapter run's checkpoint: that step's adapter as PEFT saves one
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
+def trainable_state(model: Module) -> dict[str, torch.Tensor]:
     """Trained weights, whole: a sharded (FSDP) weight is gathered, so every rank calls this."""
     return {n: full(p.detach()).contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def _optimizer_tensors(optimizer: Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     sd = optimizer.state_dict()
     tensors = {}
     for idx, slots in sd["state"].items():
@@ -44,9 +51,9 @@ def _optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": sd["param_groups"]}
 
 
-def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def _restore_optimizer(optimizer: Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     params = [p for group in optimizer.param_groups for p in group["params"]]  # the order state_dict numbers them
-    state: dict[int, dict] = {}
+    state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         _, idx, key = name.split(".", 2)
         param = params[int(idx)]
@@ -62,11 +69,19 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def _write(tmp: Path, weights, opt_tensors, opt_meta, scheduler, state: dict, model=None) -> None:
+def _write(
+    tmp: Path,
+    weights: dict[str, torch.Tensor],
+    opt_tensors: dict[str, torch.Tensor],
+    opt_meta: dict[str, Any],
+    scheduler: LRScheduler,
+    state: dict[str, Any],
+    model: Module | None = None,
+) -> None:
     save_file(weights, tmp / "trainable.safetensors")
     if model is not None:
         save_adapter_folder(model, weights, tmp / ADAPTER)  # the step's model, loadable (and servable) as it is
-    rng = {"torch": torch.get_rng_state()}
+    rng: dict[str, torch.Tensor] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"cuda.{i}"] = s
@@ -83,7 +98,15 @@ def _write(tmp: Path, weights, opt_tensors, opt_meta, scheduler, state: dict, mo
     _fsync_tree(tmp)
 
 
-def write_folder(final: Path, weights, opt_tensors, opt_meta, scheduler, state: dict, model=None) -> None:
+def write_folder(
+    final: Path,
+    weights: dict[str, torch.Tensor],
+    opt_tensors: dict[str, torch.Tensor],
+    opt_meta: dict[str, Any],
+    scheduler: LRScheduler,
+    state: dict[str, Any],
+    model: Module | None = None,
+) -> None:
     """Write a checkpoint to `final` whole or not at all: into a temporary sibling, renamed over
     `final` once every file is on disk."""
     tmp = final.parent / f".tmp-{final.name}"
@@ -100,7 +123,7 @@ def write_folder(final: Path, weights, opt_tensors, opt_meta, scheduler, state: 
         raise
 
 
-def save_named(final: Path, model, optimizer, scheduler, state: dict) -> None:
+def save_named(final: Path, model: Module, optimizer: Optimizer, scheduler: LRScheduler, state: dict[str, Any]) -> None:
     """The model's trained weights, optimizer, schedule and RNG state, and its adapter folder, at
     `final` (a client loop's named state; a run's checkpoints go through `save`)."""
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
@@ -108,7 +131,14 @@ def save_named(final: Path, model, optimizer, scheduler, state: dict) -> None:
 
 
 def save(
-    ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int, write: bool = True
+    ckpt_root: Path,
+    step: int,
+    model: Module,
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
+    state: dict[str, Any],
+    keep: int,
+    write: bool = True,
 ) -> Path | None:
     """Write checkpoint `step`; in a distributed run every rank calls this (sharded tensors are
     gathered) and only the one with `write` writes."""
@@ -144,7 +174,7 @@ def list_checkpoints(ckpt_root: Path, clean: bool = True) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
-def load_trainable(model, file: Path) -> None:
+def load_trainable(model: Module, file: Path) -> None:
     """Trained weights from a safetensors file into `model`, in place (each rank its shard)."""
     weights = load_file(file)
     params = dict(model.named_parameters())
@@ -156,13 +186,13 @@ def load_trainable(model, file: Path) -> None:
             params[name].copy_(like(value, params[name]))  # this rank's shard of a sharded weight
 
 
-def cuda_rng_states(rng: dict) -> list:
+def cuda_rng_states(rng: dict[str, Any]) -> list[Any]:
     """The saved per-GPU RNG states in device order (cuda.0, cuda.1, ..., cuda.10: by number, not
     as text, where cuda.10 would come before cuda.2)."""
     return [rng[k] for k in sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))]
 
 
-def load(path: Path, model, optimizer, scheduler) -> dict:
+def load(path: Path, model: Module, optimizer: Optimizer, scheduler: LRScheduler) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and RNG state in place; return the loop state."""
     load_trainable(model, path / "trainable.safetensors")
     meta = json.loads((path / "state.json").read_text())
@@ -176,4 +206,5 @@ def load(path: Path, model, optimizer, scheduler) -> dict:
             torch.cuda.set_rng_state_all(states)
     version, internal, gauss = meta["python_rng"]
     random.setstate((version, tuple(internal), gauss))
-    return meta["state"]
+    state: dict[str, Any] = meta["state"]
+    return state

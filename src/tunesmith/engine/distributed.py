@@ -25,8 +25,15 @@ from __future__ import annotations
 import atexit
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
+from typing_extensions import TypeIs
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
+    from torch.nn import Module
 
 BUCKET_BYTES = 64 * 2**20
 
@@ -45,15 +52,8 @@ class Ranks:
         return self.world > 1
 
 
-def _dist():
-    import torch.distributed as dist
-
-    return dist
-
-
 def current() -> Ranks:
     """This process's place: from the initialised process group, else one process alone."""
-    dist = _dist()
     if dist.is_available() and dist.is_initialized():
         return Ranks(dist.get_rank(), dist.get_world_size())
     return Ranks()
@@ -62,7 +62,6 @@ def current() -> Ranks:
 def start() -> Ranks:
     """Join torchrun's process group when launched by it (WORLD_SIZE > 1): nccl on GPUs, gloo on CPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    dist = _dist()
     if world > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -75,7 +74,6 @@ def start() -> Ranks:
 
 def stop() -> None:
     """Leave the process group once every rank is done with it."""
-    dist = _dist()
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
@@ -87,10 +85,10 @@ def is_main() -> bool:
 
 def barrier() -> None:
     if current().parallel:
-        _dist().barrier()
+        dist.barrier()
 
 
-def share(batch: list, ranks: Ranks) -> list:
+def share(batch: list[Any], ranks: Ranks) -> list[Any]:
     """This rank's part of a global batch."""
     return batch[ranks.rank :: ranks.world]
 
@@ -100,7 +98,7 @@ def sum_scalars(values: list[float], ranks: Ranks) -> list[float]:
     if not ranks.parallel:
         return values
     t = torch.tensor(values, dtype=torch.float64)
-    _dist().all_reduce(t)
+    dist.all_reduce(t)
     return t.tolist()
 
 
@@ -108,8 +106,8 @@ def sum_metrics(metrics: dict[str, float], ranks: Ranks) -> dict[str, float]:
     """Per-rank metric sums added over ranks; a metric only some ranks report counts as 0 elsewhere."""
     if not ranks.parallel:
         return metrics
-    gathered: list = [None] * ranks.world
-    _dist().all_gather_object(gathered, sorted(metrics))
+    gathered: list[Any] = [None] * ranks.world
+    dist.all_gather_object(gathered, sorted(metrics))
     names = sorted({n for names in gathered for n in names})
     return dict(zip(names, sum_scalars([float(metrics.get(n, 0.0)) for n in names], ranks)))
 
@@ -125,8 +123,10 @@ def sum_gradients(params: list[torch.Tensor], ranks: Ranks) -> None:
     for p in params:  # a parameter no pass reached: zero here, so that every rank sends the same buckets
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    buckets, bucket, size = [], [], 0
-    for g in (p.grad for p in params):
+    buckets: list[list[torch.Tensor]] = []
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for g in [p.grad for p in params if p.grad is not None]:
         nbytes = g.numel() * g.element_size()
         if bucket and (size + nbytes > BUCKET_BYTES or g.dtype != bucket[0].dtype or g.device != bucket[0].device):
             buckets.append(bucket)
@@ -137,7 +137,7 @@ def sum_gradients(params: list[torch.Tensor], ranks: Ranks) -> None:
         buckets.append(bucket)
     for bucket in buckets:
         flat = _flatten_dense_tensors(bucket)
-        _dist().all_reduce(flat)
+        dist.all_reduce(flat)
         for g, summed in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
             g.copy_(summed)
 
@@ -172,7 +172,7 @@ def launch_local(nproc: int, argv: list[str]) -> int:
     return 0
 
 
-def is_sharded(t) -> bool:
+def is_sharded(t: object) -> TypeIs[DTensor]:
     from torch.distributed.tensor import DTensor
 
     return isinstance(t, DTensor)
@@ -192,7 +192,7 @@ def like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(value.to(param.device_mesh.device_type), param.device_mesh, param.placements)
 
 
-def shard_model(model, dev: torch.device, precision: str) -> int:
+def shard_model(model: Module, dev: torch.device, precision: str) -> int:
     """FSDP2 over the ranks: every decoder layer, then the decoder (embeddings, final norm) as the
     root that methods call. Gradients are summed, not averaged, as in `ddp`. Returns the number
     of layers sharded."""
@@ -234,7 +234,7 @@ def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
     plain = [g for g in grads if not is_sharded(g)]
     squares = float(full(torch.nn.utils.get_total_norm(sharded))) ** 2 if sharded else 0.0
     squares += float(torch.nn.utils.get_total_norm(plain)) ** 2 if plain else 0.0
-    norm = squares**0.5
+    norm: float = squares**0.5
     coef = min(1.0, max_norm / (norm + 1e-6))  # as torch's clip_grad_norm_
     if coef < 1.0:
         for g in grads:
@@ -242,6 +242,6 @@ def clip_gradients(params: list[torch.Tensor], max_norm: float) -> float:
     return norm
 
 
-def gather_state(model) -> dict[str, torch.Tensor]:
+def gather_state(model: Module) -> dict[str, torch.Tensor]:
     """The model's whole state dict on the CPU (every rank must call this together)."""
     return {name: full(value).detach().cpu() for name, value in model.state_dict().items()}

@@ -13,23 +13,19 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
 
 from tunesmith import atomic
-from tunesmith.config import RunConfig
-from tunesmith.data.batch import Batch
 from tunesmith.data.collate import feature_length
 from tunesmith.engine import checkpoint, distributed
 from tunesmith.engine.anchors import WeightAnchor
 from tunesmith.engine.distributed import Ranks, shard_model, sum_scalars
 from tunesmith.engine.logbook import PLAN, MetricsLog, TrainProgress
 from tunesmith.engine.loop_state import LoopState, Window
-from tunesmith.engine.method import Method
 from tunesmith.engine.passes import batch_features, batch_stream, pass_budget, rank_passes
 from tunesmith.engine.profile import StepProfiler
 from tunesmith.engine.sampler import EpochSampler
@@ -44,15 +40,32 @@ from tunesmith.model.quantize import is_quantized
 from tunesmith.model.segment_attention import exact_path_note, restore_attention, use_segment_attention, uses_segments
 from tunesmith.runtime.precision import autocast, device, hold_frozen_weights_in_bf16, resolve_precision
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    from torch.nn import Module
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
+    from transformers import PreTrainedTokenizerBase
+
+    from tunesmith.config import RunConfig
+    from tunesmith.data.batch import Batch
+    from tunesmith.engine.method import Method
+    from tunesmith.engine.trackers import Trackers
+
+    Scorer = Callable[[Any], dict[str, float]]  # the unwrapped model -> {"val_<metric>": mean}
+    OnRecord = Callable[[int, dict[str, Any]], None]  # (step, logged record); may raise to end the run
+
 
 @dataclass
 class TrainData:
     """Encoded features of every training source, in source order, and validation features."""
 
-    features: list[dict]
+    features: list[dict[str, Any]]
     source_sizes: list[int]
     weights: list[float]
-    val: list[dict] = field(default_factory=list)
+    val: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -63,8 +76,8 @@ class FitResult:
     tokens: int
     seconds: float
     precision: str
-    stopped_early: dict | None = None  # {"step", "reason"} when eval.early_stopping ended the run
-    best: dict | None = None  # {"metric", "value", "step"} of the weights output.keep_best made final
+    stopped_early: dict[str, Any] | None = None  # {"step", "reason"} when eval.early_stopping ended the run
+    best: dict[str, Any] | None = None  # {"metric", "value", "step"} of the weights output.keep_best made final
 
 
 @dataclass
@@ -72,7 +85,7 @@ class FitSession:
     """What the loop works with, set up once by `_set_up`, and what it has seen so far."""
 
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     method: Method
     data: TrainData
     cfg: RunConfig
@@ -96,24 +109,25 @@ class FitSession:
     profiler: StepProfiler
     early: EarlyStop | None
     best: BestWeights | None
-    scorer: Callable | None
-    on_record: Callable | None
+    scorer: Scorer | None
+    on_record: OnRecord | None
     t_start: float = 0.0  # this process's clock, less the elapsed seconds of a resumed run
     t_window: float = 0.0  # when the current log window began
     last_loss: float = float("nan")
     val_loss: float | None = None
-    stopped_early: dict | None = None
+    stopped_early: dict[str, Any] | None = None
 
 
 def total_steps(cfg: RunConfig, sampler: EpochSampler) -> int:
     if cfg.train.max_steps is not None:
         return cfg.train.max_steps
+    assert cfg.train.epochs is not None  # the config asks for max_steps or epochs
     return max(1, math.ceil(cfg.train.epochs * sampler.batches_per_epoch() / cfg.train.grad_accum))
 
 
 def fit(
-    model,
-    tokenizer,
+    model: Module,
+    tokenizer: PreTrainedTokenizerBase,
     method: Method,
     data: TrainData,
     cfg: RunConfig,
@@ -122,9 +136,9 @@ def fit(
     resume: bool = False,
     console: Console | None = None,
     quiet: bool = False,
-    trackers=None,
-    scorer=None,
-    on_record=None,
+    trackers: Trackers | None = None,
+    scorer: Scorer | None = None,
+    on_record: OnRecord | None = None,
 ) -> FitResult:
     """Train `model` as `cfg` says; `trackers` (engine/trackers/, rank 0's) get every logged record;
     `scorer(model) -> {"val_<metric>": value}` scores generated replies every eval.generate_every steps;
@@ -149,21 +163,21 @@ def fit(
         restore_paths(model, kept)
 
 
-def training_paths(model) -> tuple:
+def training_paths(model: Module) -> tuple[Any, ...]:
     """The model's training forward: attention per sequence (training batches say where sequences
     are) and LoRA's update fused into one matmul; returns what `restore_paths` puts back."""
     return use_segment_attention(unwrap(model)), use_fused_lora(model)
 
 
-def restore_paths(model, kept: tuple) -> None:
+def restore_paths(model: Module, kept: tuple[Any, ...]) -> None:
     attention, fused = kept
     restore_lora(fused)
     restore_attention(unwrap(model), attention)
 
 
 def _set_up(
-    model,
-    tokenizer,
+    model: Module,
+    tokenizer: PreTrainedTokenizerBase,
     method: Method,
     data: TrainData,
     cfg: RunConfig,
@@ -171,9 +185,9 @@ def _set_up(
     *,
     resume: bool,
     console: Console,
-    trackers,
-    scorer,
-    on_record,
+    trackers: Trackers | None,
+    scorer: Scorer | None,
+    on_record: OnRecord | None,
 ) -> FitSession:
     """The model on its device in the training precision (sharded under FSDP), the data's order,
     the optimizer and schedule, the state a checkpoint left (on `resume`), and the logs."""
@@ -197,7 +211,7 @@ def _set_up(
     optimizer, scheduler, note = build_optimizer(model, cfg.train, total, cfg.adapter.lora_plus_ratio)
     if note:
         console.print(f"[yellow]{note}[/yellow]")
-    params = [p for p in model.parameters() if p.requires_grad]
+    params: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
     anchor = WeightAnchor(params, cfg.forgetting.l2sp) if cfg.forgetting.l2sp else None  # before resume: theta_0
 
     ckpt_root = run_dir / "checkpoints"
@@ -238,7 +252,9 @@ def _set_up(
     )
 
 
-def _place_model(model, cfg: RunConfig, precision: str, dev, ranks: Ranks, console: Console) -> None:
+def _place_model(
+    model: Module, cfg: RunConfig, precision: str, dev: torch.device, ranks: Ranks, console: Console
+) -> None:
     """The model on the device in training mode: sharded under FSDP, else ready_to_train."""
     if ranks.parallel and cfg.train.distributed == "fsdp" and not is_quantized(model):
         model.to(dev)
@@ -249,7 +265,9 @@ def _place_model(model, cfg: RunConfig, precision: str, dev, ranks: Ranks, conso
         ready_to_train(model, precision, dev)
 
 
-def _resumed(ckpt_root: Path, model, optimizer, scheduler, console: Console) -> LoopState:
+def _resumed(
+    ckpt_root: Path, model: Module, optimizer: Optimizer, scheduler: LRScheduler, console: Console
+) -> LoopState:
     """The state of the latest checkpoint, with weights, optimizer, schedule and RNG restored; a
     fresh state where there is none yet."""
     found = checkpoint.list_checkpoints(ckpt_root)
@@ -311,7 +329,7 @@ def _run(s: FitSession, quiet: bool) -> FitResult:
     return FitResult(state.step, s.last_loss, s.val_loss, state.tokens, seconds, s.precision, s.stopped_early, kept)
 
 
-def _next_passes(s: FitSession, stream) -> list[Batch]:
+def _next_passes(s: FitSession, stream: Iterator[tuple[list[Any], tuple[int, int]]]) -> list[Batch]:
     """This rank's passes of the next `grad_accum` global batches, collated (the data position moves on)."""
     micro: list[Batch] = []
     for _ in range(s.cfg.train.grad_accum):
@@ -320,7 +338,7 @@ def _next_passes(s: FitSession, stream) -> list[Batch]:
             collated = s.method.collate(batch_features(part, s.data.features, s.pack_length), s.tokenizer)
             if s.method.logs_samples:
                 collated["samples"] = []  # filled by the method's loss (one list, shared by copies)
-            micro.append({**collated, "ghost": True} if ghost else collated)  # type: ignore[typeddict-item]
+            micro.append({**collated, "ghost": True} if ghost else collated)
     return micro
 
 
@@ -329,20 +347,21 @@ def _log_and_watch(s: FitSession, micro: list[Batch], progress: TrainProgress) -
     to the logs and the progress bar; the best weights offered, early stopping consulted."""
     state, cfg, step = s.state, s.cfg, s.state.step
     do_val = bool(s.data.val) and (step == s.total or (cfg.eval.every is not None and step % cfg.eval.every == 0))
-    do_gen = s.scorer is not None and (step == s.total or step % cfg.eval.generate_every == 0)
+    every_gen = cfg.eval.generate_every
+    do_gen = s.scorer is not None and every_gen is not None and (step == s.total or step % every_gen == 0)
     if not (step % cfg.train.log_every == 0 or step in (1, s.total) or do_val or do_gen):
         progress.update(step)
         return
     now = time.perf_counter()
     record = state.record(
-        s.sampler.batches_per_epoch(), s.scheduler.get_last_lr()[0], now - s.t_window, now - s.t_start
+        s.sampler.batches_per_epoch(), float(s.scheduler.get_last_lr()[0]), now - s.t_window, now - s.t_start
     )
     if do_val:
         record.update(
             evaluate_loss(s.model, s.method, s.tokenizer, s.data.val, cfg.train.batch_size, s.precision, s.dev)
         )
         s.val_loss = record["val_loss"]
-    if do_gen:
+    if do_gen and s.scorer is not None:
         record.update(_generated_scores(s.model, s.scorer, s.precision, s.dev))
     s.last_loss = record["loss"]
     s.log.write(record)
@@ -384,7 +403,7 @@ def _checkpoint_or_stop(s: FitSession, stop: StopRequest) -> None:
         )
 
 
-def _check_watching(cfg: RunConfig, data: TrainData, ranks: Ranks, scorer) -> None:
+def _check_watching(cfg: RunConfig, data: TrainData, ranks: Ranks, scorer: Scorer | None) -> None:
     """Scores during training need validation data, and generation runs in one process."""
     asked = [
         k
@@ -406,7 +425,7 @@ def _check_watching(cfg: RunConfig, data: TrainData, ranks: Ranks, scorer) -> No
         raise RuntimeError("eval.generate_every is set but no scorer was given to fit()")
 
 
-def _generated_scores(model, scorer, precision: str, dev) -> dict:
+def _generated_scores(model: Module, scorer: Scorer, precision: str, dev: torch.device) -> dict[str, float]:
     """The scorer's val_<metric> means on the model as it is now; training resumes untouched (mode, RNG)."""
     import random
 
@@ -424,7 +443,7 @@ def _generated_scores(model, scorer, precision: str, dev) -> dict:
         random.setstate(python_rng)
 
 
-def ready_to_train(model, precision: str, dev) -> None:
+def ready_to_train(model: Module, precision: str, dev: torch.device) -> None:
     """On the device (a quantized base already is), an adapter's frozen base in bf16 when the run
     computes in bf16, in training mode."""
     if not is_quantized(model):

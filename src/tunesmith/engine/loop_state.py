@@ -4,6 +4,7 @@ continues exactly (the data position, the counts, the sums since the last log li
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 def add_sums(into: dict[str, float], more: dict[str, float]) -> None:
@@ -17,7 +18,7 @@ class StepTotals:
     """One optimizer step, summed over its passes and all ranks."""
 
     loss: float  # summed loss (divide by items for the mean)
-    items: int
+    items: float  # a count, summed over ranks in fp64
     tokens: int
     metrics: dict[str, float]  # the method's metric sums
     grad_norm: float
@@ -29,7 +30,7 @@ class Window:
     """Sums over the optimizer steps since the last log line."""
 
     loss: float = 0.0
-    items: int = 0
+    items: float = 0
     tokens: int = 0
     steps: int = 0
     grad_norm: float = 0.0
@@ -57,18 +58,18 @@ class LoopState:
     elapsed: float = 0.0
     window: Window = field(default_factory=Window)
     skipped: int = 0  # steps not taken (loss or gradients not finite)
-    early_stop: dict | None = None
+    early_stop: dict[str, Any] | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, saved: dict) -> LoopState:
+    def from_json(cls, saved: dict[str, Any]) -> LoopState:
         """The state a checkpoint stored (keys absent from older checkpoints take their defaults)."""
         fields = {k: v for k, v in saved.items() if k in cls.__dataclass_fields__}
         return cls(**{**fields, "window": Window(**saved.get("window", {}))})
 
-    def record(self, batches_per_epoch: int, lr: float, window_s: float, elapsed_s: float) -> dict:
+    def record(self, batches_per_epoch: int, lr: float, window_s: float, elapsed_s: float) -> dict[str, Any]:
         """One metrics.jsonl line: means per item (token) over the window; tokens/s counts real tokens."""
         w = self.window
         record = {

@@ -11,11 +11,24 @@ the model (`n_tokens`), which the engine counts for tokens/s.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
+if TYPE_CHECKING:
+    from pathlib import Path
 
-from tunesmith.data.batch import Batch
+    import torch
+    from rich.console import Console
+    from torch.nn import Module
+    from transformers import PreTrainedTokenizerBase
+
+    from tunesmith.config.schema import RunConfig
+    from tunesmith.data.batch import Batch
+
+
+class ReferenceLogits(Protocol):
+    """The starting model's logits at a batch's loss positions (methods/reference.py's `ReferenceModel`)."""
+
+    def logits(self, model: Module, batch: Batch) -> torch.Tensor: ...
 
 
 class Method(ABC):
@@ -38,36 +51,45 @@ class Method(ABC):
     steps_per_batch: int = 1
     logs_samples: bool = False
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: RunConfig | None) -> None:
         self.name = config.method if config is not None else ""
         self.truncated = 0
         self.dropped = 0
-        self.kl_anchor = None  # a ReferenceModel, set by the run when forgetting.kl > 0 or self_distill is on
+        # a ReferenceModel, set by the run when forgetting.kl > 0 or self_distill is on
+        self.kl_anchor: ReferenceLogits | None = None
 
     @classmethod
-    def variant(cls, config) -> type[Method]:
+    def variant(cls, config: RunConfig) -> type[Method]:
         """The class that implements this registered name under `config`: itself, unless one name
         covers methods whose batches and losses differ (`dpo` with `preference.loss: kto`)."""
         return cls
 
     @abstractmethod
-    def features(self, example: Any, tokenizer) -> dict | None:
+    def features(self, example: Any, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | None:
         """One example -> model-ready features, or None to drop it (e.g. nothing left to learn)."""
 
     @abstractmethod
-    def collate(self, features: list[dict], tokenizer) -> Batch:
+    def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
         """Features -> a padded batch of tensors, with `n_items` and `n_tokens` set."""
 
-    def prepare(self, model, tokenizer, features: list[dict], run_dir, cfg, console) -> None:  # noqa: B027 (optional)
+    def prepare(  # noqa: B027 (optional)
+        self,
+        model: Module,
+        tokenizer: PreTrainedTokenizerBase,
+        features: list[dict[str, Any]],
+        run_dir: Path,
+        cfg: RunConfig,
+        console: Console,
+    ) -> None:
         """Once, after the model is built and before the first step (a reference model, a teacher,
         reward functions); `features` are the training and validation features."""
 
-    def rollout(self, model, batch: Batch) -> None:  # noqa: B027 (optional: most methods train on their data)
+    def rollout(self, model: Module, batch: Batch) -> None:  # noqa: B027 (optional: most methods train on their data)
         """Before the first `loss` on a batch (training and validation), on the device and in the
         training precision: what the method generates to train on, written into the batch (replies
         sampled from the model as it is now, their rewards; `n_tokens` then counts them). Not
         called again when the engine steps on the same batch again (`steps_per_batch` > 1)."""
 
     @abstractmethod
-    def loss(self, model, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Summed loss over the batch's `n_items`, and metrics to log (sums, divided by the engine)."""

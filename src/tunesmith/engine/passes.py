@@ -3,14 +3,19 @@ and under torchrun each rank's share in as many passes as every other rank's."""
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.packing import pack_features
 from tunesmith.engine.distributed import Ranks, share
-from tunesmith.engine.sampler import EpochSampler
+
+if TYPE_CHECKING:
+    import torch
+
+    from tunesmith.engine.sampler import EpochSampler
 
 
-def batch_stream(sampler: EpochSampler, epoch: int, index: int):
+def batch_stream(sampler: EpochSampler, epoch: int, index: int) -> Iterator[tuple[list[Any], tuple[int, int]]]:
     """Batches (as example indices) from a data position onwards, with the position after each."""
     while True:
         batches = sampler.batches(epoch)
@@ -20,7 +25,7 @@ def batch_stream(sampler: EpochSampler, epoch: int, index: int):
         epoch, index = epoch + 1, 0
 
 
-def batch_features(batch: list, features: list[dict], pack_length: int | None) -> list[dict]:
+def batch_features(batch: list[Any], features: list[dict[str, Any]], pack_length: int | None) -> list[dict[str, Any]]:
     """The features of a batch of example indices, or of a batch of packed rows."""
     if pack_length is None:
         return [features[i] for i in batch]
@@ -36,7 +41,7 @@ def pass_budget(configured: int | None, dev: torch.device) -> int | None:
     return configured or None  # 0: no limit
 
 
-def split_by_tokens(batch: list, lengths: list[int], budget: int | None) -> list[list]:
+def split_by_tokens(batch: list[Any], lengths: list[int], budget: int | None) -> list[list[Any]]:
     """The batch (example indices, or packed rows of them) in consecutive parts whose padded size
     (rows x longest row) stays within `budget` tokens; a longer single row is a part of its own.
     The engine accumulates the parts into one optimizer step: the same gradient, with activation
@@ -45,7 +50,9 @@ def split_by_tokens(batch: list, lengths: list[int], budget: int | None) -> list
     if budget is None:
         return [batch]
     size = [sum(lengths[i] for i in row) if isinstance(row, list) else lengths[row] for row in batch]
-    parts, current, longest = [], [], 0
+    parts: list[list[Any]] = []
+    current: list[Any] = []
+    longest = 0
     for row, n in zip(batch, size):
         if current and (len(current) + 1) * max(longest, n) > budget:
             parts.append(current)
@@ -55,7 +62,7 @@ def split_by_tokens(batch: list, lengths: list[int], budget: int | None) -> list
     return parts + [current]
 
 
-def rank_passes(batch: list, lengths: list[int], budget: int | None, ranks: Ranks) -> list[tuple[list, bool]]:
+def rank_passes(batch: list[Any], lengths: list[int], budget: int | None, ranks: Ranks) -> list[tuple[list[Any], bool]]:
     """This rank's passes over its share of a global batch, as (part, ghost): as many as the rank
     with the most, so that collectives line up; a ghost pass repeats a part with weight zero."""
     shares = [share(batch, Ranks(r, ranks.world)) for r in range(ranks.world)]

@@ -10,11 +10,14 @@ itself, not in operators it calls, so the groups add up to the profiled time.
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from tunesmith import atomic
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 WARMUP_STEPS = 2
 GROUPS = [  # first match wins; names are aten operator names without the namespace
@@ -84,10 +87,11 @@ def group_of(op: str) -> str:
 class StepProfiler:
     """Call `before_step(step)` and `after_step(step)` around each optimizer step."""
 
-    def __init__(self, steps: int | None, path: Path, first_step: int):
+    def __init__(self, steps: int | None, path: Path, first_step: int) -> None:
         self.steps, self.path = steps, path
         self.start = first_step + WARMUP_STEPS + 1  # steps count from 1
-        self.profiler, self.t0, self.done = None, 0.0, not steps
+        self.profiler: torch.profiler.profile | None = None
+        self.t0, self.done = 0.0, not steps
         self.profiled, self.tokens = 0, 0
 
     def before_step(self, step: int) -> None:
@@ -114,7 +118,7 @@ class StepProfiler:
         self.done, self.profiler = True, None
 
 
-def summarise(profiler, steps: int, seconds: float, tokens: int) -> str:
+def summarise(profiler: torch.profiler.profile, steps: int, seconds: float, tokens: int) -> str:
     events = [e for e in profiler.key_averages() if e.self_cpu_time_total > 0]
     total_us = sum(e.self_cpu_time_total for e in events) or 1
     groups: dict[str, float] = {}

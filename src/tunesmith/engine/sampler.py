@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 from tunesmith.data.packing import pack_rows
 
@@ -28,7 +29,7 @@ class EpochSampler:
         batch_size: int,
         seed: int,
         pack_length: int | None = None,
-    ):
+    ) -> None:
         self.sizes, self.weights, self.lengths = source_sizes, weights, lengths
         self.batch_size, self.seed, self.pack_length = batch_size, seed, pack_length
         self.offsets = [sum(source_sizes[:i]) for i in range(len(source_sizes))]
@@ -44,7 +45,7 @@ class EpochSampler:
         rng.shuffle(chosen)
         return chosen
 
-    def batches(self, epoch: int) -> list[list]:
+    def batches(self, epoch: int) -> list[list[Any]]:
         rng = random.Random(self.seed * 1_000_003 + epoch + 7_919)
         order = self.epoch_examples(epoch)
         if self.pack_length is not None:

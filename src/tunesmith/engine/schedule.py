@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tunesmith.config import TrainConfig
 from tunesmith.errors import first_line
+
+if TYPE_CHECKING:
+    from torch.nn import Module
+
+    from tunesmith.config import TrainConfig
 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
@@ -26,10 +31,10 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model, cfg: TrainConfig, lora_plus_ratio: float | None = None) -> list[dict]:
+def param_groups(model: Module, cfg: TrainConfig, lora_plus_ratio: float | None = None) -> list[dict[str, Any]]:
     """Weight decay on matrices only; with LoRA+ (Hayou et al., 2024) the B matrices learn
     `lora_plus_ratio` times faster than A, which the paper finds trains LoRA faster and better."""
-    groups: dict[tuple[bool, bool], list] = {}
+    groups: dict[tuple[bool, bool], list[Any]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             fast = bool(lora_plus_ratio) and "lora_B" in name
@@ -38,16 +43,16 @@ def param_groups(model, cfg: TrainConfig, lora_plus_ratio: float | None = None) 
         {
             "params": params,
             "weight_decay": cfg.weight_decay if matrix else 0.0,
-            "lr": cfg.lr * (lora_plus_ratio if fast else 1.0),
+            "lr": cfg.lr * ((lora_plus_ratio or 1.0) if fast else 1.0),
         }
         for (matrix, fast), params in sorted(groups.items(), reverse=True)
     ]
 
 
-def make_adamw(groups: list[dict], cfg: TrainConfig):
+def make_adamw(groups: list[dict[str, Any]], cfg: TrainConfig) -> tuple[torch.optim.Optimizer, str | None]:
     """AdamW, or bitsandbytes' 8-bit AdamW (optimizer states in 8 bits) where it runs here.
     Returns the optimizer and a note when the 8-bit one had to fall back."""
-    adam = {"lr": cfg.lr, "betas": (0.9, 0.999), "eps": 1e-8}
+    adam: dict[str, Any] = {"lr": cfg.lr, "betas": (0.9, 0.999), "eps": 1e-8}
     note = None
     if cfg.optimizer == "adamw8bit":
         try:
@@ -62,7 +67,9 @@ def make_adamw(groups: list[dict], cfg: TrainConfig):
     return torch.optim.AdamW(groups, **adam), note
 
 
-def build_optimizer(model, cfg: TrainConfig, total_steps: int, lora_plus_ratio: float | None = None):
+def build_optimizer(
+    model: Module, cfg: TrainConfig, total_steps: int, lora_plus_ratio: float | None = None
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, str | None]:
     optimizer, note = make_adamw(param_groups(model, cfg, lora_plus_ratio), cfg)
     warm = warmup_steps(cfg, total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warm, cfg.schedule))

@@ -6,15 +6,24 @@ and `evaluate_loss` are the same passes without gradients."""
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tunesmith.data.batch import Batch
 from tunesmith.engine import distributed
 from tunesmith.engine.distributed import Ranks, clip_gradients, share, sum_gradients, sum_metrics, sum_scalars
 from tunesmith.engine.loop_state import StepTotals, add_sums
-from tunesmith.engine.method import Method
 from tunesmith.runtime.precision import autocast
+
+if TYPE_CHECKING:
+    from torch.nn import Module
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
+    from transformers import PreTrainedTokenizerBase
+
+    from tunesmith.data.batch import Batch
+    from tunesmith.engine.anchors import WeightAnchor
+    from tunesmith.engine.method import Method
 
 
 def to_device(batch: Batch, dev: torch.device) -> Batch:
@@ -25,8 +34,8 @@ def to_device(batch: Batch, dev: torch.device) -> Batch:
 
 
 def backward(
-    model, method: Method, batch: Batch, precision: str, dev, scale: float, fresh: bool = True
-) -> tuple[float, dict]:
+    model: Module, method: Method, batch: Batch, precision: str, dev: torch.device, scale: float, fresh: bool = True
+) -> tuple[float, dict[str, Any]]:
     """One pass: the method's summed loss on `batch` (after its rollout where the batch is `fresh`,
     not a reused one), its gradient divided by `scale` added to the parameters' (accumulated until
     `update`); returns the loss and the method's metrics."""
@@ -43,7 +52,9 @@ def backward(
     return float(loss_sum.detach()), metrics
 
 
-def forward_only(model, method: Method, batch: Batch, precision: str, dev) -> tuple[float, dict]:
+def forward_only(
+    model: Module, method: Method, batch: Batch, precision: str, dev: torch.device
+) -> tuple[float, dict[str, Any]]:
     """The method's summed loss on `batch` (after its rollout) and its metrics, with no gradient."""
     batch = to_device(batch, dev)
     with torch.no_grad(), autocast(precision, dev):
@@ -53,7 +64,7 @@ def forward_only(model, method: Method, batch: Batch, precision: str, dev) -> tu
 
 
 def update(
-    params: list[torch.Tensor], optimizer, max_norm: float | None, loss_finite: bool = True
+    params: list[torch.Tensor], optimizer: Optimizer, max_norm: float | None, loss_finite: bool = True
 ) -> tuple[float, bool]:
     """Clip the accumulated gradients to `max_norm` (None: no clip), step the optimizer unless the
     loss or the gradients are not finite, and clear them; returns (gradient norm, skipped)."""
@@ -66,16 +77,16 @@ def update(
 
 
 def train_step(
-    model,
+    model: Module,
     method: Method,
     micro: list[Batch],
-    params,
-    optimizer,
-    scheduler,
+    params: list[torch.Tensor],
+    optimizer: Optimizer,
+    scheduler: LRScheduler,
     max_grad_norm: float | None,
     precision: str,
-    dev,
-    anchor=None,
+    dev: torch.device,
+    anchor: WeightAnchor | None = None,
     ranks: Ranks = Ranks(),
     fresh: bool = True,
 ) -> StepTotals:
@@ -85,7 +96,7 @@ def train_step(
     counted = [b for b in micro if not b.get("ghost")]
     items = sum_scalars([sum(b["n_items"] for b in counted)], ranks)[0]
     n_items = max(1, items)
-    loss_total, metric_sums = 0.0, {}
+    loss_total, metric_sums = 0.0, dict[str, float]()
     for batch in micro:
         loss, metrics = backward(model, method, batch, precision, dev, n_items, fresh)
         loss_total += loss
@@ -101,7 +112,15 @@ def train_step(
     return StepTotals(loss_total, items, int(tokens), metric_sums, grad_norm, skipped)
 
 
-def evaluate_loss(model, method: Method, tokenizer, features: list[dict], batch_size: int, precision: str, dev) -> dict:
+def evaluate_loss(
+    model: Module,
+    method: Method,
+    tokenizer: PreTrainedTokenizerBase,
+    features: list[dict[str, Any]],
+    batch_size: int,
+    precision: str,
+    dev: torch.device,
+) -> dict[str, Any]:
     """Mean loss per item (token for SFT) over `features`, without gradients."""
     was_training = model.training
     model.eval()
@@ -109,12 +128,13 @@ def evaluate_loss(model, method: Method, tokenizer, features: list[dict], batch_
     mine = share(features, ranks)  # each rank its share; the sums are added over ranks
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
     most = math.ceil(len(share(features, Ranks(0, ranks.world))) / batch_size)  # rank 0's share is the largest
-    batches += [None] * (most - len(batches))  # as many forward passes on every rank (FSDP gathers in each)
-    loss_sum, items, metric_sums = 0.0, 0, {}
+    batches += [[]] * (most - len(batches))  # as many forward passes on every rank (FSDP gathers in each)
+    loss_sum, metric_sums = 0.0, dict[str, float]()
+    items: float = 0  # a count; summed over ranks in fp64
     for chunk in batches:
         batch = method.collate(chunk or features[:1], tokenizer)
         loss, metrics = forward_only(model, method, batch, precision, dev)
-        if chunk is None:
+        if not chunk:
             continue
         loss_sum += loss
         items += batch["n_items"]

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import signal
 import threading
+from types import FrameType
+from typing import Any
 
 
 class StopRequest:
     def __init__(self) -> None:
         self.signal: str | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
     @property
     def requested(self) -> bool:
         return self.signal is not None
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signal = signal.Signals(signum).name
         if signum == signal.SIGINT:  # a second Ctrl-C: the default, at once
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -30,7 +32,7 @@ class StopRequest:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()

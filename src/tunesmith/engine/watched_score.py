@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import save_file
 
 from tunesmith import atomic
 from tunesmith.engine.checkpoint import load_trainable, trainable_state
 from tunesmith.errors import UserError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from torch.nn import Module
 
 
 def lower_is_better(metric: str) -> bool:
@@ -31,7 +36,7 @@ def improves(metric: str, value: float, best: float | None, min_delta: float = 0
     return value < best - min_delta if lower_is_better(metric) else value > best + min_delta
 
 
-def measured(metric: str, record: dict, where: str) -> float:
+def measured(metric: str, record: dict[str, Any], where: str) -> float:
     """The watched score in an evaluation's record, or a clear error naming those there are."""
     if metric not in record:
         there = ", ".join(sorted(k for k in record if k.startswith("val_")))
@@ -42,11 +47,11 @@ def measured(metric: str, record: dict, where: str) -> float:
 class EarlyStop:
     """Counts evaluations without an improvement larger than min_delta; `state` goes into checkpoints."""
 
-    def __init__(self, metric: str, patience: int, min_delta: float, state: dict | None = None):
+    def __init__(self, metric: str, patience: int, min_delta: float, state: dict[str, Any] | None = None) -> None:
         self.metric, self.patience, self.min_delta = metric, patience, min_delta
         self.state = dict(state or {"best": None, "best_step": None, "waited": 0})
 
-    def update(self, step: int, record: dict) -> str | None:
+    def update(self, step: int, record: dict[str, Any]) -> str | None:
         """After an evaluation: why the run stops now, or None."""
         value = measured(self.metric, record, "eval.early_stopping.metric")
         if improves(self.metric, value, self.state["best"], self.min_delta):
@@ -64,16 +69,16 @@ class EarlyStop:
 class BestWeights:
     """The trained weights of the best evaluation so far, kept in RUN_DIR/best."""
 
-    def __init__(self, run_dir: Path, metric: str, resume: bool, write: bool = True):
+    def __init__(self, run_dir: Path, metric: str, resume: bool, write: bool = True) -> None:
         self.folder, self.metric, self.write = run_dir / "best", metric, write
-        self.info: dict | None = None
+        self.info: dict[str, Any] | None = None
         if resume and (self.folder / "best.json").exists():
             self.info = json.loads((self.folder / "best.json").read_text())
             self.info.pop("file")
         elif write:
             shutil.rmtree(self.folder, ignore_errors=True)
 
-    def offer(self, step: int, record: dict, model) -> bool:
+    def offer(self, step: int, record: dict[str, Any], model: Module) -> bool:
         """After an evaluation: keep the model's weights if this is the best score yet."""
         value = measured(self.metric, record, "output.keep_best")
         if not improves(self.metric, value, self.info["value"] if self.info else None):
@@ -91,7 +96,7 @@ class BestWeights:
                     old.unlink()
         return True
 
-    def restore(self, model) -> dict | None:
+    def restore(self, model: Module) -> dict[str, Any] | None:
         """Load the best weights into `model` (in place); returns what they scored, at which step."""
         if self.info is None:
             return None

@@ -20,7 +20,7 @@ class Endpoint:
     def __init__(
         self,
         base_url: str,
-        model: str,
+        model: str | None,
         api_key_env: str | None = None,
         *,
         retries: int = 2,  # openai's default: a wrong URL fails in seconds; distill generate asks for more
@@ -77,7 +77,7 @@ class ChatEndpoint(Endpoint):
     def __init__(
         self,
         base_url: str,
-        model: str,
+        model: str | None,
         api_key_env: str | None = None,
         *,
         max_tokens: int = 512,

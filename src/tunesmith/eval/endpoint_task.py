@@ -14,6 +14,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tunesmith.data.layouts import Example
@@ -66,7 +67,7 @@ def evaluate_endpoint(
     *,
     label: str,
     cache: ReplyCache,
-    shots: list[Example] = (),
+    shots: Sequence[Example] = (),
     system: str | None = None,
     max_new_tokens: int = 64,
     metric: str | None = None,

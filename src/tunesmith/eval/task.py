@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,7 @@ class TaskPrompts:
         return [turn_text(t) for t in self.turns]
 
 
-def task_prompts(examples: list[Example], shots: list[Example] = (), system: str | None = None) -> TaskPrompts:
+def task_prompts(examples: list[Example], shots: Sequence[Example] = (), system: str | None = None) -> TaskPrompts:
     prompts, turns, tools = [], [], []
     for e in examples:
         context, turn = reference_turn(e)
@@ -114,7 +115,8 @@ def score_replies(
     metric), written per example to `predictions_path` (with `extra` fields per row); returns
     per-metric means with bootstrap intervals."""
     user_metric = load_user_metric(metric) if metric else None
-    thoughts, replies = zip(*(split_reply(p) for p in replies)) if replies else ((), ())  # the answer is scored
+    split = [split_reply(p) for p in replies]
+    thoughts, replies = [t for t, _ in split], [a for _, a in split]  # the answer is scored
     rows = []
     for p, r, turn, t in zip(replies, task.references, task.turns, task.tools):
         s = score(p, r)
@@ -160,7 +162,7 @@ def evaluate_task(
     examples: list[Example],
     *,
     label: str,
-    shots: list[Example] = (),
+    shots: Sequence[Example] = (),
     system: str | None = None,
     max_new_tokens: int = 64,
     batch_size: int = BATCH_SIZE,

@@ -135,7 +135,7 @@ def write_gguf(
 
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for hf_name, tensor in model.state_dict().items():
         if (hf_name == "lm_head.weight" and tied) or "rotary_emb" in hf_name:
             continue

@@ -44,7 +44,9 @@ def _pre_tokenizer_steps(spec: dict) -> tuple[str, ...]:
     """The types of a tokenizer.json's pre-tokenizer pipeline, e.g. ("Digits", "ByteLevel")."""
     pre = spec.get("pre_tokenizer") or {}
     return (
-        tuple(p["type"] for p in pre.get("pretokenizers", [])) if pre.get("type") == "Sequence" else (pre.get("type"),)
+        tuple(p["type"] for p in pre.get("pretokenizers", []))
+        if pre.get("type") == "Sequence"
+        else (str(pre.get("type")),)
     )
 
 

@@ -110,9 +110,9 @@ def _evaluation_lines(summary: dict | None, report: dict | None) -> list[str]:
         )
         if summary.get("val_loss") is not None:
             lines.append(f"- validation loss {summary['val_loss']:.4f}")
-    for row in (report or {}).get("task", []):
+    for row in report.get("task", []) if report else []:
         lines.append(
-            f"- {row['label']}: {report['primary']} {_pct(row['score'])} "
+            f"- {row['label']}: {(report or {}).get('primary')} {_pct(row['score'])} "
             f"(95% CI {_pct(row['lo'])} to {_pct(row['hi'])}, n={row['n']})"
         )
     for row in (report or {}).get("forgetting", []):

@@ -127,11 +127,13 @@ def merged_adapter_model(
             f"--method {method} combines the adapters' matrices and needs one rank (these have r = "
             f"{', '.join(map(str, ranks))}); use task_arithmetic"
         )
+    if any(r.adapter is None for r in resolved):
+        raise UserError("merge: every run must be an adapter run")
     model = PeftModel.from_pretrained(
-        load_base(resolved[0].path, torch.float32), resolved[0].adapter, adapter_name="a0"
+        load_base(resolved[0].path, torch.float32), str(resolved[0].adapter), adapter_name="a0"
     )
     for i, r in enumerate(resolved[1:], start=1):
-        model.load_adapter(r.adapter, adapter_name=f"a{i}")
+        model.load_adapter(str(r.adapter), adapter_name=f"a{i}")
     torch.manual_seed(seed)  # DARE drops entries at random
     model.add_weighted_adapter(
         [f"a{i}" for i in range(len(sources))],

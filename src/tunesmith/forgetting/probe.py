@@ -77,7 +77,9 @@ def sequence_nll(model, tokenizer, features: list[dict], batch_size: int = 8) ->
     with torch.no_grad():
         for start in range(0, len(features), batch_size):
             batch = collate_tokens(features[start : start + batch_size], tokenizer.pad_token_id)
-            logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
+            mask = batch["attention_mask"]
+            assert mask is not None  # padded, not packed
+            logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=mask.to(dev)).logits
             labels = batch["labels"][:, 1:].to(dev)
             nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
             counts = (labels != IGNORE).sum(1)

@@ -27,7 +27,7 @@ def whole_sentences(reply: str) -> str:
     return reply[: ends[-1] + 1].rstrip() if ends and ends[-1] > len(reply) // 3 else reply
 
 
-def replay_examples(source: str, base: BaseReference | None) -> list[Example]:
+def replay_examples(source: str, base: BaseReference) -> list[Example]:
     if source != "self":
         return load_examples(source)
     _, prompts = general_prompts()
@@ -43,7 +43,7 @@ def replay_examples(source: str, base: BaseReference | None) -> list[Example]:
     ]
 
 
-def replay_weight(ratio: float, n_task: int, n_replay: int) -> float:
+def replay_weight(ratio: float, n_task: float, n_replay: int) -> float:
     """Source weight that makes replay `ratio` of the examples seen per epoch:
     w * n_replay / (n_task + w * n_replay) = ratio."""
     return ratio / (1 - ratio) * n_task / n_replay

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -337,7 +337,8 @@ class GenerationEngine:
         # rows with the same prompt and adapter (a group of samples, as GRPO draws) share one
         # computation of it: the first row's cache is copied to the others, its logits serve all
         first: dict[tuple, int] = {}
-        computed, source = [], []
+        computed: list[Any] = []
+        source: list[int] = []
         for row in rows:
             key = (tuple(row.stream.request.prompt), row.adapter)
             if scored or key not in first:
@@ -391,7 +392,11 @@ class GenerationEngine:
         if not ready:
             return
         try:
-            logits = self._forward(model, [[r.pending] for r in ready], [[r.filled] for r in ready], ready, 1)
+            pending = [r.pending for r in ready]
+            assert all(t is not None for t in pending)  # a decoding row has chosen its next token
+            logits = self._forward(
+                model, [[t] for t in pending if t is not None], [[r.filled] for r in ready], ready, 1
+            )
         except Exception as e:
             for row in ready:
                 self._retire(row, e)

@@ -4,17 +4,22 @@ contract the engine defines), registered by name in config/methods.py and built 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from tunesmith.config.methods import METHODS
-from tunesmith.engine.method import Method
+
+if TYPE_CHECKING:
+    from tunesmith.config.schema import RunConfig
+    from tunesmith.engine.method import Method
 
 
 def method_class(name: str) -> type[Method]:
     """The class registered for a method name (imported on first use)."""
     module, _, cls = METHODS[name].implementation.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    found: type[Method] = getattr(importlib.import_module(module), cls)
+    return found
 
 
-def build_method(name: str, config) -> Method:
+def build_method(name: str, config: RunConfig) -> Method:
     """The method `config` asks for under a registered name (the registered class's `variant`)."""
     return method_class(name).variant(config)(config)

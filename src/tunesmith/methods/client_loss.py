@@ -10,17 +10,23 @@ log-probabilities it computed, one array per datum, wait in `outputs` for the re
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from tunesmith.data.batch import Batch
 from tunesmith.data.chat import IGNORE
 from tunesmith.data.collate import collate_tokens
 from tunesmith.engine.method import Method
 from tunesmith.errors import UserError
 from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
 from tunesmith.methods.token_losses import check_loss
+
+if TYPE_CHECKING:
+    from torch.nn import Module
+    from transformers import PreTrainedTokenizerBase
+
+    from tunesmith.data.batch import Batch
 
 
 @dataclass
@@ -35,13 +41,13 @@ class Datum:
 class ClientLoss(Method):
     """One `forward_backward` request: its loss by name and config, applied to its datums."""
 
-    def __init__(self, loss_fn: str, config: dict | None = None):
+    def __init__(self, loss_fn: str, config: dict[str, Any] | None = None) -> None:
         super().__init__(None)
         self.name = loss_fn
         self.config = dict(config or {})
         self.outputs: list[np.ndarray] = []
 
-    def features(self, datum: Datum, tokenizer=None) -> dict:
+    def features(self, datum: Datum, tokenizer: PreTrainedTokenizerBase | None = None) -> dict[str, Any]:
         names = set(datum.inputs)
         self.loss_fn = check_loss(self.name, names, self.config)
         n = len(datum.tokens)
@@ -64,7 +70,7 @@ class ClientLoss(Method):
             "inputs": datum.inputs,
         }
 
-    def collate(self, features: list[dict], tokenizer=None) -> Batch:
+    def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase | None = None) -> Batch:
         pad = getattr(tokenizer, "pad_token_id", None) or 0
         batch = collate_tokens([{k: f[k] for k in ("input_ids", "labels")} for f in features], pad)
         batch["n_items"] = 1  # the gradient of the sum, as the client asked
@@ -76,7 +82,7 @@ class ClientLoss(Method):
         batch["inputs"] = {k: torch.from_numpy(np.concatenate([f["inputs"][k] for f in features])) for k in names}
         return batch
 
-    def loss(self, model, batch: Batch):
+    def loss(self, model: Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         head, rows, _ = token_logprob_inputs(model, batch)
         inputs = {k: v.to(rows.device) for k, v in batch["inputs"].items()}
         targets = inputs.pop("target_tokens").long()

@@ -36,14 +36,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from tunesmith import atomic
-from tunesmith.data.batch import Batch
 from tunesmith.data.chat import IGNORE
+from tunesmith.engine.step import to_device
 from tunesmith.errors import UserError
 from tunesmith.eval.generate import Sampling
 from tunesmith.methods.distill_losses import chunked, divergence, topk_forward_kl
@@ -57,6 +59,14 @@ from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
 from tunesmith.methods.rollout import batch_digest, sample_records, sample_replies
 from tunesmith.methods.sft import SFT
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from torch.nn import Module
+    from transformers import PreTrainedTokenizerBase
+
+    from tunesmith.config.schema import RunConfig
+    from tunesmith.data.batch import Batch
+
 TOPK_KEYS = ("teacher_topk_ids", "teacher_topk_logps")
 
 
@@ -64,7 +74,7 @@ class Distillation(SFT):
     """SFT whose loss is, in the share `distill.kd_ratio`, the divergence from a teacher's
     next-token distributions (`distill.*`)."""
 
-    def __init__(self, config):
+    def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
         d = config.distill
         self.logs_samples = self.logs_samples or d.on_policy > 0  # the student's replies, token by token
@@ -75,19 +85,30 @@ class Distillation(SFT):
         self.sampling = Sampling(max_new_tokens=d.max_new_tokens, temperature=d.sample_temperature)
         sources = [src.path for src in config.data.train]
         # (reference, weight, index of the data.train source it teaches or None): one, or several
-        self.specs = [
+        self.specs: list[tuple[str, float, int | None]] = [
             (t.teacher, t.weight, sources.index(t.source) if t.source is not None else None) for t in d.teachers
-        ] or [(d.teacher, 1.0, None)]
-        self.teachers: list = []  # loaded in prepare, one per spec
-        self.vocab = None  # logits compared over the shared tokenizer's ids
+        ]
+        if not self.specs:
+            assert d.teacher is not None  # the config asks for distill.teacher or distill.teachers
+            self.specs = [(d.teacher, 1.0, None)]
+        self.teachers: list[Any] = []  # loaded in prepare, one per spec
+        self.vocab: int | None = None  # logits compared over the shared tokenizer's ids
 
     @property
-    def teacher(self):
+    def teacher(self) -> Any:
         """The one teacher, when there is exactly one."""
         return self.teachers[0] if len(self.teachers) == 1 else None
 
     # --- set-up the run does once -----------------------------------------------------------
-    def prepare(self, model, tokenizer, features, run_dir, cfg, console) -> None:
+    def prepare(
+        self,
+        model: Module,
+        tokenizer: PreTrainedTokenizerBase,
+        features: list[dict[str, Any]],
+        run_dir: Path,
+        cfg: RunConfig,
+        console: Console,
+    ) -> None:
         from tunesmith.model.load import load_for_inference
         from tunesmith.runtime.precision import inference_dtype
 
@@ -107,11 +128,11 @@ class Distillation(SFT):
             self.teachers = []  # the cache stands in for it: its memory goes back for training
 
     # --- features -> batch ------------------------------------------------------------------
-    def collate(self, features: list[dict], tokenizer) -> Batch:
+    def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
         batch = super().collate(features, tokenizer)
         if all(TOPK_KEYS[0] in f for f in features):
-            for key in TOPK_KEYS:
-                batch[key] = torch.cat([f[key] for f in features])
+            batch["teacher_topk_ids"] = torch.cat([f["teacher_topk_ids"] for f in features])
+            batch["teacher_topk_logps"] = torch.cat([f["teacher_topk_logps"] for f in features])
         if self.on_policy > 0 and self.chooses_on_policy(features):
             batch["prompts"] = [prompt_of(f) for f in features]
             batch["rollout"] = {}  # the student's replies, sampled in `rollout`
@@ -129,37 +150,38 @@ class Distillation(SFT):
             named = [w for _, w, _ in self.specs]
         return [w / sum(named) for w in named]
 
-    def chooses_on_policy(self, features: list[dict]) -> bool:
+    def chooses_on_policy(self, features: list[dict[str, Any]]) -> bool:
         """Whether this batch is one of the λ share: a hash of its tokens and the seed, the same
         however often (and after whatever resume) the batch comes."""
         return batch_digest(features, str(self.seed)) / 2**64 < self.on_policy
 
     # --- batch -> loss ----------------------------------------------------------------------
-    def rollout(self, model, batch: Batch) -> None:
+    def rollout(self, model: Module, batch: Batch) -> None:
         """Training only (validation measures the data's replies): the student's own replies to
         an on-policy batch's prompts; then SFT's (self-distillation's general prompts)."""
         if "rollout" in batch and model.training:
+            assert self.tokenizer is not None  # set in prepare
             batch["rollout"]["batch"] = sample_replies(model, self.tokenizer, batch["prompts"], self.sampling)[0]
         super().rollout(model, batch)
 
-    def task_loss(self, model, batch: Batch):
+    def task_loss(self, model: Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         if "rollout" in batch and model.training:  # validation measures the data's replies, every batch
             return self._on_policy_loss(model, batch)
         if self.teachers and not self.teachers[0].whole_distribution:
             return super().task_loss(model, batch)  # an endpoint knows no distributions: the data's tokens, by SFT
         head, rows, targets = token_logprob_inputs(model, batch)
-        project = head if head is not None else (lambda r: r)
+        project: Callable[[torch.Tensor], torch.Tensor] = head if head is not None else (lambda r: r)
         vocab = self.vocab
 
-        def ce(r, t):
+        def ce(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(project(r).float(), t, reduction="sum")
 
         if TOPK_KEYS[0] in batch:
 
-            def kd(r, ids, logps):
+            def kd(r: torch.Tensor, ids: torch.Tensor, logps: torch.Tensor) -> torch.Tensor:
                 return topk_forward_kl(project(r)[:, :vocab], ids.long(), logps, self.temperature).sum()
 
-            kd_sum = chunked(kd, rows, batch[TOPK_KEYS[0]], batch[TOPK_KEYS[1]], chunk=self.chunk)
+            kd_sum = chunked(kd, rows, batch["teacher_topk_ids"], batch["teacher_topk_logps"], chunk=self.chunk)
         else:
             kd_sum = self._live_divergence(project, rows, batch)
         ce_sum = chunked(ce, rows, targets, chunk=self.chunk)
@@ -171,18 +193,20 @@ class Distillation(SFT):
             )
         return total, {"kd": float(kd_sum.detach()), "ce": float(ce_sum.detach()), "token_accuracy": float(correct)}
 
-    def _on_policy_loss(self, model, batch: Batch):
+    def _on_policy_loss(self, model: Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         sampled = batch["rollout"]["batch"]
         n_sampled = sampled["n_items"]
         if n_sampled == 0:  # every reply empty (EOS at once): nothing to compare
             zero = next(p for p in model.parameters() if p.requires_grad).sum() * 0.0
             return zero, {"on_policy": float(batch["n_items"])}
         head, rows, targets = token_logprob_inputs(model, sampled)
-        project = head if head is not None else (lambda r: r)
+        project: Callable[[torch.Tensor], torch.Tensor] = head if head is not None else (lambda r: r)
         if self.teachers[0].whole_distribution:
             # the replies' rows are the batch's rows: the same teachers
             outputs = self._teacher_outputs(sampled, batch.get("teacher_weights"))
-            kd_sum = sum(self._divergence_sum(project, rows, *out) for out in outputs)
+            kd_sum = cast(
+                torch.Tensor, sum(self._divergence_sum(project, rows, *out) for out in outputs)
+            )  # one or more
             with torch.no_grad():
                 student_logp = head_token_logprobs(head, rows, targets)[0].float()
                 teacher_logp, per_token = self._teacher_view(project, rows, targets, outputs)
@@ -195,17 +219,20 @@ class Distillation(SFT):
             student_logp = student_logp.detach()
         scale = batch["n_items"] / n_sampled  # the batch weighs in the step as the data tokens it stands for
         if "samples" in batch:
+            assert self.tokenizer is not None  # set in prepare
             records = sample_records(self.tokenizer, sampled, student_logp, teacher_logp, per_token)
             batch["samples"].extend({"kind": "on_policy", **r} for r in records)
         # metrics are logged per item: "on_policy" reads as the share of the window's items from such batches
         return kd_sum * scale, {"kd": float(kd_sum.detach()) * scale, "on_policy": float(batch["n_items"])}
 
-    def _live_divergence(self, project, rows: torch.Tensor, batch: dict) -> torch.Tensor:
+    def _live_divergence(
+        self, project: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, batch: Batch
+    ) -> torch.Tensor:
         """The summed divergence from the teacher(s), run now on `batch`, at the student's `rows`."""
         outputs = self._teacher_outputs(batch, batch.get("teacher_weights"))
-        return sum(self._divergence_sum(project, rows, *out) for out in outputs)
+        return cast(torch.Tensor, sum(self._divergence_sum(project, rows, *out) for out in outputs))  # one or more
 
-    def _teacher_outputs(self, batch: dict, weights: torch.Tensor | None) -> list[tuple]:
+    def _teacher_outputs(self, batch: Batch, weights: torch.Tensor | None) -> list[tuple[Any, ...]]:
         """(head, hidden rows at the trained positions, each position's weight or None) of every
         teacher that teaches a token of the batch, `weights` [rows, teachers] saying whose each
         row is; a teacher none of the rows has is not run."""
@@ -216,12 +243,17 @@ class Distillation(SFT):
         return [(*t.rows(batch), per_token[:, i]) for i, t in enumerate(self.teachers) if per_token[:, i].any()]
 
     def _divergence_sum(
-        self, project, rows: torch.Tensor, t_head, t_rows: torch.Tensor, weights: torch.Tensor | None = None
+        self,
+        project: Callable[[torch.Tensor], torch.Tensor],
+        rows: torch.Tensor,
+        t_head: Callable[[torch.Tensor], torch.Tensor],
+        t_rows: torch.Tensor,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Σ divergence(student ‖ teacher) over the rows, each position's weighted by `weights`."""
         vocab = self.vocab
 
-        def kd(r, tr, *w):
+        def kd(r: torch.Tensor, tr: torch.Tensor, *w: torch.Tensor) -> torch.Tensor:
             d = divergence(
                 project(r)[:, :vocab], t_head(tr)[:, :vocab], self.kind, beta=self.beta, temperature=self.temperature
             )
@@ -229,10 +261,17 @@ class Distillation(SFT):
 
         return chunked(kd, rows, t_rows, *([weights] if weights is not None else []), chunk=self.chunk)
 
-    def _teacher_view(self, project, rows, targets, outputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def _teacher_view(
+        self,
+        project: Callable[[torch.Tensor], torch.Tensor],
+        rows: torch.Tensor,
+        targets: torch.Tensor,
+        outputs: list[tuple[Any, ...]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(the teacher's log-probability of each target, the divergence at each position), for the
         log; with several teachers, each position's weighted sums over its teachers."""
-        logp_sum, div_sum = 0.0, 0.0
+        logp_sum: torch.Tensor | float = 0.0
+        div_sum: torch.Tensor | float = 0.0
         for t_head, t_rows, weights in outputs:
             logps, divs = [], []
             for i in range(0, rows.shape[0], self.chunk):
@@ -242,22 +281,26 @@ class Distillation(SFT):
                 divs.append(divergence(s_logits, t_logits, self.kind, beta=self.beta, temperature=self.temperature))
             w = weights if weights is not None else 1.0
             logp_sum, div_sum = logp_sum + torch.cat(logps) * w, div_sum + torch.cat(divs) * w
+        assert isinstance(logp_sum, torch.Tensor) and isinstance(div_sum, torch.Tensor)  # one teacher or more
         return logp_sum, div_sum
 
-    def _teacher_rows(self, batch: dict):
+    def _teacher_rows(self, batch: Batch) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
         """The teacher's final hidden states at the batch's trained positions, and its head."""
         if self.teacher is None:
             raise RuntimeError("the run did not load the teacher (prepare)")
-        return self.teacher.rows(batch)
+        rows: tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor] = self.teacher.rows(batch)
+        return rows
 
 
-def prompt_of(feature: dict) -> list[int]:
+def prompt_of(feature: dict[str, Any]) -> list[int]:
     """The tokens before the example's first trained token: what the student replies to."""
     first = next(i for i, label in enumerate(feature["labels"]) if label != IGNORE)
     return list(feature["input_ids"][:first])
 
 
-def check_same_tokenizer(student_tok, teacher_tok, teacher_ref: str) -> None:
+def check_same_tokenizer(
+    student_tok: PreTrainedTokenizerBase, teacher_tok: PreTrainedTokenizerBase, teacher_ref: str
+) -> None:
     """Logits compare token by token: both models must read and write the same ids."""
     if student_tok.get_vocab() != teacher_tok.get_vocab():
         s, t = student_tok.get_vocab(), teacher_tok.get_vocab()
@@ -269,17 +312,24 @@ def check_same_tokenizer(student_tok, teacher_tok, teacher_ref: str) -> None:
         )
 
 
-def topk_cache_path(cfg, features: list[dict], k: int):
+def topk_cache_path(cfg: RunConfig, features: list[dict[str, Any]], k: int) -> Path:
     from tunesmith.model.identity import cache_dir, model_key
     from tunesmith.model.resolve import resolve
 
+    assert cfg.distill.teacher is not None  # top-k caches one teacher's distributions
     h = hashlib.sha256(json.dumps([model_key(resolve(cfg.distill.teacher)), cfg.train.precision, k]).encode())
     for f in features:
         h.update(json.dumps([f["input_ids"], f["labels"]]).encode())
     return cache_dir() / f"teacher-top{k}-{h.hexdigest()[:20]}.safetensors"
 
 
-def attach_topk(method: Distillation, features: list[dict], tokenizer, cfg, console) -> None:
+def attach_topk(
+    method: Distillation,
+    features: list[dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: RunConfig,
+    console: Console,
+) -> None:
     """The teacher's top-k log-probs at every trained position of every feature, computed once
     (batched, no gradients) or read back from the cache; stored with each feature."""
     from safetensors.torch import load_file, save_file
@@ -288,6 +338,7 @@ def attach_topk(method: Distillation, features: list[dict], tokenizer, cfg, cons
     from tunesmith.runtime.precision import autocast, device, resolve_precision
 
     k = method.topk
+    assert k is not None  # called for distill.teacher_topk
     path = topk_cache_path(cfg, features, k)
     if path.is_file():
         cached = load_file(path)
@@ -296,11 +347,13 @@ def attach_topk(method: Distillation, features: list[dict], tokenizer, cfg, cons
         console.print(f"teacher top-{k}: one pass over {len(features)} examples (cached in {path.parent})")
         dev = device()  # (the teacher moves there with the first batch)
         precision = resolve_precision(cfg.train.precision, dev)
-        parts_ids, parts_logps, offsets = [], [], [0]
+        parts_ids: list[torch.Tensor] = []
+        parts_logps: list[torch.Tensor] = []
+        offsets = [0]
         for start in range(0, len(features), cfg.train.batch_size):
             chunk = features[start : start + cfg.train.batch_size]
             batch = collate_tokens(chunk, tokenizer.pad_token_id)
-            batch = {key: v.to(dev) if torch.is_tensor(v) else v for key, v in batch.items()}
+            batch = to_device(batch, dev)
             with torch.no_grad(), autocast(precision, dev):
                 head, rows = method._teacher_rows(batch)
                 for i in range(0, rows.shape[0], method.chunk):

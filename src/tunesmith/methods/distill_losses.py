@@ -17,6 +17,7 @@ cache): the teacher renormalised over its top k, the student's log-probabilities
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,9 @@ def topk_forward_kl(
     return _kl(t, s) * temperature**2
 
 
-def chunked(fn, rows: torch.Tensor, *others: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def chunked(
+    fn: Callable[..., torch.Tensor], rows: torch.Tensor, *others: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
     """Sum of fn(rows[i:j], *others[i:j]) over chunks of positions, each recomputed in the backward
     pass (activation checkpointing): only one chunk's [positions × vocabulary] logits exist at a
     time, so memory does not grow with vocabulary × sequence × batch."""

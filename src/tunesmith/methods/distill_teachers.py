@@ -13,12 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tunesmith import atomic
 from tunesmith.methods.rollout import trained_sequences
+
+if TYPE_CHECKING:
+    from torch.nn import Module
+
+    from tunesmith.config.schema import DistillConfig
+    from tunesmith.data.batch import Batch
 
 
 def is_endpoint(reference: str) -> bool:
@@ -30,10 +38,10 @@ class LoadedTeacher:
 
     whole_distribution = True
 
-    def __init__(self, model, reference: str):
+    def __init__(self, model: Module, reference: str) -> None:
         self.model, self.name = model, reference
 
-    def rows(self, batch: dict):
+    def rows(self, batch: Batch) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
         """(head, hidden rows) at the batch's trained positions, without gradients."""
         from tunesmith.methods.logprobs import token_logprob_inputs
 
@@ -44,7 +52,7 @@ class LoadedTeacher:
             head, rows, _ = token_logprob_inputs(self.model, batch)
         return (head if head is not None else (lambda r: r)), rows
 
-    def token_logprobs(self, batch: dict) -> torch.Tensor:
+    def token_logprobs(self, batch: Batch) -> torch.Tensor:
         """The teacher's log-probability of each trained token (flat, rows in order), fp32."""
         from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
 
@@ -59,7 +67,7 @@ class EndpointTeacher:
 
     whole_distribution = False
 
-    def __init__(self, url: str, model: str, api_key_env: str | None, cache: Path):
+    def __init__(self, url: str, model: str | None, api_key_env: str | None, cache: Path) -> None:
         from tunesmith.eval.endpoint import ScoringEndpoint
 
         self.endpoint = ScoringEndpoint(
@@ -84,9 +92,11 @@ class EndpointTeacher:
             scores, _ = self.endpoint.score([sequences[i] for i in missing])
             lines = []
             for i, values in zip(missing, scores):
-                values = [0.0] + [float(v) for v in values[1:]]
-                self.cache[keys[i]] = values
-                lines.append(json.dumps({"key": keys[i], "logprobs": values}))
+                if any(v is None for v in values[1:]):
+                    raise RuntimeError(f"{self.name}: no log-probability for a token of sequence {i}")
+                logprobs = [0.0] + [float(v) for v in values[1:] if v is not None]
+                self.cache[keys[i]] = logprobs
+                lines.append(json.dumps({"key": keys[i], "logprobs": logprobs}))
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.cache_path, "a") as f:
                 f.write("\n".join(lines) + "\n")
@@ -94,7 +104,7 @@ class EndpointTeacher:
                 os.fsync(f.fileno())
         return [self.cache[k] for k in keys]
 
-    def token_logprobs(self, batch: dict) -> torch.Tensor:
+    def token_logprobs(self, batch: Batch) -> torch.Tensor:
         """The teacher's log-probability of each trained token (flat, rows in order), fp32."""
         rows = trained_sequences(batch)
         scores = self.sequence_logprobs([tokens for tokens, _ in rows])
@@ -105,7 +115,7 @@ class EndpointTeacher:
 SCORES = "teacher_scores.jsonl"  # an endpoint teacher's answers, in the run folder
 
 
-def cached_scores(path: Path) -> list[dict]:
+def cached_scores(path: Path) -> list[dict[str, Any]]:
     """The cache's records; a line cut short by a kill is left out (its sequence is asked again)."""
     out = []
     for line in path.read_text().splitlines() if path.is_file() else []:
@@ -116,11 +126,11 @@ def cached_scores(path: Path) -> list[dict]:
     return out
 
 
-def endpoint_usage(run_dir: Path, distill) -> dict:
+def endpoint_usage(run_dir: Path, distill: DistillConfig) -> dict[str, Any]:
     """What the endpoint teacher scored over the whole run (resumed parts included) and its price."""
     records = cached_scores(Path(run_dir) / SCORES)
     tokens = sum(len(r["logprobs"]) for r in records)
-    out = {
+    out: dict[str, Any] = {
         "teacher": f"{distill.teacher_model} at {distill.teacher}",
         "sequences_scored": len(records),
         "tokens_scored": tokens,

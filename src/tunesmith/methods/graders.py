@@ -19,6 +19,8 @@ import ast
 import json
 import math
 import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config.graders import (
     TEMPLATE,
@@ -32,10 +34,15 @@ from tunesmith.config.graders import (
 from tunesmith.errors import UserError
 from tunesmith.eval.text_similarity import similarity
 
+if TYPE_CHECKING:
+    import torch
+
+    from tunesmith.config.graders import AnyGrader
+
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
-def sample_of(text: str) -> dict:
+def sample_of(text: str) -> dict[str, Any]:
     try:
         parsed = json.loads(text)
     except ValueError:
@@ -43,9 +50,9 @@ def sample_of(text: str) -> dict:
     return {"output_text": text, "output_json": parsed}
 
 
-def _lookup(path: str, sample: dict, item: dict):
+def _lookup(path: str, sample: dict[str, Any], item: dict[str, Any]) -> Any:
     root, *keys = path.split(".")
-    value = {"sample": sample, "item": item}[root]
+    value: Any = {"sample": sample, "item": item}[root]
     for key in keys:
         if isinstance(value, dict) and key in value:
             value = value[key]
@@ -56,11 +63,11 @@ def _lookup(path: str, sample: dict, item: dict):
     return value
 
 
-def render(template: str, sample: dict, item: dict) -> str:
+def render(template: str, sample: dict[str, Any], item: dict[str, Any]) -> str:
     """`{{sample.output_text}}`, `{{item.field}}`: values as text (JSON for lists and objects); a
     path the record lacks renders empty."""
 
-    def value(match: re.Match) -> str:
+    def value(match: re.Match[str]) -> str:
         found = _lookup(match.group(1), sample, item)
         return found if isinstance(found, str) else json.dumps(found)
 
@@ -71,30 +78,30 @@ class Grader:
     name: str
     errors: int = 0
 
-    def __call__(self, samples: list[dict], items: list[dict]) -> list[float]:
+    def __call__(self, samples: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[float]:
         raise NotImplementedError
 
 
 class StringCheckGrader(Grader):
-    def __init__(self, spec: StringCheck):
+    def __init__(self, spec: StringCheck) -> None:
         self.spec, self.name = spec, spec.name
 
-    def one(self, sample: dict, item: dict) -> float:
+    def one(self, sample: dict[str, Any], item: dict[str, Any]) -> float:
         a, b = render(self.spec.input, sample, item), render(self.spec.reference, sample, item)
         op = self.spec.operation
         return float(
             a == b if op == "eq" else a != b if op == "ne" else b in a if op == "like" else b.lower() in a.lower()
         )
 
-    def __call__(self, samples, items):
+    def __call__(self, samples: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[float]:
         return [self.one(s, i) for s, i in zip(samples, items)]
 
 
 class TextSimilarityGrader(Grader):
-    def __init__(self, spec: TextSimilarity):
+    def __init__(self, spec: TextSimilarity) -> None:
         self.spec, self.name = spec, spec.name
 
-    def __call__(self, samples, items):
+    def __call__(self, samples: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[float]:
         return [
             similarity(self.spec.evaluation_metric, render(self.spec.input, s, i), render(self.spec.reference, s, i))
             for s, i in zip(samples, items)
@@ -106,7 +113,7 @@ class PythonCodeGrader(Grader):
     cannot score scores 0 and is counted; a batch in which it scores no reply at all (its code
     broken, or denied what it reached for: a file, the network, a fork) ends the run naming it."""
 
-    def __init__(self, spec: PythonGrader, isolation: str = "auto"):
+    def __init__(self, spec: PythonGrader, isolation: str = "auto") -> None:
         from tunesmith.runtime.sandbox import PythonFunction, SandboxError
 
         self.name, self.errors = spec.name, 0
@@ -117,8 +124,9 @@ class PythonCodeGrader(Grader):
             raise UserError(f"grader {spec.name}: {e}") from None
         self.failure = SandboxError
 
-    def __call__(self, samples, items):
-        scores, failed, last = [], 0, None
+    def __call__(self, samples: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[float]:
+        scores: list[float] = []
+        failed, last = 0, None
         for sample, item in zip(samples, items):
             try:
                 scores.append(self.function(sample, item))
@@ -132,7 +140,7 @@ class PythonCodeGrader(Grader):
 
 
 class ScoreModelGrader(Grader):
-    def __init__(self, spec: ScoreModel, dtype=None):
+    def __init__(self, spec: ScoreModel, dtype: torch.dtype | None = None) -> None:
         self.spec, self.name = spec, spec.name
         params = spec.sampling_params
         self.max_tokens = params.max_completions_tokens if params and params.max_completions_tokens else 16
@@ -140,7 +148,7 @@ class ScoreModelGrader(Grader):
         if spec.base_url:
             from tunesmith.eval.endpoint import ChatEndpoint
 
-            self.endpoint = ChatEndpoint(
+            self.endpoint: ChatEndpoint | None = ChatEndpoint(
                 spec.base_url,
                 spec.model,
                 spec.api_key_env,
@@ -148,7 +156,7 @@ class ScoreModelGrader(Grader):
                 temperature=self.temperature,
                 options=("grader.model", "grader.api_key_env"),
             )
-            self.local = None
+            self.local: tuple[Any, Any] | None = None
         else:
             from tunesmith.eval.generate import Sampling
             from tunesmith.model.load import load_for_inference
@@ -167,7 +175,7 @@ class ScoreModelGrader(Grader):
             return low
         return min(high, max(low, float(found.group(0))))
 
-    def __call__(self, samples, items):
+    def __call__(self, samples: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[float]:
         conversations = [
             [{"role": m.role, "content": render(m.content, s, i)} for m in self.spec.input]
             for s, i in zip(samples, items)
@@ -177,13 +185,14 @@ class ScoreModelGrader(Grader):
         else:
             from tunesmith.eval.generate import generate_batch
 
+            assert self.local is not None  # no endpoint: a local model
             model, tokenizer = self.local
             replies = generate_batch(model, tokenizer, conversations, self.sampling)
         return [self.score(r) for r in replies]
 
 
 class MultiGrader(Grader):
-    FUNCTIONS = {
+    FUNCTIONS: dict[str, Callable[..., float]] = {
         "min": min,
         "max": max,
         "abs": abs,
@@ -194,19 +203,15 @@ class MultiGrader(Grader):
         "ceil": math.ceil,
     }
 
-    def __init__(self, spec: Multi, dtype=None, isolation: str = "auto"):
+    def __init__(self, spec: Multi, dtype: torch.dtype | None = None, isolation: str = "auto") -> None:
         self.name = spec.name
         self.parts = {name: build_grader(g, dtype, isolation) for name, g in spec.graders.items()}
         self.formula = check_formula(spec.calculate_output, set(spec.graders))
 
-    @property
-    def errors(self) -> int:
-        return sum(g.errors for g in self.parts.values())
-
-    def _evaluate(self, node, values: dict[str, float]) -> float:
+    def _evaluate(self, node: ast.AST, values: dict[str, float]) -> float:
         if isinstance(node, ast.Expression):
             return self._evaluate(node.body, values)
-        if isinstance(node, ast.Constant):
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
             return float(node.value)
         if isinstance(node, ast.Name):
             return values[node.id]
@@ -215,7 +220,7 @@ class MultiGrader(Grader):
             return -inner if isinstance(node.op, ast.USub) else inner
         if isinstance(node, ast.BinOp):
             a, b = self._evaluate(node.left, values), self._evaluate(node.right, values)
-            ops = {
+            ops: dict[type[ast.operator], Callable[[], float]] = {
                 ast.Add: lambda: a + b,
                 ast.Sub: lambda: a - b,
                 ast.Mult: lambda: a * b,
@@ -224,12 +229,13 @@ class MultiGrader(Grader):
                 ast.Mod: lambda: a % b if b else 0.0,
             }
             return float(ops[type(node.op)]())
-        if isinstance(node, ast.Call):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             return float(self.FUNCTIONS[node.func.id](*(self._evaluate(arg, values) for arg in node.args)))
         raise ValueError(f"unexpected {type(node).__name__}")
 
-    def __call__(self, samples, items):
+    def __call__(self, samples: list[dict[str, Any]], items: list[dict[str, Any]]) -> list[float]:
         scores = {name: g(samples, items) for name, g in self.parts.items()}
+        self.errors = sum(g.errors for g in self.parts.values())
         out = []
         for k in range(len(samples)):
             try:
@@ -240,7 +246,7 @@ class MultiGrader(Grader):
         return out
 
 
-def build_grader(spec, dtype=None, isolation: str = "auto") -> Grader:
+def build_grader(spec: AnyGrader, dtype: torch.dtype | None = None, isolation: str = "auto") -> Grader:
     """The grader a spec describes; `isolation`: where python graders' code runs (`rl.sandbox`)."""
     if isinstance(spec, ScoreModel):
         return ScoreModelGrader(spec, dtype)
@@ -248,4 +254,6 @@ def build_grader(spec, dtype=None, isolation: str = "auto") -> Grader:
         return MultiGrader(spec, dtype, isolation)
     if isinstance(spec, PythonGrader):
         return PythonCodeGrader(spec, isolation)
-    return {StringCheck: StringCheckGrader, TextSimilarity: TextSimilarityGrader}[type(spec)](spec)
+    if isinstance(spec, StringCheck):
+        return StringCheckGrader(spec)
+    return TextSimilarityGrader(spec)

@@ -19,12 +19,11 @@ The reference is the starting model: the adapter switched off, or a frozen copy 
 from __future__ import annotations
 
 from abc import abstractmethod
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tunesmith.data.batch import Batch
 from tunesmith.data.chat import prompt_ids
-from tunesmith.data.layouts import Example
 from tunesmith.engine.method import Method
 from tunesmith.errors import UserError
 from tunesmith.eval.generate import Sampling
@@ -39,13 +38,25 @@ from tunesmith.methods.logprobs import per_row_sum, token_logprobs
 from tunesmith.methods.reference import ReferenceModel
 from tunesmith.methods.rollout import sample_replies
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rich.console import Console
+    from torch.nn import Module
+    from transformers import PreTrainedTokenizerBase
+
+    from tunesmith.config.schema import RunConfig
+    from tunesmith.data.batch import Batch
+    from tunesmith.data.layouts import Example
+    from tunesmith.methods.rl_rewards import Rewards
+
 
 class GroupPolicyOptimisation(Method):
     """What GRPO and RLOO share: prompts in, replies sampled and rewarded in `rollout`, the clipped
     surrogate on their tokens in `loss`. A subclass says how rewards become advantages and where
     the KL to the reference goes."""
 
-    def __init__(self, config):
+    def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
         rl = config.rl
         self.group_size, self.beta, self.clip = rl.group_size, rl.beta, rl.clip
@@ -53,15 +64,17 @@ class GroupPolicyOptimisation(Method):
         self.sampling = Sampling(max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, top_p=rl.top_p)
         self.max_length = config.data.max_length
         self.specs = rl.rewards
-        self.rewards = None  # set in prepare (reward models load once)
+        self.rewards: Rewards | None = None  # set in prepare (reward models load once)
+        self.tokenizer: PreTrainedTokenizerBase | None = None
         self.reference: ReferenceModel | None = None
 
     # --- examples -> features -------------------------------------------------------------
-    def features(self, example: Example, tokenizer) -> dict | None:
+    def features(self, example: Example, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | None:
         if example.layout == "prompt":
             messages, reference = example.messages, example.reference
         else:
             messages, reference = split_reference(example)
+        assert messages is not None  # a prompt is a conversation
         ids = prompt_ids(tokenizer, messages, example.tools)
         if len(ids) + self.sampling.max_new_tokens > self.max_length:
             self.dropped += 1
@@ -75,7 +88,7 @@ class GroupPolicyOptimisation(Method):
             "item": example.item,
         }
 
-    def collate(self, features: list[dict], tokenizer) -> Batch:
+    def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
         # replies are sampled in `rollout`; batch["rollout"] keeps them for reuse
         return {
             "prompts": features,
@@ -86,7 +99,15 @@ class GroupPolicyOptimisation(Method):
         }
 
     # --- set-up the run does once -----------------------------------------------------------
-    def prepare(self, model, tokenizer, features, run_dir, cfg, console) -> None:
+    def prepare(
+        self,
+        model: Module,
+        tokenizer: PreTrainedTokenizerBase,
+        features: list[dict[str, Any]],
+        run_dir: Path,
+        cfg: RunConfig,
+        console: Console,
+    ) -> None:
         from tunesmith.methods.rl_rewards import Rewards
         from tunesmith.runtime.precision import inference_dtype
 
@@ -102,16 +123,17 @@ class GroupPolicyOptimisation(Method):
             self.reference = ReferenceModel(model)
 
     # --- batch -> loss ----------------------------------------------------------------------
-    def _sample(self, model, prompts: list[dict]) -> dict:
+    def _sample(self, model: Module, prompts: list[dict[str, Any]]) -> dict[str, Any]:
         """Replies of the current policy to every prompt, their rewards and advantages, and the
         log-probs the loss compares against (π_old, reference), all without gradients."""
-        tok = self.tokenizer
+        tok, score = self.tokenizer, self.rewards
+        assert tok is not None and score is not None  # set in prepare
         dev = next(p for p in model.parameters()).device
         repeated = [p for p in prompts for _ in range(self.group_size)]
         # each reply through its end (EOS), when it came
         batch, new = sample_replies(model, tok, [p["prompt_ids"] for p in repeated], self.sampling)
-        texts = [tok.decode(reply, skip_special_tokens=True).strip() for reply in new]
-        rewards, parts = self.rewards(
+        texts = [str(tok.decode(reply, skip_special_tokens=True)).strip() for reply in new]  # one reply: a str
+        rewards, parts = score(
             [p["messages"] for p in repeated],
             texts,
             [p["reference"] for p in repeated],
@@ -146,12 +168,12 @@ class GroupPolicyOptimisation(Method):
         """Whether β·KL per token is a loss term (else it is folded into the reward, or off)."""
         return False
 
-    def rollout(self, model, batch: Batch) -> None:
+    def rollout(self, model: Module, batch: Batch) -> None:
         """The policy's replies to the batch's prompts, scored, once per batch."""
         batch["rollout"].update(self._sample(model, batch["prompts"]))
         batch["n_tokens"] = int(batch["rollout"]["batch"]["attention_mask"].sum())
 
-    def loss(self, model, batch: Batch):
+    def loss(self, model: Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         rollout = batch["rollout"]
         rows, row_of_token, n = rollout["batch"], rollout["row_of_token"], rollout["lengths"].shape[0]
         logps, _ = token_logprobs(model, rows)
@@ -180,7 +202,9 @@ class GroupPolicyOptimisation(Method):
 class GRPO(GroupPolicyOptimisation):
     """A = (r − mean(group)) / (std(group) + ε); β·KL per token is a loss term."""
 
-    def advantages(self, rewards, old, ref, row_of_token):
+    def advantages(
+        self, rewards: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None, row_of_token: torch.Tensor
+    ) -> torch.Tensor:
         return normalised_advantages(rewards, self.group_size)
 
     def kl_in_loss(self) -> bool:
@@ -190,7 +214,9 @@ class GRPO(GroupPolicyOptimisation):
 class RLOO(GroupPolicyOptimisation):
     """A = r' − mean of the other replies' r', r' = r − β·Σ KL of the reply's tokens."""
 
-    def advantages(self, rewards, old, ref, row_of_token):
+    def advantages(
+        self, rewards: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None, row_of_token: torch.Tensor
+    ) -> torch.Tensor:
         if ref is not None:
             rewards = rewards - self.beta * per_row_sum(k3_kl(old, ref), row_of_token, rewards.shape[0])
         return leave_one_out_advantages(rewards, self.group_size)

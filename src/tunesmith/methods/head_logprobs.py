@@ -13,6 +13,8 @@ the backward pass recomputes each chunk's logits for the weight gradient instead
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 CHUNK_ROWS = 128  # fp32 logits of 128 x 49,152 = 25 MB: small enough for glibc to reuse, not re-map
@@ -27,7 +29,15 @@ def _onehot_minus_softmax(logits: torch.Tensor, lse: torch.Tensor, targets: torc
 
 class _HeadLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, compute_dtype, chunk, track):
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        compute_dtype: torch.dtype,
+        chunk: int,
+        track: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n = hidden.shape[0]
         need_h, need_w = track and ctx.needs_input_grad[0], track and ctx.needs_input_grad[1]
         w = weight.to(compute_dtype)
@@ -58,7 +68,7 @@ class _HeadLogprobs(torch.autograd.Function):
         return logp, correct
 
     @staticmethod
-    def backward(ctx, grad_logp, _grad_correct):
+    def backward(ctx: Any, grad_logp: torch.Tensor, _grad_correct: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         if not ctx.needs_input_grad[1]:
             (d_hidden,) = ctx.saved_tensors
             grad_h = d_hidden * grad_logp[:, None].to(d_hidden.dtype) if ctx.needs_input_grad[0] else None
@@ -87,4 +97,7 @@ def head_logprobs(
     dev = hidden.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else hidden.dtype
     track = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return _HeadLogprobs.apply(hidden, weight, targets, dtype, chunk, track)
+    logp, correct = _HeadLogprobs.apply(  # type: ignore[no-untyped-call]  # torch leaves apply untyped
+        hidden, weight, targets, dtype, chunk, track
+    )
+    return logp, correct

@@ -6,12 +6,19 @@ preference and policy-gradient losses compare per-row sums (`sequence_logprobs`)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from tunesmith.engine.distributed import is_sharded
 from tunesmith.methods.head_logprobs import head_logprobs
 from tunesmith.model.peft_wrapping import is_prompt_learning, unwrap
 from tunesmith.model.segment_attention import uses_segments
+
+if TYPE_CHECKING:
+    from torch.nn import Module
+
+    from tunesmith.data.batch import Batch
 
 
 class TiedHead(torch.nn.Module):
@@ -22,7 +29,7 @@ class TiedHead(torch.nn.Module):
 
     bias = None
 
-    def __init__(self, embeddings: torch.nn.Module):
+    def __init__(self, embeddings: torch.nn.Embedding) -> None:
         super().__init__()
         self.embeddings = embeddings
 
@@ -39,7 +46,7 @@ class SoftcappedHead(torch.nn.Module):
     config that sets `final_logit_softcapping`) computes them; not a plain linear map, so
     log-probabilities come from its logits, not from the chunked linear-head kernel."""
 
-    def __init__(self, head: torch.nn.Module, cap: float):
+    def __init__(self, head: torch.nn.Module, cap: float) -> None:
         super().__init__()
         self.head, self.cap = head, cap
 
@@ -47,7 +54,7 @@ class SoftcappedHead(torch.nn.Module):
         return torch.tanh(self.head(rows) / self.cap) * self.cap
 
 
-def token_logprob_inputs(model, batch: dict):
+def token_logprob_inputs(model: Module, batch: Batch) -> tuple[torch.nn.Module | None, torch.Tensor, torch.Tensor]:
     """Final hidden states at the positions that carry loss, and the tokens they predict.
 
     Only those rows go through the output projection: on chat data most positions are prompt,
@@ -60,7 +67,7 @@ def token_logprob_inputs(model, batch: dict):
     labels = batch["labels"]
     targets_mask = labels[:, 1:] != -100
     # no KV cache in training; packed batches carry position_ids and no attention mask
-    inputs = {
+    inputs: dict[str, Any] = {
         "input_ids": batch["input_ids"],
         "attention_mask": batch["attention_mask"],
         "position_ids": batch.get("position_ids"),
@@ -79,7 +86,7 @@ def token_logprob_inputs(model, batch: dict):
     return head, hidden[:, :-1][targets_mask], labels[:, 1:][targets_mask]
 
 
-def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs(model: Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of every labelled token (flat, in row-major order) and the row each token
     belongs to. Logits exist only at labelled positions."""
     head, rows, targets = token_logprob_inputs(model, batch)
@@ -88,7 +95,9 @@ def token_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return token_logps, row_of_token
 
 
-def head_token_logprobs(head, rows: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def head_token_logprobs(
+    head: torch.nn.Module | None, rows: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probability of each target, whether it is the argmax) from `token_logprob_inputs`'
     rows: through a bias-free head in chunks (`head_logprobs`), else from the logits given."""
     if head is not None and getattr(head, "bias", None) is None and isinstance(head, (torch.nn.Linear, TiedHead)):
@@ -102,7 +111,7 @@ def per_row_sum(values: torch.Tensor, row_of_token: torch.Tensor, n_rows: int) -
     return torch.zeros(n_rows, dtype=values.dtype, device=values.device).index_add(0, row_of_token, values)
 
 
-def sequence_logprobs(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logprobs(model: Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed log-probability of each row's labelled tokens, their count): what preference and
     policy-gradient losses compare."""
     token_logps, row_of_token = token_logprobs(model, batch)

@@ -11,21 +11,31 @@ only exist per batch, so a full fine-tune keeps a frozen copy for it.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from tunesmith import atomic
-from tunesmith.data.batch import Batch
 from tunesmith.data.chat import IGNORE, encode_chat
 from tunesmith.data.collate import collate_tokens
-from tunesmith.data.layouts import Example
 from tunesmith.engine.distributed import is_main
 from tunesmith.engine.method import Method
+from tunesmith.engine.step import to_device
 from tunesmith.errors import UserError
 from tunesmith.methods.logprobs import sequence_logprobs
 from tunesmith.methods.preference_losses import LENGTH_NORMALISED, REFERENCE_FREE, kto_loss, paired_loss
 from tunesmith.methods.reference import ReferenceModel
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rich.console import Console
+    from torch.nn import Module
+    from transformers import PreTrainedTokenizerBase
+
+    from tunesmith.config.schema import RunConfig
+    from tunesmith.data.batch import Batch
+    from tunesmith.data.layouts import Example
 
 DEFAULT_BETA = {"simpo": 2.0}
 REFERENCE_CACHE = "reference_logps.json"
@@ -37,7 +47,7 @@ class PreferenceOptimisation(Method):
     `preference.loss`: `PairedPreference` (the DPO family, on chosen/rejected pairs) or `KTO`
     (single judged responses)."""
 
-    def __init__(self, config):
+    def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
         p = config.preference
         self.kind = p.loss
@@ -47,10 +57,15 @@ class PreferenceOptimisation(Method):
         self.reference: ReferenceModel | None = None  # adapter switched off, or a frozen copy (KTO, full)
 
     @classmethod
-    def variant(cls, config) -> type[Method]:
+    def variant(cls, config: RunConfig) -> type[Method]:
         return KTO if config.preference.loss == "kto" else PairedPreference
 
-    def _response(self, tokenizer, messages: list[dict], tools: list[dict] | None = None) -> dict | None:
+    def _response(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any] | None:
         enc = encode_chat(tokenizer, messages, self.max_length, "last", tools, self.train_reasoning)
         self.truncated += enc.truncated
         if all(label == IGNORE for label in enc.labels[1:]):
@@ -63,7 +78,7 @@ class PairedPreference(PreferenceOptimisation):
     """The DPO family on chosen/rejected pairs: sigmoid (DPO), IPO, hinge, SimPO, ORPO, each
     optionally with RPO's NLL term on the chosen reply (`preference.nll_weight`)."""
 
-    def __init__(self, config):
+    def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
         p = config.preference
         self.label_smoothing, self.gamma, self.nll_weight = p.label_smoothing, p.simpo_gamma, p.nll_weight
@@ -73,12 +88,13 @@ class PairedPreference(PreferenceOptimisation):
         return self.kind not in REFERENCE_FREE
 
     # --- examples -> features -------------------------------------------------------------
-    def features(self, example: Example, tokenizer) -> dict | None:
+    def features(self, example: Example, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | None:
         if example.rejected is None:
             raise UserError(
                 f"{example.source}: preference loss '{self.kind}' needs pairs "
                 "({prompt, chosen, rejected}); single judged responses train with preference.loss: kto"
             )
+        assert example.messages is not None  # a pair has a conversation on each side
         chosen = self._response(tokenizer, example.messages, example.tools)
         rejected = self._response(tokenizer, example.rejected, example.tools)
         if chosen is None or rejected is None:
@@ -86,7 +102,7 @@ class PairedPreference(PreferenceOptimisation):
         return {"chosen": chosen, "rejected": rejected, "length": len(chosen["input_ids"]) + len(rejected["input_ids"])}
 
     # --- features -> batch ------------------------------------------------------------------
-    def collate(self, features: list[dict], tokenizer) -> Batch:
+    def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
         rows = [f["chosen"] for f in features] + [f["rejected"] for f in features]
         batch: Batch = collate_tokens(rows, tokenizer.pad_token_id)
         batch["n_items"] = len(features)  # pairs
@@ -97,14 +113,14 @@ class PairedPreference(PreferenceOptimisation):
         return batch
 
     # --- batch -> loss ----------------------------------------------------------------------
-    def _reference_logps(self, model, batch: Batch) -> torch.Tensor:
+    def _reference_logps(self, model: Module, batch: Batch) -> torch.Tensor:
         if "reference" in batch:
             return batch["reference"].to(batch["input_ids"].device)
         if self.reference is None:
             raise RuntimeError("the run did not set up a reference model")
         return self.reference.sequence_logprobs(model, batch)[0]
 
-    def loss(self, model, batch: Batch):
+    def loss(self, model: Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         sums, counts = sequence_logprobs(model, batch)
         logps = sums
         n = batch["n_items"]
@@ -138,7 +154,15 @@ class PairedPreference(PreferenceOptimisation):
         return losses.sum(), metrics
 
     # --- set-up the run does once -----------------------------------------------------------
-    def prepare(self, model, tokenizer, features: list[dict], run_dir: Path, cfg, console) -> None:
+    def prepare(
+        self,
+        model: Module,
+        tokenizer: PreTrainedTokenizerBase,
+        features: list[dict[str, Any]],
+        run_dir: Path,
+        cfg: RunConfig,
+        console: Console,
+    ) -> None:
         """The reference for `features` (training and validation): the adapter switched off; for a
         full fine-tune, log-probs computed now and cached in the run directory for a resume."""
         if not self.needs_reference:
@@ -164,14 +188,15 @@ class KTO(PreferenceOptimisation):
     """KTO on judged single responses (a pair gives one desirable and one undesirable), each
     weighed against a reference point estimated on mismatched prompt/response pairs."""
 
-    def __init__(self, config):
+    def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
         p = config.preference
         self.desirable_weight, self.undesirable_weight = p.desirable_weight, p.undesirable_weight
 
     # --- examples -> features -------------------------------------------------------------
-    def features(self, example: Example, tokenizer) -> dict | None:
+    def features(self, example: Example, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | None:
         """A pair gives one desirable and one undesirable response; a judged response gives one."""
+        assert example.messages is not None  # a judged response is a conversation
         if example.rejected is not None:
             judged = [(example.messages, True), (example.rejected, False)]
         elif example.desirable is not None:
@@ -194,7 +219,7 @@ class KTO(PreferenceOptimisation):
         return {"responses": responses, "length": sum(len(r["prompt"]) + len(r["completion"]) for r in responses)}
 
     # --- features -> batch ------------------------------------------------------------------
-    def collate(self, features: list[dict], tokenizer) -> Batch:
+    def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
         """Each response with its own prompt, then each prompt with the next response (mismatched
         pairs, the reference point's KL estimate)."""
         responses = [r for f in features for r in f["responses"]]
@@ -208,11 +233,13 @@ class KTO(PreferenceOptimisation):
         batch: Batch = collate_tokens(rows, tokenizer.pad_token_id)
         batch["desirable"] = torch.tensor([r["desirable"] for r in responses])
         batch["n_items"] = n
-        batch["n_tokens"] = int(batch["attention_mask"][:n].sum())
+        mask = batch["attention_mask"]
+        assert mask is not None  # responses are padded, not packed
+        batch["n_tokens"] = int(mask[:n].sum())
         return batch
 
     # --- batch -> loss ----------------------------------------------------------------------
-    def loss(self, model, batch: Batch):
+    def loss(self, model: Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         if self.reference is None:
             raise RuntimeError("the run did not set up a reference model")
         n = batch["n_items"]
@@ -246,19 +273,33 @@ class KTO(PreferenceOptimisation):
         return losses.sum(), metrics
 
     # --- set-up the run does once -----------------------------------------------------------
-    def prepare(self, model, tokenizer, features: list[dict], run_dir: Path, cfg, console) -> None:
+    def prepare(
+        self,
+        model: Module,
+        tokenizer: PreTrainedTokenizerBase,
+        features: list[dict[str, Any]],
+        run_dir: Path,
+        cfg: RunConfig,
+        console: Console,
+    ) -> None:
         """The reference: the adapter switched off, or for a full fine-tune a frozen copy (the
         mismatched pairs it scores exist only per batch, so nothing can be computed ahead)."""
         self.reference = ReferenceModel(model)
 
 
-def _rows(batch: dict, rows: slice) -> dict:
+def _rows(batch: Batch, rows: slice) -> Batch:
     per_row = ("input_ids", "labels", "attention_mask", "position_ids", "segments")
-    return {k: (v[rows] if k in per_row and v is not None else v) for k, v in batch.items()}
+    fields: dict[str, Any] = dict(batch)
+    return cast("Batch", {k: (v[rows] if k in per_row and v is not None else v) for k, v in fields.items()})
 
 
 def precompute(
-    model, method: PairedPreference, tokenizer, features: list[dict], batch_size: int, precision: str
+    model: Module,
+    method: PairedPreference,
+    tokenizer: PreTrainedTokenizerBase,
+    features: list[dict[str, Any]],
+    batch_size: int,
+    precision: str,
 ) -> list[list[float]]:
     """[chosen, rejected] reference log-probs of every pair: the model as it is now, no gradients,
     in the training precision (so that policy and reference agree exactly before the first step)."""
@@ -268,12 +309,12 @@ def precompute(
     model.eval()
     dev = device()
     model.to(dev)  # where training will run (a quantized base is never fully fine-tuned)
-    out = []
+    out: list[list[float]] = []
     with torch.no_grad():
         for start in range(0, len(features), batch_size):
             chunk = features[start : start + batch_size]
             batch = method.collate([{k: v for k, v in f.items() if k != "reference"} for f in chunk], tokenizer)
-            batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = to_device(batch, dev)
             with autocast(resolve_precision(precision, dev), dev):
                 logps, _ = sequence_logprobs(model, batch)
             n = len(chunk)

@@ -22,11 +22,16 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tunesmith.errors import UserError
 from tunesmith.eval.metrics import load_user_metric
+
+if TYPE_CHECKING:
+    from tunesmith.config.schema import RewardSpec
+    from tunesmith.methods.graders import Grader
 
 RewardFn = Callable[[str, str, "str | None"], float]
 
@@ -60,18 +65,22 @@ def length_penalty(target_length: int) -> RewardFn:
 BUILT_IN = ("exact_match", "regex", "json_valid", "length_penalty")
 
 
-def reward_function(spec) -> tuple[str, RewardFn]:
+def reward_function(spec: RewardSpec) -> tuple[str, RewardFn]:
     """(name for the metrics, function) of one `rl.rewards` entry with `function:` set."""
     name = spec.function
+    assert name is not None  # a function reward
     if name == "exact_match":
         return name, exact_match
     if name == "json_valid":
         return name, json_valid
     if name == "regex":
+        assert spec.pattern is not None  # the config asks regex for one
         return name, regex_reward(spec.pattern)
     if name == "length_penalty":
+        assert spec.target_length is not None  # the config asks length_penalty for one
         return name, length_penalty(spec.target_length)
-    func_name, func = load_user_metric(name, key="rl.rewards.function")
+    func_name, loaded = load_user_metric(name, key="rl.rewards.function")
+    func: Callable[..., object] = loaded  # a reward function takes (prompt, completion, reference)
 
     def user(prompt: str, completion: str, reference: str | None) -> float:
         value = func(prompt, completion, reference)
@@ -86,14 +95,14 @@ class RewardModelScorer:
     """A trained reward model (a `method: reward` run, or its export), loaded once, scoring
     (prompt messages + reply) conversations in batches without gradients."""
 
-    def __init__(self, reference: str, dtype: torch.dtype = torch.float32, batch_size: int = 16):
+    def __init__(self, reference: str, dtype: torch.dtype = torch.float32, batch_size: int = 16) -> None:
         from tunesmith.model.load import load_reward_model
 
         self.model, self.tokenizer = load_reward_model(reference, dtype)
         self.batch_size = batch_size
         self.name = f"rm_{Path(reference).name}"
 
-    def __call__(self, conversations: list[list[dict]], max_length: int = 2048) -> list[float]:
+    def __call__(self, conversations: list[list[dict[str, Any]]], max_length: int = 2048) -> list[float]:
         from tunesmith.data.chat import encode_chat
         from tunesmith.data.collate import collate_tokens
         from tunesmith.methods.reward_model import sequence_scores
@@ -106,8 +115,10 @@ class RewardModelScorer:
                 ids = encode_chat(self.tokenizer, messages, max_length, "all").input_ids
                 rows.append({"input_ids": ids, "labels": ids})
             batch = collate_tokens(rows, self.tokenizer.pad_token_id)
+            mask = batch["attention_mask"]
+            assert mask is not None  # conversations are padded, not packed
             with torch.no_grad():
-                out = sequence_scores(self.model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
+                out = sequence_scores(self.model, batch["input_ids"].to(dev), mask.to(dev))
             scores += [float(s) for s in out]
         return scores
 
@@ -115,10 +126,10 @@ class RewardModelScorer:
 class Rewards:
     """Every configured reward, weighted and summed; each also reported on its own."""
 
-    def __init__(self, specs, dtype: torch.dtype = torch.float32, isolation: str = "auto"):
+    def __init__(self, specs: list[RewardSpec], dtype: torch.dtype = torch.float32, isolation: str = "auto") -> None:
         self.functions: list[tuple[str, float, RewardFn]] = []
         self.models: list[tuple[str, float, RewardModelScorer]] = []
-        self.graders: list[tuple[str, float, object]] = []
+        self.graders: list[tuple[str, float, Grader]] = []
         for spec in specs:
             if spec.function is not None:
                 name, fn = reward_function(spec)
@@ -129,15 +140,16 @@ class Rewards:
                 grader = build_grader(spec.grader, dtype, isolation)
                 self.graders.append((f"grader_{grader.name}", spec.weight, grader))
             else:
+                assert spec.model is not None  # exactly one source is set
                 scorer = RewardModelScorer(spec.model, dtype)
                 self.models.append((scorer.name, spec.weight, scorer))
 
     def __call__(
         self,
-        prompts: list[list[dict]],
+        prompts: list[list[dict[str, Any]]],
         completions: list[str],
         references: list[str | None],
-        items: list[dict | None] | None = None,
+        items: list[dict[str, Any] | None] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(total reward per completion, each named reward per completion); `items`: the training
         record each completion answered (what graders read)."""

@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tunesmith.data.chat import IGNORE
 from tunesmith.data.collate import collate_tokens
+from tunesmith.engine.step import to_device
 from tunesmith.eval.generate import Sampling, sample_tokens
 
+if TYPE_CHECKING:
+    from torch.nn import Module
+    from transformers import PreTrainedTokenizerBase
 
-def batch_digest(features: list[dict], salt: str) -> int:
+    from tunesmith.data.batch import Batch
+
+
+def batch_digest(features: list[dict[str, Any]], salt: str) -> int:
     """A 64-bit number from a batch's tokens and `salt`: what a method draws from for a batch, the
     same however often (and after whatever resume) the batch comes."""
     digest = hashlib.sha256(salt.encode())
@@ -22,7 +30,9 @@ def batch_digest(features: list[dict], salt: str) -> int:
     return int.from_bytes(digest.digest()[:8], "little")
 
 
-def sample_replies(model, tokenizer, prompts: list[list[int]], sampling: Sampling) -> tuple[dict, list[list[int]]]:
+def sample_replies(
+    model: Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], sampling: Sampling
+) -> tuple[Batch, list[list[int]]]:
     """Each prompt's reply (sampled without gradients, every row decoding together) and the batch
     of prompt + reply on the model's device whose trained tokens are the replies."""
     dev = next(p for p in model.parameters()).device
@@ -33,25 +43,32 @@ def sample_replies(model, tokenizer, prompts: list[list[int]], sampling: Samplin
     model.train(was_training)
     rows = [{"input_ids": p + r, "labels": [IGNORE] * len(p) + r} for p, r in zip(prompts, replies)]
     batch = collate_tokens(rows, tokenizer.pad_token_id)
-    return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}, replies
+    return to_device(batch, dev), replies
 
 
-def trained_sequences(batch: dict) -> list[tuple[list[int], list[int]]]:
+def trained_sequences(batch: Batch) -> list[tuple[list[int], list[int]]]:
     """Each row's tokens (padding dropped) and the positions within them that carry loss."""
     out = []
-    for ids, labels, mask in zip(
-        batch["input_ids"].tolist(), batch["labels"].tolist(), batch["attention_mask"].tolist()
-    ):
+    attention_mask = batch["attention_mask"]
+    assert attention_mask is not None  # sampled rows are padded, not packed
+    for ids, labels, mask in zip(batch["input_ids"].tolist(), batch["labels"].tolist(), attention_mask.tolist()):
         kept = [i for i, m in enumerate(mask) if m]
         tokens = [ids[i] for i in kept]
         out.append((tokens, [j for j, i in enumerate(kept) if j > 0 and labels[i] != IGNORE]))
     return out
 
 
-def sample_records(tokenizer, batch: dict, student_logp, teacher_logp, per_token) -> list[dict]:
+def sample_records(
+    tokenizer: PreTrainedTokenizerBase,
+    batch: Batch,
+    student_logp: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    per_token: torch.Tensor,
+) -> list[dict[str, Any]]:
     """One record per sampled sequence: its prompt, its reply's tokens, and each token's student
     and teacher log-probability and loss (rounded to 1e-5: a log, not a checkpoint)."""
-    out, at = [], 0
+    out: list[dict[str, Any]] = []
+    at = 0
     values = [t.tolist() for t in (student_logp, teacher_logp, per_token)]
     for tokens, positions in trained_sequences(batch):
         reply = [tokens[j] for j in positions]

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn.functional as F
 
-from tunesmith.data.batch import Batch
 from tunesmith.data.chat import IGNORE, encode_example
 from tunesmith.data.collate import collate_tokens
-from tunesmith.data.layouts import Example
 from tunesmith.engine.method import Method
 from tunesmith.errors import UserError
 from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
 from tunesmith.methods.self_distill import SelfDistillation
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rich.console import Console
+    from torch.nn import Module
+    from transformers import PreTrainedTokenizerBase
+
+    from tunesmith.config.schema import RunConfig
+    from tunesmith.data.batch import Batch
+    from tunesmith.data.layouts import Example
 
 
 class SFT(Method):
@@ -21,7 +32,7 @@ class SFT(Method):
     from the starting model on general prompts with `forgetting.self_distill`
     (`methods/self_distill.py`; the run sets its prompts and `kl_anchor`, the starting model)."""
 
-    def __init__(self, config):
+    def __init__(self, config: RunConfig) -> None:
         super().__init__(config)
         self.max_length = config.data.max_length
         self.train_on = config.data.train_on
@@ -31,9 +42,9 @@ class SFT(Method):
         sd = config.forgetting.self_distill
         self.self_distill = SelfDistillation(sd, config.train.seed) if sd is not None else None
         self.logs_samples = self.logs_samples or self.self_distill is not None
-        self.tokenizer = None  # set in prepare: replies are sampled in the loss
+        self.tokenizer: PreTrainedTokenizerBase | None = None  # set in prepare: replies are sampled in the loss
 
-    def features(self, example: Example, tokenizer) -> dict | None:
+    def features(self, example: Example, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any] | None:
         if example.layout == "prompt":
             raise UserError(
                 f"{example.source}: a prompt alone has no response to learn from; "
@@ -49,30 +60,40 @@ class SFT(Method):
             return None  # truncation removed every trained token
         return {"input_ids": enc.input_ids, "labels": enc.labels}
 
-    def prepare(self, model, tokenizer, features: list[dict], run_dir, cfg, console) -> None:
+    def prepare(
+        self,
+        model: Module,
+        tokenizer: PreTrainedTokenizerBase,
+        features: list[dict[str, Any]],
+        run_dir: Path,
+        cfg: RunConfig,
+        console: Console,
+    ) -> None:
         self.tokenizer = tokenizer
 
-    def collate(self, features: list[dict], tokenizer) -> Batch:
+    def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
         batch: Batch = collate_tokens(features, tokenizer.pad_token_id)
         if self.self_distill is not None:
             batch["general"] = {"prompts": self.self_distill.choose(features)}  # replies sampled in the loss
         return batch
 
-    def rollout(self, model, batch: Batch) -> None:
+    def rollout(self, model: Module, batch: Batch) -> None:
         """Training only (validation measures the task alone): the model's replies to the batch's
         general prompts, for self-distillation."""
         if "general" in batch and model.training:
+            assert self.self_distill is not None and self.tokenizer is not None  # set up with `general`
             self.self_distill.sample(model, self.tokenizer, batch["general"])
 
-    def loss(self, model, batch: Batch):
+    def loss(self, model: Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         total, metrics = self.task_loss(model, batch)
         if "general" in batch and model.training:  # validation measures the task alone
+            assert self.self_distill is not None and self.tokenizer is not None and self.kl_anchor is not None
             term, more = self.self_distill.loss(model, self.kl_anchor, self.tokenizer, batch)
             total = total + term
             metrics.update(more)
         return total, metrics
 
-    def task_loss(self, model, batch: dict):
+    def task_loss(self, model: Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """The summed loss on the batch's own tokens, and its metrics."""
         head, rows, targets = token_logprob_inputs(model, batch)
         anchored = self.kl_anchor is not None and "anchor" in batch
@@ -90,13 +111,14 @@ class SFT(Method):
             metrics["kl"] = float(kl.detach())
         return total, metrics
 
-    def _kl_to_reference(self, model, batch: dict, logits: torch.Tensor) -> torch.Tensor:
+    def _kl_to_reference(self, model: Module, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
         """KL(reference || model) summed over the trained tokens of replay examples: the tuned
         model must keep the base model's whole next-token distribution there, not just its argmax."""
         at_loss = batch["labels"][:, 1:] != IGNORE
         anchored = batch["anchor"][:, 1:][at_loss]
         if not anchored.any():
             return logits.new_zeros(())
+        assert self.kl_anchor is not None  # anchored batches come with an anchor
         ref = self.kl_anchor.logits(model, batch)[anchored]
         ref_logp = F.log_softmax(ref, -1)
         return F.kl_div(F.log_softmax(logits[anchored], -1), ref_logp, log_target=True, reduction="sum")

@@ -57,7 +57,7 @@ def peft_config(model, cfg: AdapterConfig, task_type: str = "CAUSAL_LM"):
     if cfg.type in ("lora", "qlora"):
         return peft.LoraConfig(
             r=cfg.r,
-            lora_alpha=cfg.alpha,
+            lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # PEFT's annotation says int; a float scale is what it computes with
             lora_dropout=cfg.dropout,
             use_rslora=cfg.rslora,
             use_dora=cfg.dora,
@@ -182,7 +182,7 @@ def train_only(model, freeze: FreezeConfig) -> int:
     else:
 
         def keep(name, p):
-            return any(part in name for part in freeze.modules)
+            return any(part in name for part in freeze.modules or [])
 
     trained = 0
     for name, p in model.named_parameters():

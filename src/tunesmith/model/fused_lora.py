@@ -53,7 +53,7 @@ def use_fused_lora(model) -> list:
         return []
     layers = [m for m in model.modules() if type(m) is Linear]  # not subclasses: quantized bases have their own
     for layer in layers:
-        layer.forward = types.MethodType(_fused_forward, layer)
+        layer.forward = types.MethodType(_fused_forward, layer)  # type: ignore[method-assign]  # the point
     return layers
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -28,7 +29,7 @@ def settings(adapter: AdapterConfig, compute_dtype: torch.dtype) -> dict:
     }
 
 
-def import_bitsandbytes():
+def import_bitsandbytes() -> ModuleType:
     """bitsandbytes (its CPU backend's notice about an optional hub kernel is quieted in
     `tunesmith.model`, before PEFT imports it)."""
     import bitsandbytes

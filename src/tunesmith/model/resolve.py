@@ -215,8 +215,8 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     # Dequantized weights are plain tensors; the GGUF quantizer must go or save_pretrained refuses.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers' attributes, typed as Modules by torch
+    model.is_quantized = False  # type: ignore[assignment]
     model.config.name_or_path = name or gguf.stem
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))

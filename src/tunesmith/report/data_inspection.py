@@ -28,7 +28,7 @@ def masked_preview(tokenizer, ids: list[int], labels: list[int], reasoning: list
     magenta (dim magenta where `train_on_reasoning: false` leaves it untrained), the rest dim."""
     text = Text()
     run: list[int] = []
-    kind = None
+    kind: str | None = None
     for k, (tid, label) in enumerate(zip(ids, labels)):
         thought = reasoning is not None and reasoning[k]
         now = ("reasoning" if thought else "answer") if label != IGNORE else ("shown reasoning" if thought else "shown")
@@ -37,7 +37,7 @@ def masked_preview(tokenizer, ids: list[int], labels: list[int], reasoning: list
             run = []
         run.append(tid)
         kind = now
-    if run:
+    if run and kind is not None:
         text.append(tokenizer.decode(run), style=STYLES[kind])
     return text
 

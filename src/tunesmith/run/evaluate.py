@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -60,6 +61,7 @@ def _task_kwargs(cfg: RunConfig) -> dict:
 
 
 def load_test_split(cfg: RunConfig) -> list[Example]:
+    assert cfg.eval.test is not None  # called where the config names a test split
     return load_examples(cfg.eval.test)[: cfg.eval.limit]
 
 
@@ -212,7 +214,12 @@ def score_interpolation(
 def probe_forgetting(cfg: RunConfig, run_dir: Path, model, tokenizer, base: BaseReference, console: Console) -> dict:
     f = cfg.forgetting
     console.print("forgetting probe: general QA and drift, base vs tuned ...")
-    sizes = {"text": f.text, "text_limit": f.text_limit, "batch_size": cfg.eval.batch_size, "limit": f.probe_limit}
+    sizes: dict[str, Any] = {
+        "text": f.text,
+        "text_limit": f.text_limit,
+        "batch_size": cfg.eval.batch_size,
+        "limit": f.probe_limit,
+    }
     with phase("forgetting probe: base model (cached after the first run)", console):
         base_items = probe.base_probe(base, **sizes)
     with phase("forgetting probe: noise floor, base model at another batch size (cached)", console):

@@ -118,7 +118,8 @@ def load_data(cfg: RunConfig, method, tokenizer, console: Console, base: BaseRef
             raise UserError(f"forgetting.replay_source {cfg.forgetting.replay_source}: no trainable replay examples")
         for f in replay:
             f["anchor"] = True  # what KL anchoring applies to
-        weights.append(replay_weight(cfg.forgetting.replay, sum(w * n for w, n in zip(weights, sizes)), len(replay)))
+        mixed = sum(w * n for w, n in zip(weights, sizes))
+        weights.append(replay_weight(cfg.forgetting.replay, mixed, len(replay)))
         features += replay
         sizes.append(len(replay))
         console.print(

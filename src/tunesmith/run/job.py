@@ -28,6 +28,7 @@ from tunesmith.forgetting.replay import general_prompt_ids
 from tunesmith.methods import build_method
 from tunesmith.methods.distill_teachers import endpoint_usage, is_endpoint
 from tunesmith.methods.reference import ReferenceModel
+from tunesmith.methods.sft import SFT
 from tunesmith.model.adapters import count_parameters
 from tunesmith.model.load import load_tokenizer, remote_code_trusted, tokenizer_dir
 from tunesmith.model.resolve import Resolved, resolve
@@ -137,6 +138,7 @@ def _prepare(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bo
     if cfg.forgetting.kl or cfg.forgetting.self_distill:
         method.kl_anchor = ReferenceModel(model)
     if cfg.forgetting.self_distill:
+        assert isinstance(method, SFT) and method.self_distill is not None  # the config allows it for sft, distill
         method.self_distill.prompts = general_prompt_ids(cfg.forgetting.self_distill.prompts, tokenizer)
     trainable, total = count_parameters(model)
 
@@ -150,7 +152,7 @@ def _prepare(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bo
         + (f", {ranks.world} processes ({cfg.train.distributed})" if ranks.parallel else "")
     )
     trackers = (
-        Trackers(cfg.report_to, run_dir, cfg.name, cfg.model_dump(mode="json"), cfg.to_yaml(), console)
+        Trackers(list(cfg.report_to), run_dir, cfg.name, cfg.model_dump(mode="json"), cfg.to_yaml(), console)
         if cfg.report_to and ranks.main
         else None
     )
@@ -177,14 +179,15 @@ def _prepare(cfg: RunConfig, *, resume: bool, console: Console | None, quiet: bo
 def _fit(run: Run, on_record) -> FitResult:
     """The method's set-up and the training loop; a run that fails before logging or saving anything
     leaves no directory behind. The method (a teacher, reference or reward model it holds) is let go."""
-    cfg, run_dir = run.cfg, run.run_dir
+    cfg, run_dir, method = run.cfg, run.run_dir, run.method
+    assert method is not None  # let go only after training
     try:
         with phase(f"{cfg.name}: training", run.console):
-            run.method.prepare(run.model, run.tokenizer, run.data.features + run.data.val, run_dir, cfg, run.console)
+            method.prepare(run.model, run.tokenizer, run.data.features + run.data.val, run_dir, cfg, run.console)
             result = fit(
                 run.model,
                 run.tokenizer,
-                run.method,
+                method,
                 run.data,
                 cfg,
                 run_dir,

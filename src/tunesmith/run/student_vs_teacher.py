@@ -8,6 +8,7 @@ the run's report shows both.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -86,7 +87,9 @@ def compare(
     conversations = [[{"role": "user", "content": p}] for p in general_prompts()[0][:SPEED_PROMPTS]]
     if test_examples:
         conversations = [split_reference(e)[0] for e in test_examples[:SPEED_PROMPTS]]
-    result = {"student": measure(student, tokenizer, test_examples, conversations, qa_limit, task_kwargs)}
+    result: dict[str, Any] = {
+        "student": measure(student, tokenizer, test_examples, conversations, qa_limit, task_kwargs)
+    }
     teacher, teacher_tok = load_for_inference(teacher_ref, dtype=dtype)
     result["teacher"] = measure(teacher, teacher_tok, test_examples, conversations, qa_limit, task_kwargs)
     del teacher
@@ -101,5 +104,12 @@ def compare(
         result["ratios"]["task"] = (
             s["task"][primary]["mean"] / t["task"][primary]["mean"] if t["task"][primary]["mean"] else None
         )
-    result.update(teacher_ref=teacher_ref, primary=primary, speed_tokens=SPEED_TOKENS, speed_prompts=len(conversations))
+    result.update(
+        {
+            "teacher_ref": teacher_ref,
+            "primary": primary,
+            "speed_tokens": SPEED_TOKENS,
+            "speed_prompts": len(conversations),
+        }
+    )
     return result

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger("tunesmith.sandbox")
 ISOLATIONS = ("auto", "bubblewrap", "process")
@@ -195,7 +196,7 @@ class PythonFunction:
         self.source, self.timeout_s, self.memory_mb = source, timeout_s, memory_mb
         self.isolation = resolve_isolation(isolation)
         self.cpu_s = int(max(60, 30 * timeout_s))
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[str] | None = None
         self.workdir = tempfile.TemporaryDirectory(prefix="tunesmith-grader-")
 
     def _command(self) -> tuple[list[str], int | None]:
@@ -219,16 +220,23 @@ class PythonFunction:
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             preexec_fn=_limits(self.memory_mb, self.cpu_s, uid),
         )
-        self.process.stdin.write(json.dumps({"source": self.source}) + "\n")
-        self.process.stdin.flush()
+        stdin = self._pipes()[0]
+        stdin.write(json.dumps({"source": self.source}) + "\n")
+        stdin.flush()
         first = self._read()
         if "error" in first:
             self.close()
             raise SandboxError(f"the grader's source failed to load: {first['error']}")
 
+    def _pipes(self) -> tuple[IO[str], IO[str], IO[str]]:
+        """The started child's stdin, stdout and stderr."""
+        assert self.process is not None and self.process.stdin and self.process.stdout and self.process.stderr
+        return self.process.stdin, self.process.stdout, self.process.stderr
+
     def _read(self) -> dict:
-        ready, _, _ = select.select([self.process.stdout], [], [], self.timeout_s)
-        line = self.process.stdout.readline() if ready else ""
+        stdout = self._pipes()[1]
+        ready, _, _ = select.select([stdout], [], [], self.timeout_s)
+        line = stdout.readline() if ready else ""
         if not line:
             why = f"the grader took over {self.timeout_s:g} s" if not ready else self._why_dead()
             self.close()
@@ -237,6 +245,7 @@ class PythonFunction:
 
     def _why_dead(self) -> str:
         """What ended the child: the sandbox's own complaint, or the limits it may have hit."""
+        assert self.process is not None  # started
         try:
             self.process.wait(timeout=2)
         except subprocess.TimeoutExpired:
@@ -251,8 +260,9 @@ class PythonFunction:
 
     def _stderr_tail(self) -> str:
         try:
-            ready, _, _ = select.select([self.process.stderr], [], [], 0.5)
-            text = self.process.stderr.read(4096) if ready else ""
+            stderr = self._pipes()[2]
+            ready, _, _ = select.select([stderr], [], [], 0.5)
+            text = stderr.read(4096) if ready else ""
         except (OSError, ValueError):
             return ""
         lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -262,8 +272,9 @@ class PythonFunction:
         if self.process is None:
             self.start()
         try:
-            self.process.stdin.write(json.dumps([sample, item]) + "\n")
-            self.process.stdin.flush()
+            stdin = self._pipes()[0]
+            stdin.write(json.dumps([sample, item]) + "\n")
+            stdin.flush()
         except (BrokenPipeError, OSError):
             why = self._why_dead()
             self.close()
@@ -278,7 +289,8 @@ class PythonFunction:
             self.process.kill()
             self.process.wait()
             for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-                stream.close()
+                if stream is not None:
+                    stream.close()
             self.process = None
 
     def __del__(self):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request  # resolved by name in the middleware's annotation
 
-from tunesmith.serve.models import ModelGone, ServedModels
+from tunesmith.serve.models import Catalog, ModelGone
 from tunesmith.serve.protocol import ApiError, error_body, gone_body
 
 __all__ = ["ApiError", "Queue", "Serving", "build_app"]
@@ -79,7 +79,7 @@ class Serving:
 
 
 def build_app(
-    catalog: ServedModels,
+    catalog: Catalog,
     api_key: str | None = None,
     max_tokens: int = 1024,
     max_queue: int = 128,

@@ -150,12 +150,14 @@ class Reply:
 
     def whole(self) -> tuple[str, Finished]:
         """The whole reply at once."""
-        pieces, finished = [], None
+        pieces: list[str] = []
+        finished: Finished | None = None
         for item in self:
             if isinstance(item, Finished):
                 finished = item
             else:
                 pieces.append(item)
+        assert finished is not None  # a choice always ends with its Finished
         return "".join(pieces), finished
 
 

@@ -5,18 +5,18 @@ tokens in and out, time to first token, and generated tokens per second over the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def render(engines: Callable[[], dict]) -> bytes:
     """The metrics of every started engine (`engines()`: base model id -> GenerationEngine)."""
     from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
     from tunesmith.generation.engine import FIRST_TOKEN_BUCKETS
 
     class Collector:
-        def collect(self):
+        def collect(self) -> Iterator[Metric]:
             running = dict(engines())
             gauges = {
                 "queue_requests": ("requests waiting for a row", lambda e: e.queued),
@@ -30,10 +30,10 @@ def render(engines: Callable[[], dict]) -> bytes:
                 ),
             }
             for name, (doc, value) in gauges.items():
-                family = GaugeMetricFamily(f"tunesmith_{name}", doc, labels=["model"])
+                gauge = GaugeMetricFamily(f"tunesmith_{name}", doc, labels=["model"])
                 for model, engine in running.items():
-                    family.add_metric([model], value(engine))
-                yield family
+                    gauge.add_metric([model], value(engine))
+                yield gauge
             counters = {
                 "requests": ("requests submitted", lambda e: e.counters.requests),
                 "prompt_tokens": ("prompt tokens prefilled", lambda e: e.counters.prompt_tokens),
@@ -42,11 +42,11 @@ def render(engines: Callable[[], dict]) -> bytes:
                 "busy_seconds": ("seconds spent in generation steps", lambda e: e.counters.busy_s),
             }
             for name, (doc, value) in counters.items():
-                family = CounterMetricFamily(f"tunesmith_{name}", doc, labels=["model"])
+                counter = CounterMetricFamily(f"tunesmith_{name}", doc, labels=["model"])
                 for model, engine in running.items():
-                    family.add_metric([model], value(engine))
-                yield family
-            family = HistogramMetricFamily(
+                    counter.add_metric([model], value(engine))
+                yield counter
+            histogram = HistogramMetricFamily(
                 "tunesmith_time_to_first_token_seconds",
                 "from a request's submission to its first token",
                 labels=["model"],
@@ -54,8 +54,8 @@ def render(engines: Callable[[], dict]) -> bytes:
             for model, engine in running.items():
                 c = engine.counters
                 buckets = [(str(bound), count) for bound, count in zip(FIRST_TOKEN_BUCKETS, c.first_token_buckets)]
-                family.add_metric([model], buckets + [("+Inf", c.first_token_count)], c.first_token_s_sum)
-            yield family
+                histogram.add_metric([model], buckets + [("+Inf", c.first_token_count)], c.first_token_s_sum)
+            yield histogram
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector())

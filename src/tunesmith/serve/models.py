@@ -10,6 +10,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
@@ -42,9 +43,19 @@ def default_kv_budget(max_rows: int, context_length: int, token_bytes: int) -> i
     return int(min(free, max_rows * context_length * token_bytes))
 
 
+class Catalog(Protocol):
+    """What the server asks of the models it serves: one `ServedModels` (a base and its adapters),
+    or the service's catalog of bases and each tenant's tuned models."""
+
+    def engines(self) -> dict: ...
+    def visible_ids(self, caller: str | None) -> list[str]: ...
+    def holder(self, model_id: str, caller: str | None) -> ServedModels | None: ...
+    def parent(self, model_id: str) -> str | None: ...
+
+
 @dataclass
 class ServedModels:
-    model: torch.nn.Module  # the base, or a PeftModel holding every adapter
+    model: Any  # the base (a transformers model), or a PeftModel holding every adapter
     base_id: str
     tokenizers: dict[str, object]  # model id -> its tokenizer (an adapter run keeps its own copy)
     adapters: dict[str, Path] = field(default_factory=dict)  # model id -> adapter folder
@@ -203,6 +214,7 @@ def load_served(
         if name in seen:
             raise UserError(f"model name '{name}' is used twice; give each adapter its own NAME")
         seen.add(name)
+        assert resolved.adapter is not None  # named: adapter runs
         kind = _adapter_type(resolved.adapter)
         if kind not in SERVABLE_ADAPTERS:
             raise UserError(
@@ -220,12 +232,13 @@ def load_served(
         from peft import PeftModel
 
         for i, (name, resolved) in enumerate(named):
+            assert resolved.adapter is not None  # named: adapter runs
             if i == 0:
                 model = PeftModel.from_pretrained(model, resolved.adapter, adapter_name=peft_name(name))
             else:
                 model.load_adapter(resolved.adapter, adapter_name=peft_name(name))
             tokenizers[name] = load_tokenizer(tokenizer_dir(resolved))
-            folders[name] = resolved.adapter
+            folders[name] = Path(str(resolved.adapter))
     from tunesmith.runtime.precision import device
 
     model.to(device()).eval()

@@ -5,7 +5,7 @@ clients send with neutral values by default (penalties 0, user) are accepted."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -50,7 +50,7 @@ class Message(Strict):
             if isinstance(self.content, str) or self.content is None
             else "".join(p.text for p in self.content)
         )
-        turn = {"role": self.role, "content": content}
+        turn: dict[str, Any] = {"role": self.role, "content": content}
         if self.tool_calls:
             turn["tool_calls"] = [c.model_dump() for c in self.tool_calls]
         if self.tool_call_id is not None:
@@ -154,7 +154,7 @@ class CompletionRequest(Sampling):
     def prompts(self) -> list[str | list[int]]:
         if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
             return [self.prompt]
-        return list(self.prompt)
+        return [p for p in self.prompt if not isinstance(p, int)]  # a list of prompts
 
     def limit(self) -> int | None:
         return self.max_tokens

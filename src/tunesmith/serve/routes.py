@@ -89,7 +89,7 @@ def chat_completions(req: ChatRequest, s=Depends(serving), who: str | None = Dep
             400, f"messages: the chat template refused them ({str(e).splitlines()[0][:200]})", param="messages"
         ) from None
     forced = replies.forced()
-    grammar = call_grammar(tools, forced[1], forced[0]) if forced else None
+    grammar = call_grammar(tools or [], forced[1], forced[0]) if forced else None
 
     def whole(text: str, reason: str):
         message, reason = replies.message(text, reason)
@@ -128,7 +128,7 @@ def checked_chat(req: ChatRequest) -> tuple[list[dict] | None, list[dict]]:
     if (
         choice is not None
         and not isinstance(choice, str)
-        and choice.function.name not in {t["function"]["name"] for t in tools}
+        and choice.function.name not in {t["function"]["name"] for t in tools or []}
     ):
         raise ApiError(
             400, f"tool_choice names {choice.function.name!r}, which is not among the tools", param="tool_choice"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
@@ -26,6 +27,9 @@ from tunesmith.service.job_spec import JobRequest
 from tunesmith.service.policy import grader_refusal
 from tunesmith.service.scheduler import Scheduler
 from tunesmith.service.store import ACTIVE, FINISHED, Store, new_id, now
+
+if TYPE_CHECKING:
+    from tunesmith.service.catalog import ServiceCatalog
 
 MAX_PAGE = 100
 router = APIRouter()
@@ -38,7 +42,7 @@ class ServiceParts:
     store: Store
     files: FileStore
     scheduler: Scheduler
-    catalog: object  # service/catalog.ServiceCatalog
+    catalog: ServiceCatalog
 
 
 def add_routes(app, store: Store, files: FileStore, scheduler: Scheduler, catalog) -> None:
@@ -159,12 +163,14 @@ def create_job(req: JobRequest, svc: ServiceParts = Depends(parts), tenant: str 
             code="model_not_available",
         )
     kind = req.method_type()
-    if kind == "reinforcement" and (req.method.reinforcement is None):
+    settings_of_rl = req.method.reinforcement if req.method is not None else None
+    grader = settings_of_rl.grader if settings_of_rl is not None else None
+    if kind == "reinforcement" and grader is None:
         raise ApiError(
             400, "method.reinforcement.grader: a reinforcement job needs a grader", param="method.reinforcement"
         )
-    if kind == "reinforcement":
-        refusal = grader_refusal(req.method.reinforcement.grader, scheduler.policy_of(tenant), tenant, scheduler.bases)
+    if kind == "reinforcement" and grader is not None:
+        refusal = grader_refusal(grader, scheduler.policy_of(tenant), tenant, scheduler.bases)
         if refusal is not None:
             raise ApiError(400, refusal, param="method.reinforcement.grader")
     if req.hyperparameters is not None and req.method is not None:
@@ -190,10 +196,10 @@ def create_job(req: JobRequest, svc: ServiceParts = Depends(parts), tenant: str 
     hyper = {k: given.get(k, "auto") for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
     extra = {"dpo": ("beta",), "reinforcement": ("compute_multiplier", "eval_interval", "eval_samples")}.get(kind, ())
     method_hp = {**hyper, **{k: given.get(k, "auto") for k in extra}}
-    settings = {"hyperparameters": method_hp}
-    if kind == "reinforcement":
-        settings["grader"] = req.method.reinforcement.grader.model_dump(exclude_none=True)
-    job = {
+    settings: dict[str, Any] = {"hyperparameters": method_hp}
+    if kind == "reinforcement" and grader is not None:
+        settings["grader"] = grader.model_dump(exclude_none=True)
+    job: dict[str, Any] = {
         "object": "fine_tuning.job",
         "id": new_id("ftjob-"),
         "model": req.model,
@@ -263,7 +269,7 @@ def _stop(svc: ServiceParts, job: dict, tenant: str, action: str, refusal, waiti
             return changed
         if store.request_control(job_id, action):
             svc.scheduler.poke()
-            return store.job(job_id)
+            return job_of(store, job_id, tenant)
         job = job_of(store, job_id, tenant)
     raise ApiError(409, f"Job {job_id} kept changing state; try again", param="fine_tuning_job_id")
 

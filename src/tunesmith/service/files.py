@@ -50,7 +50,7 @@ class FileStore:
                         raise TooLarge(f"the file is over this server's limit of {self.max_bytes} bytes")
                     if room is not None and size > room:
                         raise OverQuota(
-                            f"the file would take tenant {tenant!r} past its {quota >> 20} MB of stored files "
+                            f"the file would take tenant {tenant!r} past its {(quota or 0) >> 20} MB of stored files "
                             f"({max(0, room)} bytes left); delete files first"
                         )
                     digest.update(chunk)

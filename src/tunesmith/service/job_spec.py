@@ -26,7 +26,7 @@ mixes that share of the base model's own answers to general prompts into every j
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -161,7 +161,7 @@ def resolve(kind: str, given: Hyperparameters, n_examples: int) -> dict:
     elif n_examples * epochs > 25_000:
         epochs = max(1, 25_000 // n_examples)
     batch = 1 << max(0, min(3, int(math.log2(max(1, n_examples // 64))))) if n_examples >= 64 else 1
-    out = {
+    out: dict[str, Any] = {
         "n_epochs": int(pick(given.n_epochs, epochs)),
         "batch_size": int(pick(given.batch_size, batch)),
         "learning_rate_multiplier": float(pick(given.learning_rate_multiplier, AUTO_LR_MULTIPLIER)),
@@ -174,8 +174,9 @@ def resolve(kind: str, given: Hyperparameters, n_examples: int) -> dict:
             pick(getattr(given, "eval_interval", None), steps_per_epoch(n_examples, out["batch_size"]))
         )
         out["eval_samples"] = int(pick(getattr(given, "eval_samples", None), 1))
-        if getattr(given, "reasoning_effort", None) is not None:
-            out["reasoning_effort"] = given.reasoning_effort
+        effort = getattr(given, "reasoning_effort", None)
+        if effort is not None:
+            out["reasoning_effort"] = effort
     return out
 
 

@@ -151,7 +151,7 @@ class Scheduler:
         settings = job["method"].get("reinforcement") or {}
         if not settings.get("grader"):
             return {}
-        policy = self.policy_of(self.store.job_owner(job["id"]))
+        policy = self.policy_of(self.store.owner_of(job["id"]))
         names = grader_variables(GraderSpec(grader=settings["grader"]).grader)
         return {n: os.environ[n] for n in sorted(names) if policy.may_read(n) and n in os.environ}
 
@@ -166,7 +166,7 @@ class Scheduler:
             job["id"],
             self.job_dir(job["id"]),
             self.run_dir(job["id"]),
-            self.store.job_owner(job["id"]),
+            self.store.owner_of(job["id"]),
             job["model"],
             env or {},
         )
@@ -333,7 +333,7 @@ class Scheduler:
     # --- running -> succeeded | failed | cancelled | paused | queued -------------------------------
     def _watch(self, job_id: str) -> None:
         worker = self.running[job_id]
-        job = self.store.job(job_id)
+        job = self.store.existing_job(job_id)
         self._follow(job)
         request = self.store.control(job_id)
         state = self.executor.state(worker.handle)
@@ -368,7 +368,7 @@ class Scheduler:
             if self.store.transition(job_id, ("running",), status="paused", estimated_finish=None):
                 self.store.add_event(job_id, "Job paused after writing a checkpoint; resume continues from it")
         elif state.stopped_cleanly or state.retry:  # stopped from outside, or lost with its node: run it again
-            said = state.reason or "stopped on a signal after its checkpoint"
+            said: str | None = state.reason or "stopped on a signal after its checkpoint"
             if self.store.restarts(job_id) >= MAX_RESTARTS:
                 self._fail(
                     job, "training_failed", f"stopped {MAX_RESTARTS + 1} times before finishing; last: {said}", None
@@ -450,7 +450,7 @@ class Scheduler:
         run_dir = self.run_dir(job["id"])
         summary = json.loads((run_dir / "summary.json").read_text())
         name = ft_model_name(job)
-        tenant = self.store.job_owner(job["id"])
+        tenant = self.store.owner_of(job["id"])
         final_step = summary["steps"]
         self.store.add_checkpoint(
             job["id"],
@@ -494,7 +494,7 @@ def fair_turns(
     order = {tenant: i for i, tenant in enumerate(waiting)}
     running, picked = Counter(running), []
     while free > 0:
-        ready = [t for t, jobs in waiting.items() if jobs and (limit_of(t) is None or running[t] < limit_of(t))]
+        ready = [t for t, jobs in waiting.items() if jobs and ((cap := limit_of(t)) is None or running[t] < cap)]
         if not ready:
             break
         tenant = min(ready, key=lambda t: (running[t], turns.get(t, -1), order[t]))

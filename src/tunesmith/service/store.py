@@ -166,8 +166,22 @@ class Store:
         rows = self._rows("SELECT tenant FROM jobs WHERE id = ?", (job_id,))
         return rows[0][0] if rows else None
 
+    def owner_of(self, job_id: str) -> str:
+        """The tenant of a job that exists (KeyError for one that does not)."""
+        tenant = self.job_owner(job_id)
+        if tenant is None:
+            raise KeyError(f"no job {job_id}")
+        return tenant
+
+    def existing_job(self, job_id: str) -> dict:
+        """A job that exists (KeyError for one that does not)."""
+        job = self.job(job_id)
+        if job is None:
+            raise KeyError(f"no job {job_id}")
+        return job
+
     def jobs(self, tenant: str | None, status: tuple[str, ...] | None = None, oldest_first: bool = False) -> list[dict]:
-        sql, args = "SELECT body FROM jobs WHERE 1 = 1", []
+        sql, args = "SELECT body FROM jobs WHERE 1 = 1", list[object]()
         if tenant is not None:
             sql, args = sql + " AND tenant = ?", args + [tenant]
         if status is not None:
@@ -190,7 +204,10 @@ class Store:
 
     def update_job(self, job_id: str, **fields) -> dict:
         """Set fields of a job's object (one transaction); returns the object as stored."""
-        return self.transition(job_id, None, **fields)
+        job = self.transition(job_id, None, **fields)
+        if job is None:
+            raise KeyError(f"no job {job_id}")
+        return job
 
     def transition(self, job_id: str, from_status: tuple[str, ...] | None, **fields) -> dict | None:
         """Set fields of a job (a new `status` among them) only if its status is one of
@@ -332,7 +349,7 @@ class Store:
             + " ORDER BY c.seq",
             (tenant,) if tenant is not None else (),
         )
-        return [self.model(m) for (m,) in rows + ckpts]
+        return [found for (m,) in rows + ckpts if (found := self.model(m)) is not None]
 
     def delete_model(self, model_id: str) -> None:
         self._write("DELETE FROM models WHERE id = ?", (model_id,))

@@ -102,7 +102,7 @@ def write_splits(
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {}
     for name, n in (("test", n_test), ("val", n_val), ("train", n_train)):
-        rows = []
+        rows: list[dict] = []
         while len(rows) < n:
             ex = make_example(rng)
             key = ex["messages"][0]["content"]

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.engine.trackers.common import RunInfo
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
 _BACKENDS = {
@@ -37,10 +39,12 @@ _PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow-skinny", "wandb": "
 class Trackers:
     """Every tracker of `report_to`, each dropped (with one warning) when it fails."""
 
-    def __init__(self, names: list[str], run_dir: Path, name: str, config: dict, config_yaml: str, console: Console):
+    def __init__(
+        self, names: list[str], run_dir: Path, name: str, config: dict[str, Any], config_yaml: str, console: Console
+    ) -> None:
         self.names, self.console = list(names), console
         self.info = RunInfo(run_dir=Path(run_dir), name=name, config=config, config_yaml=config_yaml)
-        self.active: dict = {}
+        self.active: dict[str, Any] = {}
 
     def start(self, resume_step: int = 0) -> None:
         """Open each tracker; the training loop calls this once it knows the step it resumes from."""
@@ -62,18 +66,18 @@ class Trackers:
             "training goes on without it[/yellow]"
         )
 
-    def _each(self, method: str, *args) -> None:
+    def _each(self, method: str, *args: Any) -> None:
         for name, tracker in list(self.active.items()):
             try:
                 getattr(tracker, method)(*args)
             except Exception as e:  # noqa: BLE001
                 self._drop(name, e)
 
-    def log(self, record: dict) -> None:
+    def log(self, record: dict[str, Any]) -> None:
         """One metrics.jsonl record (it has a `step`)."""
         self._each("log", record)
 
-    def finish(self, results: dict, step: int, files: list[Path]) -> None:
+    def finish(self, results: dict[str, Any], step: int, files: list[Path]) -> None:
         """The final scores (nested dicts of numbers) at `step`, the run's files as artifacts; closes each."""
         self._each("finish", results, step, [f for f in files if f.is_file()])
         self.active.clear()

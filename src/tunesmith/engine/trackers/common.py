@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @dataclass
 class RunInfo:
     run_dir: Path
     name: str
-    config: dict
+    config: dict[str, Any]
     config_yaml: str
     resume_step: int = 0
 
 
-def numbers(record: dict, prefix: str = "") -> dict[str, float]:
+def numbers(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The finite numeric entries of a (nested) record, flattened to `a/b` names."""
     out: dict[str, float] = {}
     for key, value in record.items():
@@ -27,7 +30,7 @@ def numbers(record: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def scalars(record: dict) -> dict[str, float]:
+def scalars(record: dict[str, Any]) -> dict[str, float]:
     """A metrics.jsonl record as tracker scalars: val_KEY -> val/KEY, everything else -> train/KEY."""
     named = {}
     for key, value in numbers({k: v for k, v in record.items() if k != "step"}).items():
@@ -35,11 +38,11 @@ def scalars(record: dict) -> dict[str, float]:
     return named
 
 
-def finals(results: dict) -> dict[str, float]:
+def finals(results: dict[str, Any]) -> dict[str, float]:
     return {f"final/{k}": v for k, v in numbers(results).items()}
 
 
-def flat_config(config: dict, prefix: str = "") -> dict[str, str]:
+def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """The config as `section.key` -> value text, for trackers whose parameters are flat."""
     out: dict[str, str] = {}
     for key, value in config.items():

@@ -8,15 +8,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.engine.trackers.common import RunInfo, finals, flat_config, scalars
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _TAG = "tunesmith.run_dir"
 
 
 class MLflow:
-    def __init__(self, run: RunInfo):
+    def __init__(self, run: RunInfo) -> None:
         # an unreachable server: MLflow's default retries stall ~4 minutes before failing; a few seconds here
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
@@ -68,10 +71,10 @@ class MLflow:
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
 
-    def log(self, record: dict) -> None:
+    def log(self, record: dict[str, Any]) -> None:
         self._metrics(scalars(record), int(record["step"]))
 
-    def finish(self, results: dict, step: int, files: list[Path]) -> None:
+    def finish(self, results: dict[str, Any], step: int, files: list[Path]) -> None:
         self._metrics(finals(results), step)
         for f in files:
             self.client.log_artifact(self.run_id, str(f), artifact_path=None if f.parent.name != "plots" else "plots")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.engine.trackers.common import RunInfo, finals, scalars
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 class TensorBoard:
-    def __init__(self, run: RunInfo):
+    def __init__(self, run: RunInfo) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         # a resumed run purges what was logged after its checkpoint, so each step is there once
@@ -17,12 +20,12 @@ class TensorBoard:
         )
         self.writer.add_text("config", f"```yaml\n{run.config_yaml}\n```", global_step=0)
 
-    def log(self, record: dict) -> None:
+    def log(self, record: dict[str, Any]) -> None:
         for name, value in scalars(record).items():
             self.writer.add_scalar(name, value, global_step=int(record["step"]))
         self.writer.flush()
 
-    def finish(self, results: dict, step: int, files: list[Path]) -> None:
+    def finish(self, results: dict[str, Any], step: int, files: list[Path]) -> None:
         for name, value in finals(results).items():
             self.writer.add_scalar(name, value, global_step=step)
         for f in files:  # the report as text, the plots as images

@@ -7,19 +7,23 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from pathlib import Path
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.engine.trackers.common import RunInfo, finals, scalars
 
+if TYPE_CHECKING:
+    from pathlib import Path
 
-def _quietly(call, *args, **kwargs):
+
+def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """trackio prints its banners to stdout, which is the CLI's JSON output: keep them out."""
     with contextlib.redirect_stdout(io.StringIO()):
         return call(*args, **kwargs)
 
 
 class Trackio:
-    def __init__(self, run: RunInfo):
+    def __init__(self, run: RunInfo) -> None:
         import trackio
 
         self.trackio, self.name = trackio, run.name
@@ -34,10 +38,10 @@ class Trackio:
             auto_log_gpu=False,
         )
 
-    def log(self, record: dict) -> None:
+    def log(self, record: dict[str, Any]) -> None:
         self.run.log(scalars(record), step=int(record["step"]))
 
-    def finish(self, results: dict, step: int, files: list[Path]) -> None:
+    def finish(self, results: dict[str, Any], step: int, files: list[Path]) -> None:
         self.run.log(finals(results), step=step)
         if files:
             artifact = self.trackio.Artifact(f"{self.name}-results", type="run-results")

@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from tunesmith import atomic
 from tunesmith.engine.trackers.common import RunInfo, finals, scalars
 
+WandbMode = Literal["online", "offline", "disabled", "shared"]
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 class WandB:
-    def __init__(self, run: RunInfo):
+    def __init__(self, run: RunInfo) -> None:
         import wandb
 
         self.wandb = wandb
@@ -28,16 +33,16 @@ class WandB:
             resume="allow",
             dir=str(run.run_dir),
             config=run.config,
-            mode=os.environ.get("WANDB_MODE") or "offline",
+            mode=cast("WandbMode", os.environ.get("WANDB_MODE") or "offline"),  # wandb checks the value
             settings=wandb.Settings(silent=True, console="off"),
         )
         atomic.write_text(id_file, run_id)
         self.name = run.name
 
-    def log(self, record: dict) -> None:
+    def log(self, record: dict[str, Any]) -> None:
         self.run.log(scalars(record), step=int(record["step"]))
 
-    def finish(self, results: dict, step: int, files: list[Path]) -> None:
+    def finish(self, results: dict[str, Any], step: int, files: list[Path]) -> None:
         self.run.summary.update(finals(results))
         if files:
             artifact = self.wandb.Artifact(f"{self.name}-results", type="run-results")

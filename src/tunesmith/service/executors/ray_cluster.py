@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from typing import Any
 
 from tunesmith.errors import UserError
 from tunesmith.service.executors import LOG, Executor, Launch, State, tunesmith_argv
@@ -36,7 +37,7 @@ class RayExecutor(Executor):
             raise UserError("--cluster: executor ray needs Ray's job client: pip install 'tunesmith[ray]'") from None
         self.address, self.python, self.placement = address, python, placement
         self._client_class = JobSubmissionClient
-        self._client = None
+        self._client: Any = None  # Ray's JobSubmissionClient, made on first use
 
     @property
     def client(self):

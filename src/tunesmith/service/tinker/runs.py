@@ -68,6 +68,13 @@ class TinkerRuns:
             return None
         return found if found.get("tenant") == tenant else None
 
+    def owned(self, model_id: str, tenant: str) -> dict:
+        """The record of a model `tenant` owns (else a LookupError: no such model)."""
+        found = self.record(model_id, tenant)
+        if found is None:
+            raise LookupError(f"model {model_id}: no such model")
+        return found
+
     def parse(self, path: str, tenant: str, kind: str | None = None) -> Checkpoint:
         """The checkpoint a tinker:// path names, if `tenant` may read it (else a UserError)."""
         if not path.startswith("tinker://") or len(path[9:].split("/")) != 3:

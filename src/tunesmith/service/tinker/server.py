@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tunesmith.errors import UserError, first_line
 from tunesmith.methods.client_loss import Datum
@@ -49,7 +50,7 @@ class TinkerServer:
         self.samplers: dict[str, dict] = {}  # sampling session id -> {tenant, base, model_id (None: the base), path}
         self.models: dict[str, ClientLoopModel | None] = {}  # model id -> the model (None while it is built)
         self.workers: dict[str, OrderedWorker] = {}
-        self.full_models: dict[str, object] = {}  # sampler folder -> its ServedModels (full fine-tunes)
+        self.full_models: dict[Path, Any] = {}  # sampler folder -> its ServedModels (full fine-tunes)
         self.compute = threading.Lock()
         self.lock = threading.Lock()
 
@@ -256,7 +257,7 @@ class TinkerServer:
     def create_from_state(self, tenant: str, session_id: str, model_seq_id: int, path: str, optimizer: bool) -> str:
         """A new training model built like the one that saved `path`, loaded from it."""
         cp = self.runs.parse(path, tenant, "weights")
-        source = self.runs.record(cp.model_id, tenant)
+        source = self.runs.owned(cp.model_id, tenant)
         model_id = f"{session_id}:train:{model_seq_id}"
         spec = ModelSpec(**{**source["spec"], "precision": self.precision})
         self._register(model_id, tenant, session_id, source["base"], spec)
@@ -270,8 +271,8 @@ class TinkerServer:
         return self._queue(tenant, model_id, None, build)
 
     def save_sampler(self, tenant: str, model_id: str, seq_id: int | None, name: str | None) -> str:
-        record = self.runs.record(model_id, tenant)
-        session_for = record["session_id"] if record else None
+        record = self.runs.owned(model_id, tenant)
+        session_for = record["session_id"]
 
         def work() -> Outcome:
             model = self._model(model_id)
@@ -301,7 +302,7 @@ class TinkerServer:
         if not model_path:
             return self._known(base), None, None
         cp = self.runs.parse(model_path, tenant, "sampler_weights")
-        base = self.runs.record(cp.model_id, tenant)["base"]
+        base = self.runs.owned(cp.model_id, tenant)["base"]
         if not cp.folder.is_dir():
             raise LookupError(f"{model_path}: no such checkpoint")
         if not _is_adapter(cp.folder):  # a full fine-tune: served on its own, by this API only

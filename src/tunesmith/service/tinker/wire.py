@@ -22,7 +22,7 @@ NUMPY_OF = {DTYPE_FLOAT32: np.float32, DTYPE_INT64: np.int64, DTYPE_INT32: np.in
 STOP, LENGTH = 0, 1
 
 # message -> [(number, name, type, label, message type or None)]
-_MESSAGES = {
+_MESSAGES: dict[str, list[tuple[int, str, int, int, str | None]]] = {
     "SparseCsr": [
         (1, "values", F.TYPE_BYTES, 1, None),
         (2, "crow_indices", F.TYPE_BYTES, 1, None),
@@ -159,8 +159,8 @@ def parse_forward_backward(body: bytes) -> dict:
     except DecodeError as e:
         raise UserError(f"forward_backward: not a protobuf ForwardBackwardRequest ({e})") from None
     config: dict = {e.key: e.value for e in msg.loss_fn_config}
-    for e in msg.loss_fn_config_v2:  # the newer map wins: it also carries text values
-        config[e.key] = e.value.text if e.value.WhichOneof("value") == "text" else e.value.number
+    for entry in msg.loss_fn_config_v2:  # the newer map wins: it also carries text values
+        config[entry.key] = entry.value.text if entry.value.WhichOneof("value") == "text" else entry.value.number
     data = []
     for i, datum in enumerate(msg.data):
         tokens: list[int] = []
