@@ -48,15 +48,15 @@ def _arm(fault: dict) -> None:
         phase = fault["phase"]
         write, rename = checkpoint._write, os.rename
 
-        def write_then_die(folder, weights, *args):
+        def write_then_die(folder, contents):
             if counted():
                 if phase == "file1":
-                    checkpoint.save_file(weights, folder / "trainable.safetensors")
+                    checkpoint.save_file(contents.weights, folder / "trainable.safetensors")
                 if phase in ("file0", "file1"):  # a torn safetensors file, as a kill mid-write leaves it
                     name = "trainable.safetensors" if phase == "file0" else "optimizer.safetensors"
                     (folder / name).write_bytes(b"\x00" * 1000)
                     _kill()
-                write(folder, weights, *args)
+                write(folder, contents)
                 if phase == "before_rename":
                     _kill()
                 if phase == "after_rename":
@@ -67,7 +67,7 @@ def _arm(fault: dict) -> None:
 
                     checkpoint.os.rename = rename_then_die
                 return
-            write(folder, weights, *args)
+            write(folder, contents)
 
         checkpoint._write = write_then_die
     elif kind == "report":  # training done and final/ saved; killed while measuring and reporting

@@ -468,6 +468,7 @@ def test_several_teachers_mix_by_weight_or_teach_their_own_data_source(tmp_path,
     divergence is its own source's teacher's, as if each teacher had distilled its rows alone."""
     from tunesmith.config import validate_config
     from tunesmith.data.records import load_examples
+    from tunesmith.engine.method import Setup
     from tunesmith.errors import UserError
     from tunesmith.methods.distill import Distillation
     from tunesmith.model.load import load_for_inference
@@ -493,7 +494,7 @@ def test_several_teachers_mix_by_weight_or_teach_their_own_data_source(tmp_path,
             }
         )
         m = Distillation(cfg)
-        m.prepare(student, tokenizer, [], tmp_path, cfg, None)
+        m.prepare(Setup(student, tokenizer, [], tmp_path, cfg, None))
         return m
 
     def features(m, path, source):

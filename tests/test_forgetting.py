@@ -260,6 +260,7 @@ def test_self_distillation_is_zero_for_an_untouched_adapter_and_pulls_a_moved_on
     it brings the tuned model back towards the start on the same replies."""
     from tunesmith.config import validate_config
     from tunesmith.data.records import load_examples
+    from tunesmith.engine.method import Setup
     from tunesmith.forgetting.replay import general_prompt_ids
     from tunesmith.methods.reference import ReferenceModel
     from tunesmith.methods.sft import SFT
@@ -279,7 +280,7 @@ def test_self_distillation_is_zero_for_an_untouched_adapter_and_pulls_a_moved_on
     method = SFT(cfg)
     method.kl_anchor = ReferenceModel(model)
     method.self_distill.prompts = general_prompt_ids("self", tokenizer)
-    method.prepare(model, tokenizer, [], None, cfg, None)
+    method.prepare(Setup(model, tokenizer, [], None, cfg, None))
     feats = [method.features(e, tokenizer) for e in load_examples(date_data["train"])[:4]]
     batch = method.collate(feats, tokenizer)
     assert batch["general"]["prompts"] == method.collate(feats, tokenizer)["general"]["prompts"]  # chosen by the batch

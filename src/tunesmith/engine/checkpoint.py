@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -69,44 +70,42 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def _write(
-    tmp: Path,
-    weights: dict[str, torch.Tensor],
-    opt_tensors: dict[str, torch.Tensor],
-    opt_meta: dict[str, Any],
-    scheduler: LRScheduler,
-    state: dict[str, Any],
-    model: Module | None = None,
-) -> None:
-    save_file(weights, tmp / "trainable.safetensors")
-    if model is not None:
-        save_adapter_folder(model, weights, tmp / ADAPTER)  # the step's model, loadable (and servable) as it is
+@dataclass
+class Contents:
+    """What a checkpoint folder holds: trained weights, optimizer, schedule, the loop's state and
+    (`model`, for an adapter run) the adapter folder; the RNG states are read as it is written."""
+
+    weights: dict[str, torch.Tensor]
+    opt_tensors: dict[str, torch.Tensor]
+    opt_meta: dict[str, Any]
+    scheduler: LRScheduler
+    state: dict[str, Any]
+    model: Module | None = None
+
+
+def _write(tmp: Path, contents: Contents) -> None:
+    c = contents
+    save_file(c.weights, tmp / "trainable.safetensors")
+    if c.model is not None:
+        save_adapter_folder(c.model, c.weights, tmp / ADAPTER)  # the step's model, loadable (and servable) as it is
     rng: dict[str, torch.Tensor] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"cuda.{i}"] = s
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    save_file(c.opt_tensors, tmp / "optimizer.safetensors")
     save_file(rng, tmp / "rng.safetensors")
     py_rng = random.getstate()
     meta = {
-        "state": state,
-        "optimizer": opt_meta,
-        "scheduler": scheduler.state_dict(),
+        "state": c.state,
+        "optimizer": c.opt_meta,
+        "scheduler": c.scheduler.state_dict(),
         "python_rng": [py_rng[0], list(py_rng[1]), py_rng[2]],
     }
     (tmp / "state.json").write_text(json.dumps(meta))
     _fsync_tree(tmp)
 
 
-def write_folder(
-    final: Path,
-    weights: dict[str, torch.Tensor],
-    opt_tensors: dict[str, torch.Tensor],
-    opt_meta: dict[str, Any],
-    scheduler: LRScheduler,
-    state: dict[str, Any],
-    model: Module | None = None,
-) -> None:
+def write_folder(final: Path, contents: Contents) -> None:
     """Write a checkpoint to `final` whole or not at all: into a temporary sibling, renamed over
     `final` once every file is on disk."""
     tmp = final.parent / f".tmp-{final.name}"
@@ -114,7 +113,7 @@ def write_folder(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write(tmp, weights, opt_tensors, opt_meta, scheduler, state, model)
+        _write(tmp, contents)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -127,7 +126,7 @@ def save_named(final: Path, model: Module, optimizer: Optimizer, scheduler: LRSc
     """The model's trained weights, optimizer, schedule and RNG state, and its adapter folder, at
     `final` (a client loop's named state; a run's checkpoints go through `save`)."""
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
-    write_folder(final, trainable_state(model), opt_tensors, opt_meta, scheduler, state, model)
+    write_folder(final, Contents(trainable_state(model), opt_tensors, opt_meta, scheduler, state, model))
 
 
 def save(
@@ -148,7 +147,7 @@ def save(
         return None
     final = ckpt_root / f"{PREFIX}{step}"
     try:
-        write_folder(final, weights, opt_tensors, opt_meta, scheduler, state, model)
+        write_folder(final, Contents(weights, opt_tensors, opt_meta, scheduler, state, model))
     except (OSError, SafetensorError) as e:  # a full disk, a quota, a vanished mount: earlier checkpoints stand
         previous = list_checkpoints(ckpt_root)
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"

@@ -11,6 +11,7 @@ the model (`n_tokens`), which the engine counts for tokens/s.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -29,6 +30,18 @@ class ReferenceLogits(Protocol):
     """The starting model's logits at a batch's loss positions (methods/reference.py's `ReferenceModel`)."""
 
     def logits(self, model: Module, batch: Batch) -> torch.Tensor: ...
+
+
+@dataclass
+class Setup:
+    """What the run hands a method's `prepare`, once, before the first step."""
+
+    model: Module
+    tokenizer: PreTrainedTokenizerBase
+    features: list[dict[str, Any]]  # the training and validation features
+    run_dir: Path
+    cfg: RunConfig
+    console: Console
 
 
 class Method(ABC):
@@ -72,17 +85,9 @@ class Method(ABC):
     def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
         """Features -> a padded batch of tensors, with `n_items` and `n_tokens` set."""
 
-    def prepare(  # noqa: B027 (optional)
-        self,
-        model: Module,
-        tokenizer: PreTrainedTokenizerBase,
-        features: list[dict[str, Any]],
-        run_dir: Path,
-        cfg: RunConfig,
-        console: Console,
-    ) -> None:
+    def prepare(self, setup: Setup) -> None:  # noqa: B027 (optional)
         """Once, after the model is built and before the first step (a reference model, a teacher,
-        reward functions); `features` are the training and validation features."""
+        reward functions)."""
 
     def rollout(self, model: Module, batch: Batch) -> None:  # noqa: B027 (optional: most methods train on their data)
         """Before the first `loss` on a batch (training and validation), on the device and in the

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 
     from tunesmith.config.schema import RunConfig
     from tunesmith.data.batch import Batch
+    from tunesmith.engine.method import Setup
 
 TOPK_KEYS = ("teacher_topk_ids", "teacher_topk_logps")
 
@@ -100,23 +101,18 @@ class Distillation(SFT):
         return self.teachers[0] if len(self.teachers) == 1 else None
 
     # --- set-up the run does once -----------------------------------------------------------
-    def prepare(
-        self,
-        model: Module,
-        tokenizer: PreTrainedTokenizerBase,
-        features: list[dict[str, Any]],
-        run_dir: Path,
-        cfg: RunConfig,
-        console: Console,
-    ) -> None:
+    def prepare(self, setup: Setup) -> None:
         from tunesmith.model.load import load_for_inference
         from tunesmith.runtime.precision import inference_dtype
 
-        super().prepare(model, tokenizer, features, run_dir, cfg, console)
+        super().prepare(setup)
+        tokenizer, cfg = setup.tokenizer, setup.cfg
         self.vocab = len(tokenizer)
         if self.teacher_ref and is_endpoint(self.teacher_ref):
             d = self.config
-            self.teachers = [EndpointTeacher(self.teacher_ref, d.teacher_model, d.api_key_env, Path(run_dir) / SCORES)]
+            self.teachers = [
+                EndpointTeacher(self.teacher_ref, d.teacher_model, d.api_key_env, Path(setup.run_dir) / SCORES)
+            ]
             return
         for reference, _, _ in self.specs:
             teacher, teacher_tok = load_for_inference(reference, dtype=inference_dtype(cfg.train.precision))
@@ -124,7 +120,7 @@ class Distillation(SFT):
             teacher.requires_grad_(False)
             self.teachers.append(LoadedTeacher(teacher, reference))
         if self.topk:
-            attach_topk(self, features, tokenizer, cfg, console)
+            attach_topk(self, setup.features, tokenizer, cfg, setup.console)
             self.teachers = []  # the cache stands in for it: its memory goes back for training
 
     # --- features -> batch ------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tunesmith.data.chat import prompt_ids
-from tunesmith.engine.method import Method
+from tunesmith.engine.method import Method, Setup
 from tunesmith.errors import UserError
 from tunesmith.eval.generate import Sampling
 from tunesmith.eval.task import split_reference
@@ -39,9 +39,6 @@ from tunesmith.methods.reference import ReferenceModel
 from tunesmith.methods.rollout import sample_replies
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from rich.console import Console
     from torch.nn import Module
     from transformers import PreTrainedTokenizerBase
 
@@ -99,20 +96,12 @@ class GroupPolicyOptimisation(Method):
         }
 
     # --- set-up the run does once -----------------------------------------------------------
-    def prepare(
-        self,
-        model: Module,
-        tokenizer: PreTrainedTokenizerBase,
-        features: list[dict[str, Any]],
-        run_dir: Path,
-        cfg: RunConfig,
-        console: Console,
-    ) -> None:
+    def prepare(self, setup: Setup) -> None:
         from tunesmith.methods.rl_rewards import Rewards
         from tunesmith.runtime.precision import inference_dtype
 
-        self.tokenizer = tokenizer
-        unreferenced = next((f["source"] for f in features if f["reference"] is None), None)
+        self.tokenizer, cfg = setup.tokenizer, setup.cfg
+        unreferenced = next((f["source"] for f in setup.features if f["reference"] is None), None)
         if unreferenced is not None and any(s.function == "exact_match" for s in self.specs):
             raise UserError(
                 f"{unreferenced}: reward exact_match needs a reference answer; this prompt has none "
@@ -120,7 +109,7 @@ class GroupPolicyOptimisation(Method):
             )
         self.rewards = Rewards(self.specs, inference_dtype(cfg.train.precision), cfg.rl.sandbox)
         if self.beta > 0:
-            self.reference = ReferenceModel(model)
+            self.reference = ReferenceModel(setup.model)
 
     # --- batch -> loss ----------------------------------------------------------------------
     def _sample(self, model: Module, prompts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from tunesmith import atomic
 from tunesmith.data.chat import IGNORE, encode_chat
 from tunesmith.data.collate import collate_tokens
 from tunesmith.engine.distributed import is_main
-from tunesmith.engine.method import Method
+from tunesmith.engine.method import Method, Setup
 from tunesmith.engine.step import to_device
 from tunesmith.errors import UserError
 from tunesmith.methods.logprobs import sequence_logprobs
@@ -27,9 +27,6 @@ from tunesmith.methods.preference_losses import LENGTH_NORMALISED, REFERENCE_FRE
 from tunesmith.methods.reference import ReferenceModel
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from rich.console import Console
     from torch.nn import Module
     from transformers import PreTrainedTokenizerBase
 
@@ -154,29 +151,22 @@ class PairedPreference(PreferenceOptimisation):
         return losses.sum(), metrics
 
     # --- set-up the run does once -----------------------------------------------------------
-    def prepare(
-        self,
-        model: Module,
-        tokenizer: PreTrainedTokenizerBase,
-        features: list[dict[str, Any]],
-        run_dir: Path,
-        cfg: RunConfig,
-        console: Console,
-    ) -> None:
+    def prepare(self, setup: Setup) -> None:
         """The reference for `features` (training and validation): the adapter switched off; for a
         full fine-tune, log-probs computed now and cached in the run directory for a resume."""
         if not self.needs_reference:
             return
+        model, features, cfg = setup.model, setup.features, setup.cfg
         if hasattr(model, "disable_adapter"):
             self.reference = ReferenceModel(model)
             return
-        cached = run_dir / REFERENCE_CACHE
+        cached = setup.run_dir / REFERENCE_CACHE
         values = json.loads(cached.read_text()) if cached.is_file() else None
         if values is None or len(values) != len(features):
-            console.print(
+            setup.console.print(
                 f"reference log-probs: one pass over {len(features)} pairs (full fine-tuning keeps no second model)"
             )
-            values = precompute(model, self, tokenizer, features, cfg.train.batch_size, cfg.train.precision)
+            values = precompute(model, self, setup.tokenizer, features, cfg.train.batch_size, cfg.train.precision)
             if is_main():  # every rank computes the same values; one writes them
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 atomic.write_text(cached, json.dumps(values))
@@ -273,18 +263,10 @@ class KTO(PreferenceOptimisation):
         return losses.sum(), metrics
 
     # --- set-up the run does once -----------------------------------------------------------
-    def prepare(
-        self,
-        model: Module,
-        tokenizer: PreTrainedTokenizerBase,
-        features: list[dict[str, Any]],
-        run_dir: Path,
-        cfg: RunConfig,
-        console: Console,
-    ) -> None:
+    def prepare(self, setup: Setup) -> None:
         """The reference: the adapter switched off, or for a full fine-tune a frozen copy (the
         mismatched pairs it scores exist only per batch, so nothing can be computed ahead)."""
-        self.reference = ReferenceModel(model)
+        self.reference = ReferenceModel(setup.model)
 
 
 def _rows(batch: Batch, rows: slice) -> Batch:

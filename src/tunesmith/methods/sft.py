@@ -9,15 +9,12 @@ import torch.nn.functional as F
 
 from tunesmith.data.chat import IGNORE, encode_example
 from tunesmith.data.collate import collate_tokens
-from tunesmith.engine.method import Method
+from tunesmith.engine.method import Method, Setup
 from tunesmith.errors import UserError
 from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
 from tunesmith.methods.self_distill import SelfDistillation
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from rich.console import Console
     from torch.nn import Module
     from transformers import PreTrainedTokenizerBase
 
@@ -60,16 +57,8 @@ class SFT(Method):
             return None  # truncation removed every trained token
         return {"input_ids": enc.input_ids, "labels": enc.labels}
 
-    def prepare(
-        self,
-        model: Module,
-        tokenizer: PreTrainedTokenizerBase,
-        features: list[dict[str, Any]],
-        run_dir: Path,
-        cfg: RunConfig,
-        console: Console,
-    ) -> None:
-        self.tokenizer = tokenizer
+    def prepare(self, setup: Setup) -> None:
+        self.tokenizer = setup.tokenizer
 
     def collate(self, features: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase) -> Batch:
         batch: Batch = collate_tokens(features, tokenizer.pad_token_id)

@@ -6,6 +6,7 @@ checked before the run directory is created, so bad input never leaves a half-wr
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from tunesmith.engine import distributed
 from tunesmith.engine.checkpoint import list_checkpoints
 from tunesmith.engine.logbook import read_metrics
 from tunesmith.engine.loop import FitResult, TrainData, fit
-from tunesmith.engine.method import Method
+from tunesmith.engine.method import Method, Setup
 from tunesmith.engine.trackers import Trackers
 from tunesmith.errors import UserError
 from tunesmith.forgetting.reference import BaseReference
@@ -183,7 +184,7 @@ def _fit(run: Run, on_record) -> FitResult:
     assert method is not None  # let go only after training
     try:
         with phase(f"{cfg.name}: training", run.console):
-            method.prepare(run.model, run.tokenizer, run.data.features + run.data.val, run_dir, cfg, run.console)
+            method.prepare(Setup(run.model, run.tokenizer, run.data.features + run.data.val, run_dir, cfg, run.console))
             result = fit(
                 run.model,
                 run.tokenizer,
@@ -219,6 +220,11 @@ def _gather_on_rank_0(run: Run) -> bool:
     """Under torchrun the trained model is the same on every rank: rank 0 saves, measures and
     reports (a sharded model gathered into a plain one); whether this is rank 0."""
     state = distributed.gather_state(run.model) if run.cfg.train.distributed == "fsdp" else None
+    if state is not None:
+        # the sharded model (its DTensors, their device mesh) holds the process group: let it go
+        # while the group is alive, not in the interpreter's teardown after the group is destroyed
+        run.model = None
+        gc.collect()
     distributed.stop()
     if not run.ranks.main:
         return False
