@@ -123,8 +123,7 @@ class TinkerServer:
     # --- training models --------------------------------------------------------------------------
 
     def _worker(self, model_id: str, tenant: str) -> OrderedWorker:
-        if self.runs.record(model_id, tenant) is None:
-            raise LookupError(f"model {model_id}: no such model")
+        self.runs.owned(model_id, tenant)  # (a LookupError for a model that is not the tenant's)
         with self.lock:
             worker = self.workers.get(model_id)
         if worker is None:
@@ -186,9 +185,7 @@ class TinkerServer:
         return self._queue(tenant, model_id, None, build), model_id
 
     def info(self, model_id: str, tenant: str) -> dict:
-        record = self.runs.record(model_id, tenant)
-        if record is None:
-            raise LookupError(f"model {model_id}: no such model")
+        record = self.runs.owned(model_id, tenant)
         from tunesmith.model.load import tokenizer_dir
         from tunesmith.model.resolve import resolve
 
