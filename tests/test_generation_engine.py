@@ -301,3 +301,30 @@ def test_a_row_whose_token_choice_fails_ends_with_that_error_and_the_others_go_o
         list(streams[1])
     assert tokens(streams[0]) == alone(model, asked[0], 10) and tokens(streams[2]) == alone(model, asked[2], 10)
     assert engine.arena.used == 0
+
+
+def test_under_autocast_the_head_cast_once_samples_what_a_cast_per_pass_samples(monkeypatch):
+    """Sampling while a bf16 run trains: the fp32 head (tied to the embeddings) cast to bf16 once
+    for the whole generation gives the tokens autocast's cast at every pass gives, and the tie is
+    back afterwards."""
+    from contextlib import nullcontext
+
+    import tunesmith.generation.batch as batch
+
+    model = build("llama").eval()
+    tied = model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight is tied
+    head_dtypes = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda m, a: head_dtypes.append(m.weight.dtype))
+    asked = prompts(6, seed=5)
+
+    def sample():
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+            settings = RowSettings(temperature=1.0, seed=7)
+            return batch.generate_tokens(model, asked, 12, settings, frozenset({EOS}), rows=4)
+
+    once = sample()
+    assert set(head_dtypes) == {torch.bfloat16} and model.get_output_embeddings().weight is tied
+    monkeypatch.setattr(batch, "head_cast_once", lambda m: nullcontext())
+    head_dtypes.clear()
+    assert sample() == once and set(head_dtypes) == {torch.float32}

@@ -16,6 +16,7 @@ from tunesmith.methods.group_policy_losses import (
     leave_one_out_advantages,
     normalised_advantages,
 )
+from tunesmith.methods.logprobs import token_logprobs
 from tunesmith.run import train
 
 
@@ -147,3 +148,33 @@ def test_exact_match_needs_references_and_says_where_one_is_missing(tmp_path, ti
     assert result.returncode == 2, result.stderr
     assert "prompts.jsonl:2: reward exact_match needs a reference answer" in result.stderr
     assert not (tmp_path / "runs" / "tiny").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(("method", "iterations", "passes"), [("grpo", 1, 1), ("grpo", 2, 3), ("rloo", 1, 2)])
+def test_the_sampling_policy_s_log_probs_get_a_pass_only_where_they_differ_or_are_read(
+    tmp_path, tiny_model_dir, date_data, monkeypatch, method, iterations, passes
+):
+    """Policy passes over a batch of sampled replies, besides the reference's: GRPO stepping once on
+    it takes π_old from the loss's own pass (ρ = 1 there); stepping twice, π_old needs its own;
+    RLOO folds the KL into the reward, so it reads π_old before any loss."""
+    import tunesmith.methods.grpo as grpo
+
+    calls = []
+    monkeypatch.setattr(grpo, "token_logprobs", lambda *a: calls.append(1) or token_logprobs(*a))
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        tiny_model_dir,
+        date_data,
+        tmp_path / "runs",
+        method=method,
+        data={"val": None},  # the steps' passes only
+        train={"max_steps": 2, "batch_size": 2},
+        rl={
+            "rewards": [{"function": "test_rl:digit_share"}],
+            "group_size": 2,
+            "max_new_tokens": 4,
+            "iterations": iterations,
+        },
+    )
+    train(load_config(cfg), quiet=True)
+    assert len(calls) == passes * (2 // iterations)  # per batch sampled

@@ -9,7 +9,8 @@ model: `supported` says so and callers keep transformers' generate for them."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -62,11 +63,37 @@ def generate_tokens(
     budget = min(rows, len(prompts)) * longest * bytes_per_token(model.config, dtype)
     engine = GenerationEngine(AsIs(model), budget, max_rows=rows, dtype=dtype, per_row_adapters=False)
     grammars = grammars or [None] * len(prompts)
-    streams = engine.run(
-        [
-            Request(p, max_new_tokens, settings=settings, stop_ids=stop_ids, grammar=g)
-            for p, g in zip(prompts, grammars)
-        ],
-        on_done,
-    )
+    with head_cast_once(model):
+        streams = engine.run(
+            [
+                Request(p, max_new_tokens, settings=settings, stop_ids=stop_ids, grammar=g)
+                for p, g in zip(prompts, grammars)
+            ],
+            on_done,
+        )
     return [[c.token for c in s] for s in streams]
+
+
+@contextmanager
+def head_cast_once(model) -> Iterator[None]:
+    """Under CPU autocast, the output head's fp32 weight cast to the autocast dtype once for the
+    whole generation instead of at every forward pass: the same values (autocast casts it just so),
+    and at a few rows a pass the cast of a 49k x 576 head costs three times its matmul. Training
+    keeps the head in fp32 (it may be the tied, trainable embeddings); the copy lives while replies
+    are sampled (an RL or on-policy step, an evaluation while training)."""
+    head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if (
+        weight is None
+        or type(weight.data) is not torch.Tensor  # a sharded (DTensor) head is FSDP's to gather
+        or weight.device.type != "cpu"
+        or weight.dtype != torch.float32
+        or not torch.is_autocast_enabled("cpu")
+    ):
+        yield
+        return
+    head.weight = torch.nn.Parameter(weight.detach().to(torch.get_autocast_dtype("cpu")), requires_grad=False)
+    try:
+        yield
+    finally:
+        head.weight = weight

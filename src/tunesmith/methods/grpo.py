@@ -34,7 +34,7 @@ from tunesmith.methods.group_policy_losses import (
     leave_one_out_advantages,
     normalised_advantages,
 )
-from tunesmith.methods.logprobs import per_row_sum, token_logprobs
+from tunesmith.methods.logprobs import per_row_sum, row_of_token, token_logprobs
 from tunesmith.methods.reference import ReferenceModel
 from tunesmith.methods.rollout import sample_replies
 
@@ -128,17 +128,19 @@ class GroupPolicyOptimisation(Method):
             [p["reference"] for p in repeated],
             [p.get("item") for p in repeated],
         )
+        token_rows = row_of_token(batch)
         with torch.no_grad():
-            old, row_of_token = token_logprobs(model, batch)
             ref = self.reference.token_logprobs(model, batch) if self.reference is not None else None
+            # π_old: with one step per sample it is the policy at the gradient, taken there
+            old = token_logprobs(model, batch)[0] if self._needs_old(ref) else None
         n = len(repeated)
-        lengths = torch.bincount(row_of_token, minlength=n).clamp(min=1)
-        advantages = self.advantages(rewards.to(dev), old, ref, row_of_token)
+        lengths = torch.bincount(token_rows, minlength=n).clamp(min=1)
+        advantages = self.advantages(rewards.to(dev), old, ref, token_rows)
         return {
             "batch": batch,
             "old": old,
             "ref": ref,
-            "row_of_token": row_of_token,
+            "row_of_token": token_rows,
             "lengths": lengths,
             "rewards": rewards,
             "parts": parts,
@@ -146,12 +148,20 @@ class GroupPolicyOptimisation(Method):
             "texts": texts,
         }
 
+    def _needs_old(self, ref: torch.Tensor | None) -> bool:
+        """Whether the sampling policy's log-probs need a pass of their own: the batch is stepped on
+        more than once (ρ ≠ 1 from the second step), or the advantages read them. With one step per
+        sample they are the policy's own at the gradient, detached, so ρ = 1 exactly, without a
+        second forward pass over every reply (a sixth of a GRPO step on the bundled model)."""
+        return self.steps_per_batch > 1 or (ref is not None and not self.kl_in_loss())
+
     @abstractmethod
     def advantages(
-        self, rewards: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None, row_of_token: torch.Tensor
+        self, rewards: torch.Tensor, old: torch.Tensor | None, ref: torch.Tensor | None, row_of_token: torch.Tensor
     ) -> torch.Tensor:
         """Each reply's advantage over its group, from its reward (and its tokens' log-probs under
-        the sampling policy and the reference, for a KL folded into the reward)."""
+        the sampling policy and the reference, for a KL folded into the reward; `old` is None
+        where `_needs_old` says no pass computed it)."""
 
     def kl_in_loss(self) -> bool:
         """Whether β·KL per token is a loss term (else it is folded into the reward, or off)."""
@@ -166,7 +176,8 @@ class GroupPolicyOptimisation(Method):
         rollout = batch["rollout"]
         rows, row_of_token, n = rollout["batch"], rollout["row_of_token"], rollout["lengths"].shape[0]
         logps, _ = token_logprobs(model, rows)
-        objective, clipped = clipped_surrogate(logps, rollout["old"], rollout["advantages"][row_of_token], self.clip)
+        old = rollout["old"] if rollout["old"] is not None else logps.detach()
+        objective, clipped = clipped_surrogate(logps, old, rollout["advantages"][row_of_token], self.clip)
         per_token = -objective
         kl = None
         if rollout["ref"] is not None:
@@ -192,7 +203,7 @@ class GRPO(GroupPolicyOptimisation):
     """A = (r − mean(group)) / (std(group) + ε); β·KL per token is a loss term."""
 
     def advantages(
-        self, rewards: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None, row_of_token: torch.Tensor
+        self, rewards: torch.Tensor, old: torch.Tensor | None, ref: torch.Tensor | None, row_of_token: torch.Tensor
     ) -> torch.Tensor:
         return normalised_advantages(rewards, self.group_size)
 
@@ -204,8 +215,9 @@ class RLOO(GroupPolicyOptimisation):
     """A = r' − mean of the other replies' r', r' = r − β·Σ KL of the reply's tokens."""
 
     def advantages(
-        self, rewards: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None, row_of_token: torch.Tensor
+        self, rewards: torch.Tensor, old: torch.Tensor | None, ref: torch.Tensor | None, row_of_token: torch.Tensor
     ) -> torch.Tensor:
         if ref is not None:
+            assert old is not None  # _needs_old: the KL is folded into the reward
             rewards = rewards - self.beta * per_row_sum(k3_kl(old, ref), row_of_token, rewards.shape[0])
         return leave_one_out_advantages(rewards, self.group_size)

@@ -90,9 +90,12 @@ def token_logprobs(model: Module, batch: Batch) -> tuple[torch.Tensor, torch.Ten
     """Log-probability of every labelled token (flat, in row-major order) and the row each token
     belongs to. Logits exist only at labelled positions."""
     head, rows, targets = token_logprob_inputs(model, batch)
-    token_logps = head_token_logprobs(head, rows, targets)[0]
-    row_of_token = (batch["labels"][:, 1:] != -100).nonzero()[:, 0]
-    return token_logps, row_of_token
+    return head_token_logprobs(head, rows, targets)[0], row_of_token(batch)
+
+
+def row_of_token(batch: Batch) -> torch.Tensor:
+    """The row each labelled token of `batch` belongs to, in `token_logprobs`' order."""
+    return (batch["labels"][:, 1:] != -100).nonzero()[:, 0]
 
 
 def head_token_logprobs(
