@@ -25,8 +25,8 @@ def test_dpo_raises_held_out_preference_accuracy(tmp_path):
         "method": "dpo",
         "adapter": {"type": "lora", "r": 16, "alpha": 32},
         "data": {"train": str(pairs["train"]), "val": str(pairs["val"]), "max_length": 256},
-        "train": {"max_steps": 16, "batch_size": 4, "lr": 5e-4, "schedule": "constant", "warmup": 0, "log_every": 4},
-        "eval": {"every": 16},
+        "train": {"max_steps": 8, "batch_size": 4, "lr": 5e-4, "schedule": "constant", "warmup": 0, "log_every": 4},
+        "eval": {"every": 8},
         "preference": {"loss": "sigmoid", "beta": 0.1},
         "output": {"dir": str(tmp_path / "runs"), "save_every": None},
     }
@@ -34,7 +34,9 @@ def test_dpo_raises_held_out_preference_accuracy(tmp_path):
     records = read_jsonl(tmp_path / "runs" / "dpo" / "metrics.jsonl")
     assert records[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # ln 2: policy = reference
     last = records[-1]
-    assert last["val_accuracy"] >= 0.8, last  # 32 held-out pairs; chance 0.5 (measured: 1.0, margin 6.2)
+    # 32 held-out pairs, chance 0.5; measured after 8 steps with seeds 0 and 1: accuracy 1.0 and 1.0,
+    # loss 0.113 and 0.121, margin 3.6 and 3.1 (after 4 steps already 1.0, 0.27-0.32; 16 steps add nothing asked here)
+    assert last["val_accuracy"] >= 0.8, last
     assert last["val_margin"] > 0 and last["val_loss"] < 0.6, last
 
 
@@ -69,7 +71,7 @@ def test_grpo_with_a_function_reward_raises_the_mean_reward(tmp_path):
     records = read_jsonl(tmp_path / "runs" / "grpo" / "metrics.jsonl")
     first, last = records[0], records[-1]
     late = sum(r["reward"] for r in records[-2:]) / 2
-    # measured: -0.54 at the first step (6% ISO replies), 1.0 at the eighth, held-out 0.92
+    # measured (seeds 0 and 1): -0.61 and -0.53 at the first step, 0.94 and 1.0 at the eighth, held-out 0.97 and 0.84
     assert late > first["reward"] + 0.8, [r["reward"] for r in records]
     assert last["val_reward"] > first["reward"] + 0.5, last
     assert last["reward_regex"] > 0.5 and last["kl"] > 0, last

@@ -178,3 +178,26 @@ def test_the_sampling_policy_s_log_probs_get_a_pass_only_where_they_differ_or_ar
     )
     train(load_config(cfg), quiet=True)
     assert len(calls) == passes * (2 // iterations)  # per batch sampled
+
+
+def test_evaluating_leaves_the_training_draws_alone(tmp_path, tiny_model_dir, date_data):
+    """Validation samples replies too; a run that evaluates every other step trains exactly as one
+    that never does (its samples drawn from the same random state)."""
+    records = {}
+    for every in (None, 2):
+        cfg = write_config(
+            tmp_path / f"{every}.yaml",
+            tiny_model_dir,
+            date_data,
+            tmp_path / "runs",
+            name=f"every-{every}",
+            method="grpo",
+            train={"max_steps": 4, "batch_size": 2},
+            eval={"every": every},
+            rl={"rewards": [{"function": "test_rl:digit_share"}], "group_size": 2, "max_new_tokens": 6},
+        )
+        train(load_config(cfg), quiet=True)
+        records[every] = read_jsonl(tmp_path / "runs" / f"every-{every}" / "metrics.jsonl")
+    assert sum("val_reward" in r for r in records[2]) == 2
+    trained = [[(r["loss"], r["reward"]) for r in records[every]] for every in (None, 2)]
+    assert trained[0] == trained[1]

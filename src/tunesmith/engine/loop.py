@@ -30,7 +30,7 @@ from tunesmith.engine.passes import batch_features, batch_stream, pass_budget, r
 from tunesmith.engine.profile import StepProfiler
 from tunesmith.engine.sampler import EpochSampler
 from tunesmith.engine.schedule import build_optimizer
-from tunesmith.engine.step import evaluate_loss, train_step
+from tunesmith.engine.step import draws_untouched, evaluate_loss, train_step
 from tunesmith.engine.stop import StopRequest
 from tunesmith.engine.watched_score import BestWeights, EarlyStop
 from tunesmith.errors import RunFailed, Stopped, UserError
@@ -427,20 +427,12 @@ def _check_watching(cfg: RunConfig, data: TrainData, ranks: Ranks, scorer: Score
 
 def _generated_scores(model: Module, scorer: Scorer, precision: str, dev: torch.device) -> dict[str, float]:
     """The scorer's val_<metric> means on the model as it is now; training resumes untouched (mode, RNG)."""
-    import random
-
-    python_rng = random.getstate()
     model.eval()
     try:
-        with (
-            torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []),
-            torch.no_grad(),
-            autocast(precision, dev),
-        ):
+        with draws_untouched(dev), torch.no_grad(), autocast(precision, dev):
             return scorer(unwrap(model))
     finally:
         model.train()
-        random.setstate(python_rng)
 
 
 def ready_to_train(model: Module, precision: str, dev: torch.device) -> None:

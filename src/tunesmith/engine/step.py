@@ -6,6 +6,9 @@ and `evaluate_loss` are the same passes without gradients."""
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -121,7 +124,33 @@ def evaluate_loss(
     precision: str,
     dev: torch.device,
 ) -> dict[str, Any]:
-    """Mean loss per item (token for SFT) over `features`, without gradients."""
+    """Mean loss per item (token for SFT) over `features`, without gradients. A method that samples
+    (online RL) draws from the random state as it is and leaves it so: training goes on exactly as
+    it would without this evaluation."""
+    with draws_untouched(dev):
+        return _evaluate_loss(model, method, tokenizer, features, batch_size, precision, dev)
+
+
+@contextmanager
+def draws_untouched(dev: torch.device) -> Iterator[None]:
+    """torch's (and on CUDA the device's) and Python's random states as they were before the block."""
+    python_state = random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            yield
+    finally:
+        random.setstate(python_state)
+
+
+def _evaluate_loss(
+    model: Module,
+    method: Method,
+    tokenizer: PreTrainedTokenizerBase,
+    features: list[dict[str, Any]],
+    batch_size: int,
+    precision: str,
+    dev: torch.device,
+) -> dict[str, Any]:
     was_training = model.training
     model.eval()
     ranks = distributed.current()
