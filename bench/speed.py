@@ -69,7 +69,11 @@ RUNS = {
     "tunesmith-grpo": ("tunesmith", "grpo", {"batch_size": GRPO["batch_prompts"]}),
 }
 KIND = {"lora": ("sft", "lora"), "full": ("sft", "full"), "dpo": ("dpo", "lora"), "grpo": ("grpo", "lora")}
-TARGETS = {"lora": {"speed": 3.0, "rss": 0.6, "mfu_packed": 0.55}, "dpo": {"speed": 3.0, "rss": 0.5}}
+TARGETS = {
+    "lora": {"speed": 3.0, "rss": 0.6, "mfu_packed": 0.55},
+    "dpo": {"speed": 3.0, "rss": 0.5},
+    "grpo": {"speed": 3.0},  # end to end: prompt and reply tokens over the whole run, sampling included
+}
 
 
 def peak_gpu() -> dict:
@@ -310,6 +314,7 @@ def summarise(result: dict) -> dict:
         g["targets"] = {}
         if "speed" in targets:
             g["targets"]["speed"] = {"target": targets["speed"], "met": g["speed_ratio"] >= targets["speed"]}
+        if "rss" in targets:
             g["targets"]["rss"] = {"target": targets["rss"], "met": g["rss_ratio"] <= targets["rss"]}
         if "mfu_packed" in targets and "mfu_packed" in g:
             g["targets"]["mfu_packed"] = {
@@ -371,7 +376,8 @@ def main() -> None:
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.table:
-        print_tables(json.loads(args.table.read_text()))
+        result = json.loads(args.table.read_text())
+        print_tables({**result, **summarise(result)})  # today's targets on the file's runs
         return
     if args.one:
         print(json.dumps(tunesmith_run(json.loads(args.one))))

@@ -301,9 +301,11 @@ def render_adapters() -> str:
 
 def render_bench() -> str:
     sys.path.insert(0, str(ROOT / "bench"))
+    import speed  # bench/speed.py: its targets, applied to the file's runs
     import tables  # bench/tables.py: the same tables bench/speed.py prints
 
     data = json.loads((ROOT / "bench" / "results" / "speed-avx512-bf16.json").read_text())
+    data.update(speed.summarise(data))
     peak = data["matmul_peak_gflops"][data["precision"]]
     head = (
         f"Measured on {describe(data['machine'])}, commit {_commit(data['commit'])}, tunesmith "
