@@ -127,8 +127,30 @@ def evaluate_loss(
     """Mean loss per item (token for SFT) over `features`, without gradients. A method that samples
     (online RL) draws from the random state as it is and leaves it so: training goes on exactly as
     it would without this evaluation."""
+    was_training = model.training
+    model.eval()
+    ranks = distributed.current()
+    mine = share(features, ranks)  # each rank its share; the sums are added over ranks
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    most = math.ceil(len(share(features, Ranks(0, ranks.world))) / batch_size)  # rank 0's share is the largest
+    batches += [[]] * (most - len(batches))  # as many forward passes on every rank (FSDP gathers in each)
+    loss_sum, metric_sums = 0.0, dict[str, float]()
+    items: float = 0  # a count; summed over ranks in fp64
     with draws_untouched(dev):
-        return _evaluate_loss(model, method, tokenizer, features, batch_size, precision, dev)
+        for chunk in batches:
+            batch = method.collate(chunk or features[:1], tokenizer)
+            loss, metrics = forward_only(model, method, batch, precision, dev)
+            if not chunk:
+                continue
+            loss_sum += loss
+            items += batch["n_items"]
+            add_sums(metric_sums, metrics)
+    model.train(was_training)
+    loss_sum, items = sum_scalars([loss_sum, items], ranks)
+    metric_sums = sum_metrics(metric_sums, ranks)
+    out = {"val_loss": loss_sum / max(1, items)}
+    out.update({f"val_{k}": v / max(1, items) for k, v in metric_sums.items()})
+    return out
 
 
 @contextmanager
@@ -140,37 +162,3 @@ def draws_untouched(dev: torch.device) -> Iterator[None]:
             yield
     finally:
         random.setstate(python_state)
-
-
-def _evaluate_loss(
-    model: Module,
-    method: Method,
-    tokenizer: PreTrainedTokenizerBase,
-    features: list[dict[str, Any]],
-    batch_size: int,
-    precision: str,
-    dev: torch.device,
-) -> dict[str, Any]:
-    was_training = model.training
-    model.eval()
-    ranks = distributed.current()
-    mine = share(features, ranks)  # each rank its share; the sums are added over ranks
-    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    most = math.ceil(len(share(features, Ranks(0, ranks.world))) / batch_size)  # rank 0's share is the largest
-    batches += [[]] * (most - len(batches))  # as many forward passes on every rank (FSDP gathers in each)
-    loss_sum, metric_sums = 0.0, dict[str, float]()
-    items: float = 0  # a count; summed over ranks in fp64
-    for chunk in batches:
-        batch = method.collate(chunk or features[:1], tokenizer)
-        loss, metrics = forward_only(model, method, batch, precision, dev)
-        if not chunk:
-            continue
-        loss_sum += loss
-        items += batch["n_items"]
-        add_sums(metric_sums, metrics)
-    model.train(was_training)
-    loss_sum, items = sum_scalars([loss_sum, items], ranks)
-    metric_sums = sum_metrics(metric_sums, ranks)
-    out = {"val_loss": loss_sum / max(1, items)}
-    out.update({f"val_{k}": v / max(1, items) for k, v in metric_sums.items()})
-    return out
