@@ -81,10 +81,11 @@ def head_cast_once(model) -> Iterator[None]:
     and at a few rows a pass the cast of a 49k x 576 head costs three times its matmul. Training
     keeps the head in fp32 (it may be the tied, trainable embeddings); the copy lives while replies
     are sampled (an RL or on-policy step, an evaluation while training)."""
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = getattr(head, "weight", None)
     if (
-        weight is None
+        head is None
+        or weight is None
         or type(weight.data) is not torch.Tensor  # a sharded (DTensor) head is FSDP's to gather
         or weight.device.type != "cpu"
         or weight.dtype != torch.float32
