@@ -55,7 +55,7 @@ from tunesmith.methods.distill_teachers import (
     LoadedTeacher,
     is_endpoint,
 )
-from tunesmith.methods.logprobs import head_token_logprobs, token_logprob_inputs
+from tunesmith.methods.logprobs import head_token_logprobs, row_of_token, token_logprob_inputs
 from tunesmith.methods.rollout import batch_digest, sample_records, sample_replies
 from tunesmith.methods.sft import SFT
 
@@ -234,8 +234,8 @@ class Distillation(SFT):
         row is; a teacher none of the rows has is not run."""
         if weights is None:
             return [(*self._teacher_rows(batch), None)]
-        row_of_token = (batch["labels"][:, 1:] != IGNORE).nonzero()[:, 0]
-        per_token = weights.to(row_of_token.device)[row_of_token]  # [trained tokens, teachers]
+        token_rows = row_of_token(batch)
+        per_token = weights.to(token_rows.device)[token_rows]  # [trained tokens, teachers]
         return [(*t.rows(batch), per_token[:, i]) for i, t in enumerate(self.teachers) if per_token[:, i].any()]
 
     def _divergence_sum(
@@ -357,7 +357,7 @@ def attach_topk(
                     parts_ids.append(top.indices.to(torch.int32).cpu())
                     parts_logps.append(top.values.cpu())
             for f in chunk:
-                offsets.append(offsets[-1] + sum(1 for label in f["labels"][1:] if label != -100))
+                offsets.append(offsets[-1] + sum(1 for label in f["labels"][1:] if label != IGNORE))
         ids, logps = torch.cat(parts_ids), torch.cat(parts_logps)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic.replacing(path) as tmp:  # (a temporary of each process's own: the ranks may all write it)

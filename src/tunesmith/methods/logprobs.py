@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tunesmith.data.chat import IGNORE
 from tunesmith.engine.distributed import is_sharded
 from tunesmith.methods.head_logprobs import head_logprobs
 from tunesmith.model.peft_wrapping import is_prompt_learning, unwrap
@@ -65,7 +66,7 @@ def token_logprob_inputs(model: Module, batch: Batch) -> tuple[torch.nn.Module |
     if head is not None and is_sharded(head.weight):  # FSDP, the head tied to the sharded embeddings
         head = TiedHead(base.get_input_embeddings())
     labels = batch["labels"]
-    targets_mask = labels[:, 1:] != -100
+    targets_mask = predicted(labels)
     # no KV cache in training; packed batches carry position_ids and no attention mask
     inputs: dict[str, Any] = {
         "input_ids": batch["input_ids"],
@@ -93,9 +94,14 @@ def token_logprobs(model: Module, batch: Batch) -> tuple[torch.Tensor, torch.Ten
     return head_token_logprobs(head, rows, targets)[0], row_of_token(batch)
 
 
+def predicted(labels: torch.Tensor) -> torch.Tensor:
+    """[rows, length - 1]: whether each position's next token carries loss (is labelled)."""
+    return labels[:, 1:] != IGNORE
+
+
 def row_of_token(batch: Batch) -> torch.Tensor:
     """The row each labelled token of `batch` belongs to, in `token_logprobs`' order."""
-    return (batch["labels"][:, 1:] != -100).nonzero()[:, 0]
+    return predicted(batch["labels"]).nonzero()[:, 0]
 
 
 def head_token_logprobs(
@@ -118,5 +124,4 @@ def sequence_logprobs(model: Module, batch: Batch) -> tuple[torch.Tensor, torch.
     """(summed log-probability of each row's labelled tokens, their count): what preference and
     policy-gradient losses compare."""
     token_logps, row_of_token = token_logprobs(model, batch)
-    mask = batch["labels"][:, 1:] != -100
-    return per_row_sum(token_logps, row_of_token, batch["labels"].shape[0]), mask.sum(1)
+    return per_row_sum(token_logps, row_of_token, batch["labels"].shape[0]), predicted(batch["labels"]).sum(1)
