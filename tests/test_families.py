@@ -13,6 +13,7 @@ import torch
 from tunesmith.data.collate import collate_tokens
 from tunesmith.data.packing import pack_features
 from tunesmith.methods.logprobs import token_logprobs
+from tunesmith.model.gated_mlp import restore_mlp, use_lean_mlp
 from tunesmith.model.segment_attention import restore_attention, use_segment_attention
 
 WINDOW = 6  # sliding window of the families that have one; the sequences below are longer
@@ -162,6 +163,49 @@ def test_training_path_in_bf16_is_as_close_as_the_family_own_bf16(family):
     own_error = (own_bf16 - exact).abs().mean().item()
     our_error = (ours_bf16 - exact).abs().mean().item()
     assert our_error <= 1.5 * own_error + 1e-3, (our_error, own_error)
+
+
+def _saving_path(model, feats: list[dict], autocast: bool):
+    """token_logprobs on packed rows: log-probs, gradients, and the bytes saved for backward."""
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    model.zero_grad()
+    batch = collate_tokens([pack_features(feats[:2]), pack_features(feats[2:])], pad=0)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logps, _ = token_logprobs(model, batch)
+    logps.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logps.detach(), grads, sum(storages.values()), batch["input_ids"].numel()
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_lean_gated_mlp_trains_bit_for_bit_and_keeps_one_tensor_less(family, autocast):
+    model = build(family)
+    feats = features(seed=2)
+    previous = use_segment_attention(model)
+    own = _saving_path(model, feats, autocast)
+    lean_layers = use_lean_mlp(model)
+    lean = _saving_path(model, feats, autocast)
+    restore_mlp(lean_layers)
+    restore_attention(model, previous)
+    layers = model.config.num_hidden_layers
+    if family == "phi3":  # gate and up are one projection: its own forward stays
+        assert lean_layers == []
+        return
+    assert len(lean_layers) == layers
+    assert torch.equal(lean[0], own[0])
+    for name, g in own[1].items():
+        assert torch.equal(lean[1][name], g), name
+    tokens, width = own[3], model.config.intermediate_size
+    size = 2 if autocast else 4  # the activation's output, in the dtype the MLP computes in
+    assert own[2] - lean[2] == layers * tokens * width * size
+    assert all("forward" not in m.__dict__ for m in lean_layers)
 
 
 EXPECTED_TARGETS = {

@@ -5,6 +5,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear
 
+from tunesmith.model import fused_lora
 from tunesmith.model.fused_lora import restore_lora, use_fused_lora
 from tunesmith.model.load import load_base
 
@@ -82,3 +83,35 @@ def test_cases_it_does_not_cover_go_to_peft(tiny_model_dir):
         with model.disable_adapter():
             assert torch.equal(model(input_ids=ids).logits, base)
     assert not torch.equal(base, plain)
+
+
+def _saved_bytes(model, ids):
+    """(logits, gradients, bytes the forward pass saved for backward, in distinct storages)."""
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    model.zero_grad()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(input_ids=ids).logits.float()
+    logits.logsumexp(-1).mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logits.detach(), grads, sum(storages.values())
+
+
+def test_under_autocast_layers_reading_one_input_share_its_cast_bit_for_bit(tiny_model_dir, monkeypatch):
+    model = _lora(tiny_model_dir)
+    ids = torch.randint(5, 300, (2, 64), generator=torch.Generator().manual_seed(1))
+    layers = use_fused_lora(model)
+    shared_logits, shared_grads, shared_saved = _saved_bytes(model, ids)
+    monkeypatch.setattr(fused_lora, "shared_cast", lambda x: None)  # autocast casts for every reader
+    own_logits, own_grads, own_saved = _saved_bytes(model, ids)
+    restore_lora(layers)
+    assert torch.equal(shared_logits, own_logits)
+    for name, g in own_grads.items():
+        assert torch.equal(shared_grads[name], g), name  # summed in fp32 as autocast's casts sum them
+    config = model.config
+    dropped = 3 * 2 * ids.numel() * config.hidden_size * config.num_hidden_layers  # k, v and up's bf16 copies
+    assert own_saved - shared_saved == dropped

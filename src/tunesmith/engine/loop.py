@@ -35,6 +35,7 @@ from tunesmith.engine.stop import StopRequest
 from tunesmith.engine.watched_score import BestWeights, EarlyStop
 from tunesmith.errors import RunFailed, Stopped, UserError
 from tunesmith.model.fused_lora import restore_lora, use_fused_lora
+from tunesmith.model.gated_mlp import restore_mlp, use_lean_mlp
 from tunesmith.model.peft_wrapping import unwrap
 from tunesmith.model.quantize import is_quantized
 from tunesmith.model.segment_attention import exact_path_note, restore_attention, use_segment_attention, uses_segments
@@ -165,12 +166,14 @@ def fit(
 
 def training_paths(model: Module) -> tuple[Any, ...]:
     """The model's training forward: attention per sequence (training batches say where sequences
-    are) and LoRA's update fused into one matmul; returns what `restore_paths` puts back."""
-    return use_segment_attention(unwrap(model)), use_fused_lora(model)
+    are), LoRA's update fused into one matmul, and gated MLPs that keep two tensors for the
+    backward pass instead of three; returns what `restore_paths` puts back."""
+    return use_segment_attention(unwrap(model)), use_fused_lora(model), use_lean_mlp(model)
 
 
 def restore_paths(model: Module, kept: tuple[Any, ...]) -> None:
-    attention, fused = kept
+    attention, fused, lean = kept
+    restore_mlp(lean)
     restore_lora(fused)
     restore_attention(unwrap(model), attention)
 

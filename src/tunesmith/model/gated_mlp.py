@@ -1,0 +1,100 @@
+"""The gated MLP's activation and product as one autograd node that keeps only its two inputs.
+
+`down_proj(act(gate_proj(x)) * up_proj(x))` under autograd keeps three [tokens x intermediate]
+tensors per layer for the backward pass: the activation's input, its output and up's output. This
+node keeps gate's and up's outputs and recomputes the activation in the backward pass (one more
+elementwise pass over the tensor); its gradients come from the same kernels autograd calls
+(`silu_backward`, `gelu_backward`), so they are equal bit for bit (tested for every family). On the
+bundled model that is 88 MiB less of a 1024-token pass's ~1 GB of saved activations.
+
+It applies while training runs (`use_lean_mlp` ... `restore_mlp`) to MLPs whose forward is exactly
+that expression (Llama, Mistral, Qwen 2 and 3, Gemma 2 and 3, and others written alike) with SiLU
+or tanh-approximated GELU; others (Phi-3's fused gate_up_proj, other activations) keep their own.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+_FORWARD_NAMES = {"down_proj", "act_fn", "gate_proj", "up_proj"}  # all a plain gated MLP's forward reads
+
+
+def _silu_grad(grad: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.silu_backward(grad, gate)
+
+
+def _gelu_tanh_grad(grad: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    return torch.ops.aten.gelu_backward(grad, gate, approximate="tanh")
+
+
+ACTIVATIONS: dict[
+    str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+] = {
+    "silu": (F.silu, _silu_grad),
+    "gelu_tanh": (functools.partial(F.gelu, approximate="tanh"), _gelu_tanh_grad),
+}
+
+
+class _GatedProduct(torch.autograd.Function):
+    """act(gate) * up, keeping gate and up (not act(gate)) for the backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, kind: str) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        ctx.kind = kind
+        return ACTIVATIONS[kind][0](gate) * up
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        gate, up = ctx.saved_tensors
+        act, act_grad = ACTIVATIONS[ctx.kind]
+        grad_gate = act_grad(grad * up, gate) if ctx.needs_input_grad[0] else None
+        grad_up = grad * act(gate) if ctx.needs_input_grad[1] else None
+        return grad_gate, grad_up, None
+
+
+def activation_kind(act_fn: Any) -> str | None:
+    """'silu' or 'gelu_tanh' for the activation modules transformers builds for them; None otherwise."""
+    if isinstance(act_fn, torch.nn.SiLU) or type(act_fn).__name__ == "SiLUActivation":
+        return "silu"
+    act = getattr(act_fn, "act", None)
+    if type(act_fn).__name__ in ("GELUTanh", "PytorchGELUTanh") and isinstance(act, functools.partial):
+        if act.func is F.gelu and act.keywords == {"approximate": "tanh"}:
+            return "gelu_tanh"
+    return None
+
+
+def _lean_forward(self, x: torch.Tensor) -> torch.Tensor:
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+        return self.down_proj(_GatedProduct.apply(gate, up, self._lean_kind))
+    return self.down_proj(self.act_fn(gate) * up)
+
+
+def use_lean_mlp(model) -> list:
+    """Give every plain gated MLP of `model` the lean forward; returns them for `restore_mlp`."""
+    layers = []
+    for module in model.modules():
+        forward = getattr(type(module), "forward", None)
+        code = getattr(forward, "__code__", None)
+        if code is None or set(code.co_names) != _FORWARD_NAMES:
+            continue
+        kind = activation_kind(getattr(module, "act_fn", None))
+        if kind is None:
+            continue
+        module._lean_kind = kind
+        module.forward = types.MethodType(_lean_forward, module)
+        layers.append(module)
+    return layers
+
+
+def restore_mlp(layers: list) -> None:
+    for layer in layers:
+        layer.__dict__.pop("forward", None)
+        layer.__dict__.pop("_lean_kind", None)
