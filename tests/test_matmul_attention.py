@@ -68,3 +68,36 @@ def test_cached_mask_grows_and_slices_stay_causal():
     assert big.shape[0] == small.shape[0] + 5
     block = big[3:7, :7]
     assert torch.equal(torch.isinf(block), torch.ones(7, 7, dtype=torch.bool).triu(1)[3:7])
+
+
+def _saved_run(q, k, v, grad):
+    """Outputs and gradients of bf16 matmul attention, and the bytes kept for its backward pass."""
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = causal_attention(q, k, v, DIM**-0.5)
+    out.backward(grad)
+    storages.pop(matmul_attention._causal_bias[torch.bfloat16].untyped_storage().data_ptr(), None)  # held anyway
+    return [out.detach(), q.grad, k.grad, v.grad], sum(storages.values())
+
+
+def test_training_recomputes_the_probabilities_bit_for_bit_instead_of_keeping_them(monkeypatch):
+    length = 2 * CHUNK + 3
+    grad = torch.randn(HEADS, length, DIM, generator=torch.Generator().manual_seed(1)).bfloat16()
+    lean, lean_saved = _saved_run(*_inputs(length, torch.bfloat16), grad)
+
+    def kept(q, keys, values, bias):  # plain autograd: the probabilities are kept
+        probs = matmul_attention._probabilities(q, keys, bias)
+        return torch.bmm(probs.view(q.shape[0], q.shape[1], -1), values)
+
+    monkeypatch.setattr(matmul_attention._ChunkAttention, "apply", kept)
+    plain, plain_saved = _saved_run(*_inputs(length, torch.bfloat16), grad)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), lean, plain):
+        assert torch.equal(a, b), name
+    ends = [min(length, s + CHUNK) for s in range(0, length, CHUNK)]
+    probabilities = sum(HEADS * (end - start) * end for start, end in zip([0] + ends[:-1], ends)) * 2  # bf16
+    assert plain_saved - lean_saved == probabilities

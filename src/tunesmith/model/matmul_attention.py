@@ -9,9 +9,16 @@ keys up to their end, so the masked upper triangle is mostly not computed. The n
 of transformers' eager attention under autocast (scores rounded to bf16, softmax computed in
 fp32), so this is used only for bf16/fp16 on a CPU; in fp32, and on GPUs, SDPA is as fast or
 faster and is used instead.
+
+While training, a chunk does not keep its probabilities for the backward pass (the largest
+activation of a long sequence: heads x rows x keys): it keeps queries, keys and values, as the
+matmuls keep them anyway, and recomputes scores and softmax from them, with the same kernels in
+the same order as autograd, so the gradients are those of keeping them, bit for bit (tested).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,18 +67,53 @@ def _chunked(query, key, value, dropout):
     kv_heads = key.shape[0]
     group = heads // kv_heads
     bias = _bias(length, query.dtype)
+    recompute = not dropout and torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
     outs, start = [], 0
     for q in query.split(CHUNK, 1):  # split, not sliced: one concatenation of gradients, no zero-filled copies
         rows = q.shape[1]
         end = start + rows
         keys, values = (key, value) if end == length else (key[:, :end], value[:, :end])
         q = q.reshape(kv_heads, group * rows, dim)  # the heads of a group stacked as rows
-        scores = torch.bmm(q, keys.transpose(1, 2)).view(kv_heads, group, rows, end)
-        scores = scores.add_(bias[start:end, :end])
-        probs = torch.softmax(scores, -1)
-        if dropout:
-            probs = F.dropout(probs, dropout)
-        out = torch.bmm(probs.view(kv_heads, group * rows, end), values)
+        chunk_bias = bias[start:end, :end]
+        if recompute:
+            out = _ChunkAttention.apply(q, keys, values, chunk_bias)
+        else:
+            probs = _probabilities(q, keys, chunk_bias)
+            if dropout:
+                probs = F.dropout(probs, dropout)
+            out = torch.bmm(probs.view(kv_heads, group * rows, end), values)
         outs.append(out.view(heads, rows, dim))
         start = end
     return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+
+
+def _probabilities(q: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q keys^T + bias) as [kv heads, group, rows, keys]."""
+    rows, end = bias.shape
+    scores = torch.bmm(q, keys.transpose(1, 2)).view(keys.shape[0], -1, rows, end)
+    return torch.softmax(scores.add_(bias), -1)
+
+
+class _ChunkAttention(torch.autograd.Function):
+    """softmax(q keys^T + bias) values for one query chunk, keeping q, keys and values only."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(q, keys, values, bias)
+        probs = _probabilities(q, keys, bias)
+        return torch.bmm(probs.view(q.shape[0], q.shape[1], -1), values)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        q, keys, values, bias = ctx.saved_tensors
+        probs = _probabilities(q, keys, bias)
+        flat = probs.view(q.shape[0], q.shape[1], -1)
+        # autograd's formulas for bmm, softmax and the views between, in its order
+        grad_values = flat.transpose(1, 2).bmm(grad)
+        grad_probs = grad.bmm(values.transpose(1, 2)).view(probs.shape)
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype).view(flat.shape)
+        grad_q = grad_scores.bmm(keys)
+        grad_keys = q.transpose(1, 2).bmm(grad_scores).transpose(1, 2)
+        return grad_q, grad_keys, grad_values, None
