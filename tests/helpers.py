@@ -1,11 +1,14 @@
 """What tests share besides fixtures: the tiny tokenizer and model families built here (no
-downloads), run configs for the tiny model, and ways to run the CLI and its servers."""
+downloads), run configs for the tiny model, ways to run the CLI and its servers, and what autograd
+keeps for a backward pass."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -254,3 +257,19 @@ def cli_in_process(args: list[str]):
     from tunesmith.cli import app
 
     return CliRunner().invoke(app, args, catch_exceptions=False)
+
+
+@contextmanager
+def saved_storages() -> Iterator[dict[int, int]]:
+    """The storages autograd keeps for the backward pass of what runs inside, as {address: bytes}:
+    each counted once, however many saved tensors view it."""
+    import torch
+
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield storages

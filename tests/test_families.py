@@ -167,15 +167,11 @@ def test_training_path_in_bf16_is_as_close_as_the_family_own_bf16(family):
 
 def _saving_path(model, feats: list[dict], autocast: bool):
     """token_logprobs on packed rows: log-probs, gradients, and the bytes saved for backward."""
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+    from helpers import saved_storages
 
     model.zero_grad()
     batch = collate_tokens([pack_features(feats[:2]), pack_features(feats[2:])], pad=0)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_storages() as storages:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logps, _ = token_logprobs(model, batch)
     logps.sum().backward()

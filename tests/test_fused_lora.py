@@ -2,6 +2,7 @@
 and leaves every case it does not cover to PEFT."""
 
 import torch
+from helpers import saved_storages
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora.layer import Linear
 
@@ -87,14 +88,8 @@ def test_cases_it_does_not_cover_go_to_peft(tiny_model_dir):
 
 def _saved_bytes(model, ids):
     """(logits, gradients, bytes the forward pass saved for backward, in distinct storages)."""
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     model.zero_grad()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+    with saved_storages() as storages, torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(input_ids=ids).logits.float()
     logits.logsumexp(-1).mean().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}

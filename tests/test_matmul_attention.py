@@ -4,6 +4,7 @@ rounding (bf16, no worse than SDPA's own bf16 kernel), values and gradients, acr
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import saved_storages
 
 from tunesmith.model import matmul_attention
 from tunesmith.model.matmul_attention import CHUNK, causal_attention, low_precision
@@ -72,13 +73,7 @@ def test_cached_mask_grows_and_slices_stay_causal():
 
 def _saved_run(q, k, v, grad):
     """Outputs and gradients of bf16 matmul attention, and the bytes kept for its backward pass."""
-    storages: dict[int, int] = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_storages() as storages:
         out = causal_attention(q, k, v, DIM**-0.5)
     out.backward(grad)
     storages.pop(matmul_attention._causal_bias[torch.bfloat16].untyped_storage().data_ptr(), None)  # held anyway
