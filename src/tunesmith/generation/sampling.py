@@ -79,8 +79,7 @@ class RowSampler:
             token = int(torch.argmax(scores))
         else:
             scores = warped(scores.float(), s.temperature, s.top_k, s.top_p)
-            probs = torch.softmax(scores, dim=-1)
-            token = int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
+            token = drawn(torch.softmax(scores, dim=-1).cpu(), self.generator)
         if self.grammar is not None:
             self.grammar.consume(token)
         if s.logprobs is None:
@@ -91,6 +90,20 @@ class RowSampler:
             values, indices = torch.topk(logprobs, s.logprobs)
             top = [(int(i), float(v)) for i, v in zip(indices, values)]
         return Choice(token, float(logprobs[token]), top)
+
+
+def drawn(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One token from `probs` [vocab] by inverse transform sampling: one uniform from the row's
+    generator against the cumulative sum (in fp64). torch.multinomial, for one sample, draws an
+    exponential variate for every vocabulary entry: about a millisecond per token at 49k entries
+    on a CPU, nine times this, and at 16 rows a sixth of a decode step. A token of probability 0
+    is never drawn (the first entry whose cumulative sum exceeds the uniform is taken)."""
+    cdf = probs.double().cumsum(0)
+    x = torch.rand((), dtype=torch.float64, generator=generator) * cdf[-1]
+    token = int(torch.searchsorted(cdf, x, right=True))
+    if token == cdf.numel():  # the uniform rounded up to the total: the last possible token
+        token = int(torch.nonzero(probs)[-1])
+    return token
 
 
 def warped(scores: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
