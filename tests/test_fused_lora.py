@@ -110,3 +110,19 @@ def test_under_autocast_layers_reading_one_input_share_its_cast_bit_for_bit(tiny
     config = model.config
     dropped = 3 * 2 * ids.numel() * config.hidden_size * config.num_hidden_layers  # k, v and up's bf16 copies
     assert own_saved - shared_saved == dropped
+
+
+def test_without_gradients_the_shared_cast_is_read_directly_with_the_same_values(tiny_model_dir, monkeypatch):
+    """Sampling while training runs: no reader nodes (nothing to differentiate), the same logits."""
+    model = _lora(tiny_model_dir)
+    ids = torch.randint(5, 300, (2, 24), generator=torch.Generator().manual_seed(1))
+    layers = use_fused_lora(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with_graph = model(input_ids=ids).logits
+        readers = []
+        apply = fused_lora._SharedCast.apply
+        monkeypatch.setattr(fused_lora._SharedCast, "apply", lambda *a: readers.append(1) or apply(*a))
+        with torch.no_grad():
+            without = model(input_ids=ids).logits
+    restore_lora(layers)
+    assert readers == [] and torch.equal(without, with_graph.detach())
