@@ -96,7 +96,7 @@ def drawn(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     """One token from `probs` [vocab] by inverse transform sampling: one uniform from the row's
     generator against the cumulative sum (in fp64). torch.multinomial, for one sample, draws an
     exponential variate for every vocabulary entry: about a millisecond per token at 49k entries
-    on a CPU, nine times this, and at 16 rows a sixth of a decode step. A token of probability 0
+    on a CPU, ten times this, and at 16 rows a seventh of a decode step. A token of probability 0
     is never drawn (the first entry whose cumulative sum exceeds the uniform is taken)."""
     cdf = probs.double().cumsum(0)
     x = torch.rand((), dtype=torch.float64, generator=generator) * cdf[-1]

@@ -13,8 +13,8 @@ lora_A keeps its copy for the backward pass (on the bundled model, 99 MiB of a 1
 ~1 GB of saved activations, and 8 of every 10 casts). Each reader still gets its own node in the
 graph whose backward is the cast's (`grad.to(fp32)`), so the gradients are summed in fp32 exactly
 as before (tested bit for bit). Without gradients (replies sampled while training runs) the
-layers read the shared cast directly: the reader nodes cost more than the rank-16 matmuls at a
-decode step's few rows (a quarter of a 576 x 1536 layer's time at 16 rows).
+layers read the shared cast directly: at a decode step's 16 rows the two reader nodes took about
+a sixth of a 576 x 1536 layer's time.
 
 Only plain LoRA layers with one active, unmerged adapter take this path, and only while training
 runs (`use_fused_lora` ... `restore_lora`); every other case (DoRA and other variants, a LoRA bias,
