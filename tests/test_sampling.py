@@ -3,6 +3,7 @@ top-p as transformers' warpers), never a token those settings rule out, the same
 
 import math
 
+import pytest
 import torch
 
 import tunesmith.generation.sampling as sampling
@@ -36,3 +37,9 @@ def test_the_same_seed_draws_the_same_tokens_and_another_seed_others():
 def test_a_uniform_that_rounds_up_to_the_total_takes_the_last_possible_token(monkeypatch):
     monkeypatch.setattr(sampling.torch, "rand", lambda *a, **k: torch.tensor(1.0, dtype=torch.float64))
     assert drawn(torch.tensor([0.25, 0.0, 0.75, 0.0, 0.0]), None) == 2
+
+
+def test_a_distribution_that_is_not_one_raises_instead_of_drawing(monkeypatch):
+    for probs in (torch.full((4,), float("nan")), torch.zeros(4)):
+        with pytest.raises(ValueError, match="no token can be drawn"):
+            drawn(probs, None)

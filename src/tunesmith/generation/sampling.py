@@ -99,7 +99,10 @@ def drawn(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     on a CPU, ten times this, and at 16 rows a seventh of a decode step. A token of probability 0
     is never drawn (the first entry whose cumulative sum exceeds the uniform is taken)."""
     cdf = probs.double().cumsum(0)
-    x = torch.rand((), dtype=torch.float64, generator=generator) * cdf[-1]
+    total = float(cdf[-1])
+    if not total > 0:  # NaN scores, or every token ruled out: no distribution to draw from
+        raise ValueError(f"no token can be drawn: the probabilities sum to {total}")
+    x = torch.rand((), dtype=torch.float64, generator=generator) * total
     token = int(torch.searchsorted(cdf, x, right=True))
     if token == cdf.numel():  # the uniform rounded up to the total: the last possible token
         token = int(torch.nonzero(probs)[-1])
