@@ -55,14 +55,14 @@ def draw_us(repeats: int) -> dict:
 
 
 def lora_model():
-    from peft import LoraConfig, get_peft_model
-
+    from tunesmith.config.schema import AdapterConfig
+    from tunesmith.model.adapters import apply_adapter
     from tunesmith.model.load import load_base
     from tunesmith.model.resolve import resolve
     from tunesmith.runtime.precision import hold_frozen_weights_in_bf16
 
     model = load_base(resolve("smollm2-135m-instruct").path)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
+    model = apply_adapter(model, AdapterConfig(type="lora", r=16, alpha=32, dropout=0.0, targets="all-linear"))
     hold_frozen_weights_in_bf16(model)
     g = torch.Generator().manual_seed(2)
     for name, p in model.named_parameters():

@@ -59,6 +59,12 @@ def shared_cast(x: torch.Tensor) -> torch.Tensor | None:
     return cast
 
 
+def _reader(x: torch.Tensor, cast: torch.Tensor) -> torch.Tensor:
+    """One layer's view of the shared cast: a graph node of its own while gradients are taken, the
+    cast itself otherwise (replies sampled while training runs: nothing to differentiate)."""
+    return _SharedCast.apply(x, cast) if torch.is_grad_enabled() else cast
+
+
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     active = self.active_adapters
     name = active[0] if len(active) == 1 else None
@@ -74,12 +80,9 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return type(self).forward(self, x, *args, **kwargs)
     dropout = self.lora_dropout[name]
     cast = shared_cast(x) if isinstance(dropout, torch.nn.Identity) else None
-    if cast is not None and not torch.is_grad_enabled():  # sampling: no graph, no reader nodes to make
-        result = self.base_layer(cast)
-        lora_a = self.lora_A[name](cast)
-    elif cast is not None:
-        result = self.base_layer(_SharedCast.apply(x, cast))
-        lora_a = self.lora_A[name](_SharedCast.apply(x, cast))
+    if cast is not None:
+        result = self.base_layer(_reader(x, cast))
+        lora_a = self.lora_A[name](_reader(x, cast))
     else:
         result = self.base_layer(x)
         lora_a = self.lora_A[name](dropout(x))
