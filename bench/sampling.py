@@ -10,7 +10,12 @@ Two comparisons, each pair timed alternately in one process, medians of the repe
   from the bundled model with a rank-16 all-linear LoRA adapter, its frozen base in bf16 under bf16
   autocast as a bf16 run holds it, through the generation engine: PEFT's own LoRA forward against
   tunesmith's fused one (`model/fused_lora.py`, as a training run samples with it); the adapter's
-  B starts nonzero (as after some training), and whether both gave the same tokens is recorded.
+  B starts nonzero (as after some training), and whether both gave the same tokens is recorded;
+- decode attention (`generation/row_attention.py`): every row's cached keys gathered into one
+  padded batch, each row attending over a view of its own slots, and the switch by the longest
+  row's keys that tunesmith runs (`PER_ROW_FROM`); 16 replies of 48 tokens with the fused LoRA as
+  above, for short prompts (20-40 tokens), prompts of one length (96, 192) and the long ones of
+  60-400 (`--attention-repeats`, 3 by default: 12 decodes a repeat).
 Writes bench/results/sampling-<machine>.json.
 """
 
@@ -23,13 +28,17 @@ import time
 from pathlib import Path
 
 import torch
-from machine import machine, machine_tag
+from machine import machine_tag, provenance
 
+from tunesmith.generation import row_attention
 from tunesmith.generation.batch import generate_tokens
 from tunesmith.generation.sampling import RowSettings, drawn
 
 VOCAB, ROWS, NEW_TOKENS = 49152, 16, 48
 PROMPT_LENGTHS = (60, 120, 250, 400)
+SHORT_PROMPT_LENGTHS = (20, 25, 30, 40)
+UNIFORM_PROMPT_LENGTHS = (96, 192)
+DECODING = {"gathered": 10**9, "row_by_row": 0, "switch": row_attention.PER_ROW_FROM}
 
 
 def draw_us(repeats: int) -> dict:
@@ -103,29 +112,68 @@ def decode_s(repeats: int) -> dict:
     }
 
 
+def decode_attention_s(repeats: int) -> dict:
+    """Seconds for the 16 replies with the fused LoRA, for prompts short, of one length and long,
+    decoding with keys gathered, row by row, and switching by the longest row's keys."""
+    from tunesmith.model.fused_lora import use_fused_lora
+
+    model = lora_model()
+    use_fused_lora(model)
+    g = torch.Generator().manual_seed(0)
+    result = {}
+    cases = {
+        "short": [n for n in SHORT_PROMPT_LENGTHS for _ in range(4)],
+        **{f"all {n}": [n] * ROWS for n in UNIFORM_PROMPT_LENGTHS},
+        "long": [n for n in PROMPT_LENGTHS for _ in range(4)],
+    }
+    for case, lengths in cases.items():
+        prompts = [torch.randint(100, VOCAB - 100, (n,), generator=g).tolist() for n in lengths]
+        times: dict[str, list[float]] = {k: [] for k in DECODING}
+        tokens = {}
+        for i in range(repeats + 1):
+            for name, threshold in DECODING.items():
+                row_attention.PER_ROW_FROM = threshold
+                t = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+                    tokens[name] = generate_tokens(
+                        model, prompts, NEW_TOKENS, RowSettings(temperature=1.0, seed=1), frozenset(), ROWS
+                    )
+                if i >= 1:
+                    times[name].append(time.perf_counter() - t)
+        row_attention.PER_ROW_FROM = DECODING["switch"]
+        s = {k: statistics.median(v) for k, v in times.items()}
+        result[case] = {
+            "prompt_lengths": sorted(set(lengths)),
+            **{f"{k}_s": v for k, v in s.items()},
+            "switch_vs_gathered": s["gathered"] / s["switch"],
+            "same_tokens": {k: tokens[k] == tokens["gathered"] for k in ("row_by_row", "switch")},
+        }
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--attention-repeats", type=int, default=3)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    where = provenance()
     result = {
-        "machine": machine(),
+        "machine": where["machine"],
+        "provenance": where,
         "repeats": args.repeats,
         "rows": ROWS,
         "new_tokens": NEW_TOKENS,
         "prompt_lengths": PROMPT_LENGTHS,
+        "per_row_from": DECODING["switch"],
         "draw": draw_us(args.repeats),
         "decode": decode_s(args.repeats),
+        "attention_repeats": args.attention_repeats,
+        "decode_attention": decode_attention_s(args.attention_repeats),
     }
     out = args.out or Path(__file__).resolve().parent / "results" / f"sampling-{machine_tag()}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    d, r = result["draw"], result["decode"]
-    print("| | before | tunesmith | ratio |")
-    print("|---|---|---|---|")
-    draw = f"multinomial {d['multinomial_us']:.0f} | {d['inverse_transform_us']:.0f} | {d['ratio']:.2f}×"
-    print(f"| one token drawn (µs per row) | {draw} |")
-    decode = f"PEFT's LoRA {r['peft_s']:.2f} | fused {r['fused_s']:.2f} | {r['ratio']:.2f}×"
-    print(f"| {ROWS} replies x {NEW_TOKENS} tokens (s) | {decode} |")
+    print(f"wrote {out}; `make results-table` puts it in bench/README.md")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,13 @@ rows, seeded sampling and log-probabilities. Replies must be the same tokens; th
 show no rounding flip, so the comparisons are exact."""
 
 import threading
+from collections import Counter
 
 import pytest
 import torch
 from test_families import FAMILIES, WINDOW, build
 
+from tunesmith.generation import row_attention
 from tunesmith.generation.engine import Done, GenerationEngine, Request, TooLarge
 from tunesmith.generation.sampling import RowSettings
 
@@ -83,17 +85,46 @@ def tokens(stream) -> list[int]:
     return [c.token for c in stream]
 
 
+@pytest.mark.parametrize("decoding", ["keys-gathered", "row-by-row", "switching-midway"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_family_decodes_in_a_batch_what_it_generates_alone(family):
+def test_every_family_decodes_in_a_batch_what_it_generates_alone(family, decoding, monkeypatch):
     """Rows of different prompt lengths (several past the sliding window) and different max_tokens
-    decode together; each gets transformers' own reply to it alone."""
+    decode together; each gets transformers' own reply to it alone, whether decoding attends with
+    every row's keys gathered into one batch, row by row over its own slots, or switches from the
+    one to the other as the longest row grows past `PER_ROW_FROM` keys."""
     model = build(family).eval()
     asked = prompts(6)
     assert max(map(len, asked)) > WINDOW
+    threshold = {"keys-gathered": 10**9, "row-by-row": 0, "switching-midway": max(map(len, asked)) + 4}[decoding]
+    monkeypatch.setattr(row_attention, "PER_ROW_FROM", threshold)
+    used = count_calls(monkeypatch, row_attention, "_decode_together", "_decode_each")
     engine = GenerationEngine(Source(model), 1 << 24, max_rows=8)
     streams = run_all(engine, [ask(p, 12 + i) for i, p in enumerate(asked)])
     assert [tokens(s) for s in streams] == [alone(model, p, 12 + i) for i, p in enumerate(asked)]
     assert engine.arena.used == 0 and not engine.rows  # every row retired, its slots given back
+    if family == "gemma2":  # soft-capped scores: the model's own eager attention, row by row
+        assert not used
+    elif decoding == "switching-midway" and family in ("mistral", "phi3"):  # every layer reads at most WINDOW keys
+        assert set(used) == {"_decode_together"}
+    else:
+        both = {"_decode_together", "_decode_each"}
+        assert set(used) == {"keys-gathered": {"_decode_together"}, "row-by-row": {"_decode_each"}}.get(decoding, both)
+
+
+def count_calls(monkeypatch, module, *names: str) -> Counter:
+    """How often each of the module's functions `names` runs from now on (they still run)."""
+    used: Counter = Counter()
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            used[name] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in names:
+        monkeypatch.setattr(module, name, counted(name, getattr(module, name)))
+    return used
 
 
 def adapted(kind: str):
