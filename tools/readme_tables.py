@@ -727,6 +727,47 @@ def render_serve() -> str:
     return "\n".join(lines) if lines else "(not measured yet)\n"
 
 
+# --- sampling while training (bench/sampling.py) -------------------------------------------------
+
+
+def _lengths(lengths: list[int]) -> str:
+    return f"{lengths[0]}" if len(lengths) == 1 else f"{min(lengths)}–{max(lengths)}"
+
+
+def render_sampling() -> str:
+    lines = []
+    for tag, d in bench_results("sampling"):
+        draw, decode, rows, new = d["draw"], d["decode"], d["rows"], d["new_tokens"]
+        lines.append(
+            f"{tag}: {describe(d['machine'])}; commit {_commit(d['provenance']['commit'])}; each pair or triple "
+            f"timed alternately in one process, medians of {d['repeats']} (decode attention: of "
+            f"{d['attention_repeats']}).\n"
+        )
+        lines.append("| | before | tunesmith | ratio |")
+        lines.append("|---|---|---|---|")
+        lines.append(
+            f"| one token drawn from a 49,152-token distribution (µs per row) | `torch.multinomial` "
+            f"{draw['multinomial_us']:.0f} | {draw['inverse_transform_us']:.0f} | {draw['ratio']:.1f}× |"
+        )
+        lines.append(
+            f"| {rows} replies × {new} tokens, LoRA r16 on the bf16 base (s) | PEFT's LoRA forward "
+            f"{decode['peft_s']:.2f} | fused {decode['fused_s']:.2f} | {decode['ratio']:.2f}× |"
+        )
+        lines.append("")
+        lines.append(
+            f"| decode attention, {rows} replies × {new} tokens: prompt tokens | every row's keys gathered (s) "
+            f"| row by row (s) | switch at {d['per_row_from']} keys (s) | switch against gathered |"
+        )
+        lines.append("|---|---:|---:|---:|---:|")
+        for case in d["decode_attention"].values():
+            lines.append(
+                f"| {_lengths(case['prompt_lengths'])} | {case['gathered_s']:.2f} | {case['row_by_row_s']:.2f} "
+                f"| {case['switch_s']:.2f} | {case['switch_vs_gathered']:.2f}× |"
+            )
+        lines.append("")
+    return "\n".join(lines) if lines else "(not measured yet)\n"
+
+
 # --- one Tinker API step against the engine's (bench/tinker_step.py) ----------------------------------
 
 
@@ -757,6 +798,7 @@ def render_tinker_step() -> str:
 
 RENDERERS = {
     "serve": render_serve,
+    "sampling": render_sampling,
     "tinker-step": render_tinker_step,
     "read-records": render_read_records,
     "quickstart": render_quickstart,
