@@ -136,7 +136,10 @@ def tunesmith_run(spec: dict) -> dict:
             out = sample(self, model, prompts)
             rollout["seconds"] += time.perf_counter() - t
             rollout["generated"] += int(out["lengths"].sum())
-            rollout["tokens"] += int(out["batch"]["attention_mask"].sum())
+            # prompt and reply tokens of every reply, as TRL's are counted (a group's replies share
+            # their prompt in one packed row, so the rows' own tokens would count it once)
+            prompt_tokens = sum(len(p["prompt_ids"]) for p in prompts) * self.group_size
+            rollout["tokens"] += prompt_tokens + int(out["row_of_token"].numel())
             return out
 
         GroupPolicyOptimisation._sample = timed

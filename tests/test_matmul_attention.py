@@ -41,6 +41,29 @@ def test_fp32_equals_sdpa(length):
         assert torch.allclose(a, b, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("prefix, length", [(1, 1), (40, 37), (30, CHUNK + 45)])
+def test_queries_after_a_shared_prefix_see_all_of_it_and_themselves_causally(prefix, length):
+    """Queries that are the last `length` of the keys (a reply after a prompt other replies share):
+    SDPA with that mask, values and gradients, fp32."""
+    grad = torch.randn(HEADS, length, DIM, generator=torch.Generator().manual_seed(1))
+    allowed = torch.arange(prefix + length)[None, :] <= prefix + torch.arange(length)[:, None]
+
+    def masked_sdpa(q, k, v):
+        return F.scaled_dot_product_attention(
+            q[None], k[None], v[None], attn_mask=allowed, scale=DIM**-0.5, enable_gqa=True
+        )[0]
+
+    def inputs():
+        q = _inputs(length, torch.float32)[0]
+        k, v = _inputs(prefix + length, torch.float32, seed=2)[1:]
+        return q, k, v
+
+    mine = _run(lambda q, k, v: causal_attention(q, k, v, DIM**-0.5), *inputs(), grad)
+    ref = _run(masked_sdpa, *inputs(), grad)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), mine, ref):
+        assert torch.allclose(a, b, atol=2e-5, rtol=1e-4), name
+
+
 @pytest.mark.parametrize("length", [37, CHUNK + 45])
 def test_bf16_is_as_close_to_fp32_as_sdpa_in_bf16(length):
     grad = torch.randn(HEADS, length, DIM, generator=torch.Generator().manual_seed(1))

@@ -201,3 +201,35 @@ def test_evaluating_leaves_the_training_draws_alone(tmp_path, tiny_model_dir, da
     assert sum("val_reward" in r for r in records[2]) == 2
     trained = [[(r["loss"], r["reward"]) for r in records[every]] for every in (None, 2)]
     assert trained[0] == trained[1]
+
+
+def test_a_group_s_replies_packed_after_their_prompt_train_as_rows_of_their_own(
+    tmp_path, tiny_model_dir, date_data, monkeypatch
+):
+    """GRPO packs each group's replies after their one prompt (the prompt computed once per pass):
+    the same replies, rewards, losses and KL, step by step, as a run with a row per reply, from
+    fewer tokens through the model."""
+    import tunesmith.methods.grpo as grpo
+
+    runs = {}
+    for share in (True, False):
+        if not share:
+            monkeypatch.setattr(grpo, "takes_segments", lambda model: False)
+        cfg = write_config(
+            tmp_path / f"{share}.yaml",
+            tiny_model_dir,
+            date_data,
+            tmp_path / "runs",
+            name=f"share-{share}",
+            method="grpo",
+            data={"val": None},
+            train={"max_steps": 4, "batch_size": 2, "lr": 2e-2, "log_every": 1},
+            rl={"rewards": [{"function": "test_rl:digit_share"}], "group_size": 4, "max_new_tokens": 8},
+        )
+        train(load_config(cfg), quiet=True)
+        runs[share] = read_jsonl(tmp_path / "runs" / f"share-{share}" / "metrics.jsonl")
+    assert len(runs[True]) == len(runs[False]) == 4
+    for shared, alone in zip(runs[True], runs[False]):
+        for key in ("reward", "response_length", "loss", "kl"):
+            assert shared[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), (key, shared, alone)
+        assert shared["tokens"] < alone["tokens"]

@@ -22,6 +22,8 @@ class Batch(TypedDict, total=False):
     attention_mask: torch.Tensor | None  # None for packed rows (position_ids say where sequences start)
     position_ids: torch.Tensor  # packed rows: positions restart at 0 for each sequence
     segments: list[list[tuple[int, int]]]  # [start, end) of each sequence of each row, for segment attention
+    segment_prefixes: list[list[int | None]]  # per segment: the earlier segment whose keys it sees first, or None
+    reply_of_token: torch.Tensor  # sampled replies: the reply each labelled token belongs to (rows may hold several)
     anchor: torch.Tensor  # bool, trained tokens of replay examples (KL anchoring, forgetting.kl)
     # set by the engine
     ghost: bool  # a pass that repeats another with weight zero, so that ranks' collectives line up

@@ -26,7 +26,9 @@ def row_segments(feature: dict[str, Any]) -> list[tuple[int, int]]:
 def collate_tokens(features: list[dict[str, Any]], pad: int) -> Batch:
     """Right-padded batch of token features. Packed rows (with `position_ids`) get no attention
     mask: the model derives the per-example causal mask from the restarting positions. Features
-    marked `anchor` (replay data) set `anchor` on their trained tokens, for KL anchoring."""
+    marked `anchor` (replay data) set `anchor` on their trained tokens, for KL anchoring. A
+    feature may say where its sequences are (`segments`, and `segment_prefixes` for sequences
+    that see an earlier one first) where its positions do not restart at each."""
     width = max(len(f["input_ids"]) for f in features)
     ids = torch.full((len(features), width), pad, dtype=torch.long)
     labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
@@ -50,8 +52,12 @@ def collate_tokens(features: list[dict[str, Any]], pad: int) -> Batch:
         "labels": labels,
         "n_items": int((labels[:, 1:] != IGNORE).sum()),
         "n_tokens": int(mask.sum()),
-        "segments": [row_segments(f) for f in features],
+        "segments": [f["segments"] if "segments" in f else row_segments(f) for f in features],
     }  # where each sequence is, for segment attention
+    if any("segment_prefixes" in f for f in features):  # replies packed after a prompt they share
+        batch["segment_prefixes"] = [
+            f.get("segment_prefixes") or [None] * len(spans) for f, spans in zip(features, batch["segments"])
+        ]
     if anchor.any():
         batch["anchor"] = anchor
     if packed:

@@ -34,7 +34,7 @@ from tunesmith.methods.group_policy_losses import (
     leave_one_out_advantages,
     normalised_advantages,
 )
-from tunesmith.methods.logprobs import per_row_sum, row_of_token, token_logprobs
+from tunesmith.methods.logprobs import per_row_sum, takes_segments, token_logprobs
 from tunesmith.methods.reference import ReferenceModel
 from tunesmith.methods.rollout import sample_replies
 
@@ -119,8 +119,10 @@ class GroupPolicyOptimisation(Method):
         assert tok is not None and score is not None  # set in prepare
         dev = next(p for p in model.parameters()).device
         repeated = [p for p in prompts for _ in range(self.group_size)]
-        # each reply through its end (EOS), when it came
-        batch, new = sample_replies(model, tok, [p["prompt_ids"] for p in repeated], self.sampling)
+        # each reply through its end (EOS), when it came; a group's replies packed after their one
+        # prompt where every pass over them (the policy's, the reference's) can take that
+        share = takes_segments(model) and (self.reference is None or self.reference.takes_segments(model))
+        batch, new = sample_replies(model, tok, [p["prompt_ids"] for p in repeated], self.sampling, share)
         texts = [str(tok.decode(reply, skip_special_tokens=True)).strip() for reply in new]  # one reply: a str
         rewards, parts = score(
             [p["messages"] for p in repeated],
@@ -128,7 +130,7 @@ class GroupPolicyOptimisation(Method):
             [p["reference"] for p in repeated],
             [p.get("item") for p in repeated],
         )
-        token_rows = row_of_token(batch)
+        token_rows = batch["reply_of_token"]
         with torch.no_grad():
             ref = self.reference.token_logprobs(model, batch) if self.reference is not None else None
             # π_old: with one step per sample it is the policy at the gradient, taken there
@@ -170,7 +172,7 @@ class GroupPolicyOptimisation(Method):
     def rollout(self, model: Module, batch: Batch) -> None:
         """The policy's replies to the batch's prompts, scored, once per batch."""
         batch["rollout"].update(self._sample(model, batch["prompts"]))
-        batch["n_tokens"] = int(batch["rollout"]["batch"]["attention_mask"].sum())
+        batch["n_tokens"] = batch["rollout"]["batch"]["n_tokens"]  # real tokens through the model
 
     def loss(self, model: Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         rollout = batch["rollout"]

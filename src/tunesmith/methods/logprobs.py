@@ -65,6 +65,10 @@ def token_logprob_inputs(model: Module, batch: Batch) -> tuple[torch.nn.Module |
     head = base.get_output_embeddings()
     if head is not None and is_sharded(head.weight):  # FSDP, the head tied to the sharded embeddings
         head = TiedHead(base.get_input_embeddings())
+    if batch.get("segment_prefixes") is not None and not takes_segments(model):
+        raise ValueError(
+            "a batch of replies packed after their shared prompt needs segment attention, which this model does not run"
+        )
     labels = batch["labels"]
     targets_mask = predicted(labels)
     # no KV cache in training; packed batches carry position_ids and no attention mask
@@ -80,11 +84,20 @@ def token_logprob_inputs(model: Module, batch: Batch) -> tuple[torch.nn.Module |
         return None, logits[:, :-1][targets_mask], labels[:, 1:][targets_mask]
     if batch.get("segments") is not None and uses_segments(base):
         inputs["segments"] = batch["segments"]
+        if batch.get("segment_prefixes") is not None:
+            inputs["segment_prefixes"] = batch["segment_prefixes"]
     hidden = base.get_decoder()(**inputs).last_hidden_state
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap is not None:
         head = SoftcappedHead(head, cap)
     return head, hidden[:, :-1][targets_mask], labels[:, 1:][targets_mask]
+
+
+def takes_segments(model: Module) -> bool:
+    """Whether a batch's segments reach this model's attention (`token_logprob_inputs` passes them
+    to the decoder under segment attention; prompt learning runs the whole PEFT model, without)."""
+    base = unwrap(model)
+    return base.get_output_embeddings() is not None and not is_prompt_learning(model) and uses_segments(base)
 
 
 def token_logprobs(model: Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tunesmith.methods.logprobs import sequence_logprobs, token_logprob_inputs, token_logprobs
+from tunesmith.methods.logprobs import sequence_logprobs, takes_segments, token_logprob_inputs, token_logprobs
 from tunesmith.model.peft_wrapping import adapter_off
 
 if TYPE_CHECKING:
@@ -47,6 +47,10 @@ class ReferenceModel:
         target, off = self._on(model, batch)
         with torch.no_grad(), off:
             return token_logprobs(target, batch)[0]
+
+    def takes_segments(self, model: Module) -> bool:
+        """Whether a batch's segments reach the reference's attention (see `logprobs.takes_segments`)."""
+        return takes_segments(self.frozen if self.frozen is not None else model)
 
     def _on(self, model: Module, batch: Batch) -> tuple[Module, AbstractContextManager[Any]]:
         """What to run and within what: the model with its adapter switched off, or the frozen copy

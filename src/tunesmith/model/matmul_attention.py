@@ -56,32 +56,34 @@ def _bias(length: int, dtype: torch.dtype) -> torch.Tensor:
 def causal_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, dropout: float = 0.0
 ) -> torch.Tensor:
-    """query [heads, length, dim], key/value [kv heads, length, dim] -> [heads, length, dim]:
-    softmax(q k^T * scaling + causal mask) v, heads sharing key/value heads in groups."""
+    """query [heads, length, dim], key/value [kv heads, keys, dim] -> [heads, length, dim]:
+    softmax(q k^T * scaling + causal mask) v, heads sharing key/value heads in groups. The queries
+    are the last `length` of the keys: keys before them (a prefix the sequence shares with others)
+    are seen by every query."""
     with torch.autocast("cpu", enabled=False):  # inputs are in the dtype wanted; softmax stays in it
         return _chunked(query * scaling, key, value, dropout)
 
 
 def _chunked(query, key, value, dropout):
     heads, length, dim = query.shape
-    kv_heads = key.shape[0]
+    kv_heads, offset = key.shape[0], key.shape[1] - length
     group = heads // kv_heads
-    bias = _bias(length, query.dtype)
+    bias = _bias(offset + length, query.dtype)
     recompute = not dropout and torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
     outs, start = [], 0
     for q in query.split(CHUNK, 1):  # split, not sliced: one concatenation of gradients, no zero-filled copies
         rows = q.shape[1]
         end = start + rows
-        keys, values = (key, value) if end == length else (key[:, :end], value[:, :end])
+        keys, values = (key, value) if end == length else (key[:, : offset + end], value[:, : offset + end])
         q = q.reshape(kv_heads, group * rows, dim)  # the heads of a group stacked as rows
-        chunk_bias = bias[start:end, :end]
+        chunk_bias = bias[offset + start : offset + end, : offset + end]
         if recompute:
             out = _ChunkAttention.apply(q, keys, values, chunk_bias)
         else:
             probs = _probabilities(q, keys, chunk_bias)
             if dropout:
                 probs = F.dropout(probs, dropout)
-            out = torch.bmm(probs.view(kv_heads, group * rows, end), values)
+            out = torch.bmm(probs.view(kv_heads, group * rows, offset + end), values)
         outs.append(out.view(heads, rows, dim))
         start = end
     return outs[0] if len(outs) == 1 else torch.cat(outs, 1)

@@ -5,9 +5,10 @@ makes SDPA compute every query against every key of the row (a 1,024-token row o
 examples: five times the work), and a padded row computes its padding. Training batches say
 where their sequences are (`segments`: per row, the [start, end) of each example), and this
 attention function runs causal SDPA on each of those spans alone: the same result (tested
-against the masked model), with work proportional to the sum of squared example lengths. In bf16
-on a CPU each span goes to
-`matmul_attention` (2-3x faster there than SDPA's CPU kernel); elsewhere to SDPA.
+against the masked model), with work proportional to the sum of squared example lengths. A span
+may also see an earlier span's keys first (`segment_prefixes`): several replies packed after the
+one prompt they share, which is then computed once for all of them. In bf16 on a CPU each span
+goes to `matmul_attention` (2-3x faster there than SDPA's CPU kernel); elsewhere to SDPA.
 Calls without `segments` (generation, a KV cache, left-padded prompts) are plain SDPA.
 
 What a family's attention adds is kept: a sliding window (Mistral, Qwen 2/3, Phi-3, Gemma 2/3:
@@ -29,10 +30,24 @@ _registered = False
 
 
 def segment_attention(
-    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, segments=None, **kwargs
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling=None,
+    segments=None,
+    segment_prefixes=None,
+    **kwargs,
 ):
     """query [batch, heads, length, dim], key/value [batch, kv heads, length, dim] ->
-    ([batch, length, heads, dim], None), as transformers' attention functions return."""
+    ([batch, length, heads, dim], None), as transformers' attention functions return.
+
+    `segment_prefixes` (optional, per row one entry per segment): None, or the index of an earlier
+    segment of the row whose keys (its own prefix's included) this segment's queries all see
+    before its own, causally: replies packed after the one prompt they share, whose positions
+    continue the prompt's."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
@@ -60,27 +75,43 @@ def segment_attention(
     if low is not None:  # cast once here, not once per sequence
         query, key, value = query.to(low), key.to(low), value.to(low)
 
-    def attend(q, k, v):  # one sequence: [heads, n, dim]
-        if softcap is not None or (window is not None and q.shape[1] > window):
+    def attend(q, k, v):  # one sequence: [heads, n, dim], its queries the last n of its keys
+        if softcap is not None or (window is not None and k.shape[1] > window):
             return exact_attention(q[None], k[None], v[None], scale, window=window, softcap=softcap, dropout=dropout)[0]
         if low is not None:
             return matmul_attention.causal_attention(q, k, v, scale, dropout)
+        if k.shape[1] > q.shape[1]:  # after a prefix (SDPA's causal mask would align the queries with its start)
+            return exact_attention(q[None], k[None], v[None], scale, dropout=dropout)[0]
         return F.scaled_dot_product_attention(
             q[None], k[None], v[None], dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa
         )[0]
 
+    if segment_prefixes is not None and len(segment_prefixes) != batch:
+        raise ValueError(f"segment attention: {len(segment_prefixes)} rows of prefixes for a batch of {batch}")
     rows = []
     # unbind and split rather than index: their backward passes put the pieces' gradients together
     # in one concatenation, where indexing would fill a zero tensor the size of the batch per piece
-    for spans, q_row, k_row, v_row in zip(segments, query.unbind(0), key.unbind(0), value.unbind(0)):
+    for r, (spans, q_row, k_row, v_row) in enumerate(zip(segments, query.unbind(0), key.unbind(0), value.unbind(0))):
         pieces = _pieces(spans, length)
         sizes = [n for n, _ in pieces]
-        parts = [
-            attend(q, k, v) if is_sequence else q.new_zeros(heads, n, dim)  # padding: its outputs carry no loss
-            for (n, is_sequence), q, k, v in zip(
-                pieces, q_row.split(sizes, 1), k_row.split(sizes, 1), v_row.split(sizes, 1)
-            )
-        ]
+        prefixes = segment_prefixes[r] if segment_prefixes is not None else [None] * len(spans)
+        if len(prefixes) != len(spans):
+            raise ValueError(f"segment attention: row {r} has {len(spans)} segments and {len(prefixes)} prefixes")
+        seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # each segment's keys and values, its prefix's included
+        parts = []
+        for (n, is_sequence), q, k, v in zip(
+            pieces, q_row.split(sizes, 1), k_row.split(sizes, 1), v_row.split(sizes, 1)
+        ):
+            if not is_sequence:
+                parts.append(q.new_zeros(heads, n, dim))  # padding: its outputs carry no loss
+                continue
+            before = prefixes[len(seen)]
+            if before is not None:
+                if not 0 <= before < len(seen):
+                    raise ValueError(f"segment attention: row {r} segment {len(seen)} has prefix {before}")
+                k, v = torch.cat([seen[before][0], k], 1), torch.cat([seen[before][1], v], 1)
+            seen.append((k, v))
+            parts.append(attend(q, k, v))
         rows.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
     out = torch.stack(rows)
     return out.transpose(1, 2).contiguous(), None
