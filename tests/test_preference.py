@@ -208,3 +208,45 @@ def test_nll_weight_adds_the_chosen_replys_nll_per_token(tiny_model_dir, pairs):
     nll = (-sums[:4] / counts[:4]).sum()
     assert float(base_loss) == pytest.approx(4 * math.log(2), abs=1e-5)  # policy = reference
     assert float(rpo_loss) == pytest.approx(float(base_loss + 0.5 * nll), rel=1e-5)
+
+
+def test_pairs_packed_after_their_prompt_train_as_rows_of_their_own(tmp_path, tiny_model_dir, pairs, monkeypatch):
+    """DPO packs each pair after its prompt (the prompt computed once per pass): the same losses,
+    margins and held-out accuracy, step by step, as a run with a row per response."""
+    import tunesmith.methods.preference as preference
+    import tunesmith.methods.reference as reference
+
+    shared_passes = []
+    as_computed = preference.as_computed
+
+    def counted(batch, takes_segments):
+        rows = as_computed(batch, takes_segments)
+        shared_passes.append(rows is not batch)
+        return rows
+
+    monkeypatch.setattr(preference, "as_computed", counted)
+    runs = {}
+    for share in (True, False):
+        if not share:  # neither the policy's passes nor the reference's
+            monkeypatch.setattr(preference, "takes_segments", lambda model: False)
+            monkeypatch.setattr(reference, "takes_segments", lambda model: False)
+        shared_passes.clear()
+        cfg = write_config(
+            tmp_path / f"{share}.yaml",
+            tiny_model_dir,
+            pairs,
+            tmp_path / "runs",
+            name=f"share-{share}",
+            method="dpo",
+            train={"max_steps": 6, "lr": 1e-2, "log_every": 1},
+            eval={"every": 6},
+            preference={"loss": "sigmoid", "beta": 0.1},
+        )
+        train(load_config(cfg), quiet=True)
+        runs[share] = read_jsonl(tmp_path / "runs" / f"share-{share}" / "metrics.jsonl")
+        assert shared_passes and all(shared_passes) == share and any(shared_passes) == share
+    assert len(runs[True]) == len(runs[False]) == 6
+    for shared, alone in zip(runs[True], runs[False]):
+        for key in ("loss", "margin", "accuracy", "tokens"):
+            assert shared[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), (key, shared, alone)
+    assert runs[True][-1]["val_accuracy"] == runs[False][-1]["val_accuracy"]

@@ -207,12 +207,16 @@ def test_a_group_s_replies_packed_after_their_prompt_train_as_rows_of_their_own(
     tmp_path, tiny_model_dir, date_data, monkeypatch
 ):
     """GRPO packs each group's replies after their one prompt (the prompt computed once per pass):
-    the same replies, rewards, losses and KL, step by step, as a run with a row per reply, from
-    fewer tokens through the model."""
+    the same replies, rewards, losses and KL, step by step, as a run with a row per reply."""
     import tunesmith.methods.grpo as grpo
+    import tunesmith.methods.rollout as rollout
 
+    packed_rows = []
+    shared_prefix_row = rollout.shared_prefix_row
+    monkeypatch.setattr(rollout, "shared_prefix_row", lambda *a: packed_rows.append(1) or shared_prefix_row(*a))
     runs = {}
     for share in (True, False):
+        packed_rows.clear()
         if not share:
             monkeypatch.setattr(grpo, "takes_segments", lambda model: False)
         cfg = write_config(
@@ -228,8 +232,8 @@ def test_a_group_s_replies_packed_after_their_prompt_train_as_rows_of_their_own(
         )
         train(load_config(cfg), quiet=True)
         runs[share] = read_jsonl(tmp_path / "runs" / f"share-{share}" / "metrics.jsonl")
+        assert len(packed_rows) == (4 * 2 if share else 0)  # a row per group: 2 prompts a step
     assert len(runs[True]) == len(runs[False]) == 4
     for shared, alone in zip(runs[True], runs[False]):
-        for key in ("reward", "response_length", "loss", "kl"):
+        for key in ("reward", "response_length", "loss", "kl", "tokens"):  # tokens: each reply with its prompt
             assert shared[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), (key, shared, alone)
-        assert shared["tokens"] < alone["tokens"]

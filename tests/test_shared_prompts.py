@@ -1,5 +1,6 @@
-"""Replies packed after the prompt they share (GRPO's groups): every family's log-probabilities
-and gradients are those of each prompt + reply in a row of its own, with the prompt computed once."""
+"""Sequences packed after the prompt they share (GRPO's groups, DPO's pairs): every family's
+log-probabilities and gradients are those of each sequence in a row of its own, with the prompt
+computed once."""
 
 import pytest
 import torch
@@ -7,8 +8,9 @@ from test_families import FAMILIES, WINDOW, build
 
 from tunesmith.data.chat import IGNORE
 from tunesmith.data.collate import collate_tokens
-from tunesmith.methods.logprobs import token_logprobs
-from tunesmith.methods.rollout import shared_prompt_rows
+from tunesmith.data.shared_prefix import shareable, shared_prefix_row
+from tunesmith.methods.logprobs import sequence_logprobs, token_logprobs
+from tunesmith.methods.preference import shared_pairs
 from tunesmith.model.segment_attention import use_segment_attention
 
 
@@ -22,6 +24,18 @@ def groups(seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
         prompts += [prompt] * copies
     replies = [torch.randint(3, 96, (int(n),), generator=g).tolist() for n in torch.randint(1, 10, (len(prompts),))]
     return prompts, replies
+
+
+def shared_prompt_rows(prompts: list[list[int]], replies: list[list[int]]) -> list[dict]:
+    """A row per run of equal prompts, its replies after it (as `sample_replies` packs them)."""
+    rows, i = [], 0
+    while i < len(prompts):
+        j = next((j for j in range(i, len(prompts)) if prompts[j] != prompts[i]), len(prompts))
+        sequences = [(prompts[k] + replies[k], [IGNORE] * len(prompts[k]) + replies[k]) for k in range(i, j)]
+        assert shareable(sequences) == len(prompts[i])
+        rows.append(shared_prefix_row(sequences, len(prompts[i])))
+        i = j
+    return rows
 
 
 def logprobs_and_gradients(model, batch, weights=None):
@@ -67,6 +81,57 @@ def test_under_bf16_autocast_each_reply_gets_its_own_row_s_values_within_bf16_ro
     assert (shared_logps - logps).abs().max() <= 0.05
     for name, grad in grads.items():
         assert (shared_grads[name] - grad).abs().max() <= 0.03 * grad.abs().max(), name
+
+
+def pair_features(seed: int = 0) -> list[dict]:
+    """Preference pairs as `PairedPreference.features` makes them: a prompt (one past the sliding
+    window, one of a single token), then a chosen and a rejected response, the loss on each
+    response; one pair's responses begin with the same two tokens (trained, so not shared)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def tokens(n: int) -> list[int]:
+        return torch.randint(3, 96, (n,), generator=g).tolist()
+
+    out = []
+    for prompt_length, same_start in ((WINDOW + 5, False), (1, False), (4, True)):
+        prompt = tokens(prompt_length)
+        chosen, rejected = tokens(int(torch.randint(2, 9, (1,), generator=g))), tokens(5)
+        if same_start:
+            rejected[:2] = chosen[:2]
+        out.append(
+            {
+                side: {"input_ids": prompt + reply, "labels": [IGNORE] * len(prompt) + reply}
+                for side, reply in (("chosen", chosen), ("rejected", rejected))
+            }
+        )
+    return out
+
+
+def sequence_sums_and_gradients(model, batch):
+    model.zero_grad()
+    sums, counts = sequence_logprobs(model, batch)
+    weights = torch.randn(sums.shape, generator=torch.Generator().manual_seed(1))
+    (sums * weights).sum().backward()
+    return sums.detach(), counts, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_preference_pair_packed_after_its_prompt_scores_each_response_as_its_own_row(family):
+    torch.manual_seed(0)
+    model = build(family)
+    use_segment_attention(model)
+    features = pair_features()
+    rows = [f["chosen"] for f in features] + [f["rejected"] for f in features]
+    alone = collate_tokens(rows, 0)
+    shared = shared_pairs(features, 0)
+    assert shared is not None and shared["input_ids"].shape[0] == len(features)
+    assert shared["input_ids"].ne(0).sum() < alone["input_ids"].ne(0).sum()
+    sums, counts, grads = sequence_sums_and_gradients(model, alone)
+    shared_sums, shared_counts, shared_grads = sequence_sums_and_gradients(model, shared)
+    assert torch.equal(shared_counts, counts)  # chosen responses first, then the rejected, as the loss reads them
+    assert torch.allclose(shared_sums, sums, atol=1e-5)
+    for name, grad in grads.items():
+        assert (shared_grads[name] - grad).abs().max() <= 1e-5 * grad.abs().max(), name
 
 
 def test_a_model_without_segment_attention_refuses_a_shared_prompt_batch():

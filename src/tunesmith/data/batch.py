@@ -15,7 +15,7 @@ class Batch(TypedDict, total=False):
 
     # every batch: the engine normalises and counts with these
     n_items: Required[int]  # what the summed loss sums over (the engine divides by their total)
-    n_tokens: Required[int]  # real tokens through the model; a sampling method sets it in `rollout`
+    n_tokens: Required[int]  # real tokens of the sequences trained (a shared prompt counts with each); rollouts set it
     # token batches (data/collate.py collate_tokens)
     input_ids: torch.Tensor  # (rows, width), right-padded
     labels: torch.Tensor  # input_ids with IGNORE where no loss is taken
@@ -23,7 +23,9 @@ class Batch(TypedDict, total=False):
     position_ids: torch.Tensor  # packed rows: positions restart at 0 for each sequence
     segments: list[list[tuple[int, int]]]  # [start, end) of each sequence of each row, for segment attention
     segment_prefixes: list[list[int | None]]  # per segment: the earlier segment whose keys it sees first, or None
-    reply_of_token: torch.Tensor  # sampled replies: the reply each labelled token belongs to (rows may hold several)
+    reply_of_token: torch.Tensor  # each labelled token's sequence, where rows hold several after their prompt
+    n_replies: int  # how many sequences `reply_of_token` numbers
+    shared_prompts: Batch  # preference pairs: the same pairs, each packed after its prompt (`data/shared_prefix.py`)
     anchor: torch.Tensor  # bool, trained tokens of replay examples (KL anchoring, forgetting.kl)
     # set by the engine
     ghost: bool  # a pass that repeats another with weight zero, so that ranks' collectives line up

@@ -34,7 +34,7 @@ from tunesmith.methods.group_policy_losses import (
     leave_one_out_advantages,
     normalised_advantages,
 )
-from tunesmith.methods.logprobs import per_row_sum, takes_segments, token_logprobs
+from tunesmith.methods.logprobs import per_row_sum, sequence_of_token, takes_segments, token_logprobs
 from tunesmith.methods.reference import ReferenceModel
 from tunesmith.methods.rollout import sample_replies
 
@@ -130,7 +130,7 @@ class GroupPolicyOptimisation(Method):
             [p["reference"] for p in repeated],
             [p.get("item") for p in repeated],
         )
-        token_rows = batch["reply_of_token"]
+        token_rows = sequence_of_token(batch)
         with torch.no_grad():
             ref = self.reference.token_logprobs(model, batch) if self.reference is not None else None
             # π_old: with one step per sample it is the policy at the gradient, taken there
@@ -172,7 +172,7 @@ class GroupPolicyOptimisation(Method):
     def rollout(self, model: Module, batch: Batch) -> None:
         """The policy's replies to the batch's prompts, scored, once per batch."""
         batch["rollout"].update(self._sample(model, batch["prompts"]))
-        batch["n_tokens"] = batch["rollout"]["batch"]["n_tokens"]  # real tokens through the model
+        batch["n_tokens"] = batch["rollout"]["batch"]["n_tokens"]  # each reply with its prompt
 
     def loss(self, model: Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         rollout = batch["rollout"]

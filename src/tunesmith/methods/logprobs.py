@@ -101,10 +101,10 @@ def takes_segments(model: Module) -> bool:
 
 
 def token_logprobs(model: Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of every labelled token (flat, in row-major order) and the row each token
-    belongs to. Logits exist only at labelled positions."""
+    """Log-probability of every labelled token (flat, in row-major order) and the sequence each
+    token belongs to (`sequence_of_token`). Logits exist only at labelled positions."""
     head, rows, targets = token_logprob_inputs(model, batch)
-    return head_token_logprobs(head, rows, targets)[0], row_of_token(batch)
+    return head_token_logprobs(head, rows, targets)[0], sequence_of_token(batch)
 
 
 def predicted(labels: torch.Tensor) -> torch.Tensor:
@@ -115,6 +115,17 @@ def predicted(labels: torch.Tensor) -> torch.Tensor:
 def row_of_token(batch: Batch) -> torch.Tensor:
     """The row each labelled token of `batch` belongs to, in `token_logprobs`' order."""
     return predicted(batch["labels"]).nonzero()[:, 0]
+
+
+def sequence_of_token(batch: Batch) -> torch.Tensor:
+    """The sequence each labelled token of `batch` belongs to: its row's, or where rows hold
+    several sequences after the prompt they share, the batch's `reply_of_token`."""
+    return batch["reply_of_token"] if "reply_of_token" in batch else row_of_token(batch)
+
+
+def sequences_in(batch: Batch) -> int:
+    """How many sequences `sequence_of_token` numbers: the rows, or `n_replies`."""
+    return batch["n_replies"] if "n_replies" in batch else batch["labels"].shape[0]
 
 
 def head_token_logprobs(
@@ -134,7 +145,9 @@ def per_row_sum(values: torch.Tensor, row_of_token: torch.Tensor, n_rows: int) -
 
 
 def sequence_logprobs(model: Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed log-probability of each row's labelled tokens, their count): what preference and
-    policy-gradient losses compare."""
-    token_logps, row_of_token = token_logprobs(model, batch)
-    return per_row_sum(token_logps, row_of_token, batch["labels"].shape[0]), predicted(batch["labels"]).sum(1)
+    """(summed log-probability of each sequence's labelled tokens, their count): what preference
+    and policy-gradient losses compare; a sequence is a row, or one of those packed after a
+    shared prompt (`sequence_of_token`)."""
+    token_logps, of = token_logprobs(model, batch)
+    n = sequences_in(batch)
+    return per_row_sum(token_logps, of, n), torch.bincount(of, minlength=n)

@@ -6,6 +6,10 @@ model with the adapter switched off (no second copy); for full fine-tuning, its 
 are computed once before training (`prepare`) and kept with the features, cached in the run
 directory for a resumed run. KTO needs the reference on mismatched prompt/response pairs that
 only exist per batch, so a full fine-tune keeps a frozen copy for it.
+
+A pair's two responses repeat its prompt. Where segment attention reaches the model, the pairs
+train packed one row each, the prompt once and each response after it (`data/shared_prefix.py`):
+the same log-probabilities as a row per response, from fewer tokens through every pass.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import torch
 from tunesmith import atomic
 from tunesmith.data.chat import IGNORE, encode_chat
 from tunesmith.data.collate import collate_tokens
+from tunesmith.data.shared_prefix import shareable, shared_prefix_row, trained_tokens
 from tunesmith.engine.distributed import is_main
 from tunesmith.engine.method import Method, Setup
 from tunesmith.engine.step import to_device
 from tunesmith.errors import UserError
-from tunesmith.methods.logprobs import sequence_logprobs
+from tunesmith.methods.logprobs import sequence_logprobs, takes_segments
 from tunesmith.methods.preference_losses import LENGTH_NORMALISED, REFERENCE_FREE, kto_loss, paired_loss
 from tunesmith.methods.reference import ReferenceModel
 
@@ -103,6 +108,9 @@ class PairedPreference(PreferenceOptimisation):
         rows = [f["chosen"] for f in features] + [f["rejected"] for f in features]
         batch: Batch = collate_tokens(rows, tokenizer.pad_token_id)
         batch["n_items"] = len(features)  # pairs
+        shared = shared_pairs(features, tokenizer.pad_token_id)
+        if shared is not None:
+            batch["shared_prompts"] = shared
         if all("reference" in f for f in features):
             batch["reference"] = torch.tensor(
                 [f["reference"][0] for f in features] + [f["reference"][1] for f in features]
@@ -115,10 +123,11 @@ class PairedPreference(PreferenceOptimisation):
             return batch["reference"].to(batch["input_ids"].device)
         if self.reference is None:
             raise RuntimeError("the run did not set up a reference model")
-        return self.reference.sequence_logprobs(model, batch)[0]
+        rows = as_computed(batch, self.reference.takes_segments(model))
+        return self.reference.sequence_logprobs(model, rows)[0]
 
     def loss(self, model: Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        sums, counts = sequence_logprobs(model, batch)
+        sums, counts = sequence_logprobs(model, as_computed(batch, takes_segments(model)))
         logps = sums
         n = batch["n_items"]
         ref = self._reference_logps(model, batch) if self.needs_reference else None
@@ -269,6 +278,37 @@ class KTO(PreferenceOptimisation):
         self.reference = ReferenceModel(setup.model)
 
 
+def shared_pairs(features: list[dict[str, Any]], pad: int) -> Batch | None:
+    """The pairs as rows of their own, the prompt once and the chosen then the rejected response
+    after it; the chosen responses are the batch's first sequences, the rejected the next (as in
+    the row-per-response batch). None where a pair's responses share no untrained token."""
+    rows, chosen, rejected = [], [], []
+    for f in features:
+        pair = [(f[side]["input_ids"], f[side]["labels"]) for side in ("chosen", "rejected")]
+        shared = shareable(pair)
+        if shared < 1:
+            return None
+        rows.append(shared_prefix_row(pair, shared))
+        chosen.append(trained_tokens(pair[0][1]))
+        rejected.append(trained_tokens(pair[1][1]))
+    n = len(features)
+    batch = collate_tokens(rows, pad)
+    order = [s for i in range(n) for s in (i, n + i)]  # row-major: each pair's chosen, then its rejected
+    counts = [c for pair in zip(chosen, rejected) for c in pair]
+    batch["reply_of_token"] = torch.repeat_interleave(torch.tensor(order), torch.tensor(counts, dtype=torch.long))
+    batch["n_replies"] = 2 * n
+    return batch
+
+
+def as_computed(batch: Batch, takes_segments: bool) -> Batch:
+    """The rows a model computes a batch of pairs as: each pair in one row after its prompt where
+    segments reach its attention (`logprobs.takes_segments`), else a row per response."""
+    shared = batch.get("shared_prompts")
+    if shared is None or not takes_segments:
+        return batch
+    return to_device(shared, batch["input_ids"].device)
+
+
 def _rows(batch: Batch, rows: slice) -> Batch:
     per_row = ("input_ids", "labels", "attention_mask", "position_ids", "segments")
     fields: dict[str, Any] = dict(batch)
@@ -298,7 +338,7 @@ def precompute(
             batch = method.collate([{k: v for k, v in f.items() if k != "reference"} for f in chunk], tokenizer)
             batch = to_device(batch, dev)
             with autocast(resolve_precision(precision, dev), dev):
-                logps, _ = sequence_logprobs(model, batch)
+                logps, _ = sequence_logprobs(model, as_computed(batch, takes_segments(model)))
             n = len(chunk)
             out += [[float(c), float(r)] for c, r in zip(logps[:n], logps[n:])]
     model.train(was_training)

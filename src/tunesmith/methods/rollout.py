@@ -11,6 +11,7 @@ import torch
 
 from tunesmith.data.chat import IGNORE
 from tunesmith.data.collate import collate_tokens
+from tunesmith.data.shared_prefix import shared_prefix_row
 from tunesmith.engine.step import to_device
 from tunesmith.eval.generate import Sampling, sample_tokens
 
@@ -41,59 +42,31 @@ def sample_replies(
     of prompt + reply on the model's device whose trained tokens are the replies, with the reply
     each of those tokens belongs to (`reply_of_token`). With `share_prompts`, the replies to one
     prompt (consecutive equal prompts, as a group samples them) are packed after that prompt in
-    one row (`shared_prompt_rows`), so that training computes the prompt once for all of them;
-    the model must run segment attention (`logprobs.takes_segments`)."""
+    one row (`data/shared_prefix.py`), so that training computes the prompt once for all of them;
+    the model must run segment attention (`logprobs.takes_segments`). `n_tokens` counts each
+    reply with its prompt either way."""
     dev = next(p for p in model.parameters()).device
     was_training = model.training
     model.eval()
     with torch.no_grad():
         replies = sample_tokens(model, tokenizer, prompts, sampling, rows=len(prompts))
     model.train(was_training)
+    sequences = [(p + r, [IGNORE] * len(p) + r) for p, r in zip(prompts, replies)]
     if share_prompts and all(prompts):
-        rows = shared_prompt_rows(prompts, replies)
+        rows, i = [], 0
+        while i < len(prompts):  # a run of equal prompts: one row
+            j = next((j for j in range(i, len(prompts)) if prompts[j] != prompts[i]), len(prompts))
+            rows.append(shared_prefix_row(sequences[i:j], len(prompts[i])))
+            i = j
     else:
-        rows = [{"input_ids": p + r, "labels": [IGNORE] * len(p) + r} for p, r in zip(prompts, replies)]
+        rows = [{"input_ids": ids, "labels": labels} for ids, labels in sequences]
     batch = collate_tokens(rows, tokenizer.pad_token_id)
+    batch["n_tokens"] = sum(len(ids) for ids, _ in sequences)
+    batch["n_replies"] = len(replies)
     batch["reply_of_token"] = torch.repeat_interleave(
         torch.arange(len(replies)), torch.tensor([len(r) for r in replies], dtype=torch.long)
     )
     return to_device(batch, dev), replies
-
-
-def shared_prompt_rows(prompts: list[list[int]], replies: list[list[int]]) -> list[dict[str, Any]]:
-    """One packed row per run of equal prompts: the prompt but its last token, then for each reply
-    that last token and the reply, at the positions they have after the prompt, each seeing the
-    prompt's keys first (`segment_prefixes`). The last prompt token is repeated in every reply's
-    segment so that its output, which predicts the reply's first token, sits right before that
-    token as in a row of its own; each reply's log-probabilities are then those of prompt + reply
-    alone, with the prompt computed once for the group."""
-    rows, i = [], 0
-    while i < len(prompts):
-        prompt, j = prompts[i], i
-        while j < len(prompts) and prompts[j] == prompt:
-            j += 1
-        shared = len(prompt) - 1
-        ids, labels, positions = list(prompt[:-1]), [IGNORE] * shared, list(range(shared))
-        segments: list[tuple[int, int]] = [(0, shared)] if shared else []
-        prefixes: list[int | None] = [None] if shared else []
-        for reply in replies[i:j]:
-            start = len(ids)
-            ids += [prompt[-1], *reply]
-            labels += [IGNORE, *reply]
-            positions += range(shared, shared + 1 + len(reply))
-            segments.append((start, len(ids)))
-            prefixes.append(0 if shared else None)
-        rows.append(
-            {
-                "input_ids": ids,
-                "labels": labels,
-                "position_ids": positions,
-                "segments": segments,
-                "segment_prefixes": prefixes,
-            }
-        )
-        i = j
-    return rows
 
 
 def trained_sequences(batch: Batch) -> list[tuple[list[int], list[int]]]:
