@@ -576,12 +576,19 @@ def test_dpo_on_sharegpt_pairs_gets_the_pairs_of_the_preference_layout(tmp_path,
         method = build_method("dpo", cfg)
         examples = load_source(write_jsonl(tmp_path / f"{name}.jsonl", rows)).examples
         batches.append(method.collate([method.features(e, tokenizer) for e in examples], tokenizer))
-    assert batches[0].keys() == batches[1].keys()
-    for key, value in batches[0].items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, batches[1][key]), key
-        else:
-            assert value == batches[1][key], key
+
+    def assert_same(a: dict, b: dict, where: str = "") -> None:  # nested batches too (pairs after their prompt)
+        assert a.keys() == b.keys(), where
+        for key, value in a.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, b[key]), where + key
+            elif isinstance(value, dict):
+                assert_same(value, b[key], f"{where}{key}.")
+            else:
+                assert value == b[key], where + key
+
+    assert_same(*batches)
+    assert "shared_prompts" in batches[0]
     assert batches[0]["n_items"] == len(QA)
 
 

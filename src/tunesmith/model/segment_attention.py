@@ -88,33 +88,39 @@ def segment_attention(
 
     if segment_prefixes is not None and len(segment_prefixes) != batch:
         raise ValueError(f"segment attention: {len(segment_prefixes)} rows of prefixes for a batch of {batch}")
-    rows = []
-    # unbind and split rather than index: their backward passes put the pieces' gradients together
-    # in one concatenation, where indexing would fill a zero tensor the size of the batch per piece
-    for r, (spans, q_row, k_row, v_row) in enumerate(zip(segments, query.unbind(0), key.unbind(0), value.unbind(0))):
-        pieces = _pieces(spans, length)
-        sizes = [n for n, _ in pieces]
-        prefixes = segment_prefixes[r] if segment_prefixes is not None else [None] * len(spans)
-        if len(prefixes) != len(spans):
-            raise ValueError(f"segment attention: row {r} has {len(spans)} segments and {len(prefixes)} prefixes")
-        seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # each segment's keys and values, its prefix's included
-        parts = []
-        for (n, is_sequence), q, k, v in zip(
-            pieces, q_row.split(sizes, 1), k_row.split(sizes, 1), v_row.split(sizes, 1)
-        ):
-            if not is_sequence:
-                parts.append(q.new_zeros(heads, n, dim))  # padding: its outputs carry no loss
-                continue
-            before = prefixes[len(seen)]
-            if before is not None:
-                if not 0 <= before < len(seen):
-                    raise ValueError(f"segment attention: row {r} segment {len(seen)} has prefix {before}")
-                k, v = torch.cat([seen[before][0], k], 1), torch.cat([seen[before][1], v], 1)
-            seen.append((k, v))
-            parts.append(attend(q, k, v))
-        rows.append(torch.cat(parts, 1) if len(parts) > 1 else parts[0])
+    rows = [
+        _row(r, spans, segment_prefixes[r] if segment_prefixes is not None else None, q_row, k_row, v_row, attend)
+        for r, (spans, q_row, k_row, v_row) in enumerate(zip(segments, query.unbind(0), key.unbind(0), value.unbind(0)))
+    ]
     out = torch.stack(rows)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _row(r: int, spans, prefixes, q_row, k_row, v_row, attend) -> torch.Tensor:
+    """One row's attention [heads, length, dim]: each segment through `attend`, after the keys of
+    the segment its prefix names (if any); padding and gaps give zeros."""
+    heads, length, dim = q_row.shape
+    pieces = _pieces(spans, length)
+    sizes = [n for n, _ in pieces]
+    prefixes = prefixes if prefixes is not None else [None] * len(spans)
+    if len(prefixes) != len(spans):
+        raise ValueError(f"segment attention: row {r} has {len(spans)} segments and {len(prefixes)} prefixes")
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # each segment's keys and values, its prefix's included
+    parts = []
+    # split rather than index: the backward pass puts the pieces' gradients together in one
+    # concatenation, where indexing would fill a zero tensor the size of the batch per piece
+    for (n, is_sequence), q, k, v in zip(pieces, q_row.split(sizes, 1), k_row.split(sizes, 1), v_row.split(sizes, 1)):
+        if not is_sequence:
+            parts.append(q.new_zeros(heads, n, dim))  # padding: its outputs carry no loss
+            continue
+        before = prefixes[len(seen)]
+        if before is not None:
+            if not 0 <= before < len(seen):
+                raise ValueError(f"segment attention: row {r} segment {len(seen)} has prefix {before}")
+            k, v = torch.cat([seen[before][0], k], 1), torch.cat([seen[before][1], v], 1)
+        seen.append((k, v))
+        parts.append(attend(q, k, v))
+    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
 def exact_attention(
