@@ -8,9 +8,9 @@ from test_families import FAMILIES, WINDOW, build
 
 from tunesmith.data.chat import IGNORE
 from tunesmith.data.collate import collate_tokens
-from tunesmith.data.shared_prefix import shareable, shared_prefix_row
 from tunesmith.methods.logprobs import sequence_logprobs, token_logprobs
 from tunesmith.methods.preference import shared_pairs
+from tunesmith.methods.rollout import shared_prompt_rows
 from tunesmith.model.segment_attention import use_segment_attention
 
 
@@ -26,34 +26,29 @@ def groups(seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
     return prompts, replies
 
 
-def shared_prompt_rows(prompts: list[list[int]], replies: list[list[int]]) -> list[dict]:
-    """A row per run of equal prompts, its replies after it (as `sample_replies` packs them)."""
-    rows, i = [], 0
-    while i < len(prompts):
-        j = next((j for j in range(i, len(prompts)) if prompts[j] != prompts[i]), len(prompts))
-        sequences = [(prompts[k] + replies[k], [IGNORE] * len(prompts[k]) + replies[k]) for k in range(i, j)]
-        assert shareable(sequences) == len(prompts[i])
-        rows.append(shared_prefix_row(sequences, len(prompts[i])))
-        i = j
-    return rows
+def model_and_batches(family: str):
+    """A family's tiny model under segment attention, and the groups as a row per reply and as a
+    row per group."""
+    torch.manual_seed(0)
+    model = build(family)
+    use_segment_attention(model)
+    prompts, replies = groups()
+    sequences = [(p + r, [IGNORE] * len(p) + r) for p, r in zip(prompts, replies)]
+    alone = collate_tokens([{"input_ids": ids, "labels": labels} for ids, labels in sequences], 0)
+    return model, alone, collate_tokens(shared_prompt_rows(prompts, sequences), 0), replies
 
 
-def logprobs_and_gradients(model, batch, weights=None):
+def logprobs_and_gradients(model, batch):
     model.zero_grad()
     logps, _ = token_logprobs(model, batch)
-    weights = torch.randn(logps.shape, generator=torch.Generator().manual_seed(1)) if weights is None else weights
+    weights = torch.randn(logps.shape, generator=torch.Generator().manual_seed(1))
     (logps * weights).sum().backward()
     return logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_reply_gets_what_its_own_row_gives_with_the_prompt_computed_once(family):
-    torch.manual_seed(0)
-    model = build(family)
-    use_segment_attention(model)
-    prompts, replies = groups()
-    alone = collate_tokens([{"input_ids": p + r, "labels": [IGNORE] * len(p) + r} for p, r in zip(prompts, replies)], 0)
-    shared = collate_tokens(shared_prompt_rows(prompts, replies), 0)
+    model, alone, shared, replies = model_and_batches(family)
     assert shared["input_ids"].shape[0] == 3 and shared["n_tokens"] < alone["n_tokens"]
     logps, grads = logprobs_and_gradients(model, alone)
     shared_logps, shared_grads = logprobs_and_gradients(model, shared)
@@ -69,12 +64,7 @@ def test_under_bf16_autocast_each_reply_gets_its_own_row_s_values_within_bf16_ro
     """The bf16 path (matmul attention; Gemma 3's windowed layers: the exact one): log-probs within
     0.05 and gradients within 3% of their scale of the rows of their own (bf16 against fp32 moves
     them by up to 0.14 and 8% here; a reply that missed its prompt, by over 4 and 100%)."""
-    torch.manual_seed(0)
-    model = build(family)
-    use_segment_attention(model)
-    prompts, replies = groups()
-    alone = collate_tokens([{"input_ids": p + r, "labels": [IGNORE] * len(p) + r} for p, r in zip(prompts, replies)], 0)
-    shared = collate_tokens(shared_prompt_rows(prompts, replies), 0)
+    model, alone, shared, replies = model_and_batches(family)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logps, grads = logprobs_and_gradients(model, alone)
         shared_logps, shared_grads = logprobs_and_gradients(model, shared)
@@ -137,5 +127,6 @@ def test_a_preference_pair_packed_after_its_prompt_scores_each_response_as_its_o
 def test_a_model_without_segment_attention_refuses_a_shared_prompt_batch():
     model = build("llama")
     prompts, replies = groups()
+    sequences = [(p + r, [IGNORE] * len(p) + r) for p, r in zip(prompts, replies)]
     with pytest.raises(ValueError, match="needs segment attention"):
-        token_logprobs(model, collate_tokens(shared_prompt_rows(prompts, replies), 0))
+        token_logprobs(model, collate_tokens(shared_prompt_rows(prompts, sequences), 0))

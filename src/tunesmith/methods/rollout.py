@@ -53,11 +53,7 @@ def sample_replies(
     model.train(was_training)
     sequences = [(p + r, [IGNORE] * len(p) + r) for p, r in zip(prompts, replies)]
     if share_prompts and all(prompts):
-        rows, i = [], 0
-        while i < len(prompts):  # a run of equal prompts: one row
-            j = next((j for j in range(i, len(prompts)) if prompts[j] != prompts[i]), len(prompts))
-            rows.append(shared_prefix_row(sequences[i:j], len(prompts[i])))
-            i = j
+        rows = shared_prompt_rows(prompts, sequences)
     else:
         rows = [{"input_ids": ids, "labels": labels} for ids, labels in sequences]
     batch = collate_tokens(rows, tokenizer.pad_token_id)
@@ -67,6 +63,17 @@ def sample_replies(
         torch.arange(len(replies)), torch.tensor([len(r) for r in replies], dtype=torch.long)
     )
     return to_device(batch, dev), replies
+
+
+def shared_prompt_rows(prompts: list[list[int]], sequences: list[tuple[list[int], list[int]]]) -> list[dict[str, Any]]:
+    """A packed row per run of equal consecutive prompts: their sequences (prompt + reply, labels)
+    after the prompt (`data/shared_prefix.py`)."""
+    rows, i = [], 0
+    while i < len(prompts):
+        j = next((j for j in range(i, len(prompts)) if prompts[j] != prompts[i]), len(prompts))
+        rows.append(shared_prefix_row(sequences[i:j], len(prompts[i])))
+        i = j
+    return rows
 
 
 def trained_sequences(batch: Batch) -> list[tuple[list[int], list[int]]]:
