@@ -3,6 +3,8 @@ follow the fp32 loss curve within a stated tolerance."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from helpers import read_jsonl, write_config
@@ -46,6 +48,36 @@ def test_frozen_base_held_in_bf16_gives_autocasts_logits_exactly(tiny_model_dir,
     assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "embed" in n or "norm" in n)
     base = torch.float32 if dora else torch.bfloat16
     assert all(d == base for n, d in dtypes.items() if n.endswith("base_layer.weight"))
+
+
+def _in_mapped_files(model) -> list[str]:
+    """Names of the model's tensors whose memory lies in a memory-mapped file (read from /proc)."""
+    spans = []
+    for line in open("/proc/self/maps").read().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/"):
+            spans.append([int(x, 16) for x in fields[0].split("-")])
+    tensors = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers())
+    return [n for n, t in tensors if any(a <= t.untyped_storage().data_ptr() < b for a, b in spans)]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc/self/maps")
+def test_a_bf16_adapter_run_lets_go_of_the_checkpoints_mapped_pages(tiny_model_dir, tokenizer):
+    """After the frozen base is cast to bf16, nothing may keep the checkpoint's file mapping (and
+    every fp32 page the cast read) alive: what stayed fp32 is copied out, values unchanged."""
+    from tunesmith.engine.loop import ready_to_train
+
+    model = _lora_model(tiny_model_dir)
+    assert _in_mapped_files(model), "safetensors no longer maps the checkpoint: this test checks nothing"
+    ids = torch.tensor([tokenizer("<|im_start|>user\nWhen is Anna's meeting in Paris?<|im_end|>")["input_ids"]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+    ready_to_train(model, "bf16", torch.device("cpu"))
+    assert _in_mapped_files(model) == []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(input_ids=ids).logits, before)
+    emb = model.get_input_embeddings().weight
+    assert emb.dtype == torch.float32 and emb is model.get_output_embeddings().weight  # still tied, still fp32
 
 
 @pytest.mark.parametrize("adapter", [{"type": "lora", "r": 8, "alpha": 16}, {"type": "none"}])

@@ -39,6 +39,7 @@ from tunesmith.model.gated_mlp import restore_mlp, use_lean_mlp
 from tunesmith.model.peft_wrapping import unwrap
 from tunesmith.model.quantize import is_quantized
 from tunesmith.model.segment_attention import exact_path_note, restore_attention, use_segment_attention, uses_segments
+from tunesmith.runtime.memory import own_mapped_tensors
 from tunesmith.runtime.precision import autocast, device, hold_frozen_weights_in_bf16, resolve_precision
 
 if TYPE_CHECKING:
@@ -440,11 +441,12 @@ def _generated_scores(model: Module, scorer: Scorer, precision: str, dev: torch.
 
 def ready_to_train(model: Module, precision: str, dev: torch.device) -> None:
     """On the device (a quantized base already is), an adapter's frozen base in bf16 when the run
-    computes in bf16, in training mode."""
+    computes in bf16, in training mode. After that cast, what stayed fp32 (embeddings, norms) is
+    copied out of the checkpoint's file mapping, so that the fp32 pages the cast read are let go."""
     if not is_quantized(model):
         model.to(dev)
-        if precision == "bf16" and hasattr(model, "peft_config"):  # an adapter's frozen base
-            hold_frozen_weights_in_bf16(model)
+        if precision == "bf16" and hasattr(model, "peft_config") and hold_frozen_weights_in_bf16(model):
+            own_mapped_tensors(model)
     model.train()
 
 

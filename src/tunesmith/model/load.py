@@ -10,6 +10,7 @@ import torch
 from tunesmith.data.chat import DEFAULT_CHAT_TEMPLATE
 from tunesmith.errors import UserError
 from tunesmith.model.resolve import Resolved, resolve
+from tunesmith.runtime.memory import own_mapped_tensors
 
 
 def tokenizer_dir(resolved: Resolved) -> Path:
@@ -88,27 +89,9 @@ def load_base(path: Path, dtype: torch.dtype = torch.float32, quantization: dict
         raise
     except Exception as e:
         raise UserError(f"{path}: could not load model ({str(e).splitlines()[0][:200]})") from None
-    if quantization is not None:
-        _own_unquantized_tensors(model)
+    if quantization is not None:  # the weights that stayed unquantized (embeddings, norms) out of the mapped file
+        own_mapped_tensors(model)
     return model
-
-
-def _own_unquantized_tensors(model) -> None:
-    """Copy the weights that stayed unquantized (embeddings, norms) out of the memory-mapped
-    checkpoint: while one of them points into it, the whole mapping stays alive, and every page
-    that quantizing read stays counted in the process's memory (~400 MiB on the bundled model).
-    Then give the heap blocks that quantizing freed back to the OS (another ~480 MiB)."""
-    import gc
-
-    from tunesmith.runtime.memory import trim_heap
-
-    with torch.no_grad():
-        for module in model.modules():
-            for _, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
-                if t is not None and t.dtype.is_floating_point and t.device.type == "cpu":
-                    t.data = t.data.clone()
-    gc.collect()
-    trim_heap()
 
 
 def load_for_inference(reference: str | Resolved, dtype: torch.dtype = torch.float32, merge: bool = True):

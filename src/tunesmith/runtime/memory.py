@@ -41,3 +41,49 @@ def trim_heap() -> bool:
     bundled model that leaves ~480 MiB of freed fp32 weights counted in the process otherwise."""
     libc = _glibc()
     return bool(libc and hasattr(libc, "malloc_trim") and libc.malloc_trim(0))
+
+
+def file_mappings() -> list[tuple[int, int]]:
+    """[start, end) of this process's memory-mapped regular files (Linux: /proc/self/maps): where
+    a checkpoint's tensors live when safetensors loads them without copying."""
+    try:
+        lines = open("/proc/self/maps").read().splitlines()
+    except OSError:  # no procfs: nothing is known to be mapped
+        return []
+    ranges = []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/") and not fields[5].endswith(" (deleted)"):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+def own_mapped_tensors(model) -> int:
+    """Copy every parameter and buffer of `model` that still points into a memory-mapped file (the
+    checkpoint it was loaded from) into the process's own memory; returns the bytes copied.
+
+    One such tensor keeps the whole mapping alive, and every page of it that was ever read stays
+    counted in the process's memory. After the frozen base is cast to bf16 (or quantized), the
+    fp32 pages the cast read are dead weight, held only by the embeddings and norms that stayed
+    behind: ~400 MiB on the bundled model, through the whole run. Values are unchanged. Then the
+    heap blocks freed on the way go back to the OS.
+    """
+    import gc
+
+    import torch
+
+    ranges = file_mappings()
+    copied = 0
+    with torch.no_grad():
+        for module in model.modules():
+            for _, t in list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False)):
+                if t is None or t.device.type != "cpu":
+                    continue
+                ptr = t.untyped_storage().data_ptr()
+                if any(start <= ptr < end for start, end in ranges):
+                    t.data = t.data.clone()
+                    copied += t.nbytes
+    gc.collect()
+    trim_heap()
+    return copied
