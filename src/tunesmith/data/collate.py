@@ -12,6 +12,14 @@ from tunesmith.data.chat import IGNORE
 if TYPE_CHECKING:
     from tunesmith.data.batch import Batch
 
+# Packed rows are padded to a multiple of this many tokens. Their lengths otherwise differ by a few
+# tokens from pass to pass, and every new shape costs memory that stays: the CPU matmul library
+# keeps kernels built for each, and the heap fragments over tensors a little larger or smaller each
+# time. Rounded, nearly every pass of a packed run has one shape: packed LoRA on the bundled model
+# peaks ~220 MiB lower and runs ~5% faster (bench/README.md); the padding adds no loss and no token
+# attends to it. Shared-prefix rows (DPO, GRPO) and unpacked batches keep their own width.
+PACKED_WIDTH_MULTIPLE = 64
+
 
 def row_segments(feature: dict[str, Any]) -> list[tuple[int, int]]:
     """[start, end) of each sequence in one unpadded row: packed rows restart `position_ids` at 0."""
@@ -30,11 +38,13 @@ def collate_tokens(features: list[dict[str, Any]], pad: int) -> Batch:
     feature may say where its sequences are (`segments`, and `segment_prefixes` for sequences
     that see an earlier one first) where its positions do not restart at each."""
     width = max(len(f["input_ids"]) for f in features)
+    packed = "position_ids" in features[0]
+    if packed and "segments" not in features[0]:  # rows of whole examples (data/packing.py), not shared-prefix rows
+        width = -(-width // PACKED_WIDTH_MULTIPLE) * PACKED_WIDTH_MULTIPLE
     ids = torch.full((len(features), width), pad, dtype=torch.long)
     labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(features), width), dtype=torch.long)
     anchor = torch.zeros((len(features), width), dtype=torch.bool)
-    packed = "position_ids" in features[0]
     positions = torch.zeros((len(features), width), dtype=torch.long)
     for i, f in enumerate(features):
         n = len(f["input_ids"])
