@@ -266,9 +266,11 @@ def saved_storages() -> Iterator[dict[int, int]]:
     import torch
 
     storages: dict[int, int] = {}
+    held = []  # every storage counted stays alive while counting: a freed one's address may be reused
 
     def pack(t):
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        held.append(t.untyped_storage())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
