@@ -4,6 +4,7 @@ follow the fp32 loss curve within a stated tolerance."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,7 +54,7 @@ def test_frozen_base_held_in_bf16_gives_autocasts_logits_exactly(tiny_model_dir,
 def _in_mapped_files(model) -> list[str]:
     """Names of the model's tensors whose memory lies in a memory-mapped file (read from /proc)."""
     spans = []
-    for line in open("/proc/self/maps").read().splitlines():
+    for line in Path("/proc/self/maps").read_text().splitlines():
         fields = line.split(maxsplit=5)
         if len(fields) == 6 and fields[5].startswith("/"):
             spans.append([int(x, 16) for x in fields[0].split("-")])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from pathlib import Path
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 THRESHOLD_BYTES = 1 << 20  # larger than any per-token vector, smaller than any activation or weight
@@ -47,13 +48,13 @@ def file_mappings() -> list[tuple[int, int]]:
     """[start, end) of this process's memory-mapped regular files (Linux: /proc/self/maps): where
     a checkpoint's tensors live when safetensors loads them without copying."""
     try:
-        lines = open("/proc/self/maps").read().splitlines()
+        lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:  # no procfs: nothing is known to be mapped
         return []
     ranges = []
     for line in lines:
         fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5].startswith("/") and not fields[5].endswith(" (deleted)"):
+        if len(fields) == 6 and fields[5].startswith("/"):  # a file, even one deleted since
             start, end = (int(x, 16) for x in fields[0].split("-"))
             ranges.append((start, end))
     return ranges
