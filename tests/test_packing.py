@@ -107,11 +107,13 @@ def test_packed_rows_rounded_up_in_width_train_as_unrounded(
     width = batch["input_ids"].shape[1]
     assert width % 64 == 0 and width > exact_batch["input_ids"].shape[1]
     assert (batch["n_items"], batch["n_tokens"]) == (exact_batch["n_items"], exact_batch["n_tokens"])
-    # A weight's gradient sums over tokens, and the matmul library blocks a longer sum differently:
-    # fp32 sums in another order (measured: at most 2.5e-7 of the gradient's scale), bf16 products
-    # rounded in other places (at most 0.56%, the loss 2e-7 apart; bf16 keeps 8 bits, 0.4%).
-    tolerance = 1e-2 if bf16 else 1e-6
-    torch.testing.assert_close(loss, exact_loss, rtol=1e-6 if bf16 else 0, atol=0)
+    # A weight's gradient sums over tokens, and the matmul library blocks a longer sum differently
+    # (and may pick other kernels for other shapes): fp32 sums in another order (measured on a Zen 4:
+    # the loss equal, gradients at most 2.5e-7 of their scale apart), bf16 products rounded in other
+    # places (the loss 2e-7 apart, gradients at most 0.56%; bf16 keeps 8 bits, 0.4%). The bounds
+    # leave room for other CPUs' kernels; a trained or attended padding moves them by whole percents.
+    tolerance = 3e-2 if bf16 else 1e-5
+    torch.testing.assert_close(loss, exact_loss, rtol=1e-5 if bf16 else 1e-6, atol=0)
     for name, g in grads.items():
         scale = float(exact_grads[name].abs().max())
         torch.testing.assert_close(g, exact_grads[name], rtol=0, atol=tolerance * scale, msg=name)
