@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from helpers import build_tokenizer, tiny_shape
 
-# Under pytest-xdist (`make test` runs 2 workers) the cores are shared out between the workers, so
-# torch in one worker does not spin its threads against the other's; set before torch is imported,
+# Under pytest-xdist (`make test` runs 3 workers) the cores are shared out between the workers, so
+# torch in one worker does not spin its threads against the others'; set before torch is imported,
 # and inherited by the CLIs and servers the tests start.
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:

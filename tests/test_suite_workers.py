@@ -1,4 +1,4 @@
-"""The suite's own scheduling: `make test` runs two pytest-xdist workers with `--dist loadgroup`, and
+"""The suite's own scheduling: `make test` runs pytest-xdist workers with `--dist loadgroup`, and
 a module marked `xdist_group` (the Slurm and Ray clusters, llama-cpp-python's one build per machine)
 must run on one worker. pytest 9.2 reads a test's id from a field that pytest-xdist 3.8's loadgroup
 does not rewrite, so there the groups are split across workers: pyproject.toml keeps pytest below it."""
