@@ -29,8 +29,8 @@ def test_alias_converts_once_to_a_cached_hf_folder_that_answers():
 
 def test_quickstart_tuned_beats_prompting_forgets_less_with_replay_and_exports(tmp_path):
     # half the quickstart's steps, 24 test examples, a third of the probe, 2 requests timed for latency
-    # (nothing here asks more of it): about 3 minutes on a 2-core CPU with native bf16 (fp32-only CPUs
-    # take several times longer, hence the generous limit)
+    # (nothing here asks more of it): about 4 minutes on one core of a CPU with native bf16 (fp32-only
+    # CPUs take several times longer, hence the generous limit)
     result = cli_here(
         [
             "quickstart",
