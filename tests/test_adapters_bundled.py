@@ -15,7 +15,7 @@ from helpers import read_jsonl
 from tunesmith.config import validate_config
 from tunesmith.model.resolve import BUNDLED_ALIAS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bundled_types")]  # one worker: the base model scored once
 
 BATCH, TEST_EXAMPLES = 4, 32
 # adapter, learning rate (constant; each type's usual range, high end, for a short run), steps: what the

@@ -72,12 +72,8 @@ CASES = {  # name -> (method, data fixture, distributed, extra config sections);
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_two_processes_follow_the_single_process_loss(tmp_path, request, tiny_model_dir, name):
-    from safetensors.torch import load_file
-
-    method, fixture, mode, sections = CASES[name]
-    data = request.getfixturevalue(fixture)
+def case_config(path, name, data, out_dir, tiny_model_dir):
+    method, _, mode, sections = CASES[name]
     sections = yaml.safe_load(yaml.safe_dump(sections).replace("TEACHER", str(tiny_model_dir)))
     data_section = {
         "train": [{"path": str(data["train"])}],
@@ -85,24 +81,83 @@ def test_two_processes_follow_the_single_process_loss(tmp_path, request, tiny_mo
         "max_length": 256,
         **sections.pop("data", {}),
     }
-    runs = {}
-    for nproc in (1, 2):
-        cfg = write_config(
-            tmp_path / f"{nproc}.yaml",
+    return write_config(
+        path,
+        tiny_model_dir,
+        data,
+        out_dir,
+        name=name,
+        method=method,
+        data=data_section,
+        train={"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 1, "distributed": mode},
+        eval={"every": 3},
+        **sections,
+    )
+
+
+def checkpoint_config(path, name, mode, date_data, out_dir, tiny_model_dir, **output):
+    """Every weight trained (under FSDP every weight sharded); with `output`, checkpoints as it goes."""
+    train = {"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 2, "distributed": mode}
+    extra = {"output": {"dir": str(out_dir), **output}} if output else {}
+    return write_config(
+        path, tiny_model_dir, date_data, out_dir, name=name, train=train, adapter={"type": "none"}, **extra
+    )
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory, tiny_model_dir, date_data, pairs):
+    """Every case, and a run of each mode that checkpoints at steps 3 and 6, on 2 processes in one
+    torchrun launch (tests/distributed_runs.py): a launch of its own each would start ten times as
+    many interpreters (the tests after these launch `tunesmith train --nproc 2` itself). Run name ->
+    (its config, its run directory, what its run wrote to stderr); a test may change its own run's files."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import cli_env
+
+    tmp = tmp_path_factory.mktemp("two-processes")
+    data = {"date_data": date_data, "pairs": pairs}
+    configs = {n: case_config(tmp / f"{n}.yaml", n, data[CASES[n][1]], tmp / "runs", tiny_model_dir) for n in CASES}
+    for mode in ("ddp", "fsdp"):
+        configs[f"checkpoints-{mode}"] = checkpoint_config(
+            tmp / f"checkpoints-{mode}.yaml",
+            f"checkpoints-{mode}",
+            mode,
+            date_data,
+            tmp / "runs",
             tiny_model_dir,
-            data,
-            tmp_path / "runs",
-            name=f"p{nproc}",
-            method=method,
-            data=data_section,
-            train={"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 1, "distributed": mode},
-            eval={"every": 3},
-            **sections,
+            save_every=3,
+            keep=5,
         )
-        result = _run(tmp_path, cfg, nproc)
-        if nproc == 2:
-            assert ("2 decoder layers sharded over 2 processes" in result.stderr) == (mode == "fsdp")
-        runs[nproc] = tmp_path / "runs" / f"p{nproc}"
+    env = {**cli_env(tmp), "OMP_NUM_THREADS": str(max(1, int(os.environ.get("OMP_NUM_THREADS", "2")) // 2))}
+    runner = Path(__file__).with_name("distributed_runs.py")
+    launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner)]
+    result = subprocess.run(
+        [sys.executable, *launch, *map(str, configs.values())],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sections = result.stderr.split("== run ")[1:]
+    assert [s.split("\n", 1)[0] for s in sections] == list(map(str, configs.values()))  # every run, in order
+    return {n: (configs[n], tmp / "runs" / n, s) for n, s in zip(configs, sections)}
+
+
+@pytest.mark.xdist_group("two_process_runs")  # one worker launches them all
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_processes_follow_the_single_process_loss(tmp_path, request, tiny_model_dir, two_process_runs, name):
+    from safetensors.torch import load_file
+
+    data = request.getfixturevalue(CASES[name][1])
+    _run(tmp_path, case_config(tmp_path / "1.yaml", name, data, tmp_path / "runs", tiny_model_dir), 1)
+    _, two, stderr = two_process_runs[name]
+    runs = {1: tmp_path / "runs" / name, 2: two}
+    assert ("2 decoder layers sharded over 2 processes" in stderr) == (CASES[name][2] == "fsdp")
     one, two = _losses(runs[1]), _losses(runs[2])
     assert len(one) == 6
     assert one[-1][1] != one[0][1]  # it trained
@@ -111,7 +166,9 @@ def test_two_processes_follow_the_single_process_loss(tmp_path, request, tiny_mo
     val_two = [r["val_loss"] for r in read_jsonl(runs[2] / "metrics.jsonl") if "val_loss" in r]
     assert len(val_one) == 2 and all(abs(a - b) <= 1e-4 for a, b in zip(val_one, val_two))
     # the saved model: the same weights (under FSDP gathered from the shards, then saved by rank 0)
-    weights = "model.safetensors" if sections.get("adapter", {}).get("type") == "none" else "adapter_model.safetensors"
+    weights = (
+        "model.safetensors" if CASES[name][3].get("adapter", {}).get("type") == "none" else "adapter_model.safetensors"
+    )
     saved = [load_file(runs[n] / "final" / weights) for n in (1, 2)]
     assert saved[0].keys() == saved[1].keys()
     for key, value in saved[0].items():
@@ -141,32 +198,19 @@ def test_grpo_runs_on_two_processes(tmp_path, tiny_model_dir, date_data):
     assert (tmp_path / "runs" / "tiny" / "final" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.xdist_group("two_process_runs")
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_a_checkpoint_from_two_processes_resumes_in_one(tmp_path, tiny_model_dir, date_data, mode):
-    common = dict(
-        train={"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 2, "distributed": mode},
-        adapter={"type": "none"},
-    )  # every weight trained: under FSDP every weight sharded
-    whole = write_config(tmp_path / "whole.yaml", tiny_model_dir, date_data, tmp_path / "runs", name="whole", **common)
+def test_a_checkpoint_from_two_processes_resumes_in_one(tmp_path, tiny_model_dir, date_data, two_process_runs, mode):
+    whole = checkpoint_config(tmp_path / "whole.yaml", "whole", mode, date_data, tmp_path / "runs", tiny_model_dir)
     _run(tmp_path, whole, 1)
-    # two processes write checkpoints at steps 3 and 6; keep the run as it was at step 3, as if killed there
-    two = write_config(
-        tmp_path / "two.yaml",
-        tiny_model_dir,
-        date_data,
-        tmp_path / "runs",
-        name="two",
-        output={"dir": str(tmp_path / "runs"), "save_every": 3, "keep": 5},
-        **common,
-    )
-    _run(tmp_path, two, 2)
-    killed = tmp_path / "runs" / "two"
+    # two processes wrote checkpoints at steps 3 and 6; keep the run as it was at step 3, as if killed there
+    config, killed, _ = two_process_runs[f"checkpoints-{mode}"]
     assert (killed / "checkpoints" / "step-3").is_dir()
     shutil.rmtree(killed / "final")
     for later in killed.iterdir():
         if later.name not in ("checkpoints", "metrics.jsonl", "config.yaml"):
             shutil.rmtree(later) if later.is_dir() else later.unlink()
-    _run(tmp_path, two, 1, "--resume")
+    _run(tmp_path, config, 1, "--resume")
     _same_trajectory(_losses(tmp_path / "runs" / "whole"), _losses(killed))
 
 

@@ -32,7 +32,12 @@ def llama_cpp_python() -> Path:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(ENV)], check=True)
         env = {
             **os.environ,
-            "CMAKE_ARGS": "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF",
+            # llama.cpp's library alone: no tests, examples, tools or multimodal library (LLAVA_BUILD: a sixth
+            # of the build, and only llama-cpp-python's image chat handlers load it)
+            "CMAKE_ARGS": " ".join(
+                f"-D{option}=OFF"
+                for option in ("LLAMA_BUILD_TESTS", "LLAMA_BUILD_EXAMPLES", "LLAMA_BUILD_TOOLS", "LLAVA_BUILD")
+            ),
             "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
         }
         build = subprocess.run(

@@ -191,6 +191,31 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
         if not (target / SOURCE_NOTE).is_file():  # converted by an earlier version
             write_source_note(gguf, target)
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with conversion_lock(target):
+        if not (target / "config.json").is_file():  # no other process converted it while this one waited
+            from tunesmith.model.gguf_once import parsed_once
+
+            with parsed_once():
+                _convert(gguf, target, name)
+    return target
+
+
+@contextlib.contextmanager
+def conversion_lock(target: Path):
+    """One process converts a file at a time: another waits for it (a conversion is a minute of both
+    cores for a large vocabulary), then finds the folder there."""
+    import fcntl
+
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _convert(gguf: Path, target: Path, name: str | None) -> None:
     from rich.console import Console
 
     Console(stderr=True, soft_wrap=True).print(
@@ -218,7 +243,6 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     model.hf_quantizer = None  # type: ignore[assignment]  # transformers' attributes, typed as Modules by torch
     model.is_quantized = False  # type: ignore[assignment]
     model.config.name_or_path = name or gguf.stem
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         hf_logging.disable_progress_bar()
@@ -233,4 +257,3 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target
