@@ -35,7 +35,8 @@ demo: install
 # The suite in three pytest-xdist workers, one more than these 2-core machines have cores: while one waits
 # (a server or cluster starting, a subprocess importing) the other two keep both cores busy. tests/conftest.py
 # gives each its share of the cores (at least one thread) and starts the real-model tests first; a cluster's
-# or llama.cpp's tests stay on one worker. TEST_WORKERS=0: one process.
+# or llama.cpp's tests, the two-process runs and the bundled adapter types stay on one worker each. TEST_WORKERS=0:
+# one process.
 TEST_WORKERS ?= 3
 PYTEST := $(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadgroup
 

@@ -19,7 +19,7 @@ if WORKERS > 1:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests on real models and the grouped ones (clusters, llama.cpp: one worker runs a group)
+    """The tests on real models and the grouped ones (one worker runs a group: see docs/testing.md)
     first, in a stable order: minutes each, so started early they do not leave one worker running
     alone at the end."""
     items.sort(key=lambda item: not (item.get_closest_marker("slow") or item.get_closest_marker("xdist_group")))
