@@ -4,8 +4,8 @@ import once (seconds each) instead of once a config. Used by test_distributed.py
   python -m torch.distributed.run --standalone --nproc-per-node N tests/distributed_runs.py A.yaml B.yaml ...
 
 The runs share one process group, made before the first and left after the last: `train` leaves
-the group when its run is done, and under torchrun's store a group cannot be made again in the
-same processes (the second rendezvous reads the first one's keys), so here leaving a run is a
+the group when its run is done, and a second `init_process_group` in the same processes under
+torchrun hangs (one rank waits in it while the other has passed it), so here leaving a run is a
 barrier. Before each run rank 0 writes `== run A.yaml` to stderr, so the output splits by run.
 """
 

@@ -203,8 +203,8 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
 
 @contextlib.contextmanager
 def conversion_lock(target: Path):
-    """One process converts a file at a time: another waits for it (a conversion is a minute of both
-    cores for a large vocabulary), then finds the folder there."""
+    """One process converts a file at a time: another waits for it (Gemma 3's conversion takes half a
+    minute), then finds the folder there."""
     import fcntl
 
     with open(target.parent / f".{target.name}.lock", "w") as lock:
