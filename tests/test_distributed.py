@@ -98,9 +98,8 @@ def case_config(path, name, data, out_dir, tiny_model_dir):
 def checkpoint_config(path, name, mode, date_data, out_dir, tiny_model_dir, **output):
     """Every weight trained (under FSDP every weight sharded); with `output`, checkpoints as it goes."""
     train = {"max_steps": 6, "batch_size": 6, "lr": 5e-3, "log_every": 1, "seed": 2, "distributed": mode}
-    extra = {"output": {"dir": str(out_dir), **output}} if output else {}
     return write_config(
-        path, tiny_model_dir, date_data, out_dir, name=name, train=train, adapter={"type": "none"}, **extra
+        path, tiny_model_dir, date_data, out_dir, name=name, train=train, adapter={"type": "none"}, output=output
     )
 
 

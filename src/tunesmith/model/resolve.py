@@ -187,13 +187,13 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     """Dequantize a GGUF file once into a cached HF folder (safetensors, tokenizer, chat template)."""
     gguf = gguf.resolve()
     target = home() / "models" / f"{name or gguf.stem}-{content_key(gguf)}"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if is_converted(target):
         if not (target / SOURCE_NOTE).is_file():  # converted by an earlier version
             write_source_note(gguf, target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with conversion_lock(target):
-        if not (target / "config.json").is_file():  # no other process converted it while this one waited
+        if not is_converted(target):  # no other process converted it while this one waited
             from tunesmith.model.gguf_once import parsed_once
 
             with parsed_once():
@@ -201,18 +201,19 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     return target
 
 
+def is_converted(target: Path) -> bool:
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
 @contextlib.contextmanager
 def conversion_lock(target: Path):
     """One process converts a file at a time: another waits for it (Gemma 3's conversion takes half a
-    minute), then finds the folder there."""
+    minute), then finds the folder there. Closing the file releases the lock."""
     import fcntl
 
     with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        yield
 
 
 def _convert(gguf: Path, target: Path, name: str | None) -> None:
