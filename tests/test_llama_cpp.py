@@ -37,14 +37,10 @@ def llama_cpp_python() -> Path:
             # of the build, and only llama-cpp-python's image chat handlers load it), nor the common library
             # that only the multimodal one links (half of what was left: 460 -> 205 CPU-s on 2 cores)
             "CMAKE_ARGS": " ".join(
-                [
-                    *(
-                        f"-D{option}=OFF"
-                        for option in ("LLAMA_BUILD_TESTS", "LLAMA_BUILD_EXAMPLES", "LLAMA_BUILD_TOOLS", "LLAVA_BUILD")
-                    ),
-                    f"-DCMAKE_PROJECT_llama.cpp_INCLUDE={WITHOUT_COMMON}",
-                ]
-            ),
+                f"-D{option}=OFF"
+                for option in ("LLAMA_BUILD_TESTS", "LLAMA_BUILD_EXAMPLES", "LLAMA_BUILD_TOOLS", "LLAVA_BUILD")
+            )
+            + f" -DCMAKE_PROJECT_llama.cpp_INCLUDE={WITHOUT_COMMON}",
             "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
         }
         build = subprocess.run(
